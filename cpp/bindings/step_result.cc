@@ -176,7 +176,9 @@ PyObject* SR_reduce(StepResultObject* self, PyObject*) {
   return Py_BuildValue("(N(N))", helper, kwargs);
 }
 
-PyObject* SR_from_kwargs(PyObject* cls, PyObject* kwargs) {
+PyObject* SR_from_kwargs(PyObject* cls, PyObject* args) {
+  PyObject* kwargs = nullptr;
+  if (!PyArg_ParseTuple(args, "O!", &PyDict_Type, &kwargs)) return nullptr;
   PyObject* empty = PyTuple_New(0);
   PyObject* r = PyObject_Call(cls, empty, kwargs);
   Py_DECREF(empty);

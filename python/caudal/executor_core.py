@@ -155,16 +155,19 @@ class ExecutorCore:
     ) -> tuple[Any, bool]:
         engine = self._engine
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, engine._call, rec, data, context, resources)
+
+        async def body() -> Any:
+            out = await loop.run_in_executor(None, engine._call, rec, data, context, resources)
+            if inspect.isawaitable(out):
+                out = await out  # a plain function (a lambda, say) that returned an awaitable
+            return out
+
         timeout_s = engine._timeout_s(rec)
         if timeout_s > 0:
-            # The thread cannot be interrupted; the attempt stops waiting for it.
-            out, timed_out = await self._with_timeout(rec, fut, timeout_s)
-        else:
-            out, timed_out = await fut, False
-        if not timed_out and inspect.isawaitable(out):
-            out = await out  # a plain function that returned an awaitable
-        return out, timed_out
+            # A thread cannot be interrupted: on timeout the attempt stops
+            # waiting for it and the thread finishes on its own.
+            return await self._with_timeout(rec, body(), timeout_s)
+        return await body(), False
 
     async def execute_with_monitoring(
         self,
