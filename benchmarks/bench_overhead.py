@@ -5,7 +5,9 @@ Rows, all in one process and one event loop, interleaved:
   (b) caudal, every optimization off
   (c) caudal, the defaults
   (d) caudal, every optimization on (distinct inputs: cache misses)
-  (e) flujo's own ExecutorCore (PyPI) on the same step, as a flujo Step
+  (e) flujo's own ExecutorCore (PyPI 0.6.11) on the same step, as a flujo Step,
+      with flujo's defaults (its result cache is on: a miss and a store per call)
+  (f) flujo's ExecutorCore with enable_cache=False (its cheapest configuration)
 Prints each row's cost above (a) and its speed-up over (e).
 
     python benchmarks/bench_overhead.py [--quick]
@@ -49,13 +51,17 @@ def flujo_contender():
         print(f"flujo unavailable ({type(e).__name__}: {e}); row (e) skipped", file=sys.stderr)
         return None
     logging.getLogger("flujo").setLevel(logging.WARNING)
-    fx = FlujoExecutor()
     fstep = FlujoStep(name="inc", agent=IncAgent())
+    default = FlujoExecutor()  # flujo's default: result cache on (miss + store here)
+    nocache = FlujoExecutor(enable_cache=False)
 
-    async def call(x):
-        return await fx.execute(fstep, x)
+    async def call_default(x):
+        return await default.execute(fstep, x)
 
-    return call
+    async def call_nocache(x):
+        return await nocache.execute(fstep, x)
+
+    return call_default, call_nocache
 
 
 async def main(quick: bool) -> dict:
@@ -70,7 +76,8 @@ async def main(quick: bool) -> dict:
     }
     flujo = flujo_contender()
     if flujo is not None:
-        contenders["(e) flujo ExecutorCore"] = flujo
+        contenders["(e) flujo ExecutorCore"] = flujo[0]
+        contenders["(f) flujo, enable_cache=False"] = flujo[1]
     # Check every contender really works before timing it.
     for name, call in contenders.items():
         r = await call(1)

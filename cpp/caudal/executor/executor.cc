@@ -16,7 +16,7 @@ Executor::Executor(OptimizationConfig config)
     : config_(std::make_shared<const OptimizationConfig>(std::move(config))) {}
 
 std::shared_ptr<const OptimizationConfig> Executor::config() const {
-  absl::MutexLock lock(&config_mu_);
+  MutexLock lock(&config_mu_);
   return config_;
 }
 
@@ -27,7 +27,7 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config) {
   }
   auto next = std::make_shared<const OptimizationConfig>(config);
   {
-    absl::MutexLock lock(&config_mu_);
+    MutexLock lock(&config_mu_);
     config_.swap(next);
   }
   generation_.fetch_add(1, std::memory_order_acq_rel);

@@ -23,7 +23,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "caudal/base/mutex.h"
 #include "caudal/config/optimization_config.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/monitor/execution_stats.h"
@@ -92,7 +92,7 @@ class Executor {
  private:
   ExecutionOutcome Finish(ExecutionRecord* record, int64_t now_ns);
 
-  mutable absl::Mutex config_mu_;
+  mutable Mutex config_mu_;
   std::shared_ptr<const OptimizationConfig> config_ ABSL_GUARDED_BY(config_mu_);
   std::atomic<uint64_t> generation_{1};
   std::atomic<int64_t> in_flight_{0};

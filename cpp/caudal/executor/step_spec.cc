@@ -3,7 +3,7 @@
 namespace caudal {
 
 std::shared_ptr<StepEntry> StepTable::Find(uint64_t key) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = entries_.find(key);
   return it == entries_.end() ? nullptr : it->second;
 }
@@ -11,7 +11,7 @@ std::shared_ptr<StepEntry> StepTable::Find(uint64_t key) const {
 std::vector<std::shared_ptr<StepEntry>> StepTable::Insert(
     uint64_t key, std::shared_ptr<StepEntry> entry) {
   std::vector<std::shared_ptr<StepEntry>> dropped;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (entries_.size() >= capacity_ && !entries_.contains(key)) {
     dropped.reserve(entries_.size());
     for (auto& kv : entries_) dropped.push_back(std::move(kv.second));
@@ -26,19 +26,19 @@ std::vector<std::shared_ptr<StepEntry>> StepTable::Insert(
 
 std::vector<std::shared_ptr<StepEntry>> StepTable::Clear() {
   std::vector<std::shared_ptr<StepEntry>> dropped;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (auto& kv : entries_) dropped.push_back(std::move(kv.second));
   entries_.clear();
   return dropped;
 }
 
 size_t StepTable::size() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return entries_.size();
 }
 
 uint64_t StepTable::analyses() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return analyses_;
 }
 

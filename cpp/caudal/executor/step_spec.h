@@ -19,7 +19,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "caudal/base/mutex.h"
 #include "caudal/monitor/execution_stats.h"
 
 namespace caudal {
@@ -82,7 +82,7 @@ class StepTable {
 
  private:
   const size_t capacity_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<StepEntry>> entries_
       ABSL_GUARDED_BY(mu_);
   uint64_t analyses_ ABSL_GUARDED_BY(mu_) = 0;

@@ -54,7 +54,7 @@ void StepStats::Snapshot::Merge(const Snapshot& o) {
 }
 
 StepStats* StatsRegistry::ForStep(absl::string_view step_name) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = by_name_.find(step_name);
   if (it != by_name_.end()) return it->second;
   order_.push_back(std::make_unique<StepStats>(std::string(step_name)));
@@ -64,7 +64,7 @@ StepStats* StatsRegistry::ForStep(absl::string_view step_name) {
 }
 
 std::vector<StepStats::Snapshot> StatsRegistry::TakeAll() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<StepStats::Snapshot> out;
   out.reserve(order_.size());
   for (const auto& s : order_) out.push_back(s->Take());
@@ -79,7 +79,7 @@ StepStats::Snapshot StatsRegistry::TakeTotal() const {
 }
 
 void StatsRegistry::ResetAll() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const auto& s : order_) s->Reset();
 }
 

@@ -20,7 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "caudal/base/mutex.h"
 #include "caudal/monitor/latency_histogram.h"
 
 namespace caudal {
@@ -72,7 +72,7 @@ class StatsRegistry {
   void ResetAll() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<std::string, StepStats*> by_name_ ABSL_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<StepStats>> order_ ABSL_GUARDED_BY(mu_);
 };
