@@ -89,6 +89,10 @@ test-asan: $(STAMPS)/venv
 	rm -rf build/asan/stage && mkdir -p build/asan/stage
 	cp -r python/caudal build/asan/stage/caudal
 	cp build/asan/cpp/bindings/_core*.so build/asan/stage/caudal/
+	printf '%s\n' "# Drop the editable install's import hook so the staged module is used." \
+	  "import sys" \
+	  "sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith('_editable_skbc_')]" \
+	  > build/asan/stage/sitecustomize.py
 	cd build/asan/stage && PYTHONPATH=$(abspath build/asan/stage) \
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

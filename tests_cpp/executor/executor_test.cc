@@ -8,7 +8,8 @@
 namespace caudal {
 namespace {
 
-std::shared_ptr<StepEntry> MakeEntry(Executor& ex, const std::string& name, int max_retries = 0) {
+std::shared_ptr<StepEntry> MakeEntry(Executor& ex, const std::string& name,
+                                     int max_retries = 0) {
   auto e = std::make_shared<StepEntry>();
   e->spec.name = name;
   e->spec.max_retries = max_retries;
@@ -86,7 +87,7 @@ TEST(ExecutorTest, RetriesUpToMaxThenFail) {
   auto entry = MakeEntry(ex, "r", /*max_retries=*/2);
   ExecutionRecord* r = ex.Begin(entry, 0);
   EXPECT_GE(ex.AttemptFailed(r, 10, false), 0.0);  // attempt 2
-  EXPECT_GE(ex.AttemptFailed(r, 20, true), 0.0);   // attempt 3 (after a timeout)
+  EXPECT_GE(ex.AttemptFailed(r, 20, true), 0.0);  // attempt 3 (after a timeout)
   EXPECT_LT(ex.AttemptFailed(r, 30, false), 0.0);  // none left
   const ExecutionOutcome o = ex.Fail(r, 40, false);
   EXPECT_EQ(o.attempts, 3);

@@ -22,7 +22,9 @@ TEST(LatencyHistogramTest, BucketsPartitionTheRange) {
   // Every value lands in a bucket whose bounds contain it, and buckets are
   // contiguous and increasing.
   for (int b = 0; b + 1 < LatencyHistogram::kNumBuckets; ++b) {
-    EXPECT_EQ(LatencyHistogram::BucketUpper(b), LatencyHistogram::BucketLower(b + 1)) << b;
+    EXPECT_EQ(LatencyHistogram::BucketUpper(b),
+              LatencyHistogram::BucketLower(b + 1))
+        << b;
   }
   std::mt19937_64 rng(1);
   for (int i = 0; i < 100000; ++i) {

@@ -33,7 +33,7 @@
 // Thread-safety: all methods may be called from any thread.
 // Cost: TryAcquire and Release without waiters are one CAS on the state word
 // plus a relaxed counter increment (tens of ns uncontended). The slow path
-// takes an absl::Mutex; Enqueue and Cancel are O(1) (list + hash index).
+// takes a caudal::Mutex; Enqueue and Cancel are O(1) (list + hash index).
 #ifndef CAUDAL_CONCURRENCY_CONCURRENCY_GATE_H_
 #define CAUDAL_CONCURRENCY_CONCURRENCY_GATE_H_
 
@@ -48,8 +48,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
-#include "caudal/concurrency/internal/tsan_mutex.h"
+#include "caudal/base/mutex.h"
 
 namespace caudal {
 
@@ -120,7 +119,7 @@ class ConcurrencyGate {
   std::atomic<int64_t> cancelled_{0};
   std::atomic<int64_t> max_waiting_{0};
 
-  absl::Mutex mu_;
+  Mutex mu_;
   std::list<W> queue_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<W, typename std::list<W>::iterator> index_
       ABSL_GUARDED_BY(mu_);
@@ -147,7 +146,7 @@ bool ConcurrencyGate<W>::TryAcquire() {
 
 template <typename W>
 bool ConcurrencyGate<W>::AcquireOrEnqueue(W waiter) {
-  concurrency_internal::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   assert(!index_.contains(waiter) && "waiter is already queued");
   const int limit = limit_.load(std::memory_order_relaxed);
   uint64_t s = state_.load(std::memory_order_relaxed);
@@ -184,7 +183,7 @@ std::optional<W> ConcurrencyGate<W>::Release() {
       return std::nullopt;
     }
   }
-  concurrency_internal::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const int limit = limit_.load(std::memory_order_relaxed);
   s = state_.load(std::memory_order_relaxed);
   for (;;) {
@@ -202,7 +201,7 @@ std::optional<W> ConcurrencyGate<W>::Release() {
 
 template <typename W>
 bool ConcurrencyGate<W>::Cancel(const W& waiter) {
-  concurrency_internal::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = index_.find(waiter);
   if (it == index_.end()) return false;
   queue_.erase(it->second);
@@ -216,7 +215,7 @@ template <typename W>
 std::vector<W> ConcurrencyGate<W>::SetLimit(int limit) {
   limit = std::max(0, limit);
   std::vector<W> woken;
-  concurrency_internal::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   limit_.store(limit, std::memory_order_relaxed);
   uint64_t s = state_.load(std::memory_order_relaxed);
   while (Waiting(s) > 0 && InFlight(s) < limit) {
