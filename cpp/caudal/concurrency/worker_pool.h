@@ -111,9 +111,10 @@ class WorkerPool {
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   // Accepts the task (OK) or refuses it at once: kResourceExhausted "task
-  // queue is full", kFailedPrecondition once Shutdown has begun,
-  // kInvalidArgument if task.run is empty. A refused task is destroyed
-  // without calling on_done.
+  // queue is full", kFailedPrecondition once Shutdown has begun (also for
+  // tasks submitted by running tasks while a drain is in progress, as in
+  // Python's ThreadPoolExecutor), kInvalidArgument if task.run is empty. A
+  // refused task is destroyed without calling on_done.
   absl::Status Submit(Task task);
 
   // Stops accepting tasks and waits for the workers to finish. With drain,
