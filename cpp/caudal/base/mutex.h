@@ -1,50 +1,73 @@
-// caudal::Mutex / caudal::MutexLock: absl::Mutex, except in the TSan build.
+// caudal::Mutex, caudal::MutexLock, caudal::Wait: absl::Mutex made visible to
+// ThreadSanitizer.
 //
-// Debian's Abseil is a prebuilt library compiled without ThreadSanitizer, so
-// TSan cannot see the happens-before edges absl::Mutex creates and reports
-// false races on every field it guards. In the TSan build (CAUDAL_TSAN,
-// set by CMake) this is a std::mutex, whose pthread calls TSan intercepts, so
-// the sanitizer checks our locking for real. Thread-safety annotations
-// (ABSL_GUARDED_BY, ...) work with both.
+// Why: Debian's prebuilt Abseil (libabsl20220623) is not compiled with
+// -fsanitize=thread, so TSan cannot see absl::Mutex lock and unlock (they
+// happen in uninstrumented code) and reports every access under the mutex as
+// a race. MutexLock and Wait add the happens-before edges by hand
+// (__tsan_release before unlocking, __tsan_acquire after locking). Outside
+// TSan builds they compile to plain absl::MutexLock / CondVar::Wait; with an
+// instrumented Abseil the extra edges are redundant, never wrong.
+//
+// Every lock in the core goes through MutexLock (never absl::MutexLock).
+// Thread-safety: as absl::Mutex. Cost outside TSan builds: none.
 #ifndef CAUDAL_BASE_MUTEX_H_
 #define CAUDAL_BASE_MUTEX_H_
 
+#include "absl/base/config.h"
 #include "absl/base/thread_annotations.h"
-
-#if defined(CAUDAL_TSAN)
-#include <mutex>
-#else
 #include "absl/synchronization/mutex.h"
+
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+#include <sanitizer/tsan_interface.h>
 #endif
 
 namespace caudal {
 
-#if defined(CAUDAL_TSAN)
-class ABSL_LOCKABLE Mutex {
- public:
-  void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() { mu_.lock(); }
-  void Unlock() ABSL_UNLOCK_FUNCTION() { mu_.unlock(); }
+using Mutex = absl::Mutex;
+using CondVar = absl::CondVar;
 
- private:
-  std::mutex mu_;
-};
+namespace base_internal {
+inline void TsanAcquire(Mutex* mu) {
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+  __tsan_acquire(mu);
+#else
+  (void)mu;
+#endif
+}
+inline void TsanRelease(Mutex* mu) {
+#ifdef ABSL_HAVE_THREAD_SANITIZER
+  __tsan_release(mu);
+#else
+  (void)mu;
+#endif
+}
+}  // namespace base_internal
 
+// Drop-in for absl::MutexLock.
 class ABSL_SCOPED_LOCKABLE MutexLock {
  public:
   explicit MutexLock(Mutex* mu) ABSL_EXCLUSIVE_LOCK_FUNCTION(mu) : mu_(mu) {
     mu_->Lock();
+    base_internal::TsanAcquire(mu_);
   }
-  ~MutexLock() ABSL_UNLOCK_FUNCTION() { mu_->Unlock(); }
+  ~MutexLock() ABSL_UNLOCK_FUNCTION() {
+    base_internal::TsanRelease(mu_);
+    mu_->Unlock();
+  }
   MutexLock(const MutexLock&) = delete;
   MutexLock& operator=(const MutexLock&) = delete;
 
  private:
   Mutex* const mu_;
 };
-#else
-using Mutex = absl::Mutex;
-using MutexLock = absl::MutexLock;
-#endif
+
+// cv->Wait(mu), which unlocks and relocks mu inside.
+inline void Wait(CondVar* cv, Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  base_internal::TsanRelease(mu);
+  cv->Wait(mu);
+  base_internal::TsanAcquire(mu);
+}
 
 }  // namespace caudal
 

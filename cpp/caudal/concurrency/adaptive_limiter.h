@@ -35,7 +35,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "caudal/concurrency/concurrency_gate.h"
-#include "caudal/concurrency/internal/tsan_mutex.h"
+#include "caudal/base/mutex.h"
 #include "caudal/concurrency/limit_algorithms.h"
 
 namespace caudal {
@@ -133,7 +133,7 @@ class AdaptiveLimiter {
   void Sample(int64_t start_ns, int64_t rtt_ns, int inflight, bool drop) {
     std::vector<W> woken;
     {
-      concurrency_internal::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       const int next = algorithm_->OnSample(start_ns, rtt_ns, inflight, drop);
       // Under mu_, so limit changes reach the gate in sample order.
       if (next != gate_.limit()) woken = gate_.SetLimit(next);

@@ -6,12 +6,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "caudal/concurrency/internal/tsan_mutex.h"
+#include "caudal/base/mutex.h"
 
 namespace caudal {
 namespace {
 
-using concurrency_internal::MutexLock;
 
 // The pool (and worker index) the current thread works for, if any.
 thread_local const WorkerPool* tls_pool = nullptr;
@@ -184,7 +183,7 @@ void WorkerPool::WorkerLoop(int index) {
           exit = true;  // shut down and nothing left to take
           break;
         }
-        concurrency_internal::Wait(&sleep_cv_, &sleep_mu_);
+        Wait(&sleep_cv_, &sleep_mu_);
       }
       sleepers_.fetch_sub(1, std::memory_order_seq_cst);
     }
