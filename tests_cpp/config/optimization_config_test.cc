@@ -89,16 +89,21 @@ TEST(OptimizationConfigTest, JsonErrorsCarryPaths) {
           "enable_circuit_breaker": 1, "max_concurrent_executions": 2.5})");
   ASSERT_FALSE(r.ok());
   const std::string msg(r.status().message());
-  EXPECT_THAT(msg, HasSubstr("$.cache_max_size: expected an integer, got string"));
+  EXPECT_THAT(msg,
+              HasSubstr("$.cache_max_size: expected an integer, got string"));
   EXPECT_THAT(msg, HasSubstr("$.no_such_field: unknown field"));
-  EXPECT_THAT(msg, HasSubstr("$.enable_circuit_breaker: expected a boolean, got integer"));
-  EXPECT_THAT(msg, HasSubstr("$.max_concurrent_executions: expected an integer or null, got number"));
+  EXPECT_THAT(
+      msg,
+      HasSubstr("$.enable_circuit_breaker: expected a boolean, got integer"));
+  EXPECT_THAT(msg, HasSubstr("$.max_concurrent_executions: expected an integer "
+                             "or null, got number"));
 }
 
 TEST(OptimizationConfigTest, MalformedJsonAndWrongRoot) {
   auto r = OptimizationConfig::FromJson("{\"cache_max_size\": ");
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("malformed JSON at byte"));
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("malformed JSON at byte"));
   r = OptimizationConfig::FromJson("[1, 2]");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), "$: expected a JSON object, got array");

@@ -1,11 +1,11 @@
 #include "caudal/config/optimization_config.h"
 
 #include <cmath>
-#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 
 namespace caudal {
@@ -61,7 +61,8 @@ const char* RuleText(Rule rule) {
 }
 
 // Appends "<name> <rule>" to `out` when `value` breaks the rule.
-void Check(absl::string_view name, double value, std::vector<std::string>& out) {
+void Check(absl::string_view name, double value,
+           std::vector<std::string>& out) {
   const Rule rule = RuleFor(name);
   if (std::isnan(value) || std::isinf(value)) {
     out.push_back(absl::StrCat(name, " must be a finite number"));
@@ -173,9 +174,11 @@ void FromJsonValue(const Json& j, const std::string& path,
   int64_t v = 0;
   const size_t before = errors.size();
   FromJsonValue(j, path, v, errors);
-  if (errors.size() == before) out = v;
-  else errors.back() = absl::StrCat(path, ": expected an integer or null, got ",
-                                    TypeName(j));
+  if (errors.size() == before)
+    out = v;
+  else
+    errors.back() =
+        absl::StrCat(path, ": expected an integer or null, got ", TypeName(j));
 }
 
 FieldKind KindOf(bool) { return FieldKind::kBool; }
@@ -252,9 +255,9 @@ absl::StatusOr<OptimizationConfig> OptimizationConfig::FromJson(
     const std::string& key = it.key();
     const std::string path = "$." + key;
     bool known = false;
-#define CAUDAL_FIELD_FROM_JSON(kind, name, def, doc)  \
-  if (!known && key == #name) {                       \
-    known = true;                                     \
+#define CAUDAL_FIELD_FROM_JSON(kind, name, def, doc)   \
+  if (!known && key == #name) {                        \
+    known = true;                                      \
     FromJsonValue(it.value(), path, cfg.name, errors); \
   }
     CAUDAL_CONFIG_FIELDS(CAUDAL_FIELD_FROM_JSON)
@@ -283,9 +286,9 @@ const std::vector<FieldInfo>& ConfigFields() {
     auto* fields = new std::vector<FieldInfo>();
     static std::vector<std::string> reprs;  // owns default_repr strings
     const OptimizationConfig defaults;
-#define CAUDAL_FIELD_INFO(kind, name, def, doc)                                \
-  reprs.push_back(DefaultRepr(defaults.name));                                 \
-  fields->push_back(FieldInfo{#name, KindOf(defaults.name), doc, nullptr,         \
+#define CAUDAL_FIELD_INFO(kind, name, def, doc)                           \
+  reprs.push_back(DefaultRepr(defaults.name));                            \
+  fields->push_back(FieldInfo{#name, KindOf(defaults.name), doc, nullptr, \
                               RuleText(RuleFor(#name))});
     CAUDAL_CONFIG_FIELDS(CAUDAL_FIELD_INFO)
 #undef CAUDAL_FIELD_INFO

@@ -1,0 +1,130 @@
+# caudal's entry points. `make demo` and `make test` each do every set-up
+# step they need on a fresh machine (Debian packages, .venv, the package),
+# and skip what is already done on the next run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# flujo (the reference implementation we test and benchmark against) needs
+# Python >= 3.13, so the development venv uses it when the machine has it.
+PY_BOOT ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13 \
+             /usr/local/bin/python3.13 /usr/bin/python3.13 python3; do \
+             "$$p" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null && \
+             { "$$p" -c 'import sys; print(sys.executable)'; break; }; done)
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+CMAKE   := $(VENV)/bin/cmake
+CTEST   := $(VENV)/bin/ctest
+STAMPS  := .stamps
+JOBS    ?= 2
+
+APT_PKGS := g++ libabsl-dev nlohmann-json3-dev libgtest-dev libgmock-dev \
+            libxxhash-dev libzstd-dev redis-server postgresql clang-format
+
+CPP_INPUTS := $(shell find cpp cmake -type f 2>/dev/null) CMakeLists.txt
+CPP_TEST_INPUTS := $(CPP_INPUTS) $(shell find tests_cpp -type f 2>/dev/null)
+
+.PHONY: help demo test test-cpp test-py test-asan test-tsan bench bench-quick format lint clean deps
+
+help:
+	@echo "make demo       run the example pipeline (sets everything up)"
+	@echo "make test       ctest (tests_cpp) + pytest (tests_py)"
+	@echo "make test-asan  ASan+UBSan over tests_cpp and over tests_py with an instrumented module"
+	@echo "make test-tsan  tests_cpp under TSan"
+	@echo "make bench      every benchmark in benchmarks/ (results in benchmarks/results/)"
+	@echo "make format     clang-format + ruff format"
+
+# ---------------------------------------------------------------- set-up
+$(STAMPS)/apt: Makefile
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "Missing Debian packages. Run:"; echo "  sudo apt-get install -y $$missing"; exit 1; \
+	  fi; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: requirements-dev.txt | $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	@test -x $(VPY) || $(PY_BOOT) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-dev.txt
+	@touch $@
+
+# Editable install: Python sources are used in place; the extension is
+# rebuilt (incrementally, in build/editable) when C++ sources change.
+$(STAMPS)/install: $(STAMPS)/venv $(CPP_INPUTS) pyproject.toml
+	$(VPY) -m pip install -q --no-build-isolation --no-deps \
+	  -Cbuild-dir=build/editable -Ceditable.rebuild=false -e .
+	@touch $@
+
+deps: $(STAMPS)/install
+
+# ----------------------------------------------------------------- tests
+build/cpp/.configured: $(STAMPS)/venv CMakeLists.txt
+	$(CMAKE) -S . -B build/cpp -G Ninja -DBUILD_TESTING=ON -DCAUDAL_BUILD_PYTHON=OFF \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja >/dev/null
+	@touch $@
+
+test-cpp: build/cpp/.configured
+	$(CMAKE) --build build/cpp -j$(JOBS)
+	$(CTEST) --test-dir build/cpp --output-on-failure -j$(JOBS)
+
+test-py: $(STAMPS)/install
+	$(VPY) -m pytest tests_py
+
+test: test-cpp test-py
+
+# ASan+UBSan: the gtest suite, then pytest against an instrumented module
+# staged with the pure-Python sources in build/asan-py/stage.
+test-asan: $(STAMPS)/venv
+	$(CMAKE) -S . -B build/asan -G Ninja -DBUILD_TESTING=ON -DCAUDAL_BUILD_PYTHON=ON \
+	  -DCAUDAL_SANITIZE=address -DCMAKE_BUILD_TYPE=Debug -DPython_EXECUTABLE=$(abspath $(VPY)) \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja >/dev/null
+	$(CMAKE) --build build/asan -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1 $(CTEST) --test-dir build/asan --output-on-failure -j$(JOBS)
+	rm -rf build/asan/stage && mkdir -p build/asan/stage
+	cp -r python/caudal build/asan/stage/caudal
+	cp build/asan/cpp/bindings/_core*.so build/asan/stage/caudal/
+	printf '%s\n' "# Drop the editable install's import hook so the staged module is used." \
+	  "import sys" \
+	  "sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith('_editable_skbc_')]" \
+	  > build/asan/stage/sitecustomize.py
+	cd build/asan/stage && PYTHONPATH=$(abspath build/asan/stage) \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  CAUDAL_EXPECT_CORE=$(abspath build/asan/stage/caudal) \
+	  $(abspath $(VPY)) -m pytest -p no:cacheprovider -c $(abspath pyproject.toml) \
+	  --rootdir=$(abspath .) $(abspath tests_py) -x -q
+
+test-tsan: $(STAMPS)/venv
+	$(CMAKE) -S . -B build/tsan -G Ninja -DBUILD_TESTING=ON -DCAUDAL_BUILD_PYTHON=OFF \
+	  -DCAUDAL_SANITIZE=thread -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja >/dev/null
+	$(CMAKE) --build build/tsan -j$(JOBS)
+	TSAN_OPTIONS=halt_on_error=1 $(CTEST) --test-dir build/tsan --output-on-failure -j$(JOBS)
+
+# ------------------------------------------------------------ demo, bench
+demo: $(STAMPS)/install
+	$(VPY) examples/demo.py
+
+bench: $(STAMPS)/install
+	$(VPY) benchmarks/run.py
+
+bench-quick: $(STAMPS)/install
+	$(VPY) benchmarks/run.py --quick
+
+# ---------------------------------------------------------------- habits
+format: $(STAMPS)/venv
+	clang-format -i $$(find cpp tests_cpp -name '*.h' -o -name '*.cc')
+	$(VENV)/bin/ruff format python tests_py benchmarks examples
+
+lint: $(STAMPS)/venv
+	clang-format --dry-run -Werror $$(find cpp tests_cpp -name '*.h' -o -name '*.cc')
+	$(VENV)/bin/ruff check python tests_py benchmarks examples
+
+clean:
+	rm -rf build $(STAMPS) dist *.egg-info

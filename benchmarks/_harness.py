@@ -1,0 +1,75 @@
+"""Side-by-side timing harness shared by the benchmarks.
+
+Contenders run in one process and one event loop, interleaved: each round
+times one batch of every contender in a shuffled order, and the figure
+reported is the median over rounds of the per-call time. Shared, noisy
+machines move all contenders together within a round, so ratios taken this
+way are far steadier than separate runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+Contender = Callable[[int], Awaitable[object]]
+
+
+async def interleaved(
+    contenders: dict[str, Contender], *, rounds: int, batch: int, warmup: int = 200, seed: int = 7
+) -> dict[str, dict[str, float]]:
+    rng = random.Random(seed)
+    for call in contenders.values():
+        for i in range(warmup):
+            await call(i)
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    x = 0
+    for _ in range(rounds):
+        rng.shuffle(names)
+        for name in names:
+            call = contenders[name]
+            t0 = time.perf_counter_ns()
+            for _ in range(batch):
+                await call(x)
+                x += 1
+            samples[name].append((time.perf_counter_ns() - t0) / batch / 1000.0)
+    out = {}
+    for name, s in samples.items():
+        s.sort()
+        out[name] = {
+            "median_us": statistics.median(s),
+            "p10_us": s[len(s) // 10],
+            "p90_us": s[(len(s) * 9) // 10],
+            "rounds": len(s),
+            "batch": batch,
+        }
+    return out
+
+
+def machine() -> dict[str, str]:
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "processor": platform.processor() or platform.machine(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "machine": machine(), **payload}
+    path.write_text(json.dumps(payload, indent=2))
+    return path

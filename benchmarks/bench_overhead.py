@@ -1,0 +1,108 @@
+"""Per-execute cost of a trivial async step (issue: ExecutorCore API).
+
+Rows, all in one process and one event loop, interleaved:
+  (a) bare ``await fn(x)``
+  (b) caudal, every optimization off
+  (c) caudal, the defaults
+  (d) caudal, every optimization on (distinct inputs: cache misses)
+  (e) flujo's own ExecutorCore (PyPI 0.6.11) on the same step, as a flujo Step,
+      with flujo's defaults (its result cache is on: a miss and a store per call)
+  (f) flujo's ExecutorCore with enable_cache=False (its cheapest configuration)
+Prints each row's cost above (a) and its speed-up over (e).
+
+    python benchmarks/bench_overhead.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import interleaved, save  # noqa: E402
+
+from caudal import ExecutorCore, OptimizationConfig  # noqa: E402
+
+FLAGS = [f["name"] for f in OptimizationConfig.fields() if f["type"] == "bool"]
+
+
+def config_all(value: bool) -> OptimizationConfig:
+    return OptimizationConfig(**{name: value for name in FLAGS})
+
+
+async def step(x):
+    return x + 1
+
+
+class IncAgent:
+    async def run(self, data, **kwargs):
+        return data + 1
+
+
+def flujo_contender():
+    try:
+        from flujo.application.core.executor_core import ExecutorCore as FlujoExecutor
+        from flujo.domain.dsl.step import Step as FlujoStep
+    except Exception as e:  # noqa: BLE001 - report, don't hide
+        print(f"flujo unavailable ({type(e).__name__}: {e}); row (e) skipped", file=sys.stderr)
+        return None
+    logging.getLogger("flujo").setLevel(logging.WARNING)
+    fstep = FlujoStep(name="inc", agent=IncAgent())
+    default = FlujoExecutor()  # flujo's default: result cache on (miss + store here)
+    nocache = FlujoExecutor(enable_cache=False)
+
+    async def call_default(x):
+        return await default.execute(fstep, x)
+
+    async def call_nocache(x):
+        return await nocache.execute(fstep, x)
+
+    return call_default, call_nocache
+
+
+async def main(quick: bool) -> dict:
+    off = ExecutorCore(config_all(False))
+    defaults = ExecutorCore(OptimizationConfig())
+    on = ExecutorCore(config_all(True))
+    contenders = {
+        "(a) bare await": step,
+        "(b) caudal, all off": lambda x: off.execute(step, x),
+        "(c) caudal, defaults": lambda x: defaults.execute(step, x),
+        "(d) caudal, all on (misses)": lambda x: on.execute(step, x),
+    }
+    flujo = flujo_contender()
+    if flujo is not None:
+        contenders["(e) flujo ExecutorCore"] = flujo[0]
+        contenders["(f) flujo, enable_cache=False"] = flujo[1]
+    # Check every contender really works before timing it.
+    for name, call in contenders.items():
+        r = await call(1)
+        out = getattr(r, "output", r)
+        assert out == 2, (name, r)
+    rounds, batch = (15, 200) if quick else (41, 1000)
+    res = await interleaved(contenders, rounds=rounds, batch=batch)
+    base = res["(a) bare await"]["median_us"]
+    ref = res.get("(e) flujo ExecutorCore", {}).get("median_us")
+    rows = []
+    print(f"{'contender':32} {'median µs':>10} {'above (a) µs':>13} {'vs (e)':>9}")
+    for name, r in res.items():
+        above = r["median_us"] - base
+        ratio = ref / r["median_us"] if ref else None
+        rows.append({"contender": name, **r, "above_bare_us": above, "speedup_vs_flujo": ratio})
+    rows.sort(key=lambda r: r["contender"])
+    for r in rows:
+        ratio = f"{r['speedup_vs_flujo']:.0f}x" if r["speedup_vs_flujo"] else "-"
+        print(f"{r['contender']:32} {r['median_us']:10.3f} {r['above_bare_us']:13.3f} {ratio:>9}")
+    path = save("overhead", {"quick": quick, "rows": rows})
+    print(f"saved {path}")
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    asyncio.run(main(p.parse_args().quick))

@@ -1,0 +1,29 @@
+// Shared helpers of the caudal._core bindings: status -> exception
+// translation (the one place where a core absl::Status becomes a Python
+// exception) and registration entry points of each binding file.
+#ifndef CAUDAL_BINDINGS_COMMON_H_
+#define CAUDAL_BINDINGS_COMMON_H_
+
+#include <pybind11/pybind11.h>
+
+#include "absl/status/status.h"
+
+namespace caudal::bindings {
+
+namespace py = pybind11;
+
+// Raises the caudal exception matching `status` (caudal.ConfigurationError
+// for kInvalidArgument, with one problem per line of the message in
+// `.problems`; caudal.QueueFullError for kResourceExhausted; ...).
+[[noreturn]] void ThrowStatus(const absl::Status& status);
+
+// Looks up an attribute of the pure-Python caudal package lazily (used only
+// off the hot path: error types, the step analyser).
+py::object CaudalAttr(const char* module, const char* name);
+
+void RegisterConfig(py::module_& m);
+void RegisterExecutor(py::module_& m);
+
+}  // namespace caudal::bindings
+
+#endif  // CAUDAL_BINDINGS_COMMON_H_

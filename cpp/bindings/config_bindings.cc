@@ -1,0 +1,214 @@
+// OptimizationConfig for Python: every field of the C++ config as a typed
+// attribute, keyword construction, validate(), to_dict()/from_dict(),
+// to_json()/from_json(), equality, pickling and a readable repr.
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "caudal/config/optimization_config.h"
+#include "common.h"
+
+namespace caudal::bindings {
+namespace {
+
+using Config = OptimizationConfig;
+
+[[noreturn]] void TypeErr(const char* field, const char* want, py::handle got) {
+  throw py::type_error(
+      std::string("OptimizationConfig.") + field + " must be " + want +
+      ", got " + std::string(py::str(py::type::of(got).attr("__name__"))) +
+      " (" + std::string(py::repr(got)) + ")");
+}
+
+bool IsExactBool(py::handle v) { return PyBool_Check(v.ptr()); }
+bool IsInt(py::handle v) {
+  return PyLong_Check(v.ptr()) && !PyBool_Check(v.ptr());
+}
+
+void Assign(const char* f, bool& out, py::handle v) {
+  if (!IsExactBool(v)) TypeErr(f, "a bool", v);
+  out = v.ptr() == Py_True;
+}
+void Assign(const char* f, int64_t& out, py::handle v) {
+  if (!IsInt(v)) TypeErr(f, "an int", v);
+  int overflow = 0;
+  const long long x = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+  if (overflow)
+    throw py::value_error(std::string("OptimizationConfig.") + f +
+                          " is out of range");
+  out = x;
+}
+void Assign(const char* f, double& out, py::handle v) {
+  if (!(PyFloat_Check(v.ptr()) || IsInt(v))) TypeErr(f, "a number", v);
+  out = PyFloat_AsDouble(v.ptr());
+  if (PyErr_Occurred()) throw py::error_already_set();
+}
+void Assign(const char* f, std::optional<int64_t>& out, py::handle v) {
+  if (v.is_none()) {
+    out.reset();
+    return;
+  }
+  if (!IsInt(v)) TypeErr(f, "an int or None", v);
+  int64_t x = 0;
+  Assign(f, x, v);
+  out = x;
+}
+
+py::object Get(bool v) { return py::bool_(v); }
+py::object Get(int64_t v) { return py::int_(v); }
+py::object Get(double v) { return py::float_(v); }
+py::object Get(const std::optional<int64_t>& v) {
+  return v.has_value() ? py::object(py::int_(*v)) : py::object(py::none());
+}
+
+void SetField(Config& c, const std::string& name, py::handle v) {
+#define CAUDAL_SET(kind, fname, def, doc) \
+  if (name == #fname) return Assign(#fname, c.fname, v);
+  CAUDAL_CONFIG_FIELDS(CAUDAL_SET)
+#undef CAUDAL_SET
+  throw py::type_error("OptimizationConfig has no field '" + name + "'");
+}
+
+py::dict ToDict(const Config& c) {
+  py::dict d;
+#define CAUDAL_GET(kind, fname, def, doc) d[#fname] = Get(c.fname);
+  CAUDAL_CONFIG_FIELDS(CAUDAL_GET)
+#undef CAUDAL_GET
+  return d;
+}
+
+Config FromDict(py::dict d) {
+  Config c;
+  std::vector<std::string> problems;
+  for (auto item : d) {
+    const std::string key = py::str(item.first);
+    try {
+      SetField(c, key, item.second);
+    } catch (py::type_error& e) {
+      problems.push_back(
+          key + ": " +
+          (std::string(e.what()).find("no field") != std::string::npos
+               ? std::string("unknown field")
+               : std::string(e.what())));
+    } catch (py::value_error& e) {
+      problems.push_back(key + ": " + e.what());
+    }
+  }
+  if (!problems.empty()) {
+    std::string msg;
+    for (const auto& p : problems) msg += p + "\n";
+    ThrowStatus(absl::InvalidArgumentError(msg));
+  }
+  return c;
+}
+
+std::string Repr(const Config& c) {
+  // Only the fields that differ from the defaults, like a dataclass repr
+  // that stays readable with 28 fields.
+  const Config defaults;
+  const py::dict now = ToDict(c);
+  const py::dict def = ToDict(defaults);
+  std::string out = "OptimizationConfig(";
+  bool first = true;
+  for (const FieldInfo& f : ConfigFields()) {
+    py::object a = now[f.name], b = def[f.name];
+    if (a.equal(b)) continue;
+    if (!first) out += ", ";
+    first = false;
+    out += std::string(f.name) + "=" + std::string(py::repr(a));
+  }
+  return out + ")";
+}
+
+const char* KindName(FieldKind k) {
+  switch (k) {
+    case FieldKind::kBool:
+      return "bool";
+    case FieldKind::kInt:
+      return "int";
+    case FieldKind::kFloat:
+      return "float";
+    case FieldKind::kOptInt:
+      return "int | None";
+  }
+  return "?";
+}
+
+}  // namespace
+
+void RegisterConfig(py::module_& m) {
+  auto cls = py::class_<Config>(m, "OptimizationConfig", R"doc(
+Every setting of the executor (seed 001's OptimizationConfig). Values,
+validation and the JSON form live in the C++ core; see docs/config.md.
+
+Construct with keywords (``OptimizationConfig(cache_max_size=1000)``),
+assign attributes, call ``validate()`` for a list of problems.
+)doc");
+  cls.def(py::init([](py::kwargs kwargs) {
+            Config c;
+            for (auto item : kwargs) {
+              const std::string key = py::str(item.first);
+              SetField(c, key, item.second);
+            }
+            return c;
+          }),
+          "Keyword construction; unspecified fields keep their defaults.");
+#define CAUDAL_PROP(kind, fname, def, doc)                  \
+  cls.def_property(                                         \
+      #fname, [](const Config& c) { return Get(c.fname); }, \
+      [](Config& c, py::handle v) { Assign(#fname, c.fname, v); }, doc);
+  CAUDAL_CONFIG_FIELDS(CAUDAL_PROP)
+#undef CAUDAL_PROP
+  cls.def("validate", &Config::Validate,
+          "Human-readable problems; an empty list when the config is valid.");
+  cls.def("to_dict", &ToDict, "Every field as a plain dict.");
+  cls.def_static("from_dict", &FromDict, py::arg("data"),
+                 "Builds a config from a dict; unknown fields or wrong types "
+                 "raise ConfigurationError naming each one.");
+  cls.def("to_json", &Config::ToJson, py::arg("indent") = 2);
+  cls.def_static(
+      "from_json",
+      [](const std::string& text) {
+        auto r = Config::FromJson(text);
+        if (!r.ok()) ThrowStatus(r.status());
+        return *r;
+      },
+      py::arg("text"),
+      "Parses and validates JSON; errors name the JSON path of each problem.");
+  cls.def("copy", [](const Config& c) { return Config(c); });
+  cls.def("__copy__", [](const Config& c) { return Config(c); });
+  cls.def("__deepcopy__",
+          [](const Config& c, py::handle) { return Config(c); });
+  cls.def("__eq__", [](const Config& a, py::handle b) -> py::object {
+    if (!py::isinstance<Config>(b))
+      return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+    return py::bool_(a == b.cast<const Config&>());
+  });
+  cls.attr("__hash__") = py::none();
+  cls.def("__repr__", &Repr);
+  cls.def(py::pickle([](const Config& c) { return c.ToJson(-1); },
+                     [](const std::string& s) {
+                       auto r = Config::FromJson(s);
+                       if (!r.ok()) ThrowStatus(r.status());
+                       return *r;
+                     }));
+  cls.def_static(
+      "fields",
+      []() {
+        py::list out;
+        for (const FieldInfo& f : ConfigFields()) {
+          py::dict d;
+          d["name"] = f.name;
+          d["type"] = KindName(f.kind);
+          d["default"] = f.default_repr;
+          d["doc"] = f.doc;
+          d["rule"] = f.rule;
+          out.append(d);
+        }
+        return out;
+      },
+      "The field table: name, type, default, doc and validation rule of "
+      "every field, in declaration order.");
+}
+
+}  // namespace caudal::bindings

@@ -1,0 +1,448 @@
+// The executor engine for Python: the two calls per attempt (`_begin` before,
+// `_succeed`/`_failed` after), StepResult, and the stats read-out.
+//
+// Hot-path contract with python/caudal/executor_core.py:
+//   rec, aw, mode = engine._begin(step, data, context, resources)
+//     mode 0: `aw` is the step's awaitable        -> out = await aw
+//     mode 1: same, with a per-attempt timeout    -> engine._timeout_s(rec)
+//     mode 2: a sync step: run engine._call(rec, ...) in a worker thread
+//     mode 3: calling the step raised: `aw` is the exception
+//   engine._succeed(rec, out) -> StepResult
+//   engine._failed(rec, exc, timed_out) -> float (retry after that many
+//     seconds; then engine._call(rec, ...) starts the next attempt),
+//     StepResult (final failure), or a Step (the fallback to run; finish
+//     with engine._fallback_done(rec, result)).
+//   engine._cancel(rec) when the attempt was cancelled.
+// `rec` is the address of a native ExecutionRecord, owned by that one
+// execute() call until one of _succeed/_failed(final)/_fallback_done/_cancel.
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+
+#include "caudal/executor/executor.h"
+#include "common.h"
+#include "step_result.h"
+
+namespace caudal::bindings {
+namespace {
+
+// A step table row with the Python objects it needs. Created and destroyed
+// with the GIL held (table inserts happen in _begin; the table and records
+// are released by the engine, which is a Python object).
+struct PyStepEntry : StepEntry {
+  py::object key_a;     // the step object (or a bound method's __func__)
+  py::object key_b;     // a bound method's __self__, else None
+  py::object fn;        // what to call
+  py::object fallback;  // Step or None
+  py::object name_str;  // spec.name as a Python str (shared by results)
+  ~PyStepEntry() override {
+    py::gil_scoped_acquire gil;
+    key_a = py::object();
+    key_b = py::object();
+    fn = py::object();
+    fallback = py::object();
+    name_str = py::object();
+  }
+};
+
+ExecutionRecord* Rec(uintptr_t h) {
+  return reinterpret_cast<ExecutionRecord*>(h);
+}
+PyStepEntry* Entry(ExecutionRecord* r) {
+  return static_cast<PyStepEntry*>(r->step.get());
+}
+
+py::object FeedbackOf(py::handle exc) {
+  py::str type_name = py::type::of(exc).attr("__name__");
+  py::str msg = py::str(exc);
+  if (PyUnicode_GetLength(msg.ptr()) == 0) return std::move(type_name);
+  return py::str("{}: {}").format(type_name, msg);
+}
+
+class Engine {
+ public:
+  friend PyObject* FastBegin(PyObject*, PyObject* const*, Py_ssize_t);
+  friend PyObject* FastSucceed(PyObject*, PyObject* const*, Py_ssize_t);
+  explicit Engine(const OptimizationConfig& config) : core_(config) {}
+
+  ~Engine() {
+    // Entries hold Python objects; drop them while the GIL is held.
+    auto dropped = core_.steps().Clear();
+    dropped.clear();
+  }
+
+  void apply_config(const OptimizationConfig& config) {
+    const absl::Status s = core_.ApplyConfig(config);
+    if (!s.ok()) ThrowStatus(s);
+  }
+  OptimizationConfig config() const { return *core_.config(); }
+
+  // ---- hot path: before the first attempt ----
+  py::tuple begin(py::handle step, py::handle data, py::handle context,
+                  py::handle resources) {
+    std::shared_ptr<StepEntry> entry = Lookup(step);
+    ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs());
+    return StartAttempt(r, data, context, resources);
+  }
+
+  // Starts an attempt of an existing record (retries): the awaitable or,
+  // for sync steps, nothing. Same (rec, aw, mode) triple as begin().
+  py::tuple restart(uintptr_t h, py::handle data, py::handle context,
+                    py::handle resources) {
+    return StartAttempt(Rec(h), data, context, resources);
+  }
+
+  // Calls the step (sync steps, from a worker thread).
+  py::object call(uintptr_t h, py::handle data, py::handle context,
+                  py::handle resources) {
+    return Invoke(Entry(Rec(h)), data, context, resources);
+  }
+
+  double timeout_s(uintptr_t h) const {
+    return static_cast<double>(Rec(h)->step->spec.timeout_ns) / 1e9;
+  }
+
+  // ---- hot path: after a successful attempt ----
+  // New reference, or nullptr with a Python error set.
+  PyObject* succeed(uintptr_t h, PyObject* out) {
+    ExecutionRecord* r = Rec(h);
+    PyObject* name = Entry(r)->name_str.ptr();
+    Py_INCREF(name);  // the entry may die with the record
+    const ExecutionOutcome o = core_.Succeed(r, MonotonicNowNs());
+    PyObject* res = NewStepResult(name, out, true, o.attempts,
+                                  static_cast<double>(o.latency_ns) / 1e9,
+                                  Py_None, Py_None, false);
+    Py_DECREF(name);
+    return res;
+  }
+
+  // ---- after a failed attempt ----
+  py::object failed(uintptr_t h, py::handle exc, bool timed_out) {
+    ExecutionRecord* r = Rec(h);
+    const double delay = core_.AttemptFailed(r, MonotonicNowNs(), timed_out);
+    if (delay >= 0) return py::float_(delay);
+    PyStepEntry* e = Entry(r);
+    if (!e->fallback.is_none()) return e->fallback;
+    return Final(r, exc, /*fell_back=*/false);
+  }
+
+  // The fallback step finished with `fb` (a StepResult).
+  py::object fallback_done(uintptr_t h, py::handle primary_exc, py::handle fb) {
+    if (!IsStepResult(fb.ptr()))
+      throw py::type_error("fallback result must be a StepResult");
+    auto* f = reinterpret_cast<StepResultObject*>(fb.ptr());
+    ExecutionRecord* r = Rec(h);
+    py::object name = Entry(r)->name_str;
+    const int attempts = r->attempt;
+    const ExecutionOutcome o =
+        core_.Fail(r, MonotonicNowNs(), /*fell_back=*/true);
+    py::object feedback = FeedbackOf(primary_exc);
+    auto res = py::reinterpret_steal<py::object>(
+        NewStepResult(name.ptr(), f->output, f->success, attempts + f->attempts,
+                      static_cast<double>(o.latency_ns) / 1e9, feedback.ptr(),
+                      f->success ? Py_None : f->error, false));
+    if (!res) throw py::error_already_set();
+    py::dict md;
+    md["fallback_triggered"] = true;
+    md["original_error"] = py::reinterpret_borrow<py::object>(primary_exc);
+    md["fallback_feedback"] = py::reinterpret_borrow<py::object>(f->feedback);
+    reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
+        md.release().ptr();
+    return res;
+  }
+
+  void cancel(uintptr_t h) { core_.Cancel(Rec(h), MonotonicNowNs()); }
+
+  // ---- read-outs (off the hot path) ----
+  py::dict step_stats() const {
+    py::dict out;
+    for (const auto& s : core_.stats().TakeAll())
+      out[py::str(s.name)] = SnapshotDict(s);
+    return out;
+  }
+  py::dict total_stats() const {
+    return SnapshotDict(core_.stats().TakeTotal());
+  }
+  void reset_stats() { core_.stats().ResetAll(); }
+  int64_t in_flight() const { return core_.in_flight(); }
+  py::dict step_table() const {
+    py::dict d;
+    d["size"] = core_.steps().size();
+    d["analyses"] = core_.steps().analyses();
+    return d;
+  }
+
+ private:
+  static uint64_t KeyOf(py::handle step, PyObject** a, PyObject** b) {
+    if (PyMethod_Check(step.ptr())) {
+      *a = PyMethod_GET_FUNCTION(step.ptr());
+      *b = PyMethod_GET_SELF(step.ptr());
+      const uint64_t x = reinterpret_cast<uintptr_t>(*a);
+      const uint64_t y = reinterpret_cast<uintptr_t>(*b);
+      return x ^ (y * 0x9E3779B97F4A7C15ull) ^ 1;  // odd: never a plain address
+    }
+    *a = step.ptr();
+    *b = nullptr;
+    return reinterpret_cast<uintptr_t>(step.ptr());
+  }
+
+  std::shared_ptr<StepEntry> Lookup(py::handle step) {
+    PyObject* a;
+    PyObject* b;
+    const uint64_t key = KeyOf(step, &a, &b);
+    std::shared_ptr<StepEntry> found = core_.steps().Find(key);
+    if (found) {
+      auto* e = static_cast<PyStepEntry*>(found.get());
+      if (e->key_a.ptr() == a &&
+          (b == nullptr ? e->key_b.is_none() : e->key_b.ptr() == b)) {
+        return found;
+      }
+    }
+    return Analyse(step, key, a, b);
+  }
+
+  std::shared_ptr<StepEntry> Analyse(py::handle step, uint64_t key, PyObject* a,
+                                     PyObject* b) {
+    if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
+    // (name, kind, shape, ctx_kw, res_kw, max_retries, timeout_s, cache,
+    //  cache_ttl_s, tags, fallback, fn)
+    py::tuple t = analyse_(step);
+    auto e = std::make_shared<PyStepEntry>();
+    StepSpec& s = e->spec;
+    s.name = t[0].cast<std::string>();
+    s.kind = static_cast<StepKind>(t[1].cast<int>());
+    s.shape = static_cast<CallShape>(t[2].cast<int>());
+    s.pass_context_kw = t[3].cast<bool>();
+    s.pass_resources_kw = t[4].cast<bool>();
+    s.max_retries = t[5].cast<int>();
+    const double timeout = t[6].is_none() ? 0.0 : t[6].cast<double>();
+    s.timeout_ns = static_cast<int64_t>(timeout * 1e9);
+    s.cache = t[7].is_none()
+                  ? StepSwitch::kDefault
+                  : (t[7].cast<bool>() ? StepSwitch::kOn : StepSwitch::kOff);
+    s.cache_ttl_s = t[8].is_none() ? -1.0 : t[8].cast<double>();
+    s.tags = t[9].cast<std::vector<std::string>>();
+    e->fallback = t[10];
+    s.has_fallback = !e->fallback.is_none();
+    e->fn = t[11];
+    e->name_str = py::str(s.name);
+    e->key_a = py::reinterpret_borrow<py::object>(a);
+    e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
+    e->stats = core_.stats().ForStep(s.name);
+    auto dropped = core_.steps().Insert(key, e);
+    dropped.clear();
+    return e;
+  }
+
+  static py::object Invoke(PyStepEntry* e, py::handle data, py::handle context,
+                           py::handle resources) {
+    PyObject* fn = e->fn.ptr();
+    PyObject* res = nullptr;
+    switch (e->spec.shape) {
+      case CallShape::kNoArgs:
+        res = PyObject_CallNoArgs(fn);
+        break;
+      case CallShape::kData:
+        res = PyObject_CallOneArg(fn, data.ptr());
+        break;
+      case CallShape::kDataContext: {
+        PyObject* args[] = {data.ptr(), context.ptr()};
+        res = PyObject_Vectorcall(fn, args, 2, nullptr);
+        break;
+      }
+      case CallShape::kRunKwargs: {
+        py::dict kw;
+        if (e->spec.pass_context_kw && !context.is_none())
+          kw["context"] = context;
+        if (e->spec.pass_resources_kw && !resources.is_none())
+          kw["resources"] = resources;
+        if (kw.empty()) {
+          res = PyObject_CallOneArg(fn, data.ptr());
+        } else {
+          py::tuple args = py::make_tuple(data);
+          res = PyObject_Call(fn, args.ptr(), kw.ptr());
+        }
+        break;
+      }
+    }
+    if (!res) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(res);
+  }
+
+  py::tuple StartAttempt(ExecutionRecord* r, py::handle data,
+                         py::handle context, py::handle resources) {
+    PyStepEntry* e = Entry(r);
+    py::int_ h(reinterpret_cast<uintptr_t>(r));
+    if (e->spec.kind == StepKind::kSync)
+      return py::make_tuple(h, py::none(), 2);
+    try {
+      py::object aw = Invoke(e, data, context, resources);
+      return py::make_tuple(h, std::move(aw), e->spec.timeout_ns > 0 ? 1 : 0);
+    } catch (py::error_already_set& err) {
+      // Calling the step raised before producing an awaitable: an attempt
+      // failure like any other (the caller decides retry or not).
+      err.restore();
+      PyObject *type, *value, *tb;
+      PyErr_Fetch(&type, &value, &tb);
+      PyErr_NormalizeException(&type, &value, &tb);
+      if (tb) PyException_SetTraceback(value, tb);
+      Py_XDECREF(type);
+      Py_XDECREF(tb);
+      return py::make_tuple(h, py::reinterpret_steal<py::object>(value), 3);
+    }
+  }
+
+  py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back) {
+    py::object name = Entry(r)->name_str;
+    const int attempts = r->attempt;
+    const ExecutionOutcome o = core_.Fail(r, MonotonicNowNs(), fell_back);
+    py::object feedback = FeedbackOf(exc);
+    auto res = py::reinterpret_steal<py::object>(
+        NewStepResult(name.ptr(), Py_None, false, attempts,
+                      static_cast<double>(o.latency_ns) / 1e9, feedback.ptr(),
+                      exc.ptr(), false));
+    if (!res) throw py::error_already_set();
+    return res;
+  }
+
+  static py::dict SnapshotDict(const StepStats::Snapshot& s) {
+    py::dict d;
+    d["executions"] = s.executions;
+    d["successes"] = s.successes;
+    d["failures"] = s.failures;
+    d["attempts"] = s.attempts;
+    d["retries"] = s.retries;
+    d["errors"] = s.errors;
+    d["recovered"] = s.recovered;
+    d["timeouts"] = s.timeouts;
+    d["fallbacks"] = s.fallbacks;
+    d["cancelled"] = s.cancelled;
+    d["slow_executions"] = s.slow;
+    d["cache_hits"] = s.cache_hits;
+    d["in_flight"] = s.in_flight;
+    const auto& h = s.latency;
+    d["avg_time_ms"] = h.MeanNs() / 1e6;
+    d["p50_ms"] = h.QuantileNs(0.50) / 1e6;
+    d["p95_ms"] = h.QuantileNs(0.95) / 1e6;
+    d["p99_ms"] = h.QuantileNs(0.99) / 1e6;
+    d["max_ms"] = static_cast<double>(h.max_ns) / 1e6;
+    d["min_ms"] = static_cast<double>(h.min_ns) / 1e6;
+    d["total_time_ms"] = static_cast<double>(h.sum_ns) / 1e6;
+    return d;
+  }
+
+  Executor core_;
+  py::object analyse_;
+};
+
+// ---- METH_FASTCALL entry points of the hot path ----
+// pybind11's generic dispatch costs more than the work it dispatches here, so
+// the two per-attempt calls are plain CPython functions whose `self` is a
+// capsule holding the Engine (the capsule keeps the engine object alive).
+constexpr const char* kEngineCapsule = "caudal._core.Engine";
+
+Engine* EngineOf(PyObject* capsule) {
+  return static_cast<Engine*>(PyCapsule_GetPointer(capsule, kEngineCapsule));
+}
+
+PyObject* FastBegin(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "_begin(step, data, context, resources)");
+    return nullptr;
+  }
+  try {
+    return EngineOf(self)
+        ->begin(args[0], args[1], args[2], args[3])
+        .release()
+        .ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyLong_CheckExact(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "_succeed(rec, output)");
+    return nullptr;
+  }
+  const uintptr_t h =
+      static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(args[0]));
+  try {
+    return EngineOf(self)->succeed(h, args[1]);
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyMethodDef kFastBegin = {
+    "_begin",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastBegin)),
+    METH_FASTCALL, "Before the first attempt: (rec, awaitable, mode)."};
+PyMethodDef kFastSucceed = {
+    "_succeed",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastSucceed)),
+    METH_FASTCALL, "After a successful attempt: StepResult."};
+
+void ReleaseEngineRef(PyObject* capsule) {
+  auto* owner = static_cast<PyObject*>(PyCapsule_GetContext(capsule));
+  Py_XDECREF(owner);
+}
+
+py::tuple FastCalls(py::object engine_obj) {
+  Engine* engine = engine_obj.cast<Engine*>();
+  PyObject* cap = PyCapsule_New(engine, kEngineCapsule, ReleaseEngineRef);
+  if (!cap) throw py::error_already_set();
+  Py_INCREF(engine_obj.ptr());
+  PyCapsule_SetContext(cap, engine_obj.ptr());
+  auto capsule = py::reinterpret_steal<py::object>(cap);
+  auto begin =
+      py::reinterpret_steal<py::object>(PyCFunction_New(&kFastBegin, cap));
+  auto succeed =
+      py::reinterpret_steal<py::object>(PyCFunction_New(&kFastSucceed, cap));
+  if (!begin || !succeed) throw py::error_already_set();
+  return py::make_tuple(begin, succeed);
+}
+
+}  // namespace
+
+void RegisterExecutor(py::module_& m) {
+  if (!InitStepResultType(m.ptr())) throw py::error_already_set();
+
+  py::class_<Engine>(
+      m, "Engine",
+      "Native executor engine (internal; use caudal.ExecutorCore).")
+      .def(py::init<const OptimizationConfig&>())
+      .def("apply_config", &Engine::apply_config)
+      .def_property_readonly("config", &Engine::config)
+      .def("_begin", &Engine::begin)
+      .def("_restart", &Engine::restart)
+      .def("_call", &Engine::call)
+      .def("_timeout_s", &Engine::timeout_s)
+      .def("_succeed",
+           [](Engine& e, uintptr_t h, py::handle out) {
+             PyObject* r = e.succeed(h, out.ptr());
+             if (!r) throw py::error_already_set();
+             return py::reinterpret_steal<py::object>(r);
+           })
+      .def("_fast_calls", &FastCalls,
+           "(begin, succeed): the two hot-path calls as METH_FASTCALL "
+           "functions bound to "
+           "this engine")
+      .def("_failed", &Engine::failed)
+      .def("_fallback_done", &Engine::fallback_done)
+      .def("_cancel", &Engine::cancel)
+      .def("step_stats", &Engine::step_stats)
+      .def("total_stats", &Engine::total_stats)
+      .def("reset_stats", &Engine::reset_stats)
+      .def("step_table", &Engine::step_table)
+      .def_property_readonly("in_flight", &Engine::in_flight);
+}
+
+}  // namespace caudal::bindings

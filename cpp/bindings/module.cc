@@ -1,0 +1,42 @@
+// caudal._core: the native module. Each binding file registers its part.
+#include "absl/strings/str_split.h"
+#include "common.h"
+
+namespace caudal::bindings {
+
+py::object CaudalAttr(const char* module, const char* name) {
+  return py::module_::import(module).attr(name);
+}
+
+void ThrowStatus(const absl::Status& status) {
+  const std::string msg(status.message());
+  py::list problems;
+  for (absl::string_view line : absl::StrSplit(msg, '\n', absl::SkipEmpty())) {
+    problems.append(py::str(std::string(line)));
+  }
+  const char* type = "CaudalError";
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+      type = "ConfigurationError";
+      break;
+    case absl::StatusCode::kResourceExhausted:
+      type = "QueueFullError";
+      break;
+    default:
+      break;
+  }
+  py::object exc_type = CaudalAttr("caudal.errors", type);
+  py::object exc = type == std::string("ConfigurationError")
+                       ? exc_type(problems)
+                       : exc_type(py::str(msg));
+  PyErr_SetObject(exc_type.ptr(), exc.ptr());
+  throw py::error_already_set();
+}
+
+}  // namespace caudal::bindings
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "caudal's native core (C++): config, executor engine, components";
+  caudal::bindings::RegisterConfig(m);
+  caudal::bindings::RegisterExecutor(m);
+}

@@ -1,0 +1,301 @@
+#include "caudal/concurrency/limit_algorithms.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace caudal {
+namespace {
+
+absl::Status CheckLimits(int initial, int min, int max) {
+  if (min < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_limit must be >= 1, got ", min));
+  }
+  if (max < min) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_limit must be >= min_limit (", min, "), got ", max));
+  }
+  if (initial < min || initial > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("initial_limit must be in [min_limit, max_limit] = [", min,
+                     ", ", max, "], got ", initial));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSmoothing(double smoothing) {
+  if (!(smoothing > 0.0 && smoothing <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("smoothing must be in (0, 1], got ", smoothing));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- AIMD
+
+absl::Status AimdLimit::Validate(const Options& o) {
+  if (absl::Status s = CheckLimits(o.initial_limit, o.min_limit, o.max_limit);
+      !s.ok()) {
+    return s;
+  }
+  if (!(o.backoff_ratio >= 0.5 && o.backoff_ratio < 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backoff_ratio must be in [0.5, 1), got ", o.backoff_ratio));
+  }
+  if (o.timeout_ns <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("timeout_ns must be positive, got ", o.timeout_ns));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<AimdLimit> AimdLimit::Create(const Options& options) {
+  if (absl::Status s = Validate(options); !s.ok()) return s;
+  return AimdLimit(options);
+}
+
+AimdLimit::AimdLimit(const Options& options)
+    : options_(options), limit_(options.initial_limit) {}
+
+int AimdLimit::OnSample(int64_t /*start_ns*/, int64_t rtt_ns, int inflight,
+                        bool did_drop) {
+  if (did_drop || rtt_ns > options_.timeout_ns) {
+    const int backed_off = static_cast<int>(limit_ * options_.backoff_ratio);
+    limit_ = std::max(options_.min_limit, std::min(limit_ - 1, backed_off));
+  } else if (static_cast<int64_t>(inflight) * 2 >= limit_) {
+    limit_ = std::min(options_.max_limit, limit_ + 1);
+  }
+  return limit_;
+}
+
+// ---------------------------------------------------------------- ExpAverage
+
+double ExpAverage::Add(double sample) {
+  if (count_ < warmup_) {
+    ++count_;
+    sum_ += sample;
+    value_ = sum_ / count_;
+  } else {
+    value_ = value_ * (1.0 - factor_) + sample * factor_;
+  }
+  return value_;
+}
+
+// ---------------------------------------------------------------- Gradient
+
+absl::Status GradientLimit::Validate(const Options& o) {
+  if (absl::Status s = CheckLimits(o.initial_limit, o.min_limit, o.max_limit);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckSmoothing(o.smoothing); !s.ok()) return s;
+  if (!(o.rtt_tolerance >= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rtt_tolerance must be >= 1, got ", o.rtt_tolerance));
+  }
+  if (o.long_window < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("long_window must be >= 1, got ", o.long_window));
+  }
+  if (o.warmup_window < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("warmup_window must be >= 0, got ", o.warmup_window));
+  }
+  if (!o.queue_size) {
+    return absl::InvalidArgumentError("queue_size must be set");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<GradientLimit> GradientLimit::Create(Options options) {
+  if (absl::Status s = Validate(options); !s.ok()) return s;
+  return GradientLimit(std::move(options));
+}
+
+GradientLimit::GradientLimit(Options options)
+    : options_(std::move(options)),
+      estimated_(options_.initial_limit),
+      long_rtt_(options_.long_window, options_.warmup_window) {}
+
+int GradientLimit::OnSample(int64_t /*start_ns*/, int64_t rtt_ns, int inflight,
+                            bool /*did_drop*/) {
+  if (rtt_ns <= 0) return limit();
+  const double queue_size = options_.queue_size(limit());
+  const double short_rtt = static_cast<double>(rtt_ns);
+  double long_rtt = long_rtt_.Add(short_rtt);
+
+  // After a long overload the long-term RTT lags far above the current one;
+  // pull it down faster than the EMA alone would.
+  if (long_rtt / short_rtt > 2.0) {
+    long_rtt_.Scale(0.9);
+    long_rtt = long_rtt_.value();
+  }
+
+  // App-limited: too few requests in flight to say anything about the limit.
+  if (inflight < estimated_ / 2) return limit();
+
+  const double gradient =
+      std::clamp(options_.rtt_tolerance * long_rtt / short_rtt, 0.5, 1.0);
+  double next = estimated_ * gradient + queue_size;
+  next = estimated_ * (1.0 - options_.smoothing) + next * options_.smoothing;
+  estimated_ = std::clamp(next, static_cast<double>(options_.min_limit),
+                          static_cast<double>(options_.max_limit));
+  return limit();
+}
+
+// ---------------------------------------------------------------- Vegas
+
+absl::Status VegasLimit::Validate(const Options& o) {
+  if (absl::Status s = CheckLimits(o.initial_limit, o.min_limit, o.max_limit);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckSmoothing(o.smoothing); !s.ok()) return s;
+  if (o.alpha_factor < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("alpha_factor must be >= 1, got ", o.alpha_factor));
+  }
+  if (o.beta_factor < o.alpha_factor) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("beta_factor must be >= alpha_factor (", o.alpha_factor,
+                     "), got ", o.beta_factor));
+  }
+  if (o.probe_multiplier < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "probe_multiplier must be >= 0, got ", o.probe_multiplier));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VegasLimit> VegasLimit::Create(const Options& options) {
+  if (absl::Status s = Validate(options); !s.ok()) return s;
+  return VegasLimit(options);
+}
+
+VegasLimit::VegasLimit(const Options& options)
+    : options_(options), estimated_(options.initial_limit) {}
+
+int VegasLimit::Log10Root(int n) {
+  int digits = 0;  // floor(log10(n)) for n >= 1, without floating point
+  for (int v = n; v >= 10; v /= 10) ++digits;
+  return std::max(1, digits);
+}
+
+int VegasLimit::OnSample(int64_t /*start_ns*/, int64_t rtt_ns, int inflight,
+                         bool did_drop) {
+  if (rtt_ns <= 0) return limit();
+
+  ++probe_count_;
+  if (options_.probe_multiplier > 0 &&
+      probe_count_ >=
+          static_cast<int64_t>(options_.probe_multiplier) * limit()) {
+    // Probe: forget the old base RTT, take this sample as the new one.
+    probe_count_ = 0;
+    rtt_noload_ns_ = rtt_ns;
+    return limit();
+  }
+  bool new_min = false;
+  if (rtt_noload_ns_ == 0 || rtt_ns < rtt_noload_ns_) {
+    rtt_noload_ns_ = rtt_ns;
+    new_min = true;
+  }
+
+  const int current = limit();
+  const int step = Log10Root(current);
+  double next;
+  if (did_drop) {
+    next = estimated_ - step;
+  } else if (new_min || static_cast<int64_t>(inflight) * 2 < current) {
+    return current;
+  } else {
+    const double ratio =
+        static_cast<double>(rtt_noload_ns_) / static_cast<double>(rtt_ns);
+    const int queue = static_cast<int>(std::ceil(estimated_ * (1.0 - ratio)));
+    const int alpha = options_.alpha_factor * step;
+    const int beta = options_.beta_factor * step;
+    if (queue <= step) {
+      next = estimated_ + beta;
+    } else if (queue < alpha) {
+      next = estimated_ + step;
+    } else if (queue > beta) {
+      next = estimated_ - step;
+    } else {
+      return current;
+    }
+  }
+  next = std::clamp(next, static_cast<double>(options_.min_limit),
+                    static_cast<double>(options_.max_limit));
+  estimated_ =
+      (1.0 - options_.smoothing) * estimated_ + options_.smoothing * next;
+  return limit();
+}
+
+// ---------------------------------------------------------------- windows
+
+void LatencyWindow::Add(int64_t rtt_ns, int inflight, bool did_drop) {
+  ++count_;
+  sum_rtt_ns_ += rtt_ns;
+  min_rtt_ns_ = std::min(min_rtt_ns_, rtt_ns);
+  max_inflight_ = std::max(max_inflight_, inflight);
+  did_drop_ = did_drop_ || did_drop;
+}
+
+absl::Status WindowedLimit::Validate(const Options& o) {
+  if (o.min_window_ns <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_window_ns must be positive, got ", o.min_window_ns));
+  }
+  if (o.max_window_ns < o.min_window_ns) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_window_ns must be >= min_window_ns (",
+                     o.min_window_ns, "), got ", o.max_window_ns));
+  }
+  if (o.min_samples < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_samples must be >= 1, got ", o.min_samples));
+  }
+  if (o.min_rtt_threshold_ns < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "min_rtt_threshold_ns must be >= 0, got ", o.min_rtt_threshold_ns));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<WindowedLimit>> WindowedLimit::Create(
+    const Options& options, std::unique_ptr<LimitAlgorithm> delegate) {
+  if (absl::Status s = Validate(options); !s.ok()) return s;
+  if (delegate == nullptr) {
+    return absl::InvalidArgumentError("delegate must not be null");
+  }
+  return std::unique_ptr<WindowedLimit>(
+      new WindowedLimit(options, std::move(delegate)));
+}
+
+int WindowedLimit::OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
+                            bool did_drop) {
+  if (rtt_ns < options_.min_rtt_threshold_ns) return delegate_->limit();
+  if (!started_) {
+    started_ = true;
+    window_end_ns_ = start_ns + options_.min_window_ns;
+  }
+  window_.Add(rtt_ns, inflight, did_drop);
+  const int64_t end_ns = start_ns + rtt_ns;
+  if (end_ns < window_end_ns_ || window_.count() < options_.min_samples) {
+    return delegate_->limit();
+  }
+  const int result =
+      delegate_->OnSample(start_ns, window_.average_rtt_ns(),
+                          window_.max_inflight(), window_.did_drop());
+  window_end_ns_ =
+      end_ns + std::clamp(2 * window_.min_rtt_ns(), options_.min_window_ns,
+                          options_.max_window_ns);
+  window_.Reset();
+  return result;
+}
+
+}  // namespace caudal

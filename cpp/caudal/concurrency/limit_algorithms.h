@@ -1,0 +1,287 @@
+// Adaptive concurrency limit algorithms: pure state machines that turn a
+// stream of completed-request samples into a concurrency limit.
+//
+// Each algorithm sees one sample per call,
+//   OnSample(start_ns, rtt_ns, inflight, did_drop) -> new limit,
+// where start_ns is when the request was admitted, rtt_ns how long it took,
+// inflight how many requests were in flight when it was admitted, and
+// did_drop whether it failed in a way that signals overload (timeout,
+// rejection downstream). No clock and no random source is read inside: the
+// caller passes the time, so tests can say "after exactly these samples the
+// limit is 21".
+//
+// The formulas are modelled on Netflix concurrency-limits (AIMDLimit,
+// Gradient2Limit, VegasLimit; Apache-2.0,
+// github.com/Netflix/concurrency-limits) and on TCP congestion control,
+// re-derived here; each class documents its formula and where it deviates.
+//
+// Thread-safety: none. An algorithm instance is owned by one limiter, which
+// serializes calls (e.g. under its own mutex, or per event-loop thread).
+// limit() may be read concurrently only through the owner.
+//
+// Cost: O(1) per sample, no allocation, a few floating-point operations.
+#ifndef CAUDAL_CONCURRENCY_LIMIT_ALGORITHMS_H_
+#define CAUDAL_CONCURRENCY_LIMIT_ALGORITHMS_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace caudal {
+
+class LimitAlgorithm {
+ public:
+  virtual ~LimitAlgorithm() = default;
+
+  // Feeds one completed request; returns the new limit (always >= 1).
+  virtual int OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
+                       bool did_drop) = 0;
+
+  // The current limit (always >= 1).
+  virtual int limit() const = 0;
+};
+
+// A fixed limit; samples are ignored. Useful when max_concurrent_executions
+// is set, so the limiter code has one shape.
+class FixedLimit final : public LimitAlgorithm {
+ public:
+  explicit FixedLimit(int limit) : limit_(limit < 1 ? 1 : limit) {}
+  int OnSample(int64_t, int64_t, int, bool) override { return limit_; }
+  int limit() const override { return limit_; }
+
+ private:
+  int limit_;
+};
+
+// Loss-based additive-increase / multiplicative-decrease (TCP Reno's
+// congestion window; concurrency-limits' AIMDLimit):
+//
+//   on drop, or rtt > timeout:   limit = max(min, min(limit - 1,
+//                                                     floor(limit * backoff)))
+//   else if inflight*2 >= limit: limit = min(max, limit + 1)
+//   else:                        unchanged  (app-limited: too little load to
+//                                            learn anything about the limit)
+class AimdLimit final : public LimitAlgorithm {
+ public:
+  struct Options {
+    int initial_limit = 20;
+    int min_limit = 1;
+    int max_limit = 200;
+    double backoff_ratio = 0.9;          // in [0.5, 1)
+    int64_t timeout_ns = 5'000'000'000;  // rtt above this counts as drop
+  };
+
+  // kInvalidArgument naming the first bad field.
+  static absl::Status Validate(const Options& options);
+  static absl::StatusOr<AimdLimit> Create(const Options& options);
+  AimdLimit() : AimdLimit(Options()) {}
+
+  int OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
+               bool did_drop) override;
+  int limit() const override { return limit_; }
+
+ private:
+  explicit AimdLimit(const Options& options);
+
+  Options options_;
+  int limit_;
+};
+
+// Exponential moving average with a warm-up: the first `warmup` samples are
+// averaged plainly, later ones with factor 2 / (window + 1) (the usual
+// "N-period EMA"). Used for Gradient's long-term RTT.
+class ExpAverage {
+ public:
+  ExpAverage(int window, int warmup)
+      : factor_(2.0 / (window + 1)), warmup_(warmup) {}
+
+  double Add(double sample);
+  double value() const { return value_; }
+  // Multiplies the current value (used to pull a stale long RTT down).
+  void Scale(double by) { value_ *= by; }
+
+ private:
+  double factor_;
+  int warmup_;
+  int count_ = 0;
+  double sum_ = 0;
+  double value_ = 0;
+};
+
+// Delay-gradient limit in the style of concurrency-limits' Gradient2Limit
+// (with the rtt tolerance of its earlier versions). The short-term RTT is the
+// sample's own rtt (feed it through WindowedLimit to make it a window
+// average); the long-term RTT is an ExpAverage of the same samples.
+//
+//   long  = ema(rtt); if long / rtt > 2: long *= 0.9   (recover quickly
+//                                                       after an overload)
+//   if inflight < limit / 2: unchanged                  (app-limited)
+//   gradient = clamp(tolerance * long / rtt, 0.5, 1.0)
+//   target   = limit * gradient + queue_size(limit)
+//   limit    = clamp(limit * (1 - smoothing) + target * smoothing, min, max)
+//
+// The limit is kept as a double; limit() is its floor. With a steady rtt and
+// the defaults (queue 4, smoothing 0.2) it grows 0.8 per sample; when rtt
+// exceeds tolerance * long it shrinks, by at most half of the smoothed step.
+class GradientLimit final : public LimitAlgorithm {
+ public:
+  struct Options {
+    int initial_limit = 20;
+    int min_limit = 20;
+    int max_limit = 200;
+    double smoothing = 0.2;      // in (0, 1]
+    double rtt_tolerance = 1.5;  // >= 1: how much slower than the long-term
+                                 // RTT a sample may be before the limit drops
+    int long_window = 600;       // EMA period of the long-term RTT, samples
+    int warmup_window = 10;      // samples averaged plainly first
+    // Headroom added to the limit each update, as a function of the current
+    // (integer) limit. Default: 4, as in Gradient2Limit.
+    std::function<int(int limit)> queue_size = [](int) { return 4; };
+  };
+
+  static absl::Status Validate(const Options& options);
+  static absl::StatusOr<GradientLimit> Create(Options options);
+  GradientLimit() : GradientLimit(Options()) {}
+
+  int OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
+               bool did_drop) override;
+  int limit() const override { return static_cast<int>(estimated_); }
+
+  double estimated_limit() const { return estimated_; }
+  double long_rtt_ns() const { return long_rtt_.value(); }
+
+ private:
+  explicit GradientLimit(Options options);
+
+  Options options_;
+  double estimated_;
+  ExpAverage long_rtt_;
+};
+
+// Delay-based limit in the style of TCP Vegas (concurrency-limits'
+// VegasLimit). rtt_noload is the smallest rtt seen; the queue the limit is
+// building is estimated as
+//
+//   queue = ceil(limit * (1 - rtt_noload / rtt))
+//
+// and, with L = max(1, floor(log10(limit))):
+//   did_drop:                 limit -= L
+//   inflight*2 < limit:       unchanged (app-limited)
+//   queue <= L:               limit += beta      (no queueing: grow fast)
+//   queue <  alpha:           limit += L
+//   queue >  beta:            limit -= L         (queueing: back off)
+//   otherwise:                unchanged
+// where alpha = alpha_factor * L and beta = beta_factor * L (3 and 6 by
+// default), then limit = clamp(limit, min, max) and
+// limit = (1 - smoothing) * old + smoothing * limit.
+//
+// A sample with a new smallest rtt only records it (no limit change) unless
+// it dropped. Every probe_multiplier * limit samples the next sample resets
+// rtt_noload (the base RTT may have grown, e.g. after a deploy).
+// Deviations from VegasLimit: the probe interval has no random jitter (time
+// and randomness are inputs here; a caller wanting jitter varies
+// probe_multiplier), L is log10 for every limit (VegasLimit switches to sqrt
+// above 1000), a drop always lowers the limit, and min_limit is configurable.
+class VegasLimit final : public LimitAlgorithm {
+ public:
+  struct Options {
+    int initial_limit = 20;
+    int min_limit = 1;
+    int max_limit = 1000;
+    double smoothing = 1.0;  // in (0, 1]
+    int alpha_factor = 3;
+    int beta_factor = 6;        // >= alpha_factor
+    int probe_multiplier = 30;  // 0 disables probing
+  };
+
+  static absl::Status Validate(const Options& options);
+  static absl::StatusOr<VegasLimit> Create(const Options& options);
+  VegasLimit() : VegasLimit(Options()) {}
+
+  int OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
+               bool did_drop) override;
+  int limit() const override { return static_cast<int>(estimated_); }
+
+  double estimated_limit() const { return estimated_; }
+  int64_t rtt_noload_ns() const { return rtt_noload_ns_; }
+
+  // max(1, floor(log10(n))).
+  static int Log10Root(int n);
+
+ private:
+  explicit VegasLimit(const Options& options);
+
+  Options options_;
+  double estimated_;
+  int64_t rtt_noload_ns_ = 0;
+  int64_t probe_count_ = 0;
+};
+
+// Aggregated samples of one window: what WindowedLimit hands its delegate.
+class LatencyWindow {
+ public:
+  void Add(int64_t rtt_ns, int inflight, bool did_drop);
+  void Reset() { *this = LatencyWindow(); }
+
+  int64_t count() const { return count_; }
+  int64_t average_rtt_ns() const { return count_ ? sum_rtt_ns_ / count_ : 0; }
+  int64_t min_rtt_ns() const { return min_rtt_ns_; }
+  int max_inflight() const { return max_inflight_; }
+  bool did_drop() const { return did_drop_; }
+
+ private:
+  int64_t count_ = 0;
+  int64_t sum_rtt_ns_ = 0;
+  int64_t min_rtt_ns_ = INT64_MAX;
+  int max_inflight_ = 0;
+  bool did_drop_ = false;
+};
+
+// Batches samples into time windows and feeds the delegate one aggregated
+// sample per window (average rtt, max inflight, any drop), as
+// concurrency-limits' WindowedLimit does. This both smooths the short-term
+// RTT and keeps the per-request cost to a few additions.
+//
+// A window closes at the first sample whose end (start + rtt) reaches the
+// window's end, provided it holds at least min_samples samples; otherwise it
+// keeps collecting. The next window lasts clamp(2 * min rtt of the closed
+// window, min_window_ns, max_window_ns). Samples with rtt below
+// min_rtt_threshold_ns are ignored (too fast to carry a signal, e.g. cache
+// hits).
+class WindowedLimit final : public LimitAlgorithm {
+ public:
+  struct Options {
+    int64_t min_window_ns = 1'000'000'000;
+    int64_t max_window_ns = 1'000'000'000;
+    int min_samples = 10;
+    int64_t min_rtt_threshold_ns = 100'000;
+  };
+
+  static absl::Status Validate(const Options& options);
+  static absl::StatusOr<std::unique_ptr<WindowedLimit>> Create(
+      const Options& options, std::unique_ptr<LimitAlgorithm> delegate);
+
+  int OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
+               bool did_drop) override;
+  int limit() const override { return delegate_->limit(); }
+
+  const LimitAlgorithm& delegate() const { return *delegate_; }
+
+ private:
+  WindowedLimit(const Options& options,
+                std::unique_ptr<LimitAlgorithm> delegate)
+      : options_(options), delegate_(std::move(delegate)) {}
+
+  Options options_;
+  std::unique_ptr<LimitAlgorithm> delegate_;
+  LatencyWindow window_;
+  bool started_ = false;
+  int64_t window_end_ns_ = 0;
+};
+
+}  // namespace caudal
+
+#endif  // CAUDAL_CONCURRENCY_LIMIT_ALGORITHMS_H_

@@ -1,0 +1,45 @@
+#include "caudal/executor/step_spec.h"
+
+namespace caudal {
+
+std::shared_ptr<StepEntry> StepTable::Find(uint64_t key) const {
+  MutexLock lock(&mu_);
+  auto it = entries_.find(key);
+  return it == entries_.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<StepEntry>> StepTable::Insert(
+    uint64_t key, std::shared_ptr<StepEntry> entry) {
+  std::vector<std::shared_ptr<StepEntry>> dropped;
+  MutexLock lock(&mu_);
+  if (entries_.size() >= capacity_ && !entries_.contains(key)) {
+    dropped.reserve(entries_.size());
+    for (auto& kv : entries_) dropped.push_back(std::move(kv.second));
+    entries_.clear();
+  }
+  auto& slot = entries_[key];
+  if (slot) dropped.push_back(std::move(slot));
+  slot = std::move(entry);
+  ++analyses_;
+  return dropped;
+}
+
+std::vector<std::shared_ptr<StepEntry>> StepTable::Clear() {
+  std::vector<std::shared_ptr<StepEntry>> dropped;
+  MutexLock lock(&mu_);
+  for (auto& kv : entries_) dropped.push_back(std::move(kv.second));
+  entries_.clear();
+  return dropped;
+}
+
+size_t StepTable::size() const {
+  MutexLock lock(&mu_);
+  return entries_.size();
+}
+
+uint64_t StepTable::analyses() const {
+  MutexLock lock(&mu_);
+  return analyses_;
+}
+
+}  // namespace caudal

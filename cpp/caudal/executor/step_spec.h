@@ -1,0 +1,93 @@
+// StepSpec: what the executor knows about one step, decided once per step
+// object (seed 001's "step optimization": the analysis is cached, never
+// repeated per execution), and StepTable, the per-executor cache of it.
+//
+// The bindings analyse a Python callable (coroutine function or not, which
+// parameters it takes, whether it is a flujo-style agent with `run`) and
+// describe the result with the enums below; the core never sees Python.
+//
+// Thread-safety: a StepSpec is immutable once published. StepTable is
+// thread-safe; entries are shared_ptr so an execution in flight keeps its
+// entry alive even if the table is cleared meanwhile.
+#ifndef CAUDAL_EXECUTOR_STEP_SPEC_H_
+#define CAUDAL_EXECUTOR_STEP_SPEC_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "caudal/base/mutex.h"
+#include "caudal/monitor/execution_stats.h"
+
+namespace caudal {
+
+// How the step's callable produces its result.
+enum class StepKind : uint8_t {
+  kAsync,  // calling it returns an awaitable
+  kSync,   // plain function: runs off the event loop, in a worker thread
+};
+
+// Which arguments the callable takes.
+enum class CallShape : uint8_t {
+  kNoArgs,       // fn()
+  kData,         // fn(data)
+  kDataContext,  // fn(data, context)
+  kRunKwargs,    // agent.run(data, context=..., resources=...) as accepted
+};
+
+// Tri-state per-step switch: follow the executor's config, or force.
+enum class StepSwitch : int8_t { kDefault = -1, kOff = 0, kOn = 1 };
+
+struct StepSpec {
+  std::string name;
+  StepKind kind = StepKind::kAsync;
+  CallShape shape = CallShape::kData;
+  bool pass_context_kw = false;    // kRunKwargs: run() accepts context=
+  bool pass_resources_kw = false;  // kRunKwargs: run() accepts resources=
+  int max_retries = 0;             // retries after the first attempt
+  int64_t timeout_ns = 0;          // per attempt; 0 = no timeout
+  StepSwitch cache = StepSwitch::kDefault;
+  double cache_ttl_s = -1.0;  // < 0: the config's cache_ttl_seconds
+  std::vector<std::string> tags;
+  bool has_fallback = false;
+};
+
+// One row of an executor's step table: the spec plus this executor's
+// per-step state. The bindings derive from it to hold the Python objects.
+struct StepEntry {
+  virtual ~StepEntry() = default;
+  StepSpec spec;
+  StepStats* stats = nullptr;  // owned by the executor's StatsRegistry
+};
+
+// Identity-keyed cache of StepEntry. The key is chosen by the caller (the
+// bindings use the step object's address and keep the object alive in the
+// entry, so an address is never reused while its entry exists).
+class StepTable {
+ public:
+  explicit StepTable(size_t capacity = 4096) : capacity_(capacity) {}
+
+  std::shared_ptr<StepEntry> Find(uint64_t key) const ABSL_LOCKS_EXCLUDED(mu_);
+  // Inserts (or replaces) an entry. When the table is full it is emptied
+  // first: analysis is cheap to redo, and a bounded table cannot leak.
+  // Returns the entries dropped, for the caller to destroy outside the lock.
+  std::vector<std::shared_ptr<StepEntry>> Insert(
+      uint64_t key, std::shared_ptr<StepEntry> entry) ABSL_LOCKS_EXCLUDED(mu_);
+  std::vector<std::shared_ptr<StepEntry>> Clear() ABSL_LOCKS_EXCLUDED(mu_);
+  size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t analyses() const ABSL_LOCKS_EXCLUDED(mu_);  // inserts ever made
+
+ private:
+  const size_t capacity_;
+  mutable Mutex mu_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<StepEntry>> entries_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t analyses_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace caudal
+
+#endif  // CAUDAL_EXECUTOR_STEP_SPEC_H_

@@ -1,0 +1,89 @@
+// LatencyHistogram: a log-linear histogram of durations in nanoseconds, for
+// p50/p95/p99/max of step latencies.
+//
+// Design: a value v >= 1 falls in octave e = floor(log2(v)) and, inside the
+// octave, in one of kSubBuckets linear sub-buckets. The bucket width is at
+// most v / kSubBuckets, so any quantile read from the bucket midpoint is
+// within 1 / (2 * kSubBuckets) (about 3%) of a true sample value. Values
+// below kSubBuckets ns get exact buckets. The range covers 1 ns .. 2^44 ns
+// (about 4.9 hours); larger values land in the last bucket.
+//
+// Cost: Record() is a count-leading-zeros and three relaxed atomic adds (plus
+// a CAS loop only when a new maximum or minimum appears).
+//
+// Thread-safety: Record() may be called from any number of threads. Reads
+// (Quantile, Snapshot) are racy-but-safe: they see each counter atomically,
+// not all counters at one instant, which is what a monitoring read needs.
+#ifndef CAUDAL_MONITOR_LATENCY_HISTOGRAM_H_
+#define CAUDAL_MONITOR_LATENCY_HISTOGRAM_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+namespace caudal {
+
+class LatencyHistogram {
+ public:
+  static constexpr int kSubBucketBits = 4;
+  static constexpr int kSubBuckets = 1 << kSubBucketBits;  // 16
+  static constexpr int kOctaves = 44;
+  static constexpr int kNumBuckets =
+      (kOctaves - kSubBucketBits + 1) * kSubBuckets;
+
+  LatencyHistogram() { Reset(); }
+  LatencyHistogram(const LatencyHistogram&) = delete;
+  LatencyHistogram& operator=(const LatencyHistogram&) = delete;
+
+  void Record(int64_t ns) {
+    const uint64_t v = ns > 0 ? static_cast<uint64_t>(ns) : 0;
+    buckets_[BucketOf(v)].fetch_add(1, std::memory_order_relaxed);
+    count_.fetch_add(1, std::memory_order_relaxed);
+    sum_.fetch_add(v, std::memory_order_relaxed);
+    uint64_t cur = max_.load(std::memory_order_relaxed);
+    while (v > cur &&
+           !max_.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+    }
+    cur = min_.load(std::memory_order_relaxed);
+    while (v < cur &&
+           !min_.compare_exchange_weak(cur, v, std::memory_order_relaxed)) {
+    }
+  }
+
+  struct Snapshot {
+    uint64_t count = 0;
+    uint64_t sum_ns = 0;
+    uint64_t min_ns = 0;
+    uint64_t max_ns = 0;
+    std::vector<uint64_t> buckets;  // kNumBuckets counts
+
+    double MeanNs() const {
+      return count ? static_cast<double>(sum_ns) / count : 0.0;
+    }
+    // q in [0, 1]. Returns 0 when empty. Clamped to [min, max].
+    double QuantileNs(double q) const;
+    // Merges another snapshot into this one (for per-executor totals).
+    void Merge(const Snapshot& other);
+  };
+
+  Snapshot Take() const;
+  void Reset();
+  uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+
+  static int BucketOf(uint64_t v);
+  // Inclusive lower and exclusive upper bound of a bucket, in ns.
+  static uint64_t BucketLower(int bucket);
+  static uint64_t BucketUpper(int bucket);
+
+ private:
+  std::array<std::atomic<uint64_t>, kNumBuckets> buckets_;
+  std::atomic<uint64_t> count_;
+  std::atomic<uint64_t> sum_;
+  std::atomic<uint64_t> min_;
+  std::atomic<uint64_t> max_;
+};
+
+}  // namespace caudal
+
+#endif  // CAUDAL_MONITOR_LATENCY_HISTOGRAM_H_

@@ -1,0 +1,25 @@
+"""caudal: async pipeline steps with microsecond overhead.
+
+flujo's ExecutorCore API, with every optimization implemented natively in
+C++. Start with ``ExecutorCore`` and ``await executor.execute(step, data)``.
+"""
+
+from caudal._core import OptimizationConfig, StepResult
+from caudal._steps import Step, step
+from caudal.errors import CaudalError, ConfigurationError, QueueFullError
+from caudal.executor_core import ExecutorCore, StepTimeoutError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CaudalError",
+    "ConfigurationError",
+    "ExecutorCore",
+    "OptimizationConfig",
+    "QueueFullError",
+    "Step",
+    "StepResult",
+    "StepTimeoutError",
+    "__version__",
+    "step",
+]

@@ -1,0 +1,152 @@
+"""Read-outs of the native engine: get_optimization_stats() and
+get_performance_recommendations(). Nothing here runs on the hot path; it
+reads native counters when asked."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from caudal.executor_core import ExecutorCore
+
+_PRIORITY = {"high": 0, "medium": 1, "low": 2}
+
+
+def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
+    from caudal.executor_core import _rss_mb
+
+    engine = executor._engine
+    cfg = engine.config
+    total = engine.total_stats()
+    steps = engine.step_stats()
+    attempts = total["attempts"]
+    errors = total["errors"]
+    failed_executions = total["recovered"] + total["failures"]
+    return {
+        "memory": {
+            "usage_mb": _rss_mb(),
+            "memory_pressure_threshold_mb": cfg.memory_pressure_threshold_mb,
+            "memory_pressure_level": "normal",
+            "object_pool_utilization": 0.0,
+            "object_pool": "not implemented yet (records use the system allocator)",
+        },
+        "execution": {
+            "total_executions": total["executions"],
+            "successes": total["successes"],
+            "failures": total["failures"],
+            "in_flight": engine.in_flight,
+            "avg_time_ms": total["avg_time_ms"],
+            "p50_ms": total["p50_ms"],
+            "p95_ms": total["p95_ms"],
+            "p99_ms": total["p99_ms"],
+            "max_ms": total["max_ms"],
+            "slow_executions": total["slow_executions"],
+            "slow_execution_threshold_ms": cfg.slow_execution_threshold_ms,
+            "timeouts": total["timeouts"],
+            "fallbacks": total["fallbacks"],
+            "cancelled": total["cancelled"],
+            "step_analysis": engine.step_table(),
+            "steps": steps,
+        },
+        "cache": {
+            "enabled": cfg.enable_cache_optimization,
+            "status": "pass-through: result caching is not implemented yet",
+            "hits": 0,
+            "misses": 0,
+            "hit_rate": 0.0,
+            "size": 0,
+        },
+        "concurrency": {
+            "max_concurrent_executions": cfg.max_concurrent_executions,
+            "status": "pass-through: concurrency limits are not implemented yet",
+            "in_flight": engine.in_flight,
+        },
+        "circuit_breaker": {
+            "enabled": cfg.enable_circuit_breaker,
+            "status": "pass-through: the circuit breaker is not implemented yet",
+            "state": "CLOSED",
+            "failure_count": total["errors"],
+            "success_count": total["successes"],
+        },
+        "error_handling": {
+            "enabled": cfg.enable_optimized_error_handling,
+            "error_rate": errors / attempts if attempts else 0.0,
+            "errors": errors,
+            "retries": total["retries"],
+            "recovered": total["recovered"],
+            "recovery_success_rate": (
+                total["recovered"] / failed_executions if failed_executions else 0.0
+            ),
+            "cached_patterns": 0,
+        },
+        "telemetry": {
+            "enabled": cfg.enable_optimized_telemetry,
+            "status": "pass-through: span export is not implemented yet",
+            "spans_recorded": 0,
+        },
+    }
+
+
+def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
+    engine = executor._engine
+    cfg = engine.config
+    recs: list[dict[str, Any]] = []
+
+    def add(description: str, impact: str, priority: str, automatic: bool, **extra: Any) -> None:
+        recs.append(
+            {
+                "description": description,
+                "impact": impact,
+                "priority": priority,
+                "automatic": automatic,
+                **extra,
+            }
+        )
+
+    for name, s in engine.step_stats().items():
+        n = s["executions"]
+        if n == 0:
+            continue
+        if s["p95_ms"] > cfg.slow_execution_threshold_ms and n >= 5:
+            add(
+                f"Step {name!r}: p95 latency {s['p95_ms']:.1f} ms is above "
+                f"slow_execution_threshold_ms ({cfg.slow_execution_threshold_ms:g} ms). "
+                "Set a timeout_s on the step, or cache it if its inputs repeat.",
+                "high",
+                "high",
+                False,
+                step=name,
+            )
+        attempts = s["attempts"]
+        if attempts >= 10 and s["errors"] / attempts > 0.1:
+            rate = s["errors"] / attempts
+            if s["retries"] and s["recovered"] == 0:
+                add(
+                    f"Step {name!r}: {rate:.0%} of attempts fail and retries never recovered "
+                    f"({s['retries']} retries). Retrying this error only adds load; lower "
+                    "max_retries or fix the cause.",
+                    "medium",
+                    "high",
+                    False,
+                    step=name,
+                )
+            elif not cfg.enable_circuit_breaker:
+                add(
+                    f"Step {name!r}: {rate:.0%} of attempts fail. Enable the circuit breaker "
+                    "so a failing backend is not hammered.",
+                    "medium",
+                    "medium",
+                    True,
+                    step=name,
+                )
+        if s["timeouts"] and s["timeouts"] / attempts > 0.05:
+            add(
+                f"Step {name!r}: {s['timeouts']} of {attempts} attempts timed out. Raise the "
+                "step's timeout_s or lower concurrency against its backend.",
+                "medium",
+                "medium",
+                False,
+                step=name,
+            )
+    recs.sort(key=lambda r: _PRIORITY.get(r["priority"], 9))
+    return recs

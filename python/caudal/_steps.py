@@ -1,0 +1,287 @@
+"""Steps: what the executor runs, and the once-per-step analysis of them.
+
+``analyse(step)`` is called by the native engine the first time it meets a
+step object; the result is cached natively in the executor's step table, so
+the inspection below never runs per execution (seed 001's "step
+optimization").
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+# Mirrors of the C++ enums in cpp/caudal/executor/step_spec.h.
+KIND_ASYNC, KIND_SYNC = 0, 1
+SHAPE_NO_ARGS, SHAPE_DATA, SHAPE_DATA_CONTEXT, SHAPE_RUN_KWARGS = 0, 1, 2, 3
+
+_CONTEXT_NAMES = ("context", "ctx")
+
+
+class Step:
+    """A unit of work for the executor.
+
+    ``fn`` may be an ``async def`` or a plain ``def`` (run in a worker thread so
+    it never blocks the event loop), taking ``(data)``, ``(data, context)`` or
+    nothing. Settings:
+
+    - ``max_retries``: retries after the first attempt (0 = one attempt).
+    - ``timeout_s``: per-attempt timeout in seconds (None = none).
+    - ``fallback``: a step (or callable) run with the same input when every
+      attempt failed.
+    - ``cache``: True/False to force result caching on or off for this step;
+      None follows ``OptimizationConfig.enable_cache_optimization``.
+    - ``cache_ttl_s``: per-step override of ``cache_ttl_seconds``.
+    - ``tags``: cache tags for invalidation.
+
+    Steps are immutable (the executor caches their analysis); use
+    ``replace(**changes)`` for a modified copy.
+    """
+
+    __slots__ = (
+        "cache",
+        "cache_ttl_s",
+        "fallback",
+        "fn",
+        "max_retries",
+        "name",
+        "tags",
+        "timeout_s",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str | None = None,
+        *,
+        max_retries: int = 0,
+        timeout_s: float | None = None,
+        fallback: Any = None,
+        cache: bool | None = None,
+        cache_ttl_s: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"Step: fn must be callable, got {type(fn).__name__}")
+        if name is None:
+            name = _name_of(fn)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"Step: name must be a non-empty str, got {name!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"Step {name!r}: max_retries must be an int >= 0, got {max_retries!r}")
+        if timeout_s is not None and (
+            isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
+        ):
+            raise ValueError(
+                f"Step {name!r}: timeout_s must be a positive number or None, got {timeout_s!r}"
+            )
+        if cache is not None and not isinstance(cache, bool):
+            raise TypeError(f"Step {name!r}: cache must be True, False or None, got {cache!r}")
+        if cache_ttl_s is not None and (
+            not isinstance(cache_ttl_s, int | float) or cache_ttl_s <= 0
+        ):
+            raise ValueError(
+                f"Step {name!r}: cache_ttl_s must be a positive number or None, got {cache_ttl_s!r}"
+            )
+        if isinstance(tags, str):
+            tags = (tags,)
+        tags = tuple(tags)
+        for t in tags:
+            if not isinstance(t, str):
+                raise TypeError(f"Step {name!r}: tags must be strings, got {t!r}")
+        if fallback is not None and not (
+            isinstance(fallback, Step) or callable(fallback) or hasattr(fallback, "run")
+        ):
+            raise TypeError(f"Step {name!r}: fallback must be a step or a callable")
+        setter = object.__setattr__
+        setter(self, "fn", fn)
+        setter(self, "name", name)
+        setter(self, "max_retries", max_retries)
+        setter(self, "timeout_s", None if timeout_s is None else float(timeout_s))
+        setter(self, "fallback", fallback)
+        setter(self, "cache", cache)
+        setter(self, "cache_ttl_s", None if cache_ttl_s is None else float(cache_ttl_s))
+        setter(self, "tags", tags)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(
+            f"Step is immutable (its analysis is cached by executors); "
+            f"use step.replace({key}=...) instead"
+        )
+
+    def replace(self, **changes: Any) -> Step:
+        """A copy with some settings changed."""
+        kw = {s: getattr(self, s) for s in self.__slots__ if s not in ("fn", "name", "__weakref__")}
+        kw.update(changes)
+        fn = kw.pop("fn", self.fn)
+        name = kw.pop("name", self.name)
+        return Step(fn, name, **kw)
+
+    def __repr__(self) -> str:
+        extra = []
+        if self.max_retries:
+            extra.append(f"max_retries={self.max_retries}")
+        if self.timeout_s is not None:
+            extra.append(f"timeout_s={self.timeout_s}")
+        if self.fallback is not None:
+            extra.append(f"fallback={_name_of(self.fallback)!r}")
+        if self.cache is not None:
+            extra.append(f"cache={self.cache}")
+        if self.cache_ttl_s is not None:
+            extra.append(f"cache_ttl_s={self.cache_ttl_s}")
+        if self.tags:
+            extra.append(f"tags={self.tags!r}")
+        return f"Step({self.name!r}{''.join(', ' + e for e in extra)})"
+
+
+def step(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    max_retries: int = 0,
+    timeout_s: float | None = None,
+    fallback: Any = None,
+    cache: bool | None = None,
+    cache_ttl_s: float | None = None,
+    tags: Iterable[str] = (),
+) -> Any:
+    """Decorator form of :class:`Step`: ``@caudal.step`` or ``@caudal.step(max_retries=2)``."""
+
+    def wrap(f: Callable[..., Any]) -> Step:
+        return Step(
+            f,
+            name,
+            max_retries=max_retries,
+            timeout_s=timeout_s,
+            fallback=fallback,
+            cache=cache,
+            cache_ttl_s=cache_ttl_s,
+            tags=tags,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _name_of(obj: Any) -> str:
+    if isinstance(obj, Step):
+        return obj.name
+    name = getattr(obj, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    if isinstance(obj, functools.partial):
+        return _name_of(obj.func)
+    n = getattr(obj, "__name__", None)
+    if isinstance(n, str):
+        return n
+    return type(obj).__name__
+
+
+def _is_async_callable(fn: Any) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class attribute
+    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+def _shape_of(fn: Any, *, as_run: bool) -> tuple[int, bool, bool]:
+    """(shape, pass_context_kw, pass_resources_kw) for calling ``fn``."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature
+        return SHAPE_DATA, False, False
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_pos = any(p.kind is p.VAR_POSITIONAL for p in params)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    names = {p.name for p in params}
+    ctx_kw = var_kw or any(n in names for n in _CONTEXT_NAMES)
+    res_kw = var_kw or "resources" in names
+    if as_run:
+        return SHAPE_RUN_KWARGS, ctx_kw and ("context" in names or var_kw), res_kw
+    if not positional and not var_pos:
+        if ctx_kw or res_kw:
+            return SHAPE_RUN_KWARGS, "context" in names, "resources" in names
+        return SHAPE_NO_ARGS, False, False
+    if len(positional) >= 2:
+        second = positional[1]
+        if second.name in _CONTEXT_NAMES or second.default is second.empty:
+            return SHAPE_DATA_CONTEXT, False, False
+    if "context" in names or "resources" in names:
+        return SHAPE_RUN_KWARGS, "context" in names, "resources" in names
+    return SHAPE_DATA, False, False
+
+
+def _flujo_settings(obj: Any) -> tuple[int, float | None]:
+    cfg = getattr(obj, "config", None)
+    retries = getattr(cfg, "max_retries", 0) if cfg is not None else 0
+    timeout = getattr(cfg, "timeout_s", None) if cfg is not None else None
+    return (
+        int(retries) if isinstance(retries, int) and retries >= 0 else 0,
+        float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
+    )
+
+
+def analyse(obj: Any) -> tuple:
+    """Describe how to run ``obj``; called once per step object by the engine.
+
+    Accepts a caudal Step, a flujo-style Step (an object with ``agent.run``
+    and a ``config``), an agent (an object with a ``run`` method), or a plain
+    callable.
+    """
+    max_retries, timeout_s, cache, cache_ttl_s, tags, fallback = 0, None, None, None, (), None
+    if isinstance(obj, Step):
+        target = obj.fn
+        name = obj.name
+        max_retries, timeout_s = obj.max_retries, obj.timeout_s
+        cache, cache_ttl_s, tags, fallback = obj.cache, obj.cache_ttl_s, obj.tags, obj.fallback
+    elif hasattr(obj, "agent") and hasattr(obj, "config") and hasattr(getattr(obj, "agent"), "run"):
+        # flujo Step: the work is agent.run(data, context=..., resources=...).
+        target = obj.agent
+        name = _name_of(obj)
+        max_retries, timeout_s = _flujo_settings(obj)
+        fallback = getattr(obj, "fallback_step", None)
+    else:
+        target = obj
+        name = _name_of(obj)
+
+    if not callable(target) or (
+        hasattr(target, "run") and not inspect.isroutine(target) and not _is_async_callable(target)
+    ):
+        run = getattr(target, "run", None)
+        if run is None or not callable(run):
+            raise TypeError(
+                f"cannot execute {type(obj).__name__!r}: expected a caudal.Step, a callable, "
+                f"an object with a run() method, or a flujo Step"
+            )
+        fn = run
+        as_run = True
+        if not isinstance(obj, Step) and name == type(obj).__name__:
+            name = _name_of(target)
+    else:
+        fn = target
+        as_run = False
+
+    kind = KIND_ASYNC if _is_async_callable(fn) else KIND_SYNC
+    shape, ctx_kw, res_kw = _shape_of(fn, as_run=as_run)
+    return (
+        name,
+        kind,
+        shape,
+        ctx_kw,
+        res_kw,
+        max_retries,
+        timeout_s,
+        cache,
+        cache_ttl_s,
+        list(tags),
+        fallback,
+        fn,
+    )
+
+
+__all__ = ["Step", "analyse", "step"]

@@ -1,0 +1,35 @@
+"""caudal's exception hierarchy.
+
+Every exception caudal raises on its own account derives from CaudalError.
+A step's own exception is never wrapped: it reaches the caller as itself
+(in ``StepResult.error``, or re-raised by ``StepResult.unwrap()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class CaudalError(Exception):
+    """Base class of the errors caudal raises itself."""
+
+
+class ConfigurationError(CaudalError, ValueError):
+    """An invalid configuration. ``problems`` lists every problem found.
+
+    Raised by ``ExecutorCore(...)``, ``apply_optimization_config`` and
+    ``import_config``; the executor keeps the config it had.
+    """
+
+    def __init__(self, problems: Iterable[str] | str):
+        if isinstance(problems, str):
+            problems = [p for p in problems.splitlines() if p] or [problems]
+        self.problems: list[str] = list(problems)
+        super().__init__("invalid configuration: " + "; ".join(self.problems))
+
+
+class QueueFullError(CaudalError):
+    """The worker pool's bounded queue is full ("task queue is full")."""
+
+
+__all__ = ["CaudalError", "ConfigurationError", "QueueFullError"]

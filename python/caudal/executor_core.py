@@ -1,0 +1,242 @@
+"""ExecutorCore: flujo's executor API on caudal's native engine.
+
+``await executor.execute(step, data)`` makes one native call before each
+attempt and one after it; retries, timeouts, fallbacks, cancellation and
+sync steps take the slower paths below only when they happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from typing import Any
+
+from caudal._core import Engine, OptimizationConfig, StepResult
+from caudal.errors import CaudalError, ConfigurationError
+
+
+class StepTimeoutError(CaudalError, TimeoutError):
+    """An attempt ran longer than its step's ``timeout_s``."""
+
+
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1024 * 1024) if hasattr(os, "sysconf") else 4096 / 2**20
+
+
+def _rss_mb() -> float:
+    """Resident set size of this process, from /proc/self/statm."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_MB
+    except OSError:  # not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _checked(config: OptimizationConfig | None) -> OptimizationConfig:
+    if config is None:
+        return OptimizationConfig()
+    if not isinstance(config, OptimizationConfig):
+        raise TypeError(
+            f"optimization_config must be a caudal.OptimizationConfig, got {type(config).__name__}"
+        )
+    problems = config.validate()
+    if problems:
+        raise ConfigurationError(problems)
+    return config
+
+
+class ExecutorCore:
+    """Runs steps with the optimizations an :class:`OptimizationConfig` enables.
+
+    Safe to share between many concurrent tasks, and between event loops in
+    several threads.
+    """
+
+    __slots__ = ("_begin", "_engine", "_failed", "_succeed")
+
+    def __init__(self, optimization_config: OptimizationConfig | None = None) -> None:
+        engine = Engine(_checked(optimization_config))
+        self._engine = engine
+        # Bound once: the hot path then costs one attribute load per call.
+        self._begin, self._succeed = engine._fast_calls()
+        self._failed = engine._failed
+
+    # ------------------------------------------------------------------ run
+    async def execute(
+        self,
+        step: Any,
+        data: Any = None,
+        context: Any = None,
+        resources: Any = None,
+    ) -> StepResult:
+        """Run ``step`` on ``data``. A failure is a result, never an exception;
+        ``asyncio.CancelledError`` always propagates."""
+        rec, aw, mode = self._begin(step, data, context, resources)
+        if mode == 0:
+            try:
+                out = await aw
+            except Exception as exc:  # noqa: BLE001 - a step failure is a result
+                return await self._run(rec, exc, 4, data, context, resources)
+            except BaseException:
+                self._engine._cancel(rec)
+                raise
+            return self._succeed(rec, out)
+        return await self._run(rec, aw, mode, data, context, resources)
+
+    async def _run(
+        self, rec: int, aw: Any, mode: int, data: Any, context: Any, resources: Any
+    ) -> StepResult:
+        """The general path: timeouts, sync steps, retries, fallback.
+
+        mode: 0 await, 1 await with timeout, 2 sync step, 3 calling the step
+        raised (aw is the exception), 4 the awaited attempt raised (aw is the
+        exception; the fast path hands over here).
+        """
+        engine = self._engine
+        live = True
+        try:
+            while True:
+                exc: BaseException | None = None
+                timed_out = False
+                if mode >= 3:
+                    exc = aw
+                else:
+                    try:
+                        if mode == 0:
+                            out = await aw
+                        elif mode == 1:
+                            out, timed_out = await self._with_timeout(
+                                rec, aw, engine._timeout_s(rec)
+                            )
+                        else:
+                            out, timed_out = await self._run_sync(rec, data, context, resources)
+                        if timed_out:
+                            exc = StepTimeoutError(
+                                f"attempt timed out after {engine._timeout_s(rec):g} s"
+                            )
+                    except Exception as e:  # noqa: BLE001
+                        exc = e
+                if exc is None:
+                    live = False
+                    return self._succeed(rec, out)
+                verdict = self._failed(rec, exc, timed_out)
+                if verdict.__class__ is float:
+                    if verdict > 0:
+                        await asyncio.sleep(verdict)
+                    rec, aw, mode = engine._restart(rec, data, context, resources)
+                    continue
+                if verdict.__class__ is StepResult:
+                    live = False
+                    return verdict
+                # A fallback step to run with the same input.
+                fb = await self.execute(verdict, data, context, resources)
+                live = False
+                return engine._fallback_done(rec, exc, fb)
+        except BaseException:
+            if live:
+                engine._cancel(rec)
+            raise
+
+    @staticmethod
+    async def _with_timeout(rec: int, aw: Any, timeout_s: float) -> tuple[Any, bool]:
+        cm = asyncio.timeout(timeout_s)
+        try:
+            async with cm:
+                return await aw, False
+        except TimeoutError:
+            if cm.expired():
+                return None, True
+            raise
+
+    async def _run_sync(
+        self, rec: int, data: Any, context: Any, resources: Any
+    ) -> tuple[Any, bool]:
+        engine = self._engine
+        loop = asyncio.get_running_loop()
+
+        async def body() -> Any:
+            out = await loop.run_in_executor(None, engine._call, rec, data, context, resources)
+            if inspect.isawaitable(out):
+                out = await out  # a plain function (a lambda, say) that returned an awaitable
+            return out
+
+        timeout_s = engine._timeout_s(rec)
+        if timeout_s > 0:
+            # A thread cannot be interrupted: on timeout the attempt stops
+            # waiting for it and the thread finishes on its own.
+            return await self._with_timeout(rec, body(), timeout_s)
+        return await body(), False
+
+    async def execute_with_monitoring(
+        self,
+        step: Any,
+        data: Any = None,
+        context: Any = None,
+        resources: Any = None,
+    ) -> tuple[StepResult, dict[str, Any]]:
+        """``execute`` plus a metrics dict: execution_time_ms, memory_usage_mb,
+        memory_delta_mb, attempts, cache_hit, success, step_name."""
+        before = _rss_mb()
+        result = await self.execute(step, data, context, resources)
+        after = _rss_mb()
+        return result, {
+            "step_name": result.name,
+            "execution_time_ms": result.latency_s * 1000.0,
+            "memory_usage_mb": after,
+            "memory_delta_mb": after - before,
+            "attempts": result.attempts,
+            "cache_hit": result.cache_hit,
+            "success": result.success,
+        }
+
+    # --------------------------------------------------------------- config
+    @property
+    def optimization_config(self) -> OptimizationConfig:
+        """A copy of the config in force (change it with apply_optimization_config)."""
+        return self._engine.config
+
+    async def apply_optimization_config(self, config: OptimizationConfig) -> None:
+        """Validate and swap the config atomically. Executions in flight finish
+        under the config they started with. On error nothing changes."""
+        self._engine.apply_config(_checked(config))
+
+    def export_config(self, format: str = "json") -> str:  # noqa: A002 - flujo's name
+        if format != "json":
+            raise ValueError(f"export_config: unsupported format {format!r} (supported: 'json')")
+        return self._engine.config.to_json()
+
+    async def import_config(self, text: str, format: str = "json") -> None:  # noqa: A002
+        """Parse, validate and apply a config; errors name each JSON path.
+        On error the current config stays in force."""
+        if format != "json":
+            raise ValueError(f"import_config: unsupported format {format!r} (supported: 'json')")
+        if not isinstance(text, str | bytes | bytearray):
+            raise TypeError(f"import_config: text must be str, got {type(text).__name__}")
+        if isinstance(text, bytes | bytearray):
+            text = text.decode()
+        cfg = OptimizationConfig.from_json(text)
+        self._engine.apply_config(cfg)
+
+    async def clear_cache(self) -> None:
+        """Drop every cached result (a no-op until result caching is enabled)."""
+
+    # ---------------------------------------------------------------- stats
+    def get_optimization_stats(self) -> dict[str, dict[str, Any]]:
+        """Measured statistics by section (see docs/executor.md for each key)."""
+        from caudal._stats import optimization_stats
+
+        return optimization_stats(self)
+
+    def get_performance_recommendations(self) -> list[dict[str, Any]]:
+        """Recommendations derived from the measured stats, highest priority first."""
+        from caudal._stats import recommendations
+
+        return recommendations(self)
+
+    def reset_stats(self) -> None:
+        self._engine.reset_stats()
+
+
+__all__ = ["ExecutorCore", "OptimizationConfig", "StepResult", "StepTimeoutError"]

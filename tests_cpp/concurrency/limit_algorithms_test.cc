@@ -1,0 +1,364 @@
+#include "caudal/concurrency/limit_algorithms.h"
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace caudal {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int64_t kMs = 1'000'000;
+
+// ---------------------------------------------------------------- AIMD
+
+TEST(AimdLimitTest, GrowsByOneWhileHalfFullAndNoDrops) {
+  AimdLimit aimd;  // initial 20, max 200
+  // inflight 15: 15*2 = 30 >= limit for every limit from 20 to 30, so each of
+  // the 10 samples adds one: 20 -> 30.
+  for (int i = 0; i < 10; ++i) aimd.OnSample(0, 10 * kMs, 15, false);
+  EXPECT_EQ(aimd.limit(), 30);
+  // 30 >= 30 once more -> 31; then 30 < 31 is app-limited: no further growth.
+  EXPECT_EQ(aimd.OnSample(0, 10 * kMs, 15, false), 31);
+  EXPECT_EQ(aimd.OnSample(0, 10 * kMs, 15, false), 31);
+  EXPECT_EQ(aimd.OnSample(0, 10 * kMs, 15, false), 31);
+}
+
+TEST(AimdLimitTest, BacksOffOnDropAndOnTimeout) {
+  AimdLimit aimd;
+  for (int i = 0; i < 11; ++i) aimd.OnSample(0, kMs, 100, false);
+  ASSERT_EQ(aimd.limit(), 31);
+  // floor(31 * 0.9) = floor(27.9) = 27.
+  EXPECT_EQ(aimd.OnSample(0, kMs, 100, /*did_drop=*/true), 27);
+  // floor(27 * 0.9) = floor(24.3) = 24.
+  EXPECT_EQ(aimd.OnSample(0, kMs, 100, true), 24);
+  // rtt above the 5 s timeout is a drop: floor(24 * 0.9) = floor(21.6) = 21.
+  EXPECT_EQ(aimd.OnSample(0, 5'000 * kMs + 1, 100, false), 21);
+  // Exactly the timeout is not above it: grows.
+  EXPECT_EQ(aimd.OnSample(0, 5'000 * kMs, 100, false), 22);
+}
+
+TEST(AimdLimitTest, ClampsToMinAndMax) {
+  AimdLimit::Options o;
+  o.initial_limit = 3;
+  o.min_limit = 2;
+  o.max_limit = 5;
+  auto aimd = AimdLimit::Create(o);
+  ASSERT_TRUE(aimd.ok()) << aimd.status();
+  // 3 -> 4 -> 5 -> 5 (max).
+  for (int i = 0; i < 3; ++i) aimd->OnSample(0, kMs, 10, false);
+  EXPECT_EQ(aimd->limit(), 5);
+  // floor(5 * 0.9) = 4; floor(4 * 0.9) = 3; floor(3 * 0.9) = 2; then min 2.
+  EXPECT_EQ(aimd->OnSample(0, kMs, 10, true), 4);
+  EXPECT_EQ(aimd->OnSample(0, kMs, 10, true), 3);
+  EXPECT_EQ(aimd->OnSample(0, kMs, 10, true), 2);
+  EXPECT_EQ(aimd->OnSample(0, kMs, 10, true), 2);
+}
+
+TEST(AimdLimitTest, RejectsBadOptions) {
+  AimdLimit::Options o;
+  o.backoff_ratio = 1.0;
+  EXPECT_THAT(AimdLimit::Create(o).status().message(),
+              HasSubstr("backoff_ratio"));
+  o = {};
+  o.min_limit = 0;
+  EXPECT_EQ(AimdLimit::Create(o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o = {};
+  o.initial_limit = 500;
+  EXPECT_THAT(AimdLimit::Create(o).status().message(),
+              HasSubstr("initial_limit"));
+}
+
+// ---------------------------------------------------------------- Gradient
+
+TEST(GradientLimitTest, SteadyRttGrowsByQueueTimesSmoothing) {
+  GradientLimit g;  // initial 20, queue 4, smoothing 0.2, tolerance 1.5
+  // Steady rtt: long == short, gradient = clamp(1.5 * 1) = 1, so each sample
+  // moves the limit to 0.8 * L + 0.2 * (L + 4) = L + 0.8.
+  // After 12 samples: 20 + 12 * 0.8 = 29.6 -> limit 29.
+  for (int i = 0; i < 12; ++i) g.OnSample(0, 10 * kMs, 100, false);
+  EXPECT_NEAR(g.estimated_limit(), 29.6, 1e-9);
+  EXPECT_EQ(g.limit(), 29);
+  EXPECT_DOUBLE_EQ(g.long_rtt_ns(), 10.0 * kMs);
+}
+
+TEST(GradientLimitTest, LatencySpikeShrinksTheLimit) {
+  GradientLimit g;
+  for (int i = 0; i < 10; ++i) g.OnSample(0, 10 * kMs, 100, false);
+  ASSERT_NEAR(g.estimated_limit(), 28.0, 1e-9);  // 20 + 10 * 0.8
+  // The 10 warm-up samples averaged to long = 10 ms. The 11th sample (30 ms)
+  // enters the EMA with factor 2/601: long = 10 + 20 * 2/601 = 10.06656 ms.
+  // gradient = 1.5 * 10.06656 / 30 = 0.503328;
+  // L = 0.8 * 28 + 0.2 * (28 * 0.503328 + 4) = 22.4 + 3.618636 = 26.0186.
+  EXPECT_EQ(g.OnSample(0, 30 * kMs, 100, false), 26);
+  EXPECT_NEAR(g.estimated_limit(), 26.018636, 1e-5);
+  // Two more at 30 ms: 24.25, then 22.67.
+  EXPECT_EQ(g.OnSample(0, 30 * kMs, 100, false), 24);
+  EXPECT_EQ(g.OnSample(0, 30 * kMs, 100, false), 22);
+}
+
+// Small numbers so every step is exact in binary floating point:
+// EMA factor 2/(3+1) = 0.5, warm-up 1, tolerance 1, smoothing 0.5, queue 2.
+GradientLimit SmallGradient() {
+  GradientLimit::Options o;
+  o.initial_limit = 10;
+  o.min_limit = 1;
+  o.max_limit = 100;
+  o.smoothing = 0.5;
+  o.rtt_tolerance = 1.0;
+  o.long_window = 3;
+  o.warmup_window = 1;
+  o.queue_size = [](int) { return 2; };
+  auto g = GradientLimit::Create(std::move(o));
+  EXPECT_TRUE(g.ok()) << g.status();
+  return *std::move(g);
+}
+
+TEST(GradientLimitTest, HandComputedSequence) {
+  GradientLimit g = SmallGradient();
+  // 1: rtt 100, long = 100 (warm-up). gradient 1, target 12,
+  //    L = 0.5 * 10 + 0.5 * 12 = 11.
+  EXPECT_EQ(g.OnSample(0, 100, 100, false), 11);
+  // 2: rtt 100, long = 100. target 13, L = 12.
+  EXPECT_EQ(g.OnSample(0, 100, 100, false), 12);
+  // 3: rtt 200, long = 0.5 * 100 + 0.5 * 200 = 150, gradient 0.75,
+  //    target = 12 * 0.75 + 2 = 11, L = 6 + 5.5 = 11.5.
+  EXPECT_EQ(g.OnSample(0, 200, 100, false), 11);
+  EXPECT_DOUBLE_EQ(g.estimated_limit(), 11.5);
+  // 4: rtt 200, long = 175, gradient 0.875,
+  //    target = 11.5 * 0.875 + 2 = 12.0625, L = 5.75 + 6.03125 = 11.78125.
+  EXPECT_EQ(g.OnSample(0, 200, 100, false), 11);
+  EXPECT_DOUBLE_EQ(g.estimated_limit(), 11.78125);
+  // 5: rtt 50, long = 87.5 + 25 = 112.5; long/short = 2.25 > 2, so long is
+  //    pulled down to 101.25. gradient = clamp(2.025) = 1,
+  //    target = 13.78125, L = 12.78125.
+  EXPECT_EQ(g.OnSample(0, 50, 100, false), 12);
+  EXPECT_DOUBLE_EQ(g.estimated_limit(), 12.78125);
+  EXPECT_NEAR(g.long_rtt_ns(), 101.25, 1e-9);
+}
+
+TEST(GradientLimitTest, AppLimitedDoesNotMoveTheLimit) {
+  GradientLimit g = SmallGradient();
+  // inflight 4 < 10 / 2: neither growth (fast rtt) nor shrink (slow rtt).
+  EXPECT_EQ(g.OnSample(0, 100, 4, false), 10);
+  EXPECT_EQ(g.OnSample(0, 1000, 4, false), 10);
+  EXPECT_DOUBLE_EQ(g.estimated_limit(), 10.0);
+  // inflight 5 == L / 2 is not app-limited.
+  EXPECT_NE(g.OnSample(0, 100, 5, false), 10);
+}
+
+TEST(GradientLimitTest, NeverBelowMinLimit) {
+  GradientLimit g;  // min 20
+  for (int i = 0; i < 10; ++i) g.OnSample(0, 10 * kMs, 100, false);
+  for (int i = 0; i < 50; ++i) g.OnSample(0, 1000 * kMs, 100, false);
+  EXPECT_EQ(g.limit(), 20);
+}
+
+TEST(GradientLimitTest, RejectsBadOptions) {
+  GradientLimit::Options o;
+  o.smoothing = 0;
+  EXPECT_THAT(GradientLimit::Create(o).status().message(),
+              HasSubstr("smoothing"));
+  o = {};
+  o.rtt_tolerance = 0.5;
+  EXPECT_THAT(GradientLimit::Create(o).status().message(),
+              HasSubstr("rtt_tolerance"));
+  o = {};
+  o.queue_size = nullptr;
+  EXPECT_THAT(GradientLimit::Create(o).status().message(),
+              HasSubstr("queue_size"));
+}
+
+// ---------------------------------------------------------------- Vegas
+
+VegasLimit NoProbeVegas(int initial, double smoothing = 1.0) {
+  VegasLimit::Options o;
+  o.initial_limit = initial;
+  o.smoothing = smoothing;
+  o.probe_multiplier = 0;
+  auto v = VegasLimit::Create(o);
+  EXPECT_TRUE(v.ok()) << v.status();
+  return *v;
+}
+
+TEST(VegasLimitTest, HandComputedSequence) {
+  VegasLimit v = NoProbeVegas(20);
+  // At limit 20: L = log10 root = 1, alpha = 3, beta = 6.
+  // 1: first rtt becomes rtt_noload (10 ms); limit unchanged.
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 20, false), 20);
+  EXPECT_EQ(v.rtt_noload_ns(), 10 * kMs);
+  // 2, 3: rtt == noload, queue = ceil(L * 0) = 0 <= 1: grow by beta (6).
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 20, false), 26);
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 20, false), 32);
+  // 4: rtt 12.5 ms, queue = ceil(32 * (1 - 10/12.5)) = ceil(6.4) = 7 > 6:
+  //    shrink by 1.
+  EXPECT_EQ(v.OnSample(0, 12'500'000, 20, false), 31);
+  // 5: rtt 11 ms, queue = ceil(31 * 1/11) = ceil(2.82) = 3: not <= 1, not
+  //    < 3, not > 6: the sweet spot, unchanged.
+  EXPECT_EQ(v.OnSample(0, 11 * kMs, 20, false), 31);
+  // 6: rtt 10.5 ms, queue = ceil(31 * 0.5/10.5) = ceil(1.48) = 2 < 3: +1.
+  EXPECT_EQ(v.OnSample(0, 10'500'000, 20, false), 32);
+  // 7: a drop always shrinks by L.
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 20, true), 31);
+}
+
+TEST(VegasLimitTest, StepsScaleWithLog10OfTheLimit) {
+  VegasLimit v = NoProbeVegas(95);
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 100, false), 95);   // noload = 10 ms
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 100, false), 101);  // L=1: +beta 6
+  // From 101 on L = 2, beta = 12.
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 100, false), 113);
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 100, false), 125);
+  // rtt doubles: queue = ceil(125 * 0.5) = 63 > 12: shrink by L = 2.
+  EXPECT_EQ(v.OnSample(0, 20 * kMs, 100, false), 123);
+  EXPECT_EQ(VegasLimit::Log10Root(1), 1);
+  EXPECT_EQ(VegasLimit::Log10Root(99), 1);
+  EXPECT_EQ(VegasLimit::Log10Root(100), 2);
+  EXPECT_EQ(VegasLimit::Log10Root(12345), 4);
+}
+
+TEST(VegasLimitTest, SmoothingAndAppLimit) {
+  VegasLimit v = NoProbeVegas(20, /*smoothing=*/0.5);
+  v.OnSample(0, 10 * kMs, 20, false);
+  // next = 26, limit = 0.5 * 20 + 0.5 * 26 = 23.
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 20, false), 23);
+  // inflight 11: 22 < 23 is app-limited, even with a fast rtt.
+  EXPECT_EQ(v.OnSample(0, 10 * kMs, 11, false), 23);
+}
+
+TEST(VegasLimitTest, ProbeResetsNoLoadRtt) {
+  VegasLimit::Options o;
+  o.initial_limit = 5;
+  o.probe_multiplier = 1;  // probe every 1 * 5 samples
+  auto v = VegasLimit::Create(o);
+  ASSERT_TRUE(v.ok());
+  // inflight 0 keeps the limit at 5 (app-limited), so the interval stays 5.
+  v->OnSample(0, 10, 0, false);
+  for (int i = 0; i < 3; ++i) v->OnSample(0, 20, 0, false);
+  EXPECT_EQ(v->rtt_noload_ns(), 10);
+  v->OnSample(0, 20, 0, false);  // 5th sample probes
+  EXPECT_EQ(v->rtt_noload_ns(), 20);
+  EXPECT_EQ(v->limit(), 5);
+}
+
+// ---------------------------------------------------------------- windows
+
+struct Call {
+  int64_t start_ns, rtt_ns;
+  int inflight;
+  bool did_drop;
+};
+
+class RecordingLimit : public LimitAlgorithm {
+ public:
+  explicit RecordingLimit(std::vector<Call>* calls) : calls_(calls) {}
+  int OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
+               bool did_drop) override {
+    calls_->push_back({start_ns, rtt_ns, inflight, did_drop});
+    return ++limit_;
+  }
+  int limit() const override { return limit_; }
+
+ private:
+  std::vector<Call>* calls_;
+  int limit_ = 7;
+};
+
+TEST(WindowedLimitTest, AggregatesOneWindowPerDelegateCall) {
+  std::vector<Call> calls;
+  WindowedLimit::Options o;
+  o.min_window_ns = 100;
+  o.max_window_ns = 100;
+  o.min_samples = 3;
+  o.min_rtt_threshold_ns = 5;
+  auto w = WindowedLimit::Create(o, std::make_unique<RecordingLimit>(&calls));
+  ASSERT_TRUE(w.ok()) << w.status();
+  WindowedLimit& limit = **w;
+
+  // Window [0, 100).
+  EXPECT_EQ(limit.OnSample(0, 10, 1, false), 7);
+  EXPECT_EQ(limit.OnSample(5, 10, 3, false), 7);
+  EXPECT_EQ(limit.OnSample(6, 4, 9, true), 7);  // below threshold: ignored
+  EXPECT_EQ(limit.OnSample(20, 10, 2, false), 7);
+  EXPECT_TRUE(calls.empty());
+  // Ends at 115 >= 100 with 4 samples: closes. Average (10+10+10+20)/4 = 12
+  // (integer division of 50 by 4), max inflight 4, no drop.
+  EXPECT_EQ(limit.OnSample(95, 20, 4, false), 8);
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].rtt_ns, 12);
+  EXPECT_EQ(calls[0].inflight, 4);
+  EXPECT_FALSE(calls[0].did_drop);
+
+  // Next window ends at 115 + clamp(2 * 10, 100, 100) = 215. Samples ending
+  // at 150, 160, 170 do not close it; one ending at 215 does (4 >= 3
+  // samples). A drop anywhere in the window is passed on.
+  limit.OnSample(120, 30, 1, false);
+  limit.OnSample(130, 30, 1, true);
+  limit.OnSample(140, 30, 1, false);
+  EXPECT_EQ(calls.size(), 1u);
+  EXPECT_EQ(limit.OnSample(185, 30, 2, false), 9);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1].rtt_ns, 30);
+  EXPECT_TRUE(calls[1].did_drop);
+}
+
+TEST(WindowedLimitTest, WaitsForMinSamples) {
+  std::vector<Call> calls;
+  WindowedLimit::Options o;
+  o.min_window_ns = 10;
+  o.max_window_ns = 10;
+  o.min_samples = 3;
+  o.min_rtt_threshold_ns = 0;
+  auto w = WindowedLimit::Create(o, std::make_unique<RecordingLimit>(&calls));
+  ASSERT_TRUE(w.ok());
+  (*w)->OnSample(0, 50, 1, false);    // past the window end, but 1 sample
+  (*w)->OnSample(100, 50, 1, false);  // 2 samples
+  EXPECT_TRUE(calls.empty());
+  (*w)->OnSample(200, 50, 1, false);
+  EXPECT_EQ(calls.size(), 1u);
+}
+
+TEST(WindowedLimitTest, DrivesGradientAtWindowGranularity) {
+  WindowedLimit::Options o;
+  o.min_window_ns = 1000;
+  o.max_window_ns = 1000;
+  o.min_samples = 10;
+  o.min_rtt_threshold_ns = 0;
+  auto w = WindowedLimit::Create(o, std::make_unique<GradientLimit>());
+  ASSERT_TRUE(w.ok());
+  // Samples start every 10 ns and take 100 ns. The first window ends at
+  // 0 + 1000; the first sample to end there is i = 90 (ends at 1000), so 91
+  // samples make one delegate update. The next window ends at 1000 + 1000,
+  // after the last sample (i = 99 ends at 1090): exactly one update, which
+  // moves Gradient's limit from 20 to 20.8 (see SteadyRtt... above).
+  for (int i = 0; i < 100; ++i) (*w)->OnSample(i * 10, 100, 100, false);
+  EXPECT_NEAR(
+      static_cast<const GradientLimit&>((*w)->delegate()).estimated_limit(),
+      20.8, 1e-9);
+}
+
+TEST(WindowedLimitTest, RejectsBadOptions) {
+  WindowedLimit::Options o;
+  o.max_window_ns = 1;
+  EXPECT_THAT(WindowedLimit::Create(o, std::make_unique<FixedLimit>(3))
+                  .status()
+                  .message(),
+              HasSubstr("max_window_ns"));
+  EXPECT_FALSE(WindowedLimit::Create({}, nullptr).ok());
+}
+
+TEST(FixedLimitTest, IgnoresSamples) {
+  FixedLimit f(0);
+  EXPECT_EQ(f.limit(), 1);
+  FixedLimit g(8);
+  EXPECT_EQ(g.OnSample(0, 1, 100, true), 8);
+}
+
+}  // namespace
+}  // namespace caudal
