@@ -16,7 +16,7 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include "caudal/base/mutex.h"
 #include "caudal/resilience/circuit_breaker.h"
 #include "gtest/gtest.h"
 
@@ -43,11 +43,11 @@ class TransitionLog {
  public:
   void Add(const absl::optional<Transition>& t) {
     if (!t.has_value()) return;
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     log_.push_back(*t);
   }
   std::vector<Transition> Sorted() {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     std::vector<Transition> out = log_;
     std::sort(
         out.begin(), out.end(),
@@ -56,7 +56,7 @@ class TransitionLog {
   }
 
  private:
-  absl::Mutex mu_;
+  Mutex mu_;
   std::vector<Transition> log_ ABSL_GUARDED_BY(mu_);
 };
 

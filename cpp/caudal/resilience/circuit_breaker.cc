@@ -103,7 +103,7 @@ CircuitBreaker::Admission CircuitBreaker::TryAcquire(int64_t now_ns) {
 }
 
 CircuitBreaker::Admission CircuitBreaker::AcquireSlow(int64_t now_ns) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Admission admission;
   switch (StateLocked()) {
     case State::kClosed:
@@ -156,7 +156,7 @@ absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnSuccess(
 absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnProbeSuccess(
     int64_t now_ns) {
   successes_.Add();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (probes_in_flight_ > 0) --probes_in_flight_;
   if (StateLocked() != State::kHalfOpen) return absl::nullopt;
   if (++probe_successes_ >= options_.success_threshold) {
@@ -167,7 +167,7 @@ absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnProbeSuccess(
 
 absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnFailure(
     int64_t now_ns, bool probe) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ++failures_;
   if (probe) {
     if (probes_in_flight_ > 0) --probes_in_flight_;
@@ -201,13 +201,13 @@ absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnFailure(
 
 void CircuitBreaker::OnIgnored(bool probe) {
   if (!probe) return;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (probes_in_flight_ > 0) --probes_in_flight_;
 }
 
 absl::optional<CircuitBreaker::Transition> CircuitBreaker::Reset(
     int64_t now_ns) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   absl::optional<Transition> transition;
   if (StateLocked() != State::kClosed) {
     transition = TransitionLocked(State::kClosed, now_ns);
@@ -249,7 +249,7 @@ CircuitBreaker::Transition CircuitBreaker::TransitionLocked(State to,
 }
 
 CircuitBreaker::Snapshot CircuitBreaker::GetSnapshot() const {
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Snapshot s;
   s.state = StateLocked();
   s.consecutive_failures =
@@ -308,7 +308,7 @@ void CircuitBreaker::Permit::Ignore() {
 absl::StatusOr<CircuitBreaker*> BreakerRegistry::GetOrCreate(
     absl::string_view name, const CircuitBreaker::Options& options) {
   {
-    absl::ReaderMutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = breakers_.find(name);
     if (it != breakers_.end()) return it->second.get();
   }
@@ -317,7 +317,7 @@ absl::StatusOr<CircuitBreaker*> BreakerRegistry::GetOrCreate(
     return absl::InvalidArgumentError(
         absl::StrCat("circuit breaker '", name, "': ", status.message()));
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto inserted = breakers_.try_emplace(std::string(name));
   if (inserted.second) {
     inserted.first->second = std::make_unique<CircuitBreaker>(options);
@@ -326,7 +326,7 @@ absl::StatusOr<CircuitBreaker*> BreakerRegistry::GetOrCreate(
 }
 
 CircuitBreaker* BreakerRegistry::Find(absl::string_view name) const {
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = breakers_.find(name);
   return it == breakers_.end() ? nullptr : it->second.get();
 }
@@ -337,7 +337,7 @@ void BreakerRegistry::ForEach(
   // and pointers stay valid after the lock is released.
   std::vector<std::pair<absl::string_view, CircuitBreaker*>> entries;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     entries.reserve(breakers_.size());
     for (const auto& entry : breakers_) {
       entries.emplace_back(entry.first, entry.second.get());
@@ -364,7 +364,7 @@ void BreakerRegistry::Reset(int64_t now_ns) {
 }
 
 size_t BreakerRegistry::size() const {
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return breakers_.size();
 }
 

@@ -71,8 +71,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/types/optional.h"
+#include "caudal/base/mutex.h"
 #include "caudal/resilience/internal/outcome_ring.h"
 #include "caudal/resilience/internal/striped_counter.h"
 
@@ -194,7 +194,7 @@ class CircuitBreaker {
   resilience_internal::StripedCounter successes_;
   resilience_internal::StripedCounter rejections_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   uint64_t failures_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t open_count_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t transition_seq_ ABSL_GUARDED_BY(mu_) = 0;
@@ -241,8 +241,9 @@ absl::string_view StateName(CircuitBreaker::State state);
 // the pointers it hands out stay valid until the registry is destroyed, so a
 // step may cache its breaker.
 //
-// Thread-safety: all methods may be called concurrently. Lookups of existing
-// names take a shared (reader) lock.
+// Thread-safety: all methods may be called concurrently. Every call takes
+// the registry mutex briefly (caudal::Mutex, exclusive), so a step that runs
+// often should cache its pointer rather than look it up per execution.
 class BreakerRegistry {
  public:
   struct NamedSnapshot {
@@ -274,7 +275,7 @@ class BreakerRegistry {
   size_t size() const;
 
  private:
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   // node_hash_map: keys never move, so ForEach can hand out views of them.
   absl::node_hash_map<std::string, std::unique_ptr<CircuitBreaker>> breakers_
       ABSL_GUARDED_BY(mu_);

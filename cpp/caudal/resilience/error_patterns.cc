@@ -128,7 +128,7 @@ ErrorPatternTable::ErrorPatternTable(size_t capacity) : capacity_(capacity) {}
 void ErrorPatternTable::RecordError(uint64_t id, absl::string_view step,
                                     absl::string_view exc_type,
                                     absl::string_view sample, int64_t now_ns) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ++total_errors_;
   if (capacity_ == 0) return;
   Lru::iterator node;
@@ -156,7 +156,7 @@ void ErrorPatternTable::RecordError(uint64_t id, absl::string_view step,
 }
 
 void ErrorPatternTable::RecordRetryOutcome(uint64_t id, bool recovered) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ++total_retries_;
   ++(recovered ? recoveries_ : failures_after_retry_);
   auto it = index_.find(id);
@@ -169,7 +169,7 @@ void ErrorPatternTable::RecordRetryOutcome(uint64_t id, bool recovered) {
 
 bool ErrorPatternTable::ShouldRetry(uint64_t id, int min_observations) const {
   const uint64_t needed = static_cast<uint64_t>(std::max(min_observations, 1));
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = index_.find(id);
   if (it == index_.end()) return true;
   const PatternSnapshot& p = *it->second;
@@ -177,7 +177,7 @@ bool ErrorPatternTable::ShouldRetry(uint64_t id, int min_observations) const {
 }
 
 ErrorTableStats ErrorPatternTable::Stats() const {
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ErrorTableStats s;
   s.total_errors = total_errors_;
   s.total_retries = total_retries_;
@@ -196,7 +196,7 @@ ErrorTableStats ErrorPatternTable::Stats() const {
 std::vector<PatternSnapshot> ErrorPatternTable::Snapshot(size_t max) const {
   std::vector<PatternSnapshot> out;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     out.assign(lru_.begin(), lru_.end());
   }
   const auto before = [](const PatternSnapshot& a, const PatternSnapshot& b) {
@@ -212,13 +212,13 @@ std::vector<PatternSnapshot> ErrorPatternTable::Snapshot(size_t max) const {
 }
 
 void ErrorPatternTable::Resize(size_t capacity) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   capacity_ = capacity;
   EvictToCapacityLocked();
 }
 
 void ErrorPatternTable::Clear() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   lru_.clear();
   index_.clear();
   total_errors_ = total_retries_ = recoveries_ = failures_after_retry_ = 0;
@@ -226,12 +226,12 @@ void ErrorPatternTable::Clear() {
 }
 
 size_t ErrorPatternTable::size() const {
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return lru_.size();
 }
 
 size_t ErrorPatternTable::capacity() const {
-  absl::ReaderMutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return capacity_;
 }
 

@@ -24,8 +24,8 @@
 // retried, so it gathers no new evidence until it is evicted, Clear()ed or
 // Resize()d away.
 //
-// Thread-safety: all methods may be called concurrently (one absl::Mutex;
-// queries take it shared). It is only used on the error path.
+// Thread-safety: all methods may be called concurrently (one caudal::Mutex,
+// exclusive even for queries; it is only used on the error path).
 // Cost: O(1) per record or query (hash map + LRU list), O(n log max) for
 // Snapshot. Memory: about 200 bytes plus the strings per pattern; samples
 // are cut to kMaxSampleBytes.
@@ -41,7 +41,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "caudal/base/mutex.h"
 
 namespace caudal {
 
@@ -132,7 +132,7 @@ class ErrorPatternTable {
 
   void EvictToCapacityLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   size_t capacity_ ABSL_GUARDED_BY(mu_);
   Lru lru_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Lru::iterator> index_ ABSL_GUARDED_BY(mu_);
