@@ -37,7 +37,9 @@
 namespace caudal {
 
 struct RetryPolicy {
-  enum Kind { kExponential, kLinear, kFixed };
+  // Fixed underlying type: any int converted from outside (bindings, JSON)
+  // is a valid value that Validate() can reject, not undefined behaviour.
+  enum Kind : int { kExponential, kLinear, kFixed };
 
   Kind kind = kExponential;
   // Total attempts, the first one included; >= 1 (1 = never retry).
