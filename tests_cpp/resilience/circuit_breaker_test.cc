@@ -713,6 +713,19 @@ TEST(CircuitBreakerTest, DISABLED_HotPathTiming) {
               NsPerPair(plain, kIterations));
   std::printf("closed, sliding window   : %.2f ns per pair\n",
               NsPerPair(windowed, kIterations));
+  CircuitBreaker open(Opts(1, std::numeric_limits<int64_t>::max()));
+  open.OnFailure(0, false);
+  const auto start = std::chrono::steady_clock::now();
+  int64_t rejected = 0;
+  for (int64_t i = 0; i < kIterations; ++i) {
+    rejected += open.TryAcquire(i).admitted() ? 0 : 1;
+  }
+  std::printf("open, rejection          : %.2f ns per TryAcquire (%lld)\n",
+              std::chrono::duration<double, std::nano>(
+                  std::chrono::steady_clock::now() - start)
+                      .count() /
+                  kIterations,
+              static_cast<long long>(rejected));
   for (CircuitBreaker* b : {&plain, &windowed}) {
     double per_thread[2] = {0, 0};
     std::thread t0([&] { per_thread[0] = NsPerPair(*b, kIterations / 2); });

@@ -94,9 +94,7 @@ CircuitBreaker::Admission CircuitBreaker::TryAcquire(int64_t now_ns) {
     const int64_t until = open_until_ns_.load(std::memory_order_relaxed);
     if (now_ns < until) {
       rejections_.Add();
-      Admission admission;
-      admission.retry_after_ns = until - now_ns;
-      return admission;
+      return Admission{Decision::kRejected, until - now_ns, absl::nullopt};
     }
   }
   return AcquireSlow(now_ns);

@@ -8,7 +8,7 @@ namespace resilience_internal {
 OutcomeRing::OutcomeRing(uint32_t size)
     : size_(size),
       num_words_((size + 63) / 64),
-      words_(new std::atomic<uint64_t>[num_words_]) {
+      words_(new std::atomic<uint64_t>[(size + 63) / 64]) {
   for (uint32_t i = 0; i < num_words_; ++i) {
     words_[i].store(0, std::memory_order_relaxed);
   }

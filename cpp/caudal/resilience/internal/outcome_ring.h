@@ -65,10 +65,14 @@ class OutcomeRing {
     return head_.fetch_add(1, std::memory_order_relaxed) % size_;
   }
 
+  // Read-only after construction, read on every call.
   const uint32_t size_;
   const uint32_t num_words_;
+  const std::unique_ptr<std::atomic<uint64_t>[]> words_;
+  // Written on every call: on a cache line of its own (the class is 64-byte
+  // aligned, so nothing after it shares the line either), so that readers of
+  // the fields above do not pull it back and forth.
   alignas(64) std::atomic<uint64_t> head_{0};
-  std::unique_ptr<std::atomic<uint64_t>[]> words_;
 };
 
 }  // namespace resilience_internal
