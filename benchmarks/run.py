@@ -1,6 +1,6 @@
 """Runs every benchmarks/bench_*.py and writes benchmarks/results/SUMMARY.md.
 
-    python benchmarks/run.py [--quick]      (what `make bench` runs)
+python benchmarks/run.py [--quick]      (what `make bench` runs)
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ def main() -> int:
     overhead = RESULTS / "overhead.json"
     if overhead.exists():
         m = json.loads(overhead.read_text())["machine"]
-        lines += [f"Machine: {m['processor']}, {m['cpus']} CPUs, Python {m['python']}, "
-                  f"{m['platform']}; {m['date']}.", ""]
+        lines += [
+            f"Machine: {m['processor']}, {m['cpus']} CPUs, Python {m['python']}, "
+            f"{m['platform']}; {m['date']}.",
+            "",
+        ]
     for name, out, secs in sections:
         lines += [f"## {name} ({secs:.0f} s)", "", "```", out, "```", ""]
     if failed:

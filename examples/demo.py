@@ -63,11 +63,15 @@ async def main():
     print("\nper-step statistics (measured natively):")
     print(f"  {'step':8} {'runs':>5} {'attempts':>8} {'retries':>7} {'p50 ms':>8} {'p99 ms':>8}")
     for name, s in stats["execution"]["steps"].items():
-        print(f"  {name:8} {s['executions']:5} {s['attempts']:8} {s['retries']:7} "
-              f"{s['p50_ms']:8.2f} {s['p99_ms']:8.2f}")
+        print(
+            f"  {name:8} {s['executions']:5} {s['attempts']:8} {s['retries']:7} "
+            f"{s['p50_ms']:8.2f} {s['p99_ms']:8.2f}"
+        )
     eh = stats["error_handling"]
-    print(f"\nerror rate {eh['error_rate']:.1%}, recovery success rate "
-          f"{eh['recovery_success_rate']:.1%}, memory {stats['memory']['usage_mb']:.0f} MB")
+    print(
+        f"\nerror rate {eh['error_rate']:.1%}, recovery success rate "
+        f"{eh['recovery_success_rate']:.1%}, memory {stats['memory']['usage_mb']:.0f} MB"
+    )
     print("\nrecommendations:")
     for rec in executor.get_performance_recommendations():
         print(f"  [{rec['priority']}] {rec['description']}")

@@ -58,8 +58,12 @@ def test_unknown_keyword_and_wrong_types_are_type_errors():
 
 
 def test_validate_reports_every_problem_in_seed_000_words():
-    c = OptimizationConfig(object_pool_max_size=0, telemetry_batch_size=0,
-                           object_pool_cleanup_threshold=1.5, cpu_usage_threshold_percent=120.0)
+    c = OptimizationConfig(
+        object_pool_max_size=0,
+        telemetry_batch_size=0,
+        object_pool_cleanup_threshold=1.5,
+        cpu_usage_threshold_percent=120.0,
+    )
     issues = c.validate()
     assert "object_pool_max_size must be positive" in issues
     assert "telemetry_batch_size must be positive" in issues

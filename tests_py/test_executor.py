@@ -262,10 +262,13 @@ async def test_execute_with_monitoring_metrics():
 
 async def test_invalid_configs_raise_and_keep_the_old_one():
     with pytest.raises(ConfigurationError) as e:
-        ExecutorCore(optimization_config=OptimizationConfig(object_pool_max_size=0,
-                                                            telemetry_batch_size=-1))
-    assert e.value.problems == ["object_pool_max_size must be positive",
-                                "telemetry_batch_size must be positive"]
+        ExecutorCore(
+            optimization_config=OptimizationConfig(object_pool_max_size=0, telemetry_batch_size=-1)
+        )
+    assert e.value.problems == [
+        "object_pool_max_size must be positive",
+        "telemetry_batch_size must be positive",
+    ]
     ex = ExecutorCore(OptimizationConfig(cache_max_size=42))
     with pytest.raises(ConfigurationError):
         await ex.apply_optimization_config(OptimizationConfig(cache_max_size=0))
@@ -312,8 +315,15 @@ async def test_stats_sections_and_keys():
     ex = ExecutorCore()
     await ex.execute(add_one, 1)
     stats = ex.get_optimization_stats()
-    assert set(stats) >= {"memory", "execution", "cache", "concurrency", "circuit_breaker",
-                          "error_handling", "telemetry"}
+    assert set(stats) >= {
+        "memory",
+        "execution",
+        "cache",
+        "concurrency",
+        "circuit_breaker",
+        "error_handling",
+        "telemetry",
+    }
     assert stats["memory"]["usage_mb"] > 0
     assert "object_pool_utilization" in stats["memory"]
     assert stats["execution"]["avg_time_ms"] > 0
@@ -365,7 +375,13 @@ def test_step_result_is_constructible_and_picklable():
 
     r = StepResult(name="n", output=[1], attempts=2, metadata={"a": 1})
     r2 = pickle.loads(pickle.dumps(r))
-    assert (r2.name, r2.output, r2.attempts, r2.metadata, r2.success) == ("n", [1], 2, {"a": 1}, True)
+    assert (r2.name, r2.output, r2.attempts, r2.metadata, r2.success) == (
+        "n",
+        [1],
+        2,
+        {"a": 1},
+        True,
+    )
     r2.output = 5
     assert r2.output == 5
     assert "StepResult(name='n'" in repr(r)

@@ -17,6 +17,7 @@
 // execute() call until one of _succeed/_failed(final)/_fallback_done/_cancel.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -36,6 +37,9 @@ struct PyStepEntry : StepEntry {
   py::object fn;        // what to call
   py::object fallback;  // Step or None
   py::object name_str;  // spec.name as a Python str (shared by results)
+  py::object
+      retry_on;  // None (any Exception), a tuple of types, or a predicate
+  py::object breaker_exclude;  // None, a tuple of types, or a predicate
   ~PyStepEntry() override {
     py::gil_scoped_acquire gil;
     key_a = py::object();
@@ -43,6 +47,8 @@ struct PyStepEntry : StepEntry {
     fn = py::object();
     fallback = py::object();
     name_str = py::object();
+    retry_on = py::object();
+    breaker_exclude = py::object();
   }
 };
 
@@ -83,14 +89,21 @@ class Engine {
                   py::handle resources) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
     ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs());
+    if (r->attempt == 0) return RejectedResult(r);
     return StartAttempt(r, data, context, resources);
   }
 
   // Starts an attempt of an existing record (retries): the awaitable or,
   // for sync steps, nothing. Same (rec, aw, mode) triple as begin().
   py::tuple restart(uintptr_t h, py::handle data, py::handle context,
-                    py::handle resources) {
-    return StartAttempt(Rec(h), data, context, resources);
+                    py::handle resources, py::handle last_exc) {
+    ExecutionRecord* r = Rec(h);
+    if (!core_.StartAttempt(r, MonotonicNowNs())) {
+      // The breaker opened meanwhile (often on this very step's failures):
+      // the execution ends with the error that tripped it.
+      return py::make_tuple(0, Final(r, last_exc, false, nullptr), 5);
+    }
+    return StartAttempt(r, data, context, resources);
   }
 
   // Calls the step (sync steps, from a worker thread).
@@ -120,11 +133,25 @@ class Engine {
   // ---- after a failed attempt ----
   py::object failed(uintptr_t h, py::handle exc, bool timed_out) {
     ExecutionRecord* r = Rec(h);
-    const double delay = core_.AttemptFailed(r, MonotonicNowNs(), timed_out);
-    if (delay >= 0) return py::float_(delay);
     PyStepEntry* e = Entry(r);
+    AttemptError err;
+    err.timed_out = timed_out;
+    err.retryable = Matches(e->retry_on, exc, /*if_none=*/true);
+    err.counts_for_breaker =
+        !Matches(e->breaker_exclude, exc, /*if_none=*/false);
+    const std::string type_name = QualifiedTypeName(exc);
+    const std::string message = SafeStr(exc);
+    err.exc_type = type_name;
+    err.message = message;
+    err.retry_after_s = RetryAfterHint(exc);
+    const FailureDecision d = core_.AttemptFailed(r, MonotonicNowNs(), err);
+    if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
     if (!e->fallback.is_none()) return e->fallback;
-    return Final(r, exc, /*fell_back=*/false);
+    const char* stopped = d.verdict == FailureVerdict::kFailFast ? "fail_fast"
+                          : d.verdict == FailureVerdict::kNotRetryable
+                              ? "not_retryable"
+                              : nullptr;
+    return Final(r, exc, /*fell_back=*/false, stopped);
   }
 
   // The fallback step finished with `fb` (a StepResult).
@@ -205,27 +232,52 @@ class Engine {
   std::shared_ptr<StepEntry> Analyse(py::handle step, uint64_t key, PyObject* a,
                                      PyObject* b) {
     if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
-    // (name, kind, shape, ctx_kw, res_kw, max_retries, timeout_s, cache,
-    //  cache_ttl_s, tags, fallback, fn)
-    py::tuple t = analyse_(step);
+    // A dict; see caudal._steps.analyse for the keys.
+    py::dict t = analyse_(step, default_retry_);
     auto e = std::make_shared<PyStepEntry>();
     StepSpec& s = e->spec;
-    s.name = t[0].cast<std::string>();
-    s.kind = static_cast<StepKind>(t[1].cast<int>());
-    s.shape = static_cast<CallShape>(t[2].cast<int>());
-    s.pass_context_kw = t[3].cast<bool>();
-    s.pass_resources_kw = t[4].cast<bool>();
-    s.max_retries = t[5].cast<int>();
-    const double timeout = t[6].is_none() ? 0.0 : t[6].cast<double>();
-    s.timeout_ns = static_cast<int64_t>(timeout * 1e9);
-    s.cache = t[7].is_none()
+    s.name = t["name"].cast<std::string>();
+    s.kind = static_cast<StepKind>(t["kind"].cast<int>());
+    s.shape = static_cast<CallShape>(t["shape"].cast<int>());
+    s.pass_context_kw = t["context_kw"].cast<bool>();
+    s.pass_resources_kw = t["resources_kw"].cast<bool>();
+    py::tuple rp =
+        t["retry"];  // (kind, max_attempts, base, factor, max_backoff, jitter)
+    s.retry.kind = static_cast<RetryPolicy::Kind>(rp[0].cast<int>());
+    s.retry.max_attempts = rp[1].cast<int>();
+    s.retry.base_delay_s = rp[2].cast<double>();
+    s.retry.backoff_factor = rp[3].cast<double>();
+    s.retry.max_backoff_s = rp[4].cast<double>();
+    s.retry.jitter = rp[5].cast<double>();
+    const absl::Status retry_ok = s.retry.Validate();
+    if (!retry_ok.ok())
+      throw py::value_error("step '" + s.name +
+                            "': " + std::string(retry_ok.message()));
+    py::object timeout = t["timeout_s"];
+    s.timeout_ns = timeout.is_none()
+                       ? 0
+                       : static_cast<int64_t>(timeout.cast<double>() * 1e9);
+    py::object cache = t["cache"];
+    s.cache = cache.is_none()
                   ? StepSwitch::kDefault
-                  : (t[7].cast<bool>() ? StepSwitch::kOn : StepSwitch::kOff);
-    s.cache_ttl_s = t[8].is_none() ? -1.0 : t[8].cast<double>();
-    s.tags = t[9].cast<std::vector<std::string>>();
-    e->fallback = t[10];
+                  : (cache.cast<bool>() ? StepSwitch::kOn : StepSwitch::kOff);
+    py::object ttl = t["cache_ttl_s"];
+    s.cache_ttl_s = ttl.is_none() ? -1.0 : ttl.cast<double>();
+    s.tags = t["tags"].cast<std::vector<std::string>>();
+    py::object breaker =
+        t["breaker"];  // None (the step's name), a str, or False
+    if (breaker.is_none()) {
+      s.use_breaker = true;
+    } else if (PyBool_Check(breaker.ptr())) {
+      s.use_breaker = breaker.cast<bool>();
+    } else {
+      s.breaker_key = breaker.cast<std::string>();
+    }
+    e->fallback = t["fallback"];
     s.has_fallback = !e->fallback.is_none();
-    e->fn = t[11];
+    e->fn = t["fn"];
+    e->retry_on = t["retry_on"];
+    e->breaker_exclude = t["breaker_exclude"];
     e->name_str = py::str(s.name);
     e->key_a = py::reinterpret_borrow<py::object>(a);
     e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
@@ -293,7 +345,8 @@ class Engine {
     }
   }
 
-  py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back) {
+  py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back,
+                   const char* stopped) {
     py::object name = Entry(r)->name_str;
     const int attempts = r->attempt;
     const ExecutionOutcome o = core_.Fail(r, MonotonicNowNs(), fell_back);
@@ -303,7 +356,85 @@ class Engine {
                       static_cast<double>(o.latency_ns) / 1e9, feedback.ptr(),
                       exc.ptr(), false));
     if (!res) throw py::error_already_set();
+    if (stopped) {
+      py::dict md;
+      md["retry_stopped"] = stopped;
+      reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
+          md.release().ptr();
+    }
     return res;
+  }
+
+  // The step's breaker is open: a failed result carrying CircuitOpenError,
+  // the step not called.
+  py::tuple RejectedResult(ExecutionRecord* r) {
+    PyStepEntry* e = Entry(r);
+    const std::string& key =
+        e->spec.breaker_key.empty() ? e->spec.name : e->spec.breaker_key;
+    py::object exc = CaudalAttr("caudal.errors", "CircuitOpenError")(
+        key, static_cast<double>(r->retry_after_ns) / 1e9);
+    if (!e->fallback.is_none()) {
+      // Run the fallback instead; the record ends in _fallback_done.
+      e->stats->rejected.fetch_add(1, std::memory_order_relaxed);
+      return py::make_tuple(py::int_(reinterpret_cast<uintptr_t>(r)),
+                            py::make_tuple(e->fallback, exc), 6);
+    }
+    py::object name = e->name_str;
+    const ExecutionOutcome o = core_.Reject(r, MonotonicNowNs());
+    py::object feedback = FeedbackOf(exc);
+    auto res = py::reinterpret_steal<py::object>(NewStepResult(
+        name.ptr(), Py_None, false, 0, static_cast<double>(o.latency_ns) / 1e9,
+        feedback.ptr(), exc.ptr(), false));
+    if (!res) throw py::error_already_set();
+    return py::make_tuple(0, res, 5);
+  }
+
+  static bool Matches(const py::object& spec, py::handle exc, bool if_none) {
+    if (!spec || spec.is_none()) return if_none;
+    if (PyTuple_Check(spec.ptr()) || PyType_Check(spec.ptr())) {
+      return PyErr_GivenExceptionMatches(exc.ptr(), spec.ptr()) != 0;
+    }
+    py::object r = spec(exc);  // a predicate; its exception propagates
+    return r.cast<bool>();
+  }
+
+  static std::string QualifiedTypeName(py::handle exc) {
+    py::handle t = py::type::of(exc);
+    std::string mod = py::str(t.attr("__module__"));
+    std::string qn = py::str(t.attr("__qualname__"));
+    return mod + "." + qn;
+  }
+
+  static std::string SafeStr(py::handle exc) {
+    PyObject* s = PyObject_Str(exc.ptr());
+    if (!s) {
+      PyErr_Clear();
+      return "<unprintable>";
+    }
+    Py_ssize_t n = 0;
+    const char* c = PyUnicode_AsUTF8AndSize(s, &n);
+    std::string out = c ? std::string(c, n) : std::string("<unprintable>");
+    if (!c) PyErr_Clear();
+    Py_DECREF(s);
+    return out;
+  }
+
+  // A `retry_after` attribute (seconds) on the exception, e.g. set from an
+  // HTTP 429's Retry-After header.
+  static absl::optional<double> RetryAfterHint(py::handle exc) {
+    PyObject* v = PyObject_GetAttrString(exc.ptr(), "retry_after");
+    if (!v) {
+      PyErr_Clear();
+      return absl::nullopt;
+    }
+    absl::optional<double> out;
+    if ((PyFloat_Check(v) || PyLong_Check(v)) && !PyBool_Check(v)) {
+      const double d = PyFloat_AsDouble(v);
+      if (!PyErr_Occurred() && d >= 0) out = d;
+      PyErr_Clear();
+    }
+    Py_DECREF(v);
+    return out;
   }
 
   static py::dict SnapshotDict(const StepStats::Snapshot& s) {
@@ -320,6 +451,7 @@ class Engine {
     d["cancelled"] = s.cancelled;
     d["slow_executions"] = s.slow;
     d["cache_hits"] = s.cache_hits;
+    d["rejected"] = s.rejected;
     d["in_flight"] = s.in_flight;
     const auto& h = s.latency;
     d["avg_time_ms"] = h.MeanNs() / 1e6;
@@ -334,6 +466,89 @@ class Engine {
 
   Executor core_;
   py::object analyse_;
+  py::object default_retry_ = py::none();  // caudal.RetryStrategy or None
+
+ public:
+  void set_default_retry(py::object r) {
+    default_retry_ = std::move(r);
+    auto dropped = core_.steps().Clear();  // re-analyse with the new default
+    dropped.clear();
+  }
+
+  py::list breaker_stats() const {
+    py::list out;
+    for (const auto& n : core_.BreakerSnapshots()) {
+      const auto& b = n.snapshot;
+      py::dict d;
+      d["name"] = n.name;
+      d["state"] = std::string(StateName(b.state));
+      d["consecutive_failures"] = b.consecutive_failures;
+      d["failure_count"] = b.failure_count;
+      d["success_count"] = b.success_count;
+      d["rejected_count"] = b.rejected_count;
+      d["open_count"] = b.open_count;
+      d["probes_in_flight"] = b.probes_in_flight;
+      d["window_calls"] = b.window_calls;
+      d["window_failures"] = b.window_failures;
+      const int64_t now = MonotonicNowNs();
+      d["last_transition_age_s"] =
+          b.last_transition_ns
+              ? py::cast(static_cast<double>(now - b.last_transition_ns) / 1e9)
+              : py::none();
+      d["open_for_s"] =
+          b.state == CircuitBreaker::State::kOpen
+              ? py::cast(std::max<double>(
+                    0, static_cast<double>(b.open_until_ns - now) / 1e9))
+              : py::none();
+      out.append(d);
+    }
+    return out;
+  }
+
+  py::list transitions() const {
+    py::list out;
+    const int64_t now = MonotonicNowNs();
+    for (const auto& t : core_.RecentTransitions()) {
+      py::dict d;
+      d["breaker"] = t.breaker;
+      d["from"] = std::string(StateName(t.transition.from));
+      d["to"] = std::string(StateName(t.transition.to));
+      d["age_s"] = static_cast<double>(now - t.transition.at_ns) / 1e9;
+      d["seq"] = t.transition.seq;
+      out.append(d);
+    }
+    return out;
+  }
+
+  py::dict error_stats(size_t max_patterns) const {
+    const ErrorTableStats st = core_.ErrorStats();
+    py::dict d;
+    d["total_errors"] = st.total_errors;
+    d["retry_outcomes"] = st.total_retries;
+    d["recoveries"] = st.recoveries;
+    d["failures_after_retry"] = st.failures_after_retry;
+    d["recovery_success_rate"] = st.recovery_success_rate;
+    d["cached_patterns"] = st.cached_patterns;
+    d["capacity"] = st.capacity;
+    d["evictions"] = st.evictions;
+    d["fail_fast"] = core_.fail_fast_count();
+    py::list patterns;
+    for (const auto& p : core_.ErrorPatterns(max_patterns)) {
+      py::dict pd;
+      pd["step"] = p.step;
+      pd["exception"] = p.exc_type;
+      pd["sample"] = p.sample;
+      pd["occurrences"] = p.occurrences;
+      pd["retried"] = p.retried;
+      pd["recovered"] = p.recovered;
+      pd["failed_after_retry"] = p.failed_after_retry;
+      patterns.append(pd);
+    }
+    d["patterns"] = patterns;
+    return d;
+  }
+
+  void reset_resilience() { core_.ResetResilience(MonotonicNowNs()); }
 };
 
 // ---- METH_FASTCALL entry points of the hot path ----
@@ -413,6 +628,43 @@ py::tuple FastCalls(py::object engine_obj) {
 }  // namespace
 
 void RegisterExecutor(py::module_& m) {
+  m.def(
+      "_retry_policy_check",
+      [](int kind, int max_attempts, double base, double factor,
+         double max_backoff, double jitter) -> py::object {
+        if (kind < 0 || kind > 2)
+          return py::str("strategy must be exponential, linear or fixed");
+        RetryPolicy p;
+        p.kind = static_cast<RetryPolicy::Kind>(kind);
+        p.max_attempts = max_attempts;
+        p.base_delay_s = base;
+        p.backoff_factor = factor;
+        p.max_backoff_s = max_backoff;
+        p.jitter = jitter;
+        const absl::Status st = p.Validate();
+        if (st.ok()) return py::none();
+        return py::str(std::string(st.message()));
+      },
+      "None when the retry policy is valid, else the problem (from the C++ "
+      "RetryPolicy).");
+  m.def(
+      "_retry_delay",
+      [](int kind, int max_attempts, double base, double factor,
+         double max_backoff, double jitter, int next_attempt, py::object hint,
+         uint64_t bits) {
+        RetryPolicy p;
+        p.kind = static_cast<RetryPolicy::Kind>(kind);
+        p.max_attempts = max_attempts;
+        p.base_delay_s = base;
+        p.backoff_factor = factor;
+        p.max_backoff_s = max_backoff;
+        p.jitter = jitter;
+        absl::optional<double> h;
+        if (!hint.is_none()) h = hint.cast<double>();
+        return p.DelayBeforeAttempt(next_attempt, h, bits);
+      },
+      "The native back-off computation (for previews and tests).");
+
   if (!InitStepResultType(m.ptr())) throw py::error_already_set();
 
   py::class_<Engine>(
@@ -423,6 +675,11 @@ void RegisterExecutor(py::module_& m) {
       .def_property_readonly("config", &Engine::config)
       .def("_begin", &Engine::begin)
       .def("_restart", &Engine::restart)
+      .def("set_default_retry", &Engine::set_default_retry)
+      .def("breaker_stats", &Engine::breaker_stats)
+      .def("transitions", &Engine::transitions)
+      .def("error_stats", &Engine::error_stats, py::arg("max_patterns") = 20)
+      .def("reset_resilience", &Engine::reset_resilience)
       .def("_call", &Engine::call)
       .def("_timeout_s", &Engine::timeout_s)
       .def("_succeed",

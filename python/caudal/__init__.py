@@ -6,17 +6,20 @@ C++. Start with ``ExecutorCore`` and ``await executor.execute(step, data)``.
 
 from caudal._core import OptimizationConfig, StepResult
 from caudal._steps import Step, step
-from caudal.errors import CaudalError, ConfigurationError, QueueFullError
+from caudal.errors import CaudalError, CircuitOpenError, ConfigurationError, QueueFullError
+from caudal.resilience import RetryStrategy
 from caudal.executor_core import ExecutorCore, StepTimeoutError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CaudalError",
+    "CircuitOpenError",
     "ConfigurationError",
     "ExecutorCore",
     "OptimizationConfig",
     "QueueFullError",
+    "RetryStrategy",
     "Step",
     "StepResult",
     "StepTimeoutError",

@@ -19,9 +19,6 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
     cfg = engine.config
     total = engine.total_stats()
     steps = engine.step_stats()
-    attempts = total["attempts"]
-    errors = total["errors"]
-    failed_executions = total["recovered"] + total["failures"]
     return {
         "memory": {
             "usage_mb": _rss_mb(),
@@ -61,29 +58,59 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
             "status": "pass-through: concurrency limits are not implemented yet",
             "in_flight": engine.in_flight,
         },
-        "circuit_breaker": {
-            "enabled": cfg.enable_circuit_breaker,
-            "status": "pass-through: the circuit breaker is not implemented yet",
-            "state": "CLOSED",
-            "failure_count": total["errors"],
-            "success_count": total["successes"],
-        },
-        "error_handling": {
-            "enabled": cfg.enable_optimized_error_handling,
-            "error_rate": errors / attempts if attempts else 0.0,
-            "errors": errors,
-            "retries": total["retries"],
-            "recovered": total["recovered"],
-            "recovery_success_rate": (
-                total["recovered"] / failed_executions if failed_executions else 0.0
-            ),
-            "cached_patterns": 0,
-        },
+        "circuit_breaker": _breaker_section(engine, cfg),
+        "error_handling": _error_section(engine, cfg, total),
         "telemetry": {
             "enabled": cfg.enable_optimized_telemetry,
             "status": "pass-through: span export is not implemented yet",
             "spans_recorded": 0,
         },
+    }
+
+
+_STATE_ORDER = {"open": 0, "half_open": 1, "closed": 2}
+
+
+def _breaker_section(engine: Any, cfg: Any) -> dict[str, Any]:
+    breakers = engine.breaker_stats()
+    worst = min((b["state"] for b in breakers), key=_STATE_ORDER.__getitem__, default="closed")
+    return {
+        "enabled": cfg.enable_circuit_breaker,
+        # Seed 000 compares with 'OPEN': the worst state over all breakers.
+        "state": worst.upper(),
+        "failure_count": sum(b["failure_count"] for b in breakers),
+        "success_count": sum(b["success_count"] for b in breakers),
+        "rejected_count": sum(b["rejected_count"] for b in breakers),
+        "open_count": sum(b["open_count"] for b in breakers),
+        "failure_threshold": cfg.circuit_breaker_failure_threshold,
+        "recovery_timeout_seconds": cfg.circuit_breaker_recovery_timeout_seconds,
+        "breakers": {b["name"]: b for b in breakers},
+        "transitions": engine.transitions(),
+    }
+
+
+def _error_section(engine: Any, cfg: Any, total: dict[str, Any]) -> dict[str, Any]:
+    attempts = total["attempts"]
+    errors = total["errors"]
+    table = engine.error_stats()
+    failed_executions = total["recovered"] + total["failures"]
+    return {
+        "enabled": cfg.enable_optimized_error_handling,
+        "error_rate": errors / attempts if attempts else 0.0,
+        "errors": errors,
+        "retries": total["retries"],
+        "recovered": total["recovered"],
+        # Executions that failed at least once and then succeeded, over those
+        # that failed at least once.
+        "recovery_success_rate": (
+            total["recovered"] / failed_executions if failed_executions else 0.0
+        ),
+        # Retries that recovered, over retries whose outcome is known.
+        "retry_recovery_rate": table["recovery_success_rate"],
+        "cached_patterns": table["cached_patterns"],
+        "pattern_capacity": table["capacity"],
+        "fail_fast": table["fail_fast"],
+        "patterns": table["patterns"],
     }
 
 

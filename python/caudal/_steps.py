@@ -27,7 +27,11 @@ class Step:
     it never blocks the event loop), taking ``(data)``, ``(data, context)`` or
     nothing. Settings:
 
-    - ``max_retries``: retries after the first attempt (0 = one attempt).
+    - ``max_retries``: retries after the first attempt, with no delay
+      (flujo's meaning). For back-off use ``retry=RetryStrategy(...)``
+      instead; with neither, the executor's default strategy applies (none:
+      a single attempt).
+    - ``retry``: a :class:`caudal.RetryStrategy`.
     - ``timeout_s``: per-attempt timeout in seconds (None = none).
     - ``fallback``: a step (or callable) run with the same input when every
       attempt failed.
@@ -35,18 +39,26 @@ class Step:
       None follows ``OptimizationConfig.enable_cache_optimization``.
     - ``cache_ttl_s``: per-step override of ``cache_ttl_seconds``.
     - ``tags``: cache tags for invalidation.
+    - ``breaker``: the circuit breaker this step reports to: None (its own,
+      named after the step), a string shared by every step that hits the
+      same backend, or False (no breaker).
+    - ``breaker_exclude``: exception types (or a predicate) that the breaker
+      ignores — neither failures nor successes.
 
     Steps are immutable (the executor caches their analysis); use
     ``replace(**changes)`` for a modified copy.
     """
 
     __slots__ = (
+        "breaker",
+        "breaker_exclude",
         "cache",
         "cache_ttl_s",
         "fallback",
         "fn",
         "max_retries",
         "name",
+        "retry",
         "tags",
         "timeout_s",
         "__weakref__",
@@ -57,12 +69,15 @@ class Step:
         fn: Callable[..., Any],
         name: str | None = None,
         *,
-        max_retries: int = 0,
+        max_retries: int | None = None,
         timeout_s: float | None = None,
         fallback: Any = None,
         cache: bool | None = None,
         cache_ttl_s: float | None = None,
         tags: Iterable[str] = (),
+        retry: Any = None,
+        breaker: str | bool | None = None,
+        breaker_exclude: Any = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"Step: fn must be callable, got {type(fn).__name__}")
@@ -70,8 +85,25 @@ class Step:
             name = _name_of(fn)
         if not isinstance(name, str) or not name:
             raise TypeError(f"Step: name must be a non-empty str, got {name!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+        ):
             raise ValueError(f"Step {name!r}: max_retries must be an int >= 0, got {max_retries!r}")
+        from caudal.resilience import RetryStrategy, _normalise_spec
+
+        if retry is not None and not isinstance(retry, RetryStrategy):
+            raise TypeError(f"Step {name!r}: retry must be a caudal.RetryStrategy, got {retry!r}")
+        if retry is not None and max_retries is not None:
+            raise ValueError(f"Step {name!r}: give max_retries or retry, not both")
+        if breaker is not None and not isinstance(breaker, bool | str):
+            raise TypeError(
+                f"Step {name!r}: breaker must be None, a str or a bool, got {breaker!r}"
+            )
+        if breaker is True:
+            breaker = None
+        if isinstance(breaker, str) and not breaker:
+            raise ValueError(f"Step {name!r}: breaker name must not be empty")
+        breaker_exclude = _normalise_spec(breaker_exclude, f"Step {name!r}: breaker_exclude")
         if timeout_s is not None and (
             isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
         ):
@@ -105,6 +137,9 @@ class Step:
         setter(self, "cache", cache)
         setter(self, "cache_ttl_s", None if cache_ttl_s is None else float(cache_ttl_s))
         setter(self, "tags", tags)
+        setter(self, "retry", retry)
+        setter(self, "breaker", breaker)
+        setter(self, "breaker_exclude", breaker_exclude)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(
@@ -122,8 +157,12 @@ class Step:
 
     def __repr__(self) -> str:
         extra = []
-        if self.max_retries:
+        if self.max_retries is not None:
             extra.append(f"max_retries={self.max_retries}")
+        if self.retry is not None:
+            extra.append(f"retry={self.retry!r}")
+        if self.breaker is not None:
+            extra.append(f"breaker={self.breaker!r}")
         if self.timeout_s is not None:
             extra.append(f"timeout_s={self.timeout_s}")
         if self.fallback is not None:
@@ -141,12 +180,15 @@ def step(
     fn: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
-    max_retries: int = 0,
+    max_retries: int | None = None,
     timeout_s: float | None = None,
     fallback: Any = None,
     cache: bool | None = None,
     cache_ttl_s: float | None = None,
     tags: Iterable[str] = (),
+    retry: Any = None,
+    breaker: str | bool | None = None,
+    breaker_exclude: Any = None,
 ) -> Any:
     """Decorator form of :class:`Step`: ``@caudal.step`` or ``@caudal.step(max_retries=2)``."""
 
@@ -216,29 +258,41 @@ def _shape_of(fn: Any, *, as_run: bool) -> tuple[int, bool, bool]:
     return SHAPE_DATA, False, False
 
 
-def _flujo_settings(obj: Any) -> tuple[int, float | None]:
+def _flujo_settings(obj: Any) -> tuple[int | None, float | None]:
     cfg = getattr(obj, "config", None)
-    retries = getattr(cfg, "max_retries", 0) if cfg is not None else 0
+    retries = getattr(cfg, "max_retries", None) if cfg is not None else None
     timeout = getattr(cfg, "timeout_s", None) if cfg is not None else None
     return (
-        int(retries) if isinstance(retries, int) and retries >= 0 else 0,
+        int(retries) if isinstance(retries, int) and retries >= 0 else None,
         float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
     )
 
 
-def analyse(obj: Any) -> tuple:
+def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
     """Describe how to run ``obj``; called once per step object by the engine.
 
     Accepts a caudal Step, a flujo-style Step (an object with ``agent.run``
     and a ``config``), an agent (an object with a ``run`` method), or a plain
-    callable.
+    callable. ``default_retry`` is the executor's default RetryStrategy.
     """
-    max_retries, timeout_s, cache, cache_ttl_s, tags, fallback = 0, None, None, None, (), None
+    from caudal.resilience import immediate_retries
+
+    max_retries, retry, timeout_s, cache, cache_ttl_s, tags, fallback = (
+        None,
+        None,
+        None,
+        None,
+        None,
+        (),
+        None,
+    )
+    breaker, breaker_exclude = None, None
     if isinstance(obj, Step):
         target = obj.fn
         name = obj.name
-        max_retries, timeout_s = obj.max_retries, obj.timeout_s
+        max_retries, retry, timeout_s = obj.max_retries, obj.retry, obj.timeout_s
         cache, cache_ttl_s, tags, fallback = obj.cache, obj.cache_ttl_s, obj.tags, obj.fallback
+        breaker, breaker_exclude = obj.breaker, obj.breaker_exclude
     elif hasattr(obj, "agent") and hasattr(obj, "config") and hasattr(getattr(obj, "agent"), "run"):
         # flujo Step: the work is agent.run(data, context=..., resources=...).
         target = obj.agent
@@ -266,22 +320,36 @@ def analyse(obj: Any) -> tuple:
         fn = target
         as_run = False
 
+    if retry is None:
+        if max_retries is not None:
+            retry = immediate_retries(max_retries)
+        elif default_retry is not None:
+            retry = default_retry
+        else:
+            retry = immediate_retries(0)
+    retry_on = retry.retry_on
+    if retry_on == (Exception,):
+        retry_on = None  # the common case: no per-error check needed
+
     kind = KIND_ASYNC if _is_async_callable(fn) else KIND_SYNC
     shape, ctx_kw, res_kw = _shape_of(fn, as_run=as_run)
-    return (
-        name,
-        kind,
-        shape,
-        ctx_kw,
-        res_kw,
-        max_retries,
-        timeout_s,
-        cache,
-        cache_ttl_s,
-        list(tags),
-        fallback,
-        fn,
-    )
+    return {
+        "name": name,
+        "kind": kind,
+        "shape": shape,
+        "context_kw": ctx_kw,
+        "resources_kw": res_kw,
+        "retry": retry._native(),
+        "retry_on": retry_on,
+        "timeout_s": timeout_s,
+        "cache": cache,
+        "cache_ttl_s": cache_ttl_s,
+        "tags": list(tags),
+        "fallback": fallback,
+        "fn": fn,
+        "breaker": breaker,
+        "breaker_exclude": breaker_exclude,
+    }
 
 
 __all__ = ["Step", "analyse", "step"]

@@ -28,8 +28,27 @@ class ConfigurationError(CaudalError, ValueError):
         super().__init__("invalid configuration: " + "; ".join(self.problems))
 
 
+class CircuitOpenError(CaudalError):
+    """The step's circuit breaker is open: the step was not called.
+
+    ``breaker`` is the breaker's name (the step's name, or the shared key
+    given with ``Step(breaker=...)``); ``retry_after_s`` the time left before
+    it admits a probe call.
+    """
+
+    def __init__(self, breaker: str, retry_after_s: float):
+        self.breaker = breaker
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"circuit breaker {breaker!r} is open; next probe allowed in {retry_after_s:.3f} s"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.breaker, self.retry_after_s))
+
+
 class QueueFullError(CaudalError):
     """The worker pool's bounded queue is full ("task queue is full")."""
 
 
-__all__ = ["CaudalError", "ConfigurationError", "QueueFullError"]
+__all__ = ["CaudalError", "CircuitOpenError", "ConfigurationError", "QueueFullError"]

@@ -14,6 +14,7 @@ from typing import Any
 
 from caudal._core import Engine, OptimizationConfig, StepResult
 from caudal.errors import CaudalError, ConfigurationError
+from caudal.resilience import RetryStrategy
 
 
 class StepTimeoutError(CaudalError, TimeoutError):
@@ -56,8 +57,19 @@ class ExecutorCore:
 
     __slots__ = ("_begin", "_engine", "_failed", "_succeed")
 
-    def __init__(self, optimization_config: OptimizationConfig | None = None) -> None:
+    def __init__(
+        self,
+        optimization_config: OptimizationConfig | None = None,
+        *,
+        retry_strategy: RetryStrategy | None = None,
+    ) -> None:
+        """``retry_strategy`` is the default for steps that set neither
+        ``retry`` nor ``max_retries`` (without it they get one attempt)."""
         engine = Engine(_checked(optimization_config))
+        if retry_strategy is not None:
+            if not isinstance(retry_strategy, RetryStrategy):
+                raise TypeError("retry_strategy must be a caudal.RetryStrategy")
+            engine.set_default_retry(retry_strategy)
         self._engine = engine
         # Bound once: the hot path then costs one attribute load per call.
         self._begin, self._succeed = engine._fast_calls()
@@ -92,7 +104,9 @@ class ExecutorCore:
 
         mode: 0 await, 1 await with timeout, 2 sync step, 3 calling the step
         raised (aw is the exception), 4 the awaited attempt raised (aw is the
-        exception; the fast path hands over here).
+        exception; the fast path hands over here), 5 finished without running
+        (aw is the StepResult: breaker open, ...), 6 the breaker is open and
+        the step has a fallback (aw is (fallback, CircuitOpenError)).
         """
         engine = self._engine
         live = True
@@ -100,6 +114,14 @@ class ExecutorCore:
             while True:
                 exc: BaseException | None = None
                 timed_out = False
+                if mode == 5:
+                    live = False
+                    return aw
+                if mode == 6:
+                    fallback, exc = aw
+                    fb = await self.execute(fallback, data, context, resources)
+                    live = False
+                    return engine._fallback_done(rec, exc, fb)
                 if mode >= 3:
                     exc = aw
                 else:
@@ -125,7 +147,7 @@ class ExecutorCore:
                 if verdict.__class__ is float:
                     if verdict > 0:
                         await asyncio.sleep(verdict)
-                    rec, aw, mode = engine._restart(rec, data, context, resources)
+                    rec, aw, mode = engine._restart(rec, data, context, resources, exc)
                     continue
                 if verdict.__class__ is StepResult:
                     live = False

@@ -8,11 +8,21 @@
 namespace caudal {
 namespace {
 
+AttemptError Err(bool timed_out = false,
+                 absl::string_view type = "builtins.ValueError",
+                 absl::string_view msg = "boom") {
+  AttemptError e;
+  e.timed_out = timed_out;
+  e.exc_type = type;
+  e.message = msg;
+  return e;
+}
+
 std::shared_ptr<StepEntry> MakeEntry(Executor& ex, const std::string& name,
                                      int max_retries = 0) {
   auto e = std::make_shared<StepEntry>();
   e->spec.name = name;
-  e->spec.max_retries = max_retries;
+  e->spec.retry = StepSpec::ImmediateRetries(max_retries);
   e->stats = ex.stats().ForStep(name);
   return e;
 }
@@ -86,9 +96,13 @@ TEST(ExecutorTest, RetriesUpToMaxThenFail) {
   Executor ex(OptimizationConfig{});
   auto entry = MakeEntry(ex, "r", /*max_retries=*/2);
   ExecutionRecord* r = ex.Begin(entry, 0);
-  EXPECT_GE(ex.AttemptFailed(r, 10, false), 0.0);  // attempt 2
-  EXPECT_GE(ex.AttemptFailed(r, 20, true), 0.0);  // attempt 3 (after a timeout)
-  EXPECT_LT(ex.AttemptFailed(r, 30, false), 0.0);  // none left
+  EXPECT_EQ(ex.AttemptFailed(r, 10, Err()).verdict, FailureVerdict::kRetry);
+  ASSERT_TRUE(ex.StartAttempt(r, 11));  // attempt 2
+  EXPECT_EQ(ex.AttemptFailed(r, 20, Err(/*timed_out=*/true)).verdict,
+            FailureVerdict::kRetry);
+  ASSERT_TRUE(ex.StartAttempt(r, 21));  // attempt 3
+  EXPECT_EQ(ex.AttemptFailed(r, 30, Err()).verdict,
+            FailureVerdict::kNoAttemptsLeft);
   const ExecutionOutcome o = ex.Fail(r, 40, false);
   EXPECT_EQ(o.attempts, 3);
   const auto s = entry->stats->Take();
@@ -106,11 +120,13 @@ TEST(ExecutorTest, RecoveryFallbackCancelAndSlow) {
   Executor ex(cfg);
   auto entry = MakeEntry(ex, "x", 1);
   ExecutionRecord* r = ex.Begin(entry, 0);
-  ex.AttemptFailed(r, 5, false);
+  ex.AttemptFailed(r, 5, Err());
+  ex.StartAttempt(r, 6);
   EXPECT_TRUE(ex.Succeed(r, 2'000'000).slow);
   r = ex.Begin(entry, 0);
-  ex.AttemptFailed(r, 1, false);
-  ex.AttemptFailed(r, 2, false);
+  ex.AttemptFailed(r, 1, Err());
+  ex.StartAttempt(r, 2);
+  ex.AttemptFailed(r, 2, Err());
   ex.Fail(r, 3, /*fell_back=*/true);
   r = ex.Begin(entry, 0);
   ex.Cancel(r, 1);
@@ -151,7 +167,10 @@ TEST(ExecutorTest, ConcurrentExecutionsAndConfigSwaps) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 5000; ++i) {
         ExecutionRecord* r = ex.Begin(entry, i);
-        if (i % 3 == 0) ex.AttemptFailed(r, i + 1, false);
+        if (i % 3 == 0 && ex.AttemptFailed(r, i + 1, Err()).verdict ==
+                              FailureVerdict::kRetry) {
+          ex.StartAttempt(r, i + 1);
+        }
         if (i % 5 == 0) {
           ex.Cancel(r, i + 2);
         } else {
@@ -174,6 +193,151 @@ TEST(ExecutorTest, ConcurrentExecutionsAndConfigSwaps) {
   EXPECT_EQ(s.in_flight, 0);
   EXPECT_EQ(ex.in_flight(), 0);
   EXPECT_EQ(ex.config()->cache_max_size, 200);
+}
+
+OptimizationConfig BreakerConfig(int threshold, double recovery_s) {
+  OptimizationConfig c;
+  c.circuit_breaker_failure_threshold = threshold;
+  c.circuit_breaker_recovery_timeout_seconds = recovery_s;
+  return c;
+}
+
+TEST(ExecutorResilienceTest, BreakerOpensRejectsThenRecoversThroughAProbe) {
+  Executor ex(BreakerConfig(2, 1.0));
+  auto entry = MakeEntry(ex, "api");
+  for (int i = 0; i < 2; ++i) {
+    ExecutionRecord* r = ex.Begin(entry, i);
+    ASSERT_EQ(r->attempt, 1);
+    ex.AttemptFailed(r, i, Err());
+    ex.Fail(r, i, false);
+  }
+  // Open: refused without running, with the time left until half-open.
+  ExecutionRecord* r = ex.Begin(entry, 500'000'000);
+  EXPECT_EQ(r->attempt, 0);
+  EXPECT_EQ(r->retry_after_ns, 1'000'000'000 + 1 - 500'000'000);
+  ex.Reject(r, 500'000'000);
+  EXPECT_EQ(entry->stats->Take().rejected, 1u);
+  // After the recovery timeout one probe is admitted; a second is refused.
+  ExecutionRecord* probe = ex.Begin(entry, 1'100'000'000);
+  ASSERT_EQ(probe->attempt, 1);
+  EXPECT_TRUE(probe->probe);
+  ExecutionRecord* second = ex.Begin(entry, 1'100'000'001);
+  EXPECT_EQ(second->attempt, 0);
+  ex.Reject(second, 1'100'000'001);
+  ex.Succeed(probe, 1'200'000'000);
+  const auto snaps = ex.BreakerSnapshots();
+  ASSERT_EQ(snaps.size(), 1u);
+  EXPECT_EQ(snaps[0].name, "api");
+  EXPECT_EQ(snaps[0].snapshot.state, CircuitBreaker::State::kClosed);
+  EXPECT_EQ(snaps[0].snapshot.open_count, 1u);
+  // closed->open, open->half_open, half_open->closed, in order.
+  const auto log = ex.RecentTransitions();
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[0].transition.to, CircuitBreaker::State::kOpen);
+  EXPECT_EQ(log[2].transition.to, CircuitBreaker::State::kClosed);
+}
+
+TEST(ExecutorResilienceTest, RetryRefusedByTheBreakerEndsWithTheTrippingError) {
+  Executor ex(BreakerConfig(1, 60.0));
+  auto entry = MakeEntry(ex, "trip", /*max_retries=*/3);
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  EXPECT_EQ(ex.AttemptFailed(r, 1, Err()).verdict, FailureVerdict::kRetry);
+  EXPECT_FALSE(ex.StartAttempt(r, 2));  // the breaker opened on attempt 1
+  EXPECT_EQ(ex.Fail(r, 3, false).attempts, 1);
+}
+
+TEST(ExecutorResilienceTest, CancelledProbeGivesItsSlotBack) {
+  Executor ex(BreakerConfig(1, 1.0));
+  auto entry = MakeEntry(ex, "c");
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  ex.AttemptFailed(r, 0, Err());
+  ex.Fail(r, 0, false);
+  ExecutionRecord* probe = ex.Begin(entry, 2'000'000'000);
+  ASSERT_TRUE(probe->probe);
+  ex.Cancel(probe, 2'000'000'001);
+  ExecutionRecord* again = ex.Begin(entry, 2'000'000'002);
+  EXPECT_TRUE(again->probe);  // the slot came back
+  ex.Succeed(again, 2'000'000'003);
+}
+
+TEST(ExecutorResilienceTest, ExcludedErrorsAndDisabledBreakerDoNotTrip) {
+  OptimizationConfig c = BreakerConfig(1, 60.0);
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "x");
+  AttemptError excluded = Err();
+  excluded.counts_for_breaker = false;
+  for (int i = 0; i < 3; ++i) {
+    ExecutionRecord* r = ex.Begin(entry, i);
+    ASSERT_EQ(r->attempt, 1);
+    ex.AttemptFailed(r, i, excluded);
+    ex.Fail(r, i, false);
+  }
+  c.enable_circuit_breaker = false;
+  ASSERT_TRUE(ex.ApplyConfig(c).ok());
+  for (int i = 0; i < 3; ++i) {
+    ExecutionRecord* r = ex.Begin(entry, i);
+    ASSERT_EQ(r->attempt, 1);
+    ex.AttemptFailed(r, i, Err());
+    ex.Fail(r, i, false);
+  }
+}
+
+TEST(ExecutorResilienceTest, BackoffDelaysComeFromTheStepsPolicy) {
+  OptimizationConfig c;
+  c.enable_circuit_breaker = false;
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "b");
+  entry->spec.retry.kind = RetryPolicy::kExponential;
+  entry->spec.retry.max_attempts = 4;
+  entry->spec.retry.base_delay_s = 0.5;
+  entry->spec.retry.backoff_factor = 2.0;
+  entry->spec.retry.max_backoff_s = 1.5;
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  EXPECT_DOUBLE_EQ(ex.AttemptFailed(r, 0, Err()).delay_s, 0.5);
+  ex.StartAttempt(r, 1);
+  EXPECT_DOUBLE_EQ(ex.AttemptFailed(r, 1, Err()).delay_s, 1.0);
+  ex.StartAttempt(r, 2);
+  AttemptError hinted = Err();
+  hinted.retry_after_s = 30.0;  // a Retry-After hint, capped by max_backoff
+  EXPECT_DOUBLE_EQ(ex.AttemptFailed(r, 2, hinted).delay_s, 1.5);
+  ex.StartAttempt(r, 3);
+  AttemptError not_retryable = Err();
+  not_retryable.retryable = false;
+  EXPECT_EQ(ex.AttemptFailed(r, 3, not_retryable).verdict,
+            FailureVerdict::kNotRetryable);
+  ex.Fail(r, 4, false);
+}
+
+TEST(ExecutorResilienceTest, ErrorsThatNeverRecoverFailFast) {
+  OptimizationConfig c;
+  c.enable_circuit_breaker = false;
+  c.error_pattern_min_observations = 2;
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "p", /*max_retries=*/5);
+  // Two executions whose every retry of "KeyError: 'x'" fails again.
+  int retries_granted = 0;
+  for (int n = 0; n < 3; ++n) {
+    ExecutionRecord* r = ex.Begin(entry, 0);
+    while (ex.AttemptFailed(r, 0, Err(false, "builtins.KeyError", "'user 12'"))
+               .verdict == FailureVerdict::kRetry) {
+      ++retries_granted;
+      ex.StartAttempt(r, 0);
+    }
+    ex.Fail(r, 0, false);
+  }
+  EXPECT_EQ(retries_granted, 2);  // then the pattern fails fast
+  EXPECT_GE(ex.fail_fast_count(), 1u);
+  // A different error of the same step keeps its retries; it recovers.
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  EXPECT_EQ(ex.AttemptFailed(r, 0, Err(false, "builtins.TimeoutError", "slow"))
+                .verdict,
+            FailureVerdict::kRetry);
+  ex.StartAttempt(r, 0);
+  ex.Succeed(r, 1);
+  const auto stats = ex.ErrorStats();
+  EXPECT_EQ(stats.cached_patterns, 2u);
+  EXPECT_EQ(stats.recoveries, 1u);
+  EXPECT_GT(stats.failures_after_retry, 0u);
 }
 
 }  // namespace

@@ -34,8 +34,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/base/mutex.h"
+#include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/concurrency/limit_algorithms.h"
 
 namespace caudal {

@@ -11,7 +11,6 @@
 namespace caudal {
 namespace {
 
-
 // The pool (and worker index) the current thread works for, if any.
 thread_local const WorkerPool* tls_pool = nullptr;
 thread_local int tls_worker = -1;

@@ -30,6 +30,12 @@ Rule RuleFor(absl::string_view name) {
       {"error_cache_size", Rule::kPositive},
       {"circuit_breaker_failure_threshold", Rule::kPositive},
       {"circuit_breaker_recovery_timeout_seconds", Rule::kPositive},
+      {"circuit_breaker_half_open_max_calls", Rule::kPositive},
+      {"circuit_breaker_success_threshold", Rule::kPositive},
+      {"circuit_breaker_window_size", Rule::kNonNegative},
+      {"circuit_breaker_minimum_calls", Rule::kPositive},
+      {"circuit_breaker_failure_rate_threshold", Rule::kFraction},
+      {"error_pattern_min_observations", Rule::kPositive},
       {"cache_ttl_seconds", Rule::kPositive},
       {"cache_max_size", Rule::kPositive},
       {"slow_execution_threshold_ms", Rule::kPositive},
@@ -213,6 +219,12 @@ std::vector<std::string> OptimizationConfig::Validate() const {
         "enable_automatic_optimization requires "
         "enable_performance_monitoring (it tunes from the monitor's "
         "measurements)");
+  }
+  if (circuit_breaker_window_size > 0 &&
+      circuit_breaker_minimum_calls > circuit_breaker_window_size) {
+    problems.push_back(
+        "circuit_breaker_minimum_calls must not exceed "
+        "circuit_breaker_window_size (the window could never fill)");
   }
   return problems;
 }

@@ -62,6 +62,20 @@ namespace caudal {
     "Consecutive failures that open the breaker")                              \
   X(FLOAT, circuit_breaker_recovery_timeout_seconds, 60.0,                     \
     "Time an open breaker waits before admitting a probe")                     \
+  X(INT, circuit_breaker_half_open_max_calls, 1,                               \
+    "Probe calls a half-open breaker admits at once")                          \
+  X(INT, circuit_breaker_success_threshold, 1,                                 \
+    "Successful probes that close a half-open breaker")                        \
+  X(INT, circuit_breaker_window_size, 0,                                       \
+    "Calls in the failure-rate window; 0 = consecutive failures only")         \
+  X(INT, circuit_breaker_minimum_calls, 10,                                    \
+    "Calls the window needs before its failure rate can open the breaker")     \
+  X(FLOAT, circuit_breaker_failure_rate_threshold, 0.5,                        \
+    "Failure rate over the window that opens the breaker")                     \
+  X(INT, error_pattern_min_observations, 3,                                    \
+    "Retries of an error pattern, none recovering, before it fails fast")      \
+  X(BOOL, error_pattern_match_message, true,                                   \
+    "Patterns key on the normalised message as well as the exception type")    \
   /* cache */                                                                  \
   X(BOOL, enable_cache_optimization, false,                                    \
     "Cache step results (keyed by step and input)")                            \

@@ -12,12 +12,32 @@ int64_t MonotonicNowNs() {
       .count();
 }
 
-Executor::Executor(OptimizationConfig config)
-    : config_(std::make_shared<const OptimizationConfig>(std::move(config))) {}
+Executor::Executor(OptimizationConfig config, uint64_t random_seed)
+    : config_(std::make_shared<const OptimizationConfig>(std::move(config))),
+      errors_(static_cast<size_t>(config_->error_cache_size)),
+      random_(random_seed) {
+  MutexLock lock(&breakers_mu_);
+  registries_.push_back(std::make_unique<BreakerRegistry>());
+  registry_.store(registries_.back().get(), std::memory_order_release);
+}
 
 std::shared_ptr<const OptimizationConfig> Executor::config() const {
   MutexLock lock(&config_mu_);
   return config_;
+}
+
+CircuitBreaker::Options Executor::BreakerOptions(const OptimizationConfig& c) {
+  CircuitBreaker::Options o;
+  o.failure_threshold = static_cast<int>(c.circuit_breaker_failure_threshold);
+  o.recovery_timeout_ns =
+      static_cast<int64_t>(c.circuit_breaker_recovery_timeout_seconds * 1e9);
+  o.half_open_max_calls =
+      static_cast<int>(c.circuit_breaker_half_open_max_calls);
+  o.success_threshold = static_cast<int>(c.circuit_breaker_success_threshold);
+  o.window_size = static_cast<int>(c.circuit_breaker_window_size);
+  o.minimum_calls = static_cast<int>(c.circuit_breaker_minimum_calls);
+  o.failure_rate_threshold = c.circuit_breaker_failure_rate_threshold;
+  return o;
 }
 
 absl::Status Executor::ApplyConfig(const OptimizationConfig& config) {
@@ -25,13 +45,78 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config) {
   if (!problems.empty()) {
     return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
   }
+  const CircuitBreaker::Options next_opts = BreakerOptions(config);
+  const absl::Status opts_ok = next_opts.Validate();
+  if (!opts_ok.ok()) return opts_ok;
   auto next = std::make_shared<const OptimizationConfig>(config);
   {
     MutexLock lock(&config_mu_);
+    const CircuitBreaker::Options cur = BreakerOptions(*config_);
+    const bool breakers_changed =
+        cur.failure_threshold != next_opts.failure_threshold ||
+        cur.recovery_timeout_ns != next_opts.recovery_timeout_ns ||
+        cur.half_open_max_calls != next_opts.half_open_max_calls ||
+        cur.success_threshold != next_opts.success_threshold ||
+        cur.window_size != next_opts.window_size ||
+        cur.minimum_calls != next_opts.minimum_calls ||
+        cur.failure_rate_threshold != next_opts.failure_rate_threshold;
+    if (breakers_changed) {
+      MutexLock block(&breakers_mu_);
+      registries_.push_back(std::make_unique<BreakerRegistry>());
+      registry_.store(registries_.back().get(), std::memory_order_release);
+      breaker_gen_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    if (config.error_cache_size != config_->error_cache_size) {
+      errors_.Resize(static_cast<size_t>(config.error_cache_size));
+    }
     config_.swap(next);
   }
   generation_.fetch_add(1, std::memory_order_acq_rel);
   return absl::OkStatus();  // `next` (the old config) dies outside the lock
+}
+
+CircuitBreaker* Executor::BreakerFor(StepEntry& e,
+                                     const OptimizationConfig& cfg) {
+  const uint64_t gen = breaker_gen_.load(std::memory_order_acquire);
+  if (e.breaker_gen.load(std::memory_order_acquire) == gen) {
+    return e.breaker.load(std::memory_order_relaxed);
+  }
+  BreakerRegistry* reg = registry_.load(std::memory_order_acquire);
+  const std::string& key =
+      e.spec.breaker_key.empty() ? e.spec.name : e.spec.breaker_key;
+  auto b = reg->GetOrCreate(key, BreakerOptions(cfg));
+  CircuitBreaker* breaker = b.ok() ? *b : nullptr;
+  e.breaker.store(breaker, std::memory_order_relaxed);
+  e.breaker_gen.store(gen, std::memory_order_release);
+  return breaker;
+}
+
+void Executor::Note(const StepSpec& spec,
+                    const absl::optional<CircuitBreaker::Transition>& t) {
+  if (!t.has_value()) return;
+  MutexLock lock(&transitions_mu_);
+  transitions_.push_back(
+      {spec.breaker_key.empty() ? spec.name : spec.breaker_key, *t});
+  while (transitions_.size() > kTransitionLog) transitions_.pop_front();
+}
+
+bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
+  r->breaker_pending = false;
+  r->probe = false;
+  if (!r->config->enable_circuit_breaker || !r->step->spec.use_breaker)
+    return true;
+  CircuitBreaker* b = BreakerFor(*r->step, *r->config);
+  r->breaker = b;
+  if (b == nullptr) return true;
+  const CircuitBreaker::Admission a = b->TryAcquire(now_ns);
+  Note(r->step->spec, a.transition);
+  if (!a.admitted()) {
+    r->retry_after_ns = a.retry_after_ns;
+    return false;
+  }
+  r->breaker_pending = true;
+  r->probe = a.probe();
+  return true;
 }
 
 ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
@@ -41,26 +126,67 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   r->config = config();
   r->start_ns = now_ns;
   r->attempt_start_ns = now_ns;
-  r->attempt = 1;
   StepStats* s = r->step->stats;
-  s->attempts.fetch_add(1, std::memory_order_relaxed);
   s->in_flight.fetch_add(1, std::memory_order_relaxed);
   in_flight_.fetch_add(1, std::memory_order_relaxed);
+  if (!Admit(r, now_ns)) return r;  // attempt stays 0: rejected
+  r->attempt = 1;
+  s->attempts.fetch_add(1, std::memory_order_relaxed);
   return r;
 }
 
-double Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
-                               bool timed_out) {
+FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
+                                        const AttemptError& e) {
   StepStats* s = r->step->stats;
   s->errors.fetch_add(1, std::memory_order_relaxed);
-  if (timed_out) s->timeouts.fetch_add(1, std::memory_order_relaxed);
+  if (e.timed_out) s->timeouts.fetch_add(1, std::memory_order_relaxed);
   r->had_error = true;
-  if (r->attempt > r->step->spec.max_retries) return -1.0;
+  if (r->breaker_pending) {
+    r->breaker_pending = false;
+    if (e.counts_for_breaker) {
+      Note(r->step->spec, r->breaker->OnFailure(now_ns, r->probe));
+    } else {
+      r->breaker->OnIgnored(r->probe);
+    }
+  }
+  const OptimizationConfig& cfg = *r->config;
+  uint64_t pattern = 0;
+  if (cfg.enable_optimized_error_handling) {
+    // The retry after the previous error did not recover.
+    if (r->retried_pattern != 0)
+      errors_.RecordRetryOutcome(r->retried_pattern, false);
+    const std::string normalized = cfg.error_pattern_match_message
+                                       ? NormalizeMessage(e.message)
+                                       : std::string();
+    pattern = ErrorPatternId(r->step->spec.name, e.exc_type, normalized);
+    errors_.RecordError(pattern, r->step->spec.name, e.exc_type, e.message,
+                        now_ns);
+  }
+  r->retried_pattern = 0;
+  const RetryPolicy& policy = r->step->spec.retry;
+  if (!e.retryable) return {FailureVerdict::kNotRetryable};
+  if (!policy.HasAttemptLeft(r->attempt))
+    return {FailureVerdict::kNoAttemptsLeft};
+  if (pattern != 0 &&
+      !errors_.ShouldRetry(
+          pattern, static_cast<int>(cfg.error_pattern_min_observations))) {
+    fail_fast_.fetch_add(1, std::memory_order_relaxed);
+    return {FailureVerdict::kFailFast};
+  }
+  r->retried_pattern = pattern;
+  const double delay = policy.DelayBeforeAttempt(
+      r->attempt + 1, e.retry_after_s, random_.Next());
+  return {FailureVerdict::kRetry, delay};
+}
+
+bool Executor::StartAttempt(ExecutionRecord* r, int64_t now_ns) {
+  if (!Admit(r, now_ns)) return false;
   ++r->attempt;
   r->attempt_start_ns = now_ns;
+  StepStats* s = r->step->stats;
   s->attempts.fetch_add(1, std::memory_order_relaxed);
   s->retries.fetch_add(1, std::memory_order_relaxed);
-  return 0.0;
+  return true;
 }
 
 ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
@@ -85,6 +211,12 @@ ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
   StepStats* s = r->step->stats;
   s->successes.fetch_add(1, std::memory_order_relaxed);
   if (r->had_error) s->recovered.fetch_add(1, std::memory_order_relaxed);
+  if (r->breaker_pending) {
+    r->breaker_pending = false;
+    Note(r->step->spec, r->breaker->OnSuccess(now_ns, r->probe));
+  }
+  if (r->retried_pattern != 0)
+    errors_.RecordRetryOutcome(r->retried_pattern, true);
   return Finish(r, now_ns);
 }
 
@@ -93,7 +225,16 @@ ExecutionOutcome Executor::Fail(ExecutionRecord* r, int64_t now_ns,
   StepStats* s = r->step->stats;
   s->failures.fetch_add(1, std::memory_order_relaxed);
   if (fell_back) s->fallbacks.fetch_add(1, std::memory_order_relaxed);
+  if (r->breaker_pending) {  // not reached through AttemptFailed: give back
+    r->breaker_pending = false;
+    r->breaker->OnIgnored(r->probe);
+  }
   return Finish(r, now_ns);
+}
+
+ExecutionOutcome Executor::Reject(ExecutionRecord* r, int64_t now_ns) {
+  r->step->stats->rejected.fetch_add(1, std::memory_order_relaxed);
+  return Fail(r, now_ns, /*fell_back=*/false);
 }
 
 void Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
@@ -101,7 +242,22 @@ void Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
   s->cancelled.fetch_add(1, std::memory_order_relaxed);
   s->in_flight.fetch_sub(1, std::memory_order_relaxed);
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
+  if (r->breaker_pending) r->breaker->OnIgnored(r->probe);
   delete r;
+}
+
+std::vector<BreakerRegistry::NamedSnapshot> Executor::BreakerSnapshots() const {
+  return registry_.load(std::memory_order_acquire)->SnapshotAll();
+}
+
+std::vector<BreakerTransitionRecord> Executor::RecentTransitions() const {
+  MutexLock lock(&transitions_mu_);
+  return {transitions_.begin(), transitions_.end()};
+}
+
+void Executor::ResetResilience(int64_t now_ns) {
+  registry_.load(std::memory_order_acquire)->Reset(now_ns);
+  errors_.Clear();
 }
 
 }  // namespace caudal

@@ -2,31 +2,42 @@
 //
 // The Python layer makes exactly one call into this class before each
 // attempt of a step and one after it (DESIGN.md, "the one rule of the hot
-// path"); everything that happens per execution is decided here: attempt
-// accounting, the retry decision, latency into the step's histogram, slow
-// execution detection, the final outcome. Aggregation (stats dicts,
-// recommendations) happens only when asked.
+// path"); everything that happens per attempt is decided here:
+//   before: circuit-breaker admission (Begin / StartAttempt);
+//   after:  breaker verdict, error-pattern learning, the retry decision and
+//           its back-off delay (AttemptFailed), or latency into the step's
+//           histogram and the final outcome (Succeed / Fail).
+// Aggregation (stats dicts, recommendations) happens only when asked.
 //
 // An execution is tracked by an ExecutionRecord, created by Begin() and
-// released by exactly one of Succeed(), Fail() or Cancel(). The record pins
-// the config that was current at Begin(): an execution in flight finishes
-// under the config it started with, even if ApplyConfig() swaps it.
+// released by exactly one of Succeed(), Fail(), Reject() or Cancel(). The
+// record pins the config that was current at Begin(): an execution in flight
+// finishes under the config it started with, even if ApplyConfig() swaps it.
 //
-// Thread-safety: all methods are thread-safe. Per-execution work touches only
-// the record (owned by one caller) and relaxed atomics.
+// Thread-safety: all methods are thread-safe. Per-attempt work touches only
+// the record (owned by one caller), relaxed atomics and the breaker's
+// lock-free closed path; locks are taken on errors and state changes.
 #ifndef CAUDAL_EXECUTOR_EXECUTOR_H_
 #define CAUDAL_EXECUTOR_EXECUTOR_H_
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
 #include "caudal/config/optimization_config.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/monitor/execution_stats.h"
+#include "caudal/resilience/circuit_breaker.h"
+#include "caudal/resilience/error_patterns.h"
+#include "caudal/resilience/retry_policy.h"
 
 namespace caudal {
 
@@ -40,6 +51,13 @@ struct ExecutionRecord {
   int64_t attempt_start_ns = 0;
   int attempt = 0;  // attempts started so far
   bool had_error = false;
+  // Breaker of this attempt: admitted and awaiting a verdict?
+  CircuitBreaker* breaker = nullptr;
+  bool breaker_pending = false;
+  bool probe = false;
+  int64_t retry_after_ns = 0;  // when rejected: time until half-open
+  // Error pattern of the previous failed attempt that was retried (0: none).
+  uint64_t retried_pattern = 0;
 };
 
 struct ExecutionOutcome {
@@ -48,16 +66,44 @@ struct ExecutionOutcome {
   bool slow = false;
 };
 
+// What the bindings know about a failed attempt.
+struct AttemptError {
+  bool timed_out = false;
+  bool retryable = true;                 // the step's retry_on matched
+  bool counts_for_breaker = true;        // not excluded from the breaker
+  absl::string_view exc_type;            // qualified type name
+  absl::string_view message;             // str(exc)
+  absl::optional<double> retry_after_s;  // hint carried by the exception
+};
+
+enum class FailureVerdict : uint8_t {
+  kRetry,           // retry after `delay_s`
+  kNoAttemptsLeft,  // final: the policy's attempts are used up
+  kNotRetryable,    // final: retry_on did not match
+  kFailFast,        // final: this error pattern never recovers on retry
+};
+
+struct FailureDecision {
+  FailureVerdict verdict;
+  double delay_s = 0.0;
+};
+
+struct BreakerTransitionRecord {
+  std::string breaker;
+  CircuitBreaker::Transition transition;
+};
+
 class Executor {
  public:
   // `config` must be valid (see OptimizationConfig::Validate).
-  explicit Executor(OptimizationConfig config);
+  explicit Executor(OptimizationConfig config, uint64_t random_seed = 0x5eed);
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
   std::shared_ptr<const OptimizationConfig> config() const;
   // Validates and swaps the config atomically. On error nothing changes and
-  // the status lists every problem (kInvalidArgument).
+  // the status lists every problem (kInvalidArgument). Breakers whose
+  // options changed start afresh; the error-pattern table is resized.
   absl::Status ApplyConfig(const OptimizationConfig& config);
   uint64_t config_generation() const {
     return generation_.load(std::memory_order_acquire);
@@ -68,29 +114,56 @@ class Executor {
   StatsRegistry& stats() { return stats_; }
   const StatsRegistry& stats() const { return stats_; }
 
-  // Starts an execution and its first attempt.
+  // Starts an execution and its first attempt. When the step's breaker is
+  // open the record comes back with attempt == 0 and retry_after_ns set:
+  // the step must not be called; end it with Reject().
   ExecutionRecord* Begin(std::shared_ptr<StepEntry> step, int64_t now_ns);
 
-  // The attempt failed (the step raised or timed out). Returns the delay in
-  // seconds before the next attempt (>= 0), or a negative value when no
-  // attempt is left; in that case call Fail(). On a retry the next attempt
-  // is started here.
-  double AttemptFailed(ExecutionRecord* record, int64_t now_ns, bool timed_out);
+  // The attempt failed. On kRetry, wait delay_s and call StartAttempt();
+  // otherwise end the execution with Fail().
+  FailureDecision AttemptFailed(ExecutionRecord* record, int64_t now_ns,
+                                const AttemptError& error);
+
+  // Starts the next attempt after a retry's back-off. Returns false when the
+  // breaker refuses it (it opened meanwhile): end with Fail(), whose error
+  // is the last attempt's own.
+  bool StartAttempt(ExecutionRecord* record, int64_t now_ns);
 
   // Ends the execution; each releases the record.
   ExecutionOutcome Succeed(ExecutionRecord* record, int64_t now_ns);
   ExecutionOutcome Fail(ExecutionRecord* record, int64_t now_ns,
                         bool fell_back);
-  // Cancelled (asyncio.CancelledError): not a failure, not retried.
+  ExecutionOutcome Reject(ExecutionRecord* record, int64_t now_ns);
+  // Cancelled (asyncio.CancelledError): not a failure, not retried; a
+  // breaker slot (half-open probe) is given back.
   void Cancel(ExecutionRecord* record, int64_t now_ns);
 
-  // Executions begun and not yet ended, across all steps.
   int64_t in_flight() const {
     return in_flight_.load(std::memory_order_relaxed);
   }
 
+  // Read-outs.
+  std::vector<BreakerRegistry::NamedSnapshot> BreakerSnapshots() const;
+  std::vector<BreakerTransitionRecord> RecentTransitions() const;
+  ErrorTableStats ErrorStats() const { return errors_.Stats(); }
+  std::vector<PatternSnapshot> ErrorPatterns(size_t max) const {
+    return errors_.Snapshot(max);
+  }
+  uint64_t fail_fast_count() const {
+    return fail_fast_.load(std::memory_order_relaxed);
+  }
+  void ResetResilience(int64_t now_ns);
+
+  static constexpr size_t kTransitionLog = 64;
+
  private:
   ExecutionOutcome Finish(ExecutionRecord* record, int64_t now_ns);
+  CircuitBreaker* BreakerFor(StepEntry& entry, const OptimizationConfig& cfg);
+  // Breaker admission for the attempt about to start; false = rejected.
+  bool Admit(ExecutionRecord* r, int64_t now_ns);
+  void Note(const StepSpec& spec,
+            const absl::optional<CircuitBreaker::Transition>& t);
+  static CircuitBreaker::Options BreakerOptions(const OptimizationConfig& c);
 
   mutable Mutex config_mu_;
   std::shared_ptr<const OptimizationConfig> config_ ABSL_GUARDED_BY(config_mu_);
@@ -98,6 +171,22 @@ class Executor {
   std::atomic<int64_t> in_flight_{0};
   StatsRegistry stats_;
   StepTable steps_;
+
+  // Breakers live as long as the executor (entries cache raw pointers); a
+  // config change that alters breaker options retires the registry and
+  // starts a new one.
+  mutable Mutex breakers_mu_;
+  std::vector<std::unique_ptr<BreakerRegistry>> registries_
+      ABSL_GUARDED_BY(breakers_mu_);
+  std::atomic<BreakerRegistry*> registry_{nullptr};
+  std::atomic<uint64_t> breaker_gen_{1};
+  mutable Mutex transitions_mu_;
+  std::deque<BreakerTransitionRecord> transitions_
+      ABSL_GUARDED_BY(transitions_mu_);
+
+  ErrorPatternTable errors_;
+  RetryRandom random_;
+  std::atomic<uint64_t> fail_fast_{0};
 };
 
 }  // namespace caudal

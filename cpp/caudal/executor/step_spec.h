@@ -12,6 +12,7 @@
 #ifndef CAUDAL_EXECUTOR_STEP_SPEC_H_
 #define CAUDAL_EXECUTOR_STEP_SPEC_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -21,6 +22,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "caudal/base/mutex.h"
 #include "caudal/monitor/execution_stats.h"
+#include "caudal/resilience/circuit_breaker.h"
+#include "caudal/resilience/retry_policy.h"
 
 namespace caudal {
 
@@ -47,12 +50,27 @@ struct StepSpec {
   CallShape shape = CallShape::kData;
   bool pass_context_kw = false;    // kRunKwargs: run() accepts context=
   bool pass_resources_kw = false;  // kRunKwargs: run() accepts resources=
-  int max_retries = 0;             // retries after the first attempt
-  int64_t timeout_ns = 0;          // per attempt; 0 = no timeout
+  // Attempts and back-off. A plain `max_retries=N` is a fixed policy with no
+  // delay and N + 1 attempts (flujo's meaning).
+  RetryPolicy retry = ImmediateRetries(0);
+  int64_t timeout_ns = 0;  // per attempt; 0 = no timeout
   StepSwitch cache = StepSwitch::kDefault;
   double cache_ttl_s = -1.0;  // < 0: the config's cache_ttl_seconds
   std::vector<std::string> tags;
   bool has_fallback = false;
+  // Circuit breaker: shared by every step naming the same key; empty = the
+  // step's name. use_breaker = false opts the step out.
+  std::string breaker_key;
+  bool use_breaker = true;
+
+  static RetryPolicy ImmediateRetries(int max_retries) {
+    RetryPolicy p;
+    p.kind = RetryPolicy::kFixed;
+    p.max_attempts = max_retries + 1;
+    p.base_delay_s = 0.0;
+    p.max_backoff_s = 0.0;
+    return p;
+  }
 };
 
 // One row of an executor's step table: the spec plus this executor's
@@ -61,6 +79,10 @@ struct StepEntry {
   virtual ~StepEntry() = default;
   StepSpec spec;
   StepStats* stats = nullptr;  // owned by the executor's StatsRegistry
+  // The step's breaker, cached; valid while breaker_gen matches the
+  // executor's breaker generation (a config change re-creates breakers).
+  std::atomic<CircuitBreaker*> breaker{nullptr};
+  std::atomic<uint64_t> breaker_gen{0};
 };
 
 // Identity-keyed cache of StepEntry. The key is chosen by the caller (the

@@ -22,15 +22,16 @@ StepStats::Snapshot StepStats::Take() const {
   s.cancelled = Load(cancelled);
   s.slow = Load(slow);
   s.cache_hits = Load(cache_hits);
+  s.rejected = Load(rejected);
   s.in_flight = in_flight.load(std::memory_order_relaxed);
   s.latency = latency.Take();
   return s;
 }
 
 void StepStats::Reset() {
-  for (auto* a :
-       {&executions, &successes, &failures, &attempts, &retries, &errors,
-        &recovered, &timeouts, &fallbacks, &cancelled, &slow, &cache_hits}) {
+  for (auto* a : {&executions, &successes, &failures, &attempts, &retries,
+                  &errors, &recovered, &timeouts, &fallbacks, &cancelled, &slow,
+                  &cache_hits, &rejected}) {
     a->store(0, std::memory_order_relaxed);
   }
   latency.Reset();
@@ -49,6 +50,7 @@ void StepStats::Snapshot::Merge(const Snapshot& o) {
   cancelled += o.cancelled;
   slow += o.slow;
   cache_hits += o.cache_hits;
+  rejected += o.rejected;
   in_flight += o.in_flight;
   latency.Merge(o.latency);
 }

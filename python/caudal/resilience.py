@@ -1,0 +1,111 @@
+"""Retry strategies and the circuit breaker's Python face.
+
+The state machines live in C++ (cpp/caudal/resilience/): the breaker's
+admission rides in the executor's one native call before each attempt, its
+verdict, the error-pattern table and the back-off delay in the one after.
+This module only describes policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from caudal import _core
+
+_KINDS = {"exponential": 0, "linear": 1, "fixed": 2}
+
+ExceptionSpec = (
+    type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+)
+
+
+def _normalise_spec(spec: Any, what: str) -> Any:
+    """A type, a tuple of types, a predicate, or None -> tuple/predicate/None."""
+    if spec is None or callable(spec) and not isinstance(spec, type):
+        return spec
+    if isinstance(spec, type) and issubclass(spec, BaseException):
+        return (spec,)
+    if isinstance(spec, tuple) and all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in spec
+    ):
+        return spec
+    raise TypeError(
+        f"{what} must be an exception type, a tuple of them, or a predicate; got {spec!r}"
+    )
+
+
+@dataclass(frozen=True)
+class RetryStrategy:
+    """How a step retries.
+
+    - ``max_attempts``: attempts in all, the first included (>= 1).
+    - ``strategy``: ``"exponential"`` (``base_delay * backoff_factor**(n-1)``
+      before retry n), ``"linear"`` (``base_delay * n``) or ``"fixed"``
+      (``base_delay``).
+    - ``max_backoff``: cap on any delay, a ``retry_after`` hint included.
+    - ``jitter`` in [0, 1]: that fraction of each delay is randomised
+      downwards (0.5 = "equal jitter", 1 = "full jitter"); never lengthens.
+    - ``retry_on``: exception types, or a predicate ``exc -> bool``; other
+      errors fail at once. ``asyncio.CancelledError`` is never retried.
+
+    An exception with a numeric ``retry_after`` attribute (seconds, e.g. from
+    an HTTP 429's Retry-After header) sets the next delay, capped by
+    ``max_backoff``. Delays are computed natively with a seeded random source.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 0.1
+    backoff_factor: float = 2.0
+    max_backoff: float = 60.0
+    jitter: float = 0.0
+    strategy: str = "exponential"
+    retry_on: ExceptionSpec = field(default=(Exception,))
+
+    def __post_init__(self) -> None:
+        if self.strategy not in _KINDS:
+            raise ValueError(
+                f"RetryStrategy.strategy must be one of {sorted(_KINDS)}, got {self.strategy!r}"
+            )
+        for name in ("max_attempts",):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"RetryStrategy.{name} must be an int, got {v!r}")
+        for name in ("base_delay", "backoff_factor", "max_backoff", "jitter"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise TypeError(f"RetryStrategy.{name} must be a number, got {v!r}")
+        problem = _core._retry_policy_check(*self._native())
+        if problem is not None:
+            raise ValueError(f"RetryStrategy: {problem}")
+        object.__setattr__(
+            self, "retry_on", _normalise_spec(self.retry_on, "RetryStrategy.retry_on")
+        )
+
+    def _native(self) -> tuple[int, int, float, float, float, float]:
+        return (
+            _KINDS[self.strategy],
+            self.max_attempts,
+            float(self.base_delay),
+            float(self.backoff_factor),
+            float(self.max_backoff),
+            float(self.jitter),
+        )
+
+    def delay(self, retry: int, retry_after: float | None = None) -> float:
+        """The delay before retry number ``retry`` (1 = the first retry), with
+        jitter at its midpoint: a preview of what the executor will wait."""
+        if retry < 1:
+            raise ValueError("retry numbers start at 1")
+        return _core._retry_delay(*self._native(), retry + 1, retry_after, 1 << 63)
+
+
+def immediate_retries(max_retries: int) -> RetryStrategy:
+    """flujo's semantics for ``max_retries=N``: N retries, no delay."""
+    return RetryStrategy(
+        max_attempts=max_retries + 1, base_delay=0.0, max_backoff=0.0, strategy="fixed"
+    )
+
+
+__all__ = ["RetryStrategy", "immediate_retries"]

@@ -1,0 +1,314 @@
+"""Circuit breaker, retry strategies and error patterns through ExecutorCore."""
+
+import asyncio
+import pickle
+
+import pytest
+
+from caudal import (
+    CircuitOpenError,
+    ExecutorCore,
+    OptimizationConfig,
+    RetryStrategy,
+    Step,
+)
+
+
+class Backend:
+    """A backend that fails while `down` is set; counts its calls."""
+
+    def __init__(self, down=True, exc=ConnectionError):
+        self.down = down
+        self.calls = 0
+        self.exc = exc
+
+    async def __call__(self, x):
+        self.calls += 1
+        if self.down:
+            raise self.exc("backend down")
+        return x
+
+
+def breaker_config(threshold=3, recovery=0.05, **kw):
+    return OptimizationConfig(
+        circuit_breaker_failure_threshold=threshold,
+        circuit_breaker_recovery_timeout_seconds=recovery,
+        **kw,
+    )
+
+
+async def test_breaker_opens_rejects_without_calling_then_recovers():
+    ex = ExecutorCore(breaker_config(threshold=3, recovery=0.05))
+    backend = Backend()
+    step = Step(backend, "api")
+    for _ in range(3):
+        r = await ex.execute(step, 1)
+        assert isinstance(r.error, ConnectionError)
+    # Open: the step is not called, the error says which breaker and when.
+    r = await ex.execute(step, 1)
+    assert not r.success and isinstance(r.error, CircuitOpenError)
+    assert r.error.breaker == "api" and 0 < r.error.retry_after_s <= 0.05
+    assert r.attempts == 0 and backend.calls == 3
+    stats = ex.get_optimization_stats()["circuit_breaker"]
+    assert stats["state"] == "OPEN" and stats["open_count"] == 1
+    assert stats["breakers"]["api"]["rejected_count"] == 1
+    # After the recovery timeout one probe goes through; success closes it.
+    backend.down = False
+    await asyncio.sleep(0.06)
+    r = await ex.execute(step, 7)
+    assert r.success and r.output == 7 and backend.calls == 4
+    stats = ex.get_optimization_stats()["circuit_breaker"]
+    assert stats["state"] == "CLOSED"
+    assert [(t["from"], t["to"]) for t in stats["transitions"]] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
+
+
+async def test_failed_probe_reopens():
+    ex = ExecutorCore(breaker_config(threshold=1, recovery=0.02))
+    backend = Backend()
+    await ex.execute(backend, 1)
+    await asyncio.sleep(0.03)
+    r = await ex.execute(backend, 1)  # the probe, fails
+    assert isinstance(r.error, ConnectionError) and backend.calls == 2
+    r = await ex.execute(backend, 1)
+    assert isinstance(r.error, CircuitOpenError) and backend.calls == 2
+
+
+async def test_tripping_calls_own_error_is_returned_not_circuit_open():
+    ex = ExecutorCore(breaker_config(threshold=2, recovery=60))
+    backend = Backend()
+    r = await ex.execute(Step(backend, "trip", max_retries=5), 1)
+    # Attempt 2 trips the breaker; attempt 3 is refused, so the execution
+    # ends with attempt 2's own ConnectionError.
+    assert type(r.error) is ConnectionError and r.attempts == 2 and backend.calls == 2
+
+
+async def test_steps_sharing_a_breaker_key_share_its_state():
+    ex = ExecutorCore(breaker_config(threshold=2, recovery=60))
+    a, b = Backend(), Backend(down=False)
+    await ex.execute(Step(a, "a", breaker="llm-provider"), 1)
+    await ex.execute(Step(a, "a2", breaker="llm-provider"), 1)
+    r = await ex.execute(Step(b, "b", breaker="llm-provider"), 1)
+    assert isinstance(r.error, CircuitOpenError) and r.error.breaker == "llm-provider"
+    assert b.calls == 0
+    # Opting out: breaker=False.
+    r = await ex.execute(Step(b, "c", breaker=False), 1)
+    assert r.success
+
+
+async def test_excluded_exceptions_do_not_trip_the_breaker():
+    ex = ExecutorCore(breaker_config(threshold=2, recovery=60))
+    backend = Backend(exc=KeyError)
+    step = Step(backend, "lookup", breaker_exclude=KeyError)
+    for _ in range(5):
+        r = await ex.execute(step, 1)
+        assert isinstance(r.error, KeyError)
+    assert backend.calls == 5
+    assert ex.get_optimization_stats()["circuit_breaker"]["state"] == "CLOSED"
+    # A predicate works too.
+    step2 = Step(Backend(exc=ValueError), "v", breaker_exclude=lambda e: "down" in str(e))
+    for _ in range(3):
+        await ex.execute(step2, 1)
+    assert ex.get_optimization_stats()["circuit_breaker"]["breakers"]["v"]["state"] == "closed"
+
+
+async def test_breaker_disabled_by_config():
+    ex = ExecutorCore(breaker_config(threshold=1, enable_circuit_breaker=False))
+    backend = Backend()
+    for _ in range(4):
+        await ex.execute(backend, 1)
+    assert backend.calls == 4
+
+
+async def test_cancelled_half_open_probe_gives_its_slot_back():
+    ex = ExecutorCore(breaker_config(threshold=1, recovery=0.02))
+    started = asyncio.Event()
+
+    async def slow(x):
+        started.set()
+        await asyncio.sleep(3600)
+
+    step = Step(Backend(), "slow")
+    await ex.execute(step, 1)  # opens the breaker of "slow"
+    await asyncio.sleep(0.03)
+    probe = asyncio.create_task(ex.execute(Step(slow, "slow"), 1))
+    await started.wait()
+    # While the probe runs, others are refused.
+    r = await ex.execute(Step(slow, "slow"), 1)
+    assert isinstance(r.error, CircuitOpenError)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    # The slot came back: the next call is admitted as a probe and closes it.
+    r = await ex.execute(Step(Backend(down=False), "slow"), 5)
+    assert r.success and r.output == 5
+
+
+async def test_fallback_runs_when_the_breaker_is_open():
+    async def cached_answer(x):
+        return "stale"
+
+    ex = ExecutorCore(breaker_config(threshold=1, recovery=60))
+    step = Step(Backend(), "fb", fallback=cached_answer)
+    r = await ex.execute(step, 1)
+    assert r.success and r.output == "stale"  # primary failed
+    r = await ex.execute(step, 1)
+    assert r.success and r.output == "stale"  # breaker open: straight to fallback
+    assert isinstance(r.metadata["original_error"], CircuitOpenError)
+    assert ex.get_optimization_stats()["execution"]["steps"]["fb"]["rejected"] == 1
+
+
+# ------------------------------------------------------------------ retries
+
+
+def test_retry_strategy_validation_and_preview():
+    s = RetryStrategy(max_attempts=4, base_delay=0.5, backoff_factor=2.0, max_backoff=1.5)
+    assert [s.delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 1.5]
+    assert RetryStrategy(base_delay=0.5, strategy="linear").delay(2) == 1.0
+    assert RetryStrategy(base_delay=0.5, strategy="fixed").delay(3) == 0.5
+    assert s.delay(1, retry_after=1.2) == 1.2
+    assert s.delay(1, retry_after=99) == 1.5
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryStrategy(max_attempts=0)
+    with pytest.raises(ValueError, match="jitter"):
+        RetryStrategy(jitter=2.0)
+    with pytest.raises(ValueError, match="strategy"):
+        RetryStrategy(strategy="random")
+    with pytest.raises(TypeError, match="retry_on"):
+        RetryStrategy(retry_on="ValueError")
+    with pytest.raises(ValueError, match="not both"):
+        Step(lambda x: x, max_retries=1, retry=RetryStrategy())
+
+
+async def test_backoff_sleeps_the_policys_delays(monkeypatch):
+    slept = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay, *args, **kwargs):
+        slept.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    calls = []
+
+    async def flaky(x):
+        calls.append(x)
+        if len(calls) < 4:
+            raise ConnectionError("again")
+        return x
+
+    step = Step(
+        flaky,
+        retry=RetryStrategy(max_attempts=4, base_delay=0.02, backoff_factor=2.0, max_backoff=0.05),
+    )
+    r = await ExecutorCore().execute(step, 1)
+    assert r.success and r.attempts == 4
+    assert slept == [0.02, 0.04, 0.05]  # exponential, capped by max_backoff
+
+
+async def test_retry_on_limits_which_errors_are_retried():
+    backend = Backend(exc=ValueError)
+    step = Step(
+        backend, retry=RetryStrategy(max_attempts=5, base_delay=0, retry_on=ConnectionError)
+    )
+    r = await ExecutorCore().execute(step, 1)
+    assert backend.calls == 1 and r.metadata["retry_stopped"] == "not_retryable"
+    backend2 = Backend(exc=ValueError)
+    step2 = Step(
+        backend2,
+        retry=RetryStrategy(
+            max_attempts=3, base_delay=0, retry_on=lambda e: isinstance(e, ValueError)
+        ),
+    )
+    await ExecutorCore().execute(step2, 1)
+    assert backend2.calls == 3
+
+
+async def test_retry_after_hint_is_honoured():
+    class RateLimited(Exception):
+        retry_after = 0.01
+
+    calls = []
+
+    async def limited(x):
+        calls.append(x)
+        if len(calls) == 1:
+            raise RateLimited("429")
+        return x
+
+    # The base delay is an hour; the hint says 10 ms.
+    step = Step(limited, retry=RetryStrategy(max_attempts=2, base_delay=3600, max_backoff=3600))
+    r = await asyncio.wait_for(ExecutorCore().execute(step, 1), timeout=5)
+    assert r.success and r.attempts == 2
+
+
+async def test_cancellation_during_backoff():
+    backend = Backend()
+    ex = ExecutorCore()
+    step = Step(backend, "sleepy", retry=RetryStrategy(max_attempts=3, base_delay=3600))
+    task = asyncio.create_task(ex.execute(step, 1))
+    for _ in range(100):
+        if backend.calls:
+            break
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)  # now in the back-off sleep
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    s = ex.get_optimization_stats()["execution"]
+    assert backend.calls == 1 and s["in_flight"] == 0 and s["cancelled"] == 1
+
+
+async def test_executor_default_retry_strategy():
+    ex = ExecutorCore(retry_strategy=RetryStrategy(max_attempts=3, base_delay=0))
+    backend = Backend()
+    await ex.execute(backend, 1)
+    assert backend.calls == 3
+    backend2 = Backend()
+    await ex.execute(Step(backend2, max_retries=0), 1)  # explicit wins
+    assert backend2.calls == 1
+
+
+# ------------------------------------------------------------ error patterns
+
+
+async def test_errors_that_never_recover_fail_fast_and_are_visible():
+    cfg = OptimizationConfig(error_pattern_min_observations=2, enable_circuit_breaker=False)
+    ex = ExecutorCore(cfg)
+    backend = Backend(exc=PermissionError)
+    step = Step(backend, "auth", max_retries=5)
+    await ex.execute(step, 1)  # attempts 1..3: 2 retries, none recovered
+    assert backend.calls == 3
+    r = await ex.execute(step, 1)  # the pattern now fails fast
+    assert backend.calls == 4 and r.metadata["retry_stopped"] == "fail_fast"
+    eh = ex.get_optimization_stats()["error_handling"]
+    assert eh["cached_patterns"] == 1 and eh["fail_fast"] >= 1
+    (pattern,) = eh["patterns"]
+    assert pattern["step"] == "auth" and pattern["exception"] == "builtins.PermissionError"
+    assert pattern["recovered"] == 0 and pattern["failed_after_retry"] == 2
+
+
+async def test_errors_that_recover_keep_their_retries():
+    cfg = OptimizationConfig(error_pattern_min_observations=1, enable_circuit_breaker=False)
+    ex = ExecutorCore(cfg)
+    state = {"n": 0}
+
+    async def every_other(x):
+        state["n"] += 1
+        if state["n"] % 2:
+            raise TimeoutError("transient")
+        return x
+
+    for _ in range(5):
+        r = await ex.execute(Step(every_other, "t", max_retries=1), 1)
+        assert r.success and r.attempts == 2
+    eh = ex.get_optimization_stats()["error_handling"]
+    assert eh["retry_recovery_rate"] == 1.0 and eh["fail_fast"] == 0
+
+
+def test_circuit_open_error_pickles():
+    e = pickle.loads(pickle.dumps(CircuitOpenError("b", 1.5)))
+    assert e.breaker == "b" and e.retry_after_s == 1.5
