@@ -39,4 +39,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "caudal's native core (C++): config, executor engine, components";
   caudal::bindings::RegisterConfig(m);
   caudal::bindings::RegisterExecutor(m);
+  caudal::bindings::RegisterCache(m);
 }

@@ -75,9 +75,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "caudal/base/mutex.h"
 #include "absl/types/optional.h"
 #include "absl/types/span.h"
+#include "caudal/base/mutex.h"
 #include "caudal/hash/key128.h"
 
 namespace caudal {

@@ -41,8 +41,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "caudal/base/mutex.h"
 #include "absl/types/optional.h"
+#include "caudal/base/mutex.h"
 #include "caudal/hash/key128.h"
 
 namespace caudal {

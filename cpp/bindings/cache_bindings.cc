@@ -1,0 +1,89 @@
+// Cache helpers for Python: the native key of a value (what the executor's
+// cache uses), and the compression frame of the shared (Redis) tier. Large
+// payloads are compressed and hashed with the GIL released.
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "caudal/cache/compression.h"
+#include "common.h"
+#include "key_walk.h"
+
+namespace caudal::bindings {
+namespace {
+
+constexpr size_t kReleaseGilAbove = 64 * 1024;
+
+py::bytes KeyBytes(const Key128& k) {
+  char buf[16];
+  for (int i = 0; i < 8; ++i) {
+    buf[i] = static_cast<char>((k.lo >> (8 * i)) & 0xff);
+    buf[8 + i] = static_cast<char>((k.hi >> (8 * i)) & 0xff);
+  }
+  return py::bytes(buf, 16);
+}
+
+}  // namespace
+
+py::bytes KeyToBytes(const Key128& k) { return KeyBytes(k); }
+
+void RegisterCache(py::module_& m) {
+  m.def(
+      "cache_key",
+      [](py::handle value, const std::string& ns) {
+        Key128 k;
+        UnkeyableReason why =
+            KeyOf(ns.data(), static_cast<Py_ssize_t>(ns.size()), value.ptr(),
+                  nullptr, &k);
+        if (why)
+          throw py::type_error(std::string("cannot key this value: ") + why);
+        return KeyBytes(k);
+      },
+      py::arg("value"), py::arg("namespace") = "",
+      "The 16-byte cache key of `value` (little-endian lo, hi): the key the "
+      "executor "
+      "uses, with the step's name as namespace. Raises TypeError naming the "
+      "reason "
+      "for a value that has no stable key.");
+  m.def(
+      "compress",
+      [](py::bytes data, size_t threshold, int level) {
+        char* p;
+        Py_ssize_t n;
+        PyBytes_AsStringAndSize(data.ptr(), &p, &n);
+        std::string out;
+        if (static_cast<size_t>(n) > kReleaseGilAbove) {
+          py::gil_scoped_release nogil;
+          out = CompressIfLarger(absl::string_view(p, n), threshold, level);
+        } else {
+          out = CompressIfLarger(absl::string_view(p, n), threshold, level);
+        }
+        return py::bytes(out);
+      },
+      py::arg("data"), py::arg("threshold") = 1024, py::arg("level") = 3,
+      "Frames `data` for the shared tier: zstd-compressed when longer than "
+      "`threshold` "
+      "bytes (and smaller that way), raw otherwise; a 1-byte header says "
+      "which.");
+  m.def(
+      "decompress",
+      [](py::bytes framed) {
+        char* p;
+        Py_ssize_t n;
+        PyBytes_AsStringAndSize(framed.ptr(), &p, &n);
+        absl::StatusOr<std::string> out;
+        if (static_cast<size_t>(n) > kReleaseGilAbove) {
+          py::gil_scoped_release nogil;
+          out = Decompress(absl::string_view(p, n));
+        } else {
+          out = Decompress(absl::string_view(p, n));
+        }
+        if (!out.ok())
+          throw py::value_error(std::string(out.status().message()));
+        return py::bytes(*out);
+      },
+      py::arg("framed"),
+      "Inverse of compress(); ValueError on a corrupt frame.");
+}
+
+}  // namespace caudal::bindings
