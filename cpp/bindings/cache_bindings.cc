@@ -27,6 +27,18 @@ py::bytes KeyBytes(const Key128& k) {
 
 py::bytes KeyToBytes(const Key128& k) { return KeyBytes(k); }
 
+Key128 KeyFromBytes(py::bytes b) {
+  std::string s = b;
+  if (s.size() != 16) throw py::value_error("a cache key is 16 bytes");
+  Key128 k{0, 0};
+  for (int i = 0; i < 8; ++i) {
+    k.lo |= static_cast<uint64_t>(static_cast<unsigned char>(s[i])) << (8 * i);
+    k.hi |= static_cast<uint64_t>(static_cast<unsigned char>(s[8 + i]))
+            << (8 * i);
+  }
+  return k;
+}
+
 void RegisterCache(py::module_& m) {
   m.def(
       "cache_key",

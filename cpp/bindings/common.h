@@ -22,6 +22,17 @@ namespace py = pybind11;
 py::object CaudalAttr(const char* module, const char* name);
 
 void RegisterConfig(py::module_& m);
+
+}  // namespace caudal::bindings
+
+#include "caudal/hash/key128.h"
+
+namespace caudal::bindings {
+
+// 16 bytes, little-endian lo then hi (the form Python sees keys in).
+py::bytes KeyToBytes(const Key128& k);
+Key128 KeyFromBytes(py::bytes b);
+
 void RegisterExecutor(py::module_& m);
 void RegisterCache(py::module_& m);
 

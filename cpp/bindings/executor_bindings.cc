@@ -23,6 +23,7 @@
 
 #include "caudal/executor/executor.h"
 #include "common.h"
+#include "key_walk.h"
 #include "step_result.h"
 
 namespace caudal::bindings {
@@ -40,6 +41,7 @@ struct PyStepEntry : StepEntry {
   py::object
       retry_on;  // None (any Exception), a tuple of types, or a predicate
   py::object breaker_exclude;  // None, a tuple of types, or a predicate
+  py::object cache_context;    // None or a tuple of context field names
   ~PyStepEntry() override {
     py::gil_scoped_acquire gil;
     key_a = py::object();
@@ -49,6 +51,7 @@ struct PyStepEntry : StepEntry {
     name_str = py::object();
     retry_on = py::object();
     breaker_exclude = py::object();
+    cache_context = py::object();
   }
 };
 
@@ -66,6 +69,68 @@ py::object FeedbackOf(py::handle exc) {
   return py::str("{}: {}").format(type_name, msg);
 }
 
+// Long-lived Python helpers, looked up once (never destroyed: they must not
+// be released after the interpreter is gone).
+struct PyHelpers {
+  py::object get_running_loop;
+  py::object deepcopy;
+  py::object getsizeof;
+  py::object resolve;
+  static PyHelpers& Get() {
+    static PyHelpers* h = [] {
+      auto* x = new PyHelpers();
+      x->get_running_loop =
+          py::module_::import("asyncio").attr("get_running_loop");
+      x->deepcopy = py::module_::import("copy").attr("deepcopy");
+      x->getsizeof = py::module_::import("sys").attr("getsizeof");
+      x->resolve = py::module_::import("caudal._flight").attr("resolve");
+      return x;
+    }();
+    return *h;
+  }
+};
+
+// A Python object owned by the core's cache or flight table: the deleter
+// takes the GIL, since the last reference may be dropped anywhere.
+void ReleasePyObject(const void* p) {
+  PyGILState_STATE g = PyGILState_Ensure();
+  Py_DECREF(static_cast<PyObject*>(const_cast<void*>(p)));
+  PyGILState_Release(g);
+}
+CachedValue HoldValue(PyObject* o) {
+  Py_INCREF(o);
+  return CachedValue(o, ReleasePyObject);
+}
+FlightWaiter HoldWaiter(PyObject* o) {
+  Py_INCREF(o);
+  return FlightWaiter(o, [](void* p) { ReleasePyObject(p); });
+}
+// A non-owning handle comparing equal to the waiter holding `o`.
+FlightWaiter PeekWaiter(PyObject* o) { return FlightWaiter(FlightWaiter(), o); }
+
+// Estimated bytes of a cached output (only when cache_max_bytes is set):
+// exact for str/bytes, the object plus its direct items for containers.
+size_t EstimateSize(py::handle v) {
+  PyHelpers& h = PyHelpers::Get();
+  size_t n = h.getsizeof(v).cast<size_t>();
+  if (PyList_Check(v.ptr()) || PyTuple_Check(v.ptr())) {
+    for (py::handle item : v) n += h.getsizeof(item).cast<size_t>();
+  } else if (PyDict_Check(v.ptr())) {
+    for (auto kv : py::reinterpret_borrow<py::dict>(v)) {
+      n += h.getsizeof(kv.first).cast<size_t>() +
+           h.getsizeof(kv.second).cast<size_t>();
+    }
+  }
+  return n;
+}
+
+Key128 GroupOf(const std::string& step_name) {
+  Key128 k;
+  py::str s(step_name);
+  KeyOf("caudal.group", 12, s.ptr(), nullptr, &k);
+  return k;
+}
+
 class Engine {
  public:
   friend PyObject* FastBegin(PyObject*, PyObject* const*, Py_ssize_t);
@@ -73,6 +138,7 @@ class Engine {
   explicit Engine(const OptimizationConfig& config) : core_(config) {}
 
   ~Engine() {
+    clear_cache();
     // Entries hold Python objects; drop them while the GIL is held.
     auto dropped = core_.steps().Clear();
     dropped.clear();
@@ -88,7 +154,53 @@ class Engine {
   py::tuple begin(py::handle step, py::handle data, py::handle context,
                   py::handle resources) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
-    ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs());
+    auto* e = static_cast<PyStepEntry*>(entry.get());
+    const int64_t now = MonotonicNowNs();
+    std::shared_ptr<const OptimizationConfig> cfg = core_.config();
+    bool lead = false, flight = false;
+    Key128 key{};
+    if (Executor::CacheEnabled(*e, *cfg)) {
+      py::object extra;
+      if (!e->cache_context.is_none())
+        extra = ContextFields(e->cache_context, context);
+      const std::string& ns = e->spec.name;
+      UnkeyableReason why =
+          KeyOf(ns.data(), static_cast<Py_ssize_t>(ns.size()), data.ptr(),
+                extra ? extra.ptr() : nullptr, &key);
+      if (why) {
+        core_.RecordUncacheable(*e, why);
+      } else {
+        std::vector<CachedValue> dropped;
+        absl::optional<CachedValue> hit =
+            core_.CacheLookup(*e, key, now, &dropped);
+        if (hit) {
+          auto* stored = static_cast<PyObject*>(const_cast<void*>(hit->get()));
+          py::object out = cfg->cache_copy_outputs
+                               ? PyHelpers::Get().deepcopy(py::handle(stored))
+                               : py::reinterpret_borrow<py::object>(stored);
+          const int64_t latency = MonotonicNowNs() - now;
+          core_.RecordCacheHit(*e, latency);
+          PyObject* res = NewStepResult(e->name_str.ptr(), out.ptr(), true, 0,
+                                        static_cast<double>(latency) / 1e9,
+                                        Py_None, Py_None, true);
+          if (!res) throw py::error_already_set();
+          return py::make_tuple(0, py::reinterpret_steal<py::object>(res), 5);
+        }
+        lead = true;
+        if (e->spec.single_flight) {
+          py::object fut;
+          flight = core_.JoinFlight(key, [&] {
+            fut = PyHelpers::Get().get_running_loop().attr("create_future")();
+            return HoldWaiter(fut.ptr());
+          });
+          if (!flight) return py::make_tuple(KeyToBytes(key), fut, 7);
+        }
+      }
+    }
+    ExecutionRecord* r = core_.Begin(std::move(entry), now, std::move(cfg));
+    r->cache_lead = lead;
+    r->cache_flight = flight;
+    r->cache_key = key;
     if (r->attempt == 0) return RejectedResult(r);
     return StartAttempt(r, data, context, resources);
   }
@@ -120,6 +232,7 @@ class Engine {
   // New reference, or nullptr with a Python error set.
   PyObject* succeed(uintptr_t h, PyObject* out) {
     ExecutionRecord* r = Rec(h);
+    if (r->cache_lead) return SucceedCached(r, out);
     PyObject* name = Entry(r)->name_str.ptr();
     Py_INCREF(name);  // the entry may die with the record
     const ExecutionOutcome o = core_.Succeed(r, MonotonicNowNs());
@@ -128,6 +241,109 @@ class Engine {
                                   Py_None, Py_None, false);
     Py_DECREF(name);
     return res;
+  }
+
+  PyObject* SucceedCached(ExecutionRecord* r, PyObject* out) {
+    try {
+      std::shared_ptr<StepEntry> entry = r->step;  // outlives the record
+      auto* e = static_cast<PyStepEntry*>(entry.get());
+      const bool copy = r->config->cache_copy_outputs;
+      const int64_t now = MonotonicNowNs();
+      py::object stored = copy ? PyHelpers::Get().deepcopy(py::handle(out))
+                               : py::reinterpret_borrow<py::object>(out);
+      const size_t bytes =
+          r->config->cache_max_bytes > 0 ? EstimateSize(stored) : 0;
+      std::vector<CachedValue> dropped;
+      core_.CacheStore(*r, HoldValue(stored.ptr()), bytes, now, &dropped);
+      const bool flight = r->cache_flight;
+      const Key128 key = r->cache_key;
+      const ExecutionOutcome o = core_.Succeed(r, now);
+      auto res = py::reinterpret_steal<py::object>(NewStepResult(
+          e->name_str.ptr(), out, true, o.attempts,
+          static_cast<double>(o.latency_ns) / 1e9, Py_None, Py_None, false));
+      if (!res) throw py::error_already_set();
+      if (flight) WakeFollowers(*e, key, res, copy);
+      return res.release().ptr();
+    } catch (py::error_already_set& err) {
+      err.restore();
+      return nullptr;
+    }
+  }
+
+  // Gives each follower of the flight its own StepResult sharing the
+  // leader's outcome (None: the leader was cancelled; followers run).
+  void WakeFollowers(PyStepEntry& e, const Key128& key, py::handle leader,
+                     bool copy) {
+    std::vector<FlightWaiter> followers = core_.EndFlight(key);
+    if (followers.empty()) return;
+    PyHelpers& h = PyHelpers::Get();
+    for (const FlightWaiter& w : followers) {
+      py::handle fut(static_cast<PyObject*>(w.get()));
+      if (leader.is_none()) {
+        h.resolve(fut, py::none());
+        continue;
+      }
+      auto* l = reinterpret_cast<StepResultObject*>(leader.ptr());
+      py::object out = l->success && copy
+                           ? h.deepcopy(py::handle(l->output))
+                           : py::reinterpret_borrow<py::object>(l->output);
+      auto res = py::reinterpret_steal<py::object>(
+          NewStepResult(l->name, out.ptr(), l->success, 0, l->latency_s,
+                        l->feedback, l->error, l->success));
+      if (!res) throw py::error_already_set();
+      py::dict md;
+      md["single_flight"] = true;
+      reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
+          md.release().ptr();
+      e.stats->shared_flights.fetch_add(1, std::memory_order_relaxed);
+      if (l->success) core_.RecordCacheHit(e, 0);
+      h.resolve(fut, res);
+    }
+  }
+
+  // A cancelled follower leaves the flight it was waiting on.
+  void leave_flight(py::bytes key_bytes, py::handle fut) {
+    core_.LeaveFlight(KeyFromBytes(key_bytes), PeekWaiter(fut.ptr()));
+  }
+
+  // Cache administration.
+  size_t invalidate_tag(const std::string& tag) {
+    std::vector<CachedValue> dropped;
+    return core_.InvalidateTag(tag, &dropped);
+  }
+  size_t invalidate_prefix(const std::string& step_name) {
+    std::vector<CachedValue> dropped;
+    return core_.InvalidateGroup(GroupOf(step_name).lo, &dropped);
+  }
+  void clear_cache() {
+    std::vector<CachedValue> dropped;
+    core_.ClearCache(&dropped);
+  }
+  py::dict cache_stats() const {
+    const ResultCacheStats c = core_.CacheStats();
+    py::dict d;
+    d["hits"] = c.hits;
+    d["misses"] = c.misses;
+    d["hit_rate"] = c.hit_rate;
+    d["inserts"] = c.inserts;
+    d["evictions"] = c.evictions;
+    d["expirations"] = c.expirations;
+    d["invalidations"] = c.invalidations;
+    d["rejections"] = c.rejections;
+    d["size"] = c.entries;
+    d["bytes"] = c.bytes;
+    d["max_size"] = c.max_entries;
+    d["max_bytes"] = c.max_bytes;
+    d["shards"] = c.num_shards;
+    py::dict reasons;
+    uint64_t uncacheable = 0;
+    for (const auto& [reason, n] : core_.UncacheableReasons()) {
+      reasons[py::str(reason)] = n;
+      uncacheable += n;
+    }
+    d["uncacheable"] = uncacheable;
+    d["uncacheable_reasons"] = reasons;
+    return d;
   }
 
   // ---- after a failed attempt ----
@@ -160,6 +376,9 @@ class Engine {
       throw py::type_error("fallback result must be a StepResult");
     auto* f = reinterpret_cast<StepResultObject*>(fb.ptr());
     ExecutionRecord* r = Rec(h);
+    std::shared_ptr<StepEntry> entry = r->step;
+    const bool flight = r->cache_flight;
+    const Key128 key = r->cache_key;
     py::object name = Entry(r)->name_str;
     const int attempts = r->attempt;
     const ExecutionOutcome o =
@@ -176,10 +395,24 @@ class Engine {
     md["fallback_feedback"] = py::reinterpret_borrow<py::object>(f->feedback);
     reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
         md.release().ptr();
+    // Followers share the outcome; a fallback's output is not cached.
+    if (flight) {
+      WakeFollowers(*static_cast<PyStepEntry*>(entry.get()), key, res, false);
+    }
     return res;
   }
 
-  void cancel(uintptr_t h) { core_.Cancel(Rec(h), MonotonicNowNs()); }
+  void cancel(uintptr_t h) {
+    ExecutionRecord* r = Rec(h);
+    std::shared_ptr<StepEntry> entry = r->step;
+    const bool flight = r->cache_flight;
+    const Key128 key = r->cache_key;
+    core_.Cancel(r, MonotonicNowNs());
+    // Followers must not inherit a cancellation: they run the step themselves.
+    if (flight)
+      WakeFollowers(*static_cast<PyStepEntry*>(entry.get()), key, py::none(),
+                    false);
+  }
 
   // ---- read-outs (off the hot path) ----
   py::dict step_stats() const {
@@ -201,7 +434,7 @@ class Engine {
   }
 
  private:
-  static uint64_t KeyOf(py::handle step, PyObject** a, PyObject** b) {
+  static uint64_t StepKeyOf(py::handle step, PyObject** a, PyObject** b) {
     if (PyMethod_Check(step.ptr())) {
       *a = PyMethod_GET_FUNCTION(step.ptr());
       *b = PyMethod_GET_SELF(step.ptr());
@@ -217,7 +450,7 @@ class Engine {
   std::shared_ptr<StepEntry> Lookup(py::handle step) {
     PyObject* a;
     PyObject* b;
-    const uint64_t key = KeyOf(step, &a, &b);
+    const uint64_t key = StepKeyOf(step, &a, &b);
     std::shared_ptr<StepEntry> found = core_.steps().Find(key);
     if (found) {
       auto* e = static_cast<PyStepEntry*>(found.get());
@@ -278,6 +511,9 @@ class Engine {
     e->fn = t["fn"];
     e->retry_on = t["retry_on"];
     e->breaker_exclude = t["breaker_exclude"];
+    e->cache_context = t["cache_context"];
+    s.single_flight = t["single_flight"].cast<bool>();
+    s.cache_group = GroupOf(s.name).lo;
     e->name_str = py::str(s.name);
     e->key_a = py::reinterpret_borrow<py::object>(a);
     e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
@@ -347,6 +583,9 @@ class Engine {
 
   py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back,
                    const char* stopped) {
+    std::shared_ptr<StepEntry> entry = r->step;
+    const bool flight = r->cache_flight;
+    const Key128 key = r->cache_key;
     py::object name = Entry(r)->name_str;
     const int attempts = r->attempt;
     const ExecutionOutcome o = core_.Fail(r, MonotonicNowNs(), fell_back);
@@ -362,6 +601,9 @@ class Engine {
       reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
           md.release().ptr();
     }
+    if (flight) {
+      WakeFollowers(*static_cast<PyStepEntry*>(entry.get()), key, res, false);
+    }
     return res;
   }
 
@@ -369,10 +611,10 @@ class Engine {
   // the step not called.
   py::tuple RejectedResult(ExecutionRecord* r) {
     PyStepEntry* e = Entry(r);
-    const std::string& key =
+    const std::string& bkey =
         e->spec.breaker_key.empty() ? e->spec.name : e->spec.breaker_key;
     py::object exc = CaudalAttr("caudal.errors", "CircuitOpenError")(
-        key, static_cast<double>(r->retry_after_ns) / 1e9);
+        bkey, static_cast<double>(r->retry_after_ns) / 1e9);
     if (!e->fallback.is_none()) {
       // Run the fallback instead; the record ends in _fallback_done.
       e->stats->rejected.fetch_add(1, std::memory_order_relaxed);
@@ -380,13 +622,41 @@ class Engine {
                             py::make_tuple(e->fallback, exc), 6);
     }
     py::object name = e->name_str;
+    std::shared_ptr<StepEntry> entry = r->step;
+    const bool flight = r->cache_flight;
+    const Key128 key = r->cache_key;
     const ExecutionOutcome o = core_.Reject(r, MonotonicNowNs());
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(NewStepResult(
         name.ptr(), Py_None, false, 0, static_cast<double>(o.latency_ns) / 1e9,
         feedback.ptr(), exc.ptr(), false));
     if (!res) throw py::error_already_set();
+    if (flight) WakeFollowers(*e, key, res, false);
     return py::make_tuple(0, res, 5);
+  }
+
+  // The values of the context fields a step's cache key depends on: item
+  // access for mappings, attributes otherwise; a missing field is None.
+  static py::object ContextFields(const py::object& fields,
+                                  py::handle context) {
+    py::tuple names = fields;
+    py::tuple out(names.size());
+    for (size_t i = 0; i < names.size(); ++i) {
+      py::object v = py::none();
+      if (!context.is_none()) {
+        PyObject* got =
+            PyMapping_Check(context.ptr()) && !PyType_Check(context.ptr())
+                ? PyObject_GetItem(context.ptr(), names[i].ptr())
+                : PyObject_GetAttr(context.ptr(), names[i].ptr());
+        if (got) {
+          v = py::reinterpret_steal<py::object>(got);
+        } else {
+          PyErr_Clear();
+        }
+      }
+      out[i] = v;
+    }
+    return std::move(out);
   }
 
   static bool Matches(const py::object& spec, py::handle exc, bool if_none) {
@@ -452,6 +722,9 @@ class Engine {
     d["slow_executions"] = s.slow;
     d["cache_hits"] = s.cache_hits;
     d["rejected"] = s.rejected;
+    d["cache_misses"] = s.cache_misses;
+    d["uncacheable"] = s.uncacheable;
+    d["shared_flights"] = s.shared_flights;
     d["in_flight"] = s.in_flight;
     const auto& h = s.latency;
     d["avg_time_ms"] = h.MeanNs() / 1e6;
@@ -680,6 +953,11 @@ void RegisterExecutor(py::module_& m) {
       .def("transitions", &Engine::transitions)
       .def("error_stats", &Engine::error_stats, py::arg("max_patterns") = 20)
       .def("reset_resilience", &Engine::reset_resilience)
+      .def("_leave_flight", &Engine::leave_flight)
+      .def("invalidate_tag", &Engine::invalidate_tag)
+      .def("invalidate_prefix", &Engine::invalidate_prefix)
+      .def("clear_cache", &Engine::clear_cache)
+      .def("cache_stats", &Engine::cache_stats)
       .def("_call", &Engine::call)
       .def("_timeout_s", &Engine::timeout_s)
       .def("_succeed",

@@ -45,14 +45,7 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
             "step_analysis": engine.step_table(),
             "steps": steps,
         },
-        "cache": {
-            "enabled": cfg.enable_cache_optimization,
-            "status": "pass-through: result caching is not implemented yet",
-            "hits": 0,
-            "misses": 0,
-            "hit_rate": 0.0,
-            "size": 0,
-        },
+        "cache": {"enabled": cfg.enable_cache_optimization, **engine.cache_stats()},
         "concurrency": {
             "max_concurrent_executions": cfg.max_concurrent_executions,
             "status": "pass-through: concurrency limits are not implemented yet",

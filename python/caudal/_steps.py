@@ -39,6 +39,10 @@ class Step:
       None follows ``OptimizationConfig.enable_cache_optimization``.
     - ``cache_ttl_s``: per-step override of ``cache_ttl_seconds``.
     - ``tags``: cache tags for invalidation.
+    - ``cache_context``: names of context fields the step's output depends
+      on; their values join the input in the cache key.
+    - ``single_flight``: concurrent executions with the same key share one
+      run (the default); False runs each.
     - ``breaker``: the circuit breaker this step reports to: None (its own,
       named after the step), a string shared by every step that hits the
       same backend, or False (no breaker).
@@ -53,12 +57,14 @@ class Step:
         "breaker",
         "breaker_exclude",
         "cache",
+        "cache_context",
         "cache_ttl_s",
         "fallback",
         "fn",
         "max_retries",
         "name",
         "retry",
+        "single_flight",
         "tags",
         "timeout_s",
         "__weakref__",
@@ -78,6 +84,8 @@ class Step:
         retry: Any = None,
         breaker: str | bool | None = None,
         breaker_exclude: Any = None,
+        cache_context: Iterable[str] = (),
+        single_flight: bool = True,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"Step: fn must be callable, got {type(fn).__name__}")
@@ -104,6 +112,13 @@ class Step:
         if isinstance(breaker, str) and not breaker:
             raise ValueError(f"Step {name!r}: breaker name must not be empty")
         breaker_exclude = _normalise_spec(breaker_exclude, f"Step {name!r}: breaker_exclude")
+        if isinstance(cache_context, str):
+            cache_context = (cache_context,)
+        cache_context = tuple(cache_context)
+        if not all(isinstance(f, str) for f in cache_context):
+            raise TypeError(f"Step {name!r}: cache_context must be field names (str)")
+        if not isinstance(single_flight, bool):
+            raise TypeError(f"Step {name!r}: single_flight must be a bool")
         if timeout_s is not None and (
             isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
         ):
@@ -140,6 +155,8 @@ class Step:
         setter(self, "retry", retry)
         setter(self, "breaker", breaker)
         setter(self, "breaker_exclude", breaker_exclude)
+        setter(self, "cache_context", cache_context)
+        setter(self, "single_flight", single_flight)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(
@@ -189,6 +206,8 @@ def step(
     retry: Any = None,
     breaker: str | bool | None = None,
     breaker_exclude: Any = None,
+    cache_context: Iterable[str] = (),
+    single_flight: bool = True,
 ) -> Any:
     """Decorator form of :class:`Step`: ``@caudal.step`` or ``@caudal.step(max_retries=2)``."""
 
@@ -286,13 +305,14 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         (),
         None,
     )
-    breaker, breaker_exclude = None, None
+    breaker, breaker_exclude, cache_context, single_flight = None, None, (), True
     if isinstance(obj, Step):
         target = obj.fn
         name = obj.name
         max_retries, retry, timeout_s = obj.max_retries, obj.retry, obj.timeout_s
         cache, cache_ttl_s, tags, fallback = obj.cache, obj.cache_ttl_s, obj.tags, obj.fallback
         breaker, breaker_exclude = obj.breaker, obj.breaker_exclude
+        cache_context, single_flight = obj.cache_context, obj.single_flight
     elif hasattr(obj, "agent") and hasattr(obj, "config") and hasattr(getattr(obj, "agent"), "run"):
         # flujo Step: the work is agent.run(data, context=..., resources=...).
         target = obj.agent
@@ -349,6 +369,8 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         "fn": fn,
         "breaker": breaker,
         "breaker_exclude": breaker_exclude,
+        "cache_context": tuple(cache_context) if cache_context else None,
+        "single_flight": single_flight,
     }
 
 

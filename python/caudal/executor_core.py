@@ -95,10 +95,19 @@ class ExecutorCore:
                 self._engine._cancel(rec)
                 raise
             return self._succeed(rec, out)
-        return await self._run(rec, aw, mode, data, context, resources)
+        if mode == 5:  # finished without running: a cache hit, an open breaker
+            return aw
+        return await self._run(rec, aw, mode, data, context, resources, step)
 
     async def _run(
-        self, rec: int, aw: Any, mode: int, data: Any, context: Any, resources: Any
+        self,
+        rec: Any,
+        aw: Any,
+        mode: int,
+        data: Any,
+        context: Any,
+        resources: Any,
+        step: Any = None,
     ) -> StepResult:
         """The general path: timeouts, sync steps, retries, fallback.
 
@@ -106,8 +115,12 @@ class ExecutorCore:
         raised (aw is the exception), 4 the awaited attempt raised (aw is the
         exception; the fast path hands over here), 5 finished without running
         (aw is the StepResult: breaker open, ...), 6 the breaker is open and
-        the step has a fallback (aw is (fallback, CircuitOpenError)).
+        the step has a fallback (aw is (fallback, CircuitOpenError)), 7 a
+        concurrent execution with the same cache key is running: wait for its
+        result (aw is a future; rec is the key).
         """
+        if mode == 7:
+            return await self._follow(rec, aw, step, data, context, resources)
         engine = self._engine
         live = True
         try:
@@ -160,6 +173,19 @@ class ExecutorCore:
             if live:
                 engine._cancel(rec)
             raise
+
+    async def _follow(
+        self, key: bytes, fut: Any, step: Any, data: Any, context: Any, resources: Any
+    ) -> StepResult:
+        """Single flight: share the leader's result instead of running again."""
+        try:
+            result = await fut
+        except BaseException:
+            self._engine._leave_flight(key, fut)
+            raise
+        if result is None:  # the leader was cancelled: run it ourselves
+            return await self.execute(step, data, context, resources)
+        return result
 
     @staticmethod
     async def _with_timeout(rec: int, aw: Any, timeout_s: float) -> tuple[Any, bool]:
@@ -242,7 +268,16 @@ class ExecutorCore:
         self._engine.apply_config(cfg)
 
     async def clear_cache(self) -> None:
-        """Drop every cached result (a no-op until result caching is enabled)."""
+        """Drop every cached result."""
+        self._engine.clear_cache()
+
+    async def invalidate_by_tag(self, tag: str) -> int:
+        """Drop the cached results of every step carrying ``tag``; returns how many."""
+        return self._engine.invalidate_tag(tag)
+
+    async def invalidate_prefix(self, step_name: str) -> int:
+        """Drop every cached result of the step named ``step_name``."""
+        return self._engine.invalidate_prefix(step_name)
 
     # ---------------------------------------------------------------- stats
     def get_optimization_stats(self) -> dict[str, dict[str, Any]]:

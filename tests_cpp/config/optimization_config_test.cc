@@ -117,7 +117,7 @@ TEST(OptimizationConfigTest, FromJsonRejectsInvalidValues) {
 
 TEST(OptimizationConfigTest, FieldTableDescribesEveryField) {
   const auto& fields = ConfigFields();
-  ASSERT_EQ(fields.size(), 35u);
+  ASSERT_EQ(fields.size(), 37u);
   EXPECT_STREQ(fields[0].name, "enable_object_pool");
   EXPECT_STREQ(fields[0].default_repr, "True");
   EXPECT_EQ(fields[0].kind, FieldKind::kBool);

@@ -342,3 +342,116 @@ TEST(ExecutorResilienceTest, ErrorsThatNeverRecoverFailFast) {
 
 }  // namespace
 }  // namespace caudal
+
+namespace caudal {
+namespace {
+
+CachedValue Value(int v, int* live) {
+  ++*live;
+  return CachedValue(new int(v), [live](const void* p) {
+    --*live;
+    delete static_cast<const int*>(p);
+  });
+}
+
+TEST(ExecutorCacheTest, StepSwitchOverridesConfig) {
+  OptimizationConfig c;
+  StepEntry e;
+  EXPECT_FALSE(Executor::CacheEnabled(e, c));
+  e.spec.cache = StepSwitch::kOn;
+  EXPECT_TRUE(Executor::CacheEnabled(e, c));
+  c.enable_cache_optimization = true;
+  e.spec.cache = StepSwitch::kOff;
+  EXPECT_FALSE(Executor::CacheEnabled(e, c));
+}
+
+TEST(ExecutorCacheTest, StoreLookupTtlAndInvalidation) {
+  OptimizationConfig c;
+  c.enable_cache_optimization = true;
+  c.cache_ttl_seconds = 10;
+  int live = 0;
+  {
+    Executor ex(c);
+    auto entry = MakeEntry(ex, "s");
+    entry->spec.tags = {"t1"};
+    entry->spec.cache_group = 77;
+    const Key128 k{1, 2};
+    std::vector<CachedValue> dropped;
+    EXPECT_FALSE(ex.CacheLookup(*entry, k, 0, &dropped).has_value());
+    ExecutionRecord* r = ex.Begin(entry, 0);
+    r->cache_lead = true;
+    r->cache_key = k;
+    ex.CacheStore(*r, Value(42, &live), 8, 0, &dropped);
+    ex.Succeed(r, 1);
+    auto hit = ex.CacheLookup(*entry, k, 5'000'000'000, &dropped);
+    ASSERT_TRUE(hit.has_value());
+    EXPECT_EQ(*static_cast<const int*>(hit->get()), 42);
+    hit.reset();
+    // Expired after the TTL: removed into `dropped`, not destroyed inside.
+    EXPECT_FALSE(
+        ex.CacheLookup(*entry, k, 10'000'000'001, &dropped).has_value());
+    EXPECT_EQ(live, 1);
+    dropped.clear();
+    EXPECT_EQ(live, 0);
+    // Tags and groups.
+    r = ex.Begin(entry, 0);
+    r->cache_lead = true;
+    r->cache_key = k;
+    ex.CacheStore(*r, Value(1, &live), 8, 0, &dropped);
+    ex.Succeed(r, 1);
+    EXPECT_EQ(ex.InvalidateTag("t1", &dropped), 1u);
+    r = ex.Begin(entry, 0);
+    r->cache_lead = true;
+    r->cache_key = k;
+    ex.CacheStore(*r, Value(2, &live), 8, 0, &dropped);
+    ex.Succeed(r, 1);
+    EXPECT_EQ(ex.InvalidateGroup(78, &dropped), 0u);
+    EXPECT_EQ(ex.InvalidateGroup(77, &dropped), 1u);
+    dropped.clear();
+    const auto s = entry->stats->Take();
+    EXPECT_EQ(s.cache_hits, 1u);
+    EXPECT_EQ(s.cache_misses, 2u);
+    ex.RecordUncacheable(*entry, "generator");
+    ex.RecordUncacheable(*entry, "generator");
+    EXPECT_EQ(ex.UncacheableReasons()[0].second, 2u);
+    // Resizing through the config evicts at once.
+    r = ex.Begin(entry, 0);
+    for (uint64_t i = 0; i < 5; ++i) {
+      r->cache_lead = true;
+      r->cache_key = Key128{i, i};
+      ex.CacheStore(*r, Value(static_cast<int>(i), &live), 8, 0, &dropped);
+    }
+    ex.Succeed(r, 1);
+    c.cache_max_size = 2;
+    ASSERT_TRUE(ex.ApplyConfig(c).ok());
+    EXPECT_EQ(ex.CacheStats().entries, 2u);
+  }
+  EXPECT_EQ(live, 0);  // the executor's cache released everything
+}
+
+TEST(ExecutorCacheTest, SingleFlightLeaderAndFollowers) {
+  Executor ex(OptimizationConfig{});
+  const Key128 k{5, 6};
+  int made = 0;
+  auto make = [&made] {
+    ++made;
+    return FlightWaiter(new int(made),
+                        [](void* p) { delete static_cast<int*>(p); });
+  };
+  EXPECT_TRUE(ex.JoinFlight(k, make));  // leader: no waiter made
+  EXPECT_EQ(made, 0);
+  EXPECT_FALSE(ex.JoinFlight(k, make));
+  EXPECT_FALSE(ex.JoinFlight(k, make));
+  EXPECT_EQ(made, 2);
+  const auto followers = ex.EndFlight(k);
+  ASSERT_EQ(followers.size(), 2u);
+  EXPECT_EQ(*static_cast<int*>(followers[0].get()), 1);
+  EXPECT_TRUE(ex.JoinFlight(k, make));  // a new flight
+  FlightWaiter w = make();
+  EXPECT_FALSE(ex.JoinFlight(k, [&w] { return w; }));
+  EXPECT_TRUE(ex.LeaveFlight(k, w));
+  EXPECT_TRUE(ex.EndFlight(k).empty());
+}
+
+}  // namespace
+}  // namespace caudal

@@ -38,6 +38,7 @@ Rule RuleFor(absl::string_view name) {
       {"error_pattern_min_observations", Rule::kPositive},
       {"cache_ttl_seconds", Rule::kPositive},
       {"cache_max_size", Rule::kPositive},
+      {"cache_max_bytes", Rule::kNonNegative},
       {"slow_execution_threshold_ms", Rule::kPositive},
       {"memory_pressure_threshold_mb", Rule::kPositive},
       {"cpu_usage_threshold_percent", Rule::kPercent},

@@ -83,6 +83,10 @@ namespace caudal {
     "Compress large cache entries stored in the shared (Redis) tier")          \
   X(FLOAT, cache_ttl_seconds, 7200.0, "Cache entry time-to-live")              \
   X(INT, cache_max_size, 500, "Maximum cache entries in the in-process tier")  \
+  X(INT, cache_max_bytes, 0,                                                   \
+    "Byte budget of the in-process tier (estimated sizes); 0 = none")          \
+  X(BOOL, cache_copy_outputs, false,                                           \
+    "Store and return deep copies (False: hits share the stored object)")      \
   /* thresholds */                                                             \
   X(FLOAT, slow_execution_threshold_ms, 1000.0,                                \
     "Executions slower than this are counted (and always traced) as slow")     \

@@ -15,7 +15,10 @@ int64_t MonotonicNowNs() {
 Executor::Executor(OptimizationConfig config, uint64_t random_seed)
     : config_(std::make_shared<const OptimizationConfig>(std::move(config))),
       errors_(static_cast<size_t>(config_->error_cache_size)),
-      random_(random_seed) {
+      random_(random_seed),
+      cache_(ResultCacheOptions{static_cast<size_t>(config_->cache_max_size),
+                                static_cast<size_t>(config_->cache_max_bytes),
+                                16}) {
   MutexLock lock(&breakers_mu_);
   registries_.push_back(std::make_unique<BreakerRegistry>());
   registry_.store(registries_.back().get(), std::memory_order_release);
@@ -71,6 +74,15 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config) {
     }
     config_.swap(next);
   }
+  std::vector<CachedValue> dropped;  // destroyed after the locks are gone
+  const auto cs = cache_.GetStats();
+  if (cs.max_entries != static_cast<size_t>(config.cache_max_size) ||
+      cs.max_bytes != static_cast<size_t>(config.cache_max_bytes)) {
+    cache_
+        .Resize(static_cast<size_t>(config.cache_max_size),
+                static_cast<size_t>(config.cache_max_bytes), &dropped)
+        .IgnoreError();
+  }
   generation_.fetch_add(1, std::memory_order_acq_rel);
   return absl::OkStatus();  // `next` (the old config) dies outside the lock
 }
@@ -119,11 +131,12 @@ bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
   return true;
 }
 
-ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
-                                 int64_t now_ns) {
+ExecutionRecord* Executor::Begin(
+    std::shared_ptr<StepEntry> step, int64_t now_ns,
+    std::shared_ptr<const OptimizationConfig> cfg) {
   auto* r = new ExecutionRecord();
   r->step = std::move(step);
-  r->config = config();
+  r->config = cfg ? std::move(cfg) : config();
   r->start_ns = now_ns;
   r->attempt_start_ns = now_ns;
   StepStats* s = r->step->stats;
@@ -253,6 +266,75 @@ std::vector<BreakerRegistry::NamedSnapshot> Executor::BreakerSnapshots() const {
 std::vector<BreakerTransitionRecord> Executor::RecentTransitions() const {
   MutexLock lock(&transitions_mu_);
   return {transitions_.begin(), transitions_.end()};
+}
+
+bool Executor::CacheEnabled(const StepEntry& step,
+                            const OptimizationConfig& config) {
+  switch (step.spec.cache) {
+    case StepSwitch::kOn:
+      return true;
+    case StepSwitch::kOff:
+      return false;
+    case StepSwitch::kDefault:
+      break;
+  }
+  return config.enable_cache_optimization;
+}
+
+absl::optional<CachedValue> Executor::CacheLookup(
+    StepEntry& step, const Key128& key, int64_t now_ns,
+    std::vector<CachedValue>* dropped) {
+  absl::optional<CachedValue> v = cache_.Get(key, now_ns, dropped);
+  (v ? step.stats->cache_hits : step.stats->cache_misses)
+      .fetch_add(1, std::memory_order_relaxed);
+  return v;
+}
+
+void Executor::RecordCacheHit(StepEntry& step, int64_t latency_ns) {
+  StepStats* s = step.stats;
+  s->executions.fetch_add(1, std::memory_order_relaxed);
+  s->successes.fetch_add(1, std::memory_order_relaxed);
+  s->latency.Record(latency_ns);
+}
+
+void Executor::RecordUncacheable(StepEntry& step, absl::string_view reason) {
+  step.stats->uncacheable.fetch_add(1, std::memory_order_relaxed);
+  MutexLock lock(&uncacheable_mu_);
+  ++uncacheable_[reason];
+}
+
+std::vector<std::pair<std::string, uint64_t>> Executor::UncacheableReasons()
+    const {
+  MutexLock lock(&uncacheable_mu_);
+  return {uncacheable_.begin(), uncacheable_.end()};
+}
+
+void Executor::CacheStore(const ExecutionRecord& r, CachedValue value,
+                          size_t bytes, int64_t now_ns,
+                          std::vector<CachedValue>* dropped) {
+  const StepSpec& spec = r.step->spec;
+  const double ttl_s =
+      spec.cache_ttl_s > 0 ? spec.cache_ttl_s : r.config->cache_ttl_seconds;
+  const double ttl_ns = ttl_s * 1e9;
+  const int64_t expires = ttl_ns >= static_cast<double>(kNeverExpires - now_ns)
+                              ? kNeverExpires
+                              : now_ns + static_cast<int64_t>(ttl_ns);
+  cache_.Put(r.cache_key, std::move(value), bytes, expires, spec.cache_group,
+             spec.tags, dropped);
+}
+
+size_t Executor::InvalidateTag(absl::string_view tag,
+                               std::vector<CachedValue>* dropped) {
+  return cache_.InvalidateTag(tag, dropped);
+}
+
+size_t Executor::InvalidateGroup(uint64_t group,
+                                 std::vector<CachedValue>* dropped) {
+  return cache_.InvalidateGroup(group, dropped);
+}
+
+void Executor::ClearCache(std::vector<CachedValue>* dropped) {
+  cache_.Clear(dropped);
 }
 
 void Executor::ResetResilience(int64_t now_ns) {

@@ -28,12 +28,16 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
+#include "caudal/cache/result_cache.h"
+#include "caudal/cache/single_flight.h"
 #include "caudal/config/optimization_config.h"
 #include "caudal/executor/step_spec.h"
+#include "caudal/hash/key128.h"
 #include "caudal/monitor/execution_stats.h"
 #include "caudal/resilience/circuit_breaker.h"
 #include "caudal/resilience/error_patterns.h"
@@ -58,7 +62,18 @@ struct ExecutionRecord {
   int64_t retry_after_ns = 0;  // when rejected: time until half-open
   // Error pattern of the previous failed attempt that was retried (0: none).
   uint64_t retried_pattern = 0;
+  // Result cache: this execution leads the flight for cache_key and stores
+  // its output under it on success.
+  bool cache_lead = false;
+  bool cache_flight = false;  // leads a single flight (followers to wake)
+  Key128 cache_key{};
 };
+
+// A cached output, opaque to the core: the bindings store a Python object
+// with a deleter that takes the GIL. Copying is a refcount increment.
+using CachedValue = std::shared_ptr<const void>;
+// A follower waiting for a flight's leader (the bindings: an asyncio future).
+using FlightWaiter = std::shared_ptr<void>;
 
 struct ExecutionOutcome {
   int64_t latency_ns = 0;
@@ -116,8 +131,49 @@ class Executor {
 
   // Starts an execution and its first attempt. When the step's breaker is
   // open the record comes back with attempt == 0 and retry_after_ns set:
-  // the step must not be called; end it with Reject().
-  ExecutionRecord* Begin(std::shared_ptr<StepEntry> step, int64_t now_ns);
+  // the step must not be called; end it with Reject(). `config` is the
+  // config the execution runs under (default: the current one).
+  ExecutionRecord* Begin(
+      std::shared_ptr<StepEntry> step, int64_t now_ns,
+      std::shared_ptr<const OptimizationConfig> config = nullptr);
+
+  // ---- result cache (L1) ----
+  // Whether results of this step are cached under `config`.
+  static bool CacheEnabled(const StepEntry& step,
+                           const OptimizationConfig& config);
+  // The cached output for `key`, counting the step's hit or miss. Removed
+  // (expired) values go to `dropped`, to be destroyed by the caller.
+  absl::optional<CachedValue> CacheLookup(StepEntry& step, const Key128& key,
+                                          int64_t now_ns,
+                                          std::vector<CachedValue>* dropped);
+  // A hit ends an execution without a record: counts it, records latency.
+  void RecordCacheHit(StepEntry& step, int64_t latency_ns);
+  // The step's input had no stable key: counted with its reason.
+  void RecordUncacheable(StepEntry& step, absl::string_view reason);
+  // Stores a successful execution's output under the record's key (call
+  // before Succeed()). TTL: the step's cache_ttl_s, else cache_ttl_seconds.
+  void CacheStore(const ExecutionRecord& r, CachedValue value, size_t bytes,
+                  int64_t now_ns, std::vector<CachedValue>* dropped);
+  size_t InvalidateTag(absl::string_view tag,
+                       std::vector<CachedValue>* dropped);
+  size_t InvalidateGroup(uint64_t group, std::vector<CachedValue>* dropped);
+  void ClearCache(std::vector<CachedValue>* dropped);
+  ResultCacheStats CacheStats() const { return cache_.GetStats(); }
+  std::vector<std::pair<std::string, uint64_t>> UncacheableReasons() const;
+
+  // ---- single flight: one execution per key among concurrent misses ----
+  // True: the caller leads the flight for `key` (it executes; no waiter is
+  // kept). False: `make_waiter()`'s waiter was queued behind the leader.
+  template <typename MakeWaiter>
+  bool JoinFlight(const Key128& key, MakeWaiter make_waiter);
+  // Ends the flight; returns the followers to wake, in arrival order.
+  std::vector<FlightWaiter> EndFlight(const Key128& key) {
+    return flights_.Finish(key);
+  }
+  // A cancelled follower leaves; false if it was not queued (already woken).
+  bool LeaveFlight(const Key128& key, const FlightWaiter& w) {
+    return flights_.Leave(key, w);
+  }
 
   // The attempt failed. On kRetry, wait delay_s and call StartAttempt();
   // otherwise end the execution with Fail().
@@ -187,7 +243,22 @@ class Executor {
   ErrorPatternTable errors_;
   RetryRandom random_;
   std::atomic<uint64_t> fail_fast_{0};
+
+  ResultCache<CachedValue> cache_;
+  SingleFlight<FlightWaiter> flights_;
+  mutable Mutex uncacheable_mu_;
+  absl::flat_hash_map<std::string, uint64_t> uncacheable_
+      ABSL_GUARDED_BY(uncacheable_mu_);
 };
+
+template <typename MakeWaiter>
+bool Executor::JoinFlight(const Key128& key, MakeWaiter make_waiter) {
+  if (!flights_.InFlight(key)) {
+    if (flights_.JoinOrLead(key, nullptr)) return true;
+    flights_.Leave(key, nullptr);  // lost a race: follow with a real waiter
+  }
+  return flights_.JoinOrLead(key, make_waiter());
+}
 
 }  // namespace caudal
 

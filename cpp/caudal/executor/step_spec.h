@@ -58,6 +58,11 @@ struct StepSpec {
   double cache_ttl_s = -1.0;  // < 0: the config's cache_ttl_seconds
   std::vector<std::string> tags;
   bool has_fallback = false;
+  // Result cache: the group (for invalidate_prefix) is a stable hash of the
+  // step's name; concurrent identical misses share one execution unless
+  // single_flight is off.
+  uint64_t cache_group = 0;
+  bool single_flight = true;
   // Circuit breaker: shared by every step naming the same key; empty = the
   // step's name. use_breaker = false opts the step out.
   std::string breaker_key;

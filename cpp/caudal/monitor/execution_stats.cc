@@ -23,6 +23,9 @@ StepStats::Snapshot StepStats::Take() const {
   s.slow = Load(slow);
   s.cache_hits = Load(cache_hits);
   s.rejected = Load(rejected);
+  s.cache_misses = Load(cache_misses);
+  s.uncacheable = Load(uncacheable);
+  s.shared_flights = Load(shared_flights);
   s.in_flight = in_flight.load(std::memory_order_relaxed);
   s.latency = latency.Take();
   return s;
@@ -51,6 +54,9 @@ void StepStats::Snapshot::Merge(const Snapshot& o) {
   slow += o.slow;
   cache_hits += o.cache_hits;
   rejected += o.rejected;
+  cache_misses += o.cache_misses;
+  uncacheable += o.uncacheable;
+  shared_flights += o.shared_flights;
   in_flight += o.in_flight;
   latency.Merge(o.latency);
 }

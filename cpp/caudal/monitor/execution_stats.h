@@ -43,13 +43,17 @@ struct StepStats {
   std::atomic<uint64_t> cancelled{0};
   std::atomic<uint64_t> slow{0};  // over slow_execution_threshold_ms
   std::atomic<uint64_t> cache_hits{0};
+  std::atomic<uint64_t> cache_misses{0};
+  std::atomic<uint64_t> uncacheable{0};     // input had no stable key
+  std::atomic<uint64_t> shared_flights{0};  // got a concurrent leader's result
   std::atomic<uint64_t> rejected{0};  // refused by an open circuit breaker
   std::atomic<int64_t> in_flight{0};
 
   struct Snapshot {
     std::string name;
     uint64_t executions, successes, failures, attempts, retries, errors,
-        recovered, timeouts, fallbacks, cancelled, slow, cache_hits, rejected;
+        recovered, timeouts, fallbacks, cancelled, slow, cache_hits, rejected,
+        cache_misses, uncacheable, shared_flights;
     int64_t in_flight;
     LatencyHistogram::Snapshot latency;
     void Merge(const Snapshot& other);

@@ -1,0 +1,327 @@
+"""The in-process result cache (L1) and single flight through ExecutorCore."""
+
+import asyncio
+import dataclasses
+import enum
+import threading
+
+import pydantic
+import pytest
+
+from caudal import ExecutorCore, OptimizationConfig, Step, _core
+
+
+def cached_executor(**kw):
+    return ExecutorCore(OptimizationConfig(enable_cache_optimization=True, **kw))
+
+
+class Counted:
+    def __init__(self, fn=None):
+        self.calls = 0
+        self.fn = fn or (lambda x: x)
+
+    async def __call__(self, x):
+        self.calls += 1
+        return self.fn(x)
+
+
+async def test_hit_returns_the_output_without_calling_the_step():
+    ex = cached_executor()
+    fn = Counted(lambda x: {"echo": x})
+    step = Step(fn, "echo")
+    first = await ex.execute(step, {"q": 1})
+    second = await ex.execute(step, {"q": 1})
+    assert fn.calls == 1
+    assert first.cache_hit is False and second.cache_hit is True
+    assert second.output == {"echo": {"q": 1}} and second.success and second.attempts == 0
+    stats = ex.get_optimization_stats()["cache"]
+    assert stats["hits"] == 1 and stats["misses"] == 1 and stats["hit_rate"] == 0.5
+    assert ex.get_optimization_stats()["execution"]["steps"]["echo"]["cache_hits"] == 1
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        (1, 1.0, False),
+        (1, True, False),
+        (0.0, -0.0, True),
+        (float("nan"), float("nan"), True),
+        ([1, 2], (1, 2), False),
+        ("12", 12, False),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}, True),
+        ({1, 2, 3}, {3, 2, 1}, True),
+        ({1, 2}, frozenset({1, 2}), False),
+        (b"x", "x", False),
+        (2**100, 2**100, True),
+        ([[1], [2]], [[1, 2]], False),
+    ],
+)
+def test_key_equality_rules(a, b, same):
+    assert (_core.cache_key(a, "s") == _core.cache_key(b, "s")) is same
+
+
+def test_step_name_is_part_of_the_key():
+    assert _core.cache_key(1, "a") != _core.cache_key(1, "b")
+
+
+class Color(enum.Enum):
+    RED = 1
+    BLUE = 2
+
+
+@dataclasses.dataclass
+class Query:
+    text: str
+    k: int
+
+
+class Model(pydantic.BaseModel):
+    text: str
+    k: int
+
+
+class Hooked:
+    def __init__(self, ident):
+        self.ident = ident
+        self.noise = object()
+
+    def __caudal_key__(self):
+        return ("hooked", self.ident)
+
+
+def test_structured_values_are_keyed():
+    assert _core.cache_key(Color.RED) != _core.cache_key(Color.BLUE)
+    assert _core.cache_key(Query("a", 1)) == _core.cache_key(Query("a", 1))
+    assert _core.cache_key(Query("a", 1)) != _core.cache_key(Query("a", 2))
+    assert _core.cache_key(Model(text="a", k=1)) == _core.cache_key(Model(text="a", k=1))
+    assert _core.cache_key(Model(text="a", k=1)) != _core.cache_key(Query("a", 1))
+    assert _core.cache_key(Hooked(3)) == _core.cache_key(Hooked(3))
+    for bad in (object(), (x for x in []), [object()]):
+        with pytest.raises(TypeError, match="no stable key"):
+            _core.cache_key(bad)
+    deep = []
+    for _ in range(100):
+        deep = [deep]
+    with pytest.raises(TypeError, match="nested too deeply"):
+        _core.cache_key(deep)
+
+
+async def test_unkeyable_input_runs_uncached_and_is_counted():
+    ex = cached_executor()
+    fn = Counted(lambda x: 1)
+    step = Step(fn, "u")
+    obj = object()
+    await ex.execute(step, obj)
+    await ex.execute(step, obj)
+    assert fn.calls == 2
+    cache = ex.get_optimization_stats()["cache"]
+    assert cache["uncacheable"] == 2
+    (reason,) = cache["uncacheable_reasons"]
+    assert "no stable key" in reason
+
+
+async def test_failures_are_not_cached():
+    ex = cached_executor()
+    state = {"n": 0}
+
+    async def fails_once(x):
+        state["n"] += 1
+        if state["n"] == 1:
+            raise ValueError("first")
+        return x
+
+    step = Step(fails_once, "f")
+    assert not (await ex.execute(step, 1)).success
+    assert (await ex.execute(step, 1)).success
+    assert (await ex.execute(step, 1)).cache_hit
+
+
+async def test_per_step_switch_and_ttl_override():
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=False))
+    fn = Counted()
+    on = Step(fn, "on", cache=True, cache_ttl_s=0.05)
+    await ex.execute(on, 1)
+    assert (await ex.execute(on, 1)).cache_hit
+    await asyncio.sleep(0.06)
+    assert not (await ex.execute(on, 1)).cache_hit  # expired after its own TTL
+    assert ex.get_optimization_stats()["cache"]["expirations"] == 1
+    off = Step(Counted(), "off", cache=False)
+    ex2 = cached_executor()
+    await ex2.execute(off, 1)
+    assert not (await ex2.execute(off, 1)).cache_hit
+
+
+async def test_tags_prefix_and_clear():
+    ex = cached_executor()
+    a = Step(Counted(), "a", tags=("users",))
+    b = Step(Counted(), "b", tags=("orders",))
+    for step in (a, b):
+        for x in range(3):
+            await ex.execute(step, x)
+    assert await ex.invalidate_by_tag("users") == 3
+    assert not (await ex.execute(a, 0)).cache_hit
+    assert (await ex.execute(b, 0)).cache_hit
+    assert await ex.invalidate_prefix("b") == 3
+    assert not (await ex.execute(b, 0)).cache_hit
+    await ex.clear_cache()
+    assert ex.get_optimization_stats()["cache"]["size"] == 0
+
+
+async def test_entry_and_byte_bounds():
+    ex = cached_executor(cache_max_size=2)
+    step = Step(Counted(), "s")
+    for x in range(5):
+        await ex.execute(step, x)
+    stats = ex.get_optimization_stats()["cache"]
+    assert stats["size"] == 2 and stats["evictions"] == 3
+    assert (await ex.execute(step, 4)).cache_hit  # the most recent stay
+    big = cached_executor(cache_max_bytes=2_000_000)
+    blob = Step(Counted(lambda n: "x" * n), "blob")
+    for n in range(10):
+        await big.execute(blob, 300_000 + n)
+    stats = big.get_optimization_stats()["cache"]
+    assert stats["bytes"] <= 2_000_000 and stats["size"] < 10
+
+
+async def test_mutable_outputs_shared_by_default_copied_on_request():
+    step = Step(Counted(lambda x: {"items": [x]}), "m")
+    shared = cached_executor()
+    r1 = await shared.execute(step, 1)
+    r2 = await shared.execute(step, 1)
+    assert r2.output is r1.output  # the same object: do not mutate cached outputs
+    copied = cached_executor(cache_copy_outputs=True)
+    r1 = await copied.execute(step, 1)
+    r1.output["items"].append("mutated by the caller")
+    r2 = await copied.execute(step, 1)
+    assert r2.output == {"items": [1]} and r2.output is not r1.output
+
+
+async def test_context_fields_join_the_key():
+    ex = cached_executor()
+    fn = Counted()
+    step = Step(fn, "ctx", cache_context=("lang",))
+    await ex.execute(step, 1, context={"lang": "en", "other": 1})
+    assert (await ex.execute(step, 1, context={"lang": "en", "other": 2})).cache_hit
+    assert not (await ex.execute(step, 1, context={"lang": "fr"})).cache_hit
+    assert fn.calls == 2
+
+
+async def test_single_flight_runs_concurrent_identical_misses_once():
+    ex = cached_executor()
+    release = asyncio.Event()
+    calls = []
+
+    async def slow(x):
+        calls.append(x)
+        await release.wait()
+        return x * 10
+
+    step = Step(slow, "slow")
+    tasks = [asyncio.create_task(ex.execute(step, 7)) for _ in range(50)]
+    await asyncio.sleep(0.01)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert calls == [7]
+    assert all(r.success and r.output == 70 for r in results)
+    assert sum(r.metadata.get("single_flight", False) for r in results) == 49
+    assert ex.get_optimization_stats()["execution"]["steps"]["slow"]["shared_flights"] == 49
+
+
+async def test_single_flight_shares_failures_and_can_be_turned_off():
+    ex = cached_executor()
+    release = asyncio.Event()
+    calls = []
+
+    async def broken(x):
+        calls.append(x)
+        await release.wait()
+        raise RuntimeError("down")
+
+    tasks = [asyncio.create_task(ex.execute(Step(broken, "b"), 1)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert len(calls) == 1 and all(isinstance(r.error, RuntimeError) for r in results)
+    calls.clear()
+    release.clear()
+    tasks = [
+        asyncio.create_task(ex.execute(Step(broken, "b2", single_flight=False), 1))
+        for _ in range(3)
+    ]
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert len(calls) == 3
+
+
+async def test_followers_run_themselves_when_the_leader_is_cancelled():
+    ex = cached_executor()
+    started = asyncio.Event()
+    calls = []
+
+    async def slow(x):
+        calls.append(x)
+        started.set()
+        await asyncio.sleep(0.05 if len(calls) > 1 else 3600)
+        return x
+
+    step = Step(slow, "s")
+    leader = asyncio.create_task(ex.execute(step, 1))
+    await started.wait()
+    follower = asyncio.create_task(ex.execute(step, 1))
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    r = await follower
+    assert r.success and r.output == 1 and len(calls) == 2
+
+
+async def test_cancelled_follower_leaves_the_flight():
+    ex = cached_executor()
+    release = asyncio.Event()
+
+    async def slow(x):
+        await release.wait()
+        return x
+
+    step = Step(slow, "s")
+    leader = asyncio.create_task(ex.execute(step, 1))
+    await asyncio.sleep(0.01)
+    follower = asyncio.create_task(ex.execute(step, 1))
+    await asyncio.sleep(0.01)
+    follower.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    release.set()
+    assert (await leader).success
+
+
+def test_single_flight_across_event_loops_in_threads():
+    ex = cached_executor()
+    gate = threading.Event()
+    calls = []
+
+    def blocking(x):  # a sync step: runs in a worker thread
+        calls.append(x)
+        gate.wait(5)
+        return x + 1
+
+    step = Step(blocking, "t")
+    results = []
+
+    def worker():
+        results.append(asyncio.run(ex.execute(step, 41)))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    while not calls:
+        pass
+    import time
+
+    time.sleep(0.05)
+    gate.set()
+    for t in threads:
+        t.join()
+    assert [r.output for r in results] == [42, 42, 42] and calls == [41]
