@@ -16,9 +16,10 @@
 //
 // Design.
 //  * Keys are Key128 (see hash/key128.h); the shard is chosen by key.hi.
-//    Each shard has its own absl::Mutex, hash index Key128 -> slot, slot
-//    array with a free list, doubly linked LRU list through slot indices,
-//    tag index (tag -> slots) and per-group intrusive lists (group -> head).
+//    Each shard has its own Mutex (caudal/base/mutex.h: absl::Mutex made
+//    visible to TSan), hash index Key128 -> slot, slot array with a free
+//    list, doubly linked LRU list through slot indices, tag index (tag ->
+//    slots) and per-group intrusive lists (group -> head).
 //  * Bounds are per shard: shard i gets max_entries / S entries (the
 //    remainder spread over the first shards), likewise for max_bytes. So the
 //    totals never exceed the bounds, and LRU order is exact within a shard
@@ -75,9 +76,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/types/optional.h"
 #include "absl/types/span.h"
+#include "caudal/base/mutex.h"
 #include "caudal/hash/key128.h"
 
 namespace caudal {
@@ -200,7 +201,7 @@ class ResultCache {
   };
 
   struct alignas(64) Shard {
-    mutable absl::Mutex mu;
+    mutable Mutex mu;
     absl::flat_hash_map<Key128, uint32_t> index ABSL_GUARDED_BY(mu);
     std::vector<Slot> slots ABSL_GUARDED_BY(mu);
     uint32_t free_head ABSL_GUARDED_BY(mu) = kNil;
@@ -259,7 +260,7 @@ class ResultCache {
 
   const size_t num_shards_;
   std::unique_ptr<Shard[]> shards_;
-  absl::Mutex resize_mu_;  // serialises Resize calls
+  Mutex resize_mu_;  // serialises Resize calls
   std::atomic<size_t> max_entries_;
   std::atomic<size_t> max_bytes_;
 };
@@ -284,7 +285,7 @@ ResultCache<V>::ResultCache(const ResultCacheOptions& options)
   const size_t max_entries = max_entries_.load();
   for (size_t i = 0; i < num_shards_; ++i) {
     Shard& s = shards_[i];
-    absl::MutexLock lock(&s.mu);
+    MutexLock lock(&s.mu);
     SetBoundsLocked(s, i, max_entries, options.max_bytes);
   }
 }
@@ -302,7 +303,7 @@ absl::optional<V> ResultCache<V>::Get(const Key128& key, int64_t now_ns,
                                       std::vector<V>* dropped) {
   std::vector<V> local;  // destroyed after the lock is released
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   const auto it = s.index.find(key);
   if (it == s.index.end()) {
     Add<uint64_t>(s.misses, 1);
@@ -332,7 +333,7 @@ bool ResultCache<V>::Put(const Key128& key, V value, size_t bytes,
   std::vector<V> local;  // destroyed after the lock is released
   std::vector<V>* out = dropped != nullptr ? dropped : &local;
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   if (s.max_entries == 0 || (s.max_bytes != 0 && bytes > s.max_bytes)) {
     const auto it = s.index.find(key);
     if (it != s.index.end()) RemoveLocked(s, it->second, out);
@@ -380,7 +381,7 @@ template <typename V>
 bool ResultCache<V>::Erase(const Key128& key, std::vector<V>* dropped) {
   std::vector<V> local;
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   const auto it = s.index.find(key);
   if (it == s.index.end()) return false;
   RemoveLocked(s, it->second, dropped != nullptr ? dropped : &local);
@@ -396,7 +397,7 @@ size_t ResultCache<V>::InvalidateTag(absl::string_view tag,
   size_t removed = 0;
   for (size_t si = 0; si < num_shards_; ++si) {
     Shard& s = shards_[si];
-    absl::MutexLock lock(&s.mu);
+    MutexLock lock(&s.mu);
     const auto it = s.tag_index.find(tag);
     if (it == s.tag_index.end()) continue;
     // Take the tag's set out first: removing an entry unlinks its tags, and
@@ -418,7 +419,7 @@ size_t ResultCache<V>::InvalidateGroup(uint64_t group,
   size_t removed = 0;
   for (size_t si = 0; si < num_shards_; ++si) {
     Shard& s = shards_[si];
-    absl::MutexLock lock(&s.mu);
+    MutexLock lock(&s.mu);
     const auto it = s.group_heads.find(group);
     if (it == s.group_heads.end()) continue;
     uint32_t i = it->second;
@@ -441,7 +442,7 @@ void ResultCache<V>::Clear(std::vector<V>* dropped) {
   std::vector<V>* out = dropped != nullptr ? dropped : &local;
   for (size_t si = 0; si < num_shards_; ++si) {
     Shard& s = shards_[si];
-    absl::MutexLock lock(&s.mu);
+    MutexLock lock(&s.mu);
     size_t n = 0;
     for (uint32_t i = s.mru; i != kNil; i = s.slots[i].next) {
       out->push_back(std::move(s.slots[i].value));
@@ -466,12 +467,12 @@ absl::Status ResultCache<V>::Resize(size_t max_entries, size_t max_bytes,
   }
   std::vector<V> local;
   std::vector<V>* out = dropped != nullptr ? dropped : &local;
-  absl::MutexLock resize_lock(&resize_mu_);
+  MutexLock resize_lock(&resize_mu_);
   max_entries_.store(max_entries, std::memory_order_relaxed);
   max_bytes_.store(max_bytes, std::memory_order_relaxed);
   for (size_t si = 0; si < num_shards_; ++si) {
     Shard& s = shards_[si];
-    absl::MutexLock lock(&s.mu);
+    MutexLock lock(&s.mu);
     SetBoundsLocked(s, si, max_entries, max_bytes);
     EvictOverBoundsLocked(s, out);
   }
@@ -485,7 +486,7 @@ size_t ResultCache<V>::EvictExpired(int64_t now_ns, std::vector<V>* dropped) {
   size_t removed = 0;
   for (size_t si = 0; si < num_shards_; ++si) {
     Shard& s = shards_[si];
-    absl::MutexLock lock(&s.mu);
+    MutexLock lock(&s.mu);
     size_t n = 0;
     uint32_t i = s.mru;
     while (i != kNil) {
@@ -648,7 +649,7 @@ template <typename V>
 absl::Status ResultCache<V>::CheckInvariants() const {
   for (size_t si = 0; si < num_shards_; ++si) {
     const Shard& s = shards_[si];
-    absl::MutexLock lock(&s.mu);
+    MutexLock lock(&s.mu);
     absl::Status status = CheckShardLocked(s, si);
     if (!status.ok()) return status;
   }

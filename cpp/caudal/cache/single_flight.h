@@ -20,13 +20,13 @@
 // A key stays "in flight" from the leader's JoinOrLead to Finish; a leader
 // that calls JoinOrLead again for its own key becomes its own follower.
 //
-// Design: the keys in flight are spread over shards by key.hi, each an
-// absl::Mutex and a hash map Key128 -> followers (in arrival order). A
-// leader with no followers costs one map insert and one erase; followers
-// are appended to a vector. No W is destroyed under a lock: the leader's
-// ignored waiter dies with the call's argument after the lock is released,
-// Leave moves the removed waiter out before unlocking, and Finish returns
-// the followers to the caller.
+// Design: the keys in flight are spread over shards by key.hi, each a Mutex
+// (caudal/base/mutex.h) and a hash map Key128 -> followers (in arrival
+// order). A leader with no followers costs one map insert and one erase;
+// followers are appended to a vector. No W is destroyed under a lock: the
+// leader's ignored waiter dies with the call's argument after the lock is
+// released, Leave moves the removed waiter out before unlocking, and Finish
+// returns the followers to the caller.
 //
 // Thread-safety: all methods are thread-safe. W must be movable; Leave needs
 // `==` on W.
@@ -41,8 +41,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/types/optional.h"
+#include "caudal/base/mutex.h"
 #include "caudal/hash/key128.h"
 
 namespace caudal {
@@ -74,7 +74,7 @@ class SingleFlight {
 
  private:
   struct alignas(64) Shard {
-    mutable absl::Mutex mu;
+    mutable Mutex mu;
     absl::flat_hash_map<Key128, std::vector<W>> flights ABSL_GUARDED_BY(mu);
   };
 
@@ -98,7 +98,7 @@ SingleFlight<W>::SingleFlight(size_t num_shards)
 template <typename W>
 bool SingleFlight<W>::JoinOrLead(const Key128& key, W waiter) {
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   const auto [it, inserted] = s.flights.try_emplace(key);
   if (inserted) return true;  // `waiter` is destroyed after the unlock
   it->second.push_back(std::move(waiter));
@@ -109,7 +109,7 @@ template <typename W>
 std::vector<W> SingleFlight<W>::Finish(const Key128& key) {
   std::vector<W> followers;
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   const auto it = s.flights.find(key);
   if (it == s.flights.end()) return followers;
   followers = std::move(it->second);
@@ -121,7 +121,7 @@ template <typename W>
 bool SingleFlight<W>::Leave(const Key128& key, const W& waiter) {
   absl::optional<W> removed;  // destroyed after the unlock
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   const auto it = s.flights.find(key);
   if (it == s.flights.end()) return false;
   std::vector<W>& followers = it->second;
@@ -135,7 +135,7 @@ bool SingleFlight<W>::Leave(const Key128& key, const W& waiter) {
 template <typename W>
 bool SingleFlight<W>::InFlight(const Key128& key) const {
   Shard& s = ShardFor(key);
-  absl::MutexLock lock(&s.mu);
+  MutexLock lock(&s.mu);
   return s.flights.contains(key);
 }
 
@@ -143,7 +143,7 @@ template <typename W>
 size_t SingleFlight<W>::size() const {
   size_t n = 0;
   for (size_t i = 0; i < num_shards_; ++i) {
-    absl::MutexLock lock(&shards_[i].mu);
+    MutexLock lock(&shards_[i].mu);
     n += shards_[i].flights.size();
   }
   return n;
