@@ -16,9 +16,10 @@
 //
 // Design.
 //  * Keys are Key128 (see hash/key128.h); the shard is chosen by key.hi.
-//    Each shard has its own absl::Mutex, hash index Key128 -> slot, slot
-//    array with a free list, doubly linked LRU list through slot indices,
-//    tag index (tag -> slots) and per-group intrusive lists (group -> head).
+//    Each shard has its own Mutex (caudal/base/mutex.h: absl::Mutex made
+//    visible to TSan), hash index Key128 -> slot, slot array with a free
+//    list, doubly linked LRU list through slot indices, tag index (tag ->
+//    slots) and per-group intrusive lists (group -> head).
 //  * Bounds are per shard: shard i gets max_entries / S entries (the
 //    remainder spread over the first shards), likewise for max_bytes. So the
 //    totals never exceed the bounds, and LRU order is exact within a shard

@@ -20,13 +20,13 @@
 // A key stays "in flight" from the leader's JoinOrLead to Finish; a leader
 // that calls JoinOrLead again for its own key becomes its own follower.
 //
-// Design: the keys in flight are spread over shards by key.hi, each an
-// absl::Mutex and a hash map Key128 -> followers (in arrival order). A
-// leader with no followers costs one map insert and one erase; followers
-// are appended to a vector. No W is destroyed under a lock: the leader's
-// ignored waiter dies with the call's argument after the lock is released,
-// Leave moves the removed waiter out before unlocking, and Finish returns
-// the followers to the caller.
+// Design: the keys in flight are spread over shards by key.hi, each a Mutex
+// (caudal/base/mutex.h) and a hash map Key128 -> followers (in arrival
+// order). A leader with no followers costs one map insert and one erase;
+// followers are appended to a vector. No W is destroyed under a lock: the
+// leader's ignored waiter dies with the call's argument after the lock is
+// released, Leave moves the removed waiter out before unlocking, and Finish
+// returns the followers to the caller.
 //
 // Thread-safety: all methods are thread-safe. W must be movable; Leave needs
 // `==` on W.

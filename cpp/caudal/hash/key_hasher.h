@@ -37,14 +37,16 @@
 // 4 KiB are not copied: their XXH3-128 digest and length are appended.
 //
 // Unordered containers (dict, set, frozenset) are hashed element by element:
-// each element's (for a dict: key then value) tokens are written into the
-// buffer, hashed into a 128-bit digest h with a separate seed, and the buffer
-// is cut back. The digests are combined commutatively into two 128-bit
-// accumulators, per 64-bit lane with wrapping addition:
+// each element's tokens (for a dict: key then value) are written into the
+// buffer and its end offset is noted; when the container ends, each element
+// is hashed into a 128-bit digest h with a separate seed, the digests are
+// combined commutatively into two 128-bit accumulators, per 64-bit lane with
+// wrapping addition,
 //     A += h            B += M(h)
 // where M(h) is two folded 64x64->128-bit products of the (keyed) lanes of
-// h, a non-linear function of both lanes. At the
-// end the container becomes one fixed-size token: tag, element count, A, B.
+// h, a non-linear function of both lanes, and the elements' bytes are
+// replaced by one fixed-size token: tag, element count, A, B. (Nested
+// unordered containers have already collapsed into such tokens by then.)
 // Why this shape: addition is commutative and associative, so any order gives
 // the same token. XOR would make pairs cancel ({x, x} == {}); a wrapping sum
 // does not, and the count is hashed too. A plain sum is linear, so
@@ -59,8 +61,9 @@
 //
 // Cost: about one byte copy per input byte plus one XXH3 call per key and one
 // per unordered element; no allocation in the steady state (inline buffers, or
-// heap buffers reused across Reset()). A dict of five short str -> int items
-// takes a few tens of nanoseconds.
+// heap buffers reused across Reset()). Measured on the shared 2-core
+// development VM: a dict of five short str -> int items, ~80 ns per key; a
+// name plus a tuple of five short strings plus an int, ~35 ns.
 //
 // Usage contract: containers must be closed in order and with the element
 // count declared at Begin (for dicts: the number of items, fed as key, value,
