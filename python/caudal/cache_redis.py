@@ -76,9 +76,9 @@ at most ``op_timeout_s`` once, and never an exception:
 
 Bursts
 ------
-redis-py spends about 100 µs of CPU per command, so a thousand concurrent
-misses sent one by one would take longer than any sensible ``op_timeout_s``
-(and open a thousand connections). Per event loop, up to 4 gets and 4 sets
+A redis-py command costs about 100 µs, mostly client CPU, so a thousand
+concurrent misses sent one by one would take longer than any sensible
+``op_timeout_s`` (and open a thousand connections). Per event loop, up to 4 gets and 4 sets
 run at once, each alone; calls arriving while those are busy are sent
 together by the next one to finish: gets as one ``MGET`` (a few µs per key,
 and one copy of a hot key), sets as one pipeline. A lone call never waits.
@@ -217,9 +217,9 @@ class _Lane:
     next call to finish sends everything waiting as one batch (one MGET, or
     one pipeline), in a task of its own. A burst of N calls thus costs a few
     round trips and at most ``_LANE_WIDTH`` connections instead of N of each
-    — redis-py spends ~100 µs of CPU per command but a few µs per key of an
-    MGET, so a burst of a thousand misses would otherwise outlast any sane
-    ``op_timeout_s``.
+    — a redis-py command costs ~100 µs, mostly client CPU, but an MGET a few
+    µs per key, so a burst of a thousand misses would otherwise outlast any
+    sane ``op_timeout_s``.
     """
 
     __slots__ = ("inflight", "queue", "run", "tasks")
