@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+_SANITIZER_ENV = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "LSAN_OPTIONS")
+
 
 class RedisServerUnavailable(RuntimeError):
     """redis-server is not installed, or would not start."""
@@ -121,8 +123,14 @@ class RedisServer:
             str(self.log_path),
             *self.extra_args,
         ]
+        # Not the sanitizer runtime `make test-asan` preloads into Python.
+        env = {k: v for k, v in os.environ.items() if k not in _SANITIZER_ENV}
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
