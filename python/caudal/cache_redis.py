@@ -475,8 +475,8 @@ class RedisCacheTier:
         index_keys = [self._tag_key(t) for t in tags]
         if group is not None:
             index_keys.append(self._group_key(group))
-        probe = self._admit()
-        if not probe:
+        admitted = self._admit()
+        if not admitted:
             return False
         try:
             payload, compressed = self._encode(value)
@@ -484,7 +484,7 @@ class RedisCacheTier:
             with self._lock:
                 self._n["unserializable"] += 1
                 self._last_error = f"unserializable value: {type(e).__name__}: {e}"
-                if probe == "probe":
+                if admitted == "probe":
                     self._probe_until = 0.0
             return False
         conn = self._conn()
