@@ -1,0 +1,810 @@
+"""The shared (L2) result-cache tier, kept in Redis.
+
+Every process that points a ``RedisCacheTier`` at the same Redis (and the same
+``prefix``) shares one cache: a result computed by one worker is a hit for all
+of them, and an invalidation by tag or by group (step name) from any process
+removes the entries for every process. The executor consults this tier on its
+slow path only, after a miss in its in-process (L1) cache.
+
+Layout in Redis (``P`` is ``prefix``, ``"caudal:"`` by default)
+----------------------------------------------------------------
+- ``P v:<hex key>`` — one cached value: a string with the entry's TTL
+  (``SET ... PX``). ``<hex key>`` is the caller's key in lowercase hex (the
+  16-byte ``caudal._core.cache_key`` gives 32 characters).
+- ``P t:<tag>`` and ``P g:<group>`` — the tag and group indexes: sorted sets
+  whose members are ``<hex key>`` and whose scores are the member's expiry
+  time (Unix ms, Redis's own clock). A set stores the value and adds it to
+  its indexes in one Lua script, so the index never misses a stored value;
+  the same script drops members that have expired (``ZREMRANGEBYSCORE``) and
+  extends the index's own TTL to at least the new entry's, so an index lives
+  exactly as long as its longest-lived member and busy tags do not grow
+  without bound.
+- Invalidating a tag or group pops its members in batches (``ZPOPMIN``, 512
+  at a time) and ``UNLINK``s their values, in a Lua script per batch; the
+  count returned is the number of values that still existed. Other indexes
+  may keep a member whose value is gone; it is harmless (unlinking a missing
+  key is a no-op) and pruned once its expiry passes.
+
+Value format (version 1)
+------------------------
+::
+
+    byte 0      0x01  format version
+    byte 1      0xC0  raw: the rest is the serializer's bytes
+                0xC1  zstd: the rest is one zstd frame of them (size + checksum)
+    bytes 2..   payload
+
+Bytes 1.. are exactly a ``caudal._core.compress`` frame. With compression off
+the raw frame is built directly (no call into C++); with it on, values longer
+than ``compression_threshold`` are compressed when that makes them smaller
+(large ones with the GIL released). A reader accepts both kinds whatever its
+own setting, so processes with different settings share entries. Anything
+else — another version byte, an unknown frame byte, a corrupt zstd frame,
+bytes the serializer cannot load — is a corrupt entry: a miss, counted, and
+the key deleted.
+
+The serializer is ``pickle`` (protocol 5) unless one is passed: any object
+with ``dumps(value) -> bytes`` and ``loads(bytes) -> value``. **Unpickling
+runs code chosen by whoever wrote the bytes: only share a Redis that only
+trusted processes can write** (ACLs, ``requirepass``, TLS, a private network),
+or pass a data-only serializer.
+
+Failure policy
+--------------
+The tier is an optimisation; Redis being down or slow must cost the caller
+at most ``op_timeout_s`` once, and never an exception:
+
+- Every call waits at most ``op_timeout_s`` for Redis
+  (``asyncio.timeout``; ``invalidate_*`` and ``clear`` make one bounded
+  round trip per batch of keys).
+- A timeout or a connection failure is counted (``timeouts`` / ``errors``),
+  recorded in ``last_error``, marks the tier unhealthy and makes the call
+  return a miss (``get``), ``False`` (``set``) or ``0`` (invalidations).
+- While unhealthy, calls do not touch Redis for ``reconnect_backoff_s``
+  (counted as ``skipped``). After that one call is let through as a probe
+  (the others keep skipping until it ends, or for ``op_timeout_s`` at
+  most); its success marks the tier healthy again. redis-py reconnects by
+  itself on that call.
+- An error *reply* from a live server (e.g. ``OOM`` when Redis is full) is
+  counted in ``errors`` and fails that call only: the server answered, so
+  the tier counts as healthy.
+- A value that cannot be serialized is not stored (counted as
+  ``unserializable``); the caller still has its result.
+- ``asyncio.CancelledError`` always propagates.
+- Programming errors (a key that is not bytes, a TTL that is not positive)
+  raise at once, as usual.
+
+Bursts
+------
+A redis-py command costs about 100 µs, mostly client CPU, so a thousand
+concurrent misses sent one by one would take longer than any sensible
+``op_timeout_s`` (and open a thousand connections). Per event loop, up to 4 gets and 4 sets
+run at once, each alone; calls arriving while those are busy are sent
+together by the next one to finish: gets as one ``MGET`` (a few µs per key,
+and one copy of a hot key), sets as one pipeline. A lone call never waits.
+
+Stats
+-----
+``stats()``: ``hits``, ``misses`` (every ``get`` that returned no value,
+whatever the reason, so ``hits + misses`` is the number of gets), ``sets``
+(values stored), ``errors`` (failed calls other than timeouts),
+``timeouts``, ``skipped`` (calls not sent during the back-off),
+``corrupt``, ``unserializable``, ``invalidations`` (values removed by
+``invalidate_*`` and ``clear``), ``bytes_written`` / ``bytes_read`` (stored
+sizes), ``compressed_sets``, ``batched`` (calls sent in a coalesced batch),
+``healthy``, ``last_error``, ``url`` (password redacted), ``prefix``,
+``compression``, ``clients`` (event loops with a live client).
+
+Event loops and threads
+-----------------------
+A ``redis.asyncio`` client belongs to the event loop it first ran on. The
+tier therefore creates one client (with its own connection pool) per running
+event loop, lazily, in a dictionary keyed weakly by the loop, so one tier —
+and an ``ExecutorCore`` holding it — can serve loops in several threads.
+Health and counters are shared by all loops (Redis is one server).
+``close()`` closes the client of the loop it is awaited on: call it on every
+loop that used the tier before that loop ends (``asyncio.run`` ends the loop
+as soon as the main coroutine returns), or redis-py reports the open
+connections as ``ResourceWarning``. A ``client=`` passed in is used as-is on
+every loop (it must belong to the one loop that uses the tier) and is
+never closed by the tier.
+
+Deployment notes: needs Redis >= 5 (``ZPOPMIN``, script effects
+replication); a standalone server or a Sentinel-managed primary. The
+invalidation script touches value keys it finds in an index, so on Redis
+Cluster use a prefix with a hash tag (``"{caudal}:"``) to keep everything
+in one slot. Prefixes of tiers sharing a database must not be prefixes of
+each other (``clear()`` of ``"a:"`` would clear ``"a:b:"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import pickle
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+try:
+    import redis.asyncio as aioredis
+    from redis.asyncio.connection import parse_url
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import NoScriptError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ImportError as e:  # pragma: no cover - exercised only without redis-py
+    raise ImportError("caudal.cache_redis needs redis-py >= 5: pip install 'caudal[redis]'") from e
+
+from caudal import _core
+
+__all__ = ["FORMAT_VERSION", "PickleSerializer", "RedisCacheTier", "Serializer", "redact_url"]
+
+FORMAT_VERSION = 0x01
+_FRAME_RAW = 0xC0
+_FRAME_ZSTD = 0xC1
+_RAW_HEADER = bytes((FORMAT_VERSION, _FRAME_RAW))
+_VERSION_BYTE = bytes((FORMAT_VERSION,))
+
+_INVALIDATE_BATCH = 512
+_LANE_WIDTH = 4
+_MAX_GET_BATCH = 512
+_MAX_SET_BATCH = 128
+_SCAN_COUNT = 1000
+_MISS = (False, None)
+
+# KEYS[1] the value key, KEYS[2..] index keys; ARGV: payload, ttl ms, member.
+_SET_AND_INDEX = """
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. now)
+  if redis.call('PTTL', KEYS[i]) < ttl then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return 1
+"""
+
+# KEYS[1] an index; ARGV: value-key prefix, batch size.
+# Returns {values unlinked, members left in the index}.
+_INVALIDATE_BATCH_SCRIPT = """
+local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[2]))
+local removed = 0
+if #popped > 0 then
+  local keys = {}
+  for i = 1, #popped, 2 do
+    keys[#keys + 1] = ARGV[1] .. popped[i]
+  end
+  removed = redis.call('UNLINK', unpack(keys))
+end
+return {removed, redis.call('ZCARD', KEYS[1])}
+"""
+
+
+class Serializer(Protocol):
+    def dumps(self, value: Any, /) -> bytes: ...
+    def loads(self, data: bytes, /) -> Any: ...
+
+
+class PickleSerializer:
+    """The default serializer: ``pickle`` protocol 5."""
+
+    protocol = 5
+
+    def dumps(self, value: Any, /) -> bytes:
+        return pickle.dumps(value, protocol=self.protocol)
+
+    def loads(self, data: bytes, /) -> Any:
+        return pickle.loads(data)
+
+
+class _CorruptEntry(Exception):
+    pass
+
+
+class _Lane:
+    """Coalesces one kind of command (gets, or sets) on one event loop.
+
+    Up to ``_LANE_WIDTH`` calls run at once, each on its own, with no added
+    latency. Calls arriving while the lane is full wait in ``queue``; the
+    next call to finish sends everything waiting as one batch (one MGET, or
+    one pipeline), in a task of its own. A burst of N calls thus costs a few
+    round trips and at most ``_LANE_WIDTH`` connections instead of N of each
+    — a redis-py command costs ~100 µs, mostly client CPU, but an MGET a few
+    µs per key, so a burst of a thousand misses would otherwise outlast any
+    sane ``op_timeout_s``.
+    """
+
+    __slots__ = ("inflight", "queue", "run", "tasks")
+
+    def __init__(self, run: Any):
+        self.run = run  # async (items) -> list of results or Exception instances
+        self.inflight = 0
+        self.queue: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+
+class _Conn:
+    """One event loop's client, its scripts and its coalescing lanes."""
+
+    __slots__ = ("client", "gets", "invalidate", "set_and_index", "sets")
+
+    def __init__(self, client: Any):
+        self.client = client
+        self.set_and_index = client.register_script(_SET_AND_INDEX)
+        self.invalidate = client.register_script(_INVALIDATE_BATCH_SCRIPT)
+        self.gets = _Lane(self._run_gets)
+        self.sets = _Lane(self._run_sets)
+
+    async def _run_gets(self, names: list[str]) -> list[Any]:
+        if len(names) == 1:
+            return [await self.client.get(names[0])]
+        unique = list(dict.fromkeys(names))  # a hot key asked for by many callers
+        values = await self.client.mget(unique)
+        if len(unique) == len(names):
+            return values
+        found = dict(zip(unique, values, strict=True))
+        return [found[n] for n in names]
+
+    async def _run_sets(self, items: list[tuple[str, bytes, int, list[str]]]) -> list[Any]:
+        if len(items) == 1:
+            name, payload, ttl_ms, index_keys = items[0]
+            if index_keys:
+                await self.set_and_index(
+                    keys=[name, *index_keys], args=[payload, ttl_ms, _member(name)]
+                )
+            else:
+                await self.client.set(name, payload, px=ttl_ms)
+            return [True]
+        results: list[Any] = [None] * len(items)
+        todo = list(range(len(items)))
+        for _ in range(2):  # a second pass after reloading a flushed script
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    name, payload, ttl_ms, index_keys = items[i]
+                    if index_keys:
+                        pipe.evalsha(
+                            self.set_and_index.sha,
+                            1 + len(index_keys),
+                            name,
+                            *index_keys,
+                            payload,
+                            ttl_ms,
+                            _member(name),
+                        )
+                    else:
+                        pipe.set(name, payload, px=ttl_ms)
+                replies = await pipe.execute(raise_on_error=False)
+            for i, r in zip(todo, replies, strict=True):
+                results[i] = r if isinstance(r, Exception) else True
+            todo = [i for i in todo if isinstance(results[i], NoScriptError)]
+            if not todo:
+                break
+            self.set_and_index.sha = await self.client.script_load(_SET_AND_INDEX)
+        return results
+
+
+def _member(value_key: str) -> str:
+    return value_key[value_key.rindex(":") + 1 :]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (userinfo or ``?password=``) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError | RedisTimeoutError)
+
+
+class RedisCacheTier:
+    """A cache tier in Redis shared by every process using the same prefix.
+
+    All methods are coroutines except ``stats()``; none of them raises because
+    Redis is down, slow or returns garbage (see the module docstring for the
+    failure policy, key layout and value format).
+
+    - ``url``: a redis-py URL (``redis://[[user]:password@]host:port/db``,
+      ``rediss://`` for TLS, ``unix:///path.sock?db=0``).
+    - ``prefix``: namespace of every key the tier writes; ``clear()`` removes
+      only keys under it.
+    - ``serializer``: object with ``dumps``/``loads``; pickle protocol 5 if None.
+    - ``compression``: zstd-compress values longer than
+      ``compression_threshold`` bytes at ``compression_level`` (only kept
+      when smaller). Reading accepts compressed and raw values either way.
+    - ``op_timeout_s``: bound on each Redis round trip.
+    - ``reconnect_backoff_s``: how long Redis is left alone after a failure.
+    - ``client``: an existing ``redis.asyncio.Redis`` to use instead of
+      creating one per event loop from ``url``; the tier never closes it.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "caudal:",
+        serializer: Serializer | None = None,
+        compression: bool = False,
+        compression_threshold: int = 1024,
+        compression_level: int = 3,
+        op_timeout_s: float = 0.05,
+        reconnect_backoff_s: float = 1.0,
+        client: Any = None,
+    ):
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+        if serializer is not None and not (
+            callable(getattr(serializer, "dumps", None))
+            and callable(getattr(serializer, "loads", None))
+        ):
+            raise TypeError(f"serializer must have dumps() and loads(), got {serializer!r}")
+        for name, v in (
+            ("op_timeout_s", op_timeout_s),
+            ("reconnect_backoff_s", reconnect_backoff_s),
+        ):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise TypeError(f"{name} must be a finite number, got {v!r}")
+        if op_timeout_s <= 0:
+            raise ValueError(f"op_timeout_s must be > 0, got {op_timeout_s!r}")
+        if reconnect_backoff_s < 0:
+            raise ValueError(f"reconnect_backoff_s must be >= 0, got {reconnect_backoff_s!r}")
+        if isinstance(compression_threshold, bool) or not isinstance(compression_threshold, int):
+            raise TypeError(f"compression_threshold must be an int, got {compression_threshold!r}")
+        if compression_threshold < 0:
+            raise ValueError(f"compression_threshold must be >= 0, got {compression_threshold!r}")
+
+        if client is None:
+            parse_url(url)  # a malformed URL fails here, not on the first call
+        self._url = url
+        self._prefix = prefix
+        self._value_prefix = prefix + "v:"
+        self._serializer: Serializer = serializer if serializer is not None else PickleSerializer()
+        # pickle reads straight from a memoryview of the reply; other
+        # serializers are promised bytes.
+        self._loads_view = type(self._serializer) is PickleSerializer
+        self._compression = bool(compression)
+        self._threshold = compression_threshold
+        self._level = int(compression_level)
+        self._op_timeout = float(op_timeout_s)
+        self._backoff = float(reconnect_backoff_s)
+        self._given: _Conn | None = _Conn(client) if client is not None else None
+        if client is not None:
+            kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+            self._url = f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+
+        self._lock = threading.Lock()
+        self._conns: Any = weakref.WeakKeyDictionary()
+        self._healthy = True
+        self._skip_until = 0.0
+        self._probe_until = 0.0  # a probe is in flight until then
+        self._last_error: str | None = None
+        self._n = dict.fromkeys(
+            (
+                "hits",
+                "misses",
+                "sets",
+                "errors",
+                "timeouts",
+                "skipped",
+                "corrupt",
+                "invalidations",
+                "bytes_written",
+                "bytes_read",
+                "compressed_sets",
+                "unserializable",
+                "batched",
+            ),
+            0,
+        )
+
+    # ------------------------------------------------------------ public API
+    async def get(self, key: bytes) -> tuple[bool, Any]:
+        """``(True, value)`` on a hit, ``(False, None)`` otherwise."""
+        name = self._value_key(key)
+        if not self._admit():
+            self._add("misses")
+            return _MISS
+        conn = self._conn()
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                raw = await self._submit(conn.gets, name, _MAX_GET_BATCH)
+        except Exception as e:
+            self._failed(e)
+            self._add("misses")
+            return _MISS
+        self._succeeded()
+        if raw is None:
+            self._add("misses")
+            return _MISS
+        try:
+            value = self._decode(raw)
+        except Exception as e:
+            with self._lock:
+                self._n["corrupt"] += 1
+                self._n["misses"] += 1
+                self._n["bytes_read"] += len(raw)
+                self._last_error = f"corrupt entry {name}: {type(e).__name__}: {e}"
+            await self._delete_corrupt(conn, name, raw)
+            return _MISS
+        with self._lock:
+            self._n["hits"] += 1
+            self._n["bytes_read"] += len(raw)
+        return True, value
+
+    async def set(
+        self,
+        key: bytes,
+        value: Any,
+        ttl_s: float,
+        tags: Sequence[str] = (),
+        group: str | None = None,
+    ) -> bool:
+        """Stores ``value`` under ``key`` for ``ttl_s`` seconds, indexed by its
+        tags and group. True if Redis stored it."""
+        name = self._value_key(key)
+        ttl_ms = self._ttl_ms(ttl_s)
+        if isinstance(tags, str):
+            tags = (tags,)
+        index_keys = [self._tag_key(t) for t in tags]
+        if group is not None:
+            index_keys.append(self._group_key(group))
+        admitted = self._admit()
+        if not admitted:
+            return False
+        try:
+            payload, compressed = self._encode(value)
+        except Exception as e:
+            with self._lock:
+                self._n["unserializable"] += 1
+                self._last_error = f"unserializable value: {type(e).__name__}: {e}"
+                if admitted == "probe":
+                    self._probe_until = 0.0
+            return False
+        conn = self._conn()
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await self._submit(conn.sets, (name, payload, ttl_ms, index_keys), _MAX_SET_BATCH)
+        except Exception as e:
+            self._failed(e)
+            return False
+        self._succeeded()
+        with self._lock:
+            self._n["sets"] += 1
+            self._n["bytes_written"] += len(payload)
+            if compressed:
+                self._n["compressed_sets"] += 1
+        return True
+
+    async def invalidate_tag(self, tag: str) -> int:
+        """Removes every entry stored with ``tag``, in every process; returns
+        how many were removed (0 if Redis could not be reached)."""
+        return await self._invalidate_index(self._tag_key(tag))
+
+    async def invalidate_group(self, group: str) -> int:
+        """Removes every entry stored with ``group`` (a step's name)."""
+        return await self._invalidate_index(self._group_key(group))
+
+    async def clear(self) -> int:
+        """Removes every key under this tier's prefix (SCAN + UNLINK, never
+        FLUSHDB); returns the number of cached values removed. Each round
+        trip (about 1,000 keys) is bounded by ``op_timeout_s``; a failure
+        stops the clear and returns what was removed so far."""
+        if not self._admit():
+            return 0
+        conn = self._conn()
+        pattern = _glob_escape(self._prefix) + "*"
+        value_prefix = self._value_prefix.encode()
+        cursor: int = 0
+        removed = 0
+        try:
+            while True:
+                async with asyncio.timeout(self._op_timeout):
+                    cursor, names = await conn.client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+                if names:
+                    values = [n for n in names if n.startswith(value_prefix)]
+                    others = [n for n in names if not n.startswith(value_prefix)]
+                    async with asyncio.timeout(self._op_timeout):
+                        if values:
+                            removed += await conn.client.unlink(*values)
+                        if others:
+                            await conn.client.unlink(*others)
+                if cursor == 0:
+                    break
+        except Exception as e:
+            self._failed(e)
+        else:
+            self._succeeded()
+        self._add("invalidations", removed)
+        return removed
+
+    async def health(self) -> dict[str, Any]:
+        """PINGs Redis (bounded by ``op_timeout_s``, ignoring the back-off) and
+        updates the tier's health with the answer."""
+        conn = self._conn()
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await conn.client.ping()
+        except Exception as e:
+            self._failed(e)
+            return {"ok": False, "latency_ms": None, "error": self._last_error, "url": self.url}
+        self._succeeded()
+        return {
+            "ok": True,
+            "latency_ms": (time.perf_counter() - t0) * 1e3,
+            "error": None,
+            "url": self.url,
+        }
+
+    async def close(self) -> None:
+        """Closes the client of the running event loop (see the module
+        docstring). The tier stays usable: a later call makes a new client."""
+        if self._given is not None:
+            return
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            conn = self._conns.pop(loop, None)
+        if conn is None:
+            return
+        aclose = getattr(conn.client, "aclose", None) or conn.client.close
+        try:
+            async with asyncio.timeout(max(self._op_timeout, 1.0)):
+                await aclose()
+        except Exception:  # closing a broken connection must not raise either
+            pass
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since creation, current health, and where it points."""
+        with self._lock:
+            out: dict[str, Any] = dict(self._n)
+            out["healthy"] = self._healthy
+            out["last_error"] = self._last_error
+            out["clients"] = len(self._conns) + (self._given is not None)
+        out["url"] = self.url
+        out["prefix"] = self._prefix
+        out["compression"] = self._compression
+        return out
+
+    @property
+    def url(self) -> str:
+        """The URL, password redacted."""
+        return redact_url(self._url)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def __repr__(self) -> str:
+        state = "healthy" if self._healthy else "unhealthy"
+        return f"RedisCacheTier({self.url!r}, prefix={self._prefix!r}, {state})"
+
+    # -------------------------------------------------------------- keys
+    def _value_key(self, key: bytes) -> str:
+        if not isinstance(key, bytes | bytearray):
+            raise TypeError(f"cache key must be bytes, got {type(key).__name__}")
+        return self._value_prefix + key.hex()
+
+    def _tag_key(self, tag: str) -> str:
+        if not isinstance(tag, str):
+            raise TypeError(f"tag must be a string, got {tag!r}")
+        return f"{self._prefix}t:{tag}"
+
+    def _group_key(self, group: str) -> str:
+        if not isinstance(group, str):
+            raise TypeError(f"group must be a string, got {group!r}")
+        return f"{self._prefix}g:{group}"
+
+    @staticmethod
+    def _ttl_ms(ttl_s: float) -> int:
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float):
+            raise TypeError(f"ttl_s must be a number of seconds, got {ttl_s!r}")
+        if not (ttl_s > 0 and math.isfinite(ttl_s)):
+            raise ValueError(f"ttl_s must be a positive finite number, got {ttl_s!r}")
+        return max(1, math.ceil(ttl_s * 1000))
+
+    # ------------------------------------------------------------ values
+    def _encode(self, value: Any) -> tuple[bytes, bool]:
+        data = self._serializer.dumps(value)
+        if not isinstance(data, bytes | bytearray):
+            raise TypeError(f"serializer.dumps returned {type(data).__name__}, not bytes")
+        if self._compression and len(data) > self._threshold:
+            frame = _core.compress(bytes(data), self._threshold, self._level)
+            return _VERSION_BYTE + frame, frame[0] == _FRAME_ZSTD
+        return _RAW_HEADER + data, False
+
+    def _decode(self, raw: bytes) -> Any:
+        if len(raw) < 2 or raw[0] != FORMAT_VERSION:
+            raise _CorruptEntry(
+                f"unknown format version byte 0x{raw[0]:02x}" if raw else "empty entry"
+            )
+        kind = raw[1]
+        if kind == _FRAME_RAW:
+            body: Any = memoryview(raw)[2:] if self._loads_view else raw[2:]
+        elif kind == _FRAME_ZSTD:
+            body = _core.decompress(raw[1:])
+        else:
+            raise _CorruptEntry(f"unknown frame byte 0x{kind:02x}")
+        return self._serializer.loads(body)
+
+    async def _delete_corrupt(self, conn: _Conn, name: str, raw: bytes) -> None:
+        # Only if it still holds the bad bytes: another process may have
+        # replaced it meanwhile. (A plain DEL would be fine as well; this is
+        # cheap and avoids dropping a good value.)
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                await conn.client.eval(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                    "return redis.call('DEL', KEYS[1]) end return 0",
+                    1,
+                    name,
+                    raw,
+                )
+        except Exception as e:
+            self._failed(e)
+
+    # -------------------------------------------------------- invalidation
+    async def _invalidate_index(self, index_key: str) -> int:
+        if not self._admit():
+            return 0
+        conn = self._conn()
+        removed = 0
+        rounds_left: int | None = None
+        try:
+            while True:
+                async with asyncio.timeout(self._op_timeout):
+                    n, left = await conn.invalidate(
+                        keys=[index_key], args=[self._value_prefix, _INVALIDATE_BATCH]
+                    )
+                removed += int(n)
+                if rounds_left is None:
+                    # Members added while we work are removed too, but a
+                    # writer faster than us must not keep us here forever.
+                    rounds_left = int(left) // _INVALIDATE_BATCH + 2
+                rounds_left -= 1
+                if not left or rounds_left <= 0:
+                    break
+        except Exception as e:
+            self._failed(e)
+        else:
+            self._succeeded()
+        self._add("invalidations", removed)
+        return removed
+
+    # ------------------------------------------------------- coalescing
+    async def _submit(self, lane: _Lane, item: Any, max_batch: int) -> Any:
+        """Runs ``item`` on ``lane`` (see ``_Lane``); raises what Redis raised."""
+        if lane.inflight < _LANE_WIDTH:
+            lane.inflight += 1
+            try:
+                result = (await lane.run([item]))[0]
+            finally:
+                lane.inflight -= 1
+                if lane.queue:
+                    self._launch(lane, max_batch)
+        else:
+            fut = asyncio.get_running_loop().create_future()
+            lane.queue.append((item, fut))
+            result = await fut
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _launch(self, lane: _Lane, max_batch: int) -> None:
+        batch, lane.queue = lane.queue[:max_batch], lane.queue[max_batch:]
+        lane.inflight += 1
+        task = asyncio.get_running_loop().create_task(self._run_batch(lane, batch, max_batch))
+        lane.tasks.add(task)
+        task.add_done_callback(lane.tasks.discard)
+
+    async def _run_batch(self, lane: _Lane, batch: list[Any], max_batch: int) -> None:
+        relaunch = True
+        try:
+            try:
+                async with asyncio.timeout(self._op_timeout):
+                    results = await lane.run([item for item, _ in batch])
+            except Exception as e:  # delivered to each waiter, which counts it
+                results = [e] * len(batch)
+            self._add("batched", len(batch))
+            for (_, fut), r in zip(batch, results, strict=True):
+                if not fut.done():  # its caller may have timed out already
+                    fut.set_result(r)
+        except BaseException:  # cancelled: the loop is shutting down
+            relaunch = False
+            for _, fut in batch + lane.queue:
+                fut.cancel()
+            lane.queue.clear()
+            raise
+        finally:
+            lane.inflight -= 1
+            if relaunch and lane.queue:
+                self._launch(lane, max_batch)
+
+    # ------------------------------------------------- clients and health
+    def _conn(self) -> _Conn:
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        conn = self._conns.get(loop)
+        if conn is None:
+            with self._lock:
+                conn = self._conns.get(loop)
+                if conn is None:
+                    conn = _Conn(self._new_client())
+                    try:
+                        self._conns[loop] = conn
+                    except TypeError:  # a loop type that cannot be weakly referenced
+                        self._conns = dict(self._conns.items())
+                        self._conns[loop] = conn
+        return conn
+
+    def _new_client(self) -> Any:
+        # No retries inside redis-py: one attempt per call, bounded by our
+        # timeout; after a failure the back-off decides when to try again.
+        return aioredis.Redis.from_url(self._url, retry=Retry(NoBackoff(), 0))
+
+    def _admit(self) -> str | bool:
+        """Whether a call may use Redis now: "ok", "probe", or False (skip)."""
+        if self._healthy:
+            return "ok"
+        now = time.monotonic()
+        with self._lock:
+            if self._healthy:
+                return "ok"
+            if now < self._skip_until or now < self._probe_until:
+                self._n["skipped"] += 1
+                return False
+            # A deadline rather than a flag: a probe that never reports back
+            # (its caller was cancelled) cannot keep the tier off for good.
+            self._probe_until = now + self._op_timeout
+            return "probe"
+
+    def _succeeded(self) -> None:
+        if not self._healthy:
+            with self._lock:
+                self._healthy = True
+                self._probe_until = 0.0
+
+    def _failed(self, exc: BaseException) -> None:
+        timeout = _is_timeout(exc)
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        with self._lock:
+            self._n["timeouts" if timeout else "errors"] += 1
+            self._last_error = f"timeout after {self._op_timeout * 1e3:g} ms" if timeout else text
+            self._probe_until = 0.0
+            if isinstance(exc, ResponseError):
+                # The server answered: it is up, only this command was refused.
+                self._healthy = True
+                return
+            self._healthy = False
+            self._skip_until = time.monotonic() + self._backoff
+
+    def _add(self, counter: str, n: int = 1) -> None:
+        with self._lock:
+            self._n[counter] += n

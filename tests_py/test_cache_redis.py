@@ -1,0 +1,653 @@
+"""The shared (L2) cache tier against a real redis-server (see conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+import caudal
+from _servers import free_port
+from caudal import _core
+from caudal.cache_redis import RedisCacheTier, redact_url
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+def key(value, ns="step") -> bytes:
+    return _core.cache_key(value, ns)
+
+
+@asynccontextmanager
+async def no_stall(seconds=5.0):
+    """Turns a hang into a failure (a liveness guard, not a timing assertion)."""
+    async with asyncio.timeout(seconds):
+        yield
+
+
+@pytest.fixture
+def prefix():
+    return f"ct{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def raw(redis_server):
+    client = redis.Redis.from_url(redis_server)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def make_tier(redis_server, prefix):
+    """Creates tiers on this test's loop (session server and prefix by default)
+    and closes them afterwards."""
+    tiers = []
+
+    def make(url=None, **kw):
+        kw.setdefault("prefix", prefix)
+        tier = RedisCacheTier(url or redis_server, **kw)
+        tiers.append(tier)
+        return tier
+
+    yield make
+    for t in tiers:
+        await t.close()
+
+
+def stored_bytes(raw, tier: RedisCacheTier, k: bytes) -> bytes | None:
+    return raw.get(tier._value_key(k))
+
+
+# ------------------------------------------------------------------ basics
+VALUES = [
+    None,
+    0,
+    -17,
+    2**100,
+    1.5,
+    float("inf"),
+    "text",
+    "ünïcødé ✓",
+    b"\x00\xff bytes",
+    bytearray(b"mutable"),
+    [1, [2, [3]]],
+    (1, "two", 3.0),
+    {"a": {"b": [1, 2]}, "c": None},
+    {1, 2, 3},
+    frozenset({"x"}),
+    Point(1, 2.5),
+    b"z" * (1 << 20),
+]
+
+
+async def test_round_trip_of_various_values(make_tier):
+    tier = make_tier()
+    for i, v in enumerate(VALUES):
+        assert await tier.set(key(i), v, ttl_s=30)
+    for i, v in enumerate(VALUES):
+        found, got = await tier.get(key(i))
+        assert found, i
+        assert got == v and type(got) is type(v)
+    s = tier.stats()
+    assert s["hits"] == len(VALUES) and s["sets"] == len(VALUES)
+    assert s["misses"] == 0 and s["errors"] == 0 and s["healthy"]
+    assert s["bytes_read"] == s["bytes_written"] > (1 << 20)
+
+
+async def test_step_result_round_trips(make_tier):
+    tier = make_tier()
+    r = caudal.StepResult(name="fetch", output={"rows": [1, 2]}, attempts=2, cache_hit=False)
+    await tier.set(key("in", "fetch"), r, ttl_s=30, group="fetch")
+    found, got = await tier.get(key("in", "fetch"))
+    assert found
+    assert (got.name, got.output, got.attempts, got.success) == ("fetch", {"rows": [1, 2]}, 2, True)
+
+
+async def test_stored_none_is_a_hit_and_absent_key_a_miss(make_tier):
+    tier = make_tier()
+    await tier.set(key("none"), None, ttl_s=30)
+    assert await tier.get(key("none")) == (True, None)
+    assert await tier.get(key("absent")) == (False, None)
+    s = tier.stats()
+    assert (s["hits"], s["misses"]) == (1, 1)
+
+
+async def test_overwrite_replaces_the_value(make_tier):
+    tier = make_tier()
+    await tier.set(key(1), "old", ttl_s=30)
+    await tier.set(key(1), "new", ttl_s=30)
+    assert await tier.get(key(1)) == (True, "new")
+
+
+async def test_key_layout(make_tier, raw, prefix):
+    tier = make_tier()
+    k = key("layout")
+    await tier.set(k, 1, ttl_s=30, tags=["t1"], group="g1")
+    assert raw.exists(f"{prefix}v:{k.hex()}")
+    assert raw.zrange(f"{prefix}t:t1", 0, -1) == [k.hex().encode()]
+    assert raw.zrange(f"{prefix}g:g1", 0, -1) == [k.hex().encode()]
+    assert raw.get(f"{prefix}v:{k.hex()}")[:2] == b"\x01\xc0"
+
+
+# -------------------------------------------------------------------- TTL
+async def test_ttl_expiry(make_tier, raw):
+    tier = make_tier()
+    await tier.set(key("short"), "v", ttl_s=0.15, tags=["t"])
+    await tier.set(key("long"), "v", ttl_s=30)
+    assert 0 < raw.pttl(tier._value_key(key("short"))) <= 150
+    assert await tier.get(key("short")) == (True, "v")
+    await asyncio.sleep(0.3)
+    assert await tier.get(key("short")) == (False, None)
+    assert await tier.get(key("long")) == (True, "v")
+
+
+async def test_index_lives_as_long_as_its_longest_member(make_tier, raw, prefix):
+    tier = make_tier()
+    await tier.set(key(1), 1, ttl_s=1, tags=["t"])
+    assert 0 < raw.pttl(f"{prefix}t:t") <= 1000
+    await tier.set(key(2), 2, ttl_s=60, tags=["t"])
+    assert 1000 < raw.pttl(f"{prefix}t:t") <= 60_000
+    await tier.set(key(3), 3, ttl_s=1, tags=["t"])  # a shorter member does not shorten it
+    assert 1000 < raw.pttl(f"{prefix}t:t") <= 60_000
+
+
+async def test_expired_members_are_pruned_from_indexes(make_tier, raw, prefix):
+    tier = make_tier()
+    for i in range(5):
+        await tier.set(key(i), i, ttl_s=0.05, tags=["busy"], group="g")
+    await asyncio.sleep(0.15)
+    await tier.set(key("fresh"), 0, ttl_s=30, tags=["busy"], group="g")
+    assert raw.zrange(f"{prefix}t:busy", 0, -1) == [key("fresh").hex().encode()]
+    assert raw.zcard(f"{prefix}g:g") == 1
+
+
+async def test_bad_arguments_raise(make_tier):
+    tier = make_tier()
+    with pytest.raises(TypeError):
+        await tier.get("not bytes")
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            await tier.set(key(1), 1, ttl_s=bad)
+    with pytest.raises(TypeError):
+        await tier.set(key(1), 1, ttl_s=1, tags=[3])
+    with pytest.raises(ValueError):
+        RedisCacheTier("http://example.invalid/")
+    with pytest.raises(ValueError):
+        RedisCacheTier(prefix="")
+    assert tier.stats()["errors"] == 0
+
+
+# ----------------------------------------------------- tags and groups
+async def test_invalidate_tag_and_group(make_tier, raw, prefix):
+    tier = make_tier()
+    await tier.set(key("a"), "a", ttl_s=30, tags=["x"], group="stepA")
+    await tier.set(key("b"), "b", ttl_s=30, tags=["x", "y"], group="stepB")
+    await tier.set(key("c"), "c", ttl_s=30, tags="y", group="stepA")  # a str is one tag
+    await tier.set(key("d"), "d", ttl_s=30)
+
+    assert await tier.invalidate_tag("x") == 2
+    assert [(await tier.get(key(k)))[0] for k in "abcd"] == [False, False, True, True]
+    assert not raw.exists(f"{prefix}t:x")
+    # "b" was also under "y": its stale member is harmless.
+    assert await tier.invalidate_tag("y") == 1
+    assert (await tier.get(key("c")))[0] is False
+
+    await tier.set(key("e"), "e", ttl_s=30, group="stepA")
+    await tier.set(key("f"), "f", ttl_s=30, group="stepB")
+    assert await tier.invalidate_group("stepA") == 1
+    assert [(await tier.get(key(k)))[0] for k in "def"] == [True, False, True]
+    assert await tier.invalidate_tag("never-used") == 0
+    assert await tier.invalidate_group("never-used") == 0
+    assert tier.stats()["invalidations"] == 4
+
+
+async def test_invalidate_a_tag_larger_than_one_batch(make_tier):
+    tier = make_tier(op_timeout_s=5)  # the burst of sets below is not what is tested
+    n = 1300  # more than two batches of 512
+    await asyncio.gather(*(tier.set(key(i), i, ttl_s=30, tags=["big"]) for i in range(n)))
+    await tier.set(key("other"), 0, ttl_s=30, tags=["small"])
+    assert await tier.invalidate_tag("big") == n
+    assert not any([(await tier.get(key(i)))[0] for i in range(0, n, 97)])
+    assert await tier.get(key("other")) == (True, 0)
+
+
+async def test_clear_touches_only_its_prefix(make_tier, raw, prefix):
+    # A prefix with glob characters: SCAN's MATCH must take them literally.
+    mine = make_tier(prefix=f"{prefix}[ab]*?:")
+    other = make_tier(prefix=f"{prefix}other:")
+    for i in range(30):
+        await mine.set(key(i), i, ttl_s=30, tags=["t"], group="g")
+    await other.set(key(0), "kept", ttl_s=30, tags=["t"])
+    raw.set(f"{prefix}a-zz:x", "matches the unescaped pattern")
+    raw.set(f"{prefix}unrelated", "kept")
+
+    assert await mine.clear() == 30
+    assert raw.keys(f"{prefix}\\[ab\\]\\*\\?:*") == []
+    assert await other.get(key(0)) == (True, "kept")
+    assert raw.get(f"{prefix}a-zz:x") == b"matches the unescaped pattern"
+    assert raw.get(f"{prefix}unrelated") == b"kept"
+    assert await mine.clear() == 0
+
+
+# ------------------------------------------------------------ compression
+BIG = {"text": "lorem ipsum dolor sit amet " * 4000, "n": list(range(100))}
+
+
+async def test_compression_on_stores_big_values_smaller(make_tier, raw):
+    tier = make_tier(compression=True)
+    plain = pickle.dumps(BIG, protocol=5)
+    await tier.set(key("big"), BIG, ttl_s=30)
+    stored = stored_bytes(raw, tier, key("big"))
+    assert stored[:2] == b"\x01\xc1"
+    assert len(stored) < len(plain) // 10
+    assert await tier.get(key("big")) == (True, BIG)
+    s = tier.stats()
+    assert s["compressed_sets"] == 1 and s["bytes_written"] == len(stored)
+
+    # Under the threshold, or incompressible: stored raw.
+    await tier.set(key("small"), "small", ttl_s=30)
+    assert stored_bytes(raw, tier, key("small"))[:2] == b"\x01\xc0"
+    noise = os.urandom(8000)
+    await tier.set(key("noise"), noise, ttl_s=30)
+    assert stored_bytes(raw, tier, key("noise"))[:2] == b"\x01\xc0"
+    assert await tier.get(key("noise")) == (True, noise)
+    assert tier.stats()["compressed_sets"] == 1
+
+
+async def test_compression_off_stores_raw_frames(make_tier, raw):
+    tier = make_tier(compression=False)
+    await tier.set(key("big"), BIG, ttl_s=30)
+    stored = stored_bytes(raw, tier, key("big"))
+    assert stored == b"\x01\xc0" + pickle.dumps(BIG, protocol=5)
+    assert tier.stats()["compressed_sets"] == 0
+
+
+async def test_readers_accept_both_frames_whatever_their_setting(make_tier):
+    on = make_tier(compression=True, compression_threshold=64)
+    off = make_tier(compression=False)
+    await on.set(key("from-on"), BIG, ttl_s=30)
+    await off.set(key("from-off"), BIG, ttl_s=30)
+    for tier in (on, off):
+        assert await tier.get(key("from-on")) == (True, BIG)
+        assert await tier.get(key("from-off")) == (True, BIG)
+
+
+# --------------------------------------------------- corrupt, serializers
+CORRUPT = {
+    "empty": b"",
+    "version byte only": b"\x01",
+    "unknown version": b"\x02\xc0" + pickle.dumps(1),
+    "bare pickle": pickle.dumps("no header"),
+    "unknown frame byte": b"\x01\xc7abc",
+    "bad zstd frame": b"\x01\xc1(\xb5/\xfdgarbage",
+    "truncated zstd": b"\x01" + _core.compress(b"x" * 5000)[:12],
+    "not a pickle": b"\x01\xc0this is not a pickle",
+    "pickle of a missing class": b"\x01\xc0"
+    + pickle.dumps(Point(1, 2)).replace(b"Point", b"Pnint"),
+}
+
+
+@pytest.mark.parametrize("payload", CORRUPT.values(), ids=CORRUPT.keys())
+async def test_corrupt_value_is_a_counted_miss_and_deleted(make_tier, raw, payload):
+    tier = make_tier(compression=True)
+    name = tier._value_key(key("bad"))
+    raw.set(name, payload)
+    assert await tier.get(key("bad")) == (False, None)
+    s = tier.stats()
+    assert (s["corrupt"], s["misses"], s["hits"]) == (1, 1, 0)
+    assert s["healthy"] and s["errors"] == 0
+    assert "corrupt" in s["last_error"]
+    assert not raw.exists(name)
+    # The tier stays usable, and a good value written there reads back.
+    await tier.set(key("bad"), "good", ttl_s=30)
+    assert await tier.get(key("bad")) == (True, "good")
+
+
+async def test_unserializable_value_is_not_stored_and_does_not_raise(make_tier):
+    tier = make_tier()
+    assert await tier.set(key("lock"), threading.Lock(), ttl_s=30) is False
+    assert await tier.set(key("fn"), lambda: 1, ttl_s=30) is False
+    s = tier.stats()
+    assert s["unserializable"] == 2 and s["sets"] == 0 and s["errors"] == 0 and s["healthy"]
+    assert await tier.get(key("lock")) == (False, None)
+
+
+class JsonSerializer:
+    def __init__(self):
+        self.loaded_types = set()
+
+    def dumps(self, value):
+        return json.dumps(value).encode()
+
+    def loads(self, data):
+        self.loaded_types.add(type(data))
+        return json.loads(data)
+
+
+async def test_custom_serializer(make_tier, raw):
+    ser = JsonSerializer()
+    tier = make_tier(serializer=ser, compression=True, compression_threshold=16)
+    await tier.set(key("j"), {"a": [1, 2, 3], "b": "x" * 100}, ttl_s=30)
+    await tier.set(key("s"), [1], ttl_s=30)
+    assert await tier.get(key("j")) == (True, {"a": [1, 2, 3], "b": "x" * 100})
+    assert await tier.get(key("s")) == (True, [1])
+    assert ser.loaded_types == {bytes}
+    assert stored_bytes(raw, tier, key("s")) == b"\x01\xc0[1]"
+    assert await tier.set(key("bad"), {1, 2}, ttl_s=30) is False  # json cannot
+    with pytest.raises(TypeError):
+        RedisCacheTier(serializer=object())
+
+
+# --------------------------------------------------------- processes
+def run_child(url, prefix, *args) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "_redis_child.py"), url, prefix, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+async def test_two_processes_share_values_and_invalidations(make_tier, redis_server, prefix):
+    tier = make_tier()
+    child = await asyncio.to_thread(run_child, redis_server, prefix, "set", "a", "b", "own-c")
+    assert child["stored"] == {"a": True, "b": True, "own-c": True}
+    child_pid = None
+    for v in ("a", "b", "own-c"):
+        found, value = await tier.get(key(v, "stepA"))
+        assert found and value["input"] == v
+        child_pid = value["pid"]
+    assert child_pid != os.getpid()
+
+    # The parent adds one more under the shared tag; the child invalidates it.
+    await tier.set(key("d", "stepA"), {"input": "d"}, ttl_s=60, tags=["shared"], group="stepA")
+    child = await asyncio.to_thread(run_child, redis_server, prefix, "invalidate-tag", "shared")
+    assert child["removed"] == 3
+    assert [(await tier.get(key(v, "stepA")))[0] for v in ("a", "b", "own-c", "d")] == [
+        False,
+        False,
+        True,
+        False,
+    ]
+
+    # And the other way round: the parent invalidates the group, the child sees it.
+    assert await tier.invalidate_group("stepA") == 1
+    child = await asyncio.to_thread(run_child, redis_server, prefix, "get", "own-c")
+    assert child["found"] == {"own-c": None}
+    assert child["stats"]["misses"] == 1
+
+
+# ------------------------------------------------------------ coalescing
+async def test_a_burst_is_coalesced_on_few_connections(make_tier, redis_restartable):
+    tier = make_tier(redis_restartable.url, op_timeout_s=5)
+    n = 1000
+    stored = await asyncio.gather(
+        *(
+            tier.set(key(i), {"i": i}, ttl_s=60, tags=[f"t{i % 3}"] if i % 2 else (), group="g")
+            for i in range(n)
+        )
+    )
+    assert all(stored)
+    # Hits, misses and one hot key asked for many times, all at once.
+    asks = [*range(n), *range(n, n + 100), *([7] * 200)]
+    got = await asyncio.gather(*(tier.get(key(i)) for i in asks))
+    assert got == [(True, {"i": i}) if i < n else (False, None) for i in asks]
+    s = tier.stats()
+    assert s["batched"] > n  # most calls went out in batches
+    assert (s["sets"], s["hits"], s["misses"], s["errors"], s["timeouts"]) == (n, 1200, 100, 0, 0)
+    with redis.Redis.from_url(redis_restartable.url) as admin:
+        clients = admin.client_list()
+        assert len(clients) <= 2 * 4 + 2, clients  # two lanes of 4, admin, slack
+        assert admin.zcard(f"{tier._prefix}g:g") == n
+    assert await tier.invalidate_tag("t1") == len([i for i in range(n) if i % 2 and i % 3 == 1])
+
+
+async def test_batched_sets_reload_a_flushed_script(make_tier, redis_restartable):
+    tier = make_tier(redis_restartable.url, op_timeout_s=5)
+    assert await tier.set(key("first"), 0, ttl_s=60, tags=["t"])  # script loaded
+    admin = redis.Redis.from_url(redis_restartable.url)
+    admin.script_flush()  # as a restarted server would have
+    # A batch of three, as the lane would send it: one pipeline, NOSCRIPT, reload, again.
+    conn = tier._conn()
+    items = [
+        (tier._value_key(key(i)), b"\x01\xc0" + pickle.dumps(i), 60_000, [f"{tier._prefix}t:t"])
+        for i in range(3)
+    ]
+    assert await conn._run_sets(items) == [True, True, True]
+    assert admin.zcard(f"{tier._prefix}t:t") == 4
+    admin.close()
+    assert [await tier.get(key(i)) for i in range(3)] == [(True, 0), (True, 1), (True, 2)]
+    assert await tier.invalidate_tag("t") == 4
+
+
+# ------------------------------------------------------------- failures
+async def test_redis_killed_mid_run_then_recovered(make_tier, redis_restartable):
+    tier = make_tier(redis_restartable.url, op_timeout_s=0.5, reconnect_backoff_s=0.3)
+    await tier.set(key(1), "v", ttl_s=60, tags=["t"])
+    assert await tier.get(key(1)) == (True, "v")
+
+    redis_restartable.kill()
+    async with no_stall():
+        assert await tier.get(key(1)) == (False, None)
+        s = tier.stats()
+        assert s["errors"] == 1 and not s["healthy"] and s["last_error"]
+        # Within the back-off nothing reaches Redis: fast misses, counted.
+        assert await tier.get(key(1)) == (False, None)
+        assert await tier.set(key(2), "w", ttl_s=60) is False
+        assert await tier.invalidate_tag("t") == 0
+        assert await tier.clear() == 0
+        s = tier.stats()
+        assert s["skipped"] == 4 and s["errors"] == 1 and s["misses"] == 2
+
+    redis_restartable.start()  # same port, empty (nothing persisted)
+    await asyncio.sleep(0.35)
+    async with no_stall():
+        assert await tier.get(key(1)) == (False, None)  # a real miss: the data died
+        assert tier.stats()["healthy"]
+        assert await tier.set(key(1), "again", ttl_s=60, tags=["t"])  # script reloaded
+        assert await tier.get(key(1)) == (True, "again")
+        assert await tier.invalidate_tag("t") == 1
+    assert tier.stats()["errors"] == 1
+
+
+async def test_unreachable_from_the_start(make_tier):
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    tier = make_tier(url, reconnect_backoff_s=60)
+    async with no_stall():
+        assert await tier.get(key(1)) == (False, None)
+        assert await tier.set(key(1), 1, ttl_s=1, tags=["t"], group="g") is False
+        assert await tier.invalidate_tag("t") == 0
+        assert await tier.invalidate_group("g") == 0
+        assert await tier.clear() == 0
+        h = await tier.health()  # health() always asks Redis
+    assert h["ok"] is False and h["error"]
+    s = tier.stats()
+    assert s["errors"] == 2 and s["skipped"] == 4 and not s["healthy"]
+    assert "Connect" in s["last_error"] or "connect" in s["last_error"]
+
+
+async def test_slow_server_times_out_to_a_miss(make_tier, redis_restartable):
+    tier = make_tier(redis_restartable.url, op_timeout_s=0.05, reconnect_backoff_s=0.1)
+    await tier.set(key(1), "v", ttl_s=60)
+    redis_restartable.freeze()  # answers nothing until thawed
+    try:
+        async with no_stall():
+            assert await tier.get(key(1)) == (False, None)
+        s = tier.stats()
+        assert s["timeouts"] == 1 and s["errors"] == 0 and not s["healthy"]
+        assert "timeout" in s["last_error"]
+        assert await tier.get(key(1)) == (False, None)
+        assert tier.stats()["skipped"] == 1
+    finally:
+        redis_restartable.thaw()
+    await asyncio.sleep(0.15)  # the back-off is over
+    assert await tier.get(key(1)) == (True, "v")
+    s = tier.stats()
+    assert s["healthy"] and s["timeouts"] == 1
+
+
+async def test_one_probe_at_a_time_after_the_backoff(make_tier, redis_restartable):
+    tier = make_tier(redis_restartable.url, op_timeout_s=0.1, reconnect_backoff_s=0.05)
+    await tier.set(key(1), "v", ttl_s=60)
+    redis_restartable.freeze()
+    try:
+        assert await tier.get(key(1)) == (False, None)  # times out: unhealthy
+        await asyncio.sleep(0.06)
+        # Still frozen: one call probes (and times out); the others skip at once.
+        results = await asyncio.gather(*(tier.get(key(1)) for _ in range(10)))
+        assert results == [(False, None)] * 10
+        s = tier.stats()
+        assert s["timeouts"] == 2 and s["skipped"] == 9
+    finally:
+        redis_restartable.thaw()
+
+
+async def test_a_cancelled_probe_does_not_keep_the_tier_off(make_tier, redis_restartable):
+    tier = make_tier(redis_restartable.url, op_timeout_s=0.1, reconnect_backoff_s=0.05)
+    await tier.set(key(1), "v", ttl_s=60)
+    redis_restartable.freeze()
+    try:
+        assert await tier.get(key(1)) == (False, None)  # times out: unhealthy
+        await asyncio.sleep(0.06)
+        probe = asyncio.create_task(tier.get(key(1)))
+        await asyncio.sleep(0.02)
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+    finally:
+        redis_restartable.thaw()
+    await asyncio.sleep(0.15)  # past the abandoned probe's deadline
+    assert await tier.get(key(1)) == (True, "v")
+    assert tier.stats()["healthy"]
+
+
+async def test_cancellation_propagates_and_is_not_counted(make_tier, redis_restartable):
+    tier = make_tier(redis_restartable.url, op_timeout_s=5)
+    await tier.set(key(1), "v", ttl_s=60)
+    redis_restartable.freeze()
+    try:
+        task = asyncio.create_task(tier.get(key(1)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        redis_restartable.thaw()
+    s = tier.stats()
+    assert (s["errors"], s["timeouts"], s["hits"]) == (0, 0, 0) and s["healthy"]
+    assert await tier.get(key(1)) == (True, "v")
+
+
+async def test_health_and_stats(make_tier, redis_server):
+    tier = make_tier()
+    h = await tier.health()
+    assert h["ok"] is True and h["latency_ms"] >= 0 and h["error"] is None
+    s = tier.stats()
+    for field in (
+        "hits",
+        "misses",
+        "sets",
+        "errors",
+        "timeouts",
+        "skipped",
+        "corrupt",
+        "invalidations",
+        "bytes_written",
+        "bytes_read",
+        "compressed_sets",
+        "healthy",
+        "last_error",
+        "url",
+    ):
+        assert field in s
+    assert s["url"] == redis_server and s["last_error"] is None and s["clients"] == 1
+
+
+def test_url_password_is_redacted():
+    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("rediss://user:s3cret@host/1") == "rediss://user:***@host/1"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert "s3cret" not in redact_url("unix:///tmp/r.sock?db=0&password=s3cret")
+    tier = RedisCacheTier("redis://:s3cret@127.0.0.1:1/0")
+    assert "s3cret" not in tier.stats()["url"] and "s3cret" not in repr(tier)
+
+
+# ---------------------------------------------------- loops and clients
+async def test_event_loops_in_several_threads_share_one_tier(make_tier):
+    tier = make_tier()
+    await tier.set(key("main"), "from the main loop", ttl_s=60)
+    n_threads, n_keys = 4, 40
+    errors = []
+    barrier = threading.Barrier(n_threads)
+
+    async def worker(t):
+        try:
+            for i in range(n_keys):
+                assert await tier.set(key((t, i)), (t, i), ttl_s=60, tags=[f"thread{t}"])
+            barrier.wait(timeout=10)  # every thread has written: read the others' values
+            for i in range(n_keys):
+                other = (t + 1) % n_threads
+                assert await tier.get(key((other, i))) == (True, (other, i))
+            assert await tier.get(key("main")) == (True, "from the main loop")
+        finally:
+            await tier.close()  # this loop's client, before asyncio.run ends the loop
+
+    def run(t):
+        try:
+            asyncio.run(worker(t))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+    assert not errors, errors
+    s = tier.stats()
+    assert s["hits"] == n_threads * (n_keys + 1)
+    assert s["sets"] == n_threads * n_keys + 1
+    assert s["clients"] == 1  # only the main loop's is left
+    assert await tier.invalidate_tag("thread2") == n_keys
+
+
+async def test_close_then_use_again(make_tier):
+    tier = make_tier()
+    await tier.set(key(1), 1, ttl_s=30)
+    await tier.close()
+    assert tier.stats()["clients"] == 0
+    assert await tier.get(key(1)) == (True, 1)  # a new client, lazily
+    assert tier.stats()["clients"] == 1
+
+
+async def test_given_client_is_used_and_not_closed(redis_server, prefix):
+    client = aioredis.Redis.from_url(redis_server)
+    try:
+        tier = RedisCacheTier(prefix=prefix, client=client)
+        await tier.set(key(1), "v", ttl_s=30, tags=["t"])
+        assert await tier.get(key(1)) == (True, "v")
+        await tier.close()
+        assert await client.ping()  # still open
+        assert tier.stats()["url"].startswith("redis://127.0.0.1:")
+    finally:
+        await client.aclose()
