@@ -195,6 +195,9 @@ class Engine {
           });
           if (!flight) return py::make_tuple(KeyToBytes(key), fut, 7);
         }
+        // A shared tier: the Python layer asks it (asynchronously) before
+        // the step runs; it then calls _l2_fill or _begin_leader.
+        if (l2_) return py::make_tuple(KeyToBytes(key), py::bool_(flight), 8);
       }
     }
     ExecutionRecord* r = core_.Begin(std::move(entry), now, std::move(cfg));
@@ -299,6 +302,66 @@ class Engine {
       if (l->success) core_.RecordCacheHit(e, 0);
       h.resolve(fut, res);
     }
+  }
+
+  // ---- the shared (L2) tier, driven by the Python layer ----
+  void set_l2(bool on) { l2_ = on; }
+
+  // The shared tier had the value: fill L1, wake the flight's followers,
+  // and return the hit's StepResult.
+  py::object l2_fill(py::handle step, py::bytes key_bytes, bool flight,
+                     py::handle value, double waited_s) {
+    std::shared_ptr<StepEntry> entry = Lookup(step);
+    auto* e = static_cast<PyStepEntry*>(entry.get());
+    std::shared_ptr<const OptimizationConfig> cfg = core_.config();
+    const Key128 key = KeyFromBytes(key_bytes);
+    const int64_t now = MonotonicNowNs();
+    const size_t bytes = cfg->cache_max_bytes > 0 ? EstimateSize(value) : 0;
+    std::vector<CachedValue> dropped;
+    core_.CachePut(*e, *cfg, key, HoldValue(value.ptr()), bytes, now, &dropped);
+    const auto latency = static_cast<int64_t>(waited_s * 1e9);
+    core_.RecordCacheHit(*e, latency);
+    py::object out = cfg->cache_copy_outputs
+                         ? PyHelpers::Get().deepcopy(value)
+                         : py::reinterpret_borrow<py::object>(value);
+    auto res = py::reinterpret_steal<py::object>(
+        NewStepResult(e->name_str.ptr(), out.ptr(), true, 0, waited_s, Py_None,
+                      Py_None, true));
+    if (!res) throw py::error_already_set();
+    py::dict md;
+    md["cache_tier"] = "l2";
+    reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
+        md.release().ptr();
+    if (flight) WakeFollowers(*e, key, res, cfg->cache_copy_outputs);
+    return res;
+  }
+
+  // The shared tier missed: start the execution as the key's leader.
+  py::tuple begin_leader(py::handle step, py::bytes key_bytes, bool flight,
+                         py::handle data, py::handle context,
+                         py::handle resources) {
+    std::shared_ptr<StepEntry> entry = Lookup(step);
+    ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs());
+    r->cache_lead = true;
+    r->cache_flight = flight;
+    r->cache_key = KeyFromBytes(key_bytes);
+    if (r->attempt == 0) return RejectedResult(r);
+    return StartAttempt(r, data, context, resources);
+  }
+
+  // Cancelled while asking the shared tier: followers run themselves.
+  void abandon_flight(py::handle step, py::bytes key_bytes) {
+    std::shared_ptr<StepEntry> entry = Lookup(step);
+    WakeFollowers(*static_cast<PyStepEntry*>(entry.get()),
+                  KeyFromBytes(key_bytes), py::none(), false);
+  }
+
+  // (ttl_s, tags, group) for writing a step's result to the shared tier.
+  py::tuple cache_policy(py::handle step) {
+    std::shared_ptr<StepEntry> entry = Lookup(step);
+    auto* e = static_cast<PyStepEntry*>(entry.get());
+    return py::make_tuple(Executor::CacheTtlSeconds(*e, *core_.config()),
+                          e->spec.tags, e->name_str);
   }
 
   // A cancelled follower leaves the flight it was waiting on.
@@ -740,6 +803,7 @@ class Engine {
   Executor core_;
   py::object analyse_;
   py::object default_retry_ = py::none();  // caudal.RetryStrategy or None
+  bool l2_ = false;                        // a shared tier is configured
 
  public:
   void set_default_retry(py::object r) {
@@ -954,6 +1018,11 @@ void RegisterExecutor(py::module_& m) {
       .def("error_stats", &Engine::error_stats, py::arg("max_patterns") = 20)
       .def("reset_resilience", &Engine::reset_resilience)
       .def("_leave_flight", &Engine::leave_flight)
+      .def("set_l2", &Engine::set_l2)
+      .def("_l2_fill", &Engine::l2_fill)
+      .def("_begin_leader", &Engine::begin_leader)
+      .def("_abandon_flight", &Engine::abandon_flight)
+      .def("_cache_policy", &Engine::cache_policy)
       .def("invalidate_tag", &Engine::invalidate_tag)
       .def("invalidate_prefix", &Engine::invalidate_prefix)
       .def("clear_cache", &Engine::clear_cache)

@@ -45,7 +45,11 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
             "step_analysis": engine.step_table(),
             "steps": steps,
         },
-        "cache": {"enabled": cfg.enable_cache_optimization, **engine.cache_stats()},
+        "cache": {
+            "enabled": cfg.enable_cache_optimization,
+            **engine.cache_stats(),
+            "l2": executor._l2.stats() if executor._l2 is not None else None,
+        },
         "concurrency": {
             "max_concurrent_executions": cfg.max_concurrent_executions,
             "status": "pass-through: concurrency limits are not implemented yet",

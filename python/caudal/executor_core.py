@@ -55,17 +55,28 @@ class ExecutorCore:
     several threads.
     """
 
-    __slots__ = ("_begin", "_engine", "_failed", "_succeed")
+    __slots__ = ("_begin", "_engine", "_failed", "_l2", "_l2_writes", "_succeed")
 
     def __init__(
         self,
         optimization_config: OptimizationConfig | None = None,
         *,
         retry_strategy: RetryStrategy | None = None,
+        cache_l2: Any = None,
     ) -> None:
         """``retry_strategy`` is the default for steps that set neither
-        ``retry`` nor ``max_retries`` (without it they get one attempt)."""
+        ``retry`` nor ``max_retries`` (without it they get one attempt).
+        ``cache_l2`` is a shared cache tier behind the in-process one (a
+        :class:`caudal.cache_redis.RedisCacheTier`, or any object with its
+        async ``get``/``set``/``invalidate_tag``/``invalidate_group``/``clear``)."""
         engine = Engine(_checked(optimization_config))
+        self._l2 = cache_l2
+        self._l2_writes: set[asyncio.Task] = set()
+        if cache_l2 is not None:
+            for method in ("get", "set", "invalidate_tag", "invalidate_group", "clear"):
+                if not callable(getattr(cache_l2, method, None)):
+                    raise TypeError(f"cache_l2 has no {method}() method")
+            engine.set_l2(True)
         if retry_strategy is not None:
             if not isinstance(retry_strategy, RetryStrategy):
                 raise TypeError("retry_strategy must be a caudal.RetryStrategy")
@@ -121,6 +132,8 @@ class ExecutorCore:
         """
         if mode == 7:
             return await self._follow(rec, aw, step, data, context, resources)
+        if mode == 8:
+            return await self._through_l2(rec, aw, step, data, context, resources)
         engine = self._engine
         live = True
         try:
@@ -173,6 +186,43 @@ class ExecutorCore:
             if live:
                 engine._cancel(rec)
             raise
+
+    async def _through_l2(
+        self, key: bytes, flight: bool, step: Any, data: Any, context: Any, resources: Any
+    ) -> StepResult:
+        """L1 missed and this execution leads its key: ask the shared tier,
+        then run the step if it missed too, and write the result back."""
+        engine = self._engine
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            found, value = await self._l2.get(key)
+        except BaseException:
+            if flight:
+                engine._abandon_flight(step, key)
+            raise
+        if found:
+            return engine._l2_fill(step, key, flight, value, loop.time() - t0)
+        rec, aw, mode = engine._begin_leader(step, key, flight, data, context, resources)
+        if mode == 0:
+            try:
+                out = await aw
+            except Exception as exc:  # noqa: BLE001
+                return await self._run(rec, exc, 4, data, context, resources, step)
+            except BaseException:
+                engine._cancel(rec)
+                raise
+            result = self._succeed(rec, out)
+        elif mode == 5:
+            return aw
+        else:
+            result = await self._run(rec, aw, mode, data, context, resources, step)
+        if result.success and not result.metadata.get("fallback_triggered"):
+            ttl_s, tags, group = engine._cache_policy(step)
+            task = loop.create_task(self._l2.set(key, result.output, ttl_s, tags, group))
+            self._l2_writes.add(task)
+            task.add_done_callback(self._l2_writes.discard)
+        return result
 
     async def _follow(
         self, key: bytes, fut: Any, step: Any, data: Any, context: Any, resources: Any
@@ -268,16 +318,38 @@ class ExecutorCore:
         self._engine.apply_config(cfg)
 
     async def clear_cache(self) -> None:
-        """Drop every cached result."""
+        """Drop every cached result, in both tiers."""
         self._engine.clear_cache()
+        if self._l2 is not None:
+            await self._l2.clear()
 
     async def invalidate_by_tag(self, tag: str) -> int:
-        """Drop the cached results of every step carrying ``tag``; returns how many."""
-        return self._engine.invalidate_tag(tag)
+        """Drop the cached results of every step carrying ``tag``, in both
+        tiers (through Redis, in every process sharing it). Returns how many
+        in-process entries went."""
+        n = self._engine.invalidate_tag(tag)
+        if self._l2 is not None:
+            await self._l2.invalidate_tag(tag)
+        return n
 
     async def invalidate_prefix(self, step_name: str) -> int:
         """Drop every cached result of the step named ``step_name``."""
-        return self._engine.invalidate_prefix(step_name)
+        n = self._engine.invalidate_prefix(step_name)
+        if self._l2 is not None:
+            await self._l2.invalidate_group(step_name)
+        return n
+
+    async def flush(self) -> None:
+        """Wait for pending writes to the shared cache tier."""
+        while self._l2_writes:
+            await asyncio.gather(*list(self._l2_writes), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Flush pending shared-tier writes and close the tier's connections."""
+        await self.flush()
+        close = getattr(self._l2, "close", None)
+        if close is not None:
+            await close()
 
     # ---------------------------------------------------------------- stats
     def get_optimization_stats(self) -> dict[str, dict[str, Any]]:

@@ -309,18 +309,28 @@ std::vector<std::pair<std::string, uint64_t>> Executor::UncacheableReasons()
   return {uncacheable_.begin(), uncacheable_.end()};
 }
 
-void Executor::CacheStore(const ExecutionRecord& r, CachedValue value,
-                          size_t bytes, int64_t now_ns,
-                          std::vector<CachedValue>* dropped) {
-  const StepSpec& spec = r.step->spec;
-  const double ttl_s =
-      spec.cache_ttl_s > 0 ? spec.cache_ttl_s : r.config->cache_ttl_seconds;
-  const double ttl_ns = ttl_s * 1e9;
+double Executor::CacheTtlSeconds(const StepEntry& step,
+                                 const OptimizationConfig& config) {
+  return step.spec.cache_ttl_s > 0 ? step.spec.cache_ttl_s
+                                   : config.cache_ttl_seconds;
+}
+
+void Executor::CachePut(const StepEntry& step, const OptimizationConfig& config,
+                        const Key128& key, CachedValue value, size_t bytes,
+                        int64_t now_ns, std::vector<CachedValue>* dropped) {
+  const double ttl_ns = CacheTtlSeconds(step, config) * 1e9;
   const int64_t expires = ttl_ns >= static_cast<double>(kNeverExpires - now_ns)
                               ? kNeverExpires
                               : now_ns + static_cast<int64_t>(ttl_ns);
-  cache_.Put(r.cache_key, std::move(value), bytes, expires, spec.cache_group,
-             spec.tags, dropped);
+  cache_.Put(key, std::move(value), bytes, expires, step.spec.cache_group,
+             step.spec.tags, dropped);
+}
+
+void Executor::CacheStore(const ExecutionRecord& r, CachedValue value,
+                          size_t bytes, int64_t now_ns,
+                          std::vector<CachedValue>* dropped) {
+  CachePut(*r.step, *r.config, r.cache_key, std::move(value), bytes, now_ns,
+           dropped);
 }
 
 size_t Executor::InvalidateTag(absl::string_view tag,

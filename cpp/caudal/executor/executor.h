@@ -154,6 +154,13 @@ class Executor {
   // before Succeed()). TTL: the step's cache_ttl_s, else cache_ttl_seconds.
   void CacheStore(const ExecutionRecord& r, CachedValue value, size_t bytes,
                   int64_t now_ns, std::vector<CachedValue>* dropped);
+  // The same without a record (a value promoted from the shared tier).
+  void CachePut(const StepEntry& step, const OptimizationConfig& config,
+                const Key128& key, CachedValue value, size_t bytes,
+                int64_t now_ns, std::vector<CachedValue>* dropped);
+  // The TTL in seconds a step's results are cached for under `config`.
+  static double CacheTtlSeconds(const StepEntry& step,
+                                const OptimizationConfig& config);
   size_t InvalidateTag(absl::string_view tag,
                        std::vector<CachedValue>* dropped);
   size_t InvalidateGroup(uint64_t group, std::vector<CachedValue>* dropped);

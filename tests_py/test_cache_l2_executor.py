@@ -1,0 +1,141 @@
+"""ExecutorCore with the Redis tier behind its in-process cache (a real
+redis-server started by the fixtures)."""
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import uuid
+
+from caudal import ExecutorCore, OptimizationConfig, Step
+from caudal.cache_redis import RedisCacheTier
+
+
+def make_executor(url, prefix, **kw):
+    tier = RedisCacheTier(url, prefix=prefix, op_timeout_s=0.5, reconnect_backoff_s=0.2)
+    cfg = OptimizationConfig(enable_cache_optimization=True, **kw)
+    return ExecutorCore(cfg, cache_l2=tier), tier
+
+
+class Counted:
+    def __init__(self):
+        self.calls = 0
+
+    async def __call__(self, x):
+        self.calls += 1
+        return {"value": x, "n": self.calls}
+
+
+async def test_l1_miss_goes_to_l2_and_promotes(redis_server):
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    fn = Counted()
+    step = Step(fn, "enrich", tags=("users",))
+    a, tier_a = make_executor(redis_server, prefix)
+    r = await a.execute(step, 1)
+    assert r.success and not r.cache_hit
+    await a.flush()  # the L2 write is asynchronous
+    # A second executor (another process, in effect) shares L2 only.
+    b, tier_b = make_executor(redis_server, prefix)
+    r = await b.execute(step, 1)
+    assert r.cache_hit and r.metadata["cache_tier"] == "l2" and r.output == {"value": 1, "n": 1}
+    assert fn.calls == 1
+    r = await b.execute(step, 1)  # now an L1 hit
+    assert r.cache_hit and r.metadata == {}
+    stats = b.get_optimization_stats()["cache"]
+    assert stats["l2"]["hits"] == 1
+    # Invalidation by tag reaches the shared tier.
+    await a.invalidate_by_tag("users")
+    c, tier_c = make_executor(redis_server, prefix)
+    assert not (await c.execute(step, 1)).cache_hit
+    assert fn.calls == 2
+    for ex in (a, b, c):
+        await ex.aclose()
+
+
+async def test_two_processes_share_results_and_invalidation(redis_server, tmp_path):
+    prefix = f"p{uuid.uuid4().hex[:8]}:"
+    child = tmp_path / "child.py"
+    child.write_text(
+        textwrap.dedent(f"""
+        import asyncio, json, sys
+        from caudal import ExecutorCore, OptimizationConfig, Step
+        from caudal.cache_redis import RedisCacheTier
+
+        async def work(x):
+            return {{"from": "child", "x": x}}
+
+        async def main():
+            tier = RedisCacheTier({redis_server!r}, prefix={prefix!r}, op_timeout_s=2)
+            ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True), cache_l2=tier)
+            if sys.argv[1] == "run":
+                r = await ex.execute(Step(work, "shared", tags=("t",)), 5)
+            else:
+                await ex.invalidate_by_tag("t")
+            await ex.aclose()
+
+        asyncio.run(main())
+    """)
+    )
+    subprocess.run([sys.executable, str(child), "run"], check=True, timeout=60)
+
+    async def parent_work(x):
+        return {"from": "parent", "x": x}
+
+    ex, _ = make_executor(redis_server, prefix)
+    r = await ex.execute(Step(parent_work, "shared", tags=("t",)), 5)
+    assert r.cache_hit and r.output == {"from": "child", "x": 5}
+    await ex.clear_cache()  # clears L1 and this prefix in L2
+    subprocess.run([sys.executable, str(child), "run"], check=True, timeout=60)
+    subprocess.run([sys.executable, str(child), "invalidate"], check=True, timeout=60)
+    ex2, _ = make_executor(redis_server, prefix)
+    r = await ex2.execute(Step(parent_work, "shared", tags=("t",)), 5)
+    assert not r.cache_hit and r.output == {"from": "parent", "x": 5}
+    await ex.aclose()
+    await ex2.aclose()
+
+
+async def test_redis_killed_mid_run_l1_keeps_serving(redis_restartable):
+    server = redis_restartable
+    prefix = f"k{uuid.uuid4().hex[:8]}:"
+    fn = Counted()
+    step = Step(fn, "k")
+    ex, tier = make_executor(server.url, prefix)
+    await ex.execute(step, 1)
+    await ex.flush()
+    server.kill()
+    # L1 still serves; new inputs run uncached in L2 without any exception.
+    assert (await ex.execute(step, 1)).cache_hit
+    for x in range(2, 6):
+        r = await ex.execute(step, x)
+        assert r.success and not r.cache_hit
+    await ex.flush()
+    stats = ex.get_optimization_stats()["cache"]["l2"]
+    assert stats["healthy"] is False and stats["errors"] + stats["timeouts"] + stats["skipped"] > 0
+    server.restart()
+    await asyncio.sleep(0.3)  # past the reconnect back-off
+    await ex.execute(step, 99)
+    await ex.flush()
+    ex2, _ = make_executor(server.url, prefix)
+    r = await ex2.execute(step, 99)
+    assert r.cache_hit and r.metadata["cache_tier"] == "l2"  # the tier recovered by itself
+    await ex.aclose()
+    await ex2.aclose()
+
+
+async def test_single_flight_with_l2(redis_server):
+    prefix = f"s{uuid.uuid4().hex[:8]}:"
+    release = asyncio.Event()
+    calls = []
+
+    async def slow(x):
+        calls.append(x)
+        await release.wait()
+        return x
+
+    ex, _ = make_executor(redis_server, prefix)
+    tasks = [asyncio.create_task(ex.execute(Step(slow, "sf"), 3)) for _ in range(10)]
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert calls == [3] and all(r.output == 3 for r in results)
+    await ex.aclose()
