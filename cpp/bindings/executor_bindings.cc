@@ -93,8 +93,13 @@ struct PyHelpers {
 // A Python object owned by the core's cache or flight table: the deleter
 // takes the GIL, since the last reference may be dropped anywhere.
 void ReleasePyObject(const void* p) {
+  auto* o = static_cast<PyObject*>(const_cast<void*>(p));
+  if (PyGILState_Check()) {  // the usual case: released from the bindings
+    Py_DECREF(o);
+    return;
+  }
   PyGILState_STATE g = PyGILState_Ensure();
-  Py_DECREF(static_cast<PyObject*>(const_cast<void*>(p)));
+  Py_DECREF(o);
   PyGILState_Release(g);
 }
 CachedValue HoldValue(PyObject* o) {
@@ -151,12 +156,13 @@ class Engine {
   OptimizationConfig config() const { return *core_.config(); }
 
   // ---- hot path: before the first attempt ----
-  py::tuple begin(py::handle step, py::handle data, py::handle context,
-                  py::handle resources) {
+  // (rec, awaitable, mode), or a cache hit's StepResult itself.
+  py::object begin(py::handle step, py::handle data, py::handle context,
+                   py::handle resources) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
     auto* e = static_cast<PyStepEntry*>(entry.get());
     const int64_t now = MonotonicNowNs();
-    std::shared_ptr<const OptimizationConfig> cfg = core_.config();
+    const OptimizationConfig* cfg = core_.current_config();
     bool lead = false, flight = false;
     Key128 key{};
     if (Executor::CacheEnabled(*e, *cfg)) {
@@ -200,7 +206,7 @@ class Engine {
         if (l2_) return py::make_tuple(KeyToBytes(key), py::bool_(flight), 8);
       }
     }
-    ExecutionRecord* r = core_.Begin(std::move(entry), now, std::move(cfg));
+    ExecutionRecord* r = core_.Begin(std::move(entry), now, cfg);
     r->cache_lead = lead;
     r->cache_flight = flight;
     r->cache_key = key;
@@ -281,6 +287,8 @@ class Engine {
     if (followers.empty()) return;
     PyHelpers& h = PyHelpers::Get();
     for (const FlightWaiter& w : followers) {
+      if (!w)
+        continue;  // a placeholder between two JoinFlight calls (see there)
       py::handle fut(static_cast<PyObject*>(w.get()));
       if (leader.is_none()) {
         h.resolve(fut, py::none());
@@ -313,7 +321,7 @@ class Engine {
                      py::handle value, double waited_s) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
     auto* e = static_cast<PyStepEntry*>(entry.get());
-    std::shared_ptr<const OptimizationConfig> cfg = core_.config();
+    const OptimizationConfig* cfg = core_.current_config();
     const Key128 key = KeyFromBytes(key_bytes);
     const int64_t now = MonotonicNowNs();
     const size_t bytes = cfg->cache_max_bytes > 0 ? EstimateSize(value) : 0;
@@ -360,8 +368,9 @@ class Engine {
   py::tuple cache_policy(py::handle step) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
     auto* e = static_cast<PyStepEntry*>(entry.get());
-    return py::make_tuple(Executor::CacheTtlSeconds(*e, *core_.config()),
-                          e->spec.tags, e->name_str);
+    return py::make_tuple(
+        Executor::CacheTtlSeconds(*e, *core_.current_config()), e->spec.tags,
+        e->name_str);
   }
 
   // A cancelled follower leaves the flight it was waiting on.

@@ -96,7 +96,10 @@ class ExecutorCore:
     ) -> StepResult:
         """Run ``step`` on ``data``. A failure is a result, never an exception;
         ``asyncio.CancelledError`` always propagates."""
-        rec, aw, mode = self._begin(step, data, context, resources)
+        t = self._begin(step, data, context, resources)
+        if t.__class__ is StepResult:  # a cache hit
+            return t
+        rec, aw, mode = t
         if mode == 0:
             try:
                 out = await aw

@@ -19,6 +19,11 @@ Executor::Executor(OptimizationConfig config, uint64_t random_seed)
       cache_(ResultCacheOptions{static_cast<size_t>(config_->cache_max_size),
                                 static_cast<size_t>(config_->cache_max_bytes),
                                 16}) {
+  {
+    MutexLock lock(&config_mu_);
+    retained_.push_back(config_);
+    current_.store(config_.get(), std::memory_order_release);
+  }
   MutexLock lock(&breakers_mu_);
   registries_.push_back(std::make_unique<BreakerRegistry>());
   registry_.store(registries_.back().get(), std::memory_order_release);
@@ -73,6 +78,8 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config) {
       errors_.Resize(static_cast<size_t>(config.error_cache_size));
     }
     config_.swap(next);
+    retained_.push_back(config_);
+    current_.store(config_.get(), std::memory_order_release);
   }
   std::vector<CachedValue> dropped;  // destroyed after the locks are gone
   const auto cs = cache_.GetStats();
@@ -131,12 +138,12 @@ bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
   return true;
 }
 
-ExecutionRecord* Executor::Begin(
-    std::shared_ptr<StepEntry> step, int64_t now_ns,
-    std::shared_ptr<const OptimizationConfig> cfg) {
+ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
+                                 int64_t now_ns,
+                                 const OptimizationConfig* cfg) {
   auto* r = new ExecutionRecord();
   r->step = std::move(step);
-  r->config = cfg ? std::move(cfg) : config();
+  r->config = cfg ? cfg : current_config();
   r->start_ns = now_ns;
   r->attempt_start_ns = now_ns;
   StepStats* s = r->step->stats;

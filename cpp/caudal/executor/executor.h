@@ -50,7 +50,9 @@ int64_t MonotonicNowNs();
 
 struct ExecutionRecord {
   std::shared_ptr<StepEntry> step;
-  std::shared_ptr<const OptimizationConfig> config;
+  // The config in force at Begin(); every config an executor has had stays
+  // alive as long as the executor, so a plain pointer is enough.
+  const OptimizationConfig* config = nullptr;
   int64_t start_ns = 0;
   int64_t attempt_start_ns = 0;
   int attempt = 0;  // attempts started so far
@@ -133,9 +135,13 @@ class Executor {
   // open the record comes back with attempt == 0 and retry_after_ns set:
   // the step must not be called; end it with Reject(). `config` is the
   // config the execution runs under (default: the current one).
-  ExecutionRecord* Begin(
-      std::shared_ptr<StepEntry> step, int64_t now_ns,
-      std::shared_ptr<const OptimizationConfig> config = nullptr);
+  ExecutionRecord* Begin(std::shared_ptr<StepEntry> step, int64_t now_ns,
+                         const OptimizationConfig* config = nullptr);
+  // The config in force: one atomic load (hot path). Valid for the
+  // executor's lifetime.
+  const OptimizationConfig* current_config() const {
+    return current_.load(std::memory_order_acquire);
+  }
 
   // ---- result cache (L1) ----
   // Whether results of this step are cached under `config`.
@@ -230,6 +236,11 @@ class Executor {
 
   mutable Mutex config_mu_;
   std::shared_ptr<const OptimizationConfig> config_ ABSL_GUARDED_BY(config_mu_);
+  // Every config ever applied (a few hundred bytes each), so that records
+  // and hot-path readers can use raw pointers without reference counting.
+  std::vector<std::shared_ptr<const OptimizationConfig>> retained_
+      ABSL_GUARDED_BY(config_mu_);
+  std::atomic<const OptimizationConfig*> current_{nullptr};
   std::atomic<uint64_t> generation_{1};
   std::atomic<int64_t> in_flight_{0};
   StatsRegistry stats_;
@@ -260,10 +271,11 @@ class Executor {
 
 template <typename MakeWaiter>
 bool Executor::JoinFlight(const Key128& key, MakeWaiter make_waiter) {
-  if (!flights_.InFlight(key)) {
-    if (flights_.JoinOrLead(key, nullptr)) return true;
-    flights_.Leave(key, nullptr);  // lost a race: follow with a real waiter
-  }
+  // The common case, no flight yet, costs one lock: lead with no waiter.
+  if (flights_.JoinOrLead(key, nullptr)) return true;
+  // Queued as a follower with an empty waiter: swap in a real one. If the
+  // leader finished in between, the second call makes us the leader.
+  flights_.Leave(key, nullptr);
   return flights_.JoinOrLead(key, make_waiter());
 }
 
