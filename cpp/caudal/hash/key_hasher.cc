@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "caudal/hash/internal/wide_hash.h"
 
 #define XXH_INLINE_ALL
 #include "xxhash.h"
@@ -76,8 +77,8 @@ void KeyHasher::GrowEnds() {
 }
 
 void KeyHasher::AddLargePayload(Tag large_tag, absl::string_view payload) {
-  const XXH128_hash_t h =
-      XXH3_128bits_withSeed(payload.data(), payload.size(), kPayloadSeed);
+  const hash_internal::Hash128 h =
+      hash_internal::WideHash128(payload.data(), payload.size(), kPayloadSeed);
   char* p = Claim(1 + 8 + 16);
   p[0] = static_cast<char>(large_tag);
   Store64(p + 1, payload.size());
@@ -239,7 +240,13 @@ Key128 KeyHasher::Finish() {
   if (depth_ != 1) {
     SetError(absl::StrCat("Finish with ", depth_ - 1, " unclosed containers"));
   }
-  const XXH128_hash_t h = XXH3_128bits_withSeed(buf_, size_, kRootSeed);
+  hash_internal::Hash128 h;
+  if (size_ >= hash_internal::kWideHashMin) {
+    h = hash_internal::WideHash128(buf_, size_, kRootSeed);
+  } else {
+    const XXH128_hash_t x = XXH3_128bits_withSeed(buf_, size_, kRootSeed);
+    h = {x.low64, x.high64};
+  }
   Key128 key;
   key.lo = h.low64;
   key.hi = h.high64;
