@@ -150,8 +150,10 @@ class Engine {
   }
 
   void apply_config(const OptimizationConfig& config) {
-    const absl::Status s = core_.ApplyConfig(config);
+    std::vector<FlightWaiter> woken;
+    const absl::Status s = core_.ApplyConfig(config, &woken);
     if (!s.ok()) ThrowStatus(s);
+    for (FlightWaiter& w : woken) WakeSlot(std::move(w));
   }
   OptimizationConfig config() const { return *core_.config(); }
 
@@ -206,12 +208,66 @@ class Engine {
         if (l2_) return py::make_tuple(KeyToBytes(key), py::bool_(flight), 8);
       }
     }
-    ExecutionRecord* r = core_.Begin(std::move(entry), now, cfg);
+    return BeginRecord(std::move(entry), cfg, lead, flight, key,
+                       /*have_slot=*/false, data, context, resources);
+  }
+
+  // Takes a concurrency slot (or queues for one: mode 9, whose future is
+  // resolved when a slot is handed over; then _begin_permitted), creates the
+  // record and starts the first attempt.
+  py::object BeginRecord(std::shared_ptr<StepEntry> entry,
+                         const OptimizationConfig* cfg, bool lead, bool flight,
+                         const Key128& key, bool have_slot, py::handle data,
+                         py::handle context, py::handle resources) {
+    if (!have_slot && cfg->max_concurrent_executions.has_value()) {
+      py::object fut;
+      if (!core_.AcquireSlot(*cfg, [&] {
+            fut = PyHelpers::Get().get_running_loop().attr("create_future")();
+            return HoldWaiter(fut.ptr());
+          })) {
+        py::object state =
+            py::make_tuple(lead ? py::object(KeyToBytes(key)) : py::none(),
+                           py::bool_(lead), py::bool_(flight));
+        return py::make_tuple(state, fut, 9);
+      }
+      have_slot = true;
+    }
+    ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs(), cfg);
+    r->permit = have_slot;
     r->cache_lead = lead;
     r->cache_flight = flight;
     r->cache_key = key;
     if (r->attempt == 0) return RejectedResult(r);
     return StartAttempt(r, data, context, resources);
+  }
+
+  // A queued caller was handed a slot: start its execution.
+  py::object begin_permitted(py::handle step, py::tuple state, py::handle data,
+                             py::handle context, py::handle resources) {
+    std::shared_ptr<StepEntry> entry = Lookup(step);
+    const bool lead = state[1].cast<bool>();
+    const Key128 key = lead ? KeyFromBytes(state[0]) : Key128{};
+    return BeginRecord(std::move(entry), core_.current_config(), lead,
+                       state[2].cast<bool>(), key, /*have_slot=*/true, data,
+                       context, resources);
+  }
+
+  // A queued caller was cancelled: leave the queue, or pass on a slot that
+  // was already handed to it; followers of its flight run themselves.
+  void cancel_wait(py::handle step, py::tuple state, py::handle fut) {
+    if (!core_.CancelWait(PeekWaiter(fut.ptr()))) WakeSlot(core_.ReleaseSlot());
+    if (state[2].cast<bool>()) {
+      std::shared_ptr<StepEntry> entry = Lookup(step);
+      WakeFollowers(*static_cast<PyStepEntry*>(entry.get()),
+                    KeyFromBytes(state[0]), py::none(), false);
+    }
+  }
+
+  // Hands a freed slot to the caller waiting for it.
+  static void WakeSlot(FlightWaiter w) {
+    if (!w) return;
+    PyHelpers::Get().resolve(py::handle(static_cast<PyObject*>(w.get())),
+                             py::bool_(true));
   }
 
   // Starts an attempt of an existing record (retries): the awaitable or,
@@ -245,6 +301,7 @@ class Engine {
     PyObject* name = Entry(r)->name_str.ptr();
     Py_INCREF(name);  // the entry may die with the record
     const ExecutionOutcome o = core_.Succeed(r, MonotonicNowNs());
+    WakeSlot(o.wake);
     PyObject* res = NewStepResult(name, out, true, o.attempts,
                                   static_cast<double>(o.latency_ns) / 1e9,
                                   Py_None, Py_None, false);
@@ -267,6 +324,7 @@ class Engine {
       const bool flight = r->cache_flight;
       const Key128 key = r->cache_key;
       const ExecutionOutcome o = core_.Succeed(r, now);
+      WakeSlot(o.wake);
       auto res = py::reinterpret_steal<py::object>(NewStepResult(
           e->name_str.ptr(), out, true, o.attempts,
           static_cast<double>(o.latency_ns) / 1e9, Py_None, Py_None, false));
@@ -345,16 +403,13 @@ class Engine {
   }
 
   // The shared tier missed: start the execution as the key's leader.
-  py::tuple begin_leader(py::handle step, py::bytes key_bytes, bool flight,
-                         py::handle data, py::handle context,
-                         py::handle resources) {
+  py::object begin_leader(py::handle step, py::bytes key_bytes, bool flight,
+                          py::handle data, py::handle context,
+                          py::handle resources) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
-    ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs());
-    r->cache_lead = true;
-    r->cache_flight = flight;
-    r->cache_key = KeyFromBytes(key_bytes);
-    if (r->attempt == 0) return RejectedResult(r);
-    return StartAttempt(r, data, context, resources);
+    return BeginRecord(std::move(entry), core_.current_config(), true, flight,
+                       KeyFromBytes(key_bytes), /*have_slot=*/false, data,
+                       context, resources);
   }
 
   // Cancelled while asking the shared tier: followers run themselves.
@@ -376,6 +431,23 @@ class Engine {
   // A cancelled follower leaves the flight it was waiting on.
   void leave_flight(py::bytes key_bytes, py::handle fut) {
     core_.LeaveFlight(KeyFromBytes(key_bytes), PeekWaiter(fut.ptr()));
+  }
+
+  py::dict concurrency_stats() const {
+    py::dict d;
+    const OptimizationConfig* cfg = core_.current_config();
+    d["max_concurrent_executions"] =
+        cfg->max_concurrent_executions.has_value()
+            ? py::object(py::int_(*cfg->max_concurrent_executions))
+            : py::object(py::none());
+    d["slots_in_use"] = core_.slots_in_flight();
+    d["waiting"] = core_.slots_waiting();
+    const GateCounters c = core_.slot_counters();
+    d["acquired"] = c.acquired;
+    d["waited"] = c.waited;
+    d["cancelled_waits"] = c.cancelled;
+    d["max_waiting"] = c.max_waiting;
+    return d;
   }
 
   // Cache administration.
@@ -455,6 +527,7 @@ class Engine {
     const int attempts = r->attempt;
     const ExecutionOutcome o =
         core_.Fail(r, MonotonicNowNs(), /*fell_back=*/true);
+    WakeSlot(o.wake);
     py::object feedback = FeedbackOf(primary_exc);
     auto res = py::reinterpret_steal<py::object>(
         NewStepResult(name.ptr(), f->output, f->success, attempts + f->attempts,
@@ -479,7 +552,7 @@ class Engine {
     std::shared_ptr<StepEntry> entry = r->step;
     const bool flight = r->cache_flight;
     const Key128 key = r->cache_key;
-    core_.Cancel(r, MonotonicNowNs());
+    WakeSlot(core_.Cancel(r, MonotonicNowNs()));
     // Followers must not inherit a cancellation: they run the step themselves.
     if (flight)
       WakeFollowers(*static_cast<PyStepEntry*>(entry.get()), key, py::none(),
@@ -661,6 +734,7 @@ class Engine {
     py::object name = Entry(r)->name_str;
     const int attempts = r->attempt;
     const ExecutionOutcome o = core_.Fail(r, MonotonicNowNs(), fell_back);
+    WakeSlot(o.wake);
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(
         NewStepResult(name.ptr(), Py_None, false, attempts,
@@ -698,6 +772,7 @@ class Engine {
     const bool flight = r->cache_flight;
     const Key128 key = r->cache_key;
     const ExecutionOutcome o = core_.Reject(r, MonotonicNowNs());
+    WakeSlot(o.wake);
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(NewStepResult(
         name.ptr(), Py_None, false, 0, static_cast<double>(o.latency_ns) / 1e9,
@@ -1027,6 +1102,9 @@ void RegisterExecutor(py::module_& m) {
       .def("error_stats", &Engine::error_stats, py::arg("max_patterns") = 20)
       .def("reset_resilience", &Engine::reset_resilience)
       .def("_leave_flight", &Engine::leave_flight)
+      .def("_begin_permitted", &Engine::begin_permitted)
+      .def("_cancel_wait", &Engine::cancel_wait)
+      .def("concurrency_stats", &Engine::concurrency_stats)
       .def("set_l2", &Engine::set_l2)
       .def("_l2_fill", &Engine::l2_fill)
       .def("_begin_leader", &Engine::begin_leader)

@@ -51,9 +51,9 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
             "l2": executor._l2.stats() if executor._l2 is not None else None,
         },
         "concurrency": {
-            "max_concurrent_executions": cfg.max_concurrent_executions,
-            "status": "pass-through: concurrency limits are not implemented yet",
+            **engine.concurrency_stats(),
             "in_flight": engine.in_flight,
+            "adaptive": "not implemented yet: max_concurrent_executions=None means no limit",
         },
         "circuit_breaker": _breaker_section(engine, cfg),
         "error_handling": _error_section(engine, cfg, total),

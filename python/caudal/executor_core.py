@@ -137,6 +137,8 @@ class ExecutorCore:
             return await self._follow(rec, aw, step, data, context, resources)
         if mode == 8:
             return await self._through_l2(rec, aw, step, data, context, resources)
+        if mode == 9:
+            return await self._wait_slot(rec, aw, step, data, context, resources)
         engine = self._engine
         live = True
         try:
@@ -206,7 +208,19 @@ class ExecutorCore:
             raise
         if found:
             return engine._l2_fill(step, key, flight, value, loop.time() - t0)
-        rec, aw, mode = engine._begin_leader(step, key, flight, data, context, resources)
+        t = engine._begin_leader(step, key, flight, data, context, resources)
+        rec, aw, mode = t
+        if mode == 9:
+            state, fut = rec, aw
+            t = await self._slot(state, fut, step)
+            t = (
+                t
+                if t is not None
+                else engine._begin_permitted(step, state, data, context, resources)
+            )
+            if t.__class__ is StepResult:
+                return t
+            rec, aw, mode = t
         if mode == 0:
             try:
                 out = await aw
@@ -226,6 +240,27 @@ class ExecutorCore:
             self._l2_writes.add(task)
             task.add_done_callback(self._l2_writes.discard)
         return result
+
+    async def _slot(self, state: tuple, fut: Any, step: Any) -> None:
+        """Wait for a concurrency slot (FIFO); a cancelled waiter leaves the
+        queue, or passes on a slot it was handed, and never leaks one."""
+        try:
+            await fut
+        except BaseException:
+            self._engine._cancel_wait(step, state, fut)
+            raise
+
+    async def _wait_slot(
+        self, state: tuple, fut: Any, step: Any, data: Any, context: Any, resources: Any
+    ) -> StepResult:
+        await self._slot(state, fut, step)
+        t = self._engine._begin_permitted(step, state, data, context, resources)
+        if t.__class__ is StepResult:
+            return t
+        rec, aw, mode = t
+        if mode == 5:
+            return aw
+        return await self._run(rec, aw, mode, data, context, resources, step)
 
     async def _follow(
         self, key: bytes, fut: Any, step: Any, data: Any, context: Any, resources: Any
@@ -342,10 +377,18 @@ class ExecutorCore:
             await self._l2.invalidate_group(step_name)
         return n
 
-    async def flush(self) -> None:
-        """Wait for pending writes to the shared cache tier."""
+    async def flush(self, timeout: float | None = 10.0) -> int:
+        """Wait for pending writes to the shared cache tier (each is bounded
+        by the tier's own timeout); returns how many were still pending when
+        ``timeout`` ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self._l2_writes:
-            await asyncio.gather(*list(self._l2_writes), return_exceptions=True)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                break
+            await asyncio.wait(list(self._l2_writes), timeout=left)
+        return len(self._l2_writes)
 
     async def aclose(self) -> None:
         """Flush pending shared-tier writes and close the tier's connections."""

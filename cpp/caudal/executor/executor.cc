@@ -24,6 +24,8 @@ Executor::Executor(OptimizationConfig config, uint64_t random_seed)
     retained_.push_back(config_);
     current_.store(config_.get(), std::memory_order_release);
   }
+  gate_.SetLimit(static_cast<int>(
+      config_->max_concurrent_executions.value_or(kUnlimitedSlots)));
   MutexLock lock(&breakers_mu_);
   registries_.push_back(std::make_unique<BreakerRegistry>());
   registry_.store(registries_.back().get(), std::memory_order_release);
@@ -48,7 +50,8 @@ CircuitBreaker::Options Executor::BreakerOptions(const OptimizationConfig& c) {
   return o;
 }
 
-absl::Status Executor::ApplyConfig(const OptimizationConfig& config) {
+absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
+                                   std::vector<FlightWaiter>* woken) {
   const auto problems = config.Validate();
   if (!problems.empty()) {
     return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
@@ -80,6 +83,12 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config) {
     config_.swap(next);
     retained_.push_back(config_);
     current_.store(config_.get(), std::memory_order_release);
+  }
+  // A raised (or removed) limit hands slots to waiters, for the caller to wake.
+  std::vector<FlightWaiter> handed = gate_.SetLimit(static_cast<int>(
+      config.max_concurrent_executions.value_or(kUnlimitedSlots)));
+  if (woken != nullptr) {
+    for (auto& w : handed) woken->push_back(std::move(w));
   }
   std::vector<CachedValue> dropped;  // destroyed after the locks are gone
   const auto cs = cache_.GetStats();
@@ -209,8 +218,14 @@ bool Executor::StartAttempt(ExecutionRecord* r, int64_t now_ns) {
   return true;
 }
 
+FlightWaiter Executor::ReleaseSlot() {
+  std::optional<FlightWaiter> next = gate_.Release();
+  return next ? *next : FlightWaiter();
+}
+
 ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
   ExecutionOutcome out;
+  if (r->permit) out.wake = ReleaseSlot();
   out.latency_ns = now_ns - r->start_ns;
   out.attempts = r->attempt;
   StepStats* s = r->step->stats;
@@ -257,13 +272,15 @@ ExecutionOutcome Executor::Reject(ExecutionRecord* r, int64_t now_ns) {
   return Fail(r, now_ns, /*fell_back=*/false);
 }
 
-void Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
+FlightWaiter Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
+  FlightWaiter wake = r->permit ? ReleaseSlot() : FlightWaiter();
   StepStats* s = r->step->stats;
   s->cancelled.fetch_add(1, std::memory_order_relaxed);
   s->in_flight.fetch_sub(1, std::memory_order_relaxed);
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
   if (r->breaker_pending) r->breaker->OnIgnored(r->probe);
   delete r;
+  return wake;
 }
 
 std::vector<BreakerRegistry::NamedSnapshot> Executor::BreakerSnapshots() const {

@@ -35,6 +35,7 @@
 #include "caudal/base/mutex.h"
 #include "caudal/cache/result_cache.h"
 #include "caudal/cache/single_flight.h"
+#include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/config/optimization_config.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/hash/key128.h"
@@ -68,6 +69,7 @@ struct ExecutionRecord {
   // its output under it on success.
   bool cache_lead = false;
   bool cache_flight = false;  // leads a single flight (followers to wake)
+  bool permit = false;        // holds a slot of max_concurrent_executions
   Key128 cache_key{};
 };
 
@@ -81,6 +83,9 @@ struct ExecutionOutcome {
   int64_t latency_ns = 0;
   int attempts = 0;
   bool slow = false;
+  // A caller waiting for a concurrency slot, handed the slot this execution
+  // gave back: the bindings wake it (an asyncio future).
+  std::shared_ptr<void> wake;
 };
 
 // What the bindings know about a failed attempt.
@@ -121,7 +126,10 @@ class Executor {
   // Validates and swaps the config atomically. On error nothing changes and
   // the status lists every problem (kInvalidArgument). Breakers whose
   // options changed start afresh; the error-pattern table is resized.
-  absl::Status ApplyConfig(const OptimizationConfig& config);
+  // Waiters handed a slot by a raised limit are appended to `woken`.
+  absl::Status ApplyConfig(const OptimizationConfig& config,
+                           std::vector<FlightWaiter>* woken = nullptr);
+  static constexpr int kUnlimitedSlots = 1 << 30;
   uint64_t config_generation() const {
     return generation_.load(std::memory_order_acquire);
   }
@@ -188,6 +196,24 @@ class Executor {
     return flights_.Leave(key, w);
   }
 
+  // ---- max_concurrent_executions: a FIFO limit on executions in flight ----
+  // True: a slot is held (fast path: one CAS). False: `make_waiter()`'s waiter
+  // was queued; a later release hands the slot to it (the waiter comes back
+  // in ExecutionOutcome::wake, from Cancel(), ReleaseSlot() or ApplyConfig).
+  // Unlimited (always true) when max_concurrent_executions is None.
+  template <typename MakeWaiter>
+  bool AcquireSlot(const OptimizationConfig& config, MakeWaiter make_waiter);
+  // Gives back a slot held outside a record (a waiter that was handed one
+  // and then cancelled); returns the next waiter to wake, or null.
+  FlightWaiter ReleaseSlot();
+  // A waiting caller gave up: true if it left the queue; false if it had
+  // already been handed a slot, which it must give back with ReleaseSlot().
+  bool CancelWait(const FlightWaiter& w) { return gate_.Cancel(w); }
+  int slots_in_flight() const { return gate_.in_flight(); }
+  int slots_waiting() const { return gate_.waiting(); }
+  int slot_limit() const { return gate_.limit(); }
+  GateCounters slot_counters() const { return gate_.counters(); }
+
   // The attempt failed. On kRetry, wait delay_s and call StartAttempt();
   // otherwise end the execution with Fail().
   FailureDecision AttemptFailed(ExecutionRecord* record, int64_t now_ns,
@@ -205,7 +231,8 @@ class Executor {
   ExecutionOutcome Reject(ExecutionRecord* record, int64_t now_ns);
   // Cancelled (asyncio.CancelledError): not a failure, not retried; a
   // breaker slot (half-open probe) is given back.
-  void Cancel(ExecutionRecord* record, int64_t now_ns);
+  // Returns a waiter to wake (see ExecutionOutcome::wake), or null.
+  FlightWaiter Cancel(ExecutionRecord* record, int64_t now_ns);
 
   int64_t in_flight() const {
     return in_flight_.load(std::memory_order_relaxed);
@@ -262,12 +289,21 @@ class Executor {
   RetryRandom random_;
   std::atomic<uint64_t> fail_fast_{0};
 
+  ConcurrencyGate<FlightWaiter> gate_{0};
   ResultCache<CachedValue> cache_;
   SingleFlight<FlightWaiter> flights_;
   mutable Mutex uncacheable_mu_;
   absl::flat_hash_map<std::string, uint64_t> uncacheable_
       ABSL_GUARDED_BY(uncacheable_mu_);
 };
+
+template <typename MakeWaiter>
+bool Executor::AcquireSlot(const OptimizationConfig& config,
+                           MakeWaiter make_waiter) {
+  if (!config.max_concurrent_executions.has_value()) return true;
+  if (gate_.TryAcquire()) return true;
+  return gate_.AcquireOrEnqueue(make_waiter());
+}
 
 template <typename MakeWaiter>
 bool Executor::JoinFlight(const Key128& key, MakeWaiter make_waiter) {

@@ -1,0 +1,128 @@
+"""max_concurrent_executions: a native FIFO limit on executions in flight."""
+
+import asyncio
+import random
+
+import pytest
+
+from caudal import ExecutorCore, OptimizationConfig, Step
+
+
+def limited(n):
+    return ExecutorCore(OptimizationConfig(max_concurrent_executions=n))
+
+
+class Probe:
+    """A step that records how many executions run at once, and start order."""
+
+    def __init__(self, delay=0.005):
+        self.active = 0
+        self.peak = 0
+        self.started = []
+        self.delay = delay
+
+    async def __call__(self, x):
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        self.started.append(x)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.active -= 1
+        return x
+
+
+async def test_limit_is_never_exceeded_and_waiters_start_in_order():
+    ex = limited(3)
+    probe = Probe()
+    results = await asyncio.gather(*(ex.execute(Step(probe, "p"), i) for i in range(30)))
+    assert [r.output for r in results] == list(range(30))
+    assert probe.peak == 3
+    assert probe.started == list(range(30))  # FIFO
+    c = ex.get_optimization_stats()["concurrency"]
+    assert c["slots_in_use"] == 0 and c["waiting"] == 0 and c["waited"] == 27
+    assert c["max_waiting"] == 27
+
+
+async def test_cancelled_waiters_leak_no_slot():
+    ex = limited(2)
+    probe = Probe(delay=0.01)
+    rng = random.Random(3)
+    tasks = [asyncio.create_task(ex.execute(Step(probe, "p"), i)) for i in range(40)]
+    await asyncio.sleep(0)
+    cancelled = set(rng.sample(range(40), 15))
+    for i in cancelled:
+        tasks[i].cancel()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    ran = [i for i, o in enumerate(outcomes) if not isinstance(o, BaseException)]
+    assert all(isinstance(outcomes[i], asyncio.CancelledError) for i in cancelled if i not in ran)
+    assert probe.peak <= 2
+    c = ex.get_optimization_stats()["concurrency"]
+    assert c["slots_in_use"] == 0 and c["waiting"] == 0
+    # The executor still works at full capacity afterwards.
+    probe2 = Probe()
+    await asyncio.gather(*(ex.execute(Step(probe2, "q"), i) for i in range(6)))
+    assert probe2.peak == 2
+
+
+async def test_cancelling_a_running_execution_hands_its_slot_on():
+    ex = limited(1)
+    started = asyncio.Event()
+
+    async def forever(x):
+        started.set()
+        await asyncio.sleep(3600)
+
+    blocker = asyncio.create_task(ex.execute(Step(forever, "f"), 0))
+    await started.wait()
+    waiter = asyncio.create_task(ex.execute(Step(Probe(), "p"), 1))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    blocker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocker
+    assert (await waiter).output == 1
+
+
+async def test_raising_or_removing_the_limit_wakes_waiters():
+    ex = limited(1)
+    gate = asyncio.Event()
+
+    async def held(x):
+        await gate.wait()
+        return x
+
+    tasks = [asyncio.create_task(ex.execute(Step(held, "h"), i)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert ex.get_optimization_stats()["concurrency"]["waiting"] == 4
+    await ex.apply_optimization_config(OptimizationConfig(max_concurrent_executions=3))
+    await asyncio.sleep(0.01)
+    assert ex.get_optimization_stats()["concurrency"]["waiting"] == 2
+    await ex.apply_optimization_config(OptimizationConfig())  # None: no limit
+    await asyncio.sleep(0.01)
+    assert ex.get_optimization_stats()["concurrency"]["waiting"] == 0
+    gate.set()
+    assert [r.output for r in await asyncio.gather(*tasks)] == list(range(5))
+
+
+async def test_cache_hits_need_no_slot():
+    ex = ExecutorCore(
+        OptimizationConfig(max_concurrent_executions=1, enable_cache_optimization=True)
+    )
+    started = asyncio.Event()
+
+    async def forever(x):
+        started.set()
+        await asyncio.sleep(3600)
+
+    async def quick(x):
+        return x
+
+    await ex.execute(Step(quick, "q"), 1)  # cached
+    blocker = asyncio.create_task(ex.execute(Step(forever, "f"), 0))
+    await started.wait()
+    r = await asyncio.wait_for(ex.execute(Step(quick, "q"), 1), timeout=5)
+    assert r.cache_hit
+    blocker.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocker
