@@ -73,7 +73,17 @@ class _Progress:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, unit="step", file=sys.stderr, leave=False)
+                try:
+                    width = os.get_terminal_size(sys.stderr.fileno()).columns
+                except OSError:
+                    width = 0
+                self.bar = tqdm(
+                    total=total,
+                    unit="step",
+                    file=sys.stderr,
+                    leave=False,
+                    ncols=None if width > 0 else 80,  # a terminal that reports no size
+                )
             except ImportError:
                 self.bar = None
 

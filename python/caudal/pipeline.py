@@ -631,6 +631,9 @@ class _Runner:
         self.ctx = RunContext(context) if context is not None else None
         n = len(c.names)
         self.outputs: list[Any] = [None] * n
+        # (base, view, seq) of each ready step's context, taken when it
+        # became ready (see RunContext).
+        self.snaps: list[Any] = [None] * n
         self.records = [
             StepRecord(name, "pending", c.optional[i]) for i, name in enumerate(c.names)
         ]
@@ -711,7 +714,11 @@ class _Runner:
         if crossed is not None:
             self.fatal = crossed
         else:
-            self.ready.extend(dag_run.ready())
+            first = dag_run.ready()
+            if self.ctx is not None:
+                for j in first:
+                    self.snaps[j] = self.ctx.begin()
+            self.ready.extend(first)
         self.finished = asyncio.get_running_loop().create_future()
         token = _current_run.set(RunScope(self.run_id))
         try:
@@ -766,6 +773,7 @@ class _Runner:
             self.records,
         )
         execute, store, ctx, ready = self.execute, self.store, self.ctx, self.ready
+        snaps = self.snaps
         resources = self.resources
         rec = None
         try:
@@ -780,7 +788,8 @@ class _Runner:
                 rec = records[i]
                 rec.status = "running"
                 if ctx is not None:
-                    base, view, since = ctx.begin()
+                    base, view, since = snaps[i]
+                    snaps[i] = None
                 else:
                     view = None
                 rec.started_at = t0 = time.time()
@@ -831,6 +840,11 @@ class _Runner:
                         return
                 rec = None
                 if newly:
+                    if ctx is not None:
+                        # Siblings made ready together see the same context,
+                        # whichever of them gets to run first.
+                        for j in newly:
+                            snaps[j] = ctx.begin()
                     ready.extend(newly)
                 if not ready or self.stopping:
                     return
