@@ -56,6 +56,9 @@ from caudal.errors import (
 )
 
 _PICKLE = pickle.HIGHEST_PROTOCOL
+# Outputs of these exact types cannot carry usage attributes.
+_YIELD_EVERY = 256  # a worker yields to the loop at least this often
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), dict, list, tuple, set})
 
 # ------------------------------------------------------------------- usage
 
@@ -145,41 +148,43 @@ class StepRecord:
     ``error`` is the error's text; ``exception`` the exception itself (not
     stored: None for restored steps)."""
 
-    __slots__ = (
-        "attempts",
-        "cache_hit",
-        "cost_usd",
-        "error",
-        "exception",
-        "finished_at",
-        "latency_s",
+    # Class-level defaults: a run creates one record per step up front, and
+    # three attribute writes are cheaper than fourteen.
+    FIELDS = (
         "name",
+        "status",
         "optional",
         "output",
-        "restored",
         "started_at",
-        "status",
+        "finished_at",
+        "latency_s",
+        "attempts",
+        "cache_hit",
+        "error",
         "tokens",
+        "cost_usd",
+        "restored",
     )
+    output: Any = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    latency_s = 0.0
+    attempts = 0
+    cache_hit = False
+    error: str | None = None
+    exception: BaseException | None = None
+    tokens = 0
+    cost_usd = 0.0
+    restored = False
 
     def __init__(self, name: str, status: str = "pending", optional: bool = False) -> None:
         self.name = name
         self.status = status
         self.optional = optional
-        self.output: Any = None
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.latency_s = 0.0
-        self.attempts = 0
-        self.cache_hit = False
-        self.error: str | None = None
-        self.exception: BaseException | None = None
-        self.tokens = 0
-        self.cost_usd = 0.0
-        self.restored = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {s: getattr(self, s) for s in self.__slots__ if s not in ("exception", "output")}
+        """Every field but ``output`` (and the exception object)."""
+        return {f: getattr(self, f) for f in self.FIELDS if f != "output"}
 
     def __repr__(self) -> str:
         extra = f", error={self.error!r}" if self.error else ""
@@ -719,10 +724,21 @@ class _Runner:
                 for j in first:
                     self.snaps[j] = self.ctx.begin()
             self.ready.extend(first)
-        self.finished = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.finished = self.loop.create_future()
+        self.kick_pending = False
         token = _current_run.set(RunScope(self.run_id))
         try:
-            self._dispatch()
+            # One worker now; the kick starts the others at the next turn
+            # (after the first worker, which may drain them all if its
+            # steps never suspend). The context var is captured by both.
+            if self.ready and not self.stopping:
+                self.active += 1
+                t = asyncio.create_task(self._worker(self.ready.popleft()))
+                self.tasks.add(t)
+                t.add_done_callback(self.tasks.discard)
+                if self.ready:
+                    self._kick()
         finally:
             _current_run.reset(token)
         if self.active == 0 and not self.finished.done():
@@ -740,6 +756,22 @@ class _Runner:
         if self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
         return await self._conclude()
+
+    def _kick(self) -> None:
+        """Start more workers for the ready queue at the loop's next turn.
+
+        A worker that finishes a step takes the next ready one itself. If
+        that step completes without suspending (no I/O), nothing else could
+        have run meanwhile anyway, and no task is created; if it suspends,
+        this callback runs and starts workers for the remaining ready
+        steps, so independent steps still overlap their waits. One task per
+        step (what gather does) would cost ~2 µs of scheduling per step."""
+        self.kick_pending = True
+        self.loop.call_soon(self._kicked)
+
+    def _kicked(self) -> None:
+        self.kick_pending = False
+        self._dispatch()
 
     def _dispatch(self) -> None:
         ready = self.ready
@@ -773,9 +805,10 @@ class _Runner:
             self.records,
         )
         execute, store, ctx, ready = self.execute, self.store, self.ctx, self.ready
-        snaps = self.snaps
-        resources = self.resources
+        snaps, resources, limits, on_step = self.snaps, self.resources, self.limits, self.on_step
+        mark_done, now = self.dag_run.mark_done, time.time
         rec = None
+        streak = 0
         try:
             while True:
                 deps = deps_of[i]
@@ -792,20 +825,28 @@ class _Runner:
                     snaps[i] = None
                 else:
                     view = None
-                rec.started_at = t0 = time.time()
+                rec.started_at = t0 = now()
                 res = await execute(steps[i], data, view, resources)
-                rec.finished_at = t1 = time.time()
+                rec.finished_at = t1 = now()
                 rec.latency_s = t1 - t0
                 rec.attempts = res.attempts
                 rec.cache_hit = cache_hit = res.cache_hit
                 ok = res.success
                 if ok or rec.optional:
-                    out, usage = _usage_of(res, res.output) if ok else (None, None)
+                    usage = None
+                    if ok:
+                        out = res.output
+                        cls = out.__class__
+                        if cls is WithUsage:
+                            out, usage = out.output, out.usage
+                        elif cls not in _PLAIN or res.token_counts or res.cost_usd:
+                            out, usage = _usage_of(res, out)
+                    else:
+                        out = None
+                        rec.status, rec.error, rec.exception = "failed", res.feedback, res.error
                     if usage is not None and not cache_hit:
                         rec.tokens, rec.cost_usd = usage.tokens, usage.cost_usd
                         self.usage = self.usage + usage
-                    if not ok:
-                        rec.status, rec.error, rec.exception = "failed", res.feedback, res.error
                     changes = None
                     if ctx is not None:
                         changes = ctx.changes(base, view)
@@ -815,14 +856,15 @@ class _Runner:
                         await self._checkpoint(i, rec, out, changes, ok)
                     if ok:
                         rec.status = "completed"
-                    if self.limits is not None and (usage is not None and not cache_hit):
-                        crossed = self.limits.check(self.usage, names[i])
+                    if limits is not None and usage is not None and not cache_hit:
+                        crossed = limits.check(self.usage, names[i])
                         if crossed is not None:
                             self._notify(rec)
                             self._stop(crossed)
                             return
-                    newly = self.dag_run.mark_done(i)
-                    self._notify(rec)
+                    newly = mark_done(i)
+                    if on_step is not None:
+                        on_step(rec)
                 else:
                     rec.status, rec.error, rec.exception = "failed", res.feedback, res.error
                     if self.failure is None:
@@ -849,8 +891,14 @@ class _Runner:
                 if not ready or self.stopping:
                     return
                 i = ready.popleft()
-                if ready:
-                    self._dispatch()
+                if ready and not self.kick_pending:
+                    self._kick()
+                streak += 1
+                if streak >= _YIELD_EVERY:
+                    # Steps that finish without awaiting anything would
+                    # otherwise hold the loop for the whole run.
+                    streak = 0
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             if rec is not None and rec.status == "running":
                 rec.status = "cancelled"
