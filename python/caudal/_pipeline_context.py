@@ -1,7 +1,8 @@
 """How a pipeline hands its context to steps and merges what they change.
 
-Each step of a run gets its own **snapshot** of the run's context when it
-starts; when it completes, the keys it changed are merged into the run
+Each step of a run gets its own **snapshot** of the run's context, taken
+when it becomes ready (siblings made ready together share one); when it
+completes, the keys it changed are merged into the run
 context (and checkpointed with its output). Steps that ran concurrently
 (``Pipeline.parallel`` branches, independent DAG steps) thus never see each
 other's writes; two of them writing the same key is a
@@ -138,7 +139,7 @@ class RunContext:
     """The context of one run: snapshots for steps, merges with conflict checks.
 
     Conflict rule: each merge gets a sequence number; a step remembers the
-    number current when it took its snapshot. If a key it changed was last
+    number current when its snapshot was taken (when it became ready). If a key it changed was last
     written by a merge numbered after that, the step never saw that write:
     the two steps ran concurrently, and the later one is refused. (A
     dependency always merges before its dependents start, so it never counts.)
@@ -153,7 +154,7 @@ class RunContext:
         self._writers: dict[Any, tuple[int, str]] = {}
 
     def begin(self) -> tuple[Any, Any, int]:
-        """(base, view, seq) for a step starting now."""
+        """(base, view, seq) for a step that became ready now."""
         base = self.value
         return base, self._adapter.snapshot(base), self._seq
 
