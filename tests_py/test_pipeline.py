@@ -590,3 +590,32 @@ async def test_current_run_scope():
     run = await Pipeline([Step(who)]).run(None, store=False, run_id="rid")
     assert run.result == "rid"
     assert caudal.current_run() is None
+
+
+async def test_parallel_branches_may_be_pipelines():
+    async def a(x):
+        return x + 1
+
+    async def b(x):
+        return x * 10
+
+    async def c(x):
+        return -x
+
+    async def d(parts):
+        return parts
+
+    p = Step(inc) >> Pipeline.parallel(Step(a) >> Step(b), Step(c)) >> Step(d)
+    assert p.dependencies() == {"inc": [], "a": ["inc"], "b": ["a"], "c": ["inc"], "d": ["b", "c"]}
+    run = await p.run(1, store=False)
+    assert run.result == {"b": 30, "c": -2}
+
+
+async def test_step_depends_on_inside_a_chain_attaches_explicitly():
+    async def side(x):
+        return ("side", x)
+
+    p = Step(inc, "a") >> Step(dbl, "b") >> Step(side, depends_on=("a",))
+    assert p.dependencies()["side"] == ["a"]
+    run = await p.run(1, store=False)
+    assert run.result == {"b": 4, "side": ("side", 2)}

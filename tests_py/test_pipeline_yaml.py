@@ -491,3 +491,35 @@ async def test_failing_resolver_fails_the_step_and_is_not_cached():
     run = await load_pipeline(text, REGISTRY, resolver=resolver).run(1, store=False)
     assert run.status == "completed" and run.result == 6
     assert run.steps["a"].attempts == 2
+
+
+async def test_fallback_and_tags_nested_in_lists():
+    async def broken(x, items):
+        raise RuntimeError("primary down")
+
+    async def backup(x, items=None):
+        return ("backup", x)
+
+    async def listy(x, items):
+        return items
+
+    async def resolver(text, context):
+        return text.upper()
+
+    text = y("""
+    steps:
+      - name: a
+        uses: broken
+        with: {items: []}
+        fallback: backup
+      - name: b
+        uses: listy
+        depends_on: a
+        with:
+          items: ["<AUTO>x</AUTO>", {k: "v <AUTO>y</AUTO>"}, 3]
+    """)
+    reg = {"broken": broken, "backup": backup, "listy": listy}
+    run = await load_pipeline(text, reg, resolver=resolver).run(1, store=False)
+    assert run.status == "completed", run.error
+    assert run.outputs["a"] == ("backup", 1)
+    assert run.result == ["X", {"k": "v Y"}, 3]

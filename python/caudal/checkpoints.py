@@ -651,13 +651,22 @@ class PostgresStore(CheckpointStore):
                 assert self._lock is not None
                 async with self._lock:
                     conn = self._conn
+                    if conn is None:
+                        raise CheckpointError(f"{self!r} is closed")
                     async with conn.transaction():
                         async with conn.cursor() as cur:
                             await cur.executemany(_PG_UPSERT_STEP, [row for row, _ in batch])
                 self.transactions += 1
                 exc = None
-            except psycopg.Error as e:
+            except (psycopg.Error, CheckpointError) as e:
                 exc = CheckpointError(f"checkpoint write to PostgreSQL failed: {e}")
+            except BaseException:
+                # Cancelled mid-write: whether it committed is unknown, so
+                # the waiters (and anything queued behind them) fail.
+                lost = [f for _, f in batch] + [f for _, f in self._pending]
+                self._pending = []
+                _settle_all(lost, CheckpointError("checkpoint write interrupted"))
+                raise
             _settle_all([f for _, f in batch], exc)
 
     async def start_run(self, info: RunInfo) -> None:
