@@ -48,6 +48,13 @@ def find_pg_bin() -> Path:
     )
 
 
+def _server_env() -> dict[str, str]:
+    """The environment for server processes: without a sanitizer runtime
+    preloaded for the tests (`make test-asan`), which would hang initdb."""
+    drop = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS", "LSAN_OPTIONS")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -74,7 +81,12 @@ class PostgresServer:
 
     def _run(self, *argv: str, timeout: float = 60) -> None:
         proc = subprocess.run(
-            self._cmd(*argv), capture_output=True, text=True, timeout=timeout, cwd="/"
+            self._cmd(*argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+            env=_server_env(),
         )
         if proc.returncode != 0:
             raise PostgresUnavailable(
