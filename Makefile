@@ -23,10 +23,11 @@ APT_PKGS := g++ libabsl-dev nlohmann-json3-dev libgtest-dev libgmock-dev \
 CPP_INPUTS := $(shell find cpp cmake -type f 2>/dev/null) CMakeLists.txt
 CPP_TEST_INPUTS := $(CPP_INPUTS) $(shell find tests_cpp -type f 2>/dev/null)
 
-.PHONY: help demo test test-cpp test-py test-asan test-tsan bench bench-quick format lint clean deps
+.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan bench bench-quick format lint clean deps
 
 help:
 	@echo "make demo       run the example pipeline (sets everything up)"
+	@echo "make demo-pipeline  run examples/pipeline_demo.yaml with the caudal CLI"
 	@echo "make test       ctest (tests_cpp) + pytest (tests_py)"
 	@echo "make test-asan  ASan+UBSan over tests_cpp and over tests_py with an instrumented module"
 	@echo "make test-tsan  tests_cpp under TSan"
@@ -110,6 +111,12 @@ test-tsan: $(STAMPS)/venv
 # ------------------------------------------------------------ demo, bench
 demo: $(STAMPS)/install
 	$(VPY) examples/demo.py
+
+# The YAML pipeline example through the CLI (checkpoints in a temporary file).
+demo-pipeline: $(STAMPS)/install
+	cd examples && ../$(VENV)/bin/caudal run pipeline_demo.yaml \
+	  --registry pipeline_registry:REGISTRY --resolver pipeline_registry:resolver \
+	  --input '{"topic": "rivers"}' --store "$$(mktemp -d)/checkpoints.db"
 
 bench: $(STAMPS)/install
 	$(VPY) benchmarks/run.py

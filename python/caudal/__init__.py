@@ -5,24 +5,70 @@ C++. Start with ``ExecutorCore`` and ``await executor.execute(step, data)``.
 """
 
 from caudal._core import OptimizationConfig, StepResult
+from caudal._pipeline_context import register_context_adapter
 from caudal._steps import Step, step
-from caudal.errors import CaudalError, CircuitOpenError, ConfigurationError, QueueFullError
-from caudal.resilience import RetryStrategy
+from caudal.checkpoints import CheckpointStore, MemoryStore, PostgresStore, SqliteStore
+from caudal.errors import (
+    CaudalError,
+    CheckpointError,
+    CircuitOpenError,
+    CircularDependencyError,
+    ConfigurationError,
+    ContextConflictError,
+    DependencyError,
+    DuplicateStepError,
+    PipelineDefinitionError,
+    QueueFullError,
+    RunNotFoundError,
+    UsageLimitExceededError,
+)
 from caudal.executor_core import ExecutorCore, StepTimeoutError
+from caudal.pipeline import (
+    Pipeline,
+    PipelineRun,
+    StepRecord,
+    Usage,
+    UsageLimits,
+    WithUsage,
+    current_run,
+)
+from caudal.resilience import RetryStrategy
+from caudal.yaml_pipeline import load_pipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CaudalError",
+    "CheckpointError",
+    "CheckpointStore",
     "CircuitOpenError",
+    "CircularDependencyError",
     "ConfigurationError",
+    "ContextConflictError",
+    "DependencyError",
+    "DuplicateStepError",
     "ExecutorCore",
+    "MemoryStore",
     "OptimizationConfig",
+    "Pipeline",
+    "PipelineDefinitionError",
+    "PipelineRun",
+    "PostgresStore",
     "QueueFullError",
     "RetryStrategy",
+    "RunNotFoundError",
+    "SqliteStore",
     "Step",
+    "StepRecord",
     "StepResult",
     "StepTimeoutError",
+    "Usage",
+    "UsageLimitExceededError",
+    "UsageLimits",
+    "WithUsage",
     "__version__",
+    "current_run",
+    "load_pipeline",
+    "register_context_adapter",
     "step",
 ]

@@ -48,6 +48,12 @@ class Step:
       same backend, or False (no breaker).
     - ``breaker_exclude``: exception types (or a predicate) that the breaker
       ignores — neither failures nor successes.
+    - ``depends_on``: names of the steps whose outputs this step needs, when
+      it is part of a :class:`caudal.Pipeline` (the executor ignores it).
+    - ``optional``: in a pipeline, a failure of this step does not fail the
+      run; its output is None for its dependents (the executor ignores it).
+
+    ``a >> b`` builds a two-step :class:`caudal.Pipeline` (b after a).
 
     Steps are immutable (the executor caches their analysis); use
     ``replace(**changes)`` for a modified copy.
@@ -59,10 +65,12 @@ class Step:
         "cache",
         "cache_context",
         "cache_ttl_s",
+        "depends_on",
         "fallback",
         "fn",
         "max_retries",
         "name",
+        "optional",
         "retry",
         "single_flight",
         "tags",
@@ -86,6 +94,8 @@ class Step:
         breaker_exclude: Any = None,
         cache_context: Iterable[str] = (),
         single_flight: bool = True,
+        depends_on: Iterable[str] | str = (),
+        optional: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"Step: fn must be callable, got {type(fn).__name__}")
@@ -143,8 +153,18 @@ class Step:
             isinstance(fallback, Step) or callable(fallback) or hasattr(fallback, "run")
         ):
             raise TypeError(f"Step {name!r}: fallback must be a step or a callable")
+        if isinstance(depends_on, str):
+            depends_on = (depends_on,)
+        depends_on = tuple(depends_on)
+        for d in depends_on:
+            if not isinstance(d, str) or not d:
+                raise TypeError(f"Step {name!r}: depends_on must name steps, got {d!r}")
+        if not isinstance(optional, bool):
+            raise TypeError(f"Step {name!r}: optional must be True or False, got {optional!r}")
         setter = object.__setattr__
         setter(self, "fn", fn)
+        setter(self, "depends_on", depends_on)
+        setter(self, "optional", optional)
         setter(self, "name", name)
         setter(self, "max_retries", max_retries)
         setter(self, "timeout_s", None if timeout_s is None else float(timeout_s))
@@ -190,7 +210,22 @@ class Step:
             extra.append(f"cache_ttl_s={self.cache_ttl_s}")
         if self.tags:
             extra.append(f"tags={self.tags!r}")
+        if self.depends_on:
+            extra.append(f"depends_on={self.depends_on!r}")
+        if self.optional:
+            extra.append("optional=True")
         return f"Step({self.name!r}{''.join(', ' + e for e in extra)})"
+
+    def __rshift__(self, other: Any) -> Any:
+        """``a >> b``: a Pipeline running ``b`` on ``a``'s output."""
+        from caudal.pipeline import Pipeline
+
+        return Pipeline.of(self) >> other
+
+    def __rrshift__(self, other: Any) -> Any:
+        from caudal.pipeline import Pipeline
+
+        return Pipeline.of(other) >> self
 
 
 def step(

@@ -51,4 +51,152 @@ class QueueFullError(CaudalError):
     """The worker pool's bounded queue is full ("task queue is full")."""
 
 
-__all__ = ["CaudalError", "CircuitOpenError", "ConfigurationError", "QueueFullError"]
+class PipelineDefinitionError(CaudalError, ValueError):
+    """A pipeline definition that cannot run (bad YAML, bad step settings,
+    duplicate names, missing dependencies, cycles).
+
+    ``file``, ``line`` (1-based) and ``field`` (``steps[2].timeout_s``) say
+    where, when known (YAML definitions); ``problems`` lists every problem
+    found, each already prefixed with its place.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        problems: Iterable[str] | None = None,
+    ):
+        self.file = file
+        self.line = line
+        self.field = field
+        self.message = message
+        self.problems: list[str] = list(problems) if problems is not None else [self._place()]
+        super().__init__("\n".join(self.problems))
+
+    def _place(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:"
+        if self.line is not None:
+            where += f"{self.line}:"
+        if where:
+            where += " "
+        if self.field:
+            where += f"{self.field}: "
+        return where + self.message
+
+    def _where(self) -> dict:
+        return {"file": self.file, "line": self.line, "field": self.field}
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type, state: dict) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.__dict__.update(state)
+    exc.args = ("\n".join(state.get("problems", [])),)
+    return exc
+
+
+class DuplicateStepError(PipelineDefinitionError):
+    """Two steps of one pipeline share a name (``step``)."""
+
+    def __init__(self, step: str, **where):
+        self.step = step
+        super().__init__(f"duplicate step name {step!r}", **where)
+
+
+class DependencyError(PipelineDefinitionError):
+    """Step ``step`` depends on ``missing``, which is not a step of the pipeline."""
+
+    def __init__(self, step: str, missing: str, **where):
+        self.step = step
+        self.missing = missing
+        super().__init__(f"step {step!r} depends on {missing!r}, which is not a step", **where)
+
+
+class CircularDependencyError(PipelineDefinitionError):
+    """The dependencies loop. ``cycle`` lists the steps around the loop, each
+    depending on the next, with the first repeated at the end:
+    ``["a", "b", "c", "a"]`` (a step depending on itself: ``["a", "a"]``).
+    The loop starts at the step defined first, so a definition always reports
+    the same cycle."""
+
+    def __init__(self, cycle: Iterable[str], **where):
+        self.cycle: list[str] = list(cycle)
+        super().__init__("circular dependency: " + " -> ".join(self.cycle), **where)
+
+
+class CheckpointError(CaudalError):
+    """A checkpoint could not be written or read (an output that does not
+    pickle, a store that refuses the write, a run id that does not exist)."""
+
+
+class RunNotFoundError(CheckpointError, KeyError):
+    """No run with this id in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ContextConflictError(CaudalError):
+    """Two steps that ran concurrently wrote the same context key.
+
+    ``key`` is the key; ``steps`` the step whose write was merged first and
+    the step whose write conflicted with it."""
+
+    def __init__(self, key: object, steps: tuple[str, str]):
+        self.key = key
+        self.steps = tuple(steps)
+        super().__init__(
+            f"context key {key!r} was written by both {steps[0]!r} and {steps[1]!r}, "
+            "which ran concurrently (each saw a snapshot without the other's write)"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.key, self.steps))
+
+
+class UsageLimitExceededError(CaudalError):
+    """A pipeline run went over a :class:`caudal.UsageLimits` limit.
+
+    ``limit`` is the limit's name (``"max_tokens"`` or ``"max_cost_usd"``),
+    ``limit_value`` its value, ``used`` the total once ``step`` (the step
+    whose usage crossed it) was counted, ``run`` the stopped
+    :class:`caudal.PipelineRun` (its completed steps are checkpointed, so
+    ``resume`` with a higher limit goes on from there).
+    """
+
+    def __init__(self, limit: str, limit_value: float, used: float, step: str, run=None):
+        self.limit = limit
+        self.limit_value = limit_value
+        self.used = used
+        self.step = step
+        self.run = run
+        super().__init__(
+            f"usage limit {limit}={limit_value:g} exceeded by step {step!r}: "
+            f"{used:g} used in this run"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.limit, self.limit_value, self.used, self.step))
+
+
+__all__ = [
+    "CaudalError",
+    "CheckpointError",
+    "CircuitOpenError",
+    "CircularDependencyError",
+    "ConfigurationError",
+    "ContextConflictError",
+    "DependencyError",
+    "DuplicateStepError",
+    "PipelineDefinitionError",
+    "QueueFullError",
+    "RunNotFoundError",
+    "UsageLimitExceededError",
+]

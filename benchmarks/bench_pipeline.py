@@ -1,0 +1,269 @@
+"""Pipelines: scheduling and checkpoint costs on a 1,000-step DAG.
+
+The DAG: 20 levels of 50 trivial async steps; each step of level k > 0
+depends on 1-3 random steps of level k-1 (seeded). Every contender runs the
+same Step objects through the same ExecutorCore.
+
+1. Scheduling cost per step, no checkpoints:
+   (a) ``Pipeline.run(store=False)``;
+   (b) hand-written: ``asyncio.gather`` of ``executor.execute`` level by
+       level, passing outputs exactly as the pipeline does (one dependency:
+       its output; several: a dict) — the fair baseline;
+   (c) the same gather with bare ``await fn(data)`` calls, no executor:
+       what the executor itself costs, for reference.
+2. Checkpoint cost per step = (run with a store - run without) / 1,000:
+   SQLite (WAL, synchronous=NORMAL) and PostgreSQL (a server started here,
+   fsync on), each with group commit (default) and with one transaction per
+   checkpoint. Also a 200-step chain, where no two checkpoints can share a
+   transaction: the cost of a lone checkpoint.
+3. Resume after a crash at step 900: the 100 last checkpoints (in
+   topological order) deleted, run marked running; time of ``resume``
+   (loading and unpickling 900 checkpoints, then running 100 steps).
+
+    python benchmarks/bench_pipeline.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import save
+from caudal import ExecutorCore, Pipeline, PostgresStore, SqliteStore, Step
+from caudal.testing.servers import PostgresServer
+
+LEVELS, WIDTH = 20, 50
+
+
+async def work(data):
+    return 1
+
+
+async def work_suspending(data):
+    await asyncio.sleep(0)  # gives the loop a turn, as any real I/O would
+    return 1
+
+
+def build(fn=work) -> tuple[Pipeline, list[list[str]], dict[str, list[str]], dict[str, Step]]:
+    rng = random.Random(42)
+    levels = [[f"s{k}_{i}" for i in range(WIDTH)] for k in range(LEVELS)]
+    deps: dict[str, list[str]] = {}
+    steps = {}
+    for k, level in enumerate(levels):
+        for name in level:
+            steps[name] = Step(fn, name)
+            if k:
+                deps[name] = rng.sample(levels[k - 1], rng.randint(1, 3))
+    p = Pipeline(list(steps.values()), depends_on=deps)
+    return p, levels, deps, steps
+
+
+def build_chain(n: int) -> Pipeline:
+    steps = [Step(work, f"c{i}") for i in range(n)]
+    return Pipeline(steps, depends_on={f"c{i}": [f"c{i - 1}"] for i in range(1, n)})
+
+
+async def by_levels(ex, levels, deps, steps, data) -> dict:
+    out: dict[str, object] = {}
+    execute = ex.execute
+    for level in levels:
+
+        def input_for(name):
+            d = deps.get(name)
+            if not d:
+                return data
+            if len(d) == 1:
+                return out[d[0]]
+            return {x: out[x] for x in d}
+
+        results = await asyncio.gather(*(execute(steps[n], input_for(n)) for n in level))
+        for n, r in zip(level, results, strict=True):
+            out[n] = r.output
+    return out
+
+
+async def by_levels_bare(levels, deps, data, fn=work) -> dict:
+    out: dict[str, object] = {}
+    for level in levels:
+
+        def input_for(name):
+            d = deps.get(name)
+            if not d:
+                return data
+            if len(d) == 1:
+                return out[d[0]]
+            return {x: out[x] for x in d}
+
+        results = await asyncio.gather(*(fn(input_for(n)) for n in level))
+        for n, r in zip(level, results, strict=True):
+            out[n] = r
+    return out
+
+
+async def timed(contenders: dict, rounds: int, seed: int = 7) -> dict[str, float]:
+    """Median seconds per call of each contender, interleaved in shuffled order."""
+    rng = random.Random(seed)
+    for fn in contenders.values():  # warm-up
+        await fn()
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    names = list(contenders)
+    for _ in range(rounds):
+        rng.shuffle(names)
+        for n in names:
+            t0 = time.perf_counter()
+            await contenders[n]()
+            samples[n].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+async def scheduling(quick: bool) -> dict:
+    out = {}
+    ex = ExecutorCore()
+    n = LEVELS * WIDTH
+    for kind, fn in (("trivial", work), ("suspending", work_suspending)):
+        p, levels, deps, steps = build(fn)
+        ref = await by_levels(ex, levels, deps, steps, 0)
+        got = (await p.run(0, executor=ex, store=False)).outputs
+        assert got == ref, "the pipeline and the hand-written version disagree"
+        t = await timed(
+            {
+                "pipeline": lambda p=p: p.run(0, executor=ex, store=False),
+                "gather_by_levels": lambda lv=levels, st=steps, dp=deps: by_levels(
+                    ex, lv, dp, st, 0
+                ),
+                "gather_by_levels_bare": lambda lv=levels, fn=fn, dp=deps: by_levels_bare(
+                    lv, dp, 0, fn
+                ),
+            },
+            rounds=5 if quick else 15,
+        )
+        out[kind] = {k: v / n * 1e6 for k, v in t.items()}  # µs per step
+    return out
+
+
+async def checkpoint_costs(quick: bool, pg_dsn: str | None, tmp: Path) -> dict:
+    p, *_ = build()
+    chain = build_chain(200)
+    ex = ExecutorCore()
+    rounds = 3 if quick else 7
+    stores = {
+        "sqlite_group": SqliteStore(tmp / "group.db"),
+        "sqlite_per_checkpoint": SqliteStore(tmp / "single.db", group_commit=False),
+    }
+    if pg_dsn:
+        stores["postgres_group"] = PostgresStore(pg_dsn)
+        stores["postgres_per_checkpoint"] = PostgresStore(pg_dsn, group_commit=False)
+    out: dict[str, dict] = {}
+    for shape, pipe, n in (("dag_1000", p, 1000), ("chain_200", chain, 200)):
+        contenders = {"none": lambda pipe=pipe: pipe.run(0, executor=ex, store=False)}
+        for name, st in stores.items():
+            contenders[name] = lambda pipe=pipe, st=st: pipe.run(0, executor=ex, store=st)
+        t = await timed(contenders, rounds=rounds)
+        base = t["none"]
+        out[shape] = {
+            "run_ms": {k: v * 1e3 for k, v in t.items()},
+            "checkpoint_us_per_step": {
+                k: (v - base) / n * 1e6 for k, v in t.items() if k != "none"
+            },
+            "transactions_per_run": {},
+        }
+    # Transactions per 1,000-step run, from one more run each.
+    for name, st in stores.items():
+        before = st.transactions
+        await p.run(0, executor=ex, store=st)
+        out["dag_1000"]["transactions_per_run"][name] = st.transactions - before
+    for st in stores.values():
+        await st.close()
+    return out
+
+
+async def resume_after_crash(quick: bool, tmp: Path) -> dict:
+    p, levels, *_ = build()
+    ex = ExecutorCore()
+    order = [n for level in levels for n in level]
+    lost = order[900:]
+    db = tmp / "resume.db"
+    samples, load_samples = [], []
+    for i in range(3 if quick else 7):
+        rid = f"crash{i}"
+        async with SqliteStore(db) as st:
+            await p.run(0, executor=ex, store=st, run_id=rid)
+        conn = sqlite3.connect(db)
+        conn.executemany(
+            "DELETE FROM caudal_steps WHERE run_id=? AND step=?", [(rid, s) for s in lost]
+        )
+        conn.execute("UPDATE caudal_runs SET status='running' WHERE run_id=?", (rid,))
+        conn.commit()
+        conn.close()
+        async with SqliteStore(db) as st:
+            t0 = time.perf_counter()
+            stored = await st.load_run(rid)
+            load_samples.append(time.perf_counter() - t0)
+            assert len(stored.steps) == 900
+            t0 = time.perf_counter()
+            run = await p.resume(rid, executor=ex, store=st)
+            samples.append(time.perf_counter() - t0)
+            assert run.status == "completed"
+            assert sum(r.restored for r in run.steps.values()) == 900
+    return {
+        "resume_ms": statistics.median(samples) * 1e3,
+        "load_900_checkpoints_ms": statistics.median(load_samples) * 1e3,
+    }
+
+
+def report(res: dict) -> None:
+    print("1,000-step DAG (20 levels x 50, 1-3 deps each), one ExecutorCore")
+    print(f"{'scheduling, no checkpoints, µs/step':<44}{'trivial':>10}{'suspending':>12}")
+    a, b = res["scheduling_us_per_step"]["trivial"], res["scheduling_us_per_step"]["suspending"]
+    rows = (
+        ("(a) caudal Pipeline.run", "pipeline"),
+        ("(b) gather by levels, executor.execute", "gather_by_levels"),
+        ("(c) gather by levels, bare await", "gather_by_levels_bare"),
+    )
+    for label, k in rows:
+        print(f"{label:<44}{a[k]:>10.2f}{b[k]:>12.2f}")
+    ra = a["pipeline"] / a["gather_by_levels"]
+    rb = b["pipeline"] / b["gather_by_levels"]
+    print(f"{'(a) / (b)':<44}{ra:>9.2f}x{rb:>11.2f}x")
+    print()
+    for shape, d in res["checkpoints"].items():
+        print(f"checkpoint cost, {shape}{'':<22}{'µs/step':>10}{'run ms':>10}{'txns':>7}")
+        for k, v in d["checkpoint_us_per_step"].items():
+            tx = d["transactions_per_run"].get(k, "")
+            print(f"  {k:<42}{v:>10.1f}{d['run_ms'][k]:>10.1f}{tx!s:>7}")
+        print(f"  {'(no store)':<42}{'':>10}{d['run_ms']['none']:>10.1f}")
+    r = res["resume"]
+    print()
+    print(
+        f"resume after a crash at step 900: {r['resume_ms']:.1f} ms "
+        f"(loading 900 checkpoints: {r['load_900_checkpoints_ms']:.1f} ms)"
+    )
+
+
+async def main(quick: bool) -> dict:
+    res: dict = {"quick": quick}
+    res["scheduling_us_per_step"] = await scheduling(quick)
+    with tempfile.TemporaryDirectory(prefix="caudal-bench-") as tmp:
+        with PostgresServer("caudal_bench") as pg:
+            res["checkpoints"] = await checkpoint_costs(quick, pg.dsn, Path(tmp))
+        res["resume"] = await resume_after_crash(quick, Path(tmp))
+    return res
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    result = asyncio.run(main(args.quick))
+    report(result)
+    path = save("pipeline", result)
+    print(f"saved {path}")

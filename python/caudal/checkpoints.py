@@ -1,0 +1,787 @@
+"""Checkpoint stores: where pipeline runs and their completed steps are kept.
+
+A pipeline stores each step's completion (its output and context changes,
+pickled, plus status, timing, attempts, usage) and waits until the store
+says it is durable **before** any dependent of that step starts. After a
+crash, ``Pipeline.resume(run_id)`` restores every completed step from here
+and runs only the rest.
+
+- :class:`SqliteStore` (the default): one file, stdlib ``sqlite3`` in WAL
+  mode with ``synchronous=NORMAL`` (a commit survives the process being
+  killed; only an OS crash or power loss can drop the last commits). The
+  connection lives on one dedicated writer thread, so the event loop never
+  waits on disk.
+- :class:`PostgresStore`: for runs resumed or inspected from other
+  machines; psycopg 3, async.
+- :class:`MemoryStore`: in-process, for tests and for runs that need
+  resume-after-failure (not after a crash) without a file.
+
+Group commit. Both durable stores write checkpoints in batches: every
+checkpoint queued while the previous transaction was committing goes into
+the next transaction, and each waiter is released when the transaction
+holding its row has committed. A lone checkpoint (a chain of steps) still
+gets its own transaction at once, so "stored before the dependent starts"
+holds for every step, and a wide level of N finishing steps costs one
+commit instead of N. ``group_commit=False`` gives the one-transaction-per-
+checkpoint baseline (measured in benchmarks/bench_pipeline.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from caudal.errors import CheckpointError, RunNotFoundError
+
+#: Where ``store=None`` keeps checkpoints: $CAUDAL_STORE, else this path
+#: relative to the working directory.
+DEFAULT_STORE_PATH = ".caudal/checkpoints.db"
+
+RUN_STATUSES = ("running", "completed", "failed", "limit_exceeded", "cancelled")
+
+
+@dataclass(slots=True)
+class StepCheckpoint:
+    """One step's stored outcome. ``payload`` is ``pickle.dumps((output,
+    context_changes))``; ``status`` is ``"completed"`` (restored on resume:
+    success, or an optional step's failure) or ``"failed"`` (kept for
+    inspection; run again on resume)."""
+
+    step: str
+    status: str
+    seq: int
+    payload: bytes | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    latency_s: float = 0.0
+    attempts: int = 0
+    cache_hit: bool = False
+    error: str | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+    def row(self, run_id: str) -> tuple:
+        return (
+            run_id,
+            self.step,
+            self.status,
+            self.seq,
+            self.payload,
+            self.started_at,
+            self.finished_at,
+            self.latency_s,
+            self.attempts,
+            bool(self.cache_hit),
+            self.error,
+            self.tokens,
+            self.cost_usd,
+        )
+
+    @classmethod
+    def from_row(cls, r: tuple) -> StepCheckpoint:
+        return cls(
+            step=r[0],
+            status=r[1],
+            seq=r[2],
+            payload=bytes(r[3]) if r[3] is not None else None,
+            started_at=r[4],
+            finished_at=r[5],
+            latency_s=r[6] or 0.0,
+            attempts=r[7] or 0,
+            cache_hit=bool(r[8]),
+            error=r[9],
+            tokens=r[10] or 0,
+            cost_usd=r[11] or 0.0,
+        )
+
+
+@dataclass(slots=True)
+class RunInfo:
+    """A run's header. ``input`` and ``context`` are pickled; ``definition``
+    is what a CLI needs to rebuild the pipeline for ``resume`` (the YAML text,
+    its path, the registry spec), or None."""
+
+    run_id: str
+    pipeline: str
+    status: str = "running"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    input: bytes | None = None
+    context: bytes | None = None
+    definition: dict | None = None
+    error: str | None = None
+    resumes: int = 0
+
+
+@dataclass(slots=True)
+class StoredRun:
+    info: RunInfo
+    steps: dict[str, StepCheckpoint] = field(default_factory=dict)
+
+
+_STEP_COLUMNS = (
+    "step, status, seq, payload, started_at, finished_at, latency_s, attempts, "
+    "cache_hit, error, tokens, cost_usd"
+)
+_RUN_COLUMNS = (
+    "run_id, pipeline, status, created_at, updated_at, input, context, definition, error, resumes"
+)
+
+
+def _info_from_row(r: tuple) -> RunInfo:
+    return RunInfo(
+        run_id=r[0],
+        pipeline=r[1],
+        status=r[2],
+        created_at=r[3],
+        updated_at=r[4],
+        input=bytes(r[5]) if r[5] is not None else None,
+        context=bytes(r[6]) if r[6] is not None else None,
+        definition=json.loads(r[7]) if r[7] else None,
+        error=r[8],
+        resumes=r[9] or 0,
+    )
+
+
+class CheckpointStore:
+    """Interface of a checkpoint store. Every method is a coroutine; a store
+    is used from one event loop. ``async with store:`` closes it."""
+
+    async def start_run(self, info: RunInfo) -> None:
+        """Create a run (status "running"). CheckpointError if the id exists."""
+        raise NotImplementedError
+
+    async def mark_resumed(self, run_id: str) -> None:
+        """Set a run back to "running" and count one more resume."""
+        raise NotImplementedError
+
+    async def save_step(self, run_id: str, cp: StepCheckpoint) -> None:
+        """Store (insert or replace) one step's checkpoint; durable on return."""
+        raise NotImplementedError
+
+    async def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        raise NotImplementedError
+
+    async def load_run(self, run_id: str) -> StoredRun:
+        """The run and all its step checkpoints; RunNotFoundError if none."""
+        raise NotImplementedError
+
+    async def list_runs(self, limit: int = 50) -> list[RunInfo]:
+        """Most recent first (payloads left out)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+    async def __aenter__(self) -> CheckpointStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# ------------------------------------------------------------------ memory
+
+
+class MemoryStore(CheckpointStore):
+    """Checkpoints in a dict: resume after a failure in the same process."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, StoredRun] = {}
+
+    async def start_run(self, info: RunInfo) -> None:
+        if info.run_id in self._runs:
+            raise CheckpointError(f"run {info.run_id!r} already exists")
+        self._runs[info.run_id] = StoredRun(info)
+
+    def _get(self, run_id: str) -> StoredRun:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise RunNotFoundError(f"no run {run_id!r} in this store") from None
+
+    async def mark_resumed(self, run_id: str) -> None:
+        r = self._get(run_id)
+        r.info.status, r.info.resumes, r.info.updated_at = (
+            "running",
+            r.info.resumes + 1,
+            time.time(),
+        )
+
+    async def save_step(self, run_id: str, cp: StepCheckpoint) -> None:
+        self._get(run_id).steps[cp.step] = cp
+
+    async def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        r = self._get(run_id)
+        r.info.status, r.info.error, r.info.updated_at = status, error, time.time()
+
+    async def load_run(self, run_id: str) -> StoredRun:
+        r = self._get(run_id)
+        return StoredRun(r.info, dict(r.steps))
+
+    async def list_runs(self, limit: int = 50) -> list[RunInfo]:
+        runs = sorted(self._runs.values(), key=lambda r: r.info.created_at, reverse=True)
+        return [r.info for r in runs[:limit]]
+
+
+# ------------------------------------------------------------------ SQLite
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS caudal_runs (
+  run_id TEXT PRIMARY KEY,
+  pipeline TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  input BLOB,
+  context BLOB,
+  definition TEXT,
+  error TEXT,
+  resumes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS caudal_steps (
+  run_id TEXT NOT NULL,
+  step TEXT NOT NULL,
+  status TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  payload BLOB,
+  started_at REAL,
+  finished_at REAL,
+  latency_s REAL,
+  attempts INTEGER,
+  cache_hit INTEGER,
+  error TEXT,
+  tokens INTEGER,
+  cost_usd REAL,
+  PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+"""
+
+_SQLITE_UPSERT_STEP = (
+    f"INSERT OR REPLACE INTO caudal_steps (run_id, {_STEP_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+_STOP = object()
+
+
+class SqliteStore(CheckpointStore):
+    """Checkpoints in a SQLite file (created with its folders if missing).
+
+    One dedicated thread owns the connection and runs every statement; the
+    event loop only queues requests and awaits futures. WAL journal,
+    ``synchronous=NORMAL`` by default (``synchronous="FULL"`` also fsyncs
+    every commit, surviving power loss at a cost of a disk flush per
+    transaction). ``group_commit`` (default True): see the module docstring.
+    Several processes may share the file (SQLite locks it; ``busy_timeout_s``
+    bounds the wait).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        group_commit: bool = True,
+        synchronous: str = "NORMAL",
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(
+                f"SqliteStore: synchronous must be NORMAL or FULL, got {synchronous!r}"
+            )
+        self.path = Path(path)
+        self.group_commit = group_commit
+        self._synchronous = synchronous.upper()
+        self._busy_ms = int(busy_timeout_s * 1000)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self.transactions = 0  # checkpoint transactions committed (for benchmarks)
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    # The writer thread ------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._closed:
+                raise CheckpointError(f"{self!r} is closed")
+            if self._thread is None:
+                ready: queue.SimpleQueue = queue.SimpleQueue()
+                t = threading.Thread(
+                    target=self._writer, args=(ready,), name="caudal-sqlite", daemon=True
+                )
+                t.start()
+                err = ready.get()
+                if err is not None:
+                    t.join()
+                    raise CheckpointError(f"cannot open checkpoint store {self.path}: {err}")
+                self._thread = t
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(self.path), isolation_level=None, check_same_thread=False, timeout=30
+        )
+        conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"WAL journal mode refused (got {mode})")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.executescript(_SQLITE_SCHEMA)
+        return conn
+
+    def _writer(self, ready: queue.SimpleQueue) -> None:
+        try:
+            conn = self._open()
+        except Exception as exc:
+            ready.put(exc)
+            return
+        ready.put(None)
+        q = self._queue
+        try:
+            while True:
+                item = q.get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                if self.group_commit:
+                    while True:
+                        try:
+                            nxt = q.get_nowait()
+                        except queue.Empty:
+                            break
+                        if nxt is _STOP:
+                            q.put(_STOP)  # finish this batch, then stop
+                            break
+                        batch.append(nxt)
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
+        # Consecutive checkpoint writes share one transaction; anything else
+        # runs on its own, in order.
+        i = 0
+        while i < len(batch):
+            j = i
+            while j < len(batch) and batch[j][0] is None:
+                j += 1
+            if j > i:
+                self._commit_checkpoints(conn, batch[i:j])
+                i = j
+                continue
+            fn, args, loop, fut = batch[i]
+            try:
+                res, exc = fn(conn, *args), None
+            except Exception as e:
+                res, exc = None, e
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            loop.call_soon_threadsafe(_settle, fut, res, exc)
+            i += 1
+
+    def _commit_checkpoints(self, conn: sqlite3.Connection, items: list) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_SQLITE_UPSERT_STEP, [it[1] for it in items])
+            conn.execute("COMMIT")
+            self.transactions += 1
+            exc = None
+        except Exception as e:
+            exc = CheckpointError(f"checkpoint write to {self.path} failed: {e}")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        # One wake-up per loop for the whole batch.
+        by_loop: dict[Any, list] = {}
+        for _, _, loop, fut in items:
+            by_loop.setdefault(loop, []).append(fut)
+        for loop, futs in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, futs, exc)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        self._ensure_thread()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put((fn, args, loop, fut))
+        return await fut
+
+    # The interface ----------------------------------------------------
+    async def save_step(self, run_id: str, cp: StepCheckpoint) -> None:
+        if self._thread is None:
+            self._ensure_thread()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put((None, cp.row(run_id), loop, fut))
+        await fut
+
+    async def start_run(self, info: RunInfo) -> None:
+        await self._call(_sqlite_start_run, info)
+
+    async def mark_resumed(self, run_id: str) -> None:
+        await self._call(_sqlite_mark_resumed, run_id)
+
+    async def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        await self._call(_sqlite_finish_run, run_id, status, error)
+
+    async def load_run(self, run_id: str) -> StoredRun:
+        return await self._call(_sqlite_load_run, run_id)
+
+    async def list_runs(self, limit: int = 50) -> list[RunInfo]:
+        return await self._call(_sqlite_list_runs, limit)
+
+    async def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            t, self._thread = self._thread, None
+        if t is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(t.join)
+
+
+def _settle(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(res)
+
+
+def _settle_all(futs: list, exc: BaseException | None) -> None:
+    for fut in futs:
+        if not fut.done():
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(None)
+
+
+def _sqlite_start_run(conn: sqlite3.Connection, info: RunInfo) -> None:
+    now = time.time()
+    try:
+        conn.execute(
+            f"INSERT INTO caudal_runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                info.run_id,
+                info.pipeline,
+                info.status,
+                info.created_at or now,
+                now,
+                info.input,
+                info.context,
+                json.dumps(info.definition) if info.definition is not None else None,
+                info.error,
+                info.resumes,
+            ),
+        )
+    except sqlite3.IntegrityError:
+        raise CheckpointError(f"run {info.run_id!r} already exists") from None
+
+
+def _sqlite_mark_resumed(conn: sqlite3.Connection, run_id: str) -> None:
+    cur = conn.execute(
+        "UPDATE caudal_runs SET status='running', resumes=resumes+1, updated_at=?, error=NULL "
+        "WHERE run_id=?",
+        (time.time(), run_id),
+    )
+    if cur.rowcount == 0:
+        raise RunNotFoundError(f"no run {run_id!r} in this store")
+
+
+def _sqlite_finish_run(
+    conn: sqlite3.Connection, run_id: str, status: str, error: str | None
+) -> None:
+    conn.execute(
+        "UPDATE caudal_runs SET status=?, error=?, updated_at=? WHERE run_id=?",
+        (status, error, time.time(), run_id),
+    )
+
+
+def _sqlite_load_run(conn: sqlite3.Connection, run_id: str) -> StoredRun:
+    row = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM caudal_runs WHERE run_id=?", (run_id,)
+    ).fetchone()
+    if row is None:
+        raise RunNotFoundError(f"no run {run_id!r} in this store")
+    steps = {
+        r[0]: StepCheckpoint.from_row(r)
+        for r in conn.execute(
+            f"SELECT {_STEP_COLUMNS} FROM caudal_steps WHERE run_id=? ORDER BY seq", (run_id,)
+        )
+    }
+    return StoredRun(_info_from_row(row), steps)
+
+
+def _sqlite_list_runs(conn: sqlite3.Connection, limit: int) -> list[RunInfo]:
+    rows = conn.execute(
+        "SELECT run_id, pipeline, status, created_at, updated_at, NULL, NULL, definition, "
+        "error, resumes FROM caudal_runs ORDER BY created_at DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [_info_from_row(r) for r in rows]
+
+
+# -------------------------------------------------------------- PostgreSQL
+
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS caudal_runs (
+  run_id TEXT PRIMARY KEY,
+  pipeline TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created_at DOUBLE PRECISION NOT NULL,
+  updated_at DOUBLE PRECISION NOT NULL,
+  input BYTEA,
+  context BYTEA,
+  definition TEXT,
+  error TEXT,
+  resumes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS caudal_steps (
+  run_id TEXT NOT NULL REFERENCES caudal_runs(run_id) ON DELETE CASCADE,
+  step TEXT NOT NULL,
+  status TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  payload BYTEA,
+  started_at DOUBLE PRECISION,
+  finished_at DOUBLE PRECISION,
+  latency_s DOUBLE PRECISION,
+  attempts INTEGER,
+  cache_hit BOOLEAN,
+  error TEXT,
+  tokens BIGINT,
+  cost_usd DOUBLE PRECISION,
+  PRIMARY KEY (run_id, step)
+);
+"""
+
+_PG_UPSERT_STEP = (
+    f"INSERT INTO caudal_steps (run_id, {_STEP_COLUMNS}) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (run_id, step) DO UPDATE SET status=EXCLUDED.status, seq=EXCLUDED.seq, "
+    "payload=EXCLUDED.payload, started_at=EXCLUDED.started_at, "
+    "finished_at=EXCLUDED.finished_at, latency_s=EXCLUDED.latency_s, "
+    "attempts=EXCLUDED.attempts, cache_hit=EXCLUDED.cache_hit, error=EXCLUDED.error, "
+    "tokens=EXCLUDED.tokens, cost_usd=EXCLUDED.cost_usd"
+)
+
+# Any fixed number: serialises schema creation between processes.
+_PG_SCHEMA_LOCK = 0x63617564616C
+
+
+class PostgresStore(CheckpointStore):
+    """Checkpoints in PostgreSQL (psycopg 3, async), for runs started on one
+    machine and resumed or inspected from another.
+
+    ``dsn``: a libpq connection string or URI. The tables (``caudal_runs``,
+    ``caudal_steps``) are created on first use. One connection per store;
+    checkpoints are group-committed by a writer task (see the module
+    docstring). A store belongs to the event loop that first used it.
+    """
+
+    def __init__(self, dsn: str, *, group_commit: bool = True) -> None:
+        self.dsn = dsn
+        self.group_commit = group_commit
+        self._conn: Any = None
+        self._lock: asyncio.Lock | None = None
+        self._pending: list[tuple[tuple, asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
+        self.transactions = 0
+
+    def __repr__(self) -> str:
+        return "PostgresStore(...)"  # the DSN may hold a password
+
+    async def _connection(self) -> Any:
+        if self._conn is None:
+            try:
+                import psycopg
+            except ImportError as exc:  # pragma: no cover - an install problem
+                raise CheckpointError(
+                    "PostgresStore needs psycopg 3: pip install 'psycopg[binary]'"
+                ) from exc
+            if self._lock is None:
+                self._lock = asyncio.Lock()
+            async with self._lock:
+                if self._conn is None:
+                    try:
+                        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+                    except psycopg.Error as exc:
+                        raise CheckpointError(f"cannot connect to PostgreSQL: {exc}") from exc
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+                        await conn.execute(_PG_SCHEMA)
+                    self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        conn = await self._connection()
+        assert self._lock is not None
+        async with self._lock:
+            return await fn(conn, *args)
+
+    async def save_step(self, run_id: str, cp: StepCheckpoint) -> None:
+        await self._connection()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((cp.row(run_id), fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending())
+        await fut
+
+    async def _write_pending(self) -> None:
+        import psycopg
+
+        while self._pending:
+            if self.group_commit:
+                batch, self._pending = self._pending, []
+            else:
+                batch, self._pending = self._pending[:1], self._pending[1:]
+            try:
+                assert self._lock is not None
+                async with self._lock:
+                    conn = self._conn
+                    if conn is None:
+                        raise CheckpointError(f"{self!r} is closed")
+                    async with conn.transaction():
+                        async with conn.cursor() as cur:
+                            await cur.executemany(_PG_UPSERT_STEP, [row for row, _ in batch])
+                self.transactions += 1
+                exc = None
+            except (psycopg.Error, CheckpointError) as e:
+                exc = CheckpointError(f"checkpoint write to PostgreSQL failed: {e}")
+            except BaseException:
+                # Cancelled mid-write: whether it committed is unknown, so
+                # the waiters (and anything queued behind them) fail.
+                lost = [f for _, f in batch] + [f for _, f in self._pending]
+                self._pending = []
+                _settle_all(lost, CheckpointError("checkpoint write interrupted"))
+                raise
+            _settle_all([f for _, f in batch], exc)
+
+    async def start_run(self, info: RunInfo) -> None:
+        import psycopg
+
+        async def q(conn: Any) -> None:
+            now = time.time()
+            try:
+                await conn.execute(
+                    f"INSERT INTO caudal_runs ({_RUN_COLUMNS}) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        info.run_id,
+                        info.pipeline,
+                        info.status,
+                        info.created_at or now,
+                        now,
+                        info.input,
+                        info.context,
+                        json.dumps(info.definition) if info.definition is not None else None,
+                        info.error,
+                        info.resumes,
+                    ),
+                )
+            except psycopg.errors.UniqueViolation:
+                raise CheckpointError(f"run {info.run_id!r} already exists") from None
+
+        await self._run(q)
+
+    async def mark_resumed(self, run_id: str) -> None:
+        async def q(conn: Any) -> None:
+            cur = await conn.execute(
+                "UPDATE caudal_runs SET status='running', resumes=resumes+1, updated_at=%s, "
+                "error=NULL WHERE run_id=%s",
+                (time.time(), run_id),
+            )
+            if cur.rowcount == 0:
+                raise RunNotFoundError(f"no run {run_id!r} in this store")
+
+        await self._run(q)
+
+    async def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        async def q(conn: Any) -> None:
+            await conn.execute(
+                "UPDATE caudal_runs SET status=%s, error=%s, updated_at=%s WHERE run_id=%s",
+                (status, error, time.time(), run_id),
+            )
+
+        await self._run(q)
+
+    async def load_run(self, run_id: str) -> StoredRun:
+        async def q(conn: Any) -> StoredRun:
+            cur = await conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM caudal_runs WHERE run_id=%s", (run_id,)
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise RunNotFoundError(f"no run {run_id!r} in this store")
+            cur = await conn.execute(
+                f"SELECT {_STEP_COLUMNS} FROM caudal_steps WHERE run_id=%s ORDER BY seq",
+                (run_id,),
+            )
+            steps = {r[0]: StepCheckpoint.from_row(r) for r in await cur.fetchall()}
+            return StoredRun(_info_from_row(row), steps)
+
+        return await self._run(q)
+
+    async def list_runs(self, limit: int = 50) -> list[RunInfo]:
+        async def q(conn: Any) -> list[RunInfo]:
+            cur = await conn.execute(
+                "SELECT run_id, pipeline, status, created_at, updated_at, NULL, NULL, "
+                "definition, error, resumes FROM caudal_runs ORDER BY created_at DESC LIMIT %s",
+                (limit,),
+            )
+            return [_info_from_row(r) for r in await cur.fetchall()]
+
+        return await self._run(q)
+
+    async def close(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            await self._writer
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+
+def open_store(spec: Any) -> tuple[CheckpointStore | None, bool]:
+    """``(store, owned)`` for a ``store=`` argument: a CheckpointStore as is;
+    False for none; None for the default SQLite file ($CAUDAL_STORE or
+    .caudal/checkpoints.db); a ``postgres://``/``postgresql://`` URI for
+    PostgresStore; any other str or path for a SqliteStore there. ``owned``
+    says whether the caller opened it (and so closes it)."""
+    if spec is False:
+        return None, False
+    if isinstance(spec, CheckpointStore):
+        return spec, False
+    if spec is None:
+        spec = os.environ.get("CAUDAL_STORE") or DEFAULT_STORE_PATH
+    if isinstance(spec, str) and spec.startswith(("postgres://", "postgresql://")):
+        return PostgresStore(spec), True
+    if isinstance(spec, str | os.PathLike):
+        return SqliteStore(spec), True
+    raise TypeError(
+        f"store must be a CheckpointStore, a path, a postgresql:// URI, None or False; got {spec!r}"
+    )
+
+
+__all__ = [
+    "DEFAULT_STORE_PATH",
+    "CheckpointStore",
+    "MemoryStore",
+    "PostgresStore",
+    "RunInfo",
+    "SqliteStore",
+    "StepCheckpoint",
+    "StoredRun",
+    "open_store",
+]

@@ -1,0 +1,387 @@
+"""The ``caudal`` command: run, resume, inspect and validate YAML pipelines.
+
+    caudal run pipeline.yaml --registry mymod:REGISTRY --input '{"x": 1}' [--store PATH]
+    caudal resume RUN_ID --store PATH
+    caudal inspect RUN_ID --store PATH
+    caudal runs --store PATH
+    caudal validate pipeline.yaml --registry mymod:REGISTRY
+
+``--registry module:attr`` names a dict {name: callable or Step} importable
+from the working directory. ``--store`` is a SQLite path or a
+``postgresql://`` URI (default: $CAUDAL_STORE, else .caudal/checkpoints.db).
+A run stores its YAML and registry spec, so ``resume`` needs only the run id.
+Exit status: 0 success; 1 a failed run, an invalid pipeline, an unknown run;
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from caudal.checkpoints import open_store
+from caudal.errors import CaudalError, PipelineDefinitionError, UsageLimitExceededError
+
+
+def _import_spec(spec: str, what: str) -> Any:
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise SystemExit(f"caudal: {what} must be module:attribute, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise SystemExit(f"caudal: cannot import {mod_name!r} for {what}: {exc}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SystemExit(f"caudal: {mod_name!r} has no attribute {attr!r} ({what})") from None
+    return obj
+
+
+def _registry(spec: str) -> dict:
+    reg = _import_spec(spec, "--registry")
+    if callable(reg) and not isinstance(reg, dict):
+        reg = reg()
+    if not isinstance(reg, dict):
+        raise SystemExit(f"caudal: --registry {spec} is not a dict of name -> step")
+    return reg
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=repr, sort_keys=False)
+
+
+class _Progress:
+    """tqdm bar on stderr when it is a terminal (a plain counter without
+    tqdm); nothing otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        self.enabled = enabled and sys.stderr.isatty()
+        self.total = total
+        self.count = 0
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+
+                try:
+                    width = os.get_terminal_size(sys.stderr.fileno()).columns
+                except OSError:
+                    width = 0
+                self.bar = tqdm(
+                    total=total,
+                    unit="step",
+                    file=sys.stderr,
+                    leave=False,
+                    ncols=None if width > 0 else 80,  # a terminal that reports no size
+                )
+            except ImportError:
+                self.bar = None
+
+    def __call__(self, rec: Any) -> None:
+        if not self.enabled:
+            return
+        self.count += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{rec.name}: {rec.status}", refresh=False)
+            self.bar.update(1)
+        else:
+            sys.stderr.write(f"\r{self.count}/{self.total} steps ({rec.name}: {rec.status})")
+            sys.stderr.flush()
+
+    def restored(self, n: int) -> None:
+        if self.bar is not None and n:
+            self.bar.update(n)
+        self.count += n
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            sys.stderr.write("\n")
+
+
+def _report(run: Any, as_json: bool) -> int:
+    if as_json:
+        print(
+            _json(
+                {
+                    "run_id": run.run_id,
+                    "status": run.status,
+                    "result": run.result if run.status == "completed" else None,
+                    "error": None
+                    if run.error is None
+                    else f"{type(run.error).__name__}: {run.error}",
+                    "tokens": run.total_tokens,
+                    "cost_usd": run.total_cost_usd,
+                    "steps": {n: r.as_dict() for n, r in run.steps.items()},
+                }
+            )
+        )
+    else:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(run.counts().items()))
+        print(f"run {run.run_id}: {run.status} in {run.duration_s:.3f} s ({counts})")
+        if run.total_tokens or run.total_cost_usd:
+            print(f"usage: {run.total_tokens} tokens, ${run.total_cost_usd:.6f}")
+        if run.status == "completed":
+            print(f"result: {_json(run.result)}")
+        else:
+            for r in run.steps.values():
+                if r.status == "failed" and not r.optional:
+                    print(f"step {r.name} failed: {r.error}")
+            if run.error is not None and not any(r.status == "failed" for r in run.steps.values()):
+                print(f"error: {type(run.error).__name__}: {run.error}")
+    return 0 if run.status == "completed" else 1
+
+
+def _load(yaml_text_or_path: str, registry_spec: str, resolver_spec: str | None) -> Any:
+    from caudal.yaml_pipeline import load_pipeline
+
+    registry = _registry(registry_spec)
+    resolver = _import_spec(resolver_spec, "--resolver") if resolver_spec else None
+    p = load_pipeline(yaml_text_or_path, registry, resolver=resolver)
+    p.source = dict(p.source or {}, registry=registry_spec, resolver=resolver_spec)
+    return p
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.input) if args.input is not None else None
+    except json.JSONDecodeError as exc:
+        print(f"caudal: --input is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    p = _load(args.pipeline, args.registry, args.resolver)
+    progress = _Progress(len(p), not args.no_progress)
+    try:
+        run = await p.run(
+            data,
+            run_id=args.run_id,
+            store=args.store,
+            max_concurrency=args.max_concurrency,
+            on_step=progress,
+        )
+    except UsageLimitExceededError as exc:
+        progress.close()
+        print(f"caudal: {exc}", file=sys.stderr)
+        return _report(exc.run, args.json) or 1
+    progress.close()
+    return _report(run, args.json)
+
+
+async def _cmd_resume(args: argparse.Namespace) -> int:
+    st, owned = open_store(args.store)
+    try:
+        stored = await st.load_run(args.run_id)
+    finally:
+        if owned:
+            await st.close()
+    src = stored.info.definition or {}
+    registry_spec = args.registry or src.get("registry")
+    resolver_spec = args.resolver or src.get("resolver")
+    if not registry_spec:
+        print("caudal: this run has no stored registry; give --registry", file=sys.stderr)
+        return 2
+    if args.pipeline:
+        definition = args.pipeline
+    elif src.get("yaml"):
+        definition = src["yaml"]
+    else:
+        print("caudal: this run has no stored pipeline; give --pipeline FILE", file=sys.stderr)
+        return 2
+    p = _load(definition, registry_spec, resolver_spec)
+    p.source = dict(src, registry=registry_spec, resolver=resolver_spec)
+    progress = _Progress(len(p), not args.no_progress)
+    progress.restored(sum(1 for c in stored.steps.values() if c.status != "failed"))
+    try:
+        run = await p.resume(
+            args.run_id, store=args.store, max_concurrency=args.max_concurrency, on_step=progress
+        )
+    except UsageLimitExceededError as exc:
+        progress.close()
+        print(f"caudal: {exc}", file=sys.stderr)
+        return _report(exc.run, args.json) or 1
+    progress.close()
+    return _report(run, args.json)
+
+
+def _step_names(definition: dict | None) -> list[str]:
+    if not definition or not definition.get("yaml"):
+        return []
+    try:
+        import yaml
+
+        doc = yaml.safe_load(definition["yaml"])
+        return [s["name"] for s in doc.get("steps", []) if isinstance(s, dict) and "name" in s]
+    except Exception:
+        return []
+
+
+async def _cmd_inspect(args: argparse.Namespace) -> int:
+    st, owned = open_store(args.store)
+    try:
+        stored = await st.load_run(args.run_id)
+    finally:
+        if owned:
+            await st.close()
+    info = stored.info
+    names = _step_names(info.definition)
+    for n in stored.steps:
+        if n not in names:
+            names.append(n)
+    rows = []
+    for n in names:
+        cp = stored.steps.get(n)
+        if cp is None:
+            rows.append({"step": n, "status": "not run", "attempts": 0, "latency_s": None})
+            continue
+        rows.append(
+            {
+                "step": n,
+                "status": "failed (optional)" if cp.status == "failed_optional" else cp.status,
+                "attempts": cp.attempts,
+                "latency_s": cp.latency_s,
+                "started_at": cp.started_at,
+                "finished_at": cp.finished_at,
+                "cache_hit": cp.cache_hit,
+                "tokens": cp.tokens,
+                "cost_usd": cp.cost_usd,
+                "error": cp.error,
+            }
+        )
+    if args.json:
+        print(
+            _json(
+                {
+                    "run_id": info.run_id,
+                    "pipeline": info.pipeline,
+                    "status": info.status,
+                    "created_at": info.created_at,
+                    "updated_at": info.updated_at,
+                    "resumes": info.resumes,
+                    "error": info.error,
+                    "steps": rows,
+                }
+            )
+        )
+        return 0
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
+    print(f"run {info.run_id}  pipeline {info.pipeline}  status {info.status}")
+    print(f"created {created}  resumed {info.resumes} time(s)")
+    if info.error:
+        print(f"error: {info.error}")
+    w = max([4, *(len(r["step"]) for r in rows)])
+    print(f"{'step':<{w}}  {'status':<17}  {'attempts':>8}  {'time ms':>9}  {'tokens':>7}  error")
+    for r in rows:
+        t = "" if r.get("latency_s") is None else f"{r['latency_s'] * 1000:.1f}"
+        print(
+            f"{r['step']:<{w}}  {r['status']:<17}  {r['attempts']:>8}  {t:>9}  "
+            f"{r.get('tokens') or '':>7}  {r.get('error') or ''}"
+        )
+    return 0
+
+
+async def _cmd_runs(args: argparse.Namespace) -> int:
+    st, owned = open_store(args.store)
+    try:
+        runs = await st.list_runs(args.limit)
+    finally:
+        if owned:
+            await st.close()
+    for info in runs:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.created_at))
+        print(f"{info.run_id}  {info.status:<14}  {created}  {info.pipeline}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from caudal.yaml_pipeline import load_pipeline
+
+    try:
+        p = load_pipeline(args.pipeline, _registry(args.registry), require_resolver=False)
+    except PipelineDefinitionError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"caudal: {exc}", file=sys.stderr)
+        return 1
+    levels = p.levels()
+    print(f"{args.pipeline}: ok ({len(p)} steps in {len(levels)} levels)")
+    for k, level in enumerate(levels):
+        print(f"  level {k}: {', '.join(level)}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="caudal", description="Run and inspect caudal pipelines.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common_run(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", help="SQLite path or postgresql:// URI")
+        p.add_argument("--resolver", help="module:attr of an async resolver(text, context)")
+        p.add_argument("--max-concurrency", type=int, default=None)
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--json", action="store_true", help="machine-readable outcome")
+
+    r = sub.add_parser("run", help="run a YAML pipeline")
+    r.add_argument("pipeline", help="pipeline YAML file")
+    r.add_argument("--registry", required=True, help="module:attr, a dict name -> step")
+    r.add_argument("--input", help="the pipeline input, as JSON")
+    r.add_argument("--run-id", help="id for the new run (default: random)")
+    common_run(r)
+
+    s = sub.add_parser("resume", help="resume a stored run")
+    s.add_argument("run_id")
+    s.add_argument("--pipeline", help="YAML file (default: the one stored with the run)")
+    s.add_argument("--registry", help="module:attr (default: the one stored with the run)")
+    common_run(s)
+
+    i = sub.add_parser("inspect", help="show a stored run's steps")
+    i.add_argument("run_id")
+    i.add_argument("--store", help="SQLite path or postgresql:// URI")
+    i.add_argument("--json", action="store_true")
+
+    ls = sub.add_parser("runs", help="list stored runs, newest first")
+    ls.add_argument("--store", help="SQLite path or postgresql:// URI")
+    ls.add_argument("--limit", type=int, default=20)
+
+    v = sub.add_parser("validate", help="check a YAML pipeline")
+    v.add_argument("pipeline")
+    v.add_argument("--registry", required=True, help="module:attr, a dict name -> step")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _cmd_validate(args)
+        cmd = {
+            "run": _cmd_run,
+            "resume": _cmd_resume,
+            "inspect": _cmd_inspect,
+            "runs": _cmd_runs,
+        }[args.command]
+        return asyncio.run(cmd(args))
+    except PipelineDefinitionError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 1
+    except CaudalError as exc:
+        print(f"caudal: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The ``caudal`` command, run as a subprocess the way a user runs it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import shutil
+import struct
+import subprocess
+import sys
+import termios
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REGISTRY = textwrap.dedent(
+    """
+    import asyncio, os
+    from caudal import WithUsage
+
+    async def load(data):
+        return data["n"]
+
+    async def square(x):
+        await asyncio.sleep(0.01)
+        return x * x
+
+    async def flaky(x):
+        # Fails while the file BROKEN exists next to this module.
+        if os.path.exists(os.path.join(os.path.dirname(__file__), "BROKEN")):
+            raise RuntimeError("flaky is broken")
+        return WithUsage(x + 1, tokens=5, cost_usd=0.01)
+
+    def total(parts):
+        return sum(parts.values())
+
+    REGISTRY = {"load": load, "square": square, "flaky": flaky, "total": total}
+    """
+)
+
+PIPELINE = textwrap.dedent(
+    """
+    name: cli_demo
+    steps:
+      - name: load
+        uses: load
+      - name: square
+        uses: square
+        depends_on: load
+      - name: flaky
+        uses: flaky
+        depends_on: load
+      - name: total
+        uses: total
+        depends_on: [square, flaky]
+    """
+)
+
+CAUDAL = [sys.executable, "-m", "caudal.cli"]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "myreg.py").write_text(REGISTRY)
+    (tmp_path / "pipe.yaml").write_text(PIPELINE)
+    return tmp_path
+
+
+def caudal(workdir: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CAUDAL_STORE"}
+    proc = subprocess.run(
+        [*CAUDAL, *args], cwd=workdir, capture_output=True, text=True, timeout=60, env=env
+    )
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def test_entry_point_is_installed():
+    exe = shutil.which("caudal", path=os.path.dirname(sys.executable))
+    assert exe is not None
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "validate" in proc.stdout
+
+
+def test_run_inspect_and_json(workdir):
+    p = caudal(
+        workdir,
+        "run",
+        "pipe.yaml",
+        "--registry",
+        "myreg:REGISTRY",
+        "--input",
+        '{"n": 4}',
+        "--store",
+        "runs.db",
+        "--run-id",
+        "first",
+    )
+    assert "run first: completed" in p.stdout
+    assert "result: 21" in p.stdout  # 16 + 5
+    assert "usage: 5 tokens" in p.stdout
+    assert p.stderr == ""  # no progress bar when stderr is not a terminal
+    ins = caudal(workdir, "inspect", "first", "--store", "runs.db")
+    assert "status completed" in ins.stdout
+    for step in ("load", "square", "flaky", "total"):
+        assert step in ins.stdout
+    js = json.loads(caudal(workdir, "inspect", "first", "--store", "runs.db", "--json").stdout)
+    assert js["status"] == "completed"
+    assert [s["step"] for s in js["steps"]] == ["load", "square", "flaky", "total"]
+    assert all(s["attempts"] == 1 for s in js["steps"])
+    assert js["steps"][2]["tokens"] == 5
+    runs = caudal(workdir, "runs", "--store", "runs.db")
+    assert runs.stdout.startswith("first  completed")
+
+
+def test_failed_run_then_resume_from_the_stored_definition(workdir):
+    (workdir / "BROKEN").write_text("")
+    p = caudal(
+        workdir,
+        "run",
+        "pipe.yaml",
+        "--registry",
+        "myreg:REGISTRY",
+        "--input",
+        '{"n": 3}',
+        "--store",
+        "runs.db",
+        "--run-id",
+        "r1",
+        "--json",
+        check=1,
+    )
+    out = json.loads(p.stdout)
+    assert out["status"] == "failed"
+    assert out["steps"]["flaky"]["status"] == "failed"
+    assert out["steps"]["flaky"]["error"] == "RuntimeError: flaky is broken"
+    assert out["steps"]["total"]["status"] == "skipped"
+    ins = caudal(workdir, "inspect", "r1", "--store", "runs.db")
+    assert "RuntimeError: flaky is broken" in ins.stdout
+    assert "not run" in ins.stdout  # total
+    (workdir / "BROKEN").unlink()
+    (workdir / "pipe.yaml").unlink()  # resume uses the YAML stored with the run
+    r = caudal(workdir, "resume", "r1", "--store", "runs.db", "--json")
+    out = json.loads(r.stdout)
+    assert out["status"] == "completed" and out["result"] == 13
+    assert out["steps"]["square"]["restored"] is True
+    assert out["steps"]["flaky"]["restored"] is False
+    js = json.loads(caudal(workdir, "inspect", "r1", "--store", "runs.db", "--json").stdout)
+    assert js["resumes"] == 1 and js["status"] == "completed"
+
+
+def test_validate_exit_codes_and_line_numbers(workdir):
+    ok = caudal(workdir, "validate", "pipe.yaml", "--registry", "myreg:REGISTRY")
+    assert "ok (4 steps in 3 levels)" in ok.stdout
+    (workdir / "bad.yaml").write_text(
+        "steps:\n  - name: a\n    uses: load\n    timeout_s: never\n  - name: b\n    uses: gone\n"
+    )
+    bad = caudal(workdir, "validate", "bad.yaml", "--registry", "myreg:REGISTRY", check=1)
+    lines = bad.stderr.strip().splitlines()
+    assert lines[0] == "bad.yaml:4: steps[0].timeout_s: expected a positive number, got 'never'"
+    assert lines[1].startswith("bad.yaml:6: steps[1].uses: 'gone' is not in the registry")
+    cyc = (
+        "steps:\n"
+        "  - {name: a, uses: load, depends_on: b}\n"
+        "  - {name: b, uses: load, depends_on: a}\n"
+    )
+    (workdir / "cyc.yaml").write_text(cyc)
+    c = caudal(workdir, "validate", "cyc.yaml", "--registry", "myreg:REGISTRY", check=1)
+    assert c.stderr.strip() == "cyc.yaml:2: steps[0].depends_on: circular dependency: a -> b -> a"
+
+
+def test_usage_errors(workdir):
+    p = caudal(workdir, "inspect", "nope", "--store", "runs.db", check=1)
+    assert "no run 'nope'" in p.stderr
+    p = caudal(workdir, "run", "pipe.yaml", "--registry", "nomodule:X", check=None)
+    assert p.returncode != 0 and "cannot import 'nomodule'" in p.stderr
+    p = caudal(
+        workdir, "run", "pipe.yaml", "--registry", "myreg:REGISTRY", "--input", "{x", check=2
+    )
+    assert "--input is not valid JSON" in p.stderr
+
+
+def test_progress_bar_on_a_terminal(workdir):
+    # stderr on a pseudo-terminal: tqdm draws its bar there.
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k != "CAUDAL_STORE"}
+    proc = subprocess.Popen(
+        [*CAUDAL, "run", "pipe.yaml", "--registry", "myreg:REGISTRY", "--input", '{"n": 2}',
+         "--store", "runs.db"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=slave, env=env,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    err = b"".join(chunks).decode(errors="replace")
+    assert "/4 [" in err and "step/s" in err, err  # tqdm's bar, on stderr
+    assert b"completed" in out
