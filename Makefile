@@ -110,7 +110,12 @@ test-tsan: $(STAMPS)/venv
 
 # ------------------------------------------------------------ demo, bench
 demo: $(STAMPS)/install
+	@echo "== 1. a batch through ExecutorCore (retries, timeouts, fallback, stats)"
 	$(VPY) examples/demo.py
+	@echo; echo "== 2. a YAML pipeline through the caudal CLI"
+	@$(MAKE) --no-print-directory demo-pipeline
+	@echo; echo "== 3. a pipeline killed mid-run, then resumed from its checkpoints"
+	$(VPY) examples/resume_demo.py
 
 # The YAML pipeline example through the CLI (checkpoints in a temporary file).
 demo-pipeline: $(STAMPS)/install
