@@ -24,6 +24,7 @@ py::object CaudalAttr(const char* module, const char* name);
 void RegisterConfig(py::module_& m);
 void RegisterExecutor(py::module_& m);
 void RegisterCache(py::module_& m);
+void RegisterContext(py::module_& m);
 
 }  // namespace caudal::bindings
 

@@ -40,4 +40,5 @@ PYBIND11_MODULE(_core, m) {
   caudal::bindings::RegisterConfig(m);
   caudal::bindings::RegisterExecutor(m);
   caudal::bindings::RegisterCache(m);
+  caudal::bindings::RegisterContext(m);
 }

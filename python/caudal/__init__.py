@@ -6,7 +6,14 @@ C++. Start with ``ExecutorCore`` and ``await executor.execute(step, data)``.
 
 from caudal._core import OptimizationConfig, StepResult
 from caudal._steps import Step, step
-from caudal.errors import CaudalError, CircuitOpenError, ConfigurationError, QueueFullError
+from caudal.context import Context, ContextMutation, as_context, merge_branches
+from caudal.errors import (
+    CaudalError,
+    CircuitOpenError,
+    ConfigurationError,
+    ContextConflictError,
+    QueueFullError,
+)
 from caudal.resilience import RetryStrategy
 from caudal.executor_core import ExecutorCore, StepTimeoutError
 
@@ -16,6 +23,9 @@ __all__ = [
     "CaudalError",
     "CircuitOpenError",
     "ConfigurationError",
+    "Context",
+    "ContextConflictError",
+    "ContextMutation",
     "ExecutorCore",
     "OptimizationConfig",
     "QueueFullError",
@@ -24,5 +34,7 @@ __all__ = [
     "StepResult",
     "StepTimeoutError",
     "__version__",
+    "as_context",
+    "merge_branches",
     "step",
 ]

@@ -7,7 +7,8 @@ A step's own exception is never wrapped: it reaches the caller as itself
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class CaudalError(Exception):
@@ -51,4 +52,30 @@ class QueueFullError(CaudalError):
     """The worker pool's bounded queue is full ("task queue is full")."""
 
 
-__all__ = ["CaudalError", "CircuitOpenError", "ConfigurationError", "QueueFullError"]
+class ContextConflictError(CaudalError):
+    """Branches wrote different values to the same context keys.
+
+    Raised by ``merge_branches(..., policy="error")``. ``conflicts`` maps each
+    conflicting key to the branches that changed it (their positions, or
+    their names when the branches were given as a dict), in branch order.
+    """
+
+    def __init__(self, conflicts: Mapping[Any, list[Any]]):
+        self.conflicts: dict[Any, list[Any]] = {k: list(v) for k, v in conflicts.items()}
+        parts = [
+            f"{key!r} (branches {', '.join(map(repr, names))})"
+            for key, names in self.conflicts.items()
+        ]
+        super().__init__(f"conflicting writes to {len(parts)} context key(s): " + "; ".join(parts))
+
+    def __reduce__(self):
+        return (type(self), (self.conflicts,))
+
+
+__all__ = [
+    "CaudalError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "ContextConflictError",
+    "QueueFullError",
+]
