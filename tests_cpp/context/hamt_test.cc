@@ -561,50 +561,68 @@ TEST(HamtShapeTest, CanonicalShapeDependsOnlyOnTheKeys) {
 
 // ------------------------------------------------------------- threads
 
-// Many threads read and derive versions from shared snapshots at once: the
-// shared nodes' counts are touched concurrently (TSan checks the ordering).
+// Threads share snapshots: every thread reads, iterates, derives from and
+// finally drops the same versions, and the main thread lets go of them
+// first, so the last reference to a version (and the freeing of its nodes)
+// is dropped by whichever worker finishes with it last, while others may
+// still be reading it. TSan checks that the reference counts order those
+// reads before the frees.
 TEST(HamtThreadsTest, SharedSnapshotsAcrossThreads) {
   const int64_t nodes0 = g_nodes.load();
   const int64_t refs0 = g_refs.load();
+  constexpr int kThreads = 4;
+  constexpr int kVersions = 40;
+  std::atomic<int> errors{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
   {
-    Map base;
-    for (int i = 0; i < 5000; ++i)
-      ASSERT_TRUE(base.Set(i, Mix(i), i, &base).ok());
-    std::atomic<int> errors{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 4; ++t) {
-      threads.emplace_back([&, t] {
-        Map mine = base;  // a snapshot per thread
+    std::vector<Map> versions;
+    Map m;
+    for (int i = 0; i < 3000; ++i) ASSERT_TRUE(m.Set(i, Mix(i), i, &m).ok());
+    for (int v = 0; v < kVersions; ++v) {
+      ASSERT_TRUE(m.Set(v, Mix(v), -v, &m).ok());
+      bool found;
+      ASSERT_TRUE(m.Delete(3000 - v, Mix(3000 - v), &m, &found).ok());
+      versions.push_back(m);
+    }
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&errors, &go, t, mine = versions]() mutable {
+        while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
         std::mt19937 rng(t);
-        for (int i = 0; i < 3000; ++i) {
-          const int k = static_cast<int>(rng() % 6000);
-          const int* v = nullptr;
-          if (!base.Find(k, Mix(k), &v).ok() || (v != nullptr) != (k < 5000) ||
-              (v && *v != k)) {
+        std::vector<int> order(mine.size());
+        for (size_t i = 0; i < order.size(); ++i)
+          order[i] = static_cast<int>(i);
+        std::shuffle(order.begin(), order.end(), rng);
+        for (int v : order) {
+          Map& version = mine[v];
+          for (int i = 0; i < 200; ++i) {
+            const int k = static_cast<int>(rng() % 3100);
+            const int* got = nullptr;
+            if (!version.Find(k, Mix(k), &got).ok()) errors.fetch_add(1);
+            const bool expect = k < 3000 && k <= 3000 - kVersions;
+            if (expect && (got == nullptr || *got != (k <= v ? -k : k))) {
+              errors.fetch_add(1);
+            }
+          }
+          size_t n = 0;
+          for (const auto& e : version) n += e.key >= 0;
+          if (n != version.size()) errors.fetch_add(1);
+          Map derived;
+          if (!version.Set(-1, Mix(-1), t, &derived).ok()) errors.fetch_add(1);
+          Map::Mutation mut(version);
+          bool found;
+          if (!mut.Delete(v, Mix(v), &found).ok() || !found)
             errors.fetch_add(1);
-          }
-          if (i % 3 == 0) {
-            Map next;
-            if (!mine.Set(k, Mix(k), -t, &next).ok()) errors.fetch_add(1);
-            mine = std::move(next);
-          } else if (i % 3 == 1) {
-            Map::Mutation mut(base);
-            bool found;
-            if (!mut.Delete(k, Mix(k), &found).ok()) errors.fetch_add(1);
-            mine = mut.Finish();
-          } else {
-            size_t n = 0;
-            for (const auto& e : mine) n += e.key >= 0;
-            if (n != mine.size()) errors.fetch_add(1);
-          }
+          derived = mut.Finish();
+          version = Map();  // maybe the last reference: frees nodes here
         }
       });
     }
-    for (auto& th : threads) th.join();
-    EXPECT_EQ(errors.load(), 0);
-    EXPECT_EQ(base.size(), 5000u);
-    EXPECT_TRUE(base.CheckInvariants().ok());
-  }
+    m = Map();
+  }  // the main thread's references are gone before the workers start
+  go.store(true, std::memory_order_release);
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
   EXPECT_EQ(g_nodes.load(), nodes0);
   EXPECT_EQ(g_refs.load(), refs0);
 }
