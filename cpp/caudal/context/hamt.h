@@ -192,6 +192,7 @@ class Hamt {
 
  private:
   friend class Mutation;
+  using Code = hamt_internal::Code;
   struct DeleteResult;
   struct Slot;
   class NodeRef;
@@ -231,26 +232,23 @@ class Hamt {
   static Node* MakePair(unsigned shift, uint64_t a_hash, const Entry* a_entry,
                         Node* a_node, const Entry& b, uint64_t mutid);
 
-  static absl::Status FindIn(const Node* node, unsigned shift, const Key& key,
-                             uint64_t hash, const Entry** out);
-  static absl::Status SetIn(Node* node, unsigned shift, const Entry& e,
-                            uint64_t mutid, Garbage* g, Node** out,
-                            bool* added);
-  static absl::Status SetInBitmap(Node* node, unsigned shift, const Entry& e,
-                                  uint64_t mutid, Garbage* g, Node** out,
-                                  bool* added);
-  static absl::Status SetInCollision(Node* node, unsigned shift, const Entry& e,
-                                     uint64_t mutid, Garbage* g, Node** out,
-                                     bool* added);
-  static absl::Status DeleteIn(Node* node, unsigned shift, const Key& key,
-                               uint64_t hash, uint64_t mutid, bool is_root,
-                               Garbage* g, DeleteResult* out);
-  static absl::Status DeleteInCollision(Node* node, const Key& key,
-                                        uint64_t hash, uint64_t mutid,
-                                        Garbage* g, DeleteResult* out);
-  static absl::Status ChildChanged(Node* node, uint32_t bit, Node* old_child,
-                                   DeleteResult r, uint64_t mutid, bool is_root,
-                                   Garbage* g, DeleteResult* out);
+  static Code FindIn(const Node* node, unsigned shift, const Key& key,
+                     uint64_t hash, const Entry** out);
+  static Code SetIn(Node* node, unsigned shift, const Entry& e, uint64_t mutid,
+                    Garbage* g, Node** out, bool* added);
+  static Code SetInBitmap(Node* node, unsigned shift, const Entry& e,
+                          uint64_t mutid, Garbage* g, Node** out, bool* added);
+  static Code SetInCollision(Node* node, unsigned shift, const Entry& e,
+                             uint64_t mutid, Garbage* g, Node** out,
+                             bool* added);
+  static Code DeleteIn(Node* node, unsigned shift, const Key& key,
+                       uint64_t hash, uint64_t mutid, bool is_root, Garbage* g,
+                       DeleteResult* out);
+  static Code DeleteInCollision(Node* node, const Key& key, uint64_t hash,
+                                uint64_t mutid, Garbage* g, DeleteResult* out);
+  static Code ChildChanged(Node* node, uint32_t bit, Node* old_child,
+                           DeleteResult r, uint64_t mutid, bool is_root,
+                           Garbage* g, DeleteResult* out);
 
   static Slot SlotAt(const Node* n, uint32_t bit);
   template <typename Fn>

@@ -28,6 +28,17 @@ inline absl::Status KeyCompareFailed() {
 inline absl::Status OutOfMemory() {
   return absl::ResourceExhaustedError("out of memory for a map node");
 }
+inline absl::Status ToStatus(Code c) {
+  switch (c) {
+    case Code::kOk:
+      return absl::OkStatus();
+    case Code::kKeyCompareFailed:
+      return KeyCompareFailed();
+    case Code::kOutOfMemory:
+      break;
+  }
+  return OutOfMemory();
+}
 
 }  // namespace hamt_internal
 
@@ -362,9 +373,10 @@ void Hamt<Traits>::Clear() {
 }
 
 template <typename Traits>
-absl::Status Hamt<Traits>::FindIn(const Node* node, unsigned shift,
-                                  const Key& key, uint64_t hash,
-                                  const Entry** out) {
+typename Hamt<Traits>::Code Hamt<Traits>::FindIn(const Node* node,
+                                                 unsigned shift, const Key& key,
+                                                 uint64_t hash,
+                                                 const Entry** out) {
   using hamt_internal::BitFor;
   using hamt_internal::IndexOf;
   *out = nullptr;
@@ -373,28 +385,28 @@ absl::Status Hamt<Traits>::FindIn(const Node* node, unsigned shift,
       const uint32_t bit = BitFor(hash, shift);
       if (node->datamap & bit) {
         const Entry& e = Entries(node)[IndexOf(node->datamap, bit)];
-        if (e.hash != hash) return absl::OkStatus();
+        if (e.hash != hash) return Code::kOk;
         const int eq = Traits::Eq(e.key, key);
-        if (eq < 0) return hamt_internal::KeyCompareFailed();
+        if (eq < 0) return Code::kKeyCompareFailed;
         if (eq) *out = &e;
-        return absl::OkStatus();
+        return Code::kOk;
       }
-      if ((node->nodemap & bit) == 0) return absl::OkStatus();
+      if ((node->nodemap & bit) == 0) return Code::kOk;
       node = Children(node)[IndexOf(node->nodemap, bit)];
       shift += hamt_internal::kBits;
       continue;
     }
     const Entry* es = Entries(node);
-    if (es[0].hash != hash) return absl::OkStatus();
+    if (es[0].hash != hash) return Code::kOk;
     for (unsigned i = 0, n = node->datamap; i < n; ++i) {
       const int eq = Traits::Eq(es[i].key, key);
-      if (eq < 0) return hamt_internal::KeyCompareFailed();
+      if (eq < 0) return Code::kKeyCompareFailed;
       if (eq) {
         *out = &es[i];
         break;
       }
     }
-    return absl::OkStatus();
+    return Code::kOk;
   }
 }
 
@@ -404,24 +416,25 @@ absl::Status Hamt<Traits>::Find(const Key& key, uint64_t hash,
   *value = nullptr;
   if (root_ == nullptr) return absl::OkStatus();
   const Entry* e = nullptr;
-  absl::Status s = FindIn(root_, 0, key, hash, &e);
+  const Code s = FindIn(root_, 0, key, hash, &e);
   if (e != nullptr) *value = &e->value;
-  return s;
+  return hamt_internal::ToStatus(s);
 }
 
 template <typename Traits>
-absl::Status Hamt<Traits>::SetIn(Node* node, unsigned shift, const Entry& e,
-                                 uint64_t mutid, Garbage* g, Node** out,
-                                 bool* added) {
+typename Hamt<Traits>::Code Hamt<Traits>::SetIn(Node* node, unsigned shift,
+                                                const Entry& e, uint64_t mutid,
+                                                Garbage* g, Node** out,
+                                                bool* added) {
   return node->kind == hamt_internal::NodeKind::kBitmap
              ? SetInBitmap(node, shift, e, mutid, g, out, added)
              : SetInCollision(node, shift, e, mutid, g, out, added);
 }
 
 template <typename Traits>
-absl::Status Hamt<Traits>::SetInBitmap(Node* node, unsigned shift,
-                                       const Entry& e, uint64_t mutid,
-                                       Garbage* g, Node** out, bool* added) {
+typename Hamt<Traits>::Code Hamt<Traits>::SetInBitmap(
+    Node* node, unsigned shift, const Entry& e, uint64_t mutid, Garbage* g,
+    Node** out, bool* added) {
   using hamt_internal::IndexOf;
   const uint32_t bit = hamt_internal::BitFor(e.hash, shift);
   const bool owned = Owned(node, mutid);
@@ -430,137 +443,137 @@ absl::Status Hamt<Traits>::SetInBitmap(Node* node, unsigned shift,
     Entry& cur = Entries(node)[i];
     if (cur.hash == e.hash) {
       const int eq = Traits::Eq(cur.key, e.key);
-      if (eq < 0) return hamt_internal::KeyCompareFailed();
+      if (eq < 0) return Code::kKeyCompareFailed;
       if (eq) {
         *added = false;
         if (Traits::SameValue(cur.value, e.value)) {
           *out = node;
-          return absl::OkStatus();
+          return Code::kOk;
         }
         Traits::RetainValue(e.value);
         if (owned) {
           g->values_.push_back(cur.value);
           cur.value = e.value;
           *out = node;
-          return absl::OkStatus();
+          return Code::kOk;
         }
         Node* n = CopyNode(node, mutid);
         if (n == nullptr) {
           Traits::ReleaseValue(e.value);
-          return hamt_internal::OutOfMemory();
+          return Code::kOutOfMemory;
         }
         Entry& slot = Entries(n)[i];
         Traits::ReleaseValue(slot.value);  // `node` still holds it
         slot.value = e.value;
         *out = n;
-        return absl::OkStatus();
+        return Code::kOk;
       }
     }
     // Another key in the slot: both go down into a new subtree.
     const Entry moved = cur;
     Node* sub = MakePair(shift + hamt_internal::kBits, moved.hash, &moved,
                          nullptr, e, mutid);
-    if (sub == nullptr) return hamt_internal::OutOfMemory();
+    if (sub == nullptr) return Code::kOutOfMemory;
     Node* n = Rebuild(node, bit, nullptr, sub, mutid, owned);
     if (n == nullptr) {
       Unref(sub);
-      return hamt_internal::OutOfMemory();
+      return Code::kOutOfMemory;
     }
     if (owned) g->entries_.push_back(moved);
     *added = true;
     *out = n;
-    return absl::OkStatus();
+    return Code::kOk;
   }
   if (node->nodemap & bit) {
     const unsigned j = IndexOf(node->nodemap, bit);
     Node* child = Children(node)[j];
     Node* res = nullptr;
-    absl::Status s =
+    const Code s =
         SetIn(child, shift + hamt_internal::kBits, e, mutid, g, &res, added);
-    if (!s.ok()) return s;
+    if (s != Code::kOk) return s;
     if (res == child) {
       *out = node;
-      return absl::OkStatus();
+      return Code::kOk;
     }
     if (owned) {
       Children(node)[j] = res;
       g->nodes_.push_back(child);
       *out = node;
-      return absl::OkStatus();
+      return Code::kOk;
     }
     Node* n = CopyNode(node, mutid);
     if (n == nullptr) {
       Unref(res);
-      return hamt_internal::OutOfMemory();
+      return Code::kOutOfMemory;
     }
     Node*& slot = Children(n)[j];
     Unref(slot);  // `node` still holds it
     slot = res;
     *out = n;
-    return absl::OkStatus();
+    return Code::kOk;
   }
   RetainEntry(e);
   Node* n = Rebuild(node, bit, &e, nullptr, mutid, owned);
   if (n == nullptr) {
     ReleaseEntry(e);
-    return hamt_internal::OutOfMemory();
+    return Code::kOutOfMemory;
   }
   *added = true;
   *out = n;
-  return absl::OkStatus();
+  return Code::kOk;
 }
 
 template <typename Traits>
-absl::Status Hamt<Traits>::SetInCollision(Node* node, unsigned shift,
-                                          const Entry& e, uint64_t mutid,
-                                          Garbage* g, Node** out, bool* added) {
+typename Hamt<Traits>::Code Hamt<Traits>::SetInCollision(
+    Node* node, unsigned shift, const Entry& e, uint64_t mutid, Garbage* g,
+    Node** out, bool* added) {
   Entry* es = Entries(node);
   const unsigned count = node->datamap;
   if (e.hash != es[0].hash) {
     // A bitmap node at this depth holding both the collision node and e.
     Node* n = MakePair(shift, es[0].hash, nullptr, node, e, mutid);
-    if (n == nullptr) return hamt_internal::OutOfMemory();
+    if (n == nullptr) return Code::kOutOfMemory;
     *added = true;
     *out = n;
-    return absl::OkStatus();
+    return Code::kOk;
   }
   const bool owned = Owned(node, mutid);
   for (unsigned i = 0; i < count; ++i) {
     const int eq = Traits::Eq(es[i].key, e.key);
-    if (eq < 0) return hamt_internal::KeyCompareFailed();
+    if (eq < 0) return Code::kKeyCompareFailed;
     if (!eq) continue;
     *added = false;
     if (Traits::SameValue(es[i].value, e.value)) {
       *out = node;
-      return absl::OkStatus();
+      return Code::kOk;
     }
     Traits::RetainValue(e.value);
     if (owned) {
       g->values_.push_back(es[i].value);
       es[i].value = e.value;
       *out = node;
-      return absl::OkStatus();
+      return Code::kOk;
     }
     Node* n = CopyNode(node, mutid);
     if (n == nullptr) {
       Traits::ReleaseValue(e.value);
-      return hamt_internal::OutOfMemory();
+      return Code::kOutOfMemory;
     }
     Entry& slot = Entries(n)[i];
     Traits::ReleaseValue(slot.value);  // `node` still holds it
     slot.value = e.value;
     *out = n;
-    return absl::OkStatus();
+    return Code::kOk;
   }
   Node* n = AllocCollision(count + 1, mutid);
-  if (n == nullptr) return hamt_internal::OutOfMemory();
+  if (n == nullptr) return Code::kOutOfMemory;
   CopyEntries(Entries(n), es, count, owned);
   Entries(n)[count] = e;
   RetainEntry(e);
   if (owned) node->datamap = 0;
   *added = true;
   *out = Built(n);
-  return absl::OkStatus();
+  return Code::kOk;
 }
 
 template <typename Traits>
@@ -578,8 +591,8 @@ absl::Status Hamt<Traits>::Set(const Key& key, uint64_t hash,
   Garbage g;  // stays empty: a persistent edit owns no node
   Node* res = nullptr;
   bool added = false;
-  absl::Status s = SetIn(root_, 0, e, 0, &g, &res, &added);
-  if (!s.ok()) return s;
+  const Code s = SetIn(root_, 0, e, 0, &g, &res, &added);
+  if (s != Code::kOk) return hamt_internal::ToStatus(s);
   if (res == root_) {
     if (out != this) *out = *this;
     return absl::OkStatus();
@@ -589,9 +602,9 @@ absl::Status Hamt<Traits>::Set(const Key& key, uint64_t hash,
 }
 
 template <typename Traits>
-absl::Status Hamt<Traits>::DeleteIn(Node* node, unsigned shift, const Key& key,
-                                    uint64_t hash, uint64_t mutid, bool is_root,
-                                    Garbage* g, DeleteResult* out) {
+typename Hamt<Traits>::Code Hamt<Traits>::DeleteIn(
+    Node* node, unsigned shift, const Key& key, uint64_t hash, uint64_t mutid,
+    bool is_root, Garbage* g, DeleteResult* out) {
   using hamt_internal::IndexOf;
   using hamt_internal::PopCount;
   if (node->kind == hamt_internal::NodeKind::kCollision) {
@@ -601,10 +614,10 @@ absl::Status Hamt<Traits>::DeleteIn(Node* node, unsigned shift, const Key& key,
   if (node->datamap & bit) {
     const unsigned i = IndexOf(node->datamap, bit);
     Entry* es = Entries(node);
-    if (es[i].hash != hash) return absl::OkStatus();
+    if (es[i].hash != hash) return Code::kOk;
     const int eq = Traits::Eq(es[i].key, key);
-    if (eq < 0) return hamt_internal::KeyCompareFailed();
-    if (!eq) return absl::OkStatus();
+    if (eq < 0) return Code::kKeyCompareFailed;
+    if (!eq) return Code::kOk;
     const unsigned ne = PopCount(node->datamap);
     const unsigned nc = PopCount(node->nodemap);
     Node** cs = Children(node);
@@ -612,18 +625,18 @@ absl::Status Hamt<Traits>::DeleteIn(Node* node, unsigned shift, const Key& key,
       if (ne == 2 && nc == 0) {  // the other entry moves up
         out->kind = DeleteResult::kEntry;
         out->entry = es[1 - i];
-        return absl::OkStatus();
+        return Code::kOk;
       }
       if (ne == 1 && nc == 1 &&
           cs[0]->kind == hamt_internal::NodeKind::kCollision) {
         Retain(cs[0]);  // the lone collision node moves up
         out->kind = DeleteResult::kNode;
         out->node = cs[0];
-        return absl::OkStatus();
+        return Code::kOk;
       }
     } else if (ne == 1 && nc == 0) {
       out->kind = DeleteResult::kEmpty;
-      return absl::OkStatus();
+      return Code::kOk;
     }
     if (Owned(node, mutid)) {  // shrink in place
       const Entry removed = es[i];
@@ -634,31 +647,30 @@ absl::Status Hamt<Traits>::DeleteIn(Node* node, unsigned shift, const Key& key,
       g->entries_.push_back(removed);
       out->kind = DeleteResult::kNode;
       out->node = node;
-      return absl::OkStatus();
+      return Code::kOk;
     }
     Node* n = Rebuild(node, bit, nullptr, nullptr, mutid, false);
-    if (n == nullptr) return hamt_internal::OutOfMemory();
+    if (n == nullptr) return Code::kOutOfMemory;
     out->kind = DeleteResult::kNode;
     out->node = n;
-    return absl::OkStatus();
+    return Code::kOk;
   }
   if (node->nodemap & bit) {
     Node* child = Children(node)[IndexOf(node->nodemap, bit)];
     DeleteResult r;
-    absl::Status s = DeleteIn(child, shift + hamt_internal::kBits, key, hash,
-                              mutid, false, g, &r);
-    if (!s.ok() || r.kind == DeleteResult::kNotFound) return s;
+    const Code s = DeleteIn(child, shift + hamt_internal::kBits, key, hash,
+                            mutid, false, g, &r);
+    if (s != Code::kOk || r.kind == DeleteResult::kNotFound) return s;
     return ChildChanged(node, bit, child, r, mutid, is_root, g, out);
   }
-  return absl::OkStatus();
+  return Code::kOk;
 }
 
 // The child in `bit`'s slot of `node` lost a key and became `r`.
 template <typename Traits>
-absl::Status Hamt<Traits>::ChildChanged(Node* node, uint32_t bit,
-                                        Node* old_child, DeleteResult r,
-                                        uint64_t mutid, bool is_root,
-                                        Garbage* g, DeleteResult* out) {
+typename Hamt<Traits>::Code Hamt<Traits>::ChildChanged(
+    Node* node, uint32_t bit, Node* old_child, DeleteResult r, uint64_t mutid,
+    bool is_root, Garbage* g, DeleteResult* out) {
   using hamt_internal::PopCount;
   const bool owned = Owned(node, mutid);
   const unsigned ne = PopCount(node->datamap);
@@ -669,11 +681,11 @@ absl::Status Hamt<Traits>::ChildChanged(Node* node, uint32_t bit,
     if (r.node == old_child) {  // edited in place
       out->kind = DeleteResult::kNode;
       out->node = node;
-      return absl::OkStatus();
+      return Code::kOk;
     }
     if (lone_child && r.node->kind == hamt_internal::NodeKind::kCollision) {
       *out = r;  // this node would only wrap a collision node: pull it up
-      return absl::OkStatus();
+      return Code::kOk;
     }
     const unsigned j = hamt_internal::IndexOf(node->nodemap, bit);
     if (owned) {
@@ -681,54 +693,54 @@ absl::Status Hamt<Traits>::ChildChanged(Node* node, uint32_t bit,
       g->nodes_.push_back(old_child);
       out->kind = DeleteResult::kNode;
       out->node = node;
-      return absl::OkStatus();
+      return Code::kOk;
     }
     Node* n = CopyNode(node, mutid);
     if (n == nullptr) {
       Unref(r.node);
-      return hamt_internal::OutOfMemory();
+      return Code::kOutOfMemory;
     }
     Node*& slot = Children(n)[j];
     Unref(slot);  // `node` still holds it
     slot = r.node;
     out->kind = DeleteResult::kNode;
     out->node = n;
-    return absl::OkStatus();
+    return Code::kOk;
   }
   if (lone_child) {  // this node would hold a single entry: pull it up too
     *out = r;
-    return absl::OkStatus();
+    return Code::kOk;
   }
   RetainEntry(r.entry);
   Node* n = Rebuild(node, bit, &r.entry, nullptr, mutid, owned);
   if (n == nullptr) {
     ReleaseEntry(r.entry);
-    return hamt_internal::OutOfMemory();
+    return Code::kOutOfMemory;
   }
   if (owned) g->nodes_.push_back(old_child);
   out->kind = DeleteResult::kNode;
   out->node = n;
-  return absl::OkStatus();
+  return Code::kOk;
 }
 
 template <typename Traits>
-absl::Status Hamt<Traits>::DeleteInCollision(Node* node, const Key& key,
-                                             uint64_t hash, uint64_t mutid,
-                                             Garbage* g, DeleteResult* out) {
+typename Hamt<Traits>::Code Hamt<Traits>::DeleteInCollision(
+    Node* node, const Key& key, uint64_t hash, uint64_t mutid, Garbage* g,
+    DeleteResult* out) {
   Entry* es = Entries(node);
   const unsigned count = node->datamap;
-  if (es[0].hash != hash) return absl::OkStatus();
+  if (es[0].hash != hash) return Code::kOk;
   unsigned i = 0;
   for (; i < count; ++i) {
     const int eq = Traits::Eq(es[i].key, key);
-    if (eq < 0) return hamt_internal::KeyCompareFailed();
+    if (eq < 0) return Code::kKeyCompareFailed;
     if (eq) break;
   }
-  if (i == count) return absl::OkStatus();
+  if (i == count) return Code::kOk;
   if (count == 2) {
     out->kind = DeleteResult::kEntry;
     out->entry = es[1 - i];
-    return absl::OkStatus();
+    return Code::kOk;
   }
   if (Owned(node, mutid)) {
     const Entry removed = es[i];
@@ -738,15 +750,15 @@ absl::Status Hamt<Traits>::DeleteInCollision(Node* node, const Key& key,
     g->entries_.push_back(removed);
     out->kind = DeleteResult::kNode;
     out->node = node;
-    return absl::OkStatus();
+    return Code::kOk;
   }
   Node* n = AllocCollision(count - 1, mutid);
-  if (n == nullptr) return hamt_internal::OutOfMemory();
+  if (n == nullptr) return Code::kOutOfMemory;
   CopyEntries(Entries(n), es, i, false);
   CopyEntries(Entries(n) + i, es + i + 1, count - i - 1, false);
   out->kind = DeleteResult::kNode;
   out->node = Built(n);
-  return absl::OkStatus();
+  return Code::kOk;
 }
 
 template <typename Traits>
@@ -756,8 +768,8 @@ absl::Status Hamt<Traits>::Delete(const Key& key, uint64_t hash, Hamt* out,
   DeleteResult r;
   if (root_ != nullptr) {
     Garbage g;  // stays empty: a persistent edit owns no node
-    absl::Status s = DeleteIn(root_, 0, key, hash, 0, true, &g, &r);
-    if (!s.ok()) return s;
+    const Code s = DeleteIn(root_, 0, key, hash, 0, true, &g, &r);
+    if (s != Code::kOk) return hamt_internal::ToStatus(s);
   }
   switch (r.kind) {
     case DeleteResult::kNotFound:
@@ -937,7 +949,9 @@ absl::Status Hamt<Traits>::FindInSlot(const Slot& s, unsigned shift,
                                       const Key& key, uint64_t hash,
                                       const Entry** out) {
   *out = nullptr;
-  if (s.node != nullptr) return FindIn(s.node, shift, key, hash, out);
+  if (s.node != nullptr) {
+    return hamt_internal::ToStatus(FindIn(s.node, shift, key, hash, out));
+  }
   if (s.entry == nullptr || s.entry->hash != hash) return absl::OkStatus();
   const int eq = Traits::Eq(s.entry->key, key);
   if (eq < 0) return hamt_internal::KeyCompareFailed();
@@ -964,8 +978,8 @@ absl::Status Hamt<Traits>::Mutation::Set(const Key& key, uint64_t hash,
   Garbage* g = garbage != nullptr ? garbage : &local;
   Node* res = nullptr;
   bool added = false;
-  absl::Status s = SetIn(tree_.root_, 0, e, mutid_, g, &res, &added);
-  if (!s.ok()) return s;
+  const Code s = SetIn(tree_.root_, 0, e, mutid_, g, &res, &added);
+  if (s != Code::kOk) return hamt_internal::ToStatus(s);
   if (res != tree_.root_) {
     g->nodes_.push_back(tree_.root_);
     tree_.root_ = res;
@@ -982,8 +996,8 @@ absl::Status Hamt<Traits>::Mutation::Delete(const Key& key, uint64_t hash,
   Garbage local;
   Garbage* g = garbage != nullptr ? garbage : &local;
   DeleteResult r;
-  absl::Status s = DeleteIn(tree_.root_, 0, key, hash, mutid_, true, g, &r);
-  if (!s.ok()) return s;
+  const Code s = DeleteIn(tree_.root_, 0, key, hash, mutid_, true, g, &r);
+  if (s != Code::kOk) return hamt_internal::ToStatus(s);
   switch (r.kind) {
     case DeleteResult::kNotFound:
       return absl::OkStatus();
@@ -1015,17 +1029,22 @@ Hamt<Traits> Hamt<Traits>::Mutation::Finish() {
 
 template <typename Traits>
 void Hamt<Traits>::Garbage::Release() {
-  while (!empty()) {
-    // Releasing may run code (the traits'); take the lists first.
-    auto values = std::move(values_);
-    auto entries = std::move(entries_);
-    auto nodes = std::move(nodes_);
-    values_.clear();
-    entries_.clear();
-    nodes_.clear();
-    for (const Value& v : values) Traits::ReleaseValue(v);
-    for (const Entry& e : entries) ReleaseEntry(e);
-    for (Node* n : nodes) Unref(n);
+  // Releasing may run code (the traits'), but nothing adds to this Garbage
+  // meanwhile: pop one item at a time.
+  while (!values_.empty()) {
+    const Value v = values_.back();
+    values_.pop_back();
+    Traits::ReleaseValue(v);
+  }
+  while (!entries_.empty()) {
+    const Entry e = entries_.back();
+    entries_.pop_back();
+    ReleaseEntry(e);
+  }
+  while (!nodes_.empty()) {
+    Node* n = nodes_.back();
+    nodes_.pop_back();
+    Unref(n);
   }
 }
 

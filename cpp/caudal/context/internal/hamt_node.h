@@ -21,6 +21,10 @@ constexpr int kMaxDepth = kMaxShift / kBits + 2;
 
 enum class NodeKind : uint8_t { kBitmap = 0, kCollision = 1 };
 
+// What the recursive helpers return (one byte, no destructor: cheaper than
+// an absl::Status at every level); the public methods convert.
+enum class Code : uint8_t { kOk, kKeyCompareFailed, kOutOfMemory };
+
 template <typename Header>
 struct Node {
   Header hdr;
