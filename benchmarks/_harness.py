@@ -55,6 +55,59 @@ async def interleaved(
     return out
 
 
+def interleaved_sync(
+    contenders: dict[str, Callable[[int], object]],
+    *,
+    rounds: int,
+    batch: int | dict[str, int],
+    warmup: int = 20,
+    seed: int = 7,
+) -> dict[str, dict[str, float]]:
+    """`interleaved` for plain functions. `batch` may differ per contender
+    (a dict), so that a slow contender's batch takes about as long as a fast
+    one's; figures are still per call."""
+    rng = random.Random(seed)
+    batches = batch if isinstance(batch, dict) else dict.fromkeys(contenders, batch)
+    for call in contenders.values():
+        for i in range(warmup):
+            call(i)
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    x = 0
+    for _ in range(rounds):
+        rng.shuffle(names)
+        for name in names:
+            call, n = contenders[name], batches[name]
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                call(x)
+                x += 1
+            samples[name].append((time.perf_counter_ns() - t0) / n / 1000.0)
+    out = {}
+    for name, s in samples.items():
+        s.sort()
+        out[name] = {
+            "median_us": statistics.median(s),
+            "p10_us": s[len(s) // 10],
+            "p90_us": s[(len(s) * 9) // 10],
+            "rounds": len(s),
+            "batch": batches[name],
+        }
+    return out
+
+
+def calibrate(call: Callable[[int], object], target_s: float) -> tuple[int, float]:
+    """(batch size taking about target_s, seconds per call) for `call`."""
+    n, t = 0, 0.0
+    t0 = time.perf_counter()
+    while t < min(target_s, 0.05) or n < 1:
+        call(n)
+        n += 1
+        t = time.perf_counter() - t0
+    per_call = t / n
+    return max(1, int(target_s / per_call)), per_call
+
+
 def machine() -> dict[str, str]:
     import os
 

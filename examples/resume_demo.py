@@ -58,10 +58,11 @@ async def main():
     tmp = Path(tempfile.mkdtemp())
     store_path, log = tmp / "runs.db", tmp / "ran.log"
     env = {**os.environ, "DEMO_LOG": str(log), "DEMO_CRASH": "1"}
-    proc = subprocess.run([sys.executable, __file__, "child", str(store_path), "demo-run"],
-                          env=env)
-    print(f"first attempt: process died with exit code {proc.returncode} "
-          f"after running: {', '.join(log.read_text().split())}")
+    proc = subprocess.run([sys.executable, __file__, "child", str(store_path), "demo-run"], env=env)
+    print(
+        f"first attempt: process died with exit code {proc.returncode} "
+        f"after running: {', '.join(log.read_text().split())}"
+    )
     os.environ["DEMO_LOG"] = str(log)
     global LOG
     LOG = log

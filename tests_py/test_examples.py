@@ -8,8 +8,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def run(script):
-    return subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True,
-                          text=True, timeout=120, cwd=EXAMPLES)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=EXAMPLES,
+    )
 
 
 def test_demo_runs_and_prints_stats():

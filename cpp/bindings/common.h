@@ -36,6 +36,7 @@ Key128 KeyFromBytes(py::bytes b);
 void RegisterExecutor(py::module_& m);
 void RegisterCache(py::module_& m);
 void RegisterPipeline(py::module_& m);
+void RegisterContext(py::module_& m);
 
 }  // namespace caudal::bindings
 

@@ -41,4 +41,5 @@ PYBIND11_MODULE(_core, m) {
   caudal::bindings::RegisterExecutor(m);
   caudal::bindings::RegisterCache(m);
   caudal::bindings::RegisterPipeline(m);
+  caudal::bindings::RegisterContext(m);
 }

@@ -22,6 +22,7 @@ from caudal.errors import (
     RunNotFoundError,
     UsageLimitExceededError,
 )
+from caudal.context import Context, ContextMutation, as_context, merge_branches
 from caudal.executor_core import ExecutorCore, StepTimeoutError
 from caudal.pipeline import (
     Pipeline,
@@ -44,7 +45,9 @@ __all__ = [
     "CircuitOpenError",
     "CircularDependencyError",
     "ConfigurationError",
+    "Context",
     "ContextConflictError",
+    "ContextMutation",
     "DependencyError",
     "DuplicateStepError",
     "ExecutorCore",
@@ -66,9 +69,11 @@ __all__ = [
     "UsageLimitExceededError",
     "UsageLimits",
     "WithUsage",
-    "__version__",
+    "as_context",
     "current_run",
     "load_pipeline",
+    "merge_branches",
     "register_context_adapter",
     "step",
+    "__version__",
 ]

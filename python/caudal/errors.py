@@ -7,7 +7,8 @@ A step's own exception is never wrapped: it reaches the caller as itself
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class CaudalError(Exception):
@@ -144,21 +145,29 @@ class RunNotFoundError(CheckpointError, KeyError):
 
 
 class ContextConflictError(CaudalError):
-    """Two steps that ran concurrently wrote the same context key.
+    """Concurrent writers changed the same context keys differently.
 
-    ``key`` is the key; ``steps`` the step whose write was merged first and
-    the step whose write conflicted with it."""
+    Raised by ``merge_branches(..., policy="error")`` for parallel branches,
+    and by a pipeline when two steps that ran concurrently wrote the same key.
+    ``conflicts`` maps each conflicting key to its writers (branch positions
+    or names, or step names), in order; ``key`` and ``steps`` are the first
+    conflict's key and writers.
+    """
 
-    def __init__(self, key: object, steps: tuple[str, str]):
-        self.key = key
-        self.steps = tuple(steps)
-        super().__init__(
-            f"context key {key!r} was written by both {steps[0]!r} and {steps[1]!r}, "
-            "which ran concurrently (each saw a snapshot without the other's write)"
-        )
+    def __init__(self, conflicts: Any, steps: Iterable[str] | None = None):
+        if steps is not None:  # (key, (first_step, conflicting_step))
+            conflicts = {conflicts: list(steps)}
+        self.conflicts: dict[Any, list[Any]] = {k: list(v) for k, v in conflicts.items()}
+        self.key = next(iter(self.conflicts), None)
+        self.steps = tuple(self.conflicts.get(self.key, ()))
+        parts = [
+            f"{key!r} (branches {', '.join(map(repr, names))})"
+            for key, names in self.conflicts.items()
+        ]
+        super().__init__(f"conflicting writes to {len(parts)} context key(s): " + "; ".join(parts))
 
     def __reduce__(self):
-        return (type(self), (self.key, self.steps))
+        return (type(self), (self.conflicts,))
 
 
 class UsageLimitExceededError(CaudalError):
@@ -199,4 +208,8 @@ __all__ = [
     "QueueFullError",
     "RunNotFoundError",
     "UsageLimitExceededError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "ContextConflictError",
+    "QueueFullError",
 ]
