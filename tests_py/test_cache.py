@@ -54,6 +54,14 @@ async def test_hit_returns_the_output_without_calling_the_step():
         (b"x", "x", False),
         (2**100, 2**100, True),
         ([[1], [2]], [[1, 2]], False),
+        # small all-str-key dicts (keyed in sorted key order) and the rest
+        ({"x": 1, "y": {"b": 1, "a": 2}}, {"y": {"a": 2, "b": 1}, "x": 1}, True),
+        ({"a": 1, "ab": 2}, {"ab": 1, "a": 2}, False),
+        ({1: "a", "b": 2}, {"b": 2, 1: "a"}, True),
+        ({str(i): i for i in range(9)}, {str(i): i for i in reversed(range(9))}, True),
+        ({"a": 1}, [("a", 1)], False),
+        ({"a": 1}, {"a": 1, "b": None}, False),
+        ({"k": 1}, {"k": 1.0}, False),
     ],
 )
 def test_key_equality_rules(a, b, same):

@@ -161,8 +161,7 @@ class Engine {
   // (rec, awaitable, mode), or a cache hit's StepResult itself.
   py::object begin(py::handle step, py::handle data, py::handle context,
                    py::handle resources) {
-    std::shared_ptr<StepEntry> entry = Lookup(step);
-    auto* e = static_cast<PyStepEntry*>(entry.get());
+    PyStepEntry* e = FastLookup(step);
     const int64_t now = MonotonicNowNs();
     const OptimizationConfig* cfg = core_.current_config();
     bool lead = false, flight = false;
@@ -208,7 +207,7 @@ class Engine {
         if (l2_) return py::make_tuple(KeyToBytes(key), py::bool_(flight), 8);
       }
     }
-    return BeginRecord(std::move(entry), cfg, lead, flight, key,
+    return BeginRecord(e->shared_from_this(), cfg, lead, flight, key,
                        /*have_slot=*/false, data, context, resources);
   }
 
@@ -590,6 +589,31 @@ class Engine {
     *a = step.ptr();
     *b = nullptr;
     return reinterpret_cast<uintptr_t>(step.ptr());
+  }
+
+  // The step's entry through a one-entry per-thread cache (the hot path asks
+  // for the same step over and over). Valid while the table's generation is
+  // unchanged; relies on the GIL, which every caller holds, so the table
+  // cannot drop the entry while the caller uses it.
+  PyStepEntry* FastLookup(py::handle step) {
+    struct Last {
+      const StepTable* table;
+      uint64_t generation;
+      PyObject* step;
+      PyStepEntry* entry;
+    };
+    static thread_local Last last
+        __attribute__((tls_model("initial-exec"))) = {};
+    const StepTable& table = core_.steps();
+    if (last.step == step.ptr() && last.table == &table &&
+        last.generation == table.generation() && !PyMethod_Check(step.ptr())) {
+      return last.entry;
+    }
+    std::shared_ptr<StepEntry> entry =
+        Lookup(step);  // the table keeps it alive
+    auto* e = static_cast<PyStepEntry*>(entry.get());
+    last = {&table, table.generation(), step.ptr(), e};
+    return e;
   }
 
   std::shared_ptr<StepEntry> Lookup(py::handle step) {

@@ -2,6 +2,11 @@
 
 namespace caudal {
 
+uint64_t StepTable::NextGeneration() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
 std::shared_ptr<StepEntry> StepTable::Find(uint64_t key) const {
   MutexLock lock(&mu_);
   auto it = entries_.find(key);
@@ -17,6 +22,7 @@ std::vector<std::shared_ptr<StepEntry>> StepTable::Insert(
     for (auto& kv : entries_) dropped.push_back(std::move(kv.second));
     entries_.clear();
   }
+  generation_.store(NextGeneration(), std::memory_order_release);
   auto& slot = entries_[key];
   if (slot) dropped.push_back(std::move(slot));
   slot = std::move(entry);
@@ -29,6 +35,7 @@ std::vector<std::shared_ptr<StepEntry>> StepTable::Clear() {
   MutexLock lock(&mu_);
   for (auto& kv : entries_) dropped.push_back(std::move(kv.second));
   entries_.clear();
+  generation_.store(NextGeneration(), std::memory_order_release);
   return dropped;
 }
 

@@ -80,7 +80,7 @@ struct StepSpec {
 
 // One row of an executor's step table: the spec plus this executor's
 // per-step state. The bindings derive from it to hold the Python objects.
-struct StepEntry {
+struct StepEntry : std::enable_shared_from_this<StepEntry> {
   virtual ~StepEntry() = default;
   StepSpec spec;
   StepStats* stats = nullptr;  // owned by the executor's StatsRegistry
@@ -105,6 +105,12 @@ class StepTable {
       uint64_t key, std::shared_ptr<StepEntry> entry) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<StepEntry>> Clear() ABSL_LOCKS_EXCLUDED(mu_);
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Changes whenever an entry may have been dropped (Insert, Clear), and is
+  // unique across all tables of the process: a caller may cache a raw entry
+  // pointer for as long as (table, generation) stays the same.
+  uint64_t generation() const {
+    return generation_.load(std::memory_order_acquire);
+  }
   uint64_t analyses() const ABSL_LOCKS_EXCLUDED(mu_);  // inserts ever made
 
  private:
@@ -113,6 +119,8 @@ class StepTable {
   absl::flat_hash_map<uint64_t, std::shared_ptr<StepEntry>> entries_
       ABSL_GUARDED_BY(mu_);
   uint64_t analyses_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<uint64_t> generation_{NextGeneration()};
+  static uint64_t NextGeneration();
 };
 
 }  // namespace caudal
