@@ -297,21 +297,15 @@ class Engine {
   PyObject* succeed(uintptr_t h, PyObject* out) {
     ExecutionRecord* r = Rec(h);
     if (r->cache_lead) return SucceedCached(r, out);
-    PyObject* name = Entry(r)->name_str.ptr();
-    Py_INCREF(name);  // the entry may die with the record
     const ExecutionOutcome o = core_.Succeed(r, MonotonicNowNs());
-    WakeSlot(o.wake);
-    PyObject* res = NewStepResult(name, out, true, o.attempts,
-                                  static_cast<double>(o.latency_ns) / 1e9,
-                                  Py_None, Py_None, false);
-    Py_DECREF(name);
-    return res;
+    WakeSlot(o.wake);  // no flight: the cache is off for this execution
+    return NewStepResult(EntryOf(o)->name_str.ptr(), out, true, o.attempts,
+                         static_cast<double>(o.latency_ns) / 1e9, Py_None,
+                         Py_None, false);
   }
 
   PyObject* SucceedCached(ExecutionRecord* r, PyObject* out) {
     try {
-      std::shared_ptr<StepEntry> entry = r->step;  // outlives the record
-      auto* e = static_cast<PyStepEntry*>(entry.get());
       const bool copy = r->config->cache_copy_outputs;
       const int64_t now = MonotonicNowNs();
       py::object stored = copy ? PyHelpers::Get().deepcopy(py::handle(out))
@@ -320,20 +314,28 @@ class Engine {
           r->config->cache_max_bytes > 0 ? EstimateSize(stored) : 0;
       std::vector<CachedValue> dropped;
       core_.CacheStore(*r, HoldValue(stored.ptr()), bytes, now, &dropped);
-      const bool flight = r->cache_flight;
-      const Key128 key = r->cache_key;
       const ExecutionOutcome o = core_.Succeed(r, now);
-      WakeSlot(o.wake);
       auto res = py::reinterpret_steal<py::object>(NewStepResult(
-          e->name_str.ptr(), out, true, o.attempts,
+          EntryOf(o)->name_str.ptr(), out, true, o.attempts,
           static_cast<double>(o.latency_ns) / 1e9, Py_None, Py_None, false));
       if (!res) throw py::error_already_set();
-      if (flight) WakeFollowers(*e, key, res, copy);
+      Ended(o, res, copy);
       return res.release().ptr();
     } catch (py::error_already_set& err) {
       err.restore();
       return nullptr;
     }
+  }
+
+  // Wakes what an ended execution hands over: the next caller waiting for a
+  // concurrency slot, and the followers of the flight it led, who share
+  // `result` (None: they run the step themselves).
+  void Ended(const ExecutionOutcome& o, py::handle result, bool copy) {
+    WakeSlot(o.wake);
+    if (o.flight) WakeFollowers(*EntryOf(o), o.flight_key, result, copy);
+  }
+  static PyStepEntry* EntryOf(const ExecutionOutcome& o) {
+    return static_cast<PyStepEntry*>(o.step.get());
   }
 
   // Gives each follower of the flight its own StepResult sharing the
@@ -518,20 +520,13 @@ class Engine {
     if (!IsStepResult(fb.ptr()))
       throw py::type_error("fallback result must be a StepResult");
     auto* f = reinterpret_cast<StepResultObject*>(fb.ptr());
-    ExecutionRecord* r = Rec(h);
-    std::shared_ptr<StepEntry> entry = r->step;
-    const bool flight = r->cache_flight;
-    const Key128 key = r->cache_key;
-    py::object name = Entry(r)->name_str;
-    const int attempts = r->attempt;
     const ExecutionOutcome o =
-        core_.Fail(r, MonotonicNowNs(), /*fell_back=*/true);
-    WakeSlot(o.wake);
+        core_.Fail(Rec(h), MonotonicNowNs(), /*fell_back=*/true);
     py::object feedback = FeedbackOf(primary_exc);
-    auto res = py::reinterpret_steal<py::object>(
-        NewStepResult(name.ptr(), f->output, f->success, attempts + f->attempts,
-                      static_cast<double>(o.latency_ns) / 1e9, feedback.ptr(),
-                      f->success ? Py_None : f->error, false));
+    auto res = py::reinterpret_steal<py::object>(NewStepResult(
+        EntryOf(o)->name_str.ptr(), f->output, f->success,
+        o.attempts + f->attempts, static_cast<double>(o.latency_ns) / 1e9,
+        feedback.ptr(), f->success ? Py_None : f->error, false));
     if (!res) throw py::error_already_set();
     py::dict md;
     md["fallback_triggered"] = true;
@@ -539,23 +534,14 @@ class Engine {
     md["fallback_feedback"] = py::reinterpret_borrow<py::object>(f->feedback);
     reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
         md.release().ptr();
-    // Followers share the outcome; a fallback's output is not cached.
-    if (flight) {
-      WakeFollowers(*static_cast<PyStepEntry*>(entry.get()), key, res, false);
-    }
+    Ended(o, res, false);  // followers share the outcome; a fallback's output
+                           // is not cached
     return res;
   }
 
   void cancel(uintptr_t h) {
-    ExecutionRecord* r = Rec(h);
-    std::shared_ptr<StepEntry> entry = r->step;
-    const bool flight = r->cache_flight;
-    const Key128 key = r->cache_key;
-    WakeSlot(core_.Cancel(r, MonotonicNowNs()));
     // Followers must not inherit a cancellation: they run the step themselves.
-    if (flight)
-      WakeFollowers(*static_cast<PyStepEntry*>(entry.get()), key, py::none(),
-                    false);
+    Ended(core_.Cancel(Rec(h), MonotonicNowNs()), py::none(), false);
   }
 
   // ---- read-outs (off the hot path) ----
@@ -676,7 +662,6 @@ class Engine {
       s.breaker_key = breaker.cast<std::string>();
     }
     e->fallback = t["fallback"];
-    s.has_fallback = !e->fallback.is_none();
     e->fn = t["fn"];
     e->retry_on = t["retry_on"];
     e->breaker_exclude = t["breaker_exclude"];
@@ -752,16 +737,10 @@ class Engine {
 
   py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back,
                    const char* stopped) {
-    std::shared_ptr<StepEntry> entry = r->step;
-    const bool flight = r->cache_flight;
-    const Key128 key = r->cache_key;
-    py::object name = Entry(r)->name_str;
-    const int attempts = r->attempt;
     const ExecutionOutcome o = core_.Fail(r, MonotonicNowNs(), fell_back);
-    WakeSlot(o.wake);
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(
-        NewStepResult(name.ptr(), Py_None, false, attempts,
+        NewStepResult(EntryOf(o)->name_str.ptr(), Py_None, false, o.attempts,
                       static_cast<double>(o.latency_ns) / 1e9, feedback.ptr(),
                       exc.ptr(), false));
     if (!res) throw py::error_already_set();
@@ -771,9 +750,7 @@ class Engine {
       reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
           md.release().ptr();
     }
-    if (flight) {
-      WakeFollowers(*static_cast<PyStepEntry*>(entry.get()), key, res, false);
-    }
+    Ended(o, res, false);
     return res;
   }
 
@@ -791,18 +768,14 @@ class Engine {
       return py::make_tuple(py::int_(reinterpret_cast<uintptr_t>(r)),
                             py::make_tuple(e->fallback, exc), 6);
     }
-    py::object name = e->name_str;
-    std::shared_ptr<StepEntry> entry = r->step;
-    const bool flight = r->cache_flight;
-    const Key128 key = r->cache_key;
     const ExecutionOutcome o = core_.Reject(r, MonotonicNowNs());
-    WakeSlot(o.wake);
     py::object feedback = FeedbackOf(exc);
-    auto res = py::reinterpret_steal<py::object>(NewStepResult(
-        name.ptr(), Py_None, false, 0, static_cast<double>(o.latency_ns) / 1e9,
-        feedback.ptr(), exc.ptr(), false));
+    auto res = py::reinterpret_steal<py::object>(
+        NewStepResult(EntryOf(o)->name_str.ptr(), Py_None, false, 0,
+                      static_cast<double>(o.latency_ns) / 1e9, feedback.ptr(),
+                      exc.ptr(), false));
     if (!res) throw py::error_already_set();
-    if (flight) WakeFollowers(*e, key, res, false);
+    Ended(o, res, false);
     return py::make_tuple(0, res, 5);
   }
 
@@ -992,8 +965,6 @@ class Engine {
     d["patterns"] = patterns;
     return d;
   }
-
-  void reset_resilience() { core_.ResetResilience(MonotonicNowNs()); }
 };
 
 // ---- METH_FASTCALL entry points of the hot path ----
@@ -1124,7 +1095,6 @@ void RegisterExecutor(py::module_& m) {
       .def("breaker_stats", &Engine::breaker_stats)
       .def("transitions", &Engine::transitions)
       .def("error_stats", &Engine::error_stats, py::arg("max_patterns") = 20)
-      .def("reset_resilience", &Engine::reset_resilience)
       .def("_leave_flight", &Engine::leave_flight)
       .def("_begin_permitted", &Engine::begin_permitted)
       .def("_cancel_wait", &Engine::cancel_wait)

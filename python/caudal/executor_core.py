@@ -208,32 +208,8 @@ class ExecutorCore:
             raise
         if found:
             return engine._l2_fill(step, key, flight, value, loop.time() - t0)
-        t = engine._begin_leader(step, key, flight, data, context, resources)
-        rec, aw, mode = t
-        if mode == 9:
-            state, fut = rec, aw
-            t = await self._slot(state, fut, step)
-            t = (
-                t
-                if t is not None
-                else engine._begin_permitted(step, state, data, context, resources)
-            )
-            if t.__class__ is StepResult:
-                return t
-            rec, aw, mode = t
-        if mode == 0:
-            try:
-                out = await aw
-            except Exception as exc:  # noqa: BLE001
-                return await self._run(rec, exc, 4, data, context, resources, step)
-            except BaseException:
-                engine._cancel(rec)
-                raise
-            result = self._succeed(rec, out)
-        elif mode == 5:
-            return aw
-        else:
-            result = await self._run(rec, aw, mode, data, context, resources, step)
+        rec, aw, mode = engine._begin_leader(step, key, flight, data, context, resources)
+        result = await self._run(rec, aw, mode, data, context, resources, step)
         if result.success and not result.metadata.get("fallback_triggered"):
             ttl_s, tags, group = engine._cache_policy(step)
             task = loop.create_task(self._l2.set(key, result.output, ttl_s, tags, group))
@@ -254,12 +230,7 @@ class ExecutorCore:
         self, state: tuple, fut: Any, step: Any, data: Any, context: Any, resources: Any
     ) -> StepResult:
         await self._slot(state, fut, step)
-        t = self._engine._begin_permitted(step, state, data, context, resources)
-        if t.__class__ is StepResult:
-            return t
-        rec, aw, mode = t
-        if mode == 5:
-            return aw
+        rec, aw, mode = self._engine._begin_permitted(step, state, data, context, resources)
         return await self._run(rec, aw, mode, data, context, resources, step)
 
     async def _follow(

@@ -13,19 +13,19 @@ int64_t MonotonicNowNs() {
 }
 
 Executor::Executor(OptimizationConfig config, uint64_t random_seed)
-    : config_(std::make_shared<const OptimizationConfig>(std::move(config))),
-      errors_(static_cast<size_t>(config_->error_cache_size)),
+    : errors_(static_cast<size_t>(config.error_cache_size)),
       random_(random_seed),
-      cache_(ResultCacheOptions{static_cast<size_t>(config_->cache_max_size),
-                                static_cast<size_t>(config_->cache_max_bytes),
+      cache_(ResultCacheOptions{static_cast<size_t>(config.cache_max_size),
+                                static_cast<size_t>(config.cache_max_bytes),
                                 16}) {
+  gate_.SetLimit(static_cast<int>(
+      config.max_concurrent_executions.value_or(kUnlimitedSlots)));
   {
     MutexLock lock(&config_mu_);
-    retained_.push_back(config_);
-    current_.store(config_.get(), std::memory_order_release);
+    retained_.push_back(
+        std::make_shared<const OptimizationConfig>(std::move(config)));
+    current_.store(retained_.back().get(), std::memory_order_release);
   }
-  gate_.SetLimit(static_cast<int>(
-      config_->max_concurrent_executions.value_or(kUnlimitedSlots)));
   MutexLock lock(&breakers_mu_);
   registries_.push_back(std::make_unique<BreakerRegistry>());
   registry_.store(registries_.back().get(), std::memory_order_release);
@@ -33,7 +33,7 @@ Executor::Executor(OptimizationConfig config, uint64_t random_seed)
 
 std::shared_ptr<const OptimizationConfig> Executor::config() const {
   MutexLock lock(&config_mu_);
-  return config_;
+  return retained_.back();
 }
 
 CircuitBreaker::Options Executor::BreakerOptions(const OptimizationConfig& c) {
@@ -59,10 +59,10 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
   const CircuitBreaker::Options next_opts = BreakerOptions(config);
   const absl::Status opts_ok = next_opts.Validate();
   if (!opts_ok.ok()) return opts_ok;
-  auto next = std::make_shared<const OptimizationConfig>(config);
   {
     MutexLock lock(&config_mu_);
-    const CircuitBreaker::Options cur = BreakerOptions(*config_);
+    const OptimizationConfig& current = *retained_.back();
+    const CircuitBreaker::Options cur = BreakerOptions(current);
     const bool breakers_changed =
         cur.failure_threshold != next_opts.failure_threshold ||
         cur.recovery_timeout_ns != next_opts.recovery_timeout_ns ||
@@ -77,12 +77,11 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
       registry_.store(registries_.back().get(), std::memory_order_release);
       breaker_gen_.fetch_add(1, std::memory_order_acq_rel);
     }
-    if (config.error_cache_size != config_->error_cache_size) {
+    if (config.error_cache_size != current.error_cache_size) {
       errors_.Resize(static_cast<size_t>(config.error_cache_size));
     }
-    config_.swap(next);
-    retained_.push_back(config_);
-    current_.store(config_.get(), std::memory_order_release);
+    retained_.push_back(std::make_shared<const OptimizationConfig>(config));
+    current_.store(retained_.back().get(), std::memory_order_release);
   }
   // A raised (or removed) limit hands slots to waiters, for the caller to wake.
   std::vector<FlightWaiter> handed = gate_.SetLimit(static_cast<int>(
@@ -100,7 +99,7 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
         .IgnoreError();
   }
   generation_.fetch_add(1, std::memory_order_acq_rel);
-  return absl::OkStatus();  // `next` (the old config) dies outside the lock
+  return absl::OkStatus();
 }
 
 CircuitBreaker* Executor::BreakerFor(StepEntry& e,
@@ -154,7 +153,6 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   r->step = std::move(step);
   r->config = cfg ? cfg : current_config();
   r->start_ns = now_ns;
-  r->attempt_start_ns = now_ns;
   StepStats* s = r->step->stats;
   s->in_flight.fetch_add(1, std::memory_order_relaxed);
   in_flight_.fetch_add(1, std::memory_order_relaxed);
@@ -211,7 +209,6 @@ FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
 bool Executor::StartAttempt(ExecutionRecord* r, int64_t now_ns) {
   if (!Admit(r, now_ns)) return false;
   ++r->attempt;
-  r->attempt_start_ns = now_ns;
   StepStats* s = r->step->stats;
   s->attempts.fetch_add(1, std::memory_order_relaxed);
   s->retries.fetch_add(1, std::memory_order_relaxed);
@@ -223,9 +220,18 @@ FlightWaiter Executor::ReleaseSlot() {
   return next ? *next : FlightWaiter();
 }
 
+// Gives back the record's slot and hands over what the caller must wake;
+// moves the step out of the record and deletes it.
+void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
+  if (r->permit) out.wake = ReleaseSlot();
+  out.flight = r->cache_flight;
+  out.flight_key = r->cache_key;
+  out.step = std::move(r->step);
+  delete r;
+}
+
 ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
   ExecutionOutcome out;
-  if (r->permit) out.wake = ReleaseSlot();
   out.latency_ns = now_ns - r->start_ns;
   out.attempts = r->attempt;
   StepStats* s = r->step->stats;
@@ -238,7 +244,7 @@ ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
     out.slow = true;
     s->slow.fetch_add(1, std::memory_order_relaxed);
   }
-  delete r;
+  Release(r, out);
   return out;
 }
 
@@ -272,15 +278,15 @@ ExecutionOutcome Executor::Reject(ExecutionRecord* r, int64_t now_ns) {
   return Fail(r, now_ns, /*fell_back=*/false);
 }
 
-FlightWaiter Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
-  FlightWaiter wake = r->permit ? ReleaseSlot() : FlightWaiter();
+ExecutionOutcome Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
   StepStats* s = r->step->stats;
   s->cancelled.fetch_add(1, std::memory_order_relaxed);
   s->in_flight.fetch_sub(1, std::memory_order_relaxed);
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
   if (r->breaker_pending) r->breaker->OnIgnored(r->probe);
-  delete r;
-  return wake;
+  ExecutionOutcome out;
+  Release(r, out);
+  return out;
 }
 
 std::vector<BreakerRegistry::NamedSnapshot> Executor::BreakerSnapshots() const {
@@ -369,11 +375,6 @@ size_t Executor::InvalidateGroup(uint64_t group,
 
 void Executor::ClearCache(std::vector<CachedValue>* dropped) {
   cache_.Clear(dropped);
-}
-
-void Executor::ResetResilience(int64_t now_ns) {
-  registry_.load(std::memory_order_acquire)->Reset(now_ns);
-  errors_.Clear();
 }
 
 }  // namespace caudal

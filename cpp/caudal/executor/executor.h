@@ -55,7 +55,6 @@ struct ExecutionRecord {
   // alive as long as the executor, so a plain pointer is enough.
   const OptimizationConfig* config = nullptr;
   int64_t start_ns = 0;
-  int64_t attempt_start_ns = 0;
   int attempt = 0;  // attempts started so far
   bool had_error = false;
   // Breaker of this attempt: admitted and awaiting a verdict?
@@ -83,9 +82,14 @@ struct ExecutionOutcome {
   int64_t latency_ns = 0;
   int attempts = 0;
   bool slow = false;
-  // A caller waiting for a concurrency slot, handed the slot this execution
-  // gave back: the bindings wake it (an asyncio future).
+  // What the caller must wake now that the execution is over (the bindings
+  // own the waiters): a caller waiting for a concurrency slot this execution
+  // gave back, and the followers of the single flight it led.
   std::shared_ptr<void> wake;
+  bool flight = false;
+  Key128 flight_key{};
+  // The step, moved out of the released record (no extra refcount).
+  std::shared_ptr<StepEntry> step;
 };
 
 // What the bindings know about a failed attempt.
@@ -211,7 +215,6 @@ class Executor {
   bool CancelWait(const FlightWaiter& w) { return gate_.Cancel(w); }
   int slots_in_flight() const { return gate_.in_flight(); }
   int slots_waiting() const { return gate_.waiting(); }
-  int slot_limit() const { return gate_.limit(); }
   GateCounters slot_counters() const { return gate_.counters(); }
 
   // The attempt failed. On kRetry, wait delay_s and call StartAttempt();
@@ -231,8 +234,8 @@ class Executor {
   ExecutionOutcome Reject(ExecutionRecord* record, int64_t now_ns);
   // Cancelled (asyncio.CancelledError): not a failure, not retried; a
   // breaker slot (half-open probe) is given back.
-  // Returns a waiter to wake (see ExecutionOutcome::wake), or null.
-  FlightWaiter Cancel(ExecutionRecord* record, int64_t now_ns);
+  // latency_ns and attempts are not filled in; wake, flight and step are.
+  ExecutionOutcome Cancel(ExecutionRecord* record, int64_t now_ns);
 
   int64_t in_flight() const {
     return in_flight_.load(std::memory_order_relaxed);
@@ -248,12 +251,12 @@ class Executor {
   uint64_t fail_fast_count() const {
     return fail_fast_.load(std::memory_order_relaxed);
   }
-  void ResetResilience(int64_t now_ns);
 
   static constexpr size_t kTransitionLog = 64;
 
  private:
   ExecutionOutcome Finish(ExecutionRecord* record, int64_t now_ns);
+  void Release(ExecutionRecord* record, ExecutionOutcome& out);
   CircuitBreaker* BreakerFor(StepEntry& entry, const OptimizationConfig& cfg);
   // Breaker admission for the attempt about to start; false = rejected.
   bool Admit(ExecutionRecord* r, int64_t now_ns);
@@ -262,9 +265,9 @@ class Executor {
   static CircuitBreaker::Options BreakerOptions(const OptimizationConfig& c);
 
   mutable Mutex config_mu_;
-  std::shared_ptr<const OptimizationConfig> config_ ABSL_GUARDED_BY(config_mu_);
-  // Every config ever applied (a few hundred bytes each), so that records
-  // and hot-path readers can use raw pointers without reference counting.
+  // Every config ever applied (the last one is in force) (a few hundred bytes
+  // each), so that records and hot-path readers can use raw pointers without
+  // reference counting.
   std::vector<std::shared_ptr<const OptimizationConfig>> retained_
       ABSL_GUARDED_BY(config_mu_);
   std::atomic<const OptimizationConfig*> current_{nullptr};

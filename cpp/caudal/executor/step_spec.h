@@ -57,7 +57,6 @@ struct StepSpec {
   StepSwitch cache = StepSwitch::kDefault;
   double cache_ttl_s = -1.0;  // < 0: the config's cache_ttl_seconds
   std::vector<std::string> tags;
-  bool has_fallback = false;
   // Result cache: the group (for invalidate_prefix) is a stable hash of the
   // step's name; concurrent identical misses share one execution unless
   // single_flight is off.
