@@ -361,6 +361,32 @@ async def test_step_objects_and_decorator():
     with pytest.raises(AttributeError, match="immutable"):
         deco.max_retries = 5
     assert deco.replace(max_retries=5).max_retries == 5
+
+    from caudal import RetryStrategy
+
+    retry = RetryStrategy(max_attempts=2, base_delay=0)
+
+    @caudal.step(
+        retry=retry,
+        breaker="backend",
+        cache_context=("lang",),
+        single_flight=False,
+        depends_on=("a",),
+        optional=True,
+    )
+    async def every(x):
+        return x
+
+    assert (
+        every.retry,
+        every.breaker,
+        every.cache_context,
+        every.single_flight,
+        every.depends_on,
+        every.optional,
+    ) == (retry, "backend", ("lang",), False, ("a",), True)
+    with pytest.raises(TypeError):
+        caudal.step(no_such_setting=1)(every.fn)
     with pytest.raises(ValueError, match="max_retries"):
         Step(add_one, max_retries=-1)
     with pytest.raises(TypeError, match="callable"):

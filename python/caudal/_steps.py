@@ -228,35 +228,13 @@ class Step:
         return Pipeline.of(other) >> self
 
 
-def step(
-    fn: Callable[..., Any] | None = None,
-    *,
-    name: str | None = None,
-    max_retries: int | None = None,
-    timeout_s: float | None = None,
-    fallback: Any = None,
-    cache: bool | None = None,
-    cache_ttl_s: float | None = None,
-    tags: Iterable[str] = (),
-    retry: Any = None,
-    breaker: str | bool | None = None,
-    breaker_exclude: Any = None,
-    cache_context: Iterable[str] = (),
-    single_flight: bool = True,
-) -> Any:
-    """Decorator form of :class:`Step`: ``@caudal.step`` or ``@caudal.step(max_retries=2)``."""
+def step(fn: Callable[..., Any] | None = None, /, **settings: Any) -> Any:
+    """Decorator form of :class:`Step`: ``@caudal.step`` or
+    ``@caudal.step(name="x", max_retries=2, ...)``; takes every keyword
+    :class:`Step` takes, and checks them the same way."""
 
     def wrap(f: Callable[..., Any]) -> Step:
-        return Step(
-            f,
-            name,
-            max_retries=max_retries,
-            timeout_s=timeout_s,
-            fallback=fallback,
-            cache=cache,
-            cache_ttl_s=cache_ttl_s,
-            tags=tags,
-        )
+        return Step(f, **settings)
 
     return wrap(fn) if fn is not None else wrap
 
