@@ -360,5 +360,133 @@ TEST(FixedLimitTest, IgnoresSamples) {
   EXPECT_EQ(g.OnSample(0, 1, 100, true), 8);
 }
 
+
+// ------------------------------------------------------- BaselineGradient
+
+namespace baseline_gradient {
+
+// Feeds `n` identical samples: admitted at `start`, taking `rtt`.
+int Feed(BaselineGradientLimit& l, int n, int64_t start, int64_t rtt,
+         int inflight, bool drop = false) {
+  int out = l.limit();
+  for (int i = 0; i < n; ++i) out = l.OnSample(start, rtt, inflight, drop);
+  return out;
+}
+
+TEST(BaselineGradientLimitTest, IgnoresFastSuccessfulSamples) {
+  BaselineGradientLimit l;
+  EXPECT_EQ(Feed(l, 1000, 0, 50'000, 20), 20);  // 50 us < 100 us threshold
+  EXPECT_EQ(l.windows(), 0);
+  EXPECT_FALSE(l.Relevant(50'000, false));
+  EXPECT_TRUE(l.Relevant(50'000, true));  // a fast failure is still a drop
+}
+
+TEST(BaselineGradientLimitTest, SlowStartDoublesPerWindowUntilTheFirstCut) {
+  BaselineGradientLimit l;  // initial 20, windows >= 10 samples and >= 10 ms
+  // Window 1 ends at 0 + 10 ms; the 10th sample (ending at 20 ms) closes it:
+  // baseline 20 ms, latency at baseline, 20 in flight: 20 -> 40.
+  EXPECT_EQ(Feed(l, 9, 0, 20 * kMs, 20), 20);
+  EXPECT_EQ(Feed(l, 1, 0, 20 * kMs, 20), 40);
+  EXPECT_EQ(l.windows(), 1);
+  EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 20.0 * kMs);
+  // Window 2 lasts 2 * 20 ms from 20 ms: samples ending before 60 ms keep it
+  // open however many there are.
+  EXPECT_EQ(Feed(l, 50, 20 * kMs, 20 * kMs, 40), 40);
+  EXPECT_EQ(Feed(l, 1, 40 * kMs, 20 * kMs, 40), 80);
+  EXPECT_TRUE(l.slow_start());
+}
+
+TEST(BaselineGradientLimitTest, CutsInProportionToTheExcessDelay) {
+  BaselineGradientLimit l;
+  Feed(l, 10, 0, 20 * kMs, 20);  // 20 -> 40, baseline 20 ms
+  ASSERT_EQ(l.limit(), 40);
+  // 30 ms against a ceiling of 20 * 1.2 = 24 ms (identical samples: no
+  // noise allowance): 40 * 24 / 30 = 32, and slow start ends.
+  // (The window after the first ends at 20 + 2 * 20 = 60 ms.)
+  EXPECT_EQ(Feed(l, 10, 30 * kMs, 30 * kMs, 40), 32);
+  EXPECT_FALSE(l.slow_start());
+  // Back at the baseline: additive growth max(1, 5% of 32 = 1.6) -> 33.6.
+  EXPECT_EQ(Feed(l, 10, 100 * kMs, 20 * kMs, 40), 33);
+  EXPECT_DOUBLE_EQ(l.estimated_limit(), 33.6);
+  // A huge excess cuts by at most half: 33.6 * 0.5 = 16.8.
+  EXPECT_EQ(Feed(l, 10, 200 * kMs, 500 * kMs, 40), 16);
+}
+
+TEST(BaselineGradientLimitTest, BacksOffOnDropsWhateverTheLatency) {
+  BaselineGradientLimit l;
+  Feed(l, 10, 0, 20 * kMs, 20);  // 40
+  // A window holding one drop: 40 * 0.9 = 36, even at baseline latency.
+  Feed(l, 9, 20 * kMs, 20 * kMs, 40);
+  EXPECT_EQ(l.OnSample(40 * kMs, 1 * kMs, 40, /*did_drop=*/true), 40);
+  EXPECT_EQ(Feed(l, 1, 60 * kMs, 20 * kMs, 40), 36);
+  EXPECT_FALSE(l.slow_start());
+}
+
+TEST(BaselineGradientLimitTest, AppLimitedWindowsLeaveTheLimit) {
+  BaselineGradientLimit l;
+  // 9 in flight against a limit of 20: too little load to learn from.
+  EXPECT_EQ(Feed(l, 10, 0, 20 * kMs, 9), 20);
+  EXPECT_EQ(l.windows(), 1);
+  // But a latency excess still cuts.
+  EXPECT_EQ(Feed(l, 10, 20 * kMs, 40 * kMs, 9), 12);  // 20 * 24 / 40
+}
+
+TEST(BaselineGradientLimitTest, ClampsAndValidates) {
+  BaselineGradientLimit::Options o;
+  o.initial_limit = 4;
+  o.min_limit = 2;
+  o.max_limit = 6;
+  auto l = BaselineGradientLimit::Create(o);
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(Feed(*l, 10, 0, 20 * kMs, 6), 6);  // 8 clamped to 6
+  for (int w = 0; w < 10; ++w) {
+    Feed(*l, 10, (100 + 100 * w) * kMs, 20 * kMs, 6, /*drop=*/true);
+  }
+  EXPECT_EQ(l->limit(), 2);
+
+  o = {};
+  o.tolerance = 0;
+  EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
+              HasSubstr("tolerance"));
+  o = {};
+  o.backoff_ratio = 1.0;
+  EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
+              HasSubstr("backoff_ratio"));
+  o = {};
+  o.growth = 0;
+  EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
+              HasSubstr("growth"));
+  o = {};
+  o.max_window_ns = o.min_window_ns - 1;
+  EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
+              HasSubstr("min_window_ns"));
+  o = {};
+  o.initial_limit = 2000;
+  EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
+              HasSubstr("initial_limit"));
+}
+
+TEST(BaselineGradientLimitTest, BaselineFollowsAGenuineRiseWithinTwoPeriods) {
+  BaselineGradientLimit::Options o;
+  o.baseline_period = 3;
+  auto l = BaselineGradientLimit::Create(o);
+  ASSERT_TRUE(l.ok());
+  int64_t t = 0;
+  auto window = [&](int64_t rtt) {
+    Feed(*l, 10, t, rtt, 1);  // app-limited: only the baseline moves
+    t += 10 * rtt;
+  };
+  window(20 * kMs);
+  EXPECT_DOUBLE_EQ(l->baseline_rtt_ns(), 20.0 * kMs);
+  // The backend got slower for good: after two full periods the old
+  // minimum is gone.
+  for (int i = 0; i < 4; ++i) window(50 * kMs);
+  EXPECT_DOUBLE_EQ(l->baseline_rtt_ns(), 20.0 * kMs);
+  window(50 * kMs);
+  EXPECT_DOUBLE_EQ(l->baseline_rtt_ns(), 50.0 * kMs);
+}
+
+}  // namespace baseline_gradient
+
 }  // namespace
 }  // namespace caudal

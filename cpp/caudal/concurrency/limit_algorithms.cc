@@ -298,4 +298,129 @@ int WindowedLimit::OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
   return result;
 }
 
+
+// ------------------------------------------------------- BaselineGradient
+
+absl::Status BaselineGradientLimit::Validate(const Options& o) {
+  if (absl::Status s = CheckLimits(o.initial_limit, o.min_limit, o.max_limit);
+      !s.ok()) {
+    return s;
+  }
+  if (!(o.tolerance > 0.0 && o.tolerance <= 10.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tolerance must be in (0, 10], got ", o.tolerance));
+  }
+  if (!(o.backoff_ratio >= 0.5 && o.backoff_ratio < 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "backoff_ratio must be in [0.5, 1), got ", o.backoff_ratio));
+  }
+  if (!(o.growth > 0.0 && o.growth <= 1.0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("growth must be in (0, 1], got ", o.growth));
+  }
+  if (o.min_window_ns <= 0 || o.max_window_ns < o.min_window_ns) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("need 0 < min_window_ns <= max_window_ns, got ",
+                     o.min_window_ns, " and ", o.max_window_ns));
+  }
+  if (o.min_samples < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_samples must be >= 1, got ", o.min_samples));
+  }
+  if (o.min_rtt_threshold_ns < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "min_rtt_threshold_ns must be >= 0, got ", o.min_rtt_threshold_ns));
+  }
+  if (o.baseline_period < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "baseline_period must be >= 1, got ", o.baseline_period));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<BaselineGradientLimit> BaselineGradientLimit::Create(
+    const Options& options) {
+  if (absl::Status s = Validate(options); !s.ok()) return s;
+  return BaselineGradientLimit(options);
+}
+
+BaselineGradientLimit::BaselineGradientLimit(const Options& options)
+    : options_(options), estimated_(options.initial_limit) {}
+
+double BaselineGradientLimit::baseline_rtt_ns() const {
+  if (period_min_ns_ == 0) return prev_period_min_ns_;
+  if (prev_period_min_ns_ == 0) return period_min_ns_;
+  return std::min(period_min_ns_, prev_period_min_ns_);
+}
+
+int BaselineGradientLimit::OnSample(int64_t start_ns, int64_t rtt_ns,
+                                    int inflight, bool did_drop) {
+  if (rtt_ns < 0 || !Relevant(rtt_ns, did_drop)) return limit();
+  if (!started_) {
+    started_ = true;
+    window_end_ns_ = start_ns + options_.min_window_ns;
+  }
+  ++count_;
+  max_inflight_ = std::max(max_inflight_, inflight);
+  if (did_drop) {
+    ++drops_;
+  } else {
+    ++ok_count_;
+    ok_sum_ns_ += static_cast<double>(rtt_ns);
+    const double ms = static_cast<double>(rtt_ns) / 1e6;
+    ok_sq_sum_ += ms * ms;
+    ok_min_ns_ = std::min(ok_min_ns_, rtt_ns);
+  }
+  const int64_t end_ns = start_ns + rtt_ns;
+  if (end_ns < window_end_ns_ || count_ < options_.min_samples) return limit();
+  CloseWindow();
+  const int64_t basis = ok_count_ > 0 ? ok_min_ns_ : rtt_ns;
+  window_end_ns_ = end_ns + std::clamp(2 * basis, options_.min_window_ns,
+                                       options_.max_window_ns);
+  count_ = ok_count_ = drops_ = 0;
+  ok_sum_ns_ = ok_sq_sum_ = 0;
+  ok_min_ns_ = INT64_MAX;
+  max_inflight_ = 0;
+  return limit();
+}
+
+void BaselineGradientLimit::CloseWindow() {
+  ++windows_;
+  const double lo = options_.min_limit;
+  const double hi = options_.max_limit;
+  if (ok_count_ > 0) {
+    const double n = static_cast<double>(ok_count_);
+    const double avg = ok_sum_ns_ / n;
+    last_rtt_ns_ = avg;
+    if (ok_count_ > 1) {
+      const double mean_ms = avg / 1e6;
+      const double var = std::max(0.0, ok_sq_sum_ / n - mean_ms * mean_ms);
+      const double rel_err = std::sqrt(var / n) / mean_ms;
+      noise_ = noise_ == 0 ? rel_err : 0.9 * noise_ + 0.1 * rel_err;
+    }
+    if (period_min_ns_ == 0 || avg < period_min_ns_) period_min_ns_ = avg;
+    if (++period_windows_ >= options_.baseline_period) {
+      prev_period_min_ns_ = period_min_ns_;
+      period_min_ns_ = 0;
+      period_windows_ = 0;
+    }
+  }
+  double next = estimated_;
+  const double baseline = baseline_rtt_ns();
+  const double ceiling = baseline * (1.0 + options_.tolerance + 3.0 * noise_);
+  if (drops_ > 0) {
+    next = estimated_ * options_.backoff_ratio;
+  } else if (ok_count_ > 0 && last_rtt_ns_ > ceiling) {
+    next = estimated_ * std::max(0.5, ceiling / last_rtt_ns_);
+  } else if (max_inflight_ * 2 < estimated_) {
+    return;  // app-limited
+  } else if (slow_start_) {
+    next = estimated_ * 2.0;
+  } else {
+    next = estimated_ + std::max(1.0, options_.growth * estimated_);
+  }
+  if (next < estimated_) slow_start_ = false;
+  estimated_ = std::clamp(next, lo, hi);
+}
+
 }  // namespace caudal

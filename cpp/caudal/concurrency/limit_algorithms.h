@@ -282,6 +282,102 @@ class WindowedLimit final : public LimitAlgorithm {
   int64_t window_end_ns_ = 0;
 };
 
+// caudal's default adaptive limit: a delay-gradient limit measured against an
+// unloaded baseline, with a multiplicative back-off on overload signals.
+//
+// Samples are collected into windows (like WindowedLimit, but only samples
+// that did not drop contribute to the window's RTT, so fast-failing
+// overload errors cannot drag the latency estimate down). A window closes
+// at the first sample ending at or after the window's end once it holds
+// min_samples samples; the next window lasts
+// clamp(2 * smallest successful rtt, min_window_ns, max_window_ns).
+// Samples faster than min_rtt_threshold_ns that did not drop are ignored
+// (cache hits and trivial steps carry no signal about a backend).
+//
+// For each closed window with average successful rtt `r`, largest in-flight
+// count `m` and `d` drops:
+//   baseline b = min of the window averages over the last two periods of
+//                baseline_period windows (a genuine rise of the backend's
+//                own latency replaces the baseline after at most two periods)
+//   noise    e = smoothed relative standard error of the window averages
+//                (stdev of the window's rtts / sqrt(samples) / r): both b
+//                (a minimum of noisy averages) and r carry that much noise
+//   ceiling  c = b * (1 + tol + 3 * e)
+//   d > 0:               limit = limit * backoff_ratio            (overload)
+//   r > c:               limit = limit * max(0.5, c / r)
+//   m < limit / 2:       unchanged                                (app-limited)
+//   otherwise:           limit = limit * 2   while in slow start, else
+//                        limit = limit + max(1, growth * limit)
+// then limit = clamp(limit, min, max). Slow start ends at the first window
+// that lowers the limit. The limit is kept as a double; limit() is its floor.
+//
+// Deviations from the algorithms above: the baseline is a windowed minimum of
+// window averages (Vegas' rtt_noload is the minimum single sample, noisy with
+// jitter; Gradient's long-term EMA drifts up during a long overload), and the
+// decrease is proportional to the excess delay so the limit lands near the
+// knee in one window instead of creeping.
+class BaselineGradientLimit final : public LimitAlgorithm {
+ public:
+  struct Options {
+    int initial_limit = 20;
+    int min_limit = 1;
+    int max_limit = 1000;
+    double tolerance = 0.2;      // > 0: latency growth accepted as noise
+    double backoff_ratio = 0.9;  // in [0.5, 1): factor on a window with drops
+    double growth = 0.05;        // in (0, 1]: additive growth, as a fraction
+    int64_t min_window_ns = 10'000'000;     // 10 ms
+    int64_t max_window_ns = 1'000'000'000;  // 1 s
+    int min_samples = 10;
+    int64_t min_rtt_threshold_ns = 100'000;  // 100 us
+    int baseline_period = 50;                // windows per baseline period
+  };
+
+  static absl::Status Validate(const Options& options);
+  static absl::StatusOr<BaselineGradientLimit> Create(const Options& options);
+  BaselineGradientLimit() : BaselineGradientLimit(Options()) {}
+
+  int OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
+               bool did_drop) override;
+  int limit() const override { return static_cast<int>(estimated_); }
+
+  // Whether a sample can change anything: false for fast successful samples
+  // (callers may skip taking their lock for those).
+  bool Relevant(int64_t rtt_ns, bool did_drop) const {
+    return did_drop || rtt_ns >= options_.min_rtt_threshold_ns;
+  }
+  double estimated_limit() const { return estimated_; }
+  double baseline_rtt_ns() const;  // 0 until the first window closed
+  double last_window_rtt_ns() const { return last_rtt_ns_; }
+  bool slow_start() const { return slow_start_; }
+  int64_t windows() const { return windows_; }
+  const Options& options() const { return options_; }
+
+ private:
+  explicit BaselineGradientLimit(const Options& options);
+  void CloseWindow();
+
+  Options options_;
+  double estimated_;
+  bool slow_start_ = true;
+  // The window being collected.
+  bool started_ = false;
+  int64_t window_end_ns_ = 0;
+  int64_t count_ = 0;  // samples, dropped or not
+  int64_t ok_count_ = 0;
+  double ok_sum_ns_ = 0;
+  double ok_sq_sum_ = 0;  // sum of (rtt / 1 ms)^2, for the window's noise
+  int64_t ok_min_ns_ = INT64_MAX;
+  int max_inflight_ = 0;
+  double noise_ = 0;  // smoothed relative standard error of window averages
+  int64_t drops_ = 0;
+  // Baseline: minimum window average of this period and of the last one.
+  double period_min_ns_ = 0;  // 0 = none yet
+  double prev_period_min_ns_ = 0;
+  int period_windows_ = 0;
+  double last_rtt_ns_ = 0;
+  int64_t windows_ = 0;
+};
+
 }  // namespace caudal
 
 #endif  // CAUDAL_CONCURRENCY_LIMIT_ALGORITHMS_H_
