@@ -208,31 +208,46 @@ class Engine {
       }
     }
     return BeginRecord(e->shared_from_this(), cfg, lead, flight, key,
-                       /*have_slot=*/false, data, context, resources);
+                       /*held=*/nullptr, /*have_slot=*/false, data, context,
+                       resources);
   }
 
-  // Takes a concurrency slot (or queues for one: mode 9, whose future is
-  // resolved when a slot is handed over; then _begin_permitted), creates the
-  // record and starts the first attempt.
+  // Takes the step's key permit, then a global slot (or queues for either:
+  // mode 9, whose future is resolved when the permit is handed over; then
+  // _begin_permitted), creates the record and starts the first attempt.
+  // `held` is the key limiter whose permit the caller already holds. Key
+  // first: callers queued behind a saturated backend hold no global slot.
   py::object BeginRecord(std::shared_ptr<StepEntry> entry,
                          const OptimizationConfig* cfg, bool lead, bool flight,
-                         const Key128& key, bool have_slot, py::handle data,
-                         py::handle context, py::handle resources) {
-    if (!have_slot && cfg->max_concurrent_executions.has_value()) {
-      py::object fut;
-      if (!core_.AcquireSlot(*cfg, [&] {
-            fut = PyHelpers::Get().get_running_loop().attr("create_future")();
-            return HoldWaiter(fut.ptr());
-          })) {
-        py::object state =
-            py::make_tuple(lead ? py::object(KeyToBytes(key)) : py::none(),
-                           py::bool_(lead), py::bool_(flight));
-        return py::make_tuple(state, fut, 9);
+                         const Key128& key, KeyLimiter* held, bool have_slot,
+                         py::handle data, py::handle context,
+                         py::handle resources) {
+    py::object fut;
+    auto make_waiter = [&] {
+      fut = PyHelpers::Get().get_running_loop().attr("create_future")();
+      return HoldWaiter(fut.ptr());
+    };
+    auto waiting = [&](KeyLimiter* lim, bool for_slot) {
+      py::object state = py::make_tuple(
+          lead ? py::object(KeyToBytes(key)) : py::none(), py::bool_(lead),
+          py::bool_(flight), py::bool_(for_slot),
+          py::int_(reinterpret_cast<uintptr_t>(lim)));
+      return py::make_tuple(state, fut, 9);
+    };
+    if (held == nullptr && !have_slot) {
+      if (KeyLimiter* lim = core_.LimiterFor(*entry, *cfg)) {
+        if (!Executor::AcquireKey(lim, make_waiter)) return waiting(lim, false);
+        held = lim;
       }
+    }
+    if (!have_slot && cfg->max_concurrent_executions.has_value()) {
+      if (!core_.AcquireSlot(*cfg, make_waiter)) return waiting(held, true);
       have_slot = true;
     }
     ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs(), cfg);
     r->permit = have_slot;
+    r->limiter = held;
+    if (held != nullptr) r->limit_inflight = held->in_flight();
     r->cache_lead = lead;
     r->cache_flight = flight;
     r->cache_key = key;
@@ -240,21 +255,33 @@ class Engine {
     return StartAttempt(r, data, context, resources);
   }
 
-  // A queued caller was handed a slot: start its execution.
+  // A queued caller was handed a permit (the key's, or a global slot):
+  // go on with the next one, then start its execution.
   py::object begin_permitted(py::handle step, py::tuple state, py::handle data,
                              py::handle context, py::handle resources) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
     const bool lead = state[1].cast<bool>();
     const Key128 key = lead ? KeyFromBytes(state[0]) : Key128{};
+    const bool for_slot = state[3].cast<bool>();
+    KeyLimiter* lim = reinterpret_cast<KeyLimiter*>(state[4].cast<uintptr_t>());
     return BeginRecord(std::move(entry), core_.current_config(), lead,
-                       state[2].cast<bool>(), key, /*have_slot=*/true, data,
-                       context, resources);
+                       state[2].cast<bool>(), key, lim, for_slot, data, context,
+                       resources);
   }
 
-  // A queued caller was cancelled: leave the queue, or pass on a slot that
-  // was already handed to it; followers of its flight run themselves.
+  // A queued caller was cancelled: leave the queue, or pass on a permit that
+  // was already handed to it, give back the key permit it held while it
+  // waited for a slot; followers of its flight run themselves.
   void cancel_wait(py::handle step, py::tuple state, py::handle fut) {
-    if (!core_.CancelWait(PeekWaiter(fut.ptr()))) WakeSlot(core_.ReleaseSlot());
+    const bool for_slot = state[3].cast<bool>();
+    KeyLimiter* lim = reinterpret_cast<KeyLimiter*>(state[4].cast<uintptr_t>());
+    const FlightWaiter w = PeekWaiter(fut.ptr());
+    if (for_slot) {
+      if (!core_.CancelWait(w)) WakeSlot(core_.ReleaseSlot());
+      if (lim != nullptr) WakeSlot(Executor::ReleaseKey(lim));
+    } else if (lim != nullptr && !lim->Cancel(w)) {
+      WakeSlot(Executor::ReleaseKey(lim));
+    }
     if (state[2].cast<bool>()) {
       std::shared_ptr<StepEntry> entry = Lookup(step);
       WakeFollowers(*static_cast<PyStepEntry*>(entry.get()),
@@ -299,6 +326,8 @@ class Engine {
     if (r->cache_lead) return SucceedCached(r, out);
     const ExecutionOutcome o = core_.Succeed(r, MonotonicNowNs());
     WakeSlot(o.wake);  // no flight: the cache is off for this execution
+    WakeSlot(o.wake_key);
+    for (const FlightWaiter& w : o.wake_more) WakeSlot(w);
     return NewStepResult(EntryOf(o)->name_str.ptr(), out, true, o.attempts,
                          static_cast<double>(o.latency_ns) / 1e9, Py_None,
                          Py_None, false);
@@ -332,6 +361,8 @@ class Engine {
   // `result` (None: they run the step themselves).
   void Ended(const ExecutionOutcome& o, py::handle result, bool copy) {
     WakeSlot(o.wake);
+    WakeSlot(o.wake_key);
+    for (const FlightWaiter& w : o.wake_more) WakeSlot(w);
     if (o.flight) WakeFollowers(*EntryOf(o), o.flight_key, result, copy);
   }
   static PyStepEntry* EntryOf(const ExecutionOutcome& o) {
@@ -409,8 +440,8 @@ class Engine {
                           py::handle resources) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
     return BeginRecord(std::move(entry), core_.current_config(), true, flight,
-                       KeyFromBytes(key_bytes), /*have_slot=*/false, data,
-                       context, resources);
+                       KeyFromBytes(key_bytes), /*held=*/nullptr,
+                       /*have_slot=*/false, data, context, resources);
   }
 
   // Cancelled while asking the shared tier: followers run themselves.
@@ -448,7 +479,83 @@ class Engine {
     d["waited"] = c.waited;
     d["cancelled_waits"] = c.cancelled;
     d["max_waiting"] = c.max_waiting;
+    d["mode"] = cfg->max_concurrent_executions.has_value() ? "fixed"
+                : cfg->enable_concurrency_optimization     ? "adaptive"
+                                                           : "unlimited";
+    py::dict keys;
+    for (KeyLimiter* l : core_.Limiters()) {
+      const KeyLimiter::Snapshot k = l->snapshot();
+      py::dict kd;
+      kd["mode"] = LimiterModeName(k.mode);
+      kd["limit"] = k.mode == KeyLimiter::Mode::kUnlimited
+                        ? py::object(py::none())
+                        : py::object(py::int_(k.limit));
+      kd["in_flight"] = k.in_flight;
+      kd["waiting"] = k.waiting;
+      kd["acquired"] = k.counters.acquired;
+      kd["waited"] = k.counters.waited;
+      kd["cancelled_waits"] = k.counters.cancelled;
+      kd["max_waiting"] = k.counters.max_waiting;
+      kd["limit_changes"] = k.changes;
+      if (k.mode == KeyLimiter::Mode::kAdaptive) {
+        kd["estimated_limit"] = k.estimated_limit;
+        kd["baseline_rtt_ms"] = k.baseline_rtt_ns / 1e6;
+        kd["last_window_rtt_ms"] = k.last_window_rtt_ns / 1e6;
+        kd["windows"] = k.windows;
+        kd["samples"] = k.samples;
+        kd["drops"] = k.drops;
+        kd["slow_start"] = k.slow_start;
+      }
+      keys[py::str(k.key)] = kd;
+    }
+    d["keys"] = keys;
     return d;
+  }
+
+  // Limit changes of every key (oldest first, at most KeyLimiter::kHistory
+  // per key): dicts with key, age_s, time_s (monotonic), from, to,
+  // in_flight, waiting.
+  py::list limit_history() const {
+    std::vector<LimitChange> all;
+    for (KeyLimiter* l : core_.Limiters()) {
+      for (LimitChange& c : l->history()) all.push_back(std::move(c));
+    }
+    std::sort(all.begin(), all.end(),
+              [](const LimitChange& a, const LimitChange& b) {
+                return a.at_ns < b.at_ns;
+              });
+    const int64_t now = MonotonicNowNs();
+    py::list out;
+    for (const LimitChange& c : all) {
+      py::dict d;
+      d["key"] = c.key;
+      d["time_s"] = static_cast<double>(c.at_ns) / 1e9;
+      d["age_s"] = static_cast<double>(now - c.at_ns) / 1e9;
+      d["from"] = c.from == KeyLimiter::kUnlimited
+                      ? py::object(py::none())
+                      : py::object(py::int_(c.from));
+      d["to"] = c.to == KeyLimiter::kUnlimited ? py::object(py::none())
+                                               : py::object(py::int_(c.to));
+      d["in_flight"] = c.in_flight;
+      d["waiting"] = c.waiting;
+      out.append(d);
+    }
+    return out;
+  }
+
+  // How many executions of `step` may be in flight now: the smaller of its
+  // key's limit and the global one (None: no limit applies).
+  py::object window(py::handle step) {
+    PyStepEntry* e = FastLookup(step);
+    const OptimizationConfig* cfg = core_.current_config();
+    int64_t w = -1;
+    if (KeyLimiter* l = core_.LimiterFor(*e, *cfg)) w = l->limit();
+    if (cfg->max_concurrent_executions.has_value()) {
+      const int64_t g = *cfg->max_concurrent_executions;
+      w = w < 0 ? g : std::min(w, g);
+    }
+    if (w < 0) return py::none();
+    return py::int_(w);
   }
 
   // Cache administration.
@@ -505,9 +612,18 @@ class Engine {
     err.exc_type = type_name;
     err.message = message;
     err.retry_after_s = RetryAfterHint(exc);
+    err.overload = timed_out || err.retry_after_s.has_value() ||
+                   (r->limiter != nullptr && IsOverload(exc));
     const FailureDecision d = core_.AttemptFailed(r, MonotonicNowNs(), err);
+    for (const FlightWaiter& w : d.wake) WakeSlot(w);
     if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
-    if (!e->fallback.is_none()) return e->fallback;
+    if (!e->fallback.is_none()) {
+      // The fallback is another execution: it must not wait for the permits
+      // this one still holds (with every slot held by a primary waiting for
+      // its fallback, nothing could run).
+      WakePermits(core_.ReleasePermits(r));
+      return e->fallback;
+    }
     const char* stopped = d.verdict == FailureVerdict::kFailFast ? "fail_fast"
                           : d.verdict == FailureVerdict::kNotRetryable
                               ? "not_retryable"
@@ -667,6 +783,16 @@ class Engine {
     e->breaker_exclude = t["breaker_exclude"];
     e->cache_context = t["cache_context"];
     s.single_flight = t["single_flight"].cast<bool>();
+    py::object limit_key = t["concurrency_key"];
+    if (!limit_key.is_none()) s.limit_key = limit_key.cast<std::string>();
+    py::object max_conc = t["max_concurrency"];
+    if (!max_conc.is_none()) s.max_concurrency = max_conc.cast<int>();
+    {
+      std::vector<FlightWaiter> woken;
+      const absl::Status st = core_.RegisterLimitKey(s, &woken);
+      for (FlightWaiter& w : woken) WakeSlot(std::move(w));
+      if (!st.ok()) throw py::value_error(std::string(st.message()));
+    }
     s.cache_group = GroupOf(s.name).lo;
     e->name_str = py::str(s.name);
     e->key_a = py::reinterpret_borrow<py::object>(a);
@@ -765,6 +891,7 @@ class Engine {
     if (!e->fallback.is_none()) {
       // Run the fallback instead; the record ends in _fallback_done.
       e->stats->rejected.fetch_add(1, std::memory_order_relaxed);
+      WakePermits(core_.ReleasePermits(r));
       return py::make_tuple(py::int_(reinterpret_cast<uintptr_t>(r)),
                             py::make_tuple(e->fallback, exc), 6);
     }
@@ -801,6 +928,52 @@ class Engine {
       out[i] = v;
     }
     return std::move(out);
+  }
+
+  static void WakePermits(const ReleasedPermits& p) {
+    WakeSlot(p.wake);
+    WakeSlot(p.wake_key);
+  }
+
+  // Whether a failure signals an overloaded backend (a drop sample for the
+  // adaptive limit): caudal.OverloadedError, TimeoutError, ConnectionError
+  // (refused, reset), or an HTTP status of 429, 502, 503 or 504 carried as
+  // `status_code` / `status` on the exception or on its `response`.
+  static bool IsOverload(py::handle exc) {
+    static PyObject* kinds = [] {
+      py::object overloaded = CaudalAttr("caudal.errors", "OverloadedError");
+      return py::make_tuple(overloaded, py::handle(PyExc_TimeoutError),
+                            py::handle(PyExc_ConnectionError))
+          .release()
+          .ptr();
+    }();
+    if (PyErr_GivenExceptionMatches(exc.ptr(), kinds)) return true;
+    auto status_of = [](PyObject* o) -> long {
+      for (const char* name : {"status_code", "status"}) {
+        PyObject* v = PyObject_GetAttrString(o, name);
+        if (v == nullptr) {
+          PyErr_Clear();
+          continue;
+        }
+        long code = -1;
+        if (PyLong_Check(v) && !PyBool_Check(v)) code = PyLong_AsLong(v);
+        Py_DECREF(v);
+        if (code == -1) PyErr_Clear();
+        if (code > 0) return code;
+      }
+      return -1;
+    };
+    long code = status_of(exc.ptr());
+    if (code < 0) {
+      PyObject* resp = PyObject_GetAttrString(exc.ptr(), "response");
+      if (resp == nullptr) {
+        PyErr_Clear();
+      } else {
+        if (resp != Py_None) code = status_of(resp);
+        Py_DECREF(resp);
+      }
+    }
+    return code == 429 || code == 502 || code == 503 || code == 504;
   }
 
   static bool Matches(const py::object& spec, py::handle exc, bool if_none) {
@@ -989,6 +1162,8 @@ PyObject* FastBegin(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         .ptr();
   } catch (py::error_already_set& e) {
     e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();  // ValueError, TypeError, ... as raised
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
   }
@@ -1006,6 +1181,8 @@ PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     return EngineOf(self)->succeed(h, args[1]);
   } catch (py::error_already_set& e) {
     e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();  // ValueError, TypeError, ... as raised
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
   }
@@ -1099,6 +1276,8 @@ void RegisterExecutor(py::module_& m) {
       .def("_begin_permitted", &Engine::begin_permitted)
       .def("_cancel_wait", &Engine::cancel_wait)
       .def("concurrency_stats", &Engine::concurrency_stats)
+      .def("limit_history", &Engine::limit_history)
+      .def("window", &Engine::window)
       .def("set_l2", &Engine::set_l2)
       .def("_l2_fill", &Engine::l2_fill)
       .def("_begin_leader", &Engine::begin_leader)

@@ -53,7 +53,8 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
         "concurrency": {
             **engine.concurrency_stats(),
             "in_flight": engine.in_flight,
-            "adaptive": "not implemented yet: max_concurrent_executions=None means no limit",
+            # seed 001's concurrency_level: executions in flight now
+            "concurrency_level": engine.in_flight,
         },
         "circuit_breaker": _breaker_section(engine, cfg),
         "error_handling": _error_section(engine, cfg, total),

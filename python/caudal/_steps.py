@@ -52,6 +52,13 @@ class Step:
       it is part of a :class:`caudal.Pipeline` (the executor ignores it).
     - ``optional``: in a pipeline, a failure of this step does not fail the
       run; its output is None for its dependents (the executor ignores it).
+    - ``concurrency_key``: the concurrency limit this step counts against
+      (a backend): None (its own, named after the step) or a string shared
+      by every step that calls the same backend.
+    - ``max_concurrency``: a fixed limit on executions of this key in
+      flight; None leaves it to the executor (adaptive when
+      ``enable_concurrency_optimization`` is on and
+      ``max_concurrent_executions`` is None, else no per-key limit).
 
     ``a >> b`` builds a two-step :class:`caudal.Pipeline` (b after a).
 
@@ -63,11 +70,13 @@ class Step:
         "breaker",
         "breaker_exclude",
         "cache",
+        "concurrency_key",
         "cache_context",
         "cache_ttl_s",
         "depends_on",
         "fallback",
         "fn",
+        "max_concurrency",
         "max_retries",
         "name",
         "optional",
@@ -96,6 +105,8 @@ class Step:
         single_flight: bool = True,
         depends_on: Iterable[str] | str = (),
         optional: bool = False,
+        concurrency_key: str | None = None,
+        max_concurrency: int | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"Step: fn must be callable, got {type(fn).__name__}")
@@ -161,6 +172,22 @@ class Step:
                 raise TypeError(f"Step {name!r}: depends_on must name steps, got {d!r}")
         if not isinstance(optional, bool):
             raise TypeError(f"Step {name!r}: optional must be True or False, got {optional!r}")
+        if concurrency_key is not None and (
+            not isinstance(concurrency_key, str) or not concurrency_key
+        ):
+            raise TypeError(
+                f"Step {name!r}: concurrency_key must be a non-empty str or None, "
+                f"got {concurrency_key!r}"
+            )
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or not 1 <= max_concurrency <= 1 << 29
+        ):
+            raise ValueError(
+                f"Step {name!r}: max_concurrency must be an int >= 1 or None, "
+                f"got {max_concurrency!r}"
+            )
         setter = object.__setattr__
         setter(self, "fn", fn)
         setter(self, "depends_on", depends_on)
@@ -177,6 +204,8 @@ class Step:
         setter(self, "breaker_exclude", breaker_exclude)
         setter(self, "cache_context", cache_context)
         setter(self, "single_flight", single_flight)
+        setter(self, "concurrency_key", concurrency_key)
+        setter(self, "max_concurrency", max_concurrency)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(
@@ -214,6 +243,10 @@ class Step:
             extra.append(f"depends_on={self.depends_on!r}")
         if self.optional:
             extra.append("optional=True")
+        if self.concurrency_key is not None:
+            extra.append(f"concurrency_key={self.concurrency_key!r}")
+        if self.max_concurrency is not None:
+            extra.append(f"max_concurrency={self.max_concurrency}")
         return f"Step({self.name!r}{''.join(', ' + e for e in extra)})"
 
     def __rshift__(self, other: Any) -> Any:
@@ -319,6 +352,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         None,
     )
     breaker, breaker_exclude, cache_context, single_flight = None, None, (), True
+    concurrency_key, max_concurrency = None, None
     if isinstance(obj, Step):
         target = obj.fn
         name = obj.name
@@ -326,6 +360,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         cache, cache_ttl_s, tags, fallback = obj.cache, obj.cache_ttl_s, obj.tags, obj.fallback
         breaker, breaker_exclude = obj.breaker, obj.breaker_exclude
         cache_context, single_flight = obj.cache_context, obj.single_flight
+        concurrency_key, max_concurrency = obj.concurrency_key, obj.max_concurrency
     elif hasattr(obj, "agent") and hasattr(obj, "config") and hasattr(getattr(obj, "agent"), "run"):
         # flujo Step: the work is agent.run(data, context=..., resources=...).
         target = obj.agent
@@ -384,6 +419,8 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         "breaker_exclude": breaker_exclude,
         "cache_context": tuple(cache_context) if cache_context else None,
         "single_flight": single_flight,
+        "concurrency_key": concurrency_key,
+        "max_concurrency": max_concurrency,
     }
 
 

@@ -52,6 +52,22 @@ class QueueFullError(CaudalError):
     """The worker pool's bounded queue is full ("task queue is full")."""
 
 
+class OverloadedError(CaudalError):
+    """Raise it from a step when its backend says it is overloaded (HTTP 429
+    or 503, "too many requests", a full queue downstream). Like timeouts,
+    connection errors and exceptions carrying an HTTP status of 429, 502,
+    503 or 504, it lowers the step's adaptive concurrency limit.
+    ``retry_after`` (seconds), when given, is honoured by retry strategies."""
+
+    def __init__(self, message: str = "backend overloaded", retry_after: float | None = None):
+        super().__init__(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def __reduce__(self):
+        return (type(self), (str(self), getattr(self, "retry_after", None)))
+
+
 class PipelineDefinitionError(CaudalError, ValueError):
     """A pipeline definition that cannot run (bad YAML, bad step settings,
     duplicate names, missing dependencies, cycles).
@@ -204,12 +220,9 @@ __all__ = [
     "ContextConflictError",
     "DependencyError",
     "DuplicateStepError",
+    "OverloadedError",
     "PipelineDefinitionError",
     "QueueFullError",
     "RunNotFoundError",
     "UsageLimitExceededError",
-    "CircuitOpenError",
-    "ConfigurationError",
-    "ContextConflictError",
-    "QueueFullError",
 ]

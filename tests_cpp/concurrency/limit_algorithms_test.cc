@@ -360,7 +360,6 @@ TEST(FixedLimitTest, IgnoresSamples) {
   EXPECT_EQ(g.OnSample(0, 1, 100, true), 8);
 }
 
-
 // ------------------------------------------------------- BaselineGradient
 
 namespace baseline_gradient {

@@ -32,12 +32,12 @@ struct Backend {
 struct SimResult {
   double goodput_per_s = 0;  // successes per second over the measured part
   double p50_ms = 0;
-  double p99_ms = 0;         // of successful requests, measured part
+  double p99_ms = 0;  // of successful requests, measured part
   double error_rate = 0;
-  double mean_limit = 0;     // time-weighted over the measured part
+  double mean_limit = 0;  // time-weighted over the measured part
   int final_limit = 0;
-  int64_t settle_ns = -1;    // first time after which the limit stays in
-                             // [0.75, 1.5] * capacity
+  int64_t settle_ns = -1;  // first time after which the limit stays in
+                           // [0.75, 1.5] * capacity
   std::vector<std::pair<int64_t, int>> trajectory;  // (time, limit) changes
 };
 
@@ -87,8 +87,7 @@ inline SimResult Simulate(LimitAlgorithm* algo, const Backend& b, int clients,
     const auto rtt = static_cast<int64_t>(b.base_rtt_ns * load * jit);
     double p = 0;
     if (in_flight > b.capacity) {
-      p = std::min(b.max_error_rate, b.error_slope *
-                                         (in_flight - b.capacity) /
+      p = std::min(b.max_error_rate, b.error_slope * (in_flight - b.capacity) /
                                          static_cast<double>(b.capacity));
     }
     const bool drop = rng.Uniform() < p;
@@ -105,8 +104,9 @@ inline SimResult Simulate(LimitAlgorithm* algo, const Backend& b, int clients,
     --in_flight;
     ++waiting;  // the client asks again at once
     if (d.at >= measure_from_ns) {
-      limit_area += static_cast<double>(limit) *
-                    static_cast<double>(d.at - std::max(last_t, measure_from_ns));
+      limit_area +=
+          static_cast<double>(limit) *
+          static_cast<double>(d.at - std::max(last_t, measure_from_ns));
       last_t = d.at;
       if (d.drop) {
         ++failed;
@@ -116,8 +116,8 @@ inline SimResult Simulate(LimitAlgorithm* algo, const Backend& b, int clients,
       }
     }
     if (algo) {
-      const int next = algo->OnSample(d.start, d.at - d.start, d.inflight,
-                                      d.drop);
+      const int next =
+          algo->OnSample(d.start, d.at - d.start, d.inflight, d.drop);
       if (next != limit) {
         limit = next;
         r.trajectory.push_back({d.at, limit});
@@ -125,8 +125,7 @@ inline SimResult Simulate(LimitAlgorithm* algo, const Backend& b, int clients,
     }
     fill(d.at);
   }
-  const double secs =
-      static_cast<double>(duration_ns - measure_from_ns) / 1e9;
+  const double secs = static_cast<double>(duration_ns - measure_from_ns) / 1e9;
   r.goodput_per_s = static_cast<double>(ok) / secs;
   r.error_rate = ok + failed ? static_cast<double>(failed) / (ok + failed) : 0;
   std::sort(lat_ms.begin(), lat_ms.end());
@@ -134,9 +133,10 @@ inline SimResult Simulate(LimitAlgorithm* algo, const Backend& b, int clients,
     r.p50_ms = lat_ms[lat_ms.size() / 2];
     r.p99_ms = lat_ms[std::min(lat_ms.size() - 1, lat_ms.size() * 99 / 100)];
   }
-  r.mean_limit = last_t > measure_from_ns
-                     ? limit_area / static_cast<double>(last_t - measure_from_ns)
-                     : limit;
+  r.mean_limit =
+      last_t > measure_from_ns
+          ? limit_area / static_cast<double>(last_t - measure_from_ns)
+          : limit;
   r.final_limit = limit;
   // Settled: the last time the limit left [0.75, 1.5] * capacity.
   r.settle_ns = 0;

@@ -12,8 +12,8 @@ namespace caudal {
 namespace {
 
 using testing_sim::Backend;
-using testing_sim::Simulate;
 using testing_sim::SimResult;
+using testing_sim::Simulate;
 
 constexpr int64_t kSec = 1'000'000'000;
 
@@ -34,8 +34,8 @@ TEST_P(BaselineGradientSimTest, FindsTheCapacityOfAnOverloadedBackend) {
   double best = 0;
   for (int fixed : {c.capacity / 2, c.capacity, 2 * c.capacity}) {
     FixedLimit f(fixed);
-    best = std::max(best,
-                    Simulate(&f, b, clients, 20 * kSec, 10 * kSec).goodput_per_s);
+    best = std::max(
+        best, Simulate(&f, b, clients, 20 * kSec, 10 * kSec).goodput_per_s);
   }
   FixedLimit light(c.capacity / 2);
   const SimResult unloaded =
@@ -53,10 +53,11 @@ TEST_P(BaselineGradientSimTest, FindsTheCapacityOfAnOverloadedBackend) {
   EXPECT_GT(none.p99_ms, r.p99_ms);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Backends, BaselineGradientSimTest,
-    ::testing::Values(Case{20, 2, 0.1}, Case{20, 5, 0.1}, Case{20, 5, 0.4},
-                      Case{60, 3, 0.4}, Case{200, 2, 0.1}, Case{200, 5, 0.4}));
+INSTANTIATE_TEST_SUITE_P(Backends, BaselineGradientSimTest,
+                         ::testing::Values(Case{20, 2, 0.1}, Case{20, 5, 0.1},
+                                           Case{20, 5, 0.4}, Case{60, 3, 0.4},
+                                           Case{200, 2, 0.1},
+                                           Case{200, 5, 0.4}));
 
 TEST(BaselineGradientSimTest, GrowsBackWhenTheBackendRecovers) {
   // Phase 1: capacity 20; phase 2 the same limiter meets capacity 100.

@@ -115,9 +115,25 @@ TEST(OptimizationConfigTest, FromJsonRejectsInvalidValues) {
   EXPECT_EQ(r.status().message(), "telemetry_batch_size must be positive");
 }
 
+TEST(OptimizationConfigTest, AdaptiveLimitBoundsMustBeOrdered) {
+  OptimizationConfig c;
+  c.concurrency_min_limit = 50;
+  c.concurrency_initial_limit = 20;
+  EXPECT_THAT(c.Validate(), ::testing::Contains(::testing::HasSubstr(
+                                "concurrency_initial_limit must be between")));
+  c.concurrency_max_limit = 10;
+  EXPECT_THAT(c.Validate(), ::testing::Contains(::testing::HasSubstr(
+                                "concurrency_min_limit must not exceed")));
+  c = OptimizationConfig();
+  c.worker_pool_size = -1;
+  EXPECT_THAT(c.Validate(), ::testing::Contains(::testing::HasSubstr(
+                                "worker_pool_size must not be negative")));
+  EXPECT_TRUE(OptimizationConfig().Validate().empty());
+}
+
 TEST(OptimizationConfigTest, FieldTableDescribesEveryField) {
   const auto& fields = ConfigFields();
-  ASSERT_EQ(fields.size(), 37u);
+  ASSERT_EQ(fields.size(), 44u);
   EXPECT_STREQ(fields[0].name, "enable_object_pool");
   EXPECT_STREQ(fields[0].default_repr, "True");
   EXPECT_EQ(fields[0].kind, FieldKind::kBool);

@@ -453,5 +453,110 @@ TEST(ExecutorCacheTest, SingleFlightLeaderAndFollowers) {
   EXPECT_TRUE(ex.EndFlight(k).empty());
 }
 
+// ---- per-key concurrency limits ----
+
+TEST(ExecutorLimitTest, StepsOfOneKeyShareAFixedLimit) {
+  Executor ex(OptimizationConfig{});
+  auto a = MakeEntry(ex, "a");
+  a->spec.limit_key = "backend";
+  a->spec.max_concurrency = 2;
+  auto b = MakeEntry(ex, "b");
+  b->spec.limit_key = "backend";
+  ASSERT_TRUE(ex.RegisterLimitKey(a->spec, nullptr).ok());
+  ASSERT_TRUE(ex.RegisterLimitKey(b->spec, nullptr).ok());
+  KeyLimiter* la = ex.LimiterFor(*a, *ex.current_config());
+  ASSERT_NE(la, nullptr);
+  EXPECT_EQ(ex.LimiterFor(*b, *ex.current_config()), la);
+  EXPECT_EQ(la->mode(), KeyLimiter::Mode::kFixed);
+  EXPECT_EQ(la->limit(), 2);
+  // Another step fixing the same key differently is refused.
+  auto c = MakeEntry(ex, "c");
+  c->spec.limit_key = "backend";
+  c->spec.max_concurrency = 3;
+  const absl::Status st = ex.RegisterLimitKey(c->spec, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("max_concurrency=2"), std::string::npos);
+}
+
+TEST(ExecutorLimitTest, AdaptiveByDefaultNoneWithAFixedGlobalLimit) {
+  Executor ex(OptimizationConfig{});
+  auto a = MakeEntry(ex, "a");
+  ASSERT_TRUE(ex.RegisterLimitKey(a->spec, nullptr).ok());
+  KeyLimiter* l = ex.LimiterFor(*a, *ex.current_config());
+  ASSERT_NE(l, nullptr);
+  EXPECT_EQ(l->mode(), KeyLimiter::Mode::kAdaptive);
+  EXPECT_EQ(l->limit(), 20);
+  OptimizationConfig fixed;
+  fixed.max_concurrent_executions = 5;
+  ASSERT_TRUE(ex.ApplyConfig(fixed).ok());
+  EXPECT_EQ(ex.LimiterFor(*a, *ex.current_config()), nullptr);
+  EXPECT_EQ(l->mode(), KeyLimiter::Mode::kUnlimited);
+  OptimizationConfig off;
+  off.enable_concurrency_optimization = false;
+  ASSERT_TRUE(ex.ApplyConfig(off).ok());
+  EXPECT_EQ(ex.LimiterFor(*a, *ex.current_config()), nullptr);
+  OptimizationConfig back;
+  back.concurrency_initial_limit = 7;
+  ASSERT_TRUE(ex.ApplyConfig(back).ok());
+  EXPECT_EQ(ex.LimiterFor(*a, *ex.current_config()), l);
+  EXPECT_EQ(l->limit(), 7);
+}
+
+TEST(ExecutorLimitTest, EachAttemptIsASampleAndOverloadIsADrop) {
+  OptimizationConfig cfg;
+  cfg.concurrency_initial_limit = 4;
+  Executor ex(cfg);
+  auto a = MakeEntry(ex, "a", /*max_retries=*/5);
+  ASSERT_TRUE(ex.RegisterLimitKey(a->spec, nullptr).ok());
+  KeyLimiter* l = ex.LimiterFor(*a, *ex.current_config());
+  ASSERT_NE(l, nullptr);
+  int64_t t = 0;
+  for (int i = 0; i < 9; ++i) {
+    ASSERT_TRUE(l->TryAcquire());
+    ExecutionRecord* r = ex.Begin(a, t);
+    r->limiter = l;
+    r->limit_inflight = 4;
+    ex.Succeed(r, t + 20'000'000);
+  }
+  EXPECT_EQ(l->snapshot().samples, 9);
+  // An overload error is a drop sample; a plain error is no sample at all.
+  ASSERT_TRUE(l->TryAcquire());
+  ExecutionRecord* r = ex.Begin(a, t);
+  r->limiter = l;
+  AttemptError overload = Err();
+  overload.overload = true;
+  FailureDecision d = ex.AttemptFailed(r, t + 1'000'000, overload);
+  ASSERT_EQ(d.verdict, FailureVerdict::kRetry);
+  EXPECT_EQ(l->snapshot().drops, 1);
+  ASSERT_TRUE(ex.StartAttempt(r, t + 2'000'000));
+  d = ex.AttemptFailed(r, t + 3'000'000, Err());
+  EXPECT_EQ(l->snapshot().samples, 10);
+  ExecutionOutcome o = ex.Fail(r, t + 4'000'000, false);
+  EXPECT_EQ(o.wake_key, nullptr);
+  EXPECT_EQ(l->in_flight(), 0);  // released with the record
+}
+
+TEST(ExecutorLimitTest, ReleasePermitsGivesBothBackOnce) {
+  OptimizationConfig cfg;
+  cfg.max_concurrent_executions = 1;
+  Executor ex(cfg);
+  auto a = MakeEntry(ex, "a");
+  a->spec.max_concurrency = 1;
+  ASSERT_TRUE(ex.RegisterLimitKey(a->spec, nullptr).ok());
+  KeyLimiter* l = ex.LimiterFor(*a, *ex.current_config());
+  ASSERT_NE(l, nullptr);
+  ASSERT_TRUE(l->TryAcquire());
+  ASSERT_TRUE(ex.AcquireSlot(cfg, [] { return FlightWaiter(); }));
+  ExecutionRecord* r = ex.Begin(a, 0);
+  r->limiter = l;
+  r->permit = true;
+  ex.ReleasePermits(r);
+  EXPECT_EQ(l->in_flight(), 0);
+  EXPECT_EQ(ex.slots_in_flight(), 0);
+  ex.Fail(r, 1, /*fell_back=*/true);  // releases nothing more
+  EXPECT_EQ(l->in_flight(), 0);
+  EXPECT_EQ(ex.slots_in_flight(), 0);
+}
+
 }  // namespace
 }  // namespace caudal

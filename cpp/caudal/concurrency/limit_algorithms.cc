@@ -298,7 +298,6 @@ int WindowedLimit::OnSample(int64_t start_ns, int64_t rtt_ns, int inflight,
   return result;
 }
 
-
 // ------------------------------------------------------- BaselineGradient
 
 absl::Status BaselineGradientLimit::Validate(const Options& o) {
@@ -332,8 +331,8 @@ absl::Status BaselineGradientLimit::Validate(const Options& o) {
         "min_rtt_threshold_ns must be >= 0, got ", o.min_rtt_threshold_ns));
   }
   if (o.baseline_period < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "baseline_period must be >= 1, got ", o.baseline_period));
+    return absl::InvalidArgumentError(
+        absl::StrCat("baseline_period must be >= 1, got ", o.baseline_period));
   }
   return absl::OkStatus();
 }

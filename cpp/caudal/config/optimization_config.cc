@@ -25,6 +25,13 @@ Rule RuleFor(absl::string_view name) {
       {"object_pool_max_size", Rule::kPositive},
       {"object_pool_cleanup_threshold", Rule::kFraction},
       {"max_concurrent_executions", Rule::kPositive},
+      {"concurrency_initial_limit", Rule::kPositive},
+      {"concurrency_min_limit", Rule::kPositive},
+      {"concurrency_max_limit", Rule::kPositive},
+      {"concurrency_latency_tolerance", Rule::kPositive},
+      {"worker_pool_size", Rule::kNonNegative},
+      {"worker_pool_queue_size", Rule::kPositive},
+      {"worker_pool_task_timeout_seconds", Rule::kNonNegative},
       {"telemetry_batch_size", Rule::kPositive},
       {"telemetry_flush_interval_seconds", Rule::kPositive},
       {"error_cache_size", Rule::kPositive},
@@ -226,6 +233,28 @@ std::vector<std::string> OptimizationConfig::Validate() const {
     problems.push_back(
         "circuit_breaker_minimum_calls must not exceed "
         "circuit_breaker_window_size (the window could never fill)");
+  }
+  if (concurrency_min_limit > concurrency_max_limit) {
+    problems.push_back(
+        "concurrency_min_limit must not exceed concurrency_max_limit");
+  } else if (concurrency_initial_limit < concurrency_min_limit ||
+             concurrency_initial_limit > concurrency_max_limit) {
+    problems.push_back(
+        "concurrency_initial_limit must be between concurrency_min_limit and "
+        "concurrency_max_limit");
+  }
+  if (concurrency_max_limit > (int64_t{1} << 29)) {
+    problems.push_back("concurrency_max_limit must be at most 536870912");
+  }
+  if (max_concurrent_executions.has_value() &&
+      *max_concurrent_executions > (int64_t{1} << 29)) {
+    problems.push_back("max_concurrent_executions must be at most 536870912");
+  }
+  if (concurrency_latency_tolerance > 10.0) {
+    problems.push_back("concurrency_latency_tolerance must be at most 10");
+  }
+  if (worker_pool_size > 1024) {
+    problems.push_back("worker_pool_size must be at most 1024");
   }
   return problems;
 }

@@ -44,6 +44,20 @@ namespace caudal {
     "Adaptive concurrency limit when max_concurrent_executions is None")       \
   X(OPT_INT, max_concurrent_executions, std::nullopt,                          \
     "Fixed limit on executions in flight; None = adaptive or unlimited")       \
+  X(INT, concurrency_initial_limit, 20,                                        \
+    "Adaptive mode: the limit a key starts at")                                \
+  X(INT, concurrency_min_limit, 1, "Adaptive mode: the lowest limit of a key") \
+  X(INT, concurrency_max_limit, 1000,                                          \
+    "Adaptive mode: the highest limit of a key")                               \
+  X(FLOAT, concurrency_latency_tolerance, 0.2,                                 \
+    "Adaptive mode: latency growth over the unloaded baseline accepted "       \
+    "before the limit shrinks (plus measured noise)")                          \
+  X(INT, worker_pool_size, 0,                                                  \
+    "Threads running sync (def) steps; 0 = min(32, CPUs + 4)")                 \
+  X(INT, worker_pool_queue_size, 10000,                                        \
+    "Sync-step tasks queued before further submitters wait for room")          \
+  X(FLOAT, worker_pool_task_timeout_seconds, 0.0,                              \
+    "Longest a sync-step task may wait in the queue; 0 = no limit")            \
   /* telemetry */                                                              \
   X(BOOL, enable_optimized_telemetry, true,                                    \
     "Record spans natively into per-thread buffers (sampled, batched)")        \

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace caudal {
@@ -86,6 +87,21 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
   // A raised (or removed) limit hands slots to waiters, for the caller to wake.
   std::vector<FlightWaiter> handed = gate_.SetLimit(static_cast<int>(
       config.max_concurrent_executions.value_or(kUnlimitedSlots)));
+  // Per-key limiters follow the new mode (adaptive, fixed, none).
+  const BaselineGradientLimit::Options adaptive = AdaptiveOptions(config);
+  const int64_t now = MonotonicNowNs();
+  for (KeyLimiter* l : limiters_.All()) {
+    int fixed = 0;
+    {
+      MutexLock lock(&limit_keys_mu_);
+      auto it = fixed_limits_.find(l->key());
+      if (it != fixed_limits_.end()) fixed = it->second;
+    }
+    for (auto& w :
+         l->Configure(LimitModeFor(fixed, config), fixed, adaptive, now)) {
+      handed.push_back(std::move(w));
+    }
+  }
   if (woken != nullptr) {
     for (auto& w : handed) woken->push_back(std::move(w));
   }
@@ -153,6 +169,7 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   r->step = std::move(step);
   r->config = cfg ? cfg : current_config();
   r->start_ns = now_ns;
+  r->attempt_start_ns = now_ns;
   StepStats* s = r->step->stats;
   s->in_flight.fetch_add(1, std::memory_order_relaxed);
   in_flight_.fetch_add(1, std::memory_order_relaxed);
@@ -164,6 +181,17 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
 
 FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
                                         const AttemptError& e) {
+  FailureDecision d = Decide(r, now_ns, e);
+  // Overload failures are the adaptive limit's drop signal; other errors
+  // say nothing about the backend's load.
+  if (r->limiter != nullptr && (e.timed_out || e.overload)) {
+    d.wake = SampleLimit(r, now_ns, /*drop=*/true);
+  }
+  return d;
+}
+
+FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
+                                 const AttemptError& e) {
   StepStats* s = r->step->stats;
   s->errors.fetch_add(1, std::memory_order_relaxed);
   if (e.timed_out) s->timeouts.fetch_add(1, std::memory_order_relaxed);
@@ -209,6 +237,7 @@ FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
 bool Executor::StartAttempt(ExecutionRecord* r, int64_t now_ns) {
   if (!Admit(r, now_ns)) return false;
   ++r->attempt;
+  r->attempt_start_ns = now_ns;
   StepStats* s = r->step->stats;
   s->attempts.fetch_add(1, std::memory_order_relaxed);
   s->retries.fetch_add(1, std::memory_order_relaxed);
@@ -224,6 +253,7 @@ FlightWaiter Executor::ReleaseSlot() {
 // moves the step out of the record and deletes it.
 void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
   if (r->permit) out.wake = ReleaseSlot();
+  if (r->limiter != nullptr) out.wake_key = ReleaseKey(r->limiter);
   out.flight = r->cache_flight;
   out.flight_key = r->cache_key;
   out.step = std::move(r->step);
@@ -249,6 +279,8 @@ ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
 }
 
 ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
+  std::vector<FlightWaiter> woken;
+  if (r->limiter != nullptr) woken = SampleLimit(r, now_ns, /*drop=*/false);
   StepStats* s = r->step->stats;
   s->successes.fetch_add(1, std::memory_order_relaxed);
   if (r->had_error) s->recovered.fetch_add(1, std::memory_order_relaxed);
@@ -258,7 +290,9 @@ ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
   }
   if (r->retried_pattern != 0)
     errors_.RecordRetryOutcome(r->retried_pattern, true);
-  return Finish(r, now_ns);
+  ExecutionOutcome out = Finish(r, now_ns);
+  out.wake_more = std::move(woken);
+  return out;
 }
 
 ExecutionOutcome Executor::Fail(ExecutionRecord* r, int64_t now_ns,
@@ -375,6 +409,90 @@ size_t Executor::InvalidateGroup(uint64_t group,
 
 void Executor::ClearCache(std::vector<CachedValue>* dropped) {
   cache_.Clear(dropped);
+}
+
+// ---- per-key limits ----
+
+KeyLimiter::Mode Executor::LimitModeFor(int fixed_limit,
+                                        const OptimizationConfig& c) {
+  if (fixed_limit > 0) return KeyLimiter::Mode::kFixed;
+  if (c.enable_concurrency_optimization &&
+      !c.max_concurrent_executions.has_value()) {
+    return KeyLimiter::Mode::kAdaptive;
+  }
+  return KeyLimiter::Mode::kUnlimited;
+}
+
+BaselineGradientLimit::Options Executor::AdaptiveOptions(
+    const OptimizationConfig& c) {
+  BaselineGradientLimit::Options o;
+  o.initial_limit = static_cast<int>(c.concurrency_initial_limit);
+  o.min_limit = static_cast<int>(c.concurrency_min_limit);
+  o.max_limit = static_cast<int>(c.concurrency_max_limit);
+  o.tolerance = c.concurrency_latency_tolerance;
+  return o;
+}
+
+absl::Status Executor::RegisterLimitKey(const StepSpec& spec,
+                                        std::vector<FlightWaiter>* woken) {
+  const std::string& key = spec.limit_key.empty() ? spec.name : spec.limit_key;
+  int fixed = 0;
+  {
+    MutexLock lock(&limit_keys_mu_);
+    int& known = fixed_limits_[key];
+    if (spec.max_concurrency > 0) {
+      if (known > 0 && known != spec.max_concurrency) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("step '", spec.name, "': concurrency key '", key,
+                         "' already has max_concurrency=", known,
+                         " (set by another step); got ", spec.max_concurrency));
+      }
+      known = spec.max_concurrency;
+    }
+    fixed = known;
+  }
+  const OptimizationConfig& cfg = *current_config();
+  const KeyLimiter::Mode mode = LimitModeFor(fixed, cfg);
+  const BaselineGradientLimit::Options adaptive = AdaptiveOptions(cfg);
+  KeyLimiter* l = limiters_.GetOrCreate(key, mode, fixed, adaptive);
+  if (l->mode() != mode ||
+      (mode == KeyLimiter::Mode::kFixed && l->limit() != fixed)) {
+    for (auto& w : l->Configure(mode, fixed, adaptive, MonotonicNowNs())) {
+      if (woken != nullptr) woken->push_back(std::move(w));
+    }
+  }
+  return absl::OkStatus();
+}
+
+KeyLimiter* Executor::LimiterFor(StepEntry& e, const OptimizationConfig& cfg) {
+  const uint64_t gen = generation_.load(std::memory_order_acquire);
+  if (e.limiter_gen.load(std::memory_order_acquire) == gen) {
+    return e.limiter.load(std::memory_order_relaxed);
+  }
+  KeyLimiter* l = limiters_.Find(e.limit_key());
+  if (l != nullptr && l->mode() == KeyLimiter::Mode::kUnlimited) l = nullptr;
+  e.limiter.store(l, std::memory_order_relaxed);
+  e.limiter_gen.store(gen, std::memory_order_release);
+  return l;
+}
+
+std::vector<FlightWaiter> Executor::SampleLimit(ExecutionRecord* r,
+                                                int64_t now_ns, bool drop) {
+  return r->limiter->Sample(r->attempt_start_ns, now_ns - r->attempt_start_ns,
+                            r->limit_inflight, drop, now_ns);
+}
+
+ReleasedPermits Executor::ReleasePermits(ExecutionRecord* r) {
+  ReleasedPermits out;
+  if (r->permit) {
+    out.wake = ReleaseSlot();
+    r->permit = false;
+  }
+  if (r->limiter != nullptr) {
+    out.wake_key = ReleaseKey(r->limiter);
+    r->limiter = nullptr;
+  }
+  return out;
 }
 
 }  // namespace caudal

@@ -36,6 +36,7 @@
 #include "caudal/cache/result_cache.h"
 #include "caudal/cache/single_flight.h"
 #include "caudal/concurrency/concurrency_gate.h"
+#include "caudal/concurrency/key_limiter.h"
 #include "caudal/config/optimization_config.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/hash/key128.h"
@@ -70,6 +71,11 @@ struct ExecutionRecord {
   bool cache_flight = false;  // leads a single flight (followers to wake)
   bool permit = false;        // holds a slot of max_concurrent_executions
   Key128 cache_key{};
+  // The step's concurrency limiter, when this execution holds its permit;
+  // each attempt is one sample (start, in-flight count when admitted).
+  KeyLimiter* limiter = nullptr;
+  int limit_inflight = 0;
+  int64_t attempt_start_ns = 0;
 };
 
 // A cached output, opaque to the core: the bindings store a Python object
@@ -86,6 +92,9 @@ struct ExecutionOutcome {
   // own the waiters): a caller waiting for a concurrency slot this execution
   // gave back, and the followers of the single flight it led.
   std::shared_ptr<void> wake;
+  std::shared_ptr<void> wake_key;  // a caller waiting for the key's permit
+  // Callers handed permits by a limit this execution's last sample raised.
+  std::vector<std::shared_ptr<void>> wake_more;
   bool flight = false;
   Key128 flight_key{};
   // The step, moved out of the released record (no extra refcount).
@@ -95,7 +104,9 @@ struct ExecutionOutcome {
 // What the bindings know about a failed attempt.
 struct AttemptError {
   bool timed_out = false;
-  bool retryable = true;                 // the step's retry_on matched
+  bool retryable = true;  // the step's retry_on matched
+  bool overload = false;  // an overload signal (429/503, connection
+                          // refused, ...): a drop for the adaptive limit
   bool counts_for_breaker = true;        // not excluded from the breaker
   absl::string_view exc_type;            // qualified type name
   absl::string_view message;             // str(exc)
@@ -112,6 +123,14 @@ enum class FailureVerdict : uint8_t {
 struct FailureDecision {
   FailureVerdict verdict;
   double delay_s = 0.0;
+  // Callers handed permits by a limit the attempt's sample changed.
+  std::vector<std::shared_ptr<void>> wake;
+};
+
+// Permits an execution gave back before its end (a fallback about to run).
+struct ReleasedPermits {
+  std::shared_ptr<void> wake;      // next waiter for the global slot
+  std::shared_ptr<void> wake_key;  // next waiter for the key's permit
 };
 
 struct BreakerTransitionRecord {
@@ -217,6 +236,31 @@ class Executor {
   int slots_waiting() const { return gate_.waiting(); }
   GateCounters slot_counters() const { return gate_.counters(); }
 
+  // ---- per-key limits (a fixed max_concurrency, or adaptive) ----
+  // The limiter that applies to the step under `config` (null: none).
+  KeyLimiter* LimiterFor(StepEntry& step, const OptimizationConfig& config);
+  // Registers a step's limit key: a max_concurrency fixes the key's limit.
+  // kInvalidArgument if another step fixed the same key to another value.
+  // Callers handed permits by a raised limit go to `woken`.
+  absl::Status RegisterLimitKey(const StepSpec& spec,
+                                std::vector<FlightWaiter>* woken);
+  // True: `limiter`'s permit is held (fast path: one CAS). False:
+  // `make_waiter()`'s waiter was queued; a release hands it the permit.
+  template <typename MakeWaiter>
+  static bool AcquireKey(KeyLimiter* limiter, MakeWaiter make_waiter);
+  // Gives back a key permit held outside a record; the next waiter, or null.
+  static FlightWaiter ReleaseKey(KeyLimiter* limiter) {
+    std::optional<LimiterWaiter> next = limiter->Release();
+    return next ? *next : FlightWaiter();
+  }
+  // Gives back the record's permits early (before a fallback runs).
+  ReleasedPermits ReleasePermits(ExecutionRecord* record);
+  std::vector<KeyLimiter*> Limiters() const { return limiters_.All(); }
+  static KeyLimiter::Mode LimitModeFor(int fixed_limit,
+                                       const OptimizationConfig& config);
+  static BaselineGradientLimit::Options AdaptiveOptions(
+      const OptimizationConfig& config);
+
   // The attempt failed. On kRetry, wait delay_s and call StartAttempt();
   // otherwise end the execution with Fail().
   FailureDecision AttemptFailed(ExecutionRecord* record, int64_t now_ns,
@@ -256,7 +300,12 @@ class Executor {
 
  private:
   ExecutionOutcome Finish(ExecutionRecord* record, int64_t now_ns);
+  FailureDecision Decide(ExecutionRecord* record, int64_t now_ns,
+                         const AttemptError& error);
   void Release(ExecutionRecord* record, ExecutionOutcome& out);
+  // One attempt's sample for the record's adaptive limiter.
+  std::vector<FlightWaiter> SampleLimit(ExecutionRecord* record, int64_t now_ns,
+                                        bool drop);
   CircuitBreaker* BreakerFor(StepEntry& entry, const OptimizationConfig& cfg);
   // Breaker admission for the attempt about to start; false = rejected.
   bool Admit(ExecutionRecord* r, int64_t now_ns);
@@ -293,6 +342,11 @@ class Executor {
   std::atomic<uint64_t> fail_fast_{0};
 
   ConcurrencyGate<FlightWaiter> gate_{0};
+  LimiterRegistry limiters_;
+  mutable Mutex limit_keys_mu_;
+  // Fixed limits asked for by steps, by key (0 = none asked).
+  absl::flat_hash_map<std::string, int> fixed_limits_
+      ABSL_GUARDED_BY(limit_keys_mu_);
   ResultCache<CachedValue> cache_;
   SingleFlight<FlightWaiter> flights_;
   mutable Mutex uncacheable_mu_;
@@ -306,6 +360,12 @@ bool Executor::AcquireSlot(const OptimizationConfig& config,
   if (!config.max_concurrent_executions.has_value()) return true;
   if (gate_.TryAcquire()) return true;
   return gate_.AcquireOrEnqueue(make_waiter());
+}
+
+template <typename MakeWaiter>
+bool Executor::AcquireKey(KeyLimiter* limiter, MakeWaiter make_waiter) {
+  if (limiter->TryAcquire()) return true;
+  return limiter->AcquireOrEnqueue(make_waiter());
 }
 
 template <typename MakeWaiter>

@@ -21,6 +21,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "caudal/base/mutex.h"
+#include "caudal/concurrency/key_limiter.h"
 #include "caudal/monitor/execution_stats.h"
 #include "caudal/resilience/circuit_breaker.h"
 #include "caudal/resilience/retry_policy.h"
@@ -66,6 +67,11 @@ struct StepSpec {
   // step's name. use_breaker = false opts the step out.
   std::string breaker_key;
   bool use_breaker = true;
+  // Concurrency limit key (a backend): shared by every step naming the same
+  // key; empty = the step's name. max_concurrency > 0 fixes the key's
+  // limit; 0 leaves it to the config (adaptive or none).
+  std::string limit_key;
+  int max_concurrency = 0;
 
   static RetryPolicy ImmediateRetries(int max_retries) {
     RetryPolicy p;
@@ -87,6 +93,13 @@ struct StepEntry : std::enable_shared_from_this<StepEntry> {
   // executor's breaker generation (a config change re-creates breakers).
   std::atomic<CircuitBreaker*> breaker{nullptr};
   std::atomic<uint64_t> breaker_gen{0};
+  // The step's concurrency limiter (null: none applies), cached; valid while
+  // limiter_gen matches the executor's config generation.
+  std::atomic<KeyLimiter*> limiter{nullptr};
+  std::atomic<uint64_t> limiter_gen{0};
+  const std::string& limit_key() const {
+    return spec.limit_key.empty() ? spec.name : spec.limit_key;
+  }
 };
 
 // Identity-keyed cache of StepEntry. The key is chosen by the caller (the

@@ -1,0 +1,181 @@
+#include "caudal/concurrency/key_limiter.h"
+
+#include <utility>
+
+namespace caudal {
+namespace {
+
+int InitialLimit(KeyLimiter::Mode mode, int fixed,
+                 const BaselineGradientLimit::Options& o) {
+  switch (mode) {
+    case KeyLimiter::Mode::kFixed:
+      return fixed;
+    case KeyLimiter::Mode::kAdaptive:
+      return o.initial_limit;
+    case KeyLimiter::Mode::kUnlimited:
+      break;
+  }
+  return KeyLimiter::kUnlimited;
+}
+
+}  // namespace
+
+const char* LimiterModeName(KeyLimiter::Mode mode) {
+  switch (mode) {
+    case KeyLimiter::Mode::kFixed:
+      return "fixed";
+    case KeyLimiter::Mode::kAdaptive:
+      return "adaptive";
+    case KeyLimiter::Mode::kUnlimited:
+      break;
+  }
+  return "unlimited";
+}
+
+KeyLimiter::KeyLimiter(std::string key, Mode mode, int fixed_limit,
+                       const BaselineGradientLimit::Options& adaptive,
+                       Observer observer)
+    : key_(std::move(key)),
+      observer_(std::move(observer)),
+      mode_(mode),
+      gate_(InitialLimit(mode, fixed_limit, adaptive)),
+      fixed_limit_(fixed_limit),
+      options_(adaptive),
+      min_rtt_threshold_ns_(adaptive.min_rtt_threshold_ns) {
+  if (mode == Mode::kAdaptive) {
+    algorithm_ = std::make_unique<BaselineGradientLimit>(
+        *BaselineGradientLimit::Create(adaptive));
+  }
+}
+
+bool KeyLimiter::SameOptions(const BaselineGradientLimit::Options& a,
+                             const BaselineGradientLimit::Options& b) {
+  return a.initial_limit == b.initial_limit && a.min_limit == b.min_limit &&
+         a.max_limit == b.max_limit && a.tolerance == b.tolerance &&
+         a.backoff_ratio == b.backoff_ratio && a.growth == b.growth &&
+         a.min_window_ns == b.min_window_ns &&
+         a.max_window_ns == b.max_window_ns && a.min_samples == b.min_samples &&
+         a.min_rtt_threshold_ns == b.min_rtt_threshold_ns &&
+         a.baseline_period == b.baseline_period;
+}
+
+std::vector<LimiterWaiter> KeyLimiter::SetLimitLocked(
+    int next, int64_t now_ns, std::optional<LimitChange>* change) {
+  const int current = gate_.limit();
+  if (next == current) return {};
+  ++changes_;
+  LimitChange c{key_,           now_ns, current, next, gate_.in_flight(),
+                gate_.waiting()};
+  history_.push_back(c);
+  while (history_.size() > kHistory) history_.pop_front();
+  *change = std::move(c);
+  return gate_.SetLimit(next);
+}
+
+std::vector<LimiterWaiter> KeyLimiter::Sample(int64_t start_ns, int64_t rtt_ns,
+                                              int inflight, bool drop,
+                                              int64_t now_ns) {
+  if (mode_.load(std::memory_order_acquire) != Mode::kAdaptive) return {};
+  if (!drop && rtt_ns < min_rtt_threshold_ns_.load(std::memory_order_relaxed))
+    return {};
+  std::vector<LimiterWaiter> woken;
+  std::optional<LimitChange> change;
+  {
+    MutexLock lock(&mu_);
+    if (algorithm_ == nullptr) return {};
+    ++samples_;
+    if (drop) ++drops_;
+    const int next = algorithm_->OnSample(start_ns, rtt_ns, inflight, drop);
+    // Under mu_, so limit changes reach the gate in sample order.
+    woken = SetLimitLocked(next, now_ns, &change);
+  }
+  if (change && observer_) observer_(*change);
+  return woken;
+}
+
+std::vector<LimiterWaiter> KeyLimiter::Configure(
+    Mode mode, int fixed_limit, const BaselineGradientLimit::Options& adaptive,
+    int64_t now_ns) {
+  std::vector<LimiterWaiter> woken;
+  std::optional<LimitChange> change;
+  {
+    MutexLock lock(&mu_);
+    const Mode old = mode_.load(std::memory_order_relaxed);
+    int next = gate_.limit();
+    if (mode == Mode::kAdaptive) {
+      if (old != Mode::kAdaptive || algorithm_ == nullptr ||
+          !SameOptions(options_, adaptive)) {
+        algorithm_ = std::make_unique<BaselineGradientLimit>(
+            *BaselineGradientLimit::Create(adaptive));
+      }
+      next = algorithm_->limit();
+    } else {
+      algorithm_.reset();
+      next = mode == Mode::kFixed ? fixed_limit : kUnlimited;
+    }
+    options_ = adaptive;
+    fixed_limit_ = fixed_limit;
+    min_rtt_threshold_ns_.store(adaptive.min_rtt_threshold_ns,
+                                std::memory_order_relaxed);
+    mode_.store(mode, std::memory_order_release);
+    woken = SetLimitLocked(next, now_ns, &change);
+  }
+  if (change && observer_) observer_(*change);
+  return woken;
+}
+
+KeyLimiter::Snapshot KeyLimiter::snapshot() const {
+  Snapshot s;
+  s.key = key_;
+  s.mode = mode();
+  s.limit = gate_.limit();
+  s.in_flight = gate_.in_flight();
+  s.waiting = gate_.waiting();
+  s.counters = gate_.counters();
+  MutexLock lock(&mu_);
+  s.changes = changes_;
+  s.samples = samples_;
+  s.drops = drops_;
+  if (algorithm_ != nullptr) {
+    s.estimated_limit = algorithm_->estimated_limit();
+    s.baseline_rtt_ns = algorithm_->baseline_rtt_ns();
+    s.last_window_rtt_ns = algorithm_->last_window_rtt_ns();
+    s.windows = algorithm_->windows();
+    s.slow_start = algorithm_->slow_start();
+  }
+  return s;
+}
+
+std::vector<LimitChange> KeyLimiter::history() const {
+  MutexLock lock(&mu_);
+  return {history_.begin(), history_.end()};
+}
+
+KeyLimiter* LimiterRegistry::GetOrCreate(
+    const std::string& key, KeyLimiter::Mode mode, int fixed_limit,
+    const BaselineGradientLimit::Options& adaptive) {
+  MutexLock lock(&mu_);
+  auto it = limiters_.find(key);
+  if (it != limiters_.end()) return it->second.get();
+  auto l =
+      std::make_unique<KeyLimiter>(key, mode, fixed_limit, adaptive, observer_);
+  KeyLimiter* out = l.get();
+  limiters_.emplace(key, std::move(l));
+  return out;
+}
+
+KeyLimiter* LimiterRegistry::Find(const std::string& key) const {
+  MutexLock lock(&mu_);
+  auto it = limiters_.find(key);
+  return it == limiters_.end() ? nullptr : it->second.get();
+}
+
+std::vector<KeyLimiter*> LimiterRegistry::All() const {
+  MutexLock lock(&mu_);
+  std::vector<KeyLimiter*> out;
+  out.reserve(limiters_.size());
+  for (const auto& [k, l] : limiters_) out.push_back(l.get());
+  return out;
+}
+
+}  // namespace caudal

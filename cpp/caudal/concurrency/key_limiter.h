@@ -1,0 +1,167 @@
+// KeyLimiter: the executor's concurrency limit for one key (a backend, by
+// default a step's name), fixed or adaptive, and LimiterRegistry, the
+// executor's table of them.
+//
+// A KeyLimiter is a FIFO ConcurrencyGate plus, in adaptive mode, a
+// BaselineGradientLimit fed one sample per attempt (its rtt, the in-flight
+// count when its permit was granted, and whether it failed from overload).
+// Limit changes are recorded in a bounded history (for plots and stats) and
+// reported to an observer (the executor publishes them as events).
+//
+//   if (lim.TryAcquire() || lim.AcquireOrEnqueue(w)) run();  else await w;
+//   ... woken = lim.Sample(start, rtt, inflight, drop, now);  // wake them
+//   if (auto next = lim.Release()) wake(*next);
+//
+// Thread-safety: all methods from any thread. The observer is called with no
+// lock held, on the thread whose sample changed the limit.
+// Cost: acquire and release are the gate's lock-free fast path. A sample
+// that cannot matter (fast and successful, or a fixed limit) returns before
+// taking the lock; others take it for a few additions (a window closing
+// costs a few more floating-point operations).
+#ifndef CAUDAL_CONCURRENCY_KEY_LIMITER_H_
+#define CAUDAL_CONCURRENCY_KEY_LIMITER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "caudal/base/mutex.h"
+#include "caudal/concurrency/concurrency_gate.h"
+#include "caudal/concurrency/limit_algorithms.h"
+
+namespace caudal {
+
+// An opaque waiter owned by the caller (the bindings: an asyncio future).
+using LimiterWaiter = std::shared_ptr<void>;
+
+struct LimitChange {
+  std::string key;
+  int64_t at_ns = 0;
+  int from = 0;
+  int to = 0;
+  int in_flight = 0;  // when the limit changed
+  int waiting = 0;
+};
+
+class KeyLimiter {
+ public:
+  enum class Mode : uint8_t { kFixed, kAdaptive, kUnlimited };
+
+  struct Snapshot {
+    std::string key;
+    Mode mode = Mode::kUnlimited;
+    int limit = 0;
+    int in_flight = 0;
+    int waiting = 0;
+    GateCounters counters;
+    int64_t changes = 0;
+    // Adaptive mode only.
+    double estimated_limit = 0;
+    double baseline_rtt_ns = 0;
+    double last_window_rtt_ns = 0;
+    int64_t windows = 0;
+    int64_t samples = 0;
+    int64_t drops = 0;
+    bool slow_start = false;
+  };
+
+  static constexpr int kUnlimited = 1 << 30;
+  static constexpr size_t kHistory = 512;
+
+  using Observer = std::function<void(const LimitChange&)>;
+
+  // `adaptive` is used in Mode::kAdaptive (it must be valid); `fixed_limit`
+  // in Mode::kFixed.
+  KeyLimiter(std::string key, Mode mode, int fixed_limit,
+             const BaselineGradientLimit::Options& adaptive,
+             Observer observer = nullptr);
+  KeyLimiter(const KeyLimiter&) = delete;
+  KeyLimiter& operator=(const KeyLimiter&) = delete;
+
+  const std::string& key() const { return key_; }
+  Mode mode() const { return mode_.load(std::memory_order_acquire); }
+
+  bool TryAcquire() { return gate_.TryAcquire(); }
+  bool AcquireOrEnqueue(LimiterWaiter w) {
+    return gate_.AcquireOrEnqueue(std::move(w));
+  }
+  std::optional<LimiterWaiter> Release() { return gate_.Release(); }
+  bool Cancel(const LimiterWaiter& w) { return gate_.Cancel(w); }
+
+  // One finished attempt. Returns the waiters handed permits by a limit the
+  // sample raised, for the caller to wake.
+  std::vector<LimiterWaiter> Sample(int64_t start_ns, int64_t rtt_ns,
+                                    int inflight, bool drop, int64_t now_ns);
+
+  // Changes mode and settings (a config change). Adaptive state restarts
+  // only if the adaptive options or the mode changed. Returns waiters
+  // handed permits by a raised limit.
+  std::vector<LimiterWaiter> Configure(
+      Mode mode, int fixed_limit,
+      const BaselineGradientLimit::Options& adaptive, int64_t now_ns);
+
+  int limit() const { return gate_.limit(); }
+  int in_flight() const { return gate_.in_flight(); }
+  int waiting() const { return gate_.waiting(); }
+  Snapshot snapshot() const;
+  std::vector<LimitChange> history() const;
+
+ private:
+  // Applies a new limit under mu_; fills `change` when it moved.
+  std::vector<LimiterWaiter> SetLimitLocked(int next, int64_t now_ns,
+                                            std::optional<LimitChange>* change)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static bool SameOptions(const BaselineGradientLimit::Options& a,
+                          const BaselineGradientLimit::Options& b);
+
+  const std::string key_;
+  const Observer observer_;
+  std::atomic<Mode> mode_;
+  ConcurrencyGate<LimiterWaiter> gate_;
+  mutable Mutex mu_;
+  int fixed_limit_ ABSL_GUARDED_BY(mu_);
+  BaselineGradientLimit::Options options_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<BaselineGradientLimit> algorithm_ ABSL_GUARDED_BY(mu_);
+  // Cheap pre-check outside the lock: fast successful samples are ignored.
+  std::atomic<int64_t> min_rtt_threshold_ns_;
+  int64_t samples_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t drops_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t changes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<LimitChange> history_ ABSL_GUARDED_BY(mu_);
+};
+
+// The executor's limiters by key. Limiters live as long as the registry
+// (records and step entries keep raw pointers to them).
+class LimiterRegistry {
+ public:
+  explicit LimiterRegistry(KeyLimiter::Observer observer = nullptr)
+      : observer_(std::move(observer)) {}
+
+  // The key's limiter, created in `mode` if new; an existing one is
+  // returned as it is (change it with KeyLimiter::Configure).
+  KeyLimiter* GetOrCreate(const std::string& key, KeyLimiter::Mode mode,
+                          int fixed_limit,
+                          const BaselineGradientLimit::Options& adaptive);
+  std::vector<KeyLimiter*> All() const;
+  KeyLimiter* Find(const std::string& key) const;
+
+ private:
+  const KeyLimiter::Observer observer_;
+  mutable Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<KeyLimiter>> limiters_
+      ABSL_GUARDED_BY(mu_);
+};
+
+const char* LimiterModeName(KeyLimiter::Mode mode);
+
+}  // namespace caudal
+
+#endif  // CAUDAL_CONCURRENCY_KEY_LIMITER_H_
