@@ -37,6 +37,7 @@ void RegisterExecutor(py::module_& m);
 void RegisterCache(py::module_& m);
 void RegisterPipeline(py::module_& m);
 void RegisterContext(py::module_& m);
+void RegisterPool(py::module_& m);
 
 }  // namespace caudal::bindings
 

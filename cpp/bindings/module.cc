@@ -48,4 +48,5 @@ PYBIND11_MODULE(_core, m) {
   caudal::bindings::RegisterCache(m);
   caudal::bindings::RegisterPipeline(m);
   caudal::bindings::RegisterContext(m);
+  caudal::bindings::RegisterPool(m);
 }

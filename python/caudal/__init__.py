@@ -19,6 +19,7 @@ from caudal.errors import (
     DuplicateStepError,
     OverloadedError,
     PipelineDefinitionError,
+    PoolTimeoutError,
     QueueFullError,
     RunNotFoundError,
     UsageLimitExceededError,
@@ -35,6 +36,7 @@ from caudal.pipeline import (
     current_run,
 )
 from caudal.resilience import RetryStrategy
+from caudal.worker_pool import WorkerPool
 from caudal.yaml_pipeline import load_pipeline
 
 __version__ = "0.1.0"
@@ -58,6 +60,7 @@ __all__ = [
     "Pipeline",
     "PipelineDefinitionError",
     "PipelineRun",
+    "PoolTimeoutError",
     "PostgresStore",
     "QueueFullError",
     "RetryStrategy",
@@ -71,6 +74,7 @@ __all__ = [
     "UsageLimitExceededError",
     "UsageLimits",
     "WithUsage",
+    "WorkerPool",
     "as_context",
     "current_run",
     "load_pipeline",

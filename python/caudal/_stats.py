@@ -55,6 +55,8 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
             "in_flight": engine.in_flight,
             # seed 001's concurrency_level: executions in flight now
             "concurrency_level": engine.in_flight,
+            # the pool running sync steps (None until the first one ran)
+            "worker_pool": executor._pool.stats() if executor._pool is not None else None,
         },
         "circuit_breaker": _breaker_section(engine, cfg),
         "error_handling": _error_section(engine, cfg, total),

@@ -52,6 +52,11 @@ class QueueFullError(CaudalError):
     """The worker pool's bounded queue is full ("task queue is full")."""
 
 
+class PoolTimeoutError(CaudalError, TimeoutError):
+    """A task waited in a worker pool's queue longer than its task timeout
+    and was not run."""
+
+
 class OverloadedError(CaudalError):
     """Raise it from a step when its backend says it is overloaded (HTTP 429
     or 503, "too many requests", a full queue downstream). Like timeouts,
@@ -222,6 +227,7 @@ __all__ = [
     "DuplicateStepError",
     "OverloadedError",
     "PipelineDefinitionError",
+    "PoolTimeoutError",
     "QueueFullError",
     "RunNotFoundError",
     "UsageLimitExceededError",

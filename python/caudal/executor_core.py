@@ -17,6 +17,7 @@ from typing import Any
 from caudal._core import Engine, OptimizationConfig, StepResult
 from caudal.errors import CaudalError, ConfigurationError
 from caudal.resilience import RetryStrategy
+from caudal.worker_pool import WorkerPool, default_workers
 
 
 class StepTimeoutError(CaudalError, TimeoutError):
@@ -86,6 +87,14 @@ def _interactive() -> bool:
         return False
 
 
+def _pool_settings(cfg: OptimizationConfig) -> tuple:
+    return (
+        cfg.worker_pool_size,
+        cfg.worker_pool_queue_size,
+        cfg.worker_pool_task_timeout_seconds,
+    )
+
+
 def _checked(config: OptimizationConfig | None) -> OptimizationConfig:
     if config is None:
         return OptimizationConfig()
@@ -106,7 +115,16 @@ class ExecutorCore:
     several threads.
     """
 
-    __slots__ = ("_begin", "_engine", "_failed", "_l2", "_l2_writes", "_succeed")
+    __slots__ = (
+        "_begin",
+        "_engine",
+        "_failed",
+        "_l2",
+        "_l2_writes",
+        "_own_pool",
+        "_pool",
+        "_succeed",
+    )
 
     def __init__(
         self,
@@ -114,12 +132,16 @@ class ExecutorCore:
         *,
         retry_strategy: RetryStrategy | None = None,
         cache_l2: Any = None,
+        worker_pool: WorkerPool | None = None,
     ) -> None:
         """``retry_strategy`` is the default for steps that set neither
         ``retry`` nor ``max_retries`` (without it they get one attempt).
         ``cache_l2`` is a shared cache tier behind the in-process one (a
         :class:`caudal.cache_redis.RedisCacheTier`, or any object with its
-        async ``get``/``set``/``invalidate_tag``/``invalidate_group``/``clear``)."""
+        async ``get``/``set``/``invalidate_tag``/``invalidate_group``/``clear``).
+        ``worker_pool`` runs sync steps (default: a pool of this executor's
+        own, made at the first sync step from the ``worker_pool_*`` config
+        fields)."""
         engine = Engine(_checked(optimization_config))
         self._l2 = cache_l2
         self._l2_writes: set[asyncio.Task] = set()
@@ -132,6 +154,10 @@ class ExecutorCore:
             if not isinstance(retry_strategy, RetryStrategy):
                 raise TypeError("retry_strategy must be a caudal.RetryStrategy")
             engine.set_default_retry(retry_strategy)
+        if worker_pool is not None and not isinstance(worker_pool, WorkerPool):
+            raise TypeError("worker_pool must be a caudal.WorkerPool")
+        self._pool = worker_pool
+        self._own_pool = worker_pool is None
         self._engine = engine
         # Bound once: the hot path then costs one attribute load per call.
         self._begin, self._succeed = engine._fast_calls()
@@ -314,14 +340,26 @@ class ExecutorCore:
                 return None, True
             raise
 
+    def _sync_pool(self) -> WorkerPool:
+        """The pool sync steps run on (made on first use)."""
+        pool = self._pool
+        if pool is None:
+            cfg = self._engine.config
+            pool = self._pool = WorkerPool(
+                workers=cfg.worker_pool_size or default_workers(),
+                queue_size=cfg.worker_pool_queue_size,
+                task_timeout=cfg.worker_pool_task_timeout_seconds or None,
+            )
+        return pool
+
     async def _run_sync(
         self, rec: int, data: Any, context: Any, resources: Any
     ) -> tuple[Any, bool]:
         engine = self._engine
-        loop = asyncio.get_running_loop()
+        pool = self._pool or self._sync_pool()
 
         async def body() -> Any:
-            out = await loop.run_in_executor(None, engine._call, rec, data, context, resources)
+            out = await pool.run(engine._call, rec, data, context, resources)
             if inspect.isawaitable(out):
                 out = await out  # a plain function (a lambda, say) that returned an awaitable
             return out
@@ -504,7 +542,19 @@ class ExecutorCore:
     async def apply_optimization_config(self, config: OptimizationConfig) -> None:
         """Validate and swap the config atomically. Executions in flight finish
         under the config they started with. On error nothing changes."""
-        self._engine.apply_config(_checked(config))
+        self._apply(_checked(config))
+
+    def _apply(self, config: OptimizationConfig) -> None:
+        old = self._engine.config
+        self._engine.apply_config(config)
+        pool = self._pool
+        if self._own_pool and pool is not None and _pool_settings(old) != _pool_settings(config):
+            # The next sync step makes a pool with the new settings; this one
+            # finishes what it has in the background.
+            self._pool = None
+            task = asyncio.get_running_loop().create_task(pool.aclose())
+            self._l2_writes.add(task)
+            task.add_done_callback(self._l2_writes.discard)
 
     def export_config(self, format: str = "json") -> str:  # noqa: A002 - flujo's name
         if format != "json":
@@ -521,7 +571,7 @@ class ExecutorCore:
         if isinstance(text, bytes | bytearray):
             text = text.decode()
         cfg = OptimizationConfig.from_json(text)
-        self._engine.apply_config(cfg)
+        self._apply(cfg)
 
     async def clear_cache(self) -> None:
         """Drop every cached result, in both tiers."""
@@ -559,11 +609,15 @@ class ExecutorCore:
         return len(self._l2_writes)
 
     async def aclose(self) -> None:
-        """Flush pending shared-tier writes and close the tier's connections."""
+        """Flush pending shared-tier writes, close the tier's connections and
+        this executor's own worker pool (its queued sync steps finish first)."""
         await self.flush()
         close = getattr(self._l2, "close", None)
         if close is not None:
             await close()
+        if self._own_pool and self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.aclose()
 
     # ---------------------------------------------------------------- stats
     def get_optimization_stats(self) -> dict[str, dict[str, Any]]:

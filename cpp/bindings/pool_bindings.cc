@@ -1,0 +1,337 @@
+// caudal._core.WorkerPool: the native work-stealing pool
+// (cpp/caudal/concurrency/worker_pool.h) running Python callables, with
+// results handed back to asyncio.
+//
+// A task holds the callable, its arguments and the asyncio future it
+// resolves. On a worker thread it takes the GIL (PyGILState_Ensure: also
+// right on a free-threaded build), calls the callable, and appends the
+// outcome to its event loop's inbox. The first outcome into an empty inbox
+// schedules one drain on the loop with loop.call_soon_threadsafe; outcomes
+// arriving before the drain runs ride along, so a burst of completions
+// costs one wake-up of the loop. The drain, on the loop's thread, resolves
+// the futures (skipping those cancelled meanwhile).
+//
+// Every Python reference a task holds is released with the GIL held: by
+// the worker after the call, by the not-run path (queue timeout, shutdown)
+// after taking the GIL, or by Submit's caller when the pool refuses the
+// task.
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "caudal/concurrency/worker_pool.h"
+#include "common.h"
+
+namespace caudal::bindings {
+namespace {
+
+// A finished task's outcome: the future and its result or exception
+// (owned references).
+struct Outcome {
+  PyObject* future;
+  PyObject* value;
+  bool ok;
+};
+
+// The finished tasks of one event loop, waiting for its drain.
+class Inbox {
+ public:
+  explicit Inbox(py::object loop) : loop_(std::move(loop)) {}
+
+  // With the GIL held. Takes ownership of the outcome's references.
+  void Push(Outcome o) {
+    bool schedule = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      items_.push_back(o);
+      if (!scheduled_) schedule = scheduled_ = true;
+    }
+    if (!schedule) return;
+    static PyObject* name = PyUnicode_InternFromString("call_soon_threadsafe");
+    PyObject* r = PyObject_CallMethodOneArg(loop_.ptr(), name, drain_.ptr());
+    if (r != nullptr) {
+      Py_DECREF(r);
+      return;
+    }
+    // The loop is closed: nobody will ever await these futures.
+    PyErr_Clear();
+    DropAll();
+  }
+
+  // On the loop's thread (the scheduled callback).
+  void Drain() {
+    std::vector<Outcome> items;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      items.swap(items_);
+      scheduled_ = false;
+    }
+    for (const Outcome& o : items) {
+      PyObject* done = PyObject_CallMethod(o.future, "done", nullptr);
+      const bool skip = done == nullptr || PyObject_IsTrue(done) == 1;
+      Py_XDECREF(done);
+      if (done == nullptr) PyErr_Clear();
+      if (!skip) {
+        static PyObject* set_result = PyUnicode_InternFromString("set_result");
+        static PyObject* set_exception =
+            PyUnicode_InternFromString("set_exception");
+        // (OneArg: a tuple result must not be taken for an argument list.)
+        PyObject* r = PyObject_CallMethodOneArg(
+            o.future, o.ok ? set_result : set_exception, o.value);
+        if (r == nullptr) PyErr_WriteUnraisable(o.future);
+        Py_XDECREF(r);
+      }
+      Py_DECREF(o.future);
+      Py_DECREF(o.value);
+    }
+    if (on_drained_ && !on_drained_.is_none() && !items.empty()) {
+      PyObject* r = PyObject_CallFunction(
+          on_drained_.ptr(), "n", static_cast<Py_ssize_t>(items.size()));
+      if (r == nullptr) PyErr_WriteUnraisable(on_drained_.ptr());
+      Py_XDECREF(r);
+    }
+  }
+
+  void set_drain(py::object drain, py::object on_drained) {
+    drain_ = std::move(drain);
+    on_drained_ = std::move(on_drained);
+  }
+  const py::object& loop() const { return loop_; }
+
+ private:
+  void DropAll() {
+    std::vector<Outcome> items;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      items.swap(items_);
+      scheduled_ = false;
+    }
+    for (const Outcome& o : items) {
+      Py_DECREF(o.future);
+      Py_DECREF(o.value);
+    }
+  }
+
+  py::object loop_;
+  py::object drain_;
+  py::object on_drained_;
+  std::mutex mu_;
+  std::vector<Outcome> items_;
+  bool scheduled_ = false;
+};
+
+// What one submitted task holds (raw owned references, released under the
+// GIL as described at the top).
+struct Job {
+  PyObject* fn = nullptr;
+  PyObject* args = nullptr;
+  PyObject* kwargs = nullptr;  // may be null
+  PyObject* future = nullptr;
+  std::shared_ptr<Inbox> inbox;
+
+  // The GIL must be held.
+  void ReleaseCall() {
+    Py_CLEAR(fn);
+    Py_CLEAR(args);
+    Py_CLEAR(kwargs);
+  }
+  // Only reached with references left when the pool refused the task, in
+  // Submit, whose caller holds the GIL.
+  ~Job() {
+    ReleaseCall();
+    Py_CLEAR(future);
+  }
+};
+
+// The current exception as an object carrying its traceback (GIL held).
+PyObject* FetchException() {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb != nullptr && value != nullptr) PyException_SetTraceback(value, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  if (value == nullptr) {
+    Py_INCREF(Py_None);
+    return Py_None;
+  }
+  return value;
+}
+
+class PyWorkerPool {
+ public:
+  PyWorkerPool(int workers, int64_t queue_size, double task_timeout_s,
+               py::object on_drained)
+      : on_drained_(std::move(on_drained)) {
+    WorkerPool::Options o;
+    o.workers = workers;
+    o.queue_size = queue_size;
+    if (task_timeout_s < 0) throw py::value_error("task_timeout must be >= 0");
+    o.task_timeout_ns = static_cast<int64_t>(task_timeout_s * 1e9);
+    auto pool = WorkerPool::Create(std::move(o));
+    if (!pool.ok()) ThrowStatus(pool.status());
+    pool_ = std::move(*pool);
+    queue_full_ = CaudalAttr("caudal.errors", "QueueFullError");
+    timed_out_ = CaudalAttr("caudal.errors", "PoolTimeoutError");
+  }
+
+  ~PyWorkerPool() { Close(/*cancel_pending=*/false); }
+
+  // Queues fn(*args, **kwargs); returns the asyncio future of its result.
+  // Raises QueueFullError at once when the queue is full.
+  py::object submit(py::handle fn, py::tuple args, py::object kwargs) {
+    if (pool_ == nullptr) throw py::value_error("the worker pool is shut down");
+    std::shared_ptr<Inbox> inbox = InboxFor();
+    py::object fut = inbox->loop().attr("create_future")();
+    auto job = std::make_shared<Job>();
+    job->fn = py::reinterpret_borrow<py::object>(fn).release().ptr();
+    job->args = args.release().ptr();
+    job->kwargs = kwargs.is_none() ? nullptr : kwargs.release().ptr();
+    job->future = py::object(fut).release().ptr();
+    job->inbox = std::move(inbox);
+    WorkerPool::Task task;
+    task.run = [job]() {
+      PyGILState_STATE g = PyGILState_Ensure();
+      PyObject* res = PyObject_Call(job->fn, job->args, job->kwargs);
+      Outcome o{job->future, res, res != nullptr};
+      if (res == nullptr) o.value = FetchException();
+      job->future = nullptr;  // owned by the outcome now
+      job->ReleaseCall();
+      job->inbox->Push(o);
+      job->inbox.reset();  // its last reference may be this one
+      PyGILState_Release(g);
+      return absl::OkStatus();  // a Python exception is a result, not a failure
+    };
+    task.on_done = [job, timed_out = timed_out_.ptr()](absl::Status s) {
+      if (s.ok()) return;  // run() delivered the outcome
+      PyGILState_STATE g = PyGILState_Ensure();
+      PyObject* exc =
+          s.code() == absl::StatusCode::kDeadlineExceeded
+              ? PyObject_CallFunction(timed_out, "s",
+                                      std::string(s.message()).c_str())
+              : PyObject_CallFunction(
+                    CancelledErrorType(), "s",
+                    "the worker pool shut down before the task started");
+      if (exc == nullptr) exc = FetchException();
+      Outcome o{job->future, exc, false};
+      job->future = nullptr;
+      job->ReleaseCall();
+      job->inbox->Push(o);
+      job->inbox.reset();
+      PyGILState_Release(g);
+    };
+    const absl::Status st = pool_->Submit(std::move(task));
+    if (st.ok()) return fut;
+    // Refused: the task (and the job's references) were destroyed in Submit.
+    if (st.code() == absl::StatusCode::kResourceExhausted) {
+      PyErr_SetObject(queue_full_.ptr(),
+                      py::str(std::string(st.message())).ptr());
+      throw py::error_already_set();
+    }
+    ThrowStatus(st);
+  }
+
+  // Stops accepting tasks and joins the workers (the GIL is released while
+  // waiting). Queued tasks run first unless cancel_pending; then their
+  // futures get CancelledError.
+  void Close(bool cancel_pending) {
+    if (pool_ == nullptr) return;
+    std::unique_ptr<WorkerPool> pool = std::move(pool_);
+    if (pool->InWorkerThread()) {
+      // Dropped from one of its own tasks: a worker cannot join itself.
+      pool->Shutdown(/*drain=*/!cancel_pending);  // only starts it
+      std::thread([p = pool.release()] { delete p; }).detach();
+      return;
+    }
+    const bool have_gil = PyGILState_Check() == 1;
+    if (have_gil) {
+      py::gil_scoped_release release;
+      pool->Shutdown(/*drain=*/!cancel_pending);
+      pool.reset();
+    } else {
+      pool->Shutdown(/*drain=*/!cancel_pending);
+      pool.reset();
+    }
+  }
+
+  py::dict stats() const {
+    py::dict d;
+    d["workers"] = pool_ ? pool_->workers() : 0;
+    d["queue_size"] = pool_ ? pool_->queue_size() : 0;
+    d["accepting"] = pool_ != nullptr && pool_->accepting();
+    if (pool_ == nullptr) return d;
+    const WorkerPool::Stats s = pool_->stats();
+    d["active"] = s.active;
+    d["queued"] = s.queued;
+    d["sleeping"] = s.sleeping;
+    d["completed"] = s.completed;
+    d["failed"] = s.failed;
+    d["rejected"] = s.rejected;
+    d["timed_out"] = s.timed_out;
+    d["cancelled"] = s.cancelled;
+    d["steals"] = s.steals;
+    d["average_latency_ms"] = s.average_latency_ns() / 1e6;
+    return d;
+  }
+
+  bool closed() const { return pool_ == nullptr; }
+
+ private:
+  static PyObject* CancelledErrorType() {
+    static PyObject* t =
+        py::object(py::module_::import("asyncio").attr("CancelledError"))
+            .release()
+            .ptr();
+    return t;
+  }
+
+  // The inbox of the running loop (created on first use; inboxes of closed
+  // loops are dropped then).
+  std::shared_ptr<Inbox> InboxFor() {
+    py::object loop = py::module_::import("asyncio").attr("get_running_loop")();
+    for (auto it = inboxes_.begin(); it != inboxes_.end();) {
+      if ((*it)->loop().is(loop)) return *it;
+      if ((*it)->loop().attr("is_closed")().cast<bool>()) {
+        it = inboxes_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    auto inbox = std::make_shared<Inbox>(loop);
+    std::weak_ptr<Inbox> weak = inbox;
+    py::cpp_function drain([weak] {
+      if (auto in = weak.lock()) in->Drain();
+    });
+    inbox->set_drain(drain, on_drained_);
+    inboxes_.push_back(inbox);
+    return inbox;
+  }
+
+  std::unique_ptr<WorkerPool> pool_;
+  py::object on_drained_;
+  py::object queue_full_;
+  py::object timed_out_;
+  std::vector<std::shared_ptr<Inbox>> inboxes_;  // GIL-guarded
+};
+
+}  // namespace
+
+void RegisterPool(py::module_& m) {
+  py::class_<PyWorkerPool>(m, "WorkerPool",
+                           "Native work-stealing thread pool (internal; use "
+                           "caudal.WorkerPool).")
+      .def(py::init<int, int64_t, double, py::object>(), py::arg("workers"),
+           py::arg("queue_size"), py::arg("task_timeout_s"),
+           py::arg("on_drained") = py::none())
+      .def("submit", &PyWorkerPool::submit, py::arg("fn"), py::arg("args"),
+           py::arg("kwargs") = py::none())
+      .def("close", &PyWorkerPool::Close, py::arg("cancel_pending") = false)
+      .def("stats", &PyWorkerPool::stats)
+      .def_property_readonly("closed", &PyWorkerPool::closed);
+}
+
+}  // namespace caudal::bindings
