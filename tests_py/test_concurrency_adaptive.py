@@ -182,7 +182,7 @@ async def test_adaptive_limit_grows_while_latency_holds():
     assert k["limit"] > 2 and k["limit_changes"] >= 1
     history = ex.concurrency_history()
     assert history and history[0]["key"] == "wide" and history[0]["from"] == 2
-    assert all(h["to"] >= h["from"] for h in history)  # only growth
+    assert history[0]["to"] > 2  # slow start: the first change is growth
 
 
 async def test_adaptive_limit_finds_the_capacity_of_an_overloaded_backend():

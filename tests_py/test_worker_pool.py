@@ -114,6 +114,7 @@ async def test_a_cancelled_caller_does_not_lose_the_pool():
         await task
     assert await p.run(lambda: "still works") == "still works"
     await p.aclose()
+    assert p.stats()["completed"] == 2
     assert p.stats()["accepting"] is False
 
 
@@ -124,6 +125,7 @@ async def test_counters_under_stress(pool):
     results = await asyncio.gather(*(client(k * 1000) for k in range(10)))
     for k, r in enumerate(results):
         assert r == [i + k * 1000 for i in range(500)]
+    await pool.aclose()  # joined: the counters are final
     s = pool.stats()
     assert s["completed"] == 5000 and s["queued"] == 0 and s["active"] == 0
     assert s["failed"] == 0 and s["average_latency_ms"] > 0
@@ -169,9 +171,12 @@ async def test_sync_steps_run_on_the_executors_pool():
     results = await ex.execute_many(Step(blocking, "b"), range(40))
     assert [r.output for r in results] == [x * 2 for x in range(40)]
     wp = ex.get_optimization_stats()["concurrency"]["worker_pool"]
-    assert wp["workers"] == 3 and wp["queue_size"] == 50 and wp["completed"] == 40
+    assert wp["workers"] == 3 and wp["queue_size"] == 50 and wp["accepting"]
+    pool = ex._pool
     await ex.aclose()
     assert ex.get_optimization_stats()["concurrency"]["worker_pool"] is None
+    final = pool.stats()  # joined: the counters are final
+    assert final["completed"] == 40 and final["workers"] == 3 and not final["accepting"]
 
 
 async def test_sync_step_errors_and_timeouts_still_behave():

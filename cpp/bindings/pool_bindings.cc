@@ -251,20 +251,23 @@ class PyWorkerPool {
     if (have_gil) {
       py::gil_scoped_release release;
       pool->Shutdown(/*drain=*/!cancel_pending);
-      pool.reset();
     } else {
       pool->Shutdown(/*drain=*/!cancel_pending);
-      pool.reset();
     }
+    // The workers are joined: these counters are final.
+    final_ = pool->stats();
+    final_workers_ = pool->workers();
+    final_queue_size_ = pool->queue_size();
+    pool.reset();
   }
 
+  // Counters of a closed pool are its final ones.
   py::dict stats() const {
     py::dict d;
-    d["workers"] = pool_ ? pool_->workers() : 0;
-    d["queue_size"] = pool_ ? pool_->queue_size() : 0;
+    d["workers"] = pool_ ? pool_->workers() : final_workers_;
+    d["queue_size"] = pool_ ? pool_->queue_size() : final_queue_size_;
     d["accepting"] = pool_ != nullptr && pool_->accepting();
-    if (pool_ == nullptr) return d;
-    const WorkerPool::Stats s = pool_->stats();
+    const WorkerPool::Stats s = pool_ ? pool_->stats() : final_;
     d["active"] = s.active;
     d["queued"] = s.queued;
     d["sleeping"] = s.sleeping;
@@ -312,6 +315,9 @@ class PyWorkerPool {
   }
 
   std::unique_ptr<WorkerPool> pool_;
+  WorkerPool::Stats final_;
+  int final_workers_ = 0;
+  int64_t final_queue_size_ = 0;
   py::object on_drained_;
   py::object queue_full_;
   py::object timed_out_;
