@@ -29,6 +29,40 @@
 namespace caudal::bindings {
 namespace {
 
+// Each worker thread keeps its Python thread state between tasks: made by
+// the first task (PyGILState_Ensure), parked with PyEval_SaveThread, resumed
+// with PyEval_RestoreThread, and deleted when the thread ends. Making and
+// deleting one per task (PyGILState_Ensure/Release from a count of zero)
+// would cost microseconds a task.
+thread_local PyThreadState* tls_tstate = nullptr;
+
+bool Finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// Takes the GIL on a worker thread.
+void EnterPython() {
+  if (tls_tstate == nullptr) {
+    PyGILState_Ensure();  // new thread state, count 1, GIL held
+  } else {
+    PyEval_RestoreThread(tls_tstate);
+  }
+}
+
+// Gives the GIL back, keeping the thread state.
+void LeavePython() { tls_tstate = PyEval_SaveThread(); }
+
+void EndWorkerThread() {
+  if (tls_tstate == nullptr || Finalizing()) return;
+  PyEval_RestoreThread(tls_tstate);
+  tls_tstate = nullptr;
+  PyGILState_Release(PyGILState_UNLOCKED);  // count 0: deleted, GIL released
+}
+
 // A finished task's outcome: the future and its result or exception
 // (owned references).
 struct Outcome {
@@ -172,6 +206,7 @@ class PyWorkerPool {
     o.queue_size = queue_size;
     if (task_timeout_s < 0) throw py::value_error("task_timeout must be >= 0");
     o.task_timeout_ns = static_cast<int64_t>(task_timeout_s * 1e9);
+    o.on_thread_exit = EndWorkerThread;
     auto pool = WorkerPool::Create(std::move(o));
     if (!pool.ok()) ThrowStatus(pool.status());
     pool_ = std::move(*pool);
@@ -195,7 +230,7 @@ class PyWorkerPool {
     job->inbox = std::move(inbox);
     WorkerPool::Task task;
     task.run = [job]() {
-      PyGILState_STATE g = PyGILState_Ensure();
+      EnterPython();
       PyObject* res = PyObject_Call(job->fn, job->args, job->kwargs);
       Outcome o{job->future, res, res != nullptr};
       if (res == nullptr) o.value = FetchException();
@@ -203,12 +238,12 @@ class PyWorkerPool {
       job->ReleaseCall();
       job->inbox->Push(o);
       job->inbox.reset();  // its last reference may be this one
-      PyGILState_Release(g);
+      LeavePython();
       return absl::OkStatus();  // a Python exception is a result, not a failure
     };
     task.on_done = [job, timed_out = timed_out_.ptr()](absl::Status s) {
       if (s.ok()) return;  // run() delivered the outcome
-      PyGILState_STATE g = PyGILState_Ensure();
+      EnterPython();
       PyObject* exc =
           s.code() == absl::StatusCode::kDeadlineExceeded
               ? PyObject_CallFunction(timed_out, "s",
@@ -222,7 +257,7 @@ class PyWorkerPool {
       job->ReleaseCall();
       job->inbox->Push(o);
       job->inbox.reset();
-      PyGILState_Release(g);
+      LeavePython();
     };
     const absl::Status st = pool_->Submit(std::move(task));
     if (st.ok()) return fut;

@@ -293,6 +293,35 @@ TEST(WorkerPoolTest, ShutdownFromInsideATaskDoesNotDeadlock) {
   EXPECT_FALSE(pool->accepting());
 }
 
+TEST(WorkerPoolTest, ThreadHooksRunOncePerWorkerOnItsOwnThread) {
+  std::atomic<int> started{0};
+  std::atomic<int> ended{0};
+  std::atomic<bool> wrong_thread{false};
+  WorkerPool* seen = nullptr;
+  WorkerPool::Options o = Opts(3, 100);
+  o.on_thread_start = [&] { started.fetch_add(1); };
+  o.on_thread_exit = [&] {
+    if (seen == nullptr || !seen->InWorkerThread()) wrong_thread = true;
+    ended.fetch_add(1);
+  };
+  auto pool = MakePool(std::move(o));
+  seen = pool.get();
+  std::atomic<int> ran{0};
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(pool->Submit({[&] {
+                                ran.fetch_add(1);
+                                return absl::OkStatus();
+                              },
+                              nullptr})
+                    .ok());
+  }
+  pool->Shutdown(/*drain=*/true);
+  EXPECT_EQ(ran.load(), 50);
+  EXPECT_EQ(started.load(), 3);
+  EXPECT_EQ(ended.load(), 3);
+  EXPECT_FALSE(wrong_thread.load());
+}
+
 TEST(WorkerPoolTest, RefusesBadTasksAndOptions) {
   auto pool = MakePool(Opts(1, 1));
   EXPECT_EQ(pool->Submit({nullptr, nullptr}).code(),

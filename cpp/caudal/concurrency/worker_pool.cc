@@ -156,6 +156,7 @@ void WorkerPool::WakeOne() {
 void WorkerPool::WorkerLoop(int index) {
   tls_pool = this;
   tls_worker = index;
+  if (options_.on_thread_start) options_.on_thread_start();
   Worker& self = *workers_[index];
   for (;;) {
     TaskNode* node = FindTask(self);
@@ -188,6 +189,7 @@ void WorkerPool::WorkerLoop(int index) {
     }
     if (exit) break;
   }
+  if (options_.on_thread_exit) options_.on_thread_exit();
   tls_pool = nullptr;
   tls_worker = -1;
 }

@@ -68,6 +68,11 @@ class WorkerPool {
     // a fake. Called from Submit and from the workers, so it must be
     // thread-safe.
     std::function<int64_t()> clock;
+    // Called on each worker thread as it starts and just before it ends
+    // (the bindings keep a Python thread state per worker between tasks).
+    // May be empty.
+    std::function<void()> on_thread_start;
+    std::function<void()> on_thread_exit;
   };
 
   struct Task {
