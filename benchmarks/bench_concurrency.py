@@ -39,9 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import RESULTS, save  # noqa: E402
-
-from caudal import (  # noqa: E402
+from _harness import RESULTS, save
+from caudal import (
     ExecutorCore,
     OptimizationConfig,
     OverloadedError,

@@ -20,7 +20,8 @@ import atexit
 import os
 import weakref
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from caudal import _core
 from caudal.errors import QueueFullError
