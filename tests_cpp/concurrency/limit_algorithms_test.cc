@@ -388,10 +388,10 @@ TEST(BaselineGradientLimitTest, SlowStartDoublesPerWindowUntilTheFirstCut) {
   EXPECT_EQ(Feed(l, 1, 0, 20 * kMs, 20), 40);
   EXPECT_EQ(l.windows(), 1);
   EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 20.0 * kMs);
-  // Window 2 lasts 2 * 20 ms from 20 ms: samples ending before 60 ms keep it
-  // open however many there are.
-  EXPECT_EQ(Feed(l, 50, 20 * kMs, 20 * kMs, 40), 40);
-  EXPECT_EQ(Feed(l, 1, 40 * kMs, 20 * kMs, 40), 80);
+  // In slow start window 2 lasts one rtt from 20 ms: samples ending before
+  // 40 ms keep it open however many there are.
+  EXPECT_EQ(Feed(l, 50, 10 * kMs, 20 * kMs, 40), 40);
+  EXPECT_EQ(Feed(l, 1, 20 * kMs, 20 * kMs, 40), 80);
   EXPECT_TRUE(l.slow_start());
 }
 
@@ -401,7 +401,7 @@ TEST(BaselineGradientLimitTest, CutsInProportionToTheExcessDelay) {
   ASSERT_EQ(l.limit(), 40);
   // 30 ms against a ceiling of 20 * 1.2 = 24 ms (identical samples: no
   // noise allowance): 40 * 24 / 30 = 32, and slow start ends.
-  // (The window after the first ends at 20 + 2 * 20 = 60 ms.)
+  // (The window after the first ends at 20 + 20 = 40 ms: slow start.)
   EXPECT_EQ(Feed(l, 10, 30 * kMs, 30 * kMs, 40), 32);
   EXPECT_FALSE(l.slow_start());
   // Back at the baseline: additive growth max(1, 5% of 32 = 1.6) -> 33.6.
@@ -415,7 +415,7 @@ TEST(BaselineGradientLimitTest, BacksOffOnDropsWhateverTheLatency) {
   BaselineGradientLimit l;
   Feed(l, 10, 0, 20 * kMs, 20);  // 40
   // A window holding one drop: 40 * 0.9 = 36, even at baseline latency.
-  Feed(l, 9, 20 * kMs, 20 * kMs, 40);
+  Feed(l, 8, 20 * kMs, 20 * kMs, 40);
   EXPECT_EQ(l.OnSample(40 * kMs, 1 * kMs, 40, /*did_drop=*/true), 40);
   EXPECT_EQ(Feed(l, 1, 60 * kMs, 20 * kMs, 40), 36);
   EXPECT_FALSE(l.slow_start());

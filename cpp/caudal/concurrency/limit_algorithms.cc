@@ -374,8 +374,11 @@ int BaselineGradientLimit::OnSample(int64_t start_ns, int64_t rtt_ns,
   if (end_ns < window_end_ns_ || count_ < options_.min_samples) return limit();
   CloseWindow();
   const int64_t basis = ok_count_ > 0 ? ok_min_ns_ : rtt_ns;
-  window_end_ns_ = end_ns + std::clamp(2 * basis, options_.min_window_ns,
-                                       options_.max_window_ns);
+  // Slow start looks again after one round trip (doubling per rtt, as TCP);
+  // later windows span two, to average out noise.
+  const int64_t span = (slow_start_ ? 1 : 2) * basis;
+  window_end_ns_ =
+      end_ns + std::clamp(span, options_.min_window_ns, options_.max_window_ns);
   count_ = ok_count_ = drops_ = 0;
   ok_sum_ns_ = ok_sq_sum_ = 0;
   ok_min_ns_ = INT64_MAX;

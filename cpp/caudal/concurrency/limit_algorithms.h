@@ -290,7 +290,8 @@ class WindowedLimit final : public LimitAlgorithm {
 // overload errors cannot drag the latency estimate down). A window closes
 // at the first sample ending at or after the window's end once it holds
 // min_samples samples; the next window lasts
-// clamp(2 * smallest successful rtt, min_window_ns, max_window_ns).
+// clamp(k * smallest successful rtt, min_window_ns, max_window_ns), with
+// k = 1 in slow start (the limit doubles per round trip) and 2 after.
 // Samples faster than min_rtt_threshold_ns that did not drop are ignored
 // (cache hits and trivial steps carry no signal about a backend).
 //
