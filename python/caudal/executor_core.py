@@ -177,18 +177,28 @@ class ExecutorCore:
         if t.__class__ is StepResult:  # a cache hit
             return t
         rec, aw, mode = t
-        if mode == 0:
+        while True:
+            if mode == 0:
+                try:
+                    out = await aw
+                except Exception as exc:  # noqa: BLE001 - a step failure is a result
+                    return await self._run(rec, exc, 4, data, context, resources)
+                except BaseException:
+                    self._engine._cancel(rec)
+                    raise
+                return self._succeed(rec, out)
+            if mode == 5:  # finished without running: a cache hit, an open breaker
+                return aw
+            if mode != 9:
+                return await self._run(rec, aw, mode, data, context, resources, step)
+            # Over a concurrency limit: wait here, in this frame (a waiting
+            # execution holds no more than this coroutine and its future).
             try:
-                out = await aw
-            except Exception as exc:  # noqa: BLE001 - a step failure is a result
-                return await self._run(rec, exc, 4, data, context, resources)
+                await aw
             except BaseException:
-                self._engine._cancel(rec)
+                self._engine._cancel_wait(step, rec, aw)
                 raise
-            return self._succeed(rec, out)
-        if mode == 5:  # finished without running: a cache hit, an open breaker
-            return aw
-        return await self._run(rec, aw, mode, data, context, resources, step)
+            rec, aw, mode = self._engine._begin_permitted(step, rec, data, context, resources)
 
     async def _run(
         self,
