@@ -187,7 +187,9 @@ class Contender:
     async def context(self, n: int) -> float:
         t0 = time.perf_counter_ns()
         for i in range(n):
-            run = await self.pipeline.run(i, executor=self.ex, context=dict(BIG_CONTEXT), store=False)
+            run = await self.pipeline.run(
+                i, executor=self.ex, context=dict(BIG_CONTEXT), store=False
+            )
             assert run.status == "completed", run.error
         return (time.perf_counter_ns() - t0) / n / 1000
 
@@ -408,7 +410,10 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
     flujo = res.get("flujo ExecutorCore")
     allon = res["all on"]
     if flujo:
-        lines += ["| metric | caudal all on | flujo ExecutorCore | caudal faster by |", "|---|---|---|---|"]
+        lines += [
+            "| metric | caudal all on | flujo ExecutorCore | caudal faster by |",
+            "|---|---|---|---|",
+        ]
         for m in METRICS:
             if m in flujo:
                 lines.append(
@@ -494,14 +499,19 @@ async def main(quick: bool) -> int:
         flujo = Contender("flujo ExecutorCore", flujo=FlujoCalls())
         await check(flujo)
     except Exception as e:  # noqa: BLE001 - reported, never hidden
-        print(f"flujo unavailable ({type(e).__name__}: {e}); its rows are left out", file=sys.stderr)
+        print(
+            f"flujo unavailable ({type(e).__name__}: {e}); its rows are left out", file=sys.stderr
+        )
         flujo = None
     if flujo is not None:
         twin = Contender("baseline in flujo's block", cfgs["baseline (all off)"])
         fres = await matrix([flujo, twin], max(3, rounds // 2), quick)
         scaled = {}
         for m, v in fres["flujo ExecutorCore"].items():
-            scale = res["baseline (all off)"][m]["median"] / fres["baseline in flujo's block"][m]["median"]
+            scale = (
+                res["baseline (all off)"][m]["median"]
+                / fres["baseline in flujo's block"][m]["median"]
+            )
             scaled[m] = {k: x * scale for k, x in v.items()}
         flujo_scale = statistics.median(
             res["baseline (all off)"][m]["median"] / fres["baseline in flujo's block"][m]["median"]

@@ -333,3 +333,46 @@ def test_single_flight_across_event_loops_in_threads():
     for t in threads:
         t.join()
     assert [r.output for r in results] == [42, 42, 42] and calls == [41]
+
+
+# ----------------------------------------------------- cache admission
+
+
+async def test_caching_a_cheap_step_whose_inputs_never_repeat_is_skipped():
+    ex = cached_executor()
+    fn = Counted(lambda x: x + 1)
+    step = Step(fn, "cheap")
+    results = [await ex.execute(step, i) for i in range(2000)]
+    assert [r.output for r in results] == [i + 1 for i in range(2000)]
+    s = ex.get_optimization_stats()["execution"]["steps"]["cheap"]
+    # After the first 256 lookups found nothing, most executions skip the
+    # cache; one in 16 still looks, to notice if inputs start repeating.
+    assert s["cache_bypassed"] > 1000
+    assert s["cache_misses"] + s["cache_bypassed"] == 2000
+
+
+async def test_a_forced_cache_and_an_expensive_step_are_never_skipped():
+    async def slow(x):
+        await asyncio.sleep(0.0002)
+        return x
+
+    ex = cached_executor()
+    forced = Step(Counted(), "forced", cache=True)
+    expensive = Step(slow, "expensive")
+    for i in range(300):
+        await ex.execute(forced, i)
+        await ex.execute(expensive, i)
+    steps = ex.get_optimization_stats()["execution"]["steps"]
+    assert steps["forced"]["cache_bypassed"] == 0
+    assert steps["expensive"]["cache_bypassed"] == 0
+    assert steps["forced"]["cache_misses"] == 300
+
+
+async def test_a_cheap_step_that_hits_keeps_its_cache():
+    ex = cached_executor()
+    fn = Counted()
+    step = Step(fn, "repeats")
+    for i in range(1000):
+        await ex.execute(step, i % 10)
+    s = ex.get_optimization_stats()["execution"]["steps"]["repeats"]
+    assert s["cache_bypassed"] == 0 and fn.calls == 10

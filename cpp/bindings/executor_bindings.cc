@@ -166,7 +166,7 @@ class Engine {
     const OptimizationConfig* cfg = core_.current_config();
     bool lead = false, flight = false;
     Key128 key{};
-    if (Executor::CacheEnabled(*e, *cfg)) {
+    if (Executor::UseCache(*e, *cfg)) {
       py::object extra;
       if (!e->cache_context.is_none())
         extra = ContextFields(e->cache_context, context);
@@ -1042,6 +1042,7 @@ class Engine {
     d["cache_misses"] = s.cache_misses;
     d["uncacheable"] = s.uncacheable;
     d["shared_flights"] = s.shared_flights;
+    d["cache_bypassed"] = s.cache_bypassed;
     d["in_flight"] = s.in_flight;
     const auto& h = s.latency;
     d["avg_time_ms"] = h.MeanNs() / 1e6;

@@ -345,12 +345,57 @@ bool Executor::CacheEnabled(const StepEntry& step,
   return config.enable_cache_optimization;
 }
 
+bool Executor::UseCache(StepEntry& step, const OptimizationConfig& config) {
+  if (!CacheEnabled(step, config)) return false;
+  if (step.spec.cache == StepSwitch::kOn) return true;  // forced: always
+  if (!step.cache_bypass.load(std::memory_order_relaxed)) return true;
+  if (step.cache_probe.fetch_add(1, std::memory_order_relaxed) %
+          kCacheProbeEvery ==
+      0) {
+    return true;
+  }
+  step.stats->cache_bypassed.fetch_add(1, std::memory_order_relaxed);
+  return false;
+}
+
+// Decides from the lookups since the last decision whether caching the step
+// pays: the time hits save (hit rate x (latency of an execution that misses
+// - latency of a hit)) against what a lookup and a store cost.
+static void ReassessCache(StepEntry& step) {
+  const StepStats& s = *step.stats;
+  const uint64_t hits = s.cache_hits.load(std::memory_order_relaxed) +
+                        s.shared_flights.load(std::memory_order_relaxed);
+  const uint64_t lookups = s.cache_hits.load(std::memory_order_relaxed) +
+                           s.cache_misses.load(std::memory_order_relaxed);
+  const uint64_t dh = hits - step.admission_hits.exchange(hits);
+  const uint64_t dl = lookups - step.admission_lookups.exchange(lookups);
+  if (dl == 0) return;
+  const double hit_rate = std::min(1.0, static_cast<double>(dh) / dl);
+  const uint64_t n = s.latency.count();
+  const uint64_t n_hit = s.hit_executions.load(std::memory_order_relaxed);
+  if (n <= n_hit) return;  // no execution that ran the step has finished yet
+  const double hit_sum =
+      static_cast<double>(s.hit_latency_ns.load(std::memory_order_relaxed));
+  const double miss_latency =
+      (static_cast<double>(s.latency.sum_ns()) - hit_sum) /
+      static_cast<double>(n - n_hit);
+  const double hit_latency = n_hit ? hit_sum / static_cast<double>(n_hit) : 0;
+  const bool pays =
+      hit_rate * (miss_latency - hit_latency) >= Executor::kCacheLookupCostNs ||
+      miss_latency >= Executor::kAlwaysCacheNs;
+  step.cache_bypass.store(!pays, std::memory_order_relaxed);
+}
+
 absl::optional<CachedValue> Executor::CacheLookup(
     StepEntry& step, const Key128& key, int64_t now_ns,
     std::vector<CachedValue>* dropped) {
   absl::optional<CachedValue> v = cache_.Get(key, now_ns, dropped);
-  (v ? step.stats->cache_hits : step.stats->cache_misses)
-      .fetch_add(1, std::memory_order_relaxed);
+  StepStats& s = *step.stats;
+  const uint64_t n =
+      (v ? s.cache_hits : s.cache_misses)
+          .fetch_add(1, std::memory_order_relaxed) +
+      1 + (v ? s.cache_misses : s.cache_hits).load(std::memory_order_relaxed);
+  if (n % 256 == 0) ReassessCache(step);
   return v;
 }
 
@@ -359,6 +404,9 @@ void Executor::RecordCacheHit(StepEntry& step, int64_t latency_ns) {
   s->executions.fetch_add(1, std::memory_order_relaxed);
   s->successes.fetch_add(1, std::memory_order_relaxed);
   s->latency.Record(latency_ns);
+  s->hit_executions.fetch_add(1, std::memory_order_relaxed);
+  s->hit_latency_ns.fetch_add(latency_ns > 0 ? latency_ns : 0,
+                              std::memory_order_relaxed);
 }
 
 void Executor::RecordUncacheable(StepEntry& step, absl::string_view reason) {

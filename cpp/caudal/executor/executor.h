@@ -178,6 +178,17 @@ class Executor {
   // Whether results of this step are cached under `config`.
   static bool CacheEnabled(const StepEntry& step,
                            const OptimizationConfig& config);
+  // Whether this execution goes through the cache (hot path). Like
+  // CacheEnabled, except that a step cached by the config switch (not forced
+  // with Step(cache=True)) whose caching does not pay skips it: one where
+  // hit rate x the step's own latency is below kCacheLookupCostNs and the
+  // step is cheaper than kAlwaysCacheNs. Such a step still takes one
+  // execution in kCacheProbeEvery through the cache, so that the hit rate
+  // keeps being measured; the decision is revisited every 256 lookups.
+  static constexpr double kCacheLookupCostNs = 500;
+  static constexpr double kAlwaysCacheNs = 50'000;
+  static constexpr uint32_t kCacheProbeEvery = 16;
+  static bool UseCache(StepEntry& step, const OptimizationConfig& config);
   // The cached output for `key`, counting the step's hit or miss. Removed
   // (expired) values go to `dropped`, to be destroyed by the caller.
   absl::optional<CachedValue> CacheLookup(StepEntry& step, const Key128& key,

@@ -97,6 +97,12 @@ struct StepEntry : std::enable_shared_from_this<StepEntry> {
   // limiter_gen matches the executor's config generation.
   std::atomic<KeyLimiter*> limiter{nullptr};
   std::atomic<uint64_t> limiter_gen{0};
+  // Cache admission (Executor::UseCache): whether caching this step pays,
+  // reassessed every 256 lookups from the lookups since the last time.
+  std::atomic<bool> cache_bypass{false};
+  std::atomic<uint32_t> cache_probe{0};
+  std::atomic<uint64_t> admission_hits{0};
+  std::atomic<uint64_t> admission_lookups{0};
   const std::string& limit_key() const {
     return spec.limit_key.empty() ? spec.name : spec.limit_key;
   }

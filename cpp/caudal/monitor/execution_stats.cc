@@ -26,15 +26,18 @@ StepStats::Snapshot StepStats::Take() const {
   s.cache_misses = Load(cache_misses);
   s.uncacheable = Load(uncacheable);
   s.shared_flights = Load(shared_flights);
+  s.cache_bypassed = Load(cache_bypassed);
   s.in_flight = in_flight.load(std::memory_order_relaxed);
   s.latency = latency.Take();
   return s;
 }
 
 void StepStats::Reset() {
-  for (auto* a : {&executions, &successes, &failures, &attempts, &retries,
-                  &errors, &recovered, &timeouts, &fallbacks, &cancelled, &slow,
-                  &cache_hits, &rejected}) {
+  for (auto* a :
+       {&executions, &successes, &failures, &attempts, &retries, &errors,
+        &recovered, &timeouts, &fallbacks, &cancelled, &slow, &cache_hits,
+        &rejected, &cache_misses, &uncacheable, &shared_flights,
+        &cache_bypassed, &hit_executions, &hit_latency_ns}) {
     a->store(0, std::memory_order_relaxed);
   }
   latency.Reset();
@@ -57,6 +60,7 @@ void StepStats::Snapshot::Merge(const Snapshot& o) {
   cache_misses += o.cache_misses;
   uncacheable += o.uncacheable;
   shared_flights += o.shared_flights;
+  cache_bypassed += o.cache_bypassed;
   in_flight += o.in_flight;
   latency.Merge(o.latency);
 }

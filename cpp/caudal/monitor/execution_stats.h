@@ -46,6 +46,13 @@ struct StepStats {
   std::atomic<uint64_t> cache_misses{0};
   std::atomic<uint64_t> uncacheable{0};     // input had no stable key
   std::atomic<uint64_t> shared_flights{0};  // got a concurrent leader's result
+  // Ran without the cache because caching did not pay for this step (see
+  // Executor::UseCache).
+  std::atomic<uint64_t> cache_bypassed{0};
+  // Executions answered from the cache (L1, L2 or a shared flight) and the
+  // latency they recorded, to tell a hit's latency from a miss's.
+  std::atomic<uint64_t> hit_executions{0};
+  std::atomic<uint64_t> hit_latency_ns{0};
   std::atomic<uint64_t> rejected{0};  // refused by an open circuit breaker
   std::atomic<int64_t> in_flight{0};
 
@@ -53,7 +60,7 @@ struct StepStats {
     std::string name;
     uint64_t executions, successes, failures, attempts, retries, errors,
         recovered, timeouts, fallbacks, cancelled, slow, cache_hits, rejected,
-        cache_misses, uncacheable, shared_flights;
+        cache_misses, uncacheable, shared_flights, cache_bypassed;
     int64_t in_flight;
     LatencyHistogram::Snapshot latency;
     void Merge(const Snapshot& other);

@@ -70,6 +70,7 @@ class LatencyHistogram {
   Snapshot Take() const;
   void Reset();
   uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+  uint64_t sum_ns() const { return sum_.load(std::memory_order_relaxed); }
 
   static int BucketOf(uint64_t v);
   // Inclusive lower and exclusive upper bound of a bucket, in ns.
