@@ -23,6 +23,7 @@
 
 #include "caudal/executor/executor.h"
 #include "common.h"
+#include "event_bindings.h"
 #include "key_walk.h"
 #include "step_result.h"
 
@@ -887,6 +888,8 @@ class Engine {
   bool l2_ = false;                        // a shared tier is configured
 
  public:
+  Executor& core() { return core_; }
+
   void set_default_retry(py::object r) {
     default_retry_ = std::move(r);
     auto dropped = core_.steps().Clear();  // re-analyse with the new default
@@ -1127,7 +1130,17 @@ void RegisterExecutor(py::module_& m) {
       .def("total_stats", &Engine::total_stats)
       .def("reset_stats", &Engine::reset_stats)
       .def("step_table", &Engine::step_table)
-      .def_property_readonly("in_flight", &Engine::in_flight);
+      .def_property_readonly("in_flight", &Engine::in_flight)
+      .def(
+          "_subscribe_events",
+          [](py::object self, uint32_t mask, size_t capacity,
+             py::object waker) {
+            return SubscribeEvents(self.cast<Engine&>().core().events(), mask,
+                                   capacity, std::move(waker), self);
+          },
+          "A native subscription to this engine's event bus.")
+      .def("event_stats",
+           [](Engine& e) { return EventBusStatsDict(e.core().events()); });
 }
 
 }  // namespace caudal::bindings

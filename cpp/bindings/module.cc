@@ -2,6 +2,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common.h"
+#include "event_bindings.h"
 
 namespace caudal::bindings {
 
@@ -48,4 +49,5 @@ PYBIND11_MODULE(_core, m) {
   caudal::bindings::RegisterCache(m);
   caudal::bindings::RegisterPipeline(m);
   caudal::bindings::RegisterContext(m);
+  caudal::bindings::RegisterEvents(m);
 }

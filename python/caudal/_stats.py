@@ -57,6 +57,7 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
         },
         "circuit_breaker": _breaker_section(engine, cfg),
         "error_handling": _error_section(engine, cfg, total),
+        "events": engine.event_stats(),
         "telemetry": {
             "enabled": cfg.enable_optimized_telemetry,
             "status": "pass-through: span export is not implemented yet",

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace caudal {
@@ -36,6 +37,22 @@ std::shared_ptr<const OptimizationConfig> Executor::config() const {
   return retained_.back();
 }
 
+namespace {
+// "a,b,c": the fields whose values differ (at most ~200 characters).
+std::string ChangedFields(const OptimizationConfig& a,
+                          const OptimizationConfig& b) {
+  std::string out;
+#define CAUDAL_DIFF_FIELD(kind, name, def, doc) \
+  if (a.name != b.name && out.size() < 200) {   \
+    if (!out.empty()) out += ',';               \
+    out += #name;                               \
+  }
+  CAUDAL_CONFIG_FIELDS(CAUDAL_DIFF_FIELD)
+#undef CAUDAL_DIFF_FIELD
+  return out;
+}
+}  // namespace
+
 CircuitBreaker::Options Executor::BreakerOptions(const OptimizationConfig& c) {
   CircuitBreaker::Options o;
   o.failure_threshold = static_cast<int>(c.circuit_breaker_failure_threshold);
@@ -59,9 +76,11 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
   const CircuitBreaker::Options next_opts = BreakerOptions(config);
   const absl::Status opts_ok = next_opts.Validate();
   if (!opts_ok.ok()) return opts_ok;
+  std::string changed;  // names of the fields that changed, for the event
   {
     MutexLock lock(&config_mu_);
     const OptimizationConfig& current = *retained_.back();
+    changed = ChangedFields(current, config);
     const CircuitBreaker::Options cur = BreakerOptions(current);
     const bool breakers_changed =
         cur.failure_threshold != next_opts.failure_threshold ||
@@ -98,7 +117,15 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
                 static_cast<size_t>(config.cache_max_bytes), &dropped)
         .IgnoreError();
   }
-  generation_.fetch_add(1, std::memory_order_acq_rel);
+  const uint64_t gen = generation_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  if (events_.Wants(EventType::kConfigChanged)) {
+    Event e;
+    e.type = EventType::kConfigChanged;
+    e.time_ns = MonotonicNowNs();
+    e.value = static_cast<double>(gen);
+    e.detail = changed;
+    events_.Publish(e);
+  }
   return absl::OkStatus();
 }
 
@@ -121,10 +148,36 @@ CircuitBreaker* Executor::BreakerFor(StepEntry& e,
 void Executor::Note(const StepSpec& spec,
                     const absl::optional<CircuitBreaker::Transition>& t) {
   if (!t.has_value()) return;
-  MutexLock lock(&transitions_mu_);
-  transitions_.push_back(
-      {spec.breaker_key.empty() ? spec.name : spec.breaker_key, *t});
-  while (transitions_.size() > kTransitionLog) transitions_.pop_front();
+  const std::string& name =
+      spec.breaker_key.empty() ? spec.name : spec.breaker_key;
+  {
+    MutexLock lock(&transitions_mu_);
+    transitions_.push_back({name, *t});
+    while (transitions_.size() > kTransitionLog) transitions_.pop_front();
+  }
+  if (events_.Wants(EventType::kBreakerTransition)) {
+    Event e;
+    e.type = EventType::kBreakerTransition;
+    e.time_ns = t->at_ns;
+    e.key = name;
+    e.value = static_cast<double>(t->from);
+    e.value2 = static_cast<double>(t->to);
+    e.detail = absl::StrCat(StateName(t->from), "->", StateName(t->to));
+    events_.Publish(e);
+  }
+}
+
+void Executor::PublishStep(EventType type, const StepEntry& step,
+                           int64_t now_ns, double value, double value2,
+                           absl::string_view detail) {
+  Event e;
+  e.type = type;
+  e.time_ns = now_ns;
+  e.key = step.spec.name;
+  e.value = value;
+  e.value2 = value2;
+  e.detail = std::string(detail);
+  events_.Publish(e);
 }
 
 bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
@@ -159,6 +212,8 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   if (!Admit(r, now_ns)) return r;  // attempt stays 0: rejected
   r->attempt = 1;
   s->attempts.fetch_add(1, std::memory_order_relaxed);
+  if (events_.Wants(EventType::kStepStarted))
+    PublishStep(EventType::kStepStarted, *r->step, now_ns, 1, 0, "");
   return r;
 }
 
@@ -212,6 +267,8 @@ bool Executor::StartAttempt(ExecutionRecord* r, int64_t now_ns) {
   StepStats* s = r->step->stats;
   s->attempts.fetch_add(1, std::memory_order_relaxed);
   s->retries.fetch_add(1, std::memory_order_relaxed);
+  if (events_.Wants(EventType::kStepStarted))
+    PublishStep(EventType::kStepStarted, *r->step, now_ns, r->attempt, 0, "");
   return true;
 }
 
@@ -258,6 +315,10 @@ ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
   }
   if (r->retried_pattern != 0)
     errors_.RecordRetryOutcome(r->retried_pattern, true);
+  if (events_.Wants(EventType::kStepFinished))
+    PublishStep(EventType::kStepFinished, *r->step, now_ns,
+                static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
+                "");
   return Finish(r, now_ns);
 }
 
@@ -270,6 +331,10 @@ ExecutionOutcome Executor::Fail(ExecutionRecord* r, int64_t now_ns,
     r->breaker_pending = false;
     r->breaker->OnIgnored(r->probe);
   }
+  if (events_.Wants(EventType::kStepFailed))
+    PublishStep(EventType::kStepFailed, *r->step, now_ns,
+                static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
+                r->attempt == 0 ? "rejected" : (fell_back ? "fallback" : ""));
   return Finish(r, now_ns);
 }
 
@@ -284,6 +349,10 @@ ExecutionOutcome Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
   s->in_flight.fetch_sub(1, std::memory_order_relaxed);
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
   if (r->breaker_pending) r->breaker->OnIgnored(r->probe);
+  if (events_.Wants(EventType::kStepCancelled))
+    PublishStep(EventType::kStepCancelled, *r->step, now_ns,
+                static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
+                "");
   ExecutionOutcome out;
   Release(r, out);
   return out;
@@ -317,6 +386,8 @@ absl::optional<CachedValue> Executor::CacheLookup(
   absl::optional<CachedValue> v = cache_.Get(key, now_ns, dropped);
   (v ? step.stats->cache_hits : step.stats->cache_misses)
       .fetch_add(1, std::memory_order_relaxed);
+  const EventType t = v ? EventType::kCacheHit : EventType::kCacheMiss;
+  if (events_.Wants(t)) PublishStep(t, step, now_ns, 0, 0, "");
   return v;
 }
 

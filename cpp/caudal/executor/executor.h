@@ -43,6 +43,7 @@
 #include "caudal/resilience/circuit_breaker.h"
 #include "caudal/resilience/error_patterns.h"
 #include "caudal/resilience/retry_policy.h"
+#include "caudal/telemetry/event_bus.h"
 
 namespace caudal {
 
@@ -142,6 +143,11 @@ class Executor {
   const StepTable& steps() const { return steps_; }
   StatsRegistry& stats() { return stats_; }
   const StatsRegistry& stats() const { return stats_; }
+  // The executor's event bus (telemetry/event_bus.h). The core publishes
+  // config_changed, breaker_transition and, when subscribed, the step and
+  // cache events; other components publish theirs (limit_changed, ...).
+  EventBus& events() { return events_; }
+  const EventBus& events() const { return events_; }
 
   // Starts an execution and its first attempt. When the step's breaker is
   // open the record comes back with attempt == 0 and retry_after_ns set:
@@ -263,6 +269,9 @@ class Executor {
   void Note(const StepSpec& spec,
             const absl::optional<CircuitBreaker::Transition>& t);
   static CircuitBreaker::Options BreakerOptions(const OptimizationConfig& c);
+  // A step event, if subscribed (one relaxed load otherwise).
+  void PublishStep(EventType type, const StepEntry& step, int64_t now_ns,
+                   double value, double value2, absl::string_view detail);
 
   mutable Mutex config_mu_;
   // Every config ever applied (the last one is in force) (a few hundred bytes
@@ -275,6 +284,7 @@ class Executor {
   std::atomic<int64_t> in_flight_{0};
   StatsRegistry stats_;
   StepTable steps_;
+  EventBus events_;
 
   // Breakers live as long as the executor (entries cache raw pointers); a
   // config change that alters breaker options retires the registry and
