@@ -65,8 +65,11 @@ $(STAMPS)/install: $(STAMPS)/venv $(CPP_INPUTS) pyproject.toml
 deps: $(STAMPS)/install
 
 # ----------------------------------------------------------------- tests
-build/cpp/.configured: $(STAMPS)/venv CMakeLists.txt
+# The plain test build counts allocations (tests_cpp/executor/
+# executor_memory_test.cc checks the hot path makes none with the pool on).
+build/cpp/.configured: $(STAMPS)/venv CMakeLists.txt Makefile
 	$(CMAKE) -S . -B build/cpp -G Ninja -DBUILD_TESTING=ON -DCAUDAL_BUILD_PYTHON=OFF \
+	  -DCAUDAL_COUNT_ALLOCATIONS=ON \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja >/dev/null
 	@touch $@
 

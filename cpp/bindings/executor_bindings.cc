@@ -25,6 +25,7 @@
 #include "common.h"
 #include "event_bindings.h"
 #include "key_walk.h"
+#include "memory_bindings.h"
 #include "step_result.h"
 
 namespace caudal::bindings {
@@ -1140,7 +1141,16 @@ void RegisterExecutor(py::module_& m) {
           },
           "A native subscription to this engine's event bus.")
       .def("event_stats",
-           [](Engine& e) { return EventBusStatsDict(e.core().events()); });
+           [](Engine& e) { return EventBusStatsDict(e.core().events()); })
+      .def("memory_stats", [](Engine& e) { return MemoryStatsDict(e.core()); })
+      .def("_set_rss_source",
+           [](Engine& e, py::object source) {
+             SetRssSource(e.core(), std::move(source));
+           })
+      .def("_set_memory_interval", [](Engine& e, double seconds) {
+        e.core().memory_monitor().SetInterval(
+            static_cast<int64_t>(seconds * 1e9));
+      });
 }
 
 }  // namespace caudal::bindings

@@ -3,6 +3,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common.h"
 #include "event_bindings.h"
+#include "memory_bindings.h"
 
 namespace caudal::bindings {
 
@@ -50,4 +51,5 @@ PYBIND11_MODULE(_core, m) {
   caudal::bindings::RegisterPipeline(m);
   caudal::bindings::RegisterContext(m);
   caudal::bindings::RegisterEvents(m);
+  caudal::bindings::RegisterMemory(m);
 }

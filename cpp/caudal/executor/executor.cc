@@ -27,9 +27,13 @@ Executor::Executor(OptimizationConfig config, uint64_t random_seed)
         std::make_shared<const OptimizationConfig>(std::move(config)));
     current_.store(retained_.back().get(), std::memory_order_release);
   }
-  MutexLock lock(&breakers_mu_);
-  registries_.push_back(std::make_unique<BreakerRegistry>());
-  registry_.store(registries_.back().get(), std::memory_order_release);
+  {
+    MutexLock lock(&breakers_mu_);
+    registries_.push_back(std::make_unique<BreakerRegistry>());
+    registry_.store(registries_.back().get(), std::memory_order_release);
+  }
+  std::vector<CachedValue> dropped;  // none: the cache is empty
+  ApplyMemoryConfig(*current_config(), MonotonicNowNs(), &dropped);
 }
 
 std::shared_ptr<const OptimizationConfig> Executor::config() const {
@@ -109,14 +113,8 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
     for (auto& w : handed) woken->push_back(std::move(w));
   }
   std::vector<CachedValue> dropped;  // destroyed after the locks are gone
-  const auto cs = cache_.GetStats();
-  if (cs.max_entries != static_cast<size_t>(config.cache_max_size) ||
-      cs.max_bytes != static_cast<size_t>(config.cache_max_bytes)) {
-    cache_
-        .Resize(static_cast<size_t>(config.cache_max_size),
-                static_cast<size_t>(config.cache_max_bytes), &dropped)
-        .IgnoreError();
-  }
+  // Cache capacity, record pool and pressure threshold (executor_memory.cc).
+  ApplyMemoryConfig(*current_config(), MonotonicNowNs(), &dropped);
   const uint64_t gen = generation_.fetch_add(1, std::memory_order_acq_rel) + 1;
   if (events_.Wants(EventType::kConfigChanged)) {
     Event e;
@@ -202,9 +200,11 @@ bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
 ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
                                  int64_t now_ns,
                                  const OptimizationConfig* cfg) {
-  auto* r = new ExecutionRecord();
+  if (MaintenanceDue(now_ns)) Maintain(now_ns);
+  const OptimizationConfig* config = cfg ? cfg : current_config();
+  ExecutionRecord* r = NewRecord(*config);
   r->step = std::move(step);
-  r->config = cfg ? cfg : current_config();
+  r->config = config;
   r->start_ns = now_ns;
   StepStats* s = r->step->stats;
   s->in_flight.fetch_add(1, std::memory_order_relaxed);
@@ -284,7 +284,7 @@ void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
   out.flight = r->cache_flight;
   out.flight_key = r->cache_key;
   out.step = std::move(r->step);
-  delete r;
+  FreeRecord(r);
 }
 
 ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
@@ -383,6 +383,7 @@ bool Executor::CacheEnabled(const StepEntry& step,
 absl::optional<CachedValue> Executor::CacheLookup(
     StepEntry& step, const Key128& key, int64_t now_ns,
     std::vector<CachedValue>* dropped) {
+  if (MaintenanceDue(now_ns)) Maintain(now_ns);
   absl::optional<CachedValue> v = cache_.Get(key, now_ns, dropped);
   (v ? step.stats->cache_hits : step.stats->cache_misses)
       .fetch_add(1, std::memory_order_relaxed);

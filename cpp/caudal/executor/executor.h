@@ -39,6 +39,8 @@
 #include "caudal/config/optimization_config.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/hash/key128.h"
+#include "caudal/memory/memory_monitor.h"
+#include "caudal/memory/object_pool.h"
 #include "caudal/monitor/execution_stats.h"
 #include "caudal/resilience/circuit_breaker.h"
 #include "caudal/resilience/error_patterns.h"
@@ -70,7 +72,22 @@ struct ExecutionRecord {
   bool cache_lead = false;
   bool cache_flight = false;  // leads a single flight (followers to wake)
   bool permit = false;        // holds a slot of max_concurrent_executions
+  bool pooled = false;        // came from the executor's record pool
   Key128 cache_key{};
+};
+
+// What the memory read-out reports (executor_memory.cc).
+struct MemorySnapshot {
+  double usage_mb = 0.0;  // the last RSS reading
+  PressureLevel level = PressureLevel::kNormal;
+  double threshold_mb = 0.0;
+  uint64_t readings = 0;
+  uint64_t read_errors = 0;
+  uint64_t pressure_changes = 0;  // level changes acted on
+  ObjectPoolStats pool;
+  // What is shrunk now, in the order it was shrunk ("object_pool: ...",
+  // "result_cache: ..."); empty at the normal level.
+  std::vector<std::string> shrunk;
 };
 
 // A cached output, opaque to the core: the bindings store a Python object
@@ -247,6 +264,21 @@ class Executor {
     return in_flight_.load(std::memory_order_relaxed);
   }
 
+  // ---- memory: record pool, memory pressure (executor_memory.cc) ----
+  // Housekeeping, off the hot path: trims the record pool and, with
+  // enable_memory_optimization, reads RSS and acts on pressure-level
+  // changes. Begin() and CacheLookup() call it when MaintenanceDue (one
+  // relaxed load); at most one caller per interval does the work.
+  bool MaintenanceDue(int64_t now_ns) const {
+    return now_ns >= next_maintain_ns_.load(std::memory_order_relaxed);
+  }
+  void Maintain(int64_t now_ns);
+  // Reads RSS now (acting on a level change, as Maintain would) and
+  // reports the pool, the level and what is shrunk.
+  MemorySnapshot MemoryStats(int64_t now_ns);
+  // The RSS source and reading interval (tests inject a source).
+  MemoryMonitor& memory_monitor() { return memory_; }
+
   // Read-outs.
   std::vector<BreakerRegistry::NamedSnapshot> BreakerSnapshots() const;
   std::vector<BreakerTransitionRecord> RecentTransitions() const;
@@ -269,6 +301,14 @@ class Executor {
   void Note(const StepSpec& spec,
             const absl::optional<CircuitBreaker::Transition>& t);
   static CircuitBreaker::Options BreakerOptions(const OptimizationConfig& c);
+  ExecutionRecord* NewRecord(const OptimizationConfig& cfg);
+  void FreeRecord(ExecutionRecord* r);
+  // Pool bounds, monitor threshold and cache capacity for `cfg` at the
+  // current pressure level (constructor, ApplyConfig, level changes).
+  void ApplyMemoryConfig(const OptimizationConfig& cfg, int64_t now_ns,
+                         std::vector<CachedValue>* dropped);
+  // Brings the applied shrink level in line with the monitor's level.
+  void SyncPressure(int64_t now_ns);
   // A step event, if subscribed (one relaxed load otherwise).
   void PublishStep(EventType type, const StepEntry& step, int64_t now_ns,
                    double value, double value2, absl::string_view detail);
@@ -301,6 +341,16 @@ class Executor {
   ErrorPatternTable errors_;
   RetryRandom random_;
   std::atomic<uint64_t> fail_fast_{0};
+
+  // Memory (executor_memory.cc).
+  ObjectPool<ExecutionRecord> records_;
+  MemoryMonitor memory_;
+  std::atomic<int64_t> next_maintain_ns_{0};
+  mutable Mutex memory_mu_;  // serialises pressure actions and resizes
+  PressureLevel applied_level_ ABSL_GUARDED_BY(memory_mu_) =
+      PressureLevel::kNormal;
+  std::vector<std::string> shrunk_ ABSL_GUARDED_BY(memory_mu_);
+  uint64_t pressure_changes_ ABSL_GUARDED_BY(memory_mu_) = 0;
 
   ConcurrencyGate<FlightWaiter> gate_{0};
   ResultCache<CachedValue> cache_;
