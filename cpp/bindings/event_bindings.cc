@@ -7,19 +7,6 @@
 namespace caudal::bindings {
 namespace {
 
-// Drops a Python reference from any thread (the last owner of a waker may
-// be a publisher thread without the GIL).
-void DecRefWithGil(PyObject* o) {
-  if (o == nullptr) return;
-  if (PyGILState_Check()) {
-    Py_DECREF(o);
-    return;
-  }
-  PyGILState_STATE g = PyGILState_Ensure();
-  Py_DECREF(o);
-  PyGILState_Release(g);
-}
-
 // The Python object behind caudal._core._EventSubscription.
 class PySubscription {
  public:
@@ -65,6 +52,7 @@ py::object SubscribeEvents(EventBus& bus, uint32_t mask, size_t capacity,
                            py::object waker, py::object owner) {
   EventSubscription::Waker w;
   if (!waker.is_none()) {
+    // The last owner may be a publisher thread without the GIL.
     std::shared_ptr<PyObject> fn(waker.release().ptr(), DecRefWithGil);
     w = [fn] {
       PyGILState_STATE g = PyGILState_Ensure();

@@ -95,14 +95,7 @@ struct PyHelpers {
 // A Python object owned by the core's cache or flight table: the deleter
 // takes the GIL, since the last reference may be dropped anywhere.
 void ReleasePyObject(const void* p) {
-  auto* o = static_cast<PyObject*>(const_cast<void*>(p));
-  if (PyGILState_Check()) {  // the usual case: released from the bindings
-    Py_DECREF(o);
-    return;
-  }
-  PyGILState_STATE g = PyGILState_Ensure();
-  Py_DECREF(o);
-  PyGILState_Release(g);
+  DecRefWithGil(static_cast<PyObject*>(const_cast<void*>(p)));
 }
 CachedValue HoldValue(PyObject* o) {
   Py_INCREF(o);

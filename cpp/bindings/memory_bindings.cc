@@ -44,11 +44,7 @@ void SetRssSource(Executor& core, py::object source) {
     return;
   }
   // Owned by the monitor, which may drop it from any thread.
-  std::shared_ptr<PyObject> fn(source.release().ptr(), [](PyObject* o) {
-    PyGILState_STATE g = PyGILState_Ensure();
-    Py_DECREF(o);
-    PyGILState_Release(g);
-  });
+  std::shared_ptr<PyObject> fn(source.release().ptr(), DecRefWithGil);
   core.memory_monitor().SetSource([fn]() -> absl::StatusOr<uint64_t> {
     PyGILState_STATE g = PyGILState_Ensure();
     absl::StatusOr<uint64_t> out = absl::UnavailableError("rss source failed");

@@ -11,6 +11,17 @@ py::object CaudalAttr(const char* module, const char* name) {
   return py::module_::import(module).attr(name);
 }
 
+void DecRefWithGil(PyObject* o) {
+  if (o == nullptr) return;
+  if (PyGILState_Check()) {
+    Py_DECREF(o);
+    return;
+  }
+  PyGILState_STATE g = PyGILState_Ensure();
+  Py_DECREF(o);
+  PyGILState_Release(g);
+}
+
 void ThrowStatus(const absl::Status& status) {
   const std::string msg(status.message());
   py::list problems;
