@@ -21,6 +21,14 @@ async def boom(x):
     raise ValueError("bad")
 
 
+def executor(**kw) -> ExecutorCore:
+    """An executor whose memory-pressure level cannot depend on this test
+    process's RSS (under ASan it is several hundred MB): these tests count
+    events exactly."""
+    kw.setdefault("memory_pressure_threshold_mb", 1e6)
+    return ExecutorCore(OptimizationConfig(**kw))
+
+
 def subscribers(ex: ExecutorCore) -> int:
     return ex.get_optimization_stats()["events"]["subscribers"]
 
@@ -51,7 +59,7 @@ def test_event_types_are_stable_names():
 
 
 async def test_subscriber_sees_step_events_in_order():
-    ex = ExecutorCore()
+    ex = executor()
     step = Step(echo, "echo")
     async with ex.events() as stream:
         t0 = time.monotonic()
@@ -70,7 +78,7 @@ async def test_subscriber_sees_step_events_in_order():
 
 
 async def test_types_filter_and_failures():
-    ex = ExecutorCore()
+    ex = executor()
     async with ex.events(types=("step_failed",)) as failed:
         await ex.execute(Step(echo, "ok"), 1)
         r = await ex.execute(Step(boom, "bad", max_retries=1), 1)
@@ -81,7 +89,7 @@ async def test_types_filter_and_failures():
 
 
 async def test_retries_publish_one_started_event_per_attempt():
-    ex = ExecutorCore()
+    ex = executor()
     async with ex.events(types="step_started") as s:
         await ex.execute(Step(boom, "bad", max_retries=2), 1)
         events = await take(s, 3)
@@ -89,7 +97,7 @@ async def test_retries_publish_one_started_event_per_attempt():
 
 
 async def test_unknown_type_lists_valid_ones():
-    ex = ExecutorCore()
+    ex = executor()
     with pytest.raises(ValueError, match=r"unknown event type .step_done.*step_finished"):
         ex.events(types=("step_done",))
     with pytest.raises(ValueError, match="buffer"):
@@ -97,7 +105,7 @@ async def test_unknown_type_lists_valid_ones():
 
 
 async def test_slow_subscriber_loses_counted_events_and_never_blocks():
-    ex = ExecutorCore()
+    ex = executor()
     step = Step(echo, "echo")
     async with ex.events(types="step_finished", buffer=5) as slow:
         results = [await ex.execute(step, i) for i in range(50)]
@@ -111,7 +119,7 @@ async def test_slow_subscriber_loses_counted_events_and_never_blocks():
 
 
 async def test_break_unsubscribes():
-    ex = ExecutorCore()
+    ex = executor()
     step = Step(echo, "echo")
 
     async def first():
@@ -130,7 +138,7 @@ async def test_break_unsubscribes():
 
 
 async def test_exception_in_loop_body_unsubscribes():
-    ex = ExecutorCore()
+    ex = executor()
 
     async def reader():
         async for _ in ex.events():
@@ -146,7 +154,7 @@ async def test_exception_in_loop_body_unsubscribes():
 
 
 async def test_garbage_collected_iterator_unsubscribes():
-    ex = ExecutorCore()
+    ex = executor()
     stream = ex.events()
     assert subscribers(ex) == 0  # subscribes on first iteration only
     it = aiter(stream)
@@ -161,7 +169,7 @@ async def test_garbage_collected_iterator_unsubscribes():
 
 
 async def test_several_subscribers_each_get_everything():
-    ex = ExecutorCore()
+    ex = executor()
     step = Step(echo, "echo")
     async with ex.events() as a, ex.events(types="step_finished") as b, ex.events() as c:
         assert subscribers(ex) == 3
@@ -174,7 +182,7 @@ async def test_several_subscribers_each_get_everything():
 
 
 async def test_cancelling_a_waiting_reader_unsubscribes():
-    ex = ExecutorCore()
+    ex = executor()
     seen: list[Event] = []
 
     async def reader():
@@ -194,7 +202,7 @@ async def test_cancelling_a_waiting_reader_unsubscribes():
 
 
 async def test_reader_woken_from_another_thread():
-    ex = ExecutorCore()
+    ex = executor()
     step = Step(echo, "echo")
     async with ex.events(types="step_finished") as s:
 
@@ -211,10 +219,14 @@ async def test_reader_woken_from_another_thread():
 
 
 async def test_config_changed():
-    ex = ExecutorCore()
+    ex = executor()
     async with ex.events(types="config_changed") as s:
         await ex.apply_optimization_config(
-            OptimizationConfig(cache_max_size=123, enable_cache_optimization=True)
+            OptimizationConfig(
+                cache_max_size=123,
+                enable_cache_optimization=True,
+                memory_pressure_threshold_mb=1e6,
+            )
         )
         (e,) = await take(s, 1)
     assert e.type == "config_changed"
@@ -223,10 +235,8 @@ async def test_config_changed():
 
 
 async def test_breaker_transitions():
-    ex = ExecutorCore(
-        OptimizationConfig(
-            circuit_breaker_failure_threshold=2, circuit_breaker_recovery_timeout_seconds=0.01
-        )
+    ex = executor(
+        circuit_breaker_failure_threshold=2, circuit_breaker_recovery_timeout_seconds=0.01
     )
     step = Step(boom, "api")
     async with ex.events(types=("breaker_transition", "step_failed")) as s:
@@ -245,7 +255,7 @@ async def test_breaker_transitions():
 
 
 async def test_cache_hit_and_miss_events():
-    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True))
+    ex = executor(enable_cache_optimization=True)
     step = Step(echo, "cached")
     async with ex.events(types=("cache_hit", "cache_miss")) as s:
         await ex.execute(step, 1)
@@ -255,7 +265,7 @@ async def test_cache_hit_and_miss_events():
 
 
 async def test_cancelled_execution_event():
-    ex = ExecutorCore()
+    ex = executor()
     started = asyncio.Event()
 
     async def slow(x):
@@ -273,7 +283,7 @@ async def test_cancelled_execution_event():
 
 
 async def test_closed_stream_drains_then_stops():
-    ex = ExecutorCore()
+    ex = executor()
     stream = ex.events()
     async with stream:
         await ex.execute(Step(echo, "echo"), 1)
