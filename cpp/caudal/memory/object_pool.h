@@ -20,10 +20,19 @@
 //
 // Objects are handed out as they were released: the caller resets them.
 //
-// Cost: Acquire and Release take one uncontended shard lock and one relaxed
-// atomic RMW. Thread-safety: all methods are thread-safe. Counters are
-// updated under the shard locks (no atomics on the hot path beyond the idle
-// count) and summed by Stats(), which is not an atomic snapshot.
+// Locking. Each shard is guarded by a tiny spin lock (ShardLock below), not
+// a caudal::Mutex: an absl::Mutex lock/unlock pair costs ~15 ns, and with
+// two per execution the pool measured slower than the allocator it
+// replaces (38 ns against 9 ns for new/delete of the 96-byte record). The
+// critical sections are a push or a pop; shards are per thread, so the lock
+// is almost never contended; a waiter spins briefly, then yields. The lock
+// is made of std::atomic operations, which ThreadSanitizer sees.
+//
+// Cost: Acquire and Release each take one uncontended shard lock (one
+// atomic exchange and a store) and one relaxed atomic RMW on the idle
+// count. Thread-safety: all methods are thread-safe. Counters are updated
+// under the shard locks and summed by Stats(), which is not an atomic
+// snapshot.
 #ifndef CAUDAL_MEMORY_OBJECT_POOL_H_
 #define CAUDAL_MEMORY_OBJECT_POOL_H_
 
@@ -31,10 +40,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "caudal/base/mutex.h"
 
 namespace caudal {
 
@@ -56,6 +65,39 @@ struct ObjectPoolStats {
 
 namespace memory_internal {
 inline constexpr size_t kPoolShards = 8;
+
+// A test-and-test-and-set spin lock for a few instructions of work.
+class ABSL_LOCKABLE SpinLock {
+ public:
+  void Lock() ABSL_EXCLUSIVE_LOCK_FUNCTION() {
+    int spins = 0;
+    while (busy_.exchange(true, std::memory_order_acquire)) {
+      while (busy_.load(std::memory_order_relaxed)) {
+        if (++spins > 64) std::this_thread::yield();
+      }
+    }
+  }
+  void Unlock() ABSL_UNLOCK_FUNCTION() {
+    busy_.store(false, std::memory_order_release);
+  }
+
+ private:
+  std::atomic<bool> busy_{false};
+};
+
+class ABSL_SCOPED_LOCKABLE ShardLock {
+ public:
+  explicit ShardLock(SpinLock* l) ABSL_EXCLUSIVE_LOCK_FUNCTION(l) : l_(l) {
+    l_->Lock();
+  }
+  ~ShardLock() ABSL_UNLOCK_FUNCTION() { l_->Unlock(); }
+  ShardLock(const ShardLock&) = delete;
+  ShardLock& operator=(const ShardLock&) = delete;
+
+ private:
+  SpinLock* const l_;
+};
+
 // The next shard to give a thread (round robin); called once per thread.
 size_t NextShard();
 // This thread's shard, in [0, kPoolShards).
@@ -85,7 +127,7 @@ class ObjectPool {
     }
     Shard& s = shards_[home];
     {
-      MutexLock lock(&s.mu);
+      memory_internal::ShardLock lock(&s.mu);
       ++s.misses;
     }
     return new T();
@@ -96,7 +138,7 @@ class ObjectPool {
     Shard& s = shards_[memory_internal::ThisThreadShard()];
     const size_t cap = max_idle_.load(std::memory_order_relaxed);
     if (idle_.fetch_add(1, std::memory_order_relaxed) < cap) {
-      MutexLock lock(&s.mu);
+      memory_internal::ShardLock lock(&s.mu);
       // Reserved for max_idle: no allocation unless the cap was just raised
       // and this shard's reserve is still being grown.
       s.free.push_back(t);
@@ -105,7 +147,7 @@ class ObjectPool {
     }
     idle_.fetch_sub(1, std::memory_order_relaxed);
     {
-      MutexLock lock(&s.mu);
+      memory_internal::ShardLock lock(&s.mu);
       ++s.discards;
     }
     delete t;
@@ -115,7 +157,7 @@ class ObjectPool {
   // many).
   size_t SetMaxIdle(size_t max_idle) {
     for (Shard& s : shards_) {
-      MutexLock lock(&s.mu);
+      memory_internal::ShardLock lock(&s.mu);
       if (s.free.capacity() < max_idle) s.free.reserve(max_idle);
     }
     max_idle_.store(max_idle, std::memory_order_relaxed);
@@ -127,7 +169,7 @@ class ObjectPool {
   size_t Trim(size_t target) {
     std::vector<T*> doomed;
     for (Shard& s : shards_) {
-      MutexLock lock(&s.mu);
+      memory_internal::ShardLock lock(&s.mu);
       while (!s.free.empty() &&
              idle_.load(std::memory_order_relaxed) > target) {
         doomed.push_back(s.free.back());
@@ -145,7 +187,7 @@ class ObjectPool {
   ObjectPoolStats Stats() const {
     ObjectPoolStats st;
     for (const Shard& s : shards_) {
-      MutexLock lock(&s.mu);
+      memory_internal::ShardLock lock(&s.mu);
       st.hits += s.hits;
       st.misses += s.misses;
       st.releases += s.releases;
@@ -170,7 +212,7 @@ class ObjectPool {
 
  private:
   struct alignas(64) Shard {
-    mutable Mutex mu;
+    mutable memory_internal::SpinLock mu;
     std::vector<T*> free ABSL_GUARDED_BY(mu);
     uint64_t hits ABSL_GUARDED_BY(mu) = 0;
     uint64_t misses ABSL_GUARDED_BY(mu) = 0;
@@ -181,7 +223,7 @@ class ObjectPool {
 
   T* PopFrom(size_t i) {
     Shard& s = shards_[i];
-    MutexLock lock(&s.mu);
+    memory_internal::ShardLock lock(&s.mu);
     if (s.free.empty()) return nullptr;
     T* t = s.free.back();
     s.free.pop_back();
