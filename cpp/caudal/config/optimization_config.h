@@ -26,7 +26,7 @@ namespace caudal {
 #define CAUDAL_CONFIG_FIELDS(X)                                                \
   /* memory */                                                                 \
   X(BOOL, enable_object_pool, true,                                            \
-    "Reuse native per-execution records instead of allocating each one")       \
+    "Pool the native per-execution records so the hot path allocates nothing") \
   X(INT, object_pool_max_size, 50,                                             \
     "Idle records the pool keeps (in total); more are freed on release")       \
   X(FLOAT, object_pool_cleanup_threshold, 0.9,                                 \
