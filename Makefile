@@ -23,7 +23,7 @@ APT_PKGS := g++ libabsl-dev nlohmann-json3-dev libgtest-dev libgmock-dev \
 CPP_INPUTS := $(shell find cpp cmake -type f 2>/dev/null) CMakeLists.txt
 CPP_TEST_INPUTS := $(CPP_INPUTS) $(shell find tests_cpp -type f 2>/dev/null)
 
-.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan bench bench-quick format lint clean deps
+.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan bench bench-quick bench-alloc format lint clean deps
 
 help:
 	@echo "make demo       run the example pipeline (sets everything up)"
@@ -32,6 +32,7 @@ help:
 	@echo "make test-asan  ASan+UBSan over tests_cpp and over tests_py with an instrumented module"
 	@echo "make test-tsan  tests_cpp under TSan"
 	@echo "make bench      every benchmark in benchmarks/ (results in benchmarks/results/)"
+	@echo "make bench-alloc  native allocations per execute (an instrumented module)"
 	@echo "make format     clang-format + ruff format"
 
 # ---------------------------------------------------------------- set-up
@@ -65,8 +66,11 @@ $(STAMPS)/install: $(STAMPS)/venv $(CPP_INPUTS) pyproject.toml
 deps: $(STAMPS)/install
 
 # ----------------------------------------------------------------- tests
-build/cpp/.configured: $(STAMPS)/venv CMakeLists.txt
+# The plain test build counts allocations (tests_cpp/executor/
+# executor_memory_test.cc checks the hot path makes none with the pool on).
+build/cpp/.configured: $(STAMPS)/venv CMakeLists.txt Makefile
 	$(CMAKE) -S . -B build/cpp -G Ninja -DBUILD_TESTING=ON -DCAUDAL_BUILD_PYTHON=OFF \
+	  -DCAUDAL_COUNT_ALLOCATIONS=ON \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja >/dev/null
 	@touch $@
 
@@ -128,6 +132,23 @@ bench: $(STAMPS)/install
 
 bench-quick: $(STAMPS)/install
 	$(VPY) benchmarks/run.py --quick
+
+# Section 4 of bench_memory_context.py against a module that counts native
+# allocations (-DCAUDAL_COUNT_ALLOCATIONS=ON), staged like test-asan's:
+# writes benchmarks/results/memory_context_alloc.json. BENCH_ARGS=--quick.
+bench-alloc: $(STAMPS)/venv
+	$(CMAKE) -S . -B build/alloc -G Ninja -DBUILD_TESTING=OFF -DCAUDAL_BUILD_PYTHON=ON \
+	  -DCAUDAL_COUNT_ALLOCATIONS=ON -DCMAKE_BUILD_TYPE=Release -DPython_EXECUTABLE=$(abspath $(VPY)) \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja >/dev/null
+	$(CMAKE) --build build/alloc -j$(JOBS)
+	rm -rf build/alloc/stage && mkdir -p build/alloc/stage
+	cp -r python/caudal build/alloc/stage/caudal
+	cp build/alloc/cpp/bindings/_core*.so build/alloc/stage/caudal/
+	printf '%s\n' "import sys" \
+	  "sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith('_editable_skbc_')]" \
+	  > build/alloc/stage/sitecustomize.py
+	PYTHONPATH=$(abspath build/alloc/stage) $(abspath $(VPY)) benchmarks/bench_memory_context.py \
+	  --executor-only --out memory_context_alloc $(BENCH_ARGS)
 
 # ---------------------------------------------------------------- habits
 format: $(STAMPS)/venv

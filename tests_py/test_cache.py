@@ -12,6 +12,9 @@ from caudal import ExecutorCore, OptimizationConfig, Step, _core
 
 
 def cached_executor(**kw):
+    # Cache bounds are asserted exactly: memory pressure (the process's RSS
+    # over memory_pressure_threshold_mb, as under ASan) must not shrink them.
+    kw.setdefault("memory_pressure_threshold_mb", 1e6)
     return ExecutorCore(OptimizationConfig(enable_cache_optimization=True, **kw))
 
 

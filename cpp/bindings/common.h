@@ -21,6 +21,10 @@ namespace py = pybind11;
 // off the hot path: error types, the step analyser).
 py::object CaudalAttr(const char* module, const char* name);
 
+// Py_DECREF from any thread: takes the GIL unless it is held (the last
+// owner of a Python object held by the core may be a thread without it).
+void DecRefWithGil(PyObject* o);
+
 void RegisterConfig(py::module_& m);
 
 }  // namespace caudal::bindings

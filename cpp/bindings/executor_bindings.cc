@@ -23,7 +23,9 @@
 
 #include "caudal/executor/executor.h"
 #include "common.h"
+#include "event_bindings.h"
 #include "key_walk.h"
+#include "memory_bindings.h"
 #include "step_result.h"
 
 namespace caudal::bindings {
@@ -93,14 +95,7 @@ struct PyHelpers {
 // A Python object owned by the core's cache or flight table: the deleter
 // takes the GIL, since the last reference may be dropped anywhere.
 void ReleasePyObject(const void* p) {
-  auto* o = static_cast<PyObject*>(const_cast<void*>(p));
-  if (PyGILState_Check()) {  // the usual case: released from the bindings
-    Py_DECREF(o);
-    return;
-  }
-  PyGILState_STATE g = PyGILState_Ensure();
-  Py_DECREF(o);
-  PyGILState_Release(g);
+  DecRefWithGil(static_cast<PyObject*>(const_cast<void*>(p)));
 }
 CachedValue HoldValue(PyObject* o) {
   Py_INCREF(o);
@@ -1061,6 +1056,8 @@ class Engine {
   bool l2_ = false;                        // a shared tier is configured
 
  public:
+  Executor& core() { return core_; }
+
   void set_default_retry(py::object r) {
     default_retry_ = std::move(r);
     auto dropped = core_.steps().Clear();  // re-analyse with the new default
@@ -1307,7 +1304,26 @@ void RegisterExecutor(py::module_& m) {
       .def("total_stats", &Engine::total_stats)
       .def("reset_stats", &Engine::reset_stats)
       .def("step_table", &Engine::step_table)
-      .def_property_readonly("in_flight", &Engine::in_flight);
+      .def_property_readonly("in_flight", &Engine::in_flight)
+      .def(
+          "_subscribe_events",
+          [](py::object self, uint32_t mask, size_t capacity,
+             py::object waker) {
+            return SubscribeEvents(self.cast<Engine&>().core().events(), mask,
+                                   capacity, std::move(waker), self);
+          },
+          "A native subscription to this engine's event bus.")
+      .def("event_stats",
+           [](Engine& e) { return EventBusStatsDict(e.core().events()); })
+      .def("memory_stats", [](Engine& e) { return MemoryStatsDict(e.core()); })
+      .def("_set_rss_source",
+           [](Engine& e, py::object source) {
+             SetRssSource(e.core(), std::move(source));
+           })
+      .def("_set_memory_interval", [](Engine& e, double seconds) {
+        e.core().memory_monitor().SetInterval(
+            static_cast<int64_t>(seconds * 1e9));
+      });
 }
 
 }  // namespace caudal::bindings

@@ -2,11 +2,24 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common.h"
+#include "event_bindings.h"
+#include "memory_bindings.h"
 
 namespace caudal::bindings {
 
 py::object CaudalAttr(const char* module, const char* name) {
   return py::module_::import(module).attr(name);
+}
+
+void DecRefWithGil(PyObject* o) {
+  if (o == nullptr) return;
+  if (PyGILState_Check()) {
+    Py_DECREF(o);
+    return;
+  }
+  PyGILState_STATE g = PyGILState_Ensure();
+  Py_DECREF(o);
+  PyGILState_Release(g);
 }
 
 void ThrowStatus(const absl::Status& status) {
@@ -49,4 +62,6 @@ PYBIND11_MODULE(_core, m) {
   caudal::bindings::RegisterPipeline(m);
   caudal::bindings::RegisterContext(m);
   caudal::bindings::RegisterPool(m);
+  caudal::bindings::RegisterEvents(m);
+  caudal::bindings::RegisterMemory(m);
 }

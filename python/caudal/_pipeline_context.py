@@ -17,10 +17,23 @@ changes)`` -> the new run context. Built in:
 - any other object (dataclass, pydantic model, plain object): a shallow
   ``copy.copy`` and a diff of ``vars()``.
 
+- ``caudal.Context``, and ``dict`` contexts while the executor's
+  ``enable_context_optimization`` is on (the default): copy-on-write
+  (:class:`CowAdapter`). The run context is held as a ``caudal.Context``
+  (a dict is converted once, when the run starts, and ``run.context`` is a
+  dict again at the end); each step gets a :class:`ContextView`, a
+  MutableMapping over an O(1) snapshot whose first write starts a private
+  ``ContextMutation``; its changes are found in O(changes) by walking only
+  the trie nodes the step copied, and merged in O(changes).
+
 Shallow copies mean a value mutated in place (``ctx["items"].append(x)``) is
-not seen as a change: replace values instead of mutating them. A persistent
-map (caudal.Context, a HAMT with O(1) snapshots and merges of only the
-changed keys) plugs in with ``register_context_adapter(Context, adapter)``.
+not seen as a change: replace values instead of mutating them.
+
+Concurrent writes to one key (two steps that did not see each other's
+write) are settled by the run's ``context_conflicts`` policy: ``"error"``
+(default: :class:`caudal.ContextConflictError`), ``"last_writer_wins"``
+(the step that completes later), or a callable ``policy(key, current,
+new)`` returning the value to keep (``DELETED`` deletes).
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import copy
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Protocol
 
+from caudal.context import MISSING, Context
 from caudal.errors import ContextConflictError
 
 
@@ -110,6 +124,97 @@ class ObjectAdapter:
         return new
 
 
+class ContextView(MutableMapping):
+    """What a step receives under copy-on-write contexts: a mutable mapping
+    over a snapshot of the run context. Reads go to the snapshot until the
+    first write, which starts a private ``ContextMutation``; nothing is
+    copied up front. ``view.context()`` is the current state as a
+    ``caudal.Context``. A step that needs a real dict can use ``dict(view)``.
+    """
+
+    __slots__ = ("_base", "_m")
+
+    def __init__(self, base: Context) -> None:
+        self._base = base
+        self._m: Any = None
+
+    def _target(self) -> Any:
+        return self._base if self._m is None else self._m
+
+    def _draft(self) -> Any:
+        if self._m is None:
+            self._m = self._base.mutate()
+        return self._m
+
+    def context(self) -> Context:
+        """The view's current state (O(1)); later writes do not change it."""
+        if self._m is None:
+            return self._base
+        ctx = self._m.finish()
+        self._base, self._m = ctx, None
+        return ctx
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._target()[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._draft()[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._draft()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._target()
+
+    def __len__(self) -> int:
+        return len(self._target())
+
+    def __iter__(self) -> Any:
+        return iter(self.context())
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._target().get(key, default)
+
+    def __repr__(self) -> str:
+        return f"ContextView({dict(self.context())!r})"
+
+
+class CowAdapter:
+    """Copy-on-write contexts: the run context is a ``caudal.Context``,
+    steps get a :class:`ContextView`. ``to_user`` gives ``run.context`` back
+    in the caller's type (a dict for dict input)."""
+
+    def __init__(self, as_dict: bool) -> None:
+        self.as_dict = as_dict
+
+    def snapshot(self, ctx: Context) -> ContextView:
+        return ContextView(ctx)
+
+    def changes(self, base: Context, view: ContextView) -> dict[Any, Any]:
+        now = view.context()
+        if now is base:
+            return {}
+        out = {}
+        for key, old, new in now._diff(base, MISSING):
+            if new is MISSING:
+                out[key] = DELETED
+            elif old is MISSING or not _same(old, new):
+                out[key] = new
+        return out
+
+    def merge(self, ctx: Context, changes: Mapping[Any, Any]) -> Context:
+        m = ctx.mutate()
+        for k, v in changes.items():
+            if v is DELETED:
+                m.pop(k, None)
+            else:
+                m[k] = v
+        return m.finish()
+
+    def to_user(self, ctx: Context) -> Any:
+        return ctx.to_dict() if self.as_dict else ctx
+
+
 _ADAPTERS: dict[type, ContextAdapter] = {}
 _MAPPING = MappingAdapter()
 _OBJECT = ObjectAdapter()
@@ -145,13 +250,37 @@ class RunContext:
     dependency always merges before its dependents start, so it never counts.)
     """
 
-    __slots__ = ("_adapter", "_seq", "_writers", "value")
+    __slots__ = ("_adapter", "_policy", "_seq", "_writers", "value")
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, cow: bool = False, policy: Any = "error") -> None:
+        """``cow``: copy-on-write for dict contexts (the executor's
+        enable_context_optimization); a Context is always copy-on-write.
+        ``policy``: how concurrent writes to one key are settled."""
+        if not (policy in ("error", "last_writer_wins") or callable(policy)):
+            raise ValueError(
+                "context_conflicts must be 'error', 'last_writer_wins' or a callable "
+                f"(key, current, new) -> value; got {policy!r}"
+            )
+        self._policy = policy
+        if isinstance(value, Context):
+            self._adapter: Any = CowAdapter(as_dict=False)
+        elif cow and type(value) is dict and type(value) not in _ADAPTERS:
+            self._adapter = CowAdapter(as_dict=True)
+            value = Context(value)
+        else:
+            self._adapter = adapter_for(value)
         self.value = value
-        self._adapter = adapter_for(value)
         self._seq = 0
         self._writers: dict[Any, tuple[int, str]] = {}
+
+    @property
+    def copy_on_write(self) -> bool:
+        return isinstance(self._adapter, CowAdapter)
+
+    def result(self) -> Any:
+        """The run context in the caller's type (``run.context``)."""
+        to_user = getattr(self._adapter, "to_user", None)
+        return self.value if to_user is None else to_user(self.value)
 
     def begin(self) -> tuple[Any, Any, int]:
         """(base, view, seq) for a step that became ready now."""
@@ -167,6 +296,7 @@ class RunContext:
         if not changes:
             return
         if since is not None:
+            settled = None
             for k, v in changes.items():
                 w = self._writers.get(k)
                 if w is not None and w[0] > since:
@@ -176,7 +306,15 @@ class RunContext:
                     except (KeyError, AttributeError):
                         now = DELETED
                     if not _same(now, v):
-                        raise ContextConflictError(k, (w[1], step))
+                        policy = self._policy
+                        if policy == "error":
+                            raise ContextConflictError(k, (w[1], step))
+                        if policy != "last_writer_wins":
+                            if settled is None:
+                                settled = dict(changes)
+                            settled[k] = policy(k, now, v)
+            if settled is not None:
+                changes = settled
         self.value = self._adapter.merge(self.value, changes)
         self._seq += 1
         for k in changes:

@@ -13,19 +13,17 @@ _PRIORITY = {"high": 0, "medium": 1, "low": 2}
 
 
 def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
-    from caudal.executor_core import _rss_mb
-
     engine = executor._engine
     cfg = engine.config
     total = engine.total_stats()
     steps = engine.step_stats()
     return {
         "memory": {
-            "usage_mb": _rss_mb(),
-            "memory_pressure_threshold_mb": cfg.memory_pressure_threshold_mb,
-            "memory_pressure_level": "normal",
-            "object_pool_utilization": 0.0,
-            "object_pool": "not implemented yet (records use the system allocator)",
+            # Native: RSS (read now), pressure level, record pool, what is
+            # shrunk (docs/memory.md).
+            **engine.memory_stats(),
+            "object_pool_enabled": cfg.enable_object_pool,
+            "memory_optimization_enabled": cfg.enable_memory_optimization,
         },
         "execution": {
             "total_executions": total["executions"],
@@ -60,6 +58,7 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
         },
         "circuit_breaker": _breaker_section(engine, cfg),
         "error_handling": _error_section(engine, cfg, total),
+        "events": engine.event_stats(),
         "telemetry": {
             "enabled": cfg.enable_optimized_telemetry,
             "status": "pass-through: span export is not implemented yet",
@@ -175,5 +174,18 @@ def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
                 False,
                 step=name,
             )
+    mem = engine.memory_stats()
+    level = mem["memory_pressure_level"]
+    if level != "normal":
+        shrunk = "; ".join(mem["shrunk"]) or "nothing left to shrink"
+        add(
+            f"Memory pressure ({level}): RSS {mem['usage_mb']:.0f} MB against "
+            f"memory_pressure_threshold_mb={mem['memory_pressure_threshold_mb']:g}. "
+            f"caudal shrank: {shrunk}. Lower cache_max_size / cache_max_bytes, or raise "
+            "the threshold if this much memory is expected.",
+            "high" if level == "critical" else "medium",
+            "high" if level == "critical" else "medium",
+            True,
+        )
     recs.sort(key=lambda r: _PRIORITY.get(r["priority"], 9))
     return recs

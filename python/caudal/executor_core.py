@@ -629,6 +629,16 @@ class ExecutorCore:
             pool, self._pool = self._pool, None
             await pool.aclose()
 
+    # --------------------------------------------------------------- events
+    def events(self, types: Any = None, buffer: int = 1000) -> Any:
+        """An async iterator over this executor's events (caudal.events;
+        docs/events.md): ``types`` is None (all) or event type names;
+        ``buffer`` bounds what a slow reader keeps (the rest is dropped and
+        counted in the iterator's ``dropped``)."""
+        from caudal.events import EventStream
+
+        return EventStream(self._engine, types, buffer)
+
     # ---------------------------------------------------------------- stats
     def get_optimization_stats(self) -> dict[str, dict[str, Any]]:
         """Measured statistics by section (see docs/executor.md for each key)."""

@@ -496,13 +496,20 @@ class Pipeline:
         max_concurrency: int | None = None,
         fail_fast: bool = False,
         on_step: Callable[[StepRecord], None] | None = None,
+        context_conflicts: Any = "error",
     ) -> PipelineRun:
         """Run the pipeline on ``data``.
 
         - ``executor``: an ExecutorCore (default: one per pipeline).
-        - ``context``: the run context (a dict or an attribute object; each
-          step gets a snapshot, see caudal._pipeline_context); None: steps
-          get ``context=None``.
+        - ``context``: the run context (a ``caudal.Context``, a dict or an
+          attribute object; each step gets a snapshot, see
+          caudal._pipeline_context and docs/context.md); None: steps get
+          ``context=None``. With the executor's enable_context_optimization
+          (default) a dict is held as a copy-on-write ``caudal.Context`` and
+          steps get a ``ContextView`` (a MutableMapping).
+        - ``context_conflicts``: two concurrent steps writing one key:
+          ``"error"`` (ContextConflictError), ``"last_writer_wins"``, or a
+          callable ``(key, current, new) -> value``.
         - ``store``: where checkpoints go: None = the default SQLite file
           ($CAUDAL_STORE or ``.caudal/checkpoints.db``), a path, a
           ``postgresql://`` URI, a CheckpointStore, or False for none.
@@ -544,7 +551,15 @@ class Pipeline:
                     )
                 )
             runner = _Runner(
-                self, c, run_id, data, executor or self._default_executor(), st, limits, context
+                self,
+                c,
+                run_id,
+                data,
+                executor or self._default_executor(),
+                st,
+                limits,
+                context,
+                context_conflicts,
             )
             return await runner.go(resources, max_concurrency, fail_fast, on_step)
         finally:
@@ -626,6 +641,7 @@ class _Runner:
         store: CheckpointStore | None,
         limits: UsageLimits | None,
         context: Any,
+        context_conflicts: Any = "error",
     ) -> None:
         self.c = c
         self.run_id = run_id
@@ -633,7 +649,11 @@ class _Runner:
         self.execute = executor.execute
         self.store = store
         self.limits = limits
-        self.ctx = RunContext(context) if context is not None else None
+        cfg = getattr(executor, "optimization_config", None)
+        cow = bool(getattr(cfg, "enable_context_optimization", False))
+        self.ctx = (
+            RunContext(context, cow=cow, policy=context_conflicts) if context is not None else None
+        )
         n = len(c.names)
         self.outputs: list[Any] = [None] * n
         # (base, view, seq) of each ready step's context, taken when it
@@ -958,7 +978,7 @@ class _Runner:
     async def _conclude(self) -> PipelineRun:
         run = self.run
         run.usage = self.usage
-        run.context = self.ctx.value if self.ctx is not None else None
+        run.context = self.ctx.result() if self.ctx is not None else None
         fatal = self.fatal
         if isinstance(fatal, UsageLimitExceededError):
             fatal.run = run

@@ -28,7 +28,7 @@ namespace caudal {
   X(BOOL, enable_object_pool, true,                                            \
     "Pool the native per-execution records so the hot path allocates nothing") \
   X(INT, object_pool_max_size, 50,                                             \
-    "Records kept per pool shard; more are freed on release")                  \
+    "Idle records the pool keeps (in total); more are freed on release")       \
   X(FLOAT, object_pool_cleanup_threshold, 0.9,                                 \
     "Fraction of object_pool_max_size above which idle records are trimmed")   \
   X(BOOL, enable_context_optimization, true,                                   \

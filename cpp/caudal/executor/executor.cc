@@ -1,6 +1,7 @@
 #include "caudal/executor/executor.h"
 
 #include <chrono>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -27,15 +28,35 @@ Executor::Executor(OptimizationConfig config, uint64_t random_seed)
         std::make_shared<const OptimizationConfig>(std::move(config)));
     current_.store(retained_.back().get(), std::memory_order_release);
   }
-  MutexLock lock(&breakers_mu_);
-  registries_.push_back(std::make_unique<BreakerRegistry>());
-  registry_.store(registries_.back().get(), std::memory_order_release);
+  {
+    MutexLock lock(&breakers_mu_);
+    registries_.push_back(std::make_unique<BreakerRegistry>());
+    registry_.store(registries_.back().get(), std::memory_order_release);
+  }
+  std::vector<CachedValue> dropped;  // none: the cache is empty
+  ApplyMemoryConfig(*current_config(), MonotonicNowNs(), &dropped);
 }
 
 std::shared_ptr<const OptimizationConfig> Executor::config() const {
   MutexLock lock(&config_mu_);
   return retained_.back();
 }
+
+namespace {
+// "a,b,c": the fields whose values differ (at most ~200 characters).
+std::string ChangedFields(const OptimizationConfig& a,
+                          const OptimizationConfig& b) {
+  std::string out;
+#define CAUDAL_DIFF_FIELD(kind, name, def, doc) \
+  if (a.name != b.name && out.size() < 200) {   \
+    if (!out.empty()) out += ',';               \
+    out += #name;                               \
+  }
+  CAUDAL_CONFIG_FIELDS(CAUDAL_DIFF_FIELD)
+#undef CAUDAL_DIFF_FIELD
+  return out;
+}
+}  // namespace
 
 CircuitBreaker::Options Executor::BreakerOptions(const OptimizationConfig& c) {
   CircuitBreaker::Options o;
@@ -60,9 +81,11 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
   const CircuitBreaker::Options next_opts = BreakerOptions(config);
   const absl::Status opts_ok = next_opts.Validate();
   if (!opts_ok.ok()) return opts_ok;
+  std::string changed;  // names of the fields that changed, for the event
   {
     MutexLock lock(&config_mu_);
     const OptimizationConfig& current = *retained_.back();
+    changed = ChangedFields(current, config);
     const CircuitBreaker::Options cur = BreakerOptions(current);
     const bool breakers_changed =
         cur.failure_threshold != next_opts.failure_threshold ||
@@ -106,15 +129,17 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
     for (auto& w : handed) woken->push_back(std::move(w));
   }
   std::vector<CachedValue> dropped;  // destroyed after the locks are gone
-  const auto cs = cache_.GetStats();
-  if (cs.max_entries != static_cast<size_t>(config.cache_max_size) ||
-      cs.max_bytes != static_cast<size_t>(config.cache_max_bytes)) {
-    cache_
-        .Resize(static_cast<size_t>(config.cache_max_size),
-                static_cast<size_t>(config.cache_max_bytes), &dropped)
-        .IgnoreError();
+  // Cache capacity, record pool and pressure threshold (executor_memory.cc).
+  ApplyMemoryConfig(*current_config(), MonotonicNowNs(), &dropped);
+  const uint64_t gen = generation_.fetch_add(1, std::memory_order_acq_rel) + 1;
+  if (events_.Wants(EventType::kConfigChanged)) {
+    Event e;
+    e.type = EventType::kConfigChanged;
+    e.time_ns = MonotonicNowNs();
+    e.value = static_cast<double>(gen);
+    e.detail = changed;
+    events_.Publish(e);
   }
-  generation_.fetch_add(1, std::memory_order_acq_rel);
   return absl::OkStatus();
 }
 
@@ -137,10 +162,53 @@ CircuitBreaker* Executor::BreakerFor(StepEntry& e,
 void Executor::Note(const StepSpec& spec,
                     const absl::optional<CircuitBreaker::Transition>& t) {
   if (!t.has_value()) return;
-  MutexLock lock(&transitions_mu_);
-  transitions_.push_back(
-      {spec.breaker_key.empty() ? spec.name : spec.breaker_key, *t});
-  while (transitions_.size() > kTransitionLog) transitions_.pop_front();
+  const std::string& name =
+      spec.breaker_key.empty() ? spec.name : spec.breaker_key;
+  {
+    MutexLock lock(&transitions_mu_);
+    transitions_.push_back({name, *t});
+    while (transitions_.size() > kTransitionLog) transitions_.pop_front();
+  }
+  if (events_.Wants(EventType::kBreakerTransition)) {
+    Event e;
+    e.type = EventType::kBreakerTransition;
+    e.time_ns = t->at_ns;
+    e.key = name;
+    e.value = static_cast<double>(t->from);
+    e.value2 = static_cast<double>(t->to);
+    e.detail = absl::StrCat(StateName(t->from), "->", StateName(t->to));
+    events_.Publish(e);
+  }
+}
+
+void Executor::PublishLimitChange(const LimitChange& c) {
+  if (!events_.Wants(EventType::kLimitChanged)) return;
+  auto limit = [](int v) {
+    return v == KeyLimiter::kUnlimited
+               ? std::numeric_limits<double>::infinity()
+               : static_cast<double>(v);
+  };
+  Event e;
+  e.type = EventType::kLimitChanged;
+  e.time_ns = c.at_ns;
+  e.key = c.key;
+  e.value = limit(c.to);
+  e.value2 = limit(c.from);
+  if (KeyLimiter* l = limiters_.Find(c.key)) e.detail = LimiterModeName(l->mode());
+  events_.Publish(e);
+}
+
+void Executor::PublishStep(EventType type, const StepEntry& step,
+                           int64_t now_ns, double value, double value2,
+                           absl::string_view detail) {
+  Event e;
+  e.type = type;
+  e.time_ns = now_ns;
+  e.key = step.spec.name;
+  e.value = value;
+  e.value2 = value2;
+  e.detail = std::string(detail);
+  events_.Publish(e);
 }
 
 bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
@@ -165,9 +233,11 @@ bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
 ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
                                  int64_t now_ns,
                                  const OptimizationConfig* cfg) {
-  auto* r = new ExecutionRecord();
+  if (MaintenanceDue(now_ns)) Maintain(now_ns);
+  const OptimizationConfig* config = cfg ? cfg : current_config();
+  ExecutionRecord* r = NewRecord(*config);
   r->step = std::move(step);
-  r->config = cfg ? cfg : current_config();
+  r->config = config;
   r->start_ns = now_ns;
   r->attempt_start_ns = now_ns;
   StepStats* s = r->step->stats;
@@ -176,6 +246,8 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   if (!Admit(r, now_ns)) return r;  // attempt stays 0: rejected
   r->attempt = 1;
   s->attempts.fetch_add(1, std::memory_order_relaxed);
+  if (events_.Wants(EventType::kStepStarted))
+    PublishStep(EventType::kStepStarted, *r->step, now_ns, 1, 0, "");
   return r;
 }
 
@@ -241,6 +313,8 @@ bool Executor::StartAttempt(ExecutionRecord* r, int64_t now_ns) {
   StepStats* s = r->step->stats;
   s->attempts.fetch_add(1, std::memory_order_relaxed);
   s->retries.fetch_add(1, std::memory_order_relaxed);
+  if (events_.Wants(EventType::kStepStarted))
+    PublishStep(EventType::kStepStarted, *r->step, now_ns, r->attempt, 0, "");
   return true;
 }
 
@@ -257,7 +331,7 @@ void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
   out.flight = r->cache_flight;
   out.flight_key = r->cache_key;
   out.step = std::move(r->step);
-  delete r;
+  FreeRecord(r);
 }
 
 ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
@@ -290,6 +364,10 @@ ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
   }
   if (r->retried_pattern != 0)
     errors_.RecordRetryOutcome(r->retried_pattern, true);
+  if (events_.Wants(EventType::kStepFinished))
+    PublishStep(EventType::kStepFinished, *r->step, now_ns,
+                static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
+                "");
   ExecutionOutcome out = Finish(r, now_ns);
   out.wake_more = std::move(woken);
   return out;
@@ -304,6 +382,10 @@ ExecutionOutcome Executor::Fail(ExecutionRecord* r, int64_t now_ns,
     r->breaker_pending = false;
     r->breaker->OnIgnored(r->probe);
   }
+  if (events_.Wants(EventType::kStepFailed))
+    PublishStep(EventType::kStepFailed, *r->step, now_ns,
+                static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
+                r->attempt == 0 ? "rejected" : (fell_back ? "fallback" : ""));
   return Finish(r, now_ns);
 }
 
@@ -318,6 +400,10 @@ ExecutionOutcome Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
   s->in_flight.fetch_sub(1, std::memory_order_relaxed);
   in_flight_.fetch_sub(1, std::memory_order_relaxed);
   if (r->breaker_pending) r->breaker->OnIgnored(r->probe);
+  if (events_.Wants(EventType::kStepCancelled))
+    PublishStep(EventType::kStepCancelled, *r->step, now_ns,
+                static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
+                "");
   ExecutionOutcome out;
   Release(r, out);
   return out;
@@ -389,6 +475,7 @@ static void ReassessCache(StepEntry& step) {
 absl::optional<CachedValue> Executor::CacheLookup(
     StepEntry& step, const Key128& key, int64_t now_ns,
     std::vector<CachedValue>* dropped) {
+  if (MaintenanceDue(now_ns)) Maintain(now_ns);
   absl::optional<CachedValue> v = cache_.Get(key, now_ns, dropped);
   StepStats& s = *step.stats;
   const uint64_t n =
@@ -396,6 +483,8 @@ absl::optional<CachedValue> Executor::CacheLookup(
           .fetch_add(1, std::memory_order_relaxed) +
       1 + (v ? s.cache_misses : s.cache_hits).load(std::memory_order_relaxed);
   if (n % 256 == 0) ReassessCache(step);
+  const EventType t = v ? EventType::kCacheHit : EventType::kCacheMiss;
+  if (events_.Wants(t)) PublishStep(t, step, now_ns, 0, 0, "");
   return v;
 }
 

@@ -40,10 +40,13 @@
 #include "caudal/config/optimization_config.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/hash/key128.h"
+#include "caudal/memory/memory_monitor.h"
+#include "caudal/memory/object_pool.h"
 #include "caudal/monitor/execution_stats.h"
 #include "caudal/resilience/circuit_breaker.h"
 #include "caudal/resilience/error_patterns.h"
 #include "caudal/resilience/retry_policy.h"
+#include "caudal/telemetry/event_bus.h"
 
 namespace caudal {
 
@@ -70,12 +73,27 @@ struct ExecutionRecord {
   bool cache_lead = false;
   bool cache_flight = false;  // leads a single flight (followers to wake)
   bool permit = false;        // holds a slot of max_concurrent_executions
+  bool pooled = false;        // came from the executor's record pool
   Key128 cache_key{};
   // The step's concurrency limiter, when this execution holds its permit;
   // each attempt is one sample (start, in-flight count when admitted).
   KeyLimiter* limiter = nullptr;
   int limit_inflight = 0;
   int64_t attempt_start_ns = 0;
+};
+
+// What the memory read-out reports (executor_memory.cc).
+struct MemorySnapshot {
+  double usage_mb = 0.0;  // the last RSS reading
+  PressureLevel level = PressureLevel::kNormal;
+  double threshold_mb = 0.0;
+  uint64_t readings = 0;
+  uint64_t read_errors = 0;
+  uint64_t pressure_changes = 0;  // level changes acted on
+  ObjectPoolStats pool;
+  // What is shrunk now, in the order it was shrunk ("object_pool: ...",
+  // "result_cache: ..."); empty at the normal level.
+  std::vector<std::string> shrunk;
 };
 
 // A cached output, opaque to the core: the bindings store a Python object
@@ -161,6 +179,11 @@ class Executor {
   const StepTable& steps() const { return steps_; }
   StatsRegistry& stats() { return stats_; }
   const StatsRegistry& stats() const { return stats_; }
+  // The executor's event bus (telemetry/event_bus.h). The core publishes
+  // config_changed, breaker_transition and, when subscribed, the step and
+  // cache events; other components publish theirs (limit_changed, ...).
+  EventBus& events() { return events_; }
+  const EventBus& events() const { return events_; }
 
   // Starts an execution and its first attempt. When the step's breaker is
   // open the record comes back with attempt == 0 and retry_after_ns set:
@@ -296,6 +319,21 @@ class Executor {
     return in_flight_.load(std::memory_order_relaxed);
   }
 
+  // ---- memory: record pool, memory pressure (executor_memory.cc) ----
+  // Housekeeping, off the hot path: trims the record pool and, with
+  // enable_memory_optimization, reads RSS and acts on pressure-level
+  // changes. Begin() and CacheLookup() call it when MaintenanceDue (one
+  // relaxed load); at most one caller per interval does the work.
+  bool MaintenanceDue(int64_t now_ns) const {
+    return now_ns >= next_maintain_ns_.load(std::memory_order_relaxed);
+  }
+  void Maintain(int64_t now_ns);
+  // Reads RSS now (acting on a level change, as Maintain would) and
+  // reports the pool, the level and what is shrunk.
+  MemorySnapshot MemoryStats(int64_t now_ns);
+  // The RSS source and reading interval (tests inject a source).
+  MemoryMonitor& memory_monitor() { return memory_; }
+
   // Read-outs.
   std::vector<BreakerRegistry::NamedSnapshot> BreakerSnapshots() const;
   std::vector<BreakerTransitionRecord> RecentTransitions() const;
@@ -323,6 +361,18 @@ class Executor {
   void Note(const StepSpec& spec,
             const absl::optional<CircuitBreaker::Transition>& t);
   static CircuitBreaker::Options BreakerOptions(const OptimizationConfig& c);
+  ExecutionRecord* NewRecord(const OptimizationConfig& cfg);
+  void FreeRecord(ExecutionRecord* r);
+  // Pool bounds, monitor threshold and cache capacity for `cfg` at the
+  // current pressure level (constructor, ApplyConfig, level changes).
+  void ApplyMemoryConfig(const OptimizationConfig& cfg, int64_t now_ns,
+                         std::vector<CachedValue>* dropped);
+  // Brings the applied shrink level in line with the monitor's level.
+  void SyncPressure(int64_t now_ns);
+  void PublishLimitChange(const LimitChange& change);
+  // A step event, if subscribed (one relaxed load otherwise).
+  void PublishStep(EventType type, const StepEntry& step, int64_t now_ns,
+                   double value, double value2, absl::string_view detail);
 
   mutable Mutex config_mu_;
   // Every config ever applied (the last one is in force) (a few hundred bytes
@@ -335,6 +385,7 @@ class Executor {
   std::atomic<int64_t> in_flight_{0};
   StatsRegistry stats_;
   StepTable steps_;
+  EventBus events_;
 
   // Breakers live as long as the executor (entries cache raw pointers); a
   // config change that alters breaker options retires the registry and
@@ -352,8 +403,21 @@ class Executor {
   RetryRandom random_;
   std::atomic<uint64_t> fail_fast_{0};
 
+  // Memory (executor_memory.cc).
+  ObjectPool<ExecutionRecord> records_;
+  MemoryMonitor memory_;
+  std::atomic<int64_t> next_maintain_ns_{0};
+  mutable Mutex memory_mu_;  // serialises pressure actions and resizes
+  PressureLevel applied_level_ ABSL_GUARDED_BY(memory_mu_) =
+      PressureLevel::kNormal;
+  std::vector<std::string> shrunk_ ABSL_GUARDED_BY(memory_mu_);
+  uint64_t pressure_changes_ ABSL_GUARDED_BY(memory_mu_) = 0;
+
   ConcurrencyGate<FlightWaiter> gate_{0};
-  LimiterRegistry limiters_;
+  // Its limit changes are published as limit_changed events (events_ is
+  // declared above, so it outlives the registry).
+  LimiterRegistry limiters_{
+      [this](const LimitChange& c) { PublishLimitChange(c); }};
   mutable Mutex limit_keys_mu_;
   // Fixed limits asked for by steps, by key (0 = none asked).
   absl::flat_hash_map<std::string, int> fixed_limits_

@@ -1,0 +1,75 @@
+#include "memory_bindings.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "caudal/base/alloc_counter.h"
+
+namespace caudal::bindings {
+
+py::dict MemoryStatsDict(Executor& core) {
+  const MemorySnapshot m = core.MemoryStats(MonotonicNowNs());
+  py::dict pool;
+  pool["hits"] = m.pool.hits;
+  pool["misses"] = m.pool.misses;
+  pool["releases"] = m.pool.releases;
+  pool["discards"] = m.pool.discards;
+  pool["trimmed"] = m.pool.trimmed;
+  pool["idle"] = m.pool.idle;
+  pool["in_use"] = m.pool.in_use;
+  pool["max_idle"] = m.pool.max_idle;
+  pool["hit_rate"] = m.pool.hit_rate;
+  pool["utilization"] = m.pool.utilization;
+  py::dict d;
+  d["usage_mb"] = m.usage_mb;
+  d["memory_pressure_level"] = std::string(PressureLevelName(m.level));
+  d["memory_pressure_threshold_mb"] = m.threshold_mb;
+  d["object_pool_utilization"] = m.pool.utilization;
+  d["object_pool"] = pool;
+  py::list shrunk;
+  for (const std::string& s : m.shrunk) shrunk.append(py::str(s));
+  d["shrunk"] = shrunk;
+  d["pressure_changes"] = m.pressure_changes;
+  d["rss_readings"] = m.readings;
+  d["rss_read_errors"] = m.read_errors;
+  d["rss_interval_s"] =
+      static_cast<double>(core.memory_monitor().interval_ns()) / 1e9;
+  return d;
+}
+
+void SetRssSource(Executor& core, py::object source) {
+  if (source.is_none()) {
+    core.memory_monitor().SetSource({});
+    return;
+  }
+  // Owned by the monitor, which may drop it from any thread.
+  std::shared_ptr<PyObject> fn(source.release().ptr(), DecRefWithGil);
+  core.memory_monitor().SetSource([fn]() -> absl::StatusOr<uint64_t> {
+    PyGILState_STATE g = PyGILState_Ensure();
+    absl::StatusOr<uint64_t> out = absl::UnavailableError("rss source failed");
+    PyObject* r = PyObject_CallNoArgs(fn.get());
+    if (r != nullptr) {
+      const unsigned long long v = PyLong_AsUnsignedLongLong(r);
+      Py_DECREF(r);
+      if (!PyErr_Occurred()) out = static_cast<uint64_t>(v);
+    }
+    // A failing source counts as a read error (stats: rss_read_errors).
+    PyErr_Clear();
+    PyGILState_Release(g);
+    return out;
+  });
+}
+
+void RegisterMemory(py::module_& m) {
+  m.def(
+      "_native_allocations",
+      []() -> py::object {
+        if (!alloc_counter::Enabled()) return py::none();
+        return py::int_(alloc_counter::ThreadAllocations());
+      },
+      "operator new calls made by this thread's native code, or None when "
+      "the build does not count them (-DCAUDAL_COUNT_ALLOCATIONS=ON).");
+}
+
+}  // namespace caudal::bindings
