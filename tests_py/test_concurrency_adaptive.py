@@ -365,3 +365,25 @@ async def test_execute_many_shows_a_progress_bar_when_asked(capsys):
 async def test_execute_many_checks_max_concurrency():
     with pytest.raises(ValueError, match="max_concurrency"):
         await ExecutorCore().execute_many(Step(Probe(0), "p"), [1], max_concurrency=0)
+
+
+async def test_every_limit_change_is_an_event():
+    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2))
+    backend = Backend(capacity=1000, base_s=0.002)
+    st = Step(backend, "evented")
+    async with ex.events(types="limit_changed") as events:
+        await ex.execute_many(st, range(300))
+        await ex.apply_optimization_config(
+            OptimizationConfig(enable_concurrency_optimization=False)
+        )
+        history = ex.concurrency_history()
+        seen = []
+        async for e in events:
+            seen.append(e)
+            if len(seen) == len(history):
+                break
+    assert [(e.step, e.value2, e.value) for e in seen] == [
+        (h["key"], h["from"], float("inf") if h["to"] is None else h["to"]) for h in history
+    ]
+    assert seen[0].detail == "adaptive" and seen[0].value > seen[0].value2
+    assert seen[-1].detail == "unlimited" and seen[-1].value == float("inf")

@@ -184,9 +184,8 @@ void Executor::Note(const StepSpec& spec,
 void Executor::PublishLimitChange(const LimitChange& c) {
   if (!events_.Wants(EventType::kLimitChanged)) return;
   auto limit = [](int v) {
-    return v == KeyLimiter::kUnlimited
-               ? std::numeric_limits<double>::infinity()
-               : static_cast<double>(v);
+    return v == KeyLimiter::kUnlimited ? std::numeric_limits<double>::infinity()
+                                       : static_cast<double>(v);
   };
   Event e;
   e.type = EventType::kLimitChanged;
@@ -194,7 +193,8 @@ void Executor::PublishLimitChange(const LimitChange& c) {
   e.key = c.key;
   e.value = limit(c.to);
   e.value2 = limit(c.from);
-  if (KeyLimiter* l = limiters_.Find(c.key)) e.detail = LimiterModeName(l->mode());
+  if (KeyLimiter* l = limiters_.Find(c.key))
+    e.detail = LimiterModeName(l->mode());
   events_.Publish(e);
 }
 
