@@ -9,6 +9,7 @@ from caudal._pipeline_context import register_context_adapter
 from caudal._steps import Step, step
 from caudal.checkpoints import CheckpointStore, MemoryStore, PostgresStore, SqliteStore
 from caudal.errors import (
+    BackendUnavailableError,
     CaudalError,
     CheckpointError,
     CircuitOpenError,
@@ -19,6 +20,7 @@ from caudal.errors import (
     DuplicateStepError,
     PipelineDefinitionError,
     QueueFullError,
+    RemoteWorkerDiedError,
     RunNotFoundError,
     UsageLimitExceededError,
 )
@@ -39,6 +41,7 @@ from caudal.yaml_pipeline import load_pipeline
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendUnavailableError",
     "CaudalError",
     "CheckpointError",
     "CheckpointStore",
@@ -58,6 +61,7 @@ __all__ = [
     "PipelineRun",
     "PostgresStore",
     "QueueFullError",
+    "RemoteWorkerDiedError",
     "RetryStrategy",
     "RunNotFoundError",
     "SqliteStore",
