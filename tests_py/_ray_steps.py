@@ -77,11 +77,11 @@ def where(_data: object = None) -> int:
 class Embedder:
     """A step with costly set-up: one instance per actor."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: int = 10) -> None:
         folder = os.environ["CAUDAL_TEST_SETUP_DIR"]
-        Path(folder, f"setup-{os.getpid()}").write_text("")
+        Path(folder, f"setup-{os.getpid()}-{scale}").write_text("")
         self.pid = os.getpid()
-        self.table = {i: i * 10 for i in range(100)}
+        self.table = {i: i * scale for i in range(100)}
 
     def __call__(self, x: int) -> tuple[int, int]:
         return self.table[x], self.pid

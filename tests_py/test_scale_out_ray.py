@@ -9,6 +9,7 @@ in tests_py/_ray_steps.py, which the workers import by name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import time
@@ -21,9 +22,11 @@ import caudal
 from caudal import (
     BackendUnavailableError,
     ExecutorCore,
+    PipelineDefinitionError,
     RemoteWorkerDiedError,
     Step,
     StepTimeoutError,
+    load_pipeline,
 )
 from caudal.backends.ray import release_actors
 
@@ -146,7 +149,7 @@ async def test_actor_class_runs_locally_with_one_set_up(tmp_path, monkeypatch):
     step = Step(rs.Embedder, actors=2)  # backend follows the executor: local
     results = await asyncio.gather(*(ex.execute(step, i) for i in range(5)))
     assert [r.output for r in results] == [(i * 10, os.getpid()) for i in range(5)]
-    assert [p.name for p in tmp_path.iterdir()] == [f"setup-{os.getpid()}"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"setup-{os.getpid()}-10"]
 
 
 # ------------------------------------------------------------- on Ray
@@ -260,8 +263,73 @@ async def test_actor_pool_sets_up_once_per_actor(ray_cluster):
     assert [r.output[0] for r in results] == [i * 10 for i in range(8)]
     pids = {r.output[1] for r in results}
     assert len(pids) == 2 and os.getpid() not in pids
-    assert sorted(p.name for p in setup_dir.iterdir()) == sorted(f"setup-{p}" for p in pids)
+    assert sorted(p.name for p in setup_dir.iterdir()) == sorted(f"setup-{p}-10" for p in pids)
     # Cached: the same pool serves later executions, through any executor.
     again = await ExecutorCore().execute(step, 3)
     assert again.output[1] in pids
     assert release_actors(step) == 2  # frees the CPUs the actors hold
+    # Set-up arguments: a partial of the class.
+    step = Step(functools.partial(rs.Embedder, scale=3), backend="ray", actors=1)
+    assert step.name == "Embedder"
+    res = await ExecutorCore().execute(step, 5)
+    assert res.output[0] == 15 and res.output[1] not in pids
+    assert (setup_dir / f"setup-{res.output[1]}-3").exists()
+    assert release_actors(step) == 1
+
+
+YAML = """
+name: scale-out
+steps:
+  - name: parse
+    uses: parse
+  - name: score
+    uses: score
+    depends_on: parse
+    backend: ray
+    num_cpus: 1
+    max_retries: 1
+  - name: enrich
+    uses: enrich
+    depends_on: score
+    backend: ray
+    resources: {}
+"""
+
+
+async def test_yaml_pipeline_with_remote_steps(ray_cluster):
+    registry = {"parse": rs.parse, "score": rs.score, "enrich": rs.enrich}
+    pipeline = load_pipeline(YAML, registry)
+    run = await pipeline.run("5,6", store=False, context={})
+    assert run.status == "completed", run.error
+    assert run.result["sum"] == 11 and run.result["enriched_on"] != os.getpid()
+    assert run.context == {"scored_on": run.result["pid"]}
+
+
+def test_yaml_placement_fields_are_checked():
+    registry = {"parse": rs.parse}
+    text = """
+name: bad
+steps:
+  - name: a
+    uses: parse
+    backend: dask
+  - name: b
+    uses: parse
+    num_cpus: -1
+    resources: {CPU: 1, db: x}
+    actors: 0
+  - name: c
+    uses: parse
+    backend: local
+    num_gpus: 1
+"""
+    with pytest.raises(PipelineDefinitionError) as info:
+        load_pipeline(text, registry)
+    assert info.value.problems == [
+        "<string>:6: steps[0].backend: expected local or ray, got 'dask'",
+        "<string>:9: steps[1].num_cpus: expected a number >= 0, got '-1'",
+        "<string>:10: steps[1].resources.CPU: give CPU as num_cpus",
+        "<string>:10: steps[1].resources.db: expected a number >= 0, got 'x'",
+        "<string>:11: steps[1].actors: expected a positive integer, got '0'",
+        "<string>:15: steps[2].num_gpus: applies only to backend: ray",
+    ]

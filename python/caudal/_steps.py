@@ -341,10 +341,10 @@ class ExecutorDefaults:
         return f"ExecutorDefaults(retry={self.retry!r}, backend={self.backend!r})"
 
 
-def _local_instance(cls: type) -> Callable[..., Any]:
+def _local_instance(make: Callable[[], Any], is_async: bool) -> Callable[..., Any]:
     """A class step with ``actors=`` running locally: instantiated once (its
-    set-up), on first use, and the instance called per attempt — what each
-    Ray actor does, in the driver."""
+    set-up, ``make()``), on first use, and the instance called per attempt —
+    what each Ray actor does, in the driver."""
     lock = threading.Lock()
     box: list[Any] = []
 
@@ -352,10 +352,10 @@ def _local_instance(cls: type) -> Callable[..., Any]:
         if not box:
             with lock:
                 if not box:
-                    box.append(cls())
+                    box.append(make())
         return box[0]
 
-    if inspect.iscoroutinefunction(getattr(cls, "__call__", None)):  # noqa: B004
+    if is_async:
 
         async def call_async(*args: Any, **kwargs: Any) -> Any:
             return await instance()(*args, **kwargs)
@@ -367,7 +367,7 @@ def _local_instance(cls: type) -> Callable[..., Any]:
             return instance()(*args, **kwargs)
 
         call = call_sync
-    call.__name__ = call.__qualname__ = getattr(cls, "__name__", "step")
+    call.__name__ = call.__qualname__ = _name_of(make)
     return call
 
 
@@ -494,10 +494,12 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
 
     if backend is None:
         backend = default_backend or "local"
-    is_class = actors is not None and inspect.isclass(target)
+    # A class (or a functools.partial of one, for set-up arguments) with
+    # actors=: set-up in __init__ (once per actor), work in __call__.
+    cls = target.func if isinstance(target, functools.partial) else target
+    is_class = actors is not None and inspect.isclass(cls)
     if is_class:
-        # Set-up in __init__ (once per actor), work in __call__ (per attempt).
-        if getattr(target, "__call__", None) is getattr(object, "__call__", None):  # noqa: B004
+        if cls.__call__ is type.__call__ or cls.__call__ is object.__call__:
             raise TypeError(f"Step {name!r}: a class used with actors= must define __call__")
         fn = target
         as_run = False
@@ -530,8 +532,8 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         retry_on = None  # the common case: no per-error check needed
 
     if is_class:
-        call = functools.partial(target.__call__, None)  # the signature without self
-        kind = KIND_ASYNC if inspect.iscoroutinefunction(target.__call__) else KIND_SYNC
+        call = functools.partial(cls.__call__, None)  # the signature without self
+        kind = KIND_ASYNC if inspect.iscoroutinefunction(cls.__call__) else KIND_SYNC
         shape, ctx_kw, res_kw = _shape_of(call, as_run=False)
     else:
         kind = KIND_ASYNC if _is_async_callable(fn) else KIND_SYNC
@@ -553,7 +555,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         )
         kind = KIND_ASYNC
     elif is_class:
-        fn = _local_instance(target)
+        fn = _local_instance(target, kind == KIND_ASYNC)
     return {
         "name": name,
         "kind": kind,
