@@ -333,3 +333,29 @@ steps:
         "<string>:11: steps[1].actors: expected a positive integer, got '0'",
         "<string>:15: steps[2].num_gpus: applies only to backend: ray",
     ]
+
+
+async def test_two_drivers_share_remote_results_through_redis(ray_cluster, redis_server, tmp_path):
+    # Two driver processes' executors (here: two executors, each with its
+    # own L1) on one Redis: the second finds the first's remote result and
+    # makes no remote call.
+    from caudal.cache_redis import RedisCacheTier
+
+    calls = tmp_path / "calls"
+    step = Step(rs.counted, backend="ray", cache=True)
+    drivers = [
+        ExecutorCore(cache_l2=RedisCacheTier(redis_server, prefix="scale-out-test:"))
+        for _ in range(2)
+    ]
+    try:
+        first = await drivers[0].execute(step, (str(calls), 9))
+        await drivers[0].flush()  # the L2 write is asynchronous
+        second = await drivers[1].execute(step, (str(calls), 9))
+        assert (first.output, second.output) == (81, 81)
+        assert not first.cache_hit and second.cache_hit
+        assert second.metadata["cache_tier"] == "l2"
+        assert calls.read_text().split() == ["9"]
+    finally:
+        for ex in drivers:
+            await ex.clear_cache()
+            await ex.aclose()
