@@ -85,3 +85,22 @@ class Embedder:
 
     def __call__(self, x: int) -> tuple[int, int]:
         return self.table[x], self.pid
+
+
+def gather(scored: dict, context: dict) -> dict:
+    """Local by choice: runs in the driver (the CLI process)."""
+    return {**scored, "driver": os.getpid(), "ctx": dict(context)}
+
+
+def _registry() -> dict:
+    from caudal import Step
+
+    return {
+        "parse": parse,
+        "score": score,
+        "enrich": enrich,
+        "gather": Step(gather, backend="local"),
+    }
+
+
+REGISTRY = _registry()

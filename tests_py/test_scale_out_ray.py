@@ -359,3 +359,38 @@ async def test_two_drivers_share_remote_results_through_redis(ray_cluster, redis
         for ex in drivers:
             await ex.clear_cache()
             await ex.aclose()
+
+
+CLI_YAML = """
+name: cli-scale-out
+context: {}
+steps:
+  - {name: parse, uses: parse}
+  - {name: score, uses: score, depends_on: parse}
+  - {name: enrich, uses: enrich, depends_on: score}
+  - {name: gather, uses: gather, depends_on: enrich}
+"""
+
+
+def test_cli_runs_a_pipeline_file_on_the_cluster(ray_cluster, tmp_path):
+    # The deployment of docs/scale-out.md in one process: the same pipeline
+    # file, a driver joining the cluster (--ray-address), every step that
+    # does not choose running on Ray (--backend ray), checkpoints in a store.
+    import json
+    import subprocess
+
+    import ray
+
+    (tmp_path / "pipe.yaml").write_text(CLI_YAML)
+    cmd = [sys.executable, "-m", "caudal.cli", "run", "pipe.yaml"]
+    cmd += ["--registry", "_ray_steps:REGISTRY", "--input", '"3,4"', "--store", "runs.db"]
+    cmd += ["--backend", "ray", "--ray-address", ray.get_runtime_context().gcs_address, "--json"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "completed", out
+    res = out["result"]
+    assert res["sum"] == 7
+    assert res["pid"] != res["driver"] and res["enriched_on"] != res["driver"]  # on Ray
+    assert res["ctx"] == {"scored_on": res["pid"]}  # the remote context write, merged
+    assert res["driver"] != os.getpid()
