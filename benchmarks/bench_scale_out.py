@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # first imported, so before caudal imports it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+import psutil
 import ray
 
 from _harness import save
@@ -52,13 +53,14 @@ TARGET_S = 0.050
 
 
 def burn(x: int, *, iters: int) -> float:
-    """Pure Python, holds the GIL throughout; returns its own duration (s),
-    as measured where it ran."""
-    t0 = time.perf_counter()
+    """Pure Python, holds the GIL throughout; returns the CPU time it took
+    (its thread's, where it ran: time waiting for the GIL or a core is not
+    counted)."""
+    t0 = time.thread_time()
     acc = x
     for i in range(iters):
         acc = (acc * 1103515245 + i) & 0xFFFFFFFF
-    return time.perf_counter() - t0 + (acc & 0) * 1.0
+    return time.thread_time() - t0 + (acc & 0) * 1.0
 
 
 async def burn_async(x: int, *, iters: int) -> int:
@@ -92,16 +94,44 @@ def calibrate() -> tuple[int, float]:
     return iters, statistics.median(samples)
 
 
+def _busy_s() -> float:
+    """CPU seconds the whole machine spent busy (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _ours_s() -> float:
+    """CPU seconds of this process and its descendants (the Ray processes
+    that ray.init started)."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
 async def fan_out(executor: ExecutorCore, step: Step, inputs: range) -> dict:
-    """Wall time of the whole batch, and the compute time the steps measured
-    themselves (what an ideal scheduler would divide among the workers)."""
+    """Wall time of the whole batch, the compute time the steps measured
+    themselves (what an ideal scheduler would divide among the workers), and
+    how many cores other programs on this shared machine kept busy meanwhile."""
+    busy0, ours0 = _busy_s(), _ours_s()
     t0 = time.perf_counter()
     results = await asyncio.gather(*(executor.execute(step, i) for i in inputs))
     wall = time.perf_counter() - t0
+    others = (_busy_s() - busy0) - (_ours_s() - ours0)
     bad = [r for r in results if not r.success]
     if bad:
         raise RuntimeError(f"{len(bad)} executions failed, first: {bad[0].feedback}")
-    return {"wall_s": wall, "compute_s": sum(r.output for r in results)}
+    return {
+        "wall_s": wall,
+        "compute_s": sum(r.output for r in results),
+        "other_load_cores": max(0.0, others / wall),
+    }
 
 
 def start_ray(num_cpus: int) -> None:
@@ -226,7 +256,7 @@ def report(res: dict) -> None:
     print()
     print(
         f"{'contender':26} {'wall s':>7} {'items/s':>8} {'vs local':>9} "
-        f"{'step ms':>8} {'ideal s':>8} {'overhead/item ms':>17}"
+        f"{'step ms':>8} {'ideal s':>8} {'overhead/item ms':>17} {'other load':>10}"
     )
     for name, r in runs.items():
         wall, compute = r["wall_s"], r["compute_s"]
@@ -235,11 +265,13 @@ def report(res: dict) -> None:
         per_item = (wall - ideal) * workers / n * 1e3
         print(
             f"{name:26} {wall:7.2f} {n / wall:8.2f} {n / wall / base:8.2f}x "
-            f"{compute / n * 1e3:8.1f} {ideal:8.2f} {per_item:17.2f}"
+            f"{compute / n * 1e3:8.1f} {ideal:8.2f} {per_item:17.2f} "
+            f"{r['other_load_cores']:10.2f}"
         )
     print(
-        f"(baseline: {base_name}; step ms: the step's own time where it ran; ideal: "
-        "its sum / workers; overhead/item = (wall - ideal) x workers / items)"
+        f"(baseline: {base_name}; step ms: the step's CPU time where it ran; ideal: "
+        "its sum / workers; overhead/item = (wall - ideal) x workers / items; other load: "
+        "cores kept busy by other programs on the machine during the run)"
     )
     o = res["overheads"]
     print()
