@@ -87,6 +87,21 @@ class Embedder:
         return self.table[x], self.pid
 
 
+class Fragile:
+    """An actor step whose process dies on the first call (marker file)."""
+
+    def __init__(self) -> None:
+        folder = os.environ["CAUDAL_TEST_SETUP_DIR"]
+        Path(folder, f"fragile-{os.getpid()}").write_text("")
+
+    def __call__(self, marker: str) -> int:
+        m = Path(marker)
+        if not m.exists():
+            m.write_text(str(os.getpid()))
+            os._exit(1)
+        return os.getpid()
+
+
 def gather(scored: dict, context: dict) -> dict:
     """Local by choice: runs in the driver (the CLI process)."""
     return {**scored, "driver": os.getpid(), "ctx": dict(context)}

@@ -277,6 +277,20 @@ async def test_actor_pool_sets_up_once_per_actor(ray_cluster):
     assert release_actors(step) == 1
 
 
+async def test_a_dead_actor_is_replaced_and_the_attempt_retried(ray_cluster, tmp_path):
+    setup_dir = ray_cluster
+    step = Step(rs.Fragile, backend="ray", actors=1, max_retries=1)
+    res = await ExecutorCore().execute(step, str(tmp_path / "marker"))
+    assert res.success, res.feedback
+    assert res.attempts == 2
+    first = int((tmp_path / "marker").read_text())
+    assert res.output != first  # a new actor process
+    assert sorted(p.name for p in setup_dir.glob("fragile-*")) == sorted(
+        f"fragile-{pid}" for pid in (first, res.output)
+    )
+    assert release_actors(step) == 1
+
+
 YAML = """
 name: scale-out
 steps:
