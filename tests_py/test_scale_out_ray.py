@@ -24,6 +24,7 @@ from caudal import (
     ExecutorCore,
     PipelineDefinitionError,
     RemoteWorkerDiedError,
+    RetryStrategy,
     Step,
     StepTimeoutError,
     load_pipeline,
@@ -173,12 +174,15 @@ async def test_pipeline_with_local_and_remote_steps(ray_cluster):
     assert [run.steps[n].attempts for n in run.steps] == [1, 1, 1, 1]
 
 
-async def test_executor_default_backend_and_local_override(ray_cluster):
-    ex = ExecutorCore(backend="ray")
+async def test_executor_default_backend_and_local_override(ray_cluster, tmp_path):
+    ex = ExecutorCore(backend="ray", retry_strategy=RetryStrategy(max_attempts=2, base_delay=0))
     assert ex.backend == "ray"
     assert (await ex.execute(rs.where, None)).output != os.getpid()  # a plain function
     assert (await ex.execute(Step(rs.where, backend="local"), None)).output == os.getpid()
     assert (await ExecutorCore().execute(rs.where, None)).output == os.getpid()
+    # The executor's default retry strategy still applies next to its default backend.
+    res = await ex.execute(rs.die_once, str(tmp_path / "marker"))
+    assert res.success and res.attempts == 2, res.feedback
 
 
 async def test_remote_exception_arrives_as_its_own_type(ray_cluster):
