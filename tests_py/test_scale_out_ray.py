@@ -13,12 +13,12 @@ import functools
 import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import _ray_steps as rs
 import caudal
+from _ray_env import ray_test_env
 from caudal import (
     BackendUnavailableError,
     ExecutorCore,
@@ -30,8 +30,6 @@ from caudal import (
     load_pipeline,
 )
 from caudal.backends.ray import release_actors
-
-HERE = Path(__file__).resolve().parent
 
 
 def _wait_for(predicate, what: str, timeout_s: float = 30.0) -> None:
@@ -46,38 +44,24 @@ def _wait_for(predicate, what: str, timeout_s: float = 30.0) -> None:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    env = ("PYTHONPATH", "CAUDAL_TEST_SETUP_DIR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-    saved = {k: os.environ.get(k) for k in env}
-    # Loopback only. On Linux Ray swaps 127.0.0.1 for the machine's routable
-    # address and binds its servers there; with "multi-node clusters" off
-    # (this flag, read when ray is first imported) every Ray process binds
-    # 127.0.0.1, as it does on macOS by default. Checked below.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
-
     setup_dir = tmp_path_factory.mktemp("actor-setup")
-    # Workers inherit the environment of the cluster started here: they find
-    # _ray_steps on PYTHONPATH, and the actor test's folder in the env var.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), saved["PYTHONPATH"]) if p)
-    os.environ["CAUDAL_TEST_SETUP_DIR"] = str(setup_dir)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-        namespace="caudal-tests",
-    )
-    try:
-        assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
-        yield setup_dir
-    finally:
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    # Workers find _ray_steps, and the actor tests' folder in the env var.
+    with ray_test_env(CAUDAL_TEST_SETUP_DIR=str(setup_dir)):
+        import ray
+
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            configure_logging=False,
+            namespace="caudal-tests",
+        )
+        try:
+            assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+            yield setup_dir
+        finally:
+            ray.shutdown()
 
 
 # ---------------------------------------------------------- no Ray needed
