@@ -9,6 +9,7 @@ from caudal._pipeline_context import register_context_adapter
 from caudal._steps import Step, step
 from caudal.checkpoints import CheckpointStore, MemoryStore, PostgresStore, SqliteStore
 from caudal.errors import (
+    BackendUnavailableError,
     CaudalError,
     CheckpointError,
     CircuitOpenError,
@@ -21,6 +22,7 @@ from caudal.errors import (
     PipelineDefinitionError,
     PoolTimeoutError,
     QueueFullError,
+    RemoteWorkerDiedError,
     RunNotFoundError,
     UsageLimitExceededError,
 )
@@ -42,6 +44,7 @@ from caudal.yaml_pipeline import load_pipeline
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendUnavailableError",
     "CaudalError",
     "CheckpointError",
     "CheckpointStore",
@@ -63,6 +66,7 @@ __all__ = [
     "PoolTimeoutError",
     "PostgresStore",
     "QueueFullError",
+    "RemoteWorkerDiedError",
     "RetryStrategy",
     "RunNotFoundError",
     "SqliteStore",

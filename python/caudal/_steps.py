@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 # Mirrors of the C++ enums in cpp/caudal/executor/step_spec.h.
@@ -59,6 +60,18 @@ class Step:
       flight; None leaves it to the executor (adaptive when
       ``enable_concurrency_optimization`` is on and
       ``max_concurrent_executions`` is None, else no per-key limit).
+    - ``backend``: where attempts run: ``"local"``, ``"ray"`` (a Ray task,
+      awaited from asyncio; needs ``pip install 'caudal[ray]'``) or None
+      (the executor's default, itself local unless
+      ``ExecutorCore(backend="ray")``). Cache, breaker, limits, retries,
+      timeouts and statistics stay in the driver either way
+      (docs/scale-out.md).
+    - ``num_cpus``, ``num_gpus``, ``resources``: what one attempt reserves
+      on the Ray cluster (``resources`` are Ray custom resources, e.g.
+      ``{"embedder": 1}``, not the ``resources=`` passed to ``execute``).
+    - ``actors``: run attempts on a pool of this many Ray actors instead of
+      tasks, for steps with costly set-up: if ``fn`` is a class, each actor
+      instantiates it once and calls the instance per attempt.
 
     ``a >> b`` builds a two-step :class:`caudal.Pipeline` (b after a).
 
@@ -67,6 +80,8 @@ class Step:
     """
 
     __slots__ = (
+        "actors",
+        "backend",
         "breaker",
         "breaker_exclude",
         "cache",
@@ -79,7 +94,10 @@ class Step:
         "max_concurrency",
         "max_retries",
         "name",
+        "num_cpus",
+        "num_gpus",
         "optional",
+        "resources",
         "retry",
         "single_flight",
         "tags",
@@ -107,6 +125,11 @@ class Step:
         optional: bool = False,
         concurrency_key: str | None = None,
         max_concurrency: int | None = None,
+        backend: str | None = None,
+        num_cpus: float | None = None,
+        num_gpus: float | None = None,
+        resources: Mapping[str, float] | None = None,
+        actors: int | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError(f"Step: fn must be callable, got {type(fn).__name__}")
@@ -188,6 +211,9 @@ class Step:
                 f"Step {name!r}: max_concurrency must be an int >= 1 or None, "
                 f"got {max_concurrency!r}"
             )
+        backend, num_cpus, num_gpus, resources, actors = _check_placement(
+            name, backend, num_cpus, num_gpus, resources, actors
+        )
         setter = object.__setattr__
         setter(self, "fn", fn)
         setter(self, "depends_on", depends_on)
@@ -206,6 +232,11 @@ class Step:
         setter(self, "single_flight", single_flight)
         setter(self, "concurrency_key", concurrency_key)
         setter(self, "max_concurrency", max_concurrency)
+        setter(self, "backend", backend)
+        setter(self, "num_cpus", num_cpus)
+        setter(self, "num_gpus", num_gpus)
+        setter(self, "resources", resources)
+        setter(self, "actors", actors)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(
@@ -247,6 +278,10 @@ class Step:
             extra.append(f"concurrency_key={self.concurrency_key!r}")
         if self.max_concurrency is not None:
             extra.append(f"max_concurrency={self.max_concurrency}")
+        for f in ("backend", "num_cpus", "num_gpus", "resources", "actors"):
+            v = getattr(self, f)
+            if v is not None:
+                extra.append(f"{f}={v!r}")
         return f"Step({self.name!r}{''.join(', ' + e for e in extra)})"
 
     def __rshift__(self, other: Any) -> Any:
@@ -259,6 +294,114 @@ class Step:
         from caudal.pipeline import Pipeline
 
         return Pipeline.of(other) >> self
+
+
+def _check_placement(
+    name: str,
+    backend: Any,
+    num_cpus: Any,
+    num_gpus: Any,
+    resources: Any,
+    actors: Any,
+) -> tuple[str | None, float | None, float | None, dict[str, float] | None, int | None]:
+    """Validate the backend keywords of Step ``name``."""
+    from caudal.backends import check_backend
+
+    where = f"Step {name!r}"
+    backend = check_backend(backend, where)
+
+    def amount(field: str, v: Any) -> float | None:
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0:
+            raise ValueError(f"{where}: {field} must be a number >= 0 or None, got {v!r}")
+        return v
+
+    num_cpus = amount("num_cpus", num_cpus)
+    num_gpus = amount("num_gpus", num_gpus)
+    if resources is not None:
+        if not isinstance(resources, Mapping):
+            raise TypeError(
+                f"{where}: resources must map Ray resource names to amounts, got {resources!r}"
+            )
+        checked = {}
+        for k, v in resources.items():
+            if not isinstance(k, str) or not k:
+                raise TypeError(f"{where}: resources: names must be non-empty str, got {k!r}")
+            if k in ("CPU", "GPU"):
+                raise ValueError(
+                    f"{where}: resources: give {k!r} with num_{k.lower()}s=, not resources="
+                )
+            checked[k] = amount(f"resources[{k!r}]", v)
+        resources = checked or None
+    if actors is not None and (
+        isinstance(actors, bool) or not isinstance(actors, int) or actors < 1
+    ):
+        raise ValueError(f"{where}: actors must be an int >= 1 or None, got {actors!r}")
+    if backend == "local":
+        given = [
+            f
+            for f, v in (
+                ("num_cpus", num_cpus),
+                ("num_gpus", num_gpus),
+                ("resources", resources),
+                ("actors", actors),
+            )
+            if v is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{where}: {', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
+                f"only to backend='ray' "
+                f"(this step has backend='local')"
+            )
+    return backend, num_cpus, num_gpus, resources, actors
+
+
+class ExecutorDefaults:
+    """What an executor's step analysis falls back on: the default
+    RetryStrategy and backend. The native engine passes it to ``analyse``
+    untouched (through ``Engine.set_default_retry``, the one opaque slot the
+    binding has for analysis defaults)."""
+
+    __slots__ = ("backend", "retry")
+
+    def __init__(self, retry: Any = None, backend: str | None = None) -> None:
+        self.retry = retry
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"ExecutorDefaults(retry={self.retry!r}, backend={self.backend!r})"
+
+
+def _local_instance(make: Callable[[], Any], is_async: bool) -> Callable[..., Any]:
+    """A class step with ``actors=`` running locally: instantiated once (its
+    set-up, ``make()``), on first use, and the instance called per attempt —
+    what each Ray actor does, in the driver."""
+    lock = threading.Lock()
+    box: list[Any] = []
+
+    def instance() -> Any:
+        if not box:
+            with lock:
+                if not box:
+                    box.append(make())
+        return box[0]
+
+    if is_async:
+
+        async def call_async(*args: Any, **kwargs: Any) -> Any:
+            return await instance()(*args, **kwargs)
+
+        call: Callable[..., Any] = call_async
+    else:
+
+        def call_sync(*args: Any, **kwargs: Any) -> Any:
+            return instance()(*args, **kwargs)
+
+        call = call_sync
+    call.__name__ = call.__qualname__ = _name_of(make)
+    return call
 
 
 def step(fn: Callable[..., Any] | None = None, /, **settings: Any) -> Any:
@@ -338,9 +481,14 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
 
     Accepts a caudal Step, a flujo-style Step (an object with ``agent.run``
     and a ``config``), an agent (an object with a ``run`` method), or a plain
-    callable. ``default_retry`` is the executor's default RetryStrategy.
+    callable. ``default_retry`` is the executor's default RetryStrategy, or
+    an :class:`ExecutorDefaults` (default retry and backend).
     """
     from caudal.resilience import immediate_retries
+
+    default_backend = None
+    if isinstance(default_retry, ExecutorDefaults):
+        default_retry, default_backend = default_retry.retry, default_retry.backend
 
     max_retries, retry, timeout_s, cache, cache_ttl_s, tags, fallback = (
         None,
@@ -353,6 +501,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
     )
     breaker, breaker_exclude, cache_context, single_flight = None, None, (), True
     concurrency_key, max_concurrency = None, None
+    backend, num_cpus, num_gpus, resources, actors = None, None, None, None, None
     if isinstance(obj, Step):
         target = obj.fn
         name = obj.name
@@ -361,6 +510,13 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         breaker, breaker_exclude = obj.breaker, obj.breaker_exclude
         cache_context, single_flight = obj.cache_context, obj.single_flight
         concurrency_key, max_concurrency = obj.concurrency_key, obj.max_concurrency
+        backend, num_cpus, num_gpus, resources, actors = (
+            obj.backend,
+            obj.num_cpus,
+            obj.num_gpus,
+            obj.resources,
+            obj.actors,
+        )
     elif hasattr(obj, "agent") and hasattr(obj, "config") and hasattr(getattr(obj, "agent"), "run"):
         # flujo Step: the work is agent.run(data, context=..., resources=...).
         target = obj.agent
@@ -371,7 +527,18 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         target = obj
         name = _name_of(obj)
 
-    if not callable(target) or (
+    if backend is None:
+        backend = default_backend or "local"
+    # A class (or a functools.partial of one, for set-up arguments) with
+    # actors=: set-up in __init__ (once per actor), work in __call__.
+    cls = target.func if isinstance(target, functools.partial) else target
+    is_class = actors is not None and inspect.isclass(cls)
+    if is_class:
+        if cls.__call__ is type.__call__ or cls.__call__ is object.__call__:
+            raise TypeError(f"Step {name!r}: a class used with actors= must define __call__")
+        fn = target
+        as_run = False
+    elif not callable(target) or (
         hasattr(target, "run") and not inspect.isroutine(target) and not _is_async_callable(target)
     ):
         run = getattr(target, "run", None)
@@ -399,8 +566,31 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
     if retry_on == (Exception,):
         retry_on = None  # the common case: no per-error check needed
 
-    kind = KIND_ASYNC if _is_async_callable(fn) else KIND_SYNC
-    shape, ctx_kw, res_kw = _shape_of(fn, as_run=as_run)
+    if is_class:
+        call = functools.partial(cls.__call__, None)  # the signature without self
+        kind = KIND_ASYNC if inspect.iscoroutinefunction(cls.__call__) else KIND_SYNC
+        shape, ctx_kw, res_kw = _shape_of(call, as_run=False)
+    else:
+        kind = KIND_ASYNC if _is_async_callable(fn) else KIND_SYNC
+        shape, ctx_kw, res_kw = _shape_of(fn, as_run=as_run)
+    if backend == "ray":
+        from caudal.backends.ray import ray_attempt
+
+        fn = ray_attempt(
+            obj,
+            fn,
+            name=name,
+            shape=shape,
+            context_kw=ctx_kw,
+            is_class=is_class,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            resources=resources,
+            actors=actors,
+        )
+        kind = KIND_ASYNC
+    elif is_class:
+        fn = _local_instance(target, kind == KIND_ASYNC)
     return {
         "name": name,
         "kind": kind,
@@ -424,4 +614,4 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
     }
 
 
-__all__ = ["Step", "analyse", "step"]
+__all__ = ["ExecutorDefaults", "Step", "analyse", "step"]

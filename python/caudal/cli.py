@@ -9,6 +9,10 @@
 ``--registry module:attr`` names a dict {name: callable or Step} importable
 from the working directory. ``--store`` is a SQLite path or a
 ``postgresql://`` URI (default: $CAUDAL_STORE, else .caudal/checkpoints.db).
+``run`` and ``resume`` also take ``--cache-redis URL`` (the shared cache
+tier), ``--backend ray`` (steps that do not choose run on Ray) and
+``--ray-address ADDR`` (the cluster to join; default: Ray's own choice,
+``$RAY_ADDRESS`` or a cluster started on this machine) — docs/scale-out.md.
 A run stores its YAML and registry spec, so ``resume`` needs only the run id.
 Exit status: 0 success; 1 a failed run, an invalid pipeline, an unknown run;
 2 bad arguments.
@@ -153,6 +157,32 @@ def _load(yaml_text_or_path: str, registry_spec: str, resolver_spec: str | None)
     return p
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    """The executor for run/resume, or None for the pipeline's default."""
+    if not (args.cache_redis or args.backend or args.ray_address):
+        return None
+    from caudal.executor_core import ExecutorCore
+
+    backend = args.backend
+    if args.ray_address:
+        from caudal.backends.ray import import_ray
+
+        ray = import_ray("--ray-address")
+        if not ray.is_initialized():
+            ray.init(address=args.ray_address, log_to_driver=False, configure_logging=False)
+    tier = None
+    if args.cache_redis:
+        from caudal.cache_redis import RedisCacheTier
+
+        tier = RedisCacheTier(args.cache_redis)
+    return ExecutorCore(cache_l2=tier, backend=backend)
+
+
+async def _closed(executor: Any) -> None:
+    if executor is not None:
+        await executor.aclose()
+
+
 async def _cmd_run(args: argparse.Namespace) -> int:
     try:
         data = json.loads(args.input) if args.input is not None else None
@@ -160,12 +190,14 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         print(f"caudal: --input is not valid JSON: {exc}", file=sys.stderr)
         return 2
     p = _load(args.pipeline, args.registry, args.resolver)
+    executor = _executor(args)
     progress = _Progress(len(p), not args.no_progress)
     try:
         run = await p.run(
             data,
             run_id=args.run_id,
             store=args.store,
+            executor=executor,
             max_concurrency=args.max_concurrency,
             on_step=progress,
         )
@@ -173,6 +205,8 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         progress.close()
         print(f"caudal: {exc}", file=sys.stderr)
         return _report(exc.run, args.json) or 1
+    finally:
+        await _closed(executor)
     progress.close()
     return _report(run, args.json)
 
@@ -201,14 +235,21 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     p.source = dict(src, registry=registry_spec, resolver=resolver_spec)
     progress = _Progress(len(p), not args.no_progress)
     progress.restored(sum(1 for c in stored.steps.values() if c.status != "failed"))
+    executor = _executor(args)
     try:
         run = await p.resume(
-            args.run_id, store=args.store, max_concurrency=args.max_concurrency, on_step=progress
+            args.run_id,
+            store=args.store,
+            executor=executor,
+            max_concurrency=args.max_concurrency,
+            on_step=progress,
         )
     except UsageLimitExceededError as exc:
         progress.close()
         print(f"caudal: {exc}", file=sys.stderr)
         return _report(exc.run, args.json) or 1
+    finally:
+        await _closed(executor)
     progress.close()
     return _report(run, args.json)
 
@@ -331,6 +372,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--max-concurrency", type=int, default=None)
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--json", action="store_true", help="machine-readable outcome")
+        p.add_argument("--cache-redis", metavar="URL", help="the shared cache tier (redis://...)")
+        p.add_argument(
+            "--backend",
+            choices=("local", "ray"),
+            help="where steps that do not choose a backend run (default: local)",
+        )
+        p.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to join (ray.init)")
 
     r = sub.add_parser("run", help="run a YAML pipeline")
     r.add_argument("pipeline", help="pipeline YAML file")

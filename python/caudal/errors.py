@@ -216,7 +216,38 @@ class UsageLimitExceededError(CaudalError):
         return (type(self), (self.limit, self.limit_value, self.used, self.step))
 
 
+class BackendUnavailableError(CaudalError, ImportError):
+    """A step or executor asked for an execution backend whose package is not
+    installed (``backend="ray"`` without Ray). The message says what to
+    install."""
+
+
+class RemoteWorkerDiedError(CaudalError):
+    """The process or node running a remote attempt died before it answered
+    (a Ray worker crash, a dead node, a lost actor or result, a worker killed
+    for memory). The attempt is a failure like any other, so the step's
+    ``max_retries`` / ``retry`` retries it; Ray's own retries are off, so
+    the decision is the executor's.
+
+    ``step`` is the step's name, ``reason`` the name of the Ray exception;
+    the Ray exception itself is ``__cause__``.
+    """
+
+    def __init__(self, step: str, reason: str, detail: str = ""):
+        self.step = step
+        self.reason = reason
+        self.detail = detail
+        msg = f"step {step!r}: the Ray worker running the attempt died ({reason})"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+
+    def __reduce__(self):
+        return (type(self), (self.step, self.reason, self.detail))
+
+
 __all__ = [
+    "BackendUnavailableError",
     "CaudalError",
     "CheckpointError",
     "CircuitOpenError",
@@ -229,6 +260,7 @@ __all__ = [
     "PipelineDefinitionError",
     "PoolTimeoutError",
     "QueueFullError",
+    "RemoteWorkerDiedError",
     "RunNotFoundError",
     "UsageLimitExceededError",
 ]

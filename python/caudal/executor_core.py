@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from caudal._core import Engine, OptimizationConfig, StepResult
+from caudal._steps import ExecutorDefaults
+from caudal.backends import check_backend
 from caudal.errors import CaudalError, ConfigurationError
 from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool, default_workers
@@ -116,6 +118,7 @@ class ExecutorCore:
     """
 
     __slots__ = (
+        "_backend",
         "_begin",
         "_engine",
         "_failed",
@@ -133,6 +136,7 @@ class ExecutorCore:
         retry_strategy: RetryStrategy | None = None,
         cache_l2: Any = None,
         worker_pool: WorkerPool | None = None,
+        backend: str | None = None,
     ) -> None:
         """``retry_strategy`` is the default for steps that set neither
         ``retry`` nor ``max_retries`` (without it they get one attempt).
@@ -141,7 +145,10 @@ class ExecutorCore:
         async ``get``/``set``/``invalidate_tag``/``invalidate_group``/``clear``).
         ``worker_pool`` runs sync steps (default: a pool of this executor's
         own, made at the first sync step from the ``worker_pool_*`` config
-        fields)."""
+        fields).
+        ``backend`` is where the attempts of steps that do not choose run:
+        ``"local"`` (the default) or ``"ray"`` (docs/scale-out.md)."""
+        backend = check_backend(backend, "ExecutorCore")
         engine = Engine(_checked(optimization_config))
         self._l2 = cache_l2
         self._l2_writes: set[asyncio.Task] = set()
@@ -150,14 +157,18 @@ class ExecutorCore:
                 if not callable(getattr(cache_l2, method, None)):
                     raise TypeError(f"cache_l2 has no {method}() method")
             engine.set_l2(True)
-        if retry_strategy is not None:
-            if not isinstance(retry_strategy, RetryStrategy):
-                raise TypeError("retry_strategy must be a caudal.RetryStrategy")
+        if retry_strategy is not None and not isinstance(retry_strategy, RetryStrategy):
+            raise TypeError("retry_strategy must be a caudal.RetryStrategy")
+        if backend == "ray":
+            # The engine hands this object to caudal._steps.analyse as is.
+            engine.set_default_retry(ExecutorDefaults(retry_strategy, backend))
+        elif retry_strategy is not None:
             engine.set_default_retry(retry_strategy)
         if worker_pool is not None and not isinstance(worker_pool, WorkerPool):
             raise TypeError("worker_pool must be a caudal.WorkerPool")
         self._pool = worker_pool
         self._own_pool = worker_pool is None
+        self._backend = backend or "local"
         self._engine = engine
         # Bound once: the hot path then costs one attribute load per call.
         self._begin, self._succeed = engine._fast_calls()
@@ -544,6 +555,11 @@ class ExecutorCore:
         }
 
     # --------------------------------------------------------------- config
+    @property
+    def backend(self) -> str:
+        """Where attempts of steps that do not choose a backend run."""
+        return self._backend
+
     @property
     def optimization_config(self) -> OptimizationConfig:
         """A copy of the config in force (change it with apply_optimization_config)."""

@@ -50,6 +50,11 @@ _STEP_FIELDS = (
     "tags",
     "optional",
     "fallback",
+    "backend",
+    "num_cpus",
+    "num_gpus",
+    "resources",
+    "actors",
 )
 _RETRY_FIELDS = (
     "max_attempts",
@@ -551,6 +556,7 @@ def _read_step(
             kw["tags"] = tuple(v)
     if "description" in m:
         r.scalar(m["description"][1], f"{base}.description")
+    _read_placement(r, m, base, kw)
     if "retry" in m:
         rnode = m["retry"][1]
         rm = r.mapping(rnode, f"{base}.retry", _RETRY_FIELDS)
@@ -598,6 +604,47 @@ def _read_step(
     if name is _BAD or target is None or len(p.items) > before:
         return None
     return _StepSpec(name, target, params, kw), auto_line  # type: ignore[return-value]
+
+
+def _read_placement(r: _Reader, m: dict, base: str, kw: dict[str, Any]) -> None:
+    """backend, num_cpus, num_gpus, resources, actors (docs/scale-out.md)."""
+    from caudal.backends import ray_installed, ray_missing_message
+
+    p = r.p
+    if "backend" in m:
+        node = m["backend"][1]
+        v = r.string(node, f"{base}.backend")
+        if v is not _BAD and v not in ("local", "ray"):
+            p.add(node, f"{base}.backend", f"expected local or ray, got {v!r}")
+        elif v == "ray" and not ray_installed():
+            p.add(node, f"{base}.backend", ray_missing_message("this pipeline"))
+        elif v is not _BAD:
+            kw["backend"] = v
+    for f in ("num_cpus", "num_gpus"):
+        if f in m:
+            v = r.number(m[f][1], f"{base}.{f}")
+            if v is not _BAD:
+                kw[f] = v
+    if "resources" in m:
+        rm = r.mapping(m["resources"][1], f"{base}.resources", ())
+        res = {}
+        for k, (knode, vnode) in rm.items():
+            if k in ("CPU", "GPU"):
+                p.add(knode, f"{base}.resources.{k}", f"give {k} as num_{k.lower()}s")
+                continue
+            v = r.number(vnode, f"{base}.resources.{k}")
+            if v is not _BAD:
+                res[k] = v
+        if res:
+            kw["resources"] = res
+    if "actors" in m:
+        v = r.number(m["actors"][1], f"{base}.actors", positive=True, integer=True)
+        if v is not _BAD:
+            kw["actors"] = v
+    if kw.get("backend") == "local":
+        for f in ("num_cpus", "num_gpus", "resources", "actors"):
+            if f in m:
+                p.add(m[f][0], f"{base}.{f}", "applies only to backend: ray")
 
 
 class _StepSpec:
