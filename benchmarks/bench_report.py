@@ -342,6 +342,39 @@ async def target_workloads(quick: bool) -> dict:
             "us_per_execution": (time.perf_counter() - t0) / n * 1e6,
         }
 
+    # Memory optimization: the cache holds 2,000 outputs of 8 KB; then the
+    # pressure threshold drops below the process's RSS (critical: the cache
+    # keeps a tenth). Python memory held, traced by tracemalloc.
+    async def blob(x):
+        return bytes(8192) + str(x).encode()
+
+    for key, on in (("off", False), ("on", True)):
+        cfg = dict(
+            enable_cache_optimization=True, enable_memory_optimization=on, cache_max_size=2000
+        )
+        ex = ExecutorCore(OptimizationConfig(**cfg))
+        st = Step(blob, "blob", cache=True)
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            await ex.execute(st, i)
+        filled = tracemalloc.get_traced_memory()[0] - base
+        await ex.apply_optimization_config(
+            OptimizationConfig(**cfg, memory_pressure_threshold_mb=1.0)
+        )
+        stats = ex.get_optimization_stats()  # a stats read also reads RSS
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        out.setdefault("memory pressure", {})[key] = {
+            "filled_mb": filled / 2**20,
+            "after_mb": held / 2**20,
+            "cache_size": stats["cache"]["size"],
+            "level": stats["memory"]["memory_pressure_level"],
+        }
+        del ex, st
+
     # Concurrency: the overloaded backend of bench_concurrency (capacity 20,
     # 100 clients), adaptive on against off (no limit).
     from bench_concurrency import Backend, closed_loop, summarise
@@ -381,6 +414,8 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
     ]
     worse = []
     for name, per in res.items():
+        if name == "all on, execute_many":
+            continue
         cells = []
         for m in METRICS:
             if m not in per:
@@ -421,7 +456,17 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
                     f"{flujo[m]['median'] / allon[m]['median']:.0f}x |"
                 )
             else:
-                lines.append(f"| {m} | {allon[m]['median']:.2f} | not comparable | - |")
+                lines.append(
+                    f"| {m} | {allon[m]['median']:.2f} | not comparable (flujo runs pipelines "
+                    "through its own runner, not ExecutorCore) | - |"
+                )
+        many = res.get("all on, execute_many")
+        if many and "concurrent" in flujo:
+            lines.append(
+                f"| concurrent, each library's batch form (caudal execute_many; flujo has none: "
+                f"gather) | {many['concurrent']['median']:.2f} | {flujo['concurrent']['median']:.2f}"
+                f" | {flujo['concurrent']['median'] / many['concurrent']['median']:.0f}x |"
+            )
         lines.append("")
     lines += [
         "Each optimization on the workload it exists for (on against off, same run):",
@@ -456,10 +501,28 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
         f"{cc['off']['error_rate']:.0%} | {cc['on']['goodput']:.0f}, {cc['on']['p99_ms']:.0f}, "
         f"{cc['on']['error_rate']:.0%} |"
     )
+    mp = targets["memory pressure"]
     lines.append(
-        "| memory_optimization | RSS above memory_pressure_threshold_mb | see "
-        "bench_memory_context.py (shrinks pool and cache in order) | |"
+        f"| memory_optimization | RSS above memory_pressure_threshold_mb with 2,000 cached "
+        f"8 KB outputs: Python memory held (MB), cache entries | "
+        f"{mp['off']['after_mb']:.1f}, {mp['off']['cache_size']} | "
+        f"{mp['on']['after_mb']:.1f}, {mp['on']['cache_size']} ({mp['on']['level']}) |"
     )
+    alloc = RESULTS / "memory_context_alloc.json"
+    if alloc.exists():
+        import json
+
+        a = json.loads(alloc.read_text())["executor_memory"]["allocations_per_execute"]
+        lines.append(
+            f"| object_pool | native allocations per execute (make bench-alloc) | "
+            f"{a['pool_off']:.3f} | {a['pool_on']:.3f} |"
+        )
+    else:
+        lines.append(
+            "| object_pool | native allocations per execute | 1 | 0 (counted by the gtest "
+            "build's operator new, tests_cpp/executor/executor_memory_test.cc; "
+            "`make bench-alloc` for the Python module) |"
+        )
     return "\n".join(lines), worse
 
 
@@ -470,7 +533,8 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     base = res["baseline (all off)"]
-    names = [n for n in res if n not in ("baseline (all off)", "flujo ExecutorCore")]
+    skip = ("baseline (all off)", "flujo ExecutorCore", "all on, execute_many")
+    names = [n for n in res if n not in skip]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 5), sharey=True)
     for ax, m in zip(axes, METRICS):
         vals = [res[n][m]["median"] / base[m]["median"] for n in names]
@@ -494,6 +558,14 @@ async def main(quick: bool) -> int:
     for c in contenders:
         await check(c)
     res = await matrix(contenders, rounds, quick)
+    allon = next(c for c in contenders if c.name == "all on")
+    many = []
+    for _ in range(rounds):
+        many.append(await allon.concurrent_many(SIZES["concurrent"][0 if quick else 1]))
+    many.sort()
+    res["all on, execute_many"] = {
+        "concurrent": {"median": statistics.median(many), "p10": many[0], "p90": many[-1]}
+    }
     flujo_scale = None
     try:
         flujo = Contender("flujo ExecutorCore", flujo=FlujoCalls())
