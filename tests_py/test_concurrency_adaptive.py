@@ -5,27 +5,8 @@ import random
 
 import pytest
 
+from _probes import Probe
 from caudal import ExecutorCore, OptimizationConfig, OverloadedError, Step
-
-
-class Probe:
-    """A step recording how many executions run at once, and start order."""
-
-    def __init__(self, delay=0.005):
-        self.active = 0
-        self.peak = 0
-        self.started = []
-        self.delay = delay
-
-    async def __call__(self, x):
-        self.active += 1
-        self.peak = max(self.peak, self.active)
-        self.started.append(x)
-        try:
-            await asyncio.sleep(self.delay)
-        finally:
-            self.active -= 1
-        return x
 
 
 class Backend:

@@ -5,31 +5,12 @@ import random
 
 import pytest
 
+from _probes import Probe
 from caudal import ExecutorCore, OptimizationConfig, Step
 
 
 def limited(n):
     return ExecutorCore(OptimizationConfig(max_concurrent_executions=n))
-
-
-class Probe:
-    """A step that records how many executions run at once, and start order."""
-
-    def __init__(self, delay=0.005):
-        self.active = 0
-        self.peak = 0
-        self.started = []
-        self.delay = delay
-
-    async def __call__(self, x):
-        self.active += 1
-        self.peak = max(self.peak, self.active)
-        self.started.append(x)
-        try:
-            await asyncio.sleep(self.delay)
-        finally:
-            self.active -= 1
-        return x
 
 
 async def test_limit_is_never_exceeded_and_waiters_start_in_order():
