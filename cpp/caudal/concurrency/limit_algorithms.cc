@@ -26,6 +26,29 @@ absl::Status CheckLimits(int initial, int min, int max) {
   return absl::OkStatus();
 }
 
+// The window options WindowedLimit and BaselineGradientLimit share.
+absl::Status CheckWindows(int64_t min_window_ns, int64_t max_window_ns,
+                          int min_samples, int64_t min_rtt_threshold_ns) {
+  if (min_window_ns <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_window_ns must be positive, got ", min_window_ns));
+  }
+  if (max_window_ns < min_window_ns) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_window_ns must be >= min_window_ns (", min_window_ns,
+                     "), got ", max_window_ns));
+  }
+  if (min_samples < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_samples must be >= 1, got ", min_samples));
+  }
+  if (min_rtt_threshold_ns < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "min_rtt_threshold_ns must be >= 0, got ", min_rtt_threshold_ns));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckSmoothing(double smoothing) {
   if (!(smoothing > 0.0 && smoothing <= 1.0)) {
     return absl::InvalidArgumentError(
@@ -246,24 +269,8 @@ void LatencyWindow::Add(int64_t rtt_ns, int inflight, bool did_drop) {
 }
 
 absl::Status WindowedLimit::Validate(const Options& o) {
-  if (o.min_window_ns <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("min_window_ns must be positive, got ", o.min_window_ns));
-  }
-  if (o.max_window_ns < o.min_window_ns) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_window_ns must be >= min_window_ns (",
-                     o.min_window_ns, "), got ", o.max_window_ns));
-  }
-  if (o.min_samples < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("min_samples must be >= 1, got ", o.min_samples));
-  }
-  if (o.min_rtt_threshold_ns < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "min_rtt_threshold_ns must be >= 0, got ", o.min_rtt_threshold_ns));
-  }
-  return absl::OkStatus();
+  return CheckWindows(o.min_window_ns, o.max_window_ns, o.min_samples,
+                      o.min_rtt_threshold_ns);
 }
 
 absl::StatusOr<std::unique_ptr<WindowedLimit>> WindowedLimit::Create(
@@ -317,18 +324,10 @@ absl::Status BaselineGradientLimit::Validate(const Options& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("growth must be in (0, 1], got ", o.growth));
   }
-  if (o.min_window_ns <= 0 || o.max_window_ns < o.min_window_ns) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("need 0 < min_window_ns <= max_window_ns, got ",
-                     o.min_window_ns, " and ", o.max_window_ns));
-  }
-  if (o.min_samples < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("min_samples must be >= 1, got ", o.min_samples));
-  }
-  if (o.min_rtt_threshold_ns < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "min_rtt_threshold_ns must be >= 0, got ", o.min_rtt_threshold_ns));
+  if (absl::Status s = CheckWindows(o.min_window_ns, o.max_window_ns,
+                                    o.min_samples, o.min_rtt_threshold_ns);
+      !s.ok()) {
+    return s;
   }
   if (o.baseline_period < 1) {
     return absl::InvalidArgumentError(
