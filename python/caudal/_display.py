@@ -30,7 +30,26 @@ from typing import Any
 
 _PRIORITY = {"high": 0, "medium": 1, "low": 2}
 
-_short = reprlib.Repr()
+
+class _Repr(reprlib.Repr):
+    """reprlib's abridging, but dicts keep their insertion order (reprlib
+    sorts their keys)."""
+
+    def repr_dict(self, x: dict, level: int) -> str:
+        if not x:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        parts = [
+            f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
+            for k, v in list(x.items())[: self.maxdict]
+        ]
+        if len(x) > self.maxdict:
+            parts.append("...")
+        return "{" + ", ".join(parts) + "}"
+
+
+_short = _Repr()
 _short.maxlevel = 3
 _short.maxstring = 60
 _short.maxother = 60
@@ -39,7 +58,7 @@ _short.maxtuple = 8
 _short.maxdict = 6
 _short.maxset = 6
 
-_long = reprlib.Repr()
+_long = _Repr()
 _long.maxlevel = 4
 _long.maxstring = 400
 _long.maxother = 400

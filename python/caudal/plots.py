@@ -239,9 +239,11 @@ def plot_gantt(run: Any, *, figsize: tuple[float, float] | None = None) -> Any:
     ax.invert_yaxis()
     ax.set_xlabel("time since run start (ms)")
     ax.set_title(f"{run.pipeline} run {run.run_id}: {run.status} ({run.duration_s * 1e3:.1f} ms)")
+    ax.set_xlim(0, max(end * 1e3 * 1.08, 1e-3))  # room for the "x2" labels
     ax.legend(
         handles=[Patch(color=_STATUS_COLOUR.get(s, "#8c959f"), label=s) for s in seen],
-        loc="lower right",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
         fontsize="small",
     )
     return fig
