@@ -87,10 +87,10 @@ pipeline = Pipeline(
 async def main():
     executor = ExecutorCore(optimization_config=OptimizationConfig(enable_cache_optimization=True))
     limits = UsageLimits(max_cost_usd=0.01)
-    first = await pipeline.run("rivers", executor=executor, limits=limits)
+    first = await pipeline.run("rivers", executor=executor, limits=limits, store=False)
     print(first)
     print("result:", first.result)
-    again = await pipeline.run("rivers", executor=executor, limits=limits)
+    again = await pipeline.run("rivers", executor=executor, limits=limits, store=False)
     hits = [r.name for r in again.steps.values() if r.cache_hit]
     print(f"second run: {again.status}, cache hits {hits}, {again.total_tokens} new tokens")
     return first

@@ -124,7 +124,7 @@ async def test_pipeline_run_repr_and_html_show_the_step_table():
         [Step(fetch, name="fetch"), Step(broken, name="parse<x>"), Step(double, name="report")],
         depends_on={"parse<x>": ["fetch"], "report": ["parse<x>"]},
     )
-    run = await p.run(1, executor=ExecutorCore())
+    run = await p.run(1, executor=ExecutorCore(), store=False)
     text = repr(run)
     lines = text.splitlines()
     assert lines[0] == f"PipelineRun({run.run_id!r}, failed)"

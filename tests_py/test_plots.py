@@ -156,7 +156,7 @@ async def test_gantt_of_a_run():
         ],
         depends_on={"parse": ["fetch"], "score": ["fetch"], "report": ["parse", "score"]},
     )
-    run = await p.run(1, executor=ExecutorCore())
+    run = await p.run(1, executor=ExecutorCore(), store=False)
     fig = run.plot_gantt()
     assert png_bytes(fig).startswith(PNG)
     (ax,) = fig.axes
