@@ -69,7 +69,22 @@ def _progress_bar(progress: bool | None, inputs: Any, step: Any) -> Any:
     from caudal._steps import _name_of
 
     total = len(inputs) if hasattr(inputs, "__len__") else None
-    return tqdm(total=total, desc=_name_of(step), unit="step")
+    extra = {}
+    if _terminal_width() == 0:
+        # A terminal that reports no size (0 x 0): tqdm would draw nothing.
+        extra["ncols"], extra["nrows"] = 80, 24
+    return tqdm(total=total, desc=_name_of(step), unit="step", **extra)
+
+
+def _terminal_width() -> int | None:
+    """stderr's terminal width; 0 for a terminal that reports no size; None
+    when stderr is not a terminal."""
+    try:
+        if not sys.stderr.isatty():
+            return None
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return None if not hasattr(sys.stderr, "fileno") else 0
 
 
 def _interactive() -> bool:
