@@ -60,6 +60,15 @@ def _show_in_notebook(figure_cls: type) -> None:
 
 
 # ----------------------------------------------------------------- latency
+def _plain_log_ticks(ax: Any) -> None:
+    """Label a log axis 2, 5, 10, 20 ... instead of 2x10^1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def plot_latency(
     executor: Any,
     step: str | None = None,
@@ -90,11 +99,12 @@ def plot_latency(
         widths = [(hi - lo) / 1e6 for lo, hi, _ in buckets]
         ax.bar(lefts, [c for _, _, c in buckets], width=widths, align="edge", color="#54aeff")
         ax.set_xscale("log")
+        _plain_log_ticks(ax)
         counts = {(lo, hi): c for lo, hi, c in buckets}
         for q, style in ((0.50, "-"), (0.95, "--"), (0.99, ":")):
             v = quantile_ms(counts, q)
             ax.axvline(v, color="#cf222e", linestyle=style, label=f"p{round(q * 100)} {v:.3g} ms")
-        ax.legend(loc="upper right", fontsize="small")
+        ax.legend(loc="best", fontsize="small")
     else:
         ax.text(
             0.5, 0.5, "no executions recorded", ha="center", va="center", transform=ax.transAxes
