@@ -143,3 +143,10 @@ async def test_pipeline_run_repr_and_html_show_the_step_table():
 def test_display_helpers_are_reexported():
     assert caudal.OptimizationStats is OptimizationStats
     assert caudal.Recommendations is Recommendations
+
+
+def test_stats_with_a_non_mapping_section_still_show():
+    stats = OptimizationStats({"execution": {"p95_ms": 1.5}, "version": 3})
+    assert repr(stats) == "[execution]\n  p95_ms  1.5 ms\n[version]\n  version  3"
+    assert stats.to_dict() == {"execution": {"p95_ms": 1.5}, "version": 3}
+    assert "<b>version</b>" in stats._repr_html_()

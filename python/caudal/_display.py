@@ -385,6 +385,17 @@ class StatsSection(dict):
         return title + _table_html(["key", "value"], rows, raw=True)
 
 
+def _section(name: str, value: Any) -> Any:
+    if isinstance(value, Mapping) and not isinstance(value, StatsSection):
+        return StatsSection(name, value)
+    return value
+
+
+def _shown(name: str, value: Any) -> StatsSection:
+    """A section as shown; a value that is not a mapping as a one-row one."""
+    return value if isinstance(value, StatsSection) else StatsSection(name, {name: value})
+
+
 class OptimizationStats(dict):
     """``get_optimization_stats()``: section name -> :class:`StatsSection`.
 
@@ -393,26 +404,22 @@ class OptimizationStats(dict):
 
     __slots__ = ()
 
-    def __init__(self, sections: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        super().__init__(
-            {
-                k: v if isinstance(v, StatsSection) else StatsSection(k, v)
-                for k, v in (sections or {}).items()
-            }
-        )
+    def __init__(self, sections: Mapping[str, Any] | None = None) -> None:
+        super().__init__({k: _section(k, v) for k, v in (sections or {}).items()})
 
     def __reduce__(self):
         return (OptimizationStats, (self.to_dict(),))
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {k: dict(v) for k, v in self.items()}
+    def to_dict(self) -> dict[str, Any]:
+        return {k: dict(v) if isinstance(v, Mapping) else v for k, v in self.items()}
 
     def __repr__(self) -> str:
-        return "\n".join(repr(v) for v in self.values())
+        return "\n".join(repr(_shown(k, v)) for k, v in self.items())
 
     def _repr_html_(self) -> str:
         parts = []
-        for v in self.values():
+        for k, v in self.items():
+            v = _shown(k, v)
             parts.append(
                 "<div style='display:inline-block;vertical-align:top;margin-right:1em'>"
                 + v._repr_html_()
