@@ -3,6 +3,9 @@ matplotlib's objects (titles, labels, bars, lines), not pixels."""
 
 import asyncio
 import io
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from matplotlib.figure import Figure
@@ -69,6 +72,36 @@ async def test_recorder_keeps_each_interval():
     assert rec.concurrency_samples("s")[-1]["limit"] == limit
     with pytest.raises(ValueError, match="interval_s"):
         LatencyRecorder(ex, interval_s=0)
+
+
+async def test_recorder_keeps_the_last_max_samples_intervals_per_step():
+    ex = ExecutorCore()
+    for j in range(3):
+        await ex.execute(Step(sleepy, name=f"s{j}"), 0)
+    rec = LatencyRecorder(ex, max_samples=4)
+    for _ in range(10):
+        await ex.execute(Step(sleepy, name="s0"), 0)
+        rec.sample()
+    assert [len(rec.samples(n)) for n in (None, "s0", "s1", "s2")] == [4, 4, 4, 4]
+    assert [s["count"] for s in rec.samples("s0")] == [1, 1, 1, 1]
+    assert rec.concurrency_keys() == ["s0", "s1", "s2"]
+
+
+def test_plots_without_matplotlib_say_what_to_install():
+    # A real interpreter in which matplotlib cannot be imported.
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["matplotlib"] = None
+        from caudal import ExecutorCore
+        try:
+            ExecutorCore().plot_latency()
+        except ImportError as e:
+            print(e)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "caudal's plots need matplotlib: pip install 'caudal[plot]'"
 
 
 async def test_plot_latency_histogram_and_percentiles_over_time():

@@ -143,9 +143,9 @@ def plot_concurrency(
     keys = list(dict.fromkeys(h["key"] for h in history))
     samples: dict[str, list[dict[str, Any]]] = {}
     if recorder is not None:
-        for s in recorder._concurrency:
-            if s["key"] is not None and (key is None or s["key"] == key):
-                samples.setdefault(s["key"], []).append(s)
+        for k in recorder.concurrency_keys():
+            if key is None or k == key:
+                samples[k] = recorder.concurrency_samples(k)
         keys += [k for k in samples if k not in keys]
     fig = _figure(figsize)
     ax = fig.subplots()
@@ -216,10 +216,10 @@ def plot_gantt(run: Any, *, figsize: tuple[float, float] | None = None) -> Any:
     definition order, a bar from its start to its end (ms since the run
     started), coloured by status; cache hits hatched; "xN" for steps that
     took N > 1 attempts; steps that never ran labelled with their status."""
-    from matplotlib.patches import Patch
-
     recs = list(run.steps.values())
     fig = _figure(figsize or (8.0, max(2.0, 0.45 * len(recs) + 1.2)))
+    from matplotlib.patches import Patch  # after _figure: its ImportError says what to install
+
     ax = fig.subplots()
     t0 = run.started_at
     end = max([r.finished_at or 0.0 for r in recs] + [t0]) - t0

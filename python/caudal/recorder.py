@@ -58,8 +58,11 @@ class LatencyRecorder:
         self.interval_s = float(interval_s)
         self.started_at = time.monotonic()
         self._last: dict[str | None, Buckets] = {}
-        self._latency: deque[dict[str, Any]] = deque(maxlen=max_samples * 8)
-        self._concurrency: deque[dict[str, Any]] = deque(maxlen=max_samples * 8)
+        self.max_samples = int(max_samples)
+        # Per step (None: all steps) and per concurrency key (None: the
+        # executor as a whole), the last max_samples intervals each.
+        self._latency: dict[str | None, deque[dict[str, Any]]] = {}
+        self._concurrency: dict[str | None, deque[dict[str, Any]]] = {}
         self._task: asyncio.Task | None = None
         # The baseline: what happened before the recorder started is not an interval.
         for name in (None, *self._engine.step_stats()):
@@ -77,10 +80,12 @@ class LatencyRecorder:
             cur = self._read(name)
             prev = self._last.get(name, {})
             delta = {b: n - prev.get(b, 0) for b, n in cur.items() if n > prev.get(b, 0)}
-            if sum(cur.values()) < sum(prev.values()):  # reset_stats() in between
+            if any(cur.get(b, 0) < n for b, n in prev.items()):  # reset_stats() in between
                 delta = cur
             self._last[name] = cur
-            self._latency.append(
+            self._keep(
+                self._latency,
+                name,
                 {
                     "time_s": now,
                     "step": name,
@@ -88,38 +93,52 @@ class LatencyRecorder:
                     "p50_ms": quantile_ms(delta, 0.50),
                     "p95_ms": quantile_ms(delta, 0.95),
                     "p99_ms": quantile_ms(delta, 0.99),
-                }
+                },
             )
         conc = self._engine.concurrency_stats()
         for key, k in (conc.get("keys") or {}).items():
-            self._concurrency.append(
+            self._keep(
+                self._concurrency,
+                key,
                 {
                     "time_s": now,
                     "key": key,
                     "limit": k.get("limit"),
                     "in_flight": k.get("in_flight", 0),
                     "waiting": k.get("waiting", 0),
-                }
+                },
             )
-        self._concurrency.append(
+        self._keep(
+            self._concurrency,
+            None,
             {
                 "time_s": now,
                 "key": None,
                 "limit": conc.get("max_concurrent_executions"),
                 "in_flight": self._engine.in_flight,
                 "waiting": conc.get("waiting", 0),
-            }
+            },
         )
+
+    def _keep(self, table: dict, name: str | None, sample: dict[str, Any]) -> None:
+        q = table.get(name)
+        if q is None:
+            q = table[name] = deque(maxlen=self.max_samples)
+        q.append(sample)
 
     def samples(self, step: str | None = None) -> list[dict[str, Any]]:
         """Per-interval latency of ``step`` (None: all steps): time_s
         (monotonic clock), count, p50_ms, p95_ms, p99_ms."""
-        return [s for s in self._latency if s["step"] == step]
+        return list(self._latency.get(step, ()))
 
     def concurrency_samples(self, key: str | None = None) -> list[dict[str, Any]]:
         """Per-interval limit, in_flight and waiting of concurrency key
         ``key`` (None: the executor as a whole)."""
-        return [s for s in self._concurrency if s["key"] == key]
+        return list(self._concurrency.get(key, ()))
+
+    def concurrency_keys(self) -> list[str]:
+        """The concurrency keys sampled so far."""
+        return [k for k in self._concurrency if k is not None]
 
     # -------------------------------------------------------- background
     def start(self) -> LatencyRecorder:
