@@ -23,7 +23,7 @@ APT_PKGS := g++ libabsl-dev nlohmann-json3-dev libgtest-dev libgmock-dev \
 CPP_INPUTS := $(shell find cpp cmake -type f 2>/dev/null) CMakeLists.txt
 CPP_TEST_INPUTS := $(CPP_INPUTS) $(shell find tests_cpp -type f 2>/dev/null)
 
-.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan bench bench-quick bench-alloc format lint clean deps
+.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan bench bench-quick bench-alloc docs-images format lint clean deps
 
 help:
 	@echo "make demo       run the example pipeline (sets everything up)"
@@ -33,6 +33,7 @@ help:
 	@echo "make test-tsan  tests_cpp under TSan"
 	@echo "make bench      every benchmark in benchmarks/ (results in benchmarks/results/)"
 	@echo "make bench-alloc  native allocations per execute (an instrumented module)"
+	@echo "make docs-images  render docs/images/*.png (the plots docs/guide.md shows)"
 	@echo "make format     clang-format + ruff format"
 
 # ---------------------------------------------------------------- set-up
@@ -126,6 +127,10 @@ demo-pipeline: $(STAMPS)/install
 	cd examples && ../$(VENV)/bin/caudal run pipeline_demo.yaml \
 	  --registry pipeline_registry:REGISTRY --resolver pipeline_registry:resolver \
 	  --input '{"topic": "rivers"}' --store "$$(mktemp -d)/checkpoints.db"
+
+# The pictures in docs/guide.md (tests_py/test_docs.py checks the script works).
+docs-images: $(STAMPS)/install
+	$(VPY) docs/render_images.py
 
 bench: $(STAMPS)/install
 	$(VPY) benchmarks/run.py

@@ -1,6 +1,6 @@
 """Writes docs/config.md from the C++ config's field table.
 
-    python docs/gen_config_reference.py        (tests check it is current)
+python docs/gen_config_reference.py        (tests check it is current)
 """
 
 from pathlib import Path
@@ -29,15 +29,20 @@ stored and exported, and have no effect; the status table in
 |---|---|---|---|---|
 """
 
-CAUDAL_CHOICE = {"enable_automatic_optimization", "optimization_analysis_interval_seconds",
-                 "performance_degradation_threshold"}
+CAUDAL_CHOICE = {
+    "enable_automatic_optimization",
+    "optimization_analysis_interval_seconds",
+    "performance_degradation_threshold",
+}
 
 
 def render() -> str:
     rows = []
     for f in OptimizationConfig.fields():
         default = f"`{f['default']}`" + (" *(caudal)*" if f["name"] in CAUDAL_CHOICE else "")
-        rows.append(f"| `{f['name']}` | {f['type']} | {default} | {f['rule'] or '-'} | {f['doc']} |")
+        cells = [f"`{f['name']}`", f["type"], default, f["rule"] or "-", f["doc"]]
+        # A "|" inside a cell (the type "int | None") would split the column.
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return HEADER + "\n".join(rows) + "\n"
 
 

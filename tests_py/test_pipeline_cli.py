@@ -184,10 +184,13 @@ def test_usage_errors(workdir):
     assert "--input is not valid JSON" in p.stderr
 
 
-def test_progress_bar_on_a_terminal(workdir):
-    # stderr on a pseudo-terminal: tqdm draws its bar there.
+@pytest.mark.parametrize("sized", [True, False], ids=["100x24", "no-size"])
+def test_progress_bar_on_a_terminal(workdir, sized):
+    # stderr on a pseudo-terminal: tqdm draws its bar there, also on a
+    # terminal that reports its size as 0 x 0 (as a fresh pty does).
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    if sized:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     env = {k: v for k, v in os.environ.items() if k != "CAUDAL_STORE"}
     proc = subprocess.Popen(
         [*CAUDAL, "run", "pipe.yaml", "--registry", "myreg:REGISTRY", "--input", '{"n": 2}',

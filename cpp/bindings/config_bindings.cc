@@ -186,6 +186,12 @@ assign attributes, call ``validate()`` for a list of problems.
   });
   cls.attr("__hash__") = py::none();
   cls.def("__repr__", &Repr);
+  cls.def(
+      "_repr_html_",
+      [](py::object self) {
+        return py::module_::import("caudal._display").attr("config_html")(self);
+      },
+      "HTML table of every field, changed ones highlighted (notebooks).");
   cls.def(py::pickle([](const Config& c) { return c.ToJson(-1); },
                      [](const std::string& s) {
                        auto r = Config::FromJson(s);

@@ -665,6 +665,32 @@ class Engine {
   py::dict total_stats() const {
     return SnapshotDict(core_.stats().TakeTotal());
   }
+  // The latency histogram of one step (None: all steps merged) as
+  // (lower_ns, upper_ns, count) for each non-empty bucket, in order; for
+  // plots and for percentiles over an interval (the difference of two
+  // read-outs). An unknown step has no buckets.
+  py::list latency_buckets(py::object step_name) const {
+    LatencyHistogram::Snapshot h;
+    if (step_name.is_none()) {
+      h = core_.stats().TakeTotal().latency;
+    } else {
+      const std::string name = py::cast<std::string>(step_name);
+      for (auto& s : core_.stats().TakeAll()) {
+        if (s.name == name) {
+          h = std::move(s.latency);
+          break;
+        }
+      }
+    }
+    py::list out;
+    for (int i = 0; i < static_cast<int>(h.buckets.size()); ++i) {
+      if (h.buckets[i] == 0) continue;
+      out.append(py::make_tuple(LatencyHistogram::BucketLower(i),
+                                LatencyHistogram::BucketUpper(i),
+                                h.buckets[i]));
+    }
+    return out;
+  }
   void reset_stats() { core_.stats().ResetAll(); }
   int64_t in_flight() const { return core_.in_flight(); }
   py::dict step_table() const {
@@ -1302,6 +1328,10 @@ void RegisterExecutor(py::module_& m) {
       .def("_cancel", &Engine::cancel)
       .def("step_stats", &Engine::step_stats)
       .def("total_stats", &Engine::total_stats)
+      .def("latency_buckets", &Engine::latency_buckets,
+           py::arg("step_name") = py::none(),
+           "Non-empty latency buckets (lower_ns, upper_ns, count) of a step "
+           "(None: all steps).")
       .def("reset_stats", &Engine::reset_stats)
       .def("step_table", &Engine::step_table)
       .def_property_readonly("in_flight", &Engine::in_flight)

@@ -137,7 +137,30 @@ PyObject* SR_unwrap(StepResultObject* self, PyObject*) {
   return nullptr;
 }
 
+// Calls caudal._display.<fn>(self): the display code (HTML, truncation of
+// long outputs) is Python; nothing here runs on the hot path.
+PyObject* CallDisplay(StepResultObject* self, const char* fn) {
+  PyObject* mod = PyImport_ImportModule("caudal._display");
+  if (!mod) return nullptr;
+  PyObject* r = PyObject_CallMethod(mod, fn, "O", self);
+  Py_DECREF(mod);
+  return r;
+}
+
+PyObject* SR_repr_html(StepResultObject* self, PyObject*) {
+  return CallDisplay(self, "step_result_html");
+}
+
+PyObject* SR_plain_repr(StepResultObject* self);
+
 PyObject* SR_repr(StepResultObject* self) {
+  PyObject* r = CallDisplay(self, "step_result_repr");
+  if (r || !PyErr_ExceptionMatches(PyExc_ImportError)) return r;
+  PyErr_Clear();  // caudal._display cannot be imported (interpreter shutdown)
+  return SR_plain_repr(self);
+}
+
+PyObject* SR_plain_repr(StepResultObject* self) {
   PyObject* latency = PyFloat_FromDouble(self->latency_s);
   if (!latency) return nullptr;
   PyObject* out;
@@ -220,6 +243,8 @@ PyMethodDef kMethods[] = {
      "The output on success; otherwise the step's own exception is re-raised."},
     {"__reduce__", reinterpret_cast<PyCFunction>(SR_reduce), METH_NOARGS,
      nullptr},
+    {"_repr_html_", reinterpret_cast<PyCFunction>(SR_repr_html), METH_NOARGS,
+     "HTML table of the result, for notebooks (caudal._display)."},
     {"_from_kwargs", reinterpret_cast<PyCFunction>(SR_from_kwargs),
      METH_VARARGS | METH_CLASS, nullptr},
     {nullptr}};

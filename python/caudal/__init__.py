@@ -5,6 +5,7 @@ C++. Start with ``ExecutorCore`` and ``await executor.execute(step, data)``.
 """
 
 from caudal._core import OptimizationConfig, StepResult
+from caudal._display import OptimizationStats, Recommendations
 from caudal._pipeline_context import register_context_adapter
 from caudal._steps import Step, step
 from caudal.checkpoints import CheckpointStore, MemoryStore, PostgresStore, SqliteStore
@@ -37,6 +38,7 @@ from caudal.pipeline import (
     WithUsage,
     current_run,
 )
+from caudal.recorder import LatencyRecorder
 from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool
 from caudal.yaml_pipeline import load_pipeline
@@ -57,8 +59,10 @@ __all__ = [
     "DependencyError",
     "DuplicateStepError",
     "ExecutorCore",
+    "LatencyRecorder",
     "MemoryStore",
     "OptimizationConfig",
+    "OptimizationStats",
     "OverloadedError",
     "Pipeline",
     "PipelineDefinitionError",
@@ -66,6 +70,7 @@ __all__ = [
     "PoolTimeoutError",
     "PostgresStore",
     "QueueFullError",
+    "Recommendations",
     "RemoteWorkerDiedError",
     "RetryStrategy",
     "RunNotFoundError",

@@ -86,7 +86,10 @@ class _Progress:
                     unit="step",
                     file=sys.stderr,
                     leave=False,
-                    ncols=None if width > 0 else 80,  # a terminal that reports no size
+                    # A terminal that reports no size (0 x 0): tqdm draws
+                    # nothing unless given both.
+                    ncols=None if width > 0 else 80,
+                    nrows=None if width > 0 else 24,
                 )
             except ImportError:
                 self.bar = None

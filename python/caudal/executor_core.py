@@ -71,7 +71,22 @@ def _progress_bar(progress: bool | None, inputs: Any, step: Any) -> Any:
     from caudal._steps import _name_of
 
     total = len(inputs) if hasattr(inputs, "__len__") else None
-    return tqdm(total=total, desc=_name_of(step), unit="step")
+    extra = {}
+    if _terminal_width() == 0:
+        # A terminal that reports no size (0 x 0): tqdm would draw nothing.
+        extra["ncols"], extra["nrows"] = 80, 24
+    return tqdm(total=total, desc=_name_of(step), unit="step", **extra)
+
+
+def _terminal_width() -> int | None:
+    """stderr's terminal width; 0 for a terminal that reports no size; None
+    when stderr is not a terminal."""
+    try:
+        if not sys.stderr.isatty():
+            return None
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return None if not hasattr(sys.stderr, "fileno") else 0
 
 
 def _interactive() -> bool:
@@ -126,6 +141,7 @@ class ExecutorCore:
         "_l2_writes",
         "_own_pool",
         "_pool",
+        "_recorder",  # the LatencyRecorder of start_latency_recorder(), unset until then
         "_succeed",
     )
 
@@ -658,15 +674,18 @@ class ExecutorCore:
     # ---------------------------------------------------------------- stats
     def get_optimization_stats(self) -> dict[str, dict[str, Any]]:
         """Measured statistics by section (see docs/executor.md for each key)."""
+        from caudal._display import OptimizationStats
         from caudal._stats import optimization_stats
 
-        return optimization_stats(self)
+        # A dict of dicts that shows as tables in a notebook or at a prompt.
+        return OptimizationStats(optimization_stats(self))
 
     def get_performance_recommendations(self) -> list[dict[str, Any]]:
         """Recommendations derived from the measured stats, highest priority first."""
+        from caudal._display import Recommendations
         from caudal._stats import recommendations
 
-        return recommendations(self)
+        return Recommendations(recommendations(self))
 
     def concurrency_history(self) -> list[dict[str, Any]]:
         """Every recorded change of a concurrency limit, oldest first (the
@@ -676,6 +695,37 @@ class ExecutorCore:
 
     def reset_stats(self) -> None:
         self._engine.reset_stats()
+
+    # ------------------------------------------------------ notebook, plots
+    def start_latency_recorder(self, interval_s: float = 1.0) -> Any:
+        """Sample latency percentiles and concurrency every ``interval_s`` on
+        the running loop (a :class:`caudal.recorder.LatencyRecorder`, kept
+        for ``plot_latency`` / ``plot_concurrency``; ``.stop()`` ends it).
+        A recorder already running is stopped first."""
+        from caudal.recorder import LatencyRecorder
+
+        old = getattr(self, "_recorder", None)
+        if old is not None:
+            old.stop()
+        self._recorder = LatencyRecorder(self, interval_s).start()
+        return self._recorder
+
+    def plot_latency(self, step: Any = None, **kwargs: Any) -> Any:
+        """Latency histogram of ``step`` (a Step, a callable or a name; None:
+        all steps) with p50/p95/p99, and percentiles over time if a latency
+        recorder ran. A matplotlib Figure (``pip install 'caudal[plot]'``)."""
+        from caudal._steps import _name_of
+        from caudal.plots import plot_latency
+
+        name = step if step is None or isinstance(step, str) else _name_of(step)
+        return plot_latency(self, name, **kwargs)
+
+    def plot_concurrency(self, key: str | None = None, **kwargs: Any) -> Any:
+        """Concurrency limits and executions in flight over time (a
+        matplotlib Figure)."""
+        from caudal.plots import plot_concurrency
+
+        return plot_concurrency(self, key, **kwargs)
 
 
 __all__ = ["ExecutorCore", "OptimizationConfig", "StepResult", "StepTimeoutError"]

@@ -272,8 +272,23 @@ class PipelineRun:
         return out
 
     def __repr__(self) -> str:
-        c = ", ".join(f"{k}={v}" for k, v in sorted(self.counts().items()))
-        return f"PipelineRun({self.run_id!r}, {self.status}, {c})"
+        """The run's outcome and a table of its steps (status, start, time,
+        attempts, cache hits, tokens, errors)."""
+        from caudal._display import run_repr
+
+        return run_repr(self)
+
+    def _repr_html_(self) -> str:
+        from caudal._display import run_html
+
+        return run_html(self)
+
+    def plot_gantt(self, **kwargs: Any) -> Any:
+        """A Gantt chart of this run's steps (a matplotlib Figure; needs
+        ``pip install 'caudal[plot]'``). See :func:`caudal.plots.plot_gantt`."""
+        from caudal.plots import plot_gantt
+
+        return plot_gantt(self, **kwargs)
 
 
 # --------------------------------------------------------------- run scope
