@@ -153,6 +153,12 @@ class Contender:
         await asyncio.gather(*(call(i) for i in range(n)))
         return (time.perf_counter_ns() - t0) / n / 1000
 
+    async def concurrent_many(self, n: int) -> float:
+        """The concurrent workload through caudal's batch API."""
+        t0 = time.perf_counter_ns()
+        await self.ex.execute_many(self.trivial, range(n))
+        return (time.perf_counter_ns() - t0) / n / 1000
+
     async def cache(self, n: int) -> float:
         call = self.flujo.costly if self.flujo else _bind(self.ex, self.costly)
         t0 = time.perf_counter_ns()
