@@ -230,7 +230,7 @@ def plot(case: dict, path: Path) -> None:
     ax1.set_ylabel("concurrency limit")
     ax2 = ax1.twinx()
     bucket = 0.25
-    n = int(case["duration"] / bucket) + 1
+    n = int(case["duration"] / bucket)  # whole buckets only
     good = [0] * n
     for t, ok in case["log"]:
         if ok and 0 <= t < n * bucket:

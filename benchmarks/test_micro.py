@@ -57,14 +57,19 @@ def test_execute(benchmark, loop, config):
     run_batch(benchmark, loop, batch)
 
 
+async def echo(x):
+    return x
+
+
 def test_cache_hit(benchmark, loop):
     ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True))
-    st = Step(trivial, "cached", cache=True)
+    st = Step(echo, "cached", cache=True)
     loop.run_until_complete(ex.execute(st, {"q": 1}))
 
     async def batch():
         for _ in range(N):
-            await ex.execute(st, {"q": 1})
+            r = await ex.execute(st, {"q": 1})
+        assert r.cache_hit
 
     run_batch(benchmark, loop, batch)
 

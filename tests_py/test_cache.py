@@ -349,7 +349,7 @@ async def test_caching_a_cheap_step_whose_inputs_never_repeat_is_skipped():
     assert [r.output for r in results] == [i + 1 for i in range(2000)]
     s = ex.get_optimization_stats()["execution"]["steps"]["cheap"]
     # After the first 256 lookups found nothing, most executions skip the
-    # cache; one in 64 still looks, to notice if inputs start repeating.
+    # cache; one in 256 still looks, to notice if inputs start repeating.
     assert s["cache_bypassed"] > 1000
     assert s["cache_misses"] + s["cache_bypassed"] == 2000
 

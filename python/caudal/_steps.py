@@ -205,7 +205,7 @@ class Step:
         if max_concurrency is not None and (
             isinstance(max_concurrency, bool)
             or not isinstance(max_concurrency, int)
-            or not 1 <= max_concurrency <= 1 << 29
+            or not 1 <= max_concurrency <= 16_777_215
         ):
             raise ValueError(
                 f"Step {name!r}: max_concurrency must be an int >= 1 or None, "

@@ -149,6 +149,23 @@ TEST(ConcurrencyGateTest, PointerHandles) {
   EXPECT_THAT(gate.SetLimit(1), ElementsAre(&a));
 }
 
+TEST(ConcurrencyGateTest, AcquisitionCountSurvivesTheFastPathCounterWrapping) {
+  // The fast path counts in 16 bits of the state word; the wraps are carried.
+  ConcurrencyGate<int> gate(2);
+  constexpr int kRounds = 3 * 65536 + 17;
+  for (int i = 0; i < kRounds; ++i) {
+    ASSERT_TRUE(gate.TryAcquire());
+    ASSERT_FALSE(gate.Release().has_value());
+  }
+  EXPECT_EQ(gate.counters().acquired, kRounds);
+  EXPECT_EQ(gate.in_flight(), 0);
+  EXPECT_EQ(gate.waiting(), 0);
+  ASSERT_TRUE(gate.AcquireOrEnqueue(-1));  // slow path, a permit is free
+  EXPECT_EQ(gate.counters().acquired, kRounds + 1);
+  EXPECT_EQ(gate.in_flight(), 1);
+  gate.Release();
+}
+
 // Threads hammer one gate: fast path, slow path, cancels and limit changes.
 // Each waiter is served (handed a permit) or cancelled, never both, and at
 // the end nothing is held and nothing waits. Permit holders never exceed the

@@ -243,12 +243,13 @@ std::vector<std::string> OptimizationConfig::Validate() const {
         "concurrency_initial_limit must be between concurrency_min_limit and "
         "concurrency_max_limit");
   }
-  if (concurrency_max_limit > (int64_t{1} << 29)) {
-    problems.push_back("concurrency_max_limit must be at most 536870912");
+  // The limit gates count permits in 24 bits (concurrency_gate.h).
+  if (concurrency_max_limit > 16777215) {
+    problems.push_back("concurrency_max_limit must be at most 16777215");
   }
   if (max_concurrent_executions.has_value() &&
-      *max_concurrent_executions > (int64_t{1} << 29)) {
-    problems.push_back("max_concurrent_executions must be at most 536870912");
+      *max_concurrent_executions > 16777215) {
+    problems.push_back("max_concurrent_executions must be at most 16777215");
   }
   if (concurrency_latency_tolerance > 10.0) {
     problems.push_back("concurrency_latency_tolerance must be at most 10");

@@ -435,12 +435,15 @@ bool Executor::UseCache(StepEntry& step, const OptimizationConfig& config) {
   if (!CacheEnabled(step, config)) return false;
   if (step.spec.cache == StepSwitch::kOn) return true;  // forced: always
   if (!step.cache_bypass.load(std::memory_order_relaxed)) return true;
-  if (step.cache_probe.fetch_add(1, std::memory_order_relaxed) %
-          kCacheProbeEvery ==
-      0) {
-    return true;
-  }
-  step.stats->cache_bypassed.fetch_add(1, std::memory_order_relaxed);
+  // Plain loads and stores, no locked instruction (this path exists to be
+  // cheaper than a lookup): with several threads executing the step at once
+  // a count may be lost, which only moves the next probe a little.
+  const uint32_t c = step.cache_probe.load(std::memory_order_relaxed);
+  step.cache_probe.store(c + 1, std::memory_order_relaxed);
+  if (c % kCacheProbeEvery == 0) return true;
+  std::atomic<uint64_t>& skipped = step.stats->cache_bypassed;
+  skipped.store(skipped.load(std::memory_order_relaxed) + 1,
+                std::memory_order_relaxed);
   return false;
 }
 

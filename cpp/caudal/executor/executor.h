@@ -210,7 +210,7 @@ class Executor {
   // keeps being measured; the decision is revisited every 256 lookups.
   static constexpr double kCacheLookupCostNs = 500;
   static constexpr double kAlwaysCacheNs = 50'000;
-  static constexpr uint32_t kCacheProbeEvery = 64;
+  static constexpr uint32_t kCacheProbeEvery = 256;
   static bool UseCache(StepEntry& step, const OptimizationConfig& config);
   // The cached output for `key`, counting the step's hit or miss. Removed
   // (expired) values go to `dropped`, to be destroyed by the caller.
