@@ -77,7 +77,12 @@ def main() -> int:
         ]
     report = RESULTS / "report.md"
     if report.exists() and "bench_report.py" not in failed:
-        lines += ["## Headline: seed 003's five metrics (bench_report.py)", "", report.read_text(), ""]
+        lines += [
+            "## Headline: seed 003's five metrics (bench_report.py)",
+            "",
+            report.read_text(),
+            "",
+        ]
     for png in sorted(RESULTS.glob("*.png")):
         if png.name != "ablation.png":
             lines += [f"![{png.stem}]({png.name})", ""]
