@@ -29,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cachetools  # noqa: E402
-import xxhash  # noqa: E402
-from _harness import interleaved, save  # noqa: E402
-from cachetools.keys import hashkey  # noqa: E402
+import cachetools
+import xxhash
+from cachetools.keys import hashkey
 
-from caudal import ExecutorCore, OptimizationConfig, Step, _core  # noqa: E402
+from _harness import interleaved, save
+from caudal import ExecutorCore, OptimizationConfig, Step, _core
 
 SMALL = {"user": "u-1842", "query": "weather in Lisbon", "lang": "en", "k": 5}
 

@@ -29,9 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import interleaved, save  # noqa: E402
-
-from caudal import ExecutorCore, OptimizationConfig  # noqa: E402
+from _harness import interleaved, save
+from caudal import ExecutorCore, OptimizationConfig
 
 # The optimizations are the enable_* switches. Other booleans are policies,
 # not optimizations (cache_copy_outputs deep-copies outputs for safety;
@@ -60,7 +59,7 @@ def flujo_contender():
     try:
         from flujo.application.core.executor_core import ExecutorCore as FlujoExecutor
         from flujo.domain.dsl.step import Step as FlujoStep
-    except Exception as e:  # noqa: BLE001 - report, don't hide
+    except Exception as e:
         print(f"flujo unavailable ({type(e).__name__}: {e}); row (e) skipped", file=sys.stderr)
         return None
     logging.getLogger("flujo").setLevel(logging.WARNING)

@@ -49,7 +49,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import RESULTS, machine, save
-
 from caudal import ExecutorCore, OptimizationConfig, Pipeline, Step
 
 FLAGS = [
@@ -480,8 +479,9 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
         if many and "concurrent" in flujo:
             lines.append(
                 f"| concurrent, each library's batch form (caudal execute_many; flujo has none: "
-                f"gather) | {many['concurrent']['median']:.2f} | {flujo['concurrent']['median']:.2f}"
-                f" | {flujo['concurrent']['median'] / many['concurrent']['median']:.0f}x |"
+                f"gather) | {many['concurrent']['median']:.2f} | "
+                f"{flujo['concurrent']['median']:.2f} | "
+                f"{flujo['concurrent']['median'] / many['concurrent']['median']:.0f}x |"
             )
         lines.append("")
     lines += [
@@ -552,7 +552,7 @@ def plot(res: dict, path: Path) -> None:
     skip = ("baseline (all off)", "flujo ExecutorCore", "all on, execute_many")
     names = [n for n in res if n not in skip]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 5), sharey=True)
-    for ax, m in zip(axes, METRICS):
+    for ax, m in zip(axes, METRICS, strict=True):
         vals = [res[n][m]["median"] / base[m]["median"] for n in names]
         colors = ["tab:red" if v > 1.1 else "tab:green" if v < 0.9 else "tab:gray" for v in vals]
         ax.barh(range(len(names)), vals, color=colors)
@@ -591,7 +591,7 @@ async def main(quick: bool) -> int:
     try:
         flujo = Contender("flujo ExecutorCore", flujo=FlujoCalls())
         await check(flujo)
-    except Exception as e:  # noqa: BLE001 - reported, never hidden
+    except Exception as e:
         print(
             f"flujo unavailable ({type(e).__name__}: {e}); its rows are left out", file=sys.stderr
         )

@@ -22,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import interleaved, save  # noqa: E402
-
-import caudal  # noqa: E402
-from caudal import ExecutorCore, OptimizationConfig, RetryStrategy, Step  # noqa: E402
+import caudal
+from _harness import interleaved, save
+from caudal import ExecutorCore, OptimizationConfig, RetryStrategy, Step
 
 
 async def outage(quick: bool) -> dict:
@@ -183,7 +182,8 @@ async def main(quick: bool) -> None:
     pyb = cc["pybreaker around the await"]["median_us"] - bare
     cbk = cc["circuitbreaker around the await"]["median_us"] - bare
     print(
-        f"   breaker's own cost: caudal {caudal_breaker * 1e3:+.0f} ns, pybreaker {pyb * 1e3:.0f} ns, "
+        f"   breaker's own cost: caudal {caudal_breaker * 1e3:+.0f} ns, "
+        f"pybreaker {pyb * 1e3:.0f} ns, "
         f"circuitbreaker {cbk * 1e3:.0f} ns"
     )
 

@@ -230,7 +230,7 @@ def test_shared_by_event_loops_in_several_threads():
 
         try:
             asyncio.run(main())
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(k * 1000,)) for k in range(4)]

@@ -9,6 +9,7 @@ from caudal._display import OptimizationStats, Recommendations
 from caudal._pipeline_context import register_context_adapter
 from caudal._steps import Step, step
 from caudal.checkpoints import CheckpointStore, MemoryStore, PostgresStore, SqliteStore
+from caudal.context import Context, ContextMutation, as_context, merge_branches
 from caudal.errors import (
     BackendUnavailableError,
     CaudalError,
@@ -27,7 +28,6 @@ from caudal.errors import (
     RunNotFoundError,
     UsageLimitExceededError,
 )
-from caudal.context import Context, ContextMutation, as_context, merge_branches
 from caudal.executor_core import ExecutorCore, StepTimeoutError
 from caudal.pipeline import (
     Pipeline,
@@ -84,11 +84,11 @@ __all__ = [
     "UsageLimits",
     "WithUsage",
     "WorkerPool",
+    "__version__",
     "as_context",
     "current_run",
     "load_pipeline",
     "merge_branches",
     "register_context_adapter",
     "step",
-    "__version__",
 ]

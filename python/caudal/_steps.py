@@ -80,14 +80,15 @@ class Step:
     """
 
     __slots__ = (
+        "__weakref__",
         "actors",
         "backend",
         "breaker",
         "breaker_exclude",
         "cache",
-        "concurrency_key",
         "cache_context",
         "cache_ttl_s",
+        "concurrency_key",
         "depends_on",
         "fallback",
         "fn",
@@ -102,7 +103,6 @@ class Step:
         "single_flight",
         "tags",
         "timeout_s",
-        "__weakref__",
     )
 
     def __init__(
@@ -517,7 +517,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
             obj.resources,
             obj.actors,
         )
-    elif hasattr(obj, "agent") and hasattr(obj, "config") and hasattr(getattr(obj, "agent"), "run"):
+    elif hasattr(obj, "agent") and hasattr(obj, "config") and hasattr(obj.agent, "run"):
         # flujo Step: the work is agent.run(data, context=..., resources=...).
         target = obj.agent
         name = _name_of(obj)

@@ -7,7 +7,7 @@ A step's own exception is never wrapped: it reaches the caller as itself
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 

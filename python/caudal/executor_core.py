@@ -208,7 +208,7 @@ class ExecutorCore:
             if mode == 0:
                 try:
                     out = await aw
-                except Exception as exc:  # noqa: BLE001 - a step failure is a result
+                except Exception as exc:
                     return await self._run(rec, exc, 4, data, context, resources)
                 except BaseException:
                     self._engine._cancel(rec)
@@ -283,7 +283,7 @@ class ExecutorCore:
                             exc = StepTimeoutError(
                                 f"attempt timed out after {engine._timeout_s(rec):g} s"
                             )
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         exc = e
                 if exc is None:
                     live = False
@@ -598,12 +598,12 @@ class ExecutorCore:
             self._l2_writes.add(task)
             task.add_done_callback(self._l2_writes.discard)
 
-    def export_config(self, format: str = "json") -> str:  # noqa: A002 - flujo's name
+    def export_config(self, format: str = "json") -> str:
         if format != "json":
             raise ValueError(f"export_config: unsupported format {format!r} (supported: 'json')")
         return self._engine.config.to_json()
 
-    async def import_config(self, text: str, format: str = "json") -> None:  # noqa: A002
+    async def import_config(self, text: str, format: str = "json") -> None:
         """Parse, validate and apply a config; errors name each JSON path.
         On error the current config stays in force."""
         if format != "json":
@@ -637,7 +637,7 @@ class ExecutorCore:
             await self._l2.invalidate_group(step_name)
         return n
 
-    async def flush(self, timeout: float | None = 10.0) -> int:
+    async def flush(self, timeout: float | None = 10.0) -> int:  # noqa: ASYNC109 - a deadline, not a cancel scope
         """Wait for pending writes to the shared cache tier (each is bounded
         by the tier's own timeout); returns how many were still pending when
         ``timeout`` ran out."""

@@ -23,7 +23,7 @@ ExceptionSpec = (
 
 def _normalise_spec(spec: Any, what: str) -> Any:
     """A type, a tuple of types, a predicate, or None -> tuple/predicate/None."""
-    if spec is None or callable(spec) and not isinstance(spec, type):
+    if spec is None or (callable(spec) and not isinstance(spec, type)):
         return spec
     if isinstance(spec, type) and issubclass(spec, BaseException):
         return (spec,)
