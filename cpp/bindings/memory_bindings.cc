@@ -5,6 +5,7 @@
 
 #include "absl/status/status.h"
 #include "caudal/base/alloc_counter.h"
+#include "caudal/memory/memory_monitor.h"
 
 namespace caudal::bindings {
 
@@ -62,6 +63,15 @@ void SetRssSource(Executor& core, py::object source) {
 }
 
 void RegisterMemory(py::module_& m) {
+  m.def(
+      "rss_bytes",
+      []() -> py::object {
+        absl::StatusOr<uint64_t> rss = ReadProcessRss();
+        if (!rss.ok()) return py::none();
+        return py::int_(*rss);
+      },
+      "This process's resident set size in bytes, read natively from "
+      "/proc/self/statm (None where there is none: not Linux).");
   m.def(
       "_native_allocations",
       []() -> py::object {

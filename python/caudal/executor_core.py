@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from caudal._core import Engine, OptimizationConfig, StepResult
+from caudal._core import rss_bytes as _native_rss
 from caudal._steps import ExecutorDefaults
 from caudal.backends import check_backend
 from caudal.errors import CaudalError, ConfigurationError
@@ -26,18 +27,14 @@ class StepTimeoutError(CaudalError, TimeoutError):
     """An attempt ran longer than its step's ``timeout_s``."""
 
 
-_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1024 * 1024) if hasattr(os, "sysconf") else 4096 / 2**20
-
-
 def _rss_mb() -> float:
-    """Resident set size of this process, from /proc/self/statm."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE_MB
-    except OSError:  # not Linux
-        import resource
+    """Resident set size of this process (natively from /proc/self/statm)."""
+    rss = _native_rss()
+    if rss is not None:
+        return rss / (1024 * 1024)
+    import resource  # not Linux: the peak instead
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 _NO_LIMIT = 1 << 30
