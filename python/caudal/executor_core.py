@@ -132,6 +132,7 @@ class ExecutorCore:
     __slots__ = (
         "_backend",
         "_begin",
+        "_closing",
         "_engine",
         "_failed",
         "_l2",
@@ -165,6 +166,7 @@ class ExecutorCore:
         engine = Engine(_checked(optimization_config))
         self._l2 = cache_l2
         self._l2_writes: set[asyncio.Task] = set()
+        self._closing: set[asyncio.Task] = set()  # retired worker pools closing
         if cache_l2 is not None:
             for method in ("get", "set", "invalidate_tag", "invalidate_group", "clear"):
                 if not callable(getattr(cache_l2, method, None)):
@@ -592,8 +594,8 @@ class ExecutorCore:
             # finishes what it has in the background.
             self._pool = None
             task = asyncio.get_running_loop().create_task(pool.aclose())
-            self._l2_writes.add(task)
-            task.add_done_callback(self._l2_writes.discard)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def export_config(self, format: str = "json") -> str:
         if format != "json":
@@ -657,6 +659,8 @@ class ExecutorCore:
         if self._own_pool and self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # --------------------------------------------------------------- events
     def events(self, types: Any = None, buffer: int = 1000) -> Any:
