@@ -85,7 +85,13 @@ async def test_stats_stay_dicts_and_show_tables():
 
 
 async def test_recommendations_are_a_list_sorted_by_priority():
-    cfg = OptimizationConfig(slow_execution_threshold_ms=0.0001, enable_circuit_breaker=False)
+    # (A threshold the test process cannot reach: under ASan it holds more
+    # than the 500 MB default, and a memory recommendation would join in.)
+    cfg = OptimizationConfig(
+        slow_execution_threshold_ms=0.0001,
+        enable_circuit_breaker=False,
+        memory_pressure_threshold_mb=1e6,
+    )
     ex = ExecutorCore(optimization_config=cfg)
 
     async def slowish(x):
