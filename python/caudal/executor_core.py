@@ -688,6 +688,59 @@ class ExecutorCore:
 
         return Recommendations(recommendations(self))
 
+    async def health(self) -> dict[str, Any]:
+        """One report of every component, for a health endpoint or a probe.
+
+        ``ok`` is False when a part is down or refusing work: the shared
+        cache tier does not answer a PING (within its ``op_timeout_s``), a
+        circuit breaker is open, or memory pressure is critical. Each section
+        says what it saw: ``cache`` (L1 entries and the L2 tier's PING),
+        ``breakers`` (those not closed), ``concurrency`` (keys with callers
+        waiting), ``worker_pool`` (queue depth and rejections), ``events``
+        (subscribers and drops), ``memory`` (RSS and pressure level)."""
+        stats = self.get_optimization_stats()
+        problems: list[str] = []
+        l2 = None
+        if self._l2 is not None:
+            probe = getattr(self._l2, "health", None)
+            l2 = await probe() if probe is not None else {"ok": None}
+            if l2.get("ok") is False:
+                problems.append(f"cache L2 unreachable: {l2.get('error')}")
+        breakers = {
+            name: b["state"]
+            for name, b in stats["circuit_breaker"]["breakers"].items()
+            if b["state"] != "closed"
+        }
+        problems += [f"circuit breaker {n!r} is open" for n, st in breakers.items() if st == "open"]
+        waiting = {
+            key: {"limit": k["limit"], "in_flight": k["in_flight"], "waiting": k["waiting"]}
+            for key, k in stats["concurrency"]["keys"].items()
+            if k["waiting"]
+        }
+        pool = stats["concurrency"]["worker_pool"]
+        level = stats["memory"]["memory_pressure_level"]
+        if level == "critical":
+            problems.append("memory pressure is critical")
+        events = stats.get("events") or {}
+        return {
+            "ok": not problems,
+            "problems": problems,
+            "cache": {"l1_entries": stats["cache"]["size"], "l2": l2},
+            "breakers": breakers,
+            "concurrency": {
+                "mode": stats["concurrency"]["mode"],
+                "in_flight": stats["concurrency"]["in_flight"],
+                "keys_waiting": waiting,
+            },
+            "worker_pool": None
+            if pool is None
+            else {
+                k: pool.get(k) for k in ("workers", "active", "queued", "queue_size", "rejected")
+            },
+            "events": {k: events.get(k) for k in ("subscribers", "dropped")},
+            "memory": {"usage_mb": stats["memory"]["usage_mb"], "pressure_level": level},
+        }
+
     def concurrency_history(self) -> list[dict[str, Any]]:
         """Every recorded change of a concurrency limit, oldest first (the
         last 512 per key): key, time_s (monotonic clock), age_s, from, to
