@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from _pty import read_all
+
 REGISTRY = textwrap.dedent(
     """
     import asyncio, os
@@ -198,18 +200,10 @@ def test_progress_bar_on_a_terminal(workdir, sized):
         cwd=workdir, stdout=subprocess.PIPE, stderr=slave, env=env,
     )  # fmt: skip
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    written = read_all(master)
     out, _ = proc.communicate(timeout=60)
     os.close(master)
     assert proc.returncode == 0
-    err = b"".join(chunks).decode(errors="replace")
+    err = written.decode(errors="replace")
     assert "/4 [" in err and "step/s" in err, err  # tqdm's bar, on stderr
     assert b"completed" in out

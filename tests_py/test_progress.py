@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+from _pty import read_all
+
 SCRIPT = textwrap.dedent(
     """
     import asyncio
@@ -39,19 +41,11 @@ def test_execute_many_draws_a_bar_on_a_terminal():
     master, slave = pty.openpty()
     proc = run_with_stderr(slave)
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
+    written = read_all(master)
     out, _ = proc.communicate(timeout=60)
     os.close(master)
     assert proc.returncode == 0 and out == b"done 50\n"
-    err = b"".join(chunks).decode(errors="replace")
+    err = written.decode(errors="replace")
     assert "batch_job" in err and "50/50" in err and "step/s" in err, err
 
 
