@@ -12,8 +12,9 @@ HEADER = """# OptimizationConfig reference
 Generated from the C++ config (`cpp/caudal/config/optimization_config.h`) by
 `docs/gen_config_reference.py`; do not edit by hand. Defaults are seed 001's;
 where the seed gives none (`enable_automatic_optimization`,
-`optimization_analysis_interval_seconds`, `performance_degradation_threshold`)
-the choice is caudal's and is marked *(caudal)*.
+`optimization_analysis_interval_seconds`, `performance_degradation_threshold`,
+`performance_window_seconds`, `telemetry_sampling_rate`,
+`telemetry_buffer_size`) the choice is caudal's and is marked *(caudal)*.
 
 `validate()` returns one line per broken rule; `ExecutorCore`,
 `apply_optimization_config` and `import_config` refuse an invalid config with
@@ -33,6 +34,9 @@ CAUDAL_CHOICE = {
     "enable_automatic_optimization",
     "optimization_analysis_interval_seconds",
     "performance_degradation_threshold",
+    "telemetry_sampling_rate",
+    "telemetry_buffer_size",
+    "performance_window_seconds",
 }
 
 

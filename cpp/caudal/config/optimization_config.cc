@@ -34,6 +34,8 @@ Rule RuleFor(absl::string_view name) {
       {"worker_pool_task_timeout_seconds", Rule::kNonNegative},
       {"telemetry_batch_size", Rule::kPositive},
       {"telemetry_flush_interval_seconds", Rule::kPositive},
+      {"telemetry_sampling_rate", Rule::kFraction},
+      {"telemetry_buffer_size", Rule::kPositive},
       {"error_cache_size", Rule::kPositive},
       {"circuit_breaker_failure_threshold", Rule::kPositive},
       {"circuit_breaker_recovery_timeout_seconds", Rule::kPositive},
@@ -51,6 +53,7 @@ Rule RuleFor(absl::string_view name) {
       {"cpu_usage_threshold_percent", Rule::kPercent},
       {"optimization_analysis_interval_seconds", Rule::kPositive},
       {"performance_degradation_threshold", Rule::kPositive},
+      {"performance_window_seconds", Rule::kPositive},
   };
   for (const auto& r : kRules) {
     if (r.name == name) return r.rule;
