@@ -27,6 +27,7 @@
 #include "key_walk.h"
 #include "memory_bindings.h"
 #include "step_result.h"
+#include "telemetry_bindings.h"
 
 namespace caudal::bindings {
 namespace {
@@ -1077,12 +1078,14 @@ class Engine {
   }
 
   Executor core_;
+  TelemetryState telemetry_;
   py::object analyse_;
   py::object default_retry_ = py::none();  // caudal.RetryStrategy or None
   bool l2_ = false;                        // a shared tier is configured
 
  public:
   Executor& core() { return core_; }
+  TelemetryState& telemetry() { return telemetry_; }
 
   void set_default_retry(py::object r) {
     default_retry_ = std::move(r);
@@ -1282,6 +1285,8 @@ void RegisterExecutor(py::module_& m) {
       },
       "The native back-off computation (for previews and tests).");
 
+  m.def("_clock_offset_ns", &ClockOffsetNs,
+        "CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time).");
   if (!InitStepResultType(m.ptr())) throw py::error_already_set();
 
   py::class_<Engine>(
@@ -1346,6 +1351,19 @@ void RegisterExecutor(py::module_& m) {
       .def("event_stats",
            [](Engine& e) { return EventBusStatsDict(e.core().events()); })
       .def("memory_stats", [](Engine& e) { return MemoryStatsDict(e.core()); })
+      .def("_set_tracing", [](Engine& e, bool on) { SetTracing(e.core(), on); })
+      .def("_set_parent_source",
+           [](Engine& e, py::object cv, py::object key) {
+             SetParentSource(e.core(), e.telemetry(), std::move(cv),
+                             std::move(key));
+           })
+      .def("_wait_spans",
+           [](Engine& e, double timeout_s) {
+             return WaitForSpans(e.core(), timeout_s);
+           })
+      .def("_notify_spans", [](Engine& e) { e.core().spans().Notify(); })
+      .def("_drain_spans", [](Engine& e) { return DrainSpans(e.core()); })
+      .def("span_stats", [](Engine& e) { return SpanStatsDict(e.core()); })
       .def("_set_rss_source",
            [](Engine& e, py::object source) {
              SetRssSource(e.core(), std::move(source));

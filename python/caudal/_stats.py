@@ -59,11 +59,37 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
         "circuit_breaker": _breaker_section(engine, cfg),
         "error_handling": _error_section(engine, cfg, total),
         "events": engine.event_stats(),
-        "telemetry": {
-            "enabled": cfg.enable_optimized_telemetry,
-            "status": "pass-through: span export is not implemented yet",
-            "spans_recorded": 0,
-        },
+        "telemetry": _telemetry_section(executor, cfg),
+    }
+
+
+def _telemetry_section(executor: ExecutorCore, cfg: Any) -> dict[str, Any]:
+    flusher = executor._spans
+    exported = (
+        flusher.stats()
+        if flusher is not None
+        else {
+            "exporters": [],
+            "parent_capture": False,
+            "spans_exported": 0,
+            "batches_exported": 0,
+            "export_errors": 0,
+            "last_export_error": None,
+            "export_seconds": 0.0,
+            "uptime_seconds": 0.0,
+            "last_flush_seconds_ago": None,
+            "last_flush_ok": None,
+        }
+    )
+    return {
+        "enabled": cfg.enable_optimized_telemetry,
+        "batch_size": cfg.telemetry_batch_size,
+        "flush_interval_seconds": cfg.telemetry_flush_interval_seconds,
+        "buffer_size": cfg.telemetry_buffer_size,
+        # recording, sampling_rate, spans_recorded/_sampled_out/_dropped/
+        # _drained/_buffered, thread_buffers (native)
+        **executor._engine.span_stats(),
+        **exported,
     }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import os
 import sys
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -130,6 +131,7 @@ class ExecutorCore:
     """
 
     __slots__ = (
+        "__weakref__",
         "_backend",
         "_begin",
         "_closing",
@@ -140,6 +142,7 @@ class ExecutorCore:
         "_own_pool",
         "_pool",
         "_recorder",  # the LatencyRecorder of start_latency_recorder(), unset until then
+        "_spans",  # the SpanFlusher, once a span exporter was attached
         "_succeed",
     )
 
@@ -151,6 +154,7 @@ class ExecutorCore:
         cache_l2: Any = None,
         worker_pool: WorkerPool | None = None,
         backend: str | None = None,
+        span_exporters: Iterable[Any] | None = None,
     ) -> None:
         """``retry_strategy`` is the default for steps that set neither
         ``retry`` nor ``max_retries`` (without it they get one attempt).
@@ -161,7 +165,9 @@ class ExecutorCore:
         own, made at the first sync step from the ``worker_pool_*`` config
         fields).
         ``backend`` is where the attempts of steps that do not choose run:
-        ``"local"`` (the default) or ``"ray"`` (docs/scale-out.md)."""
+        ``"local"`` (the default) or ``"ray"`` (docs/scale-out.md).
+        ``span_exporters`` receive a span per execution (caudal.telemetry;
+        see :meth:`add_span_exporter`)."""
         backend = check_backend(backend, "ExecutorCore")
         engine = Engine(_checked(optimization_config))
         self._l2 = cache_l2
@@ -188,6 +194,9 @@ class ExecutorCore:
         # Bound once: the hot path then costs one attribute load per call.
         self._begin, self._succeed = engine._fast_calls()
         self._failed = engine._failed
+        self._spans = None
+        for exporter in span_exporters or ():
+            self.add_span_exporter(exporter)
 
     # ------------------------------------------------------------------ run
     async def execute(
@@ -661,6 +670,49 @@ class ExecutorCore:
             await pool.aclose()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._spans is not None:
+            # The last spans go out; exporters stay attached (and open):
+            # they belong to the caller. Executions after aclose() are
+            # exported at the next flush_telemetry() or at exit.
+            await asyncio.to_thread(self._spans.flush)
+
+    # ------------------------------------------------------------- tracing
+    def add_span_exporter(self, exporter: Any) -> None:
+        """Send a span of every execution to ``exporter`` (an object with
+        ``export(spans)``: :class:`caudal.telemetry.OpenTelemetryExporter`,
+        :class:`caudal.telemetry.JsonLinesExporter`, or your own).
+
+        Spans are recorded natively while at least one exporter is attached
+        (and ``enable_optimized_telemetry`` is on), sampled by
+        ``telemetry_sampling_rate`` (failures and slow executions always
+        kept), and exported from a background thread in batches of
+        ``telemetry_batch_size`` every ``telemetry_flush_interval_seconds``
+        or when a thread's buffer is half full."""
+        from caudal.telemetry import SpanFlusher
+
+        if self._spans is None:
+            flusher = SpanFlusher(self._engine)
+            self._spans = flusher
+            # An executor dropped without aclose() still stops its thread.
+            weakref.finalize(self, flusher.stop)
+        self._spans.add(exporter)
+
+    def remove_span_exporter(self, exporter: Any) -> bool:
+        """Detach ``exporter`` (after exporting what is buffered); False if
+        it was not attached. With none left, recording stops."""
+        if self._spans is None:
+            return False
+        return self._spans.remove(exporter)
+
+    @property
+    def span_exporters(self) -> list[Any]:
+        return [] if self._spans is None else self._spans.exporters
+
+    def flush_telemetry(self) -> int:
+        """Export every buffered span now (and flush the exporters); returns
+        how many spans went out. Blocks while exporters export: from async
+        code, ``await asyncio.to_thread(executor.flush_telemetry)``."""
+        return 0 if self._spans is None else self._spans.flush()
 
     # --------------------------------------------------------------- events
     def events(self, types: Any = None, buffer: int = 1000) -> Any:
@@ -722,9 +774,18 @@ class ExecutorCore:
         if level == "critical":
             problems.append("memory pressure is critical")
         events = stats.get("events") or {}
+        # Degraded but still serving: reported, not counted against ``ok``
+        # (a trace collector's outage is no reason to restart a service).
+        warnings: list[str] = []
+        tel = stats["telemetry"]
+        if tel["last_flush_ok"] is False:
+            warnings.append(f"span export failing: {tel['last_export_error']}")
+        if tel["spans_dropped"]:
+            warnings.append(f"{tel['spans_dropped']} spans dropped (full buffers)")
         return {
             "ok": not problems,
             "problems": problems,
+            "warnings": warnings,
             "cache": {"l1_entries": stats["cache"]["size"], "l2": l2},
             "breakers": breakers,
             "concurrency": {
@@ -739,6 +800,17 @@ class ExecutorCore:
             },
             "events": {k: events.get(k) for k in ("subscribers", "dropped")},
             "memory": {"usage_mb": stats["memory"]["usage_mb"], "pressure_level": level},
+            "telemetry": {
+                k: tel[k]
+                for k in (
+                    "recording",
+                    "exporters",
+                    "last_flush_seconds_ago",
+                    "last_flush_ok",
+                    "export_errors",
+                    "spans_dropped",
+                )
+            },
         }
 
     def concurrency_history(self) -> list[dict[str, Any]]:

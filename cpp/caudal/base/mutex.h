@@ -17,6 +17,7 @@
 #include "absl/base/config.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 
 #ifdef ABSL_HAVE_THREAD_SANITIZER
 #include <sanitizer/tsan_interface.h>
@@ -67,6 +68,15 @@ inline void Wait(CondVar* cv, Mutex* mu) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
   base_internal::TsanRelease(mu);
   cv->Wait(mu);
   base_internal::TsanAcquire(mu);
+}
+
+// cv->WaitWithTimeout(mu, timeout); true if it timed out.
+inline bool WaitWithTimeout(CondVar* cv, Mutex* mu, absl::Duration timeout)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+  base_internal::TsanRelease(mu);
+  const bool timed_out = cv->WaitWithTimeout(mu, timeout);
+  base_internal::TsanAcquire(mu);
+  return timed_out;
 }
 
 }  // namespace caudal

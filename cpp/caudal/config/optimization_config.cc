@@ -15,7 +15,7 @@ using Json = nlohmann::json;
 
 // Validation rule of one field. Fields not listed here have no rule beyond
 // their type (booleans, for instance).
-enum class Rule { kNone, kPositive, kFraction, kPercent, kNonNegative };
+enum class Rule { kNone, kPositive, kFraction, kRate, kPercent, kNonNegative };
 
 Rule RuleFor(absl::string_view name) {
   static const struct {
@@ -34,7 +34,7 @@ Rule RuleFor(absl::string_view name) {
       {"worker_pool_task_timeout_seconds", Rule::kNonNegative},
       {"telemetry_batch_size", Rule::kPositive},
       {"telemetry_flush_interval_seconds", Rule::kPositive},
-      {"telemetry_sampling_rate", Rule::kFraction},
+      {"telemetry_sampling_rate", Rule::kRate},
       {"telemetry_buffer_size", Rule::kPositive},
       {"error_cache_size", Rule::kPositive},
       {"circuit_breaker_failure_threshold", Rule::kPositive},
@@ -67,6 +67,8 @@ const char* RuleText(Rule rule) {
       return "must be positive";
     case Rule::kFraction:
       return "must be between 0.0 and 1.0";
+    case Rule::kRate:
+      return "must be between 0.0 and 1.0 (inclusive)";
     case Rule::kPercent:
       return "must be between 0 and 100";
     case Rule::kNonNegative:
@@ -92,6 +94,9 @@ void Check(absl::string_view name, double value,
       break;
     case Rule::kFraction:
       ok = value > 0 && value <= 1.0;
+      break;
+    case Rule::kRate:
+      ok = value >= 0 && value <= 1.0;
       break;
     case Rule::kPercent:
       ok = value > 0 && value <= 100.0;

@@ -1,6 +1,8 @@
 #include "caudal/executor/executor.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +37,46 @@ Executor::Executor(OptimizationConfig config, uint64_t random_seed)
   }
   std::vector<CachedValue> dropped;  // none: the cache is empty
   ApplyMemoryConfig(*current_config(), MonotonicNowNs(), &dropped);
+  ConfigureSpans(*current_config());
+}
+
+void Executor::ConfigureSpans(const OptimizationConfig& c) {
+  SpanRecorder::Options o;
+  o.sampling_rate = c.telemetry_sampling_rate;
+  o.buffer_size = static_cast<size_t>(c.telemetry_buffer_size);
+  spans_.Configure(o);
+  const bool on = c.enable_optimized_telemetry &&
+                  exporters_.load(std::memory_order_relaxed);
+  spans_.SetActive(on);
+  tracing_.store(on, std::memory_order_relaxed);
+}
+
+void Executor::SetTracing(bool on) {
+  exporters_.store(on, std::memory_order_relaxed);
+  ConfigureSpans(*current_config());
+}
+
+void Executor::Trace(const StepEntry& step, const ExecutionRecord* r,
+                     int64_t start_ns, int64_t end_ns, int attempts,
+                     SpanOutcome outcome, bool slow) {
+  bool sampled = false;
+  if (!spans_.Sample(IsFailure(outcome) || slow, &sampled)) return;
+  SpanRecord span;
+  span.step = &step.stats->name;
+  span.start_ns = start_ns;
+  span.end_ns = end_ns;
+  span.attempts = static_cast<uint32_t>(attempts > 0 ? attempts : 0);
+  span.outcome = outcome;
+  span.slow = slow;
+  span.sampled = sampled;
+  if (r != nullptr) {
+    if (r->breaker != nullptr)
+      span.breaker_state = static_cast<uint8_t>(r->breaker->state());
+    if (r->had_error) span.SetErrorType(r->last_error);
+  }
+  if (TraceParentSource src = parent_source_.load(std::memory_order_acquire))
+    span.parent = src(parent_ctx_.load(std::memory_order_relaxed));
+  spans_.Record(span);
 }
 
 std::shared_ptr<const OptimizationConfig> Executor::config() const {
@@ -107,6 +149,7 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
     retained_.push_back(std::make_shared<const OptimizationConfig>(config));
     current_.store(retained_.back().get(), std::memory_order_release);
   }
+  ConfigureSpans(config);
   // A raised (or removed) limit hands slots to waiters, for the caller to wake.
   std::vector<FlightWaiter> handed = gate_.SetLimit(static_cast<int>(
       config.max_concurrent_executions.value_or(kUnlimitedSlots)));
@@ -268,6 +311,12 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
   s->errors.fetch_add(1, std::memory_order_relaxed);
   if (e.timed_out) s->timeouts.fetch_add(1, std::memory_order_relaxed);
   r->had_error = true;
+  r->last_timed_out = e.timed_out;
+  {
+    const size_t n = std::min(e.exc_type.size(), sizeof(r->last_error) - 1);
+    std::memcpy(r->last_error, e.exc_type.data(), n);
+    r->last_error[n] = '\0';
+  }
   if (r->breaker_pending) {
     r->breaker_pending = false;
     if (e.counts_for_breaker) {
@@ -334,7 +383,8 @@ void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
   FreeRecord(r);
 }
 
-ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
+ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns,
+                                  SpanOutcome outcome) {
   ExecutionOutcome out;
   out.latency_ns = now_ns - r->start_ns;
   out.attempts = r->attempt;
@@ -348,6 +398,8 @@ ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns) {
     out.slow = true;
     s->slow.fetch_add(1, std::memory_order_relaxed);
   }
+  if (tracing())
+    Trace(*r->step, r, r->start_ns, now_ns, r->attempt, outcome, out.slow);
   Release(r, out);
   return out;
 }
@@ -368,7 +420,7 @@ ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
     PublishStep(EventType::kStepFinished, *r->step, now_ns,
                 static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
                 "");
-  ExecutionOutcome out = Finish(r, now_ns);
+  ExecutionOutcome out = Finish(r, now_ns, SpanOutcome::kOk);
   out.wake_more = std::move(woken);
   return out;
 }
@@ -386,7 +438,11 @@ ExecutionOutcome Executor::Fail(ExecutionRecord* r, int64_t now_ns,
     PublishStep(EventType::kStepFailed, *r->step, now_ns,
                 static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
                 r->attempt == 0 ? "rejected" : (fell_back ? "fallback" : ""));
-  return Finish(r, now_ns);
+  const SpanOutcome outcome = r->attempt == 0     ? SpanOutcome::kRejected
+                              : fell_back         ? SpanOutcome::kFallback
+                              : r->last_timed_out ? SpanOutcome::kTimeout
+                                                  : SpanOutcome::kError;
+  return Finish(r, now_ns, outcome);
 }
 
 ExecutionOutcome Executor::Reject(ExecutionRecord* r, int64_t now_ns) {
@@ -404,6 +460,9 @@ ExecutionOutcome Executor::Cancel(ExecutionRecord* r, int64_t now_ns) {
     PublishStep(EventType::kStepCancelled, *r->step, now_ns,
                 static_cast<double>(now_ns - r->start_ns) / 1e9, r->attempt,
                 "");
+  if (tracing())
+    Trace(*r->step, r, r->start_ns, now_ns, r->attempt, SpanOutcome::kCancelled,
+          false);
   ExecutionOutcome out;
   Release(r, out);
   return out;
@@ -499,6 +558,11 @@ void Executor::RecordCacheHit(StepEntry& step, int64_t latency_ns) {
   s->hit_executions.fetch_add(1, std::memory_order_relaxed);
   s->hit_latency_ns.fetch_add(latency_ns > 0 ? latency_ns : 0,
                               std::memory_order_relaxed);
+  if (tracing()) {
+    const int64_t now = MonotonicNowNs();
+    Trace(step, nullptr, now - latency_ns, now, 0, SpanOutcome::kCacheHit,
+          false);
+  }
 }
 
 void Executor::RecordUncacheable(StepEntry& step, absl::string_view reason) {

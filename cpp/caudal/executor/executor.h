@@ -47,6 +47,7 @@
 #include "caudal/resilience/error_patterns.h"
 #include "caudal/resilience/retry_policy.h"
 #include "caudal/telemetry/event_bus.h"
+#include "caudal/telemetry/span_recorder.h"
 
 namespace caudal {
 
@@ -80,6 +81,9 @@ struct ExecutionRecord {
   KeyLimiter* limiter = nullptr;
   int limit_inflight = 0;
   int64_t attempt_start_ns = 0;
+  // The last failed attempt, for its span: timed out? its exception type.
+  bool last_timed_out = false;
+  char last_error[SpanRecord::kErrorTypeLen] = {};
 };
 
 // What the memory read-out reports (executor_memory.cc).
@@ -184,6 +188,22 @@ class Executor {
   // cache events; other components publish theirs (limit_changed, ...).
   EventBus& events() { return events_; }
   const EventBus& events() const { return events_; }
+  // Spans of finished executions (telemetry/span_recorder.h): recorded when
+  // an exporter is attached (SetTracing) and enable_optimized_telemetry is
+  // on, sampled by telemetry_sampling_rate, failures and slow ones always.
+  SpanRecorder& spans() { return spans_; }
+  const SpanRecorder& spans() const { return spans_; }
+  // Exporters attached (true) or none left (false).
+  void SetTracing(bool on);
+  // Where a kept span's trace parent comes from (the bindings read the
+  // caller's OpenTelemetry context); called on the thread that ends the
+  // execution, only for spans that are kept. Null: no parent. Set it before
+  // SetTracing(true); `ctx` must outlive the executor's use of it.
+  using TraceParentSource = TraceParent (*)(void* ctx);
+  void SetTraceParentSource(TraceParentSource source, void* ctx) {
+    parent_ctx_.store(ctx, std::memory_order_relaxed);
+    parent_source_.store(source, std::memory_order_release);
+  }
 
   // Starts an execution and its first attempt. When the step's breaker is
   // open the record comes back with attempt == 0 and retry_after_ns set:
@@ -348,10 +368,17 @@ class Executor {
   static constexpr size_t kTransitionLog = 64;
 
  private:
-  ExecutionOutcome Finish(ExecutionRecord* record, int64_t now_ns);
+  ExecutionOutcome Finish(ExecutionRecord* record, int64_t now_ns,
+                          SpanOutcome outcome);
   FailureDecision Decide(ExecutionRecord* record, int64_t now_ns,
                          const AttemptError& error);
   void Release(ExecutionRecord* record, ExecutionOutcome& out);
+  // The execution's span, when tracing is on and the sampler keeps it.
+  void Trace(const StepEntry& step, const ExecutionRecord* record,
+             int64_t start_ns, int64_t end_ns, int attempts,
+             SpanOutcome outcome, bool slow);
+  void ConfigureSpans(const OptimizationConfig& config);
+  bool tracing() const { return tracing_.load(std::memory_order_relaxed); }
   // One attempt's sample for the record's adaptive limiter.
   std::vector<FlightWaiter> SampleLimit(ExecutionRecord* record, int64_t now_ns,
                                         bool drop);
@@ -386,6 +413,13 @@ class Executor {
   StatsRegistry stats_;
   StepTable steps_;
   EventBus events_;
+  SpanRecorder spans_;
+  // Exporters attached and enable_optimized_telemetry: one relaxed load per
+  // execution when off.
+  std::atomic<bool> tracing_{false};
+  std::atomic<bool> exporters_{false};
+  std::atomic<TraceParentSource> parent_source_{nullptr};
+  std::atomic<void*> parent_ctx_{nullptr};
 
   // Breakers live as long as the executor (entries cache raw pointers); a
   // config change that alters breaker options retires the registry and

@@ -1,0 +1,478 @@
+"""Spans of step executions, recorded natively and exported in batches.
+
+The native core records one span per finished execution into per-thread
+buffers (docs/monitoring.md, "Tracing"): the step, start and end, attempts,
+the outcome, the breaker's state, the error type, whether it was slow, and
+the OpenTelemetry span that was current in the caller's context, so caudal's
+spans nest inside the caller's own traces. Nothing is recorded until an
+exporter is attached::
+
+    from caudal.telemetry import OpenTelemetryExporter, JsonLinesExporter
+
+    executor = ExecutorCore(config, span_exporters=[OpenTelemetryExporter()])
+    executor.add_span_exporter(JsonLinesExporter("spans.jsonl"))
+
+A flusher thread (one per executor with exporters) drains the buffers every
+``telemetry_flush_interval_seconds``, or sooner when a thread's buffer is
+half full, and hands each exporter the spans in batches of
+``telemetry_batch_size``. ``telemetry_sampling_rate`` is the fraction of
+executions kept; failures and slow executions are always kept.
+
+An exporter is any object with ``export(spans)`` (a list of :class:`Span`)
+and, optionally, ``force_flush()``, ``shutdown()`` and a ``wants_parent``
+attribute (True: record the caller's OpenTelemetry parent span).
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import json
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from caudal._core import _clock_offset_ns
+
+__all__ = [
+    "JsonLinesExporter",
+    "OpenTelemetryExporter",
+    "Span",
+    "SpanExporter",
+]
+
+_FAILED = frozenset({"error", "timeout", "rejected", "fallback"})
+
+
+class Span:
+    """One finished execution. Times are Unix-epoch nanoseconds."""
+
+    __slots__ = (
+        "attempts",
+        "breaker_state",
+        "end_time_ns",
+        "error_type",
+        "outcome",
+        "parent_span_id",
+        "sampled",
+        "slow",
+        "span_id",
+        "start_time_ns",
+        "step",
+        "trace_flags",
+        "trace_id",
+    )
+
+    step: str
+    start_time_ns: int
+    end_time_ns: int
+    span_id: int
+    trace_id: int | None  # the caller's trace, when one was current
+    parent_span_id: int | None
+    trace_flags: int
+    attempts: int
+    outcome: str  # ok error timeout rejected cancelled fallback cache_hit
+    breaker_state: str | None  # closed open half_open, None without a breaker
+    slow: bool
+    sampled: bool  # chosen by the sampling rate (else kept as a failure or slow)
+    error_type: str | None
+
+    @classmethod
+    def _from_native(cls, t: tuple, offset_ns: int) -> Span:
+        s = cls.__new__(cls)
+        (
+            s.step,
+            start,
+            end,
+            s.span_id,
+            s.trace_id,
+            s.parent_span_id,
+            s.trace_flags,
+            s.attempts,
+            s.outcome,
+            s.breaker_state,
+            s.slow,
+            s.sampled,
+            s.error_type,
+        ) = t
+        s.start_time_ns = start + offset_ns
+        s.end_time_ns = end + offset_ns
+        return s
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_time_ns - self.start_time_ns) / 1e9
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in _FAILED
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.outcome == "cache_hit"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-lines form (ids as lowercase hex, as OpenTelemetry shows them)."""
+        return {
+            "name": self.step,
+            "step": self.step,
+            "start_time_unix_nano": self.start_time_ns,
+            "end_time_unix_nano": self.end_time_ns,
+            "duration_ms": (self.end_time_ns - self.start_time_ns) / 1e6,
+            "attempts": self.attempts,
+            "outcome": self.outcome,
+            "cache_hit": self.cache_hit,
+            "breaker_state": self.breaker_state,
+            "slow": self.slow,
+            "sampled": self.sampled,
+            "error_type": self.error_type,
+            "span_id": f"{self.span_id:016x}",
+            "trace_id": None if self.trace_id is None else f"{self.trace_id:032x}",
+            "parent_span_id": (
+                None if self.parent_span_id is None else f"{self.parent_span_id:016x}"
+            ),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Span(step={self.step!r}, outcome={self.outcome!r}, "
+            f"duration_ms={(self.end_time_ns - self.start_time_ns) / 1e6:.3f}, "
+            f"attempts={self.attempts})"
+        )
+
+
+class SpanExporter:
+    """Base class (optional): an exporter needs only ``export(spans)``."""
+
+    wants_parent = False
+
+    def export(self, spans: Sequence[Span]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def force_flush(self) -> None:
+        """Push out what the exporter itself buffers."""
+
+    def shutdown(self) -> None:
+        """Release what the exporter holds (files, connections)."""
+
+
+class JsonLinesExporter(SpanExporter):
+    """Writes one JSON object per span and line (:meth:`Span.to_dict`).
+
+    ``target`` is a path (opened for appending, closed by ``shutdown``) or
+    an open text stream (left open). ``wants_parent``: also record the
+    caller's OpenTelemetry parent (needs opentelemetry-api)."""
+
+    def __init__(self, target: str | os.PathLike[str] | TextIO, *, wants_parent: bool = False):
+        if isinstance(target, str | os.PathLike):
+            self._stream: TextIO = open(target, "a", encoding="utf-8")
+            self._owned = True
+        elif isinstance(target, io.TextIOBase) or hasattr(target, "write"):
+            self._stream = target
+            self._owned = False
+        else:
+            raise TypeError(
+                f"JsonLinesExporter: target must be a path or a text stream, "
+                f"got {type(target).__name__}"
+            )
+        self.wants_parent = wants_parent
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[Span]) -> None:
+        text = "".join(json.dumps(s.to_dict(), separators=(",", ":")) + "\n" for s in spans)
+        with self._lock:
+            self._stream.write(text)
+            self._stream.flush()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._owned and not self._stream.closed:
+                self._stream.close()
+
+    def __repr__(self) -> str:
+        return f"JsonLinesExporter({getattr(self._stream, 'name', self._stream)!r})"
+
+
+class OpenTelemetryExporter(SpanExporter):
+    """Turns caudal's spans into OpenTelemetry SDK spans.
+
+    The spans go through ``tracer_provider`` (default: the global one), so
+    its span processors, exporters, resource and sampler apply as to the
+    application's own spans. Each span is a child of the span that was
+    current when the execution ended (None: a root span). Attributes:
+    ``caudal.step``, ``caudal.attempts``, ``caudal.outcome``,
+    ``caudal.cache_hit``, ``caudal.breaker_state``, ``caudal.slow``,
+    ``caudal.sampled``, ``error.type``; failures get status ERROR."""
+
+    wants_parent = True
+
+    def __init__(self, tracer_provider: Any = None, *, name_prefix: str = ""):
+        try:
+            from opentelemetry import trace
+            from opentelemetry.trace import (
+                NonRecordingSpan,
+                SpanContext,
+                SpanKind,
+                Status,
+                StatusCode,
+                TraceFlags,
+            )
+        except ImportError as exc:  # pragma: no cover - the dependency is declared
+            raise ImportError(
+                "OpenTelemetryExporter needs opentelemetry-api and opentelemetry-sdk "
+                "(pip install opentelemetry-sdk)"
+            ) from exc
+        from caudal import __version__
+
+        self._provider = tracer_provider
+        provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        self._tracer = provider.get_tracer("caudal", __version__)
+        self._prefix = name_prefix
+        self._trace = trace
+        self._nrs = NonRecordingSpan
+        self._sc = SpanContext
+        self._kind = SpanKind.INTERNAL
+        self._status = Status
+        self._error = StatusCode.ERROR
+        self._flags = TraceFlags
+
+    def export(self, spans: Sequence[Span]) -> None:
+        from opentelemetry.context import Context
+
+        tracer = self._tracer
+        root = Context()
+        parents: dict[tuple[int, int, int], Any] = {}
+        for s in spans:
+            ctx = root
+            if s.trace_id is not None and s.parent_span_id is not None:
+                k = (s.trace_id, s.parent_span_id, s.trace_flags)
+                ctx = parents.get(k)
+                if ctx is None:
+                    parent = self._nrs(
+                        self._sc(
+                            s.trace_id,
+                            s.parent_span_id,
+                            is_remote=False,
+                            trace_flags=self._flags(s.trace_flags),
+                        )
+                    )
+                    ctx = parents[k] = self._trace.set_span_in_context(parent, root)
+            attrs: dict[str, Any] = {
+                "caudal.step": s.step,
+                "caudal.attempts": s.attempts,
+                "caudal.outcome": s.outcome,
+                "caudal.cache_hit": s.outcome == "cache_hit",
+                "caudal.slow": s.slow,
+                "caudal.sampled": s.sampled,
+            }
+            if s.breaker_state is not None:
+                attrs["caudal.breaker_state"] = s.breaker_state
+            if s.error_type is not None:
+                attrs["error.type"] = s.error_type
+            span = tracer.start_span(
+                self._prefix + s.step,
+                context=ctx,
+                kind=self._kind,
+                attributes=attrs,
+                start_time=s.start_time_ns,
+            )
+            if s.outcome in _FAILED:
+                span.set_status(self._status(self._error, s.error_type or s.outcome))
+            span.end(end_time=s.end_time_ns)
+
+    def force_flush(self) -> None:
+        provider = self._provider
+        if provider is None:
+            provider = self._trace.get_tracer_provider()
+        flush = getattr(provider, "force_flush", None)
+        if flush is not None:
+            flush()
+
+    def __repr__(self) -> str:
+        return "OpenTelemetryExporter()"
+
+
+def _otel_parent_source() -> tuple[Any, Any] | None:
+    """(ContextVar, key) where OpenTelemetry keeps the current span, or None
+    when opentelemetry-api is missing or uses another runtime context."""
+    try:
+        import contextvars
+
+        from opentelemetry import context as otel_context
+        from opentelemetry.trace import propagation
+    except ImportError:
+        return None
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    cv = getattr(runtime, "_current_context", None)
+    key = getattr(propagation, "_SPAN_KEY", None)
+    if not isinstance(cv, contextvars.ContextVar) or not isinstance(key, str):
+        return None
+    return cv, key
+
+
+class SpanFlusher:
+    """Drains one engine's span buffers into its exporters (a daemon thread).
+
+    Internal: ExecutorCore makes one when the first exporter is attached."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._exporters: list[Any] = []
+        self._lock = threading.Lock()  # one drain-and-export at a time
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._offset_ns = _clock_offset_ns()
+        self.started = time.monotonic()
+        self.parent_capture = False
+        self.spans_exported = 0
+        self.batches_exported = 0
+        self.export_errors = 0
+        self.last_export_error: str | None = None
+        self.export_seconds = 0.0
+        self.last_flush: float | None = None
+        self.last_flush_ok: bool | None = None  # None: nothing exported yet
+        _LIVE.add(self)
+
+    # ----------------------------------------------------------- exporters
+    @property
+    def exporters(self) -> list[Any]:
+        return list(self._exporters)
+
+    def add(self, exporter: Any) -> None:
+        if not callable(getattr(exporter, "export", None)):
+            raise TypeError(
+                f"a span exporter needs an export(spans) method; {type(exporter).__name__} has none"
+            )
+        with self._lock:
+            if any(e is exporter for e in self._exporters):
+                return
+            self._exporters.append(exporter)
+            self._sync()
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(
+                target=self._run, name="caudal-span-flusher", daemon=True
+            )
+            self._thread.start()
+
+    def remove(self, exporter: Any) -> bool:
+        """Detaches ``exporter`` after exporting what is buffered."""
+        self.flush()
+        with self._lock:
+            n = len(self._exporters)
+            self._exporters = [e for e in self._exporters if e is not exporter]
+            removed = len(self._exporters) != n
+            self._sync()
+        if not self._exporters:
+            self.stop()
+        return removed
+
+    def _sync(self) -> None:
+        engine = self._engine
+        want = any(getattr(e, "wants_parent", False) for e in self._exporters)
+        source = _otel_parent_source() if want else None
+        if source is None:
+            engine._set_parent_source(None, None)
+        else:
+            engine._set_parent_source(*source)
+        self.parent_capture = source is not None
+        engine._set_tracing(bool(self._exporters))
+
+    # -------------------------------------------------------------- export
+    def _run(self) -> None:
+        engine = self._engine
+        while not self._stop:
+            interval = engine.config.telemetry_flush_interval_seconds
+            engine._wait_spans(interval)
+            if self._stop:
+                break
+            self.flush(force=False)
+
+    def flush(self, force: bool = True) -> int:
+        """Drains and exports now; returns how many spans went out."""
+        with self._lock:
+            spans = self._engine._drain_spans()
+            if spans:
+                off = self._offset_ns
+                from_native = Span._from_native
+                batch = [from_native(t, off) for t in spans]
+                size = max(1, self._engine.config.telemetry_batch_size)
+                t0 = time.perf_counter()
+                self.last_flush_ok = True
+                for exporter in self._exporters:
+                    for i in range(0, len(batch), size):
+                        try:
+                            exporter.export(batch[i : i + size])
+                        except Exception as exc:  # an exporter's failure must not stop the others
+                            self.last_flush_ok = False
+                            self.export_errors += 1
+                            self.last_export_error = f"{type(exporter).__name__}: {exc!r}"
+                        else:
+                            self.batches_exported += 1
+                self.export_seconds += time.perf_counter() - t0
+                self.spans_exported += len(batch)
+            if force:
+                for exporter in self._exporters:
+                    ff = getattr(exporter, "force_flush", None)
+                    if ff is not None:
+                        try:
+                            ff()
+                        except Exception as exc:
+                            self.export_errors += 1
+                            self.last_export_error = f"{type(exporter).__name__}: {exc!r}"
+            self.last_flush = time.monotonic()
+            return len(spans)
+
+    def stop(self, shutdown: bool = False) -> None:
+        """Stops the thread after a last flush; ``shutdown`` also shuts the
+        exporters down and detaches them."""
+        self._stop = True
+        self._engine._notify_spans()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=30)
+        self._thread = None
+        self.flush()
+        if shutdown:
+            with self._lock:
+                exporters, self._exporters = self._exporters, []
+                self._sync()
+            for e in exporters:
+                sd = getattr(e, "shutdown", None)
+                if sd is not None:
+                    try:
+                        sd()
+                    except Exception as exc:
+                        self.export_errors += 1
+                        self.last_export_error = f"{type(e).__name__}: {exc!r}"
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "exporters": [repr(e) for e in self._exporters],
+            "parent_capture": self.parent_capture,
+            "spans_exported": self.spans_exported,
+            "batches_exported": self.batches_exported,
+            "export_errors": self.export_errors,
+            "last_export_error": self.last_export_error,
+            "export_seconds": self.export_seconds,
+            "uptime_seconds": now - self.started,
+            "last_flush_seconds_ago": None if self.last_flush is None else now - self.last_flush,
+            "last_flush_ok": self.last_flush_ok,
+        }
+
+
+_LIVE: weakref.WeakSet[SpanFlusher] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all_at_exit() -> None:
+    # Spans still buffered when the interpreter exits go out first.
+    for f in list(_LIVE):
+        try:
+            f.stop(shutdown=True)
+        except Exception:
+            continue
