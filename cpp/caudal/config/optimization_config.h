@@ -66,7 +66,7 @@ namespace caudal {
   X(INT, telemetry_batch_size, 10, "Spans per exported batch")                 \
   X(FLOAT, telemetry_flush_interval_seconds, 30.0,                             \
     "Longest time a recorded span waits before it is exported")                \
-  X(FLOAT, telemetry_sampling_rate, 1.0,                                      \
+  X(FLOAT, telemetry_sampling_rate, 1.0,                                       \
     "Fraction of executions traced; failures and slow ones are always kept")   \
   X(INT, telemetry_buffer_size, 4096,                                          \
     "Spans a thread buffers for export; beyond it spans are dropped, counted") \
@@ -118,7 +118,7 @@ namespace caudal {
   X(FLOAT, optimization_analysis_interval_seconds, 60.0,                       \
     "How often automatic optimization analyses the stats")                     \
   X(FLOAT, performance_degradation_threshold, 0.2,                             \
-    "Relative p95 growth (recent vs baseline) reported as a regression") \
+    "Relative p95 growth (recent vs baseline) reported as a regression")       \
   X(FLOAT, performance_window_seconds, 60.0,                                   \
     "Regression detection: the recent window, compared with the ones before")
 
