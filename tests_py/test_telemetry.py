@@ -360,3 +360,24 @@ def test_span_repr_and_dict():
     buf = io.StringIO()
     JsonLinesExporter(buf).export([s])
     assert json.loads(buf.getvalue())["span_id"] == "0000000000000005"
+
+
+async def test_prometheus_collector_exposes_span_counts():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from caudal.prometheus import register
+
+    sink = Collect()
+    ex = caudal.ExecutorCore(
+        caudal.OptimizationConfig(telemetry_sampling_rate=0.0), span_exporters=[sink]
+    )
+    for i in range(4):
+        await ex.execute(caudal.Step(ok), i)
+    await ex.execute(caudal.Step(bad), 0)
+    ex.flush_telemetry()
+    reg = CollectorRegistry()
+    register(ex, registry=reg)
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    fates = {s.labels["fate"]: s.value for s in fams["caudal_spans"].samples}
+    assert fates == {"recorded": 1, "sampled_out": 4, "dropped": 0, "exported": 1}

@@ -19,6 +19,7 @@ labels): ``caudal_executions_total``, ``caudal_attempts_total``,
 ``caudal_circuit_breaker_opens_total``, ``caudal_cache_entries``,
 ``caudal_cache_evictions_total``, ``caudal_worker_pool_tasks``,
 ``caudal_worker_pool_finished_total``, ``caudal_events_dropped_total``,
+``caudal_spans_total``, ``caudal_span_export_errors_total``,
 ``caudal_memory_rss_bytes``, ``caudal_memory_pressure_level``.
 """
 
@@ -179,6 +180,21 @@ class CaudalCollector(Collector):
             )  # fmt: skip
             dropped.add_metric(self._values(), events.get("dropped", 0))
             yield dropped
+
+        tel = stats.get("telemetry")
+        if tel is not None:
+            spans = self._family(
+                CounterMetricFamily, "spans",
+                "Spans by fate: recorded, sampled_out, dropped (full buffer), exported",
+                ["fate"],
+            )  # fmt: skip
+            for fate in ("recorded", "sampled_out", "dropped", "exported"):
+                spans.add_metric(self._values(fate), tel.get(f"spans_{fate}", 0))
+            errors = self._family(
+                CounterMetricFamily, "span_export_errors", "Failed exporter calls", []
+            )
+            errors.add_metric(self._values(), tel.get("export_errors", 0))
+            yield from (spans, errors)
 
         mem = stats["memory"]
         rss = self._family(GaugeMetricFamily, "memory_rss_bytes", "Process resident set size", [])
