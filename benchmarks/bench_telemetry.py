@@ -40,12 +40,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import interleaved_sync, save
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, Histogram
 
+from _harness import interleaved_sync, save
 from caudal import ExecutorCore, OptimizationConfig, Step
 from caudal.telemetry import JsonLinesExporter, OpenTelemetryExporter
 
