@@ -381,3 +381,15 @@ async def test_prometheus_collector_exposes_span_counts():
     fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
     fates = {s.labels["fate"]: s.value for s in fams["caudal_spans"].samples}
     assert fates == {"recorded": 1, "sampled_out": 4, "dropped": 0, "exported": 1}
+
+
+async def test_latency_buckets_are_public():
+    ex = caudal.ExecutorCore()
+    step = caudal.Step(ok, name="b")
+    for i in range(10):
+        await ex.execute(step, i)
+    buckets = ex.latency_buckets(step)
+    assert sum(c for _, _, c in buckets) == 10
+    assert all(lo < hi for lo, hi, _ in buckets)
+    assert ex.latency_buckets("b") == buckets
+    assert ex.latency_buckets() == buckets

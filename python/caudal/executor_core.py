@@ -813,6 +813,12 @@ class ExecutorCore:
             },
         }
 
+    def latency_buckets(self, step: Any = None) -> list[tuple[int, int, int]]:
+        """The native latency histogram of ``step`` (a name or a Step; None:
+        all steps): its non-empty buckets as ``(lower_ns, upper_ns, count)``."""
+        name = getattr(step, "name", step)
+        return self._engine.latency_buckets(name)
+
     def concurrency_history(self) -> list[dict[str, Any]]:
         """Every recorded change of a concurrency limit, oldest first (the
         last 512 per key): key, time_s (monotonic clock), age_s, from, to
