@@ -230,19 +230,31 @@ class Engine {
           py::int_(reinterpret_cast<uintptr_t>(lim)));
       return py::make_tuple(state, fut, 9);
     };
+    KeyLimiter* bypassed = nullptr;
     if (held == nullptr && !have_slot) {
       if (KeyLimiter* lim = core_.LimiterFor(*entry, *cfg)) {
-        if (!Executor::AcquireKey(lim, make_waiter)) return waiting(lim, false);
-        held = lim;
+        if (lim->TryBypass()) {
+          bypassed = lim;  // a dormant key: no permit (key_limiter.h)
+        } else {
+          if (!Executor::AcquireKey(lim, make_waiter))
+            return waiting(lim, false);
+          held = lim;
+        }
       }
     }
     if (!have_slot && cfg->max_concurrent_executions.has_value()) {
-      if (!core_.AcquireSlot(*cfg, make_waiter)) return waiting(held, true);
+      if (!core_.AcquireSlot(*cfg, make_waiter)) {
+        // Waiting for the global slot: a bypass is given back (the wait
+        // resumes without a key permit, as the dormant key allows).
+        if (bypassed != nullptr) bypassed->EndBypass();
+        return waiting(held, true);
+      }
       have_slot = true;
     }
     ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs(), cfg);
     r->permit = have_slot;
     r->limiter = held;
+    r->bypassed = bypassed;
     if (held != nullptr) r->limit_inflight = held->in_flight();
     r->cache_lead = lead;
     r->cache_flight = flight;
@@ -501,6 +513,7 @@ class Engine {
         kd["samples"] = k.samples;
         kd["drops"] = k.drops;
         kd["slow_start"] = k.slow_start;
+        kd["dormant"] = k.dormant;
       }
       keys[py::str(k.key)] = kd;
     }

@@ -82,6 +82,81 @@ TEST(KeyLimiterTest, FastSuccessesAreNotSamples) {
   EXPECT_EQ(l.limit(), 2);
 }
 
+// A key that only ever sees fast attempts at low concurrency goes dormant:
+// executions skip the permit, one in kProbeEvery still samples.
+TEST(KeyLimiterTest, FastKeysGoDormantAndProbe) {
+  KeyLimiter l("fast", KeyLimiter::Mode::kAdaptive, 0, Adaptive(20));
+  for (int i = 0; i < KeyLimiter::kDormantAfter - 1; ++i) {
+    EXPECT_FALSE(l.TryBypass());
+    l.Sample(0, 10'000, 1, false, 10'000);
+  }
+  EXPECT_FALSE(l.dormant());
+  l.Sample(0, 10'000, 1, false, 10'000);
+  EXPECT_TRUE(l.dormant());
+  EXPECT_TRUE(l.snapshot().dormant);
+  int bypassed = 0, probes = 0;
+  for (uint32_t i = 0; i < 2 * KeyLimiter::kProbeEvery; ++i) {
+    if (l.TryBypass()) {
+      ++bypassed;
+      l.EndBypass();
+    } else {
+      ++probes;  // takes the permit and samples as usual
+      ASSERT_TRUE(l.TryAcquire());
+      l.Sample(0, 10'000, 1, false, 10'000);
+      l.Release();
+    }
+  }
+  EXPECT_EQ(probes, 2);
+  EXPECT_EQ(bypassed, 2 * static_cast<int>(KeyLimiter::kProbeEvery) - 2);
+  EXPECT_EQ(l.in_flight(), 0);
+}
+
+TEST(KeyLimiterTest, SlowSamplesDropsAndBurstsWakeADormantKey) {
+  auto dormant = [] {
+    auto l = std::make_unique<KeyLimiter>("k", KeyLimiter::Mode::kAdaptive, 0,
+                                          Adaptive(20));
+    for (int i = 0; i < KeyLimiter::kDormantAfter; ++i)
+      l->Sample(0, 10'000, 1, false, 10'000);
+    return l;
+  };
+  auto slow = dormant();
+  ASSERT_TRUE(slow->dormant());
+  slow->Sample(0, 5 * kMs, 1, false, 5 * kMs);  // a slow probe
+  EXPECT_FALSE(slow->dormant());
+  auto dropped = dormant();
+  dropped->Sample(0, 10'000, 1, /*drop=*/true, 10'000);
+  EXPECT_FALSE(dropped->dormant());
+  // A burst: executions pile up without finishing; at kWakeInFlight the
+  // key permits again.
+  auto burst = dormant();
+  int admitted = 0;
+  for (int i = 0; i < 100 && burst->dormant(); ++i) {
+    if (burst->TryBypass()) ++admitted;  // (the first call is a probe)
+  }
+  EXPECT_EQ(admitted, KeyLimiter::kWakeInFlight);
+  EXPECT_FALSE(burst->dormant());
+  // Concurrency at admission above kDormantMaxInFlight never counts.
+  KeyLimiter busy("busy", KeyLimiter::Mode::kAdaptive, 0, Adaptive(20));
+  for (int i = 0; i < 10 * KeyLimiter::kDormantAfter; ++i)
+    busy.Sample(0, 10'000, KeyLimiter::kDormantMaxInFlight + 1, false, 10'000);
+  EXPECT_FALSE(busy.dormant());
+  // Fixed limits never go dormant.
+  KeyLimiter fixed("fixed", KeyLimiter::Mode::kFixed, 3, Adaptive());
+  for (int i = 0; i < 10 * KeyLimiter::kDormantAfter; ++i)
+    fixed.Sample(0, 10'000, 1, false, 10'000);
+  EXPECT_FALSE(fixed.dormant());
+  EXPECT_FALSE(fixed.TryBypass());
+}
+
+TEST(KeyLimiterTest, ConfigureWakesADormantKey) {
+  KeyLimiter l("k", KeyLimiter::Mode::kAdaptive, 0, Adaptive(20));
+  for (int i = 0; i < KeyLimiter::kDormantAfter; ++i)
+    l.Sample(0, 10'000, 1, false, 10'000);
+  ASSERT_TRUE(l.dormant());
+  l.Configure(KeyLimiter::Mode::kFixed, 5, Adaptive(20), 0);
+  EXPECT_FALSE(l.dormant());
+}
+
 TEST(KeyLimiterTest, ConfigureSwitchesModesAndWakesWaiters) {
   KeyLimiter l("k", KeyLimiter::Mode::kFixed, 1, Adaptive(3));
   ASSERT_TRUE(l.TryAcquire());

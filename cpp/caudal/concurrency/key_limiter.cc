@@ -1,5 +1,6 @@
 #include "caudal/concurrency/key_limiter.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace caudal {
@@ -76,8 +77,11 @@ std::vector<LimiterWaiter> KeyLimiter::Sample(int64_t start_ns, int64_t rtt_ns,
                                               int inflight, bool drop,
                                               int64_t now_ns) {
   if (mode_.load(std::memory_order_acquire) != Mode::kAdaptive) return {};
-  if (!drop && rtt_ns < min_rtt_threshold_ns_.load(std::memory_order_relaxed))
+  if (!drop && rtt_ns < min_rtt_threshold_ns_.load(std::memory_order_relaxed)) {
+    NoteFast(inflight);
     return {};
+  }
+  Wake();
   std::vector<LimiterWaiter> woken;
   std::optional<LimitChange> change;
   {
@@ -93,6 +97,20 @@ std::vector<LimiterWaiter> KeyLimiter::Sample(int64_t start_ns, int64_t rtt_ns,
   return woken;
 }
 
+void KeyLimiter::NoteFast(int inflight) {
+  if (inflight > kDormantMaxInFlight) {
+    fast_streak_.store(0, std::memory_order_relaxed);
+    return;
+  }
+  const int n = fast_streak_.load(std::memory_order_relaxed) + 1;
+  fast_streak_.store(n, std::memory_order_relaxed);
+  if (n >= kDormantAfter && !dormant_.load(std::memory_order_relaxed)) {
+    wake_in_flight_.store(std::max(1, std::min(kWakeInFlight, gate_.limit())),
+                          std::memory_order_relaxed);
+    dormant_.store(true, std::memory_order_relaxed);
+  }
+}
+
 std::vector<LimiterWaiter> KeyLimiter::Configure(
     Mode mode, int fixed_limit, const BaselineGradientLimit::Options& adaptive,
     int64_t now_ns) {
@@ -100,6 +118,7 @@ std::vector<LimiterWaiter> KeyLimiter::Configure(
   std::optional<LimitChange> change;
   {
     MutexLock lock(&mu_);
+    Wake();  // a new mode or new settings: permits until fast again
     const Mode old = mode_.load(std::memory_order_relaxed);
     int next = gate_.limit();
     if (mode == Mode::kAdaptive) {
@@ -132,6 +151,7 @@ KeyLimiter::Snapshot KeyLimiter::snapshot() const {
   s.in_flight = gate_.in_flight();
   s.waiting = gate_.waiting();
   s.counters = gate_.counters();
+  s.dormant = dormant();
   MutexLock lock(&mu_);
   s.changes = changes_;
   s.samples = samples_;

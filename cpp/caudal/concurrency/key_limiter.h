@@ -18,6 +18,19 @@
 // that cannot matter (fast and successful, or a fixed limit) returns before
 // taking the lock; others take it for a few additions (a window closing
 // costs a few more floating-point operations).
+//
+// Dormancy (adaptive mode only). A key whose attempts all finish fast
+// (under the algorithm's min_rtt_threshold_ns, 100 us by default, which the
+// algorithm ignores anyway) at low concurrency has no backend to protect,
+// yet its permit costs two locked instructions per execution, several
+// percent of a trivial step. After kDormantAfter such samples in a row the
+// key goes dormant: TryBypass() admits executions without a permit,
+// counting them with plain (unlocked) loads and stores. One execution in
+// kProbeEvery still takes the permit and samples. The key wakes (permits
+// again) on a slow or dropped sample, when the loose in-flight count
+// reaches kWakeInFlight (or the limit, if lower), or on a config change.
+// The loose count may lose updates when several threads run one dormant
+// key at once; it only decides when to wake, and errs either way briefly.
 #ifndef CAUDAL_CONCURRENCY_KEY_LIMITER_H_
 #define CAUDAL_CONCURRENCY_KEY_LIMITER_H_
 
@@ -71,6 +84,7 @@ class KeyLimiter {
     int64_t samples = 0;
     int64_t drops = 0;
     bool slow_start = false;
+    bool dormant = false;
   };
 
   static constexpr int kUnlimited = 1 << 30;
@@ -88,6 +102,37 @@ class KeyLimiter {
 
   const std::string& key() const { return key_; }
   Mode mode() const { return mode_.load(std::memory_order_acquire); }
+
+  static constexpr int kDormantAfter = 64;
+  static constexpr uint32_t kProbeEvery = 64;
+  static constexpr int kWakeInFlight = 16;
+  static constexpr int kDormantMaxInFlight = 4;  // at admission, to count
+
+  // Dormant keys: true = admitted without a permit; end with EndBypass().
+  bool TryBypass() {
+    if (!dormant_.load(std::memory_order_relaxed)) return false;
+    const uint32_t p = probe_.load(std::memory_order_relaxed);
+    probe_.store(p + 1, std::memory_order_relaxed);
+    if (p % kProbeEvery == 0) return false;  // this one takes the permit
+    const int n = loose_in_flight_.load(std::memory_order_relaxed);
+    if (n >= wake_in_flight_.load(std::memory_order_relaxed)) {
+      Wake();
+      return false;
+    }
+    loose_in_flight_.store(n + 1, std::memory_order_relaxed);
+    return true;
+  }
+  void EndBypass() {
+    const int n = loose_in_flight_.load(std::memory_order_relaxed);
+    loose_in_flight_.store(n > 0 ? n - 1 : 0, std::memory_order_relaxed);
+  }
+  // Permits again (an overload signal from a bypassed execution, ...).
+  void Wake() {
+    fast_streak_.store(0, std::memory_order_relaxed);
+    if (dormant_.load(std::memory_order_relaxed))
+      dormant_.store(false, std::memory_order_relaxed);
+  }
+  bool dormant() const { return dormant_.load(std::memory_order_relaxed); }
 
   bool TryAcquire() { return gate_.TryAcquire(); }
   bool AcquireOrEnqueue(LimiterWaiter w) {
@@ -132,6 +177,13 @@ class KeyLimiter {
   std::unique_ptr<BaselineGradientLimit> algorithm_ ABSL_GUARDED_BY(mu_);
   // Cheap pre-check outside the lock: fast successful samples are ignored.
   std::atomic<int64_t> min_rtt_threshold_ns_;
+  // Dormancy (see the file comment): plain loads and stores only.
+  void NoteFast(int inflight);
+  std::atomic<bool> dormant_{false};
+  std::atomic<int> fast_streak_{0};
+  std::atomic<uint32_t> probe_{0};
+  std::atomic<int> loose_in_flight_{0};
+  std::atomic<int> wake_in_flight_{kWakeInFlight};
   int64_t samples_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t drops_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t changes_ ABSL_GUARDED_BY(mu_) = 0;

@@ -301,6 +301,8 @@ FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
   // say nothing about the backend's load.
   if (r->limiter != nullptr && (e.timed_out || e.overload)) {
     d.wake = SampleLimit(r, now_ns, /*drop=*/true);
+  } else if (r->bypassed != nullptr && (e.timed_out || e.overload)) {
+    r->bypassed->Wake();  // overload on a dormant key: permits again
   }
   return d;
 }
@@ -377,6 +379,7 @@ FlightWaiter Executor::ReleaseSlot() {
 void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
   if (r->permit) out.wake = ReleaseSlot();
   if (r->limiter != nullptr) out.wake_key = ReleaseKey(r->limiter);
+  if (r->bypassed != nullptr) r->bypassed->EndBypass();
   out.flight = r->cache_flight;
   out.flight_key = r->cache_key;
   out.step = std::move(r->step);
@@ -695,6 +698,10 @@ ReleasedPermits Executor::ReleasePermits(ExecutionRecord* r) {
   if (r->limiter != nullptr) {
     out.wake_key = ReleaseKey(r->limiter);
     r->limiter = nullptr;
+  }
+  if (r->bypassed != nullptr) {
+    r->bypassed->EndBypass();
+    r->bypassed = nullptr;
   }
   return out;
 }

@@ -79,6 +79,8 @@ struct ExecutionRecord {
   // The step's concurrency limiter, when this execution holds its permit;
   // each attempt is one sample (start, in-flight count when admitted).
   KeyLimiter* limiter = nullptr;
+  // Admitted by a dormant key without its permit (KeyLimiter::TryBypass).
+  KeyLimiter* bypassed = nullptr;
   int limit_inflight = 0;
   int64_t attempt_start_ns = 0;
   // The last failed attempt, for its span: timed out? its exception type.
