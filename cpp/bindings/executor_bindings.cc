@@ -26,6 +26,7 @@
 #include "event_bindings.h"
 #include "key_walk.h"
 #include "memory_bindings.h"
+#include "monitor_bindings.h"
 #include "step_result.h"
 #include "telemetry_bindings.h"
 
@@ -157,6 +158,8 @@ class Engine {
   // (rec, awaitable, mode), or a cache hit's StepResult itself.
   py::object begin(py::handle step, py::handle data, py::handle context,
                    py::handle resources) {
+    // Automatic optimization: one relaxed load unless an analysis is due.
+    if (core_.TakeAnalysisDue()) CallAnalysisHook();
     PyStepEntry* e = FastLookup(step);
     const int64_t now = MonotonicNowNs();
     const OptimizationConfig* cfg = core_.current_config();
@@ -1090,15 +1093,30 @@ class Engine {
     return d;
   }
 
+  // Maintain found an automatic-optimization analysis due: tell the Python
+  // layer (on this loop's thread, GIL held), which schedules it on the loop.
+  void CallAnalysisHook() {
+    if (!analysis_hook_) return;
+    try {
+      analysis_hook_();
+    } catch (py::error_already_set& err) {
+      err.discard_as_unraisable("caudal automatic optimization hook");
+    }
+  }
+
   Executor core_;
   TelemetryState telemetry_;
   py::object analyse_;
+  py::object analysis_hook_;  // set by ExecutorCore; holds a weak reference
   py::object default_retry_ = py::none();  // caudal.RetryStrategy or None
   bool l2_ = false;                        // a shared tier is configured
 
  public:
   Executor& core() { return core_; }
   TelemetryState& telemetry() { return telemetry_; }
+  void set_analysis_hook(py::object hook) {
+    analysis_hook_ = hook.is_none() ? py::object() : std::move(hook);
+  }
 
   void set_default_retry(py::object r) {
     default_retry_ = std::move(r);
@@ -1381,10 +1399,29 @@ void RegisterExecutor(py::module_& m) {
            [](Engine& e, py::object source) {
              SetRssSource(e.core(), std::move(source));
            })
-      .def("_set_memory_interval", [](Engine& e, double seconds) {
-        e.core().memory_monitor().SetInterval(
-            static_cast<int64_t>(seconds * 1e9));
-      });
+      .def("_set_memory_interval",
+           [](Engine& e, double seconds) {
+             e.core().memory_monitor().SetInterval(
+                 static_cast<int64_t>(seconds * 1e9));
+           })
+      .def("cpu_stats", [](Engine& e) { return CpuStatsDict(e.core()); })
+      .def("trends", [](Engine& e) { return TrendsDict(e.core()); })
+      .def("trend_checkpoints",
+           [](Engine& e) { return e.core().trend_checkpoints(); })
+      .def(
+          "_set_cpu_source",
+          [](Engine& e, py::object source, int allowed_cpus) {
+            SetCpuSource(e.core(), std::move(source), allowed_cpus);
+          },
+          py::arg("source"), py::arg("allowed_cpus") = 0)
+      .def("_publish_event",
+           [](Engine& e, const std::string& type, const std::string& key,
+              double value, double value2, const std::string& detail) {
+             return PublishEvent(e.core(), type, key, value, value2, detail);
+           })
+      .def("_set_analysis_hook", &Engine::set_analysis_hook,
+           "Called (GIL held, on the executing loop's thread) when an "
+           "automatic-optimization analysis is due.");
 }
 
 }  // namespace caudal::bindings

@@ -11,12 +11,28 @@ if TYPE_CHECKING:
 
 _PRIORITY = {"high": 0, "medium": 1, "low": 2}
 
+# The regression detector's minimum executions in the recent window and in
+# the baseline (cpp/caudal/monitor/regression_detector.h).
+REGRESSION_MIN_EXECUTIONS = 20
+
+# Rule thresholds (docs/monitoring.md, "Recommendations").
+CACHE_NO_HIT_LOOKUPS = 100  # lookups of a step with no hit
+BREAKER_OPENS = 3  # opens of one breaker since the last analysis
+EVICTION_MIN_LOOKUPS = 100  # lookups since the last analysis
+EVICTION_RATIO = 0.1  # evictions per lookup
+EVICTION_HIT_RATE = 0.4
+POOL_WAITS = 10  # sync steps that found the pool's queue full
+TELEMETRY_OVERHEAD = 0.05  # export time over uptime
+
 
 def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
     engine = executor._engine
     cfg = engine.config
     total = engine.total_stats()
     steps = engine.step_stats()
+    trends = engine.trends()
+    for name, st in steps.items():
+        st["trend"] = trends.get(name)
     return {
         "memory": {
             # Native: RSS (read now), pressure level, record pool, what is
@@ -42,6 +58,17 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
             "cancelled": total["cancelled"],
             "step_analysis": engine.step_table(),
             "steps": steps,
+            # Steps whose recent p95 regressed against their baseline
+            # (docs/monitoring.md, "Regression detection"); each step's own
+            # verdict and throughput are in steps[name]["trend"].
+            "regressions": {n: t for n, t in trends.items() if t["regressed"]},
+            "regression_detection": {
+                "enabled": cfg.enable_performance_monitoring,
+                "window_seconds": cfg.performance_window_seconds,
+                "degradation_threshold": cfg.performance_degradation_threshold,
+                "min_executions": REGRESSION_MIN_EXECUTIONS,
+                "checkpoints": engine.trend_checkpoints(),
+            },
         },
         "cache": {
             "enabled": cfg.enable_cache_optimization,
@@ -59,6 +86,12 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
         "circuit_breaker": _breaker_section(engine, cfg),
         "error_handling": _error_section(engine, cfg, total),
         "events": engine.event_stats(),
+        # Process CPU (docs/monitoring.md, "CPU usage").
+        "system": {
+            **engine.cpu_stats(),
+            "cpu_usage_threshold_percent": cfg.cpu_usage_threshold_percent,
+        },
+        "automatic_optimization": executor._tuner.stats(cfg),
         "telemetry": _telemetry_section(executor, cfg),
     }
 
@@ -140,8 +173,43 @@ def _error_section(engine: Any, cfg: Any, total: dict[str, Any]) -> dict[str, An
 
 
 def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
-    engine = executor._engine
-    cfg = engine.config
+    """Every rule over the measured stats (computed now). Counters that grow
+    forever (evictions, queue waits, breaker opens) are judged by what
+    happened since the previous optimization analysis."""
+    stats = optimization_stats(executor)
+    return recommend(stats, executor._engine.config, executor._tuner.marks, executor._own_pool)
+
+
+def counter_marks(stats: dict[str, Any]) -> dict[str, Any]:
+    """The cumulative counters the rules take differences of."""
+    cache = stats["cache"]
+    pool = stats["concurrency"]["worker_pool"] or {}
+    return {
+        "cache_hits": cache.get("hits", 0),
+        "cache_misses": cache.get("misses", 0),
+        "cache_evictions": cache.get("evictions", 0),
+        "pool_waits": pool.get("room_waits", 0) + pool.get("rejected", 0),
+        "export_seconds": (stats.get("telemetry") or {}).get("export_seconds"),
+        "uptime_seconds": (stats.get("telemetry") or {}).get("uptime_seconds"),
+        "breaker_opens": {
+            n: b["open_count"] for n, b in stats["circuit_breaker"]["breakers"].items()
+        },
+    }
+
+
+def _since(now: int, mark: int | None) -> int:
+    # A counter below its mark was reset (or is another pool's): count all.
+    return now if mark is None or now < mark else now - mark
+
+
+def recommend(
+    stats: dict[str, Any], cfg: Any, marks: dict[str, Any] | None, own_pool: bool = True
+) -> list[dict[str, Any]]:
+    """The rules (docs/monitoring.md has the table). ``marks``: the counters
+    at the previous analysis (None: since the start). Automatic ones carry
+    ``action = {"field", "value"}``: what automatic optimization sets."""
+    marks = marks or {}
+    now = counter_marks(stats)
     recs: list[dict[str, Any]] = []
 
     def add(description: str, impact: str, priority: str, automatic: bool, **extra: Any) -> None:
@@ -155,8 +223,22 @@ def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
             }
         )
 
-    for name, s in engine.step_stats().items():
+    def action(field: str, value: Any) -> dict[str, Any]:
+        return {"field": field, "value": value, "current": getattr(cfg, field)}
+
+    ex = stats["execution"]
+    for name, s in ex["steps"].items():
         n = s["executions"]
+        lookups = s["cache_hits"] + s["cache_misses"]
+        if lookups >= CACHE_NO_HIT_LOOKUPS and s["cache_hits"] == 0 and s["shared_flights"] == 0:
+            add(
+                f"Step {name!r}: {lookups} cache lookups and not one hit: its inputs do not "
+                "repeat. Step(cache=False) saves hashing the input and storing the output.",
+                "low",
+                "low",
+                False,
+                step=name,
+            )
         if n == 0:
             continue
         if s["p95_ms"] > cfg.slow_execution_threshold_ms and n >= 5:
@@ -190,6 +272,7 @@ def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
                     "medium",
                     True,
                     step=name,
+                    action=action("enable_circuit_breaker", True),
                 )
         if s["timeouts"] and s["timeouts"] / attempts > 0.05:
             add(
@@ -200,8 +283,99 @@ def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
                 False,
                 step=name,
             )
-    mem = engine.memory_stats()
+    for name, t in ex["regressions"].items():
+        growth = t["recent_p95_ms"] / t["baseline_p95_ms"] - 1 if t["baseline_p95_ms"] else 0.0
+        add(
+            f"Step {name!r}: latency regressed — p95 {t['recent_p95_ms']:.3f} ms over the "
+            f"last {t['recent_window_s']:.0f} s against {t['baseline_p95_ms']:.3f} ms before "
+            f"(+{growth:.0%}, threshold {cfg.performance_degradation_threshold:.0%}). Look "
+            "for what changed in the step or its backend.",
+            "high",
+            "high",
+            False,
+            step=name,
+        )
+
+    breakers = stats["circuit_breaker"]["breakers"]
+    for name, b in breakers.items():
+        opened = _since(b["open_count"], marks.get("breaker_opens", {}).get(name))
+        if opened >= BREAKER_OPENS:
+            add(
+                f"Circuit breaker {name!r} opened {opened} times"
+                f"{' since the last analysis' if marks else ''}: its backend keeps failing "
+                "after recovery. Fix the backend, or raise "
+                "circuit_breaker_recovery_timeout_seconds "
+                f"({cfg.circuit_breaker_recovery_timeout_seconds:g} s) so it gets longer to "
+                "recover.",
+                "high",
+                "high",
+                False,
+                key=name,
+            )
+
+    conc = stats["concurrency"]
+    max_limit = cfg.concurrency_max_limit
+    for key, k in conc["keys"].items():
+        if (
+            k["mode"] == "adaptive"
+            and k["limit"] >= max_limit
+            and (k["waiting"] > 0 or k["in_flight"] >= k["limit"])
+        ):
+            add(
+                f"Concurrency key {key!r}: the adaptive limit is pinned at "
+                f"concurrency_max_limit={max_limit} with {k['in_flight']} in flight and "
+                f"{k['waiting']} waiting: the backend has not pushed back yet. Raise "
+                "concurrency_max_limit.",
+                "medium",
+                "medium",
+                True,
+                key=key,
+                action=action("concurrency_max_limit", max_limit * 2),
+            )
+            break  # one field: one recommendation is enough
+
+    pool = conc["worker_pool"]
+    if pool is not None:
+        waits = _since(now["pool_waits"], marks.get("pool_waits"))
+        if waits >= POOL_WAITS:
+            add(
+                f"Worker pool: {waits} sync-step submissions found its queue "
+                f"(worker_pool_queue_size={cfg.worker_pool_queue_size}) full"
+                f"{' since the last analysis' if marks else ''}. Raise worker_pool_queue_size, "
+                "or worker_pool_size if the steps are I/O bound.",
+                "medium",
+                "medium",
+                own_pool,
+                **(
+                    {"action": action("worker_pool_queue_size", cfg.worker_pool_queue_size * 2)}
+                    if own_pool
+                    else {}
+                ),
+            )
+
+    mem = stats["memory"]
     level = mem["memory_pressure_level"]
+    cache = stats["cache"]
+    if cache.get("enabled"):
+        hits = _since(now["cache_hits"], marks.get("cache_hits"))
+        lookups = hits + _since(now["cache_misses"], marks.get("cache_misses"))
+        evictions = _since(now["cache_evictions"], marks.get("cache_evictions"))
+        if (
+            level == "normal"
+            and lookups >= EVICTION_MIN_LOOKUPS
+            and evictions >= EVICTION_RATIO * lookups
+            and hits >= EVICTION_HIT_RATE * lookups
+        ):
+            add(
+                f"Result cache: {evictions} evictions for {lookups} lookups with a "
+                f"{hits / lookups:.0%} hit rate"
+                f"{' since the last analysis' if marks else ''}: the working set does not fit "
+                f"in cache_max_size={cfg.cache_max_size}. Raise cache_max_size.",
+                "medium",
+                "medium",
+                True,
+                action=action("cache_max_size", cfg.cache_max_size * 2),
+            )
     if level != "normal":
         shrunk = "; ".join(mem["shrunk"]) or "nothing left to shrink"
         add(
@@ -212,6 +386,46 @@ def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
             "high" if level == "critical" else "medium",
             "high" if level == "critical" else "medium",
             True,
+            action=action("cache_max_size", max(1, cfg.cache_max_size // 2)),
+        )
+
+    system = stats.get("system") or {}
+    cpu = system.get("cpu_percent", 0.0)
+    if system.get("cpu_window_s", 0.0) > 0 and cpu > cfg.cpu_usage_threshold_percent:
+        add(
+            f"CPU: the process used {cpu:.0f}% of its {system.get('allowed_cpus', 1)} CPUs "
+            f"({system.get('cpu_percent_per_core', 0.0):.0f}% of one core) over the last "
+            f"{system.get('cpu_window_s', 0.0):.0f} s, above cpu_usage_threshold_percent="
+            f"{cfg.cpu_usage_threshold_percent:g}. CPU-bound steps compete for the GIL: run them "
+            "in processes (backend='ray'), or lower their concurrency.",
+            "medium",
+            "medium",
+            False,
+        )
+
+    tele = stats.get("telemetry") or {}
+    export_s = tele.get("export_seconds")
+    uptime = tele.get("uptime_seconds")
+    if export_s is not None and uptime and marks.get("uptime_seconds") is not None:
+        # Since the last analysis: a halved rate shows at the next one.
+        if uptime > marks["uptime_seconds"] and export_s >= (marks["export_seconds"] or 0.0):
+            export_s -= marks["export_seconds"] or 0.0
+            uptime -= marks["uptime_seconds"]
+    rate = getattr(cfg, "telemetry_sampling_rate", None)
+    if (
+        export_s is not None
+        and uptime
+        and rate is not None
+        and export_s > TELEMETRY_OVERHEAD * uptime
+    ):
+        add(
+            f"Telemetry: exporters took {export_s:.2f} s of {uptime:.0f} s "
+            f"({export_s / uptime:.0%}, {tele.get('spans_exported', 0)} spans). Halve "
+            f"telemetry_sampling_rate ({rate:g}).",
+            "medium",
+            "medium",
+            True,
+            action=action("telemetry_sampling_rate", rate / 2),
         )
     recs.sort(key=lambda r: _PRIORITY.get(r["priority"], 9))
     return recs

@@ -18,6 +18,7 @@ from typing import Any
 from caudal._core import Engine, OptimizationConfig, StepResult
 from caudal._core import rss_bytes as _native_rss
 from caudal._steps import ExecutorDefaults
+from caudal._tuner import Tuner
 from caudal.backends import check_backend
 from caudal.errors import CaudalError, ConfigurationError
 from caudal.resilience import RetryStrategy
@@ -131,7 +132,7 @@ class ExecutorCore:
     """
 
     __slots__ = (
-        "__weakref__",
+        "__weakref__",  # the automatic-optimization hook holds the executor weakly
         "_backend",
         "_begin",
         "_closing",
@@ -144,6 +145,7 @@ class ExecutorCore:
         "_recorder",  # the LatencyRecorder of start_latency_recorder(), unset until then
         "_spans",  # the SpanFlusher, once a span exporter was attached
         "_succeed",
+        "_tuner",
     )
 
     def __init__(
@@ -191,6 +193,10 @@ class ExecutorCore:
         self._own_pool = worker_pool is None
         self._backend = backend or "local"
         self._engine = engine
+        # Automatic optimization (caudal._tuner): the engine calls the hook
+        # when an analysis is due; it schedules one on the running loop.
+        self._tuner = Tuner()
+        engine._set_analysis_hook(Tuner.hook(self))
         # Bound once: the hot path then costs one attribute load per call.
         self._begin, self._succeed = engine._fast_calls()
         self._failed = engine._failed
@@ -818,6 +824,17 @@ class ExecutorCore:
         all steps): its non-empty buckets as ``(lower_ns, upper_ns, count)``."""
         name = getattr(step, "name", step)
         return self._engine.latency_buckets(name)
+
+    async def run_optimization_analysis(self, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Run one automatic-optimization analysis now: the automatic
+        recommendations, through the hysteresis rules (cooldowns, reversals,
+        bounds; docs/monitoring.md), applied with the same validated swap as
+        apply_optimization_config. What enable_automatic_optimization does
+        every optimization_analysis_interval_seconds, here on demand (it
+        runs whether or not that is on). Returns the changes made (with
+        ``dry_run``: the changes it would make, nothing applied or counted),
+        each ``{analysis, field, old, new, reversal, reason, time}``."""
+        return self._tuner.analyse(self, dry_run=dry_run)
 
     def concurrency_history(self) -> list[dict[str, Any]]:
         """Every recorded change of a concurrency limit, oldest first (the

@@ -49,7 +49,15 @@ class WorkerPool:
       A task that has started is never interrupted.
     """
 
-    __slots__ = ("__weakref__", "_native", "_room", "queue_size", "task_timeout", "workers")
+    __slots__ = (
+        "__weakref__",
+        "_native",
+        "_room",
+        "_room_waits",
+        "queue_size",
+        "task_timeout",
+        "workers",
+    )
 
     def __init__(
         self,
@@ -75,6 +83,7 @@ class WorkerPool:
         self.queue_size = queue_size
         self.task_timeout = task_timeout
         self._room: deque[asyncio.Future] = deque()
+        self._room_waits = 0  # run() calls that found the queue full and waited
         self._native = _core.WorkerPool(
             workers, queue_size, float(task_timeout or 0.0), self._on_drained
         )
@@ -100,6 +109,7 @@ class WorkerPool:
 
     async def _submit_when_room(self, fn: Any, args: tuple, kw: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()
+        self._room_waits += 1
         while True:
             waiter = loop.create_future()
             self._room.append(waiter)
@@ -164,9 +174,11 @@ class WorkerPool:
         """active, queued, completed, failed (always 0: a Python exception is
         the task's result, delivered to its future), rejected (queue full or
         closed), timed_out, cancelled, steals, average_latency_ms (queue wait
-        plus run time), room_waiters."""
+        plus run time), room_waiters (waiting for room now), room_waits
+        (run() calls that found the queue full and waited, so far)."""
         s = self._native.stats()
         s["room_waiters"] = len(self._room)
+        s["room_waits"] = self._room_waits
         return s
 
     def __repr__(self) -> str:

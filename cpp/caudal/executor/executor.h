@@ -42,7 +42,9 @@
 #include "caudal/hash/key128.h"
 #include "caudal/memory/memory_monitor.h"
 #include "caudal/memory/object_pool.h"
+#include "caudal/monitor/cpu_monitor.h"
 #include "caudal/monitor/execution_stats.h"
+#include "caudal/monitor/regression_detector.h"
 #include "caudal/resilience/circuit_breaker.h"
 #include "caudal/resilience/error_patterns.h"
 #include "caudal/resilience/retry_policy.h"
@@ -356,6 +358,25 @@ class Executor {
   // The RSS source and reading interval (tests inject a source).
   MemoryMonitor& memory_monitor() { return memory_; }
 
+  // ---- performance monitor (executor_monitor.cc; docs/monitoring.md) ----
+  // With enable_performance_monitoring, Maintain samples the process's CPU
+  // time and takes the regression detector's histogram checkpoints; with
+  // enable_automatic_optimization it also raises "analysis due" every
+  // optimization_analysis_interval_seconds, for the bindings to run the
+  // (Python) analysis on the caller's event loop.
+  CpuMonitor& cpu_monitor() { return cpu_; }
+  // Samples CPU time now and reports the figures over the recent window.
+  CpuSnapshot CpuStats(int64_t now_ns);
+  std::vector<StepTrend> Trends() const { return regressions_.Trends(); }
+  uint64_t trend_checkpoints() const { return regressions_.checkpoints(); }
+  static RegressionOptions RegressionOptionsFor(const OptimizationConfig& c);
+  // True once per due analysis: the caller that gets true runs it. One
+  // relaxed load when none is due.
+  bool TakeAnalysisDue() {
+    return analysis_due_.load(std::memory_order_relaxed) &&
+           analysis_due_.exchange(false, std::memory_order_relaxed);
+  }
+
   // Read-outs.
   std::vector<BreakerRegistry::NamedSnapshot> BreakerSnapshots() const;
   std::vector<BreakerTransitionRecord> RecentTransitions() const;
@@ -399,6 +420,8 @@ class Executor {
   // Brings the applied shrink level in line with the monitor's level.
   void SyncPressure(int64_t now_ns);
   void PublishLimitChange(const LimitChange& change);
+  // Maintain's monitor part: CPU sample, trend checkpoint, analysis due.
+  void MaintainMonitor(const OptimizationConfig& cfg, int64_t now_ns);
   // A step event, if subscribed (one relaxed load otherwise).
   void PublishStep(EventType type, const StepEntry& step, int64_t now_ns,
                    double value, double value2, absl::string_view detail);
@@ -448,6 +471,12 @@ class Executor {
       PressureLevel::kNormal;
   std::vector<std::string> shrunk_ ABSL_GUARDED_BY(memory_mu_);
   uint64_t pressure_changes_ ABSL_GUARDED_BY(memory_mu_) = 0;
+
+  // Performance monitor (executor_monitor.cc).
+  CpuMonitor cpu_;
+  RegressionDetector regressions_;
+  std::atomic<int64_t> next_analysis_ns_{0};  // 0: not scheduled yet
+  std::atomic<bool> analysis_due_{false};
 
   ConcurrencyGate<FlightWaiter> gate_{0};
   // Its limit changes are published as limit_changed events (events_ is

@@ -104,6 +104,7 @@ void Executor::Maintain(int64_t now_ns) {
   const auto keep = static_cast<size_t>(
       std::floor(static_cast<double>(cap) * cfg.object_pool_cleanup_threshold));
   if (records_.idle() > keep) records_.Trim(keep);
+  MaintainMonitor(cfg, now_ns);  // executor_monitor.cc
   if (!cfg.enable_memory_optimization) return;
   memory_.ReadNow(now_ns);
   SyncPressure(now_ns);

@@ -7,9 +7,11 @@ namespace caudal {
 namespace {
 
 constexpr absl::string_view kNames[kEventTypeCount] = {
-    "step_started",   "step_finished",      "step_failed",    "cache_hit",
-    "cache_miss",     "breaker_transition", "limit_changed",  "memory_pressure",
-    "config_changed", "pool_queue_full",    "step_cancelled",
+    "step_started",       "step_finished",        "step_failed",
+    "cache_hit",          "cache_miss",           "breaker_transition",
+    "limit_changed",      "memory_pressure",      "config_changed",
+    "pool_queue_full",    "step_cancelled",       "regression_detected",
+    "regression_cleared", "optimization_applied",
 };
 
 }  // namespace

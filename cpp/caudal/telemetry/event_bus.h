@@ -58,6 +58,11 @@ enum class EventType : uint8_t {
   kConfigChanged,      // apply_optimization_config swapped the config
   kPoolQueueFull,      // the worker pool's queue refused a task
   kStepCancelled,      // an execution was cancelled (not a failure)
+  // A step's recent p95 regressed against its baseline; one came back;
+  // automatic optimization changed a config field.
+  kRegressionDetected,
+  kRegressionCleared,
+  kOptimizationApplied,
   kCount
 };
 inline constexpr int kEventTypeCount = static_cast<int>(EventType::kCount);

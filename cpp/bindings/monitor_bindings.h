@@ -1,0 +1,31 @@
+// Python surface of the executor's performance monitor (CPU usage,
+// regression detection; cpp/caudal/executor/executor_monitor.cc).
+#ifndef CAUDAL_BINDINGS_MONITOR_BINDINGS_H_
+#define CAUDAL_BINDINGS_MONITOR_BINDINGS_H_
+
+#include "caudal/executor/executor.h"
+#include "common.h"
+
+namespace caudal::bindings {
+
+// stats["system"]'s native part: cpu_percent (of the allowed CPUs),
+// cpu_percent_per_core, allowed_cpus, window and reading counters.
+// Samples CPU time now.
+py::dict CpuStatsDict(Executor& core);
+
+// {step: trend dict} from the regression detector's last checkpoint.
+py::dict TrendsDict(const Executor& core);
+
+// Test hook: CPU time from `source()` (an int of nanoseconds), or the
+// process clock when None; `allowed` CPUs (<= 0: sched_getaffinity).
+void SetCpuSource(Executor& core, py::object source, int allowed);
+
+// Publishes an event of the type named `type` (the Python layer's own:
+// optimization_applied); false if nobody is subscribed to it.
+bool PublishEvent(Executor& core, const std::string& type,
+                  const std::string& key, double value, double value2,
+                  const std::string& detail);
+
+}  // namespace caudal::bindings
+
+#endif  // CAUDAL_BINDINGS_MONITOR_BINDINGS_H_

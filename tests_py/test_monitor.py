@@ -1,0 +1,348 @@
+"""The performance monitor: CPU usage, regression detection, the
+recommendation rules and automatic optimization with its hysteresis
+(docs/monitoring.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+
+from caudal import ExecutorCore, OptimizationConfig, Step
+from caudal._stats import recommend
+from caudal._tuner import BOUNDS, COOLDOWN, REVERSAL_COOLDOWN, REVERSAL_PERSISTENCE
+
+
+def executor(**kw) -> ExecutorCore:
+    # Recommendation lists are asserted exactly: the pressure level must not
+    # depend on this test process's RSS.
+    kw.setdefault("memory_pressure_threshold_mb", 1e6)
+    return ExecutorCore(OptimizationConfig(**kw))
+
+
+async def echo(x):
+    return x
+
+
+async def yielding(x):
+    await asyncio.sleep(0)
+    return x
+
+
+# ------------------------------------------------------------------ CPU
+async def test_cpu_percent_of_the_allowed_cpus_and_its_rule():
+    ex = executor(cpu_usage_threshold_percent=80)
+    cpu = [0]
+    ex._engine._set_cpu_source(lambda: cpu[0], allowed_cpus=4)
+    ex.get_optimization_stats()  # first sample
+    await asyncio.sleep(0.15)  # more than the 0.1 s a figure needs
+    system = ex.get_optimization_stats()["system"]
+    assert system["cpu_percent"] == 0.0 and system["allowed_cpus"] == 4
+    assert system["cpu_window_s"] > 0.1
+    recs = ex.get_performance_recommendations()
+    assert not [r for r in recs if r["description"].startswith("CPU")]
+    cpu[0] = 10**12  # 1000 CPU seconds in a fraction of a second: saturated
+    system = ex.get_optimization_stats()["system"]
+    assert system["cpu_percent"] == 100.0  # the share of 4 CPUs, capped
+    assert system["cpu_percent_per_core"] > 400.0
+    assert system["cpu_usage_threshold_percent"] == 80
+    (rec,) = [r for r in ex.get_performance_recommendations() if r["description"].startswith("CPU")]
+    assert rec["automatic"] is False and rec["priority"] == "medium"
+    assert "of its 4 CPUs" in rec["description"]
+
+
+async def test_the_real_process_clock():
+    ex = executor()
+    for i in range(50):
+        await ex.execute(echo, i)
+    system = ex.get_optimization_stats()["system"]
+    assert system["cpu_seconds"] > 0 and system["allowed_cpus"] >= 1
+    assert system["cpu_read_errors"] == 0
+
+
+# ------------------------------------------------------- regressions
+async def test_a_step_that_slows_down_is_a_regression():
+    ex = executor(performance_window_seconds=0.2)
+    ex._engine._set_memory_interval(0.005)  # housekeeping (and checkpoints) often
+    slow = [False]
+
+    async def work(x):
+        await asyncio.sleep(0.02 if slow[0] else 0)
+        return x
+
+    step = Step(work, "work")
+    loop = asyncio.get_running_loop()
+    async with ex.events(types=("regression_detected", "regression_cleared")) as events:
+        t0 = loop.time()
+        while loop.time() < t0 + 0.7:  # baseline: fast
+            await asyncio.gather(*(ex.execute(step, i) for i in range(8)))
+        trend = ex.get_optimization_stats()["execution"]["steps"]["work"]["trend"]
+        assert trend["evaluated"] and not trend["regressed"]
+        slow[0] = True
+        deadline = loop.time() + 10
+        while not ex.get_optimization_stats()["execution"]["regressions"]:
+            assert loop.time() < deadline, "no regression detected"
+            await asyncio.gather(*(ex.execute(step, i) for i in range(8)))
+        event = await anext(events)
+    assert (event.type, event.step) == ("regression_detected", "work")
+    assert event.value >= 0.02 and event.value > 1.2 * event.value2
+    reg = ex.get_optimization_stats()["execution"]["regressions"]["work"]
+    assert reg["recent_executions"] >= 20 and reg["baseline_executions"] >= 20
+    assert reg["throughput_per_s"] > 0 and reg["regressed_since_s"] is not None
+    (rec,) = [r for r in ex.get_performance_recommendations() if "regressed" in r["description"]]
+    assert rec["step"] == "work" and rec["priority"] == "high" and not rec["automatic"]
+    det = ex.get_optimization_stats()["execution"]["regression_detection"]
+    assert det["min_executions"] == 20 and det["checkpoints"] > 4
+
+
+async def test_no_checkpoints_with_monitoring_off():
+    ex = executor(enable_performance_monitoring=False)
+    ex._engine._set_memory_interval(0.001)
+    for i in range(20):
+        await ex.execute(echo, i)
+        await asyncio.sleep(0.002)
+    stats = ex.get_optimization_stats()
+    assert stats["execution"]["regression_detection"]["checkpoints"] == 0
+    assert stats["execution"]["steps"]["echo"]["trend"] is None
+
+
+# --------------------------------------------------------------- rules
+async def test_a_cache_without_hits():
+    ex = executor(enable_cache_optimization=True)
+    for i in range(150):  # every input new
+        await ex.execute(echo, i)
+    (rec,) = ex.get_performance_recommendations()
+    assert rec["step"] == "echo" and rec["priority"] == "low" and not rec["automatic"]
+    assert "150 cache lookups and not one hit" in rec["description"]
+
+
+async def test_a_breaker_that_keeps_opening():
+    ex = executor(
+        circuit_breaker_failure_threshold=1,
+        circuit_breaker_minimum_calls=1,
+        circuit_breaker_recovery_timeout_seconds=0.01,
+    )
+
+    async def down(x):
+        raise ConnectionError("backend down")
+
+    step = Step(down, "down")
+    deadline = time.monotonic() + 10
+    while ex.get_optimization_stats()["circuit_breaker"]["open_count"] < 3:
+        assert time.monotonic() < deadline
+        await ex.execute(step, 1)
+        await asyncio.sleep(0.012)
+    recs = [r for r in ex.get_performance_recommendations() if r.get("key") == "down"]
+    (rec,) = recs
+    assert rec["priority"] == "high" and not rec["automatic"]
+    assert "circuit_breaker_recovery_timeout_seconds" in rec["description"]
+    # Judged since the last analysis: right after one, nothing new.
+    await ex.run_optimization_analysis()
+    assert not [r for r in ex.get_performance_recommendations() if r.get("key") == "down"]
+
+
+async def test_a_worker_pool_queue_that_is_often_full():
+    ex = executor(worker_pool_size=1, worker_pool_queue_size=1)
+
+    def blocking(x):
+        time.sleep(0.002)
+        return x
+
+    results = await asyncio.gather(*(ex.execute(blocking, i) for i in range(30)))
+    assert all(r.success for r in results)
+    (rec,) = [r for r in ex.get_performance_recommendations() if "Worker pool" in r["description"]]
+    assert rec["automatic"] is True
+    assert rec["action"] == {"field": "worker_pool_queue_size", "value": 2, "current": 1}
+    (change,) = await ex.run_optimization_analysis()
+    # Doubled, then raised to the lower bound.
+    assert (change["field"], change["old"], change["new"]) == ("worker_pool_queue_size", 1, 16)
+    assert ex.optimization_config.worker_pool_queue_size == 16
+    await ex.aclose()
+
+
+async def test_a_concurrency_limit_pinned_at_its_maximum():
+    ex = executor(
+        enable_concurrency_optimization=True,
+        concurrency_initial_limit=2,
+        concurrency_min_limit=1,
+        concurrency_max_limit=2,
+    )
+    gate = asyncio.Event()
+
+    async def held(x):
+        await gate.wait()
+        return x
+
+    step = Step(held, "held")
+    tasks = [asyncio.create_task(ex.execute(step, i)) for i in range(6)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    key = ex.get_optimization_stats()["concurrency"]["keys"]["held"]
+    assert (key["limit"], key["in_flight"], key["waiting"]) == (2, 2, 4)
+    (rec,) = ex.get_performance_recommendations()
+    assert rec["key"] == "held" and rec["automatic"]
+    assert rec["action"] == {"field": "concurrency_max_limit", "value": 4, "current": 2}
+    (change,) = await ex.run_optimization_analysis()
+    assert (change["field"], change["old"], change["new"]) == ("concurrency_max_limit", 2, 4)
+    gate.set()
+    assert all(r.success for r in await asyncio.gather(*tasks))
+
+
+async def test_telemetry_overhead_rule_reads_the_telemetry_section():
+    ex = executor()
+    await ex.execute(echo, 1)
+    stats = ex.get_optimization_stats()
+    cfg = ex.optimization_config
+    # Without the exporter's keys the rule says nothing.
+    assert recommend(stats, cfg, None) == []
+    stats["telemetry"] = {"spans_exported": 5000, "export_seconds": 0.6, "uptime_seconds": 10.0}
+    (rec,) = recommend(stats, cfg, None)
+    assert rec["automatic"] is True and "6%" in rec["description"]
+    assert rec["action"] == {"field": "telemetry_sampling_rate", "value": 0.5, "current": 1.0}
+    stats["telemetry"]["export_seconds"] = 0.4  # 4%: fine
+    assert recommend(stats, cfg, None) == []
+    # With marks, only the time since the last analysis counts.
+    marks = {"export_seconds": 0.35, "uptime_seconds": 5.0}
+    stats["telemetry"]["export_seconds"] = 0.7  # 0.35 s of the last 5 s: 7%
+    assert [r["action"]["field"] for r in recommend(stats, cfg, marks)] == [
+        "telemetry_sampling_rate"
+    ]
+
+
+# ------------------------------------------------ automatic optimization
+async def run_cached(ex: ExecutorCore, step: Step, keys: int) -> None:
+    """A working set of `keys` inputs, each asked three times in a row:
+    two hits in three lookups, and an eviction per new key once full."""
+    for i in range(keys):
+        for _ in range(3):
+            await ex.execute(step, i)
+
+
+def field_changes(ex: ExecutorCore, field: str) -> list[dict]:
+    return [
+        c
+        for c in ex.get_optimization_stats()["automatic_optimization"]["changes"]
+        if c["field"] == field
+    ]
+
+
+async def test_alternating_load_does_not_make_the_tuner_flip_flop():
+    ex = executor(
+        enable_cache_optimization=True,
+        cache_max_size=100,
+        memory_pressure_threshold_mb=100,
+    )
+    rss = [10 * 2**20]
+    ex._engine._set_rss_source(lambda: rss[0])
+    step = Step(echo, "cached", cache=True)
+
+    async def phase(kind: str) -> list[dict]:
+        if kind == "E":  # evictions with a good hit rate, memory normal
+            rss[0] = 10 * 2**20
+            ex._engine.memory_stats()  # act on the reading now
+            await run_cached(ex, step, 1000)
+        else:  # memory pressure (critical), no cache traffic
+            rss[0] = 200 * 2**20
+        return await ex.run_optimization_analysis()
+
+    async with ex.events(types="optimization_applied") as events:
+        # A naive tuner would go 100 -> 200 -> 100 -> 200 ...
+        script = "EP" * 6 + "PPPP" + "E" * 8
+        applied = {}
+        for n, kind in enumerate(script, start=1):
+            for c in await phase(kind):
+                applied[n] = c
+        changes = field_changes(ex, "cache_max_size")
+        published = [await anext(events) for _ in changes]
+    steps = [(c["analysis"], c["old"], c["new"]) for c in changes]
+    # Alternating: only the direction it started with, one cooldown apart
+    # (5 and 9 are E analyses after the cooldown; a reversal never persists).
+    # Sustained pressure (12..16): the reversal waits for 3 consecutive
+    # analyses (12, 13, 14); the E phase after it (17..) reverses again
+    # only once its condition persisted and the longer cooldown (14 + 6)
+    # is over.
+    assert steps == [
+        (1, 100, 200),
+        (5, 200, 400),
+        (9, 400, 800),
+        (14, 800, 400),
+        (20, 400, 800),
+    ]
+    assert [c["reversal"] for c in changes] == [False, False, False, True, True]
+    lo, hi = BOUNDS["cache_max_size"]
+    for c in changes:
+        assert lo <= c["new"] <= hi
+    # Never A -> B -> A within a cooldown, and each reversal persisted.
+    for prev, cur in itertools.pairwise(changes):
+        gap = cur["analysis"] - prev["analysis"]
+        assert gap >= (REVERSAL_COOLDOWN if prev["reversal"] else COOLDOWN)
+        if cur["reversal"]:
+            assert script[cur["analysis"] - REVERSAL_PERSISTENCE : cur["analysis"]] in (
+                "PPP",
+                "EEE",
+            )
+    assert ex.optimization_config.cache_max_size == 800
+    assert [(e.step, e.value, e.value2) for e in published] == [
+        ("cache_max_size", float(new), float(old)) for _, old, new in steps
+    ]
+    auto = ex.get_optimization_stats()["automatic_optimization"]
+    assert auto["analyses"] == len(script) and auto["failed"] == 0
+    assert auto["enabled"] is False  # the analyses here were asked for
+
+
+async def test_no_cache_raise_under_memory_pressure():
+    ex = executor(
+        enable_cache_optimization=True,
+        cache_max_size=100,
+        memory_pressure_threshold_mb=100,
+    )
+    rss = [10 * 2**20]
+    ex._engine._set_rss_source(lambda: rss[0])
+    step = Step(echo, "cached", cache=True)
+    await run_cached(ex, step, 1000)
+    assert [c["field"] for c in await ex.run_optimization_analysis(dry_run=True)] == [
+        "cache_max_size"
+    ]
+    assert ex.get_optimization_stats()["automatic_optimization"]["analyses"] == 0  # dry run
+    rss[0] = 110 * 2**20  # elevated: only the cut
+    (change,) = await ex.run_optimization_analysis()
+    assert (change["old"], change["new"]) == (100, 64)  # halved, raised to the bound
+
+
+async def test_the_interval_driver_applies_on_the_loop_thread():
+    ex = executor(
+        enable_cache_optimization=True,
+        cache_max_size=100,
+        enable_automatic_optimization=True,
+        optimization_analysis_interval_seconds=0.05,
+    )
+    ex._engine._set_memory_interval(0.005)
+    step = Step(yielding, "cached", cache=True)
+    loop_thread = threading.get_ident()
+    seen = []
+    async with ex.events(types=("optimization_applied", "config_changed")) as events:
+        deadline = time.monotonic() + 20
+        while not field_changes(ex, "cache_max_size"):
+            assert time.monotonic() < deadline, "no automatic change"
+            await run_cached(ex, step, 300)
+        seen = [await anext(events), await anext(events)]
+        assert threading.get_ident() == loop_thread
+    auto = ex.get_optimization_stats()["automatic_optimization"]
+    assert auto["enabled"] is True and auto["analyses"] >= 1
+    (change,) = field_changes(ex, "cache_max_size")
+    assert (change["old"], change["new"]) == (100, 200)
+    assert ex.optimization_config.cache_max_size == 200
+    assert [e.type for e in seen] == ["config_changed", "optimization_applied"]
+    assert seen[0].detail == "cache_max_size"
+
+
+async def test_automatic_optimization_off_runs_no_analysis():
+    ex = executor(enable_cache_optimization=True, cache_max_size=100)
+    ex._engine._set_memory_interval(0.001)
+    step = Step(yielding, "cached", cache=True)
+    for _ in range(3):
+        await run_cached(ex, step, 300)
+        await asyncio.sleep(0.01)
+    assert ex.get_optimization_stats()["automatic_optimization"]["analyses"] == 0
+    assert ex.optimization_config.cache_max_size == 100
