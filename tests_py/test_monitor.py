@@ -63,12 +63,21 @@ async def test_the_real_process_clock():
 
 # ------------------------------------------------------- regressions
 async def test_a_step_that_slows_down_is_a_regression():
-    ex = executor(performance_window_seconds=0.2)
+    # Fast executions here take microseconds and their p95 jitters on a busy
+    # machine; the slow phase is 200 ms. A threshold of 3 (4x) separates the
+    # two with room to spare either way.
+    # No adaptive limit: it would read the slowdown as a saturated backend
+    # and serialise the slow phase.
+    ex = executor(
+        performance_window_seconds=0.2,
+        performance_degradation_threshold=3.0,
+        enable_concurrency_optimization=False,
+    )
     ex._engine._set_memory_interval(0.005)  # housekeeping (and checkpoints) often
     slow = [False]
 
     async def work(x):
-        await asyncio.sleep(0.02 if slow[0] else 0)
+        await asyncio.sleep(0.2 if slow[0] else 0)
         return x
 
     step = Step(work, "work")
@@ -80,15 +89,20 @@ async def test_a_step_that_slows_down_is_a_regression():
         trend = ex.get_optimization_stats()["execution"]["steps"]["work"]["trend"]
         assert trend["evaluated"] and not trend["regressed"]
         slow[0] = True
-        deadline = loop.time() + 10
+        deadline = loop.time() + 30
         while not ex.get_optimization_stats()["execution"]["regressions"]:
-            assert loop.time() < deadline, "no regression detected"
-            await asyncio.gather(*(ex.execute(step, i) for i in range(8)))
+            assert loop.time() < deadline, (
+                "no regression detected: "
+                f"{ex.get_optimization_stats()['execution']['steps']['work']['trend']}"
+            )
+            await asyncio.gather(*(ex.execute(step, i) for i in range(64)))
         event = await anext(events)
     assert (event.type, event.step) == ("regression_detected", "work")
-    assert event.value >= 0.02 and event.value > 1.2 * event.value2
+    assert event.value >= 0.19 and event.value > 4 * event.value2
     reg = ex.get_optimization_stats()["execution"]["regressions"]["work"]
-    assert reg["recent_executions"] >= 20 and reg["baseline_executions"] >= 20
+    # (Later checkpoints may hold fewer than 20 recent executions: the
+    # verdict then stays as it was.)
+    assert reg["recent_executions"] > 0 and reg["baseline_executions"] >= 20
     assert reg["throughput_per_s"] > 0 and reg["regressed_since_s"] is not None
     (rec,) = [r for r in ex.get_performance_recommendations() if "regressed" in r["description"]]
     assert rec["step"] == "work" and rec["priority"] == "high" and not rec["automatic"]
@@ -346,3 +360,26 @@ async def test_automatic_optimization_off_runs_no_analysis():
         await asyncio.sleep(0.01)
     assert ex.get_optimization_stats()["automatic_optimization"]["analyses"] == 0
     assert ex.optimization_config.cache_max_size == 100
+
+
+def test_an_analysis_lost_with_its_loop_does_not_stop_later_ones():
+    # The loop closes between scheduling an analysis and running it: the
+    # pending mark goes stale and the next due time schedules anew.
+    ex = ExecutorCore(OptimizationConfig(enable_automatic_optimization=True))
+    due = ex._tuner.hook(ex)
+
+    loop = asyncio.new_event_loop()
+    loop.call_soon(due)
+    loop.call_soon(loop.stop)  # stops before the analysis due() schedules
+    loop.run_forever()
+    loop.close()  # the analysis never ran
+    assert ex._tuner._scheduled is not None
+    ex._tuner._scheduled = time.monotonic() - 60  # as if long ago
+
+    async def again():
+        due()
+        await asyncio.sleep(0)  # the scheduled analysis runs
+
+    asyncio.run(again())
+    assert ex._tuner._scheduled is None
+    assert ex.get_optimization_stats()["automatic_optimization"]["analyses"] == 1

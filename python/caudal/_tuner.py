@@ -41,6 +41,7 @@ COOLDOWN = 3
 REVERSAL_PERSISTENCE = 3
 REVERSAL_COOLDOWN = 6
 HISTORY = 100  # changes kept in stats
+_STALE_S = 5.0  # a scheduled analysis not run by then was lost with its loop
 
 # The fields automatic optimization may change, and their bounds.
 BOUNDS: dict[str, tuple[Any, Any]] = {
@@ -78,7 +79,10 @@ class Tuner:
         self.last: dict[str, Any] | None = None  # the last analysis' outcome
         self.marks: dict[str, Any] | None = None  # counters at the last analysis
         self._fields: dict[str, _Field] = {}
-        self._scheduled = False
+        # When an analysis was handed to a loop and has not run yet (None:
+        # none pending). A pending one older than _STALE_S was lost with its
+        # loop (closed before running it): the next due time schedules anew.
+        self._scheduled: float | None = None
 
     # ------------------------------------------------------------ driver
     @staticmethod
@@ -89,13 +93,16 @@ class Tuner:
 
         def due() -> None:
             ex = ref()
-            if ex is None or ex._tuner._scheduled:
+            if ex is None:
+                return
+            pending = ex._tuner._scheduled
+            if pending is not None and time.monotonic() - pending < _STALE_S:
                 return
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 return  # not on a loop: the next execution on one will tell
-            ex._tuner._scheduled = True
+            ex._tuner._scheduled = time.monotonic()
             loop.call_soon(_scheduled, ref)
 
         return due
@@ -232,7 +239,7 @@ def _scheduled(ref: weakref.ref) -> None:
     if ex is None:
         return
     tuner = ex._tuner
-    tuner._scheduled = False
+    tuner._scheduled = None
     if not ex._engine.config.enable_automatic_optimization:
         return  # turned off after it was due
     tuner.analyse(ex)
