@@ -201,6 +201,16 @@ class Contender:
         return (time.perf_counter_ns() - t0) / n / 1000
 
 
+async def _bare(metric: str, n: int) -> float:
+    t0 = time.perf_counter_ns()
+    if metric == "execution":
+        for i in range(n):
+            await trivial(i)
+    else:
+        await asyncio.gather(*(trivial(i) for i in range(n)))
+    return (time.perf_counter_ns() - t0) / n / 1000
+
+
 def _bind(ex, step):
     return lambda x: ex.execute(step, x)
 
@@ -427,7 +437,7 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
     ]
     worse = []
     for name, per in res.items():
-        if name == "all on, execute_many":
+        if name in ("all on, execute_many", "asyncio alone"):
             continue
         cells = []
         for m in METRICS:
@@ -483,7 +493,26 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
                 f"{flujo['concurrent']['median']:.2f} | "
                 f"{flujo['concurrent']['median'] / many['concurrent']['median']:.0f}x |"
             )
+        bare = res.get("asyncio alone")
+        if bare:
+            for m in ("execution", "concurrent"):
+                lines.append(
+                    f"| {m}: asyncio alone, no executor (the bound for any executor) | "
+                    f"{bare[m]['median']:.2f} | {flujo[m]['median']:.2f} | "
+                    f"at most {flujo[m]['median'] / bare[m]['median']:.0f}x |"
+                )
         lines.append("")
+        if bare:
+            own = allon["concurrent"]["median"] - bare["concurrent"]["median"]
+            flujo_own = flujo["concurrent"]["median"] - bare["concurrent"]["median"]
+            lines.append(
+                f"With `asyncio.gather`, asyncio's own task per coroutine costs "
+                f"{bare['concurrent']['median']:.2f} us, so no executor can beat flujo there "
+                f"by more than {flujo['concurrent']['median'] / bare['concurrent']['median']:.0f}x; "
+                f"above that floor caudal adds {own:.2f} us per execution and flujo "
+                f"{flujo_own:.2f} us ({flujo_own / max(own, 0.01):.0f}x)."
+            )
+            lines.append("")
     lines += [
         "Each optimization on the workload it exists for (on against off, same run):",
         "",
@@ -549,7 +578,7 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     base = res["baseline (all off)"]
-    skip = ("baseline (all off)", "flujo ExecutorCore", "all on, execute_many")
+    skip = ("baseline (all off)", "flujo ExecutorCore", "all on, execute_many", "asyncio alone")
     names = [n for n in res if n not in skip]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 5), sharey=True)
     for ax, m in zip(axes, METRICS, strict=True):
@@ -587,6 +616,16 @@ async def main(quick: bool) -> int:
     res["all on, execute_many"] = {
         "concurrent": {"median": statistics.median(many), "p10": many[0], "p90": many[-1]}
     }
+    # asyncio alone: the same trivial coroutine awaited and gathered with no
+    # executor, interleaved with all-on (the floor any executor sits on).
+    bare: dict[str, list[float]] = {"execution": [], "concurrent": []}
+    for _ in range(rounds):
+        for m in ("execution", "concurrent"):
+            bare[m].append(await _bare(m, SIZES[m][0 if quick else 1]))
+    res["asyncio alone"] = {}
+    for m, v in bare.items():
+        v.sort()
+        res["asyncio alone"][m] = {"median": statistics.median(v), "p10": v[0], "p90": v[-1]}
     flujo_scale = None
     try:
         flujo = Contender("flujo ExecutorCore", flujo=FlujoCalls())

@@ -14,7 +14,8 @@ struct LocalCache {
   uint64_t serial = 0;
   void* buffer = nullptr;
 };
-thread_local LocalCache t_cache;
+// initial-exec: no __tls_get_addr call from the Python extension module.
+thread_local LocalCache t_cache __attribute__((tls_model("initial-exec")));
 
 uint64_t SplitMix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
