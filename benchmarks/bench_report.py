@@ -504,11 +504,12 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
         lines.append("")
         if bare:
             own = allon["concurrent"]["median"] - bare["concurrent"]["median"]
+            bound = flujo["concurrent"]["median"] / bare["concurrent"]["median"]
             flujo_own = flujo["concurrent"]["median"] - bare["concurrent"]["median"]
             lines.append(
                 f"With `asyncio.gather`, asyncio's own task per coroutine costs "
                 f"{bare['concurrent']['median']:.2f} us, so no executor can beat flujo there "
-                f"by more than {flujo['concurrent']['median'] / bare['concurrent']['median']:.0f}x; "
+                f"by more than {bound:.0f}x; "
                 f"above that floor caudal adds {own:.2f} us per execution and flujo "
                 f"{flujo_own:.2f} us ({flujo_own / max(own, 0.01):.0f}x)."
             )
