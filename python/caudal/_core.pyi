@@ -152,6 +152,9 @@ class _EventSubscription:
 def _native_allocations() -> int | None:
     """operator new calls by this thread's native code (instrumented builds), else None."""
 
+def _clock_offset_ns() -> int:
+    """CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time)."""
+
 class Dag:
     """A checked pipeline graph; steps are numbered in definition order."""
 
