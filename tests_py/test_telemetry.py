@@ -339,7 +339,11 @@ async def test_health_reports_export_errors():
         def export(self, spans):
             raise OSError("down")
 
-    ex = caudal.ExecutorCore(span_exporters=[Broken()])
+    # (The pressure threshold is raised: an instrumented test process's RSS
+    # must not make health() fail for another reason.)
+    ex = caudal.ExecutorCore(
+        caudal.OptimizationConfig(memory_pressure_threshold_mb=1e6), span_exporters=[Broken()]
+    )
     await ex.execute(caudal.Step(ok), 1)
     ex.flush_telemetry()
     h = await ex.health()
