@@ -105,17 +105,15 @@ SpanRecorder::ThreadBuffer* SpanRecorder::Register() {
 
 bool SpanRecorder::Sample(bool must_keep, bool* sampled) {
   const uint64_t threshold = threshold_.load(std::memory_order_relaxed);
-  bool chosen;
   if (threshold == std::numeric_limits<uint64_t>::max()) {
-    chosen = true;
-  } else if (threshold == 0) {
-    chosen = false;
-  } else {
-    chosen = Next(Local()->rng) < threshold;
+    *sampled = true;
+    return true;
   }
+  ThreadBuffer* b = Local();
+  const bool chosen = threshold != 0 && Next(b->rng) < threshold;
   *sampled = chosen;
   if (chosen || must_keep) return true;
-  sampled_out_.fetch_add(1, std::memory_order_relaxed);
+  Bump(b->sampled_out);
   return false;
 }
 
@@ -135,10 +133,10 @@ void SpanRecorder::Record(SpanRecord& span) {
     }
   }
   if (n == 0) {
-    dropped_.fetch_add(1, std::memory_order_relaxed);
+    Bump(b->dropped);
     return;
   }
-  recorded_.fetch_add(1, std::memory_order_relaxed);
+  Bump(b->recorded);
   if (n == std::max<size_t>(limit / 2, 1)) Notify();
 }
 
@@ -186,13 +184,13 @@ void SpanRecorder::Notify() {
 
 SpanRecorder::Stats SpanRecorder::GetStats() const {
   Stats s;
-  s.recorded = recorded_.load(std::memory_order_relaxed);
-  s.sampled_out = sampled_out_.load(std::memory_order_relaxed);
-  s.dropped = dropped_.load(std::memory_order_relaxed);
   s.drained = drained_.load(std::memory_order_relaxed);
   MutexLock lock(&mu_);
   s.threads = buffers_.size();
   for (const auto& b : buffers_) {
+    s.recorded += b->recorded.load(std::memory_order_relaxed);
+    s.sampled_out += b->sampled_out.load(std::memory_order_relaxed);
+    s.dropped += b->dropped.load(std::memory_order_relaxed);
     MutexLock inner(&b->mu);
     s.buffered += b->spans.size();
   }

@@ -29,6 +29,9 @@
 // Activity. With no exporter attached the recorder is inactive and the
 // executor skips it with one relaxed load per execution.
 //
+// Counters (recorded, sampled out, dropped) are per buffer, bumped by the
+// owning thread without a locked instruction and summed when read.
+//
 // Thread-safety: every method is thread-safe. Buffers live as long as the
 // recorder (one per thread that ever recorded; bounded by the thread count).
 #ifndef CAUDAL_TELEMETRY_SPAN_RECORDER_H_
@@ -143,7 +146,15 @@ class SpanRecorder {
     std::vector<SpanRecord> spans ABSL_GUARDED_BY(mu);
     std::vector<SpanRecord> spare;  // guarded by the recorder's drain_mu_
     uint64_t rng = 0;               // the owning thread's only
+    // Written by the owning thread only (a plain load and store, no locked
+    // instruction), read by GetStats.
+    std::atomic<uint64_t> recorded{0};
+    std::atomic<uint64_t> sampled_out{0};
+    std::atomic<uint64_t> dropped{0};
   };
+  static void Bump(std::atomic<uint64_t>& c) {
+    c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
   ThreadBuffer* Local();
   ThreadBuffer* Register();
   static uint64_t Next(uint64_t& state);
@@ -154,9 +165,6 @@ class SpanRecorder {
   std::atomic<double> rate_{1.0};
   std::atomic<uint64_t> threshold_{0};  // keep when draw < threshold
   std::atomic<size_t> limit_{4096};
-  std::atomic<uint64_t> recorded_{0};
-  std::atomic<uint64_t> sampled_out_{0};
-  std::atomic<uint64_t> dropped_{0};
   std::atomic<uint64_t> drained_{0};
 
   mutable Mutex mu_;
