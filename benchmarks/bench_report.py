@@ -268,6 +268,9 @@ SIZES = {
 }
 
 
+EXTRA_ROUNDS = {"execution": 6, "concurrent": 3}
+
+
 async def matrix(contenders: list[Contender], rounds: int, quick: bool) -> dict:
     rng = random.Random(3)
     samples = {c.name: {m: [] for m in METRICS} for c in contenders}
@@ -276,8 +279,13 @@ async def matrix(contenders: list[Contender], rounds: int, quick: bool) -> dict:
             if c.flujo and m == "context":
                 continue
             await getattr(c, m)(20 if m != "context" else 2)
-    for _ in range(rounds):
+    # The trivial-step metrics take milliseconds a round: they get more
+    # rounds, so that their medians (and the noise band) are tighter.
+    most = rounds * max(EXTRA_ROUNDS.values())
+    for r in range(most):
         for m in METRICS:
+            if r >= rounds * EXTRA_ROUNDS.get(m, 1):
+                continue
             order = list(contenders)
             rng.shuffle(order)
             for c in order:

@@ -121,6 +121,28 @@ TEST(CircuitBreakerTest, ClosedAdmitsAndCounts) {
   EXPECT_EQ(s.last_transition_ns, 0);
 }
 
+// The inlined hot-path forms agree with TryAcquire / OnSuccess.
+TEST(CircuitBreakerTest, ClosedFastPathMatchesTheFullCalls) {
+  CircuitBreaker b(Opts(3, kSecond));
+  EXPECT_TRUE(b.AdmitsClosed());
+  FailN(b, 2, 0);
+  EXPECT_TRUE(b.OnClosedSuccess());  // resets the consecutive failures:
+  FailN(b, 2, 1);                    // two more do not open it
+  EXPECT_TRUE(b.AdmitsClosed());
+  EXPECT_EQ(b.GetSnapshot().success_count, 1u);
+  FailN(b, 1, 2);  // the third in a row opens it
+  EXPECT_FALSE(b.AdmitsClosed());
+  EXPECT_FALSE(b.OnClosedSuccess());  // not closed: the full call decides
+  EXPECT_EQ(b.GetSnapshot().success_count, 1u);
+  // With a sliding window the full OnSuccess is needed (the ring).
+  CircuitBreaker::Options o = Opts(3, kSecond);
+  o.window_size = 10;
+  o.minimum_calls = 5;
+  CircuitBreaker w(o);
+  EXPECT_TRUE(w.AdmitsClosed());
+  EXPECT_FALSE(w.OnClosedSuccess());
+}
+
 TEST(CircuitBreakerTest, OpensOnThresholdAndReturnsTransition) {
   CircuitBreaker b(Opts(3, 10 * kSecond));
   EXPECT_FALSE(FailN(b, 2, 100).has_value());

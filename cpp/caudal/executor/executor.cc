@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -262,6 +263,10 @@ bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
   CircuitBreaker* b = BreakerFor(*r->step, *r->config);
   r->breaker = b;
   if (b == nullptr) return true;
+  if (ABSL_PREDICT_TRUE(b->AdmitsClosed())) {  // TryAcquire's closed path
+    r->breaker_pending = true;
+    return true;
+  }
   const CircuitBreaker::Admission a = b->TryAcquire(now_ns);
   Note(r->step->spec, a.transition);
   if (!a.admitted()) {
@@ -415,7 +420,8 @@ ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
   if (r->had_error) s->recovered.fetch_add(1, std::memory_order_relaxed);
   if (r->breaker_pending) {
     r->breaker_pending = false;
-    Note(r->step->spec, r->breaker->OnSuccess(now_ns, r->probe));
+    if (r->probe || !r->breaker->OnClosedSuccess())
+      Note(r->step->spec, r->breaker->OnSuccess(now_ns, r->probe));
   }
   if (r->retried_pattern != 0)
     errors_.RecordRetryOutcome(r->retried_pattern, true);

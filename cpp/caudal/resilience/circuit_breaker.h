@@ -164,6 +164,25 @@ class CircuitBreaker {
   // Verdicts, one per admitted call; `probe` is Admission::probe(). Return
   // the transition this verdict caused, if any.
   absl::optional<Transition> OnSuccess(int64_t now_ns, bool probe);
+  // The hot path's forms of the two calls, inlined: true when the breaker
+  // is closed, i.e. TryAcquire would admit a non-probe call and return no
+  // transition (the caller falls back to TryAcquire otherwise); and the
+  // verdict of such a call when no sliding window is configured (returns
+  // false, having done nothing, when OnSuccess is needed instead).
+  bool AdmitsClosed() const {
+    return state_.load(std::memory_order_acquire) ==
+           static_cast<uint8_t>(State::kClosed);
+  }
+  bool OnClosedSuccess() {
+    if (window_ != nullptr || state_.load(std::memory_order_relaxed) !=
+                                  static_cast<uint8_t>(State::kClosed)) {
+      return false;
+    }
+    successes_.Add();
+    if (consecutive_failures_.load(std::memory_order_relaxed) != 0)
+      consecutive_failures_.store(0, std::memory_order_relaxed);
+    return true;
+  }
   absl::optional<Transition> OnFailure(int64_t now_ns, bool probe);
   void OnIgnored(bool probe);
 
