@@ -115,3 +115,12 @@ def test_pipeline_run_table_and_gantt(executed):
     assert "retrieve" in html and "combine" in html
     gantt = result(executed, "run.plot_gantt()")
     assert base64.b64decode(gantt["image/png"]).startswith(PNG)
+
+
+def test_tracing_cell_reads_back_one_span_per_execution(executed):
+    data = result(executed, "exporter = JsonLinesExporter(buffer)")
+    text = " ".join(data["text/plain"].split())  # IPython wraps long reprs
+    assert text.startswith("(200, [('fetch', ")
+    # The slowest five are the pretend API's slow calls (30 ms, over the
+    # notebook's 20 ms slow threshold).
+    assert text.count("'ok', True)") == 5
