@@ -23,6 +23,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 Contender = Callable[[int], Awaitable[object]]
 
 
+def summarise(samples: list[float], batch: int) -> dict[str, float]:
+    """Median, p10 and p90 of per-call times (µs) over rounds."""
+    s = sorted(samples)
+    return {
+        "median_us": statistics.median(s),
+        "p10_us": s[len(s) // 10],
+        "p90_us": s[(len(s) * 9) // 10],
+        "rounds": len(s),
+        "batch": batch,
+    }
+
+
 async def interleaved(
     contenders: dict[str, Contender], *, rounds: int, batch: int, warmup: int = 200, seed: int = 7
 ) -> dict[str, dict[str, float]]:
@@ -42,17 +54,7 @@ async def interleaved(
                 await call(x)
                 x += 1
             samples[name].append((time.perf_counter_ns() - t0) / batch / 1000.0)
-    out = {}
-    for name, s in samples.items():
-        s.sort()
-        out[name] = {
-            "median_us": statistics.median(s),
-            "p10_us": s[len(s) // 10],
-            "p90_us": s[(len(s) * 9) // 10],
-            "rounds": len(s),
-            "batch": batch,
-        }
-    return out
+    return {name: summarise(s, batch) for name, s in samples.items()}
 
 
 def interleaved_sync(
@@ -83,17 +85,7 @@ def interleaved_sync(
                 call(x)
                 x += 1
             samples[name].append((time.perf_counter_ns() - t0) / n / 1000.0)
-    out = {}
-    for name, s in samples.items():
-        s.sort()
-        out[name] = {
-            "median_us": statistics.median(s),
-            "p10_us": s[len(s) // 10],
-            "p90_us": s[(len(s) * 9) // 10],
-            "rounds": len(s),
-            "batch": batches[name],
-        }
-    return out
+    return {name: summarise(s, batches[name]) for name, s in samples.items()}
 
 
 def calibrate(call: Callable[[int], object], target_s: float) -> tuple[int, float]:

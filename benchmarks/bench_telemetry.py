@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, Histogram
 
-from _harness import interleaved_sync, save
+from _harness import interleaved_sync, save, summarise
 from caudal import ExecutorCore, OptimizationConfig, Step
 from caudal.telemetry import JsonLinesExporter, OpenTelemetryExporter
 
@@ -99,17 +98,7 @@ async def rounds_of(contenders, *, rounds, batch, drain, timed_drain=(), seed=7)
             samples[name].append((time.perf_counter_ns() - t0) / batch / 1000.0)
             if name in drain:
                 ex.flush_telemetry()
-    out = {}
-    for name, s in samples.items():
-        s.sort()
-        out[name] = {
-            "median_us": statistics.median(s),
-            "p10_us": s[len(s) // 10],
-            "p90_us": s[(len(s) * 9) // 10],
-            "rounds": len(s),
-            "batch": batch,
-        }
-    return out
+    return {name: summarise(s, batch) for name, s in samples.items()}
 
 
 async def main(quick: bool) -> None:
@@ -144,9 +133,7 @@ async def main(quick: bool) -> None:
     for name, r in r1.items():
         m = r["median_us"]
         print(f"   {name:26}{m:9.3f}{m / off:8.3f}x{(m - off) * 1000:8.0f}")
-    print(
-        f"   noise band (two identical 'off' executors, or half the p10-p90 spread): {noise:.1%}"
-    )
+    print(f"   noise band (two identical 'off' executors, or half the p10-p90 spread): {noise:.1%}")
 
     tmp = tempfile.mkdtemp()
     jl = JsonLinesExporter(os.path.join(tmp, "spans.jsonl"))

@@ -4,20 +4,17 @@
 
 #include "caudal/base/alloc_counter.h"
 #include "caudal/executor/executor.h"
+#include "executor_test_util.h"
 #include "gtest/gtest.h"
 
 namespace caudal {
 namespace {
 
+using testing_util::Err;
+using testing_util::MakeEntry;
+
 constexpr uint64_t kMb = 1024 * 1024;
 constexpr int64_t kHour = int64_t{3600} * 1'000'000'000;
-
-std::shared_ptr<StepEntry> MakeEntry(Executor& ex, const std::string& name) {
-  auto e = std::make_shared<StepEntry>();
-  e->spec.name = name;
-  e->stats = ex.stats().ForStep(name);
-  return e;
-}
 
 // Allocations made by `n` Begin/Succeed pairs on this thread.
 // Keys spread over the cache's shards (chosen by `hi`).

@@ -4,19 +4,16 @@
 #include <vector>
 
 #include "caudal/executor/executor.h"
+#include "executor_test_util.h"
 #include "gtest/gtest.h"
 
 namespace caudal {
 namespace {
 
-constexpr int64_t kSec = 1'000'000'000;
+using testing_util::Err;
+using testing_util::MakeEntry;
 
-std::shared_ptr<StepEntry> MakeEntry(Executor& ex, const std::string& name) {
-  auto e = std::make_shared<StepEntry>();
-  e->spec.name = name;
-  e->stats = ex.stats().ForStep(name);
-  return e;
-}
+constexpr int64_t kSec = 1'000'000'000;
 
 // `n` executions of `latency_ns` each, starting at `t`.
 void RunSteps(Executor& ex, const std::shared_ptr<StepEntry>& e, int64_t t,

@@ -3,29 +3,14 @@
 #include <thread>
 #include <vector>
 
+#include "executor_test_util.h"
 #include "gtest/gtest.h"
 
 namespace caudal {
 namespace {
 
-AttemptError Err(bool timed_out = false,
-                 absl::string_view type = "builtins.ValueError",
-                 absl::string_view msg = "boom") {
-  AttemptError e;
-  e.timed_out = timed_out;
-  e.exc_type = type;
-  e.message = msg;
-  return e;
-}
-
-std::shared_ptr<StepEntry> MakeEntry(Executor& ex, const std::string& name,
-                                     int max_retries = 0) {
-  auto e = std::make_shared<StepEntry>();
-  e->spec.name = name;
-  e->spec.retry = StepSpec::ImmediateRetries(max_retries);
-  e->stats = ex.stats().ForStep(name);
-  return e;
-}
+using testing_util::Err;
+using testing_util::MakeEntry;
 
 TEST(StepTableTest, FindInsertAndBound) {
   StepTable table(/*capacity=*/3);

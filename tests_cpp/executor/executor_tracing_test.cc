@@ -4,27 +4,14 @@
 #include <vector>
 
 #include "caudal/executor/executor.h"
+#include "executor_test_util.h"
 #include "gtest/gtest.h"
 
 namespace caudal {
 namespace {
 
-std::shared_ptr<StepEntry> MakeEntry(Executor& ex, const std::string& name,
-                                     int max_retries = 0) {
-  auto e = std::make_shared<StepEntry>();
-  e->spec.name = name;
-  e->spec.retry = StepSpec::ImmediateRetries(max_retries);
-  e->stats = ex.stats().ForStep(name);
-  return e;
-}
-
-AttemptError Err(bool timed_out = false) {
-  AttemptError e;
-  e.timed_out = timed_out;
-  e.exc_type = "builtins.ValueError";
-  e.message = "boom";
-  return e;
-}
+using testing_util::Err;
+using testing_util::MakeEntry;
 
 std::vector<SpanRecord> Drain(Executor& ex) {
   std::vector<SpanRecord> out;

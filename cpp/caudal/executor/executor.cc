@@ -57,11 +57,9 @@ void Executor::SetTracing(bool on) {
   ConfigureSpans(*current_config());
 }
 
-void Executor::Trace(const StepEntry& step, const ExecutionRecord* r,
-                     int64_t start_ns, int64_t end_ns, int attempts,
-                     SpanOutcome outcome, bool slow) {
-  bool sampled = false;
-  if (!spans_.Sample(IsFailure(outcome) || slow, &sampled)) return;
+void Executor::RecordSpan(const StepEntry& step, const ExecutionRecord* r,
+                          int64_t start_ns, int64_t end_ns, int attempts,
+                          SpanOutcome outcome, bool slow, bool sampled) {
   SpanRecord span;
   span.step = &step.stats->name;
   span.start_ns = start_ns;

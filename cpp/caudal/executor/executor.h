@@ -397,9 +397,19 @@ class Executor {
                          const AttemptError& error);
   void Release(ExecutionRecord* record, ExecutionOutcome& out);
   // The execution's span, when tracing is on and the sampler keeps it.
+  // (Inline: an execution the sampler skips costs a load and a compare,
+  // plus a per-thread count below a rate of 1.)
   void Trace(const StepEntry& step, const ExecutionRecord* record,
              int64_t start_ns, int64_t end_ns, int attempts,
-             SpanOutcome outcome, bool slow);
+             SpanOutcome outcome, bool slow) {
+    bool sampled = false;
+    if (spans_.Sample(IsFailure(outcome) || slow, &sampled))
+      RecordSpan(step, record, start_ns, end_ns, attempts, outcome, slow,
+                 sampled);
+  }
+  void RecordSpan(const StepEntry& step, const ExecutionRecord* record,
+                  int64_t start_ns, int64_t end_ns, int attempts,
+                  SpanOutcome outcome, bool slow, bool sampled);
   void ConfigureSpans(const OptimizationConfig& config);
   bool tracing() const { return tracing_.load(std::memory_order_relaxed); }
   // One attempt's sample for the record's adaptive limiter.

@@ -103,12 +103,8 @@ SpanRecorder::ThreadBuffer* SpanRecorder::Register() {
   return raw;
 }
 
-bool SpanRecorder::Sample(bool must_keep, bool* sampled) {
-  const uint64_t threshold = threshold_.load(std::memory_order_relaxed);
-  if (threshold == std::numeric_limits<uint64_t>::max()) {
-    *sampled = true;
-    return true;
-  }
+bool SpanRecorder::SampleSlow(uint64_t threshold, bool must_keep,
+                              bool* sampled) {
   ThreadBuffer* b = Local();
   const bool chosen = threshold != 0 && Next(b->rng) < threshold;
   *sampled = chosen;

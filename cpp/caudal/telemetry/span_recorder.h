@@ -127,7 +127,14 @@ class SpanRecorder {
 
   // The sampling decision for one finished execution: true = record it.
   // `*sampled` says whether the rate chose it (as opposed to must_keep).
-  bool Sample(bool must_keep, bool* sampled);
+  bool Sample(bool must_keep, bool* sampled) {
+    const uint64_t threshold = threshold_.load(std::memory_order_relaxed);
+    if (threshold == kKeepAll) {
+      *sampled = true;
+      return true;
+    }
+    return SampleSlow(threshold, must_keep, sampled);
+  }
   // Appends to the calling thread's buffer (assigns span_id).
   void Record(SpanRecord& span);
 
@@ -155,6 +162,8 @@ class SpanRecorder {
   static void Bump(std::atomic<uint64_t>& c) {
     c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
+  static constexpr uint64_t kKeepAll = ~uint64_t{0};
+  bool SampleSlow(uint64_t threshold, bool must_keep, bool* sampled);
   ThreadBuffer* Local();
   ThreadBuffer* Register();
   static uint64_t Next(uint64_t& state);
