@@ -397,3 +397,45 @@ async def test_latency_buckets_are_public():
     assert all(lo < hi for lo, hi, _ in buckets)
     assert ex.latency_buckets("b") == buckets
     assert ex.latency_buckets() == buckets
+
+
+_LIFECYCLE = """
+import asyncio, gc, sys, threading
+import caudal
+from caudal.telemetry import JsonLinesExporter
+
+async def ok(x):
+    return x
+
+async def main():
+    ex = caudal.ExecutorCore(span_exporters=[JsonLinesExporter(sys.argv[1])])
+    for i in range(10):
+        await ex.execute(caudal.Step(ok), i)
+    if sys.argv[2] == "drop":
+        del ex  # dropped without aclose(): its finalizer stops the flusher
+        gc.collect()
+        print(sorted(t.name for t in threading.enumerate()))
+    else:
+        global keep
+        keep = ex  # alive at exit, never closed: the atexit hook exports
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["drop", "exit"])
+def test_spans_are_exported_when_an_executor_is_dropped_or_the_process_exits(tmp_path, how):
+    import subprocess
+    import sys
+
+    path = tmp_path / "spans.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIFECYCLE, str(path), how],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(path.read_text().splitlines()) == 10
+    if how == "drop":
+        assert "caudal-span-flusher" not in proc.stdout  # the thread is gone
