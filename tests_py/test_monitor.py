@@ -241,7 +241,9 @@ def field_changes(ex: ExecutorCore, field: str) -> list[dict]:
     ]
 
 
-async def test_alternating_load_does_not_make_the_tuner_flip_flop():
+def cache_with_rss() -> tuple[ExecutorCore, Step, list[int]]:
+    """A cached step on an executor whose RSS reading is rss[0] bytes
+    (10 MB, under its 100 MB pressure threshold, until a test sets it)."""
     ex = executor(
         enable_cache_optimization=True,
         cache_max_size=100,
@@ -249,7 +251,11 @@ async def test_alternating_load_does_not_make_the_tuner_flip_flop():
     )
     rss = [10 * 2**20]
     ex._engine._set_rss_source(lambda: rss[0])
-    step = Step(echo, "cached", cache=True)
+    return ex, Step(echo, "cached", cache=True), rss
+
+
+async def test_alternating_load_does_not_make_the_tuner_flip_flop():
+    ex, step, rss = cache_with_rss()
 
     async def phase(kind: str) -> list[dict]:
         if kind == "E":  # evictions with a good hit rate, memory normal
@@ -306,14 +312,7 @@ async def test_alternating_load_does_not_make_the_tuner_flip_flop():
 
 
 async def test_no_cache_raise_under_memory_pressure():
-    ex = executor(
-        enable_cache_optimization=True,
-        cache_max_size=100,
-        memory_pressure_threshold_mb=100,
-    )
-    rss = [10 * 2**20]
-    ex._engine._set_rss_source(lambda: rss[0])
-    step = Step(echo, "cached", cache=True)
+    ex, step, rss = cache_with_rss()
     await run_cached(ex, step, 1000)
     assert [c["field"] for c in await ex.run_optimization_analysis(dry_run=True)] == [
         "cache_max_size"

@@ -117,7 +117,7 @@ py::list DrainSpans(Executor& core) {
 py::dict SpanStatsDict(const Executor& core) {
   const SpanRecorder::Stats s = core.spans().GetStats();
   py::dict d;
-  d["recording"] = core.spans().active();
+  d["recording"] = core.tracing();
   d["sampling_rate"] = core.spans().sampling_rate();
   d["spans_recorded"] = s.recorded;
   d["spans_sampled_out"] = s.sampled_out;

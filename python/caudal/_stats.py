@@ -97,23 +97,8 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
 
 
 def _telemetry_section(executor: ExecutorCore, cfg: Any) -> dict[str, Any]:
-    flusher = executor._spans
-    exported = (
-        flusher.stats()
-        if flusher is not None
-        else {
-            "exporters": [],
-            "parent_capture": False,
-            "spans_exported": 0,
-            "batches_exported": 0,
-            "export_errors": 0,
-            "last_export_error": None,
-            "export_seconds": 0.0,
-            "uptime_seconds": 0.0,
-            "last_flush_seconds_ago": None,
-            "last_flush_ok": None,
-        }
-    )
+    from caudal.telemetry import flusher_stats
+
     return {
         "enabled": cfg.enable_optimized_telemetry,
         "batch_size": cfg.telemetry_batch_size,
@@ -122,7 +107,7 @@ def _telemetry_section(executor: ExecutorCore, cfg: Any) -> dict[str, Any]:
         # recording, sampling_rate, spans_recorded/_sampled_out/_dropped/
         # _drained/_buffered, thread_buffers (native)
         **executor._engine.span_stats(),
-        **exported,
+        **flusher_stats(executor._spans),
     }
 
 

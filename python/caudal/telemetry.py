@@ -25,13 +25,11 @@ attribute (True: record the caller's OpenTelemetry parent span).
 
 from __future__ import annotations
 
-import atexit
 import io
 import json
 import os
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -318,6 +316,19 @@ class SpanFlusher:
 
     Internal: ExecutorCore makes one when the first exporter is attached."""
 
+    # What stats() reports, at its value before anything happened (an
+    # executor without exporters reports these: flusher_stats(None)).
+    started: float | None = None  # when the first exporter was attached
+    parent_capture = False
+    spans_exported = 0
+    batches_exported = 0
+    export_errors = 0
+    last_export_error: str | None = None
+    export_seconds = 0.0
+    last_flush: float | None = None
+    last_flush_ok: bool | None = None  # None: nothing exported yet
+    _exporters: Any = ()  # each instance has its own list
+
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self._exporters: list[Any] = []
@@ -326,15 +337,6 @@ class SpanFlusher:
         self._thread: threading.Thread | None = None
         self._offset_ns = _clock_offset_ns()
         self.started = time.monotonic()
-        self.parent_capture = False
-        self.spans_exported = 0
-        self.batches_exported = 0
-        self.export_errors = 0
-        self.last_export_error: str | None = None
-        self.export_seconds = 0.0
-        self.last_flush: float | None = None
-        self.last_flush_ok: bool | None = None  # None: nothing exported yet
-        _LIVE.add(self)
 
     # ----------------------------------------------------------- exporters
     @property
@@ -404,31 +406,35 @@ class SpanFlusher:
                 self.last_flush_ok = True
                 for exporter in self._exporters:
                     for i in range(0, len(batch), size):
-                        try:
-                            exporter.export(batch[i : i + size])
-                        except Exception as exc:  # an exporter's failure must not stop the others
-                            self.last_flush_ok = False
-                            self.export_errors += 1
-                            self.last_export_error = f"{type(exporter).__name__}: {exc!r}"
-                        else:
+                        if self._call(exporter, "export", batch[i : i + size]):
                             self.batches_exported += 1
+                        else:
+                            self.last_flush_ok = False
                 self.export_seconds += time.perf_counter() - t0
                 self.spans_exported += len(batch)
             if force:
                 for exporter in self._exporters:
-                    ff = getattr(exporter, "force_flush", None)
-                    if ff is not None:
-                        try:
-                            ff()
-                        except Exception as exc:
-                            self.export_errors += 1
-                            self.last_export_error = f"{type(exporter).__name__}: {exc!r}"
+                    self._call(exporter, "force_flush")
             self.last_flush = time.monotonic()
             return len(spans)
 
-    def stop(self, shutdown: bool = False) -> None:
-        """Stops the thread after a last flush; ``shutdown`` also shuts the
-        exporters down and detaches them."""
+    def _call(self, exporter: Any, method: str, *args: Any) -> bool:
+        """exporter.method(*args) if it has one; a failure is counted (it
+        must not stop the other exporters) and returns False."""
+        fn = getattr(exporter, method, None)
+        if fn is None:
+            return True
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.export_errors += 1
+            self.last_export_error = f"{type(exporter).__name__}: {exc!r}"
+            return False
+        return True
+
+    def stop(self) -> None:
+        """Stops the thread after a last flush (the executor's finalizer:
+        when it is collected, or at interpreter exit)."""
         self._stop = True
         self._engine._notify_spans()
         t = self._thread
@@ -436,43 +442,25 @@ class SpanFlusher:
             t.join(timeout=30)
         self._thread = None
         self.flush()
-        if shutdown:
-            with self._lock:
-                exporters, self._exporters = self._exporters, []
-                self._sync()
-            for e in exporters:
-                sd = getattr(e, "shutdown", None)
-                if sd is not None:
-                    try:
-                        sd()
-                    except Exception as exc:
-                        self.export_errors += 1
-                        self.last_export_error = f"{type(e).__name__}: {exc!r}"
 
     def stats(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            "exporters": [repr(e) for e in self._exporters],
-            "parent_capture": self.parent_capture,
-            "spans_exported": self.spans_exported,
-            "batches_exported": self.batches_exported,
-            "export_errors": self.export_errors,
-            "last_export_error": self.last_export_error,
-            "export_seconds": self.export_seconds,
-            "uptime_seconds": now - self.started,
-            "last_flush_seconds_ago": None if self.last_flush is None else now - self.last_flush,
-            "last_flush_ok": self.last_flush_ok,
-        }
+        return flusher_stats(self)
 
 
-_LIVE: weakref.WeakSet[SpanFlusher] = weakref.WeakSet()
-
-
-@atexit.register
-def _flush_all_at_exit() -> None:
-    # Spans still buffered when the interpreter exits go out first.
-    for f in list(_LIVE):
-        try:
-            f.stop(shutdown=True)
-        except Exception:
-            continue
+def flusher_stats(f: SpanFlusher | None) -> dict[str, Any]:
+    """The export side of stats["telemetry"] (None: no exporter was ever
+    attached; every figure at its initial value)."""
+    src: Any = SpanFlusher if f is None else f  # the class: its defaults
+    now = time.monotonic()
+    return {
+        "exporters": [repr(e) for e in src._exporters],
+        "parent_capture": src.parent_capture,
+        "spans_exported": src.spans_exported,
+        "batches_exported": src.batches_exported,
+        "export_errors": src.export_errors,
+        "last_export_error": src.last_export_error,
+        "export_seconds": src.export_seconds,
+        "uptime_seconds": 0.0 if src.started is None else now - src.started,
+        "last_flush_seconds_ago": None if src.last_flush is None else now - src.last_flush,
+        "last_flush_ok": src.last_flush_ok,
+    }

@@ -48,7 +48,6 @@ void Executor::ConfigureSpans(const OptimizationConfig& c) {
   spans_.Configure(o);
   const bool on = c.enable_optimized_telemetry &&
                   exporters_.load(std::memory_order_relaxed);
-  spans_.SetActive(on);
   tracing_.store(on, std::memory_order_relaxed);
 }
 

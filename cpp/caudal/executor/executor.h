@@ -199,6 +199,8 @@ class Executor {
   const SpanRecorder& spans() const { return spans_; }
   // Exporters attached (true) or none left (false).
   void SetTracing(bool on);
+  // Spans are being recorded: exporters attached and telemetry enabled.
+  bool tracing() const { return tracing_.load(std::memory_order_relaxed); }
   // Where a kept span's trace parent comes from (the bindings read the
   // caller's OpenTelemetry context); called on the thread that ends the
   // execution, only for spans that are kept. Null: no parent. Set it before
@@ -411,7 +413,6 @@ class Executor {
                   int64_t start_ns, int64_t end_ns, int attempts,
                   SpanOutcome outcome, bool slow, bool sampled);
   void ConfigureSpans(const OptimizationConfig& config);
-  bool tracing() const { return tracing_.load(std::memory_order_relaxed); }
   // One attempt's sample for the record's adaptive limiter.
   std::vector<FlightWaiter> SampleLimit(ExecutionRecord* record, int64_t now_ns,
                                         bool drop);

@@ -26,8 +26,8 @@
 // appends the spans to `out`; capacity is recycled, so a steady state
 // allocates nothing. Drain() calls are serialised among themselves.
 //
-// Activity. With no exporter attached the recorder is inactive and the
-// executor skips it with one relaxed load per execution.
+// Activity. The owner decides whether to record at all (the executor:
+// only with an exporter attached, one relaxed load per execution).
 //
 // Counters (recorded, sampled out, dropped) are per buffer, bumped by the
 // owning thread without a locked instruction and summed when read.
@@ -118,11 +118,6 @@ class SpanRecorder {
   SpanRecorder& operator=(const SpanRecorder&) = delete;
 
   void Configure(const Options& options);
-  // Exporters attached? Inactive: the executor does not record at all.
-  void SetActive(bool active) {
-    active_.store(active, std::memory_order_relaxed);
-  }
-  bool active() const { return active_.load(std::memory_order_relaxed); }
   double sampling_rate() const { return rate_.load(std::memory_order_relaxed); }
 
   // The sampling decision for one finished execution: true = record it.
@@ -170,7 +165,6 @@ class SpanRecorder {
 
   const uint64_t serial_;  // tells this recorder's thread-local cache apart
   const uint64_t seed_;
-  std::atomic<bool> active_{false};
   std::atomic<double> rate_{1.0};
   std::atomic<uint64_t> threshold_{0};  // keep when draw < threshold
   std::atomic<size_t> limit_{4096};
