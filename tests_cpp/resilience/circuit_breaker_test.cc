@@ -121,26 +121,32 @@ TEST(CircuitBreakerTest, ClosedAdmitsAndCounts) {
   EXPECT_EQ(s.last_transition_ns, 0);
 }
 
-// The inlined hot-path forms agree with TryAcquire / OnSuccess.
-TEST(CircuitBreakerTest, ClosedFastPathMatchesTheFullCalls) {
+// The inlined closed-state paths of TryAcquire and OnSuccess (header) keep
+// the breaker's rules: a success resets the consecutive failures and is
+// counted; other states and the sliding window take the full paths.
+TEST(CircuitBreakerTest, InlinedClosedPathsKeepTheRules) {
   CircuitBreaker b(Opts(3, kSecond));
-  EXPECT_TRUE(b.AdmitsClosed());
+  EXPECT_TRUE(b.TryAcquire(0).admitted());
   FailN(b, 2, 0);
-  EXPECT_TRUE(b.OnClosedSuccess());  // resets the consecutive failures:
-  FailN(b, 2, 1);                    // two more do not open it
-  EXPECT_TRUE(b.AdmitsClosed());
+  EXPECT_FALSE(b.OnSuccess(0, false).has_value());  // resets the failures:
+  FailN(b, 2, 1);                                   // two more do not open it
+  EXPECT_EQ(b.state(), State::kClosed);
   EXPECT_EQ(b.GetSnapshot().success_count, 1u);
   FailN(b, 1, 2);  // the third in a row opens it
-  EXPECT_FALSE(b.AdmitsClosed());
-  EXPECT_FALSE(b.OnClosedSuccess());  // not closed: the full call decides
-  EXPECT_EQ(b.GetSnapshot().success_count, 1u);
-  // With a sliding window the full OnSuccess is needed (the ring).
+  EXPECT_EQ(b.state(), State::kOpen);
+  EXPECT_FALSE(b.TryAcquire(3).admitted());  // the open path
+  // A late success while open is counted and changes nothing (full path).
+  EXPECT_FALSE(b.OnSuccess(3, false).has_value());
+  EXPECT_EQ(b.GetSnapshot().success_count, 2u);
+  EXPECT_EQ(b.state(), State::kOpen);
+  // With a sliding window the success goes into the ring.
   CircuitBreaker::Options o = Opts(3, kSecond);
   o.window_size = 10;
   o.minimum_calls = 5;
   CircuitBreaker w(o);
-  EXPECT_TRUE(w.AdmitsClosed());
-  EXPECT_FALSE(w.OnClosedSuccess());
+  EXPECT_TRUE(w.TryAcquire(0).admitted());
+  w.OnSuccess(0, false);
+  EXPECT_EQ(w.GetSnapshot().window_calls, 1u);
 }
 
 TEST(CircuitBreakerTest, OpensOnThresholdAndReturnsTransition) {

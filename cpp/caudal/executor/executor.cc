@@ -5,7 +5,6 @@
 #include <cstring>
 #include <limits>
 
-#include "absl/base/optimization.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -200,24 +199,23 @@ CircuitBreaker* Executor::BreakerFor(StepEntry& e,
   return breaker;
 }
 
-void Executor::Note(const StepSpec& spec,
-                    const absl::optional<CircuitBreaker::Transition>& t) {
-  if (!t.has_value()) return;
+void Executor::NoteTransition(const StepSpec& spec,
+                              const CircuitBreaker::Transition& t) {
   const std::string& name =
       spec.breaker_key.empty() ? spec.name : spec.breaker_key;
   {
     MutexLock lock(&transitions_mu_);
-    transitions_.push_back({name, *t});
+    transitions_.push_back({name, t});
     while (transitions_.size() > kTransitionLog) transitions_.pop_front();
   }
   if (events_.Wants(EventType::kBreakerTransition)) {
     Event e;
     e.type = EventType::kBreakerTransition;
-    e.time_ns = t->at_ns;
+    e.time_ns = t.at_ns;
     e.key = name;
-    e.value = static_cast<double>(t->from);
-    e.value2 = static_cast<double>(t->to);
-    e.detail = absl::StrCat(StateName(t->from), "->", StateName(t->to));
+    e.value = static_cast<double>(t.from);
+    e.value2 = static_cast<double>(t.to);
+    e.detail = absl::StrCat(StateName(t.from), "->", StateName(t.to));
     events_.Publish(e);
   }
 }
@@ -260,10 +258,6 @@ bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
   CircuitBreaker* b = BreakerFor(*r->step, *r->config);
   r->breaker = b;
   if (b == nullptr) return true;
-  if (ABSL_PREDICT_TRUE(b->AdmitsClosed())) {  // TryAcquire's closed path
-    r->breaker_pending = true;
-    return true;
-  }
   const CircuitBreaker::Admission a = b->TryAcquire(now_ns);
   Note(r->step->spec, a.transition);
   if (!a.admitted()) {
@@ -417,8 +411,7 @@ ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
   if (r->had_error) s->recovered.fetch_add(1, std::memory_order_relaxed);
   if (r->breaker_pending) {
     r->breaker_pending = false;
-    if (r->probe || !r->breaker->OnClosedSuccess())
-      Note(r->step->spec, r->breaker->OnSuccess(now_ns, r->probe));
+    Note(r->step->spec, r->breaker->OnSuccess(now_ns, r->probe));
   }
   if (r->retried_pattern != 0)
     errors_.RecordRetryOutcome(r->retried_pattern, true);

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/optimization.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -419,8 +420,13 @@ class Executor {
   CircuitBreaker* BreakerFor(StepEntry& entry, const OptimizationConfig& cfg);
   // Breaker admission for the attempt about to start; false = rejected.
   bool Admit(ExecutionRecord* r, int64_t now_ns);
+  // Records a breaker transition (most verdicts make none: checked inline).
   void Note(const StepSpec& spec,
-            const absl::optional<CircuitBreaker::Transition>& t);
+            const absl::optional<CircuitBreaker::Transition>& t) {
+    if (ABSL_PREDICT_FALSE(t.has_value())) NoteTransition(spec, *t);
+  }
+  void NoteTransition(const StepSpec& spec,
+                      const CircuitBreaker::Transition& t);
   static CircuitBreaker::Options BreakerOptions(const OptimizationConfig& c);
   ExecutionRecord* NewRecord(const OptimizationConfig& cfg);
   void FreeRecord(ExecutionRecord* r);

@@ -81,13 +81,8 @@ absl::StatusOr<std::unique_ptr<CircuitBreaker>> CircuitBreaker::Create(
   return std::make_unique<CircuitBreaker>(options);
 }
 
-CircuitBreaker::Admission CircuitBreaker::TryAcquire(int64_t now_ns) {
+CircuitBreaker::Admission CircuitBreaker::AcquireNotClosed(int64_t now_ns) {
   const uint8_t state = state_.load(std::memory_order_acquire);
-  if (ABSL_PREDICT_TRUE(state == Raw(State::kClosed))) {
-    Admission admission;
-    admission.decision = Decision::kAllowed;
-    return admission;
-  }
   if (state == Raw(State::kOpen)) {
     // The acquire load above makes this the deadline of the open period we
     // saw (it is stored before the state).
@@ -135,7 +130,7 @@ CircuitBreaker::Permit CircuitBreaker::Acquire(int64_t now_ns) {
   return Permit(owner, std::move(admission));
 }
 
-absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnSuccess(
+absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnSuccessSlow(
     int64_t now_ns, bool probe) {
   if (ABSL_PREDICT_FALSE(probe)) return OnProbeSuccess(now_ns);
   successes_.Add();

@@ -71,6 +71,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/optimization.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/functional/function_ref.h"
@@ -156,32 +157,35 @@ class CircuitBreaker {
   CircuitBreaker(const CircuitBreaker&) = delete;
   CircuitBreaker& operator=(const CircuitBreaker&) = delete;
 
-  // Asks to make one call at `now_ns`.
-  Admission TryAcquire(int64_t now_ns);
+  // Asks to make one call at `now_ns`. The closed state, the common case, is
+  // inline here: one acquire load.
+  Admission TryAcquire(int64_t now_ns) {
+    if (ABSL_PREDICT_TRUE(state_.load(std::memory_order_acquire) ==
+                          static_cast<uint8_t>(State::kClosed))) {
+      Admission admission;
+      admission.decision = Decision::kAllowed;
+      return admission;
+    }
+    return AcquireNotClosed(now_ns);
+  }
   // TryAcquire wrapped in a move-only Permit (see below).
   Permit Acquire(int64_t now_ns);
 
   // Verdicts, one per admitted call; `probe` is Admission::probe(). Return
   // the transition this verdict caused, if any.
-  absl::optional<Transition> OnSuccess(int64_t now_ns, bool probe);
-  // The hot path's forms of the two calls, inlined: true when the breaker
-  // is closed, i.e. TryAcquire would admit a non-probe call and return no
-  // transition (the caller falls back to TryAcquire otherwise); and the
-  // verdict of such a call when no sliding window is configured (returns
-  // false, having done nothing, when OnSuccess is needed instead).
-  bool AdmitsClosed() const {
-    return state_.load(std::memory_order_acquire) ==
-           static_cast<uint8_t>(State::kClosed);
-  }
-  bool OnClosedSuccess() {
-    if (window_ != nullptr || state_.load(std::memory_order_relaxed) !=
-                                  static_cast<uint8_t>(State::kClosed)) {
-      return false;
+  // OnSuccess of a non-probe call while closed without a sliding window is
+  // inline: the success count and, after failures, the consecutive-failure
+  // reset.
+  absl::optional<Transition> OnSuccess(int64_t now_ns, bool probe) {
+    if (ABSL_PREDICT_TRUE(!probe && window_ == nullptr &&
+                          state_.load(std::memory_order_relaxed) ==
+                              static_cast<uint8_t>(State::kClosed))) {
+      successes_.Add();
+      if (consecutive_failures_.load(std::memory_order_relaxed) != 0)
+        consecutive_failures_.store(0, std::memory_order_relaxed);
+      return absl::nullopt;
     }
-    successes_.Add();
-    if (consecutive_failures_.load(std::memory_order_relaxed) != 0)
-      consecutive_failures_.store(0, std::memory_order_relaxed);
-    return true;
+    return OnSuccessSlow(now_ns, probe);
   }
   absl::optional<Transition> OnFailure(int64_t now_ns, bool probe);
   void OnIgnored(bool probe);
@@ -199,7 +203,9 @@ class CircuitBreaker {
   const Options& options() const { return options_; }
 
  private:
+  Admission AcquireNotClosed(int64_t now_ns);
   Admission AcquireSlow(int64_t now_ns);
+  absl::optional<Transition> OnSuccessSlow(int64_t now_ns, bool probe);
   absl::optional<Transition> OnProbeSuccess(int64_t now_ns);
   // Moves to `to`, records the transition and returns it.
   Transition TransitionLocked(State to, int64_t now_ns)
