@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import math
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -65,6 +66,20 @@ _RETRY_FIELDS = (
     "strategy",
 )
 _LIMIT_FIELDS = ("max_tokens", "max_cost_usd")
+
+# Limits of what a definition may contain (docs/pipelines.md, "Limits").
+MAX_DEPTH = 100  # levels of nesting, aliases followed
+ALIAS_BUDGET = 100_000  # nodes that alias re-uses may add to the document
+MAX_RETRIES = 1000  # max_retries; retry.max_attempts is at most one more
+MAX_SECONDS = 1e9  # timeout_s, cache_ttl_s, retry delays (~31 years)
+_STD = "tag:yaml.org,2002:"
+# The tags whose values caudal reads: YAML's own scalar and collection
+# types, and merge keys (<<). Anything else (!!python/..., !!set, local
+# !tags) is refused where it appears.
+_TAGS = frozenset(
+    _STD + t
+    for t in ("str", "int", "float", "bool", "null", "seq", "map", "timestamp", "binary", "merge")
+)
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _TAG_RE = re.compile(r"<AUTO>|</AUTO>")
 
@@ -171,6 +186,116 @@ def _has_auto(value: Any) -> bool:
     return False
 
 
+# ------------------------------------------------------------------ loader
+
+
+@functools.cache
+def _loader() -> type:
+    """PyYAML's SafeLoader with a nesting limit, and without the YAML 1.1
+    ``=`` value type (a bare ``=`` is the string ``"="``)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers = {
+            first: [(tag, rx) for tag, rx in resolvers if tag != _STD + "value"]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self.depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            try:
+                if self.depth > MAX_DEPTH:
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"nested more than {MAX_DEPTH} levels deep",
+                        self.peek_event().start_mark,
+                    )
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return Loader
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len(_STD) :] if tag.startswith(_STD) else tag
+
+
+def _check_graph(root: Any, problems: _Problems) -> None:
+    """Walks the composed node graph once, aliases followed (memoised, so
+    the cost is linear in the text): records every unsupported tag, and
+    raises at once on a recursive alias, on aliases expanding the document
+    by more than ALIAS_BUDGET nodes, or on nesting deeper than MAX_DEPTH."""
+    import yaml
+
+    def children(node: Any, path: str) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                yield k, path
+                key = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                yield v, f"{path}.{key}" if path else str(key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                yield v, f"{path}[{i}]"
+
+    def fail(node: Any, field: str, message: str) -> None:
+        problems.items[:] = []
+        problems.add(node, field, message)
+        raise problems.error()
+
+    def visit(node: Any, path: str) -> None:
+        if node.tag not in _TAGS:
+            problems.add(
+                node,
+                path,
+                f"unsupported tag {_short_tag(node.tag)!r} (a definition holds plain YAML "
+                "values: strings, numbers, booleans, null, dates, lists and mappings)",
+            )
+
+    size: dict[int, int] = {}  # expanded node count of each finished node
+    on_path: set[int] = set()
+    added = 0  # nodes added by alias re-uses
+    visit(root, "")
+    on_path.add(id(root))
+    # [node, its field, children iterator, expanded size so far]
+    stack: list[list[Any]] = [[root, "", children(root, ""), 1]]
+    while stack:
+        top = stack[-1]
+        nxt = next(top[2], None)
+        if nxt is None:
+            stack.pop()
+            on_path.discard(id(top[0]))
+            size[id(top[0])] = top[3]
+            if stack:
+                stack[-1][3] += top[3]
+            continue
+        child, path = nxt
+        cid = id(child)
+        if cid in on_path:
+            fail(child, path, "the alias refers to itself (a recursive structure)")
+        if cid in size:  # an alias re-use: the node and all below it again
+            added += size[cid]
+            top[3] += size[cid]
+            if added > ALIAS_BUDGET:
+                fail(
+                    top[0],
+                    top[1],
+                    f"aliases expand the document by more than {ALIAS_BUDGET} nodes "
+                    "(each use of an alias copies its whole value)",
+                )
+            continue
+        if len(stack) >= MAX_DEPTH:
+            fail(child, path, f"nested more than {MAX_DEPTH} levels deep (aliases followed)")
+        visit(child, path)
+        on_path.add(cid)
+        stack.append([child, path, children(child, path), 1])
+
+
 # --------------------------------------------------------------- validation
 
 
@@ -210,10 +335,21 @@ class _Reader:
 
         self.yaml = yaml
         self.p = problems
-        self.constructor = yaml.SafeLoader("")
+        self.constructor = _loader()("")
 
-    def value(self, node: Any) -> Any:
-        return self.constructor.construct_object(node, deep=True)
+    def value(self, node: Any, field: str = "") -> Any:
+        """The node as a Python value; a value that does not convert (a
+        date that does not exist, ``!!int abc``, a list as a mapping key)
+        is a problem at its line."""
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (self.yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.constructor = _loader()("")  # drop its half-built state
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            what = getattr(exc, "problem", None) or str(exc)
+            self.p.add(node, field, f"invalid value {_describe(node)}: {what}", line=line)
+            return _BAD
 
     def mapping(self, node: Any, field: str, known: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
         """{key: (key_node, value_node)}; reports non-mappings, duplicate and
@@ -245,7 +381,7 @@ class _Reader:
         if not isinstance(node, self.yaml.ScalarNode):
             self.p.add(node, field, f"expected a single value, got {_describe(node)}")
             return _BAD
-        return self.value(node)
+        return self.value(node, field)
 
     def string(self, node: Any, field: str, *, name: bool = False) -> Any:
         v = self.scalar(node, field)
@@ -265,23 +401,34 @@ class _Reader:
         return v
 
     def number(
-        self, node: Any, field: str, *, positive: bool = False, integer: bool = False
+        self,
+        node: Any,
+        field: str,
+        *,
+        positive: bool = False,
+        integer: bool = False,
+        maximum: float | None = None,
     ) -> Any:
         v = self.scalar(node, field)
         if v is _BAD:
             return v
-        want = ("a positive " if positive else "") + ("integer" if integer else "number")
-        if not positive:
-            want = ("an integer" if integer else "a number") + " >= 0"
-        elif not integer:
-            want = "a positive number"
+        if integer:
+            want = "a positive integer" if positive else "an integer >= 0"
         else:
-            want = "a positive integer"
+            want = "a positive number" if positive else "a number >= 0"
         ok_type = isinstance(v, int) if integer else isinstance(v, int | float)
-        if isinstance(v, bool) or not ok_type or (v <= 0 if positive else v < 0):
-            self.p.add(node, field, f"expected {want}, got {node.value!r}")
-            return _BAD
-        return v
+        if isinstance(v, bool) or not ok_type:
+            problem = f"expected {want}"
+        elif not math.isfinite(v):
+            problem = f"expected a finite number ({want})"
+        elif v <= 0 if positive else v < 0:
+            problem = f"expected {want}"
+        elif maximum is not None and v > maximum:
+            problem = f"expected at most {_num(maximum)}"
+        else:
+            return v
+        self.p.add(node, field, f"{problem}, got {node.value!r}")
+        return _BAD
 
     def boolean(self, node: Any, field: str) -> Any:
         v = self.scalar(node, field)
@@ -316,7 +463,7 @@ class _Reader:
             return {k: self.params(v, f"{field}.{k}") for k, (_, v) in m.items()}
         if isinstance(node, y.SequenceNode):
             return [self.params(v, f"{field}[{j}]") for j, v in enumerate(node.value)]
-        v = self.value(node)
+        v = self.value(node, field)
         if isinstance(v, str):
             parsed, problem, offset = parse_auto_tags(v)
             if problem is not None:
@@ -326,6 +473,10 @@ class _Reader:
                 self.p.add(None, field, problem, line=line)
             return parsed
         return v
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 class _Bad:
@@ -339,11 +490,24 @@ _BAD = _Bad()
 # ------------------------------------------------------------------ loading
 
 
+def _read_file(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _DefError(
+            f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            file=str(path),
+            line=line,
+        ) from None
+
+
 def _read_source(source: str | os.PathLike[str]) -> tuple[str, str, str | None]:
     """(text, name for messages, path or None)."""
     if isinstance(source, os.PathLike):
         path = Path(source)
-        return path.read_text(), str(path), str(path.resolve())
+        return _read_file(path), str(path), str(path.resolve())
     if isinstance(source, str):
         one_line = "\n" not in source
         if one_line and (
@@ -352,7 +516,7 @@ def _read_source(source: str | os.PathLike[str]) -> tuple[str, str, str | None]:
             path = Path(source)
             if not path.exists():
                 raise FileNotFoundError(f"pipeline file {source!r} does not exist")
-            return path.read_text(), str(path), str(path.resolve())
+            return _read_file(path), str(path), str(path.resolve())
         return source, "<string>", None
     raise TypeError(f"load_pipeline: expected a path or YAML text, got {type(source).__name__}")
 
@@ -377,7 +541,7 @@ def load_pipeline(
     text, fname, path = _read_source(source)
     problems = _Problems(fname)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_loader())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -385,12 +549,27 @@ def load_pipeline(
         if exc.context:
             msg += f" ({exc.context})"
         raise _DefError(msg, file=fname, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        # Characters YAML does not allow (NUL, most control characters).
+        pos = exc.position
+        line = text.count("\n", 0, pos) + 1
+        column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise _DefError(
+            f"invalid YAML: unacceptable character #x{char:04x} at column {column} ({exc.reason})",
+            file=fname,
+            line=line,
+        ) from None
     except yaml.YAMLError as exc:
         raise _DefError(f"invalid YAML: {exc}", file=fname) from None
     if root is None:
         raise _DefError(
             "empty pipeline definition (expected a mapping with 'steps')", file=fname, line=1
         )
+    _check_graph(root, problems)
+    if problems.items:
+        problems.items.sort(key=lambda it: it[0] or 0)
+        raise problems.error()
     r = _Reader(problems)
     top = r.mapping(root, "", _TOP_FIELDS)
     if not problems.items and "steps" not in top:
@@ -406,7 +585,7 @@ def load_pipeline(
     if "context" in top:
         cnode = top["context"][1]
         if isinstance(cnode, yaml.MappingNode):
-            context = r.value(cnode)
+            context = r.value(cnode, "context")
         else:
             problems.add(cnode, "context", f"expected a mapping, got {_describe(cnode)}")
     limits = None
@@ -538,11 +717,11 @@ def _read_step(
                 dep_nodes[name] = {it.value: it for it in items}
     for f in ("timeout_s", "cache_ttl_s"):
         if f in m:
-            v = r.number(m[f][1], f"{base}.{f}", positive=True)
+            v = r.number(m[f][1], f"{base}.{f}", positive=True, maximum=MAX_SECONDS)
             if v is not _BAD:
                 kw[f] = float(v)
     if "max_retries" in m:
-        v = r.number(m["max_retries"][1], f"{base}.max_retries", integer=True)
+        v = r.number(m["max_retries"][1], f"{base}.max_retries", integer=True, maximum=MAX_RETRIES)
         if v is not _BAD:
             kw["max_retries"] = v
     for f in ("cache", "optional"):
@@ -569,7 +748,9 @@ def _read_step(
                     p.add(vnode, fld, f"expected exponential, linear or fixed, got {v!r}")
                     v = _BAD
             elif f == "max_attempts":
-                v = r.number(vnode, fld, positive=True, integer=True)
+                v = r.number(vnode, fld, positive=True, integer=True, maximum=MAX_RETRIES + 1)
+            elif f in ("base_delay", "max_backoff"):
+                v = r.number(vnode, fld, maximum=MAX_SECONDS)
             else:
                 v = r.number(vnode, fld)
             if v is not _BAD:
