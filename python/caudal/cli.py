@@ -7,7 +7,8 @@
     caudal validate pipeline.yaml --registry mymod:REGISTRY
 
 ``--registry module:attr`` names a dict {name: callable or Step} importable
-from the working directory. ``--store`` is a SQLite path or a
+from the working directory (searched after the installed packages, so a
+``yaml.py`` there never replaces PyYAML). ``--store`` is a SQLite path or a
 ``postgresql://`` URI (default: $CAUDAL_STORE, else .caudal/checkpoints.db).
 ``run`` and ``resume`` also take ``--cache-redis URL`` (the shared cache
 tier), ``--backend ray`` (steps that do not choose run on Ray) and
@@ -33,12 +34,23 @@ from caudal.checkpoints import open_store
 from caudal.errors import CaudalError, PipelineDefinitionError, UsageLimitExceededError
 
 
+def _cwd_last() -> None:
+    """The working directory holds the ``--registry``/``--resolver`` modules
+    (and what they import), but never shadows an installed package: a
+    ``yaml.py`` next to the pipeline must not replace PyYAML. So it is
+    searched last. ``python -m caudal.cli`` puts it first: moved."""
+    cwd = os.getcwd()
+    if sys.path and sys.path[0] in ("", cwd):
+        del sys.path[0]
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+
+
 def _import_spec(spec: str, what: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
         raise SystemExit(f"caudal: {what} must be module:attribute, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    _cwd_last()
     try:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as exc:
@@ -412,6 +424,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _cwd_last()
+    import yaml  # noqa: F401 - the installed PyYAML, before any user module is imported
+
     args = _parser().parse_args(argv)
     try:
         if args.command == "validate":
