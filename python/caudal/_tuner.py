@@ -19,7 +19,15 @@ Hysteresis, per config field:
   analyses, and starts a cooldown of ``REVERSAL_COOLDOWN``;
 - values stay in ``BOUNDS``; a change that the bound would turn around (or
   cancel) is not made;
-- a cache is never raised while memory pressure is above normal.
+- a cache is never raised while memory pressure is above normal;
+- a cache is raised again only if its last raise paid: the hit rate
+  measured since then must beat the one that led to the raise by
+  ``CACHE_MIN_GAIN``. Inputs that never come back once evicted (each asked
+  a few times in a row, then never again) keep the same hit rate at any
+  size, so they get one raise, not a doubling every analysis. The verdict
+  lasts until the hit rate moves by more than ``CACHE_WORKLOAD_CHANGE``
+  from the one it was reached at (the workload changed), or until
+  cache_max_size changes for another reason.
 
 Counted in analyses, not seconds, so the rules hold for any interval.
 """
@@ -41,6 +49,8 @@ COOLDOWN = 3
 REVERSAL_PERSISTENCE = 3
 REVERSAL_COOLDOWN = 6
 HISTORY = 100  # changes kept in stats
+CACHE_MIN_GAIN = 0.02  # hit rate a cache raise must add before the next one
+CACHE_WORKLOAD_CHANGE = 0.10  # hit rate move that lifts a "raise did not pay"
 _STALE_S = 5.0  # a scheduled analysis not run by then was lost with its loop
 
 # The fields automatic optimization may change, and their bounds.
@@ -79,6 +89,9 @@ class Tuner:
         self.last: dict[str, Any] | None = None  # the last analysis' outcome
         self.marks: dict[str, Any] | None = None  # counters at the last analysis
         self._fields: dict[str, _Field] = {}
+        # The last cache raise: {"from", "size", "rate"} (the hit rate that
+        # led to it), "plateau" once a later analysis found it did not pay.
+        self._cache_raise: dict[str, Any] | None = None
         # When an analysis was handed to a loop and has not run yet (None:
         # none pending). A pending one older than _STALE_S was lost with its
         # loop (closed before running it): the next due time schedules anew.
@@ -118,6 +131,7 @@ class Tuner:
         cfg = engine.config
         stats = optimization_stats(executor)
         recs = recommend(stats, cfg, self.marks, executor._own_pool)
+        rate = _cache_hit_rate(stats, self.marks)
         number = self.analyses + 1
         pressure = stats["memory"]["memory_pressure_level"] != "normal"
         proposals: dict[str, tuple[Any, str]] = {}
@@ -164,6 +178,8 @@ class Tuner:
                 )
             elif field == "cache_max_size" and want > 0 and pressure:
                 why = "memory pressure: caches are not raised"
+            elif field == "cache_max_size" and want > 0:
+                why = self._unpaid_cache_raise(old, rate, dry_run)
             if why is not None:
                 held.append({"field": field, "value": new, "reason": why})
                 continue
@@ -199,6 +215,12 @@ class Tuner:
                     f.last_direction = _direction(c["old"], c["new"])
                     f.cooldown = REVERSAL_COOLDOWN if c["reversal"] else COOLDOWN
                     c["time"] = now
+                    if c["field"] == "cache_max_size":
+                        self._cache_raise = (
+                            {"from": c["old"], "size": c["new"], "rate": rate}
+                            if c["new"] > c["old"] and rate is not None
+                            else None
+                        )
                     self.changes.append(c)
                     applied.append(c)
                     engine._publish_event(
@@ -219,6 +241,26 @@ class Tuner:
         }
         return applied
 
+    def _unpaid_cache_raise(self, size: int, rate: float | None, dry_run: bool) -> str | None:
+        """Why a raise of cache_max_size is held because the last one did
+        not raise the hit rate; None when it may go ahead."""
+        last = self._cache_raise
+        if last is None or rate is None or last["size"] != size:
+            return None
+        if rate >= last["rate"] + CACHE_MIN_GAIN:
+            return None
+        plateau = last.get("plateau")
+        if plateau is not None and abs(rate - plateau) > CACHE_WORKLOAD_CHANGE:
+            if not dry_run:
+                self._cache_raise = None  # the workload changed: try again
+            return None
+        if plateau is None and not dry_run:
+            last["plateau"] = rate
+        return (
+            f"the last raise ({last['from']} -> {last['size']}) did not raise the hit rate "
+            f"({last['rate']:.0%} before, {rate:.0%} since): the inputs evicted do not come back"
+        )
+
     def stats(self, cfg: Any) -> dict[str, Any]:
         return {
             "enabled": cfg.enable_automatic_optimization,
@@ -232,6 +274,16 @@ class Tuner:
             "reversal_cooldown_analyses": REVERSAL_COOLDOWN,
             "bounds": {k: list(v) for k, v in BOUNDS.items()},
         }
+
+
+def _cache_hit_rate(stats: dict[str, Any], marks: dict[str, Any] | None) -> float | None:
+    """Result-cache hits per lookup since the last analysis (None: no lookups)."""
+    from caudal._stats import _since
+
+    cache, marks = stats["cache"], marks or {}
+    hits = _since(cache.get("hits", 0), marks.get("cache_hits"))
+    lookups = hits + _since(cache.get("misses", 0), marks.get("cache_misses"))
+    return hits / lookups if lookups else None
 
 
 def _scheduled(ref: weakref.ref) -> None:
