@@ -106,7 +106,7 @@ def test_from_dict_and_from_json_name_each_problem():
     with pytest.raises(ConfigurationError) as e:
         OptimizationConfig.from_json('{"cache_max_size": -1}')
     assert e.value.problems == ["cache_max_size must be positive"]
-    with pytest.raises(ConfigurationError, match="malformed JSON at byte"):
+    with pytest.raises(ConfigurationError, match="malformed JSON at line 1, column 2"):
         OptimizationConfig.from_json("{")
     assert isinstance(e.value, ValueError)
 
@@ -121,7 +121,7 @@ def test_field_table_covers_every_attribute():
     names = [f["name"] for f in fields]
     assert names == list(OptimizationConfig().to_dict())
     by_name = {f["name"]: f for f in fields}
-    assert by_name["object_pool_max_size"]["rule"] == "must be positive"
+    assert by_name["object_pool_max_size"]["rule"] == "must be positive, at most 65536"
     assert by_name["max_concurrent_executions"]["default"] == "None"
 
 

@@ -20,6 +20,33 @@ using Config = OptimizationConfig;
       " (" + std::string(py::repr(got)) + ")");
 }
 
+// A value the field's type cannot hold (an int past int64, a float past
+// double): a ConfigurationError naming the field, at construction and on
+// assignment (FromDict collects them).
+struct OutOfRange {
+  std::string message;
+};
+
+[[noreturn]] void RangeErr(const char* field, py::handle got) {
+  std::string rule;
+  for (const FieldInfo& f : ConfigFields()) {
+    if (std::string(f.name) == field) rule = f.rule;
+  }
+  throw OutOfRange{std::string(field) + ": " + std::string(py::repr(got)) +
+                   " is out of range" +
+                   (rule.empty() ? "" : " (" + rule + ")")};
+}
+
+// Runs `fn`, turning OutOfRange into a ConfigurationError.
+template <typename Fn>
+void Checked(Fn&& fn) {
+  try {
+    fn();
+  } catch (const OutOfRange& e) {
+    ThrowStatus(absl::InvalidArgumentError(e.message));
+  }
+}
+
 bool IsExactBool(py::handle v) { return PyBool_Check(v.ptr()); }
 bool IsInt(py::handle v) {
   return PyLong_Check(v.ptr()) && !PyBool_Check(v.ptr());
@@ -33,15 +60,20 @@ void Assign(const char* f, int64_t& out, py::handle v) {
   if (!IsInt(v)) TypeErr(f, "an int", v);
   int overflow = 0;
   const long long x = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
-  if (overflow)
-    throw py::value_error(std::string("OptimizationConfig.") + f +
-                          " is out of range");
+  if (overflow) RangeErr(f, v);
+  if (x == -1 && PyErr_Occurred()) throw py::error_already_set();
   out = x;
 }
 void Assign(const char* f, double& out, py::handle v) {
   if (!(PyFloat_Check(v.ptr()) || IsInt(v))) TypeErr(f, "a number", v);
-  out = PyFloat_AsDouble(v.ptr());
-  if (PyErr_Occurred()) throw py::error_already_set();
+  const double x = PyFloat_AsDouble(v.ptr());
+  if (x == -1.0 && PyErr_Occurred()) {
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+      throw py::error_already_set();
+    PyErr_Clear();  // an int too large for a double
+    RangeErr(f, v);
+  }
+  out = x;
 }
 void Assign(const char* f, std::optional<int64_t>& out, py::handle v) {
   if (v.is_none()) {
@@ -82,16 +114,20 @@ Config FromDict(py::dict d) {
   std::vector<std::string> problems;
   for (auto item : d) {
     const std::string key = py::str(item.first);
+    // A problem is one line: an odd key is shown as its repr.
+    const std::string shown = key.find_first_of("\r\n") == std::string::npos
+                                  ? key
+                                  : std::string(py::repr(item.first));
     try {
       SetField(c, key, item.second);
     } catch (py::type_error& e) {
       problems.push_back(
-          key + ": " +
+          shown + ": " +
           (std::string(e.what()).find("no field") != std::string::npos
                ? std::string("unknown field")
                : std::string(e.what())));
-    } catch (py::value_error& e) {
-      problems.push_back(key + ": " + e.what());
+    } catch (const OutOfRange& e) {
+      problems.push_back(e.message);
     }
   }
   if (!problems.empty()) {
@@ -146,17 +182,22 @@ assign attributes, call ``validate()`` for a list of problems.
 )doc");
   cls.def(py::init([](py::kwargs kwargs) {
             Config c;
-            for (auto item : kwargs) {
-              const std::string key = py::str(item.first);
-              SetField(c, key, item.second);
-            }
+            Checked([&] {
+              for (auto item : kwargs) {
+                const std::string key = py::str(item.first);
+                SetField(c, key, item.second);
+              }
+            });
             return c;
           }),
           "Keyword construction; unspecified fields keep their defaults.");
 #define CAUDAL_PROP(kind, fname, def, doc)                  \
   cls.def_property(                                         \
       #fname, [](const Config& c) { return Get(c.fname); }, \
-      [](Config& c, py::handle v) { Assign(#fname, c.fname, v); }, doc);
+      [](Config& c, py::handle v) {                         \
+        Checked([&] { Assign(#fname, c.fname, v); });       \
+      },                                                    \
+      doc);
   CAUDAL_CONFIG_FIELDS(CAUDAL_PROP)
 #undef CAUDAL_PROP
   cls.def("validate", &Config::Validate,
@@ -168,13 +209,36 @@ assign attributes, call ``validate()`` for a list of problems.
   cls.def("to_json", &Config::ToJson, py::arg("indent") = 2);
   cls.def_static(
       "from_json",
-      [](const std::string& text) {
-        auto r = Config::FromJson(text);
+      [](py::handle text) {
+        std::string bytes;
+        if (PyBytes_Check(text.ptr())) {
+          bytes.assign(PyBytes_AS_STRING(text.ptr()),
+                       static_cast<size_t>(PyBytes_GET_SIZE(text.ptr())));
+        } else if (PyByteArray_Check(text.ptr())) {
+          bytes.assign(PyByteArray_AS_STRING(text.ptr()),
+                       static_cast<size_t>(PyByteArray_GET_SIZE(text.ptr())));
+        } else if (PyUnicode_Check(text.ptr())) {
+          Py_ssize_t n = 0;
+          const char* utf8 = PyUnicode_AsUTF8AndSize(text.ptr(), &n);
+          if (utf8 == nullptr) {  // lone surrogates
+            PyErr_Clear();
+            ThrowStatus(absl::InvalidArgumentError(
+                "$: the text is not valid Unicode (it holds a lone surrogate "
+                "code point)"));
+          }
+          bytes.assign(utf8, static_cast<size_t>(n));
+        } else {
+          throw py::type_error(
+              "OptimizationConfig.from_json: text must be str or bytes, got " +
+              std::string(py::str(py::type::of(text).attr("__name__"))));
+        }
+        auto r = Config::FromJson(bytes);
         if (!r.ok()) ThrowStatus(r.status());
         return *r;
       },
       py::arg("text"),
-      "Parses and validates JSON; errors name the JSON path of each problem.");
+      "Parses and validates JSON (str, or UTF-8 bytes); every problem is a "
+      "ConfigurationError naming its JSON path, or its line and column.");
   cls.def("copy", [](const Config& c) { return Config(c); });
   cls.def("__copy__", [](const Config& c) { return Config(c); });
   cls.def("__deepcopy__",

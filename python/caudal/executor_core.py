@@ -624,9 +624,7 @@ class ExecutorCore:
             raise ValueError(f"import_config: unsupported format {format!r} (supported: 'json')")
         if not isinstance(text, str | bytes | bytearray):
             raise TypeError(f"import_config: text must be str, got {type(text).__name__}")
-        if isinstance(text, bytes | bytearray):
-            text = text.decode()
-        cfg = OptimizationConfig.from_json(text)
+        cfg = OptimizationConfig.from_json(text)  # str or UTF-8 bytes
         self._apply(cfg)
 
     async def clear_cache(self) -> None:

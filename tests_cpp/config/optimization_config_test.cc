@@ -103,7 +103,7 @@ TEST(OptimizationConfigTest, MalformedJsonAndWrongRoot) {
   auto r = OptimizationConfig::FromJson("{\"cache_max_size\": ");
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()),
-              HasSubstr("malformed JSON at byte"));
+              HasSubstr("$: malformed JSON at line 1, column 20"));
   r = OptimizationConfig::FromJson("[1, 2]");
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().message(), "$: expected a JSON object, got array");
@@ -141,12 +141,94 @@ TEST(OptimizationConfigTest, FieldTableDescribesEveryField) {
     if (std::string(f.name) == "max_concurrent_executions") {
       EXPECT_STREQ(f.default_repr, "None");
       EXPECT_EQ(f.kind, FieldKind::kOptInt);
-      EXPECT_STREQ(f.rule, "must be positive");
+      EXPECT_STREQ(f.rule, "must be positive, at most 16777215");
     }
     if (std::string(f.name) == "object_pool_cleanup_threshold") {
       EXPECT_STREQ(f.default_repr, "0.9");
     }
   }
+}
+
+TEST(OptimizationConfigTest, EveryNumericFieldHasAMaximum) {
+  for (const auto& f : ConfigFields()) {
+    if (f.kind == FieldKind::kBool) continue;
+    const std::string rule = f.rule;
+    EXPECT_TRUE(rule.find("at most") != std::string::npos ||
+                rule.find("between") != std::string::npos)
+        << f.name << ": " << rule;
+  }
+}
+
+TEST(OptimizationConfigTest, ValuesAboveTheMaximumAreNamed) {
+  OptimizationConfig c;
+  c.object_pool_max_size = 1'000'000'000;
+  c.worker_pool_task_timeout_seconds = 9.3e9;
+  c.cache_max_size = INT64_MAX;
+  c.circuit_breaker_failure_threshold = int64_t{1} << 32;
+  c.circuit_breaker_window_size = 200'000;
+  c.circuit_breaker_minimum_calls = 10;
+  c.cache_ttl_seconds = 1e300;
+  EXPECT_THAT(
+      c.Validate(),
+      ElementsAre("object_pool_max_size must be at most 65536",
+                  "worker_pool_task_timeout_seconds must be at most 1000000000",
+                  "circuit_breaker_failure_threshold must be at most 1000000",
+                  "circuit_breaker_window_size must be at most 100000",
+                  "cache_ttl_seconds must be at most 1000000000",
+                  "cache_max_size must be at most 100000000"));
+  // The maxima themselves are valid.
+  c = OptimizationConfig();
+  c.object_pool_max_size = 65'536;
+  c.worker_pool_task_timeout_seconds = 1e9;
+  c.cache_max_size = 100'000'000;
+  c.cache_max_bytes = int64_t{1} << 50;
+  EXPECT_THAT(c.Validate(), IsEmpty());
+  c.cache_max_bytes = (int64_t{1} << 50) + 1;
+  EXPECT_THAT(c.Validate(),
+              ElementsAre("cache_max_bytes must be at most 1125899906842624"));
+}
+
+TEST(OptimizationConfigTest, FromJsonRefusesValuesAboveTheMaximum) {
+  const auto r = OptimizationConfig::FromJson(
+      R"({"object_pool_max_size": 9223372036854775807})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "object_pool_max_size must be at most 65536");
+}
+
+TEST(OptimizationConfigTest, DuplicateKeysAreReported) {
+  const auto r = OptimizationConfig::FromJson(
+      R"({"cache_max_size": 5, "cache_max_size": 6, "x": {"a": 1, "a": 2}})");
+  ASSERT_FALSE(r.ok());
+  const std::string msg(r.status().message());
+  EXPECT_THAT(
+      msg, HasSubstr("$.cache_max_size: duplicate key (given more than once)"));
+  EXPECT_THAT(msg, HasSubstr("$.x.a: duplicate key"));
+  EXPECT_THAT(msg, HasSubstr("$.x: unknown field"));
+}
+
+TEST(OptimizationConfigTest, BadBytesNumbersAndNestingAreStatuses) {
+  auto r = OptimizationConfig::FromJson("{\n\"cache_max_size\": \"\xff\"}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            "$: the text is not valid UTF-8 (byte 0xff at line 2, column 20)");
+  r = OptimizationConfig::FromJson("\xed\xa0\x80");  // an encoded surrogate
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("not valid UTF-8"));
+  r = OptimizationConfig::FromJson(R"({"cache_ttl_seconds": 1e400})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("$.cache_ttl_seconds: number overflow"));
+  r = OptimizationConfig::FromJson(std::string(100000, '['));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(),
+            "$: JSON nested deeper than 32 levels at line 1, column 33");
+  r = OptimizationConfig::FromJson(
+      R"({"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["})");
+  ASSERT_FALSE(r.ok());  // brackets inside strings do not count
+  EXPECT_EQ(r.status().message(), "$.a: unknown field");
+  r = OptimizationConfig::FromJson(std::string("{}\0", 3));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("malformed JSON"));
 }
 
 }  // namespace

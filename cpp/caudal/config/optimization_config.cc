@@ -1,11 +1,16 @@
 #include "caudal/config/optimization_config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <set>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "nlohmann/json.hpp"
 
 namespace caudal {
@@ -13,52 +18,83 @@ namespace {
 
 using Json = nlohmann::json;
 
-// Validation rule of one field. Fields not listed here have no rule beyond
-// their type (booleans, for instance).
+// Validation rule of one field: a lower bound (the Rule) and a maximum.
+// Fields not listed here have no rule beyond their type (booleans).
 enum class Rule { kNone, kPositive, kFraction, kRate, kPercent, kNonNegative };
 
-Rule RuleFor(absl::string_view name) {
-  static const struct {
-    absl::string_view name;
-    Rule rule;
-  } kRules[] = {
-      {"object_pool_max_size", Rule::kPositive},
-      {"object_pool_cleanup_threshold", Rule::kFraction},
-      {"max_concurrent_executions", Rule::kPositive},
-      {"concurrency_initial_limit", Rule::kPositive},
-      {"concurrency_min_limit", Rule::kPositive},
-      {"concurrency_max_limit", Rule::kPositive},
-      {"concurrency_latency_tolerance", Rule::kPositive},
-      {"worker_pool_size", Rule::kNonNegative},
-      {"worker_pool_queue_size", Rule::kPositive},
-      {"worker_pool_task_timeout_seconds", Rule::kNonNegative},
-      {"telemetry_batch_size", Rule::kPositive},
-      {"telemetry_flush_interval_seconds", Rule::kPositive},
-      {"telemetry_sampling_rate", Rule::kRate},
-      {"telemetry_buffer_size", Rule::kPositive},
-      {"error_cache_size", Rule::kPositive},
-      {"circuit_breaker_failure_threshold", Rule::kPositive},
-      {"circuit_breaker_recovery_timeout_seconds", Rule::kPositive},
-      {"circuit_breaker_half_open_max_calls", Rule::kPositive},
-      {"circuit_breaker_success_threshold", Rule::kPositive},
-      {"circuit_breaker_window_size", Rule::kNonNegative},
-      {"circuit_breaker_minimum_calls", Rule::kPositive},
-      {"circuit_breaker_failure_rate_threshold", Rule::kFraction},
-      {"error_pattern_min_observations", Rule::kPositive},
-      {"cache_ttl_seconds", Rule::kPositive},
-      {"cache_max_size", Rule::kPositive},
-      {"cache_max_bytes", Rule::kNonNegative},
-      {"slow_execution_threshold_ms", Rule::kPositive},
-      {"memory_pressure_threshold_mb", Rule::kPositive},
-      {"cpu_usage_threshold_percent", Rule::kPercent},
-      {"optimization_analysis_interval_seconds", Rule::kPositive},
-      {"performance_degradation_threshold", Rule::kPositive},
-      {"performance_window_seconds", Rule::kPositive},
-  };
-  for (const auto& r : kRules) {
-    if (r.name == name) return r.rule;
+constexpr double kNoMax = std::numeric_limits<double>::infinity();
+// Durations: at most ~31 years, so that seconds * 1e9 (the nanoseconds the
+// core counts in int64) and a clock reading plus it stay far from overflow.
+constexpr double kMaxSeconds = 1e9;
+// Counts the core keeps in an int, and sizes of things it allocates.
+constexpr double kMaxCount = 1'000'000;
+// The concurrency gates count permits in 24 bits (concurrency_gate.h).
+constexpr double kMaxPermits = 16'777'215;
+
+struct Bound {
+  absl::string_view name;
+  Rule rule;
+  double max;
+};
+
+// One entry per numeric field (ConfigTest checks that), with why its
+// maximum is what it is where it is not one of the constants above.
+constexpr Bound kBounds[] = {
+    // The record pool reserves room for this many idle records in each of
+    // its 8 shards when the executor is made: 8 * 8 B * 65,536 = 4 MiB.
+    {"object_pool_max_size", Rule::kPositive, 65'536},
+    {"object_pool_cleanup_threshold", Rule::kFraction, 1.0},
+    {"max_concurrent_executions", Rule::kPositive, kMaxPermits},
+    {"concurrency_initial_limit", Rule::kPositive, kMaxPermits},
+    {"concurrency_min_limit", Rule::kPositive, kMaxPermits},
+    {"concurrency_max_limit", Rule::kPositive, kMaxPermits},
+    {"concurrency_latency_tolerance", Rule::kPositive, 10.0},
+    {"worker_pool_size", Rule::kNonNegative, 1024},  // threads
+    {"worker_pool_queue_size", Rule::kPositive, 100'000'000},
+    {"worker_pool_task_timeout_seconds", Rule::kNonNegative, kMaxSeconds},
+    {"telemetry_batch_size", Rule::kPositive, kMaxCount},
+    {"telemetry_flush_interval_seconds", Rule::kPositive, kMaxSeconds},
+    {"telemetry_sampling_rate", Rule::kRate, 1.0},
+    {"telemetry_buffer_size", Rule::kPositive, kMaxCount},
+    {"error_cache_size", Rule::kPositive, kMaxCount},
+    {"circuit_breaker_failure_threshold", Rule::kPositive, kMaxCount},
+    {"circuit_breaker_recovery_timeout_seconds", Rule::kPositive, kMaxSeconds},
+    {"circuit_breaker_half_open_max_calls", Rule::kPositive, kMaxCount},
+    {"circuit_breaker_success_threshold", Rule::kPositive, kMaxCount},
+    // Each breaker keeps a bit per call of its window: 12.5 KB at most.
+    {"circuit_breaker_window_size", Rule::kNonNegative, 100'000},
+    {"circuit_breaker_minimum_calls", Rule::kPositive, kMaxCount},
+    {"circuit_breaker_failure_rate_threshold", Rule::kFraction, 1.0},
+    {"error_pattern_min_observations", Rule::kPositive, kMaxCount},
+    {"cache_ttl_seconds", Rule::kPositive, kMaxSeconds},
+    {"cache_max_size", Rule::kPositive, 100'000'000},
+    {"cache_max_bytes", Rule::kNonNegative, 1125899906842624.0},  // 1 PiB
+    {"slow_execution_threshold_ms", Rule::kPositive, kMaxSeconds * 1e3},
+    {"memory_pressure_threshold_mb", Rule::kPositive, 1e9},  // 1 PB
+    {"cpu_usage_threshold_percent", Rule::kPercent, 100.0},
+    {"optimization_analysis_interval_seconds", Rule::kPositive, kMaxSeconds},
+    {"performance_degradation_threshold", Rule::kPositive, 1000.0},
+    {"performance_window_seconds", Rule::kPositive, kMaxSeconds},
+};
+
+const Bound* BoundFor(absl::string_view name) {
+  for (const Bound& b : kBounds) {
+    if (b.name == name) return &b;
   }
-  return Rule::kNone;
+  return nullptr;
+}
+
+Rule RuleFor(absl::string_view name) {
+  const Bound* b = BoundFor(name);
+  return b != nullptr ? b->rule : Rule::kNone;
+}
+
+// "65536", "1000000000", "0.5".
+std::string FormatMax(double max) {
+  if (max == std::floor(max) && max < 1e16) {
+    return absl::StrCat(static_cast<int64_t>(max));
+  }
+  return absl::StrCat(max);
 }
 
 const char* RuleText(Rule rule) {
@@ -77,6 +113,20 @@ const char* RuleText(Rule rule) {
       return "";
   }
   return "";
+}
+
+// The rule in words, maximum included: "must be positive, at most 65536".
+// Fractions and percents already name theirs.
+std::string FullRuleText(absl::string_view name) {
+  const Bound* b = BoundFor(name);
+  if (b == nullptr) return "";
+  std::string text = RuleText(b->rule);
+  const bool named = b->rule == Rule::kFraction || b->rule == Rule::kRate ||
+                     b->rule == Rule::kPercent;
+  if (!named && b->max != kNoMax) {
+    absl::StrAppend(&text, ", at most ", FormatMax(b->max));
+  }
+  return text;
 }
 
 // Appends "<name> <rule>" to `out` when `value` breaks the rule.
@@ -107,7 +157,14 @@ void Check(absl::string_view name, double value,
     case Rule::kNone:
       break;
   }
-  if (!ok) out.push_back(absl::StrCat(name, " ", RuleText(rule)));
+  if (!ok) {
+    out.push_back(absl::StrCat(name, " ", RuleText(rule)));
+    return;
+  }
+  const Bound* b = BoundFor(name);
+  if (b != nullptr && value > b->max) {
+    out.push_back(absl::StrCat(name, " must be at most ", FormatMax(b->max)));
+  }
 }
 
 void CheckField(absl::string_view name, bool, std::vector<std::string>&) {}
@@ -221,6 +278,118 @@ std::string DefaultRepr(const std::optional<int64_t>& v) {
   return v.has_value() ? absl::StrCat(*v) : "None";
 }
 
+// Brackets nest at most this deep in config JSON (the config is one flat
+// object; deeper text is refused before it is parsed).
+constexpr int kMaxJsonDepth = 32;
+
+// "line L, column C" of byte `offset` of `text` (1-based; columns count
+// bytes).
+std::string Where(const std::string& text, size_t offset) {
+  offset = std::min(offset, text.size());
+  size_t line = 1;
+  size_t line_start = 0;
+  for (size_t i = 0; i < offset; ++i) {
+    if (text[i] == '\n') {
+      ++line;
+      line_start = i + 1;
+    }
+  }
+  return absl::StrCat("line ", line, ", column ", offset - line_start + 1);
+}
+
+// Offset of the first byte of `s` that is not valid UTF-8 (overlong forms,
+// surrogates and code points past U+10FFFF included), or npos.
+size_t InvalidUtf8(const std::string& s) {
+  size_t i = 0;
+  const size_t n = s.size();
+  while (i < n) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len = 0;
+    uint32_t cp = 0;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return i;
+    }
+    if (i + len > n) return i;
+    for (size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) ||
+        (len == 4 && cp < 0x10000) || (cp >= 0xD800 && cp <= 0xDFFF) ||
+        cp > 0x10FFFF) {
+      return i;
+    }
+    i += len;
+  }
+  return std::string::npos;
+}
+
+// Offset of the first bracket (outside strings) nested deeper than
+// `max_depth`, or npos.
+size_t TooDeep(const std::string& s, int max_depth) {
+  int depth = 0;
+  bool in_string = false;
+  bool escaped = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return i;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return std::string::npos;
+}
+
+// `parent.key`, or `parent["key"]` (JSON-escaped) when the key is not a
+// plain name: a problem is one line, whatever the key holds.
+std::string KeyPath(const std::string& parent, const std::string& key) {
+  bool plain = !key.empty() && !absl::ascii_isdigit(key[0]);
+  for (char c : key) {
+    plain = plain && (absl::ascii_isalnum(c) || c == '_');
+  }
+  if (plain) return absl::StrCat(parent, ".", key);
+  return absl::StrCat(parent, "[", Json(key).dump(), "]");
+}
+
+// nlohmann's message without its "[json.exception.parse_error.101] parse
+// error at line 1, column 2: " prefix (the caller says where).
+std::string ParseErrorDetail(absl::string_view what) {
+  if (absl::ConsumePrefix(&what, "[json.exception.")) {
+    const size_t close = what.find("] ");
+    if (close != absl::string_view::npos) what.remove_prefix(close + 2);
+  }
+  if (absl::ConsumePrefix(&what, "parse error")) {
+    const size_t colon = what.find(": ");
+    if (colon != absl::string_view::npos) what.remove_prefix(colon + 2);
+  }
+  return std::string(what);
+}
+
 }  // namespace
 
 std::vector<std::string> OptimizationConfig::Validate() const {
@@ -251,20 +420,6 @@ std::vector<std::string> OptimizationConfig::Validate() const {
         "concurrency_initial_limit must be between concurrency_min_limit and "
         "concurrency_max_limit");
   }
-  // The limit gates count permits in 24 bits (concurrency_gate.h).
-  if (concurrency_max_limit > 16777215) {
-    problems.push_back("concurrency_max_limit must be at most 16777215");
-  }
-  if (max_concurrent_executions.has_value() &&
-      *max_concurrent_executions > 16777215) {
-    problems.push_back("max_concurrent_executions must be at most 16777215");
-  }
-  if (concurrency_latency_tolerance > 10.0) {
-    problems.push_back("concurrency_latency_tolerance must be at most 10");
-  }
-  if (worker_pool_size > 1024) {
-    problems.push_back("worker_pool_size must be at most 1024");
-  }
   return problems;
 }
 
@@ -289,22 +444,87 @@ std::string OptimizationConfig::ToJson(int indent) const {
 
 absl::StatusOr<OptimizationConfig> OptimizationConfig::FromJson(
     const std::string& text) {
+  if (const size_t bad = InvalidUtf8(text); bad != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "$: the text is not valid UTF-8 (byte 0x",
+        absl::Hex(static_cast<unsigned char>(text[bad]), absl::kZeroPad2),
+        " at ", Where(text, bad), ")"));
+  }
+  // nlohmann stops at a NUL byte as at the end of the text: anything after
+  // it would be ignored. JSON allows none anywhere.
+  if (const size_t nul = text.find('\0'); nul != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "$: malformed JSON at ", Where(text, nul), ": a NUL byte"));
+  }
+  if (const size_t deep = TooDeep(text, kMaxJsonDepth);
+      deep != std::string::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("$: JSON nested deeper than ", kMaxJsonDepth,
+                     " levels at ", Where(text, deep)));
+  }
+  // The parser's callback sees every key: duplicates (which nlohmann would
+  // resolve silently, the last one winning) are reported with their path.
+  struct Frame {
+    bool object;
+    std::string path;      // of this object or array
+    std::string key_path;  // of the last key read (objects)
+    std::set<std::string> keys;
+  };
+  std::vector<Frame> open;
+  std::vector<std::string> errors;
+  auto child_path = [&open]() -> std::string {
+    if (open.empty()) return "$";
+    const Frame& f = open.back();
+    return f.object ? f.key_path : f.path + "[]";
+  };
   Json j;
   try {
-    j = Json::parse(text);
+    j = Json::parse(text, [&](int, Json::parse_event_t event, Json& parsed) {
+      switch (event) {
+        case Json::parse_event_t::object_start:
+        case Json::parse_event_t::array_start:
+          open.push_back(Frame{event == Json::parse_event_t::object_start,
+                               child_path(),
+                               "",
+                               {}});
+          break;
+        case Json::parse_event_t::key: {
+          Frame& f = open.back();
+          const std::string key = parsed.get<std::string>();
+          f.key_path = KeyPath(f.path, key);
+          if (!f.keys.insert(key).second) {
+            errors.push_back(absl::StrCat(
+                f.key_path, ": duplicate key (given more than once)"));
+          }
+          break;
+        }
+        case Json::parse_event_t::object_end:
+        case Json::parse_event_t::array_end:
+          if (!open.empty()) open.pop_back();
+          break;
+        case Json::parse_event_t::value:
+          break;
+      }
+      return true;
+    });
   } catch (const Json::parse_error& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "$: malformed JSON at ", Where(text, e.byte > 0 ? e.byte - 1 : 0), ": ",
+        ParseErrorDetail(e.what())));
+  } catch (const Json::exception& e) {
+    // A number too large for a double ("1e400"), and anything else the
+    // parser refuses: at the value being read.
     return absl::InvalidArgumentError(
-        absl::StrCat("malformed JSON at byte ", e.byte, ": ", e.what()));
+        absl::StrCat(child_path(), ": ", ParseErrorDetail(e.what())));
   }
   if (!j.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat("$: expected a JSON object, got ", TypeName(j)));
   }
   OptimizationConfig cfg;
-  std::vector<std::string> errors;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
-    const std::string path = "$." + key;
+    const std::string path = KeyPath("$", key);
     bool known = false;
 #define CAUDAL_FIELD_FROM_JSON(kind, name, def, doc)   \
   if (!known && key == #name) {                        \
@@ -336,15 +556,18 @@ const std::vector<FieldInfo>& ConfigFields() {
   static const std::vector<FieldInfo>* const kFields = [] {
     auto* fields = new std::vector<FieldInfo>();
     static std::vector<std::string> reprs;  // owns default_repr strings
+    static std::vector<std::string> rules;  // owns rule strings
     const OptimizationConfig defaults;
-#define CAUDAL_FIELD_INFO(kind, name, def, doc)                           \
-  reprs.push_back(DefaultRepr(defaults.name));                            \
-  fields->push_back(FieldInfo{#name, KindOf(defaults.name), doc, nullptr, \
-                              RuleText(RuleFor(#name))});
+#define CAUDAL_FIELD_INFO(kind, name, def, doc) \
+  reprs.push_back(DefaultRepr(defaults.name));  \
+  rules.push_back(FullRuleText(#name));         \
+  fields->push_back(                            \
+      FieldInfo{#name, KindOf(defaults.name), doc, nullptr, nullptr});
     CAUDAL_CONFIG_FIELDS(CAUDAL_FIELD_INFO)
 #undef CAUDAL_FIELD_INFO
     for (size_t i = 0; i < fields->size(); ++i) {
       (*fields)[i].default_repr = reprs[i].c_str();
+      (*fields)[i].rule = rules[i].c_str();
     }
     return fields;
   }();
