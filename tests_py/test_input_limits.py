@@ -795,3 +795,32 @@ def test_fuzzed_yaml_structures(tree):
     check_yaml_outcome(
         yaml.safe_dump({"steps": [{"name": "a", "uses": "twice", "with": {"v": tree}}]})
     )
+
+
+def test_duplicate_keys_under_context_are_reported():
+    exc = refused("context:\n  a: 1\n  b: 2\n  a: 3\nsteps: [{name: a, uses: echo}]\n")
+    assert exc.line == 4 and "duplicate key 'a' (first on line 2)" in exc.message
+    # Merge keys still override without complaint.
+    p = load_pipeline(
+        "context:\n  base: &b {x: 1}\n  more: {<<: *b, x: 2}\nsteps: [{name: a, uses: echo}]\n",
+        REG,
+    )
+    assert p.defaults["context"]["more"] == {"x": 2}
+
+
+def test_merge_keys_under_with():
+    p = load_pipeline(
+        doc(
+            """
+            context: {defaults: &d {model: small, temperature: 0.5}}
+            steps:
+              - name: a
+                uses: twice
+                with: {<<: *d, temperature: 0.9}
+            """
+        ),
+        REG,
+    )
+    assert asyncio.run(p.run(1)).result == (1, {"model": "small", "temperature": 0.9})
+    exc = refused("steps:\n  - name: a\n    uses: twice\n    with:\n      <<: [1]\n")
+    assert exc.line == 5 and "<< merges mappings" in exc.message

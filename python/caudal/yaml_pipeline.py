@@ -256,6 +256,19 @@ def _check_graph(root: Any, problems: _Problems) -> None:
                 f"unsupported tag {_short_tag(node.tag)!r} (a definition holds plain YAML "
                 "values: strings, numbers, booleans, null, dates, lists and mappings)",
             )
+        elif isinstance(node, yaml.MappingNode) and path.startswith("context"):
+            # The context is built by PyYAML, which lets a repeated key win
+            # silently; elsewhere _Reader.mapping reports them.
+            seen: dict[tuple[str, str], Any] = {}
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != _STD + "merge":
+                    first = seen.setdefault((k.tag, k.value), k)
+                    if first is not k:
+                        problems.add(
+                            k,
+                            f"{path}.{k.value}",
+                            f"duplicate key {k.value!r} (first on line {first.start_mark.line + 1})",
+                        )
 
     size: dict[int, int] = {}  # expanded node count of each finished node
     on_path: set[int] = set()
@@ -459,8 +472,25 @@ class _Reader:
         """The ``with:`` tree as Python values, strings with tags parsed."""
         y = self.yaml
         if isinstance(node, y.MappingNode):
+            # Merge keys (<<: *defaults, or a list of them): the merged
+            # mappings' keys first (the first one listed wins), then the
+            # mapping's own keys override them.
+            merged: dict[str, Any] = {}
+            own = []
+            for k, v in node.value:
+                if k.tag != _STD + "merge":
+                    own.append((k, v))
+                    continue
+                for src in v.value if isinstance(v, y.SequenceNode) else [v]:
+                    if not isinstance(src, y.MappingNode):
+                        self.p.add(src, field, f"<< merges mappings, got {_describe(src)}")
+                        continue
+                    for key, val in self.params(src, field).items():
+                        merged.setdefault(key, val)
+            if len(own) < len(node.value):
+                node = y.MappingNode(node.tag, own, node.start_mark, node.end_mark)
             m = self.mapping(node, field, ())
-            return {k: self.params(v, f"{field}.{k}") for k, (_, v) in m.items()}
+            return {**merged, **{k: self.params(v, f"{field}.{k}") for k, (_, v) in m.items()}}
         if isinstance(node, y.SequenceNode):
             return [self.params(v, f"{field}[{j}]") for j, v in enumerate(node.value)]
         v = self.value(node, field)
