@@ -264,10 +264,11 @@ def _check_graph(root: Any, problems: _Problems) -> None:
                 if isinstance(k, yaml.ScalarNode) and k.tag != _STD + "merge":
                     first = seen.setdefault((k.tag, k.value), k)
                     if first is not k:
+                        where = first.start_mark.line + 1
                         problems.add(
                             k,
                             f"{path}.{k.value}",
-                            f"duplicate key {k.value!r} (first on line {first.start_mark.line + 1})",
+                            f"duplicate key {k.value!r} (first on line {where})",
                         )
 
     size: dict[int, int] = {}  # expanded node count of each finished node
