@@ -142,11 +142,11 @@ struct OptimizationConfig {
   // JSON object with every field (null for an unset OPT_INT).
   std::string ToJson(int indent = 2) const;
 
-  // Parses a JSON object. Fields absent from the text keep their defaults.
-  // Unknown fields, wrong types and malformed JSON are all reported, each
-  // with its JSON path (e.g. "$.cache_max_size: expected an integer, got
-  // string"), in one kInvalidArgument status. Validation problems are
-  // reported too, so an OK result is always a valid config.
+  // Parses a JSON object (UTF-8); absent fields keep their defaults. Every
+  // problem is in one kInvalidArgument status, one per line: bad UTF-8, NUL
+  // bytes, deep nesting and malformed JSON with their line and column;
+  // unknown fields, duplicate keys, wrong types and out-of-range values
+  // with their JSON path. An OK result is always a valid config.
   static absl::StatusOr<OptimizationConfig> FromJson(const std::string& text);
 
   bool operator==(const OptimizationConfig& other) const;
