@@ -824,3 +824,16 @@ def test_merge_keys_under_with():
     assert asyncio.run(p.run(1)).result == (1, {"model": "small", "temperature": 0.9})
     exc = refused("steps:\n  - name: a\n    uses: twice\n    with:\n      <<: [1]\n")
     assert exc.line == 5 and "<< merges mappings" in exc.message
+
+
+def test_nesting_through_chained_aliases_is_refused():
+    # Each anchor is 60 levels deep and holds the previous one: the file
+    # nests 61 levels, its expansion 60 per anchor.
+    lines = ["context:"]
+    for i in range(40):
+        inner = f"*a{i - 1}" if i else "1"
+        lines.append(f"  k{i}: &a{i} " + "[" * 60 + inner + "]" * 60)
+    lines.append("steps: [{name: a, uses: twice}]")
+    out = load_in_child("\n".join(lines) + "\n")
+    assert out["type"] == "PipelineDefinitionError", out
+    assert "levels deep" in out["problems"][0] and out["line"] == 3, out

@@ -272,12 +272,13 @@ def _check_graph(root: Any, problems: _Problems) -> None:
                         )
 
     size: dict[int, int] = {}  # expanded node count of each finished node
+    height: dict[int, int] = {}  # levels of each finished node, itself included
     on_path: set[int] = set()
     added = 0  # nodes added by alias re-uses
     visit(root, "")
     on_path.add(id(root))
-    # [node, its field, children iterator, expanded size so far]
-    stack: list[list[Any]] = [[root, "", children(root, ""), 1]]
+    # [node, its field, children iterator, expanded size so far, tallest child]
+    stack: list[list[Any]] = [[root, "", children(root, ""), 1, 0]]
     while stack:
         top = stack[-1]
         nxt = next(top[2], None)
@@ -285,8 +286,10 @@ def _check_graph(root: Any, problems: _Problems) -> None:
             stack.pop()
             on_path.discard(id(top[0]))
             size[id(top[0])] = top[3]
+            height[id(top[0])] = h = top[4] + 1
             if stack:
                 stack[-1][3] += top[3]
+                stack[-1][4] = max(stack[-1][4], h)
             continue
         child, path = nxt
         cid = id(child)
@@ -295,6 +298,7 @@ def _check_graph(root: Any, problems: _Problems) -> None:
         if cid in size:  # an alias re-use: the node and all below it again
             added += size[cid]
             top[3] += size[cid]
+            top[4] = max(top[4], height[cid])
             if added > ALIAS_BUDGET:
                 fail(
                     top[0],
@@ -302,12 +306,14 @@ def _check_graph(root: Any, problems: _Problems) -> None:
                     f"aliases expand the document by more than {ALIAS_BUDGET} nodes "
                     "(each use of an alias copies its whole value)",
                 )
+            if len(stack) + height[cid] > MAX_DEPTH:
+                fail(top[0], top[1], f"nested more than {MAX_DEPTH} levels deep (aliases followed)")
             continue
         if len(stack) >= MAX_DEPTH:
             fail(child, path, f"nested more than {MAX_DEPTH} levels deep (aliases followed)")
         visit(child, path)
         on_path.add(cid)
-        stack.append([child, path, children(child, path), 1])
+        stack.append([child, path, children(child, path), 1, 0])
 
 
 # --------------------------------------------------------------- validation
