@@ -833,7 +833,7 @@ def test_nesting_through_chained_aliases_is_refused():
     for i in range(40):
         inner = f"*a{i - 1}" if i else "1"
         lines.append(f"  k{i}: &a{i} " + "[" * 60 + inner + "]" * 60)
-    lines.append("steps: [{name: a, uses: twice}]")
+    lines.append("steps: [{name: a, uses: echo, with: {deep: *a39}}]")
     out = load_in_child("\n".join(lines) + "\n")
     assert out["type"] == "PipelineDefinitionError", out
     assert "levels deep" in out["problems"][0] and out["line"] == 3, out
