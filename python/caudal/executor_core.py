@@ -623,7 +623,7 @@ class ExecutorCore:
         if format != "json":
             raise ValueError(f"import_config: unsupported format {format!r} (supported: 'json')")
         if not isinstance(text, str | bytes | bytearray):
-            raise TypeError(f"import_config: text must be str, got {type(text).__name__}")
+            raise TypeError(f"import_config: text must be str or bytes, got {type(text).__name__}")
         cfg = OptimizationConfig.from_json(text)  # str or UTF-8 bytes
         self._apply(cfg)
 
