@@ -123,6 +123,45 @@ async def test_same_function_shares():
     assert ns(Step(make_adder(7))) == ns(Step(make_adder(7)))
 
 
+class Base:
+    def run(self, x):
+        return x
+
+
+class Child(Base):
+    def __init__(self, k):
+        self.k = k
+
+    def run(self, x):  # super() captures the class in a cell: a cycle
+        return (super().run(x), self.k)
+
+
+def make_countdown(tag):
+    def down(n):  # refers to itself through its own cell
+        return tag if n == 0 else down(n - 1)
+
+    return down
+
+
+class Scaled:
+    def __init__(self, w):
+        self.w = w
+
+    def __call__(self, x):
+        return x * self.w
+
+
+def test_identity_of_cycles_and_classes():
+    assert ns(Step(Child(1).run)) == ns(Step(Child(1).run))
+    assert ns(Step(Child(1).run)) != ns(Step(Child(2).run))
+    assert ns(Step(make_countdown("a"))) == ns(Step(make_countdown("a")))
+    assert ns(Step(make_countdown("a"))) != ns(Step(make_countdown("b")))
+    # A class step (actors=): its set-up arguments count.
+    two = Step(functools.partial(Scaled, 2), "scaled", actors=1)
+    three = Step(functools.partial(Scaled, 3), "scaled", actors=1)
+    assert ns(two)[0] is not None and ns(two) != ns(three)
+
+
 async def test_the_name_still_separates_steps():
     # Same function, two names: two steps (invalidate_prefix is by name).
     async def work(x):
@@ -243,6 +282,32 @@ async def test_unkeyable_closure_is_not_cached_and_stats_say_why():
     await ex.execute(Step(make_adder(1)), 1)
     assert list(ex.get_optimization_stats()["cache"]["uncacheable_steps"]) == ["guarded"]
     await ex.aclose()
+
+
+class Holder:
+    def __init__(self, thing):
+        self.thing = thing
+
+    async def run(self, x):
+        return x
+
+
+class Items(dict):
+    pass
+
+
+def test_state_kept_in_c_has_no_identity():
+    import socket
+
+    with socket.socket() as sock:
+        cache_ns, why = ns(Step(Holder(sock).run))
+    assert cache_ns is None and "attribute 'thing' (socket.socket) has no stable key" in why
+    # A dict subclass's items are not in its __dict__.
+    cache_ns, why = ns(Step(Holder(Items(a=1)).run))
+    assert cache_ns is None and "Items" in why
+    # Plain attributes, slots and SimpleNamespace are state caudal can see.
+    assert ns(Step(Holder(types.SimpleNamespace(a=1)).run))[0] is not None
+    assert ns(Step(Holder({"a": [1, 2]}).run)) != ns(Step(Holder({"a": [1, 3]}).run))
 
 
 async def test_cache_key_names_the_namespace():

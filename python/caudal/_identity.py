@@ -14,7 +14,8 @@ fingerprinted here, once per step object, when the executor analyses it:
 - an instance: its ``__caudal_key__()``, dataclass fields or pydantic model
   (as for inputs), else its class and its attributes (``vars()`` and
   ``__slots__``);
-- a class, module or builtin: its qualified name.
+- a class: its qualified name and its own ``__init__`` and ``__call__``;
+- a module or builtin: its qualified name.
 
 Plain values (defaults, bound arguments, captured values, attributes) are
 keyed with the same native walk as inputs (``caudal._core.cache_key``), so
@@ -72,7 +73,8 @@ def namespace(name: str, fn: Any, cache_key: str | None) -> tuple[str | None, st
     if cache_key is not None:
         return f"{name}\x1fkey\x1f{cache_key}", None
     try:
-        digest = _Walker().digest(fn, _qualname(fn))
+        where = _qualname(fn)
+        digest = _Walker(where).digest(fn, where)
     except NoIdentity as exc:
         return None, (
             f"{exc.args[0]}: its results cannot be told apart from another "
@@ -86,7 +88,7 @@ def fingerprint(value: Any) -> str | None:
     arguments, or None when it has no stable key."""
     h = hashlib.blake2b(digest_size=16)
     try:
-        _Walker().value(value, "the value", h)
+        _Walker("the value").value(value, "the value", h)
     except NoIdentity:
         return None
     return h.hexdigest()
@@ -109,6 +111,25 @@ def _type_name(obj: Any) -> str:
     return f"{_module(t)}.{t.__qualname__}"
 
 
+def _state_visible(t: type) -> bool:
+    """Whether an instance's whole state is its ``__dict__`` and slots: no
+    class in its layout chain adds C fields (a socket's descriptor, a
+    dict's items) beyond slots and the dict/weakref pointers."""
+    while t is not object:
+        base = t.__base__
+        own = t.__dict__.get("__slots__", ())
+        own = (own,) if isinstance(own, str) else own
+        room = 8 * sum(1 for n in own if n not in ("__dict__", "__weakref__"))
+        if t.__dictoffset__ > 0 and base.__dictoffset__ == 0:
+            room += 8
+        if t.__weakrefoffset__ > 0 and base.__weakrefoffset__ == 0:
+            room += 8
+        if t.__basicsize__ - base.__basicsize__ > room:
+            return False
+        t = base
+    return True
+
+
 _BUILTINS = (
     types.BuiltinFunctionType,  # also bound builtin methods ([].append)
     types.MethodDescriptorType,
@@ -124,9 +145,10 @@ class _Walker:
     hashed as its number, and a result that depends on an object above it
     is not remembered (its meaning depends on where the walk started)."""
 
-    __slots__ = ("low", "nodes", "path")
+    __slots__ = ("low", "nodes", "path", "root")
 
-    def __init__(self) -> None:
+    def __init__(self, root: str) -> None:
+        self.root = root  # what the walk is for, in messages
         self.path: dict[int, int] = {}
         self.low = 1 << 30
         self.nodes = 0
@@ -146,9 +168,9 @@ class _Walker:
             return b"cycle" + pos.to_bytes(11, "little")
         self.nodes += 1
         if len(self.path) >= _MAX_DEPTH:
-            raise NoIdentity(f"{where} is nested too deeply (or recursive)")
+            raise NoIdentity(f"{self.root} refers to objects nested too deeply to fingerprint")
         if self.nodes > _MAX_NODES:
-            raise NoIdentity(f"{where} is too large to fingerprint")
+            raise NoIdentity(f"{self.root} refers to too many objects to fingerprint")
         mine = len(self.path)
         self.path[key] = mine
         outer_low, self.low = self.low, 1 << 30
@@ -196,6 +218,12 @@ class _Walker:
             self.value(obj.__self__, f"the instance of {where}", h)
         elif isinstance(obj, type):
             put(h, b"class", _module(obj), obj.__qualname__)
+            # What constructing and calling it runs (class steps, actors=).
+            for attr in ("__init__", "__call__"):
+                f = obj.__dict__.get(attr)
+                if isinstance(f, types.FunctionType):
+                    put(h, b"attr", attr)
+                    h.update(self.digest(f, f"{obj.__qualname__}.{attr}"))
         elif isinstance(obj, types.ModuleType):
             put(h, b"module", obj.__name__)
         elif isinstance(obj, _BUILTINS):
@@ -221,6 +249,11 @@ class _Walker:
             return
         except TypeError:
             pass
+        # Its state must all be visible from Python: a class written in C
+        # (a socket, a lock, a dict subclass's items) keeps state no
+        # attribute shows.
+        if not _state_visible(t):
+            raise NoIdentity(f"{where} ({_type_name(obj)}) has no stable key")
         d = getattr(obj, "__dict__", None)
         slots = []
         for k in t.__mro__:
@@ -231,8 +264,11 @@ class _Walker:
         if not isinstance(d, dict) and not slots:
             raise NoIdentity(f"{where} ({_type_name(obj)}) has no stable key")
         if isinstance(d, dict):
-            put(h, b"vars")
-            self.value(dict(d), where, h)
+            names = sorted(d)
+            put(h, b"vars", len(names).to_bytes(8, "little"))
+            for n in names:
+                put(h, b"attr", n)
+                self.value(d[n], f"{where}, attribute {n!r}", h)
         for s in slots:
             put(h, b"slot", s)
             try:
@@ -240,7 +276,7 @@ class _Walker:
             except AttributeError:
                 put(h, b"unset")
                 continue
-            self.value(v, f"{where}.{s}", h)
+            self.value(v, f"{where}, attribute {s!r}", h)
 
     # ---- values: keyed natively when they can be ----
 
