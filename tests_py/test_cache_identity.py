@@ -305,6 +305,9 @@ def test_state_kept_in_c_has_no_identity():
     # A dict subclass's items are not in its __dict__.
     cache_ns, why = ns(Step(Holder(Items(a=1)).run))
     assert cache_ns is None and "Items" in why
+    # A wrapper written in C is identified by what it wraps.
+    assert ns(Step(functools.lru_cache(scale)))[0] is not None
+    assert ns(Step(functools.lru_cache(scale))) != ns(Step(functools.lru_cache(greet), "scale"))
     # Plain attributes, slots and SimpleNamespace are state caudal can see.
     assert ns(Step(Holder(types.SimpleNamespace(a=1)).run))[0] is not None
     assert ns(Step(Holder({"a": [1, 2]}).run)) != ns(Step(Holder({"a": [1, 3]}).run))

@@ -13,7 +13,8 @@ fingerprinted here, once per step object, when the executor analyses it:
   instance;
 - an instance: its ``__caudal_key__()``, dataclass fields or pydantic model
   (as for inputs), else its class and its attributes (``vars()`` and
-  ``__slots__``);
+  ``__slots__``) when those are all its state; a wrapper written in C
+  (``functools.lru_cache``) by what it wraps (``__wrapped__``);
 - a class: its qualified name and its own ``__init__`` and ``__call__``;
 - a module or builtin: its qualified name.
 
@@ -253,6 +254,13 @@ class _Walker:
         # (a socket, a lock, a dict subclass's items) keeps state no
         # attribute shows.
         if not _state_visible(t):
+            # A wrapper written in C (functools.lru_cache, staticmethod):
+            # what it wraps.
+            wrapped = getattr(obj, "__wrapped__", None)
+            if wrapped is not None and callable(wrapped):
+                put(h, b"wraps")
+                h.update(self.digest(wrapped, where))
+                return
             raise NoIdentity(f"{where} ({_type_name(obj)}) has no stable key")
         d = getattr(obj, "__dict__", None)
         slots = []
