@@ -313,6 +313,30 @@ def test_state_kept_in_c_has_no_identity():
     assert ns(Step(Holder({"a": [1, 2]}).run)) != ns(Step(Holder({"a": [1, 3]}).run))
 
 
+class Touchy:
+    """An attribute lookup that raises something else than AttributeError."""
+
+    def __init__(self):
+        self.x = 1
+
+    def __getattribute__(self, name):
+        if name == "__dict__":
+            raise RuntimeError("no peeking")
+        return object.__getattribute__(self, name)
+
+    async def run(self, data):
+        return data
+
+
+async def test_fingerprinting_that_raises_leaves_the_step_uncached():
+    ex = cached_executor()
+    r = await ex.execute(Touchy(), 1)
+    assert r.success and r.output == 1
+    why = ex.get_optimization_stats()["cache"]["uncacheable_steps"]["Touchy"]
+    assert "RuntimeError: no peeking" in why
+    await ex.aclose()
+
+
 async def test_cache_key_names_the_namespace():
     lock = threading.Lock()
     calls = []

@@ -73,15 +73,19 @@ def namespace(name: str, fn: Any, cache_key: str | None) -> tuple[str | None, st
     name for the namespace) replaces the computed identity."""
     if cache_key is not None:
         return f"{name}\x1fkey\x1f{cache_key}", None
+    where = _qualname(fn)
     try:
-        where = _qualname(fn)
         digest = _Walker(where).digest(fn, where)
     except NoIdentity as exc:
-        return None, (
-            f"{exc.args[0]}: its results cannot be told apart from another "
-            f"step's; name them with Step(cache_key=...) to cache it"
-        )
-    return f"{name}\x1f{digest.hex()}", None
+        why = exc.args[0]
+    except Exception as exc:  # a property or __getattr__ of the user's raised
+        why = f"fingerprinting {where} raised {type(exc).__name__}: {exc}"
+    else:
+        return f"{name}\x1f{digest.hex()}", None
+    return None, (
+        f"{why}: its results cannot be told apart from another step's; "
+        f"name them with Step(cache_key=...) to cache it"
+    )
 
 
 def fingerprint(value: Any) -> str | None:
@@ -90,7 +94,7 @@ def fingerprint(value: Any) -> str | None:
     h = hashlib.blake2b(digest_size=16)
     try:
         _Walker("the value").value(value, "the value", h)
-    except NoIdentity:
+    except Exception:  # NoIdentity, or a hook of the user's raised
         return None
     return h.hexdigest()
 
