@@ -496,6 +496,13 @@ async def test_refused_at_analysis(target, message):
     await ex.aclose()
 
 
+def test_refused_as_a_fallback_too():
+    with pytest.raises(TypeError, match=r"Step 'main': fallback: WithRun is a class"):
+        Step(scale, "main", fallback=WithRun)
+    with pytest.raises(TypeError, match="fallback: gen_step is a generator function"):
+        Step(scale, "main", fallback=gen_step)
+
+
 async def test_agent_with_generator_run_is_refused():
     class GenAgent:
         def run(self, data):

@@ -200,10 +200,10 @@ class Step:
         for t in tags:
             if not isinstance(t, str):
                 raise TypeError(f"Step {name!r}: tags must be strings, got {t!r}")
-        if fallback is not None and not (
-            isinstance(fallback, Step) or callable(fallback) or hasattr(fallback, "run")
-        ):
-            raise TypeError(f"Step {name!r}: fallback must be a step or a callable")
+        if fallback is not None and not isinstance(fallback, Step):
+            _refuse_non_steps(fallback, f"Step {name!r}: fallback", None)
+            if not (callable(fallback) or hasattr(fallback, "run")):
+                raise TypeError(f"Step {name!r}: fallback must be a step or a callable")
         if isinstance(depends_on, str):
             depends_on = (depends_on,)
         depends_on = tuple(depends_on)
