@@ -496,6 +496,11 @@ async def test_refused_at_analysis(target, message):
     await ex.aclose()
 
 
+def test_generator_object_is_refused():
+    with pytest.raises(TypeError, match="got a generator object; generators are not steps"):
+        Step(gen_step(1))
+
+
 def test_refused_as_a_fallback_too():
     with pytest.raises(TypeError, match=r"Step 'main': fallback: WithRun is a class"):
         Step(scale, "main", fallback=WithRun)

@@ -455,13 +455,18 @@ def _refuse_non_steps(fn: Any, where: str, actors: int | None) -> None:
     of calling the function), a generator function, a class (outside
     ``actors=``). Built-in types (``str``, ``int``...) stay allowed: they
     convert the input."""
-    if inspect.iscoroutine(fn) or inspect.isgenerator(fn) or inspect.isasyncgen(fn):
+    if inspect.iscoroutine(fn):
         called = getattr(fn, "__name__", None) or "fn"
         fn.close()  # unusable now; closing avoids a "never awaited" warning
-        what = "a coroutine" if inspect.iscoroutine(fn) else "a generator"
         raise TypeError(
-            f"{where}: got {what} object, the result of calling {called}(): "
+            f"{where}: got a coroutine object, the result of calling {called}(): "
             f"pass the function itself: Step({called}), not Step({called}())"
+        )
+    if inspect.isgenerator(fn) or inspect.isasyncgen(fn):
+        raise TypeError(
+            f"{where}: got a generator object; generators are not steps (a step "
+            f"returns its output): write a function that returns a value, e.g. "
+            f"the items collected into a list"
         )
     base = fn
     while isinstance(base, functools.partial):
