@@ -61,9 +61,10 @@ _memo: dict[int, tuple[bytes | None, str | None]] = {}
 def _remember(obj: Any, entry: tuple[bytes | None, str | None]) -> None:
     key = id(obj)
     try:
-        weakref.finalize(obj, _memo.pop, key, None)
+        done = weakref.finalize(obj, _memo.pop, key, None)
     except TypeError:  # not weakly referenceable: no memo (computed each time)
         return
+    done.atexit = False  # nothing to do at exit
     _memo[key] = entry
 
 
