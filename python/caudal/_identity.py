@@ -74,7 +74,10 @@ def namespace(name: str, fn: Any, cache_key: str | None) -> tuple[str | None, st
     name for the namespace) replaces the computed identity."""
     if cache_key is not None:
         return f"{name}\x1fkey\x1f{cache_key}", None
-    where = _qualname(fn)
+    try:
+        where = _qualname(fn)
+    except Exception:
+        where = type(fn).__qualname__
     try:
         digest = _Walker(where).digest(fn, where)
     except NoIdentity as exc:
