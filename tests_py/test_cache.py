@@ -227,7 +227,9 @@ async def test_single_flight_runs_concurrent_identical_misses_once():
         await release.wait()
         return x * 10
 
-    step = Step(slow, "slow")
+    # `slow` captures an Event, which has no stable key: without a cache_key
+    # the step would run uncached (docs/cache.md, "Cache identity").
+    step = Step(slow, "slow", cache_key="slow")
     tasks = [asyncio.create_task(ex.execute(step, 7)) for _ in range(50)]
     await asyncio.sleep(0.01)
     release.set()
@@ -248,7 +250,7 @@ async def test_single_flight_shares_failures_and_can_be_turned_off():
         await release.wait()
         raise RuntimeError("down")
 
-    tasks = [asyncio.create_task(ex.execute(Step(broken, "b"), 1)) for _ in range(5)]
+    tasks = [asyncio.create_task(ex.execute(Step(broken, "b", cache_key="b"), 1)) for _ in range(5)]
     await asyncio.sleep(0.01)
     release.set()
     results = await asyncio.gather(*tasks)
@@ -318,7 +320,7 @@ def test_single_flight_across_event_loops_in_threads():
         gate.wait(5)
         return x + 1
 
-    step = Step(blocking, "t")
+    step = Step(blocking, "t", cache_key="t")  # captures a threading.Event
     results = []
 
     def worker():

@@ -54,15 +54,22 @@ async def test_l1_miss_goes_to_l2_and_promotes(redis_server):
 
 async def test_two_processes_share_results_and_invalidation(redis_server, tmp_path):
     prefix = f"p{uuid.uuid4().hex[:8]}:"
+    # Both processes import the same def (results belong to what runs, not
+    # to the name alone); WHO, a global, is not part of its identity, which
+    # shows whose run produced a result.
+    (tmp_path / "shared_work.py").write_text(
+        "WHO = None\n\n\nasync def work(x):\n    return {'from': WHO, 'x': x}\n"
+    )
     child = tmp_path / "child.py"
     child.write_text(
         textwrap.dedent(f"""
         import asyncio, json, sys
         from caudal import ExecutorCore, OptimizationConfig, Step
         from caudal.cache_redis import RedisCacheTier
+        import shared_work
+        from shared_work import work
 
-        async def work(x):
-            return {{"from": "child", "x": x}}
+        shared_work.WHO = "child"
 
         async def main():
             tier = RedisCacheTier({redis_server!r}, prefix={prefix!r}, op_timeout_s=2)
@@ -77,9 +84,14 @@ async def test_two_processes_share_results_and_invalidation(redis_server, tmp_pa
     """)
     )
     subprocess.run([sys.executable, str(child), "run"], check=True, timeout=60)
-
-    async def parent_work(x):
-        return {"from": "parent", "x": x}
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import shared_work
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("shared_work", None)
+    shared_work.WHO = "parent"
+    parent_work = shared_work.work
 
     ex, _ = make_executor(redis_server, prefix)
     r = await ex.execute(Step(parent_work, "shared", tags=("t",)), 5)
@@ -133,7 +145,11 @@ async def test_single_flight_with_l2(redis_server):
         return x
 
     ex, _ = make_executor(redis_server, prefix)
-    tasks = [asyncio.create_task(ex.execute(Step(slow, "sf"), 3)) for _ in range(10)]
+    # The closure captures an Event, which has no stable key: the step names
+    # its cache namespace.
+    tasks = [
+        asyncio.create_task(ex.execute(Step(slow, "sf", cache_key="sf"), 3)) for _ in range(10)
+    ]
     await asyncio.sleep(0.05)
     release.set()
     results = await asyncio.gather(*tasks)

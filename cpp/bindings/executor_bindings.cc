@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <string>
 
 #include "caudal/executor/executor.h"
@@ -46,6 +47,11 @@ struct PyStepEntry : StepEntry {
       retry_on;  // None (any Exception), a tuple of types, or a predicate
   py::object breaker_exclude;  // None, a tuple of types, or a predicate
   py::object cache_context;    // None or a tuple of context field names
+  // The cache key's namespace: the step's name and the identity of what it
+  // runs (caudal._identity). Empty `no_identity` means it has one; else it
+  // says why the step is not cached.
+  std::string cache_ns;
+  std::string no_identity;
   ~PyStepEntry() override {
     py::gil_scoped_acquire gil;
     key_a = py::object();
@@ -169,10 +175,12 @@ class Engine {
       py::object extra;
       if (!e->cache_context.is_none())
         extra = ContextFields(e->cache_context, context);
-      const std::string& ns = e->spec.name;
+      const std::string& ns = e->cache_ns;
       UnkeyableReason why =
-          KeyOf(ns.data(), static_cast<Py_ssize_t>(ns.size()), data.ptr(),
-                extra ? extra.ptr() : nullptr, &key);
+          !e->no_identity.empty()
+              ? "the step has no stable identity (see uncacheable_steps)"
+              : KeyOf(ns.data(), static_cast<Py_ssize_t>(ns.size()), data.ptr(),
+                      extra ? extra.ptr() : nullptr, &key);
       if (why) {
         core_.RecordUncacheable(*e, why);
       } else {
@@ -607,6 +615,10 @@ class Engine {
     }
     d["uncacheable"] = uncacheable;
     d["uncacheable_reasons"] = reasons;
+    py::dict steps;  // step name -> why it has no cache identity
+    for (const auto& [name, why] : uncacheable_steps_)
+      steps[py::str(name)] = why;
+    d["uncacheable_steps"] = steps;
     return d;
   }
 
@@ -831,7 +843,16 @@ class Engine {
       for (FlightWaiter& w : woken) WakeSlot(std::move(w));
       if (!st.ok()) throw py::value_error(std::string(st.message()));
     }
+    // The group (invalidate_prefix) is by name; the key's namespace adds
+    // the identity of what runs. None: no identity, the reason instead.
     s.cache_group = GroupOf(s.name).lo;
+    py::object cache_ns = t["cache_ns"];
+    if (cache_ns.is_none()) {
+      e->no_identity = t["uncacheable"].cast<std::string>();
+      uncacheable_steps_[s.name] = e->no_identity;
+    } else {
+      e->cache_ns = cache_ns.cast<std::string>();
+    }
     e->name_str = py::str(s.name);
     e->key_a = py::reinterpret_borrow<py::object>(a);
     e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
@@ -1110,6 +1131,8 @@ class Engine {
   py::object analysis_hook_;  // set by ExecutorCore; holds a weak reference
   py::object default_retry_ = py::none();  // caudal.RetryStrategy or None
   bool l2_ = false;                        // a shared tier is configured
+  // Steps analysed without a cache identity: name -> why (GIL-guarded).
+  std::map<std::string, std::string> uncacheable_steps_;
 
  public:
   Executor& core() { return core_; }

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from caudal._identity import namespace
+
 # Mirrors of the C++ enums in cpp/caudal/executor/step_spec.h.
 KIND_ASYNC, KIND_SYNC = 0, 1
 SHAPE_NO_ARGS, SHAPE_DATA, SHAPE_DATA_CONTEXT, SHAPE_RUN_KWARGS = 0, 1, 2, 3
@@ -39,6 +41,14 @@ class Step:
     - ``cache``: True/False to force result caching on or off for this step;
       None follows ``OptimizationConfig.enable_cache_optimization``.
     - ``cache_ttl_s``: per-step override of ``cache_ttl_seconds``.
+    - ``cache_key``: a name for this step's results in the cache, used in
+      place of the identity caudal computes from ``fn`` (its module,
+      qualname and code, a partial's bound arguments, a bound method's
+      instance, captured variables; docs/cache.md, "Cache identity"). Give
+      it when that identity cannot be established (the step is then run
+      uncached, and ``stats["cache"]["uncacheable_steps"]`` says why), or to
+      share results between processes running different code on purpose.
+      Steps with the same name and the same ``cache_key`` share results.
     - ``tags``: cache tags for invalidation.
     - ``cache_context``: names of context fields the step's output depends
       on; their values join the input in the cache key.
@@ -87,6 +97,7 @@ class Step:
         "breaker_exclude",
         "cache",
         "cache_context",
+        "cache_key",
         "cache_ttl_s",
         "concurrency_key",
         "depends_on",
@@ -130,13 +141,19 @@ class Step:
         num_gpus: float | None = None,
         resources: Mapping[str, float] | None = None,
         actors: int | None = None,
+        cache_key: str | None = None,
     ) -> None:
+        _refuse_non_steps(fn, "Step", actors)
         if not callable(fn):
             raise TypeError(f"Step: fn must be callable, got {type(fn).__name__}")
         if name is None:
             name = _name_of(fn)
         if not isinstance(name, str) or not name:
             raise TypeError(f"Step: name must be a non-empty str, got {name!r}")
+        if cache_key is not None and (not isinstance(cache_key, str) or not cache_key):
+            raise TypeError(
+                f"Step {name!r}: cache_key must be a non-empty str or None, got {cache_key!r}"
+            )
         if max_retries is not None and (
             isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
         ):
@@ -183,10 +200,10 @@ class Step:
         for t in tags:
             if not isinstance(t, str):
                 raise TypeError(f"Step {name!r}: tags must be strings, got {t!r}")
-        if fallback is not None and not (
-            isinstance(fallback, Step) or callable(fallback) or hasattr(fallback, "run")
-        ):
-            raise TypeError(f"Step {name!r}: fallback must be a step or a callable")
+        if fallback is not None and not isinstance(fallback, Step):
+            _refuse_non_steps(fallback, f"Step {name!r}: fallback", None)
+            if not (callable(fallback) or hasattr(fallback, "run")):
+                raise TypeError(f"Step {name!r}: fallback must be a step or a callable")
         if isinstance(depends_on, str):
             depends_on = (depends_on,)
         depends_on = tuple(depends_on)
@@ -237,6 +254,7 @@ class Step:
         setter(self, "num_gpus", num_gpus)
         setter(self, "resources", resources)
         setter(self, "actors", actors)
+        setter(self, "cache_key", cache_key)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(
@@ -268,6 +286,8 @@ class Step:
             extra.append(f"cache={self.cache}")
         if self.cache_ttl_s is not None:
             extra.append(f"cache_ttl_s={self.cache_ttl_s}")
+        if self.cache_key is not None:
+            extra.append(f"cache_key={self.cache_key!r}")
         if self.tags:
             extra.append(f"tags={self.tags!r}")
         if self.depends_on:
@@ -429,6 +449,58 @@ def _name_of(obj: Any) -> str:
     return type(obj).__name__
 
 
+def _refuse_non_steps(fn: Any, where: str, actors: int | None) -> None:
+    """TypeError for what would run and "succeed" with a useless output, or
+    fail with a puzzling one: a coroutine or generator object (the result
+    of calling the function), a generator function, a class (outside
+    ``actors=``). Built-in types (``str``, ``int``...) stay allowed: they
+    convert the input."""
+    if inspect.iscoroutine(fn):
+        called = getattr(fn, "__name__", None) or "fn"
+        fn.close()  # unusable now; closing avoids a "never awaited" warning
+        raise TypeError(
+            f"{where}: got a coroutine object, the result of calling {called}(): "
+            f"pass the function itself: Step({called}), not Step({called}())"
+        )
+    if inspect.isgenerator(fn) or inspect.isasyncgen(fn):
+        raise TypeError(
+            f"{where}: got a generator object; generators are not steps (a step "
+            f"returns its output): write a function that returns a value, e.g. "
+            f"the items collected into a list"
+        )
+    base = fn
+    while isinstance(base, functools.partial):
+        base = base.func
+    if inspect.isclass(base):
+        if actors is not None or base.__module__ == "builtins":
+            return
+        qn = base.__qualname__
+        if any(k in c.__dict__ for c in base.__mro__[:-1] for k in ("run", "__call__")):
+            raise TypeError(
+                f"{where}: {qn} is a class, not a step (calling it would only "
+                f"construct an instance); pass an instance: Step({qn}())"
+            )
+        raise TypeError(
+            f"{where}: {qn} is a class, not a step (calling it would only "
+            f"construct an instance); pass a function, or pass an instance of a "
+            f"class with a run() or __call__ method (for a new instance as the "
+            f"output, pass a function that builds it)"
+        )
+    _refuse_generator(fn, where)
+
+
+def _refuse_generator(fn: Any, where: str) -> None:
+    call = fn
+    if not inspect.isroutine(fn) and not isinstance(fn, functools.partial):
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - an instance's
+    if inspect.isgeneratorfunction(call) or inspect.isasyncgenfunction(call):
+        raise TypeError(
+            f"{where}: {_name_of(fn)} is a generator function; generator functions "
+            f"are not steps (the output would be the generator object): return a "
+            f"value instead, e.g. collect the items into a list"
+        )
+
+
 def _is_async_callable(fn: Any) -> bool:
     while isinstance(fn, functools.partial):
         fn = fn.func
@@ -500,7 +572,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         None,
     )
     breaker, breaker_exclude, cache_context, single_flight = None, None, (), True
-    concurrency_key, max_concurrency = None, None
+    concurrency_key, max_concurrency, cache_key = None, None, None
     backend, num_cpus, num_gpus, resources, actors = None, None, None, None, None
     if isinstance(obj, Step):
         target = obj.fn
@@ -517,15 +589,18 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
             obj.resources,
             obj.actors,
         )
+        cache_key = obj.cache_key
     elif hasattr(obj, "agent") and hasattr(obj, "config") and hasattr(obj.agent, "run"):
         # flujo Step: the work is agent.run(data, context=..., resources=...).
         target = obj.agent
         name = _name_of(obj)
+        _refuse_non_steps(target, f"Step {name!r}: agent", None)
         max_retries, timeout_s = _flujo_settings(obj)
         fallback = getattr(obj, "fallback_step", None)
     else:
         target = obj
         name = _name_of(obj)
+        _refuse_non_steps(target, f"Step {name!r}", None)
 
     if backend is None:
         backend = default_backend or "local"
@@ -554,6 +629,14 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
     else:
         fn = target
         as_run = False
+    if not is_class:
+        _refuse_generator(fn, f"Step {name!r}")
+    # What the results belong to (docs/cache.md, "Cache identity"): once per
+    # step object, here, never per execution.
+    if cache is False:
+        cache_ns, uncacheable = name, None  # never used
+    else:
+        cache_ns, uncacheable = namespace(name, target if is_class else fn, cache_key)
 
     if retry is None:
         if max_retries is not None:
@@ -611,6 +694,8 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         "single_flight": single_flight,
         "concurrency_key": concurrency_key,
         "max_concurrency": max_concurrency,
+        "cache_ns": cache_ns,
+        "uncacheable": uncacheable,
     }
 
 

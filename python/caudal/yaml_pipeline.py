@@ -899,10 +899,18 @@ def _bind(spec: _StepSpec, resolver: Resolver | None) -> Step:
         fn = target
     else:
         fn = target.run  # an agent
+    # The with: parameters are part of the step's cache identity: bound to
+    # the function (a partial, or the <AUTO> wrapper's captured variables),
+    # or, for a registry Step that names its namespace, folded into it.
     if _has_auto(spec.params):
         fn = _auto_call(fn, spec.params, resolver)
     elif spec.params:
         fn = functools.partial(fn, **spec.params)
+    if spec.params and kw.get("cache_key") is not None:
+        from caudal._identity import fingerprint
+
+        params = fingerprint(spec.params)
+        kw["cache_key"] = None if params is None else f"{kw['cache_key']}\x1f{params}"
     return Step(fn, spec.name, **kw)
 
 
