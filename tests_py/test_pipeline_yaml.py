@@ -523,3 +523,33 @@ async def test_fallback_and_tags_nested_in_lists():
     assert run.status == "completed", run.error
     assert run.outputs["a"] == ("backup", 1)
     assert run.result == ["X", {"k": "v Y"}, 3]
+
+
+class _NotAStepClass:
+    def run(self, data):
+        return data
+
+
+def _gen_step(x):
+    yield x
+
+
+@pytest.mark.parametrize(
+    ("uses", "message"),
+    [("cls", "pass an instance"), ("gen", "generator functions are not steps")],
+)
+def test_uses_naming_a_class_or_generator_is_refused_at_its_line(tmp_path, uses, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        y(f"""
+    steps:
+      - name: a
+        uses: ident
+      - name: b
+        uses: {uses}
+    """)
+    )
+    with pytest.raises(PipelineDefinitionError) as ei:
+        load_pipeline(path, {"ident": ident, "cls": _NotAStepClass, "gen": _gen_step})
+    assert (ei.value.line, ei.value.field) == (5, "steps[1].uses"), str(ei.value)
+    assert message in str(ei.value)

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from caudal._steps import Step
+from caudal._steps import Step, _refuse_non_steps
 from caudal.errors import CircularDependencyError, DependencyError
 from caudal.errors import PipelineDefinitionError as _DefError
 from caudal.pipeline import Pipeline, UsageLimits, current_run
@@ -743,6 +743,14 @@ def _read_step(
                 )
             else:
                 target = registry[uses]
+                if not isinstance(target, Step) and callable(target):
+                    # A class, a generator function...: refused here, at its
+                    # line, rather than when the pipeline is built.
+                    try:
+                        _refuse_non_steps(target, f"{uses!r}", 1 if "actors" in m else None)
+                    except TypeError as exc:
+                        p.add(uses_node, f"{base}.uses", str(exc))
+                        target = None
     kw: dict[str, Any] = {}
     if "depends_on" in m:
         deps = r.string_list(m["depends_on"][1], f"{base}.depends_on", names=True)
