@@ -131,6 +131,23 @@ async def test_a_cache_without_hits():
     assert "150 cache lookups and not one hit" in rec["description"]
 
 
+async def test_no_hits_with_evictions_is_not_called_inputs_that_never_repeat():
+    # 200 inputs in a cycle through an LRU cache of 100: every input repeats,
+    # yet each comes back just after it was evicted, so not one hit. Raising
+    # cache_max_size would fix it; "its inputs do not repeat" would be false.
+    ex = executor(enable_cache_optimization=True, cache_max_size=100)
+    step = Step(echo, "cycling", cache=True)
+    for _ in range(2):
+        for i in range(200):
+            await ex.execute(step, i)
+    (rec,) = ex.get_performance_recommendations()
+    assert rec["step"] == "cycling" and not rec["automatic"]
+    text = rec["description"]
+    assert "400 cache lookups and not one hit" in text
+    assert "do not repeat" not in text or "either" in text, text
+    assert "evicted 300" in text and "cache_max_size" in text, text
+
+
 async def test_a_breaker_that_keeps_opening():
     ex = executor(
         circuit_breaker_failure_threshold=1,
@@ -326,6 +343,44 @@ async def test_no_cache_raise_under_memory_pressure():
     rss[0] = 110 * 2**20  # elevated: only the cut
     (change,) = await ex.run_optimization_analysis()
     assert (change["old"], change["new"]) == (100, 64)  # halved, raised to the bound
+
+
+async def fresh_inputs(ex: ExecutorCore, step: Step, fresh, n: int) -> None:
+    """`n` new inputs, each asked three times in a row and never again: two
+    hits in three lookups at any cache size, an eviction per input."""
+    for _ in range(n):
+        i = next(fresh)
+        for _ in range(3):
+            await ex.execute(step, i)
+
+
+async def test_no_cache_raise_is_recommended_after_a_raise_that_did_not_pay():
+    ex, step, _ = cache_with_rss()
+    fresh = itertools.count()
+    await fresh_inputs(ex, step, fresh, 1000)
+    (raised,) = ex.get_performance_recommendations()
+    assert raised["action"]["field"] == "cache_max_size"  # the evidence so far
+    (change,) = await ex.run_optimization_analysis()
+    assert (change["old"], change["new"]) == (100, 200)
+    for analysis in range(2, 2 + COOLDOWN + 1):
+        # Same hit rate at 200 as at 100: the evicted inputs never came back.
+        await fresh_inputs(ex, step, fresh, 1000)
+        recs = ex.get_performance_recommendations()
+        assert not [r for r in recs if (r.get("action") or {}).get("field") == "cache_max_size"]
+        (rec,) = recs
+        assert rec["automatic"] is False and "action" not in rec
+        text = rec["description"]
+        assert "Raise cache_max_size" not in text, text
+        assert "100 -> 200" in text and "did not raise the hit rate" in text, text
+        assert "cache_max_size=100 did about as well" in text, text
+        # The tuner agrees: it holds the raise (first for its cooldown), then
+        # for the same reason.
+        assert await ex.run_optimization_analysis() == []
+        last = ex.get_optimization_stats()["automatic_optimization"]["last_analysis"]
+        (held,) = last["held"]
+        why = "cooldown" if analysis - 1 < COOLDOWN else "did not raise the hit rate"
+        assert why in held["reason"], (analysis, held)
+    assert ex.optimization_config.cache_max_size == 200
 
 
 async def test_the_interval_driver_applies_on_the_loop_thread():

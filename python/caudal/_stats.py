@@ -162,7 +162,22 @@ def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
     forever (evictions, queue waits, breaker opens) are judged by what
     happened since the previous optimization analysis."""
     stats = optimization_stats(executor)
-    return recommend(stats, executor._engine.config, executor._tuner.marks, executor._own_pool)
+    cfg = executor._engine.config
+    tuner = executor._tuner
+    return recommend(stats, cfg, tuner.marks, executor._own_pool, unpaid_raise(tuner, cfg, stats))
+
+
+def unpaid_raise(tuner: Any, cfg: Any, stats: dict[str, Any]) -> dict[str, Any] | None:
+    """The tuner's last raise of cache_max_size when it did not pay: the hit
+    rate since it is no better than the one that led to it, so the next
+    analysis holds a raise (caudal._tuner, "a raise must pay"). ``from``,
+    ``size``, ``rate`` (before) and ``now`` (since); None otherwise."""
+    from caudal._tuner import _cache_hit_rate
+
+    rate = _cache_hit_rate(stats, tuner.marks)
+    if tuner._unpaid_cache_raise(cfg.cache_max_size, rate, dry_run=True) is None:
+        return None
+    return {**tuner._cache_raise, "now": rate}
 
 
 def counter_marks(stats: dict[str, Any]) -> dict[str, Any]:
@@ -182,17 +197,48 @@ def counter_marks(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _dropped(cache: dict[str, Any], cfg: Any) -> tuple[str, str] | None:
+    """What the result cache dropped since the start ("evicted 300 entries")
+    and what would keep entries longer ("If they repeat, ... keeps them; if
+    not, "); None when it never dropped one."""
+    ev = cache.get("evictions", 0)
+    exp = cache.get("expirations", 0)
+    inv = cache.get("invalidations", 0)
+    if not (ev or exp or inv):
+        return None
+    what, keep = [], []
+    if ev:
+        what.append(f"evicted {ev} entries")
+        bound = f"cache_max_size (now {cfg.cache_max_size})"
+        if cfg.cache_max_bytes:
+            bound += f" or cache_max_bytes (now {cfg.cache_max_bytes})"
+        keep.append(f"a larger {bound}")
+    if exp:
+        what.append(f"let {exp} expire")
+        keep.append("a longer cache_ttl_seconds (or Step(cache_ttl_s=...))")
+    if inv:
+        what.append(f"invalidated {inv}")
+    advice = f"If they repeat, {' or '.join(keep)} keeps them; if not, " if keep else "If not, "
+    return ", ".join(what), advice
+
+
 def _since(now: int, mark: int | None) -> int:
     # A counter below its mark was reset (or is another pool's): count all.
     return now if mark is None or now < mark else now - mark
 
 
 def recommend(
-    stats: dict[str, Any], cfg: Any, marks: dict[str, Any] | None, own_pool: bool = True
+    stats: dict[str, Any],
+    cfg: Any,
+    marks: dict[str, Any] | None,
+    own_pool: bool = True,
+    unpaid: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The rules (docs/monitoring.md has the table). ``marks``: the counters
     at the previous analysis (None: since the start). Automatic ones carry
-    ``action = {"field", "value"}``: what automatic optimization sets."""
+    ``action = {"field", "value"}``: what automatic optimization sets.
+    ``unpaid``: the last raise of cache_max_size when it did not raise the
+    hit rate (:func:`unpaid_raise`); evictions then call for no raise."""
     marks = marks or {}
     now = counter_marks(stats)
     recs: list[dict[str, Any]] = []
@@ -212,18 +258,26 @@ def recommend(
         return {"field": field, "value": value, "current": getattr(cfg, field)}
 
     ex = stats["execution"]
+    dropped = _dropped(stats["cache"], cfg)
     for name, s in ex["steps"].items():
         n = s["executions"]
         lookups = s["cache_hits"] + s["cache_misses"]
         if lookups >= CACHE_NO_HIT_LOOKUPS and s["cache_hits"] == 0 and s["shared_flights"] == 0:
-            add(
-                f"Step {name!r}: {lookups} cache lookups and not one hit: its inputs do not "
-                "repeat. Step(cache=False) saves hashing the input and storing the output.",
-                "low",
-                "low",
-                False,
-                step=name,
-            )
+            if dropped is None:  # nothing was dropped: every miss was a new input
+                text = (
+                    f"Step {name!r}: {lookups} cache lookups and not one hit: its inputs do "
+                    "not repeat. Step(cache=False) saves hashing the input and storing the "
+                    "output."
+                )
+            else:  # or inputs that come back only once dropped (LRU: a cycle)
+                what, keep = dropped
+                text = (
+                    f"Step {name!r}: {lookups} cache lookups and not one hit, while the cache "
+                    f"{what}: either its inputs do not repeat, or they come back only after "
+                    f"the cache dropped them. {keep}Step(cache=False) saves hashing the "
+                    "input and storing the output."
+                )
+            add(text, "low", "low", False, step=name)
         if n == 0:
             continue
         if s["p95_ms"] > cfg.slow_execution_threshold_ms and n >= 5:
@@ -345,17 +399,33 @@ def recommend(
         hits = _since(now["cache_hits"], marks.get("cache_hits"))
         lookups = hits + _since(now["cache_misses"], marks.get("cache_misses"))
         evictions = _since(now["cache_evictions"], marks.get("cache_evictions"))
-        if (
+        evicting = (
             level == "normal"
             and lookups >= EVICTION_MIN_LOOKUPS
             and evictions >= EVICTION_RATIO * lookups
             and hits >= EVICTION_HIT_RATE * lookups
-        ):
+        )
+        seen = (
+            f"Result cache: {evictions} evictions for {lookups} lookups with a "
+            f"{hits / max(lookups, 1):.0%} hit rate{' since the last analysis' if marks else ''}"
+        )
+        if evicting and unpaid is not None:
+            # The raise the rule asked for was made and bought nothing: the
+            # same evidence no longer says the working set does not fit.
             add(
-                f"Result cache: {evictions} evictions for {lookups} lookups with a "
-                f"{hits / lookups:.0%} hit rate"
-                f"{' since the last analysis' if marks else ''}: the working set does not fit "
-                f"in cache_max_size={cfg.cache_max_size}. Raise cache_max_size.",
+                f"{seen}, but the last raise of cache_max_size ({unpaid['from']} -> "
+                f"{unpaid['size']}) did not raise the hit rate ({unpaid['rate']:.0%} before, "
+                f"{unpaid['now']:.0%} since): the inputs it evicts do not come back while "
+                f"{unpaid['size']} entries would still hold them. A larger cache costs memory "
+                f"and buys nothing; cache_max_size={unpaid['from']} did about as well.",
+                "low",
+                "low",
+                False,
+            )
+        elif evicting:
+            add(
+                f"{seen}: the working set does not fit in cache_max_size={cfg.cache_max_size}. "
+                "Raise cache_max_size.",
                 "medium",
                 "medium",
                 True,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caudal import _core
+from caudal._bounds import MAX_ATTEMPTS, MAX_RETRIES, check_count, check_duration, check_number
 
 _KINDS = {"exponential": 0, "linear": 1, "fixed": 2}
 
@@ -40,15 +41,23 @@ def _normalise_spec(spec: Any, what: str) -> Any:
 class RetryStrategy:
     """How a step retries.
 
-    - ``max_attempts``: attempts in all, the first included (>= 1).
+    - ``max_attempts``: attempts in all, the first included (1 .. 1001).
     - ``strategy``: ``"exponential"`` (``base_delay * backoff_factor**(n-1)``
       before retry n), ``"linear"`` (``base_delay * n``) or ``"fixed"``
       (``base_delay``).
+    - ``base_delay``, ``max_backoff``: seconds, 0 .. 1e9 (about 31 years,
+      as every duration in OptimizationConfig).
+    - ``backoff_factor``: a finite number, >= 1 for ``"exponential"`` (>= 0
+      otherwise, where it is unused).
     - ``max_backoff``: cap on any delay, a ``retry_after`` hint included.
     - ``jitter`` in [0, 1]: that fraction of each delay is randomised
       downwards (0.5 = "equal jitter", 1 = "full jitter"); never lengthens.
     - ``retry_on``: exception types, or a predicate ``exc -> bool``; other
       errors fail at once. ``asyncio.CancelledError`` is never retried.
+
+    A number out of these bounds (NaN and infinities included) raises
+    ``ValueError`` naming the field when the strategy is made; a value of
+    the wrong type, ``TypeError``.
 
     An exception with a numeric ``retry_after`` attribute (seconds, e.g. from
     an HTTP 429's Retry-After header) sets the next delay, capped by
@@ -64,18 +73,21 @@ class RetryStrategy:
     retry_on: ExceptionSpec = field(default=(Exception,))
 
     def __post_init__(self) -> None:
-        if self.strategy not in _KINDS:
+        if not isinstance(self.strategy, str) or self.strategy not in _KINDS:
             raise ValueError(
                 f"RetryStrategy.strategy must be one of {sorted(_KINDS)}, got {self.strategy!r}"
             )
-        for name in ("max_attempts",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"RetryStrategy.{name} must be an int, got {v!r}")
-        for name in ("base_delay", "backoff_factor", "max_backoff", "jitter"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise TypeError(f"RetryStrategy.{name} must be a number, got {v!r}")
+        check_count("RetryStrategy.max_attempts", self.max_attempts, MAX_ATTEMPTS)
+        check_duration("RetryStrategy.base_delay", self.base_delay)
+        check_duration("RetryStrategy.max_backoff", self.max_backoff)
+        check_number(
+            "RetryStrategy.backoff_factor",
+            self.backoff_factor,
+            minimum=1.0 if self.strategy == "exponential" else 0.0,
+        )
+        check_number("RetryStrategy.jitter", self.jitter, minimum=0.0, maximum=1.0)
+        # The core's own rules (cpp/caudal/resilience/retry_policy.cc), now
+        # that every value fits its types.
         problem = _core._retry_policy_check(*self._native())
         if problem is not None:
             raise ValueError(f"RetryStrategy: {problem}")
@@ -94,15 +106,29 @@ class RetryStrategy:
         )
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
-        """The delay before retry number ``retry`` (1 = the first retry), with
-        jitter at its midpoint: a preview of what the executor will wait."""
-        if retry < 1:
-            raise ValueError("retry numbers start at 1")
-        return _core._retry_delay(*self._native(), retry + 1, retry_after, 1 << 63)
+        """The delay before retry number ``retry`` (1 = the first retry, at
+        most 1000), with jitter at its midpoint: a preview of what the
+        executor will wait. ``retry_after`` as an exception's hint: a
+        negative or non-finite one is ignored, a large one capped."""
+        check_count("RetryStrategy.delay: retry", retry, MAX_RETRIES)
+        hint = None
+        if retry_after is not None:
+            if isinstance(retry_after, bool) or not isinstance(retry_after, int | float):
+                raise TypeError(
+                    "RetryStrategy.delay: retry_after must be a number or None, "
+                    f"got {retry_after!r}"
+                )
+            try:
+                hint = float(retry_after)
+            except OverflowError:  # an int no float holds: ignored, as in execution
+                hint = None
+        return _core._retry_delay(*self._native(), retry + 1, hint, 1 << 63)
 
 
 def immediate_retries(max_retries: int) -> RetryStrategy:
-    """flujo's semantics for ``max_retries=N``: N retries, no delay."""
+    """flujo's semantics for ``max_retries=N``: N retries (0 .. 1000), no
+    delay."""
+    check_count("max_retries", max_retries, MAX_RETRIES, minimum=0)
     return RetryStrategy(
         max_attempts=max_retries + 1, base_delay=0.0, max_backoff=0.0, strategy="fixed"
     )

@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import math
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from caudal._bounds import MAX_ATTEMPTS, MAX_RETRIES, MAX_SECONDS, number_problem
 from caudal._steps import Step, _refuse_non_steps
 from caudal.errors import CircularDependencyError, DependencyError
 from caudal.errors import PipelineDefinitionError as _DefError
@@ -70,8 +70,8 @@ _LIMIT_FIELDS = ("max_tokens", "max_cost_usd")
 # Limits of what a definition may contain (docs/pipelines.md, "Limits").
 MAX_DEPTH = 100  # levels of nesting, aliases followed
 ALIAS_BUDGET = 100_000  # nodes that alias re-uses may add to the document
-MAX_RETRIES = 1000  # max_retries; retry.max_attempts is at most one more
-MAX_SECONDS = 1e9  # timeout_s, cache_ttl_s, retry delays (~31 years)
+# Numbers: caudal._bounds, shared with the Python API (max_retries <=
+# MAX_RETRIES, retry.max_attempts <= MAX_ATTEMPTS, seconds <= MAX_SECONDS).
 _STD = "tag:yaml.org,2002:"
 # The tags whose values caudal reads: YAML's own scalar and collection
 # types, and merge keys (<<). Anything else (!!python/..., !!set, local
@@ -432,20 +432,8 @@ class _Reader:
         v = self.scalar(node, field)
         if v is _BAD:
             return v
-        if integer:
-            want = "a positive integer" if positive else "an integer >= 0"
-        else:
-            want = "a positive number" if positive else "a number >= 0"
-        ok_type = isinstance(v, int) if integer else isinstance(v, int | float)
-        if isinstance(v, bool) or not ok_type:
-            problem = f"expected {want}"
-        elif not math.isfinite(v):
-            problem = f"expected a finite number ({want})"
-        elif v <= 0 if positive else v < 0:
-            problem = f"expected {want}"
-        elif maximum is not None and v > maximum:
-            problem = f"expected at most {_num(maximum)}"
-        else:
+        problem = number_problem(v, positive=positive, integer=integer, maximum=maximum)
+        if problem is None:
             return v
         self.p.add(node, field, f"{problem}, got {node.value!r}")
         return _BAD
@@ -510,10 +498,6 @@ class _Reader:
                 self.p.add(None, field, problem, line=line)
             return parsed
         return v
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 class _Bad:
@@ -793,9 +777,11 @@ def _read_step(
                     p.add(vnode, fld, f"expected exponential, linear or fixed, got {v!r}")
                     v = _BAD
             elif f == "max_attempts":
-                v = r.number(vnode, fld, positive=True, integer=True, maximum=MAX_RETRIES + 1)
+                v = r.number(vnode, fld, positive=True, integer=True, maximum=MAX_ATTEMPTS)
             elif f in ("base_delay", "max_backoff"):
                 v = r.number(vnode, fld, maximum=MAX_SECONDS)
+            elif f == "jitter":
+                v = r.number(vnode, fld, maximum=1.0)
             else:
                 v = r.number(vnode, fld)
             if v is not _BAD:
