@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+import caudal
 from caudal import (
     ExecutorCore,
     OptimizationConfig,
@@ -267,3 +268,48 @@ def test_yaml_limits_too_large_for_a_float():
             f"limits: {{max_cost_usd: {BIG}}}\nsteps: [{{name: a, uses: echo}}]\n", {"echo": echo}
         )
     assert (e.value.field, e.value.line) == ("limits.max_cost_usd", 1), e.value.problems
+
+
+# --------------------------------------------------- Step and UsageLimits
+def _f(x):
+    return x
+
+
+@pytest.mark.parametrize(
+    ("kw", "exc", "match"),
+    [
+        ({"timeout_s": float("nan")}, ValueError, "timeout_s must be a finite number"),
+        ({"timeout_s": float("inf")}, ValueError, "timeout_s must be a finite number"),
+        ({"timeout_s": 1e10}, ValueError, "timeout_s must be .* at most 1000000000"),
+        ({"timeout_s": 0}, ValueError, "timeout_s must be"),
+        ({"timeout_s": True}, TypeError, "timeout_s must be a number"),
+        ({"cache_ttl_s": float("nan")}, ValueError, "cache_ttl_s must be a finite number"),
+        ({"cache_ttl_s": True}, TypeError, "cache_ttl_s must be a number"),
+        ({"cache_ttl_s": 10**400}, ValueError, "cache_ttl_s must be"),
+        ({"max_retries": 10**20}, ValueError, "max_retries must be an int from 0 to 1000"),
+        ({"max_retries": -1}, ValueError, "max_retries must be an int from 0 to 1000"),
+        ({"max_retries": 2.0}, TypeError, "max_retries must be an int"),
+    ],
+)
+def test_step_numbers_are_bounded_when_the_step_is_made(kw, exc, match):
+    with pytest.raises(exc, match=match) as ei:
+        caudal.Step(_f, "s", **kw)
+    assert str(ei.value).startswith("Step 's': ")
+
+
+def test_step_numbers_in_bounds_are_kept():
+    s = caudal.Step(_f, timeout_s=1e9, cache_ttl_s=0.5, max_retries=1000)
+    assert (s.timeout_s, s.cache_ttl_s, s.max_retries) == (1e9, 0.5, 1000)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"max_cost_usd": float("nan")}, "max_cost_usd must be a finite number"),
+        ({"max_cost_usd": -1}, "max_cost_usd must be"),
+        ({"max_tokens": 10**400}, "max_tokens must be a finite number"),
+    ],
+)
+def test_usage_limits_refuse_values_that_would_never_hold(kw, match):
+    with pytest.raises(ValueError, match=match):
+        caudal.UsageLimits(**kw)

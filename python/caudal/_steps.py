@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from caudal._bounds import MAX_RETRIES, check_count, check_duration
 from caudal._identity import namespace
 
 # Mirrors of the C++ enums in cpp/caudal/executor/step_spec.h.
@@ -154,10 +155,8 @@ class Step:
             raise TypeError(
                 f"Step {name!r}: cache_key must be a non-empty str or None, got {cache_key!r}"
             )
-        if max_retries is not None and (
-            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
-        ):
-            raise ValueError(f"Step {name!r}: max_retries must be an int >= 0, got {max_retries!r}")
+        if max_retries is not None:
+            check_count(f"Step {name!r}: max_retries", max_retries, MAX_RETRIES, minimum=0)
         from caudal.resilience import RetryStrategy, _normalise_spec
 
         if retry is not None and not isinstance(retry, RetryStrategy):
@@ -180,20 +179,16 @@ class Step:
             raise TypeError(f"Step {name!r}: cache_context must be field names (str)")
         if not isinstance(single_flight, bool):
             raise TypeError(f"Step {name!r}: single_flight must be a bool")
-        if timeout_s is not None and (
-            isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or timeout_s <= 0
-        ):
-            raise ValueError(
-                f"Step {name!r}: timeout_s must be a positive number or None, got {timeout_s!r}"
-            )
+        # NaN would mean "no timeout" / "the config's TTL"; past 1e9 s the
+        # core's nanoseconds overflow.
+        timeout_s = check_duration(
+            f"Step {name!r}: timeout_s", timeout_s, positive=True, none_ok=True
+        )
         if cache is not None and not isinstance(cache, bool):
             raise TypeError(f"Step {name!r}: cache must be True, False or None, got {cache!r}")
-        if cache_ttl_s is not None and (
-            not isinstance(cache_ttl_s, int | float) or cache_ttl_s <= 0
-        ):
-            raise ValueError(
-                f"Step {name!r}: cache_ttl_s must be a positive number or None, got {cache_ttl_s!r}"
-            )
+        cache_ttl_s = check_duration(
+            f"Step {name!r}: cache_ttl_s", cache_ttl_s, positive=True, none_ok=True
+        )
         if isinstance(tags, str):
             tags = (tags,)
         tags = tuple(tags)

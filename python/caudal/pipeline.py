@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from caudal import _core
+from caudal._bounds import check_number
 from caudal._pipeline_context import RunContext
 from caudal._steps import Step, _name_of
 from caudal.checkpoints import (
@@ -108,10 +109,9 @@ class UsageLimits:
     max_cost_usd: float | None = None
 
     def __post_init__(self) -> None:
+        # NaN would never compare above a total: the limit would not hold.
         for n in ("max_tokens", "max_cost_usd"):
-            v = getattr(self, n)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v < 0):
-                raise ValueError(f"UsageLimits.{n} must be a number >= 0 or None, got {v!r}")
+            check_number(f"UsageLimits.{n}", getattr(self, n), minimum=0, none_ok=True)
 
     def check(self, used: Usage, step: str) -> UsageLimitExceededError | None:
         if self.max_tokens is not None and used.tokens > self.max_tokens:
