@@ -10,8 +10,8 @@ from caudal import OptimizationConfig
 HEADER = """# OptimizationConfig reference
 
 Generated from the C++ config (`cpp/caudal/config/optimization_config.h`) by
-`docs/gen_config_reference.py`; do not edit by hand. Defaults are seed 001's;
-where the seed gives none (`enable_automatic_optimization`,
+`docs/gen_config_reference.py`; do not edit by hand. Defaults are those of flujo's OptimizationConfig;
+where flujo gives none (`enable_automatic_optimization`,
 `optimization_analysis_interval_seconds`, `performance_degradation_threshold`,
 `performance_window_seconds`, `telemetry_sampling_rate`,
 `telemetry_buffer_size`) the choice is caudal's and is marked *(caudal)*.
