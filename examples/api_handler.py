@@ -1,8 +1,8 @@
-"""Seed 001, example 2: a real-time API handler.
+"""flujo's optimization example 2: a real-time API handler.
 
 Requests arrive at about 400 per second for 1.2 s (simulated clients, no
-network). The backend goes down for 0.3 s in the middle. The seed's
-real-time configuration, except the breaker's recovery timeout: seed 001
+network). The backend goes down for 0.3 s in the middle. flujo's
+real-time configuration, except the breaker's recovery timeout: flujo
 says 30 s, which means up to 30 s of refused calls after the backend is
 back (docs/resilience.md measures this); a demo needs 0.1 s. With the
 breaker open, requests are answered at once by a degraded fallback instead
@@ -23,7 +23,7 @@ config = OptimizationConfig(
     telemetry_batch_size=5,
     telemetry_flush_interval_seconds=10.0,
     circuit_breaker_failure_threshold=3,
-    circuit_breaker_recovery_timeout_seconds=0.1,  # seed: 30
+    circuit_breaker_recovery_timeout_seconds=0.1,  # flujo's example: 30
     object_pool_max_size=20,
     cache_max_size=100,
 )

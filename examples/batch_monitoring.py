@@ -1,8 +1,8 @@
-"""Seed 001, example 3 (and seed 000's monitoring loops): a batch with
-monitoring.
+"""flujo's optimization example 3 (and its troubleshooting guide's
+monitoring loops): a batch with monitoring.
 
 ``execute_with_monitoring`` for one batch, then a larger run while a
-monitoring task prints what seed 000's loops print by hand (average time,
+monitoring task prints what flujo's monitoring loops print by hand (average time,
 slow executions, recommendations) and a LatencyRecorder keeps percentiles
 per interval. ``--plot DIR`` saves the latency and concurrency plots there.
 
@@ -31,7 +31,7 @@ async def batch_process(item):
 
 
 async def monitor_performance(executor, every_s, stop):
-    """Seed 000's loop, one line per tick instead of a wall of dicts."""
+    """flujo's monitoring loop, one line per tick instead of a wall of dicts."""
     while not stop.is_set():
         await asyncio.sleep(every_s)
         ex = executor.get_optimization_stats()["execution"]

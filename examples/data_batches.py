@@ -1,6 +1,6 @@
-"""Seed 001, example 1: a data-processing pipeline over batches.
+"""flujo's optimization example 1: a data-processing pipeline over batches.
 
-The seed's configuration (cache on, ten executions at a time), batches
+flujo's configuration (cache on, ten executions at a time), batches
 processed with ``execute_many`` under that limit, repeated batches served
 from the cache; then the stats sections caudal prints as tables.
 

@@ -78,7 +78,7 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
         "concurrency": {
             **engine.concurrency_stats(),
             "in_flight": engine.in_flight,
-            # seed 001's concurrency_level: executions in flight now
+            # flujo's concurrency_level: executions in flight now
             "concurrency_level": engine.in_flight,
             # the pool running sync steps (None until the first one ran)
             "worker_pool": executor._pool.stats() if executor._pool is not None else None,
@@ -119,7 +119,7 @@ def _breaker_section(engine: Any, cfg: Any) -> dict[str, Any]:
     worst = min((b["state"] for b in breakers), key=_STATE_ORDER.__getitem__, default="closed")
     return {
         "enabled": cfg.enable_circuit_breaker,
-        # Seed 000 compares with 'OPEN': the worst state over all breakers.
+        # flujo's troubleshooting guide compares with 'OPEN': the worst state over all breakers.
         "state": worst.upper(),
         "failure_count": sum(b["failure_count"] for b in breakers),
         "success_count": sum(b["success_count"] for b in breakers),

@@ -2,7 +2,7 @@
 
 ``analyse(step)`` is called by the native engine the first time it meets a
 step object; the result is cached natively in the executor's step table, so
-the inspection below never runs per execution (seed 001's "step
+the inspection below never runs per execution (flujo's "step
 optimization").
 """
 
