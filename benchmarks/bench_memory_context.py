@@ -1,5 +1,5 @@
 """Contexts: snapshot + one write, get/set latency, memory per version
-(issue: context). Seed 001's OptimizedContextManager copied contexts; a
+(issue: context). flujo's OptimizedContextManager copied contexts; a
 caudal.Context is a persistent map (HAMT) whose snapshot is free.
 
 1. Snapshot + one write, for contexts of 10 .. 100,000 keys (str keys, str

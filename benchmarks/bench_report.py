@@ -1,6 +1,7 @@
-"""Seed 003's five metrics, done right: the ablation matrix (issue: report).
+"""The five metrics of flujo's tuning report, done right: the ablation matrix
+(issue: report).
 
-Seed 003 measured the original with its optimizations on and found every
+flujo's own tuning report measured it with its optimizations on and found every
 metric 3x to 58x worse. This benchmark measures the same five metrics for:
 caudal with every optimization off (the baseline, twice: the spread between
 the two copies is the noise band), each optimization on alone, all on, and
@@ -604,7 +605,10 @@ def plot(res: dict, path: Path) -> None:
         ax.minorticks_off()
     axes[0].set_yticks(range(len(names)))
     axes[0].set_yticklabels(names, fontsize=8)
-    fig.suptitle("caudal ablation: each optimization alone vs all off (seed 003's five metrics)")
+    fig.suptitle(
+        "caudal ablation: each optimization alone vs all off"
+        " (the five metrics of flujo's tuning report)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -7,7 +7,7 @@ interleaved inside it), then the pytest-benchmark micro-benchmarks
 (benchmarks/test_micro.py). Machine-readable results go to
 benchmarks/results/*.json, plots to benchmarks/results/*.png, and one summary
 to benchmarks/results/SUMMARY.md: the headline table of bench_report.py
-(seed 003's five metrics, the ablation matrix and flujo) first, then every
+(the five metrics of flujo's tuning report, the ablation matrix and flujo) first, then every
 benchmark's own output.
 """
 
@@ -78,7 +78,7 @@ def main() -> int:
     report = RESULTS / "report.md"
     if report.exists() and "bench_report.py" not in failed:
         lines += [
-            "## Headline: seed 003's five metrics (bench_report.py)",
+            "## Headline: the five metrics of flujo's tuning report (bench_report.py)",
             "",
             report.read_text(),
             "",
