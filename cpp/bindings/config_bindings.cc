@@ -174,7 +174,7 @@ const char* KindName(FieldKind k) {
 
 void RegisterConfig(py::module_& m) {
   auto cls = py::class_<Config>(m, "OptimizationConfig", R"doc(
-Every setting of the executor (seed 001's OptimizationConfig). Values,
+Every setting of the executor (the fields of flujo's OptimizationConfig). Values,
 validation and the JSON form live in the C++ core; see docs/config.md.
 
 Construct with keywords (``OptimizationConfig(cache_max_size=1000)``),

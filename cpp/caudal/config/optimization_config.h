@@ -1,5 +1,5 @@
 // OptimizationConfig: every setting of the executor, with the defaults of
-// seed 001, validation and a JSON form.
+// flujo's OptimizationConfig, validation and a JSON form.
 //
 // The fields are declared once, in CAUDAL_CONFIG_FIELDS below; the struct,
 // the JSON reader/writer, the field table used by the Python bindings and the

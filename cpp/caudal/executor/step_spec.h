@@ -1,5 +1,5 @@
 // StepSpec: what the executor knows about one step, decided once per step
-// object (seed 001's "step optimization": the analysis is cached, never
+// object (flujo's "step optimization": the analysis is cached, never
 // repeated per execution), and StepTable, the per-executor cache of it.
 //
 // The bindings analyse a Python callable (coroutine function or not, which
