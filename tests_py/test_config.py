@@ -69,7 +69,7 @@ def test_validate_reports_every_problem_in_seed_000_words():
     assert "telemetry_batch_size must be positive" in issues
     assert "object_pool_cleanup_threshold must be between 0.0 and 1.0" in issues
     assert "cpu_usage_threshold_percent must be between 0 and 100" in issues
-    # Seed 000's repair loop works as written.
+    # The repair loop of flujo's troubleshooting guide works as written.
     if "object_pool_max_size must be positive" in issues:
         c.object_pool_max_size = 10
     if "telemetry_batch_size must be positive" in issues:

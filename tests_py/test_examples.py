@@ -35,7 +35,7 @@ def test_resume_demo_restores_completed_steps():
     assert "steps executed during the resume: score, report" in out.stdout
 
 
-# ---- seed 001's use cases (examples/*.py), output checked for content
+# ---- flujo's optimization use cases (examples/*.py), output checked for content
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,7 +1,7 @@
-"""The seeds' ExecutorCore / OptimizationConfig snippets, run as written with
-caudal's import (seed 000: troubleshooting guide; seed 001: optimization
-guide). Only the import line differs; `while True` monitoring loops run one
-iteration; print output is not checked, the absence of errors is."""
+"""The ExecutorCore / OptimizationConfig snippets of flujo's troubleshooting
+guide and optimization guide, run as written with caudal's import. Only the
+import line differs; `while True` monitoring loops run one iteration; print
+output is not checked, the absence of errors is."""
 
 import asyncio
 
@@ -26,7 +26,7 @@ data_batches = [[1], [2]]
 
 
 def seed_001_configs():
-    """Every OptimizationConfig construction in seed 001."""
+    """Every OptimizationConfig construction in flujo's optimization guide."""
     return [
         OptimizationConfig(),
         OptimizationConfig(
@@ -231,7 +231,7 @@ async def test_seed_000_update_config_and_debug_helpers():
 
     assert debug_configuration(safe_config) == []
 
-    # Seed 000's Debugging Tools: profile_optimizations, debug_memory_usage,
+    # The troubleshooting guide's Debugging Tools: profile_optimizations, debug_memory_usage,
     # debug_error_handling.
     import time
 
@@ -260,7 +260,7 @@ async def test_seed_000_update_config_and_debug_helpers():
     if "circuit_breaker" in stats:
         cb_stats = stats["circuit_breaker"]
         print(f"  Circuit breaker state: {cb_stats.get('state', 'N/A')}")
-    # The seed expects this to raise; in flujo's API (and caudal's) a step's
+    # The troubleshooting guide expects this to raise; in flujo's API (and caudal's) a step's
     # failure is a result. docs/executor.md explains the difference.
     result = await executor.execute(lambda: 1 / 0, None)
     assert not result.success and isinstance(result.error, ZeroDivisionError)
