@@ -11,6 +11,12 @@
 // costs one wake-up of the loop. The drain, on the loop's thread, resolves
 // the futures (skipping those cancelled meanwhile).
 //
+// A task whose future was cancelled before a worker took it (the caller
+// stopped waiting: the executor's attempt timed out or was cancelled) is
+// withdrawn: the worker sees the future done and does not call the
+// callable (the core counts it as withdrawn). One cancelled while it runs
+// finishes; the drain drops its result.
+//
 // Every Python reference a task holds is released with the GIL held: by
 // the worker after the call, by the not-run path (queue timeout, shutdown)
 // after taking the GIL, or by Submit's caller when the pool refuses the
@@ -181,6 +187,20 @@ struct Job {
   }
 };
 
+// Whether an asyncio future is done already (cancelled, with the GIL held,
+// on any thread: reading its state is a plain call under the GIL).
+bool FutureDone(PyObject* fut) {
+  static PyObject* done = PyUnicode_InternFromString("done");
+  PyObject* r = PyObject_CallMethodNoArgs(fut, done);
+  if (r == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const bool out = r == Py_True;
+  Py_DECREF(r);
+  return out;
+}
+
 // The current exception as an object carrying its traceback (GIL held).
 PyObject* FetchException() {
   PyObject *type, *value, *tb;
@@ -231,6 +251,14 @@ class PyWorkerPool {
     WorkerPool::Task task;
     task.run = [job]() {
       EnterPython();
+      if (FutureDone(job->future)) {
+        // Cancelled while queued: withdrawn, the callable is not called.
+        job->ReleaseCall();
+        Py_CLEAR(job->future);
+        job->inbox.reset();
+        LeavePython();
+        return absl::CancelledError("withdrawn: its future was cancelled");
+      }
       PyObject* res = PyObject_Call(job->fn, job->args, job->kwargs);
       Outcome o{job->future, res, res != nullptr};
       if (res == nullptr) o.value = FetchException();
@@ -242,7 +270,8 @@ class PyWorkerPool {
       return absl::OkStatus();  // a Python exception is a result, not a failure
     };
     task.on_done = [job, timed_out = timed_out_.ptr()](absl::Status s) {
-      if (s.ok()) return;  // run() delivered the outcome
+      // OK: run() delivered the outcome; no future: run() withdrew it.
+      if (s.ok() || job->future == nullptr) return;
       EnterPython();
       PyObject* exc =
           s.code() == absl::StatusCode::kDeadlineExceeded
@@ -311,6 +340,7 @@ class PyWorkerPool {
     d["rejected"] = s.rejected;
     d["timed_out"] = s.timed_out;
     d["cancelled"] = s.cancelled;
+    d["withdrawn"] = s.withdrawn;
     d["steals"] = s.steals;
     d["average_latency_ms"] = s.average_latency_ns() / 1e6;
     return d;

@@ -47,6 +47,10 @@ class WorkerPool:
     - ``task_timeout``: seconds a task may wait in the queue; one that waited
       longer is not run and its future gets :class:`caudal.PoolTimeoutError`.
       A task that has started is never interrupted.
+
+    A task whose future is cancelled before a worker starts it is withdrawn:
+    it never runs (``stats()["withdrawn"]``). One cancelled while it runs
+    finishes, and its result is dropped.
     """
 
     __slots__ = (
@@ -99,10 +103,14 @@ class WorkerPool:
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` on the pool; waits for room in the queue
         when it is full (backpressure), then for the result."""
-        submit = self._native.submit
-        kw = kwargs or None
+        return await self._run_call(fn, args, kwargs or None)
+
+    async def _run_call(self, fn: Callable[..., Any], args: tuple, kw: dict | None) -> Any:
+        """``fn(*args, **kw)`` as :meth:`run` (the executor's sync steps).
+        Cancelled while the task is queued: the task is withdrawn (never
+        runs); while it runs: its result is dropped."""
         try:
-            fut = submit(fn, args, kw)
+            fut = self._native.submit(fn, args, kw)
         except QueueFullError:
             fut = await self._submit_when_room(fn, args, kw)
         return await fut
@@ -173,7 +181,8 @@ class WorkerPool:
     def stats(self) -> dict[str, Any]:
         """active, queued, completed, failed (always 0: a Python exception is
         the task's result, delivered to its future), rejected (queue full or
-        closed), timed_out, cancelled, steals, average_latency_ms (queue wait
+        closed), timed_out, cancelled, withdrawn (their future was cancelled
+        before they started: not run), steals, average_latency_ms (queue wait
         plus run time), room_waiters (waiting for room now), room_waits
         (run() calls that found the queue full and waited, so far)."""
         s = self._native.stats()

@@ -261,6 +261,37 @@ TEST(WorkerPoolTest, ShutdownWithoutDrainCancelsQueuedTasks) {
   EXPECT_EQ(s.queued, 0);
 }
 
+TEST(WorkerPoolTest, WithdrawnTasksCountApartFromCompletedOnes) {
+  auto pool = MakePool(Opts(1, 10));
+  Event started, release;
+  ASSERT_TRUE(pool->Submit(Blocker(&started, &release)).ok());
+  ASSERT_TRUE(started.Wait());
+  std::atomic<bool> withdrawn_flag[4] = {false, true, false, true};
+  std::atomic<int> ran{0}, seen_withdrawn{0};
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(pool->Submit({[&, i] {
+                                if (withdrawn_flag[i]) {
+                                  return absl::CancelledError("withdrawn");
+                                }
+                                ran++;
+                                return absl::OkStatus();
+                              },
+                              [&](absl::Status s) {
+                                if (absl::IsCancelled(s)) seen_withdrawn++;
+                              }})
+                    .ok());
+  }
+  release.Set();
+  pool->Shutdown(/*drain=*/true);
+  EXPECT_EQ(ran.load(), 2);
+  EXPECT_EQ(seen_withdrawn.load(), 2);  // on_done gets the status
+  const WorkerPool::Stats s = pool->stats();
+  EXPECT_EQ(s.withdrawn, 2);
+  EXPECT_EQ(s.completed, 3);  // the blocker and the two that ran
+  EXPECT_EQ(s.failed, 0);
+  EXPECT_EQ(s.cancelled, 0);
+}
+
 TEST(WorkerPoolTest, ShutdownFromInsideATaskDoesNotDeadlock) {
   auto pool = MakePool(Opts(2, 10));
   std::atomic<int> cancelled{0};

@@ -63,6 +63,39 @@ TEST(ExecutorPoolTest, WithoutThePoolEachExecutionAllocatesItsRecord) {
   }
 }
 
+// A record reused by the next execution (pool on) or freed (pool off):
+// either way the ended execution's handle finds nothing, and the new one
+// finds its own record.
+TEST(ExecutorHandleTest, HandlesOfEndedExecutionsAreStale) {
+  for (bool pooled : {true, false}) {
+    OptimizationConfig cfg;
+    cfg.enable_object_pool = pooled;
+    Executor ex(cfg);
+    Executor other(cfg);
+    auto e = MakeEntry(ex, "s");
+    ExecutionRecord* a = ex.Begin(e, 10);
+    ASSERT_NE(a, nullptr);
+    const uint64_t ha = a->handle;
+    EXPECT_NE(ha, 0u);
+    EXPECT_NE(ha, reinterpret_cast<uintptr_t>(a));  // not an address
+    EXPECT_EQ(ex.Record(ha), a);
+    EXPECT_EQ(other.Record(ha), nullptr);  // another executor's
+    EXPECT_EQ(ex.Record(0), nullptr);
+    EXPECT_EQ(ex.Record(16), nullptr);
+    EXPECT_EQ(ex.Record(reinterpret_cast<uintptr_t>(a)), nullptr);
+    ex.Cancel(a, 20);
+    EXPECT_EQ(ex.Record(ha), nullptr);
+    ExecutionRecord* b = ex.Begin(e, 30);
+    if (pooled) EXPECT_EQ(b, a);  // the same record, serving another run
+    EXPECT_NE(b->handle, ha);
+    EXPECT_EQ(ex.Record(ha), nullptr);
+    EXPECT_EQ(ex.Record(b->handle), b);
+    const uint64_t hb = b->handle;
+    ex.Succeed(b, 40);
+    EXPECT_EQ(ex.Record(hb), nullptr);
+  }
+}
+
 TEST(ExecutorPoolTest, ConfigChangeWithRecordsInFlight) {
   OptimizationConfig on;
   on.enable_object_pool = true;

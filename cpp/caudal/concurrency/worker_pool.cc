@@ -66,6 +66,7 @@ struct WorkerPool::Worker {
   std::atomic<int64_t> failed{0};
   std::atomic<int64_t> timed_out{0};
   std::atomic<int64_t> cancelled{0};
+  std::atomic<int64_t> withdrawn{0};
   std::atomic<int64_t> steals{0};
   std::atomic<int64_t> latency_ns{0};
 };
@@ -240,9 +241,13 @@ void WorkerPool::Execute(Worker& self, TaskNode* node) {
     status = node->task.run();
     const int64_t end_ns = Now();
     Bump(self.active, -1);
-    Bump(self.latency_ns, end_ns - node->enqueue_ns);
-    if (!status.ok()) Bump(self.failed);
-    Bump(self.completed);
+    if (absl::IsCancelled(status)) {
+      Bump(self.withdrawn);  // the work was withdrawn before it began
+    } else {
+      Bump(self.latency_ns, end_ns - node->enqueue_ns);
+      if (!status.ok()) Bump(self.failed);
+      Bump(self.completed);
+    }
   }
   if (node->task.on_done) node->task.on_done(std::move(status));
   delete node;  // the task's captured state is destroyed on this thread
@@ -284,6 +289,7 @@ WorkerPool::Stats WorkerPool::stats() const {
     s.failed += w->failed.load(std::memory_order_relaxed);
     s.timed_out += w->timed_out.load(std::memory_order_relaxed);
     s.cancelled += w->cancelled.load(std::memory_order_relaxed);
+    s.withdrawn += w->withdrawn.load(std::memory_order_relaxed);
     s.steals += w->steals.load(std::memory_order_relaxed);
     s.total_latency_ns += w->latency_ns.load(std::memory_order_relaxed);
   }

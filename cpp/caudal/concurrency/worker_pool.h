@@ -23,6 +23,10 @@
 //     was not run), or kCancelled (Shutdown(drain=false) before it started).
 //     A task that runs is never interrupted: the timeout only applies while
 //     it waits, and is checked when a worker takes it from the queue.
+//   - Withdrawal: a task's run() may find, as it starts, that its work was
+//     withdrawn (the bindings: the caller stopped waiting, its asyncio
+//     future is cancelled) and return kCancelled without doing it. It then
+//     counts as withdrawn, not completed; on_done gets that status.
 //   - No lock is held while a task or a done-callback runs.
 //   - No lost wake-up: a worker announces it is going to sleep (under the
 //     sleep mutex) and then re-checks the queued count; Submit counts the
@@ -77,7 +81,8 @@ class WorkerPool {
 
   struct Task {
     // The work. Its status is passed to on_done; a non-OK status counts as
-    // failed.
+    // failed, except kCancelled: the work was withdrawn before it began
+    // (counts as withdrawn; see the header comment).
     absl::AnyInvocable<absl::Status()> run;
     // Called exactly once if Submit accepted the task (see the header
     // comment for the statuses), on a worker thread. May be empty.
@@ -92,6 +97,7 @@ class WorkerPool {
     int64_t queued = 0;            // accepted, not yet started
     int64_t sleeping = 0;          // workers asleep on the CondVar
     int64_t completed = 0;         // tasks that ran (whatever they returned)
+    int64_t withdrawn = 0;         // run() found its work withdrawn: not done
     int64_t failed = 0;            // of those, the ones whose run() was not OK
     int64_t rejected = 0;          // Submit refused: queue full or shut down
     int64_t timed_out = 0;         // completed with kDeadlineExceeded, not run

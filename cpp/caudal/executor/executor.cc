@@ -275,6 +275,11 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   if (MaintenanceDue(now_ns)) Maintain(now_ns);
   const OptimizationConfig* config = cfg ? cfg : current_config();
   ExecutionRecord* r = NewRecord(*config);
+  r->handle = handles_.Add(r);
+  if (ABSL_PREDICT_FALSE(r->handle == 0)) {  // kMaxSlots in flight
+    FreeRecord(r);
+    return nullptr;
+  }
   r->step = std::move(step);
   r->config = config;
   r->start_ns = now_ns;
@@ -370,9 +375,12 @@ FlightWaiter Executor::ReleaseSlot() {
   return next ? *next : FlightWaiter();
 }
 
-// Gives back the record's slot and hands over what the caller must wake;
-// moves the step out of the record and deletes it.
+// Retires the record's handle, gives back its slot and hands over what the
+// caller must wake; moves the step out of the record and deletes it.
 void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
+  // First: from here on the handle finds nothing, whatever the record
+  // serves next.
+  handles_.Remove(r->handle);
   if (r->permit) out.wake = ReleaseSlot();
   if (r->limiter != nullptr) out.wake_key = ReleaseKey(r->limiter);
   if (r->bypassed != nullptr) r->bypassed->EndBypass();
