@@ -73,6 +73,33 @@ TEST(HandleTableTest, StaleAfterRemoveEvenWhenTheSlotIsReused) {
   EXPECT_EQ(t.Find(ha2), &a);
 }
 
+// A long-lived object keeps its slot and gets a new handle per use: each
+// retired handle stays stale, the slot is never given to anyone else.
+TEST(HandleTableTest, AttachedObjectIsRepublishedUnderNewHandles) {
+  Table t;
+  Obj a, b;
+  const uint32_t slot = t.Attach(&a);
+  ASSERT_NE(slot, Table::kNoSlot);
+  std::vector<Table::Handle> old;
+  for (int use = 0; use < 5; ++use) {
+    const Table::Handle h = t.Publish(slot);
+    EXPECT_EQ(t.Find(h), &a);
+    for (Table::Handle o : old) EXPECT_EQ(t.Find(o), nullptr);
+    EXPECT_TRUE(t.Retire(h));
+    EXPECT_FALSE(t.Retire(h));  // once
+    EXPECT_EQ(t.Find(h), nullptr);
+    old.push_back(h);
+  }
+  const uint32_t other = t.Attach(&b);  // attached slots are not shared
+  EXPECT_NE(other, slot);
+  t.Detach(slot);  // `a` goes away
+  const uint32_t again = t.Attach(&b);
+  EXPECT_EQ(again, slot);  // the slot is reused...
+  const Table::Handle hb = t.Publish(again);
+  EXPECT_EQ(t.Find(hb), &b);
+  for (Table::Handle o : old) EXPECT_EQ(t.Find(o), nullptr);  // ...not them
+}
+
 TEST(HandleTableTest, AnotherTablesHandleIsRefused) {
   Table one, other;
   ASSERT_NE(one.tag(), other.tag());

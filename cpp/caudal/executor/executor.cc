@@ -275,11 +275,8 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   if (MaintenanceDue(now_ns)) Maintain(now_ns);
   const OptimizationConfig* config = cfg ? cfg : current_config();
   ExecutionRecord* r = NewRecord(*config);
-  r->handle = handles_.Add(r);
-  if (ABSL_PREDICT_FALSE(r->handle == 0)) {  // kMaxSlots in flight
-    FreeRecord(r);
-    return nullptr;
-  }
+  if (ABSL_PREDICT_FALSE(r == nullptr)) return nullptr;  // no slot left
+  r->handle = handles_.Publish(r->slot);
   r->step = std::move(step);
   r->config = config;
   r->start_ns = now_ns;
@@ -380,7 +377,7 @@ FlightWaiter Executor::ReleaseSlot() {
 void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
   // First: from here on the handle finds nothing, whatever the record
   // serves next.
-  handles_.Remove(r->handle);
+  handles_.Retire(r->handle);
   if (r->permit) out.wake = ReleaseSlot();
   if (r->limiter != nullptr) out.wake_key = ReleaseKey(r->limiter);
   if (r->bypassed != nullptr) r->bypassed->EndBypass();

@@ -69,6 +69,15 @@ int64_t MonotonicNowNs();
 struct ExecutionRecord {
   // This execution's handle (Executor::Record), retired when it ends.
   uint64_t handle = 0;
+  // The record's slot in its executor's handle table, held for the
+  // record's life (a pooled record keeps it while the pool recycles it);
+  // given back by the destructor.
+  HandleTable<ExecutionRecord>* table = nullptr;
+  uint32_t slot = HandleTable<ExecutionRecord>::kNoSlot;
+  ~ExecutionRecord();
+  ExecutionRecord() = default;
+  ExecutionRecord(const ExecutionRecord&) = default;
+  ExecutionRecord& operator=(const ExecutionRecord&) = default;
   std::shared_ptr<StepEntry> step;
   // The config in force at Begin(); every config an executor has had stays
   // alive as long as the executor, so a plain pointer is enough.
@@ -101,6 +110,10 @@ struct ExecutionRecord {
   bool last_timed_out = false;
   char last_error[SpanRecord::kErrorTypeLen] = {};
 };
+
+inline ExecutionRecord::~ExecutionRecord() {
+  if (table != nullptr) table->Detach(slot);
+}
 
 // What the memory read-out reports (executor_memory.cc).
 struct MemorySnapshot {
@@ -498,9 +511,11 @@ class Executor {
   std::atomic<uint64_t> fail_fast_{0};
 
   // Memory (executor_memory.cc).
-  ObjectPool<ExecutionRecord> records_;
-  // The handles of records in flight (Begin adds, Release retires).
+  // The handles of records: each record holds a slot for its life, and is
+  // published under a new handle by Begin, retired by Release. Declared
+  // before the pool: records the pool frees give their slots back.
   HandleTable<ExecutionRecord> handles_;
+  ObjectPool<ExecutionRecord> records_;
   MemoryMonitor memory_;
   std::atomic<int64_t> next_maintain_ns_{0};
   mutable Mutex memory_mu_;  // serialises pressure actions and resizes

@@ -2,34 +2,43 @@
 // ExecutionRecords), so that nothing crossing into Python is an address.
 //
 // Idea. A handle packs (generation, table tag, slot) in 64 bits:
-//   bits 63..32  the slot's generation when the object was added (odd)
+//   bits 63..32  the slot's generation when it was published (odd)
 //   bits 31..22  the table's tag (1..1023): another table's handle is refused
 //   bits 21..0   the slot (up to 4M objects live at once)
 // Find(h) reads the slot's generation (one indexed load) and compares it
-// with the handle's: a stale handle (its object was removed, the slot's
-// generation moved on, even if the slot now holds another object), a
+// with the handle's: a stale handle (retired: the slot's generation moved
+// on, even if the slot's object now serves another use), a
 // handle of another table (another tag), or garbage (an even generation, a
 // slot never allocated) finds nothing. Nothing the handle names is
 // dereferenced except the table's own slot array.
 //
+// Slots and handles. An object is attached to a slot once, for as long as
+// it lives (Attach/Detach: the executor's pooled records keep theirs while
+// the pool recycles them), and published under a new handle for each use
+// (Publish/Retire: one execution). Add = Attach + Publish and Remove =
+// Retire + Detach, for objects used once.
+//
 // Generations. A slot's generation starts at the table's salt (even) and
-// goes up by one on Add (odd: live) and on Remove (even: free), mod 2^32.
-// A removed handle could pass for a live one only after its slot was reused
-// 2^31 times; handles of tables whose tags collide (1023 tables apart) also
-// need their generations to coincide.
+// goes up by one on Publish (odd: live) and on Retire (even), mod 2^32. A
+// retired handle could pass for a live one only after its slot was
+// republished 2^31 times; handles of tables whose tags collide (1023
+// tables apart) also need their generations to coincide.
 //
 // Memory. Slots live in chunks of 1024 that stay in place until the table
 // is destroyed, so Find takes no lock. Free slots go on per-thread shards
-// of free lists (ObjectPool's spin locks: one uncontended lock in Add and
-// in Remove).
+// of free lists (ObjectPool's spin locks).
 //
-// Thread-safety: all methods are thread-safe. Find racing with the Remove
-// of the same handle returns the object or null (the generation is read
-// before and after the object); using an object after its handle was
-// removed is the caller's bug (a handle has one owner).
+// Thread-safety: Find, Attach, Detach and Add are thread-safe. Publish and
+// Retire of a slot are its object's owner's calls, one thread at a time
+// (handing the object over must order them, as the record pool's locks
+// do). Find racing with the Retire of the same handle returns the object
+// or null (the generation is read before and after the object); using an
+// object after its handle was retired is the caller's bug (a handle has
+// one owner).
 //
 // Cost: Find is a tag compare, two loads of the slot's generation and one
-// of its object (a few ns); Add and Remove each take one shard lock.
+// of its object (a few ns). Publish and Retire are a load and a store, no
+// locked instruction; Attach and Detach take one shard lock.
 #ifndef CAUDAL_EXECUTOR_HANDLE_TABLE_H_
 #define CAUDAL_EXECUTOR_HANDLE_TABLE_H_
 
@@ -78,24 +87,53 @@ class HandleTable {
   HandleTable(const HandleTable&) = delete;
   HandleTable& operator=(const HandleTable&) = delete;
 
-  // Publishes `obj` under a new handle; kNoHandle when kMaxSlots objects
-  // are live already.
-  Handle Add(T* obj) {
+  static constexpr uint32_t kNoSlot = ~uint32_t{0};
+
+  // A slot for `obj` for as long as it lives (not published yet: no handle
+  // finds it); kNoSlot when kMaxSlots slots are attached already.
+  uint32_t Attach(T* obj) {
     uint32_t slot;
     if (!PopFree(&slot)) {
       uint32_t n = next_.load(std::memory_order_relaxed);
       do {
-        if (n >= kMaxSlots) return kNoHandle;
+        if (n >= kMaxSlots) return kNoSlot;
       } while (
           !next_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
       slot = n;
       EnsureChunk(slot >> kChunkBits);
     }
+    SlotAt(slot).obj.store(obj, std::memory_order_release);
+    return slot;
+  }
+
+  // Gives back an attached slot whose handle is retired (its object is
+  // going away).
+  void Detach(uint32_t slot) { PushFree(slot); }
+
+  // A new handle for the object attached to `slot` (its owner's call).
+  Handle Publish(uint32_t slot) {
     Slot& s = SlotAt(slot);
-    s.obj.store(obj, std::memory_order_release);
     const uint32_t gen = s.gen.load(std::memory_order_relaxed) + 1;  // odd
     s.gen.store(gen, std::memory_order_release);
     return Pack(gen, slot);
+  }
+
+  // Retires a published handle: from now on it finds nothing, whatever the
+  // slot's object does next (its owner's call). False, and nothing done,
+  // for a handle that is not live.
+  bool Retire(Handle h) {
+    if (Find(h) == nullptr) return false;
+    const auto gen = static_cast<uint32_t>(h >> 32);
+    SlotAt(static_cast<uint32_t>(h & (kMaxSlots - 1)))
+        .gen.store(gen + 1, std::memory_order_release);  // even
+    return true;
+  }
+
+  // Attach + Publish, for an object used once; kNoHandle when kMaxSlots
+  // slots are attached already.
+  Handle Add(T* obj) {
+    const uint32_t slot = Attach(obj);
+    return slot == kNoSlot ? kNoHandle : Publish(slot);
   }
 
   // The live object of `h`, or null (stale, another table's, garbage).
@@ -118,20 +156,11 @@ class HandleTable {
     return obj;
   }
 
-  // Retires a live handle (from Add, not yet removed); its slot is reused.
-  // Anything else is ignored (returns false).
+  // Retire + Detach (a handle from Add); false, and nothing done, for a
+  // handle that is not live.
   bool Remove(Handle h) {
-    if (Find(h) == nullptr) return false;
-    const auto slot = static_cast<uint32_t>(h & (kMaxSlots - 1));
-    Slot& s = SlotAt(slot);
-    const auto gen = static_cast<uint32_t>(h >> 32);
-    uint32_t expected = gen;
-    // A CAS: two racing Removes of one handle free the slot once.
-    if (!s.gen.compare_exchange_strong(expected, gen + 1,
-                                       std::memory_order_acq_rel)) {
-      return false;
-    }
-    PushFree(slot);
+    if (!Retire(h)) return false;
+    Detach(static_cast<uint32_t>(h & (kMaxSlots - 1)));
     return true;
   }
 
