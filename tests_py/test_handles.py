@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from caudal import ExecutorCore, OptimizationConfig, Step, WorkerPool
+from caudal import ExecutorCore, OptimizationConfig, QueueFullError, Step, WorkerPool
 from caudal._core import Engine
 from caudal.errors import StaleHandleError
 
@@ -65,6 +65,7 @@ async def test_queued_sync_work_of_an_ended_execution_never_runs_with_another_re
         for t in a_tasks:
             t.cancel()
     a_results = await asyncio.gather(*a_tasks, return_exceptions=True)
+    assert ex._pool.stats()["queued"] == 0  # taken out of the queue at once
     for r in a_results:
         if end == "cancel":
             assert isinstance(r, asyncio.CancelledError)
@@ -377,3 +378,28 @@ async def test_pool_withdraws_a_queued_task_whose_future_was_cancelled():
     assert ran == [0, 2]
     s = pool.stats()
     assert s["withdrawn"] == 2 and s["completed"] == 3
+
+
+async def test_pool_run_cancelled_while_queued_frees_its_place_at_once():
+    pool = WorkerPool(workers=1, queue_size=2)
+    gate = threading.Event()
+    ran: list[int] = []
+    blocker = pool.submit(gate.wait, 5)
+    while pool.stats()["active"] == 0:
+        await asyncio.sleep(0.001)
+    first = asyncio.create_task(pool.run(ran.append, 1))
+    second = asyncio.create_task(pool.run(ran.append, 2))
+    await _until(lambda: pool.stats()["queued"] == 2)
+    with pytest.raises(QueueFullError):
+        pool.submit(ran.append, 3)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert pool.stats()["queued"] == 1
+    third = pool.submit(ran.append, 3)  # the withdrawn task's place
+    gate.set()
+    assert await blocker is True
+    assert await second is None and await third is None
+    await pool.aclose()
+    assert ran == [2, 3]
+    assert pool.stats()["withdrawn"] == 1

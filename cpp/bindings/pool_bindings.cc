@@ -11,11 +11,14 @@
 // costs one wake-up of the loop. The drain, on the loop's thread, resolves
 // the futures (skipping those cancelled meanwhile).
 //
-// A task whose future was cancelled before a worker took it (the caller
-// stopped waiting: the executor's attempt timed out or was cancelled) is
-// withdrawn: the worker sees the future done and does not call the
-// callable (the core counts it as withdrawn). One cancelled while it runs
-// finishes; the drain drops its result.
+// Withdrawal. A task submitted with submit_withdrawable comes with a
+// ticket; withdraw(ticket) after its future was cancelled (the caller
+// stopped waiting: the executor's attempt timed out or was cancelled) takes
+// it out of the queue at once, if no worker took it yet (the core's
+// WorkerPool::Withdraw). Any task whose future is cancelled before a worker
+// starts it is not called either: the worker sees the future done (the
+// core counts it as withdrawn too). One cancelled while it runs finishes;
+// the drain drops its result.
 //
 // Every Python reference a task holds is released with the GIL held: by
 // the worker after the call, by the not-run path (queue timeout, shutdown)
@@ -239,6 +242,27 @@ class PyWorkerPool {
   // Queues fn(*args, **kwargs); returns the asyncio future of its result.
   // Raises QueueFullError at once when the queue is full.
   py::object submit(py::handle fn, py::tuple args, py::object kwargs) {
+    return Submit(fn, std::move(args), std::move(kwargs), nullptr);
+  }
+
+  // The same, returning (future, ticket) for withdraw().
+  py::tuple submit_withdrawable(py::handle fn, py::tuple args,
+                                py::object kwargs) {
+    std::shared_ptr<WorkerPool::Ticket> ticket;
+    py::object fut = Submit(fn, std::move(args), std::move(kwargs), &ticket);
+    return py::make_tuple(std::move(fut), py::cast(std::move(ticket)));
+  }
+
+  // Takes a queued task out of the queue (call it once its future is
+  // cancelled): true if it was still queued; it will not run.
+  bool withdraw(const std::shared_ptr<WorkerPool::Ticket>& ticket) {
+    if (pool_ == nullptr || ticket == nullptr) return false;
+    py::gil_scoped_release release;  // never blocks; keeps workers going
+    return pool_->Withdraw(*ticket);
+  }
+
+  py::object Submit(py::handle fn, py::tuple args, py::object kwargs,
+                    std::shared_ptr<WorkerPool::Ticket>* ticket) {
     if (pool_ == nullptr) throw py::value_error("the worker pool is shut down");
     std::shared_ptr<Inbox> inbox = InboxFor();
     py::object fut = inbox->loop().attr("create_future")();
@@ -273,13 +297,24 @@ class PyWorkerPool {
       // OK: run() delivered the outcome; no future: run() withdrew it.
       if (s.ok() || job->future == nullptr) return;
       EnterPython();
+      if (absl::IsCancelled(s) && s.message() == "withdrawn" &&
+          FutureDone(job->future)) {
+        // Withdrawn from the queue (its caller cancelled the future).
+        job->ReleaseCall();
+        Py_CLEAR(job->future);
+        job->inbox.reset();
+        LeavePython();
+        return;
+      }
       PyObject* exc =
           s.code() == absl::StatusCode::kDeadlineExceeded
               ? PyObject_CallFunction(timed_out, "s",
                                       std::string(s.message()).c_str())
               : PyObject_CallFunction(
                     CancelledErrorType(), "s",
-                    "the worker pool shut down before the task started");
+                    s.message() == "withdrawn"
+                        ? "withdrawn from the worker pool's queue"
+                        : "the worker pool shut down before the task started");
       if (exc == nullptr) exc = FetchException();
       Outcome o{job->future, exc, false};
       job->future = nullptr;
@@ -288,7 +323,7 @@ class PyWorkerPool {
       job->inbox.reset();
       LeavePython();
     };
-    const absl::Status st = pool_->Submit(std::move(task));
+    const absl::Status st = pool_->Submit(std::move(task), ticket);
     if (st.ok()) return fut;
     // Refused: the task (and the job's references) were destroyed in Submit.
     if (st.code() == absl::StatusCode::kResourceExhausted) {
@@ -392,6 +427,8 @@ class PyWorkerPool {
 }  // namespace
 
 void RegisterPool(py::module_& m) {
+  py::class_<WorkerPool::Ticket, std::shared_ptr<WorkerPool::Ticket>>(
+      m, "_PoolTicket", "A queued task's withdrawal switch (opaque).");
   py::class_<PyWorkerPool>(m, "WorkerPool",
                            "Native work-stealing thread pool (internal; use "
                            "caudal.WorkerPool).")
@@ -400,6 +437,12 @@ void RegisterPool(py::module_& m) {
            py::arg("on_drained") = py::none())
       .def("submit", &PyWorkerPool::submit, py::arg("fn"), py::arg("args"),
            py::arg("kwargs") = py::none())
+      .def("submit_withdrawable", &PyWorkerPool::submit_withdrawable,
+           py::arg("fn"), py::arg("args"), py::arg("kwargs") = py::none(),
+           "submit, returning (future, ticket) for withdraw(ticket).")
+      .def("withdraw", &PyWorkerPool::withdraw, py::arg("ticket"),
+           "Takes a queued task out of the queue; True if it was still "
+           "queued (it will not run).")
       .def("close", &PyWorkerPool::Close, py::arg("cancel_pending") = false)
       .def("stats", &PyWorkerPool::stats)
       .def_property_readonly("closed", &PyWorkerPool::closed);
