@@ -90,6 +90,14 @@ TEST(HandleTableTest, AttachedObjectIsRepublishedUnderNewHandles) {
     EXPECT_EQ(t.Find(h), nullptr);
     old.push_back(h);
   }
+  const Table::Handle h = t.Publish(slot);
+  t.RetireSlot(slot);
+  EXPECT_EQ(t.Find(h), nullptr);
+  t.RetireSlot(slot);  // nothing live: no change
+  const Table::Handle h2 = t.Publish(slot);
+  EXPECT_EQ(t.Find(h2), &a);
+  EXPECT_EQ(h2 >> 32, (h >> 32) + 2);
+  EXPECT_TRUE(t.Retire(h2));
   const uint32_t other = t.Attach(&b);  // attached slots are not shared
   EXPECT_NE(other, slot);
   t.Detach(slot);  // `a` goes away

@@ -377,7 +377,7 @@ FlightWaiter Executor::ReleaseSlot() {
 void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
   // First: from here on the handle finds nothing, whatever the record
   // serves next.
-  handles_.Retire(r->handle);
+  handles_.RetireSlot(r->slot);
   if (r->permit) out.wake = ReleaseSlot();
   if (r->limiter != nullptr) out.wake_key = ReleaseKey(r->limiter);
   if (r->bypassed != nullptr) r->bypassed->EndBypass();

@@ -78,6 +78,8 @@ struct ExecutionRecord {
   ExecutionRecord() = default;
   ExecutionRecord(const ExecutionRecord&) = default;
   ExecutionRecord& operator=(const ExecutionRecord&) = default;
+  ExecutionRecord(ExecutionRecord&&) = default;
+  ExecutionRecord& operator=(ExecutionRecord&&) = default;  // the pool's reset
   std::shared_ptr<StepEntry> step;
   // The config in force at Begin(); every config an executor has had stays
   // alive as long as the executor, so a plain pointer is enough.

@@ -129,6 +129,14 @@ class HandleTable {
     return true;
   }
 
+  // Retires the live handle of the object attached to `slot`, if it has one
+  // (its owner's call; the hot path: a load and a store).
+  void RetireSlot(uint32_t slot) {
+    Slot& s = SlotAt(slot);
+    const uint32_t gen = s.gen.load(std::memory_order_relaxed);
+    if (gen & 1u) s.gen.store(gen + 1, std::memory_order_release);
+  }
+
   // Attach + Publish, for an object used once; kNoHandle when kMaxSlots
   // slots are attached already.
   Handle Add(T* obj) {
