@@ -256,11 +256,11 @@ STORM = textwrap.dedent(
     from caudal import CircuitOpenError, ExecutorCore, OptimizationConfig, Step
     from caudal import StepTimeoutError
 
-    async def storm(seed, n, pool_on, workers):
+    async def storm(seed, n, pool_on, workers, slots=None):
         rng = random.Random(seed)
         ex = ExecutorCore(OptimizationConfig(
             worker_pool_size=workers, enable_object_pool=pool_on,
-            enable_cache_optimization=False))
+            enable_cache_optimization=False, max_concurrent_executions=slots))
         seen = []
 
         def make_sync(name):
@@ -313,12 +313,16 @@ STORM = textwrap.dedent(
             assert x[0] == name, (name, x)
         await ex.aclose()
         assert ex._engine.in_flight == 0
+        conc = ex._engine.concurrency_stats()
+        assert conc["slots_in_use"] == 0 and conc["waiting"] == 0, conc
         return counts
 
     def main(seed, n):
         totals = {"ok": 0, "failed": 0, "cancelled": 0}
-        for k, (pool_on, workers) in enumerate([(True, 1), (False, 1), (True, 3), (False, 2)]):
-            c = asyncio.run(storm(seed + k, n, pool_on, workers))
+        configs = [(True, 1, None), (False, 1, None), (True, 3, None), (False, 2, None),
+                   (True, 2, 3)]  # the last: waits for a concurrency slot too
+        for k, (pool_on, workers, slots) in enumerate(configs):
+            c = asyncio.run(storm(seed + k, n, pool_on, workers, slots))
             for key in totals:
                 totals[key] += c[key]
         return totals
