@@ -5,11 +5,13 @@
 //   rec, aw, mode = engine._begin(step, data, context, resources)
 //     mode 0: `aw` is the step's awaitable        -> out = await aw
 //     mode 1: same, with a per-attempt timeout    -> engine._timeout_s(rec)
-//     mode 2: a sync step: run engine._call(rec, ...) in a worker thread
+//     mode 2: a sync step: (fn, args, kwargs, timeout_s) =
+//             engine._sync_call(rec, ...), then fn(*args, **kwargs) runs in
+//             a worker thread
 //     mode 3: calling the step raised: `aw` is the exception
 //   engine._succeed(rec, out) -> StepResult
 //   engine._failed(rec, exc, timed_out) -> float (retry after that many
-//     seconds; then engine._call(rec, ...) starts the next attempt),
+//     seconds; then engine._restart(rec, ...) starts the next attempt),
 //     StepResult (final failure), or a Step (the fallback to run; finish
 //     with engine._fallback_done(rec, result)).
 //   engine._cancel(rec) when the attempt was cancelled.

@@ -257,8 +257,7 @@ class PyWorkerPool {
   // cancelled): true if it was still queued; it will not run.
   bool withdraw(const std::shared_ptr<WorkerPool::Ticket>& ticket) {
     if (pool_ == nullptr || ticket == nullptr) return false;
-    py::gil_scoped_release release;  // never blocks; keeps workers going
-    return pool_->Withdraw(*ticket);
+    return pool_->Withdraw(*ticket);  // a CAS and a count: never blocks
   }
 
   py::object Submit(py::handle fn, py::tuple args, py::object kwargs,
