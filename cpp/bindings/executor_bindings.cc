@@ -5,16 +5,27 @@
 //   rec, aw, mode = engine._begin(step, data, context, resources)
 //     mode 0: `aw` is the step's awaitable        -> out = await aw
 //     mode 1: same, with a per-attempt timeout    -> engine._timeout_s(rec)
-//     mode 2: a sync step: run engine._call(rec, ...) in a worker thread
+//     mode 2: a sync step: (fn, args, kwargs, timeout_s) =
+//             engine._sync_call(rec, ...), then fn(*args, **kwargs) runs in
+//             a worker thread
 //     mode 3: calling the step raised: `aw` is the exception
 //   engine._succeed(rec, out) -> StepResult
 //   engine._failed(rec, exc, timed_out) -> float (retry after that many
-//     seconds; then engine._call(rec, ...) starts the next attempt),
+//     seconds; then engine._restart(rec, ...) starts the next attempt),
 //     StepResult (final failure), or a Step (the fallback to run; finish
 //     with engine._fallback_done(rec, result)).
 //   engine._cancel(rec) when the attempt was cancelled.
-// `rec` is the address of a native ExecutionRecord, owned by that one
-// execute() call until one of _succeed/_failed(final)/_fallback_done/_cancel.
+// `rec` is an opaque handle (an int: slot and generation in the core's
+// HandleTable, executor/handle_table.h), owned by that one execute() call
+// until one of _succeed/_failed(final)/_fallback_done/_cancel. Every call
+// that takes one validates it first: a stale handle (its execution ended),
+// another executor's, or garbage raises caudal.errors.StaleHandleError;
+// nothing is ever dereferenced on a handle's word. A sync step's worker
+// thread gets the step's callable and arguments (_sync_call, on the loop
+// thread), never the handle.
+// A caller queued for a permit (mode 9) gets a WaitState object, not an
+// address: it names its engine and is used once (_begin_permitted or
+// _cancel_wait).
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -65,9 +76,62 @@ struct PyStepEntry : StepEntry {
   }
 };
 
-ExecutionRecord* Rec(uintptr_t h) {
-  return reinterpret_cast<ExecutionRecord*>(h);
+// Raises caudal.errors.StaleHandleError.
+[[noreturn]] void ThrowStale(const std::string& message) {
+  static PyObject* type =
+      CaudalAttr("caudal.errors", "StaleHandleError").release().ptr();
+  PyErr_SetString(type, message.c_str());
+  throw py::error_already_set();
 }
+
+// The handle's integer value; false for anything that is not an int in
+// [0, 2^64).
+bool HandleValue(PyObject* h, uint64_t* out) {
+  if (!PyLong_CheckExact(h)) return false;
+  const unsigned long long v = PyLong_AsUnsignedLongLong(h);
+  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();  // negative or too large
+    return false;
+  }
+  *out = v;
+  return true;
+}
+
+// The message for a handle the engine refused.
+std::string StaleMessage(PyObject* h) {
+  PyObject* r = PyObject_Repr(h);
+  std::string shown = "?";
+  if (r != nullptr) {
+    const char* c = PyUnicode_AsUTF8(r);
+    if (c != nullptr) shown = c;
+    Py_DECREF(r);
+  }
+  PyErr_Clear();
+  if (!PyLong_CheckExact(h))
+    return "not an execution handle: " + shown + " (" + Py_TYPE(h)->tp_name +
+           ")";
+  return "stale or unknown execution handle " + shown +
+         ": its execution has ended, or it belongs to another executor";
+}
+
+// A caller queued for the step's key permit or for a global slot (mode 9):
+// what _begin_permitted / _cancel_wait need, kept natively so that no
+// address travels through Python. Used once.
+struct WaitState {
+  uint64_t engine_id = 0;         // the Engine that made it
+  KeyLimiter* limiter = nullptr;  // the key permit held or waited for
+  py::object key;                 // the cache key's bytes, or None
+  bool lead = false;
+  bool flight = false;
+  bool for_slot = false;  // waiting for the global slot (else the key's)
+  bool used = false;
+};
+
+uint64_t NextEngineId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
 PyStepEntry* Entry(ExecutionRecord* r) {
   return static_cast<PyStepEntry*>(r->step.get());
 }
@@ -235,11 +299,14 @@ class Engine {
       return HoldWaiter(fut.ptr());
     };
     auto waiting = [&](KeyLimiter* lim, bool for_slot) {
-      py::object state = py::make_tuple(
-          lead ? py::object(KeyToBytes(key)) : py::none(), py::bool_(lead),
-          py::bool_(flight), py::bool_(for_slot),
-          py::int_(reinterpret_cast<uintptr_t>(lim)));
-      return py::make_tuple(state, fut, 9);
+      WaitState w;
+      w.engine_id = id_;
+      w.limiter = lim;
+      w.key = lead ? py::object(KeyToBytes(key)) : py::none();
+      w.lead = lead;
+      w.flight = flight;
+      w.for_slot = for_slot;
+      return py::make_tuple(py::cast(std::move(w)), fut, 9);
     };
     KeyLimiter* bypassed = nullptr;
     if (held == nullptr && !have_slot) {
@@ -262,7 +329,19 @@ class Engine {
       }
       have_slot = true;
     }
+    PyStepEntry* pe = static_cast<PyStepEntry*>(entry.get());
     ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs(), cfg);
+    if (ABSL_PREDICT_FALSE(r == nullptr)) {
+      // The handle table is full (millions in flight): give back what was
+      // taken, let the flight's followers run themselves, and say so.
+      if (have_slot) WakeSlot(core_.ReleaseSlot());
+      if (held != nullptr) WakeSlot(Executor::ReleaseKey(held));
+      if (bypassed != nullptr) bypassed->EndBypass();
+      if (flight) WakeFollowers(*pe, key, py::none(), false);
+      throw std::runtime_error("too many executions in flight (" +
+                               std::to_string(HandleTable<int>::kMaxSlots) +
+                               ")");
+    }
     r->permit = have_slot;
     r->limiter = held;
     r->bypassed = bypassed;
@@ -276,24 +355,37 @@ class Engine {
 
   // A queued caller was handed a permit (the key's, or a global slot):
   // go on with the next one, then start its execution.
-  py::object begin_permitted(py::handle step, py::tuple state, py::handle data,
+  py::object begin_permitted(py::handle step, py::handle state, py::handle data,
                              py::handle context, py::handle resources) {
+    WaitState& w = TakeWait(state);
     std::shared_ptr<StepEntry> entry = Lookup(step);
-    const bool lead = state[1].cast<bool>();
-    const Key128 key = lead ? KeyFromBytes(state[0]) : Key128{};
-    const bool for_slot = state[3].cast<bool>();
-    KeyLimiter* lim = reinterpret_cast<KeyLimiter*>(state[4].cast<uintptr_t>());
-    return BeginRecord(std::move(entry), core_.current_config(), lead,
-                       state[2].cast<bool>(), key, lim, for_slot, data, context,
+    const Key128 key = w.lead ? KeyFromBytes(w.key) : Key128{};
+    return BeginRecord(std::move(entry), core_.current_config(), w.lead,
+                       w.flight, key, w.limiter, w.for_slot, data, context,
                        resources);
+  }
+
+  // The wait state of this engine that `state` is, marked used; a
+  // StaleHandleError for anything else.
+  WaitState& TakeWait(py::handle state) {
+    if (!py::isinstance<WaitState>(state))
+      ThrowStale("not a wait state of this executor: " +
+                 std::string(Py_TYPE(state.ptr())->tp_name));
+    WaitState& w = state.cast<WaitState&>();
+    if (w.engine_id != id_)
+      ThrowStale("wait state belongs to another executor");
+    if (w.used) ThrowStale("wait state already used");
+    w.used = true;
+    return w;
   }
 
   // A queued caller was cancelled: leave the queue, or pass on a permit that
   // was already handed to it, give back the key permit it held while it
   // waited for a slot; followers of its flight run themselves.
-  void cancel_wait(py::handle step, py::tuple state, py::handle fut) {
-    const bool for_slot = state[3].cast<bool>();
-    KeyLimiter* lim = reinterpret_cast<KeyLimiter*>(state[4].cast<uintptr_t>());
+  void cancel_wait(py::handle step, py::handle state, py::handle fut) {
+    WaitState& ws = TakeWait(state);
+    const bool for_slot = ws.for_slot;
+    KeyLimiter* lim = ws.limiter;
     const FlightWaiter w = PeekWaiter(fut.ptr());
     if (for_slot) {
       if (!core_.CancelWait(w)) WakeSlot(core_.ReleaseSlot());
@@ -301,10 +393,10 @@ class Engine {
     } else if (lim != nullptr && !lim->Cancel(w)) {
       WakeSlot(Executor::ReleaseKey(lim));
     }
-    if (state[2].cast<bool>()) {
+    if (ws.flight) {
       std::shared_ptr<StepEntry> entry = Lookup(step);
       WakeFollowers(*static_cast<PyStepEntry*>(entry.get()),
-                    KeyFromBytes(state[0]), py::none(), false);
+                    KeyFromBytes(ws.key), py::none(), false);
     }
   }
 
@@ -317,9 +409,9 @@ class Engine {
 
   // Starts an attempt of an existing record (retries): the awaitable or,
   // for sync steps, nothing. Same (rec, aw, mode) triple as begin().
-  py::tuple restart(uintptr_t h, py::handle data, py::handle context,
+  py::tuple restart(py::handle h, py::handle data, py::handle context,
                     py::handle resources, py::handle last_exc) {
-    ExecutionRecord* r = Rec(h);
+    ExecutionRecord* r = Live(h);
     if (!core_.StartAttempt(r, MonotonicNowNs())) {
       // The breaker opened meanwhile (often on this very step's failures):
       // the execution ends with the error that tripped it.
@@ -328,20 +420,59 @@ class Engine {
     return StartAttempt(r, data, context, resources);
   }
 
-  // Calls the step (sync steps, from a worker thread).
-  py::object call(uintptr_t h, py::handle data, py::handle context,
-                  py::handle resources) {
-    return Invoke(Entry(Rec(h)), data, context, resources);
+  // A sync step's attempt, for the worker pool: (fn, args, kwargs or None,
+  // timeout_s), taken on the loop thread while the handle is live. The
+  // pool thread calls fn(*args, **kwargs) and nothing else: it never
+  // touches the record, which is another execution's once this one ends.
+  py::tuple sync_call(py::handle h, py::handle data, py::handle context,
+                      py::handle resources) {
+    ExecutionRecord* r = Live(h);
+    PyStepEntry* e = Entry(r);
+    py::tuple args;
+    py::object kw = py::none();
+    switch (e->spec.shape) {
+      case CallShape::kNoArgs:
+        args = py::tuple(0);
+        break;
+      case CallShape::kData:
+        args = py::make_tuple(data);
+        break;
+      case CallShape::kDataContext:
+        args = py::make_tuple(data, context);
+        break;
+      case CallShape::kRunKwargs: {
+        args = py::make_tuple(data);
+        py::dict d;
+        if (e->spec.pass_context_kw && !context.is_none())
+          d["context"] = context;
+        if (e->spec.pass_resources_kw && !resources.is_none())
+          d["resources"] = resources;
+        if (!d.empty()) kw = std::move(d);
+        break;
+      }
+    }
+    return py::make_tuple(e->fn, std::move(args), std::move(kw),
+                          TimeoutSeconds(r));
   }
 
-  double timeout_s(uintptr_t h) const {
-    return static_cast<double>(Rec(h)->step->spec.timeout_ns) / 1e9;
+  double timeout_s(py::handle h) const { return TimeoutSeconds(Live(h)); }
+  static double TimeoutSeconds(const ExecutionRecord* r) {
+    return static_cast<double>(r->step->spec.timeout_ns) / 1e9;
+  }
+
+  // The live record of handle `h`; StaleHandleError otherwise (hot path:
+  // an int check, the table's tag and generation compares).
+  ExecutionRecord* Live(py::handle h) const {
+    uint64_t v;
+    if (ABSL_PREDICT_TRUE(HandleValue(h.ptr(), &v))) {
+      if (ExecutionRecord* r = core_.Record(v)) return r;
+    }
+    ThrowStale(StaleMessage(h.ptr()));
   }
 
   // ---- hot path: after a successful attempt ----
   // New reference, or nullptr with a Python error set.
-  PyObject* succeed(uintptr_t h, PyObject* out) {
-    ExecutionRecord* r = Rec(h);
+  PyObject* succeed(ExecutionRecord* r, PyObject* out) {
     if (r->cache_lead) return SucceedCached(r, out);
     const ExecutionOutcome o = core_.Succeed(r, MonotonicNowNs());
     WakeSlot(o.wake);  // no flight: the cache is off for this execution
@@ -623,8 +754,8 @@ class Engine {
   }
 
   // ---- after a failed attempt ----
-  py::object failed(uintptr_t h, py::handle exc, bool timed_out) {
-    ExecutionRecord* r = Rec(h);
+  py::object failed(py::handle h, py::handle exc, bool timed_out) {
+    ExecutionRecord* r = Live(h);
     PyStepEntry* e = Entry(r);
     AttemptError err;
     err.timed_out = timed_out;
@@ -656,12 +787,14 @@ class Engine {
   }
 
   // The fallback step finished with `fb` (a StepResult).
-  py::object fallback_done(uintptr_t h, py::handle primary_exc, py::handle fb) {
+  py::object fallback_done(py::handle h, py::handle primary_exc,
+                           py::handle fb) {
+    ExecutionRecord* r = Live(h);
     if (!IsStepResult(fb.ptr()))
       throw py::type_error("fallback result must be a StepResult");
     auto* f = reinterpret_cast<StepResultObject*>(fb.ptr());
     const ExecutionOutcome o =
-        core_.Fail(Rec(h), MonotonicNowNs(), /*fell_back=*/true);
+        core_.Fail(r, MonotonicNowNs(), /*fell_back=*/true);
     py::object feedback = FeedbackOf(primary_exc);
     auto res = py::reinterpret_steal<py::object>(NewStepResult(
         EntryOf(o)->name_str.ptr(), f->output, f->success,
@@ -679,9 +812,10 @@ class Engine {
     return res;
   }
 
-  void cancel(uintptr_t h) {
+  void cancel(py::handle h) {
+    ExecutionRecord* r = Live(h);
     // Followers must not inherit a cancellation: they run the step themselves.
-    Ended(core_.Cancel(Rec(h), MonotonicNowNs()), py::none(), false);
+    Ended(core_.Cancel(r, MonotonicNowNs()), py::none(), false);
   }
 
   // ---- read-outs (off the hot path) ----
@@ -900,7 +1034,7 @@ class Engine {
   py::tuple StartAttempt(ExecutionRecord* r, py::handle data,
                          py::handle context, py::handle resources) {
     PyStepEntry* e = Entry(r);
-    py::int_ h(reinterpret_cast<uintptr_t>(r));
+    py::int_ h(r->handle);
     if (e->spec.kind == StepKind::kSync)
       return py::make_tuple(h, py::none(), 2);
     try {
@@ -951,7 +1085,7 @@ class Engine {
       // Run the fallback instead; the record ends in _fallback_done.
       e->stats->rejected.fetch_add(1, std::memory_order_relaxed);
       WakePermits(core_.ReleasePermits(r));
-      return py::make_tuple(py::int_(reinterpret_cast<uintptr_t>(r)),
+      return py::make_tuple(py::int_(r->handle),
                             py::make_tuple(e->fallback, exc), 6);
     }
     const ExecutionOutcome o = core_.Reject(r, MonotonicNowNs());
@@ -1126,6 +1260,7 @@ class Engine {
   }
 
   Executor core_;
+  const uint64_t id_ = NextEngineId();  // names this engine's wait states
   TelemetryState telemetry_;
   py::object analyse_;
   py::object analysis_hook_;  // set by ExecutorCore; holds a weak reference
@@ -1252,14 +1387,13 @@ PyObject* FastBegin(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2 || !PyLong_CheckExact(args[0])) {
+  if (nargs != 2) {
     PyErr_SetString(PyExc_TypeError, "_succeed(rec, output)");
     return nullptr;
   }
-  const uintptr_t h =
-      static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(args[0]));
   try {
-    return EngineOf(self)->succeed(h, args[1]);
+    Engine* engine = EngineOf(self);
+    return engine->succeed(engine->Live(args[0]), args[1]);
   } catch (py::error_already_set& e) {
     e.restore();
   } catch (const py::builtin_exception& e) {
@@ -1342,6 +1476,9 @@ void RegisterExecutor(py::module_& m) {
   m.def("_clock_offset_ns", &ClockOffsetNs,
         "CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time).");
   if (!InitStepResultType(m.ptr())) throw py::error_already_set();
+  py::class_<WaitState>(m, "_WaitState",
+                        "A caller queued for a concurrency permit (opaque; "
+                        "used once).");
 
   py::class_<Engine>(
       m, "Engine",
@@ -1370,11 +1507,13 @@ void RegisterExecutor(py::module_& m) {
       .def("invalidate_prefix", &Engine::invalidate_prefix)
       .def("clear_cache", &Engine::clear_cache)
       .def("cache_stats", &Engine::cache_stats)
-      .def("_call", &Engine::call)
+      .def("_sync_call", &Engine::sync_call,
+           "A sync step's attempt: (fn, args, kwargs, timeout_s) for the "
+           "worker pool.")
       .def("_timeout_s", &Engine::timeout_s)
       .def("_succeed",
-           [](Engine& e, uintptr_t h, py::handle out) {
-             PyObject* r = e.succeed(h, out.ptr());
+           [](Engine& e, py::handle h, py::handle out) {
+             PyObject* r = e.succeed(e.Live(h), out.ptr());
              if (!r) throw py::error_already_set();
              return py::reinterpret_steal<py::object>(r);
            })

@@ -11,6 +11,15 @@
 // costs one wake-up of the loop. The drain, on the loop's thread, resolves
 // the futures (skipping those cancelled meanwhile).
 //
+// Withdrawal. A task submitted with submit_withdrawable comes with a
+// ticket; withdraw(ticket) after its future was cancelled (the caller
+// stopped waiting: the executor's attempt timed out or was cancelled) takes
+// it out of the queue at once, if no worker took it yet (the core's
+// WorkerPool::Withdraw). Any task whose future is cancelled before a worker
+// starts it is not called either: the worker sees the future done (the
+// core counts it as withdrawn too). One cancelled while it runs finishes;
+// the drain drops its result.
+//
 // Every Python reference a task holds is released with the GIL held: by
 // the worker after the call, by the not-run path (queue timeout, shutdown)
 // after taking the GIL, or by Submit's caller when the pool refuses the
@@ -181,6 +190,20 @@ struct Job {
   }
 };
 
+// Whether an asyncio future is done already (cancelled, with the GIL held,
+// on any thread: reading its state is a plain call under the GIL).
+bool FutureDone(PyObject* fut) {
+  static PyObject* done = PyUnicode_InternFromString("done");
+  PyObject* r = PyObject_CallMethodNoArgs(fut, done);
+  if (r == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const bool out = r == Py_True;
+  Py_DECREF(r);
+  return out;
+}
+
 // The current exception as an object carrying its traceback (GIL held).
 PyObject* FetchException() {
   PyObject *type, *value, *tb;
@@ -219,6 +242,26 @@ class PyWorkerPool {
   // Queues fn(*args, **kwargs); returns the asyncio future of its result.
   // Raises QueueFullError at once when the queue is full.
   py::object submit(py::handle fn, py::tuple args, py::object kwargs) {
+    return Submit(fn, std::move(args), std::move(kwargs), nullptr);
+  }
+
+  // The same, returning (future, ticket) for withdraw().
+  py::tuple submit_withdrawable(py::handle fn, py::tuple args,
+                                py::object kwargs) {
+    std::shared_ptr<WorkerPool::Ticket> ticket;
+    py::object fut = Submit(fn, std::move(args), std::move(kwargs), &ticket);
+    return py::make_tuple(std::move(fut), py::cast(std::move(ticket)));
+  }
+
+  // Takes a queued task out of the queue (call it once its future is
+  // cancelled): true if it was still queued; it will not run.
+  bool withdraw(const std::shared_ptr<WorkerPool::Ticket>& ticket) {
+    if (pool_ == nullptr || ticket == nullptr) return false;
+    return pool_->Withdraw(*ticket);  // a CAS and a count: never blocks
+  }
+
+  py::object Submit(py::handle fn, py::tuple args, py::object kwargs,
+                    std::shared_ptr<WorkerPool::Ticket>* ticket) {
     if (pool_ == nullptr) throw py::value_error("the worker pool is shut down");
     std::shared_ptr<Inbox> inbox = InboxFor();
     py::object fut = inbox->loop().attr("create_future")();
@@ -231,6 +274,14 @@ class PyWorkerPool {
     WorkerPool::Task task;
     task.run = [job]() {
       EnterPython();
+      if (FutureDone(job->future)) {
+        // Cancelled while queued: withdrawn, the callable is not called.
+        job->ReleaseCall();
+        Py_CLEAR(job->future);
+        job->inbox.reset();
+        LeavePython();
+        return absl::CancelledError("withdrawn: its future was cancelled");
+      }
       PyObject* res = PyObject_Call(job->fn, job->args, job->kwargs);
       Outcome o{job->future, res, res != nullptr};
       if (res == nullptr) o.value = FetchException();
@@ -242,15 +293,27 @@ class PyWorkerPool {
       return absl::OkStatus();  // a Python exception is a result, not a failure
     };
     task.on_done = [job, timed_out = timed_out_.ptr()](absl::Status s) {
-      if (s.ok()) return;  // run() delivered the outcome
+      // OK: run() delivered the outcome; no future: run() withdrew it.
+      if (s.ok() || job->future == nullptr) return;
       EnterPython();
+      if (absl::IsCancelled(s) && s.message() == "withdrawn" &&
+          FutureDone(job->future)) {
+        // Withdrawn from the queue (its caller cancelled the future).
+        job->ReleaseCall();
+        Py_CLEAR(job->future);
+        job->inbox.reset();
+        LeavePython();
+        return;
+      }
       PyObject* exc =
           s.code() == absl::StatusCode::kDeadlineExceeded
               ? PyObject_CallFunction(timed_out, "s",
                                       std::string(s.message()).c_str())
               : PyObject_CallFunction(
                     CancelledErrorType(), "s",
-                    "the worker pool shut down before the task started");
+                    s.message() == "withdrawn"
+                        ? "withdrawn from the worker pool's queue"
+                        : "the worker pool shut down before the task started");
       if (exc == nullptr) exc = FetchException();
       Outcome o{job->future, exc, false};
       job->future = nullptr;
@@ -259,7 +322,7 @@ class PyWorkerPool {
       job->inbox.reset();
       LeavePython();
     };
-    const absl::Status st = pool_->Submit(std::move(task));
+    const absl::Status st = pool_->Submit(std::move(task), ticket);
     if (st.ok()) return fut;
     // Refused: the task (and the job's references) were destroyed in Submit.
     if (st.code() == absl::StatusCode::kResourceExhausted) {
@@ -311,6 +374,7 @@ class PyWorkerPool {
     d["rejected"] = s.rejected;
     d["timed_out"] = s.timed_out;
     d["cancelled"] = s.cancelled;
+    d["withdrawn"] = s.withdrawn;
     d["steals"] = s.steals;
     d["average_latency_ms"] = s.average_latency_ns() / 1e6;
     return d;
@@ -362,6 +426,8 @@ class PyWorkerPool {
 }  // namespace
 
 void RegisterPool(py::module_& m) {
+  py::class_<WorkerPool::Ticket, std::shared_ptr<WorkerPool::Ticket>>(
+      m, "_PoolTicket", "A queued task's withdrawal switch (opaque).");
   py::class_<PyWorkerPool>(m, "WorkerPool",
                            "Native work-stealing thread pool (internal; use "
                            "caudal.WorkerPool).")
@@ -370,6 +436,12 @@ void RegisterPool(py::module_& m) {
            py::arg("on_drained") = py::none())
       .def("submit", &PyWorkerPool::submit, py::arg("fn"), py::arg("args"),
            py::arg("kwargs") = py::none())
+      .def("submit_withdrawable", &PyWorkerPool::submit_withdrawable,
+           py::arg("fn"), py::arg("args"), py::arg("kwargs") = py::none(),
+           "submit, returning (future, ticket) for withdraw(ticket).")
+      .def("withdraw", &PyWorkerPool::withdraw, py::arg("ticket"),
+           "Takes a queued task out of the queue; True if it was still "
+           "queued (it will not run).")
       .def("close", &PyWorkerPool::Close, py::arg("cancel_pending") = false)
       .def("stats", &PyWorkerPool::stats)
       .def_property_readonly("closed", &PyWorkerPool::closed);

@@ -57,6 +57,12 @@ class PoolTimeoutError(CaudalError, TimeoutError):
     and was not run."""
 
 
+class StaleHandleError(CaudalError, RuntimeError):
+    """An execution handle (or wait state) the native engine does not know:
+    its execution has ended, it belongs to another executor, or it is not a
+    handle at all. Internal calls only; never a user step's doing."""
+
+
 class OverloadedError(CaudalError):
     """Raise it from a step when its backend says it is overloaded (HTTP 429
     or 503, "too many requests", a full queue downstream). Like timeouts,
@@ -262,5 +268,6 @@ __all__ = [
     "QueueFullError",
     "RemoteWorkerDiedError",
     "RunNotFoundError",
+    "StaleHandleError",
     "UsageLimitExceededError",
 ]

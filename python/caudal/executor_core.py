@@ -406,16 +406,21 @@ class ExecutorCore:
     async def _run_sync(
         self, rec: int, data: Any, context: Any, resources: Any
     ) -> tuple[Any, bool]:
-        engine = self._engine
         pool = self._pool or self._sync_pool()
+        # What the pool thread calls is fixed here, on the loop thread, while
+        # the handle is live: the step's callable and its arguments. The
+        # thread never looks anything up through the handle, which may be
+        # stale (and its record another execution's) by the time it runs.
+        fn, args, kwargs, timeout_s = self._engine._sync_call(rec, data, context, resources)
 
         async def body() -> Any:
-            out = await pool.run(engine._call, rec, data, context, resources)
+            # Cancelling this (timeout, cancellation) cancels the pool's
+            # future: queued work is withdrawn, running work's result dropped.
+            out = await pool._run_call(fn, args, kwargs)
             if inspect.isawaitable(out):
                 out = await out  # a plain function (a lambda, say) that returned an awaitable
             return out
 
-        timeout_s = engine._timeout_s(rec)
         if timeout_s > 0:
             # A thread cannot be interrupted: on timeout the attempt stops
             # waiting for it and the thread finishes on its own.

@@ -168,7 +168,7 @@ class CaudalCollector(Collector):
                 CounterMetricFamily, "worker_pool_finished", "Sync-step tasks by outcome",
                 ["outcome"],
             )  # fmt: skip
-            for st in ("completed", "rejected", "timed_out", "cancelled"):
+            for st in ("completed", "rejected", "timed_out", "cancelled", "withdrawn"):
                 done.add_metric(self._values(st), pool.get(st, 0))
             yield from (tasks, done)
 

@@ -47,6 +47,12 @@ class WorkerPool:
     - ``task_timeout``: seconds a task may wait in the queue; one that waited
       longer is not run and its future gets :class:`caudal.PoolTimeoutError`.
       A task that has started is never interrupted.
+
+    Cancelling :meth:`run` while its task is queued withdraws the task: it
+    never runs and its queue place is free at once (``stats()["withdrawn"]``).
+    A :meth:`submit` task whose future is cancelled before a worker starts
+    it is not called either. A task cancelled while it runs finishes, and
+    its result is dropped.
     """
 
     __slots__ = (
@@ -99,15 +105,27 @@ class WorkerPool:
     async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` on the pool; waits for room in the queue
         when it is full (backpressure), then for the result."""
-        submit = self._native.submit
-        kw = kwargs or None
-        try:
-            fut = submit(fn, args, kw)
-        except QueueFullError:
-            fut = await self._submit_when_room(fn, args, kw)
-        return await fut
+        return await self._run_call(fn, args, kwargs or None)
 
-    async def _submit_when_room(self, fn: Any, args: tuple, kw: Any) -> asyncio.Future:
+    async def _run_call(self, fn: Callable[..., Any], args: tuple, kw: dict | None) -> Any:
+        """``fn(*args, **kw)`` as :meth:`run` (the executor's sync steps).
+        Cancelled while the task is queued: the task is taken out of the
+        queue (it never runs, its place is free at once); while it runs:
+        its result is dropped."""
+        native = self._native
+        try:
+            fut, ticket = native.submit_withdrawable(fn, args, kw)
+        except QueueFullError:
+            fut, ticket = await self._submit_when_room(fn, args, kw, native.submit_withdrawable)
+        try:
+            return await fut
+        except BaseException:
+            if fut.cancelled() and native.withdraw(ticket):
+                self._on_drained(1)  # its place in the queue is free: wake a waiter
+            raise
+
+    async def _submit_when_room(self, fn: Any, args: tuple, kw: Any, submit: Any = None) -> Any:
+        submit = submit or self._native.submit
         loop = asyncio.get_running_loop()
         self._room_waits += 1
         while True:
@@ -123,7 +141,7 @@ class WorkerPool:
                 except ValueError:
                     pass
             try:
-                return self._native.submit(fn, args, kw)
+                return submit(fn, args, kw)
             except QueueFullError:
                 continue
 
@@ -173,7 +191,8 @@ class WorkerPool:
     def stats(self) -> dict[str, Any]:
         """active, queued, completed, failed (always 0: a Python exception is
         the task's result, delivered to its future), rejected (queue full or
-        closed), timed_out, cancelled, steals, average_latency_ms (queue wait
+        closed), timed_out, cancelled, withdrawn (cancelled before they
+        started: not run), steals, average_latency_ms (queue wait
         plus run time), room_waiters (waiting for room now), room_waits
         (run() calls that found the queue full and waited, so far)."""
         s = self._native.stats()

@@ -261,6 +261,109 @@ TEST(WorkerPoolTest, ShutdownWithoutDrainCancelsQueuedTasks) {
   EXPECT_EQ(s.queued, 0);
 }
 
+TEST(WorkerPoolTest, WithdrawnTasksCountApartFromCompletedOnes) {
+  auto pool = MakePool(Opts(1, 10));
+  Event started, release;
+  ASSERT_TRUE(pool->Submit(Blocker(&started, &release)).ok());
+  ASSERT_TRUE(started.Wait());
+  std::atomic<bool> withdrawn_flag[4] = {false, true, false, true};
+  std::atomic<int> ran{0}, seen_withdrawn{0};
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(pool->Submit({[&, i] {
+                                if (withdrawn_flag[i]) {
+                                  return absl::CancelledError("withdrawn");
+                                }
+                                ran++;
+                                return absl::OkStatus();
+                              },
+                              [&](absl::Status s) {
+                                if (absl::IsCancelled(s)) seen_withdrawn++;
+                              }})
+                    .ok());
+  }
+  release.Set();
+  pool->Shutdown(/*drain=*/true);
+  EXPECT_EQ(ran.load(), 2);
+  EXPECT_EQ(seen_withdrawn.load(), 2);  // on_done gets the status
+  const WorkerPool::Stats s = pool->stats();
+  EXPECT_EQ(s.withdrawn, 2);
+  EXPECT_EQ(s.completed, 3);  // the blocker and the two that ran
+  EXPECT_EQ(s.failed, 0);
+  EXPECT_EQ(s.cancelled, 0);
+}
+
+TEST(WorkerPoolTest, WithdrawFreesTheQueuePlaceAndTheTaskNeverRuns) {
+  auto pool = MakePool(Opts(1, 3));
+  Event started, release;
+  ASSERT_TRUE(pool->Submit(Blocker(&started, &release)).ok());
+  ASSERT_TRUE(started.Wait());
+  std::atomic<int> ran{0}, withdrawn_done{0};
+  std::vector<std::shared_ptr<WorkerPool::Ticket>> tickets(3);
+  auto task = [&]() -> WorkerPool::Task {
+    return {[&] {
+              ran++;
+              return absl::OkStatus();
+            },
+            [&](absl::Status s) {
+              if (absl::IsCancelled(s) && s.message() == "withdrawn")
+                withdrawn_done++;
+            }};
+  };
+  for (auto& t : tickets) ASSERT_TRUE(pool->Submit(task(), &t).ok());
+  EXPECT_EQ(pool->Submit(task()).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(pool->Withdraw(*tickets[0]));
+  EXPECT_FALSE(pool->Withdraw(*tickets[0]));  // once
+  EXPECT_TRUE(tickets[0]->withdrawn());
+  EXPECT_TRUE(pool->Withdraw(*tickets[2]));
+  EXPECT_EQ(pool->stats().queued, 1);  // the places are free at once
+  std::shared_ptr<WorkerPool::Ticket> more;
+  ASSERT_TRUE(pool->Submit(task(), &more).ok());
+  release.Set();
+  ASSERT_TRUE(WaitUntil([&] { return ran.load() == 2; }));
+  EXPECT_FALSE(pool->Withdraw(*tickets[1]));  // it ran: too late
+  EXPECT_FALSE(tickets[1]->withdrawn());
+  pool->Shutdown(/*drain=*/true);
+  EXPECT_EQ(ran.load(), 2);
+  EXPECT_EQ(withdrawn_done.load(), 2);  // on_done once each, on a worker
+  const WorkerPool::Stats st = pool->stats();
+  EXPECT_EQ(st.withdrawn, 2);
+  EXPECT_EQ(st.completed, 3);
+  EXPECT_EQ(st.queued, 0);
+}
+
+// Submitters withdrawing at random while workers take tasks: each task is
+// either run or withdrawn, exactly once, and on_done is called once for
+// every task. (TSan: the ticket's CAS orders the two sides.)
+TEST(WorkerPoolTest, WithdrawRacesWithWorkersTakingTasks) {
+  auto pool = MakePool(Opts(2, 100000));
+  constexpr int kThreads = 3, kTasks = 3000;
+  std::atomic<int> ran{0}, done{0}, withdrawn{0};
+  std::vector<std::thread> threads;
+  for (int k = 0; k < kThreads; ++k) {
+    threads.emplace_back([&, k] {
+      for (int i = 0; i < kTasks; ++i) {
+        std::shared_ptr<WorkerPool::Ticket> t;
+        ASSERT_TRUE(pool->Submit({[&] {
+                                    ran++;
+                                    return absl::OkStatus();
+                                  },
+                                  [&](absl::Status) { done++; }},
+                                 &t)
+                        .ok());
+        if ((i + k) % 2 == 0 && pool->Withdraw(*t)) withdrawn++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  pool->Shutdown(/*drain=*/true);
+  EXPECT_EQ(ran.load() + withdrawn.load(), kThreads * kTasks);
+  EXPECT_EQ(done.load(), kThreads * kTasks);
+  const WorkerPool::Stats st = pool->stats();
+  EXPECT_EQ(st.withdrawn, withdrawn.load());
+  EXPECT_EQ(st.completed, ran.load());
+  EXPECT_EQ(st.queued, 0);
+}
+
 TEST(WorkerPoolTest, ShutdownFromInsideATaskDoesNotDeadlock) {
   auto pool = MakePool(Opts(2, 10));
   std::atomic<int> cancelled{0};

@@ -50,6 +50,7 @@ int64_t SteadyNowNs() {
 struct WorkerPool::TaskNode {
   Task task;
   int64_t enqueue_ns;
+  std::shared_ptr<Ticket> ticket;  // null: cannot be withdrawn
 };
 
 struct WorkerPool::Worker {
@@ -66,6 +67,7 @@ struct WorkerPool::Worker {
   std::atomic<int64_t> failed{0};
   std::atomic<int64_t> timed_out{0};
   std::atomic<int64_t> cancelled{0};
+  std::atomic<int64_t> withdrawn{0};
   std::atomic<int64_t> steals{0};
   std::atomic<int64_t> latency_ns{0};
 };
@@ -112,11 +114,20 @@ int64_t WorkerPool::Now() const { return options_.clock(); }
 bool WorkerPool::InWorkerThread() const { return tls_pool == this; }
 
 absl::Status WorkerPool::Submit(Task task) {
+  return Submit(std::move(task), nullptr);
+}
+
+absl::Status WorkerPool::Submit(Task task, std::shared_ptr<Ticket>* ticket) {
   if (!task.run) return absl::InvalidArgumentError("task.run is empty");
   // Allocate and stamp first, so the window between reserving a place and
   // publishing the task (where a worker may see queued > 0 but find
   // nothing) is as short as possible.
-  auto node = std::make_unique<TaskNode>(TaskNode{std::move(task), Now()});
+  auto node =
+      std::make_unique<TaskNode>(TaskNode{std::move(task), Now(), nullptr});
+  if (ticket != nullptr) {
+    node->ticket = std::make_shared<Ticket>();
+    node->ticket->pool_ = this;
+  }
 
   int64_t q = queued_.load(std::memory_order_relaxed);
   do {
@@ -134,6 +145,7 @@ absl::Status WorkerPool::Submit(Task task) {
     return absl::FailedPreconditionError("worker pool is shut down");
   }
 
+  if (ticket != nullptr) *ticket = node->ticket;
   if (tls_pool == this) {
     workers_[tls_worker]->deque.Push(node.release());
   } else {
@@ -143,6 +155,38 @@ absl::Status WorkerPool::Submit(Task task) {
   }
   WakeOne();
   return absl::OkStatus();
+}
+
+bool WorkerPool::Withdraw(Ticket& ticket) {
+  if (ticket.pool_ != this) return false;
+  int expected = Ticket::kQueued;
+  if (!ticket.state_.compare_exchange_strong(expected, Ticket::kWithdrawn,
+                                             std::memory_order_acq_rel)) {
+    return false;  // taken by a worker, or withdrawn already
+  }
+  // Its place is free; the node stays in its queue until a worker drops it.
+  queued_.fetch_sub(1, std::memory_order_seq_cst);
+  withdrawn_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+void WorkerPool::DropWithdrawn(TaskNode* node) {
+  if (node->task.on_done) node->task.on_done(absl::CancelledError("withdrawn"));
+  delete node;
+}
+
+void WorkerPool::DropLeftovers(Worker& self) {
+  // queued_ is 0 and no task is accepted any more: what is left is
+  // withdrawn.
+  while (std::optional<TaskNode*> mine = self.deque.Pop()) DropWithdrawn(*mine);
+  std::vector<TaskNode*> left;
+  {
+    MutexLock lock(&inject_mu_);
+    left.assign(inject_.begin(), inject_.end());
+    inject_.clear();
+    inject_size_.store(0, std::memory_order_release);
+  }
+  for (TaskNode* node : left) DropWithdrawn(node);
 }
 
 void WorkerPool::WakeOne() {
@@ -189,12 +233,32 @@ void WorkerPool::WorkerLoop(int index) {
     }
     if (exit) break;
   }
+  DropLeftovers(self);
   if (options_.on_thread_exit) options_.on_thread_exit();
   tls_pool = nullptr;
   tls_worker = -1;
 }
 
 WorkerPool::TaskNode* WorkerPool::FindTask(Worker& self) {
+  for (;;) {
+    TaskNode* node = TakeAny(self);
+    if (node == nullptr) return nullptr;
+    if (node->ticket != nullptr) {
+      int expected = Ticket::kQueued;
+      if (!node->ticket->state_.compare_exchange_strong(
+              expected, Ticket::kTaken, std::memory_order_acq_rel)) {
+        DropWithdrawn(node);  // Withdraw freed its place already
+        continue;
+      }
+    }
+    queued_.fetch_sub(1, std::memory_order_seq_cst);
+    return node;
+  }
+}
+
+// A node from this worker's deque, the injection queue or another worker's
+// deque (not yet counted out of queued_).
+WorkerPool::TaskNode* WorkerPool::TakeAny(Worker& self) {
   TaskNode* node = nullptr;
   if (std::optional<TaskNode*> mine = self.deque.Pop()) {
     node = *mine;
@@ -221,7 +285,6 @@ WorkerPool::TaskNode* WorkerPool::FindTask(Worker& self) {
       }
     }
   }
-  if (node != nullptr) queued_.fetch_sub(1, std::memory_order_seq_cst);
   return node;
 }
 
@@ -240,9 +303,13 @@ void WorkerPool::Execute(Worker& self, TaskNode* node) {
     status = node->task.run();
     const int64_t end_ns = Now();
     Bump(self.active, -1);
-    Bump(self.latency_ns, end_ns - node->enqueue_ns);
-    if (!status.ok()) Bump(self.failed);
-    Bump(self.completed);
+    if (absl::IsCancelled(status)) {
+      Bump(self.withdrawn);  // run() found its work withdrawn: not done
+    } else {
+      Bump(self.latency_ns, end_ns - node->enqueue_ns);
+      if (!status.ok()) Bump(self.failed);
+      Bump(self.completed);
+    }
   }
   if (node->task.on_done) node->task.on_done(std::move(status));
   delete node;  // the task's captured state is destroyed on this thread
@@ -278,12 +345,14 @@ WorkerPool::Stats WorkerPool::stats() const {
   s.queued = std::max<int64_t>(0, queued_.load(std::memory_order_relaxed));
   s.sleeping = sleepers_.load(std::memory_order_relaxed);
   s.rejected = rejected_.load(std::memory_order_relaxed);
+  s.withdrawn = withdrawn_.load(std::memory_order_relaxed);
   for (const auto& w : workers_) {
     s.active += w->active.load(std::memory_order_relaxed);
     s.completed += w->completed.load(std::memory_order_relaxed);
     s.failed += w->failed.load(std::memory_order_relaxed);
     s.timed_out += w->timed_out.load(std::memory_order_relaxed);
     s.cancelled += w->cancelled.load(std::memory_order_relaxed);
+    s.withdrawn += w->withdrawn.load(std::memory_order_relaxed);
     s.steals += w->steals.load(std::memory_order_relaxed);
     s.total_latency_ns += w->latency_ns.load(std::memory_order_relaxed);
   }

@@ -23,6 +23,15 @@
 //     was not run), or kCancelled (Shutdown(drain=false) before it started).
 //     A task that runs is never interrupted: the timeout only applies while
 //     it waits, and is checked when a worker takes it from the queue.
+//   - Withdrawal: a task submitted with a Ticket can be withdrawn while it
+//     is queued (Withdraw): its place in the queue is free at once, it never
+//     runs, and on_done gets kCancelled "withdrawn" on a worker thread (when
+//     a worker comes across it, at the latest as the worker exits). Taking a
+//     task and withdrawing it race on the ticket's state with a CAS, so a
+//     task is either run or withdrawn, never both. Separately, a task's
+//     run() may find as it starts that its work was withdrawn (the
+//     bindings: its asyncio future is cancelled) and return kCancelled
+//     without doing it. Both count as withdrawn, not completed.
 //   - No lock is held while a task or a done-callback runs.
 //   - No lost wake-up: a worker announces it is going to sleep (under the
 //     sleep mutex) and then re-checks the queued count; Submit counts the
@@ -77,7 +86,8 @@ class WorkerPool {
 
   struct Task {
     // The work. Its status is passed to on_done; a non-OK status counts as
-    // failed.
+    // failed, except kCancelled: the work was withdrawn before it began
+    // (counts as withdrawn; see the header comment).
     absl::AnyInvocable<absl::Status()> run;
     // Called exactly once if Submit accepted the task (see the header
     // comment for the statuses), on a worker thread. May be empty.
@@ -87,11 +97,27 @@ class WorkerPool {
     // the task -- relevant when they hold Python objects.
   };
 
+  // A queued task's withdrawal switch (Submit with a ticket, Withdraw).
+  class Ticket {
+   public:
+    // Withdrawn (by Withdraw) before a worker took it.
+    bool withdrawn() const {
+      return state_.load(std::memory_order_acquire) == kWithdrawn;
+    }
+
+   private:
+    friend class WorkerPool;
+    static constexpr int kQueued = 0, kTaken = 1, kWithdrawn = 2;
+    std::atomic<int> state_{kQueued};
+    const WorkerPool* pool_ = nullptr;  // another pool's ticket is refused
+  };
+
   struct Stats {
     int64_t active = 0;            // tasks running now
     int64_t queued = 0;            // accepted, not yet started
     int64_t sleeping = 0;          // workers asleep on the CondVar
     int64_t completed = 0;         // tasks that ran (whatever they returned)
+    int64_t withdrawn = 0;         // withdrawn while queued: not run
     int64_t failed = 0;            // of those, the ones whose run() was not OK
     int64_t rejected = 0;          // Submit refused: queue full or shut down
     int64_t timed_out = 0;         // completed with kDeadlineExceeded, not run
@@ -121,6 +147,15 @@ class WorkerPool {
   // Python's ThreadPoolExecutor), kInvalidArgument if task.run is empty. A
   // refused task is destroyed without calling on_done.
   absl::Status Submit(Task task);
+  // The same, handing back in `*ticket` (when accepted) the switch with
+  // which the caller may withdraw the task while it is queued.
+  absl::Status Submit(Task task, std::shared_ptr<Ticket>* ticket);
+
+  // Withdraws a queued task: true if it was still queued (it will not run,
+  // its queue place is free now; on_done gets kCancelled "withdrawn" later,
+  // on a worker thread). False if a worker had taken it (it runs or ran),
+  // it was withdrawn already, or the ticket is another pool's. Any thread.
+  bool Withdraw(Ticket& ticket);
 
   // Stops accepting tasks and waits for the workers to finish. With drain,
   // queued tasks run first; without, they complete with kCancelled (tasks
@@ -143,6 +178,12 @@ class WorkerPool {
   explicit WorkerPool(Options options);
   void WorkerLoop(int index);
   TaskNode* FindTask(Worker& self);
+  TaskNode* TakeAny(Worker& self);
+  // A node withdrawn by its ticket, found in a queue: on_done, delete.
+  void DropWithdrawn(TaskNode* node);
+  // On a worker's exit: the withdrawn nodes left in its deque and the
+  // injection queue.
+  void DropLeftovers(Worker& self);
   void Execute(Worker& self, TaskNode* node);
   void WakeOne();
   int64_t Now() const;
@@ -155,6 +196,7 @@ class WorkerPool {
   alignas(64) std::atomic<int64_t> queued_{0};
   alignas(64) std::atomic<int> sleepers_{0};
   std::atomic<int64_t> rejected_{0};
+  std::atomic<int64_t> withdrawn_{0};  // by Withdraw
   std::atomic<bool> accepting_{true};
   std::atomic<Mode> mode_{Mode::kRunning};
 

@@ -275,6 +275,8 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   if (MaintenanceDue(now_ns)) Maintain(now_ns);
   const OptimizationConfig* config = cfg ? cfg : current_config();
   ExecutionRecord* r = NewRecord(*config);
+  if (ABSL_PREDICT_FALSE(r == nullptr)) return nullptr;  // no slot left
+  r->handle = handles_.Publish(r->slot);
   r->step = std::move(step);
   r->config = config;
   r->start_ns = now_ns;
@@ -370,9 +372,12 @@ FlightWaiter Executor::ReleaseSlot() {
   return next ? *next : FlightWaiter();
 }
 
-// Gives back the record's slot and hands over what the caller must wake;
-// moves the step out of the record and deletes it.
+// Retires the record's handle, gives back its slot and hands over what the
+// caller must wake; moves the step out of the record and deletes it.
 void Executor::Release(ExecutionRecord* r, ExecutionOutcome& out) {
+  // First: from here on the handle finds nothing, whatever the record
+  // serves next.
+  handles_.RetireSlot(r->slot);
   if (r->permit) out.wake = ReleaseSlot();
   if (r->limiter != nullptr) out.wake_key = ReleaseKey(r->limiter);
   if (r->bypassed != nullptr) r->bypassed->EndBypass();

@@ -14,6 +14,14 @@
 // record pins the config that was current at Begin(): an execution in flight
 // finishes under the config it started with, even if ApplyConfig() swaps it.
 //
+// Handles. Outside the core (in Python) an execution is its record's
+// `handle`: an opaque 64-bit value from the executor's HandleTable
+// (handle_table.h), never the record's address. Record(handle) gives the
+// live record or null -- stale (the execution ended; the record may be
+// serving another execution by now), another executor's, or garbage -- at
+// the cost of a tag and a generation compare. Release retires the handle
+// before the record goes back to the pool or the allocator.
+//
 // Thread-safety: all methods are thread-safe. Per-attempt work touches only
 // the record (owned by one caller), relaxed atomics and the breaker's
 // lock-free closed path; locks are taken on errors and state changes.
@@ -39,6 +47,7 @@
 #include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/concurrency/key_limiter.h"
 #include "caudal/config/optimization_config.h"
+#include "caudal/executor/handle_table.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/hash/key128.h"
 #include "caudal/memory/memory_monitor.h"
@@ -58,6 +67,19 @@ namespace caudal {
 int64_t MonotonicNowNs();
 
 struct ExecutionRecord {
+  // This execution's handle (Executor::Record), retired when it ends.
+  uint64_t handle = 0;
+  // The record's slot in its executor's handle table, held for the
+  // record's life (a pooled record keeps it while the pool recycles it);
+  // given back by the destructor.
+  HandleTable<ExecutionRecord>* table = nullptr;
+  uint32_t slot = HandleTable<ExecutionRecord>::kNoSlot;
+  ~ExecutionRecord();
+  ExecutionRecord() = default;
+  ExecutionRecord(const ExecutionRecord&) = default;
+  ExecutionRecord& operator=(const ExecutionRecord&) = default;
+  ExecutionRecord(ExecutionRecord&&) = default;
+  ExecutionRecord& operator=(ExecutionRecord&&) = default;  // the pool's reset
   std::shared_ptr<StepEntry> step;
   // The config in force at Begin(); every config an executor has had stays
   // alive as long as the executor, so a plain pointer is enough.
@@ -90,6 +112,10 @@ struct ExecutionRecord {
   bool last_timed_out = false;
   char last_error[SpanRecord::kErrorTypeLen] = {};
 };
+
+inline ExecutionRecord::~ExecutionRecord() {
+  if (table != nullptr) table->Detach(slot);
+}
 
 // What the memory read-out reports (executor_memory.cc).
 struct MemorySnapshot {
@@ -215,9 +241,16 @@ class Executor {
   // Starts an execution and its first attempt. When the step's breaker is
   // open the record comes back with attempt == 0 and retry_after_ns set:
   // the step must not be called; end it with Reject(). `config` is the
-  // config the execution runs under (default: the current one).
+  // config the execution runs under (default: the current one). Null only
+  // when HandleTable::kMaxSlots executions are in flight already.
   ExecutionRecord* Begin(std::shared_ptr<StepEntry> step, int64_t now_ns,
                          const OptimizationConfig* config = nullptr);
+  // The record of a live execution's handle; null for a handle whose
+  // execution ended, another executor's, or any other value. Hot path:
+  // inline, a few loads and compares.
+  ExecutionRecord* Record(uint64_t handle) const {
+    return handles_.Find(handle);
+  }
   // The config in force: one atomic load (hot path). Valid for the
   // executor's lifetime.
   const OptimizationConfig* current_config() const {
@@ -480,6 +513,10 @@ class Executor {
   std::atomic<uint64_t> fail_fast_{0};
 
   // Memory (executor_memory.cc).
+  // The handles of records: each record holds a slot for its life, and is
+  // published under a new handle by Begin, retired by Release. Declared
+  // before the pool: records the pool frees give their slots back.
+  HandleTable<ExecutionRecord> handles_;
   ObjectPool<ExecutionRecord> records_;
   MemoryMonitor memory_;
   std::atomic<int64_t> next_maintain_ns_{0};

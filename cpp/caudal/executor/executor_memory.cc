@@ -53,20 +53,40 @@ MemoryTargets TargetsFor(const OptimizationConfig& cfg, PressureLevel level) {
 }  // namespace
 
 ExecutionRecord* Executor::NewRecord(const OptimizationConfig& cfg) {
-  if (!cfg.enable_object_pool) return new ExecutionRecord();
-  ExecutionRecord* r = records_.Acquire();
-  r->pooled = true;
+  ExecutionRecord* r;
+  if (!cfg.enable_object_pool) {
+    r = new ExecutionRecord();
+  } else {
+    r = records_.Acquire();
+    r->pooled = true;
+  }
+  if (r->table == nullptr) {
+    // A new record: a slot in the handle table for its life (a pooled one
+    // keeps its slot, so the hot path only publishes and retires handles).
+    const uint32_t slot = handles_.Attach(r);
+    if (ABSL_PREDICT_FALSE(slot == HandleTable<ExecutionRecord>::kNoSlot)) {
+      FreeRecord(r);
+      return nullptr;
+    }
+    r->table = &handles_;
+    r->slot = slot;
+  }
   return r;
 }
 
 void Executor::FreeRecord(ExecutionRecord* r) {
   if (!r->pooled) {
-    delete r;
+    delete r;  // gives its slot back
     return;
   }
   // Back to the pool it came from, whatever the config says now (the pool
-  // deletes it if pooling was turned off meanwhile: its cap is then 0).
+  // deletes it if pooling was turned off meanwhile: its cap is then 0). It
+  // keeps its handle-table slot (its handle was retired).
+  HandleTable<ExecutionRecord>* table = r->table;
+  const uint32_t slot = r->slot;
   *r = ExecutionRecord();
+  r->table = table;
+  r->slot = slot;
   records_.Release(r);
 }
 
