@@ -383,11 +383,18 @@ class Walker {
     std::vector<MemoEntry> entries;
     entries.swap(memo_);
     memo_index_.clear();
-    arena_.clear();
     deepest_ = 0;
+    // Keep small buffers for the next walk; give back what a huge input took.
+    if (arena_.capacity() > kKeepMemoBytes) {
+      std::string().swap(arena_);
+    } else {
+      arena_.clear();
+    }
     for (const MemoEntry& e : entries) Py_DECREF(e.obj);
     entries.clear();
-    if (memo_.empty()) memo_.swap(entries);  // keep the capacity
+    if (memo_.empty() &&
+        entries.capacity() * sizeof(MemoEntry) <= kKeepMemoBytes)
+      memo_.swap(entries);
   }
 
  private:
@@ -399,6 +406,7 @@ class Walker {
     bool done;
   };
   static constexpr size_t kLinearMemo = 8;
+  static constexpr size_t kKeepMemoBytes = 1 << 20;
 
   // Keys an exact None, bool, int (64-bit), float or short str inline and
   // returns true; false for anything else (nothing added).

@@ -23,8 +23,8 @@
 //   * dict: a set of (key, value) pairs; insertion order is ignored.
 //     set / frozenset: order is ignored.
 //   * list, tuple, object fields and the top-level token sequence: ordered.
-//   * object: the type's qualified name, then its fields in the order the
-//     walk emits them (dataclasses, enums, pydantic models, __caudal_key__).
+//   * object: the type's name (the bindings pass a digest of the class's
+//     identity), then its fields in the order the walk emits them.
 //
 // Design. Tokens are appended as compact bytes to one buffer (inline up to
 // 512 bytes, then a heap buffer that is kept across Reset()), and the buffer
@@ -69,8 +69,8 @@
 // collisions, and keys must not be used where an attacker chooses inputs
 // to poison someone else's results.
 //
-// Cost: about one byte copy per input byte plus one XXH3 call per key and one
-// per unordered element; no allocation in the steady state (inline buffers, or
+// Cost: about one byte copy per input byte plus one XXH3 call per key, one
+// per unordered element and one per summarised container; no allocation in the steady state (inline buffers, or
 // heap buffers reused across Reset()). Measured on the shared 2-core
 // development VM: a dict of five short str -> int items, ~80 ns per key; a
 // name plus a tuple of five short strings plus an int, ~35 ns.
