@@ -18,8 +18,8 @@
 //   * any object whose class defines __caudal_key__() (its return value is
 //     walked in its place, with the class).
 // Classes are named by a digest of their module, qualified name and
-// definition (see "Type identity" in key_walk.cc); two live classes in one
-// process with the same digest are refused. Anything else (an arbitrary
+// definition (type_identity.h); two live classes in one process with the
+// same digest are refused. Anything else (an arbitrary
 // object, a generator, a file, a class or a reference cycle) is not keyable:
 // the execution runs uncached and the reason is counted.
 //
