@@ -514,3 +514,38 @@ def test_key_equality_matches_the_reference_model(a, b, derive):
     if derive:
         b = rebuilt(a)
     assert (key(a) == key(b)) == same_value(a, b), (a, b)
+
+
+class KeysInside:
+    """A hook that computes a key itself (to summarise a large attribute)."""
+
+    def __init__(self, v):
+        self.v = v
+
+    def __caudal_key__(self):
+        return _core.cache_key(self.v, "inner")
+
+
+def test_a_hook_may_compute_keys_itself():
+    assert key([1, KeysInside([1, 2])]) != key([2, KeysInside([1, 2])])
+    assert key([1, KeysInside([1, 2])]) == key([1, KeysInside([1, 2])])
+    assert key([1, KeysInside([1, 2])]) != key([1, KeysInside([1, 3])])
+
+
+def make_record_class():
+    @dataclasses.dataclass
+    class Record:
+        x: int
+
+    return Record
+
+
+def test_a_class_whose_twin_was_freed_takes_over_its_key():
+    import gc
+
+    first = make_record_class()
+    k = key(first(1))
+    del first
+    gc.collect()
+    second = make_record_class()
+    assert key(second(1)) == k  # as after a module reload
