@@ -352,6 +352,27 @@ def test_shared_references_key_like_copies():
     assert key({"a": t, "b": t}) == key({"b": tuple(t), "a": t})
     s = frozenset(range(50))
     assert key([s, s]) == key([s, frozenset(range(50))])
+    big = "x" * 5000
+    assert key([big, big, (big,)]) == key(["x" * 5000, "x" * 5000, ("x" * 5000,)])
+    many = [[i, str(i)] for i in range(40)]  # more shared objects than fit inline
+    assert key(many + many[::-1]) == key(copy.deepcopy(many) + copy.deepcopy(many[::-1]))
+    assert key(many + many) != key(many + many[::-1])
+
+
+def nest(value, depth):
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_the_depth_limit_holds_for_shared_values():
+    a = nest(0, 10)
+    ok = nest(a, 50)  # a's leaf at depth 61: within the limit
+    assert key([a, ok]) == key([nest(0, 10), ok])
+    too_deep = nest(a, 56)  # a's leaf at depth 67
+    for value in ([a, too_deep], [nest(0, 10), too_deep]):
+        with pytest.raises(TypeError, match="nested too deeply"):
+            key(value)
 
 
 def test_a_deep_shared_tower_keys_quickly():
