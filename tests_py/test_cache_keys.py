@@ -137,6 +137,12 @@ class WithPrivate(pydantic.BaseModel):
         return out
 
 
+@pydantic.dataclasses.dataclass(slots=True)
+class PydanticDataclass:
+    a: int
+    b: int = pydantic.Field(default=0, exclude=True)
+
+
 class Proxy:
     """Answers every attribute lookup, __caudal_key__ included."""
 
@@ -186,6 +192,7 @@ def make_point_class(with_field_y=False):
         (Model(text="a", secret=1), Model(text="a", secret=2)),
         (Dumped(n=11), Dumped(n=12)),
         (Outer(inner=Inner(a=1)), Outer(inner=OtherInner(a=1))),
+        (PydanticDataclass(1, 2), PydanticDataclass(1, 3)),
         (WithPrivate(a=1), WithPrivate(a=1).with_note("x")),
         (collections.OrderedDict(a=1, b=2), collections.OrderedDict(b=2, a=1)),
         (collections.defaultdict(int, a=1), collections.defaultdict(list, a=1)),

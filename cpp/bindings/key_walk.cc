@@ -616,10 +616,11 @@ UnkeyableReason Walker::WalkObject(PyObject* v, PyTypeObject* t, int depth) {
       PyBytes_Check(v) || PyByteArray_Check(v) || PyTuple_Check(v) ||
       PyList_Check(v) || PyDict_Check(v) || PyAnySet_Check(v))
     return WalkBuiltinSubclass(v, t, depth);
-  if (_PyType_Lookup(t, g_str_pydantic_fields))
-    return WalkPydantic(v, t, depth);
+  // Dataclasses first: pydantic dataclasses are dataclasses.
   if (!PyType_Check(v) && _PyType_Lookup(t, g_str_dc_fields_attr))
     return WalkDataclass(v, t, depth);
+  if (_PyType_Lookup(t, g_str_pydantic_fields))
+    return WalkPydantic(v, t, depth);
   return kNoStableKey;
 }
 
