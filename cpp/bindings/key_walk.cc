@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/attributes.h"
 #include "absl/container/flat_hash_map.h"
 #include "type_identity.h"
 
@@ -212,17 +213,38 @@ class Walker {
 
 // Whether a value that may be referenced more than once is worth a memo
 // entry (a replay is a copy of its encoding; short scalars copy as fast).
+// A short tuple or list of scalars (a constant, typically) is re-walked:
+// as cheap as a replay, and it has no children a memo could save.
+constexpr Py_ssize_t kFlatMax = 8;
+
+inline bool SmallAndFlat(PyObject* const* items, Py_ssize_t n) {
+  if (n > kFlatMax) return false;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyTypeObject* t = Py_TYPE(items[i]);
+    if (t != &PyLong_Type && t != &PyFloat_Type && t != &PyBool_Type &&
+        items[i] != Py_None &&
+        (t != &PyUnicode_Type ||
+         PyUnicode_GET_LENGTH(items[i]) >= kMemoMinPayload))
+      return false;
+  }
+  return true;
+}
+
 inline bool WorthMemo(PyObject* v, PyTypeObject* t) {
   if (t == &PyUnicode_Type) return PyUnicode_GET_LENGTH(v) >= kMemoMinPayload;
   if (t == &PyBytes_Type) return PyBytes_GET_SIZE(v) >= kMemoMinPayload;
-  if (t == &PyTuple_Type) return PyTuple_GET_SIZE(v) != 0;
-  if (t == &PyList_Type) return PyList_GET_SIZE(v) != 0;
+  if (t == &PyTuple_Type)
+    return PyTuple_GET_SIZE(v) != 0 &&
+           !SmallAndFlat(&PyTuple_GET_ITEM(v, 0), PyTuple_GET_SIZE(v));
+  if (t == &PyList_Type)
+    return PyList_GET_SIZE(v) != 0 &&
+           !SmallAndFlat(&PyList_GET_ITEM(v, 0), PyList_GET_SIZE(v));
   if (t == &PyDict_Type) return PyDict_GET_SIZE(v) != 0;
   if (t == &PySet_Type || t == &PyFrozenSet_Type) return PySet_GET_SIZE(v) != 0;
   return true;  // objects
 }
 
-inline bool Walker::AddScalar(PyObject* v) {
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline bool Walker::AddScalar(PyObject* v) {
   PyTypeObject* t = Py_TYPE(v);
   if (t == &PyLong_Type) {
 #if PY_VERSION_HEX >= 0x030C0000
@@ -452,8 +474,11 @@ bool Walker::WalkSmallStrDict(PyObject* d, Py_ssize_t n, int depth,
   h_.BeginTuple(2 * i);  // key, value, key, value ... in key order
   UnkeyableReason r = nullptr;
   Py_ssize_t k = 0;
+  const bool inline_scalars = depth + 1 <= kMaxDepth;
+  if (inline_scalars && i != 0 && depth + 1 > deepest_) deepest_ = depth + 1;
   for (; k < i && !r; ++k) {
     h_.AddString(absl::string_view(items[k].key, items[k].len));
+    if (inline_scalars && AddScalar(items[k].value)) continue;
     r = Walk(items[k].value, depth + 1);
   }
   for (Py_ssize_t j = 0; j < i; ++j) Py_DECREF(items[j].value);
@@ -813,9 +838,9 @@ struct ThreadKeyState {
   bool busy = false;
 };
 
-UnkeyableReason KeyWith(KeyHasher& h, Walker& w, const char* ns,
-                        Py_ssize_t ns_len, PyObject* value, PyObject* extra,
-                        Key128* out) {
+ABSL_ATTRIBUTE_ALWAYS_INLINE inline UnkeyableReason KeyWith(
+    KeyHasher& h, Walker& w, const char* ns, Py_ssize_t ns_len, PyObject* value,
+    PyObject* extra, Key128* out) {
   h.Reset();
   h.AddString(absl::string_view(ns, ns_len));
   UnkeyableReason r = w.Walk(value, 0);
@@ -825,6 +850,17 @@ UnkeyableReason KeyWith(KeyHasher& h, Walker& w, const char* ns,
   *out = h.Finish();
   if (!h.ok()) return "internal: key stream misuse";
   return nullptr;
+}
+
+// A key computed while another is in progress on this thread.
+ABSL_ATTRIBUTE_NOINLINE UnkeyableReason NestedKeyOf(const char* ns,
+                                                    Py_ssize_t ns_len,
+                                                    PyObject* value,
+                                                    PyObject* extra,
+                                                    Key128* out) {
+  auto h = std::make_unique<KeyHasher>();
+  Walker w(*h);
+  return KeyWith(*h, w, ns, ns_len, value, extra, out);
 }
 
 }  // namespace
@@ -840,11 +876,7 @@ UnkeyableReason KeyOf(const char* ns, Py_ssize_t ns_len, PyObject* value,
       __attribute__((tls_model("initial-exec"))) = nullptr;
   if (tls_state == nullptr) tls_state = new ThreadKeyState();
   ThreadKeyState& s = *tls_state;
-  if (s.busy) {
-    auto h = std::make_unique<KeyHasher>();
-    Walker w(*h);
-    return KeyWith(*h, w, ns, ns_len, value, extra, out);
-  }
+  if (s.busy) return NestedKeyOf(ns, ns_len, value, extra, out);
   s.busy = true;
   UnkeyableReason r =
       KeyWith(s.hasher, s.walker, ns, ns_len, value, extra, out);
