@@ -245,11 +245,14 @@ def test_factory_made_classes_with_the_same_qualname_never_share_a_key():
     P1, P2 = make_point_class(), make_point_class()
     assert P1.__qualname__ == P2.__qualname__ and P1.__module__ == P2.__module__
     assert P1 is not P2
-    # Either the keys differ or the classes are refused: never the same key.
-    assert not (keyable(P1(1)) and keyable(P2(1)) and key(P1(1)) == key(P2(1)))
-    assert not (keyable(P2(1)) and keyable(P1(1)) and key(P2(1)) == key(P1(1)))
+    # Identical definitions: once both have been met alive, both are refused
+    # (whichever came first), never given one key.
+    keyable(P1(1))
+    for cls in (P2, P1):
+        with pytest.raises(TypeError, match="another live class has the same module"):
+            key(cls(1))
     # A different definition under the same name is a different class, and
-    # both stay keyable.
+    # stays keyable.
     Q = make_point_class(with_field_y=True)
     assert keyable(Q(1)) and key(Q(1)) == key(Q(1))
 
@@ -266,6 +269,8 @@ async def test_factory_made_classes_through_the_executor():
     second = await ex.execute(step, P2(1))
     assert first.output is True
     assert second.output is False and not second.cache_hit
+    reasons = ex.get_optimization_stats()["cache"]["uncacheable_reasons"]
+    assert any("another live class" in r for r in reasons), reasons
 
 
 @pytest.mark.parametrize(
