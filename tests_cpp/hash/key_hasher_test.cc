@@ -559,17 +559,144 @@ TEST(KeyHasherTest, ObjectsAreKeyedByTypeNameAndFields) {
   EXPECT_NE(obj(std::string(5000, 'T'), 1), obj(std::string(5001, 'T'), 1));
 }
 
+// A list of `n` strings of `len` bytes, the last one `last`.
+void StringList(KeyHasher& h, size_t n, size_t len, char last) {
+  h.BeginList(n);
+  for (size_t i = 0; i + 1 < n; ++i) h.AddString(std::string(len, 'a'));
+  h.AddString(std::string(len, last));
+  h.EndList();
+}
+
+TEST(KeyHasherTest, LargeOrderedContainersAreSummarisedConsistently) {
+  // 40 strings of 30 bytes: about 1.4 KB, above kCollapseAbove.
+  auto big = [](char last) {
+    return KeyOf([&](KeyHasher& h) { StringList(h, 40, 30, last); });
+  };
+  EXPECT_EQ(big('a'), big('a'));
+  EXPECT_NE(big('a'), big('b'));
+  // Around the threshold, where the encoding switches: a list of one str of
+  // len bytes is 1 + 5 + len + 1 bytes.
+  const size_t at = KeyHasher::kCollapseAbove - 7;
+  auto one = [](size_t len) {
+    return KeyOf([&](KeyHasher& h) { StringList(h, 1, len, 'z'); });
+  };
+  EXPECT_NE(one(at), one(at + 1));
+  EXPECT_NE(one(at + 1), one(at + 2));
+  // A summarised container is never confused with its bytes as a payload,
+  // and stays order-insensitive inside a set.
+  EXPECT_NE(KeyOf([](KeyHasher& h) {
+              h.BeginTuple(1);
+              StringList(h, 40, 30, 'a');
+              h.EndTuple();
+            }),
+            KeyOf([](KeyHasher& h) {
+              h.BeginList(1);
+              StringList(h, 40, 30, 'a');
+              h.EndList();
+            }));
+  EXPECT_EQ(KeyOf([](KeyHasher& h) {
+              h.BeginSet(2, false);
+              StringList(h, 40, 30, 'a');
+              StringList(h, 40, 30, 'b');
+              h.EndSet();
+            }),
+            KeyOf([](KeyHasher& h) {
+              h.BeginSet(2, false);
+              StringList(h, 40, 30, 'b');
+              StringList(h, 40, 30, 'a');
+              h.EndSet();
+            }));
+  // Objects are summarised too, and their type still matters.
+  auto obj = [](absl::string_view type) {
+    return KeyOf([&](KeyHasher& h) {
+      h.BeginObject(type);
+      StringList(h, 40, 30, 'a');
+      h.EndObject();
+    });
+  };
+  EXPECT_NE(obj("app.A"), obj("app.B"));
+  EXPECT_EQ(obj("app.A"), obj("app.A"));
+}
+
+// Feeds `sub` twice into a list, the second time by replaying the first.
+Key128 ReplayedTwice(const std::function<void(KeyHasher&)>& outer_begin,
+                     const std::function<void(KeyHasher&)>& outer_end,
+                     const std::function<void(KeyHasher&)>& sub) {
+  KeyHasher h;
+  outer_begin(h);
+  const size_t mark = h.Mark();
+  sub(h);
+  const std::string enc(h.Since(mark));
+  h.AddReplay(enc);
+  outer_end(h);
+  const Key128 key = h.Finish();
+  EXPECT_TRUE(h.ok()) << h.status();
+  return key;
+}
+
+TEST(KeyHasherTest, ReplayingAValueEqualsAddingItAgain) {
+  const std::vector<std::function<void(KeyHasher&)>> subs = {
+      [](KeyHasher& h) { h.AddInt(7); },
+      [](KeyHasher& h) { h.AddString(std::string(5000, 's')); },
+      List12,
+      [](KeyHasher& h) { StringList(h, 40, 30, 'a'); },
+      [](KeyHasher& h) {
+        h.BeginDict(2);
+        h.AddString("a");
+        List12(h);
+        h.AddString("b");
+        StringList(h, 40, 30, 'a');
+        h.EndDict();
+      },
+      [](KeyHasher& h) {
+        h.BeginObject("app.A");
+        h.BeginSet(1, true);
+        h.AddInt(1);
+        h.EndSet();
+        h.EndObject();
+      },
+  };
+  for (size_t i = 0; i < subs.size(); ++i) {
+    SCOPED_TRACE(i);
+    const auto& sub = subs[i];
+    // In an ordered container.
+    EXPECT_EQ(ReplayedTwice([](KeyHasher& h) { h.BeginList(2); },
+                            [](KeyHasher& h) { h.EndList(); }, sub),
+              KeyOf([&](KeyHasher& h) {
+                h.BeginList(2);
+                sub(h);
+                sub(h);
+                h.EndList();
+              }));
+    // As a dict key and value (an unordered container).
+    EXPECT_EQ(ReplayedTwice([](KeyHasher& h) { h.BeginDict(1); },
+                            [](KeyHasher& h) { h.EndDict(); }, sub),
+              KeyOf([&](KeyHasher& h) {
+                h.BeginDict(1);
+                sub(h);
+                sub(h);
+                h.EndDict();
+              }));
+    // At the top level.
+    EXPECT_EQ(ReplayedTwice([](KeyHasher&) {}, [](KeyHasher&) {}, sub),
+              KeyOf([&](KeyHasher& h) {
+                sub(h);
+                sub(h);
+              }));
+  }
+}
+
 TEST(KeyHasherTest, GoldenKeysAreStable) {
   // These values are part of the key format: keys are shared between
   // processes and machines (Redis). If this test fails, the format changed;
   // change kRootSeed in key_hasher.cc and update the goldens deliberately.
   EXPECT_EQ(KeyOf([](KeyHasher& h) {}).ToHex(),
-            "2b813ba211548b2847f5e8c8997c0839");
+            "9d934f45a0714711519b7d86437a196f");
   EXPECT_EQ(KeyOf([](KeyHasher& h) { h.AddInt(1); }).ToHex(),
-            "45ff670fa8a21944fe7e615f210f8ac9");
-  EXPECT_EQ(KeyOf(ListStr1Str2).ToHex(), "cacd91859035039e4f18bd9aeb669672");
+            "aa0b77088dac8117ffd06b1a69ff567f");
+  EXPECT_EQ(KeyOf(ListStr1Str2).ToHex(), "20dd4914a7cc54979585c92dfccd1d43");
   EXPECT_EQ(DictKey({{"a", 1}, {"b", 2}}).ToHex(),
-            "3b008e7dc08f7df4f8a79913a567494a");
+            "c2aec5a19ad648be959a1abd3612443a");
   EXPECT_EQ(KeyOf([](KeyHasher& h) {
               h.AddString("step.name");
               h.BeginTuple(3);
@@ -587,7 +714,10 @@ TEST(KeyHasherTest, GoldenKeysAreStable) {
               h.EndObject();
               h.AddRaw(9, "2024-01-01");
             }).ToHex(),
-            "3c7415fbf7ca4877ba76d6e0864d1ee7");
+            "c59e9d7b058f45ffd5e77107be583dbb");
+  // A summarised (large) list.
+  EXPECT_EQ(KeyOf([](KeyHasher& h) { StringList(h, 40, 30, 'a'); }).ToHex(),
+            "e5a64e03d096cb7633961efcb4d8d123");
 }
 
 TEST(KeyHasherTest, FinishIsRepeatableAndResetStartsOver) {

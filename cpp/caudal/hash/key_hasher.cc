@@ -14,9 +14,10 @@ namespace {
 // Fixed seeds: they are part of the key format. Changing the encoding of any
 // token means changing kRootSeed too, so keys of different formats never meet
 // (in Redis, for instance).
-constexpr uint64_t kRootSeed = 0x63617564616c6b31ULL;     // "caudalk1"
-constexpr uint64_t kElementSeed = 0x63617564616c6531ULL;  // "caudale1"
-constexpr uint64_t kPayloadSeed = 0x63617564616c7031ULL;  // "caudalp1"
+constexpr uint64_t kRootSeed = 0x63617564616c6b32ULL;      // "caudalk2"
+constexpr uint64_t kElementSeed = 0x63617564616c6531ULL;   // "caudale1"
+constexpr uint64_t kPayloadSeed = 0x63617564616c7031ULL;   // "caudalp1"
+constexpr uint64_t kCollapseSeed = 0x63617564616c6331ULL;  // "caudalc1"
 constexpr uint64_t kMix1 = 0x9e3779b97f4a7c15ULL;
 constexpr uint64_t kMix2 = 0xc2b2ae3d27d4eb4fULL;
 constexpr uint64_t kMix3 = 0x165667b19e3779f9ULL;
@@ -45,7 +46,7 @@ std::string Key128::ToHex() const {
 
 KeyHasher::KeyHasher()
     : buf_(inline_buf_), frames_(inline_frames_), ends_(inline_ends_) {
-  PushFrame(kRoot, kNoCount);
+  PushFrame(kRoot, kNoCount, 0);
 }
 
 KeyHasher::~KeyHasher() = default;
@@ -55,7 +56,7 @@ void KeyHasher::Reset() {
   depth_ = 0;
   ends_size_ = 0;
   error_.clear();
-  PushFrame(kRoot, kNoCount);
+  PushFrame(kRoot, kNoCount, 0);
 }
 
 void KeyHasher::Grow(size_t n) {
@@ -150,6 +151,7 @@ void KeyHasher::AddRaw(uint8_t kind, absl::string_view payload) {
 void KeyHasher::BeginObject(absl::string_view type_name) {
   // The type name is not a value of the object: write it as part of the
   // object's opening token rather than through AddString.
+  const size_t begin = size_;
   const size_t n = type_name.size();
   if (n > kLargePayload) {
     const XXH128_hash_t h =
@@ -165,7 +167,7 @@ void KeyHasher::BeginObject(absl::string_view type_name) {
     Store32(p + 1, static_cast<uint32_t>(n));
     if (n != 0) std::memcpy(p + 5, type_name.data(), n);
   }
-  PushFrame(kObject, kNoCount);
+  PushFrame(kObject, kNoCount, begin);
 }
 
 void KeyHasher::EndOrdered(FrameKind kind, const char* what) {
@@ -179,7 +181,25 @@ void KeyHasher::EndOrdered(FrameKind kind, const char* what) {
                           " elements but got ", f.count));
   }
   *Claim(1) = static_cast<char>(kTagEnd);
+  const size_t begin = f.begin;
   --depth_;
+  if (size_ - begin > kCollapseAbove) {
+    // Summarise the container (see the header): its bytes become a digest.
+    const hash_internal::Hash128 h =
+        size_ - begin >= hash_internal::kWideHashMin
+            ? hash_internal::WideHash128(buf_ + begin, size_ - begin,
+                                         kCollapseSeed)
+            : [&] {
+                const XXH128_hash_t x = XXH3_128bits_withSeed(
+                    buf_ + begin, size_ - begin, kCollapseSeed);
+                return hash_internal::Hash128{x.low64, x.high64};
+              }();
+    size_ = begin;
+    char* p = Claim(1 + 16);
+    p[0] = static_cast<char>(kTagDigest);
+    Store64(p + 1, h.low64);
+    Store64(p + 9, h.high64);
+  }
   ValueDone();
 }
 

@@ -23,8 +23,8 @@
 //   * dict: a set of (key, value) pairs; insertion order is ignored.
 //     set / frozenset: order is ignored.
 //   * list, tuple, object fields and the top-level token sequence: ordered.
-//   * object: the type's qualified name, then its fields in the order the
-//     walk emits them (dataclasses, enums, pydantic models, __caudal_key__).
+//   * object: the type's name (the bindings pass a digest of the class's
+//     identity), then its fields in the order the walk emits them.
 //
 // Design. Tokens are appended as compact bytes to one buffer (inline up to
 // 512 bytes, then a heap buffer that is kept across Reset()), and the buffer
@@ -35,6 +35,16 @@
 // the only source of collisions is the hash itself ("12" vs 12 vs [12] vs
 // ["1", "2"] cannot be confused). Strings, bytes and big ints longer than
 // 4 KiB are not copied: their XXH3-128 digest and length are appended.
+//
+// Large ordered containers are summarised: when a list, tuple or object ends
+// and its bytes (begin token to end token) exceed kCollapseAbove, they are
+// hashed (XXH3-128, their own seed) and replaced by one fixed-size digest
+// token. The rule depends only on the bytes, so it is part of the encoding of
+// a value: a value has one encoding whatever surrounds it, and that encoding
+// is never longer than kCollapseAbove + a few bytes. This is what lets the
+// bindings replay a value they met before (AddReplay) at a bounded cost,
+// which keeps a walk linear in the distinct objects of an input that shares
+// sub-values: [x, x] nested 40 deep is 41 objects but 2^40 paths.
 //
 // Unordered containers (dict, set, frozenset) are hashed element by element:
 // each element's tokens (for a dict: key then value) are written into the
@@ -59,8 +69,8 @@
 // collisions, and keys must not be used where an attacker chooses inputs
 // to poison someone else's results.
 //
-// Cost: about one byte copy per input byte plus one XXH3 call per key and one
-// per unordered element; no allocation in the steady state (inline buffers, or
+// Cost: about one byte copy per input byte plus one XXH3 call per key, one
+// per unordered element and one per summarised container; no allocation in the steady state (inline buffers, or
 // heap buffers reused across Reset()). Measured on the shared 2-core
 // development VM: a dict of five short str -> int items, ~80 ns per key; a
 // name plus a tuple of five short strings plus an int, ~35 ns.
@@ -134,6 +144,23 @@ class KeyHasher {
   void BeginObject(absl::string_view type_name);
   void EndObject();
 
+  // Replaying a value met before. Mark() is the position before a value's
+  // first token; once the value is complete (a scalar added, or its container
+  // ended), Since(mark) is its encoding: a view into the buffer, valid until
+  // the next call that adds tokens. AddReplay(encoding) appends such an
+  // encoding again as one complete value, with the same effect on the key as
+  // adding its tokens again. Only encodings obtained from Since() for one
+  // complete value may be replayed; anything else makes the key meaningless.
+  size_t Mark() const { return size_; }
+  absl::string_view Since(size_t mark) const {
+    return absl::string_view(buf_ + mark, size_ - mark);
+  }
+  void AddReplay(absl::string_view encoding);
+
+  // Ordered containers whose encoding exceeds this many bytes are replaced
+  // by a digest token when they end (see the design note above).
+  static constexpr size_t kCollapseAbove = 1024;
+
   // The key of the tokens added since construction or the last Reset().
   // Does not change the state: more tokens may be added and Finish() called
   // again. All containers must be closed.
@@ -165,6 +192,7 @@ class KeyHasher {
     kTagList = 0x10,
     kTagTuple = 0x11,
     kTagObject = 0x12,
+    kTagDigest = 0x13,  // a collapsed ordered container
     kTagEnd = 0x1f,
     kTagDict = 0x20,
     kTagSet = 0x21,
@@ -188,6 +216,7 @@ class KeyHasher {
     FrameKind kind;
     size_t declared;   // elements (dict: items) announced at Begin
     size_t count;      // values completed directly inside this frame
+    size_t begin;      // buffer offset of the container's first token
     size_t start;      // unordered: buffer offset of the element region
     size_t ends_base;  // unordered: first index of its element ends in ends_
   };
@@ -204,7 +233,7 @@ class KeyHasher {
     return p;
   }
   void Grow(size_t n);
-  void PushFrame(FrameKind kind, size_t declared);
+  void PushFrame(FrameKind kind, size_t declared, size_t begin);
   // One value (scalar or closed container) was completed in the top frame.
   // In an unordered frame, a completed element only has its end offset
   // recorded; the elements are hashed together when the container ends.
@@ -319,21 +348,22 @@ inline void KeyHasher::AddBytes(absl::string_view bytes) {
 
 inline void KeyHasher::BeginList(size_t n) {
   *Claim(1) = static_cast<char>(kTagList);
-  PushFrame(kList, n);
+  PushFrame(kList, n, size_ - 1);
 }
 
 inline void KeyHasher::BeginTuple(size_t n) {
   *Claim(1) = static_cast<char>(kTagTuple);
-  PushFrame(kTuple, n);
+  PushFrame(kTuple, n, size_ - 1);
 }
 
-inline void KeyHasher::BeginDict(size_t n) { PushFrame(kDict, n); }
+inline void KeyHasher::BeginDict(size_t n) { PushFrame(kDict, n, size_); }
 
 inline void KeyHasher::BeginSet(size_t n, bool frozen) {
-  PushFrame(frozen ? kFrozenSet : kSet, n);
+  PushFrame(frozen ? kFrozenSet : kSet, n, size_);
 }
 
-inline void KeyHasher::PushFrame(FrameKind kind, size_t declared) {
+inline void KeyHasher::PushFrame(FrameKind kind, size_t declared,
+                                 size_t begin) {
   if (depth_ == frame_cap_) {
     // Deep nesting: move the frames to a larger heap array (kept on Reset).
     const size_t new_cap = frame_cap_ * 2;
@@ -348,8 +378,15 @@ inline void KeyHasher::PushFrame(FrameKind kind, size_t declared) {
   f.kind = kind;
   f.declared = declared;
   f.count = 0;
+  f.begin = begin;
   f.start = size_;
   f.ends_base = ends_size_;
+}
+
+inline void KeyHasher::AddReplay(absl::string_view encoding) {
+  const size_t n = encoding.size();
+  if (n != 0) std::memcpy(Claim(n), encoding.data(), n);
+  ValueDone();
 }
 
 inline void KeyHasher::EndList() { EndOrdered(kList, "List"); }
