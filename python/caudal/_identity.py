@@ -259,7 +259,7 @@ class _Walker:
         except TypeError:
             pass
         # Its state must all be visible from Python: a class written in C
-        # (a socket, a lock, a dict subclass's items) keeps state no
+        # (a socket, a lock) keeps state no
         # attribute shows.
         if not _state_visible(t):
             # A wrapper written in C (functools.lru_cache, staticmethod):
