@@ -208,6 +208,12 @@ class GatedTier:
         await self.release.wait()
         return found
 
+    async def get_versioned(self, key):
+        found = await self.tier.get_versioned(key)
+        self.fetched.set()
+        await self.release.wait()
+        return found
+
     def __getattr__(self, name):
         return getattr(self.tier, name)
 
@@ -224,7 +230,8 @@ async def test_a_value_read_from_l2_before_an_invalidation_is_not_promoted(redis
     gated = GatedTier(tier)
     ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True), cache_l2=gated)
     task = asyncio.create_task(ex.execute(step, 1))
-    await gated.fetched.wait()  # read from Redis, not yet returned
+    async with asyncio.timeout(10):  # a hang is a failure
+        await gated.fetched.wait()  # read from Redis, not yet returned
     await ex.invalidate_by_tag("users")
     gated.release.set()
     r = await task
@@ -287,3 +294,26 @@ async def test_a_lost_subscription_drops_the_in_process_cache(redis_restartable)
     r = await ex.execute(step, 1)
     assert not r.cache_hit and fn.calls == 2
     await ex.aclose()
+
+
+@pytest.mark.parametrize("how", ["tag", "prefix", "clear"])
+async def test_another_process_invalidating_keeps_an_in_flight_result_out_of_redis(
+    redis_server, how
+):
+    prefix = f"z{uuid.uuid4().hex[:8]}:"
+    fn = Gated()
+    step = Step(fn, "fetch_user", tags=("users",))
+    a, tier_a = make_executor(redis_server, prefix)
+    b, _ = make_executor(redis_server, prefix)  # another process, in effect
+    for n in range(5):
+        fn.started.clear()
+        fn.release.clear()
+        task = asyncio.create_task(a.execute(step, n))
+        await fn.started.wait()  # a asked Redis (a miss) and runs the step
+        await _invalidate(b, how)
+        fn.release.set()
+        await task
+        await a.flush()
+        assert await tier_a.get(_core.cache_key(n, "fetch_user")) == (False, None), (how, n)
+    await a.aclose()
+    await b.aclose()

@@ -252,7 +252,9 @@ async def test_clear_touches_only_its_prefix(make_tier, raw, prefix):
     raw.set(f"{prefix}unrelated", "kept")
 
     assert await mine.clear() == 30
-    assert raw.keys(f"{prefix}\\[ab\\]\\*\\?:*") == []
+    # Only the invalidation counter and epochs remain (they outlive a clear).
+    left = raw.keys(f"{prefix}\\[ab\\]\\*\\?:*")
+    assert sorted(left) == [f"{prefix}[ab]*?:e".encode(), f"{prefix}[ab]*?:ie".encode()]
     assert await other.get(key(0)) == (True, "kept")
     assert raw.get(f"{prefix}a-zz:x") == b"matches the unescaped pattern"
     assert raw.get(f"{prefix}unrelated") == b"kept"
@@ -456,6 +458,7 @@ async def test_batched_sets_reload_a_flushed_script(make_tier, redis_restartable
             tier._encode(tier._value_key(key(i)), i)[0],
             60_000,
             [f"{tier._prefix}t:t"],
+            "",  # since: not checked
         )
         for i in range(3)
     ]
@@ -921,3 +924,39 @@ async def test_executor_invalidation_reports_what_it_reached(make_tier, redis_re
         redis_restartable.thaw()
     await ex.aclose()  # delivers what is queued before closing
     assert tier.pending_invalidations == 0
+
+
+# ------------------------------- writes racing other processes' invalidations
+@pytest.mark.parametrize("how", ["tag", "group", "clear"])
+async def test_a_write_read_before_an_invalidation_elsewhere_is_refused(make_tier, how):
+    a = make_tier()  # the process whose execution is in flight
+    b = make_tier()  # another process, invalidating meanwhile
+    k = key("in-flight")
+    found, _, since = await a.get_versioned(k)
+    assert not found and since is not None
+    if how == "tag":
+        await b.invalidate_tag("t")
+    elif how == "group":
+        await b.invalidate_group("g")
+    else:
+        await b.clear()
+    assert await a.set(k, "computed before", ttl_s=60, tags=["t"], group="g", since=since) is False
+    assert await b.get(k) == (False, None)
+    assert a.stats()["stale_sets"] == 1
+    # Read after the invalidation: stored.
+    _, _, since = await a.get_versioned(k)
+    assert await a.set(k, "fresh", ttl_s=60, tags=["t"], group="g", since=since)
+    assert await b.get(k) == (True, "fresh")
+
+
+async def test_an_invalidation_of_something_else_does_not_refuse_a_write(make_tier):
+    a, b = make_tier(), make_tier()
+    k = key("unrelated")
+    _, _, since = await a.get_versioned(k)
+    await b.invalidate_tag("other-tag")
+    await b.invalidate_group("other-step")
+    assert await a.set(k, "v", ttl_s=60, tags=["t"], group="g", since=since)
+    # Without since (a caller that did not read first), nothing is checked.
+    await b.invalidate_tag("t")
+    assert await a.set(k, "w", ttl_s=60, tags=["t"], group="g")
+    assert await b.get(k) == (True, "w")

@@ -11,6 +11,10 @@ Layout in Redis (``P`` is ``prefix``, ``"caudal:"`` by default)
 - ``P v:<hex key>`` — one cached value: a string with the entry's TTL
   (``SET ... PX``). ``<hex key>`` is the caller's key in lowercase hex (the
   16-byte ``caudal._core.cache_key`` gives 32 characters).
+- ``P e`` and ``P ie`` — the invalidation counter and, per index (``*``
+  for clear), the value its last invalidation took (no TTL); a set with
+  ``since`` (the counter read by ``get_versioned``) is refused if a
+  covering invalidation took a higher value.
 - ``P t:<tag>`` and ``P g:<group>`` — the tag and group indexes: sorted sets
   whose members are ``<hex key>`` and whose scores are the member's expiry
   time (Unix ms, Redis's own clock). A set stores the value and adds it to
@@ -100,7 +104,8 @@ Stats
 whatever the reason, so ``hits + misses`` is the number of gets), ``sets``
 (values stored), ``errors`` (failed calls other than timeouts),
 ``timeouts``, ``skipped`` (calls not sent during the back-off),
-``corrupt``, ``unauthenticated``, ``unserializable``, ``invalidations``
+``corrupt``, ``unauthenticated``, ``stale_sets`` (sets refused: an
+invalidation came after their ``since`` read), ``unserializable``, ``invalidations``
 (values removed by ``invalidate_*`` and ``clear``), ``invalidations_queued``,
 ``invalidations_delivered``, ``pending_invalidations``,
 ``invalidations_heard``, ``invalidation_messages_rejected``, ``resyncs``,
@@ -194,13 +199,23 @@ _MAX_SET_BATCH = 128
 _SCAN_COUNT = 1000
 _MISS = (False, None)
 
-# KEYS[1] the value key, KEYS[2..] index keys; ARGV: payload, ttl ms, member.
+# KEYS[1] the value key, KEYS[2] the invalidation-epoch hash, KEYS[3..] index
+# keys; ARGV: payload, ttl ms, member, since ('' = not checked). Returns 0,
+# storing nothing, if an invalidation of one of its indexes (or a clear, field
+# '*') took an epoch above `since` (the counter read with the value's GET).
 _SET_AND_INDEX = """
+if ARGV[4] ~= '' then
+  local since = tonumber(ARGV[4])
+  if tonumber(redis.call('HGET', KEYS[2], '*') or '0') > since then return 0 end
+  for i = 3, #KEYS do
+    if tonumber(redis.call('HGET', KEYS[2], KEYS[i]) or '0') > since then return 0 end
+  end
+end
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, ARGV[3])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. now)
   if redis.call('PTTL', KEYS[i]) < ttl then
@@ -210,9 +225,14 @@ end
 return 1
 """
 
-# KEYS[1] an index; ARGV: value-key prefix, batch size.
+# KEYS[1] an index, KEYS[2] the epoch counter, KEYS[3] the epoch hash; ARGV:
+# value-key prefix, batch size, "1" for the first batch (which takes the next
+# epoch for the index before removing anything).
 # Returns {values unlinked, members left in the index}.
 _INVALIDATE_BATCH_SCRIPT = """
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[3], KEYS[1], redis.call('INCR', KEYS[2]))
+end
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[2]))
 local removed = 0
 if #popped > 0 then
@@ -317,56 +337,64 @@ class _Lane:
 class _Conn:
     """One event loop's client, its scripts and its coalescing lanes."""
 
-    __slots__ = ("client", "gets", "invalidate", "set_and_index", "sets")
+    __slots__ = ("client", "epoch_key", "epochs_key", "gets", "invalidate", "set_and_index", "sets")
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, prefix: str):
         self.client = client
+        # The invalidation counter and, per index ('*' for clear), the epoch
+        # its last invalidation took (see _SET_AND_INDEX).
+        self.epoch_key = prefix + "e"
+        self.epochs_key = prefix + "ie"
         self.set_and_index = client.register_script(_SET_AND_INDEX)
         self.invalidate = client.register_script(_INVALIDATE_BATCH_SCRIPT)
         self.gets = _Lane(self._run_gets)
         self.sets = _Lane(self._run_sets)
 
     async def _run_gets(self, names: list[str]) -> list[Any]:
+        """(value, invalidation counter) per name, in one MGET."""
         if len(names) == 1:
-            return [await self.client.get(names[0])]
+            value, epoch = await self.client.mget(names[0], self.epoch_key)
+            return [(value, epoch)]
         unique = list(dict.fromkeys(names))  # a hot key asked for by many callers
-        values = await self.client.mget(unique)
-        if len(unique) == len(names):
-            return values
+        *values, epoch = await self.client.mget(*unique, self.epoch_key)
         found = dict(zip(unique, values, strict=True))
-        return [found[n] for n in names]
+        return [(found[n], epoch) for n in names]
 
-    async def _run_sets(self, items: list[tuple[str, bytes, int, list[str]]]) -> list[Any]:
+    async def _run_sets(self, items: list[tuple[str, bytes, int, list[str], str]]) -> list[Any]:
+        """True (stored), False (refused: an invalidation since) or an error."""
         if len(items) == 1:
-            name, payload, ttl_ms, index_keys = items[0]
-            if index_keys:
-                await self.set_and_index(
-                    keys=[name, *index_keys], args=[payload, ttl_ms, _member(name)]
+            name, payload, ttl_ms, index_keys, since = items[0]
+            if index_keys or since:
+                stored = await self.set_and_index(
+                    keys=[name, self.epochs_key, *index_keys],
+                    args=[payload, ttl_ms, _member(name), since],
                 )
-            else:
-                await self.client.set(name, payload, px=ttl_ms)
+                return [int(stored) == 1]
+            await self.client.set(name, payload, px=ttl_ms)
             return [True]
         results: list[Any] = [None] * len(items)
         todo = list(range(len(items)))
         for _ in range(2):  # a second pass after reloading a flushed script
             async with self.client.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    name, payload, ttl_ms, index_keys = items[i]
-                    if index_keys:
+                    name, payload, ttl_ms, index_keys, since = items[i]
+                    if index_keys or since:
                         pipe.evalsha(
                             self.set_and_index.sha,
-                            1 + len(index_keys),
+                            2 + len(index_keys),
                             name,
+                            self.epochs_key,
                             *index_keys,
                             payload,
                             ttl_ms,
                             _member(name),
+                            since,
                         )
                     else:
                         pipe.set(name, payload, px=ttl_ms)
                 replies = await pipe.execute(raise_on_error=False)
             for i, r in zip(todo, replies, strict=True):
-                results[i] = r if isinstance(r, Exception) else True
+                results[i] = r if isinstance(r, Exception) else r is True or int(r) == 1
             todo = [i for i in todo if isinstance(results[i], NoScriptError)]
             if not todo:
                 break
@@ -483,7 +511,7 @@ class RedisCacheTier:
         self._level = int(compression_level)
         self._op_timeout = float(op_timeout_s)
         self._backoff = float(reconnect_backoff_s)
-        self._given: _Conn | None = _Conn(client) if client is not None else None
+        self._given: _Conn | None = _Conn(client, prefix) if client is not None else None
         if client is not None:
             kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
             self._url = f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
@@ -509,6 +537,7 @@ class RedisCacheTier:
                 "compressed_sets",
                 "unserializable",
                 "unauthenticated",
+                "stale_sets",
                 "batched",
                 "invalidations_queued",
                 "invalidations_delivered",
@@ -536,25 +565,34 @@ class RedisCacheTier:
     # ------------------------------------------------------------ public API
     async def get(self, key: bytes) -> tuple[bool, Any]:
         """``(True, value)`` on a hit, ``(False, None)`` otherwise."""
+        found, value, _ = await self.get_versioned(key)
+        return (True, value) if found else _MISS
+
+    async def get_versioned(self, key: bytes) -> tuple[bool, Any, int | None]:
+        """``get`` plus the tier's invalidation counter read with the value
+        (None if Redis was not read). Pass it to ``set(..., since=)`` to store
+        a result computed after this read only if no invalidation covering it
+        (in any process) came in between."""
         name = self._value_key(key)
         if not self._admit():
             self._add("misses")
-            return _MISS
+            return False, None, None
         conn = self._conn()
         if self._pending and not await self._deliver_pending(conn):
             self._add("misses")  # Redis may still hold what they remove
-            return _MISS
+            return False, None, None
         try:
             async with asyncio.timeout(self._op_timeout):
-                raw = await self._submit(conn.gets, name, _MAX_GET_BATCH)
+                raw, epoch_raw = await self._submit(conn.gets, name, _MAX_GET_BATCH)
         except Exception as e:
             self._failed(e)
             self._add("misses")
-            return _MISS
+            return False, None, None
         self._succeeded()
+        epoch = int(epoch_raw) if epoch_raw is not None else 0
         if raw is None:
             self._add("misses")
-            return _MISS
+            return False, None, epoch
         try:
             value = self._decode(name, raw)
         except Exception as e:
@@ -566,11 +604,11 @@ class RedisCacheTier:
                 what = "unauthenticated" if unauthenticated else "corrupt"
                 self._last_error = f"{what} entry {name}: {type(e).__name__}: {e}"
             await self._delete_corrupt(conn, name, raw)
-            return _MISS
+            return False, None, epoch
         with self._lock:
             self._n["hits"] += 1
             self._n["bytes_read"] += len(raw)
-        return True, value
+        return True, value, epoch
 
     async def set(
         self,
@@ -579,9 +617,14 @@ class RedisCacheTier:
         ttl_s: float,
         tags: Sequence[str] = (),
         group: str | None = None,
+        *,
+        since: int | None = None,
     ) -> bool:
         """Stores ``value`` under ``key`` for ``ttl_s`` seconds, indexed by its
-        tags and group. True if Redis stored it."""
+        tags and group. True if Redis stored it. With ``since`` (the counter
+        from ``get_versioned``), nothing is stored if an invalidation of one
+        of its tags, its group or a clear came after that read (counted in
+        ``stale_sets``)."""
         name = self._value_key(key)
         ttl_ms = self._ttl_ms(ttl_s)
         if isinstance(tags, str):
@@ -606,11 +649,18 @@ class RedisCacheTier:
             return False
         try:
             async with asyncio.timeout(self._op_timeout):
-                await self._submit(conn.sets, (name, payload, ttl_ms, index_keys), _MAX_SET_BATCH)
+                stored = await self._submit(
+                    conn.sets,
+                    (name, payload, ttl_ms, index_keys, "" if since is None else str(int(since))),
+                    _MAX_SET_BATCH,
+                )
         except Exception as e:
             self._failed(e)
             return False
         self._succeeded()
+        if not stored:
+            self._add("stale_sets")
+            return False
         with self._lock:
             self._n["sets"] += 1
             self._n["bytes_written"] += len(payload)
@@ -1051,7 +1101,12 @@ class RedisCacheTier:
         while True:
             async with asyncio.timeout(self._op_timeout):
                 n, left = await conn.invalidate(
-                    keys=[index_key], args=[self._value_prefix, _INVALIDATE_BATCH]
+                    keys=[index_key, conn.epoch_key, conn.epochs_key],
+                    args=[
+                        self._value_prefix,
+                        _INVALIDATE_BATCH,
+                        "1" if rounds_left is None else "",
+                    ],
                 )
             removed += int(n)
             self._add("invalidations", int(n))
@@ -1066,6 +1121,12 @@ class RedisCacheTier:
     async def _clear_now(self, conn: _Conn) -> int:
         pattern = _glob_escape(self._prefix) + "*"
         value_prefix = self._value_prefix.encode()
+        # The epoch first (writes that read the counter before now are then
+        # refused), and the epoch keys survive the clear.
+        keep = {conn.epoch_key.encode(), conn.epochs_key.encode()}
+        async with asyncio.timeout(self._op_timeout):
+            epoch = await conn.client.incr(conn.epoch_key)
+            await conn.client.hset(conn.epochs_key, "*", epoch)
         cursor: int = 0
         removed = 0
         while True:
@@ -1073,7 +1134,7 @@ class RedisCacheTier:
                 cursor, names = await conn.client.scan(cursor, match=pattern, count=_SCAN_COUNT)
             if names:
                 values = [n for n in names if n.startswith(value_prefix)]
-                others = [n for n in names if not n.startswith(value_prefix)]
+                others = [n for n in names if not n.startswith(value_prefix) and n not in keep]
                 async with asyncio.timeout(self._op_timeout):
                     n = await conn.client.unlink(*values) if values else 0
                     if others:
@@ -1144,7 +1205,7 @@ class RedisCacheTier:
             with self._lock:
                 conn = self._conns.get(loop)
                 if conn is None:
-                    conn = _Conn(self._new_client())
+                    conn = _Conn(self._new_client(), self._prefix)
                     try:
                         self._conns[loop] = conn
                     except TypeError:  # a loop type that cannot be weakly referenced

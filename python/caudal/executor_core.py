@@ -336,8 +336,15 @@ class ExecutorCore:
         # result computed, while an invalidation covering the step ran is
         # kept out of both tiers (docs/cache.md, "Invalidation").
         epoch = engine._cache_epoch()
+        # A tier that versions its reads (RedisCacheTier) refuses, in Redis,
+        # the write of a result that any process invalidated since this read.
+        versioned = getattr(self._l2, "get_versioned", None)
+        since = None
         try:
-            found, value = await self._l2.get(key)
+            if versioned is not None:
+                found, value, since = await versioned(key)
+            else:
+                found, value = await self._l2.get(key)
         except BaseException:
             if flight:
                 engine._abandon_flight(step, key)
@@ -354,7 +361,8 @@ class ExecutorCore:
             and engine._cache_storable(step, epoch)
         ):
             ttl_s, tags, group = engine._cache_policy(step)
-            task = loop.create_task(self._l2.set(key, result.output, ttl_s, tags, group))
+            kw = {} if since is None else {"since": since}
+            task = loop.create_task(self._l2.set(key, result.output, ttl_s, tags, group, **kw))
             self._l2_writes.add(task)
             task.add_done_callback(self._l2_writes.discard)
         return result
