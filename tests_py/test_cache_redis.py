@@ -607,9 +607,20 @@ async def test_health_and_stats(make_tier, redis_server):
         "healthy",
         "last_error",
         "url",
+        "unauthenticated",
+        "stale_sets",
+        "invalidations_queued",
+        "invalidations_delivered",
+        "pending_invalidations",
+        "invalidations_heard",
+        "invalidation_messages_rejected",
+        "resyncs",
+        "authenticated",
+        "subscribed",
     ):
         assert field in s
     assert s["url"] == redis_server and s["last_error"] is None and s["clients"] == 1
+    assert h["pending_invalidations"] == 0 and s["authenticated"] and not s["subscribed"]
 
 
 def test_url_password_is_redacted():
@@ -873,7 +884,10 @@ async def test_a_failed_invalidation_is_queued_and_reads_wait_for_it(make_tier, 
         assert tier.pending_invalidations == 1
     finally:
         redis_restartable.thaw()
-    # The back-off (60 s) is not over; a caller may deliver now.
+    # The back-off (60 s) is not over; a health check (which always asks
+    # Redis) delivers the queue, as a caller may with deliver_pending().
+    h = await tier.health()
+    assert h["ok"] and h["pending_invalidations"] == 0
     assert await tier.deliver_pending()
     assert await other.get(key(1)) == (False, None)
     assert tier.pending_invalidations == 0 and tier.stats()["healthy"]

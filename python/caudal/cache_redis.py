@@ -713,13 +713,24 @@ class RedisCacheTier:
                 await conn.client.ping()
         except Exception as e:
             self._failed(e)
-            return {"ok": False, "latency_ms": None, "error": self._last_error, "url": self.url}
+            return {
+                "ok": False,
+                "latency_ms": None,
+                "error": self._last_error,
+                "url": self.url,
+                "pending_invalidations": len(self._pending),
+            }
         self._succeeded()
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        if self._pending:  # Redis answers: deliver what waits
+            await self._deliver_pending(conn)
         return {
             "ok": True,
-            "latency_ms": (time.perf_counter() - t0) * 1e3,
+            "latency_ms": latency_ms,
             "error": None,
             "url": self.url,
+            # Queued while Redis was unreachable; delivered by the next call.
+            "pending_invalidations": len(self._pending),
         }
 
     async def close(self) -> None:
