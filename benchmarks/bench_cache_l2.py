@@ -64,7 +64,8 @@ async def measure(url: str, quick: bool) -> dict:
             cases[case] = {
                 "pickled_bytes": len(pickled),
                 "stored_bytes": len(stored),
-                "compressed": stored[1] == 0xC1,
+                # Format 2 header: version, codec, auth (no secret here), frame.
+                "compressed": stored[3] == 0xC1,
             }
 
             async def raw_get(_i, name=name):
@@ -75,15 +76,9 @@ async def measure(url: str, quick: bool) -> dict:
 
             contenders[f"{case} | raw GET"] = raw_get
             contenders[f"{case} | tier get"] = tier_get
-            if stored[1] == 0xC1:
-                frame = stored[1:]
 
-                async def decode(_i, frame=frame):
-                    return pickle.loads(_core.decompress(frame))
-            else:
-
-                async def decode(_i, pickled=pickled):
-                    return pickle.loads(pickled)
+            async def decode(_i, tier=tier, name=name, stored=stored):
+                return tier._decode(name, stored)  # frame check, decompress, codec
 
             contenders[f"{case} | decode only"] = decode
 

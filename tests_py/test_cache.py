@@ -381,3 +381,66 @@ async def test_a_cheap_step_that_hits_keeps_its_cache():
         await ex.execute(step, i % 10)
     s = ex.get_optimization_stats()["execution"]["steps"]["repeats"]
     assert s["cache_bypassed"] == 0 and fn.calls == 10
+
+
+# ------------------------------------------------- invalidation vs in flight
+class Gated:
+    """A step that waits for ``release`` (set by the test) once it started:
+    the test invalidates while it is in flight. No sleeps."""
+
+    def __init__(self):
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, x):
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        return {"x": x, "computed_by_call": self.calls}
+
+
+async def invalidate(ex, how):
+    if how == "tag":
+        return await ex.invalidate_by_tag("users")
+    if how == "prefix":
+        return await ex.invalidate_prefix("fetch_user")
+    return await ex.clear_cache()
+
+
+@pytest.mark.parametrize("how", ["tag", "prefix", "clear"])
+async def test_an_execution_in_flight_during_an_invalidation_does_not_store(how):
+    ex = cached_executor()
+    fn = Gated()
+    step = Step(fn, "fetch_user", tags=("users",))
+    for round_ in range(20):
+        fn.started.clear()
+        fn.release.clear()
+        task = asyncio.create_task(ex.execute(step, round_))
+        await fn.started.wait()  # the step is running (began before the invalidation)
+        await invalidate(ex, how)
+        fn.release.set()
+        first = await task
+        assert first.success and not first.cache_hit
+        # Its result predates the invalidation: the next execution runs the step.
+        second = await ex.execute(step, round_)
+        assert not second.cache_hit, (how, round_)
+        assert second.output["computed_by_call"] == first.output["computed_by_call"] + 1
+        # ... and that one, which began after the invalidation, was stored.
+        assert (await ex.execute(step, round_)).cache_hit
+    stats = ex.get_optimization_stats()["cache"]
+    assert stats["stale"] == 20
+
+
+async def test_an_invalidation_of_another_tag_does_not_keep_a_result_out():
+    ex = cached_executor()
+    fn = Gated()
+    step = Step(fn, "fetch_user", tags=("users",))
+    task = asyncio.create_task(ex.execute(step, 1))
+    await fn.started.wait()
+    await ex.invalidate_by_tag("orders")
+    await ex.invalidate_prefix("another_step")
+    fn.release.set()
+    await task
+    assert (await ex.execute(step, 1)).cache_hit
+    assert ex.get_optimization_stats()["cache"]["stale"] == 0

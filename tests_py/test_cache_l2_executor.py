@@ -7,7 +7,9 @@ import sys
 import textwrap
 import uuid
 
-from caudal import ExecutorCore, OptimizationConfig, Step
+import pytest
+
+from caudal import ExecutorCore, OptimizationConfig, Step, _core
 from caudal.cache_redis import RedisCacheTier
 
 
@@ -155,3 +157,179 @@ async def test_single_flight_with_l2(redis_server):
     results = await asyncio.gather(*tasks)
     assert calls == [3] and all(r.output == 3 for r in results)
     await ex.aclose()
+
+
+# ------------------------------------------------- invalidation vs in flight
+class Gated:
+    """Waits for ``release`` once started (the test invalidates meanwhile)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, x):
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        return {"x": x, "call": self.calls}
+
+
+async def _invalidate(ex, how):
+    if how == "tag":
+        return await ex.invalidate_by_tag("users")
+    if how == "prefix":
+        return await ex.invalidate_prefix("fetch_user")
+    return await ex.clear_cache()
+
+
+@pytest.mark.parametrize("how", ["tag", "prefix", "clear"])
+async def test_in_flight_execution_stores_nothing_after_an_invalidation(redis_server, how):
+    prefix = f"i{uuid.uuid4().hex[:8]}:"
+    fn = Gated()
+    step = Step(fn, "fetch_user", tags=("users",))
+    ex, tier = make_executor(redis_server, prefix)
+    reader, _ = make_executor(redis_server, prefix)  # another process, in effect
+    for n in range(20):
+        fn.started.clear()
+        fn.release.clear()
+        task = asyncio.create_task(ex.execute(step, n))
+        await fn.started.wait()
+        await _invalidate(ex, how)
+        fn.release.set()
+        assert not (await task).cache_hit
+        await ex.flush()
+        # Neither tier holds the result of the execution that began before.
+        assert await tier.get(_core.cache_key(n, "fetch_user")) == (False, None), (how, n)
+        r = await reader.execute(step, n)
+        assert not r.cache_hit, (how, n)
+        await reader.flush()
+        # ex gets the reader's fresh result (from Redis), not its own stale one.
+        assert (await ex.execute(step, n)).output == r.output
+    await ex.aclose()
+    await reader.aclose()
+
+
+class GatedTier:
+    """The real tier, whose get() hands its answer back only when released."""
+
+    def __init__(self, tier):
+        self.tier = tier
+        self.fetched = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def get(self, key):
+        found = await self.tier.get(key)
+        self.fetched.set()
+        await self.release.wait()
+        return found
+
+    async def get_versioned(self, key):
+        found = await self.tier.get_versioned(key)
+        self.fetched.set()
+        await self.release.wait()
+        return found
+
+    def __getattr__(self, name):
+        return getattr(self.tier, name)
+
+
+async def test_a_value_read_from_l2_before_an_invalidation_is_not_promoted(redis_server):
+    prefix = f"j{uuid.uuid4().hex[:8]}:"
+    fn = Gated()
+    fn.release.set()
+    step = Step(fn, "fetch_user", tags=("users",))
+    writer, _ = make_executor(redis_server, prefix)
+    await writer.execute(step, 1)
+    await writer.flush()
+    tier = RedisCacheTier(redis_server, prefix=prefix, op_timeout_s=0.5)
+    gated = GatedTier(tier)
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True), cache_l2=gated)
+    task = asyncio.create_task(ex.execute(step, 1))
+    async with asyncio.timeout(10):  # a hang is a failure
+        await gated.fetched.wait()  # read from Redis, not yet returned
+    await ex.invalidate_by_tag("users")
+    gated.release.set()
+    r = await task
+    assert r.cache_hit and r.metadata["cache_tier"] == "l2"  # a read racing the invalidation
+    # ... but it was not kept in L1: the next execution misses L1 (and L2).
+    r = await ex.execute(step, 1)
+    assert not r.cache_hit and fn.calls == 2
+    await ex.aclose()
+    await writer.aclose()
+
+
+async def _until(predicate, seconds=10.0):
+    """Polls ``predicate`` (a liveness bound, not a timing assertion)."""
+    async with asyncio.timeout(seconds):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_an_invalidation_reaches_another_process_in_process_cache(redis_server):
+    prefix = f"x{uuid.uuid4().hex[:8]}:"
+    fn = Counted()
+    step = Step(fn, "enrich", tags=("users",))
+    a, _ = make_executor(redis_server, prefix)
+    b, tier_b = make_executor(redis_server, prefix)  # its own tier: another process
+    await a.execute(step, 1)
+    await a.flush()
+    assert (await b.execute(step, 1)).metadata["cache_tier"] == "l2"
+    assert (await b.execute(step, 1)).metadata == {}  # now in b's L1
+    await _until(lambda: tier_b.stats()["subscribed"])
+    for how in ("tag", "prefix", "clear"):
+        heard = tier_b.stats()["invalidations_heard"]
+        if how == "tag":
+            await a.invalidate_by_tag("users")
+        elif how == "prefix":
+            await a.invalidate_prefix("enrich")
+        else:
+            await a.clear_cache()
+        await _until(lambda heard=heard: tier_b.stats()["invalidations_heard"] > heard)
+        calls = fn.calls
+        r = await b.execute(step, 1)  # b's L1 copy is gone too
+        assert not r.cache_hit and fn.calls == calls + 1, how
+        await b.flush()
+        assert (await b.execute(step, 1)).cache_hit
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_a_lost_subscription_drops_the_in_process_cache(redis_restartable):
+    prefix = f"y{uuid.uuid4().hex[:8]}:"
+    fn = Counted()
+    step = Step(fn, "enrich")
+    ex, tier = make_executor(redis_restartable.url, prefix)
+    await ex.execute(step, 1)
+    await _until(lambda: tier.stats()["subscribed"])
+    assert (await ex.execute(step, 1)).cache_hit
+    redis_restartable.kill()  # invalidations published meanwhile would be missed
+    await _until(lambda: not tier.stats()["subscribed"])
+    redis_restartable.start()
+    await _until(lambda: tier.stats()["resyncs"] == 1)
+    r = await ex.execute(step, 1)
+    assert not r.cache_hit and fn.calls == 2
+    await ex.aclose()
+
+
+@pytest.mark.parametrize("how", ["tag", "prefix", "clear"])
+async def test_another_process_invalidating_keeps_an_in_flight_result_out_of_redis(
+    redis_server, how
+):
+    prefix = f"z{uuid.uuid4().hex[:8]}:"
+    fn = Gated()
+    step = Step(fn, "fetch_user", tags=("users",))
+    a, tier_a = make_executor(redis_server, prefix)
+    b, _ = make_executor(redis_server, prefix)  # another process, in effect
+    for n in range(5):
+        fn.started.clear()
+        fn.release.clear()
+        task = asyncio.create_task(a.execute(step, n))
+        await fn.started.wait()  # a asked Redis (a miss) and runs the step
+        await _invalidate(b, how)
+        fn.release.set()
+        await task
+        await a.flush()
+        assert await tier_a.get(_core.cache_key(n, "fetch_user")) == (False, None), (how, n)
+    await a.aclose()
+    await b.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import json
 import os
 import pickle
@@ -24,6 +25,9 @@ from caudal import _core
 from caudal.cache_redis import RedisCacheTier, redact_url
 
 HERE = Path(__file__).resolve().parent
+# The secret of the tiers made by make_tier (and of the child processes):
+# entries are authenticated, so any value (pickle) can be shared.
+SECRET = b"test-secret-0123456789abcdef"
 
 
 @dataclasses.dataclass
@@ -63,6 +67,7 @@ async def make_tier(redis_server, prefix):
 
     def make(url=None, **kw):
         kw.setdefault("prefix", prefix)
+        kw.setdefault("secret", SECRET)
         tier = RedisCacheTier(url or redis_server, **kw)
         tiers.append(tier)
         return tier
@@ -74,6 +79,12 @@ async def make_tier(redis_server, prefix):
 
 def stored_bytes(raw, tier: RedisCacheTier, k: bytes) -> bytes | None:
     return raw.get(tier._value_key(k))
+
+
+def frame_of(stored: bytes) -> bytes:
+    """The compression frame of a stored entry (after its header and tag)."""
+    assert stored[0] == 0x02
+    return stored[3 + 32 :] if stored[2] == 0x01 else stored[3:]
 
 
 # ------------------------------------------------------------------ basics
@@ -144,7 +155,8 @@ async def test_key_layout(make_tier, raw, prefix):
     assert raw.exists(f"{prefix}v:{k.hex()}")
     assert raw.zrange(f"{prefix}t:t1", 0, -1) == [k.hex().encode()]
     assert raw.zrange(f"{prefix}g:g1", 0, -1) == [k.hex().encode()]
-    assert raw.get(f"{prefix}v:{k.hex()}")[:2] == b"\x01\xc0"
+    stored = raw.get(f"{prefix}v:{k.hex()}")
+    assert stored[:3] == b"\x02J\x01" and frame_of(stored) == b"\xc01"  # JSON, tagged
 
 
 # -------------------------------------------------------------------- TTL
@@ -240,7 +252,9 @@ async def test_clear_touches_only_its_prefix(make_tier, raw, prefix):
     raw.set(f"{prefix}unrelated", "kept")
 
     assert await mine.clear() == 30
-    assert raw.keys(f"{prefix}\\[ab\\]\\*\\?:*") == []
+    # Only the invalidation counter and epochs remain (they outlive a clear).
+    left = raw.keys(f"{prefix}\\[ab\\]\\*\\?:*")
+    assert sorted(left) == [f"{prefix}[ab]*?:e".encode(), f"{prefix}[ab]*?:ie".encode()]
     assert await other.get(key(0)) == (True, "kept")
     assert raw.get(f"{prefix}a-zz:x") == b"matches the unescaped pattern"
     assert raw.get(f"{prefix}unrelated") == b"kept"
@@ -253,10 +267,10 @@ BIG = {"text": "lorem ipsum dolor sit amet " * 4000, "n": list(range(100))}
 
 async def test_compression_on_stores_big_values_smaller(make_tier, raw):
     tier = make_tier(compression=True)
-    plain = pickle.dumps(BIG, protocol=5)
+    plain = json.dumps(BIG).encode()
     await tier.set(key("big"), BIG, ttl_s=30)
     stored = stored_bytes(raw, tier, key("big"))
-    assert stored[:2] == b"\x01\xc1"
+    assert frame_of(stored)[:1] == b"\xc1"
     assert len(stored) < len(plain) // 10
     assert await tier.get(key("big")) == (True, BIG)
     s = tier.stats()
@@ -264,10 +278,10 @@ async def test_compression_on_stores_big_values_smaller(make_tier, raw):
 
     # Under the threshold, or incompressible: stored raw.
     await tier.set(key("small"), "small", ttl_s=30)
-    assert stored_bytes(raw, tier, key("small"))[:2] == b"\x01\xc0"
+    assert frame_of(stored_bytes(raw, tier, key("small")))[:1] == b"\xc0"
     noise = os.urandom(8000)
     await tier.set(key("noise"), noise, ttl_s=30)
-    assert stored_bytes(raw, tier, key("noise"))[:2] == b"\x01\xc0"
+    assert frame_of(stored_bytes(raw, tier, key("noise")))[:1] == b"\xc0"
     assert await tier.get(key("noise")) == (True, noise)
     assert tier.stats()["compressed_sets"] == 1
 
@@ -276,7 +290,7 @@ async def test_compression_off_stores_raw_frames(make_tier, raw):
     tier = make_tier(compression=False)
     await tier.set(key("big"), BIG, ttl_s=30)
     stored = stored_bytes(raw, tier, key("big"))
-    assert stored == b"\x01\xc0" + pickle.dumps(BIG, protocol=5)
+    assert frame_of(stored) == b"\xc0" + json.dumps(BIG, separators=(",", ":")).encode()
     assert tier.stats()["compressed_sets"] == 0
 
 
@@ -291,17 +305,25 @@ async def test_readers_accept_both_frames_whatever_their_setting(make_tier):
 
 
 # --------------------------------------------------- corrupt, serializers
+def sealed(tier, k, codec, frame):
+    """An entry as ``tier`` would write it: header, its HMAC tag, ``frame``."""
+    header = bytes((0x02, ord(codec), 0x01))
+    return header + tier._tag(tier._value_key(k), header, frame) + frame
+
+
 CORRUPT = {
-    "empty": b"",
-    "version byte only": b"\x01",
-    "unknown version": b"\x02\xc0" + pickle.dumps(1),
-    "bare pickle": pickle.dumps("no header"),
-    "unknown frame byte": b"\x01\xc7abc",
-    "bad zstd frame": b"\x01\xc1(\xb5/\xfdgarbage",
-    "truncated zstd": b"\x01" + _core.compress(b"x" * 5000)[:12],
-    "not a pickle": b"\x01\xc0this is not a pickle",
-    "pickle of a missing class": b"\x01\xc0"
-    + pickle.dumps(Point(1, 2)).replace(b"Point", b"Pnint"),
+    "empty": lambda t: b"",
+    "version byte only": lambda t: b"\x02",
+    "old format version": lambda t: b"\x01\xc0" + pickle.dumps(1),
+    "unknown codec": lambda t: b"\x02Q\x00\xc0" + pickle.dumps(1),
+    "unknown frame byte": lambda t: sealed(t, key("bad"), "J", b"\xc7abc"),
+    "bad zstd frame": lambda t: sealed(t, key("bad"), "J", b"\xc1(\xb5/\xfdgarbage"),
+    "truncated zstd": lambda t: sealed(t, key("bad"), "J", _core.compress(b"x" * 5000)[:12]),
+    "not JSON": lambda t: sealed(t, key("bad"), "J", b"\xc0{not json"),
+    "not a pickle": lambda t: sealed(t, key("bad"), "P", b"\xc0this is not a pickle"),
+    "pickle of a missing class": lambda t: sealed(
+        t, key("bad"), "P", b"\xc0" + pickle.dumps(Point(1, 2)).replace(b"Point", b"Pnint")
+    ),
 }
 
 
@@ -309,7 +331,7 @@ CORRUPT = {
 async def test_corrupt_value_is_a_counted_miss_and_deleted(make_tier, raw, payload):
     tier = make_tier(compression=True)
     name = tier._value_key(key("bad"))
-    raw.set(name, payload)
+    raw.set(name, payload(tier))
     assert await tier.get(key("bad")) == (False, None)
     s = tier.stats()
     assert (s["corrupt"], s["misses"], s["hits"]) == (1, 1, 0)
@@ -344,13 +366,13 @@ class JsonSerializer:
 
 async def test_custom_serializer(make_tier, raw):
     ser = JsonSerializer()
-    tier = make_tier(serializer=ser, compression=True, compression_threshold=16)
+    tier = make_tier(serializer=ser, compression=True, compression_threshold=16, secret=None)
     await tier.set(key("j"), {"a": [1, 2, 3], "b": "x" * 100}, ttl_s=30)
     await tier.set(key("s"), [1], ttl_s=30)
     assert await tier.get(key("j")) == (True, {"a": [1, 2, 3], "b": "x" * 100})
     assert await tier.get(key("s")) == (True, [1])
     assert ser.loaded_types == {bytes}
-    assert stored_bytes(raw, tier, key("s")) == b"\x01\xc0[1]"
+    assert stored_bytes(raw, tier, key("s")) == b"\x02S\x00\xc0[1]"  # custom, no tag
     assert await tier.set(key("bad"), {1, 2}, ttl_s=30) is False  # json cannot
     with pytest.raises(TypeError):
         RedisCacheTier(serializer=object())
@@ -363,6 +385,7 @@ def run_child(url, prefix, *args) -> dict:
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "CAUDAL_CACHE_SECRET": SECRET.decode()},
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -430,7 +453,13 @@ async def test_batched_sets_reload_a_flushed_script(make_tier, redis_restartable
     # A batch of three, as the lane would send it: one pipeline, NOSCRIPT, reload, again.
     conn = tier._conn()
     items = [
-        (tier._value_key(key(i)), b"\x01\xc0" + pickle.dumps(i), 60_000, [f"{tier._prefix}t:t"])
+        (
+            tier._value_key(key(i)),
+            tier._encode(tier._value_key(key(i)), i)[0],
+            60_000,
+            [f"{tier._prefix}t:t"],
+            "",  # since: not checked
+        )
         for i in range(3)
     ]
     assert await conn._run_sets(items) == [True, True, True]
@@ -578,9 +607,20 @@ async def test_health_and_stats(make_tier, redis_server):
         "healthy",
         "last_error",
         "url",
+        "unauthenticated",
+        "stale_sets",
+        "invalidations_queued",
+        "invalidations_delivered",
+        "pending_invalidations",
+        "invalidations_heard",
+        "invalidation_messages_rejected",
+        "resyncs",
+        "authenticated",
+        "subscribed",
     ):
         assert field in s
     assert s["url"] == redis_server and s["last_error"] is None and s["clients"] == 1
+    assert h["pending_invalidations"] == 0 and s["authenticated"] and not s["subscribed"]
 
 
 def test_url_password_is_redacted():
@@ -651,3 +691,286 @@ async def test_given_client_is_used_and_not_closed(redis_server, prefix):
         assert tier.stats()["url"].startswith("redis://127.0.0.1:")
     finally:
         await client.aclose()
+
+
+# ------------------------------------------------------------ trust
+class _Payload:
+    """Unpickling this runs ``os.system`` (writes a file)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def planted_pickles(path):
+    evil = pickle.dumps(_Payload(path), protocol=5)
+    return {
+        "old format": b"\x01\xc0" + evil,
+        "bare pickle": evil,
+        "pickle codec, no tag": b"\x02P\x00\xc0" + evil,
+        "pickle codec, forged tag": b"\x02P\x01" + b"\x00" * 32 + b"\xc0" + evil,
+    }
+
+
+@pytest.mark.parametrize("with_secret", [True, False], ids=["secret", "no-secret"])
+async def test_a_planted_pickle_never_runs_and_is_a_counted_miss(
+    make_tier, raw, tmp_path, with_secret
+):
+    tier = make_tier(secret=SECRET if with_secret else None)
+    marker = tmp_path / "pwned"
+    for i, (what, payload) in enumerate(planted_pickles(marker).items()):
+        name = tier._value_key(key(("planted", i)))
+        raw.set(name, payload)
+        assert await tier.get(key(("planted", i))) == (False, None), what
+        assert not raw.exists(name), what  # deleted (it still held those bytes)
+    assert not marker.exists()  # the payload never ran
+    s = tier.stats()
+    assert s["unauthenticated"] + s["corrupt"] == 4 and s["hits"] == 0
+    assert s["unauthenticated"] >= 2
+
+
+async def test_a_planted_plain_value_is_a_miss_with_a_secret(make_tier, raw):
+    tier = make_tier()
+    k = key("user:1")
+    name = tier._value_key(k)
+    raw.set(name, b'\x02J\x00\xc0{"admin": true}')  # well-formed, but no tag
+    assert await tier.get(k) == (False, None)
+    # A genuine entry copied under another key does not verify either.
+    await tier.set(key("user:2"), {"admin": False}, ttl_s=30)
+    raw.set(name, stored_bytes(raw, tier, key("user:2")))
+    assert await tier.get(k) == (False, None)
+    # Nor one written with another secret.
+    other = make_tier(secret=b"another-secret-0123456789")
+    await other.set(k, {"admin": True}, ttl_s=30)
+    assert await tier.get(k) == (False, None)
+    assert tier.stats()["unauthenticated"] == 3
+    assert await tier.get(key("user:2")) == (True, {"admin": False})
+
+
+SortOrder = enum.IntEnum("SortOrder", "ASC DESC")
+
+JSON_EXACT = [
+    None,
+    True,
+    0,
+    -17,
+    2**100,
+    1.0,
+    -0.0,
+    1.5,
+    float("inf"),
+    "ünïcødé ✓ 😀",
+    [],
+    {},
+    [1, 1.0, True, None, "1"],
+    {"a": {"b": [1, 2.0]}, "c": None, "": [{}]},
+]
+
+NOT_JSON = [
+    (1, 2),
+    [1, (2,)],
+    {1: "int key"},
+    {"a": {True: 1}},
+    {1, 2},
+    b"bytes",
+    Point(1, 2.5),
+    SortOrder.ASC,
+    [SortOrder.DESC],
+    "lone surrogate \ud83d",  # JSON would turn an escaped pair into one character
+]
+
+
+async def test_json_values_round_trip_type_exactly_without_pickle(make_tier, raw):
+    tier = make_tier(secret=None)  # no secret: JSON only, never a pickle
+    for i, v in enumerate(JSON_EXACT):
+        assert await tier.set(key(("j", i)), v, ttl_s=30), v
+        stored = stored_bytes(raw, tier, key(("j", i)))
+        assert stored[:3] == b"\x02J\x00" and b"\x80\x05" not in stored[:6]
+
+        def same(a, b):
+            assert type(a) is type(b), (a, b)
+            if isinstance(a, list):
+                assert len(a) == len(b)
+                for x, y in zip(a, b, strict=True):
+                    same(x, y)
+            elif isinstance(a, dict):
+                assert a.keys() == b.keys()
+                for k in a:
+                    same(a[k], b[k])
+            else:
+                assert a == b or (a != a and b != b)
+                if isinstance(a, float):
+                    assert str(a) == str(b)  # -0.0 stays -0.0
+
+        found, got = await tier.get(key(("j", i)))
+        assert found
+        same(got, v)
+    # What JSON would change (tuple -> list, int key -> str, IntEnum -> int,
+    # ...) is not shared without a secret rather than returned changed.
+    for i, v in enumerate(NOT_JSON):
+        assert await tier.set(key(("n", i)), v, ttl_s=30) is False, v
+        assert await tier.get(key(("n", i))) == (False, None)
+    s = tier.stats()
+    assert s["unserializable"] == len(NOT_JSON) and not s["authenticated"]
+    assert "secret" in s["last_error"]
+
+
+async def test_with_a_secret_other_values_are_authenticated_pickles(make_tier, raw):
+    tier = make_tier()
+    for i, v in enumerate(NOT_JSON):
+        assert await tier.set(key(("n", i)), v, ttl_s=30), v
+        assert stored_bytes(raw, tier, key(("n", i)))[:3] == b"\x02P\x01"
+        found, got = await tier.get(key(("n", i)))
+        assert found and got == v and type(got) is type(v)
+    assert tier.stats()["authenticated"]
+
+
+def test_a_short_secret_is_refused(monkeypatch):
+    with pytest.raises(caudal.ConfigurationError, match="secret"):
+        RedisCacheTier(secret="short")
+    monkeypatch.setenv("CAUDAL_CACHE_SECRET", "short")
+    with pytest.raises(caudal.ConfigurationError, match="CAUDAL_CACHE_SECRET"):
+        RedisCacheTier()
+    monkeypatch.setenv("CAUDAL_CACHE_SECRET", SECRET.decode())
+    assert RedisCacheTier().stats()["authenticated"]
+
+
+# ------------------------------------------- invalidations are never lost
+async def test_an_invalidation_during_the_backoff_is_queued_and_delivered(
+    make_tier, redis_restartable
+):
+    url = redis_restartable.url
+    tier = make_tier(url, op_timeout_s=0.05, reconnect_backoff_s=0.3)
+    other = make_tier(url, op_timeout_s=2.0)  # another process's tier, in effect
+    await tier.set(key(1), "stale", ttl_s=600, tags=["t"], group="g")
+    await tier.set(key(2), "kept", ttl_s=600, tags=["u"])
+    redis_restartable.freeze()
+    try:
+        async with no_stall():
+            assert await tier.get(key(1)) == (False, None)  # one timeout: back-off
+        assert not tier.stats()["healthy"]
+        r = await tier.invalidate_tag("t")  # within the back-off
+        assert r == 0 and r.queued and r.l2 is None
+        assert tier.stats()["pending_invalidations"] == 1
+        assert tier.pending_invalidations == 1
+    finally:
+        redis_restartable.thaw()
+    # Nobody calls the tier: it delivers the queued invalidation by itself
+    # once the back-off is over.
+    async with no_stall():
+        while tier.pending_invalidations:
+            await asyncio.sleep(0.02)
+    assert await other.get(key(1)) == (False, None)
+    assert await other.get(key(2)) == (True, "kept")
+    s = tier.stats()
+    assert (s["invalidations_queued"], s["invalidations_delivered"]) == (1, 1)
+    assert s["healthy"] and s["pending_invalidations"] == 0
+
+
+async def test_a_failed_invalidation_is_queued_and_reads_wait_for_it(make_tier, redis_restartable):
+    url = redis_restartable.url
+    tier = make_tier(url, op_timeout_s=0.05, reconnect_backoff_s=60)
+    other = make_tier(url, op_timeout_s=2.0)
+    await tier.set(key(1), "stale", ttl_s=600, group="g")
+    redis_restartable.freeze()
+    try:
+        async with no_stall():
+            r = await tier.invalidate_group("g")  # healthy until this times out
+            assert r == 0 and r.queued
+            c = await tier.clear()  # during the back-off: queued, covers the rest
+            assert c == 0 and c.queued
+        assert tier.pending_invalidations == 1
+    finally:
+        redis_restartable.thaw()
+    # The back-off (60 s) is not over; a health check (which always asks
+    # Redis) delivers the queue, as a caller may with deliver_pending().
+    h = await tier.health()
+    assert h["ok"] and h["pending_invalidations"] == 0
+    assert await tier.deliver_pending()
+    assert await other.get(key(1)) == (False, None)
+    assert tier.pending_invalidations == 0 and tier.stats()["healthy"]
+
+
+async def test_reads_never_see_what_a_queued_invalidation_removes(make_tier, redis_restartable):
+    url = redis_restartable.url
+    tier = make_tier(url, op_timeout_s=0.05, reconnect_backoff_s=0.05)
+    await tier.set(key(1), "stale", ttl_s=600, tags=["t"])
+    redis_restartable.kill()
+    async with no_stall():
+        r = await tier.invalidate_tag("t")  # connection refused: queued
+    assert r.queued
+    redis_restartable.start()  # same port (empty: nothing persisted)
+    # Put the stale value back as if the server had kept it.
+    other = make_tier(url, op_timeout_s=2.0)
+    await other.set(key(1), "stale", ttl_s=600, tags=["t"])
+    await asyncio.sleep(0.06)  # the back-off is over: the next call is a probe
+    async with no_stall():
+        assert await tier.get(key(1)) == (False, None)  # delivered first, then read
+    assert tier.pending_invalidations == 0
+
+
+async def test_executor_invalidation_reports_what_it_reached(make_tier, redis_restartable):
+    tier = make_tier(redis_restartable.url, op_timeout_s=0.05, reconnect_backoff_s=60)
+    ex = caudal.ExecutorCore(
+        caudal.OptimizationConfig(enable_cache_optimization=True), cache_l2=tier
+    )
+
+    async def fetch(x):
+        return {"x": x}
+
+    step = caudal.Step(fetch, "fetch", tags=("t",))
+    await ex.execute(step, 1)
+    await ex.flush()
+    r = await ex.invalidate_by_tag("t")
+    assert r == 1 and r.l2 == 1 and not r.queued
+    await ex.execute(step, 1)
+    await ex.flush()
+    redis_restartable.freeze()
+    try:
+        async with no_stall():
+            r = await ex.invalidate_by_tag("t")
+        assert r == 1 and r.queued and r.l2 is None
+        r = await ex.invalidate_prefix("fetch")
+        assert r == 0 and r.queued
+    finally:
+        redis_restartable.thaw()
+    await ex.aclose()  # delivers what is queued before closing
+    assert tier.pending_invalidations == 0
+
+
+# ------------------------------- writes racing other processes' invalidations
+@pytest.mark.parametrize("how", ["tag", "group", "clear"])
+async def test_a_write_read_before_an_invalidation_elsewhere_is_refused(make_tier, how):
+    a = make_tier()  # the process whose execution is in flight
+    b = make_tier()  # another process, invalidating meanwhile
+    k = key("in-flight")
+    found, _, since = await a.get_versioned(k)
+    assert not found and since is not None
+    if how == "tag":
+        await b.invalidate_tag("t")
+    elif how == "group":
+        await b.invalidate_group("g")
+    else:
+        await b.clear()
+    assert await a.set(k, "computed before", ttl_s=60, tags=["t"], group="g", since=since) is False
+    assert await b.get(k) == (False, None)
+    assert a.stats()["stale_sets"] == 1
+    # Read after the invalidation: stored.
+    _, _, since = await a.get_versioned(k)
+    assert await a.set(k, "fresh", ttl_s=60, tags=["t"], group="g", since=since)
+    assert await b.get(k) == (True, "fresh")
+
+
+async def test_an_invalidation_of_something_else_does_not_refuse_a_write(make_tier):
+    a, b = make_tier(), make_tier()
+    k = key("unrelated")
+    _, _, since = await a.get_versioned(k)
+    await b.invalidate_tag("other-tag")
+    await b.invalidate_group("other-step")
+    assert await a.set(k, "v", ttl_s=60, tags=["t"], group="g", since=since)
+    # Without since (a caller that did not read first), nothing is checked.
+    await b.invalidate_tag("t")
+    assert await a.set(k, "w", ttl_s=60, tags=["t"], group="g")
+    assert await b.get(k) == (True, "w")

@@ -146,13 +146,73 @@ def test_failed_run_then_resume_from_the_stored_definition(workdir):
     assert "not run" in ins.stdout  # total
     (workdir / "BROKEN").unlink()
     (workdir / "pipe.yaml").unlink()  # resume uses the YAML stored with the run
-    r = caudal(workdir, "resume", "r1", "--store", "runs.db", "--json")
+    r = caudal(
+        workdir, "resume", "r1", "--store", "runs.db", "--registry", "myreg:REGISTRY", "--json"
+    )
     out = json.loads(r.stdout)
     assert out["status"] == "completed" and out["result"] == 13
     assert out["steps"]["square"]["restored"] is True
     assert out["steps"]["flaky"]["restored"] is False
     js = json.loads(caudal(workdir, "inspect", "r1", "--store", "runs.db", "--json").stdout)
     assert js["resumes"] == 1 and js["status"] == "completed"
+
+
+def _plant_registry_spec(db: Path, run_id: str, spec: str) -> None:
+    """Rewrite the registry spec stored with a run, as anyone who can write
+    to the database could."""
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    (definition,) = conn.execute(
+        "SELECT definition FROM caudal_runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    d = json.loads(definition)
+    d["registry"] = spec
+    d["resolver"] = spec.replace("REGISTRY", "resolve")
+    conn.execute("UPDATE caudal_runs SET definition = ? WHERE run_id = ?", (json.dumps(d), run_id))
+    conn.commit()
+    conn.close()
+
+
+def test_resume_imports_only_the_registry_named_on_the_command_line(workdir):
+    # A module whose import has a visible side effect: it must never run.
+    (workdir / "planted.py").write_text(
+        "import pathlib\n"
+        "pathlib.Path(__file__).with_name('IMPORTED').write_text('ran')\n"
+        "REGISTRY = {}\n"
+        "async def resolve(text, context):\n    return text\n"
+    )
+    (workdir / "BROKEN").write_text("")
+    caudal(
+        workdir,
+        "run",
+        "pipe.yaml",
+        "--registry",
+        "myreg:REGISTRY",
+        "--input",
+        '{"n": 3}',
+        "--store",
+        "runs.db",
+        "--run-id",
+        "r1",
+        check=1,
+    )
+    (workdir / "BROKEN").unlink()
+    _plant_registry_spec(workdir / "runs.db", "r1", "planted:REGISTRY")
+
+    # Without --registry: refused, naming the stored spec, importing nothing.
+    r = caudal(workdir, "resume", "r1", "--store", "runs.db", check=2)
+    assert "--registry" in r.stderr and "planted:REGISTRY" in r.stderr
+    assert not (workdir / "IMPORTED").exists()
+
+    # With it: the user's registry runs; the stored one is reported, not imported.
+    r = caudal(
+        workdir, "resume", "r1", "--store", "runs.db", "--registry", "myreg:REGISTRY", "--json"
+    )
+    assert json.loads(r.stdout)["status"] == "completed"
+    assert "planted:REGISTRY" in r.stderr and "myreg:REGISTRY" in r.stderr
+    assert "planted:resolve" in r.stderr  # the stored resolver is not imported either
+    assert not (workdir / "IMPORTED").exists()
 
 
 def test_validate_exit_codes_and_line_numbers(workdir):

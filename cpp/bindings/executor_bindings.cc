@@ -557,8 +557,10 @@ class Engine {
 
   // The shared tier had the value: fill L1, wake the flight's followers,
   // and return the hit's StepResult.
+  // `epoch`: _cache_epoch() read before the value was fetched (an
+  // invalidation since then keeps it out of L1).
   py::object l2_fill(py::handle step, py::bytes key_bytes, bool flight,
-                     py::handle value, double waited_s) {
+                     py::handle value, double waited_s, uint64_t epoch) {
     std::shared_ptr<StepEntry> entry = Lookup(step);
     auto* e = static_cast<PyStepEntry*>(entry.get());
     const OptimizationConfig* cfg = core_.current_config();
@@ -566,7 +568,8 @@ class Engine {
     const int64_t now = MonotonicNowNs();
     const size_t bytes = cfg->cache_max_bytes > 0 ? EstimateSize(value) : 0;
     std::vector<CachedValue> dropped;
-    core_.CachePut(*e, *cfg, key, HoldValue(value.ptr()), bytes, now, &dropped);
+    core_.CachePut(*e, *cfg, key, HoldValue(value.ptr()), bytes, now, &dropped,
+                   epoch);
     const auto latency = static_cast<int64_t>(waited_s * 1e9);
     core_.RecordCacheHit(*e, latency);
     py::object out = cfg->cache_copy_outputs
@@ -608,6 +611,15 @@ class Engine {
     return py::make_tuple(
         Executor::CacheTtlSeconds(*e, *core_.current_config()), e->spec.tags,
         e->name_str);
+  }
+
+  // Invalidation epochs (result_cache.h) for the shared tier's writes: read
+  // one before asking the tier; before writing a result there, ask whether
+  // an invalidation covering the step came since.
+  uint64_t cache_epoch() const { return core_.CacheEpoch(); }
+  bool cache_storable(py::handle step, uint64_t epoch) {
+    std::shared_ptr<StepEntry> entry = Lookup(step);
+    return core_.CacheStorable(*entry, epoch);
   }
 
   // A cancelled follower leaves the flight it was waiting on.
@@ -733,6 +745,7 @@ class Engine {
     d["expirations"] = c.expirations;
     d["invalidations"] = c.invalidations;
     d["rejections"] = c.rejections;
+    d["stale"] = c.stale;
     d["size"] = c.entries;
     d["bytes"] = c.bytes;
     d["max_size"] = c.max_entries;
@@ -1503,6 +1516,8 @@ void RegisterExecutor(py::module_& m) {
       .def("_begin_leader", &Engine::begin_leader)
       .def("_abandon_flight", &Engine::abandon_flight)
       .def("_cache_policy", &Engine::cache_policy)
+      .def("_cache_epoch", &Engine::cache_epoch)
+      .def("_cache_storable", &Engine::cache_storable)
       .def("invalidate_tag", &Engine::invalidate_tag)
       .def("invalidate_prefix", &Engine::invalidate_prefix)
       .def("clear_cache", &Engine::clear_cache)

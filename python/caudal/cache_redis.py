@@ -11,6 +11,10 @@ Layout in Redis (``P`` is ``prefix``, ``"caudal:"`` by default)
 - ``P v:<hex key>`` — one cached value: a string with the entry's TTL
   (``SET ... PX``). ``<hex key>`` is the caller's key in lowercase hex (the
   16-byte ``caudal._core.cache_key`` gives 32 characters).
+- ``P e`` and ``P ie`` — the invalidation counter and, per index (``*``
+  for clear), the value its last invalidation took (no TTL); a set with
+  ``since`` (the counter read by ``get_versioned``) is refused if a
+  covering invalidation took a higher value.
 - ``P t:<tag>`` and ``P g:<group>`` — the tag and group indexes: sorted sets
   whose members are ``<hex key>`` and whose scores are the member's expiry
   time (Unix ms, Redis's own clock). A set stores the value and adds it to
@@ -25,29 +29,30 @@ Layout in Redis (``P`` is ``prefix``, ``"caudal:"`` by default)
   may keep a member whose value is gone; it is harmless (unlinking a missing
   key is a no-op) and pruned once its expiry passes.
 
-Value format (version 1)
+Value format (version 2)
 ------------------------
 ::
 
-    byte 0      0x01  format version
-    byte 1      0xC0  raw: the rest is the serializer's bytes
-                0xC1  zstd: the rest is one zstd frame of them (size + checksum)
-    bytes 2..   payload
+    byte 0      0x02  format version
+    byte 1      codec: 0x4A type-exact JSON, 0x50 pickle (authenticated
+                entries only), 0x53 the tier's own serializer
+    byte 2      0x00 no tag, or 0x01: a 32-byte HMAC-SHA256 tag follows,
+                over the value key, bytes 0..2 and the frame
+    then        a ``caudal._core.compress`` frame: 0xC0 raw, 0xC1 zstd
 
-Bytes 1.. are exactly a ``caudal._core.compress`` frame. With compression off
-the raw frame is built directly (no call into C++); with it on, values longer
-than ``compression_threshold`` are compressed when that makes them smaller
-(large ones with the GIL released). A reader accepts both kinds whatever its
-own setting, so processes with different settings share entries. Anything
-else — another version byte, an unknown frame byte, a corrupt zstd frame,
-bytes the serializer cannot load — is a corrupt entry: a miss, counted, and
-the key deleted.
+With compression off the raw frame is built directly (no call into C++);
+with it on, values longer than ``compression_threshold`` are compressed when
+that makes them smaller (large ones with the GIL released). A reader accepts
+both frames whatever its own setting. Anything that does not parse is a
+corrupt entry; one that is not authenticated (below) an unauthenticated
+one: both are misses, counted, and the key is deleted.
 
-The serializer is ``pickle`` (protocol 5) unless one is passed: any object
-with ``dumps(value) -> bytes`` and ``loads(bytes) -> value``. **Unpickling
-runs code chosen by whoever wrote the bytes: only share a Redis that only
-trusted processes can write** (ACLs, ``requirepass``, TLS, a private network),
-or pass a data-only serializer.
+Trust: with a ``secret`` (or ``$CAUDAL_CACHE_SECRET``) every entry and
+invalidation message is tagged and verified before it is decoded; values
+that JSON carries exactly (same types back: no tuples, sets, int dict keys,
+int subclasses, ...) are JSON, the others pickles. Without a secret nothing
+is pickled or unpickled: only JSON-exact values are shared. A custom
+``serializer`` is used for every value (authenticated with a secret).
 
 Failure policy
 --------------
@@ -59,7 +64,11 @@ at most ``op_timeout_s`` once, and never an exception:
   round trip per batch of keys).
 - A timeout or a connection failure is counted (``timeouts`` / ``errors``),
   recorded in ``last_error``, marks the tier unhealthy and makes the call
-  return a miss (``get``), ``False`` (``set``) or ``0`` (invalidations).
+  return a miss (``get``) or ``False`` (``set``).
+- An invalidation that cannot reach Redis is queued, never dropped: it
+  returns 0 with ``.queued`` True; the queue is delivered as soon as Redis
+  answers (a background task per loop, and any call first), and until then
+  ``get`` misses and ``set`` writes nothing.
 - While unhealthy, calls do not touch Redis for ``reconnect_backoff_s``
   (counted as ``skipped``). After that one call is let through as a probe
   (the others keep skipping until it ends, or for ``op_timeout_s`` at
@@ -68,11 +77,17 @@ at most ``op_timeout_s`` once, and never an exception:
 - An error *reply* from a live server (e.g. ``OOM`` when Redis is full) is
   counted in ``errors`` and fails that call only: the server answered, so
   the tier counts as healthy.
-- A value that cannot be serialized is not stored (counted as
-  ``unserializable``); the caller still has its result.
+- A value that cannot be stored is not (counted as ``unserializable``); the
+  caller still has its result.
 - ``asyncio.CancelledError`` always propagates.
 - Programming errors (a key that is not bytes, a TTL that is not positive)
   raise at once, as usual.
+
+Other processes' in-process caches: every delivered invalidation is
+published on ``P invalidations`` after Redis removed the values; a tier with
+listeners (``add_invalidation_listener``; ``ExecutorCore`` adds its L1)
+subscribes on a connection of its own and passes on what other tiers
+publish, and ``("resync", None)`` after a lost subscription came back.
 
 Bursts
 ------
@@ -89,11 +104,15 @@ Stats
 whatever the reason, so ``hits + misses`` is the number of gets), ``sets``
 (values stored), ``errors`` (failed calls other than timeouts),
 ``timeouts``, ``skipped`` (calls not sent during the back-off),
-``corrupt``, ``unserializable``, ``invalidations`` (values removed by
-``invalidate_*`` and ``clear``), ``bytes_written`` / ``bytes_read`` (stored
-sizes), ``compressed_sets``, ``batched`` (calls sent in a coalesced batch),
-``healthy``, ``last_error``, ``url`` (password redacted), ``prefix``,
-``compression``, ``clients`` (event loops with a live client).
+``corrupt``, ``unauthenticated``, ``stale_sets`` (sets refused: an
+invalidation came after their ``since`` read), ``unserializable``, ``invalidations``
+(values removed by ``invalidate_*`` and ``clear``), ``invalidations_queued``,
+``invalidations_delivered``, ``pending_invalidations``,
+``invalidations_heard``, ``invalidation_messages_rejected``, ``resyncs``,
+``bytes_written`` / ``bytes_read`` (stored sizes), ``compressed_sets``,
+``batched`` (calls sent in a coalesced batch), ``healthy``, ``last_error``,
+``url`` (password redacted), ``prefix``, ``compression``, ``clients`` (event
+loops with a live client), ``authenticated``, ``subscribed``.
 
 Event loops and threads
 -----------------------
@@ -120,7 +139,13 @@ each other (``clear()`` of ``"a:"`` would clear ``"a:b:"``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
+import inspect
+import json
 import math
+import os
 import pickle
 import threading
 import time
@@ -140,14 +165,32 @@ except ImportError as e:  # pragma: no cover - exercised only without redis-py
     raise ImportError("caudal.cache_redis needs redis-py >= 5: pip install 'caudal[redis]'") from e
 
 from caudal import _core
+from caudal._invalidation import InvalidationResult
+from caudal.errors import ConfigurationError
 
-__all__ = ["FORMAT_VERSION", "PickleSerializer", "RedisCacheTier", "Serializer", "redact_url"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SECRET_ENV",
+    "InvalidationResult",
+    "PickleSerializer",
+    "RedisCacheTier",
+    "Serializer",
+    "redact_url",
+]
 
-FORMAT_VERSION = 0x01
+FORMAT_VERSION = 0x02
 _FRAME_RAW = 0xC0
 _FRAME_ZSTD = 0xC1
-_RAW_HEADER = bytes((FORMAT_VERSION, _FRAME_RAW))
-_VERSION_BYTE = bytes((FORMAT_VERSION,))
+_CODEC_JSON = 0x4A  # "J": type-exact JSON (None, bool, int, float, str, list, str-keyed dict)
+_CODEC_PICKLE = 0x50  # "P": pickle protocol 5, only ever read from an authenticated entry
+_CODEC_CUSTOM = 0x53  # "S": the tier's own serializer (serializer=)
+_AUTH_NONE = 0x00
+_AUTH_HMAC = 0x01  # HMAC-SHA256 tag of 32 bytes follows
+_TAG_LEN = 32
+_TAG_CONTEXT = b"caudal-cache-v2\0"
+_MIN_SECRET = 16
+_JSON_MAX_DEPTH = 100
+SECRET_ENV = "CAUDAL_CACHE_SECRET"
 
 _INVALIDATE_BATCH = 512
 _LANE_WIDTH = 4
@@ -156,13 +199,23 @@ _MAX_SET_BATCH = 128
 _SCAN_COUNT = 1000
 _MISS = (False, None)
 
-# KEYS[1] the value key, KEYS[2..] index keys; ARGV: payload, ttl ms, member.
+# KEYS[1] the value key, KEYS[2] the invalidation-epoch hash, KEYS[3..] index
+# keys; ARGV: payload, ttl ms, member, since ('' = not checked). Returns 0,
+# storing nothing, if an invalidation of one of its indexes (or a clear, field
+# '*') took an epoch above `since` (the counter read with the value's GET).
 _SET_AND_INDEX = """
+if ARGV[4] ~= '' then
+  local since = tonumber(ARGV[4])
+  if tonumber(redis.call('HGET', KEYS[2], '*') or '0') > since then return 0 end
+  for i = 3, #KEYS do
+    if tonumber(redis.call('HGET', KEYS[2], KEYS[i]) or '0') > since then return 0 end
+  end
+end
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, ARGV[3])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. now)
   if redis.call('PTTL', KEYS[i]) < ttl then
@@ -172,9 +225,14 @@ end
 return 1
 """
 
-# KEYS[1] an index; ARGV: value-key prefix, batch size.
+# KEYS[1] an index, KEYS[2] the epoch counter, KEYS[3] the epoch hash; ARGV:
+# value-key prefix, batch size, "1" for the first batch (which takes the next
+# epoch for the index before removing anything).
 # Returns {values unlinked, members left in the index}.
 _INVALIDATE_BATCH_SCRIPT = """
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[3], KEYS[1], redis.call('INCR', KEYS[2]))
+end
 local popped = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[2]))
 local removed = 0
 if #popped > 0 then
@@ -209,6 +267,51 @@ class _CorruptEntry(Exception):
     pass
 
 
+class _Unauthenticated(Exception):
+    pass
+
+
+def _json_exact(value: Any, depth: int = 0) -> bool:
+    """Whether JSON carries ``value`` exactly: ``json.loads(json.dumps(v))``
+    has the same types all the way down (no tuple -> list, int subclass ->
+    int, non-str dict key -> str, ...). Deeper than _JSON_MAX_DEPTH (or
+    cyclic): no."""
+    t = type(value)
+    if t is str or t is int or t is float or t is bool or value is None:
+        return True
+    if depth >= _JSON_MAX_DEPTH:
+        return False
+    if t is list:
+        for item in value:
+            if not _json_exact(item, depth + 1):
+                return False
+        return True
+    if t is dict:
+        for k, item in value.items():
+            if type(k) is not str or not _json_exact(item, depth + 1):
+                return False
+        return True
+    return False
+
+
+def _secret_bytes(secret: bytes | str | None) -> bytes | None:
+    from_env = secret is None
+    if from_env:
+        secret = os.environ.get(SECRET_ENV) or None
+        if secret is None:
+            return None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, bytes | bytearray):
+        raise TypeError(f"secret must be bytes or str, got {type(secret).__name__}")
+    if len(secret) < _MIN_SECRET:
+        where = f"${SECRET_ENV}" if from_env else "secret"
+        raise ConfigurationError(
+            f"RedisCacheTier: {where} must be at least {_MIN_SECRET} bytes, got {len(secret)}"
+        )
+    return bytes(secret)
+
+
 class _Lane:
     """Coalesces one kind of command (gets, or sets) on one event loop.
 
@@ -234,56 +337,64 @@ class _Lane:
 class _Conn:
     """One event loop's client, its scripts and its coalescing lanes."""
 
-    __slots__ = ("client", "gets", "invalidate", "set_and_index", "sets")
+    __slots__ = ("client", "epoch_key", "epochs_key", "gets", "invalidate", "set_and_index", "sets")
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, prefix: str):
         self.client = client
+        # The invalidation counter and, per index ('*' for clear), the epoch
+        # its last invalidation took (see _SET_AND_INDEX).
+        self.epoch_key = prefix + "e"
+        self.epochs_key = prefix + "ie"
         self.set_and_index = client.register_script(_SET_AND_INDEX)
         self.invalidate = client.register_script(_INVALIDATE_BATCH_SCRIPT)
         self.gets = _Lane(self._run_gets)
         self.sets = _Lane(self._run_sets)
 
     async def _run_gets(self, names: list[str]) -> list[Any]:
+        """(value, invalidation counter) per name, in one MGET."""
         if len(names) == 1:
-            return [await self.client.get(names[0])]
+            value, epoch = await self.client.mget(names[0], self.epoch_key)
+            return [(value, epoch)]
         unique = list(dict.fromkeys(names))  # a hot key asked for by many callers
-        values = await self.client.mget(unique)
-        if len(unique) == len(names):
-            return values
+        *values, epoch = await self.client.mget(*unique, self.epoch_key)
         found = dict(zip(unique, values, strict=True))
-        return [found[n] for n in names]
+        return [(found[n], epoch) for n in names]
 
-    async def _run_sets(self, items: list[tuple[str, bytes, int, list[str]]]) -> list[Any]:
+    async def _run_sets(self, items: list[tuple[str, bytes, int, list[str], str]]) -> list[Any]:
+        """True (stored), False (refused: an invalidation since) or an error."""
         if len(items) == 1:
-            name, payload, ttl_ms, index_keys = items[0]
-            if index_keys:
-                await self.set_and_index(
-                    keys=[name, *index_keys], args=[payload, ttl_ms, _member(name)]
+            name, payload, ttl_ms, index_keys, since = items[0]
+            if index_keys or since:
+                stored = await self.set_and_index(
+                    keys=[name, self.epochs_key, *index_keys],
+                    args=[payload, ttl_ms, _member(name), since],
                 )
-            else:
-                await self.client.set(name, payload, px=ttl_ms)
+                return [int(stored) == 1]
+            await self.client.set(name, payload, px=ttl_ms)
             return [True]
         results: list[Any] = [None] * len(items)
         todo = list(range(len(items)))
         for _ in range(2):  # a second pass after reloading a flushed script
             async with self.client.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    name, payload, ttl_ms, index_keys = items[i]
-                    if index_keys:
+                    name, payload, ttl_ms, index_keys, since = items[i]
+                    if index_keys or since:
                         pipe.evalsha(
                             self.set_and_index.sha,
-                            1 + len(index_keys),
+                            2 + len(index_keys),
                             name,
+                            self.epochs_key,
                             *index_keys,
                             payload,
                             ttl_ms,
                             _member(name),
+                            since,
                         )
                     else:
                         pipe.set(name, payload, px=ttl_ms)
                 replies = await pipe.execute(raise_on_error=False)
             for i, r in zip(todo, replies, strict=True):
-                results[i] = r if isinstance(r, Exception) else True
+                results[i] = r if isinstance(r, Exception) else r is True or int(r) == 1
             todo = [i for i in todo if isinstance(results[i], NoScriptError)]
             if not todo:
                 break
@@ -335,7 +446,10 @@ class RedisCacheTier:
       ``rediss://`` for TLS, ``unix:///path.sock?db=0``).
     - ``prefix``: namespace of every key the tier writes; ``clear()`` removes
       only keys under it.
-    - ``serializer``: object with ``dumps``/``loads``; pickle protocol 5 if None.
+    - ``serializer``: object with ``dumps``/``loads`` for every value; by
+      default type-exact JSON, else pickle (only with a ``secret``).
+    - ``secret``: key (>= 16 bytes) that authenticates entries and
+      invalidation messages; default ``$CAUDAL_CACHE_SECRET``, else none.
     - ``compression``: zstd-compress values longer than
       ``compression_threshold`` bytes at ``compression_level`` (only kept
       when smaller). Reading accepts compressed and raw values either way.
@@ -357,6 +471,7 @@ class RedisCacheTier:
         op_timeout_s: float = 0.05,
         reconnect_backoff_s: float = 1.0,
         client: Any = None,
+        secret: bytes | str | None = None,
     ):
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
@@ -385,16 +500,18 @@ class RedisCacheTier:
         self._url = url
         self._prefix = prefix
         self._value_prefix = prefix + "v:"
-        self._serializer: Serializer = serializer if serializer is not None else PickleSerializer()
-        # pickle reads straight from a memoryview of the reply; other
-        # serializers are promised bytes.
-        self._loads_view = type(self._serializer) is PickleSerializer
+        # The default (and an explicit PickleSerializer): type-exact JSON when
+        # it carries the value, else pickle, which only an authenticated
+        # entry may hold. Another serializer is used for every value.
+        self._custom = serializer is not None and type(serializer) is not PickleSerializer
+        self._serializer: Serializer = serializer if self._custom else PickleSerializer()
+        self._secret = _secret_bytes(secret)
         self._compression = bool(compression)
         self._threshold = compression_threshold
         self._level = int(compression_level)
         self._op_timeout = float(op_timeout_s)
         self._backoff = float(reconnect_backoff_s)
-        self._given: _Conn | None = _Conn(client) if client is not None else None
+        self._given: _Conn | None = _Conn(client, prefix) if client is not None else None
         if client is not None:
             kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
             self._url = f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
@@ -419,44 +536,79 @@ class RedisCacheTier:
                 "bytes_read",
                 "compressed_sets",
                 "unserializable",
+                "unauthenticated",
+                "stale_sets",
                 "batched",
+                "invalidations_queued",
+                "invalidations_delivered",
+                "invalidations_heard",
+                "invalidation_messages_rejected",
+                "resyncs",
             ),
             0,
         )
+        # Invalidations not yet delivered to Redis (it was unreachable), in
+        # order: ("index", key) or ("clear", None). Delivered before any other
+        # call uses Redis, and by a background task per event loop.
+        self._pending: dict[tuple[str, str | None], None] = {}
+        self._redeliver: Any = weakref.WeakKeyDictionary()  # loop -> task
+        # Cross-process L1 invalidation: every delivered invalidation is
+        # published on this channel; listeners (executors' in-process caches)
+        # hear those of other tiers through one subscriber task.
+        self._channel = prefix + "invalidations"
+        self._origin = os.urandom(8).hex()
+        self._listeners: list[Any] = []
+        self._sub_task: asyncio.Task[None] | None = None
+        self._subscribed = False  # listening now
+        self._was_subscribed = False  # ever: a new subscription is a resync
 
     # ------------------------------------------------------------ public API
     async def get(self, key: bytes) -> tuple[bool, Any]:
         """``(True, value)`` on a hit, ``(False, None)`` otherwise."""
+        found, value, _ = await self.get_versioned(key)
+        return (True, value) if found else _MISS
+
+    async def get_versioned(self, key: bytes) -> tuple[bool, Any, int | None]:
+        """``get`` plus the tier's invalidation counter read with the value
+        (None if Redis was not read). Pass it to ``set(..., since=)`` to store
+        a result computed after this read only if no invalidation covering it
+        (in any process) came in between."""
         name = self._value_key(key)
         if not self._admit():
             self._add("misses")
-            return _MISS
+            return False, None, None
         conn = self._conn()
+        if self._pending and not await self._deliver_pending(conn):
+            self._add("misses")  # Redis may still hold what they remove
+            return False, None, None
         try:
             async with asyncio.timeout(self._op_timeout):
-                raw = await self._submit(conn.gets, name, _MAX_GET_BATCH)
+                raw, epoch_raw = await self._submit(conn.gets, name, _MAX_GET_BATCH)
         except Exception as e:
             self._failed(e)
             self._add("misses")
-            return _MISS
+            return False, None, None
         self._succeeded()
+        epoch = int(epoch_raw) if epoch_raw is not None else 0
         if raw is None:
             self._add("misses")
-            return _MISS
+            return False, None, epoch
         try:
-            value = self._decode(raw)
+            value = self._decode(name, raw)
         except Exception as e:
+            unauthenticated = isinstance(e, _Unauthenticated)
             with self._lock:
-                self._n["corrupt"] += 1
+                self._n["unauthenticated" if unauthenticated else "corrupt"] += 1
                 self._n["misses"] += 1
                 self._n["bytes_read"] += len(raw)
-                self._last_error = f"corrupt entry {name}: {type(e).__name__}: {e}"
+                what = "unauthenticated" if unauthenticated else "corrupt"
+                self._last_error = f"{what} entry {name}: {type(e).__name__}: {e}"
             await self._delete_corrupt(conn, name, raw)
-            return _MISS
+            return False, None, epoch
         with self._lock:
             self._n["hits"] += 1
             self._n["bytes_read"] += len(raw)
-        return True, value
+        return True, value, epoch
 
     async def set(
         self,
@@ -465,9 +617,14 @@ class RedisCacheTier:
         ttl_s: float,
         tags: Sequence[str] = (),
         group: str | None = None,
+        *,
+        since: int | None = None,
     ) -> bool:
         """Stores ``value`` under ``key`` for ``ttl_s`` seconds, indexed by its
-        tags and group. True if Redis stored it."""
+        tags and group. True if Redis stored it. With ``since`` (the counter
+        from ``get_versioned``), nothing is stored if an invalidation of one
+        of its tags, its group or a clear came after that read (counted in
+        ``stale_sets``)."""
         name = self._value_key(key)
         ttl_ms = self._ttl_ms(ttl_s)
         if isinstance(tags, str):
@@ -479,7 +636,7 @@ class RedisCacheTier:
         if not admitted:
             return False
         try:
-            payload, compressed = self._encode(value)
+            payload, compressed = self._encode(name, value)
         except Exception as e:
             with self._lock:
                 self._n["unserializable"] += 1
@@ -488,13 +645,22 @@ class RedisCacheTier:
                     self._probe_until = 0.0
             return False
         conn = self._conn()
+        if self._pending and not await self._deliver_pending(conn):
+            return False
         try:
             async with asyncio.timeout(self._op_timeout):
-                await self._submit(conn.sets, (name, payload, ttl_ms, index_keys), _MAX_SET_BATCH)
+                stored = await self._submit(
+                    conn.sets,
+                    (name, payload, ttl_ms, index_keys, "" if since is None else str(int(since))),
+                    _MAX_SET_BATCH,
+                )
         except Exception as e:
             self._failed(e)
             return False
         self._succeeded()
+        if not stored:
+            self._add("stale_sets")
+            return False
         with self._lock:
             self._n["sets"] += 1
             self._n["bytes_written"] += len(payload)
@@ -502,47 +668,40 @@ class RedisCacheTier:
                 self._n["compressed_sets"] += 1
         return True
 
-    async def invalidate_tag(self, tag: str) -> int:
+    async def invalidate_tag(self, tag: str) -> InvalidationResult:
         """Removes every entry stored with ``tag``, in every process; returns
-        how many were removed (0 if Redis could not be reached)."""
-        return await self._invalidate_index(self._tag_key(tag))
+        how many values were removed (an ``int``). If Redis cannot be reached
+        (or the tier is in its back-off) the invalidation is queued, not
+        dropped: it returns 0 with ``.queued`` True and is delivered as soon
+        as Redis answers, before the tier reads anything from it again."""
+        return await self._invalidate(("index", self._tag_key(tag)))
 
-    async def invalidate_group(self, group: str) -> int:
-        """Removes every entry stored with ``group`` (a step's name)."""
-        return await self._invalidate_index(self._group_key(group))
+    async def invalidate_group(self, group: str) -> InvalidationResult:
+        """Removes every entry stored with ``group`` (a step's name); same
+        result and queueing as :meth:`invalidate_tag`."""
+        return await self._invalidate(("index", self._group_key(group)))
 
-    async def clear(self) -> int:
+    async def clear(self) -> InvalidationResult:
         """Removes every key under this tier's prefix (SCAN + UNLINK, never
         FLUSHDB); returns the number of cached values removed. Each round
-        trip (about 1,000 keys) is bounded by ``op_timeout_s``; a failure
-        stops the clear and returns what was removed so far."""
-        if not self._admit():
-            return 0
-        conn = self._conn()
-        pattern = _glob_escape(self._prefix) + "*"
-        value_prefix = self._value_prefix.encode()
-        cursor: int = 0
-        removed = 0
-        try:
-            while True:
-                async with asyncio.timeout(self._op_timeout):
-                    cursor, names = await conn.client.scan(cursor, match=pattern, count=_SCAN_COUNT)
-                if names:
-                    values = [n for n in names if n.startswith(value_prefix)]
-                    others = [n for n in names if not n.startswith(value_prefix)]
-                    async with asyncio.timeout(self._op_timeout):
-                        if values:
-                            removed += await conn.client.unlink(*values)
-                        if others:
-                            await conn.client.unlink(*others)
-                if cursor == 0:
-                    break
-        except Exception as e:
-            self._failed(e)
-        else:
+        trip (about 1,000 keys) is bounded by ``op_timeout_s``; a clear that
+        fails part-way is queued and delivered whole, like an invalidation."""
+        return await self._invalidate(("clear", None))
+
+    async def deliver_pending(self) -> bool:
+        """Tries now to deliver the queued invalidations (ignoring the
+        back-off); True when none is left."""
+        if not self._pending:
+            return True
+        ok = await self._deliver_pending(self._conn())
+        if ok:
             self._succeeded()
-        self._add("invalidations", removed)
-        return removed
+        return ok
+
+    @property
+    def pending_invalidations(self) -> int:
+        """Invalidations queued while Redis was unreachable, not yet delivered."""
+        return len(self._pending)
 
     async def health(self) -> dict[str, Any]:
         """PINGs Redis (bounded by ``op_timeout_s``, ignoring the back-off) and
@@ -554,21 +713,43 @@ class RedisCacheTier:
                 await conn.client.ping()
         except Exception as e:
             self._failed(e)
-            return {"ok": False, "latency_ms": None, "error": self._last_error, "url": self.url}
+            return {
+                "ok": False,
+                "latency_ms": None,
+                "error": self._last_error,
+                "url": self.url,
+                "pending_invalidations": len(self._pending),
+            }
         self._succeeded()
+        latency_ms = (time.perf_counter() - t0) * 1e3
+        if self._pending:  # Redis answers: deliver what waits
+            await self._deliver_pending(conn)
         return {
             "ok": True,
-            "latency_ms": (time.perf_counter() - t0) * 1e3,
+            "latency_ms": latency_ms,
             "error": None,
             "url": self.url,
+            # Queued while Redis was unreachable; delivered by the next call.
+            "pending_invalidations": len(self._pending),
         }
 
     async def close(self) -> None:
         """Closes the client of the running event loop (see the module
         docstring). The tier stays usable: a later call makes a new client."""
+        loop = asyncio.get_running_loop()
+        if self._pending:  # a last bounded attempt before the loop goes away
+            await self.deliver_pending()
+        task = self._redeliver.pop(loop, None)
+        sub = self._sub_task
+        if sub is not None and not sub.done() and sub.get_loop() is loop:
+            self._sub_task = None
+            sub.cancel()
+            await asyncio.gather(sub, return_exceptions=True)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self._given is not None:
             return
-        loop = asyncio.get_running_loop()
         with self._lock:
             conn = self._conns.pop(loop, None)
         if conn is None:
@@ -587,6 +768,9 @@ class RedisCacheTier:
             out["healthy"] = self._healthy
             out["last_error"] = self._last_error
             out["clients"] = len(self._conns) + (self._given is not None)
+            out["pending_invalidations"] = len(self._pending)
+        out["authenticated"] = self._secret is not None
+        out["subscribed"] = self._subscribed
         out["url"] = self.url
         out["prefix"] = self._prefix
         out["compression"] = self._compression
@@ -604,6 +788,113 @@ class RedisCacheTier:
     def __repr__(self) -> str:
         state = "healthy" if self._healthy else "unhealthy"
         return f"RedisCacheTier({self.url!r}, prefix={self._prefix!r}, {state})"
+
+    # ------------------------------------------- other processes' caches
+    def add_invalidation_listener(self, listener: Any) -> None:
+        """Calls ``listener(kind, name)`` for every invalidation made through
+        this tier or heard from another process's tier on the same Redis and
+        prefix: ``("tag", tag)``, ``("group", step_name)``, ``("clear", None)``,
+        and ``("resync", None)`` after the subscription was lost and
+        re-established (messages may have been missed: drop everything). A
+        bound method is held weakly. ``ExecutorCore`` registers its in-process
+        cache. The subscription starts with the tier's first call on an event
+        loop, on a connection of its own."""
+        ref = weakref.WeakMethod(listener) if inspect.ismethod(listener) else listener
+        with self._lock:
+            self._listeners.append(ref)
+
+    def _notify(self, kind: str, name: str | None) -> None:
+        dead = []
+        for ref in list(self._listeners):
+            fn = ref() if isinstance(ref, weakref.WeakMethod) else ref
+            if fn is None:
+                dead.append(ref)
+                continue
+            try:
+                fn(kind, name)
+            except Exception as e:  # a listener's bug must not break the tier
+                with self._lock:
+                    self._last_error = f"invalidation listener: {type(e).__name__}: {e}"
+        if dead:
+            with self._lock:
+                self._listeners = [r for r in self._listeners if r not in dead]
+
+    def _message(self, kind: str, name: str | None) -> bytes:
+        body = json.dumps({"o": self._origin, "k": kind, "n": name}).encode()
+        if self._secret is None:
+            return b"-:" + body
+        mac = hmac.new(self._secret, b"caudal-inv\0" + self._channel.encode(), hashlib.sha256)
+        mac.update(body)
+        return mac.hexdigest().encode() + b":" + body
+
+    def _heard(self, data: bytes) -> None:
+        tag, sep, body = bytes(data).partition(b":")
+        try:
+            if not sep:
+                raise ValueError("no separator")
+            if self._secret is not None:
+                mac = hmac.new(
+                    self._secret, b"caudal-inv\0" + self._channel.encode(), hashlib.sha256
+                )
+                mac.update(body)
+                if not hmac.compare_digest(mac.hexdigest().encode(), tag):
+                    raise ValueError("its tag does not verify")
+            msg = json.loads(body)
+            kind, name, origin = msg["k"], msg["n"], msg["o"]
+            if kind not in ("tag", "group", "clear") or not (name is None or isinstance(name, str)):
+                raise ValueError(f"unknown invalidation {kind!r}")
+        except Exception as e:
+            with self._lock:
+                self._n["invalidation_messages_rejected"] += 1
+                self._last_error = f"invalidation message rejected: {e}"
+            return
+        if origin == self._origin:
+            return  # ours: our listeners heard it when it was made
+        self._add("invalidations_heard")
+        self._notify(kind, name)
+
+    def _start_subscriber(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - the tier is used from coroutines
+            return
+        with self._lock:
+            if self._sub_task is not None and not self._sub_task.done():
+                return
+            self._sub_task = loop.create_task(self._subscribe_loop())
+
+    async def _subscribe_loop(self) -> None:
+        """Listens on the tier's channel; after a lost subscription, listeners
+        get ("resync", None): what was published meanwhile is gone."""
+        client = self._given.client if self._given is not None else self._new_client()
+        lost = self._was_subscribed  # a task started again after one that ended
+        try:
+            while True:
+                pubsub = client.pubsub()
+                try:
+                    async with asyncio.timeout(max(self._op_timeout, 1.0)):
+                        await pubsub.subscribe(self._channel)
+                    self._subscribed = self._was_subscribed = True
+                    if lost:
+                        self._add("resyncs")
+                        self._notify("resync", None)
+                    while True:
+                        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if msg is not None and msg.get("type") == "message":
+                            self._heard(msg["data"])
+                except Exception as e:
+                    lost, self._subscribed = True, False
+                    with self._lock:
+                        self._last_error = f"invalidation subscription: {type(e).__name__}: {e}"
+                    await asyncio.sleep(max(self._backoff, 0.05))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+        finally:
+            self._subscribed = False
+            if self._given is None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
 
     # -------------------------------------------------------------- keys
     def _value_key(self, key: bytes) -> str:
@@ -630,28 +921,89 @@ class RedisCacheTier:
         return max(1, math.ceil(ttl_s * 1000))
 
     # ------------------------------------------------------------ values
-    def _encode(self, value: Any) -> tuple[bytes, bool]:
-        data = self._serializer.dumps(value)
+    def _encode(self, name: str, value: Any) -> tuple[bytes, bool]:
+        data: Any = None
+        if self._custom:
+            codec, data = _CODEC_CUSTOM, self._serializer.dumps(value)
+        elif _json_exact(value):
+            try:
+                # UTF-8 fails on lone surrogates (an escaped pair would load
+                # as one character); dumps fails on ints past Python's digit
+                # limit: neither round-trips, so neither is JSON here.
+                text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+                codec, data = _CODEC_JSON, text.encode()
+            except ValueError:
+                data = None
+        if data is None:
+            if self._secret is None:
+                raise TypeError(
+                    f"a {type(value).__name__} is not exactly JSON, and a pickle needs a "
+                    f"secret (RedisCacheTier(secret=...) or ${SECRET_ENV}): not shared"
+                )
+            codec, data = _CODEC_PICKLE, self._serializer.dumps(value)
         if not isinstance(data, bytes | bytearray):
             raise TypeError(f"serializer.dumps returned {type(data).__name__}, not bytes")
+        compressed = False
         if self._compression and len(data) > self._threshold:
             frame = _core.compress(bytes(data), self._threshold, self._level)
-            return _VERSION_BYTE + frame, frame[0] == _FRAME_ZSTD
-        return _RAW_HEADER + data, False
+            compressed = frame[0] == _FRAME_ZSTD
+        else:
+            frame = bytes((_FRAME_RAW,)) + data
+        if self._secret is None:
+            return bytes((FORMAT_VERSION, codec, _AUTH_NONE)) + frame, compressed
+        header = bytes((FORMAT_VERSION, codec, _AUTH_HMAC))
+        return header + self._tag(name, header, frame) + frame, compressed
 
-    def _decode(self, raw: bytes) -> Any:
-        if len(raw) < 2 or raw[0] != FORMAT_VERSION:
+    def _tag(self, name: str, header: bytes, frame: Any) -> bytes:
+        # Bound to the value's key: a tagged entry copied under another key
+        # does not verify.
+        mac = hmac.new(self._secret or b"", _TAG_CONTEXT, hashlib.sha256)
+        mac.update(name.encode())
+        mac.update(b"\0")
+        mac.update(header)
+        mac.update(frame)
+        return mac.digest()
+
+    def _decode(self, name: str, raw: bytes) -> Any:
+        if len(raw) < 4 or raw[0] != FORMAT_VERSION:
             raise _CorruptEntry(
                 f"unknown format version byte 0x{raw[0]:02x}" if raw else "empty entry"
             )
-        kind = raw[1]
+        codec, auth = raw[1], raw[2]
+        if codec not in (_CODEC_JSON, _CODEC_PICKLE, _CODEC_CUSTOM):
+            raise _CorruptEntry(f"unknown codec byte 0x{codec:02x}")
+        view = memoryview(raw)
+        if auth == _AUTH_HMAC:
+            if len(raw) < 4 + _TAG_LEN:
+                raise _CorruptEntry("truncated tag")
+            frame = view[3 + _TAG_LEN :]
+            if self._secret is not None:
+                if not hmac.compare_digest(self._tag(name, raw[:3], frame), raw[3 : 3 + _TAG_LEN]):
+                    raise _Unauthenticated("its tag does not verify with this tier's secret")
+            elif codec == _CODEC_PICKLE:
+                raise _Unauthenticated("a pickle, and this tier has no secret to verify it")
+        elif auth == _AUTH_NONE:
+            frame = view[3:]
+            if self._secret is not None:
+                raise _Unauthenticated("no tag, and this tier requires one (it has a secret)")
+            if codec == _CODEC_PICKLE:
+                raise _Unauthenticated("an unauthenticated pickle")
+        else:
+            raise _CorruptEntry(f"unknown auth byte 0x{auth:02x}")
+        kind = frame[0]
         if kind == _FRAME_RAW:
-            body: Any = memoryview(raw)[2:] if self._loads_view else raw[2:]
+            body: Any = frame[1:]
         elif kind == _FRAME_ZSTD:
-            body = _core.decompress(raw[1:])
+            body = _core.decompress(bytes(frame))
         else:
             raise _CorruptEntry(f"unknown frame byte 0x{kind:02x}")
-        return self._serializer.loads(body)
+        if codec == _CODEC_JSON:
+            return json.loads(bytes(body))
+        if codec == _CODEC_PICKLE:
+            return pickle.loads(body)
+        if not self._custom:
+            raise _CorruptEntry("written with a custom serializer; this tier has none")
+        return self._serializer.loads(bytes(body))
 
     async def _delete_corrupt(self, conn: _Conn, name: str, raw: bytes) -> None:
         # Only if it still holds the bad bytes: another process may have
@@ -670,32 +1022,138 @@ class RedisCacheTier:
             self._failed(e)
 
     # -------------------------------------------------------- invalidation
-    async def _invalidate_index(self, index_key: str) -> int:
+    async def _invalidate(self, item: tuple[str, str | None]) -> InvalidationResult:
+        """Delivers ``item`` (after whatever is queued), or queues it."""
+        self._notify(*self._listener_args(item))
         if not self._admit():
-            return 0
+            self._queue(item)
+            return InvalidationResult(0, None, True)
         conn = self._conn()
-        removed = 0
-        rounds_left: int | None = None
+        if self._pending and not await self._deliver_pending(conn):
+            self._queue(item)
+            return InvalidationResult(0, None, True)
         try:
-            while True:
-                async with asyncio.timeout(self._op_timeout):
-                    n, left = await conn.invalidate(
-                        keys=[index_key], args=[self._value_prefix, _INVALIDATE_BATCH]
-                    )
-                removed += int(n)
-                if rounds_left is None:
-                    # Members added while we work are removed too, but a
-                    # writer faster than us must not keep us here forever.
-                    rounds_left = int(left) // _INVALIDATE_BATCH + 2
-                rounds_left -= 1
-                if not left or rounds_left <= 0:
-                    break
+            removed = await self._run_invalidation(conn, item)
         except Exception as e:
             self._failed(e)
-        else:
-            self._succeeded()
-        self._add("invalidations", removed)
+            self._queue(item)  # part-way: delivered again, whole
+            return InvalidationResult(0, None, True)
+        self._succeeded()
+        return InvalidationResult(removed, removed, False)
+
+    def _queue(self, item: tuple[str, str | None]) -> None:
+        with self._lock:
+            if ("clear", None) in self._pending:
+                pass  # a queued clear covers everything
+            elif item[0] == "clear":
+                self._pending = {item: None}
+            else:
+                self._pending[item] = None
+            self._n["invalidations_queued"] += 1
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - called from a coroutine
+            return
+        task = self._redeliver.get(loop)
+        if task is None or task.done():
+            self._redeliver[loop] = loop.create_task(self._redeliver_loop())
+
+    async def _redeliver_loop(self) -> None:
+        """Delivers the queue once Redis answers, with nobody else calling."""
+        while self._pending:
+            now = time.monotonic()
+            await asyncio.sleep(max(self._skip_until - now, self._probe_until - now, 0.01))
+            if not self._pending or not self._admit():
+                continue
+            if await self._deliver_pending(self._conn()):
+                self._succeeded()
+            elif self._healthy:  # an error reply from a live server: later
+                await asyncio.sleep(max(self._backoff, 0.05))
+
+    async def _deliver_pending(self, conn: _Conn) -> bool:
+        """Runs the queued invalidations in order; False (the failure
+        recorded) if one fails: the rest stay queued."""
+        with self._lock:
+            items = list(self._pending)
+        for item in items:
+            try:
+                await self._run_invalidation(conn, item)
+            except Exception as e:
+                self._failed(e)
+                return False
+            with self._lock:
+                self._pending.pop(item, None)
+                self._n["invalidations_delivered"] += 1
+        return True
+
+    def _listener_args(self, item: tuple[str, str | None]) -> tuple[str, str | None]:
+        kind, index_key = item
+        if kind == "clear" or index_key is None:
+            return "clear", None
+        rest = index_key[len(self._prefix) :]
+        return ("tag" if rest.startswith("t:") else "group"), rest[2:]
+
+    async def _run_invalidation(self, conn: _Conn, item: tuple[str, str | None]) -> int:
+        """One invalidation, then its message to other processes' in-process
+        caches (after Redis no longer holds the values, so none of them reads
+        a removed value back); each round trip bounded; raises on failure."""
+        removed = await self._remove(conn, item)
+        async with asyncio.timeout(self._op_timeout):
+            await conn.client.publish(self._channel, self._message(*self._listener_args(item)))
         return removed
+
+    async def _remove(self, conn: _Conn, item: tuple[str, str | None]) -> int:
+        kind, index_key = item
+        if kind == "clear":
+            return await self._clear_now(conn)
+        assert index_key is not None
+        removed = 0
+        rounds_left: int | None = None
+        while True:
+            async with asyncio.timeout(self._op_timeout):
+                n, left = await conn.invalidate(
+                    keys=[index_key, conn.epoch_key, conn.epochs_key],
+                    args=[
+                        self._value_prefix,
+                        _INVALIDATE_BATCH,
+                        "1" if rounds_left is None else "",
+                    ],
+                )
+            removed += int(n)
+            self._add("invalidations", int(n))
+            if rounds_left is None:
+                # Members added while we work are removed too, but a
+                # writer faster than us must not keep us here forever.
+                rounds_left = int(left) // _INVALIDATE_BATCH + 2
+            rounds_left -= 1
+            if not left or rounds_left <= 0:
+                return removed
+
+    async def _clear_now(self, conn: _Conn) -> int:
+        pattern = _glob_escape(self._prefix) + "*"
+        value_prefix = self._value_prefix.encode()
+        # The epoch first (writes that read the counter before now are then
+        # refused), and the epoch keys survive the clear.
+        keep = {conn.epoch_key.encode(), conn.epochs_key.encode()}
+        async with asyncio.timeout(self._op_timeout):
+            epoch = await conn.client.incr(conn.epoch_key)
+            await conn.client.hset(conn.epochs_key, "*", epoch)
+        cursor: int = 0
+        removed = 0
+        while True:
+            async with asyncio.timeout(self._op_timeout):
+                cursor, names = await conn.client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+            if names:
+                values = [n for n in names if n.startswith(value_prefix)]
+                others = [n for n in names if not n.startswith(value_prefix) and n not in keep]
+                async with asyncio.timeout(self._op_timeout):
+                    n = await conn.client.unlink(*values) if values else 0
+                    if others:
+                        await conn.client.unlink(*others)
+                removed += n
+                self._add("invalidations", n)
+            if cursor == 0:
+                return removed
 
     # ------------------------------------------------------- coalescing
     async def _submit(self, lane: _Lane, item: Any, max_batch: int) -> Any:
@@ -748,6 +1206,8 @@ class RedisCacheTier:
 
     # ------------------------------------------------- clients and health
     def _conn(self) -> _Conn:
+        if self._listeners and (self._sub_task is None or self._sub_task.done()):
+            self._start_subscriber()
         if self._given is not None:
             return self._given
         loop = asyncio.get_running_loop()
@@ -756,7 +1216,7 @@ class RedisCacheTier:
             with self._lock:
                 conn = self._conns.get(loop)
                 if conn is None:
-                    conn = _Conn(self._new_client())
+                    conn = _Conn(self._new_client(), self._prefix)
                     try:
                         self._conns[loop] = conn
                     except TypeError:  # a loop type that cannot be weakly referenced

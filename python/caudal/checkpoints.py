@@ -107,7 +107,9 @@ class StepCheckpoint:
 class RunInfo:
     """A run's header. ``input`` and ``context`` are pickled; ``definition``
     is what a CLI needs to rebuild the pipeline for ``resume`` (the YAML text,
-    its path, the registry spec), or None."""
+    its path, the registry and resolver specs), or None. It is data that
+    anyone who can write to the store can change: ``caudal resume`` shows the
+    stored specs but imports only the ones named on its command line."""
 
     run_id: str
     pipeline: str

@@ -1,7 +1,7 @@
 """The ``caudal`` command: run, resume, inspect and validate YAML pipelines.
 
     caudal run pipeline.yaml --registry mymod:REGISTRY --input '{"x": 1}' [--store PATH]
-    caudal resume RUN_ID --store PATH
+    caudal resume RUN_ID --registry mymod:REGISTRY --store PATH
     caudal inspect RUN_ID --store PATH
     caudal runs --store PATH
     caudal validate pipeline.yaml --registry mymod:REGISTRY
@@ -14,7 +14,9 @@ from the working directory (searched after the installed packages, so a
 tier), ``--backend ray`` (steps that do not choose run on Ray) and
 ``--ray-address ADDR`` (the cluster to join; default: Ray's own choice,
 ``$RAY_ADDRESS`` or a cluster started on this machine) — docs/scale-out.md.
-A run stores its YAML and registry spec, so ``resume`` needs only the run id.
+A run stores its YAML, so ``resume`` needs the run id and ``--registry`` (and
+``--resolver`` if the pipeline has one): code is imported only from what the
+command line names, never from the store, which reports the stored specs.
 Exit status: 0 success; 1 a failed run, an invalid pipeline, an unknown run;
 2 bad arguments.
 """
@@ -234,11 +236,26 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
         if owned:
             await st.close()
     src = stored.info.definition or {}
-    registry_spec = args.registry or src.get("registry")
-    resolver_spec = args.resolver or src.get("resolver")
-    if not registry_spec:
-        print("caudal: this run has no stored registry; give --registry", file=sys.stderr)
+    # Code runs only from what the user names here: the specs stored with the
+    # run are data anyone who can write to the store could have changed, so
+    # they are reported, never imported.
+    stored_registry, stored_resolver = src.get("registry"), src.get("resolver")
+    if not args.registry:
+        hint = f" (it was started with --registry {stored_registry})" if stored_registry else ""
+        print(
+            f"caudal: resume needs --registry module:attr{hint}; the spec stored "
+            "with a run is never imported",
+            file=sys.stderr,
+        )
         return 2
+    registry_spec, resolver_spec = args.registry, args.resolver
+    for flag, given, was in (
+        ("--registry", registry_spec, stored_registry),
+        ("--resolver", resolver_spec, stored_resolver),
+    ):
+        if was and given != was:
+            now = f"resuming with {flag} {given}" if given else f"resuming without {flag}"
+            print(f"caudal: note: the run was started with {flag} {was}; {now}", file=sys.stderr)
     if args.pipeline:
         definition = args.pipeline
     elif src.get("yaml"):
@@ -405,7 +422,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("resume", help="resume a stored run")
     s.add_argument("run_id")
     s.add_argument("--pipeline", help="YAML file (default: the one stored with the run)")
-    s.add_argument("--registry", help="module:attr (default: the one stored with the run)")
+    s.add_argument(
+        "--registry",
+        help="module:attr, a dict name -> step (required: the spec stored with the run "
+        "is never imported)",
+    )
     common_run(s)
 
     i = sub.add_parser("inspect", help="show a stored run's steps")

@@ -17,6 +17,7 @@ from typing import Any
 
 from caudal._core import Engine, OptimizationConfig, StepResult
 from caudal._core import rss_bytes as _native_rss
+from caudal._invalidation import InvalidationResult
 from caudal._steps import ExecutorDefaults
 from caudal._tuner import Tuner
 from caudal.backends import check_backend
@@ -180,6 +181,9 @@ class ExecutorCore:
                 if not callable(getattr(cache_l2, method, None)):
                     raise TypeError(f"cache_l2 has no {method}() method")
             engine.set_l2(True)
+            listen = getattr(cache_l2, "add_invalidation_listener", None)
+            if listen is not None:  # other processes' invalidations reach our L1
+                listen(self._on_l2_invalidation)
         if retry_strategy is not None and not isinstance(retry_strategy, RetryStrategy):
             raise TypeError("retry_strategy must be a caudal.RetryStrategy")
         if backend == "ray":
@@ -328,19 +332,37 @@ class ExecutorCore:
         engine = self._engine
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        # The invalidation epoch before asking the tier: a value read, or a
+        # result computed, while an invalidation covering the step ran is
+        # kept out of both tiers (docs/cache.md, "Invalidation").
+        epoch = engine._cache_epoch()
+        # A tier that versions its reads (RedisCacheTier) refuses, in Redis,
+        # the write of a result that any process invalidated since this read.
+        versioned = getattr(self._l2, "get_versioned", None)
+        since = None
         try:
-            found, value = await self._l2.get(key)
+            if versioned is not None:
+                found, value, since = await versioned(key)
+            else:
+                found, value = await self._l2.get(key)
         except BaseException:
             if flight:
                 engine._abandon_flight(step, key)
             raise
         if found:
-            return engine._l2_fill(step, key, flight, value, loop.time() - t0)
+            return engine._l2_fill(step, key, flight, value, loop.time() - t0, epoch)
         rec, aw, mode = engine._begin_leader(step, key, flight, data, context, resources)
         result = await self._run(rec, aw, mode, data, context, resources, step)
-        if result.success and not result.metadata.get("fallback_triggered"):
+        if (
+            result.success
+            and not result.metadata.get("fallback_triggered")
+            # Checked when the write starts; an invalidation after that
+            # waits for the write before it reaches the tier (_l2_settled).
+            and engine._cache_storable(step, epoch)
+        ):
             ttl_s, tags, group = engine._cache_policy(step)
-            task = loop.create_task(self._l2.set(key, result.output, ttl_s, tags, group))
+            kw = {} if since is None else {"since": since}
+            task = loop.create_task(self._l2.set(key, result.output, ttl_s, tags, group, **kw))
             self._l2_writes.add(task)
             task.add_done_callback(self._l2_writes.discard)
         return result
@@ -632,27 +654,59 @@ class ExecutorCore:
         cfg = OptimizationConfig.from_json(text)  # str or UTF-8 bytes
         self._apply(cfg)
 
-    async def clear_cache(self) -> None:
+    # Invalidations. Each first drops the in-process entries and raises the
+    # core's invalidation epoch (executions in flight then store nothing in
+    # either tier), waits for shared-tier writes that were already under way
+    # on this loop, then invalidates the shared tier. The result is an
+    # ``int`` (in-process entries removed, as always) that also says what
+    # the shared tier did (caudal._invalidation.InvalidationResult).
+    async def clear_cache(self) -> InvalidationResult:
         """Drop every cached result, in both tiers."""
+        n = self._engine.cache_stats()["size"]
         self._engine.clear_cache()
-        if self._l2 is not None:
-            await self._l2.clear()
+        return await self._invalidate_l2(n, "clear", None)
 
-    async def invalidate_by_tag(self, tag: str) -> int:
+    async def invalidate_by_tag(self, tag: str) -> InvalidationResult:
         """Drop the cached results of every step carrying ``tag``, in both
-        tiers (through Redis, in every process sharing it). Returns how many
-        in-process entries went."""
+        tiers. Returns how many in-process entries went (an ``int`` with
+        ``.l2`` and ``.queued``: docs/cache.md, "Invalidation")."""
         n = self._engine.invalidate_tag(tag)
-        if self._l2 is not None:
-            await self._l2.invalidate_tag(tag)
-        return n
+        return await self._invalidate_l2(n, "invalidate_tag", tag)
 
-    async def invalidate_prefix(self, step_name: str) -> int:
-        """Drop every cached result of the step named ``step_name``."""
+    async def invalidate_prefix(self, step_name: str) -> InvalidationResult:
+        """Drop every cached result of the step named ``step_name``, in both
+        tiers (same result as :meth:`invalidate_by_tag`)."""
         n = self._engine.invalidate_prefix(step_name)
-        if self._l2 is not None:
-            await self._l2.invalidate_group(step_name)
-        return n
+        return await self._invalidate_l2(n, "invalidate_group", step_name)
+
+    async def _invalidate_l2(self, n: int, method: str, arg: Any) -> InvalidationResult:
+        if self._l2 is None:
+            return InvalidationResult(n)
+        await self._l2_settled()
+        call = getattr(self._l2, method)
+        reached = await (call() if arg is None else call(arg))
+        return InvalidationResult.of(n, reached)
+
+    def _on_l2_invalidation(self, kind: str, name: str | None) -> None:
+        """An invalidation heard through the shared tier (another process's,
+        or another executor's sharing the tier): applied to this L1 (entries
+        and epochs). "resync": messages may have been missed: drop all."""
+        engine = self._engine
+        if kind == "tag":
+            engine.invalidate_tag(name)
+        elif kind == "group":
+            engine.invalidate_prefix(name)
+        else:
+            engine.clear_cache()
+
+    async def _l2_settled(self) -> None:
+        """Wait for this loop's pending shared-tier writes (each bounded by
+        the tier's timeout): a write checked before an invalidation lands
+        before it, so the invalidation removes it."""
+        loop = asyncio.get_running_loop()
+        mine = [t for t in self._l2_writes if t.get_loop() is loop]
+        if mine:
+            await asyncio.wait(mine)
 
     async def flush(self, timeout: float | None = 10.0) -> int:  # noqa: ASYNC109 - a deadline, not a cancel scope
         """Wait for pending writes to the shared cache tier (each is bounded

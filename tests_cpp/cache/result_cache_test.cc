@@ -629,5 +629,115 @@ TEST(ResultCacheConcurrencyTest, RandomOperationsKeepInvariants) {
   EXPECT_EQ(g_live_values.load(), 0);
 }
 
+// ---------------------------------------------------- invalidation epochs
+
+namespace epochs {
+
+const std::vector<std::string> kTagT = {"t"};
+const std::vector<std::string> kTagU = {"u"};
+
+TEST(ResultCacheEpochTest, PutSinceBeforeATagInvalidationIsNotStored) {
+  ResultCache<std::string> c(Options(100));
+  const uint64_t before = c.Epoch();
+  EXPECT_EQ(c.InvalidateTag("t"), 0u);
+  std::vector<std::string> dropped;
+  EXPECT_FALSE(
+      c.Put(K(1), "stale", 1, kNeverExpires, 0, kTagT, &dropped, before));
+  EXPECT_THAT(dropped, ElementsAre("stale"));
+  EXPECT_FALSE(Has(c, 1));
+  EXPECT_EQ(c.GetStats().stale, 1u);
+  EXPECT_EQ(c.GetStats().inserts, 0u);
+  // Another tag, and no tag at all, are not covered by it.
+  EXPECT_TRUE(
+      c.Put(K(2), "other", 1, kNeverExpires, 0, kTagU, nullptr, before));
+  EXPECT_TRUE(
+      c.Put(K(3), "none", 1, kNeverExpires, 0, kNoTags, nullptr, before));
+  // An execution that began after the invalidation stores.
+  EXPECT_TRUE(
+      c.Put(K(1), "fresh", 1, kNeverExpires, 0, kTagT, nullptr, c.Epoch()));
+  EXPECT_THAT(c.Get(K(1), 0), Optional(std::string("fresh")));
+  // Without since_epoch, Put is not checked (a caller that has none).
+  EXPECT_TRUE(c.Put(K(4), "unchecked", 1, kNeverExpires, 0, kTagT));
+  EXPECT_TRUE(c.CheckInvariants().ok());
+}
+
+TEST(ResultCacheEpochTest, GroupAndClearCoverTheirResults) {
+  ResultCache<std::string> c(Options(100));
+  const uint64_t before = c.Epoch();
+  c.InvalidateGroup(7);
+  EXPECT_FALSE(c.Storable(before, 7, kNoTags));
+  EXPECT_TRUE(c.Storable(before, 8, kNoTags));
+  EXPECT_FALSE(
+      c.Put(K(1), "g7", 1, kNeverExpires, 7, kNoTags, nullptr, before));
+  EXPECT_TRUE(c.Put(K(2), "g8", 1, kNeverExpires, 8, kNoTags, nullptr, before));
+  const uint64_t before_clear = c.Epoch();
+  EXPECT_TRUE(c.Storable(before_clear, 7, kTagT));
+  c.Clear();
+  for (uint64_t g : {0, 7, 8, 12345}) {
+    EXPECT_FALSE(c.Storable(before_clear, g, kNoTags)) << g;
+    EXPECT_FALSE(c.Storable(before, g, kTagU)) << g;
+  }
+  EXPECT_TRUE(c.Storable(c.Epoch(), 7, kTagT));
+  EXPECT_TRUE(c.Storable(kAnyEpoch, 7, kTagT));
+  EXPECT_EQ(c.GetStats().stale, 1u);
+}
+
+TEST(ResultCacheEpochTest, AStaleResultLeavesTheOlderEntryAlone) {
+  // The invalidation that made it stale removed (or will remove) the older
+  // entry itself; the refused Put does not count as superseding it.
+  ResultCache<std::string> c(Options(100));
+  const uint64_t before = c.Epoch();
+  c.InvalidateTag("t");
+  c.Put(K(1), "kept", 1, kNeverExpires, 0, kTagU);
+  EXPECT_FALSE(
+      c.Put(K(1), "stale", 1, kNeverExpires, 0, kTagT, nullptr, before));
+  EXPECT_THAT(c.Get(K(1), 0), Optional(std::string("kept")));
+}
+
+TEST(ResultCacheEpochTest, EpochsOnlyGrowAndEachInvalidationTakesOne) {
+  ResultCache<std::string> c(Options(100));
+  const uint64_t e0 = c.Epoch();
+  c.InvalidateTag("a");
+  c.InvalidateGroup(1);
+  c.Clear();
+  EXPECT_EQ(c.Epoch(), e0 + 3);
+  // A tag invalidated long ago does not make a later execution stale.
+  const uint64_t e1 = c.Epoch();
+  c.InvalidateTag("b");
+  EXPECT_TRUE(c.Storable(e1, 0, {"a"}));
+  EXPECT_FALSE(c.Storable(e1, 0, {"a", "b"}));
+}
+
+// Races: executions begin, an invalidation of their tag runs concurrently,
+// then they store. A result from an execution that began before the
+// invalidation started must not be in the cache once both are done.
+TEST(ResultCacheEpochTest, NoStaleStoreSurvivesConcurrentInvalidations) {
+  constexpr int kRounds = 2000;
+  ResultCache<std::string> c(Options(1024));
+  for (int round = 0; round < kRounds; ++round) {
+    const uint64_t begun = c.Epoch();  // the execution began
+    absl::Notification start;
+    std::thread invalidator([&] {
+      start.WaitForNotification();
+      c.InvalidateTag(round % 2 ? "t" : "u");
+      c.InvalidateGroup(3);
+    });
+    start.Notify();
+    // Stores racing the invalidations (each covered by one of them).
+    c.Put(K(round * 3), "t", 1, kNeverExpires, 0, kTagT, nullptr, begun);
+    c.Put(K(round * 3 + 1), "u", 1, kNeverExpires, 0, kTagU, nullptr, begun);
+    c.Put(K(round * 3 + 2), "g", 1, kNeverExpires, 3, kNoTags, nullptr, begun);
+    invalidator.join();
+    const char* tag = round % 2 ? "t" : "u";
+    const uint64_t tagged = round % 2 ? round * 3 : round * 3 + 1;
+    EXPECT_FALSE(Has(c, tagged)) << "round " << round << " tag " << tag;
+    EXPECT_FALSE(Has(c, round * 3 + 2)) << "round " << round << " group";
+    c.Clear();
+  }
+  EXPECT_TRUE(c.CheckInvariants().ok());
+}
+
+}  // namespace epochs
+
 }  // namespace
 }  // namespace caudal

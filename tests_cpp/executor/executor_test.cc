@@ -1,5 +1,6 @@
 #include "caudal/executor/executor.h"
 
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -412,6 +413,57 @@ TEST(ExecutorCacheTest, StoreLookupTtlAndInvalidation) {
     EXPECT_EQ(ex.CacheStats().entries, 2u);
   }
   EXPECT_EQ(live, 0);  // the executor's cache released everything
+}
+
+// An execution that began before an invalidation covering its step does not
+// store its result, whether the invalidation was by tag, group or clear; an
+// execution that began after it does.
+TEST(ExecutorCacheTest, InvalidationDuringAnExecutionKeepsItsResultOut) {
+  OptimizationConfig c;
+  c.enable_cache_optimization = true;
+  int live = 0;
+  {
+    Executor ex(c);
+    auto entry = MakeEntry(ex, "s");
+    entry->spec.tags = {"t1"};
+    entry->spec.cache_group = 77;
+    std::vector<CachedValue> dropped;
+    const std::function<void()> invalidations[] = {
+        [&] { ex.InvalidateTag("t1", &dropped); },
+        [&] { ex.InvalidateGroup(77, &dropped); },
+        [&] { ex.ClearCache(&dropped); }};
+    uint64_t i = 0;
+    for (const auto& invalidate : invalidations) {
+      const Key128 k{++i, 9};
+      ExecutionRecord* r = ex.Begin(entry, 0);
+      r->cache_lead = true;
+      r->cache_key = k;
+      const uint64_t begun = ex.CacheEpoch();
+      invalidate();  // while the step runs
+      EXPECT_FALSE(ex.CacheStorable(*entry, begun));
+      ex.CacheStore(*r, Value(1, &live), 8, 0, &dropped);
+      ex.Succeed(r, 1);
+      EXPECT_FALSE(ex.CacheLookup(*entry, k, 2, &dropped).has_value()) << i;
+      // The next execution began after it: stored.
+      r = ex.Begin(entry, 3);
+      r->cache_lead = true;
+      r->cache_key = k;
+      EXPECT_TRUE(ex.CacheStorable(*entry, ex.CacheEpoch()));
+      ex.CacheStore(*r, Value(2, &live), 8, 3, &dropped);
+      ex.Succeed(r, 4);
+      EXPECT_TRUE(ex.CacheLookup(*entry, k, 5, &dropped).has_value()) << i;
+    }
+    EXPECT_EQ(ex.CacheStats().stale, 3u);
+    // A promoted value fetched before an invalidation stays out too.
+    const uint64_t fetched = ex.CacheEpoch();
+    ex.InvalidateTag("t1", &dropped);
+    ex.CachePut(*entry, c, Key128{50, 50}, Value(3, &live), 8, 0, &dropped,
+                fetched);
+    EXPECT_FALSE(
+        ex.CacheLookup(*entry, Key128{50, 50}, 1, &dropped).has_value());
+    dropped.clear();
+  }
+  EXPECT_EQ(live, 0);
 }
 
 TEST(ExecutorCacheTest, SingleFlightLeaderAndFollowers) {

@@ -35,6 +35,22 @@
 //    expired from expires_at_ns on (an entry stored with expires_at_ns <= now
 //    is never returned). kNeverExpires never expires. Expired entries are
 //    removed lazily by Get, or in bulk by EvictExpired.
+//  * Invalidation epochs: a result computed by an execution that began before
+//    an invalidation covering it must never be stored, even if it finishes
+//    after the invalidation removed everything. Every invalidation (tag,
+//    group, Clear) takes the next value of one global counter E (fetch_add)
+//    and, before it locks any shard, raises the epoch of what it covers to
+//    that value: one of kEpochSlots counters for tags (slot = hash of the tag),
+//    one of kEpochSlots for groups (slot = group id), one for Clear. An
+//    execution reads E when it begins (Epoch(): one relaxed load); Put with
+//    that `since_epoch` checks, under the shard lock, that no covering epoch
+//    exceeds it (two loads plus one hash and load per tag). If the check runs
+//    before the invalidation reaches the shard, the value is stored and then
+//    removed by it; if after, the shard lock orders the epoch store before
+//    the check and the value is not stored (counted in `stale`). Two tags or
+//    groups sharing a slot only make a store be skipped, never a stale value
+//    be kept. Storable() makes the same check without storing (the shared
+//    tier asks it before writing).
 //
 // Invariants (checked by CheckInvariants()): per shard, the index, the LRU
 // list and the gauges agree; entries <= the shard's entry bound and bytes <=
@@ -73,6 +89,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -100,6 +117,8 @@ struct ResultCacheStats {
   uint64_t expirations = 0;    // removed as expired (Get, EvictExpired)
   uint64_t invalidations = 0;  // removed by Erase, Invalidate*, Clear
   uint64_t rejections = 0;     // Put not stored: value larger than the bound
+  uint64_t stale = 0;  // Put not stored: an invalidation covering it came
+                       // after its since_epoch (see "Invalidation epochs")
   size_t entries = 0;
   size_t bytes = 0;
   size_t max_entries = 0;
@@ -114,6 +133,8 @@ absl::Status ValidateResultCacheOptions(const ResultCacheOptions& options);
 namespace cache_internal {
 
 inline constexpr size_t kMinEntriesPerShard = 32;
+// Epoch counters per kind (tags, groups): a power of two.
+inline constexpr size_t kEpochSlots = 256;
 inline constexpr size_t kMinBytesPerShard = size_t{1} << 20;
 
 // Shards used for `options`: num_shards rounded down to a power of two, then
@@ -128,6 +149,9 @@ inline size_t ShareOf(size_t total, size_t shards, size_t i) {
 }
 
 }  // namespace cache_internal
+
+// since_epoch of a Put that is not checked against invalidations.
+inline constexpr uint64_t kAnyEpoch = std::numeric_limits<uint64_t>::max();
 
 template <typename V>
 class ResultCache {
@@ -154,19 +178,36 @@ class ResultCache {
   // identifies the producing step (for InvalidateGroup); `tags` may be empty
   // and may repeat. Returns false when the value was rejected (larger than
   // the shard's byte bound): it is then moved to `dropped` as well.
+  // With `since_epoch` (an Epoch() read when the producing execution began),
+  // a value that an invalidation since then covers (its group, one of its
+  // tags, or Clear) is not stored either: false, moved to `dropped`, counted
+  // as stale; an older entry under the key is left alone (the invalidation
+  // removed or will remove it).
   bool Put(const Key128& key, V value, size_t bytes, int64_t expires_at_ns,
            uint64_t group, absl::Span<const std::string> tags,
-           std::vector<V>* dropped = nullptr);
+           std::vector<V>* dropped = nullptr, uint64_t since_epoch = kAnyEpoch);
+
+  // The invalidation epoch now: read it when an execution begins, pass it to
+  // Put / Storable when it ends. One relaxed load.
+  uint64_t Epoch() const { return epoch_.load(std::memory_order_relaxed); }
+  // Whether no invalidation covering (group, tags) came after `since_epoch`.
+  // Without a lock: an invalidation that starts right after may still come
+  // (the caller orders its write before that invalidation's effect itself).
+  bool Storable(uint64_t since_epoch, uint64_t group,
+                absl::Span<const std::string> tags) const;
 
   // Removes the entry with `key`, if any; true if there was one.
   bool Erase(const Key128& key, std::vector<V>* dropped = nullptr);
 
   // Remove every entry carrying `tag` / stored with `group`; return how many.
+  // Each first raises the epoch of what it covers (see "Invalidation
+  // epochs"), so executions in flight do not store their results later.
   size_t InvalidateTag(absl::string_view tag,
                        std::vector<V>* dropped = nullptr);
   size_t InvalidateGroup(uint64_t group, std::vector<V>* dropped = nullptr);
 
-  // Removes every entry (counted as invalidations) and frees the slot arrays.
+  // Removes every entry (counted as invalidations) and frees the slot arrays;
+  // results of executions in flight are not stored afterwards.
   void Clear(std::vector<V>* dropped = nullptr);
 
   // Sets new bounds (split over the existing shards) and evicts at once down
@@ -215,7 +256,7 @@ class ResultCache {
     // Written only under mu (so load + store is enough), read by GetStats
     // without it.
     std::atomic<uint64_t> hits{0}, misses{0}, inserts{0}, evictions{0},
-        expirations{0}, invalidations{0}, rejections{0};
+        expirations{0}, invalidations{0}, rejections{0}, stale{0};
     std::atomic<size_t> entries{0}, bytes{0};
   };
 
@@ -258,8 +299,25 @@ class ResultCache {
   absl::Status CheckShardLocked(const Shard& s, size_t shard_index) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(s.mu);
 
+  // Invalidation epochs (see the header comment).
+  static size_t TagSlot(absl::string_view tag) {
+    return absl::HashOf(tag) & (cache_internal::kEpochSlots - 1);
+  }
+  static size_t GroupSlot(uint64_t group) {
+    return (group ^ (group >> 32)) & (cache_internal::kEpochSlots - 1);
+  }
+  // Takes the next epoch and raises `slot` to it (a concurrent, later
+  // invalidation of the same slot may have raised it further already).
+  void RaiseEpoch(std::atomic<uint64_t>& slot);
+  bool StaleSince(uint64_t since_epoch, uint64_t group,
+                  absl::Span<const std::string> tags) const;
+
   const size_t num_shards_;
   std::unique_ptr<Shard[]> shards_;
+  std::atomic<uint64_t> epoch_{0};
+  std::atomic<uint64_t> clear_epoch_{0};
+  std::atomic<uint64_t> tag_epochs_[cache_internal::kEpochSlots] = {};
+  std::atomic<uint64_t> group_epochs_[cache_internal::kEpochSlots] = {};
   Mutex resize_mu_;  // serialises Resize calls
   std::atomic<size_t> max_entries_;
   std::atomic<size_t> max_bytes_;
@@ -329,11 +387,18 @@ template <typename V>
 bool ResultCache<V>::Put(const Key128& key, V value, size_t bytes,
                          int64_t expires_at_ns, uint64_t group,
                          absl::Span<const std::string> tags,
-                         std::vector<V>* dropped) {
+                         std::vector<V>* dropped, uint64_t since_epoch) {
   std::vector<V> local;  // destroyed after the lock is released
   std::vector<V>* out = dropped != nullptr ? dropped : &local;
   Shard& s = ShardFor(key);
   MutexLock lock(&s.mu);
+  // Under the lock: an invalidation that raised an epoch before locking
+  // this shard is seen here; one that did not will remove the entry.
+  if (since_epoch != kAnyEpoch && StaleSince(since_epoch, group, tags)) {
+    Add<uint64_t>(s.stale, 1);
+    out->push_back(std::move(value));
+    return false;
+  }
   if (s.max_entries == 0 || (s.max_bytes != 0 && bytes > s.max_bytes)) {
     const auto it = s.index.find(key);
     if (it != s.index.end()) RemoveLocked(s, it->second, out);
@@ -390,8 +455,36 @@ bool ResultCache<V>::Erase(const Key128& key, std::vector<V>* dropped) {
 }
 
 template <typename V>
+void ResultCache<V>::RaiseEpoch(std::atomic<uint64_t>& slot) {
+  const uint64_t e = epoch_.fetch_add(1, std::memory_order_relaxed) + 1;
+  uint64_t cur = slot.load(std::memory_order_relaxed);
+  while (cur < e &&
+         !slot.compare_exchange_weak(cur, e, std::memory_order_relaxed)) {
+  }
+}
+
+template <typename V>
+bool ResultCache<V>::StaleSince(uint64_t since_epoch, uint64_t group,
+                                absl::Span<const std::string> tags) const {
+  constexpr auto kRelaxed = std::memory_order_relaxed;
+  if (clear_epoch_.load(kRelaxed) > since_epoch) return true;
+  if (group_epochs_[GroupSlot(group)].load(kRelaxed) > since_epoch) return true;
+  for (const std::string& tag : tags) {
+    if (tag_epochs_[TagSlot(tag)].load(kRelaxed) > since_epoch) return true;
+  }
+  return false;
+}
+
+template <typename V>
+bool ResultCache<V>::Storable(uint64_t since_epoch, uint64_t group,
+                              absl::Span<const std::string> tags) const {
+  return since_epoch == kAnyEpoch || !StaleSince(since_epoch, group, tags);
+}
+
+template <typename V>
 size_t ResultCache<V>::InvalidateTag(absl::string_view tag,
                                      std::vector<V>* dropped) {
+  RaiseEpoch(tag_epochs_[TagSlot(tag)]);
   std::vector<V> local;
   std::vector<V>* out = dropped != nullptr ? dropped : &local;
   size_t removed = 0;
@@ -414,6 +507,7 @@ size_t ResultCache<V>::InvalidateTag(absl::string_view tag,
 template <typename V>
 size_t ResultCache<V>::InvalidateGroup(uint64_t group,
                                        std::vector<V>* dropped) {
+  RaiseEpoch(group_epochs_[GroupSlot(group)]);
   std::vector<V> local;
   std::vector<V>* out = dropped != nullptr ? dropped : &local;
   size_t removed = 0;
@@ -438,6 +532,7 @@ size_t ResultCache<V>::InvalidateGroup(uint64_t group,
 
 template <typename V>
 void ResultCache<V>::Clear(std::vector<V>* dropped) {
+  RaiseEpoch(clear_epoch_);
   std::vector<V> local;
   std::vector<V>* out = dropped != nullptr ? dropped : &local;
   for (size_t si = 0; si < num_shards_; ++si) {
@@ -516,6 +611,7 @@ ResultCacheStats ResultCache<V>::GetStats() const {
     st.expirations += s.expirations.load(kRelaxed);
     st.invalidations += s.invalidations.load(kRelaxed);
     st.rejections += s.rejections.load(kRelaxed);
+    st.stale += s.stale.load(kRelaxed);
     st.entries += s.entries.load(kRelaxed);
     st.bytes += s.bytes.load(kRelaxed);
   }

@@ -281,6 +281,7 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   r->config = config;
   r->start_ns = now_ns;
   r->attempt_start_ns = now_ns;
+  r->cache_epoch = cache_.Epoch();
   StepStats* s = r->step->stats;
   s->in_flight.fetch_add(1, std::memory_order_relaxed);
   in_flight_.fetch_add(1, std::memory_order_relaxed);
@@ -589,20 +590,21 @@ double Executor::CacheTtlSeconds(const StepEntry& step,
 
 void Executor::CachePut(const StepEntry& step, const OptimizationConfig& config,
                         const Key128& key, CachedValue value, size_t bytes,
-                        int64_t now_ns, std::vector<CachedValue>* dropped) {
+                        int64_t now_ns, std::vector<CachedValue>* dropped,
+                        uint64_t since_epoch) {
   const double ttl_ns = CacheTtlSeconds(step, config) * 1e9;
   const int64_t expires = ttl_ns >= static_cast<double>(kNeverExpires - now_ns)
                               ? kNeverExpires
                               : now_ns + static_cast<int64_t>(ttl_ns);
   cache_.Put(key, std::move(value), bytes, expires, step.spec.cache_group,
-             step.spec.tags, dropped);
+             step.spec.tags, dropped, since_epoch);
 }
 
 void Executor::CacheStore(const ExecutionRecord& r, CachedValue value,
                           size_t bytes, int64_t now_ns,
                           std::vector<CachedValue>* dropped) {
   CachePut(*r.step, *r.config, r.cache_key, std::move(value), bytes, now_ns,
-           dropped);
+           dropped, r.cache_epoch);
 }
 
 size_t Executor::InvalidateTag(absl::string_view tag,

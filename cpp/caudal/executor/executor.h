@@ -101,6 +101,9 @@ struct ExecutionRecord {
   bool permit = false;        // holds a slot of max_concurrent_executions
   bool pooled = false;        // came from the executor's record pool
   Key128 cache_key{};
+  // The cache's invalidation epoch when the execution began: its output is
+  // not stored if an invalidation covering it came since (result_cache.h).
+  uint64_t cache_epoch = 0;
   // The step's concurrency limiter, when this execution holds its permit;
   // each attempt is one sample (start, in-flight count when admitted).
   KeyLimiter* limiter = nullptr;
@@ -283,12 +286,23 @@ class Executor {
   void RecordUncacheable(StepEntry& step, absl::string_view reason);
   // Stores a successful execution's output under the record's key (call
   // before Succeed()). TTL: the step's cache_ttl_s, else cache_ttl_seconds.
+  // Not stored if an invalidation covering the step (a tag of it, its
+  // group, a clear) came after the execution began.
   void CacheStore(const ExecutionRecord& r, CachedValue value, size_t bytes,
                   int64_t now_ns, std::vector<CachedValue>* dropped);
-  // The same without a record (a value promoted from the shared tier).
+  // The same without a record (a value promoted from the shared tier):
+  // `since_epoch` is CacheEpoch() read before that value was fetched.
   void CachePut(const StepEntry& step, const OptimizationConfig& config,
                 const Key128& key, CachedValue value, size_t bytes,
-                int64_t now_ns, std::vector<CachedValue>* dropped);
+                int64_t now_ns, std::vector<CachedValue>* dropped,
+                uint64_t since_epoch = kAnyEpoch);
+  // The invalidation epoch now (one relaxed load; Begin() records it).
+  uint64_t CacheEpoch() const { return cache_.Epoch(); }
+  // Whether a result of `step` from an execution that began at
+  // `since_epoch` may still be stored (no covering invalidation since).
+  bool CacheStorable(const StepEntry& step, uint64_t since_epoch) const {
+    return cache_.Storable(since_epoch, step.spec.cache_group, step.spec.tags);
+  }
   // The TTL in seconds a step's results are cached for under `config`.
   static double CacheTtlSeconds(const StepEntry& step,
                                 const OptimizationConfig& config);
