@@ -412,7 +412,7 @@ async def invalidate(ex, how):
 async def test_an_execution_in_flight_during_an_invalidation_does_not_store(how):
     ex = cached_executor()
     fn = Gated()
-    step = Step(fn, "fetch_user", tags=("users",))
+    step = Step(fn, "fetch_user", tags=("users",), cache_key="fetch_user")
     for round_ in range(20):
         fn.started.clear()
         fn.release.clear()
@@ -435,7 +435,7 @@ async def test_an_execution_in_flight_during_an_invalidation_does_not_store(how)
 async def test_an_invalidation_of_another_tag_does_not_keep_a_result_out():
     ex = cached_executor()
     fn = Gated()
-    step = Step(fn, "fetch_user", tags=("users",))
+    step = Step(fn, "fetch_user", tags=("users",), cache_key="fetch_user")
     task = asyncio.create_task(ex.execute(step, 1))
     await fn.started.wait()
     await ex.invalidate_by_tag("orders")

@@ -187,7 +187,7 @@ async def _invalidate(ex, how):
 async def test_in_flight_execution_stores_nothing_after_an_invalidation(redis_server, how):
     prefix = f"i{uuid.uuid4().hex[:8]}:"
     fn = Gated()
-    step = Step(fn, "fetch_user", tags=("users",))
+    step = Step(fn, "fetch_user", tags=("users",), cache_key="fetch_user")
     ex, tier = make_executor(redis_server, prefix)
     reader, _ = make_executor(redis_server, prefix)  # another process, in effect
     for n in range(20):
@@ -238,7 +238,7 @@ async def test_a_value_read_from_l2_before_an_invalidation_is_not_promoted(redis
     prefix = f"j{uuid.uuid4().hex[:8]}:"
     fn = Gated()
     fn.release.set()
-    step = Step(fn, "fetch_user", tags=("users",))
+    step = Step(fn, "fetch_user", tags=("users",), cache_key="fetch_user")
     writer, _ = make_executor(redis_server, prefix)
     await writer.execute(step, 1)
     await writer.flush()
@@ -318,7 +318,7 @@ async def test_another_process_invalidating_keeps_an_in_flight_result_out_of_red
 ):
     prefix = f"z{uuid.uuid4().hex[:8]}:"
     fn = Gated()
-    step = Step(fn, "fetch_user", tags=("users",))
+    step = Step(fn, "fetch_user", tags=("users",), cache_key="fetch_user")
     a, tier_a = make_executor(redis_server, prefix)
     b, _ = make_executor(redis_server, prefix)  # another process, in effect
     for n in range(5):
