@@ -70,10 +70,11 @@
 // to poison someone else's results.
 //
 // Cost: about one byte copy per input byte plus one XXH3 call per key, one
-// per unordered element and one per summarised container; no allocation in the steady state (inline buffers, or
-// heap buffers reused across Reset()). Measured on the shared 2-core
-// development VM: a dict of five short str -> int items, ~80 ns per key; a
-// name plus a tuple of five short strings plus an int, ~35 ns.
+// per unordered element and one per summarised container; no allocation in the
+// steady state (inline buffers, or heap buffers reused across Reset()).
+// Measured on the shared 2-core development VM: a dict of five short str -> int
+// items, ~80 ns per key; a name plus a tuple of five short strings plus an int,
+// ~35 ns.
 //
 // Usage contract: containers must be closed in order and with the element
 // count declared at Begin (for dicts: the number of items, fed as key, value,
