@@ -142,7 +142,7 @@ async def test_tampered_json_payload_fails_authentication(tmp_path):
     (payload,) = conn.execute("SELECT payload FROM caudal_steps WHERE step='a'").fetchone()
     conn.close()
     assert payload.startswith(b"CDCK\x01J\x01")  # JSON, tagged
-    tampered = payload.replace(b'"output": 2', b'"output": 3')
+    tampered = payload.replace(b'"output":2', b'"output":3')
     assert tampered != payload
     _sqlite_set(db, "UPDATE caudal_steps SET payload=? WHERE step='a'", tampered)
     broken["on"] = False
@@ -234,7 +234,10 @@ def test_json_exact_values_round_trip_as_json(value):
     assert changes["k"] == value and changes["gone"] is DELETED
 
 
-@pytest.mark.parametrize("value", [(1, 2), {1: "a"}, {"a": (1,)}, {1, 2}, [b"x"], [[1, (2,)]]])
+@pytest.mark.parametrize(
+    "value",
+    [(1, 2), {1: "a"}, {"a": (1,)}, {1, 2}, [b"x"], [[1, (2,)]], "\ud800\udc00", [10**5000]],
+)
 def test_values_json_would_change_are_pickled(value):
     for v in (value, IntSub(3), [IntSub(3)]):
         store = MemoryStore()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from typing import Any
 
@@ -42,6 +43,19 @@ def json_exact(value: Any, depth: int = 0) -> bool:
                 return False
         return True
     return False
+
+
+def json_bytes(value: Any) -> bytes | None:
+    """``value`` as compact UTF-8 JSON if JSON carries it exactly, else None."""
+    if not json_exact(value):
+        return None
+    try:
+        # UTF-8 fails on lone surrogates (an escaped pair would load as one
+        # character); dumps fails on ints past Python's digit limit: neither
+        # round-trips, so neither is JSON here.
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except ValueError:
+        return None
 
 
 def secret_bytes(secret: bytes | str | None, env: str, owner: str) -> bytes | None:

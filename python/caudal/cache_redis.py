@@ -166,8 +166,7 @@ except ImportError as e:  # pragma: no cover - exercised only without redis-py
 
 from caudal import _core
 from caudal._invalidation import InvalidationResult
-from caudal._trust import json_exact as _json_exact
-from caudal._trust import secret_bytes
+from caudal._trust import json_bytes, secret_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -887,15 +886,10 @@ class RedisCacheTier:
         data: Any = None
         if self._custom:
             codec, data = _CODEC_CUSTOM, self._serializer.dumps(value)
-        elif _json_exact(value):
-            try:
-                # UTF-8 fails on lone surrogates (an escaped pair would load
-                # as one character); dumps fails on ints past Python's digit
-                # limit: neither round-trips, so neither is JSON here.
-                text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-                codec, data = _CODEC_JSON, text.encode()
-            except ValueError:
-                data = None
+        else:
+            data = json_bytes(value)
+            if data is not None:
+                codec = _CODEC_JSON
         if data is None:
             if self._secret is None:
                 raise TypeError(

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from caudal._pipeline_context import DELETED
-from caudal._trust import hmac_tag, json_exact, secret_bytes, tags_equal
+from caudal._trust import hmac_tag, json_bytes, secret_bytes, tags_equal
 from caudal.errors import CheckpointError, RunNotFoundError
 
 #: Where ``store=None`` keeps checkpoints: $CAUDAL_STORE, else this path
@@ -247,10 +247,9 @@ class CheckpointStore:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
         secret = self._checkpoint_secret()
-        doc = _json_doc(kind, value)
-        if doc is not _UNSET:
+        body = json_bytes(_json_doc(kind, value))
+        if body is not None:
             codec = _CODEC_JSON
-            body = json.dumps(doc, ensure_ascii=False, allow_nan=True).encode()
         else:
             what = _subject(kind, name)
             if secret is None and not self.local_pickles:
@@ -397,31 +396,26 @@ def _describe(kind: str, name: str) -> str:
 
 
 def _json_doc(kind: str, value: Any) -> Any:
-    """What JSON stores for ``value`` (type-exactly), or _UNSET. A step's
-    ``(output, changes)`` is ``{"output": ..., "changes": {...} or null,
-    "deleted": [keys]}``: context keys a step removed are listed apart."""
+    """What JSON would store for ``value`` (``json_bytes`` then checks that
+    it comes back type-exactly; _UNSET never does). A step's ``(output,
+    changes)`` is ``{"output": ..., "changes": {...} or null, "deleted":
+    [keys]}``: context keys a step removed are listed apart."""
     if kind != "step":
-        return value if json_exact(value) else _UNSET
+        return value
     if type(value) is not tuple or len(value) != 2:
         return _UNSET
     out, changes = value
-    if not json_exact(out):
-        return _UNSET
     if changes is None:
         return {"output": out, "changes": None, "deleted": []}
     if type(changes) is not dict:
         return _UNSET
-    kept: dict[str, Any] = {}
-    deleted: list[str] = []
+    kept: dict[Any, Any] = {}
+    deleted: list[Any] = []
     for k, v in changes.items():
-        if type(k) is not str:
-            return _UNSET
         if v is DELETED:
             deleted.append(k)
-        elif json_exact(v, 1):
-            kept[k] = v
         else:
-            return _UNSET
+            kept[k] = v
     return {"output": out, "changes": kept, "deleted": deleted}
 
 
