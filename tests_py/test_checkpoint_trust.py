@@ -419,3 +419,37 @@ async def test_postgres_with_a_secret_checkpoints_pickles_and_detects_tampering(
         )
         with pytest.raises(caudal.CheckpointError, match="'pair' failed authentication"):
             await p.resume("pg-secret", store=st)
+
+
+def test_cli_store_takes_its_secret_from_the_environment(pg_dsn, tmp_path):
+    (tmp_path / "reg.py").write_text(
+        "async def pair(x):\n    return (1, 2)\n\nREG = {'pair': pair}\n"
+    )
+    (tmp_path / "p.yaml").write_text("steps:\n  - {name: s, uses: pair}\n")
+    base = [sys.executable, "-m", "caudal.cli"]
+
+    def cli(*args, secret=None):
+        env = {k: v for k, v in os.environ.items() if k != "CAUDAL_CHECKPOINT_SECRET"}
+        if secret is not None:
+            env["CAUDAL_CHECKPOINT_SECRET"] = secret
+        return subprocess.run(
+            [*base, *args, "--store", pg_dsn],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    # A tuple output needs a pickle: refused without a secret, fine with one.
+    r = cli("run", "p.yaml", "--registry", "reg:REG", "--run-id", "cli-nosecret")
+    assert r.returncode != 0 and "CAUDAL_CHECKPOINT_SECRET" in r.stdout + r.stderr
+    r = cli("run", "p.yaml", "--registry", "reg:REG", "--run-id", "cli-secret", secret=SECRET)
+    assert r.returncode == 0, r.stderr
+    r = cli("resume", "cli-secret", "--registry", "reg:REG", secret=SECRET)
+    assert r.returncode == 0, r.stderr
+    r = cli("resume", "cli-secret", "--registry", "reg:REG", secret=OTHER)
+    assert r.returncode == 1
+    assert "failed authentication: written with another secret or tampered with" in r.stderr
+    r = cli("resume", "cli-secret", "--registry", "reg:REG")
+    assert r.returncode == 1 and "has no secret to verify it" in r.stderr

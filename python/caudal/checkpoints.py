@@ -339,7 +339,7 @@ class CheckpointStore:
         if codec == _CODEC_JSON:
             try:
                 doc = json.loads(bytes(body))
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise CheckpointError(
                     f"run {run_id!r}: checkpoint of {what} is corrupt: {exc}"
                 ) from None
