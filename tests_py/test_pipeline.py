@@ -486,10 +486,11 @@ async def test_checkpoint_is_durable_before_the_dependent_starts(tmp_path):
         conn = sqlite3.connect(db)
         rows = conn.execute("SELECT step, status, payload FROM caudal_steps").fetchall()
         conn.close()
-        seen["rows"] = [(s, st, pickle.loads(p)[0]) for s, st, p in rows]
+        decode = SqliteStore(db).decode_payload
+        seen["rows"] = [(s, st, decode("r", "step", p, s)[0]) for s, st, p in rows]
         return x
 
-    await (Step(first) >> Step(second)).run(1, store=db)
+    await (Step(first) >> Step(second)).run(1, store=db, run_id="r")
     assert seen["rows"] == [("first", "completed", "first-output")]
 
 

@@ -112,7 +112,7 @@ def _checkpointed(db: Path, run_id: str) -> dict[str, bytes]:
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path):
-    import pickle
+    from caudal.checkpoints import SqliteStore
 
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -178,7 +178,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     assert set(final) == names, ctx
 
     # Outputs intact: equal to an uninterrupted run.
-    assert {n: pickle.loads(p)[0] for n, p in final.items()} == expected, ctx
+    decode = SqliteStore(db).decode_payload
+    assert {n: decode(run_id, "step", p, n)[0] for n, p in final.items()} == expected, ctx
 
     # Checkpoints only ever grow, and a checkpointed step never runs again.
     prev: set[str] = set()

@@ -166,7 +166,7 @@ except ImportError as e:  # pragma: no cover - exercised only without redis-py
 
 from caudal import _core
 from caudal._invalidation import InvalidationResult
-from caudal.errors import ConfigurationError
+from caudal._trust import json_bytes, secret_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -188,8 +188,6 @@ _AUTH_NONE = 0x00
 _AUTH_HMAC = 0x01  # HMAC-SHA256 tag of 32 bytes follows
 _TAG_LEN = 32
 _TAG_CONTEXT = b"caudal-cache-v2\0"
-_MIN_SECRET = 16
-_JSON_MAX_DEPTH = 100
 SECRET_ENV = "CAUDAL_CACHE_SECRET"
 
 _INVALIDATE_BATCH = 512
@@ -271,45 +269,8 @@ class _Unauthenticated(Exception):
     pass
 
 
-def _json_exact(value: Any, depth: int = 0) -> bool:
-    """Whether JSON carries ``value`` exactly: ``json.loads(json.dumps(v))``
-    has the same types all the way down (no tuple -> list, int subclass ->
-    int, non-str dict key -> str, ...). Deeper than _JSON_MAX_DEPTH (or
-    cyclic): no."""
-    t = type(value)
-    if t is str or t is int or t is float or t is bool or value is None:
-        return True
-    if depth >= _JSON_MAX_DEPTH:
-        return False
-    if t is list:
-        for item in value:
-            if not _json_exact(item, depth + 1):
-                return False
-        return True
-    if t is dict:
-        for k, item in value.items():
-            if type(k) is not str or not _json_exact(item, depth + 1):
-                return False
-        return True
-    return False
-
-
 def _secret_bytes(secret: bytes | str | None) -> bytes | None:
-    from_env = secret is None
-    if from_env:
-        secret = os.environ.get(SECRET_ENV) or None
-        if secret is None:
-            return None
-    if isinstance(secret, str):
-        secret = secret.encode()
-    if not isinstance(secret, bytes | bytearray):
-        raise TypeError(f"secret must be bytes or str, got {type(secret).__name__}")
-    if len(secret) < _MIN_SECRET:
-        where = f"${SECRET_ENV}" if from_env else "secret"
-        raise ConfigurationError(
-            f"RedisCacheTier: {where} must be at least {_MIN_SECRET} bytes, got {len(secret)}"
-        )
-    return bytes(secret)
+    return secret_bytes(secret, SECRET_ENV, "RedisCacheTier")
 
 
 class _Lane:
@@ -925,15 +886,10 @@ class RedisCacheTier:
         data: Any = None
         if self._custom:
             codec, data = _CODEC_CUSTOM, self._serializer.dumps(value)
-        elif _json_exact(value):
-            try:
-                # UTF-8 fails on lone surrogates (an escaped pair would load
-                # as one character); dumps fails on ints past Python's digit
-                # limit: neither round-trips, so neither is JSON here.
-                text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-                codec, data = _CODEC_JSON, text.encode()
-            except ValueError:
-                data = None
+        else:
+            data = json_bytes(value)
+            if data is not None:
+                codec = _CODEC_JSON
         if data is None:
             if self._secret is None:
                 raise TypeError(

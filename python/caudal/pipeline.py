@@ -13,7 +13,9 @@ Data flow: a step without dependencies gets the pipeline's input; with one
 dependency, that dependency's output; with several, ``{dep_name: output}``.
 
 Checkpoints: when a step completes, its output and the context keys it
-changed are pickled and stored (caudal.checkpoints), and its dependents
+changed are encoded (type-exact JSON, else a pickle; tagged with an
+HMAC when the store has a secret: see caudal.checkpoints for the trust
+policy) and stored, and its dependents
 start only once the store says the write is durable. ``resume(run_id)``
 restores every completed step and runs the rest.
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import copy
-import pickle
 import sys
 import time
 import uuid
@@ -56,7 +57,6 @@ from caudal.errors import (
     UsageLimitExceededError,
 )
 
-_PICKLE = pickle.HIGHEST_PROTOCOL
 # Outputs of these exact types cannot carry usage attributes.
 _YIELD_EVERY = 256  # a worker yields to the loop at least this often
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), dict, list, tuple, set})
@@ -548,13 +548,8 @@ class Pipeline:
         st, owned = open_store(store)
         try:
             if st is not None:
-                try:
-                    payload_in = pickle.dumps(data, _PICKLE)
-                    payload_ctx = pickle.dumps(context, _PICKLE)
-                except Exception as exc:
-                    raise CheckpointError(
-                        f"the pipeline input and context must pickle to be checkpointed: {exc}"
-                    ) from exc
+                payload_in = st.encode_payload(run_id, "input", data)
+                payload_ctx = st.encode_payload(run_id, "context", context)
                 await st.start_run(
                     RunInfo(
                         run_id=run_id,
@@ -608,13 +603,11 @@ class Pipeline:
         assert st is not None
         try:
             stored = await st.load_run(run_id)
-            try:
-                data = pickle.loads(stored.info.input) if stored.info.input is not None else None
-                context = (
-                    pickle.loads(stored.info.context) if stored.info.context is not None else None
-                )
-            except Exception as exc:
-                raise CheckpointError(f"run {run_id!r}: cannot unpickle its input: {exc}") from exc
+            info = stored.info
+            data = None if info.input is None else st.decode_payload(run_id, "input", info.input)
+            context = (
+                None if info.context is None else st.decode_payload(run_id, "context", info.context)
+            )
             runner = _Runner(
                 self, c, run_id, data, executor or self._default_executor(), st, limits, context
             )
@@ -704,12 +697,11 @@ class _Runner:
                     f"run {self.run_id!r} has a checkpoint for step {name!r}, "
                     "which this pipeline does not define"
                 )
-            try:
-                out, changes = pickle.loads(cp.payload) if cp.payload else (None, None)
-            except Exception as exc:
-                raise CheckpointError(
-                    f"run {self.run_id!r}: cannot unpickle the checkpoint of {name!r}: {exc}"
-                ) from exc
+            out, changes = (
+                self.store.decode_payload(self.run_id, "step", cp.payload, name)
+                if cp.payload
+                else (None, None)
+            )
             rec = self.records[i]
             rec.status = "completed" if cp.status == "completed" else "failed"
             rec.output, rec.restored = out, True
@@ -953,13 +945,7 @@ class _Runner:
         status = "completed" if ok else ("failed_optional" if rec.optional else "failed")
         payload = None
         if status != "failed":
-            try:
-                payload = pickle.dumps((out, changes), _PICKLE)
-            except Exception as exc:
-                raise CheckpointError(
-                    f"step {rec.name!r}: its output (or context changes) must pickle to be "
-                    f"checkpointed: {exc}"
-                ) from exc
+            payload = self.store.encode_payload(self.run_id, "step", (out, changes), rec.name)
         seq = self.seq
         self.seq = seq + 1
         await self.store.save_step(
