@@ -171,9 +171,9 @@ async def test_a_tag_is_bound_to_its_run_and_step():
         store.decode_payload("r1", "input", raw)
 
 
-def test_short_secret_is_a_configuration_error(monkeypatch):
+def test_short_secret_is_a_configuration_error(monkeypatch, tmp_path):
     with pytest.raises(caudal.ConfigurationError, match="at least 16 bytes"):
-        SqliteStore("x.db", secret="short")
+        SqliteStore(tmp_path / "x.db", secret="short")
     monkeypatch.setenv("CAUDAL_CHECKPOINT_SECRET", "short")
     with pytest.raises(caudal.ConfigurationError, match="CAUDAL_CHECKPOINT_SECRET"):
         MemoryStore()
