@@ -160,8 +160,11 @@ class CircularDependencyError(PipelineDefinitionError):
 
 
 class CheckpointError(CaudalError):
-    """A checkpoint could not be written or read (an output that does not
-    pickle, a store that refuses the write, a run id that does not exist)."""
+    """A checkpoint could not be written or read: an output that does not
+    pickle, or that a store without a secret may only keep as JSON; a store
+    that refuses the write; a payload that fails authentication (written
+    with another secret, or tampered with) or is corrupt; a run id that does
+    not exist."""
 
 
 class RunNotFoundError(CheckpointError, KeyError):
