@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from caudal import ExecutorCore, OptimizationConfig, Step, load_pipeline
+from caudal import ExecutorCore, OptimizationConfig, Step, _identity, load_pipeline
 from caudal._steps import analyse
 
 
@@ -38,7 +38,11 @@ async def outputs(*steps, data=1):
 
 
 def ns(step):
+    """(namespace, reason) of a step, as the executor computes it when the
+    step is first executed with caching on."""
     a = analyse(step)
+    if a["identity_of"] is not None:
+        return _identity.namespace(a["name"], a["identity_of"], None)
     return a["cache_ns"], a["uncacheable"]
 
 
@@ -229,8 +233,12 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import stable_steps
 from caudal import Step
+from caudal._identity import namespace
 from caudal._steps import analyse
-print(json.dumps({k: analyse(Step(v))["cache_ns"] for k, v in stable_steps.STEPS.items()}))
+def ns(step):
+    a = analyse(step)
+    return namespace(a["name"], a["identity_of"], None)[0]
+print(json.dumps({k: ns(Step(v)) for k, v in stable_steps.STEPS.items()}))
 """
 
 
@@ -359,6 +367,99 @@ async def test_cache_key_names_the_namespace():
     assert Step(guarded, cache_key="k").replace(max_retries=1).cache_key == "k"
     with pytest.raises(TypeError, match="cache_key"):
         Step(guarded, cache_key="")
+    await ex.aclose()
+
+
+# ---- computed once, when the step is first executed with caching on ----
+
+
+@pytest.fixture
+def identity_calls(monkeypatch):
+    """What was fingerprinted: the qualified name of each step whose
+    identity was computed, once per computation."""
+    calls = []
+
+    class Counting(_identity._Walker):
+        __slots__ = ()
+
+        def __init__(self, root):
+            calls.append(root.rsplit(".", 1)[-1])
+            super().__init__(root)
+
+    monkeypatch.setattr(_identity, "_Walker", Counting)
+    return calls
+
+
+async def test_identity_is_not_computed_while_the_cache_is_off(identity_calls):
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=False))
+    for i in range(3):
+        assert (await ex.execute(lambda x: x + 1, i)).output == i + 1
+    await ex.execute(Step(make_adder(1), "adder"), 1)
+    await ex.aclose()
+    # A step that opts out in a cached executor.
+    ex = cached_executor()
+    await ex.execute(Step(make_adder(1), "never", cache=False), 1)
+    assert not (await ex.execute(Step(make_adder(1), "never", cache=False), 1)).cache_hit
+    # A step that names its namespace needs no fingerprint either.
+    await ex.execute(Step(make_adder(1), "named", cache_key="v1"), 1)
+    assert (await ex.execute(Step(make_adder(1), "named", cache_key="v1"), 1)).cache_hit
+    assert identity_calls == []
+    # With the cache on: once per step object, not per execution.
+    s = Step(make_adder(1), "once")
+    for _ in range(3):
+        await ex.execute(s, 1)
+    assert identity_calls == ["add"]
+    await ex.aclose()
+
+
+async def test_identity_is_computed_when_caching_is_turned_on(identity_calls):
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=False))
+    plus, times = Step(lambda x: x + 1), Step(lambda x: x * 10)
+    assert [(await ex.execute(s, 5)).output for s in (plus, times)] == [6, 50]
+    assert identity_calls == []
+    await ex.apply_optimization_config(
+        OptimizationConfig(enable_cache_optimization=True, memory_pressure_threshold_mb=1e6)
+    )
+    got = []
+    for s in (plus, times, plus, times):
+        r = await ex.execute(s, 5)
+        got.append((r.output, r.cache_hit))
+    # Analysed while the cache was off, the two lambdas still do not share.
+    assert got == [(6, False), (50, False), (6, True), (50, True)]
+    assert identity_calls == ["<lambda>", "<lambda>"]
+    # An unkeyable closure analysed with the cache off: uncached, with why.
+    lock = threading.Lock()
+
+    async def guarded(x):
+        with lock:
+            return x
+
+    await ex.apply_optimization_config(OptimizationConfig(enable_cache_optimization=False))
+    s = Step(guarded)
+    await ex.execute(s, 1)
+    assert "guarded" not in ex.get_optimization_stats()["cache"]["uncacheable_steps"]
+    await ex.apply_optimization_config(
+        OptimizationConfig(enable_cache_optimization=True, memory_pressure_threshold_mb=1e6)
+    )
+    assert not (await ex.execute(s, 1)).cache_hit
+    assert not (await ex.execute(s, 1)).cache_hit
+    why = ex.get_optimization_stats()["cache"]["uncacheable_steps"]["guarded"]
+    assert "lock" in why and "cache_key" in why
+    await ex.aclose()
+
+
+async def test_identity_entry_point_that_raises_leaves_the_step_uncached(monkeypatch):
+    def broken(name, fn, cache_key):
+        raise RuntimeError("identity unavailable")
+
+    monkeypatch.setattr(_identity, "namespace", broken)
+    ex = cached_executor()
+    s = Step(make_adder(1), "adder")
+    for _ in range(2):
+        r = await ex.execute(s, 1)
+        assert r.success and r.output == 2 and not r.cache_hit
+    why = ex.get_optimization_stats()["cache"]["uncacheable_steps"]["adder"]
+    assert "RuntimeError: identity unavailable" in why and "cache_key" in why
     await ex.aclose()
 
 

@@ -60,9 +60,14 @@ struct PyStepEntry : StepEntry {
   py::object cache_context;    // None or a tuple of context field names
   // The cache key's namespace: the step's name and the identity of what it
   // runs (caudal._identity). Empty `no_identity` means it has one; else it
-  // says why the step is not cached.
+  // says why the step is not cached. While `identity_pending`, neither is
+  // known yet (`no_identity` holds a placeholder, so that the hot path tests
+  // one string): `identity_of` is what to fingerprint, on the first
+  // execution that uses the cache (Engine::ResolveIdentity).
   std::string cache_ns;
   std::string no_identity;
+  py::object identity_of;
+  bool identity_pending = false;
   ~PyStepEntry() override {
     py::gil_scoped_acquire gil;
     key_a = py::object();
@@ -73,6 +78,7 @@ struct PyStepEntry : StepEntry {
     retry_on = py::object();
     breaker_exclude = py::object();
     cache_context = py::object();
+    identity_of = py::object();
   }
 };
 
@@ -239,12 +245,16 @@ class Engine {
       py::object extra;
       if (!e->cache_context.is_none())
         extra = ContextFields(e->cache_context, context);
-      const std::string& ns = e->cache_ns;
-      UnkeyableReason why =
-          !e->no_identity.empty()
-              ? "the step has no stable identity (see uncacheable_steps)"
-              : KeyOf(ns.data(), static_cast<Py_ssize_t>(ns.size()), data.ptr(),
-                      extra ? extra.ptr() : nullptr, &key);
+      // One branch for a step with an identity; a pending one is computed
+      // here, once (its no_identity is a placeholder until then).
+      UnkeyableReason why;
+      if (ABSL_PREDICT_TRUE(e->no_identity.empty()) || HasIdentityNow(e)) {
+        const std::string& ns = e->cache_ns;
+        why = KeyOf(ns.data(), static_cast<Py_ssize_t>(ns.size()), data.ptr(),
+                    extra ? extra.ptr() : nullptr, &key);
+      } else {
+        why = "the step has no stable identity (see uncacheable_steps)";
+      }
       if (why) {
         core_.RecordUncacheable(*e, why);
       } else {
@@ -993,8 +1003,15 @@ class Engine {
     // The group (invalidate_prefix) is by name; the key's namespace adds
     // the identity of what runs. None: no identity, the reason instead.
     s.cache_group = GroupOf(s.name).lo;
+    py::object identity_of = t["identity_of"];
     py::object cache_ns = t["cache_ns"];
-    if (cache_ns.is_none()) {
+    if (!identity_of.is_none()) {
+      // Computed by ResolveIdentity when first needed: never for a step
+      // that only runs uncached.
+      e->identity_of = std::move(identity_of);
+      e->identity_pending = true;
+      e->no_identity = "its identity is not computed yet";
+    } else if (cache_ns.is_none()) {
       e->no_identity = t["uncacheable"].cast<std::string>();
       uncacheable_steps_[s.name] = e->no_identity;
     } else {
@@ -1007,6 +1024,63 @@ class Engine {
     auto dropped = core_.steps().Insert(key, e);
     dropped.clear();
     return e;
+  }
+
+  // The namespace of a step whose identity is pending: computed once, on
+  // its first execution with caching on (caudal._identity.namespace, looked
+  // up on each call: once per entry). Like a failure inside the fingerprint,
+  // an Exception here leaves the step without identity (run uncached, the
+  // reason in uncacheable_steps), never an error for the caller; anything
+  // else (KeyboardInterrupt) propagates and the identity stays pending.
+  // Whether the step has an identity, computing a pending one first.
+  ABSL_ATTRIBUTE_NOINLINE bool HasIdentityNow(PyStepEntry* e) {
+    if (e->identity_pending) ResolveIdentity(e);
+    return e->no_identity.empty();
+  }
+
+  void ResolveIdentity(PyStepEntry* e) {
+    // The call runs Python, which may drop the table's entries: keep it.
+    const std::shared_ptr<StepEntry> hold = e->shared_from_this();
+    const py::object target = e->identity_of;
+    bool have = false;
+    std::string ns, why;
+    try {
+      py::tuple r = CaudalAttr("caudal._identity", "namespace")(
+          e->name_str, target, py::none());
+      have = !r[0].is_none();
+      if (have) {
+        ns = r[0].cast<std::string>();
+      } else {
+        why = r[1].cast<std::string>();
+      }
+    } catch (py::error_already_set& err) {
+      if (!err.matches(PyExc_Exception)) throw;
+      why = "computing its identity raised " + ErrorText(err) +
+            ": its results cannot be told apart from another step's; name "
+            "them with Step(cache_key=...) to cache it";
+    } catch (const py::cast_error&) {
+      why = "its identity is not a (namespace, reason) pair of str";
+    }
+    if (!e->identity_pending) return;  // another thread was first
+    e->identity_pending = false;
+    e->identity_of = py::object();
+    if (have) {
+      e->cache_ns = std::move(ns);
+      e->no_identity.clear();
+    } else {
+      e->no_identity = why;
+      uncacheable_steps_[e->spec.name] = std::move(why);
+    }
+  }
+
+  // "Type: message" of a caught Python exception, for a reason string.
+  static std::string ErrorText(const py::error_already_set& err) {
+    try {
+      return py::str(err.type().attr("__qualname__")).cast<std::string>() +
+             ": " + py::str(err.value()).cast<std::string>();
+    } catch (py::error_already_set&) {
+      return "an exception";
+    }
   }
 
   static py::object Invoke(PyStepEntry* e, py::handle data, py::handle context,

@@ -2,7 +2,9 @@
 
 A cached result belongs to *what ran* on *which input*. The input is keyed
 natively per execution (``cpp/bindings/key_walk.cc``); what ran is
-fingerprinted here, once per step object, when the executor analyses it:
+fingerprinted here, by :func:`namespace`, which the executor calls once per
+step it has analysed, when that step is first executed with caching on
+(never for a step that runs uncached, and never per execution):
 
 - a function: its module, qualname and code (bytecode, constants with nested
   code, names, flags, argument layout), its defaults, and the values of the
@@ -71,7 +73,10 @@ def _remember(obj: Any, entry: tuple[bytes | None, str | None]) -> None:
 def namespace(name: str, fn: Any, cache_key: str | None) -> tuple[str | None, str | None]:
     """(namespace, None) for the step ``name`` running ``fn``, or (None,
     reason) when ``fn`` has no stable identity. ``cache_key`` (the user's
-    name for the namespace) replaces the computed identity."""
+    name for the namespace) replaces the computed identity.
+
+    The executor looks this function up by name on each call (once per
+    analysed step), so it must keep this name and signature."""
     if cache_key is not None:
         return f"{name}\x1fkey\x1f{cache_key}", None
     try:

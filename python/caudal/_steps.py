@@ -626,12 +626,18 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         as_run = False
     if not is_class:
         _refuse_generator(fn, f"Step {name!r}")
-    # What the results belong to (docs/cache.md, "Cache identity"): once per
-    # step object, here, never per execution.
+    # What the results belong to (docs/cache.md, "Cache identity"). A name
+    # the user gave is the namespace now; a computed identity is left to the
+    # engine (identity_of), which asks caudal._identity.namespace once, when
+    # the step is first executed with caching on.
+    identity_of = None
     if cache is False:
         cache_ns, uncacheable = name, None  # never used
+    elif cache_key is not None:
+        cache_ns, uncacheable = namespace(name, None, cache_key)
     else:
-        cache_ns, uncacheable = namespace(name, target if is_class else fn, cache_key)
+        cache_ns, uncacheable = None, None
+        identity_of = target if is_class else fn
 
     if retry is None:
         if max_retries is not None:
@@ -691,6 +697,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         "max_concurrency": max_concurrency,
         "cache_ns": cache_ns,
         "uncacheable": uncacheable,
+        "identity_of": identity_of,
     }
 
 
