@@ -33,6 +33,8 @@
 #include <map>
 #include <string>
 
+#include "absl/base/attributes.h"
+#include "absl/base/optimization.h"
 #include "caudal/executor/executor.h"
 #include "common.h"
 #include "event_bindings.h"
