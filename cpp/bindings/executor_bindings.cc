@@ -1028,18 +1028,19 @@ class Engine {
     return e;
   }
 
-  // The namespace of a step whose identity is pending: computed once, on
-  // its first execution with caching on (caudal._identity.namespace, looked
-  // up on each call: once per entry). Like a failure inside the fingerprint,
-  // an Exception here leaves the step without identity (run uncached, the
-  // reason in uncacheable_steps), never an error for the caller; anything
-  // else (KeyboardInterrupt) propagates and the identity stays pending.
   // Whether the step has an identity, computing a pending one first.
   ABSL_ATTRIBUTE_NOINLINE bool HasIdentityNow(PyStepEntry* e) {
     if (e->identity_pending) ResolveIdentity(e);
     return e->no_identity.empty();
   }
 
+  // The namespace of a step whose identity is pending: computed once, on
+  // its first execution with caching on (caudal._identity.namespace, looked
+  // up on each call, once per entry, so that it can be replaced in tests).
+  // Like a failure inside the fingerprint, an Exception here leaves the step
+  // without identity (run uncached, the reason in uncacheable_steps), never
+  // an error for the caller; anything else (KeyboardInterrupt) propagates
+  // and the identity stays pending.
   void ResolveIdentity(PyStepEntry* e) {
     // The call runs Python, which may drop the table's entries: keep it.
     const std::shared_ptr<StepEntry> hold = e->shared_from_this();
@@ -1047,8 +1048,10 @@ class Engine {
     bool have = false;
     std::string ns, why;
     try {
-      py::tuple r = CaudalAttr("caudal._identity", "namespace")(
-          e->name_str, target, py::none());
+      if (!identity_module_)
+        identity_module_ = py::module_::import("caudal._identity");
+      py::tuple r =
+          identity_module_.attr("namespace")(e->name_str, target, py::none());
       have = !r[0].is_none();
       if (have) {
         ns = r[0].cast<std::string>();
@@ -1352,10 +1355,11 @@ class Engine {
   const uint64_t id_ = NextEngineId();  // names this engine's wait states
   TelemetryState telemetry_;
   py::object analyse_;
-  py::object analysis_hook_;  // set by ExecutorCore; holds a weak reference
+  py::object identity_module_;  // caudal._identity, once imported
+  py::object analysis_hook_;    // set by ExecutorCore; holds a weak reference
   py::object default_retry_ = py::none();  // caudal.RetryStrategy or None
   bool l2_ = false;                        // a shared tier is configured
-  // Steps analysed without a cache identity: name -> why (GIL-guarded).
+  // Steps without a cache identity: name -> why (GIL-guarded).
   std::map<std::string, std::string> uncacheable_steps_;
 
  public:
