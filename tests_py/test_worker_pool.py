@@ -152,11 +152,25 @@ def test_one_pool_serves_several_event_loops():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"workers": 0}, {"queue_size": 0}, {"task_timeout": -1}, {"workers": 1.5}]
+    ("kwargs", "exc"),
+    [
+        ({"workers": 0}, ValueError),
+        ({"queue_size": 0}, ValueError),
+        ({"task_timeout": -1}, ValueError),
+        ({"workers": 1.5}, TypeError),
+        # Values the native pool cannot hold: they overflowed its int and
+        # int64 nanoseconds (pybind11 "incompatible arguments", or a message
+        # about task_timeout_ns = -9223372036854775808).
+        ({"workers": 2**31}, ValueError),
+        ({"queue_size": 10**20}, ValueError),
+        ({"task_timeout": float("nan")}, ValueError),
+        ({"task_timeout": 1e300}, ValueError),
+    ],
 )
-def test_bad_settings_are_refused(kwargs):
-    with pytest.raises(ValueError, match="WorkerPool"):
+def test_bad_settings_are_refused(kwargs, exc):
+    with pytest.raises(exc, match=r"^WorkerPool: ") as info:
         WorkerPool(**kwargs)
+    assert next(iter(kwargs)) in str(info.value)
 
 
 # ------------------------------------------------------------ executor use

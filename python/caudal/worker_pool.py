@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from caudal import _core
+from caudal._bounds import check_count, check_duration
 from caudal.errors import QueueFullError
 
 _live: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
@@ -73,18 +74,14 @@ class WorkerPool:
     ) -> None:
         if workers is None:
             workers = default_workers()
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"WorkerPool: workers must be an int >= 1 or None, got {workers!r}")
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"WorkerPool: queue_size must be an int >= 1, got {queue_size!r}")
-        if task_timeout is not None and (
-            isinstance(task_timeout, bool)
-            or not isinstance(task_timeout, int | float)
-            or task_timeout <= 0
-        ):
-            raise ValueError(
-                f"WorkerPool: task_timeout must be a positive number or None, got {task_timeout!r}"
-            )
+        # The config's bounds (worker_pool_size, worker_pool_queue_size,
+        # worker_pool_task_timeout_seconds): past them the native pool's
+        # int and int64-nanosecond fields would overflow.
+        check_count("WorkerPool: workers", workers, 1024)
+        check_count("WorkerPool: queue_size", queue_size, 100_000_000)
+        task_timeout = check_duration(
+            "WorkerPool: task_timeout", task_timeout, positive=True, none_ok=True
+        )
         self.workers = workers
         self.queue_size = queue_size
         self.task_timeout = task_timeout
