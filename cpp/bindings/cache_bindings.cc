@@ -52,10 +52,9 @@ void RegisterCache(py::module_& m) {
         return KeyBytes(k);
       },
       py::arg("value"), py::arg("namespace") = "",
-      "The 16-byte cache key of `value` (little-endian lo, hi): the key the "
-      "executor "
-      "uses, with the step's name as namespace. Raises TypeError naming the "
-      "reason "
+      "The 16-byte cache key of `value` (little-endian lo, hi) in "
+      "`namespace`; the executor uses the step's cache namespace (its name "
+      "and identity, see docs/cache.md). Raises TypeError naming the reason "
       "for a value that has no stable key.");
   m.def(
       "compress",

@@ -49,7 +49,8 @@ using UnkeyableReason = const char*;
 UnkeyableReason WalkValue(PyObject* value, KeyHasher& h);
 
 // Key of (namespace string, value): the one the executor uses, with the
-// step's name as namespace. Returns nullptr on success.
+// step's cache namespace (its name plus its identity, docs/cache.md) as
+// namespace. Returns nullptr on success.
 UnkeyableReason KeyOf(const char* ns, Py_ssize_t ns_len, PyObject* value,
                       PyObject* extra, Key128* out);
 
