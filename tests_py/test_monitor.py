@@ -483,3 +483,23 @@ async def test_a_failing_step_without_a_breaker_is_not_told_to_enable_one():
     assert step_recs(ex, "opted_out") == []
     (text,) = step_recs(ex, "breakable")
     assert "Enable the circuit breaker" in text
+
+
+async def test_timeout_and_retry_advice_names_the_current_values():
+    ex = executor()
+
+    async def hang(x):
+        await asyncio.sleep(1)
+
+    async def boom(x):
+        raise ValueError(x)
+
+    hangs = Step(hang, "hangs", timeout_s=0.01)
+    fails = Step(boom, "fails", max_retries=1)
+    for i in range(10):
+        await ex.execute(hangs, i)
+        await ex.execute(fails, i)
+    (text,) = [t for t in step_recs(ex, "hangs") if "timed out" in t]
+    assert "Raise the step's timeout_s (now 0.01)" in text
+    (text,) = step_recs(ex, "fails")
+    assert "retries never recovered" in text and "lower max_retries (now 1)" in text
