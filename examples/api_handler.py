@@ -51,45 +51,45 @@ api_step = Step(backend, name="api", timeout_s=0.5, fallback=degraded)
 
 
 async def main():
-    executor = ExecutorCore(optimization_config=config)
+    async with ExecutorCore(optimization_config=config) as executor:
 
-    async def handle_request(request_data):
-        return await executor.execute(api_step, request_data)
+        async def handle_request(request_data):
+            return await executor.execute(api_step, request_data)
 
-    outcomes = Counter()
-    latencies = []
+        outcomes = Counter()
+        latencies = []
 
-    async def client(i):
-        t0 = time.perf_counter()
-        result = await handle_request({"user": i})
-        latencies.append(time.perf_counter() - t0)
-        if not result.success:
-            outcomes["error"] += 1
-        elif result.output.get("degraded"):
-            outcomes["degraded (fallback)"] += 1
-        else:
-            outcomes["ok"] += 1
+        async def client(i):
+            t0 = time.perf_counter()
+            result = await handle_request({"user": i})
+            latencies.append(time.perf_counter() - t0)
+            if not result.success:
+                outcomes["error"] += 1
+            elif result.output.get("degraded"):
+                outcomes["degraded (fallback)"] += 1
+            else:
+                outcomes["ok"] += 1
 
-    tasks = []
-    for i in range(480):  # one request every 2.5 ms
-        tasks.append(asyncio.create_task(client(i)))
-        await asyncio.sleep(0.0025)
-    await asyncio.gather(*tasks)
+        tasks = []
+        for i in range(480):  # one request every 2.5 ms
+            tasks.append(asyncio.create_task(client(i)))
+            await asyncio.sleep(0.0025)
+        await asyncio.gather(*tasks)
 
-    latencies.sort()
-    print(f"{len(latencies)} requests: {dict(outcomes)}")
-    print(
-        f"client latency p50 {latencies[len(latencies) // 2] * 1e3:.1f} ms, "
-        f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.1f} ms"
-    )
-    stats = executor.get_optimization_stats()
-    cb = stats["circuit_breaker"]
-    print(
-        f"breaker opened {cb['open_count']} time(s), refused {cb['rejected_count']} calls "
-        "(answered by the fallback without touching the backend)"
-    )
-    print(stats["circuit_breaker"])
-    print(executor.get_performance_recommendations())
+        latencies.sort()
+        print(f"{len(latencies)} requests: {dict(outcomes)}")
+        print(
+            f"client latency p50 {latencies[len(latencies) // 2] * 1e3:.1f} ms, "
+            f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.1f} ms"
+        )
+        stats = executor.get_optimization_stats()
+        cb = stats["circuit_breaker"]
+        print(
+            f"breaker opened {cb['open_count']} time(s), refused {cb['rejected_count']} calls "
+            "(answered by the fallback without touching the backend)"
+        )
+        print(stats["circuit_breaker"])
+        print(executor.get_performance_recommendations())
 
 
 if __name__ == "__main__":

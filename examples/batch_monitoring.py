@@ -43,28 +43,28 @@ async def monitor_performance(executor, every_s, stop):
 
 
 async def main():
-    executor = ExecutorCore(optimization_config=config)
-    batch_process_step = Step(batch_process, max_concurrency=8)
+    async with ExecutorCore(optimization_config=config) as executor:
+        batch_process_step = Step(batch_process, max_concurrency=8)
 
-    result, metrics = await executor.execute_with_monitoring(batch_process_step, 21)
-    print(
-        f"one batch: output {result.output}, {metrics['execution_time_ms']:.1f} ms, "
-        f"memory {metrics['memory_usage_mb']:.0f} MB"
-    )
+        result, metrics = await executor.execute_with_monitoring(batch_process_step, 21)
+        print(
+            f"one batch: output {result.output}, {metrics['execution_time_ms']:.1f} ms, "
+            f"memory {metrics['memory_usage_mb']:.0f} MB"
+        )
 
-    recorder = executor.start_latency_recorder(interval_s=0.1)
-    stop = asyncio.Event()
-    monitor = asyncio.create_task(monitor_performance(executor, 0.15, stop))
-    results = await executor.execute_many(batch_process_step, range(1200))
-    stop.set()
-    await monitor
-    recorder.stop()
-    print(
-        f"{sum(r.success for r in results)}/{len(results)} items, "
-        f"{len(recorder.samples())} recorder intervals"
-    )
-    print(executor.get_performance_recommendations())
-    return executor, batch_process_step
+        recorder = executor.start_latency_recorder(interval_s=0.1)
+        stop = asyncio.Event()
+        monitor = asyncio.create_task(monitor_performance(executor, 0.15, stop))
+        results = await executor.execute_many(batch_process_step, range(1200))
+        stop.set()
+        await monitor
+        recorder.stop()
+        print(
+            f"{sum(r.success for r in results)}/{len(results)} items, "
+            f"{len(recorder.samples())} recorder intervals"
+        )
+        print(executor.get_performance_recommendations())
+        return executor, batch_process_step
 
 
 def save_plots(executor, step, plot_dir):

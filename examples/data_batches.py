@@ -42,19 +42,18 @@ def make_batches(n_batches=60, distinct=40, size=50, seed=7):
 
 
 async def main():
-    executor = ExecutorCore(optimization_config=config)
-    process_batch_step = Step(process_batch, cache=True)
-    data_batches = make_batches()
-    results = await executor.execute_many(process_batch_step, data_batches)
-    ok = [r for r in results if r.success]
-    print(
-        f"{len(ok)}/{len(results)} batches processed, {sum(r.cache_hit for r in ok)} from the cache"
-    )
-    print("first result:", results[0])
-    stats = executor.get_optimization_stats()
-    print(stats["execution"])
-    print(stats["cache"])
-    print(f"cache hit rate: {stats['cache']['hit_rate']:.2%}")  # still a plain dict
+    async with ExecutorCore(optimization_config=config) as executor:
+        process_batch_step = Step(process_batch, cache=True)
+        data_batches = make_batches()
+        results = await executor.execute_many(process_batch_step, data_batches)
+        ok = [r for r in results if r.success]
+        hits = sum(r.cache_hit for r in ok)
+        print(f"{len(ok)}/{len(results)} batches processed, {hits} from the cache")
+        print("first result:", results[0])
+        stats = executor.get_optimization_stats()
+        print(stats["execution"])
+        print(stats["cache"])
+        print(f"cache hit rate: {stats['cache']['hit_rate']:.2%}")  # still a plain dict
 
 
 if __name__ == "__main__":

@@ -85,15 +85,17 @@ pipeline = Pipeline(
 
 
 async def main():
-    executor = ExecutorCore(optimization_config=OptimizationConfig(enable_cache_optimization=True))
-    limits = UsageLimits(max_cost_usd=0.01)
-    first = await pipeline.run("rivers", executor=executor, limits=limits, store=False)
-    print(first)
-    print("result:", first.result)
-    again = await pipeline.run("rivers", executor=executor, limits=limits, store=False)
-    hits = [r.name for r in again.steps.values() if r.cache_hit]
-    print(f"second run: {again.status}, cache hits {hits}, {again.total_tokens} new tokens")
-    return first
+    async with ExecutorCore(
+        optimization_config=OptimizationConfig(enable_cache_optimization=True)
+    ) as executor:
+        limits = UsageLimits(max_cost_usd=0.01)
+        first = await pipeline.run("rivers", executor=executor, limits=limits, store=False)
+        print(first)
+        print("result:", first.result)
+        again = await pipeline.run("rivers", executor=executor, limits=limits, store=False)
+        hits = [r.name for r in again.steps.values() if r.cache_hit]
+        print(f"second run: {again.status}, cache hits {hits}, {again.total_tokens} new tokens")
+        return first
 
 
 def save_gantt(run, plot_dir):

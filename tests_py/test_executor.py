@@ -413,3 +413,108 @@ def test_step_result_is_constructible_and_picklable():
     r2.output = 5
     assert r2.output == 5
     assert "StepResult(name='n'" in repr(r)
+
+
+# ------------------------------------------------ async with / aclose()
+class _Spans:
+    def __init__(self):
+        self.spans = []
+
+    def export(self, spans):
+        self.spans.extend(spans)
+
+
+def _closing_executor():
+    # Spans leave only when flushed: nothing is exported on a timer here.
+    sink = _Spans()
+    cfg = OptimizationConfig(telemetry_flush_interval_seconds=3600.0, telemetry_batch_size=10_000)
+    return ExecutorCore(cfg, span_exporters=[sink]), sink
+
+
+async def test_async_with_returns_the_executor_and_closes_it():
+    ex, sink = _closing_executor()
+    started, release = threading.Event(), threading.Event()
+
+    def slow_double(x):
+        started.set()
+        release.wait(10)
+        return x * 2
+
+    async with ex as entered:
+        assert entered is ex
+        assert (await ex.execute(Step(double), 2)).output == 4
+        pool = ex._pool
+        assert pool is not None and not pool.closed
+        queued = asyncio.ensure_future(ex.execute(Step(slow_double), 5))
+        await asyncio.to_thread(started.wait, 10)
+        threading.Timer(0.05, release.set).start()
+    # aclose(): the sync step already on the pool finished first, the
+    # executor's own pool is closed, the buffered spans went out.
+    assert queued.done() and queued.result().output == 10
+    assert pool.closed and ex._pool is None
+    assert ex.get_optimization_stats()["concurrency"]["worker_pool"] is None
+    assert len(sink.spans) == 2
+    # The executor stays usable: a later sync step gets a new pool.
+    assert (await ex.execute(Step(double), 3)).output == 6
+    assert ex._pool is not pool
+    await ex.aclose()
+
+
+async def test_async_with_leaves_a_given_worker_pool_open():
+    pool = caudal.WorkerPool(workers=1)
+    async with ExecutorCore(worker_pool=pool) as ex:
+        assert (await ex.execute(Step(double), 2)).output == 4
+    assert not pool.closed  # the caller's pool: the caller closes it
+    await pool.aclose()
+
+
+async def test_async_with_propagates_the_body_exception_and_still_closes():
+    ex, sink = _closing_executor()
+    with pytest.raises(KeyError, match="boom"):
+        async with ex:
+            await ex.execute(Step(double), 2)
+            pool = ex._pool
+            raise KeyError("boom")
+    assert pool.closed and ex._pool is None
+    assert len(sink.spans) == 1
+
+
+async def test_async_with_keeps_the_body_exception_when_aclose_fails_too():
+    class FailingClose(ExecutorCore):
+        async def aclose(self):
+            raise OSError("tier down")
+
+    ex = FailingClose()
+    with pytest.raises(KeyError) as info:
+        async with ex:
+            raise KeyError("boom")
+    assert any("tier down" in note for note in getattr(info.value, "__notes__", []))
+    # Without an exception from the body, aclose()'s own propagates.
+    with pytest.raises(OSError, match="tier down"):
+        async with ex:
+            pass
+
+
+async def test_async_with_cancelled_body_propagates_the_cancellation_and_closes():
+    ex, sink = _closing_executor()
+    inside = asyncio.Event()
+    seen = {}
+
+    async def body():
+        async with ex:
+            await ex.execute(Step(double), 2)
+            seen["pool"] = ex._pool
+            inside.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.ensure_future(body())
+    waiter = asyncio.ensure_future(inside.wait())
+    await asyncio.wait([task, waiter], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    assert inside.is_set(), task.exception() if task.done() else "body did not start"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert seen["pool"].closed and ex._pool is None
+    assert len(sink.spans) == 1

@@ -442,3 +442,64 @@ def test_an_analysis_lost_with_its_loop_does_not_stop_later_ones():
     asyncio.run(again())
     assert ex._tuner._scheduled is None
     assert ex.get_optimization_stats()["automatic_optimization"]["analyses"] == 1
+
+
+def step_recs(ex: ExecutorCore, name: str) -> list[str]:
+    return [r["description"] for r in ex.get_performance_recommendations() if r.get("step") == name]
+
+
+async def test_a_slow_step_is_not_told_to_set_what_it_already_has():
+    # Every execution is "slow" against a tiny threshold; the inputs differ,
+    # so the cached step misses every time.
+    ex = executor(slow_execution_threshold_ms=0.0001)
+    bare = Step(yielding, "bare")
+    guarded = Step(yielding, "guarded", timeout_s=5.0, cache=True)
+    timed = Step(yielding, "timed", timeout_s=5.0)
+    for i in range(10):
+        await ex.execute(bare, i)
+        await ex.execute(guarded, i)
+        await ex.execute(timed, i)
+
+    (text,) = step_recs(ex, "bare")
+    assert "Set a timeout_s on the step" in text and "cache it" in text
+
+    (text,) = step_recs(ex, "guarded")
+    assert "Set a timeout_s" not in text and "cache it" not in text
+    assert "timeout_s=5" in text and "cached" in text
+
+    (text,) = step_recs(ex, "timed")
+    assert "Set a timeout_s" not in text and "cache it if its inputs repeat" in text
+
+
+async def test_a_failing_step_without_a_breaker_is_not_told_to_enable_one():
+    ex = executor(enable_circuit_breaker=False)
+
+    async def boom(x):
+        raise ValueError(x)
+
+    for step in (Step(boom, "opted_out", breaker=False), Step(boom, "breakable")):
+        for i in range(10):
+            await ex.execute(step, i)
+    assert step_recs(ex, "opted_out") == []
+    (text,) = step_recs(ex, "breakable")
+    assert "Enable the circuit breaker" in text
+
+
+async def test_timeout_and_retry_advice_names_the_current_values():
+    ex = executor()
+
+    async def hang(x):
+        await asyncio.sleep(1)
+
+    async def boom(x):
+        raise ValueError(x)
+
+    hangs = Step(hang, "hangs", timeout_s=0.01)
+    fails = Step(boom, "fails", max_retries=1)
+    for i in range(10):
+        await ex.execute(hangs, i)
+        await ex.execute(fails, i)
+    (text,) = [t for t in step_recs(ex, "hangs") if "timed out" in t]
+    assert "Raise the step's timeout_s (now 0.01)" in text
+    (text,) = step_recs(ex, "fails")
+    assert "retries never recovered" in text and "lower max_retries (now 1)" in text

@@ -846,8 +846,12 @@ class Engine {
   // ---- read-outs (off the hot path) ----
   py::dict step_stats() const {
     py::dict out;
-    for (const auto& s : core_.stats().TakeAll())
-      out[py::str(s.name)] = SnapshotDict(s);
+    for (const auto& s : core_.stats().TakeAll()) {
+      py::dict d = SnapshotDict(s);
+      auto it = step_specs_.find(s.name);
+      if (it != step_specs_.end()) d["settings"] = SettingsDict(it->second);
+      out[py::str(s.name)] = std::move(d);
+    }
     return out;
   }
   py::dict total_stats() const {
@@ -1023,6 +1027,7 @@ class Engine {
     e->key_a = py::reinterpret_borrow<py::object>(a);
     e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
     e->stats = core_.stats().ForStep(s.name);
+    step_specs_[s.name] = s;  // for the read-outs (the last one analysed)
     auto dropped = core_.steps().Insert(key, e);
     dropped.clear();
     return e;
@@ -1309,6 +1314,23 @@ class Engine {
     return out;
   }
 
+  // What the step was given, as the recommendation rules read it: None
+  // where the step follows the executor's config.
+  static py::dict SettingsDict(const StepSpec& s) {
+    py::dict d;
+    d["timeout_s"] =
+        s.timeout_ns > 0
+            ? py::object(py::float_(static_cast<double>(s.timeout_ns) / 1e9))
+            : py::object(py::none());
+    d["cache"] = s.cache == StepSwitch::kDefault
+                     ? py::object(py::none())
+                     : py::object(py::bool_(s.cache == StepSwitch::kOn));
+    d["max_retries"] = s.retry.max_attempts - 1;
+    d["breaker"] = !s.use_breaker          ? py::object(py::bool_(false))
+                   : s.breaker_key.empty() ? py::object(py::str(s.name))
+                                           : py::object(py::str(s.breaker_key));
+    return d;
+  }
   static py::dict SnapshotDict(const StepStats::Snapshot& s) {
     py::dict d;
     d["executions"] = s.executions;
@@ -1361,6 +1383,8 @@ class Engine {
   bool l2_ = false;                        // a shared tier is configured
   // Steps without a cache identity: name -> why (GIL-guarded).
   std::map<std::string, std::string> uncacheable_steps_;
+  // The settings each step name was last analysed with (GIL-guarded).
+  std::map<std::string, StepSpec> step_specs_;
 
  public:
   Executor& core() { return core_; }

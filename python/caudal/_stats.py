@@ -222,6 +222,51 @@ def _dropped(cache: dict[str, Any], cfg: Any) -> tuple[str, str] | None:
     return ", ".join(what), advice
 
 
+def _now(settings: dict[str, Any] | None, field: str) -> str:
+    """ " (now 5)": the step's current value of ``field``, when known."""
+    value = (settings or {}).get(field)
+    return "" if value is None else f" (now {value:g})"
+
+
+def _slow_advice(
+    name: str, s: dict[str, Any], settings: dict[str, Any] | None, cfg: Any, cache: dict[str, Any]
+) -> str:
+    """What a slow step lacks, from its settings: a timeout_s, caching.
+    Unknown settings: both."""
+    if settings is None:
+        return "Set a timeout_s on the step, or cache it if its inputs repeat."
+    timeout = settings["timeout_s"]
+    cached = settings["cache"] is True or (
+        settings["cache"] is None and cfg.enable_cache_optimization
+    )
+    why = cache.get("uncacheable_steps", {}).get(name) if cached else None
+    has = []
+    if timeout is not None:
+        has.append(f"has timeout_s={timeout:g}")
+    if cached and why is None:
+        lookups = s["cache_hits"] + s["cache_misses"]
+        rate = f" ({s['cache_hits'] / lookups:.0%} hit rate)" if lookups else ""
+        has.append(f"is cached{rate}")
+    it = f"It {' and '.join(has)}; " if has else ""
+    if why is not None:  # cache on, but the step has no cache identity
+        cache_it = f"its results are not cached ({why}): give it a cache_key if its inputs repeat"
+    else:
+        cache_it = "cache it if its inputs repeat"
+    if timeout is None and not cached:
+        return "Set a timeout_s on the step, or cache it if its inputs repeat."
+    if timeout is None:
+        tail = "set a timeout_s on the step" + (f"; {cache_it}" if why is not None else "")
+    elif not cached or why is not None:
+        tail = cache_it
+    else:
+        return (
+            f"It already {' and '.join(has)}: its executions (the cache misses) are slow "
+            "themselves. Look at the step or its backend, or raise "
+            "slow_execution_threshold_ms if this latency is expected."
+        )
+    return f"{it}{tail}."
+
+
 def _since(now: int, mark: int | None) -> int:
     # A counter below its mark was reset (or is another pool's): count all.
     return now if mark is None or now < mark else now - mark
@@ -280,11 +325,13 @@ def recommend(
             add(text, "low", "low", False, step=name)
         if n == 0:
             continue
+        # What the step was given (None: unknown, e.g. stats built by hand).
+        settings = s.get("settings")
         if s["p95_ms"] > cfg.slow_execution_threshold_ms and n >= 5:
             add(
                 f"Step {name!r}: p95 latency {s['p95_ms']:.1f} ms is above "
                 f"slow_execution_threshold_ms ({cfg.slow_execution_threshold_ms:g} ms). "
-                "Set a timeout_s on the step, or cache it if its inputs repeat.",
+                + _slow_advice(name, s, settings, cfg, stats["cache"]),
                 "high",
                 "high",
                 False,
@@ -297,13 +344,15 @@ def recommend(
                 add(
                     f"Step {name!r}: {rate:.0%} of attempts fail and retries never recovered "
                     f"({s['retries']} retries). Retrying this error only adds load; lower "
-                    "max_retries or fix the cause.",
+                    f"max_retries{_now(settings, 'max_retries')} or fix the cause.",
                     "medium",
                     "high",
                     False,
                     step=name,
                 )
-            elif not cfg.enable_circuit_breaker:
+            elif not cfg.enable_circuit_breaker and (settings or {}).get("breaker") is not False:
+                # A step with breaker=False opted out: the config's switch
+                # would not give it one.
                 add(
                     f"Step {name!r}: {rate:.0%} of attempts fail. Enable the circuit breaker "
                     "so a failing backend is not hammered.",
@@ -316,7 +365,8 @@ def recommend(
         if s["timeouts"] and s["timeouts"] / attempts > 0.05:
             add(
                 f"Step {name!r}: {s['timeouts']} of {attempts} attempts timed out. Raise the "
-                "step's timeout_s or lower concurrency against its backend.",
+                f"step's timeout_s{_now(settings, 'timeout_s')} or lower concurrency against "
+                "its backend.",
                 "medium",
                 "medium",
                 False,

@@ -739,6 +739,24 @@ class ExecutorCore:
             # exported at the next flush_telemetry() or at exit.
             await asyncio.to_thread(self._spans.flush)
 
+    async def __aenter__(self) -> ExecutorCore:
+        """``async with ExecutorCore(...) as executor:`` runs :meth:`aclose`
+        when the block ends, however it ends."""
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        """Awaits :meth:`aclose`; never suppresses the block's exception (or
+        its cancellation). When the block raised and aclose() fails too, the
+        block's exception propagates with a note naming aclose()'s."""
+        if exc is None:
+            await self.aclose()
+            return False
+        try:
+            await self.aclose()
+        except Exception as close_exc:
+            exc.add_note(f"ExecutorCore.aclose() also failed: {close_exc!r}")
+        return False
+
     # ------------------------------------------------------------- tracing
     def add_span_exporter(self, exporter: Any) -> None:
         """Send a span of every execution to ``exporter`` (an object with
