@@ -312,3 +312,64 @@ async def test_errors_that_recover_keep_their_retries():
 def test_circuit_open_error_pickles():
     e = pickle.loads(pickle.dumps(CircuitOpenError("b", 1.5)))
     assert e.breaker == "b" and e.retry_after_s == 1.5
+
+
+# ------------------------------------------------------- overload is not failure
+
+
+class HTTPError(Exception):
+    """An HTTP client's error: the status on its `.response`."""
+
+    def __init__(self, status, attr="status_code"):
+        super().__init__(f"HTTP {status}")
+        self.response = type("Response", (), {attr: status})()
+
+
+def http_429():
+    httpx = pytest.importorskip("httpx")
+    req = httpx.Request("POST", "https://api.example.com/v1/chat")
+    resp = httpx.Response(429, request=req)
+    return httpx.HTTPStatusError("429 Too Many Requests", request=req, response=resp)
+
+
+@pytest.mark.parametrize(
+    "make_exc",
+    [http_429, lambda: HTTPError(503, attr="status"), lambda: HTTPError(429)],
+    ids=["httpx-429", "status-503", "status_code-429"],
+)
+async def test_overload_is_retried_and_never_opens_the_breaker(make_exc):
+    ex = ExecutorCore()  # default config: breaker and fail-fast on
+    calls = {"n": 0}
+
+    async def rate_limited(x):
+        calls["n"] += 1
+        if calls["n"] % 6:  # five overload answers, then a success
+            raise make_exc()
+        return x
+
+    step = Step(rate_limited, max_retries=5)
+    for i in range(4):  # 20 overloads: twice the breaker's threshold
+        r = await ex.execute(step, i)
+        assert r.success and r.output == i and r.attempts == 6, r.error
+    cb = ex.get_optimization_stats()["circuit_breaker"]
+    assert cb["state"] == "CLOSED"
+    assert cb["failure_count"] == 0 and cb["open_count"] == 0
+    assert ex.get_optimization_stats()["error_handling"]["fail_fast"] == 0
+
+
+async def test_plain_errors_still_open_the_breaker_per_its_threshold():
+    ex = ExecutorCore()
+    calls = {"n": 0}
+
+    async def broken(x):
+        calls["n"] += 1
+        raise RuntimeError("broken")
+
+    step = Step(broken, max_retries=5)
+    while calls["n"] < 10:  # the default threshold: 10 failures in a row
+        r = await ex.execute(step, 1)
+        assert type(r.error) is RuntimeError
+    cb = ex.get_optimization_stats()["circuit_breaker"]
+    assert cb["state"] == "OPEN" and cb["open_count"] == 1
+    r = await ex.execute(step, 1)
+    assert isinstance(r.error, CircuitOpenError) and calls["n"] == 10

@@ -792,8 +792,7 @@ class Engine {
     err.exc_type = type_name;
     err.message = message;
     err.retry_after_s = RetryAfterHint(exc);
-    err.overload = timed_out || err.retry_after_s.has_value() ||
-                   (r->limiter != nullptr && IsOverload(exc));
+    ClassifyFailure(exc, &err);
     const FailureDecision d = core_.AttemptFailed(r, MonotonicNowNs(), err);
     for (const FlightWaiter& w : d.wake) WakeSlot(w);
     if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
@@ -1225,19 +1224,23 @@ class Engine {
     WakeSlot(p.wake_key);
   }
 
-  // Whether a failure signals an overloaded backend (a drop sample for the
-  // adaptive limit): caudal.OverloadedError, TimeoutError, ConnectionError
-  // (refused, reset), or an HTTP status of 429, 502, 503 or 504 carried as
-  // `status_code` / `status` on the exception or on its `response`.
-  static bool IsOverload(py::handle exc) {
-    static PyObject* kinds = [] {
-      py::object overloaded = CaudalAttr("caudal.errors", "OverloadedError");
-      return py::make_tuple(overloaded, py::handle(PyExc_TimeoutError),
-                            py::handle(PyExc_ConnectionError))
-          .release()
-          .ptr();
-    }();
-    if (PyErr_GivenExceptionMatches(exc.ptr(), kinds)) return true;
+  // The facts the core classifies a failure by (AttemptError): raised
+  // caudal.OverloadedError (overload), a ConnectionError or TimeoutError
+  // (network_error), and the HTTP status carried as `status_code` / `status`
+  // on the exception or on its `response` (httpx, aiohttp, openai and
+  // requests errors all carry one).
+  static void ClassifyFailure(py::handle exc, AttemptError* err) {
+    static PyObject* overloaded =
+        CaudalAttr("caudal.errors", "OverloadedError").release().ptr();
+    static PyObject* network = py::make_tuple(py::handle(PyExc_TimeoutError),
+                                              py::handle(PyExc_ConnectionError))
+                                   .release()
+                                   .ptr();
+    if (PyErr_GivenExceptionMatches(exc.ptr(), overloaded)) {
+      err->overload = true;
+      return;
+    }
+    err->network_error = PyErr_GivenExceptionMatches(exc.ptr(), network) != 0;
     auto status_of = [](PyObject* o) -> long {
       for (const char* name : {"status_code", "status"}) {
         PyObject* v = PyObject_GetAttrString(o, name);
@@ -1263,7 +1266,7 @@ class Engine {
         Py_DECREF(resp);
       }
     }
-    return code == 429 || code == 502 || code == 503 || code == 504;
+    if (code >= 100 && code <= 999) err->http_status = static_cast<int>(code);
   }
 
   static bool Matches(const py::object& spec, py::handle exc, bool if_none) {

@@ -597,3 +597,152 @@ TEST(ExecutorLimitTest, ReleasePermitsGivesBothBackOnce) {
 
 }  // namespace
 }  // namespace caudal
+
+// ---- overload is not failure (docs/resilience.md) ----
+namespace caudal {
+namespace {
+
+using testing_util::Err;
+using testing_util::MakeEntry;
+
+OptimizationConfig TripAfter(int threshold) {
+  OptimizationConfig c;
+  c.circuit_breaker_failure_threshold = threshold;
+  c.circuit_breaker_recovery_timeout_seconds = 60.0;
+  return c;
+}
+
+// Fails `n` executions of `entry` (one attempt each) with `e`; false as soon
+// as one is refused by the breaker.
+bool AllAdmitted(Executor& ex, const std::shared_ptr<StepEntry>& entry,
+                 const AttemptError& e, int n) {
+  for (int i = 0; i < n; ++i) {
+    ExecutionRecord* r = ex.Begin(entry, i);
+    if (r->attempt == 0) {
+      ex.Reject(r, i);
+      return false;
+    }
+    ex.AttemptFailed(r, i, e);
+    ex.Fail(r, i, false);
+  }
+  return true;
+}
+
+TEST(ExecutorOverloadTest, OverloadSignalsNeverOpenTheBreaker) {
+  AttemptError overloaded = Err(false, "caudal.errors.OverloadedError", "429");
+  overloaded.overload = true;
+  AttemptError hinted = Err(false, "app.RateLimited", "slow down");
+  hinted.retry_after_s = 0.5;
+  std::vector<AttemptError> signals = {overloaded, hinted};
+  for (int status : {429, 502, 503, 504}) {
+    AttemptError http = Err(false, "httpx.HTTPStatusError", "too many");
+    http.http_status = status;
+    signals.push_back(http);
+  }
+  for (const AttemptError& e : signals) {
+    Executor ex(TripAfter(2));
+    auto entry = MakeEntry(ex, "api");
+    EXPECT_TRUE(AllAdmitted(ex, entry, e, 20));
+    const auto snaps = ex.BreakerSnapshots();
+    ASSERT_EQ(snaps.size(), 1u);
+    EXPECT_EQ(snaps[0].snapshot.state, CircuitBreaker::State::kClosed);
+    EXPECT_EQ(snaps[0].snapshot.failure_count, 0u);
+    EXPECT_EQ(snaps[0].snapshot.open_count, 0u);
+    // Ordinary errors still open it, per its threshold.
+    EXPECT_FALSE(AllAdmitted(ex, entry, Err(), 3));
+    EXPECT_EQ(ex.BreakerSnapshots()[0].snapshot.state,
+              CircuitBreaker::State::kOpen);
+  }
+}
+
+TEST(ExecutorOverloadTest, TimeoutsNetworkErrorsAnd5xxStillOpenTheBreaker) {
+  AttemptError refused = Err(false, "builtins.ConnectionRefusedError", "no");
+  refused.network_error = true;
+  AttemptError internal = Err(false, "httpx.HTTPStatusError", "500");
+  internal.http_status = 500;
+  for (const AttemptError& e : {Err(/*timed_out=*/true), refused, internal}) {
+    Executor ex(TripAfter(2));
+    auto entry = MakeEntry(ex, "dead");
+    EXPECT_FALSE(AllAdmitted(ex, entry, e, 3)) << e.exc_type;
+    EXPECT_EQ(ex.BreakerSnapshots()[0].snapshot.state,
+              CircuitBreaker::State::kOpen);
+  }
+}
+
+// Runs one execution with up to 6 attempts that all fail with `e`; returns
+// its final verdict.
+FailureVerdict FailEveryAttempt(Executor& ex,
+                                const std::shared_ptr<StepEntry>& entry,
+                                const AttemptError& e) {
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  FailureDecision d = ex.AttemptFailed(r, 0, e);
+  while (d.verdict == FailureVerdict::kRetry) {
+    EXPECT_TRUE(ex.StartAttempt(r, 0));
+    d = ex.AttemptFailed(r, 0, e);
+  }
+  ex.Fail(r, 0, false);
+  return d.verdict;
+}
+
+TEST(ExecutorOverloadTest, FailFastNeverJudgesOverloadOrTimeouts) {
+  OptimizationConfig c;
+  c.enable_circuit_breaker = false;
+  c.error_pattern_min_observations = 2;
+  AttemptError overloaded = Err(false, "caudal.errors.OverloadedError", "429");
+  overloaded.overload = true;
+  AttemptError hinted = Err(false, "app.RateLimited", "slow down");
+  hinted.retry_after_s = 0.0;
+  const AttemptError timed_out = Err(true, "caudal.errors.StepTimeoutError",
+                                     "attempt timed out after 1 s");
+  AttemptError reset = Err(false, "builtins.ConnectionResetError", "reset");
+  reset.network_error = true;
+  AttemptError internal = Err(false, "httpx.HTTPStatusError", "500");
+  internal.http_status = 500;
+  AttemptError busy = Err(false, "httpx.HTTPStatusError", "503");
+  busy.http_status = 503;
+  for (const AttemptError& e :
+       {overloaded, hinted, timed_out, reset, internal, busy}) {
+    Executor ex(c);
+    auto entry = MakeEntry(ex, "p", /*max_retries=*/5);
+    for (int n = 0; n < 4; ++n) {
+      EXPECT_EQ(FailEveryAttempt(ex, entry, e), FailureVerdict::kNoAttemptsLeft)
+          << e.exc_type << " execution " << n;
+    }
+    EXPECT_EQ(ex.fail_fast_count(), 0u) << e.exc_type;
+    EXPECT_EQ(entry->stats->Take().attempts, 24u) << e.exc_type;
+    // A deterministic error still fails fast once judged hopeless.
+    FailEveryAttempt(ex, entry, Err(false, "builtins.KeyError", "'x'"));
+    EXPECT_EQ(
+        FailEveryAttempt(ex, entry, Err(false, "builtins.KeyError", "'x'")),
+        FailureVerdict::kFailFast);
+  }
+}
+
+// An overload between a deterministic error's retry and its recovery is not
+// that retry's failure: the error recovered.
+TEST(ExecutorOverloadTest, OverloadDoesNotCountAgainstTheRetryBeforeIt) {
+  OptimizationConfig c;
+  c.enable_circuit_breaker = false;
+  c.error_pattern_min_observations = 1;
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "q", /*max_retries=*/5);
+  AttemptError busy = Err(false, "httpx.HTTPStatusError", "429");
+  busy.http_status = 429;
+  for (int n = 0; n < 3; ++n) {
+    ExecutionRecord* r = ex.Begin(entry, 0);
+    ASSERT_EQ(ex.AttemptFailed(r, 0, Err()).verdict, FailureVerdict::kRetry);
+    ASSERT_TRUE(ex.StartAttempt(r, 0));
+    ASSERT_EQ(ex.AttemptFailed(r, 0, busy).verdict, FailureVerdict::kRetry);
+    ASSERT_TRUE(ex.StartAttempt(r, 0));
+    ex.Succeed(r, 1);
+  }
+  EXPECT_EQ(ex.fail_fast_count(), 0u);
+  for (const PatternSnapshot& p : ex.ErrorPatterns(10)) {
+    if (p.exc_type != "builtins.ValueError") continue;
+    EXPECT_EQ(p.recovered, 3u);
+    EXPECT_EQ(p.failed_after_retry, 0u);
+  }
+}
+
+}  // namespace
+}  // namespace caudal

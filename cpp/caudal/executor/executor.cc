@@ -296,11 +296,12 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
 FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
                                         const AttemptError& e) {
   FailureDecision d = Decide(r, now_ns, e);
-  // Overload failures are the adaptive limit's drop signal; other errors
-  // say nothing about the backend's load.
-  if (r->limiter != nullptr && (e.timed_out || e.overload)) {
+  // Overload signals, timeouts and network errors are the adaptive
+  // limit's drop signal; other errors say nothing about the backend's load.
+  const bool drop = e.Overloaded() || e.timed_out || e.network_error;
+  if (r->limiter != nullptr && drop) {
     d.wake = SampleLimit(r, now_ns, /*drop=*/true);
-  } else if (r->bypassed != nullptr && (e.timed_out || e.overload)) {
+  } else if (r->bypassed != nullptr && drop) {
     r->bypassed->Wake();  // overload on a dormant key: permits again
   }
   return d;
@@ -320,17 +321,27 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
   }
   if (r->breaker_pending) {
     r->breaker_pending = false;
-    if (e.counts_for_breaker) {
+    // Overload is not failure: the backend is alive and asks us to slow
+    // down (the adaptive limit and the retry's back-off do that).
+    if (e.counts_for_breaker && !e.Overloaded()) {
       Note(r->step->spec, r->breaker->OnFailure(now_ns, r->probe));
     } else {
       r->breaker->OnIgnored(r->probe);
     }
   }
   const OptimizationConfig& cfg = *r->config;
+  // Fail-fast judges deterministic errors only: a transient failure (see
+  // AttemptError::Transient) is never asked ShouldRetry, and it is not taken
+  // as the failed outcome of a deterministic error's retry (that retry's
+  // outcome is the next deterministic error, or the success). Retries of
+  // transient errors are still counted, for the read-outs.
+  const bool judged = !e.Transient();
+  const bool keep_pending =
+      !judged && r->retried_pattern != 0 && !r->retried_transient;
   uint64_t pattern = 0;
   if (cfg.enable_optimized_error_handling) {
     // The retry after the previous error did not recover.
-    if (r->retried_pattern != 0)
+    if (r->retried_pattern != 0 && !keep_pending)
       errors_.RecordRetryOutcome(r->retried_pattern, false);
     const std::string normalized = cfg.error_pattern_match_message
                                        ? NormalizeMessage(e.message)
@@ -339,18 +350,21 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
     errors_.RecordError(pattern, r->step->spec.name, e.exc_type, e.message,
                         now_ns);
   }
-  r->retried_pattern = 0;
+  if (!keep_pending) r->retried_pattern = 0;
   const RetryPolicy& policy = r->step->spec.retry;
   if (!e.retryable) return {FailureVerdict::kNotRetryable};
   if (!policy.HasAttemptLeft(r->attempt))
     return {FailureVerdict::kNoAttemptsLeft};
-  if (pattern != 0 &&
+  if (judged && pattern != 0 &&
       !errors_.ShouldRetry(
           pattern, static_cast<int>(cfg.error_pattern_min_observations))) {
     fail_fast_.fetch_add(1, std::memory_order_relaxed);
     return {FailureVerdict::kFailFast};
   }
-  r->retried_pattern = pattern;
+  if (!keep_pending) {
+    r->retried_pattern = pattern;
+    r->retried_transient = !judged;
+  }
   const double delay = policy.DelayBeforeAttempt(
       r->attempt + 1, e.retry_after_s, random_.Next());
   return {FailureVerdict::kRetry, delay};

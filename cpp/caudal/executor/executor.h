@@ -92,8 +92,10 @@ struct ExecutionRecord {
   bool breaker_pending = false;
   bool probe = false;
   int64_t retry_after_ns = 0;  // when rejected: time until half-open
-  // Error pattern of the previous failed attempt that was retried (0: none).
+  // Error pattern of the previous failed attempt that was retried (0: none),
+  // and whether that error was transient (never judged by fail-fast).
   uint64_t retried_pattern = 0;
+  bool retried_transient = false;
   // Result cache: this execution leads the flight for cache_key and stores
   // its output under it on success.
   bool cache_lead = false;
@@ -157,16 +159,36 @@ struct ExecutionOutcome {
   std::shared_ptr<StepEntry> step;
 };
 
-// What the bindings know about a failed attempt.
+// What the bindings know about a failed attempt: facts only; the core
+// classifies them (Overloaded, Transient) and decides.
 struct AttemptError {
-  bool timed_out = false;
+  bool timed_out = false;  // the attempt's timeout expired
+  // The step raised a ConnectionError (refused, reset) or a TimeoutError.
+  bool network_error = false;
+  bool overload = false;  // the step said so: caudal.OverloadedError
+  int http_status = 0;    // carried by the exception or its response; 0: none
   bool retryable = true;  // the step's retry_on matched
-  bool overload = false;  // an overload signal (429/503, connection
-                          // refused, ...): a drop for the adaptive limit
   bool counts_for_breaker = true;        // not excluded from the breaker
   absl::string_view exc_type;            // qualified type name
   absl::string_view message;             // str(exc)
   absl::optional<double> retry_after_s;  // hint carried by the exception
+
+  // An overload signal: the backend asks the caller to slow down (HTTP 429,
+  // 502, 503 or 504, a Retry-After hint, caudal.OverloadedError). Retried
+  // within the retry budget, a drop for the adaptive limit, never a failure
+  // for the circuit breaker nor for error-pattern fail-fast.
+  bool Overloaded() const {
+    return overload || retry_after_s.has_value() || http_status == 429 ||
+           http_status == 502 || http_status == 503 || http_status == 504;
+  }
+  // A failure that may go away by itself (overload, a timeout, a network
+  // error, any HTTP 5xx) rather than a deterministic one; only deterministic
+  // errors are judged by error-pattern fail-fast. Timeouts and network
+  // errors still count for the breaker: a dead backend must open it.
+  bool Transient() const {
+    return Overloaded() || timed_out || network_error ||
+           (http_status >= 500 && http_status <= 599);
+  }
 };
 
 enum class FailureVerdict : uint8_t {
