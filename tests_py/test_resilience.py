@@ -373,3 +373,22 @@ async def test_plain_errors_still_open_the_breaker_per_its_threshold():
     assert cb["state"] == "OPEN" and cb["open_count"] == 1
     r = await ex.execute(step, 1)
     assert isinstance(r.error, CircuitOpenError) and calls["n"] == 10
+
+
+async def test_timeouts_are_never_judged_by_fail_fast_but_still_open_the_breaker():
+    ex = ExecutorCore(breaker_config(threshold=14, recovery=60))
+    calls = {"n": 0}
+
+    async def hanging_backend(x):
+        calls["n"] += 1
+        raise TimeoutError("read timed out")
+
+    step = Step(hanging_backend, max_retries=5)
+    for _ in range(2):  # 12 timeouts: fail-fast (3 observations) never stops them
+        r = await ex.execute(step, 1)
+        assert type(r.error) is TimeoutError and r.attempts == 6
+        assert "retry_stopped" not in r.metadata
+    assert ex.get_optimization_stats()["error_handling"]["fail_fast"] == 0
+    r = await ex.execute(step, 1)  # timeouts 13 and 14 open the breaker
+    assert type(r.error) is TimeoutError and r.attempts == 2
+    assert ex.get_optimization_stats()["circuit_breaker"]["state"] == "OPEN"
