@@ -67,7 +67,9 @@ class OverloadedError(CaudalError):
     """Raise it from a step when its backend says it is overloaded (HTTP 429
     or 503, "too many requests", a full queue downstream). Like timeouts,
     connection errors and exceptions carrying an HTTP status of 429, 502,
-    503 or 504, it lowers the step's adaptive concurrency limit.
+    503 or 504, it lowers the step's adaptive concurrency limit. It is
+    retried within the step's retry budget and, unlike other failures, never
+    counts toward the circuit breaker or error-pattern fail-fast.
     ``retry_after`` (seconds), when given, is honoured by retry strategies."""
 
     def __init__(self, message: str = "backend overloaded", retry_after: float | None = None):
