@@ -392,3 +392,40 @@ async def test_timeouts_are_never_judged_by_fail_fast_but_still_open_the_breaker
     r = await ex.execute(step, 1)  # timeouts 13 and 14 open the breaker
     assert type(r.error) is TimeoutError and r.attempts == 2
     assert ex.get_optimization_stats()["circuit_breaker"]["state"] == "OPEN"
+
+
+def _client_transport_errors():
+    """The transport errors of common HTTP/LLM clients, none of which derive
+    from Python's ConnectionError (httpx's, openai's) or only partly."""
+    import httpx
+    import openai
+    import requests
+
+    req = httpx.Request("GET", "http://127.0.0.1:9/")
+    return [
+        pytest.param(lambda: httpx.ConnectError("connection refused", request=req), id="httpx"),
+        pytest.param(lambda: httpx.ReadTimeout("read timed out", request=req), id="httpx-timeout"),
+        pytest.param(lambda: openai.APIConnectionError(request=req), id="openai"),
+        pytest.param(lambda: requests.exceptions.ConnectionError("refused"), id="requests"),
+    ]
+
+
+@pytest.mark.parametrize("make_error", _client_transport_errors())
+async def test_client_transport_errors_are_never_judged_by_fail_fast(make_error):
+    # The same transport error, with the same message, five times and then
+    # success: a network blip, not a deterministic error. Fail-fast (on by
+    # default, 3 observations) must not stop the retries.
+    ex = ExecutorCore(OptimizationConfig())
+    calls = {"n": 0}
+
+    async def flaky_backend(x):
+        calls["n"] += 1
+        if calls["n"] % 6:
+            raise make_error()
+        return x
+
+    step = Step(flaky_backend, max_retries=5)
+    for i in range(3):
+        r = await ex.execute(step, i)
+        assert r.success and r.attempts == 6, (r.error, r.metadata)
+    assert ex.get_optimization_stats()["error_handling"]["fail_fast"] == 0

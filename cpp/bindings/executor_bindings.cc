@@ -30,8 +30,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <string>
+#include <string_view>
 
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
@@ -1229,6 +1231,60 @@ class Engine {
   // (network_error), and the HTTP status carried as `status_code` / `status`
   // on the exception or on its `response` (httpx, aiohttp, openai and
   // requests errors all carry one).
+  // The transport errors of the common HTTP and LLM clients, which do not
+  // derive from Python's ConnectionError/TimeoutError: recognised by a class
+  // in the exception's MRO (module family, class name), without importing
+  // the clients. Only on the failure path.
+  static bool IsClientTransportError(PyObject* exc) {
+    struct Family {
+      const char* module;  // the class's __module__, or a prefix + '.'
+      const char* name;
+    };
+    static constexpr Family kFamilies[] = {
+        {"httpx", "TransportError"},  // ConnectError, timeouts, NetworkError
+        {"aiohttp", "ClientConnectionError"},
+        {"requests", "ConnectionError"},
+        {"requests", "Timeout"},
+        {"openai", "APIConnectionError"},  // APITimeoutError too
+        {"anthropic", "APIConnectionError"},
+    };
+    PyObject* mro = Py_TYPE(exc)->tp_mro;
+    if (mro == nullptr || !PyTuple_Check(mro)) return false;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); ++i) {
+      auto* t = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(mro, i));
+      if (t == reinterpret_cast<PyTypeObject*>(PyExc_Exception)) break;
+      std::string_view module, name;
+      if (t->tp_flags & Py_TPFLAGS_HEAPTYPE) {  // a class written in Python
+        PyObject* m = t->tp_dict != nullptr
+                          ? PyDict_GetItemString(t->tp_dict, "__module__")
+                          : nullptr;  // borrowed
+        const char* mod =
+            m != nullptr && PyUnicode_Check(m) ? PyUnicode_AsUTF8(m) : nullptr;
+        if (mod == nullptr) {
+          PyErr_Clear();
+          continue;
+        }
+        module = mod;
+        name = t->tp_name;  // __name__ for heap types
+      } else {              // a static type: tp_name is "module.Name"
+        const char* dot = std::strrchr(t->tp_name, '.');
+        if (dot == nullptr) continue;
+        module =
+            std::string_view(t->tp_name, static_cast<size_t>(dot - t->tp_name));
+        name = dot + 1;
+      }
+      for (const Family& f : kFamilies) {
+        const std::string_view fm(f.module);
+        if (name == f.name &&
+            (module == fm ||
+             (module.size() > fm.size() && module.substr(0, fm.size()) == fm &&
+              module[fm.size()] == '.')))
+          return true;
+      }
+    }
+    return false;
+  }
+
   static void ClassifyFailure(py::handle exc, AttemptError* err) {
     static PyObject* overloaded =
         CaudalAttr("caudal.errors", "OverloadedError").release().ptr();
@@ -1240,7 +1296,8 @@ class Engine {
       err->overload = true;
       return;
     }
-    err->network_error = PyErr_GivenExceptionMatches(exc.ptr(), network) != 0;
+    err->network_error = PyErr_GivenExceptionMatches(exc.ptr(), network) != 0 ||
+                         IsClientTransportError(exc.ptr());
     auto status_of = [](PyObject* o) -> long {
       for (const char* name : {"status_code", "status"}) {
         PyObject* v = PyObject_GetAttrString(o, name);
