@@ -326,7 +326,7 @@ class HTTPError(Exception):
 
 
 def http_429():
-    httpx = pytest.importorskip("httpx")
+    import httpx
     req = httpx.Request("POST", "https://api.example.com/v1/chat")
     resp = httpx.Response(429, request=req)
     return httpx.HTTPStatusError("429 Too Many Requests", request=req, response=resp)
