@@ -1,4 +1,4 @@
-"""Steps shared by the concurrency tests."""
+"""Steps shared by the concurrency and cache tests."""
 
 import asyncio
 
@@ -21,3 +21,29 @@ class Probe:
         finally:
             self.active -= 1
         return x
+
+
+class Gated:
+    """A step that waits for ``release`` (set by the test) once it started:
+    the test invalidates while it is in flight. No sleeps."""
+
+    def __init__(self):
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, x):
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        return {"x": x, "computed_by_call": self.calls}
+
+
+async def invalidate(ex, how):
+    """Invalidate what a ``fetch_user`` step tagged ``users`` stored: by
+    tag, by its step (prefix), or the whole cache."""
+    if how == "tag":
+        return await ex.invalidate_by_tag("users")
+    if how == "prefix":
+        return await ex.invalidate_prefix("fetch_user")
+    return await ex.clear_cache()

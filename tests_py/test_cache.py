@@ -8,6 +8,7 @@ import threading
 import pydantic
 import pytest
 
+from _probes import Gated, invalidate
 from caudal import ExecutorCore, OptimizationConfig, Step, _core
 
 
@@ -384,30 +385,6 @@ async def test_a_cheap_step_that_hits_keeps_its_cache():
 
 
 # ------------------------------------------------- invalidation vs in flight
-class Gated:
-    """A step that waits for ``release`` (set by the test) once it started:
-    the test invalidates while it is in flight. No sleeps."""
-
-    def __init__(self):
-        self.calls = 0
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, x):
-        self.calls += 1
-        self.started.set()
-        await self.release.wait()
-        return {"x": x, "computed_by_call": self.calls}
-
-
-async def invalidate(ex, how):
-    if how == "tag":
-        return await ex.invalidate_by_tag("users")
-    if how == "prefix":
-        return await ex.invalidate_prefix("fetch_user")
-    return await ex.clear_cache()
-
-
 @pytest.mark.parametrize("how", ["tag", "prefix", "clear"])
 async def test_an_execution_in_flight_during_an_invalidation_does_not_store(how):
     ex = cached_executor()

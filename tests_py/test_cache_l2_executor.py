@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from _probes import Gated, invalidate
 from caudal import ExecutorCore, OptimizationConfig, Step, _core
 from caudal.cache_redis import RedisCacheTier
 
@@ -160,29 +161,6 @@ async def test_single_flight_with_l2(redis_server):
 
 
 # ------------------------------------------------- invalidation vs in flight
-class Gated:
-    """Waits for ``release`` once started (the test invalidates meanwhile)."""
-
-    def __init__(self):
-        self.calls = 0
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def __call__(self, x):
-        self.calls += 1
-        self.started.set()
-        await self.release.wait()
-        return {"x": x, "call": self.calls}
-
-
-async def _invalidate(ex, how):
-    if how == "tag":
-        return await ex.invalidate_by_tag("users")
-    if how == "prefix":
-        return await ex.invalidate_prefix("fetch_user")
-    return await ex.clear_cache()
-
-
 @pytest.mark.parametrize("how", ["tag", "prefix", "clear"])
 async def test_in_flight_execution_stores_nothing_after_an_invalidation(redis_server, how):
     prefix = f"i{uuid.uuid4().hex[:8]}:"
@@ -195,7 +173,7 @@ async def test_in_flight_execution_stores_nothing_after_an_invalidation(redis_se
         fn.release.clear()
         task = asyncio.create_task(ex.execute(step, n))
         await fn.started.wait()
-        await _invalidate(ex, how)
+        await invalidate(ex, how)
         fn.release.set()
         assert not (await task).cache_hit
         await ex.flush()
@@ -326,7 +304,7 @@ async def test_another_process_invalidating_keeps_an_in_flight_result_out_of_red
         fn.release.clear()
         task = asyncio.create_task(a.execute(step, n))
         await fn.started.wait()  # a asked Redis (a miss) and runs the step
-        await _invalidate(b, how)
+        await invalidate(b, how)
         fn.release.set()
         await task
         await a.flush()

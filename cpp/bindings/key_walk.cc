@@ -107,17 +107,6 @@ bool InitGlobals() {
   return g_ddict_factory && g_str_pydantic_private;
 }
 
-void AddUtf8(KeyHasher& h, PyObject* s) {
-  Py_ssize_t n = 0;
-  const char* p = PyUnicode_Check(s) ? PyUnicode_AsUTF8AndSize(s, &n) : nullptr;
-  if (p) {
-    h.AddString(absl::string_view(p, n));
-  } else {
-    PyErr_Clear();
-    h.AddNone();
-  }
-}
-
 // ---------------------------------------------------------------------------
 // The walk.
 

@@ -57,17 +57,6 @@ bool WeakIs(PyObject* ref, PyObject* target) {
   return obj == target;
 }
 
-void AddUtf8(KeyHasher& h, PyObject* s) {
-  Py_ssize_t n = 0;
-  const char* p = PyUnicode_Check(s) ? PyUnicode_AsUTF8AndSize(s, &n) : nullptr;
-  if (p) {
-    h.AddString(absl::string_view(p, n));
-  } else {
-    PyErr_Clear();
-    h.AddNone();
-  }
-}
-
 // module.qualname of a class (for the digest; never raises).
 std::string TypeName(PyTypeObject* t) {
   std::string out;
@@ -250,6 +239,17 @@ const char* TypeDigest(PyTypeObject* t, char out[16], bool refuse_ambiguous) {
 }
 
 }  // namespace
+
+void AddUtf8(KeyHasher& h, PyObject* s) {
+  Py_ssize_t n = 0;
+  const char* p = PyUnicode_Check(s) ? PyUnicode_AsUTF8AndSize(s, &n) : nullptr;
+  if (p) {
+    h.AddString(absl::string_view(p, n));
+  } else {
+    PyErr_Clear();
+    h.AddNone();
+  }
+}
 
 const char* ClassDigest(PyTypeObject* t, char out[16], bool refuse_ambiguous) {
   if (!g_str_qualname) {

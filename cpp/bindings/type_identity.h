@@ -21,7 +21,13 @@
 
 #include <Python.h>
 
+#include "caudal/hash/key_hasher.h"
+
 namespace caudal::bindings {
+
+// Adds str `s` to `h` as its UTF-8 bytes; None for a non-str or a str that
+// does not encode (the error is cleared).
+void AddUtf8(KeyHasher& h, PyObject* s);
 
 // Writes the 16-byte digest naming class `t` to `out` and returns nullptr;
 // or returns why it has none (a static string): when `refuse_ambiguous`, a
