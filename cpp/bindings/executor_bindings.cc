@@ -1255,9 +1255,13 @@ class Engine {
       if (t == reinterpret_cast<PyTypeObject*>(PyExc_Exception)) break;
       std::string_view module, name;
       if (t->tp_flags & Py_TPFLAGS_HEAPTYPE) {  // a class written in Python
-        PyObject* m = t->tp_dict != nullptr
-                          ? PyDict_GetItemString(t->tp_dict, "__module__")
-                          : nullptr;  // borrowed
+        name = t->tp_name;                      // __name__ for heap types
+        bool known = false;
+        for (const Family& f : kFamilies) known = known || name == f.name;
+        if (!known || t->tp_dict == nullptr) continue;  // most classes
+        static PyObject* const module_key =
+            PyUnicode_InternFromString("__module__");
+        PyObject* m = PyDict_GetItemWithError(t->tp_dict, module_key);
         const char* mod =
             m != nullptr && PyUnicode_Check(m) ? PyUnicode_AsUTF8(m) : nullptr;
         if (mod == nullptr) {
@@ -1265,8 +1269,7 @@ class Engine {
           continue;
         }
         module = mod;
-        name = t->tp_name;  // __name__ for heap types
-      } else {              // a static type: tp_name is "module.Name"
+      } else {  // a static type: tp_name is "module.Name"
         const char* dot = std::strrchr(t->tp_name, '.');
         if (dot == nullptr) continue;
         module =

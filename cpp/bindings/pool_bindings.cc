@@ -182,6 +182,13 @@ struct Job {
     Py_CLEAR(args);
     Py_CLEAR(kwargs);
   }
+  // Withdrawn (its future cancelled while it was queued): drops the call
+  // and the future; nothing is delivered. The GIL must be held.
+  void Discard() {
+    ReleaseCall();
+    Py_CLEAR(future);
+    inbox.reset();
+  }
   // Only reached with references left when the pool refused the task, in
   // Submit, whose caller holds the GIL.
   ~Job() {
@@ -276,9 +283,7 @@ class PyWorkerPool {
       EnterPython();
       if (FutureDone(job->future)) {
         // Cancelled while queued: withdrawn, the callable is not called.
-        job->ReleaseCall();
-        Py_CLEAR(job->future);
-        job->inbox.reset();
+        job->Discard();
         LeavePython();
         return absl::CancelledError("withdrawn: its future was cancelled");
       }
@@ -296,12 +301,11 @@ class PyWorkerPool {
       // OK: run() delivered the outcome; no future: run() withdrew it.
       if (s.ok() || job->future == nullptr) return;
       EnterPython();
-      if (absl::IsCancelled(s) && s.message() == "withdrawn" &&
-          FutureDone(job->future)) {
+      const bool withdrawn =
+          absl::IsCancelled(s) && s.message() == WorkerPool::kWithdrawn;
+      if (withdrawn && FutureDone(job->future)) {
         // Withdrawn from the queue (its caller cancelled the future).
-        job->ReleaseCall();
-        Py_CLEAR(job->future);
-        job->inbox.reset();
+        job->Discard();
         LeavePython();
         return;
       }
@@ -311,7 +315,7 @@ class PyWorkerPool {
                                       std::string(s.message()).c_str())
               : PyObject_CallFunction(
                     CancelledErrorType(), "s",
-                    s.message() == "withdrawn"
+                    withdrawn
                         ? "withdrawn from the worker pool's queue"
                         : "the worker pool shut down before the task started");
       if (exc == nullptr) exc = FetchException();

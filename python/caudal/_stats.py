@@ -172,12 +172,15 @@ def unpaid_raise(tuner: Any, cfg: Any, stats: dict[str, Any]) -> dict[str, Any] 
     rate since it is no better than the one that led to it, so the next
     analysis holds a raise (caudal._tuner, "a raise must pay"). ``from``,
     ``size``, ``rate`` (before) and ``now`` (since); None otherwise."""
-    from caudal._tuner import _cache_hit_rate
+    return tuner.unpaid_raise(cfg.cache_max_size, cache_hit_rate(stats, tuner.marks))
 
-    rate = _cache_hit_rate(stats, tuner.marks)
-    if tuner._unpaid_cache_raise(cfg.cache_max_size, rate, dry_run=True) is None:
-        return None
-    return {**tuner._cache_raise, "now": rate}
+
+def cache_hit_rate(stats: dict[str, Any], marks: dict[str, Any] | None) -> float | None:
+    """Result-cache hits per lookup since the last analysis (None: no lookups)."""
+    cache, marks = stats["cache"], marks or {}
+    hits = _since(cache.get("hits", 0), marks.get("cache_hits"))
+    lookups = hits + _since(cache.get("misses", 0), marks.get("cache_misses"))
+    return hits / lookups if lookups else None
 
 
 def counter_marks(stats: dict[str, Any]) -> dict[str, Any]:
@@ -228,17 +231,22 @@ def _now(settings: dict[str, Any] | None, field: str) -> str:
     return "" if value is None else f" (now {value:g})"
 
 
+_SLOW_BOTH = "Set a timeout_s on the step, or cache it if its inputs repeat."
+
+
 def _slow_advice(
     name: str, s: dict[str, Any], settings: dict[str, Any] | None, cfg: Any, cache: dict[str, Any]
 ) -> str:
     """What a slow step lacks, from its settings: a timeout_s, caching.
     Unknown settings: both."""
     if settings is None:
-        return "Set a timeout_s on the step, or cache it if its inputs repeat."
+        return _SLOW_BOTH
     timeout = settings["timeout_s"]
     cached = settings["cache"] is True or (
         settings["cache"] is None and cfg.enable_cache_optimization
     )
+    if timeout is None and not cached:
+        return _SLOW_BOTH
     why = cache.get("uncacheable_steps", {}).get(name) if cached else None
     has = []
     if timeout is not None:
@@ -252,8 +260,6 @@ def _slow_advice(
         cache_it = f"its results are not cached ({why}): give it a cache_key if its inputs repeat"
     else:
         cache_it = "cache it if its inputs repeat"
-    if timeout is None and not cached:
-        return "Set a timeout_s on the step, or cache it if its inputs repeat."
     if timeout is None:
         tail = "set a timeout_s on the step" + (f"; {cache_it}" if why is not None else "")
     elif not cached or why is not None:

@@ -125,13 +125,13 @@ class Tuner:
         """One analysis: the automatic recommendations through the
         hysteresis rules; applies what passes (unless dry_run). Returns
         the changes (applied, or that would be)."""
-        from caudal._stats import counter_marks, optimization_stats, recommend
+        from caudal._stats import cache_hit_rate, counter_marks, optimization_stats, recommend
 
         engine = executor._engine
         cfg = engine.config
         stats = optimization_stats(executor)
         recs = recommend(stats, cfg, self.marks, executor._own_pool)
-        rate = _cache_hit_rate(stats, self.marks)
+        rate = cache_hit_rate(stats, self.marks)
         number = self.analyses + 1
         pressure = stats["memory"]["memory_pressure_level"] != "normal"
         proposals: dict[str, tuple[Any, str]] = {}
@@ -241,6 +241,14 @@ class Tuner:
         }
         return applied
 
+    def unpaid_raise(self, size: int, rate: float | None) -> dict[str, Any] | None:
+        """The last raise of cache_max_size when it did not pay, as the next
+        analysis would judge it (no state changes): ``from``, ``size``,
+        ``rate`` (the hit rate that led to it) and ``now``; None otherwise."""
+        if self._unpaid_cache_raise(size, rate, dry_run=True) is None:
+            return None
+        return {**self._cache_raise, "now": rate}
+
     def _unpaid_cache_raise(self, size: int, rate: float | None, dry_run: bool) -> str | None:
         """Why a raise of cache_max_size is held because the last one did
         not raise the hit rate; None when it may go ahead."""
@@ -274,16 +282,6 @@ class Tuner:
             "reversal_cooldown_analyses": REVERSAL_COOLDOWN,
             "bounds": {k: list(v) for k, v in BOUNDS.items()},
         }
-
-
-def _cache_hit_rate(stats: dict[str, Any], marks: dict[str, Any] | None) -> float | None:
-    """Result-cache hits per lookup since the last analysis (None: no lookups)."""
-    from caudal._stats import _since
-
-    cache, marks = stats["cache"], marks or {}
-    hits = _since(cache.get("hits", 0), marks.get("cache_hits"))
-    lookups = hits + _since(cache.get("misses", 0), marks.get("cache_misses"))
-    return hits / lookups if lookups else None
 
 
 def _scheduled(ref: weakref.ref) -> None:

@@ -140,8 +140,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import inspect
 import json
 import math
@@ -166,7 +164,7 @@ except ImportError as e:  # pragma: no cover - exercised only without redis-py
 
 from caudal import _core
 from caudal._invalidation import InvalidationResult
-from caudal._trust import json_bytes, secret_bytes
+from caudal._trust import hmac_tag, json_bytes, secret_bytes, tags_equal
 
 __all__ = [
     "FORMAT_VERSION",
@@ -267,10 +265,6 @@ class _CorruptEntry(Exception):
 
 class _Unauthenticated(Exception):
     pass
-
-
-def _secret_bytes(secret: bytes | str | None) -> bytes | None:
-    return secret_bytes(secret, SECRET_ENV, "RedisCacheTier")
 
 
 class _Lane:
@@ -466,7 +460,7 @@ class RedisCacheTier:
         # entry may hold. Another serializer is used for every value.
         self._custom = serializer is not None and type(serializer) is not PickleSerializer
         self._serializer: Serializer = serializer if self._custom else PickleSerializer()
-        self._secret = _secret_bytes(secret)
+        self._secret = secret_bytes(secret, SECRET_ENV, "RedisCacheTier")
         self._compression = bool(compression)
         self._threshold = compression_threshold
         self._level = int(compression_level)
@@ -784,9 +778,11 @@ class RedisCacheTier:
         body = json.dumps({"o": self._origin, "k": kind, "n": name}).encode()
         if self._secret is None:
             return b"-:" + body
-        mac = hmac.new(self._secret, b"caudal-inv\0" + self._channel.encode(), hashlib.sha256)
-        mac.update(body)
-        return mac.hexdigest().encode() + b":" + body
+        return self._inv_tag(body) + b":" + body
+
+    def _inv_tag(self, body: bytes) -> bytes:
+        """An invalidation message's tag (hex): bound to this channel."""
+        return hmac_tag(self._secret, b"caudal-inv\0" + self._channel.encode(), body).hex().encode()
 
     def _heard(self, data: bytes) -> None:
         tag, sep, body = bytes(data).partition(b":")
@@ -794,11 +790,7 @@ class RedisCacheTier:
             if not sep:
                 raise ValueError("no separator")
             if self._secret is not None:
-                mac = hmac.new(
-                    self._secret, b"caudal-inv\0" + self._channel.encode(), hashlib.sha256
-                )
-                mac.update(body)
-                if not hmac.compare_digest(mac.hexdigest().encode(), tag):
+                if not tags_equal(self._inv_tag(body), tag):
                     raise ValueError("its tag does not verify")
             msg = json.loads(body)
             kind, name, origin = msg["k"], msg["n"], msg["o"]
@@ -913,12 +905,7 @@ class RedisCacheTier:
     def _tag(self, name: str, header: bytes, frame: Any) -> bytes:
         # Bound to the value's key: a tagged entry copied under another key
         # does not verify.
-        mac = hmac.new(self._secret or b"", _TAG_CONTEXT, hashlib.sha256)
-        mac.update(name.encode())
-        mac.update(b"\0")
-        mac.update(header)
-        mac.update(frame)
-        return mac.digest()
+        return hmac_tag(self._secret or b"", _TAG_CONTEXT, name.encode(), b"\0", header, frame)
 
     def _decode(self, name: str, raw: bytes) -> Any:
         if len(raw) < 4 or raw[0] != FORMAT_VERSION:
@@ -934,7 +921,7 @@ class RedisCacheTier:
                 raise _CorruptEntry("truncated tag")
             frame = view[3 + _TAG_LEN :]
             if self._secret is not None:
-                if not hmac.compare_digest(self._tag(name, raw[:3], frame), raw[3 : 3 + _TAG_LEN]):
+                if not tags_equal(self._tag(name, raw[:3], frame), raw[3 : 3 + _TAG_LEN]):
                     raise _Unauthenticated("its tag does not verify with this tier's secret")
             elif codec == _CODEC_PICKLE:
                 raise _Unauthenticated("a pickle, and this tier has no secret to verify it")

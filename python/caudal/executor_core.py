@@ -140,6 +140,7 @@ class ExecutorCore:
         "_engine",
         "_failed",
         "_l2",
+        "_l2_versioned",  # the tier's get_versioned (RedisCacheTier), or None
         "_l2_writes",
         "_own_pool",
         "_pool",
@@ -174,6 +175,9 @@ class ExecutorCore:
         backend = check_backend(backend, "ExecutorCore")
         engine = Engine(_checked(optimization_config))
         self._l2 = cache_l2
+        # A tier that versions its reads (RedisCacheTier) refuses, in Redis,
+        # the write of a result that any process invalidated since the read.
+        self._l2_versioned = getattr(cache_l2, "get_versioned", None)
         self._l2_writes: set[asyncio.Task] = set()
         self._closing: set[asyncio.Task] = set()  # retired worker pools closing
         if cache_l2 is not None:
@@ -336,9 +340,7 @@ class ExecutorCore:
         # result computed, while an invalidation covering the step ran is
         # kept out of both tiers (docs/cache.md, "Invalidation").
         epoch = engine._cache_epoch()
-        # A tier that versions its reads (RedisCacheTier) refuses, in Redis,
-        # the write of a result that any process invalidated since this read.
-        versioned = getattr(self._l2, "get_versioned", None)
+        versioned = self._l2_versioned
         since = None
         try:
             if versioned is not None:
@@ -361,8 +363,12 @@ class ExecutorCore:
             and engine._cache_storable(step, epoch)
         ):
             ttl_s, tags, group = engine._cache_policy(step)
-            kw = {} if since is None else {"since": since}
-            task = loop.create_task(self._l2.set(key, result.output, ttl_s, tags, group, **kw))
+            write = (
+                self._l2.set(key, result.output, ttl_s, tags, group)
+                if since is None
+                else self._l2.set(key, result.output, ttl_s, tags, group, since=since)
+            )
+            task = loop.create_task(write)
             self._l2_writes.add(task)
             task.add_done_callback(self._l2_writes.discard)
         return result

@@ -113,7 +113,7 @@ class WorkerPool:
         try:
             fut, ticket = native.submit_withdrawable(fn, args, kw)
         except QueueFullError:
-            fut, ticket = await self._submit_when_room(fn, args, kw, native.submit_withdrawable)
+            fut, ticket = await self._submit_when_room(fn, args, kw)
         try:
             return await fut
         except BaseException:
@@ -121,8 +121,9 @@ class WorkerPool:
                 self._on_drained(1)  # its place in the queue is free: wake a waiter
             raise
 
-    async def _submit_when_room(self, fn: Any, args: tuple, kw: Any, submit: Any = None) -> Any:
-        submit = submit or self._native.submit
+    async def _submit_when_room(self, fn: Any, args: tuple, kw: Any) -> Any:
+        """Submit (withdrawably) once the queue has room: (future, ticket)."""
+        submit = self._native.submit_withdrawable
         loop = asyncio.get_running_loop()
         self._room_waits += 1
         while True:

@@ -171,7 +171,7 @@ bool WorkerPool::Withdraw(Ticket& ticket) {
 }
 
 void WorkerPool::DropWithdrawn(TaskNode* node) {
-  if (node->task.on_done) node->task.on_done(absl::CancelledError("withdrawn"));
+  if (node->task.on_done) node->task.on_done(absl::CancelledError(kWithdrawn));
   delete node;
 }
 

@@ -62,6 +62,7 @@
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "caudal/concurrency/work_stealing_deque.h"
 
@@ -83,6 +84,10 @@ class WorkerPool {
     std::function<void()> on_thread_start;
     std::function<void()> on_thread_exit;
   };
+
+  // The message of the kCancelled status on_done gets for a task withdrawn
+  // from the queue (Withdraw, or a sweep at shutdown of withdrawn tasks).
+  static constexpr absl::string_view kWithdrawn = "withdrawn";
 
   struct Task {
     // The work. Its status is passed to on_done; a non-OK status counts as

@@ -76,8 +76,9 @@ struct ExecutionRecord {
   uint32_t slot = HandleTable<ExecutionRecord>::kNoSlot;
   ~ExecutionRecord();
   ExecutionRecord() = default;
-  ExecutionRecord(const ExecutionRecord&) = default;
-  ExecutionRecord& operator=(const ExecutionRecord&) = default;
+  // Not copyable: a copy would give the record's slot back twice.
+  ExecutionRecord(const ExecutionRecord&) = delete;
+  ExecutionRecord& operator=(const ExecutionRecord&) = delete;
   ExecutionRecord(ExecutionRecord&&) = default;
   ExecutionRecord& operator=(ExecutionRecord&&) = default;  // the pool's reset
   std::shared_ptr<StepEntry> step;

@@ -32,6 +32,16 @@ inline uint64_t MulFold(uint64_t a, uint64_t b) {
   return p.low64 ^ p.high64;
 }
 
+// 128-bit digest of a byte run: the AVX2 wide hash for large runs, XXH3
+// otherwise (the same choice for a key and for a summarised container).
+hash_internal::Hash128 Digest(const char* p, size_t n, uint64_t seed) {
+  if (n >= hash_internal::kWideHashMin) {
+    return hash_internal::WideHash128(p, n, seed);
+  }
+  const XXH128_hash_t x = XXH3_128bits_withSeed(p, n, seed);
+  return {x.low64, x.high64};
+}
+
 }  // namespace
 
 std::string Key128::ToHex() const {
@@ -186,14 +196,7 @@ void KeyHasher::EndOrdered(FrameKind kind, const char* what) {
   if (size_ - begin > kCollapseAbove) {
     // Summarise the container (see the header): its bytes become a digest.
     const hash_internal::Hash128 h =
-        size_ - begin >= hash_internal::kWideHashMin
-            ? hash_internal::WideHash128(buf_ + begin, size_ - begin,
-                                         kCollapseSeed)
-            : [&] {
-                const XXH128_hash_t x = XXH3_128bits_withSeed(
-                    buf_ + begin, size_ - begin, kCollapseSeed);
-                return hash_internal::Hash128{x.low64, x.high64};
-              }();
+        Digest(buf_ + begin, size_ - begin, kCollapseSeed);
     size_ = begin;
     char* p = Claim(1 + 16);
     p[0] = static_cast<char>(kTagDigest);
@@ -260,13 +263,7 @@ Key128 KeyHasher::Finish() {
   if (depth_ != 1) {
     SetError(absl::StrCat("Finish with ", depth_ - 1, " unclosed containers"));
   }
-  hash_internal::Hash128 h;
-  if (size_ >= hash_internal::kWideHashMin) {
-    h = hash_internal::WideHash128(buf_, size_, kRootSeed);
-  } else {
-    const XXH128_hash_t x = XXH3_128bits_withSeed(buf_, size_, kRootSeed);
-    h = {x.low64, x.high64};
-  }
+  const hash_internal::Hash128 h = Digest(buf_, size_, kRootSeed);
   Key128 key;
   key.lo = h.low64;
   key.hi = h.high64;
