@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import RESULTS, machine, save
 from caudal import ExecutorCore, OptimizationConfig, Pipeline, Step
+from caudal.resilience import immediate_retries
 
 FLAGS = [
     f["name"]
@@ -359,7 +360,9 @@ async def target_workloads(quick: bool) -> dict:
         ex = ExecutorCore(
             OptimizationConfig(enable_optimized_error_handling=on, enable_circuit_breaker=False)
         )
-        st = Step(hopeless(key), "hopeless", max_retries=3)
+        # Immediate retries, as flujo's max_retries=3: the attempts are the
+        # figure, not the back-off.
+        st = Step(hopeless(key), "hopeless", retry=immediate_retries(3))
         t0 = time.perf_counter()
         for i in range(n):
             await ex.execute(st, i)

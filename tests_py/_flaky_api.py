@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "slow_rate": 0.05,
     "latency_s": [0.020, 0.060],
     "slow_s": [2.0, 5.0],
-    "retry_after": "1",
+    "retry_after": "1",  # the 429s' wait (see _retry_headers)
     "outage": None,  # [start_s, duration_s]
     "outage_retry_after": None,  # a Retry-After for the 503s, or none
     "capacity_changes": [],  # [[at_s, capacity], ...]
@@ -83,6 +83,7 @@ class _State:
         self.served: dict[str, int] = {}
         self.requests = 0
         self.by_status: dict[str, int] = {}
+        self.times: dict[str, list[float]] = {}  # key -> when each request came
 
     def now(self) -> float:
         t = time.monotonic()
@@ -101,6 +102,20 @@ class _State:
         self.by_status[str(status)] = self.by_status.get(str(status), 0) + 1
 
 
+def _retry_headers(spec: str | None) -> dict[str, str]:
+    """The 429's wait: "1" (Retry-After: 1), "date+2" (an HTTP date 2 s
+    ahead), "ms=250" (retry-after-ms only), or None (no header)."""
+    if spec is None:
+        return {}
+    if spec.startswith("date+"):
+        from email.utils import formatdate
+
+        return {"Retry-After": formatdate(time.time() + float(spec[5:]), usegmt=True)}
+    if spec.startswith("ms="):
+        return {"retry-after-ms": spec[3:]}
+    return {"Retry-After": spec}
+
+
 def _app() -> Any:
     from aiohttp import web
 
@@ -110,6 +125,7 @@ def _app() -> Any:
         key = request.match_info["key"]
         t = state.now()
         state.requests += 1
+        state.times.setdefault(key, []).append(t)
         p = state.p
         out = p["outage"]
         if out is not None and out[0] <= t < out[0] + out[1]:
@@ -121,7 +137,7 @@ def _app() -> Any:
         if state.in_flight >= state.capacity(t):
             state.count(429)
             return web.Response(
-                status=429, text="too many requests", headers={"Retry-After": p["retry_after"]}
+                status=429, text="too many requests", headers=_retry_headers(p["retry_after"])
             )
         n = state.served.get(key, 0)
         state.served[key] = n + 1
@@ -157,6 +173,7 @@ def _app() -> Any:
                 "by_status": state.by_status,
                 "max_in_flight": state.max_in_flight,
                 "in_flight": state.in_flight,
+                "times": state.times if request.query.get("times") else {},
             }
         )
 
@@ -221,8 +238,10 @@ class FlakyApi:
         """Resets the counters and sets the scenario (DEFAULTS for the rest)."""
         return self._call("/scenario", params)
 
-    def stats(self) -> dict[str, Any]:
-        return self._call("/stats")
+    def stats(self, times: bool = False) -> dict[str, Any]:
+        """requests, by_status, max_in_flight, in_flight; with ``times``,
+        when each key's requests came (seconds into the scenario)."""
+        return self._call("/stats?times=1" if times else "/stats")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

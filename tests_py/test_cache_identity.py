@@ -267,13 +267,53 @@ def test_namespace_is_stable_across_processes(tmp_path):
 # ---- where identity cannot be established ----
 
 
+async def test_a_captured_client_is_identified_as_itself():
+    # What users write: a step closing over an HTTP client (whose state,
+    # a lock among it, Python cannot see). It is cached, and two steps over
+    # two clients (production, staging) never share results.
+    import httpx
+
+    def make(base_url):
+        client = httpx.AsyncClient(base_url=base_url)
+
+        async def get(x):
+            return (str(client.base_url), x)
+
+        return get, client
+
+    prod, c1 = make("https://prod.example")
+    staging, c2 = make("https://staging.example")
+    ex = cached_executor()
+    r1 = await ex.execute(Step(prod, "get"), 1)
+    r2 = await ex.execute(Step(staging, "get"), 1)
+    r3 = await ex.execute(Step(prod, "get"), 1)
+    assert r1.output[0] != r2.output[0] and not r2.cache_hit
+    assert r3.cache_hit and r3.output == r1.output
+    assert ex.get_optimization_stats()["cache"]["uncacheable_steps"] == {}
+    await c1.aclose()
+    await c2.aclose()
+    await ex.aclose()
+
+
+def test_an_object_identified_as_itself_never_lends_its_token_on():
+    # Tokens come from a counter, never from id(): a new lock at a dead
+    # lock's address gets a new token.
+    seen = set()
+    for _ in range(200):
+        lock = threading.Lock()
+        seen.add(_identity.namespace("s", (lambda lk: lambda x: lk)(lock), None)[0])
+        del lock
+    assert len(seen) == 200
+
+
 async def test_unkeyable_closure_is_not_cached_and_stats_say_why():
-    lock = threading.Lock()
+    import itertools
+
+    counter = itertools.count()  # C state, and no weak references: no token
     calls = []
 
     async def guarded(x):
-        with lock:
-            calls.append(x)
+        calls.append(next(counter))
         return x
 
     ex = cached_executor()
@@ -281,10 +321,10 @@ async def test_unkeyable_closure_is_not_cached_and_stats_say_why():
     r1 = await ex.execute(s, 1)
     r2 = await ex.execute(s, 1)
     assert r1.success and r2.success and not r2.cache_hit
-    assert calls == [1, 1]
+    assert calls == [0, 1]
     stats = ex.get_optimization_stats()
     reason = stats["cache"]["uncacheable_steps"]["guarded"]
-    assert "lock" in reason and "cache_key" in reason
+    assert "count" in reason and "cache_key" in reason
     assert stats["execution"]["steps"]["guarded"]["uncacheable"] == 2
     # A cacheable step is not listed.
     await ex.execute(Step(make_adder(1)), 1)
@@ -304,12 +344,18 @@ class Items(dict):
     pass
 
 
-def test_state_kept_in_c_has_no_identity():
+def test_state_kept_in_c_is_identified_as_the_object_itself():
+    import itertools
     import socket
 
-    with socket.socket() as sock:
-        cache_ns, why = ns(Step(Holder(sock).run))
-    assert cache_ns is None and "attribute 'thing' (socket.socket) has no stable key" in why
+    with socket.socket() as a, socket.socket() as b:
+        # A socket is itself: the same one, the same namespace; two, two.
+        assert ns(Step(Holder(a).run))[0] is not None
+        assert ns(Step(Holder(a).run)) == ns(Step(Holder(a).run))
+        assert ns(Step(Holder(a).run)) != ns(Step(Holder(b).run))
+    # Without weak references there is no safe token: no identity.
+    cache_ns, why = ns(Step(Holder(itertools.count()).run))
+    assert cache_ns is None and "attribute 'thing' (itertools.count) has no stable key" in why
     # A dict subclass is keyed type-exactly, its items included.
     assert ns(Step(Holder(Items(a=1)).run))[0] is not None
     assert ns(Step(Holder(Items(a=1)).run)) != ns(Step(Holder(Items(a=2)).run))
@@ -428,11 +474,13 @@ async def test_identity_is_computed_when_caching_is_turned_on(identity_calls):
     assert got == [(6, False), (50, False), (6, True), (50, True)]
     assert identity_calls == ["<lambda>", "<lambda>"]
     # An unkeyable closure analysed with the cache off: uncached, with why.
-    lock = threading.Lock()
+    import itertools
+
+    counter = itertools.count()
 
     async def guarded(x):
-        with lock:
-            return x
+        next(counter)
+        return x
 
     await ex.apply_optimization_config(OptimizationConfig(enable_cache_optimization=False))
     s = Step(guarded)
@@ -444,7 +492,7 @@ async def test_identity_is_computed_when_caching_is_turned_on(identity_calls):
     assert not (await ex.execute(s, 1)).cache_hit
     assert not (await ex.execute(s, 1)).cache_hit
     why = ex.get_optimization_stats()["cache"]["uncacheable_steps"]["guarded"]
-    assert "lock" in why and "cache_key" in why
+    assert "itertools.count" in why and "cache_key" in why
     await ex.aclose()
 
 

@@ -15,6 +15,7 @@ import pytest
 from caudal import ExecutorCore, OptimizationConfig, QueueFullError, Step, WorkerPool
 from caudal._core import Engine
 from caudal.errors import StaleHandleError
+from caudal.resilience import immediate_retries
 
 
 def _config(pool_on: bool, **kw) -> OptimizationConfig:
@@ -108,7 +109,9 @@ async def test_a_sync_attempt_that_timed_out_while_queued_is_withdrawn_before_it
     await _until(lambda: ex._pool is not None and ex._pool.stats()["active"] == 1)
     # Attempts time out while queued behind the blocker; each retry queues
     # a call of its own.
-    task = asyncio.create_task(ex.execute(Step(step_a, "A", timeout_s=0.05, max_retries=5), "x"))
+    task = asyncio.create_task(
+        ex.execute(Step(step_a, "A", timeout_s=0.05, retry=immediate_retries(5)), "x")
+    )
     await asyncio.sleep(0.12)  # two attempts timed out while queued
     gate.set()
     r = await task
@@ -253,14 +256,17 @@ def test_wait_state_is_an_owned_object_not_an_address():
 STORM = textwrap.dedent(
     """
     import asyncio, random, sys, time
-    from caudal import CircuitOpenError, ExecutorCore, OptimizationConfig, Step
+    from caudal import CircuitOpenError, ExecutorCore, OptimizationConfig, RetryStrategy, Step
     from caudal import StepTimeoutError
 
     async def storm(seed, n, pool_on, workers, slots=None):
         rng = random.Random(seed)
         ex = ExecutorCore(OptimizationConfig(
             worker_pool_size=workers, enable_object_pool=pool_on,
-            enable_cache_optimization=False, max_concurrent_executions=slots))
+            enable_cache_optimization=False, max_concurrent_executions=slots,
+            # The breaker opens on the timeouts: refused executions wait
+            # for its probe (cancelled while waiting, too).
+            circuit_breaker_recovery_timeout_seconds=0.004))
         seen = []
 
         def make_sync(name):
@@ -283,8 +289,10 @@ STORM = textwrap.dedent(
         for i in range(6):
             name = f"s{i}"
             fn = make_sync(name) if i % 2 == 0 else make_async(name)
+            retry = RetryStrategy(max_attempts=rng.choice([1, 2, 3]), base_delay=0.0005,
+                                  max_backoff=0.01)
             steps.append(Step(fn, name, timeout_s=rng.choice([None, 0.001, 0.003]),
-                              max_retries=rng.choice([0, 1, 2])))
+                              retry=retry))
         loop = asyncio.get_running_loop()
         tasks = []
         for i in range(n):

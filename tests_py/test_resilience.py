@@ -12,6 +12,7 @@ from caudal import (
     RetryStrategy,
     Step,
 )
+from caudal.resilience import immediate_retries
 
 
 class Backend:
@@ -78,12 +79,33 @@ async def test_failed_probe_reopens():
 
 
 async def test_tripping_calls_own_error_is_returned_not_circuit_open():
-    ex = ExecutorCore(breaker_config(threshold=2, recovery=60))
+    # Failing fast on an open breaker (the setting that turns waiting off).
+    ex = ExecutorCore(
+        breaker_config(threshold=2, recovery=60, circuit_breaker_wait_for_probe=False)
+    )
     backend = Backend()
     r = await ex.execute(Step(backend, "trip", max_retries=5), 1)
     # Attempt 2 trips the breaker; attempt 3 is refused, so the execution
     # ends with attempt 2's own ConnectionError.
     assert type(r.error) is ConnectionError and r.attempts == 2 and backend.calls == 2
+    assert r.metadata["retry_stopped"] == "breaker_open"
+
+
+async def test_a_refused_retry_waits_for_the_probe_and_ends_with_its_own_error():
+    # Waiting (the default): the refused retry waits for the half-open
+    # probe; here every probe fails, and the budget (attempts + waits) ends
+    # the execution with the last attempt's own error.
+    ex = ExecutorCore(breaker_config(threshold=2, recovery=0.3))
+    backend = Backend()
+    step = Step(backend, "trip", retry=RetryStrategy(max_attempts=6, base_delay=0.001))
+    r = await ex.execute(step, 1)
+    # Attempts 1 and 2 fail (the second trips the breaker); the refused
+    # retry waits for the probe (attempt 3), which fails and reopens it; the
+    # next refusal waits again for attempt 4: 4 attempts + 2 waits = 6.
+    assert type(r.error) is ConnectionError
+    assert backend.calls == r.attempts == 4
+    snap = ex.get_optimization_stats()["circuit_breaker"]
+    assert snap["breakers"]["trip"]["rejected_count"] == 2
 
 
 async def test_steps_sharing_a_breaker_key_share_its_state():
@@ -169,7 +191,8 @@ def test_retry_strategy_validation_and_preview():
     assert [s.delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 1.5]
     assert RetryStrategy(base_delay=0.5, strategy="linear").delay(2) == 1.0
     assert RetryStrategy(base_delay=0.5, strategy="fixed").delay(3) == 0.5
-    assert s.delay(1, retry_after=1.2) == 1.2
+    # A hint is spread upwards by up to 20 % (the preview: its midpoint).
+    assert s.delay(1, retry_after=1.2) == pytest.approx(1.32)
     assert s.delay(1, retry_after=99) == 1.5
     with pytest.raises(ValueError, match="max_attempts"):
         RetryStrategy(max_attempts=0)
@@ -279,7 +302,7 @@ async def test_errors_that_never_recover_fail_fast_and_are_visible():
     cfg = OptimizationConfig(error_pattern_min_observations=2, enable_circuit_breaker=False)
     ex = ExecutorCore(cfg)
     backend = Backend(exc=PermissionError)
-    step = Step(backend, "auth", max_retries=5)
+    step = Step(backend, "auth", retry=immediate_retries(5))
     await ex.execute(step, 1)  # attempts 1..3: 2 retries, none recovered
     assert backend.calls == 3
     r = await ex.execute(step, 1)  # the pattern now fails fast
@@ -327,6 +350,7 @@ class HTTPError(Exception):
 
 def http_429():
     import httpx
+
     req = httpx.Request("POST", "https://api.example.com/v1/chat")
     resp = httpx.Response(429, request=req)
     return httpx.HTTPStatusError("429 Too Many Requests", request=req, response=resp)
@@ -347,7 +371,7 @@ async def test_overload_is_retried_and_never_opens_the_breaker(make_exc):
             raise make_exc()
         return x
 
-    step = Step(rate_limited, max_retries=5)
+    step = Step(rate_limited, retry=immediate_retries(5))
     for i in range(4):  # 20 overloads: twice the breaker's threshold
         r = await ex.execute(step, i)
         assert r.success and r.output == i and r.attempts == 6, r.error
@@ -358,14 +382,14 @@ async def test_overload_is_retried_and_never_opens_the_breaker(make_exc):
 
 
 async def test_plain_errors_still_open_the_breaker_per_its_threshold():
-    ex = ExecutorCore()
+    ex = ExecutorCore(OptimizationConfig(circuit_breaker_wait_for_probe=False))
     calls = {"n": 0}
 
     async def broken(x):
         calls["n"] += 1
         raise RuntimeError("broken")
 
-    step = Step(broken, max_retries=5)
+    step = Step(broken, retry=immediate_retries(5))
     while calls["n"] < 10:  # the default threshold: 10 failures in a row
         r = await ex.execute(step, 1)
         assert type(r.error) is RuntimeError
@@ -376,14 +400,16 @@ async def test_plain_errors_still_open_the_breaker_per_its_threshold():
 
 
 async def test_timeouts_are_never_judged_by_fail_fast_but_still_open_the_breaker():
-    ex = ExecutorCore(breaker_config(threshold=14, recovery=60))
+    ex = ExecutorCore(
+        breaker_config(threshold=14, recovery=60, circuit_breaker_wait_for_probe=False)
+    )
     calls = {"n": 0}
 
     async def hanging_backend(x):
         calls["n"] += 1
         raise TimeoutError("read timed out")
 
-    step = Step(hanging_backend, max_retries=5)
+    step = Step(hanging_backend, retry=immediate_retries(5))
     for _ in range(2):  # 12 timeouts: fail-fast (3 observations) never stops them
         r = await ex.execute(step, 1)
         assert type(r.error) is TimeoutError and r.attempts == 6
@@ -424,7 +450,7 @@ async def test_client_transport_errors_are_never_judged_by_fail_fast(make_error)
             raise make_error()
         return x
 
-    step = Step(flaky_backend, max_retries=5)
+    step = Step(flaky_backend, retry=immediate_retries(5))
     for i in range(3):
         r = await ex.execute(step, i)
         assert r.success and r.attempts == 6, (r.error, r.metadata)

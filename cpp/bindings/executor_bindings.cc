@@ -428,8 +428,9 @@ class Engine {
     ExecutionRecord* r = Live(h);
     if (!core_.StartAttempt(r, MonotonicNowNs())) {
       // The breaker opened meanwhile (often on this very step's failures):
-      // the execution ends with the error that tripped it.
-      return py::make_tuple(0, Final(r, last_exc, false, nullptr), 5);
+      // the refusal is this attempt's outcome, and `failed` decides whether
+      // to wait for the probe; the last error is the refusal's cause.
+      return py::make_tuple(py::int_(r->handle), CircuitOpen(r, last_exc), 3);
     }
     return StartAttempt(r, data, context, resources);
   }
@@ -784,6 +785,7 @@ class Engine {
   py::object failed(py::handle h, py::handle exc, bool timed_out) {
     ExecutionRecord* r = Live(h);
     PyStepEntry* e = Entry(r);
+    if (r->rejected) return BreakerRefused(r, exc);
     AttemptError err;
     err.timed_out = timed_out;
     err.retryable = Matches(e->retry_on, exc, /*if_none=*/true);
@@ -794,7 +796,10 @@ class Engine {
     err.exc_type = type_name;
     err.message = message;
     err.retry_after_s = RetryAfterHint(exc);
-    ClassifyFailure(exc, &err);
+    std::string retry_after, retry_after_ms;
+    ClassifyFailure(exc, &err, &retry_after, &retry_after_ms);
+    err.retry_after_header = retry_after;
+    err.retry_after_ms_header = retry_after_ms;
     const FailureDecision d = core_.AttemptFailed(r, MonotonicNowNs(), err);
     for (const FlightWaiter& w : d.wake) WakeSlot(w);
     if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
@@ -805,11 +810,49 @@ class Engine {
       WakePermits(core_.ReleasePermits(r));
       return e->fallback;
     }
-    const char* stopped = d.verdict == FailureVerdict::kFailFast ? "fail_fast"
-                          : d.verdict == FailureVerdict::kNotRetryable
-                              ? "not_retryable"
-                              : nullptr;
-    return Final(r, exc, /*fell_back=*/false, stopped);
+    return Final(r, exc, /*fell_back=*/false, StoppedReason(d.verdict));
+  }
+
+  // metadata["retry_stopped"] of a final verdict; null when the attempts
+  // simply ran out.
+  static const char* StoppedReason(FailureVerdict v) {
+    switch (v) {
+      case FailureVerdict::kFailFast:
+        return "fail_fast";
+      case FailureVerdict::kNotRetryable:
+        return "not_retryable";
+      case FailureVerdict::kWaitTooLong:
+        return "retry_after_too_long";
+      case FailureVerdict::kBreakerOpen:
+        return "breaker_open";
+      case FailureVerdict::kRetry:
+      case FailureVerdict::kNoAttemptsLeft:
+        break;
+    }
+    return nullptr;
+  }
+
+  // The open breaker refused the execution's admission (`exc` is the
+  // CircuitOpenError handed out for it): the core says wait (a delay) or
+  // end; ending runs the fallback when the step has one.
+  py::object BreakerRefused(ExecutionRecord* r, py::handle exc) {
+    AttemptError err;
+    err.breaker_open = true;
+    const FailureDecision d = core_.AttemptFailed(r, MonotonicNowNs(), err);
+    if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
+    PyStepEntry* e = Entry(r);
+    if (!e->fallback.is_none()) {
+      WakePermits(core_.ReleasePermits(r));
+      return e->fallback;
+    }
+    if (r->attempt == 0) return EndRejected(r, exc);
+    // Attempts were made: the execution ends with the last one's own error
+    // (the refusal's cause), which says more than "the breaker is open".
+    PyObject* cause = PyException_GetCause(exc.ptr());
+    py::object last = cause != nullptr
+                          ? py::reinterpret_steal<py::object>(cause)
+                          : py::reinterpret_borrow<py::object>(exc);
+    return Final(r, last, /*fell_back=*/false, StoppedReason(d.verdict));
   }
 
   // The fallback step finished with `fb` (a StepResult).
@@ -1173,12 +1216,12 @@ class Engine {
 
   // The step's breaker is open: a failed result carrying CircuitOpenError,
   // the step not called.
+  // With a fallback, it runs at once (mode 6). Otherwise the refusal goes
+  // back as the attempt's exception (mode 3): `failed` asks the core
+  // whether to wait for the breaker's probe or end (BreakerRefused).
   py::tuple RejectedResult(ExecutionRecord* r) {
     PyStepEntry* e = Entry(r);
-    const std::string& bkey =
-        e->spec.breaker_key.empty() ? e->spec.name : e->spec.breaker_key;
-    py::object exc = CaudalAttr("caudal.errors", "CircuitOpenError")(
-        bkey, static_cast<double>(r->retry_after_ns) / 1e9);
+    py::object exc = CircuitOpen(r, py::none());
     if (!e->fallback.is_none()) {
       // Run the fallback instead; the record ends in _fallback_done.
       e->stats->rejected.fetch_add(1, std::memory_order_relaxed);
@@ -1186,6 +1229,34 @@ class Engine {
       return py::make_tuple(py::int_(r->handle),
                             py::make_tuple(e->fallback, exc), 6);
     }
+    return py::make_tuple(py::int_(r->handle), std::move(exc), 3);
+  }
+
+  // A CircuitOpenError for the record's breaker refusal; `cause` (the last
+  // attempt's error, or None) becomes its __cause__.
+  py::object CircuitOpen(ExecutionRecord* r, py::handle cause) {
+    PyStepEntry* e = Entry(r);
+    const std::string& bkey =
+        e->spec.breaker_key.empty() ? e->spec.name : e->spec.breaker_key;
+    static py::handle exc_type =
+        CaudalAttr("caudal.errors", "CircuitOpenError").release();
+    py::object exc =
+        exc_type(bkey, static_cast<double>(r->retry_after_ns) / 1e9);
+    // Refused again after waiting: the cause is still the last attempt's
+    // error, not the previous refusal.
+    py::object last = py::reinterpret_borrow<py::object>(cause);
+    if (!last.is_none() &&
+        PyObject_IsInstance(last.ptr(), exc_type.ptr()) == 1) {
+      PyObject* inner = PyException_GetCause(last.ptr());
+      last = inner != nullptr ? py::reinterpret_steal<py::object>(inner)
+                              : py::object(py::none());
+    }
+    if (!last.is_none()) PyException_SetCause(exc.ptr(), last.release().ptr());
+    return exc;
+  }
+
+  // Ends an execution that never made an attempt: the breaker refused it.
+  py::object EndRejected(ExecutionRecord* r, py::handle exc) {
     const ExecutionOutcome o = core_.Reject(r, MonotonicNowNs());
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(
@@ -1193,8 +1264,12 @@ class Engine {
                       static_cast<double>(o.latency_ns) / 1e9, feedback.ptr(),
                       exc.ptr(), false));
     if (!res) throw py::error_already_set();
+    py::dict md;
+    md["retry_stopped"] = "breaker_open";
+    reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
+        md.release().ptr();
     Ended(o, res, false);
-    return py::make_tuple(0, res, 5);
+    return res;
   }
 
   // The values of the context fields a step's cache key depends on: item
@@ -1288,7 +1363,49 @@ class Engine {
     return false;
   }
 
-  static void ClassifyFailure(py::handle exc, AttemptError* err) {
+  // The value of header `name` in `headers` (httpx and requests headers,
+  // aiohttp's multidict: all have a case-insensitive .get), or "".
+  static std::string HeaderValue(PyObject* headers, const char* name) {
+    PyObject* v = PyObject_CallMethod(headers, "get", "s", name);
+    if (v == nullptr) {
+      PyErr_Clear();
+      return std::string();
+    }
+    std::string out;
+    if (PyUnicode_Check(v)) {
+      Py_ssize_t n = 0;
+      const char* c = PyUnicode_AsUTF8AndSize(v, &n);
+      if (c != nullptr && n <= 256) out.assign(c, static_cast<size_t>(n));
+      if (c == nullptr) PyErr_Clear();
+    }
+    Py_DECREF(v);
+    return out;
+  }
+
+  // The Retry-After and retry-after-ms headers of an HTTP error: on its
+  // `response` (httpx, requests, openai, anthropic) or on itself (aiohttp's
+  // ClientResponseError has `headers`).
+  static void RetryHeaders(PyObject* exc, PyObject* resp, std::string* ra,
+                           std::string* ra_ms) {
+    for (PyObject* holder : {resp, exc}) {
+      if (holder == nullptr || holder == Py_None) continue;
+      PyObject* headers = PyObject_GetAttrString(holder, "headers");
+      if (headers == nullptr) {
+        PyErr_Clear();
+        continue;
+      }
+      if (headers != Py_None) {
+        *ra = HeaderValue(headers, "retry-after");
+        *ra_ms = HeaderValue(headers, "retry-after-ms");
+      }
+      Py_DECREF(headers);
+      return;
+    }
+  }
+
+  static void ClassifyFailure(py::handle exc, AttemptError* err,
+                              std::string* retry_after,
+                              std::string* retry_after_ms) {
     static PyObject* overloaded =
         CaudalAttr("caudal.errors", "OverloadedError").release().ptr();
     static PyObject* network = py::make_tuple(py::handle(PyExc_TimeoutError),
@@ -1317,16 +1434,15 @@ class Engine {
       return -1;
     };
     long code = status_of(exc.ptr());
-    if (code < 0) {
-      PyObject* resp = PyObject_GetAttrString(exc.ptr(), "response");
-      if (resp == nullptr) {
-        PyErr_Clear();
-      } else {
-        if (resp != Py_None) code = status_of(resp);
-        Py_DECREF(resp);
-      }
+    PyObject* resp = PyObject_GetAttrString(exc.ptr(), "response");
+    if (resp == nullptr) PyErr_Clear();
+    if (code < 0 && resp != nullptr && resp != Py_None) code = status_of(resp);
+    if (code >= 100 && code <= 999) {
+      err->http_status = static_cast<int>(code);
+      // Only an HTTP error carries the headers worth a look.
+      RetryHeaders(exc.ptr(), resp, retry_after, retry_after_ms);
     }
-    if (code >= 100 && code <= 999) err->http_status = static_cast<int>(code);
+    Py_XDECREF(resp);
   }
 
   static bool Matches(const py::object& spec, py::handle exc, bool if_none) {

@@ -22,6 +22,8 @@ class OptimizationConfig:
     error_cache_size: int
     circuit_breaker_failure_threshold: int
     circuit_breaker_recovery_timeout_seconds: float
+    circuit_breaker_wait_for_probe: bool
+    retry_after_max_seconds: float
     enable_cache_optimization: bool
     cache_compression: bool
     cache_ttl_seconds: float

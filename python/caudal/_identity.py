@@ -23,11 +23,20 @@ step it has analysed, when that step is first executed with caching on
 Plain values (defaults, bound arguments, captured values, attributes) are
 keyed with the same native walk as inputs (``caudal._core.cache_key``), so
 the same rules hold: type-exact, order-insensitive for dicts and sets, and
-stable across processes (nothing here depends on ``id()`` or ``hash()``).
+stable across processes (nothing here depends on ``id()`` or ``hash()``,
+except the per-object tokens below).
 
-When a value has no stable key (a lock, a socket, a client holding one) the
-step has no identity: :func:`namespace` returns the reason instead, and the
-executor runs that step uncached (``stats["cache"]["uncacheable_steps"]``).
+An object whose state Python cannot see (a lock, a socket, and so an HTTP
+or LLM client holding one) is identified as *that very object*: a token
+unique in this process for the object's life (never reused). Steps that
+capture the same client share results; steps capturing two clients (say
+one for production, one for staging) never do. Such a namespace does not
+carry over to another process: results in the shared tier are not shared
+across processes unless the step is named with ``Step(cache_key=...)``.
+Only when an object cannot even be referenced weakly (so a token could be
+reused after it dies) does the step have no identity: :func:`namespace`
+returns the reason instead, and the executor runs that step uncached
+(``stats["cache"]["uncacheable_steps"]``).
 
 Each object's fingerprint is remembered for the life of the object (keyed by
 ``id`` with a weak reference to drop the entry), so an instance or closure
@@ -58,6 +67,28 @@ class NoIdentity(Exception):
 # id(obj) -> (digest, None) or (None, reason), for objects that can be
 # weakly referenced; the entry is dropped when the object dies.
 _memo: dict[int, tuple[bytes | None, str | None]] = {}
+
+
+# id(obj) -> a token unique for the process's life, for objects identified
+# as themselves (state Python cannot see); dropped when the object dies.
+_tokens: dict[int, int] = {}
+_next_token = iter(range(1, 1 << 62))
+
+
+def _token(obj: Any) -> int | None:
+    """This object's process-unique token, or None when it cannot be
+    referenced weakly (its id could then be reused under the token)."""
+    key = id(obj)
+    tok = _tokens.get(key)
+    if tok is not None:
+        return tok
+    try:
+        done = weakref.finalize(obj, _tokens.pop, key, None)
+    except TypeError:
+        return None
+    done.atexit = False
+    tok = _tokens[key] = next(_next_token)
+    return tok
 
 
 def _remember(obj: Any, entry: tuple[bytes | None, str | None]) -> None:
@@ -274,7 +305,8 @@ class _Walker:
                 put(h, b"wraps")
                 h.update(self.digest(wrapped, where))
                 return
-            raise NoIdentity(f"{where} ({_type_name(obj)}) has no stable key")
+            self._itself(obj, where, h)
+            return
         d = getattr(obj, "__dict__", None)
         slots = []
         for k in t.__mro__:
@@ -283,7 +315,8 @@ class _Walker:
                 if n not in ("__dict__", "__weakref__"):
                     slots.append(n)
         if not isinstance(d, dict) and not slots:
-            raise NoIdentity(f"{where} ({_type_name(obj)}) has no stable key")
+            self._itself(obj, where, h)
+            return
         if isinstance(d, dict):
             names = sorted(d)
             put(h, b"vars", len(names).to_bytes(8, "little"))
@@ -298,6 +331,14 @@ class _Walker:
                 put(h, b"unset")
                 continue
             self.value(v, f"{where}, attribute {s!r}", h)
+
+    @staticmethod
+    def _itself(obj: Any, where: str, h: Any) -> None:
+        """An object with state Python cannot see: identified as itself."""
+        tok = _token(obj)
+        if tok is None:
+            raise NoIdentity(f"{where} ({_type_name(obj)}) has no stable key")
+        _put(h, b"itself", _type_name(obj), str(tok))
 
     # ---- values: keyed natively when they can be ----
 

@@ -31,10 +31,13 @@ class Step:
     it never blocks the event loop), taking ``(data)``, ``(data, context)`` or
     nothing. Settings:
 
-    - ``max_retries``: retries after the first attempt, with no delay
-      (flujo's meaning). For back-off use ``retry=RetryStrategy(...)``
-      instead; with neither, the executor's default strategy applies (none:
-      a single attempt).
+    - ``max_retries``: retries after the first attempt, with the default
+      back-off (``RetryStrategy(max_attempts=max_retries + 1)``: 0.1 s,
+      doubling; a server's Retry-After is honoured). For another back-off
+      use ``retry=RetryStrategy(...)`` instead; with neither, the
+      executor's default strategy applies (none: a single attempt). flujo
+      steps keep flujo's meaning of their ``config.max_retries``: immediate
+      retries.
     - ``retry``: a :class:`caudal.RetryStrategy`.
     - ``timeout_s``: per-attempt timeout in seconds (None = none).
     - ``fallback``: a step (or callable) run with the same input when every
@@ -551,7 +554,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
     callable. ``default_retry`` is the executor's default RetryStrategy, or
     an :class:`ExecutorDefaults` (default retry and backend).
     """
-    from caudal.resilience import immediate_retries
+    from caudal.resilience import RetryStrategy, immediate_retries
 
     default_backend = None
     if isinstance(default_retry, ExecutorDefaults):
@@ -640,8 +643,12 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         identity_of = target if is_class else fn
 
     if retry is None:
-        if max_retries is not None:
-            retry = immediate_retries(max_retries)
+        if max_retries is not None and isinstance(obj, Step):
+            # caudal's Step: N retries with the default back-off (a flaky
+            # API must not meet N retries within a millisecond).
+            retry = RetryStrategy(max_attempts=max_retries + 1)
+        elif max_retries is not None:
+            retry = immediate_retries(max_retries)  # flujo's own meaning
         elif default_retry is not None:
             retry = default_retry
         else:

@@ -59,9 +59,14 @@ class RetryStrategy:
     ``ValueError`` naming the field when the strategy is made; a value of
     the wrong type, ``TypeError``.
 
-    An exception with a numeric ``retry_after`` attribute (seconds, e.g. from
-    an HTTP 429's Retry-After header) sets the next delay, capped by
-    ``max_backoff``. Delays are computed natively with a seeded random source.
+    A server's stated wait sets the next delay (plus up to 20 %, so that
+    callers told the same wait spread out), capped by ``max_backoff``: a
+    numeric ``retry_after`` attribute of the exception (seconds), else the
+    ``retry-after-ms`` or ``Retry-After`` header (seconds or an HTTP date)
+    of the HTTP response it carries (httpx, requests, aiohttp, openai,
+    anthropic). A stated wait above the executor's
+    ``retry_after_max_seconds`` ends the execution at once. Delays are
+    computed natively with a seeded random source.
     """
 
     max_attempts: int = 3
@@ -108,8 +113,10 @@ class RetryStrategy:
     def delay(self, retry: int, retry_after: float | None = None) -> float:
         """The delay before retry number ``retry`` (1 = the first retry, at
         most 1000), with jitter at its midpoint: a preview of what the
-        executor will wait. ``retry_after`` as an exception's hint: a
-        negative or non-finite one is ignored, a large one capped."""
+        executor will wait. ``retry_after`` as an exception's hint: it
+        replaces the computed delay, spread upwards by up to 20 % (so callers
+        told the same wait do not return at one instant; previewed at 10 %);
+        a negative or non-finite one is ignored, a large one capped."""
         check_count("RetryStrategy.delay: retry", retry, MAX_RETRIES)
         hint = None
         if retry_after is not None:

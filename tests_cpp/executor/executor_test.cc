@@ -4,6 +4,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "executor_test_util.h"
 #include "gtest/gtest.h"
 
@@ -742,6 +744,194 @@ TEST(ExecutorOverloadTest, OverloadDoesNotCountAgainstTheRetryBeforeIt) {
     EXPECT_EQ(p.recovered, 3u);
     EXPECT_EQ(p.failed_after_retry, 0u);
   }
+}
+
+// ---- a real API's answers: Retry-After, waits, an open breaker ----
+
+RetryPolicy BackoffPolicy(int max_attempts) {
+  RetryPolicy p;
+  p.max_attempts = max_attempts;
+  p.base_delay_s = 0.01;
+  p.max_backoff_s = 60.0;
+  return p;
+}
+
+AttemptError Http(int status, absl::string_view retry_after = "",
+                  absl::string_view retry_after_ms = "") {
+  AttemptError e = Err(false, "httpx.HTTPStatusError", "HTTP error");
+  e.http_status = status;
+  e.retry_after_header = retry_after;
+  e.retry_after_ms_header = retry_after_ms;
+  return e;
+}
+
+TEST(ExecutorRetryAfterTest, HeadersSetTheDelaySpreadUpwards) {
+  OptimizationConfig c;
+  c.enable_circuit_breaker = false;
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "api");
+  entry->spec.retry = BackoffPolicy(10);
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  const std::string date =
+      absl::FormatTime("%a, %d %b %Y %H:%M:%S GMT",
+                       absl::Now() + absl::Seconds(30), absl::UTCTimeZone());
+  struct Case {
+    AttemptError e;
+    double lo, hi;
+  } cases[] = {
+      {Http(429, "2"), 2.0, 2.4},
+      {Http(503, "", "250"), 0.25, 0.3},
+      {Http(429, "7", "1500"), 1.5, 1.8},  // the ms header is more precise
+      {Http(429, date), 28.0, 36.5},
+  };
+  for (const Case& k : cases) {
+    const FailureDecision d = ex.AttemptFailed(r, 0, k.e);
+    ASSERT_EQ(d.verdict, FailureVerdict::kRetry);
+    EXPECT_GE(d.delay_s, k.lo);
+    EXPECT_LE(d.delay_s, k.hi);
+    ASSERT_TRUE(ex.StartAttempt(r, 0));
+  }
+  ex.Fail(r, 0, false);
+}
+
+TEST(ExecutorRetryAfterTest, AWaitLongerThanAllowedEndsAtOnce) {
+  OptimizationConfig c;
+  c.retry_after_max_seconds = 60;
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "api");
+  entry->spec.retry = BackoffPolicy(10);
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  EXPECT_EQ(ex.AttemptFailed(r, 0, Http(429, "3600")).verdict,
+            FailureVerdict::kWaitTooLong);
+  ex.Fail(r, 0, false);
+  // The breaker did not count it (overload), fail-fast neither.
+  EXPECT_EQ(ex.BreakerSnapshots()[0].snapshot.failure_count, 0u);
+  EXPECT_EQ(ex.fail_fast_count(), 0u);
+}
+
+TEST(ExecutorRetryAfterTest, OverloadWithoutAStatedWaitBacksOffHalfASecond) {
+  OptimizationConfig c;
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "api");
+  entry->spec.retry = BackoffPolicy(10);  // 10 ms, doubling
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  double floor = Executor::kOverloadBaseS;
+  for (int i = 0; i < 4; ++i) {
+    const FailureDecision d = ex.AttemptFailed(r, 0, Http(503));
+    ASSERT_EQ(d.verdict, FailureVerdict::kRetry);
+    EXPECT_GE(d.delay_s, floor);
+    EXPECT_LE(d.delay_s, floor * 1.2 + 1e-9);
+    floor *= 2;
+    ASSERT_TRUE(ex.StartAttempt(r, 0));
+  }
+  ex.Fail(r, 0, false);
+  // Immediate retries (max_backoff 0) stay immediate.
+  auto flujo_like = MakeEntry(ex, "flujo", /*max_retries=*/3);
+  r = ex.Begin(flujo_like, 0);
+  EXPECT_EQ(ex.AttemptFailed(r, 0, Http(503)).delay_s, 0.0);
+  ex.Fail(r, 0, false);
+}
+
+TEST(ExecutorLimitTest, ATimeoutIsALatencySampleNotADrop) {
+  OptimizationConfig cfg;
+  cfg.concurrency_initial_limit = 4;
+  Executor ex(cfg);
+  auto a = MakeEntry(ex, "a", /*max_retries=*/5);
+  ASSERT_TRUE(ex.RegisterLimitKey(a->spec, nullptr).ok());
+  KeyLimiter* l = ex.LimiterFor(*a, *ex.current_config());
+  ASSERT_NE(l, nullptr);
+  ASSERT_TRUE(l->TryAcquire());
+  ExecutionRecord* r = ex.Begin(a, 0);
+  r->limiter = l;
+  ASSERT_EQ(ex.AttemptFailed(r, 3'000'000'000, Err(/*timed_out=*/true)).verdict,
+            FailureVerdict::kRetry);
+  EXPECT_EQ(l->snapshot().samples, 1);
+  EXPECT_EQ(l->snapshot().drops, 0);
+  ex.Fail(r, 3'000'000'001, false);
+}
+
+TEST(ExecutorBreakerWaitTest, ARefusedExecutionWaitsForTheProbe) {
+  Executor ex(BreakerConfig(1, 1.0));
+  auto entry = MakeEntry(ex, "api");
+  entry->spec.retry = BackoffPolicy(3);
+  ExecutionRecord* trip = ex.Begin(entry, 0);
+  ex.AttemptFailed(trip, 0, Err(false, "builtins.ConnectionRefusedError"));
+  ex.Fail(trip, 0, false);
+  // 0.4 s later: refused, told to wait the 0.6 s left (up to +20 %).
+  ExecutionRecord* r = ex.Begin(entry, 400'000'000);
+  ASSERT_EQ(r->attempt, 0);
+  ASSERT_TRUE(r->rejected);
+  AttemptError refused;
+  refused.breaker_open = true;
+  FailureDecision d = ex.AttemptFailed(r, 400'000'000, refused);
+  ASSERT_EQ(d.verdict, FailureVerdict::kRetry);
+  EXPECT_GE(d.delay_s, 0.6 - 1e-9);
+  EXPECT_LE(d.delay_s, 0.72 + 1e-9);
+  // After the wait it is the probe; its success closes the breaker.
+  ASSERT_TRUE(ex.StartAttempt(r, 1'100'000'000));
+  EXPECT_TRUE(r->probe);
+  EXPECT_EQ(r->attempt, 1);
+  ex.Succeed(r, 1'200'000'000);
+  EXPECT_EQ(ex.BreakerSnapshots()[0].snapshot.state,
+            CircuitBreaker::State::kClosed);
+}
+
+TEST(ExecutorBreakerWaitTest, WaitsSpendTheRetryBudget) {
+  Executor ex(BreakerConfig(1, 1.0));
+  auto entry = MakeEntry(ex, "api");
+  entry->spec.retry = BackoffPolicy(2);  // one retry: one wait
+  ExecutionRecord* trip = ex.Begin(entry, 0);
+  ex.AttemptFailed(trip, 0, Err(false, "builtins.ConnectionRefusedError"));
+  ex.Fail(trip, 0, false);
+  ExecutionRecord* r = ex.Begin(entry, 1);
+  AttemptError refused;
+  refused.breaker_open = true;
+  ASSERT_EQ(ex.AttemptFailed(r, 1, refused).verdict, FailureVerdict::kRetry);
+  // Another execution took the half-open probe slot: a short poll for its
+  // verdict, which spends no budget.
+  ExecutionRecord* probe = ex.Begin(entry, 1'000'000'001);
+  ASSERT_TRUE(probe->probe);
+  ASSERT_FALSE(ex.StartAttempt(r, 1'000'000'002));
+  FailureDecision poll = ex.AttemptFailed(r, 1'000'000'002, refused);
+  ASSERT_EQ(poll.verdict, FailureVerdict::kRetry);
+  EXPECT_GE(poll.delay_s, 0.1 - 1e-9);  // a tenth of the recovery timeout
+  EXPECT_LE(poll.delay_s, 0.12 + 1e-9);
+  // The probe fails: open again. The next refusal has no budget left.
+  ex.AttemptFailed(probe, 1'000'000'003,
+                   Err(false, "builtins.ConnectionRefusedError"));
+  ex.Fail(probe, 1'000'000'003, false);
+  ASSERT_FALSE(ex.StartAttempt(r, 1'100'000'000));
+  EXPECT_EQ(ex.AttemptFailed(r, 1'100'000'000, refused).verdict,
+            FailureVerdict::kBreakerOpen);
+  ex.Reject(r, 1'100'000'001);
+}
+
+TEST(ExecutorBreakerWaitTest, FailingFastAndTooLongWaitsEndAtOnce) {
+  OptimizationConfig c = BreakerConfig(1, 1.0);
+  c.circuit_breaker_wait_for_probe = false;
+  Executor fast(c);
+  auto entry = MakeEntry(fast, "api");
+  entry->spec.retry = BackoffPolicy(5);
+  ExecutionRecord* trip = fast.Begin(entry, 0);
+  fast.AttemptFailed(trip, 0, Err(false, "builtins.ConnectionRefusedError"));
+  fast.Fail(trip, 0, false);
+  AttemptError refused;
+  refused.breaker_open = true;
+  ExecutionRecord* r = fast.Begin(entry, 1);
+  EXPECT_EQ(fast.AttemptFailed(r, 1, refused).verdict,
+            FailureVerdict::kBreakerOpen);
+  fast.Reject(r, 1);
+  // A recovery longer than the policy's max backoff: no wait is made.
+  Executor slow(BreakerConfig(1, 120.0));
+  auto e2 = MakeEntry(slow, "api");
+  e2->spec.retry = BackoffPolicy(5);
+  trip = slow.Begin(e2, 0);
+  slow.AttemptFailed(trip, 0, Err(false, "builtins.ConnectionRefusedError"));
+  slow.Fail(trip, 0, false);
+  r = slow.Begin(e2, 1);
+  EXPECT_EQ(slow.AttemptFailed(r, 1, refused).verdict,
+            FailureVerdict::kBreakerOpen);
+  slow.Reject(r, 1);
 }
 
 }  // namespace

@@ -122,8 +122,11 @@ TEST(RetryPolicyTest, JitterStaysInBounds) {
 
 TEST(RetryPolicyTest, RetryAfterHintOverridesAndIsCapped) {
   const auto p = Policy(RetryPolicy::kExponential, 0.1, 2.0, 60.0, 1.0);
-  EXPECT_EQ(p.DelayBeforeAttempt(2, 3.0, kLowBits), 3.0);  // not jittered
-  EXPECT_EQ(p.DelayBeforeAttempt(2, 3.0, kHalfBits), 3.0);
+  // A hint is a minimum, spread upwards by up to kHintSpread (20 %).
+  EXPECT_EQ(p.DelayBeforeAttempt(2, 3.0, kLowBits), 3.0);
+  EXPECT_DOUBLE_EQ(p.DelayBeforeAttempt(2, 3.0, kHalfBits), 3.3);
+  EXPECT_LT(p.DelayBeforeAttempt(2, 3.0, kHighBits), 3.6);
+  EXPECT_GT(p.DelayBeforeAttempt(2, 3.0, kHighBits), 3.59);
   EXPECT_EQ(p.DelayBeforeAttempt(5, 120.0, kLowBits), 60.0);  // capped
   EXPECT_EQ(p.DelayBeforeAttempt(2, 0.0, kLowBits), 0.0);
   // Shorter than the computed delay is honoured too.
@@ -237,6 +240,44 @@ TEST(RetryRandomTest, ConcurrentCallersGetDistinctValues) {
   std::set<uint64_t> all;
   for (const auto& v : out) all.insert(v.begin(), v.end());
   EXPECT_EQ(all.size(), static_cast<size_t>(kThreads * kPerThread));
+}
+
+}  // namespace
+}  // namespace caudal
+
+namespace caudal {
+namespace {
+
+TEST(RetryAfterTest, DelaySecondsInTheirPlainAndFractionalForms) {
+  EXPECT_EQ(ParseRetryAfter("120", 0), 120.0);
+  EXPECT_EQ(ParseRetryAfter(" 1 ", 0), 1.0);
+  EXPECT_EQ(ParseRetryAfter("1.5", 0), 1.5);
+  EXPECT_EQ(ParseRetryAfter("0", 0), 0.0);
+  EXPECT_FALSE(ParseRetryAfter("", 0).has_value());
+  EXPECT_FALSE(ParseRetryAfter("-1", 0).has_value());
+  EXPECT_FALSE(ParseRetryAfter("soon", 0).has_value());
+  EXPECT_FALSE(ParseRetryAfter("1e999", 0).has_value());
+  EXPECT_FALSE(ParseRetryAfter("12abc", 0).has_value());
+}
+
+TEST(RetryAfterTest, HttpDatesInAllThreeFormsCountFromNow) {
+  // Wed, 21 Oct 2015 07:28:00 GMT is 1445412480 s after the epoch.
+  const double at = 1445412480.0;
+  EXPECT_EQ(ParseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT", at - 30), 30.0);
+  EXPECT_EQ(ParseRetryAfter("Wednesday, 21-Oct-15 07:28:00 GMT", at - 5), 5.0);
+  EXPECT_EQ(ParseRetryAfter("Wed Oct 21 07:28:00 2015", at - 2), 2.0);
+  // A date in the past asks for no wait at all.
+  EXPECT_EQ(ParseRetryAfter("Wed, 21 Oct 2015 07:28:00 GMT", at + 60), 0.0);
+  EXPECT_FALSE(
+      ParseRetryAfter("Wed, 32 Oct 2015 07:28:00 GMT", at).has_value());
+}
+
+TEST(RetryAfterTest, MillisecondsHeader) {
+  EXPECT_EQ(ParseRetryAfterMs("250"), 0.25);
+  EXPECT_EQ(ParseRetryAfterMs("1500.5"), 1.5005);
+  EXPECT_FALSE(ParseRetryAfterMs("-3").has_value());
+  EXPECT_FALSE(ParseRetryAfterMs("x").has_value());
+  EXPECT_FALSE(ParseRetryAfterMs("").has_value());
 }
 
 }  // namespace

@@ -65,6 +65,7 @@ constexpr Bound kBounds[] = {
     {"circuit_breaker_window_size", Rule::kNonNegative, 100'000},
     {"circuit_breaker_minimum_calls", Rule::kPositive, kMaxCount},
     {"circuit_breaker_failure_rate_threshold", Rule::kFraction, 1.0},
+    {"retry_after_max_seconds", Rule::kPositive, kMaxSeconds},
     {"error_pattern_min_observations", Rule::kPositive, kMaxCount},
     {"cache_ttl_seconds", Rule::kPositive, kMaxSeconds},
     {"cache_max_size", Rule::kPositive, 100'000'000},

@@ -90,6 +90,12 @@ namespace caudal {
     "Calls the window needs before its failure rate can open the breaker")     \
   X(FLOAT, circuit_breaker_failure_rate_threshold, 0.5,                        \
     "Failure rate over the window that opens the breaker")                     \
+  X(BOOL, circuit_breaker_wait_for_probe, true,                                \
+    "An execution meeting an open breaker waits for its half-open probe "      \
+    "(within its retry budget) instead of failing at once")                    \
+  X(FLOAT, retry_after_max_seconds, 60.0,                                      \
+    "Longest server-stated wait (Retry-After) honoured; a longer one ends "    \
+    "the execution at once")                                                   \
   X(INT, error_pattern_min_observations, 3,                                    \
     "Retries of an error pattern, none recovering, before it fails fast")      \
   X(BOOL, error_pattern_match_message, true,                                   \

@@ -7,6 +7,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 namespace caudal {
 
@@ -253,6 +255,7 @@ void Executor::PublishStep(EventType type, const StepEntry& step,
 bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
   r->breaker_pending = false;
   r->probe = false;
+  r->rejected = false;
   if (!r->config->enable_circuit_breaker || !r->step->spec.use_breaker)
     return true;
   CircuitBreaker* b = BreakerFor(*r->step, *r->config);
@@ -262,6 +265,7 @@ bool Executor::Admit(ExecutionRecord* r, int64_t now_ns) {
   Note(r->step->spec, a.transition);
   if (!a.admitted()) {
     r->retry_after_ns = a.retry_after_ns;
+    r->rejected = true;
     return false;
   }
   r->breaker_pending = true;
@@ -293,18 +297,60 @@ ExecutionRecord* Executor::Begin(std::shared_ptr<StepEntry> step,
   return r;
 }
 
+absl::optional<double> AttemptError::RetryHintSeconds(double now_unix_s) const {
+  if (retry_after_s.has_value()) return retry_after_s;
+  if (!retry_after_ms_header.empty()) {
+    if (auto s = ParseRetryAfterMs(retry_after_ms_header)) return s;
+  }
+  if (!retry_after_header.empty())
+    return ParseRetryAfter(retry_after_header, now_unix_s);
+  return absl::nullopt;
+}
+
 FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
                                         const AttemptError& e) {
+  if (e.breaker_open || r->rejected) return BreakerWait(r);
   FailureDecision d = Decide(r, now_ns, e);
-  // Overload signals, timeouts and network errors are the adaptive
-  // limit's drop signal; other errors say nothing about the backend's load.
-  const bool drop = e.Overloaded() || e.timed_out || e.network_error;
-  if (r->limiter != nullptr && drop) {
-    d.wake = SampleLimit(r, now_ns, /*drop=*/true);
+  // Overload signals and network errors are the adaptive limit's drop
+  // signal. A timed-out attempt is a latency sample (it ran that long): one
+  // slow answer says nothing about load, many are seen by the limit's
+  // window median. Other errors say nothing about the backend's load.
+  const bool drop = e.Overloaded() || e.network_error;
+  if (r->limiter != nullptr && (drop || e.timed_out)) {
+    d.wake = SampleLimit(r, now_ns, drop);
   } else if (r->bypassed != nullptr && drop) {
     r->bypassed->Wake();  // overload on a dormant key: permits again
   }
   return d;
+}
+
+FailureDecision Executor::BreakerWait(ExecutionRecord* r) {
+  const OptimizationConfig& cfg = *r->config;
+  const RetryPolicy& policy = r->step->spec.retry;
+  if (!cfg.circuit_breaker_wait_for_probe || policy.max_attempts <= 1)
+    return {FailureVerdict::kBreakerOpen};
+  double wait = static_cast<double>(r->retry_after_ns) / 1e9;
+  if (wait > 0) {
+    // Open: wait until it admits a probe. A refusal is a try that did not
+    // call the step: it spends one unit of the retry budget.
+    ++r->refusals;
+    if (!policy.HasAttemptLeft(r->attempt + r->refusals) ||
+        wait > policy.max_backoff_s) {
+      return {FailureVerdict::kBreakerOpen};
+    }
+  } else {
+    // Half-open, a probe out: wait for its verdict, polling at a tenth of
+    // the recovery timeout (50 ms .. 1 s). Not a try; the polls of one
+    // execution add up to at most the policy's max backoff.
+    wait = std::clamp(cfg.circuit_breaker_recovery_timeout_seconds / 10, 0.05,
+                      1.0);
+    r->probe_wait_ns += static_cast<int64_t>(wait * 1e9);
+    if (static_cast<double>(r->probe_wait_ns) / 1e9 > policy.max_backoff_s)
+      return {FailureVerdict::kBreakerOpen};
+  }
+  // Spread the waiters (up to +20 %), so they do not all ask at one instant.
+  wait *= 1.0 + RetryPolicy::kHintSpread * UnitIntervalFromBits(random_.Next());
+  return {FailureVerdict::kRetry, wait};
 }
 
 FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
@@ -353,8 +399,16 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
   if (!keep_pending) r->retried_pattern = 0;
   const RetryPolicy& policy = r->step->spec.retry;
   if (!e.retryable) return {FailureVerdict::kNotRetryable};
-  if (!policy.HasAttemptLeft(r->attempt))
+  if (!policy.HasAttemptLeft(r->attempt + r->refusals))
     return {FailureVerdict::kNoAttemptsLeft};
+  // A stated wait longer than the execution may make ends it now, rather
+  // than after sleeping for nothing.
+  absl::optional<double> hint;
+  if (e.HasRetryHint()) {
+    hint = e.RetryHintSeconds(absl::ToUnixMicros(absl::Now()) / 1e6);
+    if (hint.has_value() && *hint > cfg.retry_after_max_seconds)
+      return {FailureVerdict::kWaitTooLong};
+  }
   if (judged && pattern != 0 &&
       !errors_.ShouldRetry(
           pattern, static_cast<int>(cfg.error_pattern_min_observations))) {
@@ -365,8 +419,18 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
     r->retried_pattern = pattern;
     r->retried_transient = !judged;
   }
-  const double delay = policy.DelayBeforeAttempt(
-      r->attempt + 1, e.retry_after_s, random_.Next());
+  double delay =
+      policy.DelayBeforeAttempt(r->attempt + 1, hint, random_.Next());
+  if (e.Overloaded() && !hint.has_value() && policy.max_backoff_s > 0) {
+    // Overloaded, without saying for how long: give the backend at least
+    // kOverloadBaseS, doubling per retry (an outage of a few seconds must
+    // not use up the budget), spread upwards by up to 20 %.
+    const int k = std::min(r->attempt - 1, 30);
+    const double floor =
+        kOverloadBaseS * static_cast<double>(1 << k) *
+        (1.0 + RetryPolicy::kHintSpread * UnitIntervalFromBits(random_.Next()));
+    delay = std::min(std::max(delay, floor), policy.max_backoff_s);
+  }
   return {FailureVerdict::kRetry, delay};
 }
 

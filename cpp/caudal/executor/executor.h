@@ -93,6 +93,12 @@ struct ExecutionRecord {
   bool breaker_pending = false;
   bool probe = false;
   int64_t retry_after_ns = 0;  // when rejected: time until half-open
+  // The last admission was refused by the open breaker (the step was not
+  // called); refusals: how many times that happened to this execution.
+  // Attempts and refusals together spend the retry budget.
+  bool rejected = false;
+  int refusals = 0;
+  int64_t probe_wait_ns = 0;  // waited for half-open probes' verdicts
   // Error pattern of the previous failed attempt that was retried (0: none),
   // and whether that error was transient (never judged by fail-fast).
   uint64_t retried_pattern = 0;
@@ -163,23 +169,40 @@ struct ExecutionOutcome {
 // What the bindings know about a failed attempt: facts only; the core
 // classifies them (Overloaded, Transient) and decides.
 struct AttemptError {
+  // Not an attempt: the step's open breaker refused it (the step was not
+  // called). Only the wait-or-end decision applies.
+  bool breaker_open = false;
   bool timed_out = false;  // the attempt's timeout expired
   // The step raised a ConnectionError (refused, reset) or a TimeoutError.
   bool network_error = false;
   bool overload = false;  // the step said so: caudal.OverloadedError
   int http_status = 0;    // carried by the exception or its response; 0: none
   bool retryable = true;  // the step's retry_on matched
-  bool counts_for_breaker = true;        // not excluded from the breaker
-  absl::string_view exc_type;            // qualified type name
-  absl::string_view message;             // str(exc)
-  absl::optional<double> retry_after_s;  // hint carried by the exception
+  bool counts_for_breaker = true;  // not excluded from the breaker
+  absl::string_view exc_type;      // qualified type name
+  absl::string_view message;       // str(exc)
+  // A numeric `retry_after` attribute of the exception (seconds).
+  absl::optional<double> retry_after_s;
+  // The Retry-After and retry-after-ms headers of the exception's response,
+  // as sent (empty: absent). The core parses them (ParseRetryAfter).
+  absl::string_view retry_after_header;
+  absl::string_view retry_after_ms_header;
+
+  bool HasRetryHint() const {
+    return retry_after_s.has_value() || !retry_after_header.empty() ||
+           !retry_after_ms_header.empty();
+  }
+  // The wait the backend asked for, in seconds: the attribute, else
+  // retry-after-ms, else Retry-After (an HTTP-date read against
+  // `now_unix_s`); nullopt when none parses.
+  absl::optional<double> RetryHintSeconds(double now_unix_s) const;
 
   // An overload signal: the backend asks the caller to slow down (HTTP 429,
   // 502, 503 or 504, a Retry-After hint, caudal.OverloadedError). Retried
   // within the retry budget, a drop for the adaptive limit, never a failure
   // for the circuit breaker nor for error-pattern fail-fast.
   bool Overloaded() const {
-    return overload || retry_after_s.has_value() || http_status == 429 ||
+    return overload || HasRetryHint() || http_status == 429 ||
            http_status == 502 || http_status == 503 || http_status == 504;
   }
   // A failure that may go away by itself (overload, a timeout, a network
@@ -197,6 +220,12 @@ enum class FailureVerdict : uint8_t {
   kNoAttemptsLeft,  // final: the policy's attempts are used up
   kNotRetryable,    // final: retry_on did not match
   kFailFast,        // final: this error pattern never recovers on retry
+  // final: the backend asked for a longer wait than the execution may make
+  // (Retry-After above retry_after_max_seconds or the policy's max backoff)
+  kWaitTooLong,
+  // final: the breaker is open and the execution may not wait for its probe
+  // (waiting is off, the retry budget is spent, or the wait is too long)
+  kBreakerOpen,
 };
 
 struct FailureDecision {
@@ -392,14 +421,32 @@ class Executor {
   static BaselineGradientLimit::Options AdaptiveOptions(
       const OptimizationConfig& config);
 
-  // The attempt failed. On kRetry, wait delay_s and call StartAttempt();
-  // otherwise end the execution with Fail().
+  // Shortest back-off after an overload signal that states no wait (doubled
+  // per retry, capped by the policy's max backoff; a policy without delays,
+  // max_backoff 0, keeps retrying at once).
+  static constexpr double kOverloadBaseS = 0.5;
+
+  // The attempt failed, or (record->rejected, error.breaker_open) the open
+  // breaker refused it. On kRetry, wait delay_s and call StartAttempt();
+  // otherwise end the execution with Fail() (Reject() when no attempt was
+  // ever made).
+  //
+  // Waiting for an open breaker (circuit_breaker_wait_for_probe): an
+  // execution the breaker refuses waits until the breaker admits a probe
+  // (record->retry_after_ns, plus jitter) and asks again. Each refusal by
+  // an open breaker spends one unit of the step's retry budget (attempts
+  // made + refusals <= max_attempts), and a wait longer than the policy's
+  // max backoff is not made; refusals while a half-open probe is out are
+  // short polls for its verdict, which spend no budget but add up to at
+  // most the max backoff. So a hard outage longer than the budget ends the
+  // execution (kBreakerOpen), never a hang. A single-attempt step never
+  // waits.
   FailureDecision AttemptFailed(ExecutionRecord* record, int64_t now_ns,
                                 const AttemptError& error);
 
   // Starts the next attempt after a retry's back-off. Returns false when the
-  // breaker refuses it (it opened meanwhile): end with Fail(), whose error
-  // is the last attempt's own.
+  // breaker refuses it (record->rejected is set): report that through
+  // AttemptFailed with breaker_open, which decides whether to wait.
   bool StartAttempt(ExecutionRecord* record, int64_t now_ns);
 
   // Ends the execution; each releases the record.
@@ -466,6 +513,8 @@ class Executor {
  private:
   ExecutionOutcome Finish(ExecutionRecord* record, int64_t now_ns,
                           SpanOutcome outcome);
+  // The open breaker refused the record's admission: wait or end.
+  FailureDecision BreakerWait(ExecutionRecord* record);
   FailureDecision Decide(ExecutionRecord* record, int64_t now_ns,
                          const AttemptError& error);
   void Release(ExecutionRecord* record, ExecutionOutcome& out);

@@ -5,8 +5,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 
 namespace caudal {
 namespace {
@@ -44,7 +47,8 @@ double RetryPolicy::DelayBeforeAttempt(
   if (next_attempt < 2) return 0.0;
   if (retry_after_hint_s.has_value() && std::isfinite(*retry_after_hint_s) &&
       *retry_after_hint_s >= 0.0) {
-    return std::min(*retry_after_hint_s, max_backoff_s);
+    const double spread = 1.0 + kHintSpread * UnitIntervalFromBits(random_bits);
+    return std::min(*retry_after_hint_s * spread, max_backoff_s);
   }
   const int retry = next_attempt - 1;  // 1 for the first retry
   double delay = 0.0;
@@ -68,6 +72,47 @@ double RetryPolicy::DelayBeforeAttempt(
             delay * jitter * UnitIntervalFromBits(random_bits);
   }
   return delay;
+}
+
+absl::optional<double> ParseRetryAfter(absl::string_view value,
+                                       double now_unix_s) {
+  value = absl::StripAsciiWhitespace(value);
+  if (value.empty()) return absl::nullopt;
+  double seconds = 0;
+  if (absl::ascii_isdigit(static_cast<unsigned char>(value[0])) ||
+      value[0] == '.') {
+    if (!absl::SimpleAtod(value, &seconds) || !std::isfinite(seconds) ||
+        seconds < 0) {
+      return absl::nullopt;
+    }
+    return seconds;
+  }
+  // IMF-fixdate, then the two obsolete forms RFC 9110 asks recipients to
+  // accept (RFC 850 and asctime).
+  static constexpr const char* kFormats[] = {
+      "%a, %d %b %Y %H:%M:%S GMT",
+      "%A, %d-%b-%y %H:%M:%S GMT",
+      "%a %b %e %H:%M:%S %Y",
+  };
+  for (const char* format : kFormats) {
+    absl::Time at;
+    std::string err;
+    if (absl::ParseTime(format, value, absl::UTCTimeZone(), &at, &err)) {
+      const double wait =
+          absl::ToDoubleSeconds(at - absl::UnixEpoch()) - now_unix_s;
+      return std::isfinite(wait) ? std::max(0.0, wait) : 0.0;
+    }
+  }
+  return absl::nullopt;
+}
+
+absl::optional<double> ParseRetryAfterMs(absl::string_view value) {
+  double ms = 0;
+  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(value), &ms) ||
+      !std::isfinite(ms) || ms < 0) {
+    return absl::nullopt;
+  }
+  return ms / 1000.0;
 }
 
 absl::string_view RetryKindName(RetryPolicy::Kind kind) {

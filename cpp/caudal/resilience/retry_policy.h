@@ -16,8 +16,18 @@
 // j = 0 is no jitter, j = 0.5 is AWS's "equal jitter", j = 1 is "full
 // jitter". Jitter only shortens a delay, so the cap still holds after it.
 // A retry_after hint (HTTP 429/503 Retry-After, in seconds) replaces the
-// computed delay, is capped at max_backoff_s and is not jittered (the server
-// asked for that much); a negative or non-finite hint is ignored.
+// computed delay (the server said how long): the delay is
+// hint * (1 + kHintSpread * u), jittered upwards only, so that callers told
+// the same wait do not all come back at the same instant (a released herd
+// would trip the server's limit again), then capped at max_backoff_s. A
+// negative or non-finite hint is ignored. Whether a hint longer than the caller
+// can wait should end the call is the caller's decision (Executor ends it at
+// once rather than sleep for nothing).
+//
+// Retry-After comes in two forms (RFC 9110 section 10.2.3): delay-seconds
+// ("120") or an HTTP-date ("Wed, 21 Oct 2015 07:28:00 GMT"; the obsolete
+// RFC 850 and asctime forms too); some APIs (OpenAI, Azure) also send
+// "retry-after-ms". ParseRetryAfter reads them.
 //
 // Thread-safety: RetryPolicy is a value type (const methods are pure).
 // RetryRandom::Next() may be called from any thread concurrently.
@@ -62,6 +72,9 @@ struct RetryPolicy {
     return attempts_made < max_attempts;
   }
 
+  // Fraction of a retry_after hint added, at most, as upward jitter.
+  static constexpr double kHintSpread = 0.2;
+
   // Seconds to wait before attempt `next_attempt` (2 = first retry; 0 for
   // next_attempt < 2). `random_bits` drives the jitter (any 64 bits; the top
   // 53 are used).
@@ -69,6 +82,16 @@ struct RetryPolicy {
                             absl::optional<double> retry_after_hint_s,
                             uint64_t random_bits) const;
 };
+
+// Seconds a Retry-After header value asks for, read at `now_unix_s` (for the
+// HTTP-date form; a date in the past is 0). nullopt for anything else
+// (empty, negative, garbage). Fractional delay-seconds ("1.5") are accepted,
+// as many servers send them. Pure: no clock is read.
+absl::optional<double> ParseRetryAfter(absl::string_view value,
+                                       double now_unix_s);
+// Seconds a retry-after-ms header value asks for ("250" -> 0.25); nullopt
+// for anything but a finite number >= 0.
+absl::optional<double> ParseRetryAfterMs(absl::string_view value);
 
 // "exponential", "linear", "fixed".
 absl::string_view RetryKindName(RetryPolicy::Kind kind);
