@@ -321,6 +321,7 @@ MAXIMA = {
     "error_cache_size": (1_000_000, 2**62),
     "circuit_breaker_failure_threshold": (1_000_000, 2**32 + 1),
     "circuit_breaker_recovery_timeout_seconds": (1e9, 1e10),
+    "retry_after_max_seconds": (1e9, 1e10),
     "circuit_breaker_half_open_max_calls": (1_000_000, 2**32 + 1),
     "circuit_breaker_success_threshold": (1_000_000, 2**32 + 1),
     "circuit_breaker_window_size": (100_000, 2**32 + 10),

@@ -12,6 +12,7 @@ import time
 from caudal import ExecutorCore, OptimizationConfig, Step, _tuner
 from caudal._stats import recommend
 from caudal._tuner import BOUNDS, COOLDOWN, REVERSAL_COOLDOWN, REVERSAL_PERSISTENCE
+from caudal.resilience import immediate_retries
 
 
 def executor(**kw) -> ExecutorCore:
@@ -495,7 +496,7 @@ async def test_timeout_and_retry_advice_names_the_current_values():
         raise ValueError(x)
 
     hangs = Step(hang, "hangs", timeout_s=0.01)
-    fails = Step(boom, "fails", max_retries=1)
+    fails = Step(boom, "fails", retry=immediate_retries(1))
     for i in range(10):
         await ex.execute(hangs, i)
         await ex.execute(fails, i)
