@@ -17,7 +17,9 @@
 // after reject_rtt (a drop sample) and is not served; a served request takes
 // base_rtt * jitter whatever the load.
 //
-// In both, a fraction `outlier_rate` of the served requests take
+// In both, a fraction `stray_drop_rate` of the served requests fail as a
+// drop after a fifth of their time whatever the load (a connection reset),
+// a fraction `outlier_rate` of the others take
 // base_rtt * uniform(outlier_min, outlier_max) instead, independent of the
 // load (a slow answer keeps its backend slot that long), and the capacity
 // changes at the given simulated times.
@@ -52,6 +54,8 @@ struct Backend {
   // Rejecting model.
   bool rejecting = false;
   int64_t reject_rtt_ns = 1'000'000;
+  // Drops independent of load (connection resets), among served requests.
+  double stray_drop_rate = 0;
   // Slow answers independent of load.
   double outlier_rate = 0;
   double outlier_min = 50;  // in base rtts
@@ -211,7 +215,10 @@ inline SimResult Simulate(LimitAlgorithm* algo, const Backend& b, int clients,
       p = std::min(b.max_error_rate, b.error_slope * (at_backend - capacity) /
                                          static_cast<double>(capacity));
     }
-    const bool drop = !b.rejecting && rng.Uniform() < p;
+    bool drop = !b.rejecting && rng.Uniform() < p;
+    if (!drop && b.stray_drop_rate > 0 && rng.Uniform() < b.stray_drop_rate) {
+      drop = true;
+    }
     if (!drop && b.outlier_rate > 0 && rng.Uniform() < b.outlier_rate) {
       const double k =
           b.outlier_min + (b.outlier_max - b.outlier_min) * rng.Uniform();
