@@ -396,7 +396,7 @@ int BaselineGradientLimit::OnSample(int64_t start_ns, int64_t rtt_ns,
 
 void BaselineGradientLimit::Keep(int64_t rtt_ns) {
   // ok_count_ is this sample's index among the window's successes.
-  if (ok_count_ % keep_every_ != 0) return;
+  if ((ok_count_ & (keep_every_ - 1)) != 0) return;  // a power of 2
   if (kept_count_ == kKeptRtts) {
     // Full: keep every other one (indices 0, 2s, 4s, ... of the
     // successes); the next kept index, 64s, is a multiple of 2s.

@@ -365,9 +365,10 @@ class WindowedLimit final : public LimitAlgorithm {
 // one rejected level per probe, at intervals that double; after a capacity
 // grows, the cap is gone within 16 * probe_interval windows at it plus
 // probe_interval windows at the raised one. Stray drops move the cap only
-// when a second one comes before the level held (at a stray-drop rate of r
-// per window, about 2 r^2 per window); at rates of several per hundred
-// requests the cap still ratchets down faster than probes raise it.
+// when a second one comes before the level held (with a stray drop in a
+// window with probability r, roughly 2 r^2 per window); at one stray drop
+// per hundred requests or more, the cap still ratchets down faster than
+// probes raise it.
 //
 // Deviations from the algorithms above: the baseline is a windowed minimum of
 // smoothed window medians (Vegas' rtt_noload is the minimum single sample,
