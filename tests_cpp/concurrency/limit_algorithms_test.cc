@@ -558,28 +558,44 @@ TEST(BaselineGradientLimitTest, AWindowKeepsAnEvenSpreadOf64Rtts) {
 }
 
 TEST(BaselineGradientLimitTest, DropsCutInProportionToTheShareRejected) {
-  for (auto [drops, expected] :
-       {std::pair{1, 18.0}, std::pair{4, 12.0}, std::pair{8, 10.0}}) {
+  for (auto [drops, expected] : {std::pair{1, 18.0}, std::pair{2, 16.0}}) {
     BaselineGradientLimit l = StartingAt(20);
     Feed(l, 10 - drops, 0, 20 * kMs, 20);
     Feed(l, drops, 0, 20 * kMs, 20, /*drop=*/true);
-    // clamp(1 - d / 10, 0.5, 0.9): 0.9, 0.6, 0.5.
+    EXPECT_EQ(l.windows(), 1);
+    // clamp(1 - d / 10, 0.5, 0.9): 0.9, 0.8.
     EXPECT_DOUBLE_EQ(l.estimated_limit(), expected) << drops;
     EXPECT_FALSE(l.slow_start());
-    // One window with drops makes its level, min(limit, in flight),
-    // suspect; it sets no cap yet.
+    // One window with a drop or two makes its level, min(limit, in
+    // flight), suspect; it sets no cap yet.
     EXPECT_EQ(l.suspect_level(), 20) << drops;
     EXPECT_EQ(l.drop_cap(), 0) << drops;
   }
-  // Drops with 12 in flight, then again at the new limit of 10: the cap
-  // goes just below the higher level, 11.
+  // Drops with 12 in flight, then again with 10: the cap goes just below
+  // the higher level, 11.
   BaselineGradientLimit l = StartingAt(20);
   Windows w{l};
-  EXPECT_EQ(w.Next(20 * kMs, 12, /*drops=*/10), 10);
+  EXPECT_EQ(w.Next(20 * kMs, 12, /*drops=*/2), 16);
   EXPECT_EQ(l.suspect_level(), 12);
-  EXPECT_EQ(w.Next(20 * kMs, 10, /*drops=*/10), 5);
+  EXPECT_EQ(w.Next(20 * kMs, 10, /*drops=*/2), 11);  // min(11, 16 * 0.8)
   EXPECT_EQ(l.drop_cap(), 11);
   EXPECT_EQ(l.suspect_level(), 0);
+}
+
+TEST(BaselineGradientLimitTest, ABurstOfDropsClosesTheWindowAndSetsTheCap) {
+  // Seven answers, then the third drop closes the window at once: 3 of 10
+  // rejected, 20 * 0.7; three drops in a window are load: cap 19 at once.
+  BaselineGradientLimit l = StartingAt(20);
+  Feed(l, 7, 0, 20 * kMs, 20);
+  EXPECT_EQ(Feed(l, 2, 0, 1 * kMs, 20, /*drop=*/true), 20);
+  EXPECT_EQ(l.OnSample(0, 1 * kMs, 20, /*did_drop=*/true), 14);
+  EXPECT_EQ(l.windows(), 1);
+  EXPECT_EQ(l.drop_cap(), 19);
+  EXPECT_EQ(l.suspect_level(), 0);
+  // However young the window: three drops first, 20 * 0.5.
+  BaselineGradientLimit b = StartingAt(20);
+  EXPECT_EQ(Feed(b, 3, 0, 1 * kMs, 12, /*drop=*/true), 10);
+  EXPECT_EQ(b.drop_cap(), 11);
 }
 
 TEST(BaselineGradientLimitTest, AStrayDropIsOnlySuspectUntilItsLevelHolds) {
@@ -674,8 +690,7 @@ TEST(BaselineGradientLimitTest, WindowsBelowTheCapDoNotCountTowardAProbe) {
   o.probe_interval = 2;
   BaselineGradientLimit l = Make(o);
   Windows w{l};
-  w.Next(20 * kMs, 8, /*drops=*/10);  // -> 4, 8 suspect
-  w.Next(20 * kMs, 4, /*drops=*/10);  // -> 2, cap 7
+  w.Next(20 * kMs, 8, /*drops=*/10);  // a burst: -> 4, cap 7
   ASSERT_EQ(l.drop_cap(), 7);
   // Two in flight: too little load to test the cap.
   for (int i = 0; i < 10; ++i) w.Next(20 * kMs, 2);

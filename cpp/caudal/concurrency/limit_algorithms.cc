@@ -378,7 +378,10 @@ int BaselineGradientLimit::OnSample(int64_t start_ns, int64_t rtt_ns,
     ok_min_ns_ = std::min(ok_min_ns_, rtt_ns);
   }
   const int64_t end_ns = start_ns + rtt_ns;
-  if (end_ns < window_end_ns_ || count_ < options_.min_samples) return limit();
+  if ((end_ns < window_end_ns_ || count_ < options_.min_samples) &&
+      drops_ < kBurstDrops) {
+    return limit();
+  }
   CloseWindow();
   const int64_t basis = ok_count_ > 0 ? ok_min_ns_ : rtt_ns;
   // Slow start looks again after one round trip; later windows span two,
@@ -507,9 +510,9 @@ void BaselineGradientLimit::TrackCap() {
       probing_ = false;
       probe_shift_ = std::min(probe_shift_ + 1, kMaxProbeShift);
       cap_ = std::max(options_.min_limit, level - 1);
-    } else if (suspect_level_ > 0) {
-      // Drops again before the suspect level held: load. Just below the
-      // higher of the two levels.
+    } else if (suspect_level_ > 0 || drops_ >= kBurstDrops) {
+      // Drops again before the suspect level held, or a burst of them: load.
+      // Just below the higher of the two levels.
       cap_ = std::max(options_.min_limit, std::max(level, suspect_level_) - 1);
     } else {
       // A first window with drops may be a stray error (a connection

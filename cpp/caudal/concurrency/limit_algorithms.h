@@ -290,7 +290,9 @@ class WindowedLimit final : public LimitAlgorithm {
 //
 // Windows. Samples are collected into windows. A window closes at the first
 // sample ending at or after the window's end once it holds min_samples
-// samples; the next window lasts clamp(k * smallest successful rtt,
+// samples, or at once when it holds kBurstDrops = 3 drops (a caller that
+// retries a rejection at once would otherwise pile up rejections for the
+// rest of the window); the next window lasts clamp(k * smallest successful rtt,
 // min_window_ns, max_window_ns), with k = 1 in slow start and 2 after. Not
 // samples at all:
 //   - successes faster than min_rtt_threshold_ns (cache hits and trivial
@@ -347,28 +349,28 @@ class WindowedLimit final : public LimitAlgorithm {
 // Only drops take the limit below 4; latency never does, and one window of
 // slow answers cuts nothing.
 //
-// Drop memory. A first window with drops cuts the limit and makes its level
-// l suspect: it may be a stray error (a connection reset) as well as load.
-// Growth stops at the suspect level until it is tested again: a drop-free
-// window with limit() and m at least the suspect level clears it; drops in
-// any window before that confirm it, and the cap goes just below the higher
-// of the two levels, max(l, suspect) - 1 (at least min): growth stops there
-// until a probe. A drop-free window in which m reached the cap counts
-// toward the next probe; after probe_interval << shift such windows
-// (shift = 0 at first) the cap rises by one: the probe. If a window has
-// drops while the probe is on, the limit returns to the cap, now l - 1
-// (below the level that failed), and shift rises by one, up to
-// kMaxProbeShift = 4 (16x the interval). If instead probe_interval windows
-// at the raised cap pass without drops, the capacity has grown: the cap is
-// removed (free growth resumes) and shift returns to 0. Against a backend
-// that rejects beyond a steady capacity C the limit settles at C and meets
-// one rejected level per probe, at intervals that double; after a capacity
-// grows, the cap is gone within 16 * probe_interval windows at it plus
-// probe_interval windows at the raised one. Stray drops move the cap only
-// when a second one comes before the level held (with a stray drop in a
-// window with probability r, roughly 2 r^2 per window); at one stray drop
-// per hundred requests or more, the cap still ratchets down faster than
-// probes raise it.
+// Drop memory. A first window with one or two drops cuts the limit and
+// makes its level l suspect: it may be a stray error (a connection reset)
+// as well as load. Growth stops at the suspect level until it is tested
+// again: a drop-free window with limit() and m at least the suspect level
+// clears it; drops in any window before that confirm it, and the cap goes
+// just below the higher of the two levels, max(l, suspect) - 1 (at least
+// min): growth stops there until a probe. A window with kBurstDrops drops
+// is load at once: it sets the cap the same way. A drop-free window in which m
+// reached the cap counts toward the next probe; after probe_interval << shift
+// such windows (shift = 0 at first) the cap rises by one: the probe. If a
+// window has drops while the probe is on, the limit returns to the cap, now l -
+// 1 (below the level that failed), and shift rises by one, up to kMaxProbeShift
+// = 4 (16x the interval). If instead probe_interval windows at the raised cap
+// pass without drops, the capacity has grown: the cap is removed (free growth
+// resumes) and shift returns to 0. Against a backend that rejects beyond a
+// steady capacity C the limit settles at C and meets one rejected level per
+// probe, at intervals that double; after a capacity grows, the cap is gone
+// within 16 * probe_interval windows at it plus probe_interval windows at the
+// raised one. Stray drops move the cap only when a second one comes before the
+// level held (with a stray drop in a window with probability r, roughly 2 r^2
+// per window); at one stray drop per hundred requests or more, the cap still
+// ratchets down faster than probes raise it.
 //
 // Deviations from the algorithms above: the baseline is a windowed minimum of
 // smoothed window medians (Vegas' rtt_noload is the minimum single sample,
@@ -390,6 +392,7 @@ class BaselineGradientLimit final : public LimitAlgorithm {
   static constexpr int kKeptRtts = 64;
   static constexpr double kLatencyFloor = 4;
   static constexpr int kMaxProbeShift = 4;
+  static constexpr int kBurstDrops = 3;
   static constexpr double kBaselineSmoothing = 0.25;
   static constexpr double kNoiseBand = 4;
   static constexpr int kBaselineWarmup = 4;
