@@ -624,6 +624,24 @@ TEST(BaselineGradientLimitTest, StaleDropsAreNotSamples) {
   EXPECT_EQ(l.limit(), 5);
 }
 
+TEST(BaselineGradientLimitTest, DropsInAWindowStillAtAHigherLevelHold) {
+  BaselineGradientLimit l = StartingAt(20);
+  Feed(l, 3, 0, 1 * kMs, 20, /*drop=*/true);  // a burst: -> 10, cap 19
+  ASSERT_EQ(l.limit(), 10);
+  // Answers to work admitted with 20 in flight, and two drops admitted
+  // with 5: the backend is still full of the old level's work. The limit
+  // holds (no cut, no growth) and the cap does not move.
+  Feed(l, 8, 100 * kMs, 20 * kMs, 20);
+  EXPECT_EQ(Feed(l, 2, 100 * kMs, 20 * kMs, 5, /*drop=*/true), 10);
+  EXPECT_EQ(l.windows(), 2);
+  EXPECT_EQ(l.drop_cap(), 19);
+  EXPECT_EQ(l.suspect_level(), 0);
+  // Once the window is all at the new level, drops count: 10 * 0.8.
+  Feed(l, 8, 200 * kMs, 20 * kMs, 10);
+  EXPECT_EQ(Feed(l, 2, 200 * kMs, 20 * kMs, 10, /*drop=*/true), 8);
+  EXPECT_EQ(l.suspect_level(), 10);
+}
+
 TEST(BaselineGradientLimitTest, RemembersWhereDropsHappenedAndProbes) {
   BaselineGradientLimit::Options o;
   o.initial_limit = 8;

@@ -459,6 +459,11 @@ void BaselineGradientLimit::CloseWindow() {
       period_windows_ = 0;
     }
   }
+  // Drops in a window that still carries work admitted under a higher
+  // limit (m > limit) report on that level, which the limit has already
+  // left: they hold the limit (no growth) but neither cut it nor move the
+  // cap, as a single stale drop would not.
+  if (drops_ > 0 && max_inflight_ > limit()) return;
   const bool failed_probe = probing_ && drops_ > 0;
   TrackCap();
   const double current = estimated_;

@@ -333,6 +333,9 @@ class WindowedLimit final : public LimitAlgorithm {
 //                window's r goes up to 3 e above it.
 // Then, with L the limit, l = min(floor(L), m) the level of the window, and
 // cap and suspect the drop memory (below; none at first):
+//   d > 0, m > floor(L): unchanged, memory too  (the window still carries
+//                   work admitted under a higher limit: its drops report on
+//                   a level already left, like a stale drop)
 //   d > 0, probing: L = min(L, cap)                     (the probe failed)
 //   d > 0:          L = L * clamp(1 - d / n, 0.5, backoff_ratio), at most
 //                   cap
