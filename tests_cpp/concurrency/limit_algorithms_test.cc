@@ -642,6 +642,23 @@ TEST(BaselineGradientLimitTest, DropsInAWindowStillAtAHigherLevelHold) {
   EXPECT_EQ(l.suspect_level(), 10);
 }
 
+TEST(BaselineGradientLimitTest, DropsWithNothingAnsweredLeaveTheMemory) {
+  BaselineGradientLimit l = StartingAt(8);
+  Windows w{l};
+  EXPECT_EQ(w.Next(20 * kMs, 8, /*drops=*/10), 4);  // a burst: cap 7
+  ASSERT_EQ(l.drop_cap(), 7);
+  // An outage: every request rejected, window after window. Neither these
+  // windows nor the one before them had an answer: the limit is cut, the
+  // memory stays.
+  EXPECT_EQ(w.Next(20 * kMs, 4, /*drops=*/10), 2);
+  EXPECT_EQ(w.Next(20 * kMs, 2, /*drops=*/10), 1);
+  EXPECT_EQ(l.drop_cap(), 7);
+  EXPECT_EQ(l.suspect_level(), 0);
+  // Answers again: growth resumes up to the remembered cap.
+  for (int i = 0; i < 10; ++i) w.Next(20 * kMs, l.limit());
+  EXPECT_EQ(l.limit(), 7);
+}
+
 TEST(BaselineGradientLimitTest, RemembersWhereDropsHappenedAndProbes) {
   BaselineGradientLimit::Options o;
   o.initial_limit = 8;
@@ -751,7 +768,9 @@ TEST(BaselineGradientLimitTest, ClampsAndValidates) {
     Feed(l, 10, (200 + 100 * w) * kMs, 20 * kMs, l.limit(), /*drop=*/true);
   }
   EXPECT_EQ(l.limit(), 2);
-  EXPECT_EQ(l.drop_cap(), 2);
+  // Only the first of those windows moved the cap (6 - 1): the others had
+  // no answer and neither had the one before (below).
+  EXPECT_EQ(l.drop_cap(), 5);
 
   o = {};
   o.tolerance = 0;

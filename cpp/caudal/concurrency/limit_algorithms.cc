@@ -508,9 +508,16 @@ void BaselineGradientLimit::CloseWindow() {
 }
 
 void BaselineGradientLimit::TrackCap() {
+  const bool answered = ok_count_ > 0 || previous_answered_;
+  previous_answered_ = ok_count_ > 0;
   if (drops_ > 0) {
     // The level the drops happened at.
     const int level = std::min(limit(), max_inflight_);
+    if (!answered && !probing_) {
+      // Nothing answered in this window or the last: an outage, not a
+      // capacity level. The cut applies; the memory stays as it was.
+      return;
+    }
     if (probing_) {  // the probe met drops: back below, probe less often
       probing_ = false;
       probe_shift_ = std::min(probe_shift_ + 1, kMaxProbeShift);

@@ -359,7 +359,11 @@ class WindowedLimit final : public LimitAlgorithm {
 // clears it; drops in any window before that confirm it, and the cap goes
 // just below the higher of the two levels, max(l, suspect) - 1 (at least
 // min): growth stops there until a probe. A window with kBurstDrops drops
-// is load at once: it sets the cap the same way. A drop-free window in which m
+// is load at once: it sets the cap the same way. Drops in a window that had
+// no success, after a window that had none either, say nothing about a
+// level (an outage answers nobody): they cut the limit but leave the
+// memory as it was, so the limit climbs back to the old cap once answers
+// return. A drop-free window in which m
 // reached the cap counts toward the next probe; after probe_interval << shift
 // such windows (shift = 0 at first) the cap rises by one: the probe. If a
 // window has drops while the probe is on, the limit returns to the cap, now l -
@@ -489,6 +493,7 @@ class BaselineGradientLimit final : public LimitAlgorithm {
   int cap_ = 0;  // 0 = none
   bool probing_ = false;
   int probe_shift_ = 0;
+  bool previous_answered_ = true;  // the previous window had a success
   int suspect_level_ = 0;  // a level with drops not yet confirmed (0: none)
   int quiet_windows_ = 0;  // drop-free windows at the cap since the last
                            // drop or probe
