@@ -372,62 +372,388 @@ int Feed(BaselineGradientLimit& l, int n, int64_t start, int64_t rtt,
   return out;
 }
 
+BaselineGradientLimit Make(BaselineGradientLimit::Options o) {
+  auto l = BaselineGradientLimit::Create(o);
+  EXPECT_TRUE(l.ok()) << l.status();
+  return *l;
+}
+
+BaselineGradientLimit StartingAt(int initial) {
+  BaselineGradientLimit::Options o;
+  o.initial_limit = initial;
+  return Make(o);
+}
+
+// Feeds whole windows of 10 samples, a second apart (longer than any
+// window), from `t`.
+struct Windows {
+  BaselineGradientLimit& l;
+  int64_t t = 0;
+  // `drops` rejections then 10 - drops answers, all taking `rtt`.
+  int Next(int64_t rtt, int inflight, int drops = 0) {
+    Feed(l, drops, t, rtt, inflight, /*drop=*/true);
+    Feed(l, 10 - drops, t, rtt, inflight);
+    t += rtt + 1000 * kMs;
+    return l.limit();
+  }
+  // The warm-up windows plus one at `rtt` with 1 in flight (app-limited,
+  // so only the baseline moves): the baseline is then `rtt`.
+  void Baseline(int64_t rtt) {
+    for (int i = 0; i <= BaselineGradientLimit::kBaselineWarmup; ++i) {
+      Next(rtt, 1);
+    }
+  }
+};
+
 TEST(BaselineGradientLimitTest, IgnoresFastSuccessfulSamples) {
   BaselineGradientLimit l;
-  EXPECT_EQ(Feed(l, 1000, 0, 50'000, 20), 20);  // 50 us < 100 us threshold
+  EXPECT_EQ(l.limit(), 4);                    // the default initial limit
+  EXPECT_EQ(Feed(l, 1000, 0, 50'000, 4), 4);  // 50 us < 100 us threshold
   EXPECT_EQ(l.windows(), 0);
   EXPECT_FALSE(l.Relevant(50'000, false));
   EXPECT_TRUE(l.Relevant(50'000, true));  // a fast failure is still a drop
 }
 
-TEST(BaselineGradientLimitTest, SlowStartDoublesPerWindowUntilTheFirstCut) {
-  BaselineGradientLimit l;  // initial 20, windows >= 10 samples and >= 10 ms
+TEST(BaselineGradientLimitTest,
+     SlowStartGrowsAQuarterPerWindowUntilTheFirstCut) {
+  BaselineGradientLimit l = StartingAt(20);  // windows >= 10 samples, 10 ms
   // Window 1 ends at 0 + 10 ms; the 10th sample (ending at 20 ms) closes it:
-  // baseline 20 ms, latency at baseline, 20 in flight: 20 -> 40.
+  // baseline 20 ms, latency at baseline, 20 in flight: 20 + 5 = 25.
   EXPECT_EQ(Feed(l, 9, 0, 20 * kMs, 20), 20);
-  EXPECT_EQ(Feed(l, 1, 0, 20 * kMs, 20), 40);
+  EXPECT_EQ(Feed(l, 1, 0, 20 * kMs, 20), 25);
   EXPECT_EQ(l.windows(), 1);
-  EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 20.0 * kMs);
+  EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 0.0);  // none during the warm-up
   // In slow start window 2 lasts one rtt from 20 ms: samples ending before
   // 40 ms keep it open however many there are.
-  EXPECT_EQ(Feed(l, 50, 10 * kMs, 20 * kMs, 40), 40);
-  EXPECT_EQ(Feed(l, 1, 20 * kMs, 20 * kMs, 40), 80);
+  EXPECT_EQ(Feed(l, 50, 10 * kMs, 20 * kMs, 25), 25);
+  EXPECT_EQ(Feed(l, 1, 20 * kMs, 20 * kMs, 25), 31);  // 25 + 6.25
+  EXPECT_DOUBLE_EQ(l.estimated_limit(), 31.25);
   EXPECT_TRUE(l.slow_start());
+  // Small limits grow by at least one: 4 -> 5 -> 6.25 -> 7.8125.
+  BaselineGradientLimit s = StartingAt(4);
+  int64_t t = 0;
+  for (int expected : {5, 6, 7, 9}) {
+    EXPECT_EQ(Feed(s, 10, t, 20 * kMs, s.limit()), expected);
+    t += 100 * kMs;
+  }
+}
+
+TEST(BaselineGradientLimitTest, BaselineIsTheLowestSmoothedMedianAfterAWarmUp) {
+  BaselineGradientLimit l = StartingAt(20);
+  Windows w{l};
+  for (int i = 0; i < BaselineGradientLimit::kBaselineWarmup; ++i) {
+    w.Next(20 * kMs, 1);
+    EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 0.0);
+  }
+  w.Next(20 * kMs, 1);
+  EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 20.0 * kMs);
+  // One fast window moves the smoothed median a quarter of the way:
+  // 0.75 * 20 + 0.25 * 10.
+  w.Next(10 * kMs, 1);
+  EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 17.5 * kMs);
+  EXPECT_DOUBLE_EQ(l.last_window_rtt_ns(), 10.0 * kMs);
 }
 
 TEST(BaselineGradientLimitTest, CutsInProportionToTheExcessDelay) {
-  BaselineGradientLimit l;
-  Feed(l, 10, 0, 20 * kMs, 20);  // 20 -> 40, baseline 20 ms
-  ASSERT_EQ(l.limit(), 40);
+  BaselineGradientLimit l = StartingAt(20);
+  Windows w{l};
+  w.Baseline(20 * kMs);
+  ASSERT_EQ(l.limit(), 20);
   // 30 ms against a ceiling of 20 * 1.2 = 24 ms (identical samples: no
-  // noise allowance): 40 * 24 / 30 = 32, and slow start ends.
-  // (The window after the first ends at 20 + 20 = 40 ms: slow start.)
-  EXPECT_EQ(Feed(l, 10, 30 * kMs, 30 * kMs, 40), 32);
+  // noise allowance). The first window above it only holds the limit; the
+  // second cuts 20 * 24 / 30 = 16, and slow start ends.
+  EXPECT_EQ(w.Next(30 * kMs, 20), 20);
+  EXPECT_TRUE(l.slow_start());
+  EXPECT_EQ(w.Next(30 * kMs, 20), 16);
+  EXPECT_DOUBLE_EQ(l.noise(), 0.0);
   EXPECT_FALSE(l.slow_start());
-  // Back at the baseline: additive growth max(1, 5% of 32 = 1.6) -> 33.6.
-  EXPECT_EQ(Feed(l, 10, 100 * kMs, 20 * kMs, 40), 33);
-  EXPECT_DOUBLE_EQ(l.estimated_limit(), 33.6);
-  // A huge excess cuts by at most half: 33.6 * 0.5 = 16.8.
-  EXPECT_EQ(Feed(l, 10, 200 * kMs, 500 * kMs, 40), 16);
+  // Back at the baseline: additive growth max(1, 5% of 16) -> 17.
+  EXPECT_EQ(w.Next(20 * kMs, 20), 17);
+  // A huge excess cuts by at most half: 17 * 0.5 = 8.5.
+  EXPECT_EQ(w.Next(500 * kMs, 20), 17);
+  EXPECT_EQ(w.Next(500 * kMs, 20), 8);
+  EXPECT_DOUBLE_EQ(l.estimated_limit(), 8.5);
+}
+
+TEST(BaselineGradientLimitTest,
+     OneSlowWindowIsNotEnoughAndTheLowerOfTwoCounts) {
+  BaselineGradientLimit l = StartingAt(20);
+  Windows w{l};
+  w.Baseline(20 * kMs);
+  // A slow window between normal ones: no cut (nor growth: it holds).
+  EXPECT_EQ(w.Next(2000 * kMs, 20), 20);
+  EXPECT_EQ(w.Next(20 * kMs, 20), 25);
+  EXPECT_EQ(w.Next(2000 * kMs, 20), 25);
+  // A slow window then one at the ceiling (24 ms, not above it): growth.
+  EXPECT_EQ(w.Next(24 * kMs, 20), 31);
+  // ... two above it, 40 ms then 30 ms: the cut uses 30 ms, 31.25 * 24 / 30.
+  EXPECT_EQ(w.Next(40 * kMs, 20), 31);
+  EXPECT_EQ(w.Next(30 * kMs, 20), 25);
+  EXPECT_DOUBLE_EQ(l.estimated_limit(), 25.0);
+}
+
+TEST(BaselineGradientLimitTest, LatencyNeverCutsBelowFourOnlyDropsDo) {
+  BaselineGradientLimit l = StartingAt(20);
+  Windows w{l};
+  w.Baseline(20 * kMs);
+  // Latency 25x the baseline, window after window: 20 (held) -> 10 -> 5 ->
+  // 4, and there it stays.
+  for (int expected : {20, 10, 5, 4, 4, 4}) {
+    EXPECT_EQ(w.Next(500 * kMs, 20), expected);
+  }
+  EXPECT_DOUBLE_EQ(l.estimated_limit(), 4.0);
+  // Drops do: 4 -> 2 -> 1 (all rejected: the largest cut, half).
+  EXPECT_EQ(w.Next(20 * kMs, 4, /*drops=*/10), 2);
+  EXPECT_EQ(w.Next(20 * kMs, 2, /*drops=*/10), 1);
+  // A limit already below 4 is not cut on latency at all.
+  BaselineGradientLimit three = StartingAt(3);
+  Windows w3{three};
+  w3.Baseline(20 * kMs);
+  ASSERT_EQ(three.limit(), 3);
+  EXPECT_EQ(w3.Next(500 * kMs, 3), 3);
+  EXPECT_EQ(w3.Next(500 * kMs, 3), 3);
+}
+
+TEST(BaselineGradientLimitTest, SlowOutliersDoNotMoveTheWindowMedian) {
+  BaselineGradientLimit l = StartingAt(8);
+  Windows w{l};
+  w.Baseline(40 * kMs);
+  // Each window: 7 answers in 40 ms, 3 in 4 s (100x), the limit in flight.
+  // The median is 40 ms every time, so the limit grows as in slow start.
+  for (int expected : {10, 12, 15, 19}) {
+    Feed(l, 7, w.t, 40 * kMs, l.limit());
+    Feed(l, 3, w.t, 4000 * kMs, l.limit());
+    w.t += 10'000 * kMs;
+    EXPECT_EQ(l.limit(), expected);
+    EXPECT_DOUBLE_EQ(l.last_window_rtt_ns(), 40.0 * kMs);
+    // The outliers (above 4x the median) are left out of the noise.
+    EXPECT_DOUBLE_EQ(l.noise(), 0.0);
+  }
+  EXPECT_TRUE(l.slow_start());
+}
+
+TEST(BaselineGradientLimitTest, NoiseIsTheRelativeErrorOfTheMedian) {
+  BaselineGradientLimit l = StartingAt(10);
+  // Ten rtts 10, 20, ..., 100 ms: median 55 ms; j = 10 inliers (all <=
+  // 220 ms), h = sqrt(10) / 2 = 1.58: ranks floor(3.42) = 3 and
+  // ceil(6.58) - 1 = 6, so e = (70 - 40) / 2 / 55.
+  for (int i = 1; i <= 10; ++i) l.OnSample(0, i * 10 * kMs, 10, false);
+  EXPECT_EQ(l.windows(), 1);
+  EXPECT_DOUBLE_EQ(l.last_window_rtt_ns(), 55.0 * kMs);
+  EXPECT_DOUBLE_EQ(l.noise(), 15.0 / 55.0);
+}
+
+TEST(BaselineGradientLimitTest, AWindowKeepsAnEvenSpreadOf64Rtts) {
+  BaselineGradientLimit::Options o;
+  o.initial_limit = 10;
+  o.min_samples = 200;
+  BaselineGradientLimit l = Make(o);
+  // 100 answers in 10 ms, then 100 in 30 ms: the window keeps every 4th
+  // (25 of each), so its median is between them. Keeping the first or the
+  // last 64 would say 10 or 30.
+  Feed(l, 100, 0, 10 * kMs, 10);
+  Feed(l, 100, 0, 30 * kMs, 10);
+  EXPECT_EQ(l.windows(), 1);
+  EXPECT_DOUBLE_EQ(l.last_window_rtt_ns(), 20.0 * kMs);
+}
+
+TEST(BaselineGradientLimitTest, DropsCutInProportionToTheShareRejected) {
+  for (auto [drops, expected] : {std::pair{1, 18.0}, std::pair{2, 16.0}}) {
+    BaselineGradientLimit l = StartingAt(20);
+    Feed(l, 10 - drops, 0, 20 * kMs, 20);
+    Feed(l, drops, 0, 20 * kMs, 20, /*drop=*/true);
+    EXPECT_EQ(l.windows(), 1);
+    // clamp(1 - d / 10, 0.5, 0.9): 0.9, 0.8.
+    EXPECT_DOUBLE_EQ(l.estimated_limit(), expected) << drops;
+    EXPECT_FALSE(l.slow_start());
+    // One window with a drop or two makes its level, min(limit, in
+    // flight), suspect; it sets no cap yet.
+    EXPECT_EQ(l.suspect_level(), 20) << drops;
+    EXPECT_EQ(l.drop_cap(), 0) << drops;
+  }
+  // Drops with 12 in flight, then again with 10: the cap goes just below
+  // the higher level, 11.
+  BaselineGradientLimit l = StartingAt(20);
+  Windows w{l};
+  EXPECT_EQ(w.Next(20 * kMs, 12, /*drops=*/2), 16);
+  EXPECT_EQ(l.suspect_level(), 12);
+  EXPECT_EQ(w.Next(20 * kMs, 10, /*drops=*/2), 11);  // min(11, 16 * 0.8)
+  EXPECT_EQ(l.drop_cap(), 11);
+  EXPECT_EQ(l.suspect_level(), 0);
+}
+
+TEST(BaselineGradientLimitTest, ABurstOfDropsClosesTheWindowAndSetsTheCap) {
+  // Seven answers, then the third drop closes the window at once: 3 of 10
+  // rejected, 20 * 0.7; three drops in a window are load: cap 19 at once.
+  BaselineGradientLimit l = StartingAt(20);
+  Feed(l, 7, 0, 20 * kMs, 20);
+  EXPECT_EQ(Feed(l, 2, 0, 1 * kMs, 20, /*drop=*/true), 20);
+  EXPECT_EQ(l.OnSample(0, 1 * kMs, 20, /*did_drop=*/true), 14);
+  EXPECT_EQ(l.windows(), 1);
+  EXPECT_EQ(l.drop_cap(), 19);
+  EXPECT_EQ(l.suspect_level(), 0);
+  // However young the window: three drops first, 20 * 0.5.
+  BaselineGradientLimit b = StartingAt(20);
+  EXPECT_EQ(Feed(b, 3, 0, 1 * kMs, 12, /*drop=*/true), 10);
+  EXPECT_EQ(b.drop_cap(), 11);
+}
+
+TEST(BaselineGradientLimitTest, AStrayDropIsOnlySuspectUntilItsLevelHolds) {
+  BaselineGradientLimit l = StartingAt(8);
+  Windows w{l};
+  // A connection reset at 8: the limit is cut (8 * 0.9), 8 is suspect.
+  EXPECT_EQ(w.Next(20 * kMs, 8, /*drops=*/1), 7);
+  EXPECT_EQ(l.suspect_level(), 8);
+  // Growth stops at the suspect level until it is tested again ...
+  EXPECT_EQ(w.Next(20 * kMs, 7), 8);
+  EXPECT_EQ(w.Next(20 * kMs, 8), 9);  // ... and held: no cap, growth resumes
+  EXPECT_EQ(l.suspect_level(), 0);
+  EXPECT_EQ(l.drop_cap(), 0);
+}
+
+TEST(BaselineGradientLimitTest, StaleDropsAreNotSamples) {
+  BaselineGradientLimit l = StartingAt(20);
+  Feed(l, 10, 0, 10 * kMs, 20, /*drop=*/true);  // -> 10
+  ASSERT_EQ(l.limit(), 10);
+  // Admitted with 20 in flight, under the old limit: already acted on.
+  EXPECT_EQ(Feed(l, 100, 50 * kMs, 10 * kMs, 20, /*drop=*/true), 10);
+  EXPECT_EQ(l.windows(), 1);
+  // A drop admitted at the new limit is one.
+  Feed(l, 10, 100 * kMs, 10 * kMs, 10, /*drop=*/true);
+  EXPECT_EQ(l.windows(), 2);
+  EXPECT_EQ(l.limit(), 5);
+}
+
+TEST(BaselineGradientLimitTest, DropsInAWindowStillAtAHigherLevelHold) {
+  BaselineGradientLimit l = StartingAt(20);
+  Feed(l, 3, 0, 1 * kMs, 20, /*drop=*/true);  // a burst: -> 10, cap 19
+  ASSERT_EQ(l.limit(), 10);
+  // Answers to work admitted with 20 in flight, and two drops admitted
+  // with 5: the backend is still full of the old level's work. The limit
+  // holds (no cut, no growth) and the cap does not move.
+  Feed(l, 8, 100 * kMs, 20 * kMs, 20);
+  EXPECT_EQ(Feed(l, 2, 100 * kMs, 20 * kMs, 5, /*drop=*/true), 10);
+  EXPECT_EQ(l.windows(), 2);
+  EXPECT_EQ(l.drop_cap(), 19);
+  EXPECT_EQ(l.suspect_level(), 0);
+  // Once the window is all at the new level, drops count: 10 * 0.8.
+  Feed(l, 8, 200 * kMs, 20 * kMs, 10);
+  EXPECT_EQ(Feed(l, 2, 200 * kMs, 20 * kMs, 10, /*drop=*/true), 8);
+  EXPECT_EQ(l.suspect_level(), 10);
+}
+
+TEST(BaselineGradientLimitTest, DropsWithNothingAnsweredLeaveTheMemory) {
+  BaselineGradientLimit l = StartingAt(8);
+  Windows w{l};
+  EXPECT_EQ(w.Next(20 * kMs, 8, /*drops=*/10), 4);  // a burst: cap 7
+  ASSERT_EQ(l.drop_cap(), 7);
+  // An outage: every request rejected, window after window. Neither these
+  // windows nor the one before them had an answer: the limit is cut, the
+  // memory stays.
+  EXPECT_EQ(w.Next(20 * kMs, 4, /*drops=*/10), 2);
+  EXPECT_EQ(w.Next(20 * kMs, 2, /*drops=*/10), 1);
+  EXPECT_EQ(l.drop_cap(), 7);
+  EXPECT_EQ(l.suspect_level(), 0);
+  // Answers again: growth resumes up to the remembered cap.
+  for (int i = 0; i < 10; ++i) w.Next(20 * kMs, l.limit());
+  EXPECT_EQ(l.limit(), 7);
+}
+
+TEST(BaselineGradientLimitTest, RemembersWhereDropsHappenedAndProbes) {
+  BaselineGradientLimit::Options o;
+  o.initial_limit = 8;
+  o.probe_interval = 3;
+  BaselineGradientLimit l = Make(o);
+  int64_t t = 0;
+  // Feeds one window: 10 answers with the limit in flight, the first
+  // `drops` of them rejected (in 1 ms), the others in 20 ms.
+  auto window = [&](int drops = 0) {
+    const int in_flight = l.limit();
+    Feed(l, drops, t, 1 * kMs, in_flight, /*drop=*/true);
+    Feed(l, 10 - drops, t, 20 * kMs, in_flight);
+    t += 100 * kMs;
+    return l.limit();
+  };
+  // Rejections at 8: 8 * 0.9, and 8 is suspect; back at 8, rejections
+  // again: the cap is 7.
+  EXPECT_EQ(window(1), 7);
+  EXPECT_EQ(l.drop_cap(), 0);
+  EXPECT_EQ(window(), 8);
+  EXPECT_EQ(window(1), 7);
+  EXPECT_EQ(l.drop_cap(), 7);
+  EXPECT_EQ(window(), 7);
+  EXPECT_EQ(window(), 7);
+  EXPECT_FALSE(l.probing());
+  // The third window at the cap: the probe raises it to 8.
+  EXPECT_EQ(window(), 8);
+  EXPECT_TRUE(l.probing());
+  EXPECT_EQ(l.drop_cap(), 8);
+  // The probe is rejected: back to 7, and the next probe waits twice as
+  // long.
+  EXPECT_EQ(window(1), 7);
+  EXPECT_EQ(l.drop_cap(), 7);
+  EXPECT_FALSE(l.probing());
+  EXPECT_EQ(l.probe_interval_windows(), 6);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(window(), 7);
+  EXPECT_EQ(window(), 8);
+  EXPECT_TRUE(l.probing());
+  // Three drop-free windows at the raised cap: the capacity grew, the cap
+  // goes and growth resumes (8 + 1); the interval is back to 3.
+  EXPECT_EQ(window(), 8);
+  EXPECT_EQ(window(), 8);
+  EXPECT_EQ(window(), 9);
+  EXPECT_EQ(l.drop_cap(), 0);
+  EXPECT_FALSE(l.probing());
+  EXPECT_EQ(l.probe_interval_windows(), 3);
+  EXPECT_EQ(window(), 10);
+  // Failed probes back off to 16x the interval at most.
+  EXPECT_EQ(window(1), 9);  // 10 * 0.9, 10 suspect
+  EXPECT_EQ(window(), 10);
+  EXPECT_EQ(window(1), 9);  // cap 9
+  for (int probe = 0; probe < 6; ++probe) {
+    while (!l.probing()) window();
+    window(1);
+  }
+  EXPECT_EQ(l.probe_interval_windows(), 48);
+  EXPECT_EQ(l.drop_cap(), 9);
+  EXPECT_EQ(l.limit(), 9);
+}
+
+TEST(BaselineGradientLimitTest, WindowsBelowTheCapDoNotCountTowardAProbe) {
+  BaselineGradientLimit::Options o;
+  o.initial_limit = 8;
+  o.probe_interval = 2;
+  BaselineGradientLimit l = Make(o);
+  Windows w{l};
+  w.Next(20 * kMs, 8, /*drops=*/10);  // a burst: -> 4, cap 7
+  ASSERT_EQ(l.drop_cap(), 7);
+  // Two in flight: too little load to test the cap.
+  for (int i = 0; i < 10; ++i) w.Next(20 * kMs, 2);
+  EXPECT_EQ(l.drop_cap(), 7);
+  EXPECT_FALSE(l.probing());
 }
 
 TEST(BaselineGradientLimitTest, BacksOffOnDropsWhateverTheLatency) {
-  BaselineGradientLimit l;
-  Feed(l, 10, 0, 20 * kMs, 20);  // 40
-  // A window holding one drop: 40 * 0.9 = 36, even at baseline latency.
-  Feed(l, 8, 20 * kMs, 20 * kMs, 40);
-  EXPECT_EQ(l.OnSample(40 * kMs, 1 * kMs, 40, /*did_drop=*/true), 40);
-  EXPECT_EQ(Feed(l, 1, 60 * kMs, 20 * kMs, 40), 36);
+  BaselineGradientLimit l = StartingAt(20);
+  Feed(l, 10, 0, 20 * kMs, 20);  // 25
+  // A window holding one drop among 10: 25 * 0.9 = 22.5, even at baseline
+  // latency.
+  Feed(l, 8, 20 * kMs, 20 * kMs, 25);
+  EXPECT_EQ(l.OnSample(40 * kMs, 1 * kMs, 25, /*did_drop=*/true), 25);
+  EXPECT_EQ(Feed(l, 1, 60 * kMs, 20 * kMs, 25), 22);
   EXPECT_FALSE(l.slow_start());
+  EXPECT_EQ(l.suspect_level(), 25);
 }
 
 TEST(BaselineGradientLimitTest, AppLimitedWindowsLeaveTheLimit) {
-  BaselineGradientLimit l;
+  BaselineGradientLimit l = StartingAt(20);
+  Windows w{l};
   // 9 in flight against a limit of 20: too little load to learn from.
-  EXPECT_EQ(Feed(l, 10, 0, 20 * kMs, 9), 20);
-  EXPECT_EQ(l.windows(), 1);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(w.Next(20 * kMs, 9), 20);
+  EXPECT_EQ(l.windows(), 5);
   // But a latency excess still cuts.
-  EXPECT_EQ(Feed(l, 10, 20 * kMs, 40 * kMs, 9), 12);  // 20 * 24 / 40
+  EXPECT_EQ(w.Next(40 * kMs, 9), 20);
+  EXPECT_EQ(w.Next(40 * kMs, 9), 12);  // 20 * 24 / 40
 }
 
 TEST(BaselineGradientLimitTest, ClampsAndValidates) {
@@ -435,13 +761,16 @@ TEST(BaselineGradientLimitTest, ClampsAndValidates) {
   o.initial_limit = 4;
   o.min_limit = 2;
   o.max_limit = 6;
-  auto l = BaselineGradientLimit::Create(o);
-  ASSERT_TRUE(l.ok()) << l.status();
-  EXPECT_EQ(Feed(*l, 10, 0, 20 * kMs, 6), 6);  // 8 clamped to 6
+  BaselineGradientLimit l = Make(o);
+  EXPECT_EQ(Feed(l, 10, 0, 20 * kMs, 4), 5);
+  EXPECT_EQ(Feed(l, 10, 100 * kMs, 20 * kMs, 5), 6);  // 6.25 clamped to 6
   for (int w = 0; w < 10; ++w) {
-    Feed(*l, 10, (100 + 100 * w) * kMs, 20 * kMs, 6, /*drop=*/true);
+    Feed(l, 10, (200 + 100 * w) * kMs, 20 * kMs, l.limit(), /*drop=*/true);
   }
-  EXPECT_EQ(l->limit(), 2);
+  EXPECT_EQ(l.limit(), 2);
+  // Only the first of those windows moved the cap (6 - 1): the others had
+  // no answer and neither had the one before (below).
+  EXPECT_EQ(l.drop_cap(), 5);
 
   o = {};
   o.tolerance = 0;
@@ -456,6 +785,14 @@ TEST(BaselineGradientLimitTest, ClampsAndValidates) {
   EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
               HasSubstr("growth"));
   o = {};
+  o.slow_start_growth = 1.5;
+  EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
+              HasSubstr("slow_start_growth"));
+  o = {};
+  o.probe_interval = 0;
+  EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
+              HasSubstr("probe_interval"));
+  o = {};
   o.max_window_ns = o.min_window_ns - 1;
   EXPECT_THAT(BaselineGradientLimit::Validate(o).message(),
               HasSubstr("min_window_ns"));
@@ -468,21 +805,16 @@ TEST(BaselineGradientLimitTest, ClampsAndValidates) {
 TEST(BaselineGradientLimitTest, BaselineFollowsAGenuineRiseWithinTwoPeriods) {
   BaselineGradientLimit::Options o;
   o.baseline_period = 3;
-  auto l = BaselineGradientLimit::Create(o);
-  ASSERT_TRUE(l.ok());
-  int64_t t = 0;
-  auto window = [&](int64_t rtt) {
-    Feed(*l, 10, t, rtt, 1);  // app-limited: only the baseline moves
-    t += 10 * rtt;
-  };
-  window(20 * kMs);
-  EXPECT_DOUBLE_EQ(l->baseline_rtt_ns(), 20.0 * kMs);
-  // The backend got slower for good: after two full periods the old
-  // minimum is gone.
-  for (int i = 0; i < 4; ++i) window(50 * kMs);
-  EXPECT_DOUBLE_EQ(l->baseline_rtt_ns(), 20.0 * kMs);
-  window(50 * kMs);
-  EXPECT_DOUBLE_EQ(l->baseline_rtt_ns(), 50.0 * kMs);
+  BaselineGradientLimit l = Make(o);
+  Windows w{l};
+  w.Baseline(20 * kMs);  // app-limited windows: only the baseline moves
+  EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 20.0 * kMs);
+  // The backend got slower for good: the old minimum stays for a while,
+  // then is gone, and the smoothed median converges to the new latency.
+  w.Next(50 * kMs, 1);
+  EXPECT_DOUBLE_EQ(l.baseline_rtt_ns(), 20.0 * kMs);
+  for (int i = 0; i < 20; ++i) w.Next(50 * kMs, 1);
+  EXPECT_NEAR(l.baseline_rtt_ns(), 50.0 * kMs, 0.5 * kMs);
 }
 
 }  // namespace baseline_gradient

@@ -324,6 +324,10 @@ absl::Status BaselineGradientLimit::Validate(const Options& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("growth must be in (0, 1], got ", o.growth));
   }
+  if (!(o.slow_start_growth > 0.0 && o.slow_start_growth <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "slow_start_growth must be in (0, 1], got ", o.slow_start_growth));
+  }
   if (absl::Status s = CheckWindows(o.min_window_ns, o.max_window_ns,
                                     o.min_samples, o.min_rtt_threshold_ns);
       !s.ok()) {
@@ -332,6 +336,11 @@ absl::Status BaselineGradientLimit::Validate(const Options& o) {
   if (o.baseline_period < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("baseline_period must be >= 1, got ", o.baseline_period));
+  }
+  // Shifted left by up to kMaxProbeShift: keep that an int.
+  if (o.probe_interval < 1 || o.probe_interval > (1 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "probe_interval must be in [1, 1048576], got ", o.probe_interval));
   }
   return absl::OkStatus();
 }
@@ -354,6 +363,7 @@ double BaselineGradientLimit::baseline_rtt_ns() const {
 int BaselineGradientLimit::OnSample(int64_t start_ns, int64_t rtt_ns,
                                     int inflight, bool did_drop) {
   if (rtt_ns < 0 || !Relevant(rtt_ns, did_drop)) return limit();
+  if (did_drop && inflight > limit()) return limit();  // stale
   if (!started_) {
     started_ = true;
     window_end_ns_ = start_ns + options_.min_window_ns;
@@ -363,65 +373,190 @@ int BaselineGradientLimit::OnSample(int64_t start_ns, int64_t rtt_ns,
   if (did_drop) {
     ++drops_;
   } else {
+    Keep(rtt_ns);
     ++ok_count_;
-    ok_sum_ns_ += static_cast<double>(rtt_ns);
-    const double ms = static_cast<double>(rtt_ns) / 1e6;
-    ok_sq_sum_ += ms * ms;
     ok_min_ns_ = std::min(ok_min_ns_, rtt_ns);
   }
   const int64_t end_ns = start_ns + rtt_ns;
-  if (end_ns < window_end_ns_ || count_ < options_.min_samples) return limit();
+  if ((end_ns < window_end_ns_ || count_ < options_.min_samples) &&
+      drops_ < kBurstDrops) {
+    return limit();
+  }
   CloseWindow();
   const int64_t basis = ok_count_ > 0 ? ok_min_ns_ : rtt_ns;
-  // Slow start looks again after one round trip (doubling per rtt, as TCP);
-  // later windows span two, to average out noise.
+  // Slow start looks again after one round trip; later windows span two,
+  // to average out noise.
   const int64_t span = (slow_start_ ? 1 : 2) * basis;
   window_end_ns_ =
       end_ns + std::clamp(span, options_.min_window_ns, options_.max_window_ns);
   count_ = ok_count_ = drops_ = 0;
-  ok_sum_ns_ = ok_sq_sum_ = 0;
   ok_min_ns_ = INT64_MAX;
   max_inflight_ = 0;
+  kept_count_ = 0;
+  keep_every_ = 1;
   return limit();
+}
+
+void BaselineGradientLimit::Keep(int64_t rtt_ns) {
+  // ok_count_ is this sample's index among the window's successes.
+  if ((ok_count_ & (keep_every_ - 1)) != 0) return;  // a power of 2
+  if (kept_count_ == kKeptRtts) {
+    // Full: keep every other one (indices 0, 2s, 4s, ... of the
+    // successes); the next kept index, 64s, is a multiple of 2s.
+    for (int i = 0; i < kKeptRtts / 2; ++i) kept_[i] = kept_[2 * i];
+    kept_count_ = kKeptRtts / 2;
+    keep_every_ *= 2;
+  }
+  kept_[kept_count_++] = rtt_ns;
+}
+
+std::pair<double, double> BaselineGradientLimit::MedianAndNoise() {
+  int64_t* const x = kept_;
+  const int k = kept_count_;
+  std::sort(x, x + k);
+  const double median =
+      (static_cast<double>(x[(k - 1) / 2]) + static_cast<double>(x[k / 2])) /
+      2.0;
+  // The inliers are a prefix of the sorted rtts.
+  const int j = static_cast<int>(
+      std::upper_bound(x, x + k, static_cast<int64_t>(4.0 * median)) - x);
+  if (j < 2 || median <= 0) return {median, -1.0};
+  const double h = std::sqrt(static_cast<double>(j)) / 2.0;
+  const int lo = std::max(0, static_cast<int>(std::floor(j / 2.0 - h)));
+  const int hi = std::min(j - 1, static_cast<int>(std::ceil(j / 2.0 + h)) - 1);
+  return {median, static_cast<double>(x[hi] - x[lo]) / 2.0 / median};
 }
 
 void BaselineGradientLimit::CloseWindow() {
   ++windows_;
   const double lo = options_.min_limit;
   const double hi = options_.max_limit;
-  if (ok_count_ > 0) {
-    const double n = static_cast<double>(ok_count_);
-    const double avg = ok_sum_ns_ / n;
-    last_rtt_ns_ = avg;
-    if (ok_count_ > 1) {
-      const double mean_ms = avg / 1e6;
-      const double var = std::max(0.0, ok_sq_sum_ / n - mean_ms * mean_ms);
-      const double rel_err = std::sqrt(var / n) / mean_ms;
-      noise_ = noise_ == 0 ? rel_err : 0.9 * noise_ + 0.1 * rel_err;
+  // Only a full window (min_samples successes) is precise enough to measure
+  // the noise, to set the baseline, or to cut on latency.
+  const bool full = kept_count_ > 0 && ok_count_ >= options_.min_samples;
+  if (kept_count_ > 0) {
+    const auto [median, window_noise] = MedianAndNoise();
+    last_rtt_ns_ = median;
+    if (full && window_noise >= 0) {
+      noise_ = noise_known_ ? 0.9 * noise_ + 0.1 * window_noise : window_noise;
+      noise_known_ = true;
     }
-    if (period_min_ns_ == 0 || avg < period_min_ns_) period_min_ns_ = avg;
+  }
+  if (full) {
+    smoothed_rtt_ns_ = smoothed_rtt_ns_ == 0
+                           ? last_rtt_ns_
+                           : (1.0 - kBaselineSmoothing) * smoothed_rtt_ns_ +
+                                 kBaselineSmoothing * last_rtt_ns_;
+    if (++full_windows_ <= kBaselineWarmup) {
+      // The first windows' medians lean fast (the quickest answers of a
+      // cohort started together finish first): no baseline yet.
+    } else if (period_min_ns_ == 0 || smoothed_rtt_ns_ < period_min_ns_) {
+      period_min_ns_ = smoothed_rtt_ns_;
+    }
     if (++period_windows_ >= options_.baseline_period) {
       prev_period_min_ns_ = period_min_ns_;
       period_min_ns_ = 0;
       period_windows_ = 0;
     }
   }
-  double next = estimated_;
+  // Drops in a window that still carries work admitted under a higher
+  // limit (m > limit) report on that level, which the limit has already
+  // left: they hold the limit (no growth) but neither cut it nor move the
+  // cap, as a single stale drop would not.
+  if (drops_ > 0 && max_inflight_ > limit()) return;
+  const bool failed_probe = probing_ && drops_ > 0;
+  TrackCap();
+  const double current = estimated_;
+  double next = current;
   const double baseline = baseline_rtt_ns();
-  const double ceiling = baseline * (1.0 + options_.tolerance + 3.0 * noise_);
-  if (drops_ > 0) {
-    next = estimated_ * options_.backoff_ratio;
-  } else if (ok_count_ > 0 && last_rtt_ns_ > ceiling) {
-    next = estimated_ * std::max(0.5, ceiling / last_rtt_ns_);
-  } else if (max_inflight_ * 2 < estimated_) {
-    return;  // app-limited
-  } else if (slow_start_) {
-    next = estimated_ * 2.0;
-  } else {
-    next = estimated_ + std::max(1.0, options_.growth * estimated_);
+  const double ceiling =
+      baseline * (1.0 + options_.tolerance + kNoiseBand * noise_);
+  if (drops_ > 0 || (full && !(baseline > 0 && last_rtt_ns_ > ceiling))) {
+    over_ceiling_rtt_ns_ = 0;
   }
-  if (next < estimated_) slow_start_ = false;
+  if (drops_ > 0 && failed_probe) {
+    // Only the one level the probe added was rejected: back to the cap.
+    next = std::min(current, static_cast<double>(cap_));
+  } else if (drops_ > 0) {
+    const double share =
+        static_cast<double>(drops_) / static_cast<double>(count_);
+    next = current * std::clamp(1.0 - share, 0.5, options_.backoff_ratio);
+    if (cap_ > 0) next = std::min(next, static_cast<double>(cap_));
+  } else if (full && baseline > 0 && last_rtt_ns_ > ceiling) {
+    // Two windows in a row above the ceiling, and the lower of the two
+    // counts: one window is not enough (when slow answers hold most
+    // permits, a window can be mostly slow answers).
+    const double excess = std::min(last_rtt_ns_, over_ceiling_rtt_ns_);
+    over_ceiling_rtt_ns_ = last_rtt_ns_;
+    if (excess <= ceiling) return;  // the first: wait for the next
+    const double floor = std::max(lo, std::min(kLatencyFloor, current));
+    next = std::max(floor, current * std::max(0.5, ceiling / excess));
+  } else if (max_inflight_ * 2 < current) {
+    return;  // app-limited
+  } else {
+    const double g = slow_start_ ? options_.slow_start_growth : options_.growth;
+    next = current + std::max(1.0, g * current);
+    if (cap_ > 0) next = std::min(next, static_cast<double>(cap_));
+    // A suspect level is tested again before growing past it.
+    if (suspect_level_ > 0) {
+      next = std::min(next,
+                      std::max(current, static_cast<double>(suspect_level_)));
+    }
+  }
+  if (next < current) slow_start_ = false;
   estimated_ = std::clamp(next, lo, hi);
+}
+
+void BaselineGradientLimit::TrackCap() {
+  const bool answered = ok_count_ > 0 || previous_answered_;
+  previous_answered_ = ok_count_ > 0;
+  if (drops_ > 0) {
+    // The level the drops happened at.
+    const int level = std::min(limit(), max_inflight_);
+    if (!answered && !probing_) {
+      // Nothing answered in this window or the last: an outage, not a
+      // capacity level. The cut applies; the memory stays as it was.
+      return;
+    }
+    if (probing_) {  // the probe met drops: back below, probe less often
+      probing_ = false;
+      probe_shift_ = std::min(probe_shift_ + 1, kMaxProbeShift);
+      cap_ = std::max(options_.min_limit, level - 1);
+    } else if (suspect_level_ > 0 || drops_ >= kBurstDrops) {
+      // Drops again before the suspect level held, or a burst of them: load.
+      // Just below the higher of the two levels.
+      cap_ = std::max(options_.min_limit, std::max(level, suspect_level_) - 1);
+    } else {
+      // A first window with drops may be a stray error (a connection
+      // reset) as well as load: it cuts the limit, the level becomes
+      // suspect, and the cap and the count toward the next probe stay.
+      suspect_level_ = std::max(1, level);
+      return;
+    }
+    suspect_level_ = 0;
+    quiet_windows_ = 0;
+    return;
+  }
+  // A drop-free window with the limit and the in-flight count at the
+  // suspect level clears it.
+  if (suspect_level_ > 0 && limit() >= suspect_level_ &&
+      max_inflight_ >= suspect_level_) {
+    suspect_level_ = 0;
+  }
+  if (cap_ == 0 || max_inflight_ < cap_) return;  // the cap did not bind
+  ++quiet_windows_;
+  if (probing_) {
+    if (quiet_windows_ >= options_.probe_interval) {  // capacity grew
+      cap_ = 0;
+      probing_ = false;
+      probe_shift_ = 0;
+      quiet_windows_ = 0;
+    }
+  } else if (quiet_windows_ >= options_.probe_interval << probe_shift_) {
+    ++cap_;  // probe one level higher
+    probing_ = true;
+    quiet_windows_ = 0;
+  }
 }
 
 }  // namespace caudal
