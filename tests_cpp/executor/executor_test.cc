@@ -524,7 +524,7 @@ TEST(ExecutorLimitTest, AdaptiveByDefaultNoneWithAFixedGlobalLimit) {
   KeyLimiter* l = ex.LimiterFor(*a, *ex.current_config());
   ASSERT_NE(l, nullptr);
   EXPECT_EQ(l->mode(), KeyLimiter::Mode::kAdaptive);
-  EXPECT_EQ(l->limit(), 20);
+  EXPECT_EQ(l->limit(), 4);
   OptimizationConfig fixed;
   fixed.max_concurrent_executions = 5;
   ASSERT_TRUE(ex.ApplyConfig(fixed).ok());

@@ -57,7 +57,9 @@ bool KeyLimiter::SameOptions(const BaselineGradientLimit::Options& a,
          a.min_window_ns == b.min_window_ns &&
          a.max_window_ns == b.max_window_ns && a.min_samples == b.min_samples &&
          a.min_rtt_threshold_ns == b.min_rtt_threshold_ns &&
-         a.baseline_period == b.baseline_period;
+         a.baseline_period == b.baseline_period &&
+         a.slow_start_growth == b.slow_start_growth &&
+         a.probe_interval == b.probe_interval;
 }
 
 std::vector<LimiterWaiter> KeyLimiter::SetLimitLocked(

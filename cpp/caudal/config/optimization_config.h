@@ -44,7 +44,7 @@ namespace caudal {
     "Adaptive concurrency limit when max_concurrent_executions is None")       \
   X(OPT_INT, max_concurrent_executions, std::nullopt,                          \
     "Fixed limit on executions in flight; None = adaptive or unlimited")       \
-  X(INT, concurrency_initial_limit, 20,                                        \
+  X(INT, concurrency_initial_limit, 4,                                         \
     "Adaptive mode: the limit a key starts at")                                \
   X(INT, concurrency_min_limit, 1, "Adaptive mode: the lowest limit of a key") \
   X(INT, concurrency_max_limit, 1000,                                          \
