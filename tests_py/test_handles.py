@@ -23,6 +23,9 @@ def _config(pool_on: bool, **kw) -> OptimizationConfig:
         worker_pool_size=1,
         enable_object_pool=pool_on,
         enable_cache_optimization=False,
+        # Nine executions of one step at once (the adaptive limit starts
+        # at 4).
+        concurrency_initial_limit=20,
         **kw,
     )
 

@@ -104,7 +104,11 @@ async def test_pool_off_and_toggled_with_executions_in_flight():
     assert pool["hits"] + pool["misses"] == 0
 
     await ex.apply_optimization_config(
-        OptimizationConfig(enable_object_pool=True, memory_pressure_threshold_mb=1e6)
+        OptimizationConfig(
+            enable_object_pool=True,
+            memory_pressure_threshold_mb=1e6,
+            enable_concurrency_optimization=False,  # five at once, unlimited
+        )
     )
     release = asyncio.Event()
 
