@@ -934,5 +934,40 @@ TEST(ExecutorBreakerWaitTest, FailingFastAndTooLongWaitsEndAtOnce) {
   slow.Reject(r, 1);
 }
 
+TEST(ExecutorLimitTest, RetriesOverACutLimitSpreadOut) {
+  // Twelve executions hold permits when overload cuts the limit below
+  // them: their retries spread over the stated wait stretched by the
+  // oversubscription, instead of all returning after the stated wait.
+  OptimizationConfig cfg;
+  cfg.concurrency_initial_limit = 12;
+  cfg.enable_circuit_breaker = false;
+  Executor ex(cfg);
+  auto a = MakeEntry(ex, "a");
+  a->spec.retry = BackoffPolicy(5);
+  ASSERT_TRUE(ex.RegisterLimitKey(a->spec, nullptr).ok());
+  KeyLimiter* l = ex.LimiterFor(*a, *ex.current_config());
+  ASSERT_NE(l, nullptr);
+  std::vector<ExecutionRecord*> held;
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_TRUE(l->TryAcquire());
+    ExecutionRecord* r = ex.Begin(a, 0);
+    r->limiter = l;
+    r->limit_inflight = i + 1;
+    held.push_back(r);
+  }
+  double longest = 0;
+  for (ExecutionRecord* r : held) {
+    const FailureDecision d = ex.AttemptFailed(r, 50'000'000, Http(429, "1"));
+    ASSERT_EQ(d.verdict, FailureVerdict::kRetry);
+    EXPECT_GE(d.delay_s, 1.0);
+    const double over = static_cast<double>(l->in_flight()) / l->limit();
+    EXPECT_LE(d.delay_s, 1.2 * std::max(1.0, over) + 1e-9);
+    longest = std::max(longest, d.delay_s);
+  }
+  EXPECT_LT(l->limit(), 12);  // the drops cut it
+  EXPECT_GT(longest, 1.2);    // some retries were spread beyond the wait
+  for (ExecutionRecord* r : held) ex.Fail(r, 60'000'000, false);
+}
+
 }  // namespace
 }  // namespace caudal

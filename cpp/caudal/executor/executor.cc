@@ -318,10 +318,25 @@ FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
   const bool drop = e.Overloaded() || e.network_error;
   if (r->limiter != nullptr && (drop || e.timed_out)) {
     d.wake = SampleLimit(r, now_ns, drop);
+    if (drop && d.verdict == FailureVerdict::kRetry) SpreadOverLimit(r, &d);
   } else if (r->bypassed != nullptr && drop) {
     r->bypassed->Wake();  // overload on a dormant key: permits again
   }
   return d;
+}
+
+// The limit was cut below the executions holding its permits: those
+// holders' retries would all come back at once, over the new limit, and
+// meet overload again. Spread them over the back-off stretched by the
+// oversubscription (in flight / limit), as if they queued for the permits.
+void Executor::SpreadOverLimit(ExecutionRecord* r, FailureDecision* d) {
+  const int limit = r->limiter->limit();
+  const int in_flight = r->limiter->in_flight();
+  if (limit <= 0 || in_flight <= limit || d->delay_s <= 0) return;
+  const double over = static_cast<double>(in_flight) / limit - 1.0;
+  d->delay_s =
+      std::min(d->delay_s * (1.0 + over * UnitIntervalFromBits(random_.Next())),
+               r->step->spec.retry.max_backoff_s);
 }
 
 FailureDecision Executor::BreakerWait(ExecutionRecord* r) {

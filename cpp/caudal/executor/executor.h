@@ -513,6 +513,9 @@ class Executor {
  private:
   ExecutionOutcome Finish(ExecutionRecord* record, int64_t now_ns,
                           SpanOutcome outcome);
+  // After an overload drop cut the limit below its holders: stretch the
+  // retry's delay by up to the oversubscription.
+  void SpreadOverLimit(ExecutionRecord* record, FailureDecision* decision);
   // The open breaker refused the record's admission: wait or end.
   FailureDecision BreakerWait(ExecutionRecord* record);
   FailureDecision Decide(ExecutionRecord* record, int64_t now_ns,
