@@ -782,10 +782,41 @@ class Engine {
   }
 
   // ---- after a failed attempt ----
+  // After a failed attempt, or after the open breaker refused one (the
+  // record says so; `exc` is then the CircuitOpenError handed out for it):
+  // the core decides retry (a delay), fallback or the end.
   py::object failed(py::handle h, py::handle exc, bool timed_out) {
     ExecutionRecord* r = Live(h);
     PyStepEntry* e = Entry(r);
-    if (r->rejected) return BreakerRefused(r, exc);
+    const FailureDecision d =
+        r->rejected ? core_.AttemptFailed(r, MonotonicNowNs(), AttemptError())
+                    : AttemptFailed(r, e, exc, timed_out);
+    for (const FlightWaiter& w : d.wake) WakeSlot(w);
+    if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
+    if (!e->fallback.is_none()) {
+      // The fallback is another execution: it must not wait for the permits
+      // this one still holds (with every slot held by a primary waiting for
+      // its fallback, nothing could run).
+      WakePermits(core_.ReleasePermits(r));
+      return e->fallback;
+    }
+    if (r->rejected) {
+      if (r->attempt == 0) return EndRejected(r, exc);
+      // Attempts were made: the execution ends with the last one's own
+      // error (the refusal's cause), which says more than "the breaker is
+      // open".
+      PyObject* cause = PyException_GetCause(exc.ptr());
+      if (cause != nullptr) {
+        return Final(r, py::reinterpret_steal<py::object>(cause),
+                     /*fell_back=*/false, StoppedReason(d.verdict));
+      }
+    }
+    return Final(r, exc, /*fell_back=*/false, StoppedReason(d.verdict));
+  }
+
+  // The facts of a failed attempt (AttemptError), handed to the core.
+  FailureDecision AttemptFailed(ExecutionRecord* r, PyStepEntry* e,
+                                py::handle exc, bool timed_out) {
     AttemptError err;
     err.timed_out = timed_out;
     err.retryable = Matches(e->retry_on, exc, /*if_none=*/true);
@@ -800,17 +831,7 @@ class Engine {
     ClassifyFailure(exc, &err, &retry_after, &retry_after_ms);
     err.retry_after_header = retry_after;
     err.retry_after_ms_header = retry_after_ms;
-    const FailureDecision d = core_.AttemptFailed(r, MonotonicNowNs(), err);
-    for (const FlightWaiter& w : d.wake) WakeSlot(w);
-    if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
-    if (!e->fallback.is_none()) {
-      // The fallback is another execution: it must not wait for the permits
-      // this one still holds (with every slot held by a primary waiting for
-      // its fallback, nothing could run).
-      WakePermits(core_.ReleasePermits(r));
-      return e->fallback;
-    }
-    return Final(r, exc, /*fell_back=*/false, StoppedReason(d.verdict));
+    return core_.AttemptFailed(r, MonotonicNowNs(), err);
   }
 
   // metadata["retry_stopped"] of a final verdict; null when the attempts
@@ -830,29 +851,6 @@ class Engine {
         break;
     }
     return nullptr;
-  }
-
-  // The open breaker refused the execution's admission (`exc` is the
-  // CircuitOpenError handed out for it): the core says wait (a delay) or
-  // end; ending runs the fallback when the step has one.
-  py::object BreakerRefused(ExecutionRecord* r, py::handle exc) {
-    AttemptError err;
-    err.breaker_open = true;
-    const FailureDecision d = core_.AttemptFailed(r, MonotonicNowNs(), err);
-    if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
-    PyStepEntry* e = Entry(r);
-    if (!e->fallback.is_none()) {
-      WakePermits(core_.ReleasePermits(r));
-      return e->fallback;
-    }
-    if (r->attempt == 0) return EndRejected(r, exc);
-    // Attempts were made: the execution ends with the last one's own error
-    // (the refusal's cause), which says more than "the breaker is open".
-    PyObject* cause = PyException_GetCause(exc.ptr());
-    py::object last = cause != nullptr
-                          ? py::reinterpret_steal<py::object>(cause)
-                          : py::reinterpret_borrow<py::object>(exc);
-    return Final(r, last, /*fell_back=*/false, StoppedReason(d.verdict));
   }
 
   // The fallback step finished with `fb` (a StepResult).
@@ -1218,7 +1216,7 @@ class Engine {
   // the step not called.
   // With a fallback, it runs at once (mode 6). Otherwise the refusal goes
   // back as the attempt's exception (mode 3): `failed` asks the core
-  // whether to wait for the breaker's probe or end (BreakerRefused).
+  // whether to wait for the breaker's probe or end.
   py::tuple RejectedResult(ExecutionRecord* r) {
     PyStepEntry* e = Entry(r);
     py::object exc = CircuitOpen(r, py::none());

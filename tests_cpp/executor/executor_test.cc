@@ -861,8 +861,7 @@ TEST(ExecutorBreakerWaitTest, ARefusedExecutionWaitsForTheProbe) {
   ExecutionRecord* r = ex.Begin(entry, 400'000'000);
   ASSERT_EQ(r->attempt, 0);
   ASSERT_TRUE(r->rejected);
-  AttemptError refused;
-  refused.breaker_open = true;
+  const AttemptError refused;  // the record says it was refused
   FailureDecision d = ex.AttemptFailed(r, 400'000'000, refused);
   ASSERT_EQ(d.verdict, FailureVerdict::kRetry);
   EXPECT_GE(d.delay_s, 0.6 - 1e-9);
@@ -884,8 +883,7 @@ TEST(ExecutorBreakerWaitTest, WaitsSpendTheRetryBudget) {
   ex.AttemptFailed(trip, 0, Err(false, "builtins.ConnectionRefusedError"));
   ex.Fail(trip, 0, false);
   ExecutionRecord* r = ex.Begin(entry, 1);
-  AttemptError refused;
-  refused.breaker_open = true;
+  const AttemptError refused;  // the record says it was refused
   ASSERT_EQ(ex.AttemptFailed(r, 1, refused).verdict, FailureVerdict::kRetry);
   // Another execution took the half-open probe slot: a short poll for its
   // verdict, which spends no budget.
@@ -915,8 +913,7 @@ TEST(ExecutorBreakerWaitTest, FailingFastAndTooLongWaitsEndAtOnce) {
   ExecutionRecord* trip = fast.Begin(entry, 0);
   fast.AttemptFailed(trip, 0, Err(false, "builtins.ConnectionRefusedError"));
   fast.Fail(trip, 0, false);
-  AttemptError refused;
-  refused.breaker_open = true;
+  const AttemptError refused;  // the record says it was refused
   ExecutionRecord* r = fast.Begin(entry, 1);
   EXPECT_EQ(fast.AttemptFailed(r, 1, refused).verdict,
             FailureVerdict::kBreakerOpen);

@@ -309,7 +309,7 @@ absl::optional<double> AttemptError::RetryHintSeconds(double now_unix_s) const {
 
 FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
                                         const AttemptError& e) {
-  if (e.breaker_open || r->rejected) return BreakerWait(r);
+  if (r->rejected) return BreakerWait(r);
   FailureDecision d = Decide(r, now_ns, e);
   // Overload signals and network errors are the adaptive limit's drop
   // signal. A timed-out attempt is a latency sample (it ran that long): one
@@ -364,7 +364,7 @@ FailureDecision Executor::BreakerWait(ExecutionRecord* r) {
       return {FailureVerdict::kBreakerOpen};
   }
   // Spread the waiters (up to +20 %), so they do not all ask at one instant.
-  wait *= 1.0 + RetryPolicy::kHintSpread * UnitIntervalFromBits(random_.Next());
+  wait = RetryPolicy::SpreadUp(wait, random_.Next());
   return {FailureVerdict::kRetry, wait};
 }
 
@@ -441,9 +441,8 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
     // kOverloadBaseS, doubling per retry (an outage of a few seconds must
     // not use up the budget), spread upwards by up to 20 %.
     const int k = std::min(r->attempt - 1, 30);
-    const double floor =
-        kOverloadBaseS * static_cast<double>(1 << k) *
-        (1.0 + RetryPolicy::kHintSpread * UnitIntervalFromBits(random_.Next()));
+    const double floor = RetryPolicy::SpreadUp(
+        kOverloadBaseS * static_cast<double>(1 << k), random_.Next());
     delay = std::min(std::max(delay, floor), policy.max_backoff_s);
   }
   return {FailureVerdict::kRetry, delay};

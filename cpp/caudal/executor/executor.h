@@ -169,9 +169,6 @@ struct ExecutionOutcome {
 // What the bindings know about a failed attempt: facts only; the core
 // classifies them (Overloaded, Transient) and decides.
 struct AttemptError {
-  // Not an attempt: the step's open breaker refused it (the step was not
-  // called). Only the wait-or-end decision applies.
-  bool breaker_open = false;
   bool timed_out = false;  // the attempt's timeout expired
   // The step raised a ConnectionError (refused, reset) or a TimeoutError.
   bool network_error = false;
@@ -426,10 +423,10 @@ class Executor {
   // max_backoff 0, keeps retrying at once).
   static constexpr double kOverloadBaseS = 0.5;
 
-  // The attempt failed, or (record->rejected, error.breaker_open) the open
-  // breaker refused it. On kRetry, wait delay_s and call StartAttempt();
-  // otherwise end the execution with Fail() (Reject() when no attempt was
-  // ever made).
+  // The attempt failed, or (record->rejected: the error is then ignored)
+  // the open breaker refused it. On kRetry, wait delay_s and call
+  // StartAttempt(); otherwise end the execution with Fail() (Reject() when no
+  // attempt was ever made).
   //
   // Waiting for an open breaker (circuit_breaker_wait_for_probe): an
   // execution the breaker refuses waits until the breaker admits a probe
@@ -446,7 +443,7 @@ class Executor {
 
   // Starts the next attempt after a retry's back-off. Returns false when the
   // breaker refuses it (record->rejected is set): report that through
-  // AttemptFailed with breaker_open, which decides whether to wait.
+  // AttemptFailed, which decides whether to wait.
   bool StartAttempt(ExecutionRecord* record, int64_t now_ns);
 
   // Ends the execution; each releases the record.

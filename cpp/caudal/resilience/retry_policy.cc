@@ -47,8 +47,7 @@ double RetryPolicy::DelayBeforeAttempt(
   if (next_attempt < 2) return 0.0;
   if (retry_after_hint_s.has_value() && std::isfinite(*retry_after_hint_s) &&
       *retry_after_hint_s >= 0.0) {
-    const double spread = 1.0 + kHintSpread * UnitIntervalFromBits(random_bits);
-    return std::min(*retry_after_hint_s * spread, max_backoff_s);
+    return std::min(SpreadUp(*retry_after_hint_s, random_bits), max_backoff_s);
   }
   const int retry = next_attempt - 1;  // 1 for the first retry
   double delay = 0.0;
@@ -72,6 +71,10 @@ double RetryPolicy::DelayBeforeAttempt(
             delay * jitter * UnitIntervalFromBits(random_bits);
   }
   return delay;
+}
+
+double RetryPolicy::SpreadUp(double wait, uint64_t random_bits) {
+  return wait * (1.0 + kHintSpread * UnitIntervalFromBits(random_bits));
 }
 
 absl::optional<double> ParseRetryAfter(absl::string_view value,

@@ -74,6 +74,9 @@ struct RetryPolicy {
 
   // Fraction of a retry_after hint added, at most, as upward jitter.
   static constexpr double kHintSpread = 0.2;
+  // `wait` spread upwards by up to kHintSpread, driven by `random_bits`:
+  // callers told the same wait come back spread out, never earlier.
+  static double SpreadUp(double wait, uint64_t random_bits);
 
   // Seconds to wait before attempt `next_attempt` (2 = first retry; 0 for
   // next_attempt < 2). `random_bits` drives the jitter (any 64 bits; the top
