@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff  # noqa: E402
 from _harness import interleaved, save  # noqa: E402
 from _servers import RedisServer  # noqa: E402
 from caudal import _core  # noqa: E402
-from caudal.cache_redis import RedisCacheTier  # noqa: E402
+from caudal.integrations.redis import RedisCacheTier  # noqa: E402
 
 SMALL = {"user": 42, "query": "weather in Lisbon", "score": 0.93, "tags": ["a", "b"]}
 # ~100 KB pickled each: a text (an LLM answer, a page) and 2,200 small

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import caudal
 from _servers import free_port
 from caudal import _core
-from caudal.cache_redis import RedisCacheTier, redact_url
+from caudal.integrations.redis import RedisCacheTier, redact_url
 
 HERE = Path(__file__).resolve().parent
 # The secret of the tiers made by make_tier (and of the child processes):
