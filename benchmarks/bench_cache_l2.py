@@ -78,7 +78,7 @@ async def measure(url: str, quick: bool) -> dict:
             contenders[f"{case} | tier get"] = tier_get
 
             async def decode(_i, tier=tier, name=name, stored=stored):
-                return tier._decode(name, stored)  # frame check, decompress, codec
+                return tier._codec.decode(name, stored)  # frame check, decompress, codec
 
             contenders[f"{case} | decode only"] = decode
 

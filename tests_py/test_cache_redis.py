@@ -308,7 +308,7 @@ async def test_readers_accept_both_frames_whatever_their_setting(make_tier):
 def sealed(tier, k, codec, frame):
     """An entry as ``tier`` would write it: header, its HMAC tag, ``frame``."""
     header = bytes((0x02, ord(codec), 0x01))
-    return header + tier._tag(tier._value_key(k), header, frame) + frame
+    return header + tier._codec.tag(tier._value_key(k), header, frame) + frame
 
 
 CORRUPT = {
@@ -455,7 +455,7 @@ async def test_batched_sets_reload_a_flushed_script(make_tier, redis_restartable
     items = [
         (
             tier._value_key(key(i)),
-            tier._encode(tier._value_key(key(i)), i)[0],
+            tier._codec.encode(tier._value_key(key(i)), i)[0],
             60_000,
             [f"{tier._prefix}t:t"],
             "",  # since: not checked

@@ -3,7 +3,11 @@
 import warnings
 from typing import Any
 
-import caudal.integrations.redis as _new
+import caudal.integrations.redis
+import caudal.integrations.redis.connection
+import caudal.integrations.redis.invalidation
+import caudal.integrations.redis.tier
+import caudal.integrations.redis.wire
 from caudal.integrations.redis import *  # noqa: F403
 from caudal.integrations.redis import __all__  # noqa: F401
 
@@ -15,6 +19,18 @@ warnings.warn(
 )
 
 
+_MODULES = (
+    caudal.integrations.redis,
+    caudal.integrations.redis.tier,
+    caudal.integrations.redis.invalidation,
+    caudal.integrations.redis.connection,
+    caudal.integrations.redis.wire,
+)
+
+
 def __getattr__(name: str) -> Any:
     """The module's other (private) names, for code that reached into it."""
-    return getattr(_new, name)
+    for module in _MODULES:
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
