@@ -38,8 +38,9 @@ class RedisCacheTier(_Invalidations):
     """A cache tier in Redis shared by every process using the same prefix.
 
     All methods are coroutines except ``stats()``; none of them raises because
-    Redis is down, slow or returns garbage (see the module docstring for the
-    failure policy, key layout and value format).
+    Redis is down, slow or returns garbage (see :mod:`caudal.integrations.redis`
+    for the failure policy and key layout, and
+    :mod:`caudal.integrations.redis.wire` for the value format).
 
     - ``url``: a redis-py URL (``redis://[[user]:password@]host:port/db``,
       ``rediss://`` for TLS, ``unix:///path.sock?db=0``).

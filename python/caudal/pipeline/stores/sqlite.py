@@ -76,14 +76,14 @@ class SqliteStore(CheckpointStore):
     event loop only queues requests and awaits futures. WAL journal,
     ``synchronous=NORMAL`` by default (``synchronous="FULL"`` also fsyncs
     every commit, surviving power loss at a cost of a disk flush per
-    transaction). ``group_commit`` (default True): see the module docstring.
+    transaction). ``group_commit`` (default True): see caudal.pipeline.stores.base.
     Several processes may share the file (SQLite locks it; ``busy_timeout_s``
     bounds the wait).
 
     Trust: the file is this process's own (like its code), so without a
     secret it stores and loads pickles; with ``secret=`` (or
     ``$CAUDAL_CHECKPOINT_SECRET``) every payload is tagged and one that does
-    not verify is refused (see the module docstring).
+    not verify is refused (see caudal.pipeline.stores.base).
     """
 
     local_pickles = True
