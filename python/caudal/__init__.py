@@ -9,8 +9,6 @@ This module only re-exports the public API. The layout: ``caudal.pipeline``
 ``caudal`` command), ``caudal.testing`` (servers for tests).
 """
 
-from typing import Any
-
 from caudal._core import OptimizationConfig, StepResult
 from caudal._display import OptimizationStats, Recommendations
 from caudal._step import Step, step
@@ -52,7 +50,7 @@ from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> type:
     """``SqliteStore`` and ``PostgresStore``, imported when first used (so that
     ``import caudal`` loads neither sqlite3 nor psycopg)."""
     if name == "SqliteStore":
