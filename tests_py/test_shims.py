@@ -14,7 +14,7 @@ SHIMS = [
     # old path, new path, a private name code reached for through the old path
     ("caudal.cache_redis", "caudal.integrations.redis", "_Conn"),
     ("caudal.checkpoints", "caudal.pipeline.stores", "_sqlite_start_run"),
-    ("caudal.yaml_pipeline", "caudal.pipeline.yaml", "_Reader"),
+    ("caudal.yaml_pipeline", "caudal.pipeline.yaml", "_STEP_FIELDS"),
     ("caudal._pipeline_context", "caudal.pipeline.context", "_same"),
     ("caudal.backends", "caudal._backends", "_INSTALL_HINT"),
     ("caudal.backends.ray", "caudal.integrations.ray", "_run_here"),

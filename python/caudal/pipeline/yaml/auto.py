@@ -110,14 +110,14 @@ async def resolve_value(value: Any, resolver: Resolver, context: Any, memo: dict
     return value
 
 
-def _has_auto(value: Any) -> bool:
+def has_auto(value: Any) -> bool:
     if isinstance(value, AutoTemplate):
         return True
     if isinstance(value, list):
-        return any(_has_auto(v) for v in value)
+        return any(has_auto(v) for v in value)
     if isinstance(value, dict):
-        return any(_has_auto(v) for v in value.values())
+        return any(has_auto(v) for v in value.values())
     return False
 
 
-__all__ = ["AutoTag", "AutoTemplate", "Resolver", "parse_auto_tags", "resolve_value"]
+__all__ = ["AutoTag", "AutoTemplate", "Resolver", "has_auto", "parse_auto_tags", "resolve_value"]

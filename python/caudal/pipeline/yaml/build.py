@@ -34,8 +34,8 @@ from caudal.errors import CircularDependencyError, DependencyError
 from caudal.errors import PipelineDefinitionError as _DefError
 from caudal.pipeline.graph import Pipeline
 from caudal.pipeline.records import UsageLimits, current_run
-from caudal.pipeline.yaml.auto import Resolver, _has_auto, resolve_value
-from caudal.pipeline.yaml.document import _BAD, _check_graph, _describe, _loader, _Problems, _Reader
+from caudal.pipeline.yaml.auto import Resolver, has_auto, resolve_value
+from caudal.pipeline.yaml.document import BAD, Problems, Reader, check_graph, describe, safe_loader
 from caudal.resilience import RetryStrategy
 
 _TOP_FIELDS = ("name", "description", "version", "context", "limits", "steps")
@@ -119,9 +119,9 @@ def load_pipeline(
     import yaml
 
     text, fname, path = _read_source(source)
-    problems = _Problems(fname)
+    problems = Problems(fname)
     try:
-        root = yaml.compose(text, Loader=_loader())
+        root = yaml.compose(text, Loader=safe_loader())
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -146,18 +146,18 @@ def load_pipeline(
         raise _DefError(
             "empty pipeline definition (expected a mapping with 'steps')", file=fname, line=1
         )
-    _check_graph(root, problems)
+    check_graph(root, problems)
     if problems.items:
         problems.items.sort(key=lambda it: it[0] or 0)
         raise problems.error()
-    r = _Reader(problems)
+    r = Reader(problems)
     top = r.mapping(root, "", _TOP_FIELDS)
     if not problems.items and "steps" not in top:
         problems.add(root, "steps", "missing required field 'steps'")
     pname = "pipeline"
     if "name" in top:
         v = r.string(top["name"][1], "name")
-        pname = v if v is not _BAD else pname
+        pname = v if v is not BAD else pname
     for f in ("description", "version"):
         if f in top:
             r.scalar(top[f][1], f)
@@ -167,14 +167,14 @@ def load_pipeline(
         if isinstance(cnode, yaml.MappingNode):
             context = r.value(cnode, "context")
         else:
-            problems.add(cnode, "context", f"expected a mapping, got {_describe(cnode)}")
+            problems.add(cnode, "context", f"expected a mapping, got {describe(cnode)}")
     limits = None
     if "limits" in top:
         lm = r.mapping(top["limits"][1], "limits", _LIMIT_FIELDS)
         kw = {}
         for f, (_, vnode) in lm.items():
             v = r.number(vnode, f"limits.{f}", integer=f == "max_tokens")
-            if v is not _BAD:
+            if v is not BAD:
                 kw[f] = v
         limits = UsageLimits(**kw)
 
@@ -185,7 +185,7 @@ def load_pipeline(
     if "steps" in top:
         snode = top["steps"][1]
         if not isinstance(snode, yaml.SequenceNode):
-            problems.add(snode, "steps", f"expected a list of steps, got {_describe(snode)}")
+            problems.add(snode, "steps", f"expected a list of steps, got {describe(snode)}")
         elif not snode.value:
             problems.add(snode, "steps", "a pipeline needs at least one step")
         else:
@@ -248,7 +248,7 @@ def _step_field(name: str, step_lines: dict[str, int], sub: str) -> str:
 
 
 def _read_step(
-    r: _Reader,
+    r: Reader,
     node: Any,
     idx: int,
     registry: Mapping[str, Any],
@@ -264,8 +264,8 @@ def _read_step(
     for req in ("name", "uses"):
         if req not in m:
             p.add(node, base, f"missing required field {req!r}")
-    name = r.string(m["name"][1], f"{base}.name", name=True) if "name" in m else _BAD
-    if name is not _BAD:
+    name = r.string(m["name"][1], f"{base}.name", name=True) if "name" in m else BAD
+    if name is not BAD:
         if name in step_lines:
             p.add(
                 m["name"][1],
@@ -278,7 +278,7 @@ def _read_step(
     if "uses" in m:
         uses_node = m["uses"][1]
         uses = r.string(uses_node, f"{base}.uses")
-        if uses is not _BAD:
+        if uses is not BAD:
             if uses not in registry:
                 known = ", ".join(sorted(registry)) or "(empty registry)"
                 p.add(
@@ -297,29 +297,29 @@ def _read_step(
     kw: dict[str, Any] = {}
     if "depends_on" in m:
         deps = r.string_list(m["depends_on"][1], f"{base}.depends_on", names=True)
-        if deps is not _BAD:
+        if deps is not BAD:
             kw["depends_on"] = tuple(deps)
-            if name is not _BAD:
+            if name is not BAD:
                 dnode = m["depends_on"][1]
                 items = dnode.value if isinstance(dnode, r.yaml.SequenceNode) else [dnode]
                 dep_nodes[name] = {it.value: it for it in items}
     for f in ("timeout_s", "cache_ttl_s"):
         if f in m:
             v = r.number(m[f][1], f"{base}.{f}", positive=True, maximum=MAX_SECONDS)
-            if v is not _BAD:
+            if v is not BAD:
                 kw[f] = float(v)
     if "max_retries" in m:
         v = r.number(m["max_retries"][1], f"{base}.max_retries", integer=True, maximum=MAX_RETRIES)
-        if v is not _BAD:
+        if v is not BAD:
             kw["max_retries"] = v
     for f in ("cache", "optional"):
         if f in m:
             v = r.boolean(m[f][1], f"{base}.{f}")
-            if v is not _BAD:
+            if v is not BAD:
                 kw[f] = v
     if "tags" in m:
         v = r.string_list(m["tags"][1], f"{base}.tags")
-        if v is not _BAD:
+        if v is not BAD:
             kw["tags"] = tuple(v)
     if "description" in m:
         r.scalar(m["description"][1], f"{base}.description")
@@ -332,9 +332,9 @@ def _read_step(
             fld = f"{base}.retry.{f}"
             if f == "strategy":
                 v = r.string(vnode, fld)
-                if v is not _BAD and v not in ("exponential", "linear", "fixed"):
+                if v is not BAD and v not in ("exponential", "linear", "fixed"):
                     p.add(vnode, fld, f"expected exponential, linear or fixed, got {v!r}")
-                    v = _BAD
+                    v = BAD
             elif f == "max_attempts":
                 v = r.number(vnode, fld, positive=True, integer=True, maximum=MAX_ATTEMPTS)
             elif f in ("base_delay", "max_backoff"):
@@ -343,7 +343,7 @@ def _read_step(
                 v = r.number(vnode, fld, maximum=1.0)
             else:
                 v = r.number(vnode, fld)
-            if v is not _BAD:
+            if v is not BAD:
                 rkw[f] = v
         if "max_retries" in m:
             p.add(rnode, f"{base}.retry", "give max_retries or retry, not both")
@@ -355,7 +355,7 @@ def _read_step(
     if "fallback" in m:
         fnode = m["fallback"][1]
         fb = r.string(fnode, f"{base}.fallback")
-        if fb is not _BAD:
+        if fb is not BAD:
             if fb not in registry:
                 p.add(fnode, f"{base}.fallback", f"{fb!r} is not in the registry")
             else:
@@ -365,34 +365,32 @@ def _read_step(
     if "with" in m:
         wnode = m["with"][1]
         if not isinstance(wnode, r.yaml.MappingNode):
-            p.add(
-                wnode, f"{base}.with", f"expected a mapping of parameters, got {_describe(wnode)}"
-            )
+            p.add(wnode, f"{base}.with", f"expected a mapping of parameters, got {describe(wnode)}")
         else:
             params = r.params(wnode, f"{base}.with")
-            if _has_auto(params):
+            if has_auto(params):
                 auto_line = wnode.start_mark.line + 1
-    if name is _BAD or target is None or len(p.items) > before:
+    if name is BAD or target is None or len(p.items) > before:
         return None
     return _StepSpec(name, target, params, kw), auto_line  # type: ignore[return-value]
 
 
-def _read_placement(r: _Reader, m: dict, base: str, kw: dict[str, Any]) -> None:
+def _read_placement(r: Reader, m: dict, base: str, kw: dict[str, Any]) -> None:
     """backend, num_cpus, num_gpus, resources, actors (docs/scale-out.md)."""
     p = r.p
     if "backend" in m:
         node = m["backend"][1]
         v = r.string(node, f"{base}.backend")
-        if v is not _BAD and v not in ("local", "ray"):
+        if v is not BAD and v not in ("local", "ray"):
             p.add(node, f"{base}.backend", f"expected local or ray, got {v!r}")
         elif v == "ray" and not ray_installed():
             p.add(node, f"{base}.backend", ray_missing_message("this pipeline"))
-        elif v is not _BAD:
+        elif v is not BAD:
             kw["backend"] = v
     for f in ("num_cpus", "num_gpus"):
         if f in m:
             v = r.number(m[f][1], f"{base}.{f}")
-            if v is not _BAD:
+            if v is not BAD:
                 kw[f] = v
     if "resources" in m:
         rm = r.mapping(m["resources"][1], f"{base}.resources", ())
@@ -402,13 +400,13 @@ def _read_placement(r: _Reader, m: dict, base: str, kw: dict[str, Any]) -> None:
                 p.add(knode, f"{base}.resources.{k}", f"give {k} as num_{k.lower()}s")
                 continue
             v = r.number(vnode, f"{base}.resources.{k}")
-            if v is not _BAD:
+            if v is not BAD:
                 res[k] = v
         if res:
             kw["resources"] = res
     if "actors" in m:
         v = r.number(m["actors"][1], f"{base}.actors", positive=True, integer=True)
-        if v is not _BAD:
+        if v is not BAD:
             kw["actors"] = v
     if kw.get("backend") == "local":
         for f in ("num_cpus", "num_gpus", "resources", "actors"):
@@ -453,7 +451,7 @@ def _bind(spec: _StepSpec, resolver: Resolver | None) -> Step:
     # The with: parameters are part of the step's cache identity: bound to
     # the function (a partial, or the <AUTO> wrapper's captured variables),
     # or, for a registry Step that names its namespace, folded into it.
-    if _has_auto(spec.params):
+    if has_auto(spec.params):
         fn = _auto_call(fn, spec.params, resolver)
     elif spec.params:
         fn = functools.partial(fn, **spec.params)

@@ -4,8 +4,8 @@ The document is composed into PyYAML's node tree (not loaded straight into
 Python values) so that every problem is reported with its file, line and
 field. The safe loader refuses tags caudal does not read; the graph check
 bounds nesting and alias expansion (docs/pipelines.md, "Limits");
-:class:`_Reader` reads typed fields from nodes and collects every problem
-(:class:`_Problems`) instead of stopping at the first.
+:class:`Reader` reads typed fields from nodes and collects every problem
+(:class:`Problems`) instead of stopping at the first.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
 @functools.cache
-def _loader() -> type:
+def safe_loader() -> type:
     """PyYAML's SafeLoader with a nesting limit, and without the YAML 1.1
     ``=`` value type (a bare ``=`` is the string ``"="``)."""
     import yaml
@@ -71,7 +71,7 @@ def _short_tag(tag: str) -> str:
     return "!!" + tag[len(_STD) :] if tag.startswith(_STD) else tag
 
 
-def _check_graph(root: Any, problems: _Problems) -> None:
+def check_graph(root: Any, problems: Problems) -> None:
     """Walks the composed node graph once, aliases followed (memoised, so
     the cost is linear in the text): records every unsupported tag, and
     raises at once on a recursive alias, on aliases expanding the document
@@ -103,7 +103,7 @@ def _check_graph(root: Any, problems: _Problems) -> None:
             )
         elif isinstance(node, yaml.MappingNode) and path.startswith("context"):
             # The context is built by PyYAML, which lets a repeated key win
-            # silently; elsewhere _Reader.mapping reports them.
+            # silently; elsewhere Reader.mapping reports them.
             seen: dict[tuple[str, str], Any] = {}
             for k, _ in node.value:
                 if isinstance(k, yaml.ScalarNode) and k.tag != _STD + "merge":
@@ -164,7 +164,7 @@ def _check_graph(root: Any, problems: _Problems) -> None:
 # --------------------------------------------------------------- validation
 
 
-class _Problems:
+class Problems:
     def __init__(self, file: str) -> None:
         self.file = file
         self.items: list[tuple[int | None, str, str]] = []
@@ -182,7 +182,7 @@ class _Problems:
         return _DefError(message, file=self.file, line=line, field=field or None, problems=problems)
 
 
-def _describe(node: Any) -> str:
+def describe(node: Any) -> str:
     import yaml
 
     if isinstance(node, yaml.ScalarNode):
@@ -192,15 +192,15 @@ def _describe(node: Any) -> str:
     return "a mapping"
 
 
-class _Reader:
+class Reader:
     """Typed reads from the node tree, recording problems instead of raising."""
 
-    def __init__(self, problems: _Problems) -> None:
+    def __init__(self, problems: Problems) -> None:
         import yaml
 
         self.yaml = yaml
         self.p = problems
-        self.constructor = _loader()("")
+        self.constructor = safe_loader()("")
 
     def value(self, node: Any, field: str = "") -> Any:
         """The node as a Python value; a value that does not convert (a
@@ -209,18 +209,18 @@ class _Reader:
         try:
             return self.constructor.construct_object(node, deep=True)
         except (self.yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            self.constructor = _loader()("")  # drop its half-built state
+            self.constructor = safe_loader()("")  # drop its half-built state
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
             what = getattr(exc, "problem", None) or str(exc)
-            self.p.add(node, field, f"invalid value {_describe(node)}: {what}", line=line)
-            return _BAD
+            self.p.add(node, field, f"invalid value {describe(node)}: {what}", line=line)
+            return BAD
 
     def mapping(self, node: Any, field: str, known: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
         """{key: (key_node, value_node)}; reports non-mappings, duplicate and
         unknown keys."""
         if not isinstance(node, self.yaml.MappingNode):
-            self.p.add(node, field, f"expected a mapping, got {_describe(node)}")
+            self.p.add(node, field, f"expected a mapping, got {describe(node)}")
             return {}
         out: dict[str, tuple[Any, Any]] = {}
         for k, v in node.value:
@@ -244,17 +244,17 @@ class _Reader:
 
     def scalar(self, node: Any, field: str) -> Any:
         if not isinstance(node, self.yaml.ScalarNode):
-            self.p.add(node, field, f"expected a single value, got {_describe(node)}")
-            return _BAD
+            self.p.add(node, field, f"expected a single value, got {describe(node)}")
+            return BAD
         return self.value(node, field)
 
     def string(self, node: Any, field: str, *, name: bool = False) -> Any:
         v = self.scalar(node, field)
-        if v is _BAD:
+        if v is BAD:
             return v
         if not isinstance(v, str) or not v:
             self.p.add(node, field, f"expected a non-empty string, got {node.value!r}")
-            return _BAD
+            return BAD
         if name and not _NAME_RE.match(v):
             self.p.add(
                 node,
@@ -262,7 +262,7 @@ class _Reader:
                 f"{v!r} is not a valid step name "
                 "(letters, digits, _ . -; not starting with a digit)",
             )
-            return _BAD
+            return BAD
         return v
 
     def number(
@@ -275,36 +275,34 @@ class _Reader:
         maximum: float | None = None,
     ) -> Any:
         v = self.scalar(node, field)
-        if v is _BAD:
+        if v is BAD:
             return v
         problem = number_problem(v, positive=positive, integer=integer, maximum=maximum)
         if problem is None:
             return v
         self.p.add(node, field, f"{problem}, got {node.value!r}")
-        return _BAD
+        return BAD
 
     def boolean(self, node: Any, field: str) -> Any:
         v = self.scalar(node, field)
-        if v is _BAD:
+        if v is BAD:
             return v
         if not isinstance(v, bool):
             self.p.add(node, field, f"expected true or false, got {node.value!r}")
-            return _BAD
+            return BAD
         return v
 
     def string_list(self, node: Any, field: str, *, names: bool = False) -> Any:
         if isinstance(node, self.yaml.ScalarNode):
             v = self.string(node, field, name=names)
-            return _BAD if v is _BAD else [v]
+            return BAD if v is BAD else [v]
         if not isinstance(node, self.yaml.SequenceNode):
-            self.p.add(
-                node, field, f"expected a string or a list of strings, got {_describe(node)}"
-            )
-            return _BAD
+            self.p.add(node, field, f"expected a string or a list of strings, got {describe(node)}")
+            return BAD
         out = []
         for j, item in enumerate(node.value):
             v = self.string(item, f"{field}[{j}]", name=names)
-            if v is not _BAD:
+            if v is not BAD:
                 out.append(v)
         return out
 
@@ -323,7 +321,7 @@ class _Reader:
                     continue
                 for src in v.value if isinstance(v, y.SequenceNode) else [v]:
                     if not isinstance(src, y.MappingNode):
-                        self.p.add(src, field, f"<< merges mappings, got {_describe(src)}")
+                        self.p.add(src, field, f"<< merges mappings, got {describe(src)}")
                         continue
                     for key, val in self.params(src, field).items():
                         merged.setdefault(key, val)
@@ -350,4 +348,7 @@ class _Bad:
         return "<invalid>"
 
 
-_BAD = _Bad()
+BAD = _Bad()
+
+
+__all__ = ["BAD", "Problems", "Reader", "check_graph", "describe", "safe_loader"]
