@@ -202,7 +202,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 def test_the_graph_sees_the_package():
     graph, _ = _graph()
     assert "caudal.pipeline.graph" in graph
-    assert "caudal.executor_core" in graph["caudal.pipeline.graph"]
+    assert "caudal.pipeline.runner" in graph["caudal.pipeline.graph"]
     assert "caudal._step" in graph["caudal._steps"]
 
 
