@@ -18,7 +18,7 @@ import os
 import sys
 
 from caudal import _core
-from caudal.cache_redis import RedisCacheTier
+from caudal.integrations.redis import RedisCacheTier
 
 
 async def main(url: str, prefix: str, command: str, args: list[str]) -> dict:

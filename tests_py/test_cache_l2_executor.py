@@ -11,7 +11,7 @@ import pytest
 
 from _probes import Gated, invalidate
 from caudal import ExecutorCore, OptimizationConfig, Step, _core
-from caudal.cache_redis import RedisCacheTier
+from caudal.integrations.redis import RedisCacheTier
 
 
 def make_executor(url, prefix, **kw):
@@ -68,7 +68,7 @@ async def test_two_processes_share_results_and_invalidation(redis_server, tmp_pa
         textwrap.dedent(f"""
         import asyncio, json, sys
         from caudal import ExecutorCore, OptimizationConfig, Step
-        from caudal.cache_redis import RedisCacheTier
+        from caudal.integrations.redis import RedisCacheTier
         import shared_work
         from shared_work import work
 

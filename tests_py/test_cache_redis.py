@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 import caudal
 from _servers import free_port
 from caudal import _core
-from caudal.cache_redis import RedisCacheTier, redact_url
+from caudal.integrations.redis import RedisCacheTier, redact_url
 
 HERE = Path(__file__).resolve().parent
 # The secret of the tiers made by make_tier (and of the child processes):
@@ -308,7 +308,7 @@ async def test_readers_accept_both_frames_whatever_their_setting(make_tier):
 def sealed(tier, k, codec, frame):
     """An entry as ``tier`` would write it: header, its HMAC tag, ``frame``."""
     header = bytes((0x02, ord(codec), 0x01))
-    return header + tier._tag(tier._value_key(k), header, frame) + frame
+    return header + tier._codec.tag(tier._value_key(k), header, frame) + frame
 
 
 CORRUPT = {
@@ -455,7 +455,7 @@ async def test_batched_sets_reload_a_flushed_script(make_tier, redis_restartable
     items = [
         (
             tier._value_key(key(i)),
-            tier._encode(tier._value_key(key(i)), i)[0],
+            tier._codec.encode(tier._value_key(key(i)), i)[0],
             60_000,
             [f"{tier._prefix}t:t"],
             "",  # since: not checked

@@ -4,7 +4,7 @@ import asyncio
 import uuid
 
 from caudal import ExecutorCore, OptimizationConfig, Step
-from caudal.cache_redis import RedisCacheTier
+from caudal.integrations.redis import RedisCacheTier
 
 
 def config(**kw):

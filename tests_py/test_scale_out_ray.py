@@ -29,7 +29,7 @@ from caudal import (
     StepTimeoutError,
     load_pipeline,
 )
-from caudal.backends.ray import release_actors
+from caudal.integrations.ray import release_actors
 
 
 def _wait_for(predicate, what: str, timeout_s: float = 30.0) -> None:
@@ -341,7 +341,7 @@ async def test_two_drivers_share_remote_results_through_redis(ray_cluster, redis
     # Two driver processes' executors (here: two executors, each with its
     # own L1) on one Redis: the second finds the first's remote result and
     # makes no remote call.
-    from caudal.cache_redis import RedisCacheTier
+    from caudal.integrations.redis import RedisCacheTier
 
     calls = tmp_path / "calls"
     step = Step(rs.counted, backend="ray", cache=True)

@@ -15,12 +15,12 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from caudal._backends import check_backend
 from caudal._core import Engine, OptimizationConfig, StepResult
 from caudal._core import rss_bytes as _native_rss
 from caudal._invalidation import InvalidationResult
 from caudal._steps import ExecutorDefaults
 from caudal._tuner import Tuner
-from caudal.backends import check_backend
 from caudal.errors import CaudalError, ConfigurationError
 from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool, default_workers
