@@ -1,9 +1,12 @@
 // Python surface of the executor's performance monitor (CPU usage,
-// regression detection; cpp/caudal/executor/executor_monitor.cc).
+// regression detection; cpp/caudal/executor/executor_monitor.cc) and the
+// recommendation rules (cpp/caudal/monitor/recommendations.h). Conversion
+// only: the public stats dict in, recommendation dicts out.
 #ifndef CAUDAL_BINDINGS_MONITOR_BINDINGS_H_
 #define CAUDAL_BINDINGS_MONITOR_BINDINGS_H_
 
 #include "caudal/executor/executor.h"
+#include "caudal/monitor/recommendations.h"
 #include "common.h"
 
 namespace caudal::bindings {
@@ -25,6 +28,14 @@ void SetCpuSource(Executor& core, py::object source, int allowed);
 bool PublishEvent(Executor& core, const std::string& type,
                   const std::string& key, double value, double value2,
                   const std::string& detail);
+
+// The rules' input read from get_optimization_stats()'s dict (the public
+// shape; hand-built dicts in tests too) and the config in force.
+RecommendationInput RecommendationInputOf(py::handle stats,
+                                          const OptimizationConfig& cfg);
+
+// Registers caudal._core.recommend.
+void RegisterMonitor(py::module_& m);
 
 }  // namespace caudal::bindings
 
