@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "caudal/monitor/tuner.h"
 
 namespace caudal::bindings {
 
@@ -136,6 +137,27 @@ std::optional<CounterMarks> MarksFrom(py::handle marks) {
   return m;
 }
 
+py::object OrNone(const std::optional<uint64_t>& v) {
+  return v ? py::object(py::int_(*v)) : py::object(py::none());
+}
+py::object OrNone(const std::optional<double>& v) {
+  return v ? py::object(py::float_(*v)) : py::object(py::none());
+}
+
+py::dict MarksDict(const CounterMarks& m) {
+  py::dict d;
+  d["cache_hits"] = OrNone(m.cache_hits);
+  d["cache_misses"] = OrNone(m.cache_misses);
+  d["cache_evictions"] = OrNone(m.cache_evictions);
+  d["pool_waits"] = OrNone(m.pool_waits);
+  d["export_seconds"] = OrNone(m.export_seconds);
+  d["uptime_seconds"] = OrNone(m.uptime_seconds);
+  py::dict opens;
+  for (const auto& [name, n] : m.breaker_opens) opens[py::str(name)] = n;
+  d["breaker_opens"] = opens;
+  return d;
+}
+
 py::object ValueOf(const ConfigValue& v) {
   switch (v.kind) {
     case FieldKind::kBool:
@@ -167,6 +189,75 @@ py::list RecommendationList(const std::vector<Recommendation>& recs) {
     out.append(d);
   }
   return out;
+}
+
+py::dict ChangeDict(const ConfigChange& c, bool applied) {
+  py::dict d;
+  d["analysis"] = c.analysis;
+  d["field"] = c.field;
+  d["old"] = ValueOf(c.old_value);
+  d["new"] = ValueOf(c.new_value);
+  d["reversal"] = c.reversal;
+  d["reason"] = c.reason;
+  if (applied) d["time"] = static_cast<double>(c.time_ns) / 1e9;
+  return d;
+}
+py::list ChangeList(const std::vector<ConfigChange>& changes, bool applied) {
+  py::list out;
+  for (const ConfigChange& c : changes) out.append(ChangeDict(c, applied));
+  return out;
+}
+
+py::object UnpaidDict(const std::optional<UnpaidRaise>& u) {
+  if (!u) return py::none();
+  py::dict d;
+  d["from"] = u->from;
+  d["size"] = u->size;
+  d["rate"] = u->rate;
+  d["now"] = u->now;
+  return d;
+}
+
+// stats["automatic_optimization"].
+py::dict TunerStatsDict(const Tuner& t, const OptimizationConfig& cfg) {
+  py::dict d;
+  d["enabled"] = cfg.enable_automatic_optimization;
+  d["interval_seconds"] = cfg.optimization_analysis_interval_seconds;
+  d["analyses"] = t.analyses();
+  d["failed"] = t.failed();
+  d["changes"] = ChangeList(t.changes(), true);
+  py::object last = py::none();
+  if (const std::optional<AnalysisOutcome> o = t.last()) {
+    py::dict l;
+    l["analysis"] = o->analysis;
+    l["time"] = static_cast<double>(o->time_ns) / 1e9;
+    l["proposed"] = o->proposed;
+    l["applied"] = ChangeList(o->applied, true);
+    py::list held;
+    for (const HeldChange& h : o->held) {
+      py::dict hd;
+      hd["field"] = h.field;
+      hd["value"] = ValueOf(h.value);
+      hd["reason"] = h.reason;
+      held.append(hd);
+    }
+    l["held"] = held;
+    l["error"] = o->error ? py::object(py::str(*o->error)) : py::none();
+    last = l;
+  }
+  d["last_analysis"] = last;
+  d["cooldown_analyses"] = t.rules().cooldown;
+  d["reversal_persistence"] = t.rules().reversal_persistence;
+  d["reversal_cooldown_analyses"] = t.rules().reversal_cooldown;
+  py::dict bounds;
+  for (const TunedField& f : TunedFields()) {
+    py::list lo_hi;
+    lo_hi.append(ValueOf(f.lo));
+    lo_hi.append(ValueOf(f.hi));
+    bounds[f.name] = lo_hi;
+  }
+  d["bounds"] = bounds;
+  return d;
 }
 
 }  // namespace
@@ -285,6 +376,85 @@ void RegisterMonitor(py::module_& m) {
       "(cpp/caudal/monitor/recommendations.h). `marks`: the counters at the "
       "previous analysis (None: since the start); `unpaid`: the last cache "
       "raise that did not pay ({from, size, rate, now}).");
+
+  py::dict rules;
+  const TunerRules defaults;
+  rules["cooldown"] = defaults.cooldown;
+  rules["reversal_persistence"] = defaults.reversal_persistence;
+  rules["reversal_cooldown"] = defaults.reversal_cooldown;
+  rules["cache_min_gain"] = defaults.cache_min_gain;
+  rules["cache_workload_change"] = defaults.cache_workload_change;
+  m.attr("TUNER_RULES") = rules;
+  py::dict bounds;
+  for (const TunedField& f : TunedFields()) {
+    bounds[f.name] = py::make_tuple(ValueOf(f.lo), ValueOf(f.hi));
+  }
+  m.attr("TUNED_BOUNDS") = bounds;
+  m.attr("TUNER_HISTORY") = kTunerHistory;
+
+  py::class_<Tuner>(m, "Tuner",
+                    "Automatic optimization's hysteresis "
+                    "(cpp/caudal/monitor/tuner.h); internal: caudal._tuner.")
+      .def(py::init([](int cooldown, int reversal_persistence,
+                       int reversal_cooldown, double cache_min_gain,
+                       double cache_workload_change) {
+             TunerRules r;
+             r.cooldown = cooldown;
+             r.reversal_persistence = reversal_persistence;
+             r.reversal_cooldown = reversal_cooldown;
+             r.cache_min_gain = cache_min_gain;
+             r.cache_workload_change = cache_workload_change;
+             return std::make_unique<Tuner>(r);
+           }),
+           py::arg("cooldown") = defaults.cooldown,
+           py::arg("reversal_persistence") = defaults.reversal_persistence,
+           py::arg("reversal_cooldown") = defaults.reversal_cooldown,
+           py::arg("cache_min_gain") = defaults.cache_min_gain,
+           py::arg("cache_workload_change") = defaults.cache_workload_change)
+      .def(
+          "recommend",
+          [](const Tuner& t, py::handle stats, const OptimizationConfig& cfg,
+             bool own_pool) {
+            RecommendationInput in = RecommendationInputOf(stats, cfg);
+            in.own_pool = own_pool;
+            return RecommendationList(t.Recommend(std::move(in)));
+          },
+          "The recommendations, judged since the last analysis.")
+      .def(
+          "plan",
+          [](Tuner& t, py::handle stats, const OptimizationConfig& cfg,
+             bool own_pool, bool dry_run) {
+            RecommendationInput in = RecommendationInputOf(stats, cfg);
+            in.own_pool = own_pool;
+            return ChangeList(t.Plan(std::move(in), dry_run), false);
+          },
+          "One analysis: the changes to apply ({analysis, field, old, new, "
+          "reversal, reason}); commit() must follow unless dry_run.")
+      .def(
+          "commit",
+          [](Tuner& t, py::object error, int64_t now_ns) {
+            std::optional<std::string> e;
+            if (!error.is_none()) e = py::cast<std::string>(error);
+            return ChangeList(t.Commit(e, now_ns), true);
+          },
+          py::arg("error"), py::arg("now_ns"),
+          "The plan was applied at now_ns (error None) or refused: the "
+          "changes applied, each with its time.")
+      .def(
+          "unpaid_raise",
+          [](const Tuner& t, int64_t size, std::optional<double> rate) {
+            return UnpaidDict(t.Unpaid(size, rate));
+          },
+          "The last raise of cache_max_size when it did not pay: {from, "
+          "size, rate, now}, or None.")
+      .def_property_readonly("marks",
+                             [](const Tuner& t) -> py::object {
+                               const auto m = t.marks();
+                               if (!m) return py::none();
+                               return MarksDict(*m);
+                             })
+      .def("stats", &TunerStatsDict,
+           "stats['automatic_optimization'] for the config in force.");
 }
 
 }  // namespace caudal::bindings

@@ -1,7 +1,8 @@
 // Python surface of the executor's performance monitor (CPU usage,
-// regression detection; cpp/caudal/executor/executor_monitor.cc) and the
-// recommendation rules (cpp/caudal/monitor/recommendations.h). Conversion
-// only: the public stats dict in, recommendation dicts out.
+// regression detection; cpp/caudal/executor/executor_monitor.cc), the
+// recommendation rules (cpp/caudal/monitor/recommendations.h) and the
+// automatic-optimization tuner (cpp/caudal/monitor/tuner.h). Conversion
+// only: the public stats dict in, recommendation and change dicts out.
 #ifndef CAUDAL_BINDINGS_MONITOR_BINDINGS_H_
 #define CAUDAL_BINDINGS_MONITOR_BINDINGS_H_
 
@@ -34,7 +35,7 @@ bool PublishEvent(Executor& core, const std::string& type,
 RecommendationInput RecommendationInputOf(py::handle stats,
                                           const OptimizationConfig& cfg);
 
-// Registers caudal._core.recommend.
+// Registers caudal._core.recommend and caudal._core.Tuner.
 void RegisterMonitor(py::module_& m);
 
 }  // namespace caudal::bindings

@@ -155,47 +155,7 @@ def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
     forever (evictions, queue waits, breaker opens) are judged by what
     happened since the previous optimization analysis."""
     stats = optimization_stats(executor)
-    cfg = executor._engine.config
-    tuner = executor._tuner
-    return recommend(stats, cfg, tuner.marks, executor._own_pool, unpaid_raise(tuner, cfg, stats))
-
-
-def unpaid_raise(tuner: Any, cfg: Any, stats: dict[str, Any]) -> dict[str, Any] | None:
-    """The tuner's last raise of cache_max_size when it did not pay: the hit
-    rate since it is no better than the one that led to it, so the next
-    analysis holds a raise (caudal._tuner, "a raise must pay"). ``from``,
-    ``size``, ``rate`` (before) and ``now`` (since); None otherwise."""
-    return tuner.unpaid_raise(cfg.cache_max_size, cache_hit_rate(stats, tuner.marks))
-
-
-def cache_hit_rate(stats: dict[str, Any], marks: dict[str, Any] | None) -> float | None:
-    """Result-cache hits per lookup since the last analysis (None: no lookups)."""
-    cache, marks = stats["cache"], marks or {}
-    hits = _since(cache.get("hits", 0), marks.get("cache_hits"))
-    lookups = hits + _since(cache.get("misses", 0), marks.get("cache_misses"))
-    return hits / lookups if lookups else None
-
-
-def counter_marks(stats: dict[str, Any]) -> dict[str, Any]:
-    """The cumulative counters the rules take differences of."""
-    cache = stats["cache"]
-    pool = stats["concurrency"]["worker_pool"] or {}
-    return {
-        "cache_hits": cache.get("hits", 0),
-        "cache_misses": cache.get("misses", 0),
-        "cache_evictions": cache.get("evictions", 0),
-        "pool_waits": pool.get("room_waits", 0) + pool.get("rejected", 0),
-        "export_seconds": (stats.get("telemetry") or {}).get("export_seconds"),
-        "uptime_seconds": (stats.get("telemetry") or {}).get("uptime_seconds"),
-        "breaker_opens": {
-            n: b["open_count"] for n, b in stats["circuit_breaker"]["breakers"].items()
-        },
-    }
-
-
-def _since(now: int, mark: int | None) -> int:
-    # A counter below its mark was reset (or is another pool's): count all.
-    return now if mark is None or now < mark else now - mark
+    return executor._tuner.recommend(stats, executor._engine.config, executor._own_pool)
 
 
 def recommend(
@@ -210,5 +170,6 @@ def recommend(
     previous analysis (None: since the start). Automatic ones carry
     ``action = {"field", "value", "current"}``: what automatic optimization
     sets. ``unpaid``: the last raise of cache_max_size when it did not raise
-    the hit rate (:func:`unpaid_raise`); evictions then call for no raise."""
+    the hit rate (``{from, size, rate, now}``); evictions then call for no
+    raise."""
     return _core.recommend(stats, cfg, marks, own_pool, unpaid)
