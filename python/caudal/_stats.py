@@ -2,24 +2,75 @@
 get_performance_recommendations(). Nothing here runs on the hot path; it
 reads native counters when asked. The recommendation rules themselves are
 native (cpp/caudal/monitor/recommendations.h): this module assembles the
-stats dict and hands it over."""
+stats dict and hands it over.
+
+The monitor modules (this one, caudal._tuner, caudal.recorder,
+caudal.prometheus, caudal.plots) read an executor only through
+:class:`MonitorView` (``ExecutorCore._monitor_view()``), never through its
+private attributes (tests_py/test_monitor_boundary.py checks it)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from caudal import _core
-
-if TYPE_CHECKING:
-    from caudal.executor_core import ExecutorCore
 
 # The regression detector's minimum executions in the recent window and in
 # the baseline (cpp/caudal/monitor/regression_detector.h).
 REGRESSION_MIN_EXECUTIONS = 20
 
 
-def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
-    engine = executor._engine
+class MonitorView:
+    """What the monitor modules may read of one ExecutorCore, taken when
+    asked (``ExecutorCore._monitor_view()``; the pool, the span flusher and
+    the recorder come and go):
+
+    - ``engine``: the native Engine, for its read-outs (``config``,
+      ``step_stats()``, ``total_stats()``, ``latency_buckets()``,
+      ``concurrency_stats()``, ``in_flight``, ...) and ``_publish_event``;
+    - ``tuner``: the executor's :class:`caudal._tuner.Tuner`;
+    - ``l2``: the shared cache tier, or None;
+    - ``worker_pool``: the pool running sync steps now, or None;
+    - ``own_pool``: whether that pool is the executor's own (its queue size
+      is then automatic optimization's to change);
+    - ``spans``: the span flusher, or None;
+    - ``recorder``: the LatencyRecorder of start_latency_recorder(), or None;
+    - ``apply(config)``: the validated config swap (as
+      apply_optimization_config, synchronously).
+    """
+
+    __slots__ = ("apply", "engine", "l2", "own_pool", "recorder", "spans", "tuner", "worker_pool")
+
+    def __init__(
+        self,
+        *,
+        engine: Any,
+        tuner: Any,
+        l2: Any,
+        worker_pool: Any,
+        own_pool: bool,
+        spans: Any,
+        recorder: Any,
+        apply: Callable[[Any], None],
+    ) -> None:
+        self.engine = engine
+        self.tuner = tuner
+        self.l2 = l2
+        self.worker_pool = worker_pool
+        self.own_pool = own_pool
+        self.spans = spans
+        self.recorder = recorder
+        self.apply = apply
+
+    @property
+    def config(self) -> Any:
+        """A copy of the config in force."""
+        return self.engine.config
+
+
+def optimization_stats(view: MonitorView) -> dict[str, dict[str, Any]]:
+    engine = view.engine
     cfg = engine.config
     total = engine.total_stats()
     steps = engine.step_stats()
@@ -66,7 +117,7 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
         "cache": {
             "enabled": cfg.enable_cache_optimization,
             **engine.cache_stats(),
-            "l2": executor._l2.stats() if executor._l2 is not None else None,
+            "l2": view.l2.stats() if view.l2 is not None else None,
         },
         "concurrency": {
             **engine.concurrency_stats(),
@@ -74,7 +125,7 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
             # flujo's concurrency_level: executions in flight now
             "concurrency_level": engine.in_flight,
             # the pool running sync steps (None until the first one ran)
-            "worker_pool": executor._pool.stats() if executor._pool is not None else None,
+            "worker_pool": view.worker_pool.stats() if view.worker_pool is not None else None,
         },
         "circuit_breaker": _breaker_section(engine, cfg),
         "error_handling": _error_section(engine, cfg, total),
@@ -84,12 +135,12 @@ def optimization_stats(executor: ExecutorCore) -> dict[str, dict[str, Any]]:
             **engine.cpu_stats(),
             "cpu_usage_threshold_percent": cfg.cpu_usage_threshold_percent,
         },
-        "automatic_optimization": executor._tuner.stats(cfg),
-        "telemetry": _telemetry_section(executor, cfg),
+        "automatic_optimization": view.tuner.stats(cfg),
+        "telemetry": _telemetry_section(view, cfg),
     }
 
 
-def _telemetry_section(executor: ExecutorCore, cfg: Any) -> dict[str, Any]:
+def _telemetry_section(view: MonitorView, cfg: Any) -> dict[str, Any]:
     from caudal.telemetry import flusher_stats
 
     return {
@@ -99,8 +150,8 @@ def _telemetry_section(executor: ExecutorCore, cfg: Any) -> dict[str, Any]:
         "buffer_size": cfg.telemetry_buffer_size,
         # recording, sampling_rate, spans_recorded/_sampled_out/_dropped/
         # _drained/_buffered, thread_buffers (native)
-        **executor._engine.span_stats(),
-        **flusher_stats(executor._spans),
+        **view.engine.span_stats(),
+        **flusher_stats(view.spans),
     }
 
 
@@ -150,12 +201,11 @@ def _error_section(engine: Any, cfg: Any, total: dict[str, Any]) -> dict[str, An
     }
 
 
-def recommendations(executor: ExecutorCore) -> list[dict[str, Any]]:
+def recommendations(view: MonitorView) -> list[dict[str, Any]]:
     """Every rule over the measured stats (computed now). Counters that grow
     forever (evictions, queue waits, breaker opens) are judged by what
     happened since the previous optimization analysis."""
-    stats = optimization_stats(executor)
-    return executor._tuner.recommend(stats, executor._engine.config, executor._own_pool)
+    return view.tuner.recommend(optimization_stats(view), view.config, view.own_pool)
 
 
 def recommend(

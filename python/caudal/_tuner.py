@@ -29,6 +29,7 @@ from caudal import _core
 from caudal.errors import CaudalError
 
 if TYPE_CHECKING:
+    from caudal._stats import MonitorView
     from caudal.executor_core import ExecutorCore
 
 COOLDOWN: int = _core.TUNER_RULES["cooldown"]
@@ -72,7 +73,7 @@ class Tuner:
             ex = ref()
             if ex is None:
                 return
-            tuner = ex._tuner
+            tuner = ex._monitor_view().tuner
             pending = tuner._scheduled
             if pending is not None and time.monotonic() - pending < _STALE_S:
                 return
@@ -86,16 +87,14 @@ class Tuner:
         return due
 
     # ---------------------------------------------------------- analysis
-    def analyse(self, executor: ExecutorCore, dry_run: bool = False) -> list[dict[str, Any]]:
+    def analyse(self, view: MonitorView, dry_run: bool = False) -> list[dict[str, Any]]:
         """One analysis: the native plan over the stats now, applied with
         the validated swap (unless dry_run). Returns the changes (applied,
         or that would be)."""
         from caudal._stats import optimization_stats
 
-        engine = executor._engine
-        cfg = engine.config
-        stats = optimization_stats(executor)
-        planned = self._native.plan(stats, cfg, executor._own_pool, dry_run)
+        cfg = view.config
+        planned = self._native.plan(optimization_stats(view), cfg, view.own_pool, dry_run)
         if dry_run:
             return planned
         error = None
@@ -104,12 +103,12 @@ class Tuner:
             for c in planned:
                 setattr(next_cfg, c["field"], c["new"])
             try:
-                executor._apply(next_cfg)  # the validated swap
+                view.apply(next_cfg)
             except (CaudalError, ValueError, TypeError) as exc:
                 error = str(exc)
         applied = self._native.commit(error, time.monotonic_ns())
         for c in applied:
-            engine._publish_event(
+            view.engine._publish_event(
                 "optimization_applied",
                 c["field"],
                 float(c["new"]),
@@ -142,8 +141,8 @@ def _scheduled(ref: weakref.ref) -> None:
     ex = ref()
     if ex is None:
         return
-    tuner = ex._tuner
-    tuner._scheduled = None
-    if not ex._engine.config.enable_automatic_optimization:
+    view = ex._monitor_view()
+    view.tuner._scheduled = None
+    if not view.config.enable_automatic_optimization:
         return  # turned off after it was due
-    tuner.analyse(ex)
+    view.tuner.analyse(view)
