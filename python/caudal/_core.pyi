@@ -165,6 +165,44 @@ def _native_allocations() -> int | None:
 def _clock_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time)."""
 
+def recommend(
+    stats: Mapping[str, Any],
+    config: OptimizationConfig,
+    marks: Mapping[str, Any] | None = None,
+    own_pool: bool = True,
+    unpaid: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The recommendation rules over a get_optimization_stats() dict."""
+
+#: The tuner's default rule constants (cpp/caudal/monitor/tuner.h).
+TUNER_RULES: dict[str, int | float]
+#: The fields automatic optimization may change: (lowest, highest).
+TUNED_BOUNDS: dict[str, tuple[Any, Any]]
+TUNER_HISTORY: int
+
+class Tuner:
+    """Automatic optimization's hysteresis (internal: caudal._tuner)."""
+
+    def __init__(
+        self,
+        cooldown: int = ...,
+        reversal_persistence: int = ...,
+        reversal_cooldown: int = ...,
+        cache_min_gain: float = ...,
+        cache_workload_change: float = ...,
+    ) -> None: ...
+    def recommend(
+        self, stats: Mapping[str, Any], config: OptimizationConfig, own_pool: bool
+    ) -> list[dict[str, Any]]: ...
+    def plan(
+        self, stats: Mapping[str, Any], config: OptimizationConfig, own_pool: bool, dry_run: bool
+    ) -> list[dict[str, Any]]: ...
+    def commit(self, error: str | None, now_ns: int) -> list[dict[str, Any]]: ...
+    def unpaid_raise(self, size: int, rate: float | None) -> dict[str, Any] | None: ...
+    @property
+    def marks(self) -> dict[str, Any] | None: ...
+    def stats(self, config: OptimizationConfig) -> dict[str, Any]: ...
+
 class Dag:
     """A checked pipeline graph; steps are numbered in definition order."""
 
