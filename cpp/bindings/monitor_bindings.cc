@@ -2,12 +2,15 @@
 
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "caudal/monitor/stats_sections.h"
 #include "caudal/monitor/tuner.h"
 
 namespace caudal::bindings {
@@ -22,6 +25,93 @@ py::dict CpuStatsDict(Executor& core) {
   d["cpu_seconds"] = s.cpu_seconds;
   d["cpu_readings"] = s.readings;
   d["cpu_read_errors"] = s.read_errors;
+  d["cpu_usage_threshold_percent"] =
+      core.current_config()->cpu_usage_threshold_percent;
+  return d;
+}
+
+py::dict BreakerSectionDict(Executor& core) {
+  const OptimizationConfig* cfg = core.current_config();
+  const BreakerSection s = BreakerSectionOf(core.BreakerSnapshots());
+  const int64_t now = MonotonicNowNs();
+  py::dict d;
+  d["enabled"] = cfg->enable_circuit_breaker;
+  d["state"] = absl::AsciiStrToUpper(StateName(s.worst));
+  d["failure_count"] = s.failure_count;
+  d["success_count"] = s.success_count;
+  d["rejected_count"] = s.rejected_count;
+  d["open_count"] = s.open_count;
+  d["failure_threshold"] = cfg->circuit_breaker_failure_threshold;
+  d["recovery_timeout_seconds"] = cfg->circuit_breaker_recovery_timeout_seconds;
+  py::dict breakers;
+  for (const auto& n : s.breakers) {
+    const CircuitBreaker::Snapshot& b = n.snapshot;
+    py::dict bd;
+    bd["name"] = n.name;
+    bd["state"] = std::string(StateName(b.state));
+    bd["consecutive_failures"] = b.consecutive_failures;
+    bd["failure_count"] = b.failure_count;
+    bd["success_count"] = b.success_count;
+    bd["rejected_count"] = b.rejected_count;
+    bd["open_count"] = b.open_count;
+    bd["probes_in_flight"] = b.probes_in_flight;
+    bd["window_calls"] = b.window_calls;
+    bd["window_failures"] = b.window_failures;
+    bd["last_transition_age_s"] =
+        b.last_transition_ns
+            ? py::cast(static_cast<double>(now - b.last_transition_ns) / 1e9)
+            : py::none();
+    bd["open_for_s"] =
+        b.state == CircuitBreaker::State::kOpen
+            ? py::cast(std::max<double>(
+                  0, static_cast<double>(b.open_until_ns - now) / 1e9))
+            : py::none();
+    breakers[py::str(n.name)] = bd;
+  }
+  d["breakers"] = breakers;
+  py::list transitions;
+  for (const auto& t : core.RecentTransitions()) {
+    py::dict td;
+    td["breaker"] = t.breaker;
+    td["from"] = std::string(StateName(t.transition.from));
+    td["to"] = std::string(StateName(t.transition.to));
+    td["age_s"] = static_cast<double>(now - t.transition.at_ns) / 1e9;
+    td["seq"] = t.transition.seq;
+    transitions.append(td);
+  }
+  d["transitions"] = transitions;
+  return d;
+}
+
+py::dict ErrorSectionDict(Executor& core) {
+  constexpr size_t kShownPatterns = 20;
+  const ErrorSection s = ErrorSectionOf(
+      core.stats().TakeTotal(), core.ErrorStats(), core.fail_fast_count(),
+      core.ErrorPatterns(kShownPatterns));
+  py::dict d;
+  d["enabled"] = core.current_config()->enable_optimized_error_handling;
+  d["error_rate"] = s.error_rate;
+  d["errors"] = s.errors;
+  d["retries"] = s.retries;
+  d["recovered"] = s.recovered;
+  d["recovery_success_rate"] = s.recovery_success_rate;
+  d["retry_recovery_rate"] = s.table.recovery_success_rate;
+  d["cached_patterns"] = s.table.cached_patterns;
+  d["pattern_capacity"] = s.table.capacity;
+  d["fail_fast"] = s.fail_fast;
+  py::list patterns;
+  for (const PatternSnapshot& p : s.patterns) {
+    py::dict pd;
+    pd["step"] = p.step;
+    pd["exception"] = p.exc_type;
+    pd["sample"] = p.sample;
+    pd["occurrences"] = p.occurrences;
+    pd["retried"] = p.retried;
+    pd["recovered"] = p.recovered;
+    pd["failed_after_retry"] = p.failed_after_retry;
+    patterns.append(pd);
+  }
+  d["patterns"] = patterns;
   return d;
 }
 

@@ -12,10 +12,19 @@
 
 namespace caudal::bindings {
 
-// stats["system"]'s native part: cpu_percent (of the allowed CPUs),
-// cpu_percent_per_core, allowed_cpus, window and reading counters.
-// Samples CPU time now.
+// stats["system"]: cpu_percent (of the allowed CPUs), cpu_percent_per_core,
+// allowed_cpus, window and reading counters, and the config's
+// cpu_usage_threshold_percent. Samples CPU time now.
 py::dict CpuStatsDict(Executor& core);
+
+// stats["circuit_breaker"]: the summary over every breaker (worst state,
+// sums), the config's breaker settings, each breaker by name and the recent
+// transitions (caudal/monitor/stats_sections.h).
+py::dict BreakerSectionDict(Executor& core);
+
+// stats["error_handling"]: error and recovery rates, the error-pattern
+// table and its 20 most frequent patterns.
+py::dict ErrorSectionDict(Executor& core);
 
 // {step: trend dict} from the regression detector's last checkpoint.
 py::dict TrendsDict(const Executor& core);

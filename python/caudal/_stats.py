@@ -127,14 +127,13 @@ def optimization_stats(view: MonitorView) -> dict[str, dict[str, Any]]:
             # the pool running sync steps (None until the first one ran)
             "worker_pool": view.worker_pool.stats() if view.worker_pool is not None else None,
         },
-        "circuit_breaker": _breaker_section(engine, cfg),
-        "error_handling": _error_section(engine, cfg, total),
+        # Each one native snapshot and converter
+        # (cpp/caudal/monitor/stats_sections.h).
+        "circuit_breaker": engine.breaker_section(),
+        "error_handling": engine.error_section(),
         "events": engine.event_stats(),
         # Process CPU (docs/monitoring.md, "CPU usage").
-        "system": {
-            **engine.cpu_stats(),
-            "cpu_usage_threshold_percent": cfg.cpu_usage_threshold_percent,
-        },
+        "system": engine.cpu_stats(),
         "automatic_optimization": view.tuner.stats(cfg),
         "telemetry": _telemetry_section(view, cfg),
     }
@@ -152,52 +151,6 @@ def _telemetry_section(view: MonitorView, cfg: Any) -> dict[str, Any]:
         # _drained/_buffered, thread_buffers (native)
         **view.engine.span_stats(),
         **flusher_stats(view.spans),
-    }
-
-
-_STATE_ORDER = {"open": 0, "half_open": 1, "closed": 2}
-
-
-def _breaker_section(engine: Any, cfg: Any) -> dict[str, Any]:
-    breakers = engine.breaker_stats()
-    worst = min((b["state"] for b in breakers), key=_STATE_ORDER.__getitem__, default="closed")
-    return {
-        "enabled": cfg.enable_circuit_breaker,
-        # flujo's troubleshooting guide compares with 'OPEN': the worst state over all breakers.
-        "state": worst.upper(),
-        "failure_count": sum(b["failure_count"] for b in breakers),
-        "success_count": sum(b["success_count"] for b in breakers),
-        "rejected_count": sum(b["rejected_count"] for b in breakers),
-        "open_count": sum(b["open_count"] for b in breakers),
-        "failure_threshold": cfg.circuit_breaker_failure_threshold,
-        "recovery_timeout_seconds": cfg.circuit_breaker_recovery_timeout_seconds,
-        "breakers": {b["name"]: b for b in breakers},
-        "transitions": engine.transitions(),
-    }
-
-
-def _error_section(engine: Any, cfg: Any, total: dict[str, Any]) -> dict[str, Any]:
-    attempts = total["attempts"]
-    errors = total["errors"]
-    table = engine.error_stats()
-    failed_executions = total["recovered"] + total["failures"]
-    return {
-        "enabled": cfg.enable_optimized_error_handling,
-        "error_rate": errors / attempts if attempts else 0.0,
-        "errors": errors,
-        "retries": total["retries"],
-        "recovered": total["recovered"],
-        # Executions that failed at least once and then succeeded, over those
-        # that failed at least once.
-        "recovery_success_rate": (
-            total["recovered"] / failed_executions if failed_executions else 0.0
-        ),
-        # Retries that recovered, over retries whose outcome is known.
-        "retry_recovery_rate": table["recovery_success_rate"],
-        "cached_patterns": table["cached_patterns"],
-        "pattern_capacity": table["capacity"],
-        "fail_fast": table["fail_fast"],
-        "patterns": table["patterns"],
     }
 
 
