@@ -298,16 +298,6 @@ py::list ChangeList(const std::vector<ConfigChange>& changes, bool applied) {
   return out;
 }
 
-py::object UnpaidDict(const std::optional<UnpaidRaise>& u) {
-  if (!u) return py::none();
-  py::dict d;
-  d["from"] = u->from;
-  d["size"] = u->size;
-  d["rate"] = u->rate;
-  d["now"] = u->now;
-  return d;
-}
-
 // stats["automatic_optimization"].
 py::dict TunerStatsDict(const Tuner& t, const OptimizationConfig& cfg) {
   py::dict d;
@@ -530,13 +520,6 @@ void RegisterMonitor(py::module_& m) {
           py::arg("error"), py::arg("now_ns"),
           "The plan was applied at now_ns (error None) or refused: the "
           "changes applied, each with its time.")
-      .def(
-          "unpaid_raise",
-          [](const Tuner& t, int64_t size, std::optional<double> rate) {
-            return UnpaidDict(t.Unpaid(size, rate));
-          },
-          "The last raise of cache_max_size when it did not pay: {from, "
-          "size, rate, now}, or None.")
       .def_property_readonly("marks",
                              [](const Tuner& t) -> py::object {
                                const auto m = t.marks();

@@ -126,12 +126,6 @@ class Tuner:
         """The counters at the last analysis (None before the first)."""
         return self._native.marks
 
-    def unpaid_raise(self, size: int, rate: float | None) -> dict[str, Any] | None:
-        """The last raise of cache_max_size when it did not pay, as the next
-        analysis would judge it: ``from``, ``size``, ``rate`` (the hit rate
-        that led to it) and ``now``; None otherwise."""
-        return self._native.unpaid_raise(size, rate)
-
     def stats(self, cfg: Any) -> dict[str, Any]:
         """stats["automatic_optimization"]."""
         return self._native.stats(cfg)
