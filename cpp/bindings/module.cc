@@ -4,6 +4,7 @@
 #include "common.h"
 #include "event_bindings.h"
 #include "memory_bindings.h"
+#include "monitor_bindings.h"
 
 namespace caudal::bindings {
 
@@ -64,4 +65,5 @@ PYBIND11_MODULE(_core, m) {
   caudal::bindings::RegisterPool(m);
   caudal::bindings::RegisterEvents(m);
   caudal::bindings::RegisterMemory(m);
+  caudal::bindings::RegisterMonitor(m);
 }

@@ -125,6 +125,8 @@ class Engine:
     def _set_rss_source(self, source: Callable[[], int] | None) -> None: ...
     def _set_memory_interval(self, seconds: float) -> None: ...
     def cpu_stats(self) -> dict[str, Any]: ...
+    def breaker_section(self) -> dict[str, Any]: ...
+    def error_section(self) -> dict[str, Any]: ...
     def trends(self) -> dict[str, dict[str, Any]]: ...
     def trend_checkpoints(self) -> int: ...
     def _set_cpu_source(self, source: Callable[[], int] | None, allowed_cpus: int = 0) -> None: ...
@@ -164,6 +166,43 @@ def _native_allocations() -> int | None:
 
 def _clock_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time)."""
+
+def recommend(
+    stats: Mapping[str, Any],
+    config: OptimizationConfig,
+    marks: Mapping[str, Any] | None = None,
+    own_pool: bool = True,
+    unpaid: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The recommendation rules over a get_optimization_stats() dict."""
+
+#: The tuner's default rule constants (cpp/caudal/monitor/tuner.h).
+TUNER_RULES: dict[str, int | float]
+#: The fields automatic optimization may change: (lowest, highest).
+TUNED_BOUNDS: dict[str, tuple[Any, Any]]
+TUNER_HISTORY: int
+
+class Tuner:
+    """Automatic optimization's hysteresis (internal: caudal._tuner)."""
+
+    def __init__(
+        self,
+        cooldown: int = ...,
+        reversal_persistence: int = ...,
+        reversal_cooldown: int = ...,
+        cache_min_gain: float = ...,
+        cache_workload_change: float = ...,
+    ) -> None: ...
+    def recommend(
+        self, stats: Mapping[str, Any], config: OptimizationConfig, own_pool: bool
+    ) -> list[dict[str, Any]]: ...
+    def plan(
+        self, stats: Mapping[str, Any], config: OptimizationConfig, own_pool: bool, dry_run: bool
+    ) -> list[dict[str, Any]]: ...
+    def commit(self, error: str | None, now_ns: int) -> list[dict[str, Any]]: ...
+    @property
+    def marks(self) -> dict[str, Any] | None: ...
+    def stats(self, config: OptimizationConfig) -> dict[str, Any]: ...
 
 class Dag:
     """A checked pipeline graph; steps are numbered in definition order."""
