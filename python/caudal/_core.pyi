@@ -1,7 +1,7 @@
 """Type stubs for caudal's native module (cpp/bindings)."""
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 class OptimizationConfig:
     enable_object_pool: bool
@@ -164,6 +164,9 @@ def _native_allocations() -> int | None:
 
 def _clock_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time)."""
+
+def _raise_status(code: int, message: str) -> NoReturn:
+    """Test hook: raises what a core status (absl::StatusCode as an int) becomes."""
 
 class Dag:
     """A checked pipeline graph; steps are numbered in definition order."""
