@@ -159,3 +159,16 @@ def test_a_context_key_whose_eq_raises_propagates_that_exception():
     ctx = caudal.Context({Key(): 1})
     with pytest.raises(Boom):
         ctx[Key()]
+
+
+def test_the_core_refuses_bad_native_pool_settings():
+    with pytest.raises(caudal.ConfigurationError, match="task_timeout_ns must be >= 0"):
+        _core.WorkerPool(1, 4, -1.0, None)
+    with pytest.raises(caudal.ConfigurationError, match="queue_size must be >= 1"):
+        _core.WorkerPool(1, 0, 0.0, None)
+
+
+def test_a_dag_step_id_out_of_range_is_index_error():
+    dag = _core.Dag([("a", [])])
+    with pytest.raises(IndexError, match=r"^step id 3 out of range$"):
+        dag.deps(3)

@@ -54,7 +54,8 @@ Dag::Id IdOf(const Dag& dag, const std::string& name) {
 
 Dag::Id Checked(const Dag& dag, Dag::Id id) {
   if (id < 0 || static_cast<size_t>(id) >= dag.size()) {
-    throw py::index_error("step id " + std::to_string(id) + " out of range");
+    ThrowStatus(absl::OutOfRangeError("step id " + std::to_string(id) +
+                                      " out of range"));
   }
   return id;
 }

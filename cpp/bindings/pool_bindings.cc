@@ -234,7 +234,6 @@ class PyWorkerPool {
     WorkerPool::Options o;
     o.workers = workers;
     o.queue_size = queue_size;
-    if (task_timeout_s < 0) throw py::value_error("task_timeout must be >= 0");
     o.task_timeout_ns = static_cast<int64_t>(task_timeout_s * 1e9);
     o.on_thread_exit = EndWorkerThread;
     auto pool = WorkerPool::Create(std::move(o));
