@@ -5,6 +5,8 @@ exception; ``_core._raise_status(code, message)`` runs that translation.
 """
 
 import asyncio
+import pathlib
+import re
 
 import pytest
 
@@ -49,6 +51,10 @@ TABLE = {
     DATA_LOSS: ValueError,
     UNAUTHENTICATED: PermissionError,
 }
+
+
+CODE_NAMES = {v: k for k, v in dict(globals()).items() if k.isupper() and isinstance(v, int)}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_the_table_covers_every_error_code():
@@ -172,3 +178,27 @@ def test_a_dag_step_id_out_of_range_is_index_error():
     dag = _core.Dag([("a", [])])
     with pytest.raises(IndexError, match=r"^step id 3 out of range$"):
         dag.deps(3)
+
+
+def test_docs_errors_md_states_the_same_table():
+    doc = ROOT / "docs" / "errors.md"
+    documented = {}
+    for line in doc.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not re.fullmatch(r"`[A-Z_]+`(, `[A-Z_]+`)*", cells[0]):
+            continue
+        exc = re.match(r"`(?:caudal\.)?(\w+)`", cells[1]).group(1)
+        for name in re.findall(r"`([A-Z_]+)`", cells[0]):
+            documented[name] = exc
+    assert documented == {CODE_NAMES[code]: cls.__name__ for code, cls in TABLE.items()}
+
+
+def test_common_h_comment_states_the_same_table():
+    header = ROOT / "cpp" / "bindings" / "common.h"
+    documented = {}
+    for m in re.finditer(r"^//   k(\w+)\s+(?:caudal\.)?(\w+)", header.read_text(), re.M):
+        code = re.sub(r"(?<!^)([A-Z])", r"_\1", m.group(1)).upper()
+        documented[code] = m.group(2)
+    expected = {CODE_NAMES[code]: cls.__name__ for code, cls in TABLE.items()}
+    expected["OK"] = "SystemError"
+    assert documented == expected

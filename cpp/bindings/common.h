@@ -50,7 +50,8 @@ namespace py = pybind11;
 // in the middle of a core operation, a node allocation raised MemoryError):
 // it propagates unchanged, whatever the code.
 //
-// Off the hot path only: the caudal classes are looked up on each call.
+// Call with the GIL held. Off the hot path only: the caudal classes are
+// looked up on each call.
 
 // Sets the Python error indicator for `status` (the table above).
 void SetStatusError(const absl::Status& status);
