@@ -202,3 +202,12 @@ def test_common_h_comment_states_the_same_table():
     expected = {CODE_NAMES[code]: cls.__name__ for code, cls in TABLE.items()}
     expected["OK"] = "SystemError"
     assert documented == expected
+
+
+@pytest.mark.parametrize("code", [INTERNAL, NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE])
+def test_a_message_keeps_every_byte(code):
+    # A NUL does not cut it short; bytes that are not UTF-8 are replaced.
+    with pytest.raises(Exception) as info:
+        _core._raise_status(code, b"before\x00after \xff end")
+    assert type(info.value) is TABLE[code]
+    assert "before\x00after \ufffd end" in info.value.args[0]

@@ -2,7 +2,6 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "common.h"
 #include "event_bindings.h"
@@ -79,10 +78,14 @@ void SetStatusError(const absl::Status& status) {
                     "a status error was raised for an OK status");
     return;
   }
-  const std::string msg(status.message());
+  // The whole message, whatever bytes it holds (a NUL, invalid UTF-8).
+  const absl::string_view msg = status.message();
+  py::object text = py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(
+      msg.data(), static_cast<Py_ssize_t>(msg.size()), "replace"));
+  if (!text) return;  // MemoryError
   const ExceptionFor target = ExceptionForCode(status.code());
   if (target.builtin != nullptr) {
-    PyErr_SetString(target.builtin, msg.c_str());
+    PyErr_SetObject(target.builtin, text.ptr());
     return;
   }
   try {
@@ -90,13 +93,12 @@ void SetStatusError(const absl::Status& status) {
     py::object exc;
     if (status.code() == absl::StatusCode::kInvalidArgument) {
       py::list problems;
-      for (absl::string_view line :
-           absl::StrSplit(msg, '\n', absl::SkipEmpty())) {
-        problems.append(py::str(std::string(line)));
+      for (py::handle line : text.attr("split")("\n")) {
+        if (PyUnicode_GET_LENGTH(line.ptr()) > 0) problems.append(line);
       }
       exc = type(problems);
     } else {
-      exc = type(py::str(msg));
+      exc = type(text);
     }
     PyErr_SetObject(type.ptr(), exc.ptr());
   } catch (py::error_already_set& e) {
