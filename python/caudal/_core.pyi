@@ -1,7 +1,7 @@
 """Type stubs for caudal's native module (cpp/bindings)."""
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 class OptimizationConfig:
     enable_object_pool: bool
@@ -203,6 +203,8 @@ class Tuner:
     @property
     def marks(self) -> dict[str, Any] | None: ...
     def stats(self, config: OptimizationConfig) -> dict[str, Any]: ...
+def _raise_status(code: int, message: str) -> NoReturn:
+    """Test hook: raises what a core status (absl::StatusCode as an int) becomes."""
 
 class Dag:
     """A checked pipeline graph; steps are numbered in definition order."""
