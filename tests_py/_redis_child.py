@@ -22,7 +22,7 @@ from caudal.integrations.redis import RedisCacheTier
 
 
 async def main(url: str, prefix: str, command: str, args: list[str]) -> dict:
-    tier = RedisCacheTier(url, prefix=prefix, op_timeout_s=2.0)
+    tier = RedisCacheTier(url, prefix=prefix, op_timeout_s=10.0)
     try:
         if command == "set":
             stored = {}
