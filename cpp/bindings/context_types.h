@@ -23,7 +23,7 @@ extern PyTypeObject ContextBaseType;
 // CPython wires a Python class's and method calls keep their fast path.
 extern PyTypeObject* g_context_type;
 extern PyTypeObject MutationType;
-extern PyTypeObject ViewType;
+extern PyTypeObject ViewTypes[3];  // by ViewKind
 extern PyTypeObject IterType;
 
 struct PyTraits {

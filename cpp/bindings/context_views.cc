@@ -9,11 +9,16 @@
 
 namespace caudal::bindings::context_internal {
 
-PyTypeObject ViewType = {PyVarObject_HEAD_INIT(nullptr, 0)};
+// One type per kind: keys and items views are sets (as a dict's are, and
+// registered as collections.abc.KeysView / ItemsView by caudal.context);
+// values views are not.
+PyTypeObject ViewTypes[3] = {{PyVarObject_HEAD_INIT(nullptr, 0)},
+                             {PyVarObject_HEAD_INIT(nullptr, 0)},
+                             {PyVarObject_HEAD_INIT(nullptr, 0)}};
 PyTypeObject IterType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 PyObject* NewView(PyObject* ctx, int kind) {
-  ViewObject* v = PyObject_GC_New(ViewObject, &ViewType);
+  ViewObject* v = PyObject_GC_New(ViewObject, &ViewTypes[kind]);
   if (v == nullptr) return nullptr;
   v->ctx = Py_NewRef(ctx);
   v->kind = kind;
@@ -95,6 +100,124 @@ PyObject* View_repr(PyObject* self) {
   return out;
 }
 
+// Set behaviour of the keys and items views, as CPython's dict views have
+// it: comparisons with any set-like object (collections.abc.Set), the
+// operators building a new set, isdisjoint.
+bool IsSetLike(PyObject* o) {
+  if (PyAnySet_Check(o) || PyDictKeys_Check(o) || PyDictItems_Check(o) ||
+      Py_IS_TYPE(o, &ViewTypes[kKeys]) || Py_IS_TYPE(o, &ViewTypes[kItems])) {
+    return true;
+  }
+  static PyObject* abc_set = [] {
+    PyObject* abc = PyImport_ImportModule("collections.abc");
+    PyObject* set = abc ? PyObject_GetAttrString(abc, "Set") : nullptr;
+    Py_XDECREF(abc);
+    return set;  // kept for the process's life
+  }();
+  if (abc_set == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  const int r = PyObject_IsInstance(o, abc_set);
+  if (r < 0) PyErr_Clear();
+  return r > 0;
+}
+
+// 1 if every element of `a` is in `b`, 0 if not, -1 on error.
+int AllContainedIn(PyObject* a, PyObject* b) {
+  PyObject* it = PyObject_GetIter(a);
+  if (it == nullptr) return -1;
+  int ok = 1;
+  while (PyObject* x = PyIter_Next(it)) {
+    ok = PySequence_Contains(b, x);
+    Py_DECREF(x);
+    if (ok <= 0) break;
+  }
+  Py_DECREF(it);
+  return PyErr_Occurred() ? -1 : ok;
+}
+
+PyObject* View_richcompare(PyObject* self, PyObject* other, int op) {
+  if (!IsSetLike(other)) Py_RETURN_NOTIMPLEMENTED;
+  const Py_ssize_t n = PyObject_Size(self);
+  const Py_ssize_t m = PyObject_Size(other);
+  if (n < 0 || m < 0) return nullptr;
+  int r = 0;
+  switch (op) {
+    case Py_EQ:
+    case Py_NE:
+      r = n == m ? AllContainedIn(self, other) : 0;
+      if (r >= 0 && op == Py_NE) r = !r;
+      break;
+    case Py_LT:
+      r = n < m ? AllContainedIn(self, other) : 0;
+      break;
+    case Py_LE:
+      r = n <= m ? AllContainedIn(self, other) : 0;
+      break;
+    case Py_GT:
+      r = n > m ? AllContainedIn(other, self) : 0;
+      break;
+    case Py_GE:
+      r = n >= m ? AllContainedIn(other, self) : 0;
+      break;
+  }
+  if (r < 0) return nullptr;
+  return PyBool_FromLong(r);
+}
+
+// a <op> b as a new set: set(a), updated with b by `method`.
+PyObject* SetOp(PyObject* a, PyObject* b, const char* method) {
+  PyObject* out = PySet_New(a);
+  if (out == nullptr) return nullptr;
+  PyObject* r = PyObject_CallMethod(out, method, "O", b);
+  if (r == nullptr) {
+    Py_DECREF(out);
+    return nullptr;
+  }
+  Py_DECREF(r);
+  return out;
+}
+
+PyObject* View_sub(PyObject* a, PyObject* b) {
+  return SetOp(a, b, "difference_update");
+}
+PyObject* View_and(PyObject* a, PyObject* b) {
+  return SetOp(a, b, "intersection_update");
+}
+PyObject* View_or(PyObject* a, PyObject* b) { return SetOp(a, b, "update"); }
+PyObject* View_xor(PyObject* a, PyObject* b) {
+  return SetOp(a, b, "symmetric_difference_update");
+}
+
+PyObject* View_isdisjoint(PyObject* self, PyObject* other) {
+  PyObject* it = PyObject_GetIter(other);
+  if (it == nullptr) return nullptr;
+  int found = 0;
+  while (PyObject* x = PyIter_Next(it)) {
+    found = PySequence_Contains(self, x);
+    Py_DECREF(x);
+    if (found != 0) break;
+  }
+  Py_DECREF(it);
+  if (found < 0 || PyErr_Occurred()) return nullptr;
+  return PyBool_FromLong(!found);
+}
+
+PyNumberMethods kSetNumber = [] {
+  PyNumberMethods n{};
+  n.nb_subtract = View_sub;
+  n.nb_and = View_and;
+  n.nb_or = View_or;
+  n.nb_xor = View_xor;
+  return n;
+}();
+
+PyMethodDef kSetMethods[] = {
+    {"isdisjoint", View_isdisjoint, METH_O,
+     "True if the view and the iterable have no element in common."},
+    {nullptr}};
+
 PySequenceMethods kViewSequence = {View_length, nullptr,      nullptr,
                                    nullptr,     nullptr,      nullptr,
                                    nullptr,     View_contains};
@@ -151,14 +274,26 @@ PyMethodDef kIterMethods[] = {
 }  // namespace
 
 bool InitViewTypes() {
-  ViewType.tp_name = "caudal._core.ContextView";
-  ViewType.tp_basicsize = sizeof(ViewObject);
-  ViewType.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
-  ViewType.tp_dealloc = View_dealloc;
-  ViewType.tp_traverse = View_traverse;
-  ViewType.tp_as_sequence = &kViewSequence;
-  ViewType.tp_iter = View_iter;
-  ViewType.tp_repr = View_repr;
+  static const char* kTypeNames[] = {"caudal._core.ContextKeys",
+                                     "caudal._core.ContextValues",
+                                     "caudal._core.ContextItems"};
+  for (int kind : {kKeys, kValues, kItems}) {
+    PyTypeObject& t = ViewTypes[kind];
+    t.tp_name = kTypeNames[kind];
+    t.tp_basicsize = sizeof(ViewObject);
+    t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+    t.tp_dealloc = View_dealloc;
+    t.tp_traverse = View_traverse;
+    t.tp_as_sequence = &kViewSequence;
+    t.tp_iter = View_iter;
+    t.tp_repr = View_repr;
+    if (kind != kValues) {
+      t.tp_richcompare = View_richcompare;
+      t.tp_as_number = &kSetNumber;
+      t.tp_methods = kSetMethods;
+    }
+    if (!Ready(&t)) return false;
+  }
 
   IterType.tp_name = "caudal._core.ContextIterator";
   IterType.tp_basicsize = sizeof(IterObject);
@@ -169,7 +304,7 @@ bool InitViewTypes() {
   IterType.tp_iter = PyObject_SelfIter;
   IterType.tp_iternext = Iter_next;
   IterType.tp_methods = kIterMethods;
-  return Ready(&ViewType) && Ready(&IterType);
+  return Ready(&IterType);
 }
 
 }  // namespace caudal::bindings::context_internal

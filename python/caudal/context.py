@@ -22,13 +22,28 @@ from __future__ import annotations
 import reprlib
 import sys
 import types
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    ValuesView,
+)
 from typing import Any
 
 from caudal._core import Context, ContextMutation
 from caudal.errors import ContextConflictError
 
 Mapping.register(Context)
+# The native views: keys and items are sets, as a dict's are.
+_probe = Context(k=0)
+KeysView.register(type(_probe.keys()))
+ValuesView.register(type(_probe.values()))
+ItemsView.register(type(_probe.items()))
+del _probe
 
 
 class _Missing:
