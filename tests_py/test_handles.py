@@ -13,7 +13,7 @@ import time
 import pytest
 
 from caudal import ExecutorCore, OptimizationConfig, QueueFullError, Step, WorkerPool
-from caudal._core import Engine
+from caudal._core import Engine, Next
 from caudal.errors import StaleHandleError
 from caudal.resilience import immediate_retries
 
@@ -166,8 +166,8 @@ def _sync(x):
 
 
 def _live_handle(engine: Engine) -> int:
-    rec, aw, mode = engine._begin(Step(_sync, "sync"), 1, None, None)
-    assert mode == 2 and aw is None
+    rec, aw, next_ = engine._begin(Step(_sync, "sync"), 1, None, None)
+    assert next_ is Next.RUN_SYNC and aw is None
     return rec
 
 
@@ -230,8 +230,8 @@ def test_wait_state_is_an_owned_object_not_an_address():
     async def main():
         step = Step(_sync, "sync")
         h = _live_handle(engine)  # holds the only slot
-        state, fut, mode = engine._begin(step, 2, None, None)
-        assert mode == 9
+        state, fut, next_ = engine._begin(step, 2, None, None)
+        assert next_ is Next.WAIT_FOR_PERMIT
         assert not isinstance(state, int | tuple)
         for forged in (16, (None, False, False, True, 16), ("x",)):
             with pytest.raises((StaleHandleError, TypeError)):
@@ -243,8 +243,8 @@ def test_wait_state_is_an_owned_object_not_an_address():
             other._begin_permitted(step, state, 2, None, None)
         engine._cancel(h)  # hands the slot to the waiter
         await fut
-        rec, aw, mode = engine._begin_permitted(step, state, 2, None, None)
-        assert mode == 2
+        rec, aw, next_ = engine._begin_permitted(step, state, 2, None, None)
+        assert next_ is Next.RUN_SYNC
         # A state is used once.
         with pytest.raises(StaleHandleError, match="already used"):
             engine._begin_permitted(step, state, 2, None, None)

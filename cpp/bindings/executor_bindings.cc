@@ -2,13 +2,10 @@
 // `_succeed`/`_failed` after), StepResult, and the stats read-out.
 //
 // Hot-path contract with python/caudal/executor_core.py:
-//   rec, aw, mode = engine._begin(step, data, context, resources)
-//     mode 0: `aw` is the step's awaitable        -> out = await aw
-//     mode 1: same, with a per-attempt timeout    -> engine._timeout_s(rec)
-//     mode 2: a sync step: (fn, args, kwargs, timeout_s) =
-//             engine._sync_call(rec, ...), then fn(*args, **kwargs) runs in
-//             a worker thread
-//     mode 3: calling the step raised: `aw` is the exception
+//   rec, aw, next = engine._begin(step, data, context, resources)
+//     (or a cache hit's StepResult itself); `next` is a caudal._core.Next
+//     member, the core's verdict (caudal/executor/next.h says, for each
+//     kind, what `rec` and `aw` are and what the Python layer does next).
 //   engine._succeed(rec, out) -> StepResult
 //   engine._failed(rec, exc, timed_out) -> float (retry after that many
 //     seconds; then engine._restart(rec, ...) starts the next attempt),
@@ -23,9 +20,10 @@
 // nothing is ever dereferenced on a handle's word. A sync step's worker
 // thread gets the step's callable and arguments (_sync_call, on the loop
 // thread), never the handle.
-// A caller queued for a permit (mode 9) gets a WaitState object, not an
-// address: it names its engine and is used once (_begin_permitted or
+// A caller queued for a permit (Next::kWaitForPermit) gets a WaitState object,
+// not an address: it names its engine and is used once (_begin_permitted or
 // _cancel_wait).
+#include <pybind11/native_enum.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -38,6 +36,7 @@
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 #include "caudal/executor/executor.h"
+#include "caudal/executor/next.h"
 #include "common.h"
 #include "event_bindings.h"
 #include "key_walk.h"
@@ -124,7 +123,8 @@ std::string StaleMessage(PyObject* h) {
          ": its execution has ended, or it belongs to another executor";
 }
 
-// A caller queued for the step's key permit or for a global slot (mode 9):
+// A caller queued for the step's key permit or for a global slot
+// (Next::kWaitForPermit):
 // what _begin_permitted / _cancel_wait need, kept natively so that no
 // address travels through Python. Used once.
 struct WaitState {
@@ -136,6 +136,12 @@ struct WaitState {
   bool for_slot = false;  // waiting for the global slot (else the key's)
   bool used = false;
 };
+
+// The members of caudal._core.Next by value, set when the module is
+// registered (never released). Returning one costs what returning a small
+// int costs: a table load and an incref.
+PyObject* g_next[kNextKinds] = {};
+py::handle NextOf(Next n) { return g_next[static_cast<int>(n)]; }
 
 uint64_t NextEngineId() {
   static std::atomic<uint64_t> next{1};
@@ -235,7 +241,7 @@ class Engine {
   OptimizationConfig config() const { return *core_.config(); }
 
   // ---- hot path: before the first attempt ----
-  // (rec, awaitable, mode), or a cache hit's StepResult itself.
+  // (rec, aw, Next), or a cache hit's StepResult itself.
   py::object begin(py::handle step, py::handle data, py::handle context,
                    py::handle resources) {
     // Automatic optimization: one relaxed load unless an analysis is due.
@@ -276,7 +282,7 @@ class Engine {
                                         static_cast<double>(latency) / 1e9,
                                         Py_None, Py_None, true);
           if (!res) throw py::error_already_set();
-          return py::make_tuple(0, py::reinterpret_steal<py::object>(res), 5);
+          return py::reinterpret_steal<py::object>(res);
         }
         lead = true;
         if (e->spec.single_flight) {
@@ -285,11 +291,14 @@ class Engine {
             fut = PyHelpers::Get().get_running_loop().attr("create_future")();
             return HoldWaiter(fut.ptr());
           });
-          if (!flight) return py::make_tuple(KeyToBytes(key), fut, 7);
+          if (!flight)
+            return py::make_tuple(KeyToBytes(key), fut, NextOf(Next::kFollow));
         }
         // A shared tier: the Python layer asks it (asynchronously) before
         // the step runs; it then calls _l2_fill or _begin_leader.
-        if (l2_) return py::make_tuple(KeyToBytes(key), py::bool_(flight), 8);
+        if (l2_)
+          return py::make_tuple(KeyToBytes(key), py::bool_(flight),
+                                NextOf(Next::kAskSharedTier));
       }
     }
     return BeginRecord(e->shared_from_this(), cfg, lead, flight, key,
@@ -298,10 +307,10 @@ class Engine {
   }
 
   // Takes the step's key permit, then a global slot (or queues for either:
-  // mode 9, whose future is resolved when the permit is handed over; then
-  // _begin_permitted), creates the record and starts the first attempt.
-  // `held` is the key limiter whose permit the caller already holds. Key
-  // first: callers queued behind a saturated backend hold no global slot.
+  // Next::kWaitForPermit, whose future is resolved when the permit is handed
+  // over; then _begin_permitted), creates the record and starts the first
+  // attempt. `held` is the key limiter whose permit the caller already holds.
+  // Key first: callers queued behind a saturated backend hold no global slot.
   py::object BeginRecord(std::shared_ptr<StepEntry> entry,
                          const OptimizationConfig* cfg, bool lead, bool flight,
                          const Key128& key, KeyLimiter* held, bool have_slot,
@@ -320,7 +329,8 @@ class Engine {
       w.lead = lead;
       w.flight = flight;
       w.for_slot = for_slot;
-      return py::make_tuple(py::cast(std::move(w)), fut, 9);
+      return py::make_tuple(py::cast(std::move(w)), fut,
+                            NextOf(Next::kWaitForPermit));
     };
     KeyLimiter* bypassed = nullptr;
     if (held == nullptr && !have_slot) {
@@ -422,7 +432,7 @@ class Engine {
   }
 
   // Starts an attempt of an existing record (retries): the awaitable or,
-  // for sync steps, nothing. Same (rec, aw, mode) triple as begin().
+  // for sync steps, nothing. Same (rec, aw, Next) triple as begin().
   py::tuple restart(py::handle h, py::handle data, py::handle context,
                     py::handle resources, py::handle last_exc) {
     ExecutionRecord* r = Live(h);
@@ -430,7 +440,8 @@ class Engine {
       // The breaker opened meanwhile (often on this very step's failures):
       // the refusal is this attempt's outcome, and `failed` decides whether
       // to wait for the probe; the last error is the refusal's cause.
-      return py::make_tuple(py::int_(r->handle), CircuitOpen(r, last_exc), 3);
+      return py::make_tuple(py::int_(r->handle), CircuitOpen(r, last_exc),
+                            NextOf(Next::kRaised));
     }
     return StartAttempt(r, data, context, resources);
   }
@@ -1175,10 +1186,13 @@ class Engine {
     PyStepEntry* e = Entry(r);
     py::int_ h(r->handle);
     if (e->spec.kind == StepKind::kSync)
-      return py::make_tuple(h, py::none(), 2);
+      return py::make_tuple(h, py::none(), NextOf(Next::kRunSync));
     try {
       py::object aw = Invoke(e, data, context, resources);
-      return py::make_tuple(h, std::move(aw), e->spec.timeout_ns > 0 ? 1 : 0);
+      return py::make_tuple(
+          h, std::move(aw),
+          NextOf(e->spec.timeout_ns > 0 ? Next::kAwaitWithTimeout
+                                        : Next::kAwait));
     } catch (py::error_already_set& err) {
       // Calling the step raised before producing an awaitable: an attempt
       // failure like any other (the caller decides retry or not).
@@ -1189,7 +1203,8 @@ class Engine {
       if (tb) PyException_SetTraceback(value, tb);
       Py_XDECREF(type);
       Py_XDECREF(tb);
-      return py::make_tuple(h, py::reinterpret_steal<py::object>(value), 3);
+      return py::make_tuple(h, py::reinterpret_steal<py::object>(value),
+                            NextOf(Next::kRaised));
     }
   }
 
@@ -1214,8 +1229,9 @@ class Engine {
 
   // The step's breaker is open: a failed result carrying CircuitOpenError,
   // the step not called.
-  // With a fallback, it runs at once (mode 6). Otherwise the refusal goes
-  // back as the attempt's exception (mode 3): `failed` asks the core
+  // With a fallback, it runs at once (Next::kFallback). Otherwise the
+  // refusal goes back as the attempt's exception (Next::kRaised): `failed`
+  // asks the core
   // whether to wait for the breaker's probe or end.
   py::tuple RejectedResult(ExecutionRecord* r) {
     PyStepEntry* e = Entry(r);
@@ -1225,9 +1241,11 @@ class Engine {
       e->stats->rejected.fetch_add(1, std::memory_order_relaxed);
       WakePermits(core_.ReleasePermits(r));
       return py::make_tuple(py::int_(r->handle),
-                            py::make_tuple(e->fallback, exc), 6);
+                            py::make_tuple(e->fallback, exc),
+                            NextOf(Next::kFallback));
     }
-    return py::make_tuple(py::int_(r->handle), std::move(exc), 3);
+    return py::make_tuple(py::int_(r->handle), std::move(exc),
+                          NextOf(Next::kRaised));
   }
 
   // A CircuitOpenError for the record's breaker refusal; `cause` (the last
@@ -1701,7 +1719,8 @@ PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
 PyMethodDef kFastBegin = {
     "_begin",
     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastBegin)),
-    METH_FASTCALL, "Before the first attempt: (rec, awaitable, mode)."};
+    METH_FASTCALL,
+    "Before the first attempt: (rec, aw, Next), or a cache hit's StepResult."};
 PyMethodDef kFastSucceed = {
     "_succeed",
     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastSucceed)),
@@ -1770,6 +1789,43 @@ void RegisterExecutor(py::module_& m) {
   m.def("_clock_offset_ns", &ClockOffsetNs,
         "CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time).");
   if (!InitStepResultType(m.ptr())) throw py::error_already_set();
+  {
+    struct Kind {
+      const char* name;
+      Next value;
+      const char* doc;
+    };
+    static constexpr Kind kKinds[] = {
+        {"AWAIT", Next::kAwait, "aw is the step's awaitable: await it"},
+        {"AWAIT_WITH_TIMEOUT", Next::kAwaitWithTimeout,
+         "await aw within the step's timeout (_timeout_s(rec))"},
+        {"RUN_SYNC", Next::kRunSync,
+         "a sync step: _sync_call(rec, ...) for the worker pool"},
+        {"RAISED", Next::kRaised,
+         "aw is the attempt's exception: report it with _failed"},
+        {"FALLBACK", Next::kFallback,
+         "aw is (fallback step, exception): run it, then _fallback_done"},
+        {"FOLLOW", Next::kFollow,
+         "await aw, the single flight leader's StepResult (None: run again)"},
+        {"ASK_SHARED_TIER", Next::kAskSharedTier,
+         "ask the shared cache tier for the key, then _l2_fill or "
+         "_begin_leader"},
+        {"WAIT_FOR_PERMIT", Next::kWaitForPermit,
+         "await aw (a concurrency permit), then _begin_permitted"},
+    };
+    static_assert(sizeof(kKinds) / sizeof(kKinds[0]) == kNextKinds);
+    py::native_enum<Next> kinds(
+        m, "Next", "enum.IntEnum",
+        "What the Python layer does next with an execution: the core's "
+        "verdict, returned by _begin and the calls that resume an execution "
+        "(caudal/executor/next.h).");
+    for (const Kind& k : kKinds) kinds.value(k.name, k.value, k.doc);
+    kinds.finalize();
+    py::object type = m.attr("Next");
+    for (const Kind& k : kKinds)
+      g_next[static_cast<int>(k.value)] =
+          py::object(type.attr(k.name)).release().ptr();
+  }
   py::class_<WaitState>(m, "_WaitState",
                         "A caller queued for a concurrency permit (opaque; "
                         "used once).");

@@ -1,5 +1,6 @@
 """Type stubs for caudal's native module (cpp/bindings)."""
 
+import enum
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -77,6 +78,19 @@ class StepResult:
     ) -> None: ...
     def unwrap(self) -> Any: ...
     def _repr_html_(self) -> str: ...
+
+class Next(enum.IntEnum):
+    """What the Python layer does next with an execution (the core's verdict,
+    cpp/caudal/executor/next.h)."""
+
+    AWAIT = 0
+    AWAIT_WITH_TIMEOUT = 1
+    RUN_SYNC = 2
+    RAISED = 3
+    FALLBACK = 4
+    FOLLOW = 5
+    ASK_SHARED_TIER = 6
+    WAIT_FOR_PERMIT = 7
 
 class _WaitState:
     """A caller queued for a concurrency permit (opaque; used once)."""
