@@ -309,7 +309,12 @@ absl::optional<double> AttemptError::RetryHintSeconds(double now_unix_s) const {
 
 FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
                                         const AttemptError& e) {
-  if (r->rejected) return BreakerWait(r);
+  if (r->rejected) {
+    FailureDecision d = BreakerWait(r);
+    if (d.verdict != FailureVerdict::kRetry && r->step->spec.has_fallback)
+      RouteToFallback(r, &d);
+    return d;
+  }
   FailureDecision d = Decide(r, now_ns, e);
   // Overload signals and network errors are the adaptive limit's drop
   // signal. A timed-out attempt is a latency sample (it ran that long): one
@@ -322,7 +327,20 @@ FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
   } else if (r->bypassed != nullptr && drop) {
     r->bypassed->Wake();  // overload on a dormant key: permits again
   }
+  if (d.verdict != FailureVerdict::kRetry && r->step->spec.has_fallback)
+    RouteToFallback(r, &d);
   return d;
+}
+
+// The fallback is another execution: it must not wait for the permits this
+// one still holds (with every slot held by a primary waiting for its
+// fallback, nothing could run).
+void Executor::RouteToFallback(ExecutionRecord* r, FailureDecision* d) {
+  d->verdict = FailureVerdict::kFallback;
+  d->delay_s = 0.0;
+  ReleasedPermits p = ReleasePermits(r);
+  if (p.wake) d->wake.push_back(std::move(p.wake));
+  if (p.wake_key) d->wake.push_back(std::move(p.wake_key));
 }
 
 // The limit was cut below the executions holding its permits: those
