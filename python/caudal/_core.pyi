@@ -92,8 +92,13 @@ class Next(enum.IntEnum):
     ASK_SHARED_TIER = 6
     WAIT_FOR_PERMIT = 7
 
-class _WaitState:
-    """A caller queued for a concurrency permit (opaque; used once)."""
+class _Admission:
+    """An execution's admission, held between two engine calls while it
+    follows a single flight, asks the shared tier or waits for a permit
+    (opaque; validated and used once per wait)."""
+
+    @property
+    def key(self) -> bytes: ...
 
 class Engine:
     def __init__(self, config: OptimizationConfig) -> None: ...

@@ -256,9 +256,9 @@ class ExecutorCore:
             try:
                 await aw
             except BaseException:
-                self._engine._cancel_wait(step, rec, aw)
+                self._engine._cancel_wait(rec, aw)
                 raise
-            rec, aw, next_ = self._engine._begin_permitted(step, rec, data, context, resources)
+            rec, aw, next_ = self._engine._begin_permitted(rec, data, context, resources)
 
     async def _run(
         self,
@@ -330,13 +330,15 @@ class ExecutorCore:
             raise
 
     async def _through_l2(
-        self, key: bytes, flight: bool, step: Any, data: Any, context: Any, resources: Any
+        self, adm: Any, _: None, step: Any, data: Any, context: Any, resources: Any
     ) -> StepResult:
         """L1 missed and this execution leads its key: ask the shared tier,
-        then run the step if it missed too, and write the result back."""
+        then run the step if it missed too, and write the result back when
+        the core says it may be stored."""
         engine = self._engine
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        key = adm.key
         # The invalidation epoch before asking the tier: a value read, or a
         # result computed, while an invalidation covering the step ran is
         # kept out of both tiers (docs/cache.md, "Invalidation").
@@ -349,20 +351,15 @@ class ExecutorCore:
             else:
                 found, value = await self._l2.get(key)
         except BaseException:
-            if flight:
-                engine._abandon_flight(step, key)
+            engine._abandon_flight(adm)
             raise
         if found:
-            return engine._l2_fill(step, key, flight, value, loop.time() - t0, epoch)
-        rec, aw, next_ = engine._begin_leader(step, key, flight, data, context, resources)
+            return engine._l2_fill(adm, value, loop.time() - t0, epoch)
+        rec, aw, next_ = engine._begin_leader(adm, data, context, resources)
         result = await self._run(rec, aw, next_, data, context, resources, step)
-        if (
-            result.success
-            and not result.metadata.get("fallback_triggered")
-            # Checked when the write starts; an invalidation after that
-            # waits for the write before it reaches the tier (_l2_settled).
-            and engine._cache_storable(step, epoch)
-        ):
+        # Checked when the write starts; an invalidation after that waits
+        # for the write before it reaches the tier (_l2_settled).
+        if engine._cache_storable(step, result, epoch):
             ttl_s, tags, group = engine._cache_policy(step)
             write = (
                 self._l2.set(key, result.output, ttl_s, tags, group)
@@ -374,36 +371,36 @@ class ExecutorCore:
             task.add_done_callback(self._l2_writes.discard)
         return result
 
-    async def _slot(self, state: Any, fut: Any, step: Any) -> None:
-        """Wait for a concurrency slot (FIFO); a cancelled waiter leaves the
-        queue, or passes on a slot it was handed, and never leaks one."""
+    async def _slot(self, adm: Any, fut: Any) -> None:
+        """Wait for a concurrency permit (FIFO); a cancelled waiter leaves the
+        queue, or passes on a permit it was handed, and never leaks one."""
         try:
             await fut
         except BaseException:
-            self._engine._cancel_wait(step, state, fut)
+            self._engine._cancel_wait(adm, fut)
             raise
 
     async def _wait_slot(
-        self, state: Any, fut: Any, step: Any, data: Any, context: Any, resources: Any
+        self, adm: Any, fut: Any, step: Any, data: Any, context: Any, resources: Any
     ) -> StepResult:
         """Wait for the step's key permit, then for a global slot (told to
         wait again when the second must be waited for too)."""
         begin_permitted = self._engine._begin_permitted
         while True:
-            await self._slot(state, fut, step)
-            rec, aw, next_ = begin_permitted(step, state, data, context, resources)
+            await self._slot(adm, fut)
+            rec, aw, next_ = begin_permitted(adm, data, context, resources)
             if next_ is not _WAIT_FOR_PERMIT:
                 return await self._run(rec, aw, next_, data, context, resources, step)
-            state, fut = rec, aw
+            adm, fut = rec, aw
 
     async def _follow(
-        self, key: bytes, fut: Any, step: Any, data: Any, context: Any, resources: Any
+        self, adm: Any, fut: Any, step: Any, data: Any, context: Any, resources: Any
     ) -> StepResult:
         """Single flight: share the leader's result instead of running again."""
         try:
             result = await fut
         except BaseException:
-            self._engine._leave_flight(key, fut)
+            self._engine._leave_flight(adm, fut)
             raise
         if result is None:  # the leader was cancelled: run it ourselves
             return await self.execute(step, data, context, resources)
