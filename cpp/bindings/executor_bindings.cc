@@ -226,7 +226,9 @@ class Engine {
  public:
   friend PyObject* FastBegin(PyObject*, PyObject* const*, Py_ssize_t);
   friend PyObject* FastSucceed(PyObject*, PyObject* const*, Py_ssize_t);
-  explicit Engine(const OptimizationConfig& config) : core_(config) {}
+  // `clock`: the engine's time (null: the monotonic clock).
+  Engine(const OptimizationConfig& config, std::shared_ptr<ManualClock> clock)
+      : core_(config, /*random_seed=*/0x5eed, std::move(clock)) {}
 
   ~Engine() {
     clear_cache();
@@ -252,7 +254,7 @@ class Engine {
     // Automatic optimization: one relaxed load unless an analysis is due.
     if (core_.TakeAnalysisDue()) CallAnalysisHook();
     PyStepEntry* e = FastLookup(step);
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = core_.NowNs();
     AdmitState s;
     if (Executor::UseCache(*e, *core_.current_config()))
       s.keyed = CacheKey(e, data, context, &s.key);
@@ -345,7 +347,7 @@ class Engine {
     py::object out = core_.current_config()->cache_copy_outputs
                          ? PyHelpers::Get().deepcopy(py::handle(stored))
                          : py::reinterpret_borrow<py::object>(stored);
-    const int64_t latency = MonotonicNowNs() - now;
+    const int64_t latency = core_.NowNs() - now;
     core_.RecordCacheHit(*e, latency);
     PyObject* res = NewStepResult(e->name_str.ptr(), out.ptr(), true, 0,
                                   static_cast<double>(latency) / 1e9, Py_None,
@@ -391,7 +393,7 @@ class Engine {
                              py::handle context, py::handle resources) {
     PyAdmission& a =
         Take(adm, {AdmitState::Stage::kKeyPermit, AdmitState::Stage::kSlot});
-    return Admit(a.state, adm, MonotonicNowNs(), data, context, resources);
+    return Admit(a.state, adm, core_.NowNs(), data, context, resources);
   }
 
   // A queued caller was cancelled: the core withdraws its admission (it
@@ -419,7 +421,7 @@ class Engine {
   py::tuple restart(py::handle h, py::handle data, py::handle context,
                     py::handle resources, py::handle last_exc) {
     ExecutionRecord* r = Live(h);
-    if (!core_.StartAttempt(r, MonotonicNowNs())) {
+    if (!core_.StartAttempt(r, core_.NowNs())) {
       // The breaker opened meanwhile (often on this very step's failures):
       // the refusal is this attempt's outcome, and `failed` decides whether
       // to wait for the probe; the last error is the refusal's cause.
@@ -483,7 +485,7 @@ class Engine {
   // New reference, or nullptr with a Python error set.
   PyObject* succeed(ExecutionRecord* r, PyObject* out) {
     if (r->cache_lead) return SucceedCached(r, out);
-    const ExecutionOutcome o = core_.Succeed(r, MonotonicNowNs());
+    const ExecutionOutcome o = core_.Succeed(r, core_.NowNs());
     WakeSlot(o.wake);  // no flight: the cache is off for this execution
     WakeSlot(o.wake_key);
     for (const FlightWaiter& w : o.wake_more) WakeSlot(w);
@@ -495,7 +497,7 @@ class Engine {
   PyObject* SucceedCached(ExecutionRecord* r, PyObject* out) {
     try {
       const bool copy = r->config->cache_copy_outputs;
-      const int64_t now = MonotonicNowNs();
+      const int64_t now = core_.NowNs();
       py::object stored = copy ? PyHelpers::Get().deepcopy(py::handle(out))
                                : py::reinterpret_borrow<py::object>(out);
       const size_t bytes =
@@ -578,7 +580,7 @@ class Engine {
     auto* e = static_cast<PyStepEntry*>(entry.get());
     const Key128 key = a.state.key;
     const OptimizationConfig* cfg = core_.current_config();
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = core_.NowNs();
     const size_t bytes = cfg->cache_max_bytes > 0 ? EstimateSize(value) : 0;
     std::vector<CachedValue> dropped;
     core_.CachePut(*e, *cfg, key, HoldValue(value.ptr()), bytes, now, &dropped,
@@ -606,7 +608,7 @@ class Engine {
   py::object begin_leader(py::handle adm, py::handle data, py::handle context,
                           py::handle resources) {
     PyAdmission& a = Take(adm, {AdmitState::Stage::kSharedTier});
-    return Admit(a.state, adm, MonotonicNowNs(), data, context, resources);
+    return Admit(a.state, adm, core_.NowNs(), data, context, resources);
   }
 
   // Cancelled while asking the shared tier: followers run themselves.
@@ -718,7 +720,7 @@ class Engine {
               [](const LimitChange& a, const LimitChange& b) {
                 return a.at_ns < b.at_ns;
               });
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = core_.NowNs();
     py::list out;
     for (const LimitChange& c : all) {
       py::dict d;
@@ -805,7 +807,7 @@ class Engine {
     ExecutionRecord* r = Live(h);
     PyStepEntry* e = Entry(r);
     const FailureDecision d =
-        r->rejected ? core_.AttemptFailed(r, MonotonicNowNs(), AttemptError())
+        r->rejected ? core_.AttemptFailed(r, core_.NowNs(), AttemptError())
                     : AttemptFailed(r, e, exc, timed_out);
     for (const FlightWaiter& w : d.wake) WakeSlot(w);
     if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
@@ -843,7 +845,7 @@ class Engine {
     ClassifyFailure(exc, &err, &retry_after, &retry_after_ms);
     err.retry_after_header = retry_after;
     err.retry_after_ms_header = retry_after_ms;
-    return core_.AttemptFailed(r, MonotonicNowNs(), err);
+    return core_.AttemptFailed(r, core_.NowNs(), err);
   }
 
   // metadata["retry_stopped"] of a final verdict; null when the attempts
@@ -873,8 +875,7 @@ class Engine {
     if (!IsStepResult(fb.ptr()))
       throw py::type_error("fallback result must be a StepResult");
     auto* f = reinterpret_cast<StepResultObject*>(fb.ptr());
-    const ExecutionOutcome o =
-        core_.Fail(r, MonotonicNowNs(), /*fell_back=*/true);
+    const ExecutionOutcome o = core_.Fail(r, core_.NowNs(), /*fell_back=*/true);
     py::object feedback = FeedbackOf(primary_exc);
     auto res = py::reinterpret_steal<py::object>(NewStepResult(
         EntryOf(o)->name_str.ptr(), f->output, f->success,
@@ -896,7 +897,7 @@ class Engine {
   void cancel(py::handle h) {
     ExecutionRecord* r = Live(h);
     // Followers must not inherit a cancellation: they run the step themselves.
-    Ended(core_.Cancel(r, MonotonicNowNs()), py::none(), false);
+    Ended(core_.Cancel(r, core_.NowNs()), py::none(), false);
   }
 
   // ---- read-outs (off the hot path) ----
@@ -1214,7 +1215,7 @@ class Engine {
 
   py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back,
                    const char* stopped) {
-    const ExecutionOutcome o = core_.Fail(r, MonotonicNowNs(), fell_back);
+    const ExecutionOutcome o = core_.Fail(r, core_.NowNs(), fell_back);
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(
         NewStepResult(EntryOf(o)->name_str.ptr(), Py_None, false, o.attempts,
@@ -1256,7 +1257,7 @@ class Engine {
 
   // Ends an execution that never made an attempt: the breaker refused it.
   py::object EndRejected(ExecutionRecord* r, py::handle exc) {
-    const ExecutionOutcome o = core_.Reject(r, MonotonicNowNs());
+    const ExecutionOutcome o = core_.Reject(r, core_.NowNs());
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(
         NewStepResult(EntryOf(o)->name_str.ptr(), Py_None, false, 0,
@@ -1591,7 +1592,7 @@ class Engine {
       d["probes_in_flight"] = b.probes_in_flight;
       d["window_calls"] = b.window_calls;
       d["window_failures"] = b.window_failures;
-      const int64_t now = MonotonicNowNs();
+      const int64_t now = core_.NowNs();
       d["last_transition_age_s"] =
           b.last_transition_ns
               ? py::cast(static_cast<double>(now - b.last_transition_ns) / 1e9)
@@ -1608,7 +1609,7 @@ class Engine {
 
   py::list transitions() const {
     py::list out;
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = core_.NowNs();
     for (const auto& t : core_.RecentTransitions()) {
       py::dict d;
       d["breaker"] = t.breaker;
@@ -1816,10 +1817,36 @@ void RegisterExecutor(py::module_& m) {
       .def_property_readonly("key", &PyAdmission::key,
                              "The cache key (bytes), for the shared tier.");
 
+  py::class_<ManualClock, std::shared_ptr<ManualClock>>(
+      m, "ManualClock",
+      "A clock that moves only when advanced (an atomic count of ns); an "
+      "Engine made with one reads its time from it "
+      "(caudal.testing.ManualClock wraps it).")
+      .def(
+          py::init([](double start_s) {
+            if (!(start_s >= 0) || start_s > 9e9)
+              throw py::value_error(
+                  "ManualClock: start_s must be in [0, 9e9] seconds");
+            return std::make_shared<ManualClock>(
+                static_cast<int64_t>(start_s * 1e9));
+          }),
+          py::arg("start_s") = static_cast<double>(ManualClock::kStartNs) / 1e9)
+      .def("now_ns", &ManualClock::now_ns, "The time in ns.")
+      .def(
+          "advance",
+          [](ManualClock& c, double seconds) {
+            if (!(seconds >= 0) || seconds > 9e9)
+              throw py::value_error(
+                  "ManualClock.advance: seconds must be in [0, 9e9]");
+            return c.Advance(static_cast<int64_t>(seconds * 1e9));
+          },
+          py::arg("seconds"), "Moves the time forward; the new time in ns.");
+
   py::class_<Engine>(
       m, "Engine",
       "Native executor engine (internal; use caudal.ExecutorCore).")
-      .def(py::init<const OptimizationConfig&>())
+      .def(py::init<const OptimizationConfig&, std::shared_ptr<ManualClock>>(),
+           py::arg("config"), py::arg("clock") = nullptr)
       .def("apply_config", &Engine::apply_config)
       .def_property_readonly("config", &Engine::config)
       .def("_begin", &Engine::begin)

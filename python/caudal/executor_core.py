@@ -158,6 +158,7 @@ class ExecutorCore:
         "_own_pool",
         "_pool",
         "_recorder",  # the LatencyRecorder of start_latency_recorder(), unset until then
+        "_sleep",  # asyncio.sleep, or the manual clock's sleep
         "_spans",  # the SpanFlusher, once a span exporter was attached
         "_succeed",
         "_tuner",
@@ -172,6 +173,7 @@ class ExecutorCore:
         worker_pool: WorkerPool | None = None,
         backend: str | None = None,
         span_exporters: Iterable[Any] | None = None,
+        clock: Any = None,
     ) -> None:
         """``retry_strategy`` is the default for steps that set neither
         ``retry`` nor ``max_retries`` (without it they get one attempt).
@@ -184,9 +186,26 @@ class ExecutorCore:
         ``backend`` is where the attempts of steps that do not choose run:
         ``"local"`` (the default) or ``"ray"`` (docs/scale-out.md).
         ``span_exporters`` receive a span per execution (caudal.telemetry;
-        see :meth:`add_span_exporter`)."""
+        see :meth:`add_span_exporter`).
+        ``clock`` is a :class:`caudal.testing.ManualClock` for tests: the
+        engine then reads all of its time from it (cache TTLs, the breaker's
+        recovery timeout, limit windows, latencies) and retry back-off and
+        breaker waits sleep on it (``clock.sleep``), so that a test advances
+        time instead of waiting. Step timeouts (``timeout_s``) stay on the
+        event loop's clock. Default: the monotonic clock."""
         backend = check_backend(backend, "ExecutorCore")
-        engine = Engine(_checked(optimization_config))
+        native_clock = None
+        self._sleep = asyncio.sleep
+        if clock is not None:
+            from caudal.testing.clock import ManualClock
+
+            if not isinstance(clock, ManualClock):
+                raise TypeError(
+                    f"clock must be a caudal.testing.ManualClock, got {type(clock).__name__}"
+                )
+            native_clock = clock._native
+            self._sleep = clock.sleep
+        engine = Engine(_checked(optimization_config), native_clock)
         self._l2 = cache_l2
         # A tier that versions its reads (RedisCacheTier) refuses, in Redis,
         # the write of a result that any process invalidated since the read.
@@ -314,7 +333,7 @@ class ExecutorCore:
                 verdict = self._failed(rec, exc, timed_out)
                 if verdict.__class__ is float:
                     if verdict > 0:
-                        await asyncio.sleep(verdict)
+                        await self._sleep(verdict)
                     rec, aw, next_ = engine._restart(rec, data, context, resources, exc)
                     continue
                 if verdict.__class__ is StepResult:

@@ -48,6 +48,7 @@
 #include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/concurrency/key_limiter.h"
 #include "caudal/config/optimization_config.h"
+#include "caudal/executor/clock.h"
 #include "caudal/executor/handle_table.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/hash/key128.h"
@@ -63,9 +64,6 @@
 #include "caudal/telemetry/span_recorder.h"
 
 namespace caudal {
-
-// Monotonic clock in nanoseconds (the bindings' default time source).
-int64_t MonotonicNowNs();
 
 struct ExecutionRecord {
   // This execution's handle (Executor::Record), retired when it ends.
@@ -314,7 +312,10 @@ struct BreakerTransitionRecord {
 class Executor {
  public:
   // `config` must be valid (see OptimizationConfig::Validate).
-  explicit Executor(OptimizationConfig config, uint64_t random_seed = 0x5eed);
+  // `clock`: where the executor's time comes from (null: the monotonic
+  // clock; clock.h).
+  explicit Executor(OptimizationConfig config, uint64_t random_seed = 0x5eed,
+                    std::shared_ptr<const ManualClock> clock = nullptr);
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
@@ -555,6 +556,13 @@ class Executor {
   // latency_ns and attempts are not filled in; wake, flight and step are.
   ExecutionOutcome Cancel(ExecutionRecord* record, int64_t now_ns);
 
+  // The executor's time (clock.h): the manual clock it was made with, else
+  // the monotonic clock. Callers pass it to the calls that take `now_ns`.
+  int64_t NowNs() const {
+    const ManualClock* c = manual_clock_;
+    return ABSL_PREDICT_FALSE(c != nullptr) ? c->now_ns() : MonotonicNowNs();
+  }
+
   int64_t in_flight() const {
     return in_flight_.load(std::memory_order_relaxed);
   }
@@ -663,6 +671,9 @@ class Executor {
   void PublishStep(EventType type, const StepEntry& step, int64_t now_ns,
                    double value, double value2, absl::string_view detail);
 
+  // The manual clock, if any (fixed at construction; NowNs).
+  const std::shared_ptr<const ManualClock> clock_;
+  const ManualClock* const manual_clock_;
   mutable Mutex config_mu_;
   // Every config ever applied (the last one is in force) (a few hundred bytes
   // each), so that records and hot-path readers can use raw pointers without
