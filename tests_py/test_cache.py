@@ -421,3 +421,66 @@ async def test_an_invalidation_of_another_tag_does_not_keep_a_result_out():
     await task
     assert (await ex.execute(step, 1)).cache_hit
     assert ex.get_optimization_stats()["cache"]["stale"] == 0
+
+
+class _MemoryTier:
+    """A shared tier in a dict (the interface of RedisCacheTier)."""
+
+    def __init__(self):
+        self.data, self.sets = {}, 0
+
+    async def get(self, key):
+        return (key in self.data, self.data.get(key))
+
+    async def set(self, key, value, ttl_s, tags, group):
+        self.sets += 1
+        self.data[key] = value
+
+    async def invalidate_tag(self, tag):
+        return 0
+
+    async def invalidate_group(self, group):
+        return 0
+
+    async def clear(self):
+        self.data.clear()
+
+    def stats(self):
+        return {"sets": self.sets}
+
+
+async def test_a_fallbacks_result_is_stored_in_neither_tier():
+    async def fallback(x):
+        return "from the fallback"
+
+    def fail(x):
+        raise ValueError("down")
+
+    primary = Counted(fail)
+    for tier in (None, _MemoryTier()):
+        ex = ExecutorCore(
+            OptimizationConfig(enable_cache_optimization=True, enable_circuit_breaker=False),
+            cache_l2=tier,
+        )
+        step = Step(primary, "primary", fallback=Step(fallback, "fb", cache=False))
+        for _ in range(2):
+            r = await ex.execute(step, 1)
+            assert r.success and r.output == "from the fallback"
+            assert r.metadata["fallback_triggered"]
+        await asyncio.sleep(0)  # a shared-tier write would be under way now
+        assert ex.get_optimization_stats()["cache"]["size"] == 0
+        if tier is not None:
+            assert tier.sets == 0
+        await ex.aclose()
+    assert primary.calls == 4  # never answered from a cache
+
+
+async def test_a_steps_own_success_is_stored_in_both_tiers():
+    tier = _MemoryTier()
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True), cache_l2=tier)
+    step = Step(Counted(), "own", cache=True)
+    assert (await ex.execute(step, 1)).output == 1
+    await asyncio.sleep(0)
+    assert tier.sets == 1
+    assert (await ex.execute(step, 1)).cache_hit
+    await ex.aclose()
