@@ -77,3 +77,18 @@ def wait_until(cond, within: float = 10.0, what: str = "the condition") -> None:
     while not cond():
         assert time.monotonic() < deadline, f"{what} did not happen within {within} s"
         time.sleep(0.001)
+
+
+async def drive(clock, aw, tick: float = 0.01, limit_s: float = 3600.0):
+    """Await ``aw`` while moving the manual ``clock`` forward by ``tick``
+    seconds each time the loop has run what was ready: the executor's timers
+    (back-off, a breaker's recovery) pass without wall time. Fails once the
+    clock moved ``limit_s`` without ``aw`` finishing."""
+    task = asyncio.ensure_future(aw)
+    start = clock.now()
+    while True:
+        await settle()
+        if task.done():
+            return task.result()
+        assert clock.now() - start < limit_s, f"not done after {limit_s} s on the clock"
+        clock.advance(tick)
