@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from _probes import Probe
+from _probes import Probe, until
 from caudal import ExecutorCore, OptimizationConfig, OverloadedError, Step
 
 
@@ -40,6 +40,10 @@ NO_BREAKER = OptimizationConfig(enable_circuit_breaker=False)
 
 def key_stats(ex, key):
     return ex.get_optimization_stats()["concurrency"]["keys"][key]
+
+
+def keys(ex):
+    return ex.get_optimization_stats()["concurrency"]["keys"]
 
 
 # ------------------------------------------------------------ fixed per key
@@ -107,17 +111,28 @@ async def test_cancelled_key_waiters_leak_no_permit():
 
 async def test_a_key_permit_held_while_waiting_for_a_global_slot_is_given_back():
     ex = ExecutorCore(OptimizationConfig(max_concurrent_executions=1))
-    probe = Probe(delay=0.05)
-    blocker = asyncio.create_task(ex.execute(Step(probe, "other"), 0))
-    await asyncio.sleep(0.01)
-    st = Step(probe, "p", max_concurrency=1)
+    gate = asyncio.Event()
+
+    async def held(x):
+        await gate.wait()
+        return x
+
+    blocker = asyncio.create_task(ex.execute(Step(held, "other"), 0))
+    await until(
+        lambda: ex.get_optimization_stats()["concurrency"]["slots_in_use"] == 1,
+        what="the blocker running",
+    )
+    st = Step(Probe(0), "p", max_concurrency=1)
     waiting = asyncio.create_task(ex.execute(st, 1))  # holds p's permit, waits for the slot
-    await asyncio.sleep(0.01)
+    await until(
+        lambda: ex.get_optimization_stats()["concurrency"]["waiting"] == 1, what="p waiting"
+    )
     assert key_stats(ex, "p")["in_flight"] == 1
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert key_stats(ex, "p")["in_flight"] == 0
+    gate.set()
     await blocker
     assert (await ex.execute(st, 2)).output == 2
     c = ex.get_optimization_stats()["concurrency"]
@@ -208,7 +223,7 @@ async def test_plain_errors_are_not_drops():
 
 async def test_timeouts_are_drops():
     async def slow(x):
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # timed out: timeout_s runs on the loop's own clock
 
     ex = ExecutorCore(NO_BREAKER)
     results = await ex.execute_many(Step(slow, "s", timeout_s=0.002), range(12))
@@ -218,14 +233,22 @@ async def test_timeouts_are_drops():
 
 async def test_config_change_moves_keys_between_modes_and_wakes_waiters():
     ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=1))
-    probe = Probe(delay=0.02)
-    st = Step(probe, "p")
+    gate = asyncio.Event()
+    active = []
+
+    async def held(x):
+        active.append(x)
+        await gate.wait()
+        return x
+
+    st = Step(held, "p")
     tasks = [asyncio.create_task(ex.execute(st, i)) for i in range(6)]
-    await asyncio.sleep(0.005)
-    assert key_stats(ex, "p")["waiting"] == 5
+    await until(lambda: "p" in keys(ex) and key_stats(ex, "p")["waiting"] == 5, what="5 waiting")
+    assert active == [0]
     await ex.apply_optimization_config(OptimizationConfig(enable_concurrency_optimization=False))
-    await asyncio.gather(*tasks)
-    assert probe.peak == 6  # all waiters were released at once
+    await until(lambda: len(active) == 6, what="all waiters released at once")
+    gate.set()
+    assert [r.output for r in await asyncio.gather(*tasks)] == list(range(6))
     assert key_stats(ex, "p")["mode"] == "unlimited"
 
 
@@ -296,7 +319,7 @@ async def test_execute_many_runs_trivial_steps_inline_and_keeps_failures():
 
 async def test_execute_many_with_timeouts_times_out_the_step_not_the_batch():
     async def maybe_slow(x):
-        await asyncio.sleep(1 if x == 3 else 0)
+        await asyncio.sleep(1 if x == 3 else 0)  # timeout_s runs on the loop's own clock
         return x
 
     ex = ExecutorCore()
@@ -313,7 +336,8 @@ async def test_cancelling_execute_many_cancels_what_is_in_flight():
     probe = Probe(delay=10)
     st = Step(probe, "p", max_concurrency=5)
     task = asyncio.create_task(ex.execute_many(st, range(100)))
-    await asyncio.sleep(0.02)
+    await until(lambda: probe.active == 5, what="5 in flight")
+    await asyncio.sleep(0)
     assert probe.active == 5
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
