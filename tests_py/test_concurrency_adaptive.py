@@ -5,16 +5,19 @@ import random
 
 import pytest
 
-from _probes import Probe, until
+from _probes import Probe, drive, until
 from caudal import ExecutorCore, OptimizationConfig, OverloadedError, Step
+from caudal.testing import ManualClock
 
 
 class Backend:
     """An in-process backend with a hidden capacity: beyond it, latency grows
-    with the load and requests fail with an overload error."""
+    with the load and requests fail with an overload error. Its time passes
+    on ``clock`` (a ManualClock the test drives) when given."""
 
-    def __init__(self, capacity, base_s=0.004, fail_with=OverloadedError):
+    def __init__(self, capacity, base_s=0.004, fail_with=OverloadedError, clock=None):
         self.capacity = capacity
+        self.sleep = clock.sleep if clock is not None else asyncio.sleep
         self.base_s = base_s
         self.active = 0
         self.peak = 0
@@ -27,9 +30,9 @@ class Backend:
         try:
             load = max(1.0, self.active / self.capacity)
             if self.active > self.capacity and self.rng.random() < 0.5:
-                await asyncio.sleep(self.base_s / 5)
+                await self.sleep(self.base_s / 5)
                 raise self.fail_with("overloaded")
-            await asyncio.sleep(self.base_s * load)
+            await self.sleep(self.base_s * load)
             return x
         finally:
             self.active -= 1
@@ -170,10 +173,11 @@ async def test_adaptive_is_the_default_and_starts_at_the_initial_limit():
 
 
 async def test_adaptive_limit_grows_while_latency_holds():
-    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2))
-    backend = Backend(capacity=1000, base_s=0.002)
+    clock = ManualClock()
+    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2), clock=clock)
+    backend = Backend(capacity=1000, base_s=0.002, clock=clock)
     st = Step(backend, "wide")
-    await ex.execute_many(st, range(600))
+    await drive(clock, ex.execute_many(st, range(600)), tick=0.0005)
     k = key_stats(ex, "wide")
     assert k["limit"] > 2 and k["limit_changes"] >= 1
     history = ex.concurrency_history()
@@ -182,12 +186,14 @@ async def test_adaptive_limit_grows_while_latency_holds():
 
 
 async def test_adaptive_limit_finds_the_capacity_of_an_overloaded_backend():
+    clock = ManualClock()
     ex = ExecutorCore(
-        OptimizationConfig(concurrency_initial_limit=40, enable_circuit_breaker=False)
+        OptimizationConfig(concurrency_initial_limit=40, enable_circuit_breaker=False),
+        clock=clock,
     )
-    backend = Backend(capacity=8)
+    backend = Backend(capacity=8, clock=clock)
     st = Step(backend, "api")
-    results = await ex.execute_many(st, range(1500))
+    results = await drive(clock, ex.execute_many(st, range(1500)), tick=0.0005)
     k = key_stats(ex, "api")
     assert k["drops"] > 0
     assert k["limit"] < 40  # cut from 40 towards the capacity of 8
@@ -373,11 +379,12 @@ async def test_execute_many_checks_max_concurrency():
 
 
 async def test_every_limit_change_is_an_event():
-    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2))
-    backend = Backend(capacity=1000, base_s=0.002)
+    clock = ManualClock()
+    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2), clock=clock)
+    backend = Backend(capacity=1000, base_s=0.002, clock=clock)
     st = Step(backend, "evented")
     async with ex.events(types="limit_changed") as events:
-        await ex.execute_many(st, range(300))
+        await drive(clock, ex.execute_many(st, range(300)), tick=0.0005)
         await ex.apply_optimization_config(
             OptimizationConfig(enable_concurrency_optimization=False)
         )
