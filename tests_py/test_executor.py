@@ -173,7 +173,7 @@ async def test_cancellation_propagates_and_is_not_a_failure():
 
     async def forever(x):
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # cancelled by the test
 
     ex = ExecutorCore()
     task = asyncio.create_task(ex.execute(Step(forever, max_retries=5), 1))
@@ -192,7 +192,7 @@ async def test_cancellation_during_timeout_and_fallback_and_sync_paths():
 
     async def forever(x):
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # cancelled by the test
 
     async def broken(x):
         raise RuntimeError("x")
@@ -513,7 +513,7 @@ async def test_async_with_cancelled_body_propagates_the_cancellation_and_closes(
             await ex.execute(Step(double), 2)
             seen["pool"] = ex._pool
             inside.set()
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # cancelled by the test
 
     task = asyncio.ensure_future(body())
     waiter = asyncio.ensure_future(inside.wait())

@@ -495,7 +495,7 @@ async def test_timeout_and_retry_advice_names_the_current_values():
     ex = executor()
 
     async def hang(x):
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # timed out: timeout_s runs on the loop's clock
 
     async def boom(x):
         raise ValueError(x)
