@@ -8,15 +8,22 @@ import threading
 import pydantic
 import pytest
 
-from _probes import Gated, invalidate
+from _probes import Gated, invalidate, until, wait_until
 from caudal import ExecutorCore, OptimizationConfig, Step, _core
+from caudal.testing import ManualClock
 
 
-def cached_executor(**kw):
+def cached_executor(clock=None, **kw):
     # Cache bounds are asserted exactly: memory pressure (the process's RSS
     # over memory_pressure_threshold_mb, as under ASan) must not shrink them.
     kw.setdefault("memory_pressure_threshold_mb", 1e6)
-    return ExecutorCore(OptimizationConfig(enable_cache_optimization=True, **kw))
+    return ExecutorCore(OptimizationConfig(enable_cache_optimization=True, **kw), clock=clock)
+
+
+def misses(ex, step_name):
+    """How many executions of the step looked in the cache (led or joined a flight)."""
+    steps = ex.get_optimization_stats()["execution"]["steps"]
+    return steps[step_name]["cache_misses"] if step_name in steps else 0
 
 
 class Counted:
@@ -149,12 +156,14 @@ async def test_failures_are_not_cached():
 
 
 async def test_per_step_switch_and_ttl_override():
-    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=False))
+    clock = ManualClock()
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=False), clock=clock)
     fn = Counted()
-    on = Step(fn, "on", cache=True, cache_ttl_s=0.05)
+    on = Step(fn, "on", cache=True, cache_ttl_s=30)
     await ex.execute(on, 1)
+    clock.advance(29.9)
     assert (await ex.execute(on, 1)).cache_hit
-    await asyncio.sleep(0.06)
+    clock.advance(0.2)
     assert not (await ex.execute(on, 1)).cache_hit  # expired after its own TTL
     assert ex.get_optimization_stats()["cache"]["expirations"] == 1
     off = Step(Counted(), "off", cache=False)
@@ -232,7 +241,7 @@ async def test_single_flight_runs_concurrent_identical_misses_once():
     # the step would run uncached (docs/cache.md, "Cache identity").
     step = Step(slow, "slow", cache_key="slow")
     tasks = [asyncio.create_task(ex.execute(step, 7)) for _ in range(50)]
-    await asyncio.sleep(0.01)
+    await until(lambda: misses(ex, "slow") == 50, what="50 executions in the flight")
     release.set()
     results = await asyncio.gather(*tasks)
     assert calls == [7]
@@ -252,7 +261,7 @@ async def test_single_flight_shares_failures_and_can_be_turned_off():
         raise RuntimeError("down")
 
     tasks = [asyncio.create_task(ex.execute(Step(broken, "b", cache_key="b"), 1)) for _ in range(5)]
-    await asyncio.sleep(0.01)
+    await until(lambda: misses(ex, "b") == 5, what="5 executions in the flight")
     release.set()
     results = await asyncio.gather(*tasks)
     assert len(calls) == 1 and all(isinstance(r.error, RuntimeError) for r in results)
@@ -262,7 +271,7 @@ async def test_single_flight_shares_failures_and_can_be_turned_off():
         asyncio.create_task(ex.execute(Step(broken, "b2", single_flight=False), 1))
         for _ in range(3)
     ]
-    await asyncio.sleep(0.01)
+    await until(lambda: len(calls) == 3, what="3 executions running")
     release.set()
     await asyncio.gather(*tasks)
     assert len(calls) == 3
@@ -276,14 +285,16 @@ async def test_followers_run_themselves_when_the_leader_is_cancelled():
     async def slow(x):
         calls.append(x)
         started.set()
-        await asyncio.sleep(0.05 if len(calls) > 1 else 3600)
+        if len(calls) == 1:
+            await asyncio.sleep(3600)  # the leader: cancelled by the test
         return x
 
-    step = Step(slow, "s")
+    # A cache_key: `slow` captures an Event, and an uncached step has no flight.
+    step = Step(slow, "s", cache_key="s")
     leader = asyncio.create_task(ex.execute(step, 1))
     await started.wait()
     follower = asyncio.create_task(ex.execute(step, 1))
-    await asyncio.sleep(0.01)
+    await until(lambda: misses(ex, "s") == 2, what="the follower in the flight")
     leader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leader
@@ -299,11 +310,11 @@ async def test_cancelled_follower_leaves_the_flight():
         await release.wait()
         return x
 
-    step = Step(slow, "s")
+    step = Step(slow, "s", cache_key="s")  # captures an Event: a flight needs a key
     leader = asyncio.create_task(ex.execute(step, 1))
-    await asyncio.sleep(0.01)
+    await until(lambda: misses(ex, "s") == 1, what="the leader running")
     follower = asyncio.create_task(ex.execute(step, 1))
-    await asyncio.sleep(0.01)
+    await until(lambda: misses(ex, "s") == 2, what="the follower in the flight")
     follower.cancel()
     with pytest.raises(asyncio.CancelledError):
         await follower
@@ -330,11 +341,7 @@ def test_single_flight_across_event_loops_in_threads():
     threads = [threading.Thread(target=worker) for _ in range(3)]
     for t in threads:
         t.start()
-    while not calls:
-        pass
-    import time
-
-    time.sleep(0.05)
+    wait_until(lambda: misses(ex, "t") == 3, what="3 threads in the flight")
     gate.set()
     for t in threads:
         t.join()
@@ -358,20 +365,23 @@ async def test_caching_a_cheap_step_whose_inputs_never_repeat_is_skipped():
 
 
 async def test_a_forced_cache_and_an_expensive_step_are_never_skipped():
+    clock = ManualClock()
+
     async def slow(x):
-        await asyncio.sleep(0.0002)
+        clock.advance(0.001)  # each execution takes 1 ms on the executor's clock
         return x
 
-    ex = cached_executor()
+    ex = cached_executor(clock)
     forced = Step(Counted(), "forced", cache=True)
-    expensive = Step(slow, "expensive")
+    # `slow` captures the clock: a cache_key keeps it cacheable.
+    expensive = Step(slow, "expensive", cache_key="expensive")
     for i in range(300):
         await ex.execute(forced, i)
         await ex.execute(expensive, i)
     steps = ex.get_optimization_stats()["execution"]["steps"]
     assert steps["forced"]["cache_bypassed"] == 0
     assert steps["expensive"]["cache_bypassed"] == 0
-    assert steps["forced"]["cache_misses"] == 300
+    assert steps["forced"]["cache_misses"] == steps["expensive"]["cache_misses"] == 300
 
 
 async def test_a_cheap_step_that_hits_keeps_its_cache():
@@ -421,3 +431,66 @@ async def test_an_invalidation_of_another_tag_does_not_keep_a_result_out():
     await task
     assert (await ex.execute(step, 1)).cache_hit
     assert ex.get_optimization_stats()["cache"]["stale"] == 0
+
+
+class _MemoryTier:
+    """A shared tier in a dict (the interface of RedisCacheTier)."""
+
+    def __init__(self):
+        self.data, self.sets = {}, 0
+
+    async def get(self, key):
+        return (key in self.data, self.data.get(key))
+
+    async def set(self, key, value, ttl_s, tags, group):
+        self.sets += 1
+        self.data[key] = value
+
+    async def invalidate_tag(self, tag):
+        return 0
+
+    async def invalidate_group(self, group):
+        return 0
+
+    async def clear(self):
+        self.data.clear()
+
+    def stats(self):
+        return {"sets": self.sets}
+
+
+async def test_a_fallbacks_result_is_stored_in_neither_tier():
+    async def fallback(x):
+        return "from the fallback"
+
+    def fail(x):
+        raise ValueError("down")
+
+    primary = Counted(fail)
+    for tier in (None, _MemoryTier()):
+        ex = ExecutorCore(
+            OptimizationConfig(enable_cache_optimization=True, enable_circuit_breaker=False),
+            cache_l2=tier,
+        )
+        step = Step(primary, "primary", fallback=Step(fallback, "fb", cache=False))
+        for _ in range(2):
+            r = await ex.execute(step, 1)
+            assert r.success and r.output == "from the fallback"
+            assert r.metadata["fallback_triggered"]
+        await asyncio.sleep(0)  # a shared-tier write would be under way now
+        assert ex.get_optimization_stats()["cache"]["size"] == 0
+        if tier is not None:
+            assert tier.sets == 0
+        await ex.aclose()
+    assert primary.calls == 4  # never answered from a cache
+
+
+async def test_a_steps_own_success_is_stored_in_both_tiers():
+    tier = _MemoryTier()
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True), cache_l2=tier)
+    step = Step(Counted(), "own", cache=True)
+    assert (await ex.execute(step, 1)).output == 1
+    await asyncio.sleep(0)
+    assert tier.sets == 1
+    assert (await ex.execute(step, 1)).cache_hit
+    await ex.aclose()

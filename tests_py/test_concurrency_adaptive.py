@@ -5,16 +5,19 @@ import random
 
 import pytest
 
-from _probes import Probe
+from _probes import Probe, drive, until
 from caudal import ExecutorCore, OptimizationConfig, OverloadedError, Step
+from caudal.testing import ManualClock
 
 
 class Backend:
     """An in-process backend with a hidden capacity: beyond it, latency grows
-    with the load and requests fail with an overload error."""
+    with the load and requests fail with an overload error. Its time passes
+    on ``clock`` (a ManualClock the test drives) when given."""
 
-    def __init__(self, capacity, base_s=0.004, fail_with=OverloadedError):
+    def __init__(self, capacity, base_s=0.004, fail_with=OverloadedError, clock=None):
         self.capacity = capacity
+        self.sleep = clock.sleep if clock is not None else asyncio.sleep
         self.base_s = base_s
         self.active = 0
         self.peak = 0
@@ -27,9 +30,9 @@ class Backend:
         try:
             load = max(1.0, self.active / self.capacity)
             if self.active > self.capacity and self.rng.random() < 0.5:
-                await asyncio.sleep(self.base_s / 5)
+                await self.sleep(self.base_s / 5)
                 raise self.fail_with("overloaded")
-            await asyncio.sleep(self.base_s * load)
+            await self.sleep(self.base_s * load)
             return x
         finally:
             self.active -= 1
@@ -40,6 +43,10 @@ NO_BREAKER = OptimizationConfig(enable_circuit_breaker=False)
 
 def key_stats(ex, key):
     return ex.get_optimization_stats()["concurrency"]["keys"][key]
+
+
+def keys(ex):
+    return ex.get_optimization_stats()["concurrency"]["keys"]
 
 
 # ------------------------------------------------------------ fixed per key
@@ -107,17 +114,28 @@ async def test_cancelled_key_waiters_leak_no_permit():
 
 async def test_a_key_permit_held_while_waiting_for_a_global_slot_is_given_back():
     ex = ExecutorCore(OptimizationConfig(max_concurrent_executions=1))
-    probe = Probe(delay=0.05)
-    blocker = asyncio.create_task(ex.execute(Step(probe, "other"), 0))
-    await asyncio.sleep(0.01)
-    st = Step(probe, "p", max_concurrency=1)
+    gate = asyncio.Event()
+
+    async def held(x):
+        await gate.wait()
+        return x
+
+    blocker = asyncio.create_task(ex.execute(Step(held, "other"), 0))
+    await until(
+        lambda: ex.get_optimization_stats()["concurrency"]["slots_in_use"] == 1,
+        what="the blocker running",
+    )
+    st = Step(Probe(0), "p", max_concurrency=1)
     waiting = asyncio.create_task(ex.execute(st, 1))  # holds p's permit, waits for the slot
-    await asyncio.sleep(0.01)
+    await until(
+        lambda: ex.get_optimization_stats()["concurrency"]["waiting"] == 1, what="p waiting"
+    )
     assert key_stats(ex, "p")["in_flight"] == 1
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert key_stats(ex, "p")["in_flight"] == 0
+    gate.set()
     await blocker
     assert (await ex.execute(st, 2)).output == 2
     c = ex.get_optimization_stats()["concurrency"]
@@ -155,10 +173,11 @@ async def test_adaptive_is_the_default_and_starts_at_the_initial_limit():
 
 
 async def test_adaptive_limit_grows_while_latency_holds():
-    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2))
-    backend = Backend(capacity=1000, base_s=0.002)
+    clock = ManualClock()
+    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2), clock=clock)
+    backend = Backend(capacity=1000, base_s=0.002, clock=clock)
     st = Step(backend, "wide")
-    await ex.execute_many(st, range(600))
+    await drive(clock, ex.execute_many(st, range(600)), tick=0.0005)
     k = key_stats(ex, "wide")
     assert k["limit"] > 2 and k["limit_changes"] >= 1
     history = ex.concurrency_history()
@@ -167,12 +186,14 @@ async def test_adaptive_limit_grows_while_latency_holds():
 
 
 async def test_adaptive_limit_finds_the_capacity_of_an_overloaded_backend():
+    clock = ManualClock()
     ex = ExecutorCore(
-        OptimizationConfig(concurrency_initial_limit=40, enable_circuit_breaker=False)
+        OptimizationConfig(concurrency_initial_limit=40, enable_circuit_breaker=False),
+        clock=clock,
     )
-    backend = Backend(capacity=8)
+    backend = Backend(capacity=8, clock=clock)
     st = Step(backend, "api")
-    results = await ex.execute_many(st, range(1500))
+    results = await drive(clock, ex.execute_many(st, range(1500)), tick=0.0005)
     k = key_stats(ex, "api")
     assert k["drops"] > 0
     assert k["limit"] < 40  # cut from 40 towards the capacity of 8
@@ -208,7 +229,7 @@ async def test_plain_errors_are_not_drops():
 
 async def test_timeouts_are_drops():
     async def slow(x):
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # timed out: timeout_s runs on the loop's own clock
 
     ex = ExecutorCore(NO_BREAKER)
     results = await ex.execute_many(Step(slow, "s", timeout_s=0.002), range(12))
@@ -218,14 +239,22 @@ async def test_timeouts_are_drops():
 
 async def test_config_change_moves_keys_between_modes_and_wakes_waiters():
     ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=1))
-    probe = Probe(delay=0.02)
-    st = Step(probe, "p")
+    gate = asyncio.Event()
+    active = []
+
+    async def held(x):
+        active.append(x)
+        await gate.wait()
+        return x
+
+    st = Step(held, "p")
     tasks = [asyncio.create_task(ex.execute(st, i)) for i in range(6)]
-    await asyncio.sleep(0.005)
-    assert key_stats(ex, "p")["waiting"] == 5
+    await until(lambda: "p" in keys(ex) and key_stats(ex, "p")["waiting"] == 5, what="5 waiting")
+    assert active == [0]
     await ex.apply_optimization_config(OptimizationConfig(enable_concurrency_optimization=False))
-    await asyncio.gather(*tasks)
-    assert probe.peak == 6  # all waiters were released at once
+    await until(lambda: len(active) == 6, what="all waiters released at once")
+    gate.set()
+    assert [r.output for r in await asyncio.gather(*tasks)] == list(range(6))
     assert key_stats(ex, "p")["mode"] == "unlimited"
 
 
@@ -296,7 +325,7 @@ async def test_execute_many_runs_trivial_steps_inline_and_keeps_failures():
 
 async def test_execute_many_with_timeouts_times_out_the_step_not_the_batch():
     async def maybe_slow(x):
-        await asyncio.sleep(1 if x == 3 else 0)
+        await asyncio.sleep(1 if x == 3 else 0)  # timeout_s runs on the loop's own clock
         return x
 
     ex = ExecutorCore()
@@ -313,7 +342,8 @@ async def test_cancelling_execute_many_cancels_what_is_in_flight():
     probe = Probe(delay=10)
     st = Step(probe, "p", max_concurrency=5)
     task = asyncio.create_task(ex.execute_many(st, range(100)))
-    await asyncio.sleep(0.02)
+    await until(lambda: probe.active == 5, what="5 in flight")
+    await asyncio.sleep(0)
     assert probe.active == 5
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -349,11 +379,12 @@ async def test_execute_many_checks_max_concurrency():
 
 
 async def test_every_limit_change_is_an_event():
-    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2))
-    backend = Backend(capacity=1000, base_s=0.002)
+    clock = ManualClock()
+    ex = ExecutorCore(OptimizationConfig(concurrency_initial_limit=2), clock=clock)
+    backend = Backend(capacity=1000, base_s=0.002, clock=clock)
     st = Step(backend, "evented")
     async with ex.events(types="limit_changed") as events:
-        await ex.execute_many(st, range(300))
+        await drive(clock, ex.execute_many(st, range(300)), tick=0.0005)
         await ex.apply_optimization_config(
             OptimizationConfig(enable_concurrency_optimization=False)
         )

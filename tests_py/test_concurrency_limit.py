@@ -5,12 +5,16 @@ import random
 
 import pytest
 
-from _probes import Probe
+from _probes import Probe, until
 from caudal import ExecutorCore, OptimizationConfig, Step
 
 
 def limited(n):
     return ExecutorCore(OptimizationConfig(max_concurrent_executions=n))
+
+
+def waiting(ex):
+    return ex.get_optimization_stats()["concurrency"]["waiting"]
 
 
 async def test_limit_is_never_exceeded_and_waiters_start_in_order():
@@ -52,12 +56,12 @@ async def test_cancelling_a_running_execution_hands_its_slot_on():
 
     async def forever(x):
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # cancelled by the test
 
     blocker = asyncio.create_task(ex.execute(Step(forever, "f"), 0))
     await started.wait()
     waiter = asyncio.create_task(ex.execute(Step(Probe(), "p"), 1))
-    await asyncio.sleep(0.01)
+    await until(lambda: waiting(ex) == 1, what="the waiter queued")
     assert not waiter.done()
     blocker.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -74,14 +78,11 @@ async def test_raising_or_removing_the_limit_wakes_waiters():
         return x
 
     tasks = [asyncio.create_task(ex.execute(Step(held, "h"), i)) for i in range(5)]
-    await asyncio.sleep(0.01)
-    assert ex.get_optimization_stats()["concurrency"]["waiting"] == 4
+    await until(lambda: waiting(ex) == 4, what="4 executions queued")
     await ex.apply_optimization_config(OptimizationConfig(max_concurrent_executions=3))
-    await asyncio.sleep(0.01)
-    assert ex.get_optimization_stats()["concurrency"]["waiting"] == 2
+    await until(lambda: waiting(ex) == 2, what="2 waiters woken")
     await ex.apply_optimization_config(OptimizationConfig())  # None: no limit
-    await asyncio.sleep(0.01)
-    assert ex.get_optimization_stats()["concurrency"]["waiting"] == 0
+    await until(lambda: waiting(ex) == 0, what="every waiter woken")
     gate.set()
     assert [r.output for r in await asyncio.gather(*tasks)] == list(range(5))
 
@@ -94,7 +95,7 @@ async def test_cache_hits_need_no_slot():
 
     async def forever(x):
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # cancelled by the test
 
     async def quick(x):
         return x

@@ -9,8 +9,10 @@ import time
 
 import pytest
 
+from _probes import drive
 from caudal import ExecutorCore, OptimizationConfig, Step
 from caudal.events import EVENT_TYPES, Event
+from caudal.testing import ManualClock
 
 
 async def echo(x):
@@ -21,12 +23,12 @@ async def boom(x):
     raise ValueError("bad")
 
 
-def executor(**kw) -> ExecutorCore:
+def executor(clock=None, **kw) -> ExecutorCore:
     """An executor whose memory-pressure level cannot depend on this test
     process's RSS (under ASan it is several hundred MB): these tests count
     events exactly."""
     kw.setdefault("memory_pressure_threshold_mb", 1e6)
-    return ExecutorCore(OptimizationConfig(**kw))
+    return ExecutorCore(OptimizationConfig(**kw), clock=clock)
 
 
 def subscribers(ex: ExecutorCore) -> int:
@@ -78,10 +80,11 @@ async def test_subscriber_sees_step_events_in_order():
 
 
 async def test_types_filter_and_failures():
-    ex = executor()
+    clock = ManualClock()  # the back-off between attempts passes on it
+    ex = executor(clock)
     async with ex.events(types=("step_failed",)) as failed:
         await ex.execute(Step(echo, "ok"), 1)
-        r = await ex.execute(Step(boom, "bad", max_retries=1), 1)
+        r = await drive(clock, ex.execute(Step(boom, "bad", max_retries=1), 1))
         assert not r.success
         (e,) = await take(failed, 1)
     assert (e.type, e.step, e.value2) == ("step_failed", "bad", 2)
@@ -89,9 +92,10 @@ async def test_types_filter_and_failures():
 
 
 async def test_retries_publish_one_started_event_per_attempt():
-    ex = executor()
+    clock = ManualClock()  # the back-off between attempts passes on it
+    ex = executor(clock)
     async with ex.events(types="step_started") as s:
-        await ex.execute(Step(boom, "bad", max_retries=2), 1)
+        await drive(clock, ex.execute(Step(boom, "bad", max_retries=2), 1))
         events = await take(s, 3)
     assert [e.value for e in events] == [1, 2, 3]
 
@@ -270,7 +274,7 @@ async def test_cancelled_execution_event():
 
     async def slow(x):
         started.set()
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # cancelled by the test
 
     async with ex.events(types="step_cancelled") as s:
         task = asyncio.create_task(ex.execute(Step(slow, "slow"), 1))

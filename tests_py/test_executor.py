@@ -5,7 +5,9 @@ import traceback
 import pytest
 
 import caudal
+from _probes import drive, until
 from caudal import ConfigurationError, ExecutorCore, OptimizationConfig, Step, StepResult
+from caudal.testing import ManualClock
 
 
 async def add_one(x):
@@ -53,11 +55,8 @@ async def test_sync_step_does_not_block_the_loop():
     ex = ExecutorCore()
     task = asyncio.create_task(ex.execute(blocking, 7))
     # The loop keeps running while the step blocks its worker thread.
-    for _ in range(200):
-        if started.is_set():
-            break
-        await asyncio.sleep(0.005)
-    assert started.is_set() and not task.done()
+    await until(started.is_set, what="the step started in its thread")
+    assert not task.done()
     release.set()
     assert (await task).output == 7
 
@@ -107,20 +106,22 @@ async def test_failure_is_a_result_with_the_exception_itself():
 
 
 async def test_step_that_raises_when_called_is_a_failed_attempt():
-    ex = ExecutorCore()
-    r = await ex.execute(Step(add_one, max_retries=1), None)  # None + 1 -> TypeError
+    clock = ManualClock()  # the back-off between attempts passes on it
+    ex = ExecutorCore(clock=clock)
+    r = await drive(clock, ex.execute(Step(add_one, max_retries=1), None))  # None + 1 -> TypeError
     assert not r.success and isinstance(r.error, TypeError) and r.attempts == 2
 
 
 async def test_retries_until_success_and_stats():
-    ex = ExecutorCore()
+    clock = ManualClock()  # the back-off between attempts passes on it
+    ex = ExecutorCore(clock=clock)
     flaky = Flaky(2)
-    r = await ex.execute(Step(flaky, "flaky", max_retries=3), "ok")
+    r = await drive(clock, ex.execute(Step(flaky, "flaky", max_retries=3), "ok"))
     assert (r.success, r.output, r.attempts, flaky.calls) == (True, "ok", 3, 3)
     s = ex.get_optimization_stats()["execution"]["steps"]["flaky"]
     assert (s["attempts"], s["retries"], s["errors"], s["recovered"]) == (3, 2, 2, 1)
     flaky2 = Flaky(5)
-    r = await ex.execute(Step(flaky2, "flaky2", max_retries=1), "x")
+    r = await drive(clock, ex.execute(Step(flaky2, "flaky2", max_retries=1), "x"))
     assert (r.success, r.attempts, flaky2.calls) == (False, 2, 2)
     assert r.feedback == "ValueError: failure 2"
 
@@ -131,12 +132,13 @@ async def test_timeout_per_attempt_then_retry():
     async def slow_then_fast(x):
         calls.append(x)
         if len(calls) == 1:
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # timed out: timeout_s runs on the loop's clock
         return x
 
     ex = ExecutorCore()
     r = await ex.execute(Step(slow_then_fast, timeout_s=0.05, max_retries=1), 3)
     assert r.success and r.output == 3 and r.attempts == 2
+    # (timed out on the loop's clock, as above)
     r = await ex.execute(Step(lambda x: asyncio.sleep(10), "sleepy", timeout_s=0.02), 1)
     assert not r.success and isinstance(r.error, caudal.StepTimeoutError)
     assert isinstance(r.error, TimeoutError)
@@ -156,8 +158,9 @@ async def test_fallback_runs_after_final_failure():
     async def broken(x):
         raise RuntimeError("down")
 
-    ex = ExecutorCore()
-    r = await ex.execute(Step(broken, max_retries=1, fallback=add_one), 1)
+    clock = ManualClock()  # the back-off between attempts passes on it
+    ex = ExecutorCore(clock=clock)
+    r = await drive(clock, ex.execute(Step(broken, max_retries=1, fallback=add_one), 1))
     assert r.success and r.output == 2 and r.name == "broken"
     assert r.metadata["fallback_triggered"] is True
     assert isinstance(r.metadata["original_error"], RuntimeError)
@@ -170,7 +173,7 @@ async def test_cancellation_propagates_and_is_not_a_failure():
 
     async def forever(x):
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # cancelled by the test
 
     ex = ExecutorCore()
     task = asyncio.create_task(ex.execute(Step(forever, max_retries=5), 1))
@@ -189,7 +192,7 @@ async def test_cancellation_during_timeout_and_fallback_and_sync_paths():
 
     async def forever(x):
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # cancelled by the test
 
     async def broken(x):
         raise RuntimeError("x")
@@ -295,17 +298,20 @@ async def test_apply_export_import_config():
 
 
 async def test_in_flight_execution_finishes_under_its_config():
-    ex = ExecutorCore(OptimizationConfig(slow_execution_threshold_ms=1.0))
-    started = asyncio.Event()
+    clock = ManualClock()
+    ex = ExecutorCore(OptimizationConfig(slow_execution_threshold_ms=1.0), clock=clock)
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def slowish(x):
         started.set()
-        await asyncio.sleep(0.05)
+        await release.wait()
+        clock.advance(0.05)  # each execution takes 50 ms on the executor's clock
         return x
 
     task = asyncio.create_task(ex.execute(slowish, 1))
     await started.wait()
     await ex.apply_optimization_config(OptimizationConfig(slow_execution_threshold_ms=60_000.0))
+    release.set()
     await task
     await ex.execute(slowish, 2)  # under the new config: not slow
     assert ex.get_optimization_stats()["execution"]["slow_executions"] == 1
@@ -337,13 +343,15 @@ async def test_stats_sections_and_keys():
 
 
 async def test_recommendations_follow_measurements():
+    clock = ManualClock()
     ex = ExecutorCore(
-        OptimizationConfig(slow_execution_threshold_ms=1.0, memory_pressure_threshold_mb=1e6)
+        OptimizationConfig(slow_execution_threshold_ms=1.0, memory_pressure_threshold_mb=1e6),
+        clock=clock,
     )
     assert ex.get_performance_recommendations() == []  # (no memory pressure either)
 
     async def slow(x):
-        await asyncio.sleep(0.005)
+        clock.advance(0.005)  # 5 ms on the executor's clock
         return x
 
     for i in range(5):
@@ -505,7 +513,7 @@ async def test_async_with_cancelled_body_propagates_the_cancellation_and_closes(
             await ex.execute(Step(double), 2)
             seen["pool"] = ex._pool
             inside.set()
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # cancelled by the test
 
     task = asyncio.ensure_future(body())
     waiter = asyncio.ensure_future(inside.wait())

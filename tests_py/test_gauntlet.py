@@ -12,14 +12,15 @@ speed side by side with a hand-made stack is benchmarks/bench_gauntlet.py.
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import httpx
 import pytest
 
 from _flaky_api import FlakyApi, value_of
+from _probes import drive
 from caudal import CircuitOpenError, ExecutorCore, OptimizationConfig, Step
+from caudal.testing import ManualClock
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +127,16 @@ async def test_a_stated_wait_beyond_the_allowed_ends_at_once(api):
 async def test_queued_executions_wait_for_the_half_open_probe():
     # A backend that is hard down (connection refused) for 0.6 s: the
     # breaker opens; queued executions wait for its probe instead of
-    # failing with attempts=0, and all succeed once it is back.
-    loop = asyncio.get_running_loop()
-    up_at = loop.time() + 0.6
+    # failing with attempts=0, and all succeed once it is back. In-process,
+    # on a manual clock: calls, back-off and recovery take no wall time.
+    clock = ManualClock()
+    up_at = clock.now() + 0.6
     calls = {"n": 0}
 
     async def backend(x):
         calls["n"] += 1
-        await asyncio.sleep(0.005)
-        if loop.time() < up_at:
+        await clock.sleep(0.005)  # a call takes 5 ms
+        if clock.now() < up_at:
             raise ConnectionRefusedError("connection refused")
         return x * 2
 
@@ -143,8 +145,9 @@ async def test_queued_executions_wait_for_the_half_open_probe():
         circuit_breaker_recovery_timeout_seconds=0.25,
         max_concurrent_executions=4,
     )
-    async with ExecutorCore(cfg) as ex:
-        results = await ex.execute_many(Step(backend, "api", max_retries=5), range(60))
+    async with ExecutorCore(cfg, clock=clock) as ex:
+        step = Step(backend, "api", max_retries=5)
+        results = await drive(clock, ex.execute_many(step, range(60)), tick=0.005)
         stats = ex.get_optimization_stats()
     assert [r.output for r in results] == [x * 2 for x in range(60)], [
         (r.error, r.attempts) for r in results if not r.success
@@ -164,8 +167,10 @@ async def test_failing_fast_on_an_open_breaker_stays_available():
         circuit_breaker_wait_for_probe=False,
         max_concurrent_executions=1,
     )
-    async with ExecutorCore(cfg) as ex:
-        results = await ex.execute_many(Step(down, "api", max_retries=5), range(10))
+    clock = ManualClock()  # the back-off between attempts passes on it
+    async with ExecutorCore(cfg, clock=clock) as ex:
+        step = Step(down, "api", max_retries=5)
+        results = await drive(clock, ex.execute_many(step, range(10)), tick=0.05)
     refused = [r for r in results if isinstance(r.error, CircuitOpenError)]
     assert refused and all(r.attempts == 0 for r in refused)
     assert all(r.metadata["retry_stopped"] == "breaker_open" for r in refused)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from caudal import ExecutorCore, OptimizationConfig, QueueFullError, Step, WorkerPool
-from caudal._core import Engine
+from caudal._core import Engine, Next
 from caudal.errors import StaleHandleError
 from caudal.resilience import immediate_retries
 
@@ -166,8 +166,8 @@ def _sync(x):
 
 
 def _live_handle(engine: Engine) -> int:
-    rec, aw, mode = engine._begin(Step(_sync, "sync"), 1, None, None)
-    assert mode == 2 and aw is None
+    rec, aw, next_ = engine._begin(Step(_sync, "sync"), 1, None, None)
+    assert next_ is Next.RUN_SYNC and aw is None
     return rec
 
 
@@ -230,29 +230,55 @@ def test_wait_state_is_an_owned_object_not_an_address():
     async def main():
         step = Step(_sync, "sync")
         h = _live_handle(engine)  # holds the only slot
-        state, fut, mode = engine._begin(step, 2, None, None)
-        assert mode == 9
+        state, fut, next_ = engine._begin(step, 2, None, None)
+        assert next_ is Next.WAIT_FOR_PERMIT
         assert not isinstance(state, int | tuple)
         for forged in (16, (None, False, False, True, 16), ("x",)):
             with pytest.raises((StaleHandleError, TypeError)):
-                engine._begin_permitted(step, forged, 2, None, None)
+                engine._begin_permitted(forged, 2, None, None)
             with pytest.raises((StaleHandleError, TypeError)):
-                engine._cancel_wait(step, forged, fut)
+                engine._cancel_wait(forged, fut)
         other = Engine(OptimizationConfig(max_concurrent_executions=1))
         with pytest.raises(StaleHandleError, match="another executor"):
-            other._begin_permitted(step, state, 2, None, None)
+            other._begin_permitted(state, 2, None, None)
         engine._cancel(h)  # hands the slot to the waiter
         await fut
-        rec, aw, mode = engine._begin_permitted(step, state, 2, None, None)
-        assert mode == 2
+        rec, aw, next_ = engine._begin_permitted(state, 2, None, None)
+        assert next_ is Next.RUN_SYNC
         # A state is used once.
         with pytest.raises(StaleHandleError, match="already used"):
-            engine._begin_permitted(step, state, 2, None, None)
+            engine._begin_permitted(state, 2, None, None)
         with pytest.raises(StaleHandleError, match="already used"):
-            engine._cancel_wait(step, state, fut)
+            engine._cancel_wait(state, fut)
         engine._cancel(rec)
 
     asyncio.run(main())
+
+
+def test_shared_tier_admission_is_an_owned_object_not_a_key():
+    """The cache key and the flight a shared-tier lookup leads stay native:
+    Python holds an _Admission that names its engine and is taken once."""
+    engine = Engine(OptimizationConfig(enable_cache_optimization=True))
+    engine.set_l2(True)
+    step = Step(_sync, "sync", cache=True)
+    adm, aw, next_ = engine._begin(step, 7, None, None)
+    assert next_ is Next.ASK_SHARED_TIER and aw is None
+    assert isinstance(adm.key, bytes) and len(adm.key) == 16
+    for forged in (adm.key, 16, None):
+        with pytest.raises((StaleHandleError, TypeError)):
+            engine._begin_leader(forged, 7, None, None)
+        with pytest.raises((StaleHandleError, TypeError)):
+            engine._abandon_flight(forged)
+    with pytest.raises(StaleHandleError, match="not waiting for this call"):
+        engine._begin_permitted(adm, 7, None, None)
+    other = Engine(OptimizationConfig(enable_cache_optimization=True))
+    with pytest.raises(StaleHandleError, match="another executor"):
+        other._begin_leader(adm, 7, None, None)
+    rec, aw, next_ = engine._begin_leader(adm, 7, None, None)
+    assert next_ is Next.RUN_SYNC
+    with pytest.raises(StaleHandleError, match="already used"):
+        engine._l2_fill(adm, 1, 0.0, engine._cache_epoch())
+    engine._cancel(rec)
 
 
 # ------------------------------------------------------ cancellation storm

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from _probes import until
 from caudal import ExecutorCore, OptimizationConfig, Step, _core
 
 MB = 1024 * 1024
@@ -117,8 +118,7 @@ async def test_pool_off_and_toggled_with_executions_in_flight():
         return x
 
     tasks = [asyncio.create_task(ex.execute(Step(held, "held"), i)) for i in range(5)]
-    await asyncio.sleep(0.01)
-    assert memory(ex)["object_pool"]["in_use"] == 5
+    await until(lambda: memory(ex)["object_pool"]["in_use"] == 5, what="5 records in use")
     await ex.apply_optimization_config(
         OptimizationConfig(enable_object_pool=False, memory_pressure_threshold_mb=1e6)
     )

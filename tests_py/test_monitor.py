@@ -9,17 +9,19 @@ import itertools
 import threading
 import time
 
+from _probes import drive
 from caudal import ExecutorCore, OptimizationConfig, Step, _tuner
 from caudal._stats import recommend
 from caudal._tuner import BOUNDS, COOLDOWN, REVERSAL_COOLDOWN, REVERSAL_PERSISTENCE
 from caudal.resilience import immediate_retries
+from caudal.testing import ManualClock
 
 
-def executor(**kw) -> ExecutorCore:
+def executor(clock=None, **kw) -> ExecutorCore:
     # Recommendation lists are asserted exactly: the pressure level must not
     # depend on this test process's RSS.
     kw.setdefault("memory_pressure_threshold_mb", 1e6)
-    return ExecutorCore(OptimizationConfig(**kw))
+    return ExecutorCore(OptimizationConfig(**kw), clock=clock)
 
 
 async def echo(x):
@@ -37,6 +39,7 @@ async def test_cpu_percent_of_the_allowed_cpus_and_its_rule():
     cpu = [0]
     ex._engine._set_cpu_source(lambda: cpu[0], allowed_cpus=4)
     ex.get_optimization_stats()  # first sample
+    # Real time: the CPU sampler reads the monotonic clock, not the executor's.
     await asyncio.sleep(0.15)  # more than the 0.1 s a figure needs
     system = ex.get_optimization_stats()["system"]
     assert system["cpu_percent"] == 0.0 and system["allowed_cpus"] == 4
@@ -64,39 +67,38 @@ async def test_the_real_process_clock():
 
 # ------------------------------------------------------- regressions
 async def test_a_step_that_slows_down_is_a_regression():
-    # Fast executions here take microseconds and their p95 jitters on a busy
-    # machine; the slow phase is 200 ms. A threshold of 3 (4x) separates the
-    # two with room to spare either way.
+    # On the manual clock: fast executions take 1 ms, the slow phase 200 ms.
     # No adaptive limit: it would read the slowdown as a saturated backend
     # and serialise the slow phase.
+    clock = ManualClock()
     ex = executor(
+        clock,
         performance_window_seconds=0.2,
         performance_degradation_threshold=3.0,
         enable_concurrency_optimization=False,
     )
     ex._engine._set_memory_interval(0.005)  # housekeeping (and checkpoints) often
-    slow = [False]
+    took = [0.001]  # how long an execution takes; the clock moves in such steps
 
     async def work(x):
-        await asyncio.sleep(0.2 if slow[0] else 0)
+        await clock.sleep(took[0])
         return x
 
     step = Step(work, "work")
-    loop = asyncio.get_running_loop()
     async with ex.events(types=("regression_detected", "regression_cleared")) as events:
-        t0 = loop.time()
-        while loop.time() < t0 + 0.7:  # baseline: fast
-            await asyncio.gather(*(ex.execute(step, i) for i in range(8)))
+        t0 = clock.now()
+        while clock.now() < t0 + 0.7:  # baseline: fast
+            await drive(clock, asyncio.gather(*(ex.execute(step, i) for i in range(8))), took[0])
         trend = ex.get_optimization_stats()["execution"]["steps"]["work"]["trend"]
         assert trend["evaluated"] and not trend["regressed"]
-        slow[0] = True
-        deadline = loop.time() + 30
+        took[0] = 0.2
+        t1 = clock.now()
         while not ex.get_optimization_stats()["execution"]["regressions"]:
-            assert loop.time() < deadline, (
+            assert clock.now() < t1 + 5, (
                 "no regression detected: "
                 f"{ex.get_optimization_stats()['execution']['steps']['work']['trend']}"
             )
-            await asyncio.gather(*(ex.execute(step, i) for i in range(64)))
+            await drive(clock, asyncio.gather(*(ex.execute(step, i) for i in range(64))), took[0])
         event = await anext(events)
     assert (event.type, event.step) == ("regression_detected", "work")
     assert event.value >= 0.19 and event.value > 4 * event.value2
@@ -112,11 +114,12 @@ async def test_a_step_that_slows_down_is_a_regression():
 
 
 async def test_no_checkpoints_with_monitoring_off():
-    ex = executor(enable_performance_monitoring=False)
+    clock = ManualClock()
+    ex = executor(clock, enable_performance_monitoring=False)
     ex._engine._set_memory_interval(0.001)
     for i in range(20):
         await ex.execute(echo, i)
-        await asyncio.sleep(0.002)
+        clock.advance(0.002)
     stats = ex.get_optimization_stats()
     assert stats["execution"]["regression_detection"]["checkpoints"] == 0
     assert stats["execution"]["steps"]["echo"]["trend"] is None
@@ -150,21 +153,22 @@ async def test_no_hits_with_evictions_is_not_called_inputs_that_never_repeat():
 
 
 async def test_a_breaker_that_keeps_opening():
+    clock = ManualClock()
     ex = executor(
+        clock,
         circuit_breaker_failure_threshold=1,
         circuit_breaker_minimum_calls=1,
-        circuit_breaker_recovery_timeout_seconds=0.01,
+        circuit_breaker_recovery_timeout_seconds=10,
     )
 
     async def down(x):
         raise ConnectionError("backend down")
 
     step = Step(down, "down")
-    deadline = time.monotonic() + 10
-    while ex.get_optimization_stats()["circuit_breaker"]["open_count"] < 3:
-        assert time.monotonic() < deadline
-        await ex.execute(step, 1)
-        await asyncio.sleep(0.012)
+    for _ in range(3):
+        await ex.execute(step, 1)  # opens (again: the probe failed)
+        clock.advance(10)
+    assert ex.get_optimization_stats()["circuit_breaker"]["open_count"] == 3
     recs = [r for r in ex.get_performance_recommendations() if r.get("key") == "down"]
     (rec,) = recs
     assert rec["priority"] == "high" and not rec["automatic"]
@@ -412,12 +416,13 @@ async def test_the_interval_driver_applies_on_the_loop_thread():
 
 
 async def test_automatic_optimization_off_runs_no_analysis():
-    ex = executor(enable_cache_optimization=True, cache_max_size=100)
+    clock = ManualClock()
+    ex = executor(clock, enable_cache_optimization=True, cache_max_size=100)
     ex._engine._set_memory_interval(0.001)
     step = Step(yielding, "cached", cache=True)
     for _ in range(3):
         await run_cached(ex, step, 300)
-        await asyncio.sleep(0.01)
+        clock.advance(60)
     assert ex.get_optimization_stats()["automatic_optimization"]["analyses"] == 0
     assert ex.optimization_config.cache_max_size == 100
 
@@ -490,7 +495,7 @@ async def test_timeout_and_retry_advice_names_the_current_values():
     ex = executor()
 
     async def hang(x):
-        await asyncio.sleep(1)
+        await asyncio.sleep(1)  # timed out: timeout_s runs on the loop's clock
 
     async def boom(x):
         raise ValueError(x)

@@ -238,11 +238,14 @@ async def test_optional_failure_passes_none_and_run_completes():
 
 
 async def test_fail_fast_cancels_running_steps():
+    started = asyncio.Event()
+
     async def slow(x):
-        await asyncio.sleep(5)
+        started.set()
+        await asyncio.sleep(5)  # cancelled by fail_fast
 
     async def boom(x):
-        await asyncio.sleep(0.01)
+        await started.wait()  # fails while slow runs
         raise ValueError("x")
 
     p = Pipeline([Step(slow, "slow"), Step(boom, "boom")])
@@ -257,7 +260,7 @@ async def test_cancelling_the_run_cancels_steps_and_marks_the_store():
 
     async def slow(x):
         started.set()
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # cancelled by the test
 
     p = Step(inc) >> Step(slow)
     task = asyncio.create_task(p.run(1, store=store, run_id="r1"))
@@ -297,13 +300,16 @@ async def test_context_snapshots_and_merge():
 
 
 async def test_concurrent_writes_to_one_key_are_a_conflict():
+    w1_wrote = asyncio.Event()
+
     async def w1(x, context):
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0)
         context["k"] = "one"
+        w1_wrote.set()
         return x
 
     async def w2(x, context):
-        await asyncio.sleep(0.005)
+        await w1_wrote.wait()  # both run at once; w1 writes first
         context["k"] = "two"
         return x
 

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 from matplotlib.figure import Figure
 
+from _probes import until
 from caudal import ExecutorCore, LatencyRecorder, Pipeline, Step
 from caudal.recorder import quantile_ms
 
@@ -110,7 +111,9 @@ async def test_plot_latency_histogram_and_percentiles_over_time():
     rec = ex.start_latency_recorder(interval_s=0.01)
     for _ in range(3):
         await ex.execute_many(step, range(20))
-        await asyncio.sleep(0.02)
+        # The recorder samples on the loop's clock: wait for its next sample.
+        n = len(rec.samples("s"))
+        await until(lambda n=n: len(rec.samples("s")) > n, what="the recorder's next sample")
     rec.stop()
     assert not rec.running and len(rec.samples("s")) >= 2
     fig = ex.plot_latency(step)

@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 
+from _probes import drive, settle, until
 from caudal import (
     CircuitOpenError,
     ExecutorCore,
@@ -13,6 +14,7 @@ from caudal import (
     Step,
 )
 from caudal.resilience import immediate_retries
+from caudal.testing import ManualClock
 
 
 class Backend:
@@ -30,7 +32,7 @@ class Backend:
         return x
 
 
-def breaker_config(threshold=3, recovery=0.05, **kw):
+def breaker_config(threshold=3, recovery=30, **kw):
     return OptimizationConfig(
         circuit_breaker_failure_threshold=threshold,
         circuit_breaker_recovery_timeout_seconds=recovery,
@@ -39,7 +41,8 @@ def breaker_config(threshold=3, recovery=0.05, **kw):
 
 
 async def test_breaker_opens_rejects_without_calling_then_recovers():
-    ex = ExecutorCore(breaker_config(threshold=3, recovery=0.05))
+    clock = ManualClock()
+    ex = ExecutorCore(breaker_config(threshold=3, recovery=30), clock=clock)
     backend = Backend()
     step = Step(backend, "api")
     for _ in range(3):
@@ -48,14 +51,16 @@ async def test_breaker_opens_rejects_without_calling_then_recovers():
     # Open: the step is not called, the error says which breaker and when.
     r = await ex.execute(step, 1)
     assert not r.success and isinstance(r.error, CircuitOpenError)
-    assert r.error.breaker == "api" and 0 < r.error.retry_after_s <= 0.05
+    assert r.error.breaker == "api" and r.error.retry_after_s == pytest.approx(30)
     assert r.attempts == 0 and backend.calls == 3
     stats = ex.get_optimization_stats()["circuit_breaker"]
     assert stats["state"] == "OPEN" and stats["open_count"] == 1
     assert stats["breakers"]["api"]["rejected_count"] == 1
     # After the recovery timeout one probe goes through; success closes it.
     backend.down = False
-    await asyncio.sleep(0.06)
+    clock.advance(29.9)
+    assert isinstance((await ex.execute(step, 7)).error, CircuitOpenError)
+    clock.advance(0.1)
     r = await ex.execute(step, 7)
     assert r.success and r.output == 7 and backend.calls == 4
     stats = ex.get_optimization_stats()["circuit_breaker"]
@@ -68,10 +73,11 @@ async def test_breaker_opens_rejects_without_calling_then_recovers():
 
 
 async def test_failed_probe_reopens():
-    ex = ExecutorCore(breaker_config(threshold=1, recovery=0.02))
+    clock = ManualClock()
+    ex = ExecutorCore(breaker_config(threshold=1, recovery=30), clock=clock)
     backend = Backend()
     await ex.execute(backend, 1)
-    await asyncio.sleep(0.03)
+    clock.advance(30)
     r = await ex.execute(backend, 1)  # the probe, fails
     assert isinstance(r.error, ConnectionError) and backend.calls == 2
     r = await ex.execute(backend, 1)
@@ -80,11 +86,13 @@ async def test_failed_probe_reopens():
 
 async def test_tripping_calls_own_error_is_returned_not_circuit_open():
     # Failing fast on an open breaker (the setting that turns waiting off).
+    clock = ManualClock()
     ex = ExecutorCore(
-        breaker_config(threshold=2, recovery=60, circuit_breaker_wait_for_probe=False)
+        breaker_config(threshold=2, recovery=60, circuit_breaker_wait_for_probe=False),
+        clock=clock,
     )
     backend = Backend()
-    r = await ex.execute(Step(backend, "trip", max_retries=5), 1)
+    r = await drive(clock, ex.execute(Step(backend, "trip", max_retries=5), 1))
     # Attempt 2 trips the breaker; attempt 3 is refused, so the execution
     # ends with attempt 2's own ConnectionError.
     assert type(r.error) is ConnectionError and r.attempts == 2 and backend.calls == 2
@@ -95,10 +103,11 @@ async def test_a_refused_retry_waits_for_the_probe_and_ends_with_its_own_error()
     # Waiting (the default): the refused retry waits for the half-open
     # probe; here every probe fails, and the budget (attempts + waits) ends
     # the execution with the last attempt's own error.
-    ex = ExecutorCore(breaker_config(threshold=2, recovery=0.3))
+    clock = ManualClock()
+    ex = ExecutorCore(breaker_config(threshold=2, recovery=30), clock=clock)
     backend = Backend()
     step = Step(backend, "trip", retry=RetryStrategy(max_attempts=6, base_delay=0.001))
-    r = await ex.execute(step, 1)
+    r = await drive(clock, ex.execute(step, 1), tick=1)
     # Attempts 1 and 2 fail (the second trips the breaker); the refused
     # retry waits for the probe (attempt 3), which fails and reopens it; the
     # next refusal waits again for attempt 4: 4 attempts + 2 waits = 6.
@@ -146,16 +155,17 @@ async def test_breaker_disabled_by_config():
 
 
 async def test_cancelled_half_open_probe_gives_its_slot_back():
-    ex = ExecutorCore(breaker_config(threshold=1, recovery=0.02))
+    clock = ManualClock()
+    ex = ExecutorCore(breaker_config(threshold=1, recovery=30), clock=clock)
     started = asyncio.Event()
 
     async def slow(x):
         started.set()
-        await asyncio.sleep(3600)
+        await asyncio.sleep(3600)  # cancelled by the test
 
     step = Step(Backend(), "slow")
     await ex.execute(step, 1)  # opens the breaker of "slow"
-    await asyncio.sleep(0.03)
+    clock.advance(30)
     probe = asyncio.create_task(ex.execute(Step(slow, "slow"), 1))
     await started.wait()
     # While the probe runs, others are refused.
@@ -252,7 +262,7 @@ async def test_retry_on_limits_which_errors_are_retried():
 
 async def test_retry_after_hint_is_honoured():
     class RateLimited(Exception):
-        retry_after = 0.01
+        retry_after = 10
 
     calls = []
 
@@ -262,22 +272,29 @@ async def test_retry_after_hint_is_honoured():
             raise RateLimited("429")
         return x
 
-    # The base delay is an hour; the hint says 10 ms.
+    # The base delay is an hour; the hint says 10 s (waited up to 20 % more).
+    clock = ManualClock()
     step = Step(limited, retry=RetryStrategy(max_attempts=2, base_delay=3600, max_backoff=3600))
-    r = await asyncio.wait_for(ExecutorCore().execute(step, 1), timeout=5)
+    task = asyncio.create_task(ExecutorCore(clock=clock).execute(step, 1))
+    await settle()
+    clock.advance(9.9)
+    await settle()
+    assert len(calls) == 1 and not task.done()  # not before the hint
+    clock.advance(2.2)
+    await settle()
+    r = await task
     assert r.success and r.attempts == 2
 
 
 async def test_cancellation_during_backoff():
     backend = Backend()
-    ex = ExecutorCore()
+    clock = ManualClock()
+    ex = ExecutorCore(clock=clock)
     step = Step(backend, "sleepy", retry=RetryStrategy(max_attempts=3, base_delay=3600))
     task = asyncio.create_task(ex.execute(step, 1))
-    for _ in range(100):
-        if backend.calls:
-            break
-        await asyncio.sleep(0.001)
-    await asyncio.sleep(0.01)  # now in the back-off sleep
+    await until(lambda: backend.calls == 1, what="the first attempt")
+    await settle()  # now in the back-off sleep, which the clock never ends
+    assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -316,7 +333,8 @@ async def test_errors_that_never_recover_fail_fast_and_are_visible():
 
 async def test_errors_that_recover_keep_their_retries():
     cfg = OptimizationConfig(error_pattern_min_observations=1, enable_circuit_breaker=False)
-    ex = ExecutorCore(cfg)
+    clock = ManualClock()
+    ex = ExecutorCore(cfg, clock=clock)
     state = {"n": 0}
 
     async def every_other(x):
@@ -326,7 +344,7 @@ async def test_errors_that_recover_keep_their_retries():
         return x
 
     for _ in range(5):
-        r = await ex.execute(Step(every_other, "t", max_retries=1), 1)
+        r = await drive(clock, ex.execute(Step(every_other, "t", max_retries=1), 1))
         assert r.success and r.attempts == 2
     eh = ex.get_optimization_stats()["error_handling"]
     assert eh["retry_recovery_rate"] == 1.0 and eh["fail_fast"] == 0

@@ -15,8 +15,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import caudal
+from _probes import until
 from caudal.integrations.otel import OpenTelemetryExporter
 from caudal.telemetry import JsonLinesExporter, Span
+from caudal.testing import ManualClock
 
 
 class Collect:
@@ -145,13 +147,15 @@ def test_json_lines_exporter_refuses_a_non_stream():
 
 async def test_sampling_keeps_failures_and_slow_executions():
     sink = Collect()
+    clock = ManualClock()
     ex = caudal.ExecutorCore(
         caudal.OptimizationConfig(telemetry_sampling_rate=0.0, slow_execution_threshold_ms=5),
         span_exporters=[sink],
+        clock=clock,
     )
 
     async def slow(x):
-        await asyncio.sleep(0.02)
+        clock.advance(0.02)  # 20 ms on the executor's clock
         return x
 
     for i in range(50):
@@ -287,12 +291,14 @@ async def test_timeouts_cancellations_and_rejections_have_their_outcome():
     )
 
     async def hang(x):
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # timed out (on the loop's clock) or cancelled
 
     await ex.execute(caudal.Step(hang, name="slow_api", timeout_s=0.01), 0)
     await ex.execute(caudal.Step(hang, name="slow_api", timeout_s=0.01), 0)  # breaker open
     task = asyncio.ensure_future(ex.execute(caudal.Step(hang, name="cancelled"), 0))
-    await asyncio.sleep(0.01)
+    await until(
+        lambda: ex.get_optimization_stats()["execution"]["in_flight"] == 1, what="hang running"
+    )
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

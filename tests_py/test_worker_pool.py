@@ -7,6 +7,7 @@ import traceback
 
 import pytest
 
+from _probes import until
 from caudal import (
     ExecutorCore,
     OptimizationConfig,
@@ -42,14 +43,13 @@ async def test_a_full_queue_refuses_at_once_and_run_waits_for_room():
     p = WorkerPool(workers=1, queue_size=2)
     gate = threading.Event()
     blocker = p.submit(gate.wait, 5)
-    while p.stats()["active"] == 0:  # the worker took it
-        await asyncio.sleep(0.001)
+    await until(lambda: p.stats()["active"] == 1, what="the worker took it")
     queued = [p.submit(lambda i=i: i) for i in range(2)]
     with pytest.raises(QueueFullError, match="task queue is full"):
         p.submit(lambda: None)
     assert p.stats()["rejected"] == 1
     waiting = [asyncio.create_task(p.run(lambda i=i: i * 10)) for i in range(5)]
-    await asyncio.sleep(0.01)
+    await until(lambda: p.stats()["room_waiters"] == 5, what="5 callers waiting for room")
     assert not any(t.done() for t in waiting)  # backpressure, not failure
     gate.set()
     assert await blocker is True
@@ -65,9 +65,10 @@ async def test_tasks_that_wait_too_long_in_the_queue_are_not_run():
     ran = []
     gate = threading.Event()
     first = p.submit(gate.wait, 5)
-    while p.stats()["active"] == 0:
-        await asyncio.sleep(0.001)
+    await until(lambda: p.stats()["active"] == 1, what="the worker took it")
     late = p.submit(ran.append, "late")
+    # Real time: the pool's queue timeout reads the steady clock (a
+    # WorkerPool takes no manual clock).
     await asyncio.sleep(0.05)
     gate.set()
     await first
@@ -81,11 +82,10 @@ async def test_closing_with_cancel_pending_cancels_queued_tasks():
     p = WorkerPool(workers=1, queue_size=10)
     gate = threading.Event()
     first = p.submit(gate.wait, 5)
-    while p.stats()["active"] == 0:
-        await asyncio.sleep(0.001)
+    await until(lambda: p.stats()["active"] == 1, what="the worker took it")
     queued = [p.submit(lambda: "never") for _ in range(3)]
     closing = asyncio.create_task(p.aclose(cancel_pending=True))
-    await asyncio.sleep(0.01)
+    await until(lambda: not p.stats()["accepting"], what="the pool closing")
     gate.set()
     await closing
     assert await first is True
@@ -108,7 +108,7 @@ async def test_gil_releasing_tasks_run_in_parallel():
 async def test_a_cancelled_caller_does_not_lose_the_pool():
     p = WorkerPool(workers=1, queue_size=10)
     task = asyncio.create_task(p.run(time.sleep, 0.02))
-    await asyncio.sleep(0.005)
+    await until(lambda: p.stats()["active"] == 1, what="the worker took it")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -2,13 +2,10 @@
 // `_succeed`/`_failed` after), StepResult, and the stats read-out.
 //
 // Hot-path contract with python/caudal/executor_core.py:
-//   rec, aw, mode = engine._begin(step, data, context, resources)
-//     mode 0: `aw` is the step's awaitable        -> out = await aw
-//     mode 1: same, with a per-attempt timeout    -> engine._timeout_s(rec)
-//     mode 2: a sync step: (fn, args, kwargs, timeout_s) =
-//             engine._sync_call(rec, ...), then fn(*args, **kwargs) runs in
-//             a worker thread
-//     mode 3: calling the step raised: `aw` is the exception
+//   rec, aw, next = engine._begin(step, data, context, resources)
+//     (or a cache hit's StepResult itself); `next` is a caudal._core.Next
+//     member, the core's verdict (caudal/executor/next.h says, for each
+//     kind, what `rec` and `aw` are and what the Python layer does next).
 //   engine._succeed(rec, out) -> StepResult
 //   engine._failed(rec, exc, timed_out) -> float (retry after that many
 //     seconds; then engine._restart(rec, ...) starts the next attempt),
@@ -23,9 +20,13 @@
 // nothing is ever dereferenced on a handle's word. A sync step's worker
 // thread gets the step's callable and arguments (_sync_call, on the loop
 // thread), never the handle.
-// A caller queued for a permit (mode 9) gets a WaitState object, not an
-// address: it names its engine and is used once (_begin_permitted or
-// _cancel_wait).
+// An execution that follows a single flight, asks the shared tier or waits
+// for a permit gets an _Admission object as `rec` (the core's AdmitState,
+// kept natively): no address, cache key or flag rides through Python to be
+// believed on its way back. It names its engine and is taken once per wait
+// (_begin_permitted / _cancel_wait, _l2_fill / _begin_leader /
+// _abandon_flight, _leave_flight).
+#include <pybind11/native_enum.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -38,6 +39,7 @@
 #include "absl/base/attributes.h"
 #include "absl/base/optimization.h"
 #include "caudal/executor/executor.h"
+#include "caudal/executor/next.h"
 #include "common.h"
 #include "event_bindings.h"
 #include "key_walk.h"
@@ -124,18 +126,25 @@ std::string StaleMessage(PyObject* h) {
          ": its execution has ended, or it belongs to another executor";
 }
 
-// A caller queued for the step's key permit or for a global slot (mode 9):
-// what _begin_permitted / _cancel_wait need, kept natively so that no
-// address travels through Python. Used once.
-struct WaitState {
-  uint64_t engine_id = 0;         // the Engine that made it
-  KeyLimiter* limiter = nullptr;  // the key permit held or waited for
-  py::object key;                 // the cache key's bytes, or None
-  bool lead = false;
-  bool flight = false;
-  bool for_slot = false;  // waiting for the global slot (else the key's)
-  bool used = false;
+// An admission the Python layer holds between two calls (Next::kFollow,
+// kAskSharedTier, kWaitForPermit): the core's AdmitState, kept natively, so
+// that no address, cache key or flag travels through Python and comes back
+// on Python's word. It names its engine; a call that resumes or gives it up
+// takes it (Engine::Take), once; it is armed again when handed back for
+// another wait.
+struct PyAdmission {
+  uint64_t engine_id = 0;  // the Engine that made it
+  AdmitState state;
+  bool armed = false;  // may be resumed or given up now
+  // Its cache key as bytes (the shared tier's key).
+  py::bytes key() const { return KeyToBytes(state.key); }
 };
+
+// The members of caudal._core.Next by value, set when the module is
+// registered (never released). Returning one costs what returning a small
+// int costs: a table load and an incref.
+PyObject* g_next[kNextKinds] = {};
+py::handle NextOf(Next n) { return g_next[static_cast<int>(n)]; }
 
 uint64_t NextEngineId() {
   static std::atomic<uint64_t> next{1};
@@ -217,7 +226,9 @@ class Engine {
  public:
   friend PyObject* FastBegin(PyObject*, PyObject* const*, Py_ssize_t);
   friend PyObject* FastSucceed(PyObject*, PyObject* const*, Py_ssize_t);
-  explicit Engine(const OptimizationConfig& config) : core_(config) {}
+  // `clock`: the engine's time (null: the monotonic clock).
+  Engine(const OptimizationConfig& config, std::shared_ptr<ManualClock> clock)
+      : core_(config, /*random_seed=*/0x5eed, std::move(clock)) {}
 
   ~Engine() {
     clear_cache();
@@ -235,183 +246,167 @@ class Engine {
   OptimizationConfig config() const { return *core_.config(); }
 
   // ---- hot path: before the first attempt ----
-  // (rec, awaitable, mode), or a cache hit's StepResult itself.
+  // (rec, aw, Next), or a cache hit's StepResult itself. The bindings
+  // compute the cache key (a walk of the Python value); the core decides
+  // the rest (Executor::Admit).
   py::object begin(py::handle step, py::handle data, py::handle context,
                    py::handle resources) {
     // Automatic optimization: one relaxed load unless an analysis is due.
     if (core_.TakeAnalysisDue()) CallAnalysisHook();
     PyStepEntry* e = FastLookup(step);
-    const int64_t now = MonotonicNowNs();
-    const OptimizationConfig* cfg = core_.current_config();
-    bool lead = false, flight = false;
-    Key128 key{};
-    if (Executor::UseCache(*e, *cfg)) {
-      py::object extra;
-      if (!e->cache_context.is_none())
-        extra = ContextFields(e->cache_context, context);
-      // One branch for a step with an identity; a pending one is computed
-      // here, once (its no_identity is a placeholder until then).
-      UnkeyableReason why;
-      if (ABSL_PREDICT_TRUE(e->no_identity.empty()) || HasIdentityNow(e)) {
-        const std::string& ns = e->cache_ns;
-        why = KeyOf(ns.data(), static_cast<Py_ssize_t>(ns.size()), data.ptr(),
-                    extra ? extra.ptr() : nullptr, &key);
-      } else {
-        why = "the step has no stable identity (see uncacheable_steps)";
-      }
-      if (why) {
-        core_.RecordUncacheable(*e, why);
-      } else {
-        std::vector<CachedValue> dropped;
-        absl::optional<CachedValue> hit =
-            core_.CacheLookup(*e, key, now, &dropped);
-        if (hit) {
-          auto* stored = static_cast<PyObject*>(const_cast<void*>(hit->get()));
-          py::object out = cfg->cache_copy_outputs
-                               ? PyHelpers::Get().deepcopy(py::handle(stored))
-                               : py::reinterpret_borrow<py::object>(stored);
-          const int64_t latency = MonotonicNowNs() - now;
-          core_.RecordCacheHit(*e, latency);
-          PyObject* res = NewStepResult(e->name_str.ptr(), out.ptr(), true, 0,
-                                        static_cast<double>(latency) / 1e9,
-                                        Py_None, Py_None, true);
-          if (!res) throw py::error_already_set();
-          return py::make_tuple(0, py::reinterpret_steal<py::object>(res), 5);
-        }
-        lead = true;
-        if (e->spec.single_flight) {
-          py::object fut;
-          flight = core_.JoinFlight(key, [&] {
-            fut = PyHelpers::Get().get_running_loop().attr("create_future")();
-            return HoldWaiter(fut.ptr());
-          });
-          if (!flight) return py::make_tuple(KeyToBytes(key), fut, 7);
-        }
-        // A shared tier: the Python layer asks it (asynchronously) before
-        // the step runs; it then calls _l2_fill or _begin_leader.
-        if (l2_) return py::make_tuple(KeyToBytes(key), py::bool_(flight), 8);
-      }
-    }
-    return BeginRecord(e->shared_from_this(), cfg, lead, flight, key,
-                       /*held=*/nullptr, /*have_slot=*/false, data, context,
-                       resources);
+    const int64_t now = core_.NowNs();
+    AdmitState s;
+    if (Executor::UseCache(*e, *core_.current_config()))
+      s.keyed = CacheKey(e, data, context, &s.key);
+    s.step = e->shared_from_this();
+    return Admit(s, py::handle(), now, data, context, resources);
   }
 
-  // Takes the step's key permit, then a global slot (or queues for either:
-  // mode 9, whose future is resolved when the permit is handed over; then
-  // _begin_permitted), creates the record and starts the first attempt.
-  // `held` is the key limiter whose permit the caller already holds. Key
-  // first: callers queued behind a saturated backend hold no global slot.
-  py::object BeginRecord(std::shared_ptr<StepEntry> entry,
-                         const OptimizationConfig* cfg, bool lead, bool flight,
-                         const Key128& key, KeyLimiter* held, bool have_slot,
-                         py::handle data, py::handle context,
-                         py::handle resources) {
+  // The cache key of `data` (and the step's context fields) under the
+  // step's namespace; false, counted with its reason, when there is none.
+  bool CacheKey(PyStepEntry* e, py::handle data, py::handle context,
+                Key128* key) {
+    py::object extra;
+    if (!e->cache_context.is_none())
+      extra = ContextFields(e->cache_context, context);
+    // One branch for a step with an identity; a pending one is computed
+    // here, once (its no_identity is a placeholder until then).
+    UnkeyableReason why;
+    if (ABSL_PREDICT_TRUE(e->no_identity.empty()) || HasIdentityNow(e)) {
+      const std::string& ns = e->cache_ns;
+      why = KeyOf(ns.data(), static_cast<Py_ssize_t>(ns.size()), data.ptr(),
+                  extra ? extra.ptr() : nullptr, key);
+    } else {
+      why = "the step has no stable identity (see uncacheable_steps)";
+    }
+    if (!why) return true;
+    core_.RecordUncacheable(*e, why);
+    return false;
+  }
+
+  // Runs the core's admission from where `s` stopped and converts its
+  // verdict: (rec, aw, Next) or a hit's StepResult. `held` is the
+  // _Admission object holding `s` when resumed (else `s` is the caller's,
+  // moved into a new one if the execution must wait).
+  py::object Admit(AdmitState& s, py::handle held, int64_t now, py::handle data,
+                   py::handle context, py::handle resources) {
     py::object fut;
-    auto make_waiter = [&] {
-      fut = PyHelpers::Get().get_running_loop().attr("create_future")();
-      return HoldWaiter(fut.ptr());
-    };
-    auto waiting = [&](KeyLimiter* lim, bool for_slot) {
-      WaitState w;
-      w.engine_id = id_;
-      w.limiter = lim;
-      w.key = lead ? py::object(KeyToBytes(key)) : py::none();
-      w.lead = lead;
-      w.flight = flight;
-      w.for_slot = for_slot;
-      return py::make_tuple(py::cast(std::move(w)), fut, 9);
-    };
-    KeyLimiter* bypassed = nullptr;
-    if (held == nullptr && !have_slot) {
-      if (KeyLimiter* lim = core_.LimiterFor(*entry, *cfg)) {
-        if (lim->TryBypass()) {
-          bypassed = lim;  // a dormant key: no permit (key_limiter.h)
-        } else {
-          if (!Executor::AcquireKey(lim, make_waiter))
-            return waiting(lim, false);
-          held = lim;
-        }
+    std::vector<CachedValue> dropped;
+    // The entry, for a hit or a full table (the record takes the state's).
+    PyStepEntry* e = static_cast<PyStepEntry*>(s.step.get());
+    Admitted a = core_.Admit(
+        s, now,
+        [&] {
+          fut = PyHelpers::Get().get_running_loop().attr("create_future")();
+          return HoldWaiter(fut.ptr());
+        },
+        &dropped);
+    switch (a.verdict) {
+      case AdmitVerdict::kStarted:
+        return StartAttempt(a.record, data, context, resources);
+      case AdmitVerdict::kHit:
+        return HitResult(e, a.hit, now);
+      case AdmitVerdict::kFollow:
+        return py::make_tuple(Pending(s, held, /*armed=*/false), fut,
+                              NextOf(Next::kFollow));
+      case AdmitVerdict::kAskSharedTier:
+        return py::make_tuple(Pending(s, held, /*armed=*/true), py::none(),
+                              NextOf(Next::kAskSharedTier));
+      case AdmitVerdict::kWaitForPermit:
+        return py::make_tuple(Pending(s, held, /*armed=*/true), fut,
+                              NextOf(Next::kWaitForPermit));
+      case AdmitVerdict::kRefused:
+        // The refusal goes back as the attempt's exception: `failed` asks
+        // the core whether to wait for the breaker's probe or end.
+        return py::make_tuple(py::int_(a.record->handle),
+                              CircuitOpen(a.record, py::none()),
+                              NextOf(Next::kRaised));
+      case AdmitVerdict::kFallback: {
+        // Refused, and the core routed it to the step's fallback (the
+        // record ends in _fallback_done).
+        WakePermits(a.wake);
+        ExecutionRecord* r = a.record;
+        return py::make_tuple(
+            py::int_(r->handle),
+            py::make_tuple(Entry(r)->fallback, CircuitOpen(r, py::none())),
+            NextOf(Next::kFallback));
       }
+      case AdmitVerdict::kFull:
+        WakePermits(a.wake);
+        ResolveFollowers(*e, a.followers, py::none(), false);
+        throw std::runtime_error("too many executions in flight (" +
+                                 std::to_string(HandleTable<int>::kMaxSlots) +
+                                 ")");
     }
-    if (!have_slot && cfg->max_concurrent_executions.has_value()) {
-      if (!core_.AcquireSlot(*cfg, make_waiter)) {
-        // Waiting for the global slot: a bypass is given back (the wait
-        // resumes without a key permit, as the dormant key allows).
-        if (bypassed != nullptr) bypassed->EndBypass();
-        return waiting(held, true);
-      }
-      have_slot = true;
-    }
-    PyStepEntry* pe = static_cast<PyStepEntry*>(entry.get());
-    ExecutionRecord* r = core_.Begin(std::move(entry), MonotonicNowNs(), cfg);
-    if (ABSL_PREDICT_FALSE(r == nullptr)) {
-      // The handle table is full (millions in flight): give back what was
-      // taken, let the flight's followers run themselves, and say so.
-      if (have_slot) WakeSlot(core_.ReleaseSlot());
-      if (held != nullptr) WakeSlot(Executor::ReleaseKey(held));
-      if (bypassed != nullptr) bypassed->EndBypass();
-      if (flight) WakeFollowers(*pe, key, py::none(), false);
-      throw std::runtime_error("too many executions in flight (" +
-                               std::to_string(HandleTable<int>::kMaxSlots) +
-                               ")");
-    }
-    r->permit = have_slot;
-    r->limiter = held;
-    r->bypassed = bypassed;
-    if (held != nullptr) r->limit_inflight = held->in_flight();
-    r->cache_lead = lead;
-    r->cache_flight = flight;
-    r->cache_key = key;
-    if (r->attempt == 0) return RejectedResult(r);
-    return StartAttempt(r, data, context, resources);
+    throw std::logic_error("unknown admission verdict");
   }
 
-  // A queued caller was handed a permit (the key's, or a global slot):
-  // go on with the next one, then start its execution.
-  py::object begin_permitted(py::handle step, py::handle state, py::handle data,
+  // A hit's StepResult (the stored value, or a deep copy of it).
+  py::object HitResult(PyStepEntry* e, const CachedValue& hit, int64_t now) {
+    auto* stored = static_cast<PyObject*>(const_cast<void*>(hit.get()));
+    py::object out = core_.current_config()->cache_copy_outputs
+                         ? PyHelpers::Get().deepcopy(py::handle(stored))
+                         : py::reinterpret_borrow<py::object>(stored);
+    const int64_t latency = core_.NowNs() - now;
+    core_.RecordCacheHit(*e, latency);
+    PyObject* res = NewStepResult(e->name_str.ptr(), out.ptr(), true, 0,
+                                  static_cast<double>(latency) / 1e9, Py_None,
+                                  Py_None, true);
+    if (!res) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(res);
+  }
+
+  // The _Admission that holds `s` for the Python layer: `held` itself when
+  // the admission was resumed from it, else a new one.
+  py::object Pending(AdmitState& s, py::handle held, bool armed) {
+    if (held) {
+      held.cast<PyAdmission&>().armed = armed;
+      return py::reinterpret_borrow<py::object>(held);
+    }
+    PyAdmission a;
+    a.engine_id = id_;
+    a.state = std::move(s);
+    a.armed = armed;
+    return py::cast(std::move(a));
+  }
+
+  // The admission of this engine that `obj` is, at one of `stages`, taken
+  // (disarmed); a StaleHandleError for anything else.
+  PyAdmission& Take(py::handle obj,
+                    std::initializer_list<AdmitState::Stage> stages) {
+    if (!py::isinstance<PyAdmission>(obj))
+      ThrowStale("not an admission of this executor: " +
+                 std::string(Py_TYPE(obj.ptr())->tp_name));
+    PyAdmission& a = obj.cast<PyAdmission&>();
+    if (a.engine_id != id_) ThrowStale("admission belongs to another executor");
+    if (!a.armed) ThrowStale("admission already used");
+    bool at = false;
+    for (AdmitState::Stage st : stages) at = at || a.state.stage == st;
+    if (!at) ThrowStale("admission is not waiting for this call");
+    a.armed = false;
+    return a;
+  }
+
+  // A queued caller was handed a permit (the key's, or a global slot): the
+  // admission goes on (it may have to wait for the slot next).
+  py::object begin_permitted(py::handle adm, py::handle data,
                              py::handle context, py::handle resources) {
-    WaitState& w = TakeWait(state);
-    std::shared_ptr<StepEntry> entry = Lookup(step);
-    const Key128 key = w.lead ? KeyFromBytes(w.key) : Key128{};
-    return BeginRecord(std::move(entry), core_.current_config(), w.lead,
-                       w.flight, key, w.limiter, w.for_slot, data, context,
-                       resources);
+    PyAdmission& a =
+        Take(adm, {AdmitState::Stage::kKeyPermit, AdmitState::Stage::kSlot});
+    return Admit(a.state, adm, core_.NowNs(), data, context, resources);
   }
 
-  // The wait state of this engine that `state` is, marked used; a
-  // StaleHandleError for anything else.
-  WaitState& TakeWait(py::handle state) {
-    if (!py::isinstance<WaitState>(state))
-      ThrowStale("not a wait state of this executor: " +
-                 std::string(Py_TYPE(state.ptr())->tp_name));
-    WaitState& w = state.cast<WaitState&>();
-    if (w.engine_id != id_)
-      ThrowStale("wait state belongs to another executor");
-    if (w.used) ThrowStale("wait state already used");
-    w.used = true;
-    return w;
-  }
-
-  // A queued caller was cancelled: leave the queue, or pass on a permit that
-  // was already handed to it, give back the key permit it held while it
-  // waited for a slot; followers of its flight run themselves.
-  void cancel_wait(py::handle step, py::handle state, py::handle fut) {
-    WaitState& ws = TakeWait(state);
-    const bool for_slot = ws.for_slot;
-    KeyLimiter* lim = ws.limiter;
-    const FlightWaiter w = PeekWaiter(fut.ptr());
-    if (for_slot) {
-      if (!core_.CancelWait(w)) WakeSlot(core_.ReleaseSlot());
-      if (lim != nullptr) WakeSlot(Executor::ReleaseKey(lim));
-    } else if (lim != nullptr && !lim->Cancel(w)) {
-      WakeSlot(Executor::ReleaseKey(lim));
-    }
-    if (ws.flight) {
-      std::shared_ptr<StepEntry> entry = Lookup(step);
-      WakeFollowers(*static_cast<PyStepEntry*>(entry.get()),
-                    KeyFromBytes(ws.key), py::none(), false);
-    }
+  // A queued caller was cancelled: the core withdraws its admission (it
+  // leaves the queue, or passes on a permit already handed to it, and gives
+  // back what it held); followers of its flight run themselves.
+  void cancel_wait(py::handle adm, py::handle fut) {
+    PyAdmission& a =
+        Take(adm, {AdmitState::Stage::kKeyPermit, AdmitState::Stage::kSlot});
+    std::shared_ptr<StepEntry> entry = a.state.step;
+    Withdrawn w = core_.Withdraw(a.state, PeekWaiter(fut.ptr()));
+    WakePermits(w.permits);
+    ResolveFollowers(*static_cast<PyStepEntry*>(entry.get()), w.followers,
+                     py::none(), false);
   }
 
   // Hands a freed slot to the caller waiting for it.
@@ -422,15 +417,16 @@ class Engine {
   }
 
   // Starts an attempt of an existing record (retries): the awaitable or,
-  // for sync steps, nothing. Same (rec, aw, mode) triple as begin().
+  // for sync steps, nothing. Same (rec, aw, Next) triple as begin().
   py::tuple restart(py::handle h, py::handle data, py::handle context,
                     py::handle resources, py::handle last_exc) {
     ExecutionRecord* r = Live(h);
-    if (!core_.StartAttempt(r, MonotonicNowNs())) {
+    if (!core_.StartAttempt(r, core_.NowNs())) {
       // The breaker opened meanwhile (often on this very step's failures):
       // the refusal is this attempt's outcome, and `failed` decides whether
       // to wait for the probe; the last error is the refusal's cause.
-      return py::make_tuple(py::int_(r->handle), CircuitOpen(r, last_exc), 3);
+      return py::make_tuple(py::int_(r->handle), CircuitOpen(r, last_exc),
+                            NextOf(Next::kRaised));
     }
     return StartAttempt(r, data, context, resources);
   }
@@ -489,7 +485,7 @@ class Engine {
   // New reference, or nullptr with a Python error set.
   PyObject* succeed(ExecutionRecord* r, PyObject* out) {
     if (r->cache_lead) return SucceedCached(r, out);
-    const ExecutionOutcome o = core_.Succeed(r, MonotonicNowNs());
+    const ExecutionOutcome o = core_.Succeed(r, core_.NowNs());
     WakeSlot(o.wake);  // no flight: the cache is off for this execution
     WakeSlot(o.wake_key);
     for (const FlightWaiter& w : o.wake_more) WakeSlot(w);
@@ -501,7 +497,7 @@ class Engine {
   PyObject* SucceedCached(ExecutionRecord* r, PyObject* out) {
     try {
       const bool copy = r->config->cache_copy_outputs;
-      const int64_t now = MonotonicNowNs();
+      const int64_t now = core_.NowNs();
       py::object stored = copy ? PyHelpers::Get().deepcopy(py::handle(out))
                                : py::reinterpret_borrow<py::object>(out);
       const size_t bytes =
@@ -528,17 +524,20 @@ class Engine {
     WakeSlot(o.wake);
     WakeSlot(o.wake_key);
     for (const FlightWaiter& w : o.wake_more) WakeSlot(w);
-    if (o.flight) WakeFollowers(*EntryOf(o), o.flight_key, result, copy);
+    if (o.flight)
+      ResolveFollowers(*EntryOf(o), core_.EndFlight(o.flight_key), result,
+                       copy);
   }
   static PyStepEntry* EntryOf(const ExecutionOutcome& o) {
     return static_cast<PyStepEntry*>(o.step.get());
   }
 
-  // Gives each follower of the flight its own StepResult sharing the
-  // leader's outcome (None: the leader was cancelled; followers run).
-  void WakeFollowers(PyStepEntry& e, const Key128& key, py::handle leader,
-                     bool copy) {
-    std::vector<FlightWaiter> followers = core_.EndFlight(key);
+  // Gives each follower of a flight its own StepResult sharing the leader's
+  // outcome (None: the leader was cancelled; followers run); the core
+  // records each follower's outcome.
+  void ResolveFollowers(PyStepEntry& e,
+                        const std::vector<FlightWaiter>& followers,
+                        py::handle leader, bool copy) {
     if (followers.empty()) return;
     PyHelpers& h = PyHelpers::Get();
     for (const FlightWaiter& w : followers) {
@@ -561,26 +560,27 @@ class Engine {
       md["single_flight"] = true;
       reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
           md.release().ptr();
-      e.stats->shared_flights.fetch_add(1, std::memory_order_relaxed);
-      if (l->success) core_.RecordCacheHit(e, 0);
+      core_.RecordFollowed(e, l->success);
       h.resolve(fut, res);
     }
   }
 
   // ---- the shared (L2) tier, driven by the Python layer ----
-  void set_l2(bool on) { l2_ = on; }
+  void set_l2(bool on) { core_.SetSharedTier(on); }
 
-  // The shared tier had the value: fill L1, wake the flight's followers,
-  // and return the hit's StepResult.
+  // The shared tier had the value: the admission ends without an
+  // execution; fill L1, wake the flight's followers, and return the hit's
+  // StepResult.
   // `epoch`: _cache_epoch() read before the value was fetched (an
   // invalidation since then keeps it out of L1).
-  py::object l2_fill(py::handle step, py::bytes key_bytes, bool flight,
-                     py::handle value, double waited_s, uint64_t epoch) {
-    std::shared_ptr<StepEntry> entry = Lookup(step);
+  py::object l2_fill(py::handle adm, py::handle value, double waited_s,
+                     uint64_t epoch) {
+    PyAdmission& a = Take(adm, {AdmitState::Stage::kSharedTier});
+    std::shared_ptr<StepEntry> entry = a.state.step;
     auto* e = static_cast<PyStepEntry*>(entry.get());
+    const Key128 key = a.state.key;
     const OptimizationConfig* cfg = core_.current_config();
-    const Key128 key = KeyFromBytes(key_bytes);
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = core_.NowNs();
     const size_t bytes = cfg->cache_max_bytes > 0 ? EstimateSize(value) : 0;
     std::vector<CachedValue> dropped;
     core_.CachePut(*e, *cfg, key, HoldValue(value.ptr()), bytes, now, &dropped,
@@ -598,25 +598,26 @@ class Engine {
     md["cache_tier"] = "l2";
     reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
         md.release().ptr();
-    if (flight) WakeFollowers(*e, key, res, cfg->cache_copy_outputs);
+    Withdrawn w = core_.Withdraw(a.state, FlightWaiter());
+    ResolveFollowers(*e, w.followers, res, cfg->cache_copy_outputs);
     return res;
   }
 
-  // The shared tier missed: start the execution as the key's leader.
-  py::object begin_leader(py::handle step, py::bytes key_bytes, bool flight,
-                          py::handle data, py::handle context,
+  // The shared tier missed: the admission goes on (this execution leads
+  // the key).
+  py::object begin_leader(py::handle adm, py::handle data, py::handle context,
                           py::handle resources) {
-    std::shared_ptr<StepEntry> entry = Lookup(step);
-    return BeginRecord(std::move(entry), core_.current_config(), true, flight,
-                       KeyFromBytes(key_bytes), /*held=*/nullptr,
-                       /*have_slot=*/false, data, context, resources);
+    PyAdmission& a = Take(adm, {AdmitState::Stage::kSharedTier});
+    return Admit(a.state, adm, core_.NowNs(), data, context, resources);
   }
 
   // Cancelled while asking the shared tier: followers run themselves.
-  void abandon_flight(py::handle step, py::bytes key_bytes) {
-    std::shared_ptr<StepEntry> entry = Lookup(step);
-    WakeFollowers(*static_cast<PyStepEntry*>(entry.get()),
-                  KeyFromBytes(key_bytes), py::none(), false);
+  void abandon_flight(py::handle adm) {
+    PyAdmission& a = Take(adm, {AdmitState::Stage::kSharedTier});
+    std::shared_ptr<StepEntry> entry = a.state.step;
+    Withdrawn w = core_.Withdraw(a.state, FlightWaiter());
+    ResolveFollowers(*static_cast<PyStepEntry*>(entry.get()), w.followers,
+                     py::none(), false);
   }
 
   // (ttl_s, tags, group) for writing a step's result to the shared tier.
@@ -629,17 +630,34 @@ class Engine {
   }
 
   // Invalidation epochs (result_cache.h) for the shared tier's writes: read
-  // one before asking the tier; before writing a result there, ask whether
-  // an invalidation covering the step came since.
+  // one before asking the tier; before writing a result there, ask the core
+  // whether it may be stored (Executor::MayStore, the rule L1 follows too:
+  // the step's own success, not a fallback's, and no invalidation covering
+  // the step since).
   uint64_t cache_epoch() const { return core_.CacheEpoch(); }
-  bool cache_storable(py::handle step, uint64_t epoch) {
+  bool cache_storable(py::handle step, py::handle result, uint64_t epoch) {
+    if (!IsStepResult(result.ptr()))
+      throw py::type_error("result must be a StepResult");
     std::shared_ptr<StepEntry> entry = Lookup(step);
-    return core_.CacheStorable(*entry, epoch);
+    auto* r = reinterpret_cast<StepResultObject*>(result.ptr());
+    return core_.MayStore(*entry, r->success, FellBack(r), epoch);
+  }
+
+  // Whether a StepResult is a fallback's (fallback_done marks it so).
+  static bool FellBack(StepResultObject* r) {
+    if (r->metadata == nullptr || !PyDict_Check(r->metadata)) return false;
+    PyObject* v = PyDict_GetItemString(r->metadata, "fallback_triggered");
+    return v != nullptr && PyObject_IsTrue(v) == 1;
   }
 
   // A cancelled follower leaves the flight it was waiting on.
-  void leave_flight(py::bytes key_bytes, py::handle fut) {
-    core_.LeaveFlight(KeyFromBytes(key_bytes), PeekWaiter(fut.ptr()));
+  void leave_flight(py::handle adm, py::handle fut) {
+    if (!py::isinstance<PyAdmission>(adm))
+      ThrowStale("not an admission of this executor: " +
+                 std::string(Py_TYPE(adm.ptr())->tp_name));
+    PyAdmission& a = adm.cast<PyAdmission&>();
+    if (a.engine_id != id_) ThrowStale("admission belongs to another executor");
+    core_.LeaveFlight(a.state.key, PeekWaiter(fut.ptr()));
   }
 
   py::dict concurrency_stats() const {
@@ -702,7 +720,7 @@ class Engine {
               [](const LimitChange& a, const LimitChange& b) {
                 return a.at_ns < b.at_ns;
               });
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = core_.NowNs();
     py::list out;
     for (const LimitChange& c : all) {
       py::dict d;
@@ -789,17 +807,13 @@ class Engine {
     ExecutionRecord* r = Live(h);
     PyStepEntry* e = Entry(r);
     const FailureDecision d =
-        r->rejected ? core_.AttemptFailed(r, MonotonicNowNs(), AttemptError())
+        r->rejected ? core_.AttemptFailed(r, core_.NowNs(), AttemptError())
                     : AttemptFailed(r, e, exc, timed_out);
     for (const FlightWaiter& w : d.wake) WakeSlot(w);
     if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
-    if (!e->fallback.is_none()) {
-      // The fallback is another execution: it must not wait for the permits
-      // this one still holds (with every slot held by a primary waiting for
-      // its fallback, nothing could run).
-      WakePermits(core_.ReleasePermits(r));
-      return e->fallback;
-    }
+    // The core routed it to the step's fallback (permits given back: woken
+    // above).
+    if (d.verdict == FailureVerdict::kFallback) return e->fallback;
     if (r->rejected) {
       if (r->attempt == 0) return EndRejected(r, exc);
       // Attempts were made: the execution ends with the last one's own
@@ -831,7 +845,7 @@ class Engine {
     ClassifyFailure(exc, &err, &retry_after, &retry_after_ms);
     err.retry_after_header = retry_after;
     err.retry_after_ms_header = retry_after_ms;
-    return core_.AttemptFailed(r, MonotonicNowNs(), err);
+    return core_.AttemptFailed(r, core_.NowNs(), err);
   }
 
   // metadata["retry_stopped"] of a final verdict; null when the attempts
@@ -847,6 +861,7 @@ class Engine {
       case FailureVerdict::kBreakerOpen:
         return "breaker_open";
       case FailureVerdict::kRetry:
+      case FailureVerdict::kFallback:
       case FailureVerdict::kNoAttemptsLeft:
         break;
     }
@@ -860,8 +875,7 @@ class Engine {
     if (!IsStepResult(fb.ptr()))
       throw py::type_error("fallback result must be a StepResult");
     auto* f = reinterpret_cast<StepResultObject*>(fb.ptr());
-    const ExecutionOutcome o =
-        core_.Fail(r, MonotonicNowNs(), /*fell_back=*/true);
+    const ExecutionOutcome o = core_.Fail(r, core_.NowNs(), /*fell_back=*/true);
     py::object feedback = FeedbackOf(primary_exc);
     auto res = py::reinterpret_steal<py::object>(NewStepResult(
         EntryOf(o)->name_str.ptr(), f->output, f->success,
@@ -874,15 +888,16 @@ class Engine {
     md["fallback_feedback"] = py::reinterpret_borrow<py::object>(f->feedback);
     reinterpret_cast<StepResultObject*>(res.ptr())->metadata =
         md.release().ptr();
-    Ended(o, res, false);  // followers share the outcome; a fallback's output
-                           // is not cached
+    // Followers share the outcome; nothing is stored (a fallback's result is
+    // never cached: Executor::MayStore).
+    Ended(o, res, false);
     return res;
   }
 
   void cancel(py::handle h) {
     ExecutionRecord* r = Live(h);
     // Followers must not inherit a cancellation: they run the step themselves.
-    Ended(core_.Cancel(r, MonotonicNowNs()), py::none(), false);
+    Ended(core_.Cancel(r, core_.NowNs()), py::none(), false);
   }
 
   // ---- read-outs (off the hot path) ----
@@ -1033,6 +1048,7 @@ class Engine {
       s.breaker_key = breaker.cast<std::string>();
     }
     e->fallback = t["fallback"];
+    s.has_fallback = !e->fallback.is_none();
     e->fn = t["fn"];
     e->retry_on = t["retry_on"];
     e->breaker_exclude = t["breaker_exclude"];
@@ -1175,10 +1191,13 @@ class Engine {
     PyStepEntry* e = Entry(r);
     py::int_ h(r->handle);
     if (e->spec.kind == StepKind::kSync)
-      return py::make_tuple(h, py::none(), 2);
+      return py::make_tuple(h, py::none(), NextOf(Next::kRunSync));
     try {
       py::object aw = Invoke(e, data, context, resources);
-      return py::make_tuple(h, std::move(aw), e->spec.timeout_ns > 0 ? 1 : 0);
+      return py::make_tuple(
+          h, std::move(aw),
+          NextOf(e->spec.timeout_ns > 0 ? Next::kAwaitWithTimeout
+                                        : Next::kAwait));
     } catch (py::error_already_set& err) {
       // Calling the step raised before producing an awaitable: an attempt
       // failure like any other (the caller decides retry or not).
@@ -1189,13 +1208,14 @@ class Engine {
       if (tb) PyException_SetTraceback(value, tb);
       Py_XDECREF(type);
       Py_XDECREF(tb);
-      return py::make_tuple(h, py::reinterpret_steal<py::object>(value), 3);
+      return py::make_tuple(h, py::reinterpret_steal<py::object>(value),
+                            NextOf(Next::kRaised));
     }
   }
 
   py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back,
                    const char* stopped) {
-    const ExecutionOutcome o = core_.Fail(r, MonotonicNowNs(), fell_back);
+    const ExecutionOutcome o = core_.Fail(r, core_.NowNs(), fell_back);
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(
         NewStepResult(EntryOf(o)->name_str.ptr(), Py_None, false, o.attempts,
@@ -1210,24 +1230,6 @@ class Engine {
     }
     Ended(o, res, false);
     return res;
-  }
-
-  // The step's breaker is open: a failed result carrying CircuitOpenError,
-  // the step not called.
-  // With a fallback, it runs at once (mode 6). Otherwise the refusal goes
-  // back as the attempt's exception (mode 3): `failed` asks the core
-  // whether to wait for the breaker's probe or end.
-  py::tuple RejectedResult(ExecutionRecord* r) {
-    PyStepEntry* e = Entry(r);
-    py::object exc = CircuitOpen(r, py::none());
-    if (!e->fallback.is_none()) {
-      // Run the fallback instead; the record ends in _fallback_done.
-      e->stats->rejected.fetch_add(1, std::memory_order_relaxed);
-      WakePermits(core_.ReleasePermits(r));
-      return py::make_tuple(py::int_(r->handle),
-                            py::make_tuple(e->fallback, exc), 6);
-    }
-    return py::make_tuple(py::int_(r->handle), std::move(exc), 3);
   }
 
   // A CircuitOpenError for the record's breaker refusal; `cause` (the last
@@ -1255,7 +1257,7 @@ class Engine {
 
   // Ends an execution that never made an attempt: the breaker refused it.
   py::object EndRejected(ExecutionRecord* r, py::handle exc) {
-    const ExecutionOutcome o = core_.Reject(r, MonotonicNowNs());
+    const ExecutionOutcome o = core_.Reject(r, core_.NowNs());
     py::object feedback = FeedbackOf(exc);
     auto res = py::reinterpret_steal<py::object>(
         NewStepResult(EntryOf(o)->name_str.ptr(), Py_None, false, 0,
@@ -1557,7 +1559,6 @@ class Engine {
   py::object identity_module_;  // caudal._identity, once imported
   py::object analysis_hook_;    // set by ExecutorCore; holds a weak reference
   py::object default_retry_ = py::none();  // caudal.RetryStrategy or None
-  bool l2_ = false;                        // a shared tier is configured
   // Steps without a cache identity: name -> why (GIL-guarded).
   std::map<std::string, std::string> uncacheable_steps_;
   // The settings each step name was last analysed with (GIL-guarded).
@@ -1591,7 +1592,7 @@ class Engine {
       d["probes_in_flight"] = b.probes_in_flight;
       d["window_calls"] = b.window_calls;
       d["window_failures"] = b.window_failures;
-      const int64_t now = MonotonicNowNs();
+      const int64_t now = core_.NowNs();
       d["last_transition_age_s"] =
           b.last_transition_ns
               ? py::cast(static_cast<double>(now - b.last_transition_ns) / 1e9)
@@ -1608,7 +1609,7 @@ class Engine {
 
   py::list transitions() const {
     py::list out;
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = core_.NowNs();
     for (const auto& t : core_.RecentTransitions()) {
       py::dict d;
       d["breaker"] = t.breaker;
@@ -1701,7 +1702,8 @@ PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
 PyMethodDef kFastBegin = {
     "_begin",
     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastBegin)),
-    METH_FASTCALL, "Before the first attempt: (rec, awaitable, mode)."};
+    METH_FASTCALL,
+    "Before the first attempt: (rec, aw, Next), or a cache hit's StepResult."};
 PyMethodDef kFastSucceed = {
     "_succeed",
     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastSucceed)),
@@ -1770,14 +1772,81 @@ void RegisterExecutor(py::module_& m) {
   m.def("_clock_offset_ns", &ClockOffsetNs,
         "CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time).");
   if (!InitStepResultType(m.ptr())) throw py::error_already_set();
-  py::class_<WaitState>(m, "_WaitState",
-                        "A caller queued for a concurrency permit (opaque; "
-                        "used once).");
+  {
+    struct Kind {
+      const char* name;
+      Next value;
+      const char* doc;
+    };
+    static constexpr Kind kKinds[] = {
+        {"AWAIT", Next::kAwait, "aw is the step's awaitable: await it"},
+        {"AWAIT_WITH_TIMEOUT", Next::kAwaitWithTimeout,
+         "await aw within the step's timeout (_timeout_s(rec))"},
+        {"RUN_SYNC", Next::kRunSync,
+         "a sync step: _sync_call(rec, ...) for the worker pool"},
+        {"RAISED", Next::kRaised,
+         "aw is the attempt's exception: report it with _failed"},
+        {"FALLBACK", Next::kFallback,
+         "aw is (fallback step, exception): run it, then _fallback_done"},
+        {"FOLLOW", Next::kFollow,
+         "await aw, the single flight leader's StepResult (None: run again)"},
+        {"ASK_SHARED_TIER", Next::kAskSharedTier,
+         "ask the shared cache tier for the key, then _l2_fill or "
+         "_begin_leader"},
+        {"WAIT_FOR_PERMIT", Next::kWaitForPermit,
+         "await aw (a concurrency permit), then _begin_permitted"},
+    };
+    static_assert(sizeof(kKinds) / sizeof(kKinds[0]) == kNextKinds);
+    py::native_enum<Next> kinds(
+        m, "Next", "enum.IntEnum",
+        "What the Python layer does next with an execution: the core's "
+        "verdict, returned by _begin and the calls that resume an execution "
+        "(caudal/executor/next.h).");
+    for (const Kind& k : kKinds) kinds.value(k.name, k.value, k.doc);
+    kinds.finalize();
+    py::object type = m.attr("Next");
+    for (const Kind& k : kKinds)
+      g_next[static_cast<int>(k.value)] =
+          py::object(type.attr(k.name)).release().ptr();
+  }
+  py::class_<PyAdmission>(
+      m, "_Admission",
+      "An execution's admission, held between two engine calls while it "
+      "follows a single flight, asks the shared tier or waits for a permit "
+      "(opaque; validated and used once per wait).")
+      .def_property_readonly("key", &PyAdmission::key,
+                             "The cache key (bytes), for the shared tier.");
+
+  py::class_<ManualClock, std::shared_ptr<ManualClock>>(
+      m, "ManualClock",
+      "A clock that moves only when advanced (an atomic count of ns); an "
+      "Engine made with one reads its time from it "
+      "(caudal.testing.ManualClock wraps it).")
+      .def(
+          py::init([](double start_s) {
+            if (!(start_s >= 0) || start_s > 9e9)
+              throw py::value_error(
+                  "ManualClock: start_s must be in [0, 9e9] seconds");
+            return std::make_shared<ManualClock>(
+                static_cast<int64_t>(start_s * 1e9));
+          }),
+          py::arg("start_s") = static_cast<double>(ManualClock::kStartNs) / 1e9)
+      .def("now_ns", &ManualClock::now_ns, "The time in ns.")
+      .def(
+          "advance",
+          [](ManualClock& c, double seconds) {
+            if (!(seconds >= 0) || seconds > 9e9)
+              throw py::value_error(
+                  "ManualClock.advance: seconds must be in [0, 9e9]");
+            return c.Advance(static_cast<int64_t>(seconds * 1e9));
+          },
+          py::arg("seconds"), "Moves the time forward; the new time in ns.");
 
   py::class_<Engine>(
       m, "Engine",
       "Native executor engine (internal; use caudal.ExecutorCore).")
-      .def(py::init<const OptimizationConfig&>())
+      .def(py::init<const OptimizationConfig&, std::shared_ptr<ManualClock>>(),
+           py::arg("config"), py::arg("clock") = nullptr)
       .def("apply_config", &Engine::apply_config)
       .def_property_readonly("config", &Engine::config)
       .def("_begin", &Engine::begin)

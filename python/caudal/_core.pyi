@@ -1,6 +1,7 @@
 """Type stubs for caudal's native module (cpp/bindings)."""
 
 import asyncio
+import enum
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, NoReturn, final
 
@@ -108,11 +109,37 @@ class StepResult:
     def unwrap(self) -> Any: ...
     def _repr_html_(self) -> str: ...
 
-class _WaitState(metaclass=_pybind11_type):
-    """A caller queued for a concurrency permit (opaque; used once)."""
+class Next(enum.IntEnum):
+    """What the Python layer does next with an execution (the core's verdict,
+    cpp/caudal/executor/next.h)."""
 
-class Engine:
-    def __init__(self, config: OptimizationConfig) -> None: ...
+    AWAIT = 0
+    AWAIT_WITH_TIMEOUT = 1
+    RUN_SYNC = 2
+    RAISED = 3
+    FALLBACK = 4
+    FOLLOW = 5
+    ASK_SHARED_TIER = 6
+    WAIT_FOR_PERMIT = 7
+
+class ManualClock(metaclass=_pybind11_type):
+    """A clock that moves only when advanced (caudal.testing.ManualClock
+    wraps it)."""
+
+    def __init__(self, start_s: float = 1000.0) -> None: ...
+    def now_ns(self) -> int: ...
+    def advance(self, seconds: float) -> int: ...
+
+class _Admission(metaclass=_pybind11_type):
+    """An execution's admission, held between two engine calls while it
+    follows a single flight, asks the shared tier or waits for a permit
+    (opaque; validated and used once per wait)."""
+
+    @property
+    def key(self) -> bytes: ...
+
+class Engine(metaclass=_pybind11_type):
+    def __init__(self, config: OptimizationConfig, clock: ManualClock | None = None) -> None: ...
     def apply_config(self, config: OptimizationConfig) -> None: ...
     @property
     def config(self) -> OptimizationConfig: ...

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from caudal._backends import check_backend
-from caudal._core import Engine, OptimizationConfig, StepResult
+from caudal._core import Engine, Next, OptimizationConfig, StepResult
 from caudal._core import rss_bytes as _native_rss
 from caudal._invalidation import InvalidationResult
 from caudal._steps import ExecutorDefaults
@@ -39,6 +39,19 @@ def _rss_mb() -> float:
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+
+# What to do next with an execution: the core's verdict, returned with
+# (rec, aw) by the engine's _begin, _restart, _begin_permitted and
+# _begin_leader (cpp/caudal/executor/next.h says what rec and aw are for
+# each). Bound once: `next_ is _AWAIT` costs what `next_ == 0` did.
+_AWAIT = Next.AWAIT
+_AWAIT_WITH_TIMEOUT = Next.AWAIT_WITH_TIMEOUT
+_RUN_SYNC = Next.RUN_SYNC
+_RAISED = Next.RAISED
+_FALLBACK = Next.FALLBACK
+_FOLLOW = Next.FOLLOW
+_ASK_SHARED_TIER = Next.ASK_SHARED_TIER
+_WAIT_FOR_PERMIT = Next.WAIT_FOR_PERMIT
 
 _NO_LIMIT = 1 << 30
 # Executions finished inline before execute_many gives the loop a turn.
@@ -145,6 +158,7 @@ class ExecutorCore:
         "_own_pool",
         "_pool",
         "_recorder",  # the LatencyRecorder of start_latency_recorder(), unset until then
+        "_sleep",  # asyncio.sleep, or the manual clock's sleep
         "_spans",  # the SpanFlusher, once a span exporter was attached
         "_succeed",
         "_tuner",
@@ -159,6 +173,7 @@ class ExecutorCore:
         worker_pool: WorkerPool | None = None,
         backend: str | None = None,
         span_exporters: Iterable[Any] | None = None,
+        clock: Any = None,
     ) -> None:
         """``retry_strategy`` is the default for steps that set neither
         ``retry`` nor ``max_retries`` (without it they get one attempt).
@@ -171,9 +186,26 @@ class ExecutorCore:
         ``backend`` is where the attempts of steps that do not choose run:
         ``"local"`` (the default) or ``"ray"`` (docs/scale-out.md).
         ``span_exporters`` receive a span per execution (caudal.telemetry;
-        see :meth:`add_span_exporter`)."""
+        see :meth:`add_span_exporter`).
+        ``clock`` is a :class:`caudal.testing.ManualClock` for tests: the
+        engine then reads all of its time from it (cache TTLs, the breaker's
+        recovery timeout, limit windows, latencies) and retry back-off and
+        breaker waits sleep on it (``clock.sleep``), so that a test advances
+        time instead of waiting. Step timeouts (``timeout_s``) stay on the
+        event loop's clock. Default: the monotonic clock."""
         backend = check_backend(backend, "ExecutorCore")
-        engine = Engine(_checked(optimization_config))
+        native_clock = None
+        self._sleep = asyncio.sleep
+        if clock is not None:
+            from caudal.testing.clock import ManualClock
+
+            if not isinstance(clock, ManualClock):
+                raise TypeError(
+                    f"clock must be a caudal.testing.ManualClock, got {type(clock).__name__}"
+                )
+            native_clock = clock._native
+            self._sleep = clock.sleep
+        engine = Engine(_checked(optimization_config), native_clock)
         self._l2 = cache_l2
         # A tier that versions its reads (RedisCacheTier) refuses, in Redis,
         # the write of a result that any process invalidated since the read.
@@ -225,55 +257,46 @@ class ExecutorCore:
         t = self._begin(step, data, context, resources)
         if t.__class__ is StepResult:  # a cache hit
             return t
-        rec, aw, mode = t
+        rec, aw, next_ = t
         while True:
-            if mode == 0:
+            if next_ is _AWAIT:
                 try:
                     out = await aw
                 except Exception as exc:
-                    return await self._run(rec, exc, 4, data, context, resources)
+                    return await self._run(rec, exc, _RAISED, data, context, resources)
                 except BaseException:
                     self._engine._cancel(rec)
                     raise
                 return self._succeed(rec, out)
-            if mode == 5:  # finished without running: a cache hit, an open breaker
-                return aw
-            if mode != 9:
-                return await self._run(rec, aw, mode, data, context, resources, step)
+            if next_ is not _WAIT_FOR_PERMIT:
+                return await self._run(rec, aw, next_, data, context, resources, step)
             # Over a concurrency limit: wait here, in this frame (a waiting
             # execution holds no more than this coroutine and its future).
             try:
                 await aw
             except BaseException:
-                self._engine._cancel_wait(step, rec, aw)
+                self._engine._cancel_wait(rec, aw)
                 raise
-            rec, aw, mode = self._engine._begin_permitted(step, rec, data, context, resources)
+            rec, aw, next_ = self._engine._begin_permitted(rec, data, context, resources)
 
     async def _run(
         self,
         rec: Any,
         aw: Any,
-        mode: int,
+        next_: Next,
         data: Any,
         context: Any,
         resources: Any,
         step: Any = None,
     ) -> StepResult:
-        """The general path: timeouts, sync steps, retries, fallback.
-
-        mode: 0 await, 1 await with timeout, 2 sync step, 3 calling the step
-        raised (aw is the exception), 4 the awaited attempt raised (aw is the
-        exception; the fast path hands over here), 5 finished without running
-        (aw is the StepResult: breaker open, ...), 6 the breaker is open and
-        the step has a fallback (aw is (fallback, CircuitOpenError)), 7 a
-        concurrent execution with the same cache key is running: wait for its
-        result (aw is a future; rec is the key).
-        """
-        if mode == 7:
+        """The general path: timeouts, sync steps, retries, fallback, single
+        flight, the shared tier and permit waits. ``next_`` (with ``rec`` and
+        ``aw``) is what the engine said to do next (caudal._core.Next)."""
+        if next_ is _FOLLOW:
             return await self._follow(rec, aw, step, data, context, resources)
-        if mode == 8:
+        if next_ is _ASK_SHARED_TIER:
             return await self._through_l2(rec, aw, step, data, context, resources)
-        if mode == 9:
+        if next_ is _WAIT_FOR_PERMIT:
             return await self._wait_slot(rec, aw, step, data, context, resources)
         engine = self._engine
         live = True
@@ -281,25 +304,22 @@ class ExecutorCore:
             while True:
                 exc: BaseException | None = None
                 timed_out = False
-                if mode == 5:
-                    live = False
-                    return aw
-                if mode == 6:
+                if next_ is _FALLBACK:
                     fallback, exc = aw
                     fb = await self.execute(fallback, data, context, resources)
                     live = False
                     return engine._fallback_done(rec, exc, fb)
-                if mode >= 3:
+                if next_ is _RAISED:
                     exc = aw
                 else:
                     try:
-                        if mode == 0:
+                        if next_ is _AWAIT:
                             out = await aw
-                        elif mode == 1:
+                        elif next_ is _AWAIT_WITH_TIMEOUT:
                             out, timed_out = await self._with_timeout(
                                 rec, aw, engine._timeout_s(rec)
                             )
-                        else:
+                        else:  # _RUN_SYNC
                             out, timed_out = await self._run_sync(rec, data, context, resources)
                         if timed_out:
                             exc = StepTimeoutError(
@@ -313,8 +333,8 @@ class ExecutorCore:
                 verdict = self._failed(rec, exc, timed_out)
                 if verdict.__class__ is float:
                     if verdict > 0:
-                        await asyncio.sleep(verdict)
-                    rec, aw, mode = engine._restart(rec, data, context, resources, exc)
+                        await self._sleep(verdict)
+                    rec, aw, next_ = engine._restart(rec, data, context, resources, exc)
                     continue
                 if verdict.__class__ is StepResult:
                     live = False
@@ -329,13 +349,15 @@ class ExecutorCore:
             raise
 
     async def _through_l2(
-        self, key: bytes, flight: bool, step: Any, data: Any, context: Any, resources: Any
+        self, adm: Any, _: None, step: Any, data: Any, context: Any, resources: Any
     ) -> StepResult:
         """L1 missed and this execution leads its key: ask the shared tier,
-        then run the step if it missed too, and write the result back."""
+        then run the step if it missed too, and write the result back when
+        the core says it may be stored."""
         engine = self._engine
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        key = adm.key
         # The invalidation epoch before asking the tier: a value read, or a
         # result computed, while an invalidation covering the step ran is
         # kept out of both tiers (docs/cache.md, "Invalidation").
@@ -348,20 +370,15 @@ class ExecutorCore:
             else:
                 found, value = await self._l2.get(key)
         except BaseException:
-            if flight:
-                engine._abandon_flight(step, key)
+            engine._abandon_flight(adm)
             raise
         if found:
-            return engine._l2_fill(step, key, flight, value, loop.time() - t0, epoch)
-        rec, aw, mode = engine._begin_leader(step, key, flight, data, context, resources)
-        result = await self._run(rec, aw, mode, data, context, resources, step)
-        if (
-            result.success
-            and not result.metadata.get("fallback_triggered")
-            # Checked when the write starts; an invalidation after that
-            # waits for the write before it reaches the tier (_l2_settled).
-            and engine._cache_storable(step, epoch)
-        ):
+            return engine._l2_fill(adm, value, loop.time() - t0, epoch)
+        rec, aw, next_ = engine._begin_leader(adm, data, context, resources)
+        result = await self._run(rec, aw, next_, data, context, resources, step)
+        # Checked when the write starts; an invalidation after that waits
+        # for the write before it reaches the tier (_l2_settled).
+        if engine._cache_storable(step, result, epoch):
             ttl_s, tags, group = engine._cache_policy(step)
             write = (
                 self._l2.set(key, result.output, ttl_s, tags, group)
@@ -373,36 +390,36 @@ class ExecutorCore:
             task.add_done_callback(self._l2_writes.discard)
         return result
 
-    async def _slot(self, state: tuple, fut: Any, step: Any) -> None:
-        """Wait for a concurrency slot (FIFO); a cancelled waiter leaves the
-        queue, or passes on a slot it was handed, and never leaks one."""
+    async def _slot(self, adm: Any, fut: Any) -> None:
+        """Wait for a concurrency permit (FIFO); a cancelled waiter leaves the
+        queue, or passes on a permit it was handed, and never leaks one."""
         try:
             await fut
         except BaseException:
-            self._engine._cancel_wait(step, state, fut)
+            self._engine._cancel_wait(adm, fut)
             raise
 
     async def _wait_slot(
-        self, state: tuple, fut: Any, step: Any, data: Any, context: Any, resources: Any
+        self, adm: Any, fut: Any, step: Any, data: Any, context: Any, resources: Any
     ) -> StepResult:
-        """Wait for the step's key permit, then for a global slot (mode 9
-        again when the second must be waited for too)."""
+        """Wait for the step's key permit, then for a global slot (told to
+        wait again when the second must be waited for too)."""
         begin_permitted = self._engine._begin_permitted
         while True:
-            await self._slot(state, fut, step)
-            rec, aw, mode = begin_permitted(step, state, data, context, resources)
-            if mode != 9:
-                return await self._run(rec, aw, mode, data, context, resources, step)
-            state, fut = rec, aw
+            await self._slot(adm, fut)
+            rec, aw, next_ = begin_permitted(adm, data, context, resources)
+            if next_ is not _WAIT_FOR_PERMIT:
+                return await self._run(rec, aw, next_, data, context, resources, step)
+            adm, fut = rec, aw
 
     async def _follow(
-        self, key: bytes, fut: Any, step: Any, data: Any, context: Any, resources: Any
+        self, adm: Any, fut: Any, step: Any, data: Any, context: Any, resources: Any
     ) -> StepResult:
         """Single flight: share the leader's result instead of running again."""
         try:
             result = await fut
         except BaseException:
-            self._engine._leave_flight(key, fut)
+            self._engine._leave_flight(adm, fut)
             raise
         if result is None:  # the leader was cancelled: run it ourselves
             return await self.execute(step, data, context, resources)

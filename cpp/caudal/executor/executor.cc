@@ -12,14 +12,11 @@
 
 namespace caudal {
 
-int64_t MonotonicNowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-Executor::Executor(OptimizationConfig config, uint64_t random_seed)
-    : errors_(static_cast<size_t>(config.error_cache_size)),
+Executor::Executor(OptimizationConfig config, uint64_t random_seed,
+                   std::shared_ptr<const ManualClock> clock)
+    : clock_(std::move(clock)),
+      manual_clock_(clock_.get()),
+      errors_(static_cast<size_t>(config.error_cache_size)),
       random_(random_seed),
       cache_(ResultCacheOptions{static_cast<size_t>(config.cache_max_size),
                                 static_cast<size_t>(config.cache_max_bytes),
@@ -38,7 +35,7 @@ Executor::Executor(OptimizationConfig config, uint64_t random_seed)
     registry_.store(registries_.back().get(), std::memory_order_release);
   }
   std::vector<CachedValue> dropped;  // none: the cache is empty
-  ApplyMemoryConfig(*current_config(), MonotonicNowNs(), &dropped);
+  ApplyMemoryConfig(*current_config(), NowNs(), &dropped);
   ConfigureSpans(*current_config());
 }
 
@@ -154,7 +151,7 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
       config.max_concurrent_executions.value_or(kUnlimitedSlots)));
   // Per-key limiters follow the new mode (adaptive, fixed, none).
   const BaselineGradientLimit::Options adaptive = AdaptiveOptions(config);
-  const int64_t now = MonotonicNowNs();
+  const int64_t now = NowNs();
   for (KeyLimiter* l : limiters_.All()) {
     int fixed = 0;
     {
@@ -172,12 +169,12 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
   }
   std::vector<CachedValue> dropped;  // destroyed after the locks are gone
   // Cache capacity, record pool and pressure threshold (executor_memory.cc).
-  ApplyMemoryConfig(*current_config(), MonotonicNowNs(), &dropped);
+  ApplyMemoryConfig(*current_config(), NowNs(), &dropped);
   const uint64_t gen = generation_.fetch_add(1, std::memory_order_acq_rel) + 1;
   if (events_.Wants(EventType::kConfigChanged)) {
     Event e;
     e.type = EventType::kConfigChanged;
-    e.time_ns = MonotonicNowNs();
+    e.time_ns = NowNs();
     e.value = static_cast<double>(gen);
     e.detail = changed;
     events_.Publish(e);
@@ -309,7 +306,12 @@ absl::optional<double> AttemptError::RetryHintSeconds(double now_unix_s) const {
 
 FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
                                         const AttemptError& e) {
-  if (r->rejected) return BreakerWait(r);
+  if (r->rejected) {
+    FailureDecision d = BreakerWait(r);
+    if (d.verdict != FailureVerdict::kRetry && r->step->spec.has_fallback)
+      RouteToFallback(r, &d);
+    return d;
+  }
   FailureDecision d = Decide(r, now_ns, e);
   // Overload signals and network errors are the adaptive limit's drop
   // signal. A timed-out attempt is a latency sample (it ran that long): one
@@ -322,7 +324,20 @@ FailureDecision Executor::AttemptFailed(ExecutionRecord* r, int64_t now_ns,
   } else if (r->bypassed != nullptr && drop) {
     r->bypassed->Wake();  // overload on a dormant key: permits again
   }
+  if (d.verdict != FailureVerdict::kRetry && r->step->spec.has_fallback)
+    RouteToFallback(r, &d);
   return d;
+}
+
+// The fallback is another execution: it must not wait for the permits this
+// one still holds (with every slot held by a primary waiting for its
+// fallback, nothing could run).
+void Executor::RouteToFallback(ExecutionRecord* r, FailureDecision* d) {
+  d->verdict = FailureVerdict::kFallback;
+  d->delay_s = 0.0;
+  ReleasedPermits p = ReleasePermits(r);
+  if (p.wake) d->wake.push_back(std::move(p.wake));
+  if (p.wake_key) d->wake.push_back(std::move(p.wake_key));
 }
 
 // The limit was cut below the executions holding its permits: those
@@ -656,7 +671,7 @@ void Executor::RecordCacheHit(StepEntry& step, int64_t latency_ns) {
   s->hit_latency_ns.fetch_add(latency_ns > 0 ? latency_ns : 0,
                               std::memory_order_relaxed);
   if (tracing()) {
-    const int64_t now = MonotonicNowNs();
+    const int64_t now = NowNs();
     Trace(step, nullptr, now - latency_ns, now, 0, SpanOutcome::kCacheHit,
           false);
   }
@@ -759,7 +774,7 @@ absl::Status Executor::RegisterLimitKey(const StepSpec& spec,
   KeyLimiter* l = limiters_.GetOrCreate(key, mode, fixed, adaptive);
   if (l->mode() != mode ||
       (mode == KeyLimiter::Mode::kFixed && l->limit() != fixed)) {
-    for (auto& w : l->Configure(mode, fixed, adaptive, MonotonicNowNs())) {
+    for (auto& w : l->Configure(mode, fixed, adaptive, NowNs())) {
       if (woken != nullptr) woken->push_back(std::move(w));
     }
   }

@@ -38,6 +38,7 @@
 #include "absl/base/optimization.h"
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
@@ -47,6 +48,7 @@
 #include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/concurrency/key_limiter.h"
 #include "caudal/config/optimization_config.h"
+#include "caudal/executor/clock.h"
 #include "caudal/executor/handle_table.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/hash/key128.h"
@@ -62,9 +64,6 @@
 #include "caudal/telemetry/span_recorder.h"
 
 namespace caudal {
-
-// Monotonic clock in nanoseconds (the bindings' default time source).
-int64_t MonotonicNowNs();
 
 struct ExecutionRecord {
   // This execution's handle (Executor::Record), retired when it ends.
@@ -223,6 +222,11 @@ enum class FailureVerdict : uint8_t {
   // final: the breaker is open and the execution may not wait for its probe
   // (waiting is off, the retry budget is spent, or the wait is too long)
   kBreakerOpen,
+  // The execution failed for good (any of the final verdicts above) and its
+  // step has a fallback: run the fallback, then end with Fail(fell_back).
+  // The record's permits are given back already (the fallback is another
+  // execution, which must not wait for them); `wake` holds who to wake.
+  kFallback,
 };
 
 struct FailureDecision {
@@ -238,6 +242,68 @@ struct ReleasedPermits {
   std::shared_ptr<void> wake_key;  // next waiter for the key's permit
 };
 
+// ---- Admission ----
+// The order in which an execution is let in, decided by Executor::Admit:
+//   1. the result cache: a hit ends the execution before it starts;
+//   2. single flight: among concurrent misses of one key, one leads and the
+//      others follow (they are handed the leader's result);
+//   3. the shared cache tier, when one is configured (SetSharedTier): the
+//      caller asks it between two calls; a hit ends the admission
+//      (Withdraw), a miss resumes it;
+//   4. the step key's concurrency permit (or a dormant key's bypass);
+//   5. a global slot (max_concurrent_executions);
+//   6. the circuit breaker, as the record begins: the first attempt, or a
+//      refusal, which the step's fallback takes when it has one.
+// Key before slot: callers queued behind a saturated backend hold no global
+// slot. A stage that must wait returns; the caller keeps the AdmitState and
+// resumes with it (Admit again) when its waiter is woken, or gives it up
+// (Withdraw).
+struct AdmitState {
+  enum class Stage : uint8_t {
+    kCache,       // not admitted yet (the first call)
+    kSharedTier,  // the shared tier is being asked (kAskSharedTier)
+    kKeyPermit,   // queued for `waited`'s permit (kWaitForPermit)
+    kSlot,        // queued for a global slot (kWaitForPermit)
+    kDone,        // handed to a record, or withdrawn
+  };
+  Stage stage = Stage::kCache;
+  std::shared_ptr<StepEntry> step;
+  bool keyed = false;  // goes through the result cache under `key`
+  Key128 key{};
+  bool flight = false;  // leads the single flight for `key`
+  // Limiters live as long as their executor (LimiterRegistry).
+  KeyLimiter* waited = nullptr;    // kKeyPermit: the limiter queued for
+  KeyLimiter* held = nullptr;      // its permit is held
+  KeyLimiter* bypassed = nullptr;  // a dormant key admitted without a permit
+  bool have_slot = false;          // a global slot is held
+};
+
+enum class AdmitVerdict : uint8_t {
+  kHit,            // `hit` is the cached output: the execution is over
+  kFollow,         // queued behind the key's flight leader (the new waiter)
+  kAskSharedTier,  // ask the shared tier for state.key; then Admit/Withdraw
+  kWaitForPermit,  // queued for a permit (the new waiter); then Admit again
+  kStarted,        // `record` began: its first attempt runs
+  kRefused,        // `record` began, refused by the open breaker (attempt 0)
+  kFallback,       // refused, and the step has a fallback: run it; `wake`
+  kFull,           // no record (HandleTable::kMaxSlots in flight); `wake`
+                   // and `followers` (who run themselves)
+};
+
+struct Admitted {
+  AdmitVerdict verdict;
+  ExecutionRecord* record = nullptr;
+  CachedValue hit;
+  ReleasedPermits wake;
+  std::vector<FlightWaiter> followers;
+};
+
+// What an admission given up gives back.
+struct Withdrawn {
+  ReleasedPermits permits;
+  std::vector<FlightWaiter> followers;  // of the flight it led
+};
+
 struct BreakerTransitionRecord {
   std::string breaker;
   CircuitBreaker::Transition transition;
@@ -246,7 +312,10 @@ struct BreakerTransitionRecord {
 class Executor {
  public:
   // `config` must be valid (see OptimizationConfig::Validate).
-  explicit Executor(OptimizationConfig config, uint64_t random_seed = 0x5eed);
+  // `clock`: where the executor's time comes from (null: the monotonic
+  // clock; clock.h).
+  explicit Executor(OptimizationConfig config, uint64_t random_seed = 0x5eed,
+                    std::shared_ptr<const ManualClock> clock = nullptr);
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
 
@@ -307,6 +376,36 @@ class Executor {
   // executor's lifetime.
   const OptimizationConfig* current_config() const {
     return current_.load(std::memory_order_acquire);
+  }
+
+  // ---- admission (admission.cc; see "Admission" above) ----
+  // Runs the admission from where `state` stopped, up to the first stage that
+  // must wait or to the execution's start. `make_waiter` makes the waiter
+  // queued when one must wait (it is called at most once); values the cache
+  // dropped go to `dropped`, to be destroyed by the caller. Not for a state
+  // at kDone (started or withdrawn already).
+  Admitted Admit(AdmitState& state, int64_t now_ns,
+                 absl::FunctionRef<FlightWaiter()> make_waiter,
+                 std::vector<CachedValue>* dropped);
+  // Gives up an admission that did not start a record (cancelled while it
+  // waited, or answered by the shared tier): leaves the queue `waiter` is in,
+  // or passes on a permit already handed to it, and gives back what it held.
+  Withdrawn Withdraw(AdmitState& state, const FlightWaiter& waiter);
+  // Whether admissions with a cache key ask a shared tier (set by the owner
+  // of the tier, before executions start).
+  void SetSharedTier(bool on) {
+    shared_tier_.store(on, std::memory_order_relaxed);
+  }
+  // A single-flight follower was handed its leader's outcome: counts a shared
+  // flight and, when the leader succeeded, a hit (latency 0).
+  void RecordFollowed(StepEntry& step, bool leader_succeeded);
+  // The one caching rule, for both tiers (CacheStore checks it for the
+  // in-process tier; the shared tier's writer asks): a result may be stored
+  // when the step itself succeeded (a fallback's result is never cached) and
+  // no invalidation covering the step came since `since_epoch`.
+  bool MayStore(const StepEntry& step, bool success, bool fell_back,
+                uint64_t since_epoch) const {
+    return success && !fell_back && CacheStorable(step, since_epoch);
   }
 
   // ---- result cache (L1) ----
@@ -425,8 +524,9 @@ class Executor {
 
   // The attempt failed, or (record->rejected: the error is then ignored)
   // the open breaker refused it. On kRetry, wait delay_s and call
-  // StartAttempt(); otherwise end the execution with Fail() (Reject() when no
-  // attempt was ever made).
+  // StartAttempt(); on kFallback run the step's fallback and end with
+  // Fail(fell_back); otherwise end the execution with Fail() (Reject() when
+  // no attempt was ever made).
   //
   // Waiting for an open breaker (circuit_breaker_wait_for_probe): an
   // execution the breaker refuses waits until the breaker admits a probe
@@ -455,6 +555,13 @@ class Executor {
   // breaker slot (half-open probe) is given back.
   // latency_ns and attempts are not filled in; wake, flight and step are.
   ExecutionOutcome Cancel(ExecutionRecord* record, int64_t now_ns);
+
+  // The executor's time (clock.h): the manual clock it was made with, else
+  // the monotonic clock. Callers pass it to the calls that take `now_ns`.
+  int64_t NowNs() const {
+    const ManualClock* c = manual_clock_;
+    return ABSL_PREDICT_FALSE(c != nullptr) ? c->now_ns() : MonotonicNowNs();
+  }
 
   int64_t in_flight() const {
     return in_flight_.load(std::memory_order_relaxed);
@@ -518,6 +625,8 @@ class Executor {
   FailureDecision Decide(ExecutionRecord* record, int64_t now_ns,
                          const AttemptError& error);
   void Release(ExecutionRecord* record, ExecutionOutcome& out);
+  // A final verdict for a step with a fallback: kFallback, permits given back.
+  void RouteToFallback(ExecutionRecord* record, FailureDecision* decision);
   // The execution's span, when tracing is on and the sampler keeps it.
   // (Inline: an execution the sampler skips costs a load and a compare,
   // plus a per-thread count below a rate of 1.)
@@ -562,6 +671,9 @@ class Executor {
   void PublishStep(EventType type, const StepEntry& step, int64_t now_ns,
                    double value, double value2, absl::string_view detail);
 
+  // The manual clock, if any (fixed at construction; NowNs).
+  const std::shared_ptr<const ManualClock> clock_;
+  const ManualClock* const manual_clock_;
   mutable Mutex config_mu_;
   // Every config ever applied (the last one is in force) (a few hundred bytes
   // each), so that records and hot-path readers can use raw pointers without
@@ -629,6 +741,7 @@ class Executor {
       ABSL_GUARDED_BY(limit_keys_mu_);
   ResultCache<CachedValue> cache_;
   SingleFlight<FlightWaiter> flights_;
+  std::atomic<bool> shared_tier_{false};
   mutable Mutex uncacheable_mu_;
   absl::flat_hash_map<std::string, uint64_t> uncacheable_
       ABSL_GUARDED_BY(uncacheable_mu_);

@@ -72,6 +72,10 @@ struct StepSpec {
   // limit; 0 leaves it to the config (adaptive or none).
   std::string limit_key;
   int max_concurrency = 0;
+  // The step has a fallback step: a final failure, or a refusal by the open
+  // breaker, runs it instead (the core routes there: FailureVerdict::kFallback,
+  // AdmitVerdict::kFallback).
+  bool has_fallback = false;
 
   static RetryPolicy ImmediateRetries(int max_retries) {
     RetryPolicy p;
