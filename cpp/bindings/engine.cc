@@ -69,10 +69,10 @@ Engine::~Engine() {
 }
 
 void Engine::apply_config(const OptimizationConfig& config) {
-  std::vector<FlightWaiter> woken;
+  std::vector<Waiter> woken;
   const absl::Status s = core_.ApplyConfig(config, &woken);
   if (!s.ok()) ThrowStatus(s);
-  for (FlightWaiter& w : woken) WakeSlot(std::move(w));
+  for (Waiter& w : woken) Wake(std::move(w));
 }
 
 uint64_t Engine::StepKeyOf(py::handle step, PyObject** a, PyObject** b) {
@@ -159,9 +159,9 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   py::object max_conc = t["max_concurrency"];
   if (!max_conc.is_none()) s.max_concurrency = max_conc.cast<int>();
   {
-    std::vector<FlightWaiter> woken;
+    std::vector<Waiter> woken;
     const absl::Status st = core_.RegisterLimitKey(s, &woken);
-    for (FlightWaiter& w : woken) WakeSlot(std::move(w));
+    for (Waiter& w : woken) Wake(std::move(w));
     if (!st.ok()) ThrowStatus(st);
   }
   // The group (invalidate_prefix) is by name; the key's namespace adds

@@ -169,14 +169,12 @@ inline CachedValue HoldValue(PyObject* o) {
   Py_INCREF(o);
   return CachedValue(o, ReleasePyObject);
 }
-inline FlightWaiter HoldWaiter(PyObject* o) {
+inline Waiter HoldWaiter(PyObject* o) {
   Py_INCREF(o);
-  return FlightWaiter(o, [](void* p) { ReleasePyObject(p); });
+  return Waiter(o, [](void* p) { ReleasePyObject(p); });
 }
 // A non-owning handle comparing equal to the waiter holding `o`.
-inline FlightWaiter PeekWaiter(PyObject* o) {
-  return FlightWaiter(FlightWaiter(), o);
-}
+inline Waiter PeekWaiter(PyObject* o) { return Waiter(Waiter(), o); }
 
 // Estimated bytes of a cached output (only when cache_max_bytes is set):
 // exact for str/bytes, the object plus its direct items for containers.
@@ -236,8 +234,9 @@ class Engine {
   // back what it held); followers of its flight run themselves.
   void cancel_wait(py::handle adm, py::handle fut);
 
-  // Hands a freed slot to the caller waiting for it.
-  static void WakeSlot(FlightWaiter w);
+  // Wakes a waiter the core handed back (a caller handed a permit); null:
+  // nothing to wake.
+  static void Wake(Waiter w);
 
   // Starts an attempt of an existing record (retries): the awaitable or,
   // for sync steps, nothing. Same (rec, aw, Next) triple as begin().
@@ -283,8 +282,7 @@ class Engine {
   // Gives each follower of a flight its own StepResult sharing the leader's
   // outcome (None: the leader was cancelled; followers run); the core
   // records each follower's outcome.
-  void ResolveFollowers(PyStepEntry& e,
-                        const std::vector<FlightWaiter>& followers,
+  void ResolveFollowers(PyStepEntry& e, const std::vector<Waiter>& followers,
                         py::handle leader, bool copy);
 
   // ---- the shared (L2) tier, driven by the Python layer ----

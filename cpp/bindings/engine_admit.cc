@@ -150,7 +150,7 @@ void Engine::cancel_wait(py::handle adm, py::handle fut) {
                    py::none(), false);
 }
 
-void Engine::WakeSlot(FlightWaiter w) {
+void Engine::Wake(Waiter w) {
   if (!w) return;
   PyHelpers::Get().resolve(py::handle(static_cast<PyObject*>(w.get())),
                            py::bool_(true));
@@ -200,11 +200,11 @@ py::tuple Engine::sync_call(py::handle h, py::handle data, py::handle context,
 }
 
 void Engine::ResolveFollowers(PyStepEntry& e,
-                              const std::vector<FlightWaiter>& followers,
+                              const std::vector<Waiter>& followers,
                               py::handle leader, bool copy) {
   if (followers.empty()) return;
   PyHelpers& h = PyHelpers::Get();
-  for (const FlightWaiter& w : followers) {
+  for (const Waiter& w : followers) {
     if (!w) continue;  // a placeholder between two JoinFlight calls (see there)
     py::handle fut(static_cast<PyObject*>(w.get()));
     if (leader.is_none()) {
@@ -251,7 +251,7 @@ py::object Engine::l2_fill(py::handle adm, py::handle value, double waited_s,
   py::dict md;
   md["cache_tier"] = "l2";
   reinterpret_cast<StepResultObject*>(res.ptr())->metadata = md.release().ptr();
-  Withdrawn w = core_.Withdraw(a.state, FlightWaiter());
+  Withdrawn w = core_.Withdraw(a.state, Waiter());
   ResolveFollowers(*e, w.followers, res, cfg->cache_copy_outputs);
   return res;
 }
@@ -265,7 +265,7 @@ py::object Engine::begin_leader(py::handle adm, py::handle data,
 void Engine::abandon_flight(py::handle adm) {
   PyAdmission& a = Take(adm, {AdmitState::Stage::kSharedTier});
   std::shared_ptr<StepEntry> entry = a.state.step;
-  Withdrawn w = core_.Withdraw(a.state, FlightWaiter());
+  Withdrawn w = core_.Withdraw(a.state, Waiter());
   ResolveFollowers(*static_cast<PyStepEntry*>(entry.get()), w.followers,
                    py::none(), false);
 }

@@ -7,9 +7,9 @@ namespace caudal::bindings {
 PyObject* Engine::succeed(ExecutionRecord* r, PyObject* out) {
   if (r->cache_lead) return SucceedCached(r, out);
   const ExecutionOutcome o = core_.Succeed(r, core_.NowNs());
-  WakeSlot(o.wake);  // no flight: the cache is off for this execution
-  WakeSlot(o.wake_key);
-  for (const FlightWaiter& w : o.wake_more) WakeSlot(w);
+  Wake(o.wake);  // no flight: the cache is off for this execution
+  Wake(o.wake_key);
+  for (const Waiter& w : o.wake_more) Wake(w);
   return NewStepResult(EntryOf(o)->name_str.ptr(), out, true, o.attempts,
                        static_cast<double>(o.latency_ns) / 1e9, Py_None,
                        Py_None, false);
@@ -39,9 +39,9 @@ PyObject* Engine::SucceedCached(ExecutionRecord* r, PyObject* out) {
 }
 
 void Engine::Ended(const ExecutionOutcome& o, py::handle result, bool copy) {
-  WakeSlot(o.wake);
-  WakeSlot(o.wake_key);
-  for (const FlightWaiter& w : o.wake_more) WakeSlot(w);
+  Wake(o.wake);
+  Wake(o.wake_key);
+  for (const Waiter& w : o.wake_more) Wake(w);
   if (o.flight)
     ResolveFollowers(*EntryOf(o), core_.EndFlight(o.flight_key), result, copy);
 }
@@ -52,7 +52,7 @@ py::object Engine::failed(py::handle h, py::handle exc, bool timed_out) {
   const FailureDecision d =
       r->rejected ? core_.AttemptFailed(r, core_.NowNs(), AttemptError())
                   : AttemptFailed(r, e, exc, timed_out);
-  for (const FlightWaiter& w : d.wake) WakeSlot(w);
+  for (const Waiter& w : d.wake) Wake(w);
   if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
   // The core routed it to the step's fallback (permits given back: woken
   // above).
@@ -191,8 +191,8 @@ py::object Engine::EndRejected(ExecutionRecord* r, py::handle exc) {
 }
 
 void Engine::WakePermits(const ReleasedPermits& p) {
-  WakeSlot(p.wake);
-  WakeSlot(p.wake_key);
+  Wake(p.wake);
+  Wake(p.wake_key);
 }
 
 }  // namespace caudal::bindings

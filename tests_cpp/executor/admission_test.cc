@@ -18,12 +18,11 @@ using testing_util::MakeEntry;
 // Makes distinct waiters and counts them.
 struct Waiters {
   int made = 0;
-  FlightWaiter last;
-  absl::FunctionRef<FlightWaiter()> Ref() { return fn; }
-  std::function<FlightWaiter()> fn = [this] {
+  Waiter last;
+  absl::FunctionRef<Waiter()> Ref() { return fn; }
+  std::function<Waiter()> fn = [this] {
     ++made;
-    last = FlightWaiter(new int(made),
-                        [](void* p) { delete static_cast<int*>(p); });
+    last = Waiter(new int(made), [](void* p) { delete static_cast<int*>(p); });
     return last;
   };
 };
@@ -66,7 +65,7 @@ TEST(AdmissionTest, AHitEndsItBeforeAnythingIsTaken) {
   ASSERT_TRUE(o.flight);
   EXPECT_EQ(ex.EndFlight(o.flight_key).size(), 1u);
   // Held slot or not, a hit takes nothing.
-  ASSERT_TRUE(ex.AcquireSlot(c, [] { return FlightWaiter(); }));
+  ASSERT_TRUE(ex.AcquireSlot(c, [] { return Waiter(); }));
   AdmitState h = Keyed(e, Key128{1, 1});
   a = ex.Admit(h, 2, w.Ref(), &dropped);
   ASSERT_EQ(a.verdict, AdmitVerdict::kHit);
@@ -100,7 +99,7 @@ TEST(AdmissionTest, TheSharedTierIsAskedAfterTheFlightAndBeforePermits) {
             AdmitVerdict::kAskSharedTier);
   AdmitState f = Keyed(e, Key128{3, 3});
   ASSERT_EQ(ex.Admit(f, 0, w.Ref(), &dropped).verdict, AdmitVerdict::kFollow);
-  const Withdrawn out = ex.Withdraw(t, FlightWaiter());
+  const Withdrawn out = ex.Withdraw(t, Waiter());
   EXPECT_EQ(out.followers.size(), 1u);
   EXPECT_EQ(ex.slots_in_flight(), 0);
 }
@@ -134,7 +133,7 @@ TEST(AdmissionTest, KeyPermitBeforeTheGlobalSlotAndWaitsResume) {
   s3.step = b;
   ASSERT_EQ(ex.Admit(s3, 0, w.Ref(), &dropped).verdict,
             AdmitVerdict::kWaitForPermit);
-  const FlightWaiter w3 = w.last;
+  const Waiter w3 = w.last;
   EXPECT_EQ(ex.slots_waiting(), 1);
   // The first ends: the key's permit goes to s2, the slot to s3.
   const ExecutionOutcome o = ex.Succeed(first.record, 1);

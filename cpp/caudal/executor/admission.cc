@@ -5,7 +5,7 @@
 namespace caudal {
 
 Admitted Executor::Admit(AdmitState& s, int64_t now_ns,
-                         absl::FunctionRef<FlightWaiter()> make_waiter,
+                         absl::FunctionRef<Waiter()> make_waiter,
                          std::vector<CachedValue>* dropped) {
   const OptimizationConfig* cfg = current_config();
   StepEntry& step = *s.step;
@@ -105,7 +105,7 @@ Admitted Executor::Admit(AdmitState& s, int64_t now_ns,
   return out;
 }
 
-Withdrawn Executor::Withdraw(AdmitState& s, const FlightWaiter& waiter) {
+Withdrawn Executor::Withdraw(AdmitState& s, const Waiter& waiter) {
   Withdrawn out;
   switch (s.stage) {
     case AdmitState::Stage::kKeyPermit:

@@ -69,13 +69,13 @@ struct Admitted {
   ExecutionRecord* record = nullptr;
   CachedValue hit;
   ReleasedPermits wake;
-  std::vector<FlightWaiter> followers;
+  std::vector<Waiter> followers;
 };
 
 // What an admission given up gives back.
 struct Withdrawn {
   ReleasedPermits permits;
-  std::vector<FlightWaiter> followers;  // of the flight it led
+  std::vector<Waiter> followers;  // of the flight it led
 };
 
 }  // namespace caudal

@@ -23,8 +23,12 @@ namespace caudal {
 // A cached output, opaque to the core: the bindings store a Python object
 // with a deleter that takes the GIL. Copying is a refcount increment.
 using CachedValue = std::shared_ptr<const void>;
-// A follower waiting for a flight's leader (the bindings: an asyncio future).
-using FlightWaiter = std::shared_ptr<void>;
+// A caller waiting to be woken, opaque to the core (the bindings: an asyncio
+// future): a single-flight follower waiting for its leader's result, or a
+// caller queued for a concurrency permit (the step key's, or a global slot).
+// The core queues waiters and hands them back to be woken; it never wakes
+// anyone itself.
+using Waiter = std::shared_ptr<void>;
 
 struct ExecutionRecord {
   // This execution's handle (Executor::Record), retired when it ends.

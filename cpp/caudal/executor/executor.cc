@@ -110,7 +110,7 @@ CircuitBreaker::Options Executor::BreakerOptions(const OptimizationConfig& c) {
 }
 
 absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
-                                   std::vector<FlightWaiter>* woken) {
+                                   std::vector<Waiter>* woken) {
   const auto problems = config.Validate();
   if (!problems.empty()) {
     return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
@@ -146,7 +146,7 @@ absl::Status Executor::ApplyConfig(const OptimizationConfig& config,
   }
   ConfigureSpans(config);
   // A raised (or removed) limit hands slots to waiters, for the caller to wake.
-  std::vector<FlightWaiter> handed = gate_.SetLimit(static_cast<int>(
+  std::vector<Waiter> handed = gate_.SetLimit(static_cast<int>(
       config.max_concurrent_executions.value_or(kUnlimitedSlots)));
   // Per-key limiters follow the new mode (adaptive, fixed, none).
   const BaselineGradientLimit::Options adaptive = AdaptiveOptions(config);
@@ -342,7 +342,7 @@ ExecutionOutcome Executor::Finish(ExecutionRecord* r, int64_t now_ns,
 }
 
 ExecutionOutcome Executor::Succeed(ExecutionRecord* r, int64_t now_ns) {
-  std::vector<FlightWaiter> woken;
+  std::vector<Waiter> woken;
   if (r->limiter != nullptr) woken = SampleLimit(r, now_ns, /*drop=*/false);
   StepStats* s = r->step->stats;
   s->successes.fetch_add(1, std::memory_order_relaxed);

@@ -111,7 +111,7 @@ class Executor {
   // options changed start afresh; the error-pattern table is resized.
   // Waiters handed a slot by a raised limit are appended to `woken`.
   absl::Status ApplyConfig(const OptimizationConfig& config,
-                           std::vector<FlightWaiter>* woken = nullptr);
+                           std::vector<Waiter>* woken = nullptr);
   static constexpr int kUnlimitedSlots = 1 << 30;
   uint64_t config_generation() const {
     return generation_.load(std::memory_order_acquire);
@@ -171,12 +171,12 @@ class Executor {
   // dropped go to `dropped`, to be destroyed by the caller. Not for a state
   // at kDone (started or withdrawn already).
   Admitted Admit(AdmitState& state, int64_t now_ns,
-                 absl::FunctionRef<FlightWaiter()> make_waiter,
+                 absl::FunctionRef<Waiter()> make_waiter,
                  std::vector<CachedValue>* dropped);
   // Gives up an admission that did not start a record (cancelled while it
   // waited, or answered by the shared tier): leaves the queue `waiter` is in,
   // or passes on a permit already handed to it, and gives back what it held.
-  Withdrawn Withdraw(AdmitState& state, const FlightWaiter& waiter);
+  Withdrawn Withdraw(AdmitState& state, const Waiter& waiter);
   // Whether admissions with a cache key ask a shared tier (set by the owner
   // of the tier, before executions start).
   void SetSharedTier(bool on) {
@@ -253,11 +253,11 @@ class Executor {
   template <typename MakeWaiter>
   bool JoinFlight(const Key128& key, MakeWaiter make_waiter);
   // Ends the flight; returns the followers to wake, in arrival order.
-  std::vector<FlightWaiter> EndFlight(const Key128& key) {
+  std::vector<Waiter> EndFlight(const Key128& key) {
     return flights_.Finish(key);
   }
   // A cancelled follower leaves; false if it was not queued (already woken).
-  bool LeaveFlight(const Key128& key, const FlightWaiter& w) {
+  bool LeaveFlight(const Key128& key, const Waiter& w) {
     return flights_.Leave(key, w);
   }
 
@@ -270,10 +270,10 @@ class Executor {
   bool AcquireSlot(const OptimizationConfig& config, MakeWaiter make_waiter);
   // Gives back a slot held outside a record (a waiter that was handed one
   // and then cancelled); returns the next waiter to wake, or null.
-  FlightWaiter ReleaseSlot();
+  Waiter ReleaseSlot();
   // A waiting caller gave up: true if it left the queue; false if it had
   // already been handed a slot, which it must give back with ReleaseSlot().
-  bool CancelWait(const FlightWaiter& w) { return gate_.Cancel(w); }
+  bool CancelWait(const Waiter& w) { return gate_.Cancel(w); }
   int slots_in_flight() const { return gate_.in_flight(); }
   int slots_waiting() const { return gate_.waiting(); }
   GateCounters slot_counters() const { return gate_.counters(); }
@@ -285,15 +285,15 @@ class Executor {
   // kInvalidArgument if another step fixed the same key to another value.
   // Callers handed permits by a raised limit go to `woken`.
   absl::Status RegisterLimitKey(const StepSpec& spec,
-                                std::vector<FlightWaiter>* woken);
+                                std::vector<Waiter>* woken);
   // True: `limiter`'s permit is held (fast path: one CAS). False:
   // `make_waiter()`'s waiter was queued; a release hands it the permit.
   template <typename MakeWaiter>
   static bool AcquireKey(KeyLimiter* limiter, MakeWaiter make_waiter);
   // Gives back a key permit held outside a record; the next waiter, or null.
-  static FlightWaiter ReleaseKey(KeyLimiter* limiter) {
+  static Waiter ReleaseKey(KeyLimiter* limiter) {
     std::optional<LimiterWaiter> next = limiter->Release();
-    return next ? *next : FlightWaiter();
+    return next ? *next : Waiter();
   }
   // Gives back the record's permits early (before a fallback runs).
   ReleasedPermits ReleasePermits(ExecutionRecord* record);
@@ -429,8 +429,8 @@ class Executor {
                   SpanOutcome outcome, bool slow, bool sampled);
   void ConfigureSpans(const OptimizationConfig& config);
   // One attempt's sample for the record's adaptive limiter.
-  std::vector<FlightWaiter> SampleLimit(ExecutionRecord* record, int64_t now_ns,
-                                        bool drop);
+  std::vector<Waiter> SampleLimit(ExecutionRecord* record, int64_t now_ns,
+                                  bool drop);
   CircuitBreaker* BreakerFor(StepEntry& entry, const OptimizationConfig& cfg);
   // Breaker admission for the attempt about to start; false = rejected.
   bool Admit(ExecutionRecord* r, int64_t now_ns);
@@ -516,7 +516,7 @@ class Executor {
   std::atomic<int64_t> next_analysis_ns_{0};  // 0: not scheduled yet
   std::atomic<bool> analysis_due_{false};
 
-  ConcurrencyGate<FlightWaiter> gate_{0};
+  ConcurrencyGate<Waiter> gate_{0};
   // Its limit changes are published as limit_changed events (events_ is
   // declared above, so it outlives the registry).
   LimiterRegistry limiters_{
@@ -526,7 +526,7 @@ class Executor {
   absl::flat_hash_map<std::string, int> fixed_limits_
       ABSL_GUARDED_BY(limit_keys_mu_);
   ResultCache<CachedValue> cache_;
-  SingleFlight<FlightWaiter> flights_;
+  SingleFlight<Waiter> flights_;
   std::atomic<bool> shared_tier_{false};
   mutable Mutex uncacheable_mu_;
   absl::flat_hash_map<std::string, uint64_t> uncacheable_

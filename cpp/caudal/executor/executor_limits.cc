@@ -6,9 +6,9 @@
 
 namespace caudal {
 
-FlightWaiter Executor::ReleaseSlot() {
-  std::optional<FlightWaiter> next = gate_.Release();
-  return next ? *next : FlightWaiter();
+Waiter Executor::ReleaseSlot() {
+  std::optional<Waiter> next = gate_.Release();
+  return next ? *next : Waiter();
 }
 
 KeyLimiter::Mode Executor::LimitModeFor(int fixed_limit,
@@ -32,7 +32,7 @@ BaselineGradientLimit::Options Executor::AdaptiveOptions(
 }
 
 absl::Status Executor::RegisterLimitKey(const StepSpec& spec,
-                                        std::vector<FlightWaiter>* woken) {
+                                        std::vector<Waiter>* woken) {
   const std::string& key = spec.limit_key.empty() ? spec.name : spec.limit_key;
   int fixed = 0;
   {
@@ -74,8 +74,8 @@ KeyLimiter* Executor::LimiterFor(StepEntry& e, const OptimizationConfig& cfg) {
   return l;
 }
 
-std::vector<FlightWaiter> Executor::SampleLimit(ExecutionRecord* r,
-                                                int64_t now_ns, bool drop) {
+std::vector<Waiter> Executor::SampleLimit(ExecutionRecord* r, int64_t now_ns,
+                                          bool drop) {
   return r->limiter->Sample(r->attempt_start_ns, now_ns - r->attempt_start_ns,
                             r->limit_inflight, drop, now_ns);
 }
