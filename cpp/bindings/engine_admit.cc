@@ -41,7 +41,7 @@ py::object Engine::Admit(AdmitState& s, py::handle held, int64_t now,
                          py::handle data, py::handle context,
                          py::handle resources) {
   py::object fut;
-  std::vector<CachedValue> dropped;
+  absl::optional<AdmitHandover> handover;  // made only when there is some
   // The entry, for a hit or a full table (the record takes the state's).
   PyStepEntry* e = static_cast<PyStepEntry*>(s.step.get());
   Admitted a = core_.Admit(
@@ -50,12 +50,12 @@ py::object Engine::Admit(AdmitState& s, py::handle held, int64_t now,
         fut = PyHelpers::Get().get_running_loop().attr("create_future")();
         return HoldWaiter(fut.ptr());
       },
-      &dropped);
+      &handover);
   switch (a.verdict) {
     case AdmitVerdict::kStarted:
       return StartAttempt(a.record, data, context, resources);
     case AdmitVerdict::kHit:
-      return HitResult(e, a.hit, now);
+      return HitResult(e, handover->hit, now);
     case AdmitVerdict::kFollow:
       return py::make_tuple(Pending(s, held, /*armed=*/false), fut,
                             NextOf(Next::kFollow));
@@ -74,7 +74,7 @@ py::object Engine::Admit(AdmitState& s, py::handle held, int64_t now,
     case AdmitVerdict::kFallback: {
       // Refused, and the core routed it to the step's fallback (the
       // record ends in _fallback_done).
-      WakePermits(a.wake);
+      WakePermits(handover->wake);
       ExecutionRecord* r = a.record;
       return py::make_tuple(
           py::int_(r->handle),
@@ -82,8 +82,8 @@ py::object Engine::Admit(AdmitState& s, py::handle held, int64_t now,
           NextOf(Next::kFallback));
     }
     case AdmitVerdict::kFull:
-      WakePermits(a.wake);
-      ResolveFollowers(*e, a.followers, py::none(), false);
+      WakePermits(handover->wake);
+      ResolveFollowers(*e, handover->followers, py::none(), false);
       throw std::runtime_error("too many executions in flight (" +
                                std::to_string(HandleTable<int>::kMaxSlots) +
                                ")");

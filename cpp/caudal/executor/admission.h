@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/types/optional.h"
 #include "caudal/concurrency/key_limiter.h"
 #include "caudal/executor/execution_record.h"
 #include "caudal/executor/step_spec.h"
@@ -53,23 +54,34 @@ struct AdmitState {
 };
 
 enum class AdmitVerdict : uint8_t {
-  kHit,            // `hit` is the cached output: the execution is over
+  kHit,            // handover `hit` is the cached output: the execution is over
   kFollow,         // queued behind the key's flight leader (the new waiter)
   kAskSharedTier,  // ask the shared tier for state.key; then Admit/Withdraw
   kWaitForPermit,  // queued for a permit (the new waiter); then Admit again
   kStarted,        // `record` began: its first attempt runs
   kRefused,        // `record` began, refused by the open breaker (attempt 0)
-  kFallback,       // refused, and the step has a fallback: run it; `wake`
-  kFull,           // no record (HandleTable::kMaxSlots in flight); `wake`
-                   // and `followers` (who run themselves)
+  kFallback,       // refused, and the step has a fallback: run it;
+                   // handover `wake`
+  kFull,           // no record (HandleTable::kMaxSlots in flight); handover
+                   // `wake` and `followers` (who run themselves)
 };
 
+// The verdict; trivially copyable (the hot path returns it in registers).
 struct Admitted {
   AdmitVerdict verdict;
   ExecutionRecord* record = nullptr;
-  CachedValue hit;
-  ReleasedPermits wake;
-  std::vector<Waiter> followers;
+};
+
+// What an admission hands back besides the verdict, made only when there is
+// something (a cache lookup, a fallback, a full table): the plain path
+// constructs none.
+struct AdmitHandover {
+  CachedValue hit;                // kHit: the cached output
+  ReleasedPermits wake;           // kFallback, kFull: permits given back
+  std::vector<Waiter> followers;  // kFull: the flight's followers
+  // Values the cache dropped (expired) during the lookup, to be destroyed by
+  // the caller outside the core's locks.
+  std::vector<CachedValue> dropped;
 };
 
 // What an admission given up gives back.

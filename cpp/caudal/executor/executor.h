@@ -167,12 +167,12 @@ class Executor {
   // ---- admission (admission.cc; see "Admission" above) ----
   // Runs the admission from where `state` stopped, up to the first stage that
   // must wait or to the execution's start. `make_waiter` makes the waiter
-  // queued when one must wait (it is called at most once); values the cache
-  // dropped go to `dropped`, to be destroyed by the caller. Not for a state
-  // at kDone (started or withdrawn already).
+  // queued when one must wait (it is called at most once). What a verdict
+  // hands back besides the record goes to `*handover`, emplaced only when
+  // there is something. Not for a state at kDone (started or withdrawn).
   Admitted Admit(AdmitState& state, int64_t now_ns,
                  absl::FunctionRef<Waiter()> make_waiter,
-                 std::vector<CachedValue>* dropped);
+                 absl::optional<AdmitHandover>* handover);
   // Gives up an admission that did not start a record (cancelled while it
   // waited, or answered by the shared tier): leaves the queue `waiter` is in,
   // or passes on a permit already handed to it, and gives back what it held.
