@@ -137,6 +137,9 @@ py::object Engine::begin_permitted(py::handle adm, py::handle data,
                                    py::handle context, py::handle resources) {
   PyAdmission& a =
       Take(adm, {AdmitState::Stage::kKeyPermit, AdmitState::Stage::kSlot});
+  // The state may be the entry's last owner (the table was cleared while it
+  // waited): keep it for Admit's use of it after the record took it.
+  const std::shared_ptr<StepEntry> keep = a.state.step;
   return Admit(a.state, adm, core_.NowNs(), data, context, resources);
 }
 
@@ -259,6 +262,7 @@ py::object Engine::l2_fill(py::handle adm, py::handle value, double waited_s,
 py::object Engine::begin_leader(py::handle adm, py::handle data,
                                 py::handle context, py::handle resources) {
   PyAdmission& a = Take(adm, {AdmitState::Stage::kSharedTier});
+  const std::shared_ptr<StepEntry> keep = a.state.step;  // as above
   return Admit(a.state, adm, core_.NowNs(), data, context, resources);
 }
 

@@ -185,10 +185,13 @@ class Executor {
   // A single-flight follower was handed its leader's outcome: counts a shared
   // flight and, when the leader succeeded, a hit (latency 0).
   void RecordFollowed(StepEntry& step, bool leader_succeeded);
-  // The one caching rule, for both tiers (CacheStore checks it for the
-  // in-process tier; the shared tier's writer asks): a result may be stored
-  // when the step itself succeeded (a fallback's result is never cached) and
-  // no invalidation covering the step came since `since_epoch`.
+  // The one caching rule, for both tiers: a result may be stored when the
+  // step itself succeeded (a fallback's result is never cached) and no
+  // invalidation covering the step came since `since_epoch`. The shared
+  // tier's writer asks (the bindings' _cache_storable); the in-process tier
+  // follows the same rule: only a cache-leading execution's own success is
+  // offered to CacheStore, whose Put refuses, under the cache's lock, a
+  // result an invalidation covered since the record's cache_epoch.
   bool MayStore(const StepEntry& step, bool success, bool fell_back,
                 uint64_t since_epoch) const {
     return success && !fell_back && CacheStorable(step, since_epoch);
