@@ -18,12 +18,11 @@ using testing_util::MakeEntry;
 // Makes distinct waiters and counts them.
 struct Waiters {
   int made = 0;
-  FlightWaiter last;
-  absl::FunctionRef<FlightWaiter()> Ref() { return fn; }
-  std::function<FlightWaiter()> fn = [this] {
+  Waiter last;
+  absl::FunctionRef<Waiter()> Ref() { return fn; }
+  std::function<Waiter()> fn = [this] {
     ++made;
-    last = FlightWaiter(new int(made),
-                        [](void* p) { delete static_cast<int*>(p); });
+    last = Waiter(new int(made), [](void* p) { delete static_cast<int*>(p); });
     return last;
   };
 };
@@ -42,11 +41,12 @@ TEST(AdmissionTest, AHitEndsItBeforeAnythingIsTaken) {
   c.max_concurrent_executions = 1;
   Executor ex(c);
   auto e = MakeEntry(ex, "s");
+  absl::optional<AdmitHandover> handover;
   std::vector<CachedValue> dropped;
   Waiters w;
   // A miss leads the flight and starts with the slot.
   AdmitState s = Keyed(e, Key128{1, 1});
-  Admitted a = ex.Admit(s, 0, w.Ref(), &dropped);
+  Admitted a = ex.Admit(s, 0, w.Ref(), &handover);
   ASSERT_EQ(a.verdict, AdmitVerdict::kStarted);
   EXPECT_TRUE(a.record->cache_lead);
   EXPECT_TRUE(a.record->cache_flight);
@@ -54,7 +54,7 @@ TEST(AdmissionTest, AHitEndsItBeforeAnythingIsTaken) {
   EXPECT_EQ(ex.slots_in_flight(), 1);
   // A concurrent miss of the same key follows: no slot is asked for.
   AdmitState f = Keyed(e, Key128{1, 1});
-  EXPECT_EQ(ex.Admit(f, 0, w.Ref(), &dropped).verdict, AdmitVerdict::kFollow);
+  EXPECT_EQ(ex.Admit(f, 0, w.Ref(), &handover).verdict, AdmitVerdict::kFollow);
   EXPECT_EQ(w.made, 1);
   EXPECT_EQ(ex.slots_waiting(), 0);
   ex.CacheStore(
@@ -66,11 +66,11 @@ TEST(AdmissionTest, AHitEndsItBeforeAnythingIsTaken) {
   ASSERT_TRUE(o.flight);
   EXPECT_EQ(ex.EndFlight(o.flight_key).size(), 1u);
   // Held slot or not, a hit takes nothing.
-  ASSERT_TRUE(ex.AcquireSlot(c, [] { return FlightWaiter(); }));
+  ASSERT_TRUE(ex.AcquireSlot(c, [] { return Waiter(); }));
   AdmitState h = Keyed(e, Key128{1, 1});
-  a = ex.Admit(h, 2, w.Ref(), &dropped);
+  a = ex.Admit(h, 2, w.Ref(), &handover);
   ASSERT_EQ(a.verdict, AdmitVerdict::kHit);
-  EXPECT_EQ(*static_cast<const int*>(a.hit.get()), 7);
+  EXPECT_EQ(*static_cast<const int*>(handover->hit.get()), 7);
   EXPECT_EQ(ex.slots_waiting(), 0);
   EXPECT_EQ(w.made, 1);
 }
@@ -81,26 +81,26 @@ TEST(AdmissionTest, TheSharedTierIsAskedAfterTheFlightAndBeforePermits) {
   Executor ex(c);
   ex.SetSharedTier(true);
   auto e = MakeEntry(ex, "s");
-  std::vector<CachedValue> dropped;
+  absl::optional<AdmitHandover> handover;
   Waiters w;
   AdmitState s = Keyed(e, Key128{2, 2});
-  ASSERT_EQ(ex.Admit(s, 0, w.Ref(), &dropped).verdict,
+  ASSERT_EQ(ex.Admit(s, 0, w.Ref(), &handover).verdict,
             AdmitVerdict::kAskSharedTier);
   EXPECT_TRUE(s.flight);
   EXPECT_EQ(ex.slots_in_flight(), 0);
   // The tier missed: resume; the slot and the breaker come next.
-  Admitted a = ex.Admit(s, 1, w.Ref(), &dropped);
+  Admitted a = ex.Admit(s, 1, w.Ref(), &handover);
   ASSERT_EQ(a.verdict, AdmitVerdict::kStarted);
   EXPECT_TRUE(a.record->permit);
   EXPECT_TRUE(a.record->cache_flight);
   ex.Cancel(a.record, 2);
   // The tier hit: the admission is withdrawn; its followers are handed back.
   AdmitState t = Keyed(e, Key128{3, 3});
-  ASSERT_EQ(ex.Admit(t, 0, w.Ref(), &dropped).verdict,
+  ASSERT_EQ(ex.Admit(t, 0, w.Ref(), &handover).verdict,
             AdmitVerdict::kAskSharedTier);
   AdmitState f = Keyed(e, Key128{3, 3});
-  ASSERT_EQ(ex.Admit(f, 0, w.Ref(), &dropped).verdict, AdmitVerdict::kFollow);
-  const Withdrawn out = ex.Withdraw(t, FlightWaiter());
+  ASSERT_EQ(ex.Admit(f, 0, w.Ref(), &handover).verdict, AdmitVerdict::kFollow);
+  const Withdrawn out = ex.Withdraw(t, Waiter());
   EXPECT_EQ(out.followers.size(), 1u);
   EXPECT_EQ(ex.slots_in_flight(), 0);
 }
@@ -113,11 +113,11 @@ TEST(AdmissionTest, KeyPermitBeforeTheGlobalSlotAndWaitsResume) {
   a->spec.max_concurrency = 1;
   ASSERT_TRUE(ex.RegisterLimitKey(a->spec, nullptr).ok());
   auto b = MakeEntry(ex, "b");
-  std::vector<CachedValue> dropped;
+  absl::optional<AdmitHandover> handover;
   Waiters w;
   AdmitState s1;
   s1.step = a;
-  Admitted first = ex.Admit(s1, 0, w.Ref(), &dropped);
+  Admitted first = ex.Admit(s1, 0, w.Ref(), &handover);
   ASSERT_EQ(first.verdict, AdmitVerdict::kStarted);
   KeyLimiter* l = first.record->limiter;
   ASSERT_NE(l, nullptr);
@@ -125,16 +125,16 @@ TEST(AdmissionTest, KeyPermitBeforeTheGlobalSlotAndWaitsResume) {
   // permit, holding no global slot.
   AdmitState s2;
   s2.step = a;
-  ASSERT_EQ(ex.Admit(s2, 0, w.Ref(), &dropped).verdict,
+  ASSERT_EQ(ex.Admit(s2, 0, w.Ref(), &handover).verdict,
             AdmitVerdict::kWaitForPermit);
   EXPECT_EQ(ex.slots_in_flight(), 1);
   EXPECT_EQ(ex.slots_waiting(), 0);
   // Another key's execution waits for the global slot.
   AdmitState s3;
   s3.step = b;
-  ASSERT_EQ(ex.Admit(s3, 0, w.Ref(), &dropped).verdict,
+  ASSERT_EQ(ex.Admit(s3, 0, w.Ref(), &handover).verdict,
             AdmitVerdict::kWaitForPermit);
-  const FlightWaiter w3 = w.last;
+  const Waiter w3 = w.last;
   EXPECT_EQ(ex.slots_waiting(), 1);
   // The first ends: the key's permit goes to s2, the slot to s3.
   const ExecutionOutcome o = ex.Succeed(first.record, 1);
@@ -142,9 +142,9 @@ TEST(AdmissionTest, KeyPermitBeforeTheGlobalSlotAndWaitsResume) {
   ASSERT_TRUE(o.wake);
   EXPECT_EQ(o.wake, w3);
   // s2 resumes with the key's permit and now waits for the slot (s3 has it).
-  Admitted r3 = ex.Admit(s3, 2, w.Ref(), &dropped);
+  Admitted r3 = ex.Admit(s3, 2, w.Ref(), &handover);
   ASSERT_EQ(r3.verdict, AdmitVerdict::kStarted);
-  ASSERT_EQ(ex.Admit(s2, 2, w.Ref(), &dropped).verdict,
+  ASSERT_EQ(ex.Admit(s2, 2, w.Ref(), &handover).verdict,
             AdmitVerdict::kWaitForPermit);
   EXPECT_EQ(l->in_flight(), 1);  // held while it waits for the slot
   // Cancelled while waiting: the key's permit and its place in the queue
@@ -164,18 +164,18 @@ TEST(AdmissionTest, TheOpenBreakerRoutesToTheFallbackWithPermitsBack) {
   c.max_concurrent_executions = 4;
   Executor ex(c);
   auto e = MakeEntry(ex, "s");
-  std::vector<CachedValue> dropped;
+  absl::optional<AdmitHandover> handover;
   Waiters w;
   AdmitState s;
   s.step = e;
-  Admitted a = ex.Admit(s, 0, w.Ref(), &dropped);
+  Admitted a = ex.Admit(s, 0, w.Ref(), &handover);
   ASSERT_EQ(a.verdict, AdmitVerdict::kStarted);
   ex.AttemptFailed(a.record, 1, Err());
   ex.Fail(a.record, 1, false);
   // Open now. Without a fallback: refused (attempt 0), permits still held.
   AdmitState r;
   r.step = e;
-  a = ex.Admit(r, 2, w.Ref(), &dropped);
+  a = ex.Admit(r, 2, w.Ref(), &handover);
   ASSERT_EQ(a.verdict, AdmitVerdict::kRefused);
   EXPECT_EQ(a.record->attempt, 0);
   EXPECT_EQ(ex.slots_in_flight(), 1);
@@ -184,7 +184,7 @@ TEST(AdmissionTest, TheOpenBreakerRoutesToTheFallbackWithPermitsBack) {
   e->spec.has_fallback = true;
   AdmitState fb;
   fb.step = e;
-  a = ex.Admit(fb, 3, w.Ref(), &dropped);
+  a = ex.Admit(fb, 3, w.Ref(), &handover);
   ASSERT_EQ(a.verdict, AdmitVerdict::kFallback);
   EXPECT_EQ(ex.slots_in_flight(), 0);
   ex.Fail(a.record, 4, /*fell_back=*/true);
@@ -198,11 +198,11 @@ TEST(AdmissionTest, AFinalFailureOfAStepWithAFallbackIsRoutedToIt) {
   Executor ex(c);
   auto e = MakeEntry(ex, "s", /*max_retries=*/1);
   e->spec.has_fallback = true;
-  std::vector<CachedValue> dropped;
+  absl::optional<AdmitHandover> handover;
   Waiters w;
   AdmitState s;
   s.step = e;
-  Admitted a = ex.Admit(s, 0, w.Ref(), &dropped);
+  Admitted a = ex.Admit(s, 0, w.Ref(), &handover);
   ASSERT_EQ(a.verdict, AdmitVerdict::kStarted);
   // A retry left: retried, as without a fallback.
   EXPECT_EQ(ex.AttemptFailed(a.record, 1, Err()).verdict,

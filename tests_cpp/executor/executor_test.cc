@@ -474,8 +474,7 @@ TEST(ExecutorCacheTest, SingleFlightLeaderAndFollowers) {
   int made = 0;
   auto make = [&made] {
     ++made;
-    return FlightWaiter(new int(made),
-                        [](void* p) { delete static_cast<int*>(p); });
+    return Waiter(new int(made), [](void* p) { delete static_cast<int*>(p); });
   };
   EXPECT_TRUE(ex.JoinFlight(k, make));  // leader: no waiter made
   EXPECT_EQ(made, 0);
@@ -486,7 +485,7 @@ TEST(ExecutorCacheTest, SingleFlightLeaderAndFollowers) {
   ASSERT_EQ(followers.size(), 2u);
   EXPECT_EQ(*static_cast<int*>(followers[0].get()), 1);
   EXPECT_TRUE(ex.JoinFlight(k, make));  // a new flight
-  FlightWaiter w = make();
+  Waiter w = make();
   EXPECT_FALSE(ex.JoinFlight(k, [&w] { return w; }));
   EXPECT_TRUE(ex.LeaveFlight(k, w));
   EXPECT_TRUE(ex.EndFlight(k).empty());
@@ -585,7 +584,7 @@ TEST(ExecutorLimitTest, ReleasePermitsGivesBothBackOnce) {
   KeyLimiter* l = ex.LimiterFor(*a, *ex.current_config());
   ASSERT_NE(l, nullptr);
   ASSERT_TRUE(l->TryAcquire());
-  ASSERT_TRUE(ex.AcquireSlot(cfg, [] { return FlightWaiter(); }));
+  ASSERT_TRUE(ex.AcquireSlot(cfg, [] { return Waiter(); }));
   ExecutionRecord* r = ex.Begin(a, 0);
   r->limiter = l;
   r->permit = true;

@@ -5,17 +5,21 @@
 namespace caudal {
 
 Admitted Executor::Admit(AdmitState& s, int64_t now_ns,
-                         absl::FunctionRef<FlightWaiter()> make_waiter,
-                         std::vector<CachedValue>* dropped) {
+                         absl::FunctionRef<Waiter()> make_waiter,
+                         absl::optional<AdmitHandover>* handover) {
   const OptimizationConfig* cfg = current_config();
   StepEntry& step = *s.step;
   switch (s.stage) {
     case AdmitState::Stage::kCache:
       if (s.keyed) {
         // 1. The result cache.
+        AdmitHandover& out = handover->emplace();
         absl::optional<CachedValue> hit =
-            CacheLookup(step, s.key, now_ns, dropped);
-        if (hit) return {AdmitVerdict::kHit, nullptr, std::move(*hit)};
+            CacheLookup(step, s.key, now_ns, &out.dropped);
+        if (hit) {
+          out.hit = std::move(*hit);
+          return {AdmitVerdict::kHit};
+        }
         // 2. Single flight: lead, or follow the execution that leads.
         if (step.spec.single_flight) {
           if (!JoinFlight(s.key, make_waiter)) return {AdmitVerdict::kFollow};
@@ -76,14 +80,15 @@ Admitted Executor::Admit(AdmitState& s, int64_t now_ns,
   if (ABSL_PREDICT_FALSE(r == nullptr)) {
     // The handle table is full: give back what was taken; the flight's
     // followers run themselves.
-    Admitted out{AdmitVerdict::kFull};
+    AdmitHandover& out =
+        handover->has_value() ? **handover : handover->emplace();
     if (s.have_slot) out.wake.wake = ReleaseSlot();
     if (s.held != nullptr) out.wake.wake_key = ReleaseKey(s.held);
     if (s.bypassed != nullptr) s.bypassed->EndBypass();
     if (s.flight) out.followers = EndFlight(s.key);
     s = AdmitState();
     s.stage = AdmitState::Stage::kDone;
-    return out;
+    return {AdmitVerdict::kFull};
   }
   r->permit = s.have_slot;
   r->limiter = s.held;
@@ -100,12 +105,12 @@ Admitted Executor::Admit(AdmitState& s, int64_t now_ns,
   // Refused, and the step has a fallback: it runs instead, as another
   // execution, which must not wait for the permits this one holds.
   r->step->stats->rejected.fetch_add(1, std::memory_order_relaxed);
-  Admitted out{AdmitVerdict::kFallback, r};
+  AdmitHandover& out = handover->has_value() ? **handover : handover->emplace();
   out.wake = ReleasePermits(r);
-  return out;
+  return {AdmitVerdict::kFallback, r};
 }
 
-Withdrawn Executor::Withdraw(AdmitState& s, const FlightWaiter& waiter) {
+Withdrawn Executor::Withdraw(AdmitState& s, const Waiter& waiter) {
   Withdrawn out;
   switch (s.stage) {
     case AdmitState::Stage::kKeyPermit:

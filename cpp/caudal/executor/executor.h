@@ -22,6 +22,14 @@
 // the cost of a tag and a generation compare. Release retires the handle
 // before the record goes back to the pool or the allocator.
 //
+// The types it trades in have headers of their own: ExecutionRecord and
+// ExecutionOutcome (execution_record.h), AttemptError and FailureDecision
+// (attempt.h), AdmitState and Admitted (admission.h), the clock (clock.h),
+// and what the Python layer does next (next.h). Its definitions are split by
+// concern: executor.cc (config, breakers, begin and end of an execution),
+// admission.cc, executor_failure.cc, executor_cache.cc, executor_limits.cc,
+// executor_memory.cc, executor_monitor.cc.
+//
 // Thread-safety: all methods are thread-safe. Per-attempt work touches only
 // the record (owned by one caller), relaxed atomics and the breaker's
 // lock-free closed path; locks are taken on errors and state changes.
@@ -48,7 +56,10 @@
 #include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/concurrency/key_limiter.h"
 #include "caudal/config/optimization_config.h"
+#include "caudal/executor/admission.h"
+#include "caudal/executor/attempt.h"
 #include "caudal/executor/clock.h"
+#include "caudal/executor/execution_record.h"
 #include "caudal/executor/handle_table.h"
 #include "caudal/executor/step_spec.h"
 #include "caudal/hash/key128.h"
@@ -65,69 +76,6 @@
 
 namespace caudal {
 
-struct ExecutionRecord {
-  // This execution's handle (Executor::Record), retired when it ends.
-  uint64_t handle = 0;
-  // The record's slot in its executor's handle table, held for the
-  // record's life (a pooled record keeps it while the pool recycles it);
-  // given back by the destructor.
-  HandleTable<ExecutionRecord>* table = nullptr;
-  uint32_t slot = HandleTable<ExecutionRecord>::kNoSlot;
-  ~ExecutionRecord();
-  ExecutionRecord() = default;
-  // Not copyable: a copy would give the record's slot back twice.
-  ExecutionRecord(const ExecutionRecord&) = delete;
-  ExecutionRecord& operator=(const ExecutionRecord&) = delete;
-  ExecutionRecord(ExecutionRecord&&) = default;
-  ExecutionRecord& operator=(ExecutionRecord&&) = default;  // the pool's reset
-  std::shared_ptr<StepEntry> step;
-  // The config in force at Begin(); every config an executor has had stays
-  // alive as long as the executor, so a plain pointer is enough.
-  const OptimizationConfig* config = nullptr;
-  int64_t start_ns = 0;
-  int attempt = 0;  // attempts started so far
-  bool had_error = false;
-  // Breaker of this attempt: admitted and awaiting a verdict?
-  CircuitBreaker* breaker = nullptr;
-  bool breaker_pending = false;
-  bool probe = false;
-  int64_t retry_after_ns = 0;  // when rejected: time until half-open
-  // The last admission was refused by the open breaker (the step was not
-  // called); refusals: how many times that happened to this execution.
-  // Attempts and refusals together spend the retry budget.
-  bool rejected = false;
-  int refusals = 0;
-  int64_t probe_wait_ns = 0;  // waited for half-open probes' verdicts
-  // Error pattern of the previous failed attempt that was retried (0: none),
-  // and whether that error was transient (never judged by fail-fast).
-  uint64_t retried_pattern = 0;
-  bool retried_transient = false;
-  // Result cache: this execution leads the flight for cache_key and stores
-  // its output under it on success.
-  bool cache_lead = false;
-  bool cache_flight = false;  // leads a single flight (followers to wake)
-  bool permit = false;        // holds a slot of max_concurrent_executions
-  bool pooled = false;        // came from the executor's record pool
-  Key128 cache_key{};
-  // The cache's invalidation epoch when the execution began: its output is
-  // not stored if an invalidation covering it came since (result_cache.h).
-  uint64_t cache_epoch = 0;
-  // The step's concurrency limiter, when this execution holds its permit;
-  // each attempt is one sample (start, in-flight count when admitted).
-  KeyLimiter* limiter = nullptr;
-  // Admitted by a dormant key without its permit (KeyLimiter::TryBypass).
-  KeyLimiter* bypassed = nullptr;
-  int limit_inflight = 0;
-  int64_t attempt_start_ns = 0;
-  // The last failed attempt, for its span: timed out? its exception type.
-  bool last_timed_out = false;
-  char last_error[SpanRecord::kErrorTypeLen] = {};
-};
-
-inline ExecutionRecord::~ExecutionRecord() {
-  if (table != nullptr) table->Detach(slot);
-}
-
 // What the memory read-out reports (executor_memory.cc).
 struct MemorySnapshot {
   double usage_mb = 0.0;  // the last RSS reading
@@ -140,168 +88,6 @@ struct MemorySnapshot {
   // What is shrunk now, in the order it was shrunk ("object_pool: ...",
   // "result_cache: ..."); empty at the normal level.
   std::vector<std::string> shrunk;
-};
-
-// A cached output, opaque to the core: the bindings store a Python object
-// with a deleter that takes the GIL. Copying is a refcount increment.
-using CachedValue = std::shared_ptr<const void>;
-// A follower waiting for a flight's leader (the bindings: an asyncio future).
-using FlightWaiter = std::shared_ptr<void>;
-
-struct ExecutionOutcome {
-  int64_t latency_ns = 0;
-  int attempts = 0;
-  bool slow = false;
-  // What the caller must wake now that the execution is over (the bindings
-  // own the waiters): a caller waiting for a concurrency slot this execution
-  // gave back, and the followers of the single flight it led.
-  std::shared_ptr<void> wake;
-  std::shared_ptr<void> wake_key;  // a caller waiting for the key's permit
-  // Callers handed permits by a limit this execution's last sample raised.
-  std::vector<std::shared_ptr<void>> wake_more;
-  bool flight = false;
-  Key128 flight_key{};
-  // The step, moved out of the released record (no extra refcount).
-  std::shared_ptr<StepEntry> step;
-};
-
-// What the bindings know about a failed attempt: facts only; the core
-// classifies them (Overloaded, Transient) and decides.
-struct AttemptError {
-  bool timed_out = false;  // the attempt's timeout expired
-  // The step raised a ConnectionError (refused, reset) or a TimeoutError.
-  bool network_error = false;
-  bool overload = false;  // the step said so: caudal.OverloadedError
-  int http_status = 0;    // carried by the exception or its response; 0: none
-  bool retryable = true;  // the step's retry_on matched
-  bool counts_for_breaker = true;  // not excluded from the breaker
-  absl::string_view exc_type;      // qualified type name
-  absl::string_view message;       // str(exc)
-  // A numeric `retry_after` attribute of the exception (seconds).
-  absl::optional<double> retry_after_s;
-  // The Retry-After and retry-after-ms headers of the exception's response,
-  // as sent (empty: absent). The core parses them (ParseRetryAfter).
-  absl::string_view retry_after_header;
-  absl::string_view retry_after_ms_header;
-
-  bool HasRetryHint() const {
-    return retry_after_s.has_value() || !retry_after_header.empty() ||
-           !retry_after_ms_header.empty();
-  }
-  // The wait the backend asked for, in seconds: the attribute, else
-  // retry-after-ms, else Retry-After (an HTTP-date read against
-  // `now_unix_s`); nullopt when none parses.
-  absl::optional<double> RetryHintSeconds(double now_unix_s) const;
-
-  // An overload signal: the backend asks the caller to slow down (HTTP 429,
-  // 502, 503 or 504, a Retry-After hint, caudal.OverloadedError). Retried
-  // within the retry budget, a drop for the adaptive limit, never a failure
-  // for the circuit breaker nor for error-pattern fail-fast.
-  bool Overloaded() const {
-    return overload || HasRetryHint() || http_status == 429 ||
-           http_status == 502 || http_status == 503 || http_status == 504;
-  }
-  // A failure that may go away by itself (overload, a timeout, a network
-  // error, any HTTP 5xx) rather than a deterministic one; only deterministic
-  // errors are judged by error-pattern fail-fast. Timeouts and network
-  // errors still count for the breaker: a dead backend must open it.
-  bool Transient() const {
-    return Overloaded() || timed_out || network_error ||
-           (http_status >= 500 && http_status <= 599);
-  }
-};
-
-enum class FailureVerdict : uint8_t {
-  kRetry,           // retry after `delay_s`
-  kNoAttemptsLeft,  // final: the policy's attempts are used up
-  kNotRetryable,    // final: retry_on did not match
-  kFailFast,        // final: this error pattern never recovers on retry
-  // final: the backend asked for a longer wait than the execution may make
-  // (Retry-After above retry_after_max_seconds or the policy's max backoff)
-  kWaitTooLong,
-  // final: the breaker is open and the execution may not wait for its probe
-  // (waiting is off, the retry budget is spent, or the wait is too long)
-  kBreakerOpen,
-  // The execution failed for good (any of the final verdicts above) and its
-  // step has a fallback: run the fallback, then end with Fail(fell_back).
-  // The record's permits are given back already (the fallback is another
-  // execution, which must not wait for them); `wake` holds who to wake.
-  kFallback,
-};
-
-struct FailureDecision {
-  FailureVerdict verdict;
-  double delay_s = 0.0;
-  // Callers handed permits by a limit the attempt's sample changed.
-  std::vector<std::shared_ptr<void>> wake;
-};
-
-// Permits an execution gave back before its end (a fallback about to run).
-struct ReleasedPermits {
-  std::shared_ptr<void> wake;      // next waiter for the global slot
-  std::shared_ptr<void> wake_key;  // next waiter for the key's permit
-};
-
-// ---- Admission ----
-// The order in which an execution is let in, decided by Executor::Admit:
-//   1. the result cache: a hit ends the execution before it starts;
-//   2. single flight: among concurrent misses of one key, one leads and the
-//      others follow (they are handed the leader's result);
-//   3. the shared cache tier, when one is configured (SetSharedTier): the
-//      caller asks it between two calls; a hit ends the admission
-//      (Withdraw), a miss resumes it;
-//   4. the step key's concurrency permit (or a dormant key's bypass);
-//   5. a global slot (max_concurrent_executions);
-//   6. the circuit breaker, as the record begins: the first attempt, or a
-//      refusal, which the step's fallback takes when it has one.
-// Key before slot: callers queued behind a saturated backend hold no global
-// slot. A stage that must wait returns; the caller keeps the AdmitState and
-// resumes with it (Admit again) when its waiter is woken, or gives it up
-// (Withdraw).
-struct AdmitState {
-  enum class Stage : uint8_t {
-    kCache,       // not admitted yet (the first call)
-    kSharedTier,  // the shared tier is being asked (kAskSharedTier)
-    kKeyPermit,   // queued for `waited`'s permit (kWaitForPermit)
-    kSlot,        // queued for a global slot (kWaitForPermit)
-    kDone,        // handed to a record, or withdrawn
-  };
-  Stage stage = Stage::kCache;
-  std::shared_ptr<StepEntry> step;
-  bool keyed = false;  // goes through the result cache under `key`
-  Key128 key{};
-  bool flight = false;  // leads the single flight for `key`
-  // Limiters live as long as their executor (LimiterRegistry).
-  KeyLimiter* waited = nullptr;    // kKeyPermit: the limiter queued for
-  KeyLimiter* held = nullptr;      // its permit is held
-  KeyLimiter* bypassed = nullptr;  // a dormant key admitted without a permit
-  bool have_slot = false;          // a global slot is held
-};
-
-enum class AdmitVerdict : uint8_t {
-  kHit,            // `hit` is the cached output: the execution is over
-  kFollow,         // queued behind the key's flight leader (the new waiter)
-  kAskSharedTier,  // ask the shared tier for state.key; then Admit/Withdraw
-  kWaitForPermit,  // queued for a permit (the new waiter); then Admit again
-  kStarted,        // `record` began: its first attempt runs
-  kRefused,        // `record` began, refused by the open breaker (attempt 0)
-  kFallback,       // refused, and the step has a fallback: run it; `wake`
-  kFull,           // no record (HandleTable::kMaxSlots in flight); `wake`
-                   // and `followers` (who run themselves)
-};
-
-struct Admitted {
-  AdmitVerdict verdict;
-  ExecutionRecord* record = nullptr;
-  CachedValue hit;
-  ReleasedPermits wake;
-  std::vector<FlightWaiter> followers;
-};
-
-// What an admission given up gives back.
-struct Withdrawn {
-  ReleasedPermits permits;
-  std::vector<FlightWaiter> followers;  // of the flight it led
 };
 
 struct BreakerTransitionRecord {
@@ -325,7 +111,7 @@ class Executor {
   // options changed start afresh; the error-pattern table is resized.
   // Waiters handed a slot by a raised limit are appended to `woken`.
   absl::Status ApplyConfig(const OptimizationConfig& config,
-                           std::vector<FlightWaiter>* woken = nullptr);
+                           std::vector<Waiter>* woken = nullptr);
   static constexpr int kUnlimitedSlots = 1 << 30;
   uint64_t config_generation() const {
     return generation_.load(std::memory_order_acquire);
@@ -381,16 +167,16 @@ class Executor {
   // ---- admission (admission.cc; see "Admission" above) ----
   // Runs the admission from where `state` stopped, up to the first stage that
   // must wait or to the execution's start. `make_waiter` makes the waiter
-  // queued when one must wait (it is called at most once); values the cache
-  // dropped go to `dropped`, to be destroyed by the caller. Not for a state
-  // at kDone (started or withdrawn already).
+  // queued when one must wait (it is called at most once). What a verdict
+  // hands back besides the record goes to `*handover`, emplaced only when
+  // there is something. Not for a state at kDone (started or withdrawn).
   Admitted Admit(AdmitState& state, int64_t now_ns,
-                 absl::FunctionRef<FlightWaiter()> make_waiter,
-                 std::vector<CachedValue>* dropped);
+                 absl::FunctionRef<Waiter()> make_waiter,
+                 absl::optional<AdmitHandover>* handover);
   // Gives up an admission that did not start a record (cancelled while it
   // waited, or answered by the shared tier): leaves the queue `waiter` is in,
   // or passes on a permit already handed to it, and gives back what it held.
-  Withdrawn Withdraw(AdmitState& state, const FlightWaiter& waiter);
+  Withdrawn Withdraw(AdmitState& state, const Waiter& waiter);
   // Whether admissions with a cache key ask a shared tier (set by the owner
   // of the tier, before executions start).
   void SetSharedTier(bool on) {
@@ -399,10 +185,13 @@ class Executor {
   // A single-flight follower was handed its leader's outcome: counts a shared
   // flight and, when the leader succeeded, a hit (latency 0).
   void RecordFollowed(StepEntry& step, bool leader_succeeded);
-  // The one caching rule, for both tiers (CacheStore checks it for the
-  // in-process tier; the shared tier's writer asks): a result may be stored
-  // when the step itself succeeded (a fallback's result is never cached) and
-  // no invalidation covering the step came since `since_epoch`.
+  // The one caching rule, for both tiers: a result may be stored when the
+  // step itself succeeded (a fallback's result is never cached) and no
+  // invalidation covering the step came since `since_epoch`. The shared
+  // tier's writer asks (the bindings' _cache_storable); the in-process tier
+  // follows the same rule: only a cache-leading execution's own success is
+  // offered to CacheStore, whose Put refuses, under the cache's lock, a
+  // result an invalidation covered since the record's cache_epoch.
   bool MayStore(const StepEntry& step, bool success, bool fell_back,
                 uint64_t since_epoch) const {
     return success && !fell_back && CacheStorable(step, since_epoch);
@@ -467,11 +256,11 @@ class Executor {
   template <typename MakeWaiter>
   bool JoinFlight(const Key128& key, MakeWaiter make_waiter);
   // Ends the flight; returns the followers to wake, in arrival order.
-  std::vector<FlightWaiter> EndFlight(const Key128& key) {
+  std::vector<Waiter> EndFlight(const Key128& key) {
     return flights_.Finish(key);
   }
   // A cancelled follower leaves; false if it was not queued (already woken).
-  bool LeaveFlight(const Key128& key, const FlightWaiter& w) {
+  bool LeaveFlight(const Key128& key, const Waiter& w) {
     return flights_.Leave(key, w);
   }
 
@@ -484,10 +273,10 @@ class Executor {
   bool AcquireSlot(const OptimizationConfig& config, MakeWaiter make_waiter);
   // Gives back a slot held outside a record (a waiter that was handed one
   // and then cancelled); returns the next waiter to wake, or null.
-  FlightWaiter ReleaseSlot();
+  Waiter ReleaseSlot();
   // A waiting caller gave up: true if it left the queue; false if it had
   // already been handed a slot, which it must give back with ReleaseSlot().
-  bool CancelWait(const FlightWaiter& w) { return gate_.Cancel(w); }
+  bool CancelWait(const Waiter& w) { return gate_.Cancel(w); }
   int slots_in_flight() const { return gate_.in_flight(); }
   int slots_waiting() const { return gate_.waiting(); }
   GateCounters slot_counters() const { return gate_.counters(); }
@@ -499,15 +288,15 @@ class Executor {
   // kInvalidArgument if another step fixed the same key to another value.
   // Callers handed permits by a raised limit go to `woken`.
   absl::Status RegisterLimitKey(const StepSpec& spec,
-                                std::vector<FlightWaiter>* woken);
+                                std::vector<Waiter>* woken);
   // True: `limiter`'s permit is held (fast path: one CAS). False:
   // `make_waiter()`'s waiter was queued; a release hands it the permit.
   template <typename MakeWaiter>
   static bool AcquireKey(KeyLimiter* limiter, MakeWaiter make_waiter);
   // Gives back a key permit held outside a record; the next waiter, or null.
-  static FlightWaiter ReleaseKey(KeyLimiter* limiter) {
+  static Waiter ReleaseKey(KeyLimiter* limiter) {
     std::optional<LimiterWaiter> next = limiter->Release();
-    return next ? *next : FlightWaiter();
+    return next ? *next : Waiter();
   }
   // Gives back the record's permits early (before a fallback runs).
   ReleasedPermits ReleasePermits(ExecutionRecord* record);
@@ -643,8 +432,8 @@ class Executor {
                   SpanOutcome outcome, bool slow, bool sampled);
   void ConfigureSpans(const OptimizationConfig& config);
   // One attempt's sample for the record's adaptive limiter.
-  std::vector<FlightWaiter> SampleLimit(ExecutionRecord* record, int64_t now_ns,
-                                        bool drop);
+  std::vector<Waiter> SampleLimit(ExecutionRecord* record, int64_t now_ns,
+                                  bool drop);
   CircuitBreaker* BreakerFor(StepEntry& entry, const OptimizationConfig& cfg);
   // Breaker admission for the attempt about to start; false = rejected.
   bool Admit(ExecutionRecord* r, int64_t now_ns);
@@ -730,7 +519,7 @@ class Executor {
   std::atomic<int64_t> next_analysis_ns_{0};  // 0: not scheduled yet
   std::atomic<bool> analysis_due_{false};
 
-  ConcurrencyGate<FlightWaiter> gate_{0};
+  ConcurrencyGate<Waiter> gate_{0};
   // Its limit changes are published as limit_changed events (events_ is
   // declared above, so it outlives the registry).
   LimiterRegistry limiters_{
@@ -740,7 +529,7 @@ class Executor {
   absl::flat_hash_map<std::string, int> fixed_limits_
       ABSL_GUARDED_BY(limit_keys_mu_);
   ResultCache<CachedValue> cache_;
-  SingleFlight<FlightWaiter> flights_;
+  SingleFlight<Waiter> flights_;
   std::atomic<bool> shared_tier_{false};
   mutable Mutex uncacheable_mu_;
   absl::flat_hash_map<std::string, uint64_t> uncacheable_

@@ -36,19 +36,20 @@ enum class Next : uint8_t {
   // execution to its step's fallback without an attempt (the breaker is
   // open): execute the fallback, then _fallback_done(rec, exc, result).
   kFallback = 4,
-  // rec: the cache key (bytes); aw: an asyncio future. A concurrent
-  // execution with the same cache key leads a single flight: await its
-  // StepResult (None: the leader was cancelled; run again). A cancelled
-  // follower calls _leave_flight(rec, aw).
+  // rec: an _Admission (the core's AdmitState, held natively: admission.h);
+  // aw: an asyncio future. A concurrent execution with the same cache key
+  // leads a single flight: await its StepResult (None: the leader was
+  // cancelled; run again). A cancelled follower calls _leave_flight(rec, aw).
   kFollow = 5,
-  // rec: the cache key (bytes) the in-process cache missed; aw: whether
-  // this execution leads a single flight. Ask the shared tier: a hit goes
-  // to _l2_fill, a miss to _begin_leader; cancelled meanwhile:
-  // _abandon_flight.
+  // rec: an _Admission whose `key` (bytes) the in-process cache missed;
+  // aw: None. Ask the shared tier for rec.key: a hit goes to
+  // _l2_fill(rec, value, waited_s, epoch), a miss to _begin_leader(rec, ...)
+  // (the admission goes on); cancelled meanwhile: _abandon_flight(rec).
   kAskSharedTier = 6,
-  // rec: a _WaitState; aw: an asyncio future resolved when a concurrency
+  // rec: an _Admission; aw: an asyncio future resolved when a concurrency
   // permit (the step key's, or a global slot) is handed over. Then
-  // _begin_permitted(step, rec, ...); cancelled: _cancel_wait(step, rec, aw).
+  // _begin_permitted(rec, ...), which may answer kWaitForPermit again (the
+  // slot after the key's permit); cancelled: _cancel_wait(rec, aw).
   kWaitForPermit = 7,
 };
 

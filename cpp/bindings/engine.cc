@@ -1,0 +1,264 @@
+// Engine: construction, config, the step table (analysis, identity) and
+// the helpers the engine's files share.
+#include "engine.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace caudal::bindings {
+
+// Raises caudal.errors.StaleHandleError.
+[[noreturn]] void ThrowStale(const std::string& message) {
+  static PyObject* type =
+      CaudalAttr("caudal.errors", "StaleHandleError").release().ptr();
+  PyErr_SetString(type, message.c_str());
+  throw py::error_already_set();
+}
+
+// The message for a handle the engine refused.
+std::string StaleMessage(PyObject* h) {
+  PyObject* r = PyObject_Repr(h);
+  std::string shown = "?";
+  if (r != nullptr) {
+    const char* c = PyUnicode_AsUTF8(r);
+    if (c != nullptr) shown = c;
+    Py_DECREF(r);
+  }
+  PyErr_Clear();
+  if (!PyLong_CheckExact(h))
+    return "not an execution handle: " + shown + " (" + Py_TYPE(h)->tp_name +
+           ")";
+  return "stale or unknown execution handle " + shown +
+         ": its execution has ended, or it belongs to another executor";
+}
+
+PyObject* g_next[kNextKinds] = {};
+
+uint64_t NextEngineId() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Estimated bytes of a cached output (only when cache_max_bytes is set):
+// exact for str/bytes, the object plus its direct items for containers.
+size_t EstimateSize(py::handle v) {
+  PyHelpers& h = PyHelpers::Get();
+  size_t n = h.getsizeof(v).cast<size_t>();
+  if (PyList_Check(v.ptr()) || PyTuple_Check(v.ptr())) {
+    for (py::handle item : v) n += h.getsizeof(item).cast<size_t>();
+  } else if (PyDict_Check(v.ptr())) {
+    for (auto kv : py::reinterpret_borrow<py::dict>(v)) {
+      n += h.getsizeof(kv.first).cast<size_t>() +
+           h.getsizeof(kv.second).cast<size_t>();
+    }
+  }
+  return n;
+}
+
+Key128 GroupOf(const std::string& step_name) {
+  Key128 k;
+  py::str s(step_name);
+  KeyOf("caudal.group", 12, s.ptr(), nullptr, &k);
+  return k;
+}
+
+Engine::~Engine() {
+  clear_cache();
+  // Entries hold Python objects; drop them while the GIL is held.
+  auto dropped = core_.steps().Clear();
+  dropped.clear();
+}
+
+void Engine::apply_config(const OptimizationConfig& config) {
+  std::vector<Waiter> woken;
+  const absl::Status s = core_.ApplyConfig(config, &woken);
+  if (!s.ok()) ThrowStatus(s);
+  for (Waiter& w : woken) Wake(std::move(w));
+}
+
+uint64_t Engine::StepKeyOf(py::handle step, PyObject** a, PyObject** b) {
+  if (PyMethod_Check(step.ptr())) {
+    *a = PyMethod_GET_FUNCTION(step.ptr());
+    *b = PyMethod_GET_SELF(step.ptr());
+    const uint64_t x = reinterpret_cast<uintptr_t>(*a);
+    const uint64_t y = reinterpret_cast<uintptr_t>(*b);
+    return x ^ (y * 0x9E3779B97F4A7C15ull) ^ 1;  // odd: never a plain address
+  }
+  *a = step.ptr();
+  *b = nullptr;
+  return reinterpret_cast<uintptr_t>(step.ptr());
+}
+
+std::shared_ptr<StepEntry> Engine::Lookup(py::handle step) {
+  PyObject* a;
+  PyObject* b;
+  const uint64_t key = StepKeyOf(step, &a, &b);
+  std::shared_ptr<StepEntry> found = core_.steps().Find(key);
+  if (found) {
+    auto* e = static_cast<PyStepEntry*>(found.get());
+    if (e->key_a.ptr() == a &&
+        (b == nullptr ? e->key_b.is_none() : e->key_b.ptr() == b)) {
+      return found;
+    }
+  }
+  return Analyse(step, key, a, b);
+}
+
+std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
+                                           PyObject* a, PyObject* b) {
+  if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
+  // A dict; see caudal._steps.analyse for the keys.
+  py::dict t = analyse_(step, default_retry_);
+  auto e = std::make_shared<PyStepEntry>();
+  StepSpec& s = e->spec;
+  s.name = t["name"].cast<std::string>();
+  s.kind = static_cast<StepKind>(t["kind"].cast<int>());
+  s.shape = static_cast<CallShape>(t["shape"].cast<int>());
+  s.pass_context_kw = t["context_kw"].cast<bool>();
+  s.pass_resources_kw = t["resources_kw"].cast<bool>();
+  py::tuple rp =
+      t["retry"];  // (kind, max_attempts, base, factor, max_backoff, jitter)
+  s.retry.kind = static_cast<RetryPolicy::Kind>(rp[0].cast<int>());
+  s.retry.max_attempts = rp[1].cast<int>();
+  s.retry.base_delay_s = rp[2].cast<double>();
+  s.retry.backoff_factor = rp[3].cast<double>();
+  s.retry.max_backoff_s = rp[4].cast<double>();
+  s.retry.jitter = rp[5].cast<double>();
+  const absl::Status retry_ok = s.retry.Validate();
+  if (!retry_ok.ok())
+    ThrowStatus(absl::Status(
+        retry_ok.code(),
+        absl::StrCat("step '", s.name, "': ", retry_ok.message())));
+  py::object timeout = t["timeout_s"];
+  s.timeout_ns = timeout.is_none()
+                     ? 0
+                     : static_cast<int64_t>(timeout.cast<double>() * 1e9);
+  py::object cache = t["cache"];
+  s.cache = cache.is_none()
+                ? StepSwitch::kDefault
+                : (cache.cast<bool>() ? StepSwitch::kOn : StepSwitch::kOff);
+  py::object ttl = t["cache_ttl_s"];
+  s.cache_ttl_s = ttl.is_none() ? -1.0 : ttl.cast<double>();
+  s.tags = t["tags"].cast<std::vector<std::string>>();
+  py::object breaker = t["breaker"];  // None (the step's name), a str, or False
+  if (breaker.is_none()) {
+    s.use_breaker = true;
+  } else if (PyBool_Check(breaker.ptr())) {
+    s.use_breaker = breaker.cast<bool>();
+  } else {
+    s.breaker_key = breaker.cast<std::string>();
+  }
+  e->fallback = t["fallback"];
+  s.has_fallback = !e->fallback.is_none();
+  e->fn = t["fn"];
+  e->retry_on = t["retry_on"];
+  e->breaker_exclude = t["breaker_exclude"];
+  e->cache_context = t["cache_context"];
+  s.single_flight = t["single_flight"].cast<bool>();
+  py::object limit_key = t["concurrency_key"];
+  if (!limit_key.is_none()) s.limit_key = limit_key.cast<std::string>();
+  py::object max_conc = t["max_concurrency"];
+  if (!max_conc.is_none()) s.max_concurrency = max_conc.cast<int>();
+  {
+    std::vector<Waiter> woken;
+    const absl::Status st = core_.RegisterLimitKey(s, &woken);
+    for (Waiter& w : woken) Wake(std::move(w));
+    if (!st.ok()) ThrowStatus(st);
+  }
+  // The group (invalidate_prefix) is by name; the key's namespace adds
+  // the identity of what runs. None: no identity, the reason instead.
+  s.cache_group = GroupOf(s.name).lo;
+  py::object identity_of = t["identity_of"];
+  py::object cache_ns = t["cache_ns"];
+  if (!identity_of.is_none()) {
+    // Computed by ResolveIdentity when first needed: never for a step
+    // that only runs uncached.
+    e->identity_of = std::move(identity_of);
+    e->identity_pending = true;
+    e->no_identity = "its identity is not computed yet";
+  } else if (cache_ns.is_none()) {
+    e->no_identity = t["uncacheable"].cast<std::string>();
+    uncacheable_steps_[s.name] = e->no_identity;
+  } else {
+    e->cache_ns = cache_ns.cast<std::string>();
+  }
+  e->name_str = py::str(s.name);
+  e->key_a = py::reinterpret_borrow<py::object>(a);
+  e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
+  e->stats = core_.stats().ForStep(s.name);
+  step_specs_[s.name] = s;  // for the read-outs (the last one analysed)
+  auto dropped = core_.steps().Insert(key, e);
+  dropped.clear();
+  return e;
+}
+
+bool Engine::HasIdentityNow(PyStepEntry* e) {
+  if (e->identity_pending) ResolveIdentity(e);
+  return e->no_identity.empty();
+}
+
+void Engine::ResolveIdentity(PyStepEntry* e) {
+  // The call runs Python, which may drop the table's entries: keep it.
+  const std::shared_ptr<StepEntry> hold = e->shared_from_this();
+  const py::object target = e->identity_of;
+  bool have = false;
+  std::string ns, why;
+  try {
+    if (!identity_module_)
+      identity_module_ = py::module_::import("caudal._identity");
+    py::tuple r =
+        identity_module_.attr("namespace")(e->name_str, target, py::none());
+    have = !r[0].is_none();
+    if (have) {
+      ns = r[0].cast<std::string>();
+    } else {
+      why = r[1].cast<std::string>();
+    }
+  } catch (py::error_already_set& err) {
+    if (!err.matches(PyExc_Exception)) throw;
+    why = "computing its identity raised " + ErrorText(err) +
+          ": its results cannot be told apart from another step's; name "
+          "them with Step(cache_key=...) to cache it";
+  } catch (const py::cast_error&) {
+    why = "its identity is not a (namespace, reason) pair of str";
+  }
+  if (!e->identity_pending) return;  // another thread was first
+  e->identity_pending = false;
+  e->identity_of = py::object();
+  if (have) {
+    e->cache_ns = std::move(ns);
+    e->no_identity.clear();
+  } else {
+    e->no_identity = why;
+    uncacheable_steps_[e->spec.name] = std::move(why);
+  }
+}
+
+std::string Engine::ErrorText(const py::error_already_set& err) {
+  try {
+    return py::str(err.type().attr("__qualname__")).cast<std::string>() + ": " +
+           py::str(err.value()).cast<std::string>();
+  } catch (py::error_already_set&) {
+    return "an exception";
+  }
+}
+
+void Engine::CallAnalysisHook() {
+  if (!analysis_hook_) return;
+  try {
+    analysis_hook_();
+  } catch (py::error_already_set& err) {
+    err.discard_as_unraisable("caudal automatic optimization hook");
+  }
+}
+
+void Engine::set_analysis_hook(py::object hook) {
+  analysis_hook_ = hook.is_none() ? py::object() : std::move(hook);
+}
+
+void Engine::set_default_retry(py::object r) {
+  default_retry_ = std::move(r);
+  auto dropped = core_.steps().Clear();  // re-analyse with the new default
+  dropped.clear();
+}
+
+}  // namespace caudal::bindings

@@ -1,0 +1,191 @@
+// What a failed attempt's exception says (failure_facts.h).
+#include <cstring>
+#include <string_view>
+
+#include "engine.h"
+
+namespace caudal::bindings {
+
+py::object FeedbackOf(py::handle exc) {
+  py::str type_name = py::type::of(exc).attr("__name__");
+  py::str msg = py::str(exc);
+  if (PyUnicode_GetLength(msg.ptr()) == 0) return std::move(type_name);
+  return py::str("{}: {}").format(type_name, msg);
+}
+
+bool IsClientTransportError(PyObject* exc) {
+  struct Family {
+    const char* module;  // the class's __module__, or a prefix + '.'
+    const char* name;
+  };
+  static constexpr Family kFamilies[] = {
+      {"httpx", "TransportError"},  // ConnectError, timeouts, NetworkError
+      {"aiohttp", "ClientConnectionError"},
+      {"requests", "ConnectionError"},
+      {"requests", "Timeout"},
+      {"openai", "APIConnectionError"},  // APITimeoutError too
+      {"anthropic", "APIConnectionError"},
+  };
+  PyObject* mro = Py_TYPE(exc)->tp_mro;
+  if (mro == nullptr || !PyTuple_Check(mro)) return false;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); ++i) {
+    auto* t = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(mro, i));
+    if (t == reinterpret_cast<PyTypeObject*>(PyExc_Exception)) break;
+    std::string_view module, name;
+    if (t->tp_flags & Py_TPFLAGS_HEAPTYPE) {  // a class written in Python
+      name = t->tp_name;                      // __name__ for heap types
+      bool known = false;
+      for (const Family& f : kFamilies) known = known || name == f.name;
+      if (!known || t->tp_dict == nullptr) continue;  // most classes
+      static PyObject* const module_key =
+          PyUnicode_InternFromString("__module__");
+      PyObject* m = PyDict_GetItemWithError(t->tp_dict, module_key);
+      const char* mod =
+          m != nullptr && PyUnicode_Check(m) ? PyUnicode_AsUTF8(m) : nullptr;
+      if (mod == nullptr) {
+        PyErr_Clear();
+        continue;
+      }
+      module = mod;
+    } else {  // a static type: tp_name is "module.Name"
+      const char* dot = std::strrchr(t->tp_name, '.');
+      if (dot == nullptr) continue;
+      module =
+          std::string_view(t->tp_name, static_cast<size_t>(dot - t->tp_name));
+      name = dot + 1;
+    }
+    for (const Family& f : kFamilies) {
+      const std::string_view fm(f.module);
+      if (name == f.name &&
+          (module == fm ||
+           (module.size() > fm.size() && module.substr(0, fm.size()) == fm &&
+            module[fm.size()] == '.')))
+        return true;
+    }
+  }
+  return false;
+}
+
+std::string HeaderValue(PyObject* headers, const char* name) {
+  PyObject* v = PyObject_CallMethod(headers, "get", "s", name);
+  if (v == nullptr) {
+    PyErr_Clear();
+    return std::string();
+  }
+  std::string out;
+  if (PyUnicode_Check(v)) {
+    Py_ssize_t n = 0;
+    const char* c = PyUnicode_AsUTF8AndSize(v, &n);
+    if (c != nullptr && n <= 256) out.assign(c, static_cast<size_t>(n));
+    if (c == nullptr) PyErr_Clear();
+  }
+  Py_DECREF(v);
+  return out;
+}
+
+void RetryHeaders(PyObject* exc, PyObject* resp, std::string* ra,
+                  std::string* ra_ms) {
+  for (PyObject* holder : {resp, exc}) {
+    if (holder == nullptr || holder == Py_None) continue;
+    PyObject* headers = PyObject_GetAttrString(holder, "headers");
+    if (headers == nullptr) {
+      PyErr_Clear();
+      continue;
+    }
+    if (headers != Py_None) {
+      *ra = HeaderValue(headers, "retry-after");
+      *ra_ms = HeaderValue(headers, "retry-after-ms");
+    }
+    Py_DECREF(headers);
+    return;
+  }
+}
+
+void ClassifyFailure(py::handle exc, AttemptError* err,
+                     std::string* retry_after, std::string* retry_after_ms) {
+  static PyObject* overloaded =
+      CaudalAttr("caudal.errors", "OverloadedError").release().ptr();
+  static PyObject* network = py::make_tuple(py::handle(PyExc_TimeoutError),
+                                            py::handle(PyExc_ConnectionError))
+                                 .release()
+                                 .ptr();
+  if (PyErr_GivenExceptionMatches(exc.ptr(), overloaded)) {
+    err->overload = true;
+    return;
+  }
+  err->network_error = PyErr_GivenExceptionMatches(exc.ptr(), network) != 0 ||
+                       IsClientTransportError(exc.ptr());
+  auto status_of = [](PyObject* o) -> long {
+    for (const char* name : {"status_code", "status"}) {
+      PyObject* v = PyObject_GetAttrString(o, name);
+      if (v == nullptr) {
+        PyErr_Clear();
+        continue;
+      }
+      long code = -1;
+      if (PyLong_Check(v) && !PyBool_Check(v)) code = PyLong_AsLong(v);
+      Py_DECREF(v);
+      if (code == -1) PyErr_Clear();
+      if (code > 0) return code;
+    }
+    return -1;
+  };
+  long code = status_of(exc.ptr());
+  PyObject* resp = PyObject_GetAttrString(exc.ptr(), "response");
+  if (resp == nullptr) PyErr_Clear();
+  if (code < 0 && resp != nullptr && resp != Py_None) code = status_of(resp);
+  if (code >= 100 && code <= 999) {
+    err->http_status = static_cast<int>(code);
+    // Only an HTTP error carries the headers worth a look.
+    RetryHeaders(exc.ptr(), resp, retry_after, retry_after_ms);
+  }
+  Py_XDECREF(resp);
+}
+
+bool Matches(const py::object& spec, py::handle exc, bool if_none) {
+  if (!spec || spec.is_none()) return if_none;
+  if (PyTuple_Check(spec.ptr()) || PyType_Check(spec.ptr())) {
+    return PyErr_GivenExceptionMatches(exc.ptr(), spec.ptr()) != 0;
+  }
+  py::object r = spec(exc);  // a predicate; its exception propagates
+  return r.cast<bool>();
+}
+
+std::string QualifiedTypeName(py::handle exc) {
+  py::handle t = py::type::of(exc);
+  std::string mod = py::str(t.attr("__module__"));
+  std::string qn = py::str(t.attr("__qualname__"));
+  return mod + "." + qn;
+}
+
+std::string SafeStr(py::handle exc) {
+  PyObject* s = PyObject_Str(exc.ptr());
+  if (!s) {
+    PyErr_Clear();
+    return "<unprintable>";
+  }
+  Py_ssize_t n = 0;
+  const char* c = PyUnicode_AsUTF8AndSize(s, &n);
+  std::string out = c ? std::string(c, n) : std::string("<unprintable>");
+  if (!c) PyErr_Clear();
+  Py_DECREF(s);
+  return out;
+}
+
+absl::optional<double> RetryAfterHint(py::handle exc) {
+  PyObject* v = PyObject_GetAttrString(exc.ptr(), "retry_after");
+  if (!v) {
+    PyErr_Clear();
+    return absl::nullopt;
+  }
+  absl::optional<double> out;
+  if ((PyFloat_Check(v) || PyLong_Check(v)) && !PyBool_Check(v)) {
+    const double d = PyFloat_AsDouble(v);
+    if (!PyErr_Occurred() && d >= 0) out = d;
+    PyErr_Clear();
+  }
+  Py_DECREF(v);
+  return out;
+}
+
+}  // namespace caudal::bindings

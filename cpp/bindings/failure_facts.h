@@ -1,0 +1,56 @@
+// What a failed attempt's exception says, as facts for the core
+// (AttemptError): its type and message, retry_on / breaker_exclude matches,
+// overload and network errors, the HTTP status and the Retry-After headers
+// of the common HTTP and LLM clients. Only on the failure path; nothing
+// here decides (the core classifies: attempt.h).
+#ifndef CAUDAL_BINDINGS_FAILURE_FACTS_H_
+#define CAUDAL_BINDINGS_FAILURE_FACTS_H_
+
+#include <string>
+
+#include "absl/types/optional.h"
+#include "caudal/executor/attempt.h"
+#include "common.h"
+
+namespace caudal::bindings {
+
+// The facts the core classifies a failure by (AttemptError): raised
+// caudal.OverloadedError (overload), a ConnectionError or TimeoutError
+// (network_error), and the HTTP status carried as `status_code` / `status`
+// on the exception or on its `response` (httpx, aiohttp, openai and
+// requests errors all carry one).
+// The transport errors of the common HTTP and LLM clients, which do not
+// derive from Python's ConnectionError/TimeoutError: recognised by a class
+// in the exception's MRO (module family, class name), without importing
+// the clients. Only on the failure path.
+bool IsClientTransportError(PyObject* exc);
+
+// The value of header `name` in `headers` (httpx and requests headers,
+// aiohttp's multidict: all have a case-insensitive .get), or "".
+std::string HeaderValue(PyObject* headers, const char* name);
+
+// The Retry-After and retry-after-ms headers of an HTTP error: on its
+// `response` (httpx, requests, openai, anthropic) or on itself (aiohttp's
+// ClientResponseError has `headers`).
+void RetryHeaders(PyObject* exc, PyObject* resp, std::string* ra,
+                  std::string* ra_ms);
+
+void ClassifyFailure(py::handle exc, AttemptError* err,
+                     std::string* retry_after, std::string* retry_after_ms);
+
+bool Matches(const py::object& spec, py::handle exc, bool if_none);
+
+std::string QualifiedTypeName(py::handle exc);
+
+std::string SafeStr(py::handle exc);
+
+// A `retry_after` attribute (seconds) on the exception, e.g. set from an
+// HTTP 429's Retry-After header.
+absl::optional<double> RetryAfterHint(py::handle exc);
+
+// "Type: message" of an exception, for a failed result's feedback.
+py::object FeedbackOf(py::handle exc);
+
+}  // namespace caudal::bindings
+
+#endif  // CAUDAL_BINDINGS_FAILURE_FACTS_H_

@@ -1,0 +1,88 @@
+// Engine's hot path as METH_FASTCALL functions: _begin and _succeed.
+#include "engine.h"
+
+namespace caudal::bindings {
+
+namespace {
+
+// ---- METH_FASTCALL entry points of the hot path ----
+// pybind11's generic dispatch costs more than the work it dispatches here, so
+// the two per-attempt calls are plain CPython functions whose `self` is a
+// capsule holding the Engine (the capsule keeps the engine object alive).
+constexpr const char* kEngineCapsule = "caudal._core.Engine";
+
+Engine* EngineOf(PyObject* capsule) {
+  return static_cast<Engine*>(PyCapsule_GetPointer(capsule, kEngineCapsule));
+}
+
+PyObject* FastBegin(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "_begin(step, data, context, resources)");
+    return nullptr;
+  }
+  try {
+    return EngineOf(self)
+        ->begin(args[0], args[1], args[2], args[3])
+        .release()
+        .ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();  // ValueError, TypeError, ... as raised
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "_succeed(rec, output)");
+    return nullptr;
+  }
+  try {
+    Engine* engine = EngineOf(self);
+    return engine->succeed(engine->Live(args[0]), args[1]);
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();  // ValueError, TypeError, ... as raised
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyMethodDef kFastBegin = {
+    "_begin",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastBegin)),
+    METH_FASTCALL,
+    "Before the first attempt: (rec, aw, Next), or a cache hit's StepResult."};
+PyMethodDef kFastSucceed = {
+    "_succeed",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastSucceed)),
+    METH_FASTCALL, "After a successful attempt: StepResult."};
+
+void ReleaseEngineRef(PyObject* capsule) {
+  auto* owner = static_cast<PyObject*>(PyCapsule_GetContext(capsule));
+  Py_XDECREF(owner);
+}
+
+}  // namespace
+
+py::tuple FastCalls(py::object engine_obj) {
+  Engine* engine = engine_obj.cast<Engine*>();
+  PyObject* cap = PyCapsule_New(engine, kEngineCapsule, ReleaseEngineRef);
+  if (!cap) throw py::error_already_set();
+  Py_INCREF(engine_obj.ptr());
+  PyCapsule_SetContext(cap, engine_obj.ptr());
+  auto capsule = py::reinterpret_steal<py::object>(cap);
+  auto begin =
+      py::reinterpret_steal<py::object>(PyCFunction_New(&kFastBegin, cap));
+  auto succeed =
+      py::reinterpret_steal<py::object>(PyCFunction_New(&kFastSucceed, cap));
+  if (!begin || !succeed) throw py::error_already_set();
+  return py::make_tuple(begin, succeed);
+}
+
+}  // namespace caudal::bindings
