@@ -10,9 +10,10 @@ import threading
 import time
 
 from _probes import drive
-from caudal import ExecutorCore, OptimizationConfig, Step, _tuner
-from caudal._stats import recommend
-from caudal._tuner import BOUNDS, COOLDOWN, REVERSAL_COOLDOWN, REVERSAL_PERSISTENCE
+from caudal import ExecutorCore, OptimizationConfig, Step
+from caudal._executor import tuner as _tuner
+from caudal._executor.stats import recommend
+from caudal._executor.tuner import BOUNDS, COOLDOWN, REVERSAL_COOLDOWN, REVERSAL_PERSISTENCE
 from caudal.resilience import immediate_retries
 from caudal.testing import ManualClock
 

@@ -14,7 +14,13 @@ import pytest
 import caudal
 from caudal import ExecutorCore
 
-MODULES = ("_stats.py", "_tuner.py", "recorder.py", "prometheus.py", "plots.py")
+MODULES = (
+    "_executor/stats.py",
+    "_executor/tuner.py",
+    "_executor/recorder.py",
+    "integrations/prometheus.py",
+    "integrations/plots.py",
+)
 ALLOWED = {"_monitor_view"}  # the read interface itself
 # Names these modules give an executor object.
 EXECUTOR_NAMES = {"executor", "ex", "exe", "_executor", "core"}

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from _probes import until
 from caudal import ExecutorCore, LatencyRecorder, Pipeline, Step
-from caudal.recorder import quantile_ms
+from caudal._executor.recorder import quantile_ms
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

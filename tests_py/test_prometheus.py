@@ -1,4 +1,4 @@
-"""caudal.prometheus: the collector against prometheus-client's own parser,
+"""caudal.integrations.prometheus: the collector against prometheus-client's own parser,
 and a scrape of the real /metrics endpoint."""
 
 import asyncio
@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from caudal import ExecutorCore, OptimizationConfig, Step
-from caudal.prometheus import BUCKETS, register, start_http_server
+from caudal.integrations.prometheus import BUCKETS, register, start_http_server
 
 
 def samples(text):

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from caudal.executor_core import ExecutorCore, OptimizationConfig
+from caudal._executor.core import ExecutorCore, OptimizationConfig
 
 
 async def test_step(x):

@@ -11,6 +11,9 @@ import warnings
 import pytest
 
 SHIMS = [
+    ("caudal.recorder", "caudal._executor.recorder", "quantile_ms"),
+    ("caudal.prometheus", "caudal.integrations.prometheus", "BUCKETS"),
+    ("caudal.plots", "caudal.integrations.plots", "plot_gantt"),
     # old path, new path, a private name code reached for through the old path
     ("caudal.cache_redis", "caudal.integrations.redis", "_Conn"),
     ("caudal.checkpoints", "caudal.pipeline.stores", "_sqlite_start_run"),
@@ -83,3 +86,15 @@ def test_cli_and_pipeline_keep_their_paths():
         from caudal.pipeline import Pipeline, current_run
 
     assert callable(main) and Pipeline and current_run
+
+
+def test_flujos_executor_path_is_stable():
+    # flujo's flujo.application.core.executor_core becomes
+    # caudal.executor_core: a documented path, not deprecated.
+    import caudal
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        mod = _fresh_import("caudal.executor_core")
+    for name in mod.__all__:
+        assert getattr(mod, name) is getattr(caudal, name), name

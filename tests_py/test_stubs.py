@@ -27,7 +27,7 @@ STUB = Path(caudal.__file__).resolve().parent / "_core.pyi"
 ALLOWLIST = HERE / "stubtest_allowlist.txt"
 
 
-def test_stubtest_finds_nothing_unexplained():
+def test_stubtest_finds_nothing_unexplained(tmp_path):
     if importlib.util.find_spec("mypy") is None:
         pytest.fail(
             "mypy is not installed; it is a dev requirement: "
@@ -39,6 +39,9 @@ def test_stubtest_finds_nothing_unexplained():
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
+        # A cache of this run's own: runs side by side (or an interrupted
+        # one) must not share, and corrupt, one SQLite cache.
+        "MYPY_CACHE_DIR": str(tmp_path / "mypy_cache"),
     }
     proc = subprocess.run(
         [

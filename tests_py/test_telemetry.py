@@ -377,7 +377,7 @@ async def test_prometheus_collector_exposes_span_counts():
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from caudal.prometheus import register
+    from caudal.integrations.prometheus import register
 
     sink = Collect()
     ex = caudal.ExecutorCore(

@@ -7,7 +7,7 @@
 // fast_calls.cc (the METH_FASTCALL hot path); registered in
 // executor_bindings.cc.
 //
-// Hot-path contract with python/caudal/executor_core.py:
+// Hot-path contract with python/caudal/_executor/core.py:
 //   rec, aw, next = engine._begin(step, data, context, resources)
 //     (or a cache hit's StepResult itself); `next` is a caudal._core.Next
 //     member, the core's verdict (caudal/executor/next.h says, for each
@@ -153,7 +153,7 @@ struct PyHelpers {
           py::module_::import("asyncio").attr("get_running_loop");
       x->deepcopy = py::module_::import("copy").attr("deepcopy");
       x->getsizeof = py::module_::import("sys").attr("getsizeof");
-      x->resolve = py::module_::import("caudal._flight").attr("resolve");
+      x->resolve = py::module_::import("caudal._executor.flight").attr("resolve");
       return x;
     }();
     return *h;

@@ -474,7 +474,7 @@ void RegisterMonitor(py::module_& m) {
 
   py::class_<Tuner>(m, "Tuner",
                     "Automatic optimization's hysteresis "
-                    "(cpp/caudal/monitor/tuner.h); internal: caudal._tuner.")
+                    "(cpp/caudal/monitor/tuner.h); internal: caudal._executor.tuner.")
       .def(py::init([](int cooldown, int reversal_persistence,
                        int reversal_cooldown, double cache_min_gain,
                        double cache_workload_change) {

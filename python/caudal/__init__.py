@@ -11,6 +11,8 @@ This module only re-exports the public API. The layout: ``caudal.pipeline``
 
 from caudal._core import OptimizationConfig, StepResult
 from caudal._display import OptimizationStats, Recommendations
+from caudal._executor.core import ExecutorCore, StepTimeoutError
+from caudal._executor.recorder import LatencyRecorder
 from caudal._step import Step, step
 from caudal._version import __version__
 from caudal.context import Context, ContextMutation, as_context, merge_branches
@@ -32,7 +34,6 @@ from caudal.errors import (
     RunNotFoundError,
     UsageLimitExceededError,
 )
-from caudal.executor_core import ExecutorCore, StepTimeoutError
 from caudal.pipeline import (
     Pipeline,
     PipelineRun,
@@ -45,7 +46,6 @@ from caudal.pipeline import (
 from caudal.pipeline.context import register_context_adapter
 from caudal.pipeline.stores import CheckpointStore, MemoryStore
 from caudal.pipeline.yaml import load_pipeline
-from caudal.recorder import LatencyRecorder
 from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool
 

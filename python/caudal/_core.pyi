@@ -279,7 +279,7 @@ TUNED_BOUNDS: dict[str, tuple[Any, Any]]
 TUNER_HISTORY: int
 
 class Tuner(metaclass=_pybind11_type):
-    """Automatic optimization's hysteresis (internal: caudal._tuner)."""
+    """Automatic optimization's hysteresis (internal: caudal._executor.tuner)."""
 
     def __init__(
         self,

@@ -6,7 +6,7 @@
 // decides which one applies (Executor::Admit, Executor::StartAttempt, the
 // breaker); the bindings turn it into the Python enum `caudal._core.Next`
 // (an IntEnum with the names below in upper case, AWAIT ... WAIT_FOR_PERMIT),
-// and python/caudal/executor_core.py compares against those members.
+// and python/caudal/_executor/core.py compares against those members.
 // A cache hit is no kind: _begin returns the hit's StepResult itself.
 //
 // The values are stable (the bindings index a table by them).

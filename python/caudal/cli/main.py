@@ -32,8 +32,8 @@ import sys
 import time
 from typing import Any
 
+from caudal._executor.core import ExecutorCore
 from caudal.errors import CaudalError, PipelineDefinitionError, UsageLimitExceededError
-from caudal.executor_core import ExecutorCore
 from caudal.pipeline.stores import open_store
 from caudal.pipeline.yaml import load_pipeline
 

@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from caudal import _compose
+from caudal._executor.core import ExecutorCore
 from caudal._step import Step, _name_of
 from caudal.errors import CheckpointError, DuplicateStepError, PipelineDefinitionError
-from caudal.executor_core import ExecutorCore
 from caudal.pipeline.records import PipelineRun, StepRecord, UsageLimits
 from caudal.pipeline.runner import Compiled, Runner
 from caudal.pipeline.stores import RunInfo, open_store

@@ -246,8 +246,8 @@ class PipelineRun:
 
     def plot_gantt(self, **kwargs: Any) -> Any:
         """A Gantt chart of this run's steps (a matplotlib Figure; needs
-        ``pip install 'caudal[plot]'``). See :func:`caudal.plots.plot_gantt`."""
-        from caudal.plots import plot_gantt
+        ``pip install 'caudal[plot]'``). See :func:`caudal.integrations.plots.plot_gantt`."""
+        from caudal.integrations.plots import plot_gantt
 
         return plot_gantt(self, **kwargs)
 

@@ -4,8 +4,8 @@ reads native counters when asked. The recommendation rules themselves are
 native (cpp/caudal/monitor/recommendations.h): this module assembles the
 stats dict and hands it over.
 
-The monitor modules (this one, caudal._tuner, caudal.recorder,
-caudal.prometheus, caudal.plots) read an executor only through
+The monitor modules (this one, caudal._executor.tuner, caudal._executor.recorder,
+caudal.integrations.prometheus, caudal.integrations.plots) read an executor only through
 :class:`MonitorView` (``ExecutorCore._monitor_view()``), never through its
 private attributes (tests_py/test_monitor_boundary.py checks it)."""
 
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from caudal import _core
+from caudal.telemetry import flusher_stats
 
 # The regression detector's minimum executions in the recent window and in
 # the baseline (cpp/caudal/monitor/regression_detector.h).
@@ -29,7 +30,7 @@ class MonitorView:
     - ``engine``: the native Engine, for its read-outs (``config``,
       ``step_stats()``, ``total_stats()``, ``latency_buckets()``,
       ``concurrency_stats()``, ``in_flight``, ...) and ``_publish_event``;
-    - ``tuner``: the executor's :class:`caudal._tuner.Tuner`;
+    - ``tuner``: the executor's :class:`caudal._executor.tuner.Tuner`;
     - ``l2``: the shared cache tier, or None;
     - ``worker_pool``: the pool running sync steps now, or None;
     - ``own_pool``: whether that pool is the executor's own (its queue size
@@ -140,7 +141,6 @@ def optimization_stats(view: MonitorView) -> dict[str, dict[str, Any]]:
 
 
 def _telemetry_section(view: MonitorView, cfg: Any) -> dict[str, Any]:
-    from caudal.telemetry import flusher_stats
 
     return {
         "enabled": cfg.enable_optimized_telemetry,

@@ -26,11 +26,12 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from caudal import _core
+from caudal._executor.stats import optimization_stats
 from caudal.errors import CaudalError
 
 if TYPE_CHECKING:
-    from caudal._stats import MonitorView
-    from caudal.executor_core import ExecutorCore
+    from caudal._executor.core import ExecutorCore
+    from caudal._executor.stats import MonitorView
 
 COOLDOWN: int = _core.TUNER_RULES["cooldown"]
 REVERSAL_PERSISTENCE: int = _core.TUNER_RULES["reversal_persistence"]
@@ -91,7 +92,6 @@ class Tuner:
         """One analysis: the native plan over the stats now, applied with
         the validated swap (unless dry_run). Returns the changes (applied,
         or that would be)."""
-        from caudal._stats import optimization_stats
 
         cfg = view.config
         planned = self._native.plan(optimization_stats(view), cfg, view.own_pool, dry_run)
