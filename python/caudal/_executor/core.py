@@ -41,10 +41,6 @@ _FOLLOW = Next.FOLLOW
 _ASK_SHARED_TIER = Next.ASK_SHARED_TIER
 _WAIT_FOR_PERMIT = Next.WAIT_FOR_PERMIT
 
-_NO_LIMIT = 1 << 30
-# Executions finished inline before execute_many gives the loop a turn.
-_INLINE_BURST = 256
-
 
 def _pool_settings(cfg: OptimizationConfig) -> tuple:
     return (
