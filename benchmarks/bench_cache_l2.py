@@ -32,7 +32,7 @@ from redis.backoff import NoBackoff  # noqa: E402
 from _harness import interleaved, save  # noqa: E402
 from _servers import RedisServer  # noqa: E402
 from caudal import _core  # noqa: E402
-from caudal.cache_redis import RedisCacheTier  # noqa: E402
+from caudal.integrations.redis import RedisCacheTier  # noqa: E402
 
 SMALL = {"user": 42, "query": "weather in Lisbon", "score": 0.93, "tags": ["a", "b"]}
 # ~100 KB pickled each: a text (an LLM answer, a page) and 2,200 small
@@ -78,7 +78,7 @@ async def measure(url: str, quick: bool) -> dict:
             contenders[f"{case} | tier get"] = tier_get
 
             async def decode(_i, tier=tier, name=name, stored=stored):
-                return tier._decode(name, stored)  # frame check, decompress, codec
+                return tier._codec.decode(name, stored)  # frame check, decompress, codec
 
             contenders[f"{case} | decode only"] = decode
 

@@ -46,7 +46,8 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from _harness import interleaved_sync, save, summarise
 from caudal import ExecutorCore, OptimizationConfig, Step
-from caudal.telemetry import JsonLinesExporter, OpenTelemetryExporter
+from caudal.integrations.otel import OpenTelemetryExporter
+from caudal.telemetry import JsonLinesExporter
 
 
 async def trivial(x):

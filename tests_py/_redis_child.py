@@ -18,11 +18,11 @@ import os
 import sys
 
 from caudal import _core
-from caudal.cache_redis import RedisCacheTier
+from caudal.integrations.redis import RedisCacheTier
 
 
 async def main(url: str, prefix: str, command: str, args: list[str]) -> dict:
-    tier = RedisCacheTier(url, prefix=prefix, op_timeout_s=2.0)
+    tier = RedisCacheTier(url, prefix=prefix, op_timeout_s=10.0)
     try:
         if command == "set":
             stored = {}

@@ -543,7 +543,7 @@ async def test_yaml_with_parameters_are_part_of_the_key():
 
 
 async def test_yaml_with_parameters_through_a_shared_redis_tier(redis_server):
-    from caudal.cache_redis import RedisCacheTier
+    from caudal.integrations.redis import RedisCacheTier
 
     prefix = f"id{uuid.uuid4().hex[:8]}:"
 

@@ -20,8 +20,8 @@ import pytest
 
 import caudal
 from caudal import MemoryStore, Pipeline, PostgresStore, Step
-from caudal._pipeline_context import DELETED
-from caudal.checkpoints import SqliteStore
+from caudal.pipeline.context import DELETED
+from caudal.pipeline.stores import SqliteStore
 from caudal.testing.servers import PostgresServer
 
 SECRET = "s3cret-for-tests-0123456789"

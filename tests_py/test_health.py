@@ -4,7 +4,7 @@ import asyncio
 import uuid
 
 from caudal import ExecutorCore, OptimizationConfig, Step
-from caudal.cache_redis import RedisCacheTier
+from caudal.integrations.redis import RedisCacheTier
 
 
 def config(**kw):
@@ -48,7 +48,7 @@ async def test_an_open_breaker_and_waiting_callers_are_reported():
 
 async def test_the_shared_tier_is_pinged(redis_server):
     prefix = f"health{uuid.uuid4().hex[:8]}:"
-    tier = RedisCacheTier(redis_server, prefix=prefix)
+    tier = RedisCacheTier(redis_server, prefix=prefix, op_timeout_s=10)  # a busy machine: not 50 ms
     ex = ExecutorCore(config(), cache_l2=tier)
     h = await ex.health()
     assert h["ok"] is True and h["cache"]["l2"]["ok"] is True

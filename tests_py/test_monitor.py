@@ -504,3 +504,55 @@ async def test_timeout_and_retry_advice_names_the_current_values():
     assert "Raise the step's timeout_s (now 0.01)" in text
     (text,) = step_recs(ex, "fails")
     assert "retries never recovered" in text and "lower max_retries (now 1)" in text
+
+
+# ------------------------------------------- the native rules' boundary
+def test_step_names_in_recommendations_are_spelled_as_repr_does():
+    # The rules are native; their text quotes names as Python's repr().
+    stats_step = {
+        "executions": 10,
+        "attempts": 10,
+        "errors": 0,
+        "retries": 0,
+        "recovered": 0,
+        "timeouts": 0,
+        "cache_hits": 0,
+        "cache_misses": 0,
+        "shared_flights": 0,
+        "p95_ms": 5000.0,
+    }
+    names = ["plain", "it's", 'say "hi"', "both ' and \"", "tab\there", "naïve", "back\\slash"]
+    stats = {
+        "execution": {"steps": {n: dict(stats_step) for n in names}, "regressions": {}},
+        "circuit_breaker": {"breakers": {}},
+        "concurrency": {"keys": {}, "worker_pool": None},
+        "cache": {},
+        "memory": {"memory_pressure_level": "normal"},
+    }
+    recs = recommend(stats, OptimizationConfig(), None)
+    assert [r["description"].split(": p95")[0] for r in recs] == [f"Step {n!r}" for n in names]
+    assert all(r["step"] == n for r, n in zip(recs, names, strict=True))
+
+
+async def test_the_public_recommendations_are_the_native_rules_over_the_stats():
+    ex = executor(enable_circuit_breaker=False, slow_execution_threshold_ms=0.0001)
+
+    async def failing(x):
+        await asyncio.sleep(0)
+        raise ValueError(x)
+
+    for i in range(12):
+        await ex.execute(yielding, i)
+        await ex.execute(Step(failing, "failing"), i)
+    public = ex.get_performance_recommendations()
+    assert {r.get("step") for r in public} == {"yielding", "failing"}
+    stats = ex.get_optimization_stats()
+    cfg = ex.optimization_config
+    assert list(public) == recommend(stats, cfg, None)
+    # After an analysis, the public ones are judged since its marks.
+    await ex.run_optimization_analysis()
+    marks = ex._tuner.marks
+    assert marks is not None and set(marks) >= {"cache_hits", "breaker_opens"}
+    assert list(ex.get_performance_recommendations()) == recommend(
+        ex.get_optimization_stats(), ex.optimization_config, marks
+    )

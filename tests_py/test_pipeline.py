@@ -341,7 +341,7 @@ async def test_attribute_context():
 
 
 def test_context_adapter_seam():
-    from caudal._pipeline_context import RunContext
+    from caudal.pipeline.context import RunContext
 
     class Frozen:
         def __init__(self, d):

@@ -19,7 +19,7 @@ from caudal import (
     Pipeline,
     Step,
 )
-from caudal._pipeline_context import DELETED, ContextView, RunContext
+from caudal.pipeline.context import DELETED, ContextView, RunContext
 
 
 def executor(cow: bool = True) -> ExecutorCore:

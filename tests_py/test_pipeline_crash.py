@@ -112,7 +112,7 @@ def _checkpointed(db: Path, run_id: str) -> dict[str, bytes]:
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path):
-    from caudal.checkpoints import SqliteStore
+    from caudal.pipeline.stores import SqliteStore
 
     script = tmp_path / "child.py"
     script.write_text(CHILD)

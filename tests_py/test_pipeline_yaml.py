@@ -10,7 +10,7 @@ import pytest
 
 import caudal
 from caudal import PipelineDefinitionError, RetryStrategy, Step, load_pipeline
-from caudal.yaml_pipeline import AutoTag, AutoTemplate, parse_auto_tags
+from caudal.pipeline.yaml import AutoTag, AutoTemplate, parse_auto_tags
 
 
 def ident(x):

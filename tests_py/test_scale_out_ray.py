@@ -2,7 +2,8 @@
 tasks or on Ray actors, with the executor's machinery in the driver.
 
 One local Ray cluster for the module (2 CPUs, loopback, no dashboard),
-started by the fixture below and shut down after. The step functions live
+started by the fixture below and shut down after: the tests' own, also when
+the machine runs another (`ray start`, RAY_ADDRESS). The step functions live
 in tests_py/_ray_steps.py, which the workers import by name.
 """
 
@@ -29,7 +30,7 @@ from caudal import (
     StepTimeoutError,
     load_pipeline,
 )
-from caudal.backends.ray import release_actors
+from caudal.integrations.ray import release_actors
 
 
 def _wait_for(predicate, what: str, timeout_s: float = 30.0) -> None:
@@ -50,6 +51,10 @@ def ray_cluster(tmp_path_factory):
         import ray
 
         ray.init(
+            # A cluster of the tests' own, whatever runs on this machine:
+            # without "local", ray.init() joins a cluster started with
+            # `ray start` (or named by RAY_ADDRESS) and refuses num_cpus.
+            address="local",
             num_cpus=2,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
@@ -341,7 +346,7 @@ async def test_two_drivers_share_remote_results_through_redis(ray_cluster, redis
     # Two driver processes' executors (here: two executors, each with its
     # own L1) on one Redis: the second finds the first's remote result and
     # makes no remote call.
-    from caudal.cache_redis import RedisCacheTier
+    from caudal.integrations.redis import RedisCacheTier
 
     calls = tmp_path / "calls"
     step = Step(rs.counted, backend="ray", cache=True)

@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import caudal
-from caudal.telemetry import JsonLinesExporter, OpenTelemetryExporter, Span
+from caudal.integrations.otel import OpenTelemetryExporter
+from caudal.telemetry import JsonLinesExporter, Span
 
 
 class Collect:

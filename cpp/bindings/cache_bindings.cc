@@ -89,12 +89,13 @@ void RegisterCache(py::module_& m) {
         } else {
           out = Decompress(absl::string_view(p, n));
         }
-        if (!out.ok())
-          throw py::value_error(std::string(out.status().message()));
+        if (!out.ok()) ThrowStatus(out.status());
         return py::bytes(*out);
       },
       py::arg("framed"),
-      "Inverse of compress(); ValueError on a corrupt frame.");
+      "Inverse of compress(). A corrupt frame raises ValueError; one that "
+      "declares more bytes than the size limit raises QueueFullError (the "
+      "status table of docs/errors.md).");
 }
 
 }  // namespace caudal::bindings

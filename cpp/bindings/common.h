@@ -12,9 +12,51 @@ namespace caudal::bindings {
 
 namespace py = pybind11;
 
-// Raises the caudal exception matching `status` (caudal.ConfigurationError
-// for kInvalidArgument, with one problem per line of the message in
-// `.problems`; caudal.QueueFullError for kResourceExhausted; ...).
+// ---------------------------------------------------- status -> exception
+//
+// The one translation of a core absl::Status into a Python exception. Every
+// binding that gets a non-OK status from the core hands it to ThrowStatus
+// (pybind11 code) or SetStatusError (CPython-API code returning NULL); no
+// binding picks an exception type for a status itself. The exception's
+// message is the status message. docs/errors.md has the same table.
+//
+//   absl::StatusCode     Python exception
+//   -------------------  --------------------------------------------------
+//   kInvalidArgument     caudal.ConfigurationError (a ValueError); one
+//                        problem per line of the message in `.problems`
+//   kResourceExhausted   caudal.QueueFullError (no capacity: a full queue)
+//   kUnavailable         caudal.OverloadedError (retry later, like a 503)
+//   kCancelled           caudal.CaudalError (not asyncio.CancelledError,
+//                        which would read as the awaiting task's own
+//                        cancellation)
+//   kUnknown             caudal.CaudalError
+//   kFailedPrecondition  ValueError (the object's state forbids the call,
+//                        as for a closed file: "the worker pool is shut
+//                        down", "step 'x' is done, not ready")
+//   kOutOfRange          IndexError
+//   kNotFound            KeyError
+//   kAlreadyExists       ValueError
+//   kDataLoss            ValueError (corrupt data: a bad cache frame)
+//   kDeadlineExceeded    TimeoutError
+//   kUnimplemented       NotImplementedError
+//   kPermissionDenied    PermissionError
+//   kUnauthenticated     PermissionError
+//   kAborted             RuntimeError
+//   kInternal            RuntimeError
+//   kOk                  SystemError (a binding bug: there is no error)
+//   any other code       caudal.CaudalError
+//
+// A Python exception already pending is the cause (a key's __eq__ raised
+// in the middle of a core operation, a node allocation raised MemoryError):
+// it propagates unchanged, whatever the code.
+//
+// Call with the GIL held. Off the hot path only: the caudal classes are
+// looked up on each call.
+
+// Sets the Python error indicator for `status` (the table above).
+void SetStatusError(const absl::Status& status);
+
+// SetStatusError, then throws py::error_already_set.
 [[noreturn]] void ThrowStatus(const absl::Status& status);
 
 // Looks up an attribute of the pure-Python caudal package lazily (used only

@@ -209,6 +209,9 @@ void RegisterExecutor(py::module_& m) {
                  static_cast<int64_t>(seconds * 1e9));
            })
       .def("cpu_stats", [](Engine& e) { return CpuStatsDict(e.core()); })
+      .def("breaker_section",
+           [](Engine& e) { return BreakerSectionDict(e.core()); })
+      .def("error_section", [](Engine& e) { return ErrorSectionDict(e.core()); })
       .def("trends", [](Engine& e) { return TrendsDict(e.core()); })
       .def("trend_checkpoints",
            [](Engine& e) { return e.core().trend_checkpoints(); })

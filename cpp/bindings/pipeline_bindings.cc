@@ -46,13 +46,6 @@ using pipeline::StepDef;
   }
 }
 
-[[noreturn]] void ThrowRunStatus(const absl::Status& status) {
-  if (status.code() == absl::StatusCode::kOutOfRange) {
-    throw py::index_error(std::string(status.message()));
-  }
-  throw py::value_error(std::string(status.message()));
-}
-
 Dag::Id IdOf(const Dag& dag, const std::string& name) {
   absl::optional<Dag::Id> id = dag.Find(name);
   if (!id) throw py::key_error(name);
@@ -61,7 +54,8 @@ Dag::Id IdOf(const Dag& dag, const std::string& name) {
 
 Dag::Id Checked(const Dag& dag, Dag::Id id) {
   if (id < 0 || static_cast<size_t>(id) >= dag.size()) {
-    throw py::index_error("step id " + std::to_string(id) + " out of range");
+    ThrowStatus(absl::OutOfRangeError("step id " + std::to_string(id) +
+                                      " out of range"));
   }
   return id;
 }
@@ -84,14 +78,14 @@ const char* StateName(DagRun::State s) {
 
 std::vector<Dag::Id> MarkDone(DagRun& run, Dag::Id id) {
   absl::StatusOr<std::vector<Dag::Id>> newly = run.MarkDone(id);
-  if (!newly.ok()) ThrowRunStatus(newly.status());
+  if (!newly.ok()) ThrowStatus(newly.status());
   return *std::move(newly);
 }
 
 std::vector<Dag::Id> MarkFailed(DagRun& run, Dag::Id id) {
   std::vector<Dag::Id> skipped;
   absl::StatusOr<std::vector<Dag::Id>> newly = run.MarkFailed(id, &skipped);
-  if (!newly.ok()) ThrowRunStatus(newly.status());
+  if (!newly.ok()) ThrowStatus(newly.status());
   return skipped;
 }
 

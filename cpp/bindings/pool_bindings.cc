@@ -234,13 +234,11 @@ class PyWorkerPool {
     WorkerPool::Options o;
     o.workers = workers;
     o.queue_size = queue_size;
-    if (task_timeout_s < 0) throw py::value_error("task_timeout must be >= 0");
     o.task_timeout_ns = static_cast<int64_t>(task_timeout_s * 1e9);
     o.on_thread_exit = EndWorkerThread;
     auto pool = WorkerPool::Create(std::move(o));
     if (!pool.ok()) ThrowStatus(pool.status());
     pool_ = std::move(*pool);
-    queue_full_ = CaudalAttr("caudal.errors", "QueueFullError");
     timed_out_ = CaudalAttr("caudal.errors", "PoolTimeoutError");
   }
 
@@ -269,7 +267,10 @@ class PyWorkerPool {
 
   py::object Submit(py::handle fn, py::tuple args, py::object kwargs,
                     std::shared_ptr<WorkerPool::Ticket>* ticket) {
-    if (pool_ == nullptr) throw py::value_error("the worker pool is shut down");
+    if (pool_ == nullptr) {
+      ThrowStatus(
+          absl::FailedPreconditionError("the worker pool is shut down"));
+    }
     std::shared_ptr<Inbox> inbox = InboxFor();
     py::object fut = inbox->loop().attr("create_future")();
     auto job = std::make_shared<Job>();
@@ -328,12 +329,8 @@ class PyWorkerPool {
     };
     const absl::Status st = pool_->Submit(std::move(task), ticket);
     if (st.ok()) return fut;
-    // Refused: the task (and the job's references) were destroyed in Submit.
-    if (st.code() == absl::StatusCode::kResourceExhausted) {
-      PyErr_SetObject(queue_full_.ptr(),
-                      py::str(std::string(st.message())).ptr());
-      throw py::error_already_set();
-    }
+    // Refused (a full queue: QueueFullError; shut down: ValueError): the
+    // task (and the job's references) were destroyed in Submit.
     ThrowStatus(st);
   }
 
@@ -422,7 +419,6 @@ class PyWorkerPool {
   int final_workers_ = 0;
   int64_t final_queue_size_ = 0;
   py::object on_drained_;
-  py::object queue_full_;
   py::object timed_out_;
   std::vector<std::shared_ptr<Inbox>> inboxes_;  // GIL-guarded
 };

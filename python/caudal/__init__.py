@@ -2,13 +2,17 @@
 
 flujo's ExecutorCore API, with every optimization implemented natively in
 C++. Start with ``ExecutorCore`` and ``await executor.execute(step, data)``.
+
+This module only re-exports the public API. The layout: ``caudal.pipeline``
+(graph, runner, records, context, stores, yaml), ``caudal.integrations``
+(redis, postgres, otel, ray: imported only when used), ``caudal.cli`` (the
+``caudal`` command), ``caudal.testing`` (servers for tests).
 """
 
 from caudal._core import OptimizationConfig, StepResult
 from caudal._display import OptimizationStats, Recommendations
-from caudal._pipeline_context import register_context_adapter
-from caudal._steps import Step, step
-from caudal.checkpoints import CheckpointStore, MemoryStore, PostgresStore, SqliteStore
+from caudal._step import Step, step
+from caudal._version import __version__
 from caudal.context import Context, ContextMutation, as_context, merge_branches
 from caudal.errors import (
     BackendUnavailableError,
@@ -38,12 +42,31 @@ from caudal.pipeline import (
     WithUsage,
     current_run,
 )
+from caudal.pipeline.context import register_context_adapter
+from caudal.pipeline.stores import CheckpointStore, MemoryStore
+from caudal.pipeline.yaml import load_pipeline
 from caudal.recorder import LatencyRecorder
 from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool
-from caudal.yaml_pipeline import load_pipeline
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> type:
+    """``SqliteStore`` and ``PostgresStore``, imported when first used (so that
+    ``import caudal`` loads neither sqlite3 nor psycopg)."""
+    if name == "SqliteStore":
+        from caudal.pipeline.stores.sqlite import SqliteStore
+
+        return SqliteStore
+    if name == "PostgresStore":
+        from caudal.integrations.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BackendUnavailableError",

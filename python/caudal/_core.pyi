@@ -1,10 +1,17 @@
 """Type stubs for caudal's native module (cpp/bindings)."""
 
+import asyncio
 import enum
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar, NoReturn, final
 
-class OptimizationConfig:
+# pybind11 classes are made by pybind11's metaclass (pybind11_builtins.
+# pybind11_type), named here for the stub only.
+class _pybind11_type(type): ...
+
+class OptimizationConfig(metaclass=_pybind11_type):
+    """Every setting of an executor (docs/config.md); fields in this order."""
+
     enable_object_pool: bool
     object_pool_max_size: int
     object_pool_cleanup_threshold: float
@@ -14,27 +21,46 @@ class OptimizationConfig:
     enable_algorithm_optimization: bool
     enable_concurrency_optimization: bool
     max_concurrent_executions: int | None
+    concurrency_initial_limit: int
+    concurrency_min_limit: int
+    concurrency_max_limit: int
+    concurrency_latency_tolerance: float
+    worker_pool_size: int
+    worker_pool_queue_size: int
+    worker_pool_task_timeout_seconds: float
     enable_optimized_telemetry: bool
     enable_performance_monitoring: bool
     telemetry_batch_size: int
     telemetry_flush_interval_seconds: float
+    telemetry_sampling_rate: float
+    telemetry_buffer_size: int
     enable_optimized_error_handling: bool
     enable_circuit_breaker: bool
     error_cache_size: int
     circuit_breaker_failure_threshold: int
     circuit_breaker_recovery_timeout_seconds: float
+    circuit_breaker_half_open_max_calls: int
+    circuit_breaker_success_threshold: int
+    circuit_breaker_window_size: int
+    circuit_breaker_minimum_calls: int
+    circuit_breaker_failure_rate_threshold: float
     circuit_breaker_wait_for_probe: bool
     retry_after_max_seconds: float
+    error_pattern_min_observations: int
+    error_pattern_match_message: bool
     enable_cache_optimization: bool
     cache_compression: bool
     cache_ttl_seconds: float
     cache_max_size: int
+    cache_max_bytes: int
+    cache_copy_outputs: bool
     slow_execution_threshold_ms: float
     memory_pressure_threshold_mb: float
     cpu_usage_threshold_percent: float
     enable_automatic_optimization: bool
     optimization_analysis_interval_seconds: float
     performance_degradation_threshold: float
+    performance_window_seconds: float
     def __init__(self, **kwargs: Any) -> None: ...
     def validate(self) -> list[str]: ...
     def _repr_html_(self) -> str: ...
@@ -47,8 +73,12 @@ class OptimizationConfig:
     def copy(self) -> OptimizationConfig: ...
     @staticmethod
     def fields() -> list[dict[str, str]]: ...
+    def __copy__(self) -> OptimizationConfig: ...
+    def __deepcopy__(self, memo: Any) -> OptimizationConfig: ...
     def __eq__(self, other: object) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
 
+@final
 class StepResult:
     name: str
     output: Any
@@ -92,7 +122,7 @@ class Next(enum.IntEnum):
     ASK_SHARED_TIER = 6
     WAIT_FOR_PERMIT = 7
 
-class ManualClock:
+class ManualClock(metaclass=_pybind11_type):
     """A clock that moves only when advanced (caudal.testing.ManualClock
     wraps it)."""
 
@@ -100,7 +130,7 @@ class ManualClock:
     def now_ns(self) -> int: ...
     def advance(self, seconds: float) -> int: ...
 
-class _Admission:
+class _Admission(metaclass=_pybind11_type):
     """An execution's admission, held between two engine calls while it
     follows a single flight, asks the shared tier or waits for a permit
     (opaque; validated and used once per wait)."""
@@ -109,7 +139,7 @@ class _Admission:
     @property
     def key(self) -> bytes: ...
 
-class Engine:
+class Engine(metaclass=_pybind11_type):
     """Native executor engine (internal; use caudal.ExecutorCore).
 
     `rec` is an opaque execution handle (an int the engine validates on
@@ -195,6 +225,8 @@ class Engine:
     def _set_rss_source(self, source: Callable[[], int] | None) -> None: ...
     def _set_memory_interval(self, seconds: float) -> None: ...
     def cpu_stats(self) -> dict[str, Any]: ...
+    def breaker_section(self) -> dict[str, Any]: ...
+    def error_section(self) -> dict[str, Any]: ...
     def trends(self) -> dict[str, dict[str, Any]]: ...
     def trend_checkpoints(self) -> int: ...
     def _set_cpu_source(self, source: Callable[[], int] | None, allowed_cpus: int = 0) -> None: ...
@@ -209,7 +241,7 @@ class Engine:
 #: Event type names, in their stable order (docs/events.md).
 EVENT_TYPES: tuple[str, ...]
 
-class _EventSubscription:
+class _EventSubscription(metaclass=_pybind11_type):
     """A subscription to an engine's event bus (use ExecutorCore.events())."""
 
     def poll(self, max: int = 256) -> list[tuple[int, int, str, float, float, str]]: ...
@@ -231,10 +263,51 @@ def _native_allocations() -> int | None:
 def _clock_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time)."""
 
-class Dag:
+def recommend(
+    stats: Mapping[str, Any],
+    config: OptimizationConfig,
+    marks: Mapping[str, Any] | None = None,
+    own_pool: bool = True,
+    unpaid: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The recommendation rules over a get_optimization_stats() dict."""
+
+#: The tuner's default rule constants (cpp/caudal/monitor/tuner.h).
+TUNER_RULES: dict[str, int | float]
+#: The fields automatic optimization may change: (lowest, highest).
+TUNED_BOUNDS: dict[str, tuple[Any, Any]]
+TUNER_HISTORY: int
+
+class Tuner(metaclass=_pybind11_type):
+    """Automatic optimization's hysteresis (internal: caudal._tuner)."""
+
+    def __init__(
+        self,
+        cooldown: int = ...,
+        reversal_persistence: int = ...,
+        reversal_cooldown: int = ...,
+        cache_min_gain: float = ...,
+        cache_workload_change: float = ...,
+    ) -> None: ...
+    def recommend(
+        self, stats: Mapping[str, Any], config: OptimizationConfig, own_pool: bool
+    ) -> list[dict[str, Any]]: ...
+    def plan(
+        self, stats: Mapping[str, Any], config: OptimizationConfig, own_pool: bool, dry_run: bool
+    ) -> list[dict[str, Any]]: ...
+    def commit(self, error: str | None, now_ns: int) -> list[dict[str, Any]]: ...
+    @property
+    def marks(self) -> dict[str, Any] | None: ...
+    def stats(self, config: OptimizationConfig) -> dict[str, Any]: ...
+
+def _raise_status(code: int, message: str) -> NoReturn:
+    """Test hook: raises what a core status (absl::StatusCode as an int) becomes."""
+
+class Dag(metaclass=_pybind11_type):
     """A checked pipeline graph; steps are numbered in definition order."""
 
-    names: list[str]
+    @property
+    def names(self) -> list[str]: ...
     def __init__(self, steps: list[tuple[str, list[str]]]) -> None: ...
     def __len__(self) -> int: ...
     def index(self, name: str) -> int: ...
@@ -246,12 +319,15 @@ class Dag:
     def roots(self) -> list[int]: ...
     def sinks(self) -> list[int]: ...
 
-class DagRun:
+class DagRun(metaclass=_pybind11_type):
     """One run's progress over a Dag (ready-set scheduler)."""
 
-    done_count: int
-    failed_count: int
-    skipped_count: int
+    @property
+    def done_count(self) -> int: ...
+    @property
+    def failed_count(self) -> int: ...
+    @property
+    def skipped_count(self) -> int: ...
     def __init__(self, dag: Dag, done: list[int] = ...) -> None: ...
     def ready(self) -> list[int]: ...
     def mark_done(self, id: int | str) -> list[int]: ...
@@ -263,37 +339,99 @@ class Context(Mapping[Any, Any]):
     """An immutable mapping with O(1) snapshots (persistent HAMT)."""
 
     def __new__(cls, arg: Any = ..., /, **kw: Any) -> Context: ...
-    def __getitem__(self, key: Any) -> Any: ...
+    def __getitem__(self, key: Any, /) -> Any: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[Any]: ...
-    def __contains__(self, key: object) -> bool: ...
-    def __getattr__(self, name: str) -> Any: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def __getattr__(self, name: str, /) -> Any: ...
     def __hash__(self) -> int: ...
-    def get(self, key: Any, default: Any = None) -> Any: ...
-    def set(self, key: Any, value: Any) -> Context: ...
-    def delete(self, key: Any) -> Context: ...
+    def get(self, key: Any, default: Any = None, /) -> Any: ...
+    def set(self, key: Any, value: Any, /) -> Context: ...
+    def delete(self, key: Any, /) -> Context: ...
     def update(self, arg: Any = ..., /, **kw: Any) -> Context: ...
     def snapshot(self) -> Context: ...
     def mutate(self) -> ContextMutation: ...
     def to_dict(self) -> dict[Any, Any]: ...
-    def __class_getitem__(cls, item: Any) -> Any: ...
+    def __class_getitem__(cls, item: Any, /) -> Any: ...
     def _diff(self, base: Context, missing: Any) -> list[tuple[Any, Any, Any]]: ...
     def _check_invariants(self) -> None: ...
 
+@final
 class ContextMutation:
     """A batch of edits to a Context; finish() returns the new Context."""
 
-    def __getitem__(self, key: Any) -> Any: ...
-    def __setitem__(self, key: Any, value: Any) -> None: ...
-    def __delitem__(self, key: Any) -> None: ...
-    def __contains__(self, key: object) -> bool: ...
+    def __getitem__(self, key: Any, /) -> Any: ...
+    def __setitem__(self, key: Any, value: Any, /) -> None: ...
+    def __delitem__(self, key: Any, /) -> None: ...
+    def __contains__(self, key: object, /) -> bool: ...
     def __len__(self) -> int: ...
-    def get(self, key: Any, default: Any = None) -> Any: ...
-    def set(self, key: Any, value: Any) -> None: ...
-    def delete(self, key: Any) -> None: ...
-    def pop(self, key: Any, default: Any = ...) -> Any: ...
+    def get(self, key: Any, default: Any = None, /) -> Any: ...
+    def set(self, key: Any, value: Any, /) -> None: ...
+    def delete(self, key: Any, /) -> None: ...
+    def pop(self, key: Any, default: Any = ..., /) -> Any: ...
     def update(self, arg: Any = ..., /, **kw: Any) -> None: ...
     def finish(self) -> Context: ...
     def __enter__(self) -> ContextMutation: ...
     def __exit__(self, *exc: object) -> bool: ...
     def _check_invariants(self) -> None: ...
+
+# ------------------------------------------------------------- worker pool
+
+class _PoolTicket(metaclass=_pybind11_type):
+    """A queued task's withdrawal switch (opaque)."""
+
+class WorkerPool(metaclass=_pybind11_type):
+    """Native work-stealing thread pool (internal; use caudal.WorkerPool)."""
+
+    def __init__(
+        self,
+        workers: int,
+        queue_size: int,
+        task_timeout_s: float,
+        on_drained: Callable[[int], None] | None = None,
+    ) -> None: ...
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+    ) -> asyncio.Future[Any]: ...
+    def submit_withdrawable(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+    ) -> tuple[asyncio.Future[Any], _PoolTicket]: ...
+    def withdraw(self, ticket: _PoolTicket) -> bool: ...
+    def close(self, cancel_pending: bool = False) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+    @property
+    def closed(self) -> bool: ...
+
+# ------------------------------------------------------- module functions
+
+def cache_key(value: Any, namespace: str = "") -> bytes:
+    """The 16-byte cache key of ``value`` in ``namespace`` (TypeError naming
+    the reason for a value that has no stable key)."""
+
+def compress(data: bytes, threshold: int = 1024, level: int = 3) -> bytes:
+    """Frames ``data`` for the shared tier: zstd-compressed when longer than
+    ``threshold`` bytes (and smaller that way), raw otherwise."""
+
+def decompress(framed: bytes) -> bytes:
+    """The bytes ``compress`` framed (ValueError for a bad frame)."""
+
+def rss_bytes() -> int | None:
+    """This process's resident set size in bytes (None where there is none)."""
+
+def _retry_policy_check(
+    kind: int, max_attempts: int, base: float, factor: float, max_backoff: float, jitter: float
+) -> str | None:
+    """None when the retry policy is valid, else the problem."""
+
+def _retry_delay(
+    kind: int,
+    max_attempts: int,
+    base: float,
+    factor: float,
+    max_backoff: float,
+    jitter: float,
+    next_attempt: int,
+    hint: float | None,
+    bits: int,
+) -> float:
+    """The native back-off computation (for previews and tests)."""

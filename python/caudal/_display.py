@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from caudal._core import OptimizationConfig
+
 _PRIORITY = {"high": 0, "medium": 1, "low": 2}
 
 
@@ -318,8 +320,6 @@ def step_result_html(r: Any) -> str:
 
 # ------------------------------------------------------------------ config
 def config_html(cfg: Any) -> str:
-    from caudal._core import OptimizationConfig
-
     now = cfg.to_dict()
     default = OptimizationConfig().to_dict()
     changed = [f for f in now if now[f] != default[f]]

@@ -22,13 +22,28 @@ from __future__ import annotations
 import reprlib
 import sys
 import types
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    ValuesView,
+)
 from typing import Any
 
 from caudal._core import Context, ContextMutation
 from caudal.errors import ContextConflictError
 
 Mapping.register(Context)
+# The native views: keys and items are sets, as a dict's are.
+_probe = Context(k=0)
+KeysView.register(type(_probe.keys()))
+ValuesView.register(type(_probe.values()))
+ItemsView.register(type(_probe.items()))
+del _probe
 
 
 class _Missing:
@@ -109,7 +124,7 @@ class PyContext:
     def __getitem__(self, key: Hashable) -> Any:
         return self.__d[key]
 
-    def get(self, key: Hashable, default: Any = None) -> Any:
+    def get(self, key: Hashable, default: Any = None, /) -> Any:
         return self.__d.get(key, default)
 
     def __contains__(self, key: object) -> bool:
@@ -120,6 +135,8 @@ class PyContext:
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.__d)
+
+    __reversed__ = None  # unordered, as the native trie is
 
     def keys(self):
         return self.__d.keys()
@@ -166,12 +183,12 @@ class PyContext:
 
     # Attributes: keys that are not attributes of the type, dunders excepted.
     def __getattr__(self, name: str) -> Any:
-        if _is_dunder(name) or name.startswith("_PyContext__"):
-            raise AttributeError(name)
-        try:
-            return self.__d[name]
-        except KeyError:
-            raise AttributeError(f"'Context' object has no attribute or key {name!r}") from None
+        if not (_is_dunder(name) or name.startswith("_PyContext__")):
+            try:
+                return self.__d[name]
+            except KeyError:
+                pass
+        raise AttributeError(f"'Context' object has no attribute or key {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise _immutable(name)
@@ -180,7 +197,7 @@ class PyContext:
         raise _immutable(name)
 
     # Versions
-    def set(self, key: Hashable, value: Any) -> PyContext:
+    def set(self, key: Hashable, value: Any, /) -> PyContext:
         d = self.__d
         if key in d and d[key] is value:
             return self
@@ -188,7 +205,7 @@ class PyContext:
         nd[key] = value
         return self._wrap(nd)
 
-    def delete(self, key: Hashable) -> PyContext:
+    def delete(self, key: Hashable, /) -> PyContext:
         if key not in self.__d:
             raise KeyError(key)
         nd = dict(self.__d)
@@ -230,56 +247,93 @@ class PyContext:
 
 
 class PyContextMutation:
-    """Reference implementation of ``ContextMutation`` (a private dict)."""
+    """Reference implementation of ``ContextMutation`` (a private dict).
 
-    __slots__ = ("__d", "__finished")
+    As the native one, it refuses to be changed or finished (RuntimeError)
+    while one of its own operations is comparing keys (a key's ``__eq__``
+    runs Python code), and releases what an edit drops only after the edit.
+    """
+
+    __slots__ = ("__busy", "__d", "__finished")
     __hash__ = None  # type: ignore[assignment]
+    __iter__ = None  # not iterable, as the native one
 
     def __init__(self, base: dict):
         self.__d = dict(base)
         self.__finished = False
+        self.__busy = 0  # operations in progress (reads may nest)
 
     def __check(self) -> None:
         if self.__finished:
             raise ValueError("this ContextMutation is finished; start a new one with ctx.mutate()")
+        if self.__busy:
+            raise RuntimeError(
+                "ContextMutation changed while one of its own operations was comparing keys"
+            )
 
     def __getitem__(self, key: Hashable) -> Any:
-        return self.__d[key]
+        self.__busy += 1
+        try:
+            return self.__d[key]
+        finally:
+            self.__busy -= 1
 
-    def get(self, key: Hashable, default: Any = None) -> Any:
-        return self.__d.get(key, default)
+    def get(self, key: Hashable, default: Any = None, /) -> Any:
+        self.__busy += 1
+        try:
+            return self.__d.get(key, default)
+        finally:
+            self.__busy -= 1
 
     def __contains__(self, key: object) -> bool:
-        return key in self.__d
+        self.__busy += 1
+        try:
+            return key in self.__d
+        finally:
+            self.__busy -= 1
 
     def __len__(self) -> int:
         return len(self.__d)
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
         self.__check()
-        self.__d[key] = value
+        self.__busy += 1
+        try:
+            old = self.__d.get(key)  # dropped after the edit, not during it
+            self.__d[key] = value
+        finally:
+            self.__busy -= 1
+        del old
 
     def __delitem__(self, key: Hashable) -> None:
-        self.__check()
-        del self.__d[key]
+        self.pop(key)
 
-    def set(self, key: Hashable, value: Any) -> None:
+    def set(self, key: Hashable, value: Any, /) -> None:
         self[key] = value
 
-    def delete(self, key: Hashable) -> None:
+    def delete(self, key: Hashable, /) -> None:
         del self[key]
 
-    def pop(self, key: Hashable, *default: Any) -> Any:
+    def pop(self, key: Hashable, /, *default: Any) -> Any:
         self.__check()
-        return self.__d.pop(key, *default)
+        self.__busy += 1
+        try:
+            return self.__d.pop(key, *default)
+        finally:
+            self.__busy -= 1
 
     def update(self, arg: Any = _NOARG, /, **kw: Any) -> None:
         self.__check()
-        if arg is not _NOARG:
-            self.__d.update(arg)
-        self.__d.update(kw)
+        new = {} if arg is _NOARG else dict(arg)
+        new.update(kw)
+        for key, value in new.items():
+            self[key] = value
 
     def finish(self) -> PyContext:
+        if self.__busy:
+            raise RuntimeError(
+                "ContextMutation finished while one of its own operations was comparing keys"
+            )
         self.__finished = True
         return PyContext._wrap(dict(self.__d))
 
@@ -292,6 +346,9 @@ class PyContextMutation:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.__d!r})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
     def _check_invariants(self) -> None:
         pass

@@ -15,12 +15,12 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+from caudal._backends import check_backend
 from caudal._core import Engine, Next, OptimizationConfig, StepResult
 from caudal._core import rss_bytes as _native_rss
 from caudal._invalidation import InvalidationResult
 from caudal._steps import ExecutorDefaults
 from caudal._tuner import Tuner
-from caudal.backends import check_backend
 from caudal.errors import CaudalError, ConfigurationError
 from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool, default_workers
@@ -829,20 +829,38 @@ class ExecutorCore:
         return EventStream(self._engine, types, buffer)
 
     # ---------------------------------------------------------------- stats
+    def _monitor_view(self) -> Any:
+        """The internal read interface of the monitor modules (caudal._stats,
+        caudal._tuner, caudal.recorder, caudal.prometheus, caudal.plots):
+        a :class:`caudal._stats.MonitorView` of this executor now. They read
+        nothing else of it (tests_py/test_monitor_boundary.py)."""
+        from caudal._stats import MonitorView
+
+        return MonitorView(
+            engine=self._engine,
+            tuner=self._tuner,
+            l2=self._l2,
+            worker_pool=self._pool,
+            own_pool=self._own_pool,
+            spans=self._spans,
+            recorder=getattr(self, "_recorder", None),
+            apply=self._apply,
+        )
+
     def get_optimization_stats(self) -> dict[str, dict[str, Any]]:
         """Measured statistics by section (see docs/executor.md for each key)."""
         from caudal._display import OptimizationStats
         from caudal._stats import optimization_stats
 
         # A dict of dicts that shows as tables in a notebook or at a prompt.
-        return OptimizationStats(optimization_stats(self))
+        return OptimizationStats(optimization_stats(self._monitor_view()))
 
     def get_performance_recommendations(self) -> list[dict[str, Any]]:
         """Recommendations derived from the measured stats, highest priority first."""
         from caudal._display import Recommendations
         from caudal._stats import recommendations
 
-        return Recommendations(recommendations(self))
+        return Recommendations(recommendations(self._monitor_view()))
 
     async def health(self) -> dict[str, Any]:
         """One report of every component, for a health endpoint or a probe.
@@ -932,7 +950,7 @@ class ExecutorCore:
         runs whether or not that is on). Returns the changes made (with
         ``dry_run``: the changes it would make, nothing applied or counted),
         each ``{analysis, field, old, new, reversal, reason, time}``."""
-        return self._tuner.analyse(self, dry_run=dry_run)
+        return self._tuner.analyse(self._monitor_view(), dry_run=dry_run)
 
     def concurrency_history(self) -> list[dict[str, Any]]:
         """Every recorded change of a concurrency limit, oldest first (the

@@ -84,10 +84,9 @@ def plot_latency(
     p50/p95/p99 of each interval over time."""
     from caudal.recorder import quantile_ms
 
-    engine = executor._engine
     if recorder is None:
-        recorder = getattr(executor, "_recorder", None)
-    buckets = engine.latency_buckets(step)
+        recorder = executor._monitor_view().recorder
+    buckets = executor.latency_buckets(step)
     series = recorder.samples(step) if recorder is not None else []
     fig = _figure(figsize or ((11.0, 4.0) if series else (6.5, 4.0)))
     axes = fig.subplots(1, 2) if series else [fig.subplots()]
@@ -138,7 +137,7 @@ def plot_concurrency(
     concurrency key (``key``: only that one). Times are seconds since the
     first event shown."""
     if recorder is None:
-        recorder = getattr(executor, "_recorder", None)
+        recorder = executor._monitor_view().recorder
     history = [h for h in executor.concurrency_history() if key is None or h["key"] == key]
     keys = list(dict.fromkeys(h["key"] for h in history))
     samples: dict[str, list[dict[str, Any]]] = {}

@@ -76,7 +76,6 @@ class CaudalCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         ex = self._executor
-        engine = ex._engine
         stats = ex.get_optimization_stats()
         steps = stats["execution"]["steps"]
 
@@ -110,7 +109,7 @@ class CaudalCollector(Collector):
             lookups.add_metric(self._values(name, "miss"), s["cache_misses"])
             lookups.add_metric(self._values(name, "bypassed"), s["cache_bypassed"])
             in_flight.add_metric(self._values(name), s["in_flight"])
-            buckets, _total = _cumulative(engine.latency_buckets(name))
+            buckets, _total = _cumulative(ex.latency_buckets(name))
             latency.add_metric(self._values(name), buckets, s["total_time_ms"] / 1000.0)
         yield from (executions, attempts, retries, timeouts, cancelled, lookups, in_flight, latency)
 

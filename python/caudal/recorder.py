@@ -54,7 +54,7 @@ class LatencyRecorder:
     def __init__(self, executor: Any, interval_s: float = 1.0, max_samples: int = 3600) -> None:
         if not (isinstance(interval_s, int | float) and interval_s > 0):
             raise ValueError(f"interval_s must be a number > 0, got {interval_s!r}")
-        self._engine = executor._engine
+        self._engine = executor._monitor_view().engine  # native read-outs
         self.interval_s = float(interval_s)
         self.started_at = time.monotonic()
         self._last: dict[str | None, Buckets] = {}

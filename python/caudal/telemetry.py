@@ -7,7 +7,8 @@ the OpenTelemetry span that was current in the caller's context, so caudal's
 spans nest inside the caller's own traces. Nothing is recorded until an
 exporter is attached::
 
-    from caudal.telemetry import OpenTelemetryExporter, JsonLinesExporter
+    from caudal.integrations.otel import OpenTelemetryExporter
+    from caudal.telemetry import JsonLinesExporter
 
     executor = ExecutorCore(config, span_exporters=[OpenTelemetryExporter()])
     executor.add_span_exporter(JsonLinesExporter("spans.jsonl"))
@@ -30,6 +31,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -37,7 +39,6 @@ from caudal._core import _clock_offset_ns
 
 __all__ = [
     "JsonLinesExporter",
-    "OpenTelemetryExporter",
     "Span",
     "SpanExporter",
 ]
@@ -192,105 +193,6 @@ class JsonLinesExporter(SpanExporter):
 
     def __repr__(self) -> str:
         return f"JsonLinesExporter({getattr(self._stream, 'name', self._stream)!r})"
-
-
-class OpenTelemetryExporter(SpanExporter):
-    """Turns caudal's spans into OpenTelemetry SDK spans.
-
-    The spans go through ``tracer_provider`` (default: the global one), so
-    its span processors, exporters, resource and sampler apply as to the
-    application's own spans. Each span is a child of the span that was
-    current when the execution ended (None: a root span). Attributes:
-    ``caudal.step``, ``caudal.attempts``, ``caudal.outcome``,
-    ``caudal.cache_hit``, ``caudal.breaker_state``, ``caudal.slow``,
-    ``caudal.sampled``, ``error.type``; failures get status ERROR."""
-
-    wants_parent = True
-
-    def __init__(self, tracer_provider: Any = None, *, name_prefix: str = ""):
-        try:
-            from opentelemetry import trace
-            from opentelemetry.trace import (
-                NonRecordingSpan,
-                SpanContext,
-                SpanKind,
-                Status,
-                StatusCode,
-                TraceFlags,
-            )
-        except ImportError as exc:  # pragma: no cover - the dependency is declared
-            raise ImportError(
-                "OpenTelemetryExporter needs opentelemetry-api and opentelemetry-sdk "
-                "(pip install opentelemetry-sdk)"
-            ) from exc
-        from caudal import __version__
-
-        self._provider = tracer_provider
-        provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
-        self._tracer = provider.get_tracer("caudal", __version__)
-        self._prefix = name_prefix
-        self._trace = trace
-        self._nrs = NonRecordingSpan
-        self._sc = SpanContext
-        self._kind = SpanKind.INTERNAL
-        self._status = Status
-        self._error = StatusCode.ERROR
-        self._flags = TraceFlags
-
-    def export(self, spans: Sequence[Span]) -> None:
-        from opentelemetry.context import Context
-
-        tracer = self._tracer
-        root = Context()
-        parents: dict[tuple[int, int, int], Any] = {}
-        for s in spans:
-            ctx = root
-            if s.trace_id is not None and s.parent_span_id is not None:
-                k = (s.trace_id, s.parent_span_id, s.trace_flags)
-                ctx = parents.get(k)
-                if ctx is None:
-                    parent = self._nrs(
-                        self._sc(
-                            s.trace_id,
-                            s.parent_span_id,
-                            is_remote=False,
-                            trace_flags=self._flags(s.trace_flags),
-                        )
-                    )
-                    ctx = parents[k] = self._trace.set_span_in_context(parent, root)
-            attrs: dict[str, Any] = {
-                "caudal.step": s.step,
-                "caudal.attempts": s.attempts,
-                "caudal.outcome": s.outcome,
-                "caudal.cache_hit": s.outcome == "cache_hit",
-                "caudal.slow": s.slow,
-                "caudal.sampled": s.sampled,
-            }
-            if s.breaker_state is not None:
-                attrs["caudal.breaker_state"] = s.breaker_state
-            if s.error_type is not None:
-                attrs["error.type"] = s.error_type
-            span = tracer.start_span(
-                self._prefix + s.step,
-                context=ctx,
-                kind=self._kind,
-                attributes=attrs,
-                start_time=s.start_time_ns,
-            )
-            if s.outcome in _FAILED:
-                span.set_status(self._status(self._error, s.error_type or s.outcome))
-            span.end(end_time=s.end_time_ns)
-
-    def force_flush(self) -> None:
-        provider = self._provider
-        if provider is None:
-            provider = self._trace.get_tracer_provider()
-        flush = getattr(provider, "force_flush", None)
-        if flush is not None:
-            flush()
-
-    def __repr__(self) -> str:
-        return "OpenTelemetryExporter()"
 
 
 def _otel_parent_source() -> tuple[Any, Any] | None:
@@ -464,3 +366,19 @@ def flusher_stats(f: SpanFlusher | None) -> dict[str, Any]:
         "last_flush_seconds_ago": None if src.last_flush is None else now - src.last_flush,
         "last_flush_ok": src.last_flush_ok,
     }
+
+
+def __getattr__(name: str) -> Any:
+    """``caudal.telemetry.OpenTelemetryExporter``: the old path, kept for one
+    release (deprecated: import it from caudal.integrations.otel)."""
+    if name == "OpenTelemetryExporter":
+        from caudal.integrations.otel import OpenTelemetryExporter
+
+        warnings.warn(
+            "caudal.telemetry.OpenTelemetryExporter is deprecated: import it from "
+            "caudal.integrations.otel (the old path goes away in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return OpenTelemetryExporter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

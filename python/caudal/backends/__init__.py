@@ -1,47 +1,20 @@
-"""Where a step's attempts run: ``"local"`` (the driver's event loop or its
-thread pool; the default) or ``"ray"`` (a Ray task, or a call on a pool of
-Ray actors; :mod:`caudal.backends.ray`).
+"""Deprecated alias of :mod:`caudal._backends`, kept for one release."""
 
-A backend only changes how one attempt is carried out. The executor's cache,
-breaker, limits, retries, timeouts and statistics stay in the driver.
-"""
+import warnings
+from typing import Any
 
-from __future__ import annotations
+import caudal._backends as _new
+from caudal._backends import *  # noqa: F403
+from caudal._backends import __all__  # noqa: F401
 
-import importlib.util
-
-BACKENDS = ("local", "ray")
-
-_INSTALL_HINT = "pip install 'caudal[ray]'"
-
-
-def ray_missing_message(where: str) -> str:
-    return (
-        f"{where}: backend='ray' needs Ray, which is not installed in this environment; "
-        f"install it with: {_INSTALL_HINT}"
-    )
+warnings.warn(
+    "caudal.backends is deprecated: import from caudal._backends instead "
+    "(the old path goes away in the next release)",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 
-def ray_installed() -> bool:
-    """Whether ``import ray`` can work, without importing it (which takes a
-    few hundred milliseconds)."""
-    try:
-        return importlib.util.find_spec("ray") is not None
-    except (ImportError, ValueError):  # a broken or blocked install
-        return False
-
-
-def check_backend(backend: object, where: str) -> str | None:
-    """Validate a ``backend=`` argument; None means "not set here"."""
-    from caudal.errors import BackendUnavailableError
-
-    if backend is None:
-        return None
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"{where}: backend must be 'local', 'ray' or None, got {backend!r}")
-    if backend == "ray" and not ray_installed():
-        raise BackendUnavailableError(ray_missing_message(where), name="ray")
-    return backend
-
-
-__all__ = ["BACKENDS", "check_backend", "ray_installed", "ray_missing_message"]
+def __getattr__(name: str) -> Any:
+    """The module's other (private) names, for code that reached into it."""
+    return getattr(_new, name)

@@ -32,8 +32,10 @@ import sys
 import time
 from typing import Any
 
-from caudal.checkpoints import open_store
 from caudal.errors import CaudalError, PipelineDefinitionError, UsageLimitExceededError
+from caudal.executor_core import ExecutorCore
+from caudal.pipeline.stores import open_store
+from caudal.pipeline.yaml import load_pipeline
 
 
 def _cwd_last() -> None:
@@ -165,8 +167,6 @@ def _report(run: Any, as_json: bool) -> int:
 
 
 def _load(yaml_text_or_path: str, registry_spec: str, resolver_spec: str | None) -> Any:
-    from caudal.yaml_pipeline import load_pipeline
-
     registry = _registry(registry_spec)
     resolver = _import_spec(resolver_spec, "--resolver") if resolver_spec else None
     p = load_pipeline(yaml_text_or_path, registry, resolver=resolver)
@@ -178,18 +178,16 @@ def _executor(args: argparse.Namespace) -> Any:
     """The executor for run/resume, or None for the pipeline's default."""
     if not (args.cache_redis or args.backend or args.ray_address):
         return None
-    from caudal.executor_core import ExecutorCore
-
     backend = args.backend
     if args.ray_address:
-        from caudal.backends.ray import import_ray
+        from caudal.integrations.ray import import_ray
 
         ray = import_ray("--ray-address")
         if not ray.is_initialized():
             ray.init(address=args.ray_address, log_to_driver=False, configure_logging=False)
     tier = None
     if args.cache_redis:
-        from caudal.cache_redis import RedisCacheTier
+        from caudal.integrations.redis import RedisCacheTier
 
         tier = RedisCacheTier(args.cache_redis)
     return ExecutorCore(cache_l2=tier, backend=backend)
@@ -376,8 +374,6 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from caudal.yaml_pipeline import load_pipeline
-
     try:
         p = load_pipeline(args.pipeline, _registry(args.registry), require_resolver=False)
     except PipelineDefinitionError as exc:
@@ -468,7 +464,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m caudal.cli``."""
+
+import sys
+
+from caudal.cli.main import main
+
+sys.exit(main())

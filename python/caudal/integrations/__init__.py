@@ -1,0 +1,15 @@
+"""Optional integrations, each imported only when used:
+
+- :mod:`caudal.integrations.redis`: the shared (L2) cache tier in Redis
+  (``pip install 'caudal[redis]'``);
+- :mod:`caudal.integrations.postgres`: ``PostgresStore``, checkpoints in
+  PostgreSQL (``caudal[postgres]``);
+- :mod:`caudal.integrations.otel`: ``OpenTelemetryExporter``, spans into
+  OpenTelemetry (``caudal[otel]``);
+- :mod:`caudal.integrations.ray`: the Ray backend, ``backend="ray"``
+  (``caudal[ray]``).
+
+This package imports none of them: nothing in caudal imports an integration
+until the feature that needs it is used, so an integration may import its
+library at module level.
+"""

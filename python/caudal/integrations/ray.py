@@ -1,0 +1,410 @@
+"""The Ray backend: a step's attempt runs as a Ray task, or as a call on a
+pool of Ray actors, and the driver awaits it through Ray's asyncio support.
+
+Seam: ``caudal._steps.analyse`` replaces the analysed ``fn`` of a step whose
+backend is ``"ray"`` by the ``async def`` built here (``kind`` async, same
+call shape). Everything the executor does around an attempt — cache lookup
+and store, single flight, breaker, concurrency slots, retries and back-off,
+timeouts, statistics — therefore happens in the driver exactly as for a
+local step; only the call itself crosses to the cluster. The C++ core and
+its bindings know nothing of Ray.
+
+Per attempt the driver pays one ``.remote()`` submission and one awaited
+ObjectRef (measured in ``benchmarks/bench_scale_out.py``). The remote
+function (or the actor pool) is created once per Step object and cached
+here, not per attempt.
+
+Semantics (docs/scale-out.md):
+
+- Ray's own retries are off (``max_retries=0`` for tasks, ``max_restarts=0``
+  / ``max_task_retries=0`` for actors): whether to retry is the executor's
+  decision, counted in its statistics.
+- A remote exception reaches the caller as itself (``RayTaskError.cause``:
+  same type, same message), with the remote traceback added as a note.
+- A dead worker, node, actor or lost result becomes
+  :class:`caudal.RemoteWorkerDiedError`, a failure that retries retry.
+- Cancelling the awaiting coroutine (``task.cancel()``, a step timeout, a
+  pipeline stopping) calls ``ray.cancel(ref, force=False)``: a queued task
+  never runs, a running task gets ``KeyboardInterrupt`` (so its ``finally``
+  blocks run). A running call on a (synchronous) actor is not interrupted
+  by Ray; it sees ``ray.get_runtime_context().is_canceled()``.
+- Context: the worker gets a copy of the step's context; the keys the step
+  changed there come back with the output and are applied to the driver's
+  context object, so pipelines merge and checkpoint them as for a local step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import threading
+import weakref
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
+
+from caudal._backends import ray_missing_message
+from caudal._step import Step
+from caudal.errors import BackendUnavailableError, RemoteWorkerDiedError
+from caudal.pipeline.context import DELETED
+
+# Mirrors caudal._steps (which imports this module when a step first runs on
+# Ray).
+_SHAPE_DATA_CONTEXT, _SHAPE_RUN_KWARGS = 2, 3
+
+
+def import_ray(where: str) -> Any:
+    """``import ray``, or a BackendUnavailableError saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise BackendUnavailableError(ray_missing_message(where), name="ray") from exc
+    return ray
+
+
+# ------------------------------------------------------------ worker side
+# These run in the Ray worker process.
+
+
+def _context_of(args: tuple, kwargs: dict, ctx_at: int | str | None) -> Any:
+    if ctx_at is None:
+        return None
+    if isinstance(ctx_at, int):
+        return args[ctx_at] if len(args) > ctx_at else None
+    return kwargs.get(ctx_at)
+
+
+def _fields(ctx: Any) -> MutableMapping | None:
+    """The mutable key/value view of a context, or None for contexts a step
+    cannot change in place (None, immutable mappings, caudal.Context)."""
+    if isinstance(ctx, MutableMapping):
+        return ctx
+    d = getattr(ctx, "__dict__", None)
+    return d if isinstance(d, dict) else None
+
+
+def _run_here(fn: Callable[..., Any], ctx_at: int | str | None, args: tuple, kwargs: dict) -> Any:
+    """Call the step on this worker: ``(output, context changes or None)``."""
+    ctx = _context_of(args, kwargs, ctx_at)
+    fields = _fields(ctx) if ctx is not None else None
+    before = dict(fields) if fields is not None else None
+    out = fn(*args, **kwargs)
+    if inspect.isawaitable(out):
+        out = asyncio.run(_awaited(out))
+    if before is None:
+        return out, None
+    now = _fields(ctx)
+    changes = {k: v for k, v in now.items() if k not in before or before[k] is not v}
+    for k in before:
+        if k not in now:
+            changes[k] = DELETED
+    return out, changes or None
+
+
+async def _awaited(aw: Any) -> Any:
+    return await aw
+
+
+def _task_body(fn: Callable[..., Any], ctx_at: int | str | None) -> Callable[..., Any]:
+    def caudal_step(*args: Any, **kwargs: Any) -> Any:
+        return _run_here(fn, ctx_at, args, kwargs)
+
+    return caudal_step
+
+
+class _StepActor:
+    """One member of a step's actor pool. A class given as the step's fn is
+    instantiated once here (its ``__init__`` is the costly set-up) and the
+    instance is called per attempt; a function is just called."""
+
+    def __init__(self, target: Any, is_class: bool, ctx_at: int | str | None) -> None:
+        self._fn = target() if is_class else target
+        self._ctx_at = ctx_at
+
+    def call(self, args: tuple, kwargs: dict) -> Any:
+        return _run_here(self._fn, self._ctx_at, args, kwargs)
+
+
+# ------------------------------------------------------------ driver side
+
+
+def _apply_changes(ctx: Any, changes: Mapping[Any, Any]) -> None:
+    """Apply the worker's context changes to the driver's context object."""
+    fields = _fields(ctx)
+    if fields is None:
+        return
+    for k, v in changes.items():
+        if v is DELETED:
+            fields.pop(k, None)
+        else:
+            fields[k] = v
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _translator(ray: Any, name: str) -> Callable[[BaseException], BaseException]:
+    x = ray.exceptions
+    died = (
+        x.WorkerCrashedError,
+        x.NodeDiedError,
+        x.RayActorError,  # ActorDiedError, ActorUnavailableError
+        x.ObjectLostError,  # OwnerDiedError, ObjectReconstructionFailedError, ...
+        x.LocalRayletDiedError,
+        x.OutOfMemoryError,  # Ray's memory monitor killed the worker
+    )
+    task_error, ray_error = x.RayTaskError, x.RayError
+
+    def translate(exc: BaseException) -> BaseException:
+        if isinstance(exc, task_error):
+            cause = exc.cause
+            if isinstance(cause, ray_error):
+                return translate(cause)
+            if isinstance(cause, Exception):
+                # str() of Ray's wrapper is the remote traceback, coloured.
+                remote = _ANSI.sub("", str(exc)).strip()
+                cause.add_note(f"raised in a Ray worker for step {name!r}:\n{remote}")
+                return cause
+            return exc
+        if isinstance(exc, died):
+            return RemoteWorkerDiedError(name, type(exc).__name__, _first_line(exc))
+        return exc
+
+    return translate
+
+
+def _reraise(translate: Callable[[BaseException], BaseException], exc: BaseException) -> None:
+    """Raise what the caller should see for a Ray error: the step's own
+    exception without Ray's wrapping, or RemoteWorkerDiedError chained to
+    the Ray error."""
+    err = translate(exc)
+    if err is exc:
+        raise exc
+    if isinstance(err, RemoteWorkerDiedError):
+        raise err from exc
+    raise err from None
+
+
+def _session(ray: Any) -> str:
+    """Identifies the Ray session this process is connected to (actor
+    handles do not survive ``ray.shutdown()`` / ``ray.init()``)."""
+    ctx = ray.get_runtime_context()
+    return f"{ctx.get_node_id()}/{ctx.get_job_id()}"
+
+
+class _ActorPool:
+    """N actors for one step, created on first use; each attempt goes to the
+    actor with the fewest calls in flight. A lost actor is replaced by a new
+    one on the next attempt."""
+
+    def __init__(self, ray: Any, actor_cls: Any, size: int, args: tuple) -> None:
+        self._ray = ray
+        self._cls = actor_cls
+        self._args = args
+        self._lock = threading.Lock()
+        self._handles: list[Any] = [None] * size
+        self._load = [0] * size
+        self._session: str | None = None
+
+    def acquire(self) -> tuple[Any, int]:
+        ray = self._ray
+        if not ray.is_initialized():
+            ray.init()  # what Ray itself does on the first remote call
+        session = _session(ray)
+        with self._lock:
+            if session != self._session:
+                self._handles = [None] * len(self._handles)
+                self._load = [0] * len(self._load)
+                self._session = session
+            load = self._load
+            i = min(range(len(load)), key=load.__getitem__)
+            h = self._handles[i]
+            if h is None:
+                h = self._handles[i] = self._cls.remote(*self._args)
+            load[i] += 1
+            return h, i
+
+    def release(self, i: int) -> None:
+        with self._lock:
+            if self._load[i] > 0:
+                self._load[i] -= 1
+
+    def lost(self, i: int, handle: Any) -> None:
+        with self._lock:
+            if self._handles[i] is not handle:
+                return
+            self._handles[i] = None
+        try:
+            self._ray.kill(handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+    def size(self) -> int:
+        return len(self._handles)
+
+    def stop(self) -> int:
+        with self._lock:
+            handles = [h for h in self._handles if h is not None]
+            self._handles = [None] * len(self._handles)
+        for h in handles:
+            try:
+                self._ray.kill(h, no_restart=True)
+            except Exception:  # already gone
+                pass
+        return len(handles)
+
+    def live(self) -> int:
+        with self._lock:
+            return sum(h is not None for h in self._handles)
+
+
+def release_actors(step: Any) -> int:
+    """Stop the Ray actors of ``step``'s pool now (they hold their CPUs for
+    as long as the Step object lives otherwise); returns how many stopped. A
+    later attempt of the step starts a new pool."""
+    with _BUILT_LOCK:
+        built = list(_BUILT.get(step, {}).values())
+    n = 0
+    for attempt in built:
+        pool = getattr(attempt, "pool", None)
+        if pool is not None:
+            n += pool.stop()
+    return n
+
+
+def _cancel(ray: Any, ref: Any) -> None:
+    try:
+        ray.cancel(ref, force=False, recursive=True)
+    except Exception:  # finished already, or Ray shut down
+        pass
+
+
+# One built attempt per Step object (weakly held; the attempt closures hold
+# the step's fn, never the Step itself).
+_BUILT: weakref.WeakKeyDictionary[Any, dict[tuple, Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_BUILT_LOCK = threading.Lock()
+
+
+def ray_attempt(
+    owner: Any,
+    target: Callable[..., Any],
+    *,
+    name: str,
+    shape: int,
+    context_kw: bool,
+    is_class: bool,
+    num_cpus: float | None,
+    num_gpus: float | None,
+    resources: Mapping[str, float] | None,
+    actors: int | None,
+) -> Callable[..., Any]:
+    """The ``async def`` that runs one attempt of ``target`` on Ray; built
+    once per Step (``owner``) and options."""
+    ray = import_ray(f"step {name!r}")
+    key = (
+        name,
+        shape,
+        context_kw,
+        is_class,
+        num_cpus,
+        num_gpus,
+        tuple(sorted(resources.items())) if resources else None,
+        actors,
+    )
+    cacheable = isinstance(owner, Step)
+    if cacheable:
+        with _BUILT_LOCK:
+            found = _BUILT.get(owner, {}).get(key)
+        if found is not None:
+            return found
+    if shape == _SHAPE_DATA_CONTEXT:
+        ctx_at: int | str | None = 1
+    elif shape == _SHAPE_RUN_KWARGS and context_kw:
+        ctx_at = "context"
+    else:
+        ctx_at = None
+    opts: dict[str, Any] = {}
+    if num_gpus is not None:
+        opts["num_gpus"] = num_gpus
+    if resources:
+        opts["resources"] = dict(resources)
+    translate = _translator(ray, name)
+    if actors:
+        opts["num_cpus"] = 1 if num_cpus is None else num_cpus
+        actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **opts)(_StepActor)
+        pool = _ActorPool(ray, actor_cls, actors, (target, is_class, ctx_at))
+        attempt = _actor_attempt(ray, pool, ctx_at, translate)
+        attempt.pool = pool  # type: ignore[attr-defined]  # for tests and stats
+    else:
+        if num_cpus is not None:
+            opts["num_cpus"] = num_cpus
+        remote = ray.remote(max_retries=0, retry_exceptions=False, name=name, **opts)(
+            _task_body(target, ctx_at)
+        )
+        attempt = _task_attempt(ray, remote, ctx_at, translate)
+    attempt.__name__ = attempt.__qualname__ = f"ray:{name}"
+    if cacheable:
+        with _BUILT_LOCK:
+            per_owner = _BUILT.setdefault(owner, {})
+            attempt = per_owner.setdefault(key, attempt)
+    return attempt
+
+
+def _task_attempt(
+    ray: Any, remote: Any, ctx_at: int | str | None, translate: Callable[..., BaseException]
+) -> Callable[..., Any]:
+    submit = remote.remote
+    ray_error = ray.exceptions.RayError
+
+    async def attempt(*args: Any, **kwargs: Any) -> Any:
+        ref = submit(*args, **kwargs)
+        try:
+            out, changes = await ref
+        except asyncio.CancelledError:
+            _cancel(ray, ref)
+            raise
+        except ray_error as exc:
+            _reraise(translate, exc)
+        if changes:
+            _apply_changes(_context_of(args, kwargs, ctx_at), changes)
+        return out
+
+    return attempt
+
+
+def _actor_attempt(
+    ray: Any, pool: _ActorPool, ctx_at: int | str | None, translate: Callable[..., BaseException]
+) -> Callable[..., Any]:
+    x = ray.exceptions
+    ray_error, actor_error = x.RayError, x.RayActorError
+
+    async def attempt(*args: Any, **kwargs: Any) -> Any:
+        handle, slot = pool.acquire()
+        try:
+            ref = handle.call.remote(args, kwargs)
+            try:
+                out, changes = await ref
+            except asyncio.CancelledError:
+                _cancel(ray, ref)
+                raise
+            except ray_error as exc:
+                if isinstance(exc, actor_error):
+                    pool.lost(slot, handle)
+                _reraise(translate, exc)
+        finally:
+            pool.release(slot)
+        if changes:
+            _apply_changes(_context_of(args, kwargs, ctx_at), changes)
+        return out
+
+    return attempt
+
+
+__all__ = ["import_ray", "ray_attempt", "release_actors"]
