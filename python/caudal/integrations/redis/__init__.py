@@ -3,8 +3,9 @@
 Every process that points a ``RedisCacheTier`` at the same Redis (and the same
 ``prefix``) shares one cache: a result computed by one worker is a hit for all
 of them, and an invalidation by tag, by group (a step's name) or by a prefix
-of step names from any process removes the entries for every process. The executor consults this tier on its
-slow path only, after a miss in its in-process (L1) cache.
+of step names from any process removes the entries for every process. The
+executor consults this tier on its slow path only, after a miss in its
+in-process (L1) cache.
 
 Layout in Redis (``P`` is ``prefix``, ``"caudal:"`` by default)
 ----------------------------------------------------------------
