@@ -216,8 +216,11 @@ async def test_invalidate_step_drops_exactly_that_step():
 async def test_an_empty_prefix_is_refused():
     ex = cached_executor()
     steps = await _fill(ex, "a")
-    with pytest.raises(ValueError, match="clear_cache"):
+    with pytest.raises(ValueError, match="prefix is empty; clear_cache") as e:
         await ex.invalidate_prefix("")
+    assert type(e.value) is ValueError
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        await ex.invalidate_prefix(None)
     assert await _hit(ex, steps["a"])
 
 

@@ -702,6 +702,12 @@ class ExecutorCore:
         ``prefix``, in both tiers (same result as :meth:`invalidate_by_tag`).
         An empty prefix is refused (ValueError): :meth:`clear_cache` drops
         everything."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"invalidate_prefix: prefix must be a str, got {type(prefix).__name__}")
+        if not prefix:
+            raise ValueError(
+                "invalidate_prefix: the prefix is empty; clear_cache() drops every cached result"
+            )
         if self._l2 is not None and not callable(getattr(self._l2, "invalidate_prefix", None)):
             raise TypeError("cache_l2 has no invalidate_prefix() method")
         n = self._engine.invalidate_prefix(prefix)
