@@ -188,6 +188,79 @@ async def test_tags_prefix_and_clear():
     assert ex.get_optimization_stats()["cache"]["size"] == 0
 
 
+# ---- invalidate_prefix (by name prefix) and invalidate_step (one name) ----
+async def _fill(ex, *names):
+    steps = {name: Step(Counted(), name) for name in names}
+    for step in steps.values():
+        for x in (1, 2):
+            await ex.execute(step, x)
+    return steps
+
+
+async def _hit(ex, step) -> bool:
+    return (await ex.execute(step, 1)).cache_hit
+
+
+async def test_invalidate_prefix_drops_every_step_whose_name_starts_with_it():
+    ex = cached_executor()
+    steps = await _fill(ex, "call_llm", "call_llm_v2", "other", "call")
+    n = await ex.invalidate_prefix("call_llm")
+    assert n == 4 and n.l2 is None  # two entries of each of two steps
+    assert not await _hit(ex, steps["call_llm"])
+    assert not await _hit(ex, steps["call_llm_v2"])
+    assert await _hit(ex, steps["other"])
+    assert await _hit(ex, steps["call"])  # shorter than the prefix
+
+
+async def test_invalidate_step_drops_exactly_that_step():
+    ex = cached_executor()
+    steps = await _fill(ex, "call_llm", "call_llm_v2")
+    assert await ex.invalidate_step("call_llm") == 2
+    assert not await _hit(ex, steps["call_llm"])
+    assert await _hit(ex, steps["call_llm_v2"])
+    assert await ex.invalidate_step("call_llm_v") == 0  # not a prefix
+    assert await _hit(ex, steps["call_llm_v2"])
+
+
+async def test_an_empty_prefix_is_refused():
+    ex = cached_executor()
+    steps = await _fill(ex, "a")
+    with pytest.raises(ValueError, match="prefix is empty; clear_cache") as e:
+        await ex.invalidate_prefix("")
+    assert type(e.value) is ValueError
+    with pytest.raises(TypeError, match="prefix must be a str"):
+        await ex.invalidate_prefix(None)
+    assert await _hit(ex, steps["a"])
+
+
+async def test_a_prefix_invalidation_keeps_out_a_step_never_cached_before():
+    # The step stores its first result after the invalidation began: its
+    # name was unknown to the cache then, yet its result is stale.
+    ex = cached_executor()
+    fn = Gated()
+    step = Step(fn, "call_llm_v3", cache_key="call_llm_v3")
+    task = asyncio.create_task(ex.execute(step, 1))
+    await fn.started.wait()
+    assert await ex.invalidate_prefix("call_llm") == 0
+    fn.release.set()
+    assert not (await task).cache_hit
+    assert not (await ex.execute(step, 1)).cache_hit  # not stored
+    assert ex.get_optimization_stats()["cache"]["stale"] == 1
+    assert (await ex.execute(step, 1)).cache_hit  # began after: stored
+
+
+async def test_a_shared_tier_without_invalidate_prefix_is_refused_before_anything():
+    tier = _MemoryTier()
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True), cache_l2=tier)
+    steps = await _fill(ex, "call_llm")
+    with pytest.raises(TypeError, match="invalidate_prefix"):
+        await ex.invalidate_prefix("call")
+    assert await _hit(ex, steps["call_llm"])  # nothing dropped
+    r = await ex.invalidate_step("call_llm")  # the exact name uses invalidate_group
+    assert r == 2 and r.l2 == 0
+    await ex.aclose()
+
+
 async def test_entry_and_byte_bounds():
     ex = cached_executor(cache_max_size=2)
     step = Step(Counted(), "s")

@@ -278,6 +278,59 @@ async def test_an_invalidation_reaches_another_process_in_process_cache(redis_se
     await b.aclose()
 
 
+async def test_prefix_and_step_invalidations_reach_both_tiers_of_every_executor(redis_server):
+    prefix = f"q{uuid.uuid4().hex[:8]}:"
+    fns = {name: Counted() for name in ("call_llm", "call_llm_v2", "other")}
+    steps = {name: Step(fn, name) for name, fn in fns.items()}
+    a, _ = make_executor(redis_server, prefix)
+    b, tier_b = make_executor(redis_server, prefix)  # its own tier: another process
+    for step in steps.values():
+        await a.execute(step, 1)
+    await a.flush()
+    for step in steps.values():  # into b's L1, from Redis
+        assert (await b.execute(step, 1)).metadata["cache_tier"] == "l2"
+    await _until(lambda: tier_b.stats()["subscribed"])
+
+    async def refilled(name):
+        """Whether b ran the step again (neither tier had it), then refills."""
+        calls = fns[name].calls
+        await b.execute(steps[name], 1)
+        await b.flush()
+        return fns[name].calls == calls + 1
+
+    heard = tier_b.stats()["invalidations_heard"]
+    r = await a.invalidate_step("call_llm")
+    assert r == 1 and r.l2 == 1
+    await _until(lambda: tier_b.stats()["invalidations_heard"] > heard)
+    assert [await refilled(n) for n in steps] == [True, False, False]
+
+    heard = tier_b.stats()["invalidations_heard"]
+    r = await a.invalidate_prefix("call_llm")
+    assert r == 1  # a's L1: call_llm_v2 (call_llm went above)
+    assert r.l2 == 2  # Redis: call_llm (refilled by b) and call_llm_v2
+    await _until(lambda: tier_b.stats()["invalidations_heard"] > heard)
+    assert [await refilled(n) for n in steps] == [True, True, False]
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_a_prefix_invalidation_elsewhere_keeps_out_a_step_never_cached_before(redis_server):
+    prefix = f"w{uuid.uuid4().hex[:8]}:"
+    fn = Gated()
+    step = Step(fn, "call_llm_v3", cache_key="call_llm_v3")
+    a, tier_a = make_executor(redis_server, prefix)
+    b, _ = make_executor(redis_server, prefix)  # another process, in effect
+    task = asyncio.create_task(a.execute(step, 1))
+    await fn.started.wait()  # a asked Redis (a miss) and runs the step
+    assert await b.invalidate_prefix("call_llm") == 0  # nothing of it anywhere yet
+    fn.release.set()
+    await task
+    await a.flush()
+    assert await tier_a.get(_core.cache_key(1, "call_llm_v3")) == (False, None)
+    await a.aclose()
+    await b.aclose()
+
+
 async def test_a_lost_subscription_drops_the_in_process_cache(redis_restartable):
     prefix = f"y{uuid.uuid4().hex[:8]}:"
     fn = Counted()

@@ -264,6 +264,46 @@ async def test_invalidate_tag_and_group(make_tier, raw, prefix):
     assert tier.stats()["invalidations"] == 4
 
 
+async def test_invalidate_prefix_drops_every_group_under_it(make_tier, raw, prefix):
+    tier = make_tier()
+    for name in ("call_llm", "call_llm_v2", "other", "call"):
+        for n in (1, 2):
+            await tier.set(key(f"{name}-{n}"), n, ttl_s=30, group=name)
+    r = await tier.invalidate_prefix("call_llm")
+    assert r == 4 and r.l2 == 4 and not r.queued
+    found = {name: (await tier.get(key(f"{name}-1")))[0] for name in ("call_llm", "call_llm_v2")}
+    assert found == {"call_llm": False, "call_llm_v2": False}
+    assert await tier.get(key("other-1")) == (True, 1)
+    assert await tier.get(key("call-2")) == (True, 2)
+    assert not raw.exists(f"{prefix}g:call_llm_v2")
+    assert await tier.invalidate_prefix("nothing-here") == 0
+
+
+async def test_glob_characters_in_a_prefix_are_literal(make_tier):
+    tier = make_tier()
+    names = ("a*b", "a*bc", "axb", "a?", "a[1]x", "a1x", "a\\z", "a\\\\z")
+    for name in names:
+        await tier.set(key(name), name, ttl_s=30, group=name)
+    assert await tier.invalidate_prefix("a*") == 2
+    assert await tier.invalidate_prefix("a[1]") == 1
+    assert await tier.invalidate_prefix("a?") == 1
+    assert await tier.invalidate_prefix("a\\") == 2
+    left = [name for name in names if (await tier.get(key(name)))[0]]
+    assert left == ["axb", "a1x"]
+
+
+async def test_invalidate_step_is_exact_and_an_empty_prefix_is_refused(make_tier):
+    tier = make_tier()
+    await tier.set(key("a"), 1, ttl_s=30, group="call_llm")
+    await tier.set(key("b"), 2, ttl_s=30, group="call_llm_v2")
+    with pytest.raises(ValueError, match="clear"):
+        await tier.invalidate_prefix("")
+    with pytest.raises(TypeError, match="prefix"):
+        await tier.invalidate_prefix(None)
+    assert await tier.invalidate_group("call_llm") == 1
+    assert await tier.get(key("b")) == (True, 2)
+
+
 async def test_invalidate_a_tag_larger_than_one_batch(make_tier):
     tier = make_tier()
     n = 1300  # more than two batches of 512
@@ -492,6 +532,7 @@ async def test_batched_sets_reload_a_flushed_script(make_tier, redis_restartable
             60_000,
             [f"{tier._prefix}t:t"],
             "",  # since: not checked
+            "",  # group: none
         )
         for i in range(3)
     ]
@@ -909,6 +950,43 @@ async def test_an_invalidation_during_the_backoff_is_queued_and_delivered(
     assert s["healthy"] and s["pending_invalidations"] == 0
 
 
+async def test_a_prefix_invalidation_is_queued_and_delivered(make_tier, redis_restartable):
+    url = redis_restartable.url
+    tier = make_tier(url, op_timeout_s=FROZEN_TIMEOUT_S, reconnect_backoff_s=60)
+    other = make_tier(url)
+    await tier.set(key(1), "stale", ttl_s=600, group="call_llm_v2")
+    await tier.set(key(2), "kept", ttl_s=600, group="other")
+    redis_restartable.freeze()
+    try:
+        async with no_stall():
+            r = await tier.invalidate_prefix("call_llm")
+            assert r == 0 and r.queued and r.l2 is None
+            assert (await tier.invalidate_prefix("call_llm")).queued  # once in the queue
+        assert tier.pending_invalidations == 1
+    finally:
+        redis_restartable.thaw()
+    assert await tier.deliver_pending()
+    assert await other.get(key(1)) == (False, None)
+    assert await other.get(key(2)) == (True, "kept")
+    assert tier.stats()["invalidations_delivered"] == 1
+
+
+async def test_prefix_and_step_invalidations_reach_other_tiers_listeners(make_tier):
+    a, b = make_tier(), make_tier()
+    heard = []
+    b.add_invalidation_listener(lambda kind, name: heard.append((kind, name)))
+    await b.get(key("x"))  # starts b's subscription
+    await until(lambda: b.stats()["subscribed"], "the subscription")
+    await a.invalidate_prefix("call_llm")
+    await a.invalidate_group("call_llm")
+    await until(lambda: len(heard) == 2, "both messages")
+    assert heard == [("prefix", "call_llm"), ("group", "call_llm")]
+    # A message with an empty prefix (or none) is refused, not passed on.
+    for bad in ("", None):
+        b._heard(b._message("prefix", bad))
+    assert len(heard) == 2 and b.stats()["invalidation_messages_rejected"] == 2
+
+
 async def test_a_failed_invalidation_is_queued_and_reads_wait_for_it(make_tier, redis_restartable):
     url = redis_restartable.url
     tier = make_tier(url, op_timeout_s=FROZEN_TIMEOUT_S, reconnect_backoff_s=60)
@@ -1006,6 +1084,44 @@ async def test_a_write_read_before_an_invalidation_elsewhere_is_refused(make_tie
     _, _, since = await a.get_versioned(k)
     assert await a.set(k, "fresh", ttl_s=60, tags=["t"], group="g", since=since)
     assert await b.get(k) == (True, "fresh")
+
+
+async def test_a_write_read_before_a_prefix_invalidation_elsewhere_is_refused(
+    make_tier, raw, prefix
+):
+    a, b = make_tier(), make_tier()
+    k = key("in-flight")
+    _, _, since = await a.get_versioned(k)
+    # "call_llm_v9" has never been written: no group index to find; the
+    # prefix's epoch refuses the write all the same.
+    await b.invalidate_prefix("call_llm")
+    assert await a.set(k, "computed before", ttl_s=60, group="call_llm_v9", since=since) is False
+    assert await a.set(k, "computed before", ttl_s=60, group="call_llm", since=since) is False
+    assert a.stats()["stale_sets"] == 2
+    # Outside the prefix, or read after it: stored.
+    assert await a.set(k, "other", ttl_s=60, group="call_ll", since=since)
+    _, _, since = await a.get_versioned(k)
+    assert await a.set(k, "fresh", ttl_s=60, group="call_llm_v9", since=since)
+    assert await b.get(k) == (True, "fresh")
+    # A clear keeps the prefixes' epochs, like the others.
+    await b.clear()
+    assert raw.hexists(f"{prefix}pe", "call_llm")
+
+
+async def test_prefix_epochs_are_checked_whether_fewer_prefixes_or_fewer_name_lengths(make_tier):
+    # The write's script looks up whichever is fewer: the invalidated
+    # prefixes (above: one prefix, a long name), or the name's own prefixes
+    # (here: a two-letter name, four prefixes invalidated).
+    a, b = make_tier(), make_tier()
+    k = key("short")
+    _, _, since = await a.get_versioned(k)
+    for p in ("x1", "x2", "y", "zz"):
+        await b.invalidate_prefix(p)
+    assert await a.set(k, "v", ttl_s=60, group="x1", since=since) is False
+    assert await a.set(k, "v", ttl_s=60, group="y9", since=since) is False
+    assert await a.set(k, "v", ttl_s=60, group="x", since=since)  # not under any
+    assert await a.set(k, "v", ttl_s=60, group="z", since=since)
+    assert a.stats()["stale_sets"] == 2
 
 
 async def test_an_invalidation_of_something_else_does_not_refuse_a_write(make_tier):

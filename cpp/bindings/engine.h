@@ -334,7 +334,8 @@ class Engine {
 
   // Cache administration.
   size_t invalidate_tag(const std::string& tag);
-  size_t invalidate_prefix(const std::string& step_name);
+  size_t invalidate_prefix(const std::string& prefix);
+  size_t invalidate_step(const std::string& step_name);
   void clear_cache();
   py::dict cache_stats() const;
 

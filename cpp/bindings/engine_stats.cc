@@ -99,7 +99,14 @@ size_t Engine::invalidate_tag(const std::string& tag) {
   return core_.InvalidateTag(tag, &dropped);
 }
 
-size_t Engine::invalidate_prefix(const std::string& step_name) {
+size_t Engine::invalidate_prefix(const std::string& prefix) {
+  std::vector<CachedValue> dropped;
+  absl::StatusOr<size_t> n = core_.InvalidatePrefix(prefix, &dropped);
+  if (!n.ok()) ThrowStatus(n.status());
+  return *n;
+}
+
+size_t Engine::invalidate_step(const std::string& step_name) {
   std::vector<CachedValue> dropped;
   return core_.InvalidateGroup(GroupOf(step_name).lo, &dropped);
 }

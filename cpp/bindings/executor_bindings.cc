@@ -147,6 +147,7 @@ void RegisterExecutor(py::module_& m) {
       .def("_cache_storable", &Engine::cache_storable)
       .def("invalidate_tag", &Engine::invalidate_tag)
       .def("invalidate_prefix", &Engine::invalidate_prefix)
+      .def("invalidate_step", &Engine::invalidate_step)
       .def("clear_cache", &Engine::clear_cache)
       .def("cache_stats", &Engine::cache_stats)
       .def("_sync_call", &Engine::sync_call,

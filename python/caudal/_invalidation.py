@@ -1,6 +1,7 @@
 """What an invalidation reached (``ExecutorCore.invalidate_by_tag`` /
-``invalidate_prefix`` / ``clear_cache``, and the Redis tier's own
-``invalidate_tag`` / ``invalidate_group`` / ``clear``)."""
+``invalidate_prefix`` / ``invalidate_step`` / ``clear_cache``, and the Redis
+tier's own ``invalidate_tag`` / ``invalidate_group`` / ``invalidate_prefix`` /
+``clear``)."""
 
 from __future__ import annotations
 

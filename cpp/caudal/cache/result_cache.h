@@ -206,6 +206,19 @@ class ResultCache {
                        std::vector<V>* dropped = nullptr);
   size_t InvalidateGroup(uint64_t group, std::vector<V>* dropped = nullptr);
 
+  // For an invalidation that learns what it covers later (the executor's
+  // InvalidatePrefix: steps that have not stored anything yet): TakeEpoch
+  // takes the next epoch without covering anything; CoverGroup raises
+  // `group`'s epoch to at least `epoch` (one TakeEpoch returned), so that
+  // Put and Storable refuse the group's results from executions that began
+  // before it.
+  uint64_t TakeEpoch() {
+    return epoch_.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+  void CoverGroup(uint64_t group, uint64_t epoch) {
+    RaiseTo(group_epochs_[GroupSlot(group)], epoch);
+  }
+
   // Removes every entry (counted as invalidations) and frees the slot arrays;
   // results of executions in flight are not stored afterwards.
   void Clear(std::vector<V>* dropped = nullptr);
@@ -308,7 +321,8 @@ class ResultCache {
   }
   // Takes the next epoch and raises `slot` to it (a concurrent, later
   // invalidation of the same slot may have raised it further already).
-  void RaiseEpoch(std::atomic<uint64_t>& slot);
+  void RaiseEpoch(std::atomic<uint64_t>& slot) { RaiseTo(slot, TakeEpoch()); }
+  static void RaiseTo(std::atomic<uint64_t>& slot, uint64_t epoch);
   bool StaleSince(uint64_t since_epoch, uint64_t group,
                   absl::Span<const std::string> tags) const;
 

@@ -39,6 +39,8 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -48,6 +50,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
@@ -193,7 +196,7 @@ class Executor {
   // offered to CacheStore, whose Put refuses, under the cache's lock, a
   // result an invalidation covered since the record's cache_epoch.
   bool MayStore(const StepEntry& step, bool success, bool fell_back,
-                uint64_t since_epoch) const {
+                uint64_t since_epoch) {
     return success && !fell_back && CacheStorable(step, since_epoch);
   }
 
@@ -237,7 +240,8 @@ class Executor {
   uint64_t CacheEpoch() const { return cache_.Epoch(); }
   // Whether a result of `step` from an execution that began at
   // `since_epoch` may still be stored (no covering invalidation since).
-  bool CacheStorable(const StepEntry& step, uint64_t since_epoch) const {
+  bool CacheStorable(const StepEntry& step, uint64_t since_epoch) {
+    NoteCacheName(step);
     return cache_.Storable(since_epoch, step.spec.cache_group, step.spec.tags);
   }
   // The TTL in seconds a step's results are cached for under `config`.
@@ -246,6 +250,12 @@ class Executor {
   size_t InvalidateTag(absl::string_view tag,
                        std::vector<CachedValue>* dropped);
   size_t InvalidateGroup(uint64_t group, std::vector<CachedValue>* dropped);
+  // Every cached result of the steps whose name starts with `prefix`; their
+  // executions in flight store nothing afterwards, also a step's that has
+  // not stored a result yet. Returns how many entries went; InvalidArgument
+  // for an empty prefix (ClearCache drops everything).
+  absl::StatusOr<size_t> InvalidatePrefix(absl::string_view prefix,
+                                          std::vector<CachedValue>* dropped);
   void ClearCache(std::vector<CachedValue>* dropped);
   ResultCacheStats CacheStats() const { return cache_.GetStats(); }
   std::vector<std::pair<std::string, uint64_t>> UncacheableReasons() const;
@@ -529,6 +539,22 @@ class Executor {
   absl::flat_hash_map<std::string, int> fixed_limits_
       ABSL_GUARDED_BY(limit_keys_mu_);
   ResultCache<CachedValue> cache_;
+  // The names behind cache groups, for InvalidatePrefix: a step's is
+  // recorded when it first stores a result (or asks whether it may), one
+  // entry per distinct name. With them, the epoch each invalidated prefix
+  // took: a step recorded later gets its group covered by it (emptied by
+  // ClearCache, whose epoch is above them all).
+  void NoteCacheName(const StepEntry& step) {
+    if (!step.cache_named.load(std::memory_order_acquire)) {
+      RecordCacheName(step);
+    }
+  }
+  void RecordCacheName(const StepEntry& step);
+  Mutex cache_names_mu_;
+  std::map<std::string, uint64_t, std::less<>> cache_names_
+      ABSL_GUARDED_BY(cache_names_mu_);
+  absl::flat_hash_map<std::string, uint64_t> prefix_epochs_
+      ABSL_GUARDED_BY(cache_names_mu_);
   SingleFlight<Waiter> flights_;
   std::atomic<bool> shared_tier_{false};
   mutable Mutex uncacheable_mu_;

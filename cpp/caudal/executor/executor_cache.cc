@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "absl/strings/match.h"
 #include "caudal/executor/executor.h"
 
 namespace caudal {
@@ -117,6 +118,7 @@ void Executor::CachePut(const StepEntry& step, const OptimizationConfig& config,
                         const Key128& key, CachedValue value, size_t bytes,
                         int64_t now_ns, std::vector<CachedValue>* dropped,
                         uint64_t since_epoch) {
+  NoteCacheName(step);
   const double ttl_ns = CacheTtlSeconds(step, config) * 1e9;
   const int64_t expires = ttl_ns >= static_cast<double>(kNeverExpires - now_ns)
                               ? kNeverExpires
@@ -142,8 +144,60 @@ size_t Executor::InvalidateGroup(uint64_t group,
   return cache_.InvalidateGroup(group, dropped);
 }
 
+absl::StatusOr<size_t> Executor::InvalidatePrefix(
+    absl::string_view prefix, std::vector<CachedValue>* dropped) {
+  if (prefix.empty()) {
+    return absl::InvalidArgumentError(
+        "invalidate_prefix: the prefix is empty; clear_cache() drops every "
+        "cached result");
+  }
+  std::vector<uint64_t> groups;
+  {
+    MutexLock lock(&cache_names_mu_);
+    // The epoch first: a step recorded from now on is covered by it.
+    prefix_epochs_[std::string(prefix)] = cache_.TakeEpoch();
+    for (auto it = cache_names_.lower_bound(prefix);
+         it != cache_names_.end() && absl::StartsWith(it->first, prefix);
+         ++it) {
+      groups.push_back(it->second);
+    }
+  }
+  size_t removed = 0;
+  for (const uint64_t group : groups) {
+    removed += cache_.InvalidateGroup(group, dropped);
+  }
+  return removed;
+}
+
+void Executor::RecordCacheName(const StepEntry& step) {
+  const StepSpec& spec = step.spec;
+  MutexLock lock(&cache_names_mu_);
+  cache_names_.try_emplace(spec.name, spec.cache_group);
+  // An invalidation of a prefix of the name that came before the name was
+  // known: executions of the step that began before it store nothing.
+  uint64_t covered = 0;
+  for (size_t n = 1; n <= spec.name.size(); ++n) {
+    const auto it =
+        prefix_epochs_.find(absl::string_view(spec.name).substr(0, n));
+    if (it != prefix_epochs_.end()) covered = std::max(covered, it->second);
+  }
+  if (covered != 0) cache_.CoverGroup(spec.cache_group, covered);
+  step.cache_named.store(true, std::memory_order_release);
+}
+
 void Executor::ClearCache(std::vector<CachedValue>* dropped) {
+  const uint64_t before = cache_.Epoch();
   cache_.Clear(dropped);
+  // The clear's epoch is above those taken before it: they cover nothing
+  // more (one a prefix invalidation takes meanwhile stays).
+  MutexLock lock(&cache_names_mu_);
+  for (auto it = prefix_epochs_.begin(); it != prefix_epochs_.end();) {
+    if (it->second <= before) {
+      prefix_epochs_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
 }
 
 }  // namespace caudal

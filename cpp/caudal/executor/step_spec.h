@@ -107,6 +107,8 @@ struct StepEntry : std::enable_shared_from_this<StepEntry> {
   std::atomic<uint32_t> cache_probe{0};
   std::atomic<uint64_t> admission_hits{0};
   std::atomic<uint64_t> admission_lookups{0};
+  // The executor recorded the step's name for InvalidatePrefix.
+  mutable std::atomic<bool> cache_named{false};
   const std::string& limit_key() const {
     return spec.limit_key.empty() ? spec.name : spec.limit_key;
   }

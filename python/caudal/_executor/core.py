@@ -103,8 +103,9 @@ class ExecutorCore(Batches, Readouts):
         """``retry_strategy`` is the default for steps that set neither
         ``retry`` nor ``max_retries`` (without it they get one attempt).
         ``cache_l2`` is a shared cache tier behind the in-process one (a
-        :class:`caudal.cache_redis.RedisCacheTier`, or any object with its
-        async ``get``/``set``/``invalidate_tag``/``invalidate_group``/``clear``).
+        :class:`caudal.integrations.redis.RedisCacheTier`, or any object with its
+        async ``get``/``set``/``invalidate_tag``/``invalidate_group``/``clear``,
+        and ``invalidate_prefix`` for :meth:`invalidate_prefix`).
         ``worker_pool`` runs sync steps (default: a pool of this executor's
         own, made at the first sync step from the ``worker_pool_*`` config
         fields).
@@ -459,10 +460,26 @@ class ExecutorCore(Batches, Readouts):
         n = self._engine.invalidate_tag(tag)
         return await self._invalidate_l2(n, "invalidate_tag", tag)
 
-    async def invalidate_prefix(self, step_name: str) -> InvalidationResult:
-        """Drop every cached result of the step named ``step_name``, in both
-        tiers (same result as :meth:`invalidate_by_tag`)."""
-        n = self._engine.invalidate_prefix(step_name)
+    async def invalidate_prefix(self, prefix: str) -> InvalidationResult:
+        """Drop every cached result of every step whose name starts with
+        ``prefix``, in both tiers (same result as :meth:`invalidate_by_tag`).
+        An empty prefix is refused (ValueError): :meth:`clear_cache` drops
+        everything."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"invalidate_prefix: prefix must be a str, got {type(prefix).__name__}")
+        if not prefix:
+            raise ValueError(
+                "invalidate_prefix: the prefix is empty; clear_cache() drops every cached result"
+            )
+        if self._l2 is not None and not callable(getattr(self._l2, "invalidate_prefix", None)):
+            raise TypeError("cache_l2 has no invalidate_prefix() method")
+        n = self._engine.invalidate_prefix(prefix)
+        return await self._invalidate_l2(n, "invalidate_prefix", prefix)
+
+    async def invalidate_step(self, step_name: str) -> InvalidationResult:
+        """Drop every cached result of the step named exactly ``step_name``,
+        in both tiers (same result as :meth:`invalidate_by_tag`)."""
+        n = self._engine.invalidate_step(step_name)
         return await self._invalidate_l2(n, "invalidate_group", step_name)
 
     async def _invalidate_l2(self, n: int, method: str, arg: Any) -> InvalidationResult:
@@ -481,6 +498,8 @@ class ExecutorCore(Batches, Readouts):
         if kind == "tag":
             engine.invalidate_tag(name)
         elif kind == "group":
+            engine.invalidate_step(name)
+        elif kind == "prefix":
             engine.invalidate_prefix(name)
         else:
             engine.clear_cache()

@@ -143,8 +143,7 @@ bool ResultCache<V>::Erase(const Key128& key, std::vector<V>* dropped) {
 }
 
 template <typename V>
-void ResultCache<V>::RaiseEpoch(std::atomic<uint64_t>& slot) {
-  const uint64_t e = epoch_.fetch_add(1, std::memory_order_relaxed) + 1;
+void ResultCache<V>::RaiseTo(std::atomic<uint64_t>& slot, uint64_t e) {
   uint64_t cur = slot.load(std::memory_order_relaxed);
   while (cur < e &&
          !slot.compare_exchange_weak(cur, e, std::memory_order_relaxed)) {

@@ -2,9 +2,10 @@
 
 Every process that points a ``RedisCacheTier`` at the same Redis (and the same
 ``prefix``) shares one cache: a result computed by one worker is a hit for all
-of them, and an invalidation by tag or by group (step name) from any process
-removes the entries for every process. The executor consults this tier on its
-slow path only, after a miss in its in-process (L1) cache.
+of them, and an invalidation by tag, by group (a step's name) or by a prefix
+of step names from any process removes the entries for every process. The
+executor consults this tier on its slow path only, after a miss in its
+in-process (L1) cache.
 
 Layout in Redis (``P`` is ``prefix``, ``"caudal:"`` by default)
 ----------------------------------------------------------------
@@ -15,6 +16,10 @@ Layout in Redis (``P`` is ``prefix``, ``"caudal:"`` by default)
   for clear), the value its last invalidation took (no TTL); a set with
   ``since`` (the counter read by ``get_versioned``) is refused if a
   covering invalidation took a higher value.
+- ``P pe`` — per invalidated prefix of step names, the value its last
+  ``invalidate_prefix`` took (no TTL; one field per distinct prefix): a set
+  with ``since`` and a group under that prefix is refused the same way, also
+  when the group had no index yet.
 - ``P t:<tag>`` and ``P g:<group>`` — the tag and group indexes: sorted sets
   whose members are ``<hex key>`` and whose scores are the member's expiry
   time (Unix ms, Redis's own clock). A set stores the value and adds it to
@@ -27,7 +32,9 @@ Layout in Redis (``P`` is ``prefix``, ``"caudal:"`` by default)
   at a time) and ``UNLINK``s their values, in a Lua script per batch; the
   count returned is the number of values that still existed. Other indexes
   may keep a member whose value is gone; it is harmless (unlinking a missing
-  key is a no-op) and pruned once its expiry passes.
+  key is a no-op) and pruned once its expiry passes. Invalidating a prefix
+  takes its epoch in ``P pe``, then SCANs ``P g:<prefix>*`` (glob characters
+  escaped) and invalidates each group index found.
 
 Value format and trust: :mod:`caudal.integrations.redis.wire`.
 

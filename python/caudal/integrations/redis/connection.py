@@ -36,23 +36,40 @@ _MAX_SET_BATCH = 128
 _SCAN_COUNT = 1000
 _MISS = (False, None)
 
-# KEYS[1] the value key, KEYS[2] the invalidation-epoch hash, KEYS[3..] index
-# keys; ARGV: payload, ttl ms, member, since ('' = not checked). Returns 0,
-# storing nothing, if an invalidation of one of its indexes (or a clear, field
-# '*') took an epoch above `since` (the counter read with the value's GET).
+# KEYS[1] the value key, KEYS[2] the invalidation-epoch hash, KEYS[3] the
+# prefix-epoch hash, KEYS[4..] index keys; ARGV: payload, ttl ms, member, since
+# ('' = not checked), group ('' = none). Returns 0, storing nothing, if an
+# invalidation of one of its indexes (or a clear, field '*'), or of a prefix
+# of its group, took an epoch above `since` (the counter read with the
+# value's GET). The prefixes are checked by whichever is fewer: the hash's
+# fields, or the prefixes of the group's name.
 _SET_AND_INDEX = """
 if ARGV[4] ~= '' then
   local since = tonumber(ARGV[4])
   if tonumber(redis.call('HGET', KEYS[2], '*') or '0') > since then return 0 end
-  for i = 3, #KEYS do
+  for i = 4, #KEYS do
     if tonumber(redis.call('HGET', KEYS[2], KEYS[i]) or '0') > since then return 0 end
+  end
+  local group = ARGV[5]
+  local n = group ~= '' and redis.call('HLEN', KEYS[3]) or 0
+  if n > 0 and n < #group then
+    local all = redis.call('HGETALL', KEYS[3])
+    for i = 1, #all, 2 do
+      local p = all[i]
+      if string.sub(group, 1, #p) == p and tonumber(all[i + 1]) > since then return 0 end
+    end
+  elseif n > 0 then
+    for len = 1, #group do
+      local e = redis.call('HGET', KEYS[3], string.sub(group, 1, len))
+      if e and tonumber(e) > since then return 0 end
+    end
   end
 end
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   redis.call('ZADD', KEYS[i], now + ttl, ARGV[3])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. now)
   if redis.call('PTTL', KEYS[i]) < ttl then
@@ -80,6 +97,13 @@ if #popped > 0 then
   removed = redis.call('UNLINK', unpack(keys))
 end
 return {removed, redis.call('ZCARD', KEYS[1])}
+"""
+
+
+# KEYS[1] the epoch counter, KEYS[2] the prefix-epoch hash; ARGV[1] a prefix:
+# takes the next epoch for the prefix (see _SET_AND_INDEX).
+_TAKE_PREFIX_EPOCH = """
+return redis.call('HSET', KEYS[2], ARGV[1], redis.call('INCR', KEYS[1]))
 """
 
 
@@ -161,18 +185,31 @@ class _Lane:
 class _Conn:
     """One event loop's client, its scripts and its coalescing lanes."""
 
-    __slots__ = ("client", "epoch_key", "epochs_key", "gets", "invalidate", "set_and_index", "sets")
+    __slots__ = (
+        "client",
+        "epoch_key",
+        "epochs_key",
+        "gets",
+        "invalidate",
+        "prefix_epoch",
+        "prefix_epochs_key",
+        "set_and_index",
+        "sets",
+    )
 
     def __init__(
         self, client: Any, prefix: str, op_timeout: float, count_batched: Callable[[int], None]
     ):
         self.client = client
         # The invalidation counter and, per index ('*' for clear), the epoch
-        # its last invalidation took (see _SET_AND_INDEX).
+        # its last invalidation took; per invalidated prefix of step names,
+        # the epoch it took (see _SET_AND_INDEX).
         self.epoch_key = prefix + "e"
         self.epochs_key = prefix + "ie"
+        self.prefix_epochs_key = prefix + "pe"
         self.set_and_index = client.register_script(_SET_AND_INDEX)
         self.invalidate = client.register_script(_INVALIDATE_BATCH_SCRIPT)
+        self.prefix_epoch = client.register_script(_TAKE_PREFIX_EPOCH)
         self.gets = _Lane(self._run_gets, _MAX_GET_BATCH, op_timeout, count_batched)
         self.sets = _Lane(self._run_sets, _MAX_SET_BATCH, op_timeout, count_batched)
 
@@ -186,14 +223,18 @@ class _Conn:
         found = dict(zip(unique, values, strict=True))
         return [(found[n], epoch) for n in names]
 
-    async def _run_sets(self, items: list[tuple[str, bytes, int, list[str], str]]) -> list[Any]:
-        """True (stored), False (refused: an invalidation since) or an error."""
+    async def _run_sets(
+        self, items: list[tuple[str, bytes, int, list[str], str, str]]
+    ) -> list[Any]:
+        """True (stored), False (refused: an invalidation since) or an error.
+        An item: value key, payload, ttl ms, index keys, since ('' = not
+        checked), group ('' = none)."""
         if len(items) == 1:
-            name, payload, ttl_ms, index_keys, since = items[0]
+            name, payload, ttl_ms, index_keys, since, group = items[0]
             if index_keys or since:
                 stored = await self.set_and_index(
-                    keys=[name, self.epochs_key, *index_keys],
-                    args=[payload, ttl_ms, _member(name), since],
+                    keys=[name, self.epochs_key, self.prefix_epochs_key, *index_keys],
+                    args=[payload, ttl_ms, _member(name), since, group],
                 )
                 return [int(stored) == 1]
             await self.client.set(name, payload, px=ttl_ms)
@@ -203,18 +244,20 @@ class _Conn:
         for _ in range(2):  # a second pass after reloading a flushed script
             async with self.client.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    name, payload, ttl_ms, index_keys, since = items[i]
+                    name, payload, ttl_ms, index_keys, since, group = items[i]
                     if index_keys or since:
                         pipe.evalsha(
                             self.set_and_index.sha,
-                            2 + len(index_keys),
+                            3 + len(index_keys),
                             name,
                             self.epochs_key,
+                            self.prefix_epochs_key,
                             *index_keys,
                             payload,
                             ttl_ms,
                             _member(name),
                             since,
+                            group,
                         )
                     else:
                         pipe.set(name, payload, px=ttl_ms)

@@ -50,7 +50,9 @@ class _Invalidations:
     def add_invalidation_listener(self, listener: Any) -> None:
         """Calls ``listener(kind, name)`` for every invalidation made through
         this tier or heard from another process's tier on the same Redis and
-        prefix: ``("tag", tag)``, ``("group", step_name)``, ``("clear", None)``,
+        prefix: ``("tag", tag)``, ``("group", step_name)`` (that step exactly),
+        ``("prefix", prefix)`` (every step whose name starts with it),
+        ``("clear", None)``,
         and ``("resync", None)`` after the subscription was lost and
         re-established (messages may have been missed: drop everything). A
         bound method is held weakly. ``ExecutorCore`` registers its in-process
@@ -96,8 +98,12 @@ class _Invalidations:
                     raise ValueError("its tag does not verify")
             msg = json.loads(body)
             kind, name, origin = msg["k"], msg["n"], msg["o"]
-            if kind not in ("tag", "group", "clear") or not (name is None or isinstance(name, str)):
+            if kind not in ("tag", "group", "prefix", "clear") or not (
+                name is None or isinstance(name, str)
+            ):
                 raise ValueError(f"unknown invalidation {kind!r}")
+            if kind == "prefix" and not name:
+                raise ValueError("a prefix invalidation without a prefix")
         except Exception as e:
             with self._lock:
                 self._n["invalidation_messages_rejected"] += 1
@@ -220,6 +226,8 @@ class _Invalidations:
         kind, index_key = item
         if kind == "clear" or index_key is None:
             return "clear", None
+        if kind == "prefix":
+            return "prefix", index_key  # the prefix itself
         rest = index_key[len(self._prefix) :]
         return ("tag" if rest.startswith("t:") else "group"), rest[2:]
 
@@ -233,10 +241,36 @@ class _Invalidations:
         return removed
 
     async def _remove(self, conn: _Conn, item: tuple[str, str | None]) -> int:
-        kind, index_key = item
+        kind, arg = item
         if kind == "clear":
             return await self._clear_now(conn)
-        assert index_key is not None
+        assert arg is not None
+        if kind == "prefix":
+            return await self._remove_prefix(conn, arg)
+        return await self._remove_index(conn, arg)
+
+    async def _remove_prefix(self, conn: _Conn, prefix: str) -> int:
+        """Every group index whose step name starts with ``prefix``. The
+        prefix's epoch first: a write whose read came before is then refused
+        (by _SET_AND_INDEX, which checks the prefixes of its group), also one
+        of a group that has no index yet and that the SCAN cannot find."""
+        async with asyncio.timeout(self._op_timeout):
+            await conn.prefix_epoch(keys=[conn.epoch_key, conn.prefix_epochs_key], args=[prefix])
+        pattern = _glob_escape(f"{self._prefix}g:{prefix}") + "*"
+        found: set[str] = set()  # SCAN may return a key more than once
+        cursor: int = 0
+        while True:
+            async with asyncio.timeout(self._op_timeout):
+                cursor, names = await conn.client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+            found.update(n.decode() if isinstance(n, bytes) else n for n in names)
+            if cursor == 0:
+                break
+        removed = 0
+        for index_key in sorted(found):
+            removed += await self._remove_index(conn, index_key)
+        return removed
+
+    async def _remove_index(self, conn: _Conn, index_key: str) -> int:
         removed = 0
         rounds_left: int | None = None
         while True:
@@ -264,7 +298,7 @@ class _Invalidations:
         value_prefix = self._value_prefix.encode()
         # The epoch first (writes that read the counter before now are then
         # refused), and the epoch keys survive the clear.
-        keep = {conn.epoch_key.encode(), conn.epochs_key.encode()}
+        keep = {conn.epoch_key.encode(), conn.epochs_key.encode(), conn.prefix_epochs_key.encode()}
         async with asyncio.timeout(self._op_timeout):
             epoch = await conn.client.incr(conn.epoch_key)
             await conn.client.hset(conn.epochs_key, "*", epoch)

@@ -160,7 +160,7 @@ class RedisCacheTier(_Invalidations):
             0,
         )
         # Invalidations not yet delivered to Redis (it was unreachable), in
-        # order: ("index", key) or ("clear", None). Delivered before any other
+        # order: ("index", key), ("prefix", prefix) or ("clear", None). Delivered before any other
         # call uses Redis, and by a background task per event loop.
         self._pending: dict[tuple[str, str | None], None] = {}
         self._redeliver: Any = weakref.WeakKeyDictionary()  # loop -> task
@@ -235,8 +235,8 @@ class RedisCacheTier(_Invalidations):
         """Stores ``value`` under ``key`` for ``ttl_s`` seconds, indexed by its
         tags and group. True if Redis stored it. With ``since`` (the counter
         from ``get_versioned``), nothing is stored if an invalidation of one
-        of its tags, its group or a clear came after that read (counted in
-        ``stale_sets``)."""
+        of its tags, its group, a prefix of its group or a clear came after
+        that read (counted in ``stale_sets``)."""
         name = self._value_key(key)
         ttl_ms = self._ttl_ms(ttl_s)
         if isinstance(tags, str):
@@ -262,7 +262,14 @@ class RedisCacheTier(_Invalidations):
         try:
             async with asyncio.timeout(self._op_timeout):
                 stored = await conn.sets.submit(
-                    (name, payload, ttl_ms, index_keys, "" if since is None else str(int(since)))
+                    (
+                        name,
+                        payload,
+                        ttl_ms,
+                        index_keys,
+                        "" if since is None else str(int(since)),
+                        group or "",
+                    )
                 )
         except Exception as e:
             self._failed(e)
@@ -287,9 +294,21 @@ class RedisCacheTier(_Invalidations):
         return await self._invalidate(("index", self._tag_key(tag)))
 
     async def invalidate_group(self, group: str) -> InvalidationResult:
-        """Removes every entry stored with ``group`` (a step's name); same
-        result and queueing as :meth:`invalidate_tag`."""
+        """Removes every entry stored with ``group`` (a step's name, exactly);
+        same result and queueing as :meth:`invalidate_tag`."""
         return await self._invalidate(("index", self._group_key(group)))
+
+    async def invalidate_prefix(self, prefix: str) -> InvalidationResult:
+        """Removes every entry stored with a group (a step's name) that starts
+        with ``prefix``, in every process; same result and queueing as
+        :meth:`invalidate_tag`. A write whose read came before is refused,
+        also for a group first written after the invalidation started. An
+        empty prefix is refused (``clear()`` removes everything)."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a string, got {prefix!r}")
+        if not prefix:
+            raise ValueError("invalidate_prefix: the prefix is empty; clear() removes everything")
+        return await self._invalidate(("prefix", prefix))
 
     async def clear(self) -> InvalidationResult:
         """Removes every key under this tier's prefix (SCAN + UNLINK, never
