@@ -59,7 +59,7 @@ class Readouts:
     # ------------------------------------------------------------- tracing
     def add_span_exporter(self, exporter: Any) -> None:
         """Send a span of every execution to ``exporter`` (an object with
-        ``export(spans)``: :class:`caudal.telemetry.OpenTelemetryExporter`,
+        ``export(spans)``: :class:`caudal.integrations.otel.OpenTelemetryExporter`,
         :class:`caudal.telemetry.JsonLinesExporter`, or your own).
 
         Spans are recorded natively while at least one exporter is attached
