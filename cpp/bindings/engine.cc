@@ -157,7 +157,7 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
     e->no_identity = "its identity is not computed yet";
   } else if (!t.uncacheable.empty()) {
     e->no_identity = t.uncacheable;
-    uncacheable_steps_[s.name] = e->no_identity;
+    core_.steps().MarkUncacheable(s.name, e->no_identity);
   } else {
     e->cache_ns = t.cache_ns;
   }
@@ -165,7 +165,7 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   e->key_a = py::reinterpret_borrow<py::object>(a);
   e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
   e->stats = core_.stats().ForStep(s.name);
-  step_specs_[s.name] = s;  // for the read-outs (the last one analysed)
+  core_.steps().Describe(s);  // for the read-outs (the last one analysed)
   auto dropped = core_.steps().Insert(key, e);
   dropped.clear();
   return e;
@@ -209,7 +209,7 @@ void Engine::ResolveIdentity(PyStepEntry* e) {
     e->no_identity.clear();
   } else {
     e->no_identity = why;
-    uncacheable_steps_[e->spec.name] = std::move(why);
+    core_.steps().MarkUncacheable(e->spec.name, std::move(why));
   }
 }
 

@@ -427,7 +427,7 @@ class Engine {
 
   // What the step was given, as the recommendation rules read it: None
   // where the step follows the executor's config.
-  static py::dict SettingsDict(const StepSpec& s);
+  static py::dict SettingsDict(const StepSpec::Settings& s);
   static py::dict SnapshotDict(const StepStats::Snapshot& s);
 
   // Maintain found an automatic-optimization analysis due: tell the Python
@@ -443,10 +443,6 @@ class Engine {
   // The executor's defaults for the analysis (set once, at construction).
   py::object default_retry_;    // caudal.RetryStrategy or None
   py::object default_backend_;  // "local" or "ray" (a str)
-  // Steps without a cache identity: name -> why (GIL-guarded).
-  std::map<std::string, std::string> uncacheable_steps_;
-  // The settings each step name was last analysed with (GIL-guarded).
-  std::map<std::string, StepSpec> step_specs_;
 
  public:
   Executor& core() { return core_; }

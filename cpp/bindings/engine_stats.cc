@@ -135,7 +135,8 @@ py::dict Engine::cache_stats() const {
   d["uncacheable"] = uncacheable;
   d["uncacheable_reasons"] = reasons;
   py::dict steps;  // step name -> why it has no cache identity
-  for (const auto& [name, why] : uncacheable_steps_) steps[py::str(name)] = why;
+  for (const auto& [name, why] : core_.steps().UncacheableSteps())
+    steps[py::str(name)] = why;
   d["uncacheable_steps"] = steps;
   return d;
 }
@@ -144,8 +145,8 @@ py::dict Engine::step_stats() const {
   py::dict out;
   for (const auto& s : core_.stats().TakeAll()) {
     py::dict d = SnapshotDict(s);
-    auto it = step_specs_.find(s.name);
-    if (it != step_specs_.end()) d["settings"] = SettingsDict(it->second);
+    if (auto settings = core_.steps().SettingsOf(s.name))
+      d["settings"] = SettingsDict(*settings);
     out[py::str(s.name)] = std::move(d);
   }
   return out;
@@ -184,19 +185,16 @@ py::dict Engine::step_table() const {
   return d;
 }
 
-py::dict Engine::SettingsDict(const StepSpec& s) {
+py::dict Engine::SettingsDict(const StepSpec::Settings& s) {
   py::dict d;
-  d["timeout_s"] =
-      s.timeout_ns > 0
-          ? py::object(py::float_(static_cast<double>(s.timeout_ns) / 1e9))
-          : py::object(py::none());
+  d["timeout_s"] = s.timeout_s ? py::object(py::float_(*s.timeout_s))
+                               : py::object(py::none());
   d["cache"] = s.cache == StepSwitch::kDefault
                    ? py::object(py::none())
                    : py::object(py::bool_(s.cache == StepSwitch::kOn));
-  d["max_retries"] = s.retry.max_attempts - 1;
-  d["breaker"] = !s.use_breaker          ? py::object(py::bool_(false))
-                 : s.breaker_key.empty() ? py::object(py::str(s.name))
-                                         : py::object(py::str(s.breaker_key));
+  d["max_retries"] = s.max_retries;
+  d["breaker"] = s.breaker ? py::object(py::str(*s.breaker))
+                           : py::object(py::bool_(false));
   return d;
 }
 
