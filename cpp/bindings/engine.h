@@ -448,12 +448,6 @@ class Engine {
   Executor& core() { return core_; }
   TelemetryState& telemetry() { return telemetry_; }
   void set_analysis_hook(py::object hook);
-
-  py::list breaker_stats() const;
-
-  py::list transitions() const;
-
-  py::dict error_stats(size_t max_patterns) const;
 };
 
 // (begin, succeed): the two hot-path calls of `engine_obj` (an Engine) as
