@@ -5,8 +5,6 @@ import enum
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, NoReturn, final
 
-from caudal.resilience import RetryStrategy
-
 # pybind11 classes are made by pybind11's metaclass (pybind11_builtins.
 # pybind11_type), named here for the stub only.
 class _pybind11_type(type): ...
@@ -278,7 +276,7 @@ class Engine(metaclass=_pybind11_type):
         config: OptimizationConfig,
         clock: ManualClock | None = None,
         *,
-        retry: RetryStrategy | None = None,
+        retry: Any = None,  # a caudal.RetryStrategy or None (not imported: a cycle)
         backend: str = "local",
     ) -> None: ...
     def apply_config(self, config: OptimizationConfig) -> None: ...
