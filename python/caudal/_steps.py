@@ -27,8 +27,7 @@ _CONTEXT_NAMES = ("context", "ctx")
 
 # What a step with no retry setting gets when the executor has no default:
 # one attempt (made once: most steps meet this path).
-_ONE_ATTEMPT: RetryStrategy = immediate_retries(0)
-_ONE_ATTEMPT_POLICY: RetryPolicy = _ONE_ATTEMPT._native()
+_ONE_ATTEMPT_POLICY: RetryPolicy = immediate_retries(0)._native()
 
 
 def _local_instance(make: Callable[[], Any], is_async: bool) -> Callable[..., Any]:
