@@ -41,9 +41,9 @@ def ns(step):
     """(namespace, reason) of a step, as the executor computes it when the
     step is first executed with caching on."""
     a = analyse(step)
-    if a["identity_of"] is not None:
-        return _identity.namespace(a["name"], a["identity_of"], None)
-    return a["cache_ns"], a["uncacheable"]
+    if a.identity_of is not None:
+        return _identity.namespace(a.name, a.identity_of, None)
+    return a.cache_ns, a.uncacheable
 
 
 # ---- different things that share a default name do not share results ----
@@ -237,7 +237,7 @@ from caudal._identity import namespace
 from caudal._steps import analyse
 def ns(step):
     a = analyse(step)
-    return namespace(a["name"], a["identity_of"], None)[0]
+    return namespace(a.name, a.identity_of, None)[0]
 print(json.dumps({k: ns(Step(v)) for k, v in stable_steps.STEPS.items()}))
 """
 

@@ -61,6 +61,24 @@ Key128 GroupOf(const std::string& step_name) {
   return k;
 }
 
+Engine::Engine(const OptimizationConfig& config,
+               std::shared_ptr<ManualClock> clock, py::object retry,
+               const std::string& backend)
+    : core_(config, /*random_seed=*/0x5eed, std::move(clock)) {
+  if (!retry.is_none() &&
+      !py::isinstance(retry, CaudalAttr("caudal.resilience", "RetryStrategy")))
+    throw py::type_error(
+        "Engine: retry must be a caudal.RetryStrategy or None, got " +
+        std::string(py::str(py::type::of(retry).attr("__name__"))));
+  const py::tuple backends = CaudalAttr("caudal._backends", "BACKENDS");
+  if (!backends.contains(py::str(backend)))
+    throw py::value_error("Engine: backend must be one of " +
+                          std::string(py::repr(backends)) + ", got " +
+                          std::string(py::repr(py::str(backend))));
+  default_retry_ = std::move(retry);
+  default_backend_ = py::str(backend);
+}
+
 Engine::~Engine() {
   clear_cache();
   // Entries hold Python objects; drop them while the GIL is held.
@@ -106,58 +124,22 @@ std::shared_ptr<StepEntry> Engine::Lookup(py::handle step) {
 std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
                                            PyObject* a, PyObject* b) {
   if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
-  // A dict; see caudal._steps.analyse for the keys.
-  py::dict t = analyse_(step, default_retry_);
+  const py::object found = analyse_(step, default_retry_, default_backend_);
+  if (!py::isinstance<StepAnalysis>(found)) {
+    throw py::type_error(
+        "caudal._steps.analyse must return a caudal._core.StepAnalysis, got " +
+        std::string(py::str(py::type::of(found).attr("__name__"))));
+  }
+  // Checked and converted by its constructor: copied, never decoded.
+  const StepAnalysis& t = found.cast<const StepAnalysis&>();
   auto e = std::make_shared<PyStepEntry>();
   StepSpec& s = e->spec;
-  s.name = t["name"].cast<std::string>();
-  s.kind = static_cast<StepKind>(t["kind"].cast<int>());
-  s.shape = static_cast<CallShape>(t["shape"].cast<int>());
-  s.pass_context_kw = t["context_kw"].cast<bool>();
-  s.pass_resources_kw = t["resources_kw"].cast<bool>();
-  py::tuple rp =
-      t["retry"];  // (kind, max_attempts, base, factor, max_backoff, jitter)
-  s.retry.kind = static_cast<RetryPolicy::Kind>(rp[0].cast<int>());
-  s.retry.max_attempts = rp[1].cast<int>();
-  s.retry.base_delay_s = rp[2].cast<double>();
-  s.retry.backoff_factor = rp[3].cast<double>();
-  s.retry.max_backoff_s = rp[4].cast<double>();
-  s.retry.jitter = rp[5].cast<double>();
-  const absl::Status retry_ok = s.retry.Validate();
-  if (!retry_ok.ok())
-    ThrowStatus(absl::Status(
-        retry_ok.code(),
-        absl::StrCat("step '", s.name, "': ", retry_ok.message())));
-  py::object timeout = t["timeout_s"];
-  s.timeout_ns = timeout.is_none()
-                     ? 0
-                     : static_cast<int64_t>(timeout.cast<double>() * 1e9);
-  py::object cache = t["cache"];
-  s.cache = cache.is_none()
-                ? StepSwitch::kDefault
-                : (cache.cast<bool>() ? StepSwitch::kOn : StepSwitch::kOff);
-  py::object ttl = t["cache_ttl_s"];
-  s.cache_ttl_s = ttl.is_none() ? -1.0 : ttl.cast<double>();
-  s.tags = t["tags"].cast<std::vector<std::string>>();
-  py::object breaker = t["breaker"];  // None (the step's name), a str, or False
-  if (breaker.is_none()) {
-    s.use_breaker = true;
-  } else if (PyBool_Check(breaker.ptr())) {
-    s.use_breaker = breaker.cast<bool>();
-  } else {
-    s.breaker_key = breaker.cast<std::string>();
-  }
-  e->fallback = t["fallback"];
-  s.has_fallback = !e->fallback.is_none();
-  e->fn = t["fn"];
-  e->retry_on = t["retry_on"];
-  e->breaker_exclude = t["breaker_exclude"];
-  e->cache_context = t["cache_context"];
-  s.single_flight = t["single_flight"].cast<bool>();
-  py::object limit_key = t["concurrency_key"];
-  if (!limit_key.is_none()) s.limit_key = limit_key.cast<std::string>();
-  py::object max_conc = t["max_concurrency"];
-  if (!max_conc.is_none()) s.max_concurrency = max_conc.cast<int>();
+  s = t.spec;
+  e->fn = t.fn;
+  e->fallback = t.fallback;
+  e->retry_on = t.retry_on;
+  e->breaker_exclude = t.breaker_exclude;
+  e->cache_context = t.cache_context;
   {
     std::vector<Waiter> woken;
     const absl::Status st = core_.RegisterLimitKey(s, &woken);
@@ -167,25 +149,23 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   // The group (invalidate_prefix) is by name; the key's namespace adds
   // the identity of what runs. None: no identity, the reason instead.
   s.cache_group = GroupOf(s.name).lo;
-  py::object identity_of = t["identity_of"];
-  py::object cache_ns = t["cache_ns"];
-  if (!identity_of.is_none()) {
+  if (!t.identity_of.is_none()) {
     // Computed by ResolveIdentity when first needed: never for a step
     // that only runs uncached.
-    e->identity_of = std::move(identity_of);
+    e->identity_of = t.identity_of;
     e->identity_pending = true;
     e->no_identity = "its identity is not computed yet";
-  } else if (cache_ns.is_none()) {
-    e->no_identity = t["uncacheable"].cast<std::string>();
-    uncacheable_steps_[s.name] = e->no_identity;
+  } else if (!t.uncacheable.empty()) {
+    e->no_identity = t.uncacheable;
+    core_.steps().MarkUncacheable(s.name, e->no_identity);
   } else {
-    e->cache_ns = cache_ns.cast<std::string>();
+    e->cache_ns = t.cache_ns;
   }
   e->name_str = py::str(s.name);
   e->key_a = py::reinterpret_borrow<py::object>(a);
   e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
   e->stats = core_.stats().ForStep(s.name);
-  step_specs_[s.name] = s;  // for the read-outs (the last one analysed)
+  core_.steps().Describe(s);  // for the read-outs (the last one analysed)
   auto dropped = core_.steps().Insert(key, e);
   dropped.clear();
   return e;
@@ -229,7 +209,7 @@ void Engine::ResolveIdentity(PyStepEntry* e) {
     e->no_identity.clear();
   } else {
     e->no_identity = why;
-    uncacheable_steps_[e->spec.name] = std::move(why);
+    core_.steps().MarkUncacheable(e->spec.name, std::move(why));
   }
 }
 
@@ -253,12 +233,6 @@ void Engine::CallAnalysisHook() {
 
 void Engine::set_analysis_hook(py::object hook) {
   analysis_hook_ = hook.is_none() ? py::object() : std::move(hook);
-}
-
-void Engine::set_default_retry(py::object r) {
-  default_retry_ = std::move(r);
-  auto dropped = core_.steps().Clear();  // re-analyse with the new default
-  dropped.clear();
 }
 
 }  // namespace caudal::bindings

@@ -52,6 +52,7 @@
 #include "key_walk.h"
 #include "memory_bindings.h"
 #include "monitor_bindings.h"
+#include "step_analysis.h"
 #include "step_result.h"
 #include "telemetry_bindings.h"
 
@@ -184,9 +185,13 @@ Key128 GroupOf(const std::string& step_name);
 
 class Engine {
  public:
-  // `clock`: the engine's time (null: the monotonic clock).
-  Engine(const OptimizationConfig& config, std::shared_ptr<ManualClock> clock)
-      : core_(config, /*random_seed=*/0x5eed, std::move(clock)) {}
+  // `clock`: the engine's time (null: the monotonic clock). The executor's
+  // defaults for the step analysis: `retry`, the caudal.RetryStrategy of
+  // steps that set neither retry nor max_retries (None: one attempt), and
+  // `backend`, where the attempts of steps that do not choose run ("local"
+  // or "ray"); both handed to caudal._steps.analyse with each step.
+  Engine(const OptimizationConfig& config, std::shared_ptr<ManualClock> clock,
+         py::object retry, const std::string& backend);
 
   ~Engine();
 
@@ -423,7 +428,7 @@ class Engine {
 
   // What the step was given, as the recommendation rules read it: None
   // where the step follows the executor's config.
-  static py::dict SettingsDict(const StepSpec& s);
+  static py::dict SettingsDict(const StepSpec::Settings& s);
   static py::dict SnapshotDict(const StepStats::Snapshot& s);
 
   // Maintain found an automatic-optimization analysis due: tell the Python
@@ -436,24 +441,14 @@ class Engine {
   py::object analyse_;
   py::object identity_module_;  // caudal._identity, once imported
   py::object analysis_hook_;    // set by ExecutorCore; holds a weak reference
-  py::object default_retry_ = py::none();  // caudal.RetryStrategy or None
-  // Steps without a cache identity: name -> why (GIL-guarded).
-  std::map<std::string, std::string> uncacheable_steps_;
-  // The settings each step name was last analysed with (GIL-guarded).
-  std::map<std::string, StepSpec> step_specs_;
+  // The executor's defaults for the analysis (set once, at construction).
+  py::object default_retry_;    // caudal.RetryStrategy or None
+  py::object default_backend_;  // "local" or "ray" (a str)
 
  public:
   Executor& core() { return core_; }
   TelemetryState& telemetry() { return telemetry_; }
   void set_analysis_hook(py::object hook);
-
-  void set_default_retry(py::object r);
-
-  py::list breaker_stats() const;
-
-  py::list transitions() const;
-
-  py::dict error_stats(size_t max_patterns) const;
 };
 
 // (begin, succeed): the two hot-path calls of `engine_obj` (an Engine) as

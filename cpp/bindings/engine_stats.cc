@@ -142,7 +142,8 @@ py::dict Engine::cache_stats() const {
   d["uncacheable"] = uncacheable;
   d["uncacheable_reasons"] = reasons;
   py::dict steps;  // step name -> why it has no cache identity
-  for (const auto& [name, why] : uncacheable_steps_) steps[py::str(name)] = why;
+  for (const auto& [name, why] : core_.steps().UncacheableSteps())
+    steps[py::str(name)] = why;
   d["uncacheable_steps"] = steps;
   return d;
 }
@@ -151,8 +152,8 @@ py::dict Engine::step_stats() const {
   py::dict out;
   for (const auto& s : core_.stats().TakeAll()) {
     py::dict d = SnapshotDict(s);
-    auto it = step_specs_.find(s.name);
-    if (it != step_specs_.end()) d["settings"] = SettingsDict(it->second);
+    if (auto settings = core_.steps().SettingsOf(s.name))
+      d["settings"] = SettingsDict(*settings);
     out[py::str(s.name)] = std::move(d);
   }
   return out;
@@ -191,19 +192,16 @@ py::dict Engine::step_table() const {
   return d;
 }
 
-py::dict Engine::SettingsDict(const StepSpec& s) {
+py::dict Engine::SettingsDict(const StepSpec::Settings& s) {
   py::dict d;
-  d["timeout_s"] =
-      s.timeout_ns > 0
-          ? py::object(py::float_(static_cast<double>(s.timeout_ns) / 1e9))
-          : py::object(py::none());
+  d["timeout_s"] = s.timeout_s ? py::object(py::float_(*s.timeout_s))
+                               : py::object(py::none());
   d["cache"] = s.cache == StepSwitch::kDefault
                    ? py::object(py::none())
                    : py::object(py::bool_(s.cache == StepSwitch::kOn));
-  d["max_retries"] = s.retry.max_attempts - 1;
-  d["breaker"] = !s.use_breaker          ? py::object(py::bool_(false))
-                 : s.breaker_key.empty() ? py::object(py::str(s.name))
-                                         : py::object(py::str(s.breaker_key));
+  d["max_retries"] = s.max_retries;
+  d["breaker"] = s.breaker ? py::object(py::str(*s.breaker))
+                           : py::object(py::bool_(false));
   return d;
 }
 
@@ -235,79 +233,6 @@ py::dict Engine::SnapshotDict(const StepStats::Snapshot& s) {
   d["max_ms"] = static_cast<double>(h.max_ns) / 1e6;
   d["min_ms"] = static_cast<double>(h.min_ns) / 1e6;
   d["total_time_ms"] = static_cast<double>(h.sum_ns) / 1e6;
-  return d;
-}
-
-py::list Engine::breaker_stats() const {
-  py::list out;
-  for (const auto& n : core_.BreakerSnapshots()) {
-    const auto& b = n.snapshot;
-    py::dict d;
-    d["name"] = n.name;
-    d["state"] = std::string(StateName(b.state));
-    d["consecutive_failures"] = b.consecutive_failures;
-    d["failure_count"] = b.failure_count;
-    d["success_count"] = b.success_count;
-    d["rejected_count"] = b.rejected_count;
-    d["open_count"] = b.open_count;
-    d["probes_in_flight"] = b.probes_in_flight;
-    d["window_calls"] = b.window_calls;
-    d["window_failures"] = b.window_failures;
-    const int64_t now = core_.NowNs();
-    d["last_transition_age_s"] =
-        b.last_transition_ns
-            ? py::cast(static_cast<double>(now - b.last_transition_ns) / 1e9)
-            : py::none();
-    d["open_for_s"] =
-        b.state == CircuitBreaker::State::kOpen
-            ? py::cast(std::max<double>(
-                  0, static_cast<double>(b.open_until_ns - now) / 1e9))
-            : py::none();
-    out.append(d);
-  }
-  return out;
-}
-
-py::list Engine::transitions() const {
-  py::list out;
-  const int64_t now = core_.NowNs();
-  for (const auto& t : core_.RecentTransitions()) {
-    py::dict d;
-    d["breaker"] = t.breaker;
-    d["from"] = std::string(StateName(t.transition.from));
-    d["to"] = std::string(StateName(t.transition.to));
-    d["age_s"] = static_cast<double>(now - t.transition.at_ns) / 1e9;
-    d["seq"] = t.transition.seq;
-    out.append(d);
-  }
-  return out;
-}
-
-py::dict Engine::error_stats(size_t max_patterns) const {
-  const ErrorTableStats st = core_.ErrorStats();
-  py::dict d;
-  d["total_errors"] = st.total_errors;
-  d["retry_outcomes"] = st.total_retries;
-  d["recoveries"] = st.recoveries;
-  d["failures_after_retry"] = st.failures_after_retry;
-  d["recovery_success_rate"] = st.recovery_success_rate;
-  d["cached_patterns"] = st.cached_patterns;
-  d["capacity"] = st.capacity;
-  d["evictions"] = st.evictions;
-  d["fail_fast"] = core_.fail_fast_count();
-  py::list patterns;
-  for (const auto& p : core_.ErrorPatterns(max_patterns)) {
-    py::dict pd;
-    pd["step"] = p.step;
-    pd["exception"] = p.exc_type;
-    pd["sample"] = p.sample;
-    pd["occurrences"] = p.occurrences;
-    pd["retried"] = p.retried;
-    pd["recovered"] = p.recovered;
-    pd["failed_after_retry"] = p.failed_after_retry;
-    patterns.append(pd);
-  }
-  d["patterns"] = patterns;
   return d;
 }
 

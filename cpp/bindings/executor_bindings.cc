@@ -1,6 +1,6 @@
 // caudal._core registration of the executor: Engine, Next, ManualClock,
-// _Admission, StepResult and the retry-policy helpers. The engine itself:
-// engine.h.
+// _Admission, StepResult, and (step_analysis.cc) what the step analysis
+// hands the engine. The engine itself: engine.h.
 #include <pybind11/native_enum.h>
 #include <pybind11/stl.h>
 
@@ -9,43 +9,7 @@
 namespace caudal::bindings {
 
 void RegisterExecutor(py::module_& m) {
-  m.def(
-      "_retry_policy_check",
-      [](int kind, int max_attempts, double base, double factor,
-         double max_backoff, double jitter) -> py::object {
-        if (kind < 0 || kind > 2)
-          return py::str("strategy must be exponential, linear or fixed");
-        RetryPolicy p;
-        p.kind = static_cast<RetryPolicy::Kind>(kind);
-        p.max_attempts = max_attempts;
-        p.base_delay_s = base;
-        p.backoff_factor = factor;
-        p.max_backoff_s = max_backoff;
-        p.jitter = jitter;
-        const absl::Status st = p.Validate();
-        if (st.ok()) return py::none();
-        return py::str(std::string(st.message()));
-      },
-      "None when the retry policy is valid, else the problem (from the C++ "
-      "RetryPolicy).");
-  m.def(
-      "_retry_delay",
-      [](int kind, int max_attempts, double base, double factor,
-         double max_backoff, double jitter, int next_attempt, py::object hint,
-         uint64_t bits) {
-        RetryPolicy p;
-        p.kind = static_cast<RetryPolicy::Kind>(kind);
-        p.max_attempts = max_attempts;
-        p.base_delay_s = base;
-        p.backoff_factor = factor;
-        p.max_backoff_s = max_backoff;
-        p.jitter = jitter;
-        absl::optional<double> h;
-        if (!hint.is_none()) h = hint.cast<double>();
-        return p.DelayBeforeAttempt(next_attempt, h, bits);
-      },
-      "The native back-off computation (for previews and tests).");
-
+  RegisterStepAnalysis(m);
   m.def("_clock_offset_ns", &ClockOffsetNs,
         "CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time).");
   if (!InitStepResultType(m.ptr())) throw py::error_already_set();
@@ -122,16 +86,17 @@ void RegisterExecutor(py::module_& m) {
   py::class_<Engine>(
       m, "Engine",
       "Native executor engine (internal; use caudal.ExecutorCore).")
-      .def(py::init<const OptimizationConfig&, std::shared_ptr<ManualClock>>(),
-           py::arg("config"), py::arg("clock") = nullptr)
+      .def(py::init<const OptimizationConfig&, std::shared_ptr<ManualClock>,
+                    py::object, const std::string&>(),
+           py::arg("config"), py::arg("clock") = nullptr, py::kw_only(),
+           py::arg("retry") = py::none(), py::arg("backend") = "local",
+           "`retry` (a caudal.RetryStrategy or None) and `backend` (\"local\" "
+           "or \"ray\"): the executor's defaults for the steps that do not "
+           "set their own.")
       .def("apply_config", &Engine::apply_config)
       .def_property_readonly("config", &Engine::config)
       .def("_begin", &Engine::begin)
       .def("_restart", &Engine::restart)
-      .def("set_default_retry", &Engine::set_default_retry)
-      .def("breaker_stats", &Engine::breaker_stats)
-      .def("transitions", &Engine::transitions)
-      .def("error_stats", &Engine::error_stats, py::arg("max_patterns") = 20)
       .def("_leave_flight", &Engine::leave_flight)
       .def("_begin_permitted", &Engine::begin_permitted)
       .def("_cancel_wait", &Engine::cancel_wait)

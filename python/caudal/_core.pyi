@@ -122,6 +122,129 @@ class Next(enum.IntEnum):
     ASK_SHARED_TIER = 6
     WAIT_FOR_PERMIT = 7
 
+class StepKind(enum.IntEnum):
+    """How a step's callable produces its result."""
+
+    ASYNC = 0
+    SYNC = 1
+
+class CallShape(enum.IntEnum):
+    """Which arguments a step's callable takes."""
+
+    NO_ARGS = 0
+    DATA = 1
+    DATA_CONTEXT = 2
+    RUN_KWARGS = 3
+
+class RetryPolicy(metaclass=_pybind11_type):
+    """The core's retry policy, checked when made (a bad field raises
+    caudal.ConfigurationError naming it); made by caudal.RetryStrategy."""
+
+    def __init__(
+        self,
+        *,
+        kind: str = "exponential",
+        max_attempts: int = 3,
+        base_delay_s: float = 0.1,
+        backoff_factor: float = 2.0,
+        max_backoff_s: float = 60.0,
+        jitter: float = 0.0,
+    ) -> None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def max_attempts(self) -> int: ...
+    @property
+    def base_delay_s(self) -> float: ...
+    @property
+    def backoff_factor(self) -> float: ...
+    @property
+    def max_backoff_s(self) -> float: ...
+    @property
+    def jitter(self) -> float: ...
+    def delay_before_attempt(
+        self, next_attempt: int, retry_after_s: float | None = None, random_bits: int = ...
+    ) -> float: ...
+
+_ExceptionFilter = tuple[type[BaseException], ...] | Callable[[BaseException], bool] | None
+
+class StepAnalysis(metaclass=_pybind11_type):
+    """What caudal._steps.analyse found out about one step object, handed to
+    the engine once. The constructor checks every field: a wrong type or
+    value raises caudal.ConfigurationError naming it. Exactly one of
+    identity_of, cache_ns and uncacheable is set."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        fn: Callable[..., Any],
+        kind: StepKind,
+        shape: CallShape,
+        retry: RetryPolicy,
+        context_kw: bool = False,
+        resources_kw: bool = False,
+        retry_on: _ExceptionFilter = None,
+        timeout_s: float | None = None,
+        cache: bool | None = None,
+        cache_ttl_s: float | None = None,
+        tags: list[str] | tuple[str, ...] = (),
+        fallback: Any = None,
+        breaker: str | bool | None = None,
+        breaker_exclude: _ExceptionFilter = None,
+        cache_context: tuple[str, ...] | None = None,
+        single_flight: bool = True,
+        concurrency_key: str | None = None,
+        max_concurrency: int | None = None,
+        cache_ns: str | None = None,
+        uncacheable: str | None = None,
+        identity_of: Any = None,
+    ) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def fn(self) -> Callable[..., Any]: ...
+    @property
+    def kind(self) -> StepKind: ...
+    @property
+    def shape(self) -> CallShape: ...
+    @property
+    def retry(self) -> RetryPolicy: ...
+    @property
+    def context_kw(self) -> bool: ...
+    @property
+    def resources_kw(self) -> bool: ...
+    @property
+    def retry_on(self) -> _ExceptionFilter: ...
+    @property
+    def timeout_s(self) -> float | None: ...
+    @property
+    def cache(self) -> bool | None: ...
+    @property
+    def cache_ttl_s(self) -> float | None: ...
+    @property
+    def tags(self) -> list[str]: ...
+    @property
+    def fallback(self) -> Any: ...
+    @property
+    def breaker(self) -> str | bool | None: ...
+    @property
+    def breaker_exclude(self) -> _ExceptionFilter: ...
+    @property
+    def cache_context(self) -> tuple[str, ...] | None: ...
+    @property
+    def single_flight(self) -> bool: ...
+    @property
+    def concurrency_key(self) -> str | None: ...
+    @property
+    def max_concurrency(self) -> int | None: ...
+    @property
+    def cache_ns(self) -> str | None: ...
+    @property
+    def uncacheable(self) -> str | None: ...
+    @property
+    def identity_of(self) -> Any: ...
+
 class ManualClock(metaclass=_pybind11_type):
     """A clock that moves only when advanced (caudal.testing.ManualClock
     wraps it)."""
@@ -148,13 +271,19 @@ class Engine(metaclass=_pybind11_type):
     follows a single flight, asks the shared tier or waits for a permit holds
     an _Admission instead. `Next` says what to do with (rec, aw)."""
 
-    def __init__(self, config: OptimizationConfig, clock: ManualClock | None = None) -> None: ...
+    def __init__(
+        self,
+        config: OptimizationConfig,
+        clock: ManualClock | None = None,
+        *,
+        retry: Any = None,  # a caudal.RetryStrategy or None (not imported: a cycle)
+        backend: str = "local",
+    ) -> None: ...
     def apply_config(self, config: OptimizationConfig) -> None: ...
     @property
     def config(self) -> OptimizationConfig: ...
     @property
     def in_flight(self) -> int: ...
-    def set_default_retry(self, retry: Any) -> None: ...
     def _set_analysis_hook(self, hook: Callable[[], None] | None) -> None: ...
     # the hot path
     def _fast_calls(
@@ -208,9 +337,6 @@ class Engine(metaclass=_pybind11_type):
     def latency_buckets(self, step_name: str | None = None) -> list[tuple[int, int, int]]: ...
     def reset_stats(self) -> None: ...
     def step_table(self) -> dict[str, int]: ...
-    def breaker_stats(self) -> list[dict[str, Any]]: ...
-    def transitions(self) -> list[dict[str, Any]]: ...
-    def error_stats(self, max_patterns: int = 20) -> dict[str, Any]: ...
     def concurrency_stats(self) -> dict[str, Any]: ...
     def limit_history(self) -> list[dict[str, Any]]: ...
     def window(self, step: Any) -> int | None: ...
@@ -418,21 +544,3 @@ def decompress(framed: bytes) -> bytes:
 
 def rss_bytes() -> int | None:
     """This process's resident set size in bytes (None where there is none)."""
-
-def _retry_policy_check(
-    kind: int, max_attempts: int, base: float, factor: float, max_backoff: float, jitter: float
-) -> str | None:
-    """None when the retry policy is valid, else the problem."""
-
-def _retry_delay(
-    kind: int,
-    max_attempts: int,
-    base: float,
-    factor: float,
-    max_backoff: float,
-    jitter: float,
-    next_attempt: int,
-    hint: float | None,
-    bits: int,
-) -> float:
-    """The native back-off computation (for previews and tests)."""

@@ -4,7 +4,10 @@
 step object (the binding looks it up here, as ``caudal._steps.analyse``);
 the result is cached natively in the executor's step table, so the
 inspection below never runs per execution (flujo's "step optimization").
-The step itself (:class:`caudal.Step`) is defined in :mod:`caudal._step`.
+The answer is a :class:`caudal._core.StepAnalysis`, whose constructor
+checks every field (a wrong one raises ``ConfigurationError`` naming it);
+the engine copies it into its step table without decoding anything. The
+step itself (:class:`caudal.Step`) is defined in :mod:`caudal._step`.
 """
 
 from __future__ import annotations
@@ -15,31 +18,16 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from caudal._core import CallShape, RetryPolicy, StepAnalysis, StepKind
 from caudal._identity import namespace
 from caudal._step import Step, _name_of, _refuse_generator, _refuse_non_steps
 from caudal.resilience import RetryStrategy, immediate_retries
 
-# Mirrors of the C++ enums in cpp/caudal/executor/step_spec.h.
-KIND_ASYNC, KIND_SYNC = 0, 1
-SHAPE_NO_ARGS, SHAPE_DATA, SHAPE_DATA_CONTEXT, SHAPE_RUN_KWARGS = 0, 1, 2, 3
-
 _CONTEXT_NAMES = ("context", "ctx")
 
-
-class ExecutorDefaults:
-    """What an executor's step analysis falls back on: the default
-    RetryStrategy and backend. The native engine passes it to ``analyse``
-    untouched (through ``Engine.set_default_retry``, the one opaque slot the
-    binding has for analysis defaults)."""
-
-    __slots__ = ("backend", "retry")
-
-    def __init__(self, retry: Any = None, backend: str | None = None) -> None:
-        self.retry = retry
-        self.backend = backend
-
-    def __repr__(self) -> str:
-        return f"ExecutorDefaults(retry={self.retry!r}, backend={self.backend!r})"
+# What a step with no retry setting gets when the executor has no default:
+# one attempt (made once: most steps meet this path).
+_ONE_ATTEMPT_POLICY: RetryPolicy = immediate_retries(0)._native()
 
 
 def _local_instance(make: Callable[[], Any], is_async: bool) -> Callable[..., Any]:
@@ -81,12 +69,12 @@ def _is_async_callable(fn: Any) -> bool:
     return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
 
 
-def _shape_of(fn: Any, *, as_run: bool) -> tuple[int, bool, bool]:
+def _shape_of(fn: Any, *, as_run: bool) -> tuple[CallShape, bool, bool]:
     """(shape, pass_context_kw, pass_resources_kw) for calling ``fn``."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature
-        return SHAPE_DATA, False, False
+        return CallShape.DATA, False, False
     params = list(sig.parameters.values())
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     var_pos = any(p.kind is p.VAR_POSITIONAL for p in params)
@@ -95,18 +83,18 @@ def _shape_of(fn: Any, *, as_run: bool) -> tuple[int, bool, bool]:
     ctx_kw = var_kw or any(n in names for n in _CONTEXT_NAMES)
     res_kw = var_kw or "resources" in names
     if as_run:
-        return SHAPE_RUN_KWARGS, ctx_kw and ("context" in names or var_kw), res_kw
+        return CallShape.RUN_KWARGS, ctx_kw and ("context" in names or var_kw), res_kw
     if not positional and not var_pos:
         if ctx_kw or res_kw:
-            return SHAPE_RUN_KWARGS, "context" in names, "resources" in names
-        return SHAPE_NO_ARGS, False, False
+            return CallShape.RUN_KWARGS, "context" in names, "resources" in names
+        return CallShape.NO_ARGS, False, False
     if len(positional) >= 2:
         second = positional[1]
         if second.name in _CONTEXT_NAMES or second.default is second.empty:
-            return SHAPE_DATA_CONTEXT, False, False
+            return CallShape.DATA_CONTEXT, False, False
     if "context" in names or "resources" in names:
-        return SHAPE_RUN_KWARGS, "context" in names, "resources" in names
-    return SHAPE_DATA, False, False
+        return CallShape.RUN_KWARGS, "context" in names, "resources" in names
+    return CallShape.DATA, False, False
 
 
 def _flujo_settings(obj: Any) -> tuple[int | None, float | None]:
@@ -119,18 +107,17 @@ def _flujo_settings(obj: Any) -> tuple[int | None, float | None]:
     )
 
 
-def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
+def analyse(
+    obj: Any, default_retry: RetryStrategy | None = None, default_backend: str = "local"
+) -> StepAnalysis:
     """Describe how to run ``obj``; called once per step object by the engine.
 
     Accepts a caudal Step, a flujo-style Step (an object with ``agent.run``
     and a ``config``), an agent (an object with a ``run`` method), or a plain
-    callable. ``default_retry`` is the executor's default RetryStrategy, or
-    an :class:`ExecutorDefaults` (default retry and backend).
+    callable. ``default_retry`` and ``default_backend`` are the executor's
+    defaults (the engine's ``retry`` and ``backend``), for the steps that do
+    not set their own.
     """
-    default_backend = None
-    if isinstance(default_retry, ExecutorDefaults):
-        default_retry, default_backend = default_retry.retry, default_retry.backend
-
     max_retries, retry, timeout_s, cache, cache_ttl_s, tags, fallback = (
         None,
         None,
@@ -172,7 +159,7 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
         _refuse_non_steps(target, f"Step {name!r}", None)
 
     if backend is None:
-        backend = default_backend or "local"
+        backend = default_backend
     # A class (or a functools.partial of one, for set-up arguments) with
     # actors=: set-up in __init__ (once per actor), work in __call__.
     cls = target.func if isinstance(target, functools.partial) else target
@@ -222,18 +209,17 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
             retry = immediate_retries(max_retries)  # flujo's own meaning
         elif default_retry is not None:
             retry = default_retry
-        else:
-            retry = immediate_retries(0)
-    retry_on = retry.retry_on
+    policy = _ONE_ATTEMPT_POLICY if retry is None else retry._native()
+    retry_on = None if retry is None else retry.retry_on
     if retry_on == (Exception,):
         retry_on = None  # the common case: no per-error check needed
 
     if is_class:
         call = functools.partial(cls.__call__, None)  # the signature without self
-        kind = KIND_ASYNC if inspect.iscoroutinefunction(cls.__call__) else KIND_SYNC
+        kind = StepKind.ASYNC if inspect.iscoroutinefunction(cls.__call__) else StepKind.SYNC
         shape, ctx_kw, res_kw = _shape_of(call, as_run=False)
     else:
-        kind = KIND_ASYNC if _is_async_callable(fn) else KIND_SYNC
+        kind = StepKind.ASYNC if _is_async_callable(fn) else StepKind.SYNC
         shape, ctx_kw, res_kw = _shape_of(fn, as_run=as_run)
     if backend == "ray":
         from caudal.integrations.ray import ray_attempt
@@ -250,33 +236,33 @@ def analyse(obj: Any, default_retry: Any = None) -> dict[str, Any]:
             resources=resources,
             actors=actors,
         )
-        kind = KIND_ASYNC
+        kind = StepKind.ASYNC
     elif is_class:
-        fn = _local_instance(target, kind == KIND_ASYNC)
-    return {
-        "name": name,
-        "kind": kind,
-        "shape": shape,
-        "context_kw": ctx_kw,
-        "resources_kw": res_kw,
-        "retry": retry._native(),
-        "retry_on": retry_on,
-        "timeout_s": timeout_s,
-        "cache": cache,
-        "cache_ttl_s": cache_ttl_s,
-        "tags": list(tags),
-        "fallback": fallback,
-        "fn": fn,
-        "breaker": breaker,
-        "breaker_exclude": breaker_exclude,
-        "cache_context": tuple(cache_context) if cache_context else None,
-        "single_flight": single_flight,
-        "concurrency_key": concurrency_key,
-        "max_concurrency": max_concurrency,
-        "cache_ns": cache_ns,
-        "uncacheable": uncacheable,
-        "identity_of": identity_of,
-    }
+        fn = _local_instance(target, kind == StepKind.ASYNC)
+    return StepAnalysis(
+        name=name,
+        fn=fn,
+        kind=kind,
+        shape=shape,
+        retry=policy,
+        context_kw=ctx_kw,
+        resources_kw=res_kw,
+        retry_on=retry_on,
+        timeout_s=timeout_s,
+        cache=cache,
+        cache_ttl_s=cache_ttl_s,
+        tags=tags,
+        fallback=fallback,
+        breaker=breaker,
+        breaker_exclude=breaker_exclude,
+        cache_context=tuple(cache_context) if cache_context else None,
+        single_flight=single_flight,
+        concurrency_key=concurrency_key,
+        max_concurrency=max_concurrency,
+        cache_ns=cache_ns,
+        uncacheable=uncacheable,
+        identity_of=identity_of,
+    )
 
 
-__all__ = ["ExecutorDefaults", "Step", "analyse"]
+__all__ = ["Step", "analyse"]

@@ -14,8 +14,9 @@ from typing import Any
 
 from caudal import _core
 from caudal._bounds import MAX_ATTEMPTS, MAX_RETRIES, check_count, check_duration, check_number
+from caudal.errors import ConfigurationError
 
-_KINDS = {"exponential": 0, "linear": 1, "fixed": 2}
+_KINDS = ("exponential", "linear", "fixed")
 
 ExceptionSpec = (
     type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -93,21 +94,23 @@ class RetryStrategy:
         check_number("RetryStrategy.jitter", self.jitter, minimum=0.0, maximum=1.0)
         # The core's own rules (cpp/caudal/resilience/retry_policy.cc), now
         # that every value fits its types.
-        problem = _core._retry_policy_check(*self._native())
-        if problem is not None:
-            raise ValueError(f"RetryStrategy: {problem}")
+        try:
+            self._native()
+        except ConfigurationError as e:
+            raise ValueError("RetryStrategy: " + "; ".join(e.problems)) from None
         object.__setattr__(
             self, "retry_on", _normalise_spec(self.retry_on, "RetryStrategy.retry_on")
         )
 
-    def _native(self) -> tuple[int, int, float, float, float, float]:
-        return (
-            _KINDS[self.strategy],
-            self.max_attempts,
-            float(self.base_delay),
-            float(self.backoff_factor),
-            float(self.max_backoff),
-            float(self.jitter),
+    def _native(self) -> _core.RetryPolicy:
+        """The core's RetryPolicy (what the engine runs by): a new one."""
+        return _core.RetryPolicy(
+            kind=self.strategy,
+            max_attempts=self.max_attempts,
+            base_delay_s=float(self.base_delay),
+            backoff_factor=float(self.backoff_factor),
+            max_backoff_s=float(self.max_backoff),
+            jitter=float(self.jitter),
         )
 
     def delay(self, retry: int, retry_after: float | None = None) -> float:
@@ -129,7 +132,7 @@ class RetryStrategy:
                 hint = float(retry_after)
             except OverflowError:  # an int no float holds: ignored, as in execution
                 hint = None
-        return _core._retry_delay(*self._native(), retry + 1, hint, 1 << 63)
+        return self._native().delay_before_attempt(retry + 1, hint, 1 << 63)
 
 
 def immediate_retries(max_retries: int) -> RetryStrategy:

@@ -2,6 +2,15 @@
 
 namespace caudal {
 
+StepSpec::Settings StepSpec::settings() const {
+  Settings s;
+  if (timeout_ns > 0) s.timeout_s = static_cast<double>(timeout_ns) / 1e9;
+  s.cache = cache;
+  s.max_retries = retry.max_attempts - 1;
+  if (use_breaker) s.breaker = breaker_key.empty() ? name : breaker_key;
+  return s;
+}
+
 uint64_t StepTable::NextGeneration() {
   static std::atomic<uint64_t> next{1};
   return next.fetch_add(1, std::memory_order_relaxed);
@@ -47,6 +56,31 @@ size_t StepTable::size() const {
 uint64_t StepTable::analyses() const {
   MutexLock lock(&mu_);
   return analyses_;
+}
+
+void StepTable::Describe(const StepSpec& spec) {
+  StepSpec::Settings s = spec.settings();
+  MutexLock lock(&mu_);
+  settings_[spec.name] = std::move(s);
+}
+
+absl::optional<StepSpec::Settings> StepTable::SettingsOf(
+    const std::string& name) const {
+  MutexLock lock(&mu_);
+  auto it = settings_.find(name);
+  if (it == settings_.end()) return absl::nullopt;
+  return it->second;
+}
+
+void StepTable::MarkUncacheable(const std::string& name, std::string why) {
+  MutexLock lock(&mu_);
+  uncacheable_[name] = std::move(why);
+}
+
+std::vector<std::pair<std::string, std::string>> StepTable::UncacheableSteps()
+    const {
+  MutexLock lock(&mu_);
+  return {uncacheable_.begin(), uncacheable_.end()};
 }
 
 }  // namespace caudal

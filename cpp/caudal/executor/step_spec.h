@@ -14,12 +14,15 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
 #include "caudal/concurrency/key_limiter.h"
 #include "caudal/monitor/execution_stats.h"
@@ -77,6 +80,10 @@ struct StepSpec {
   // AdmitVerdict::kFallback).
   bool has_fallback = false;
 
+  // Its settings as the recommendation rules read them.
+  struct Settings;
+  Settings settings() const;
+
   static RetryPolicy ImmediateRetries(int max_retries) {
     RetryPolicy p;
     p.kind = RetryPolicy::kFixed;
@@ -85,6 +92,17 @@ struct StepSpec {
     p.max_backoff_s = 0.0;
     return p;
   }
+};
+
+// A step's settings as the recommendation rules read them (the "settings"
+// of a step's stats): unset where the step follows the executor's config.
+struct StepSpec::Settings {
+  absl::optional<double> timeout_s;  // nullopt: no timeout
+  StepSwitch cache = StepSwitch::kDefault;
+  int max_retries = 0;
+  // The breaker it reports to (its own name, or a shared key); nullopt:
+  // none (the step opted out).
+  absl::optional<std::string> breaker;
 };
 
 // One row of an executor's step table: the spec plus this executor's
@@ -137,12 +155,26 @@ class StepTable {
   }
   uint64_t analyses() const ABSL_LOCKS_EXCLUDED(mu_);  // inserts ever made
 
+  // What the read-outs say about each step name, kept across Clear (they
+  // describe every step the executor met): the settings it was last
+  // analysed with, and why it has no cache identity, if so.
+  void Describe(const StepSpec& spec) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::optional<StepSpec::Settings> SettingsOf(const std::string& name) const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  void MarkUncacheable(const std::string& name, std::string why)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // (name, why) of each step without a cache identity, by name.
+  std::vector<std::pair<std::string, std::string>> UncacheableSteps() const
+      ABSL_LOCKS_EXCLUDED(mu_);
+
  private:
   const size_t capacity_;
   mutable Mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<StepEntry>> entries_
       ABSL_GUARDED_BY(mu_);
   uint64_t analyses_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, StepSpec::Settings> settings_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::string> uncacheable_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> generation_{NextGeneration()};
   static uint64_t NextGeneration();
 };

@@ -18,7 +18,6 @@ from caudal._executor.batches import Batches
 from caudal._executor.readouts import Readouts
 from caudal._executor.tuner import Tuner
 from caudal._invalidation import InvalidationResult
-from caudal._steps import ExecutorDefaults
 from caudal.errors import CaudalError, ConfigurationError
 from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool, default_workers
@@ -131,7 +130,14 @@ class ExecutorCore(Batches, Readouts):
                 )
             native_clock = clock._native
             self._sleep = clock.sleep
-        engine = Engine(_checked(optimization_config), native_clock)
+        if retry_strategy is not None and not isinstance(retry_strategy, RetryStrategy):
+            raise TypeError("retry_strategy must be a caudal.RetryStrategy")
+        engine = Engine(
+            _checked(optimization_config),
+            native_clock,
+            retry=retry_strategy,
+            backend=backend or "local",
+        )
         self._l2 = cache_l2
         # A tier that versions its reads (RedisCacheTier) refuses, in Redis,
         # the write of a result that any process invalidated since the read.
@@ -146,13 +152,6 @@ class ExecutorCore(Batches, Readouts):
             listen = getattr(cache_l2, "add_invalidation_listener", None)
             if listen is not None:  # other processes' invalidations reach our L1
                 listen(self._on_l2_invalidation)
-        if retry_strategy is not None and not isinstance(retry_strategy, RetryStrategy):
-            raise TypeError("retry_strategy must be a caudal.RetryStrategy")
-        if backend == "ray":
-            # The engine hands this object to caudal._steps.analyse as is.
-            engine.set_default_retry(ExecutorDefaults(retry_strategy, backend))
-        elif retry_strategy is not None:
-            engine.set_default_retry(retry_strategy)
         if worker_pool is not None and not isinstance(worker_pool, WorkerPool):
             raise TypeError("worker_pool must be a caudal.WorkerPool")
         self._pool = worker_pool
