@@ -208,6 +208,15 @@ void RegisterExecutor(py::module_& m) {
              e.core().memory_monitor().SetInterval(
                  static_cast<int64_t>(seconds * 1e9));
            })
+      .def(
+          "now_ns", [](Engine& e) { return e.core().NowNs(); },
+          "The executor's time in ns (its manual clock, or monotonic).")
+      .def_property_readonly(
+          "_clock",
+          [](Engine& e) {
+            return std::const_pointer_cast<ManualClock>(e.core().clock());
+          },
+          "The manual clock the engine was made with, or None.")
       .def("cpu_stats", [](Engine& e) { return CpuStatsDict(e.core()); })
       .def(
           "execution_section",

@@ -308,7 +308,7 @@ py::dict CpuStatsDict(Executor& core) {
 py::dict BreakerSectionDict(Executor& core) {
   const OptimizationConfig* cfg = core.current_config();
   const BreakerSection s = BreakerSectionOf(core.BreakerSnapshots());
-  const int64_t now = MonotonicNowNs();
+  const int64_t now = core.NowNs();
   py::dict d;
   d["enabled"] = cfg->enable_circuit_breaker;
   d["state"] = absl::AsciiStrToUpper(StateName(s.worst));
@@ -446,7 +446,7 @@ bool PublishEvent(Executor& core, const std::string& type,
   if (!core.events().Wants(*t)) return false;
   Event e;
   e.type = *t;
-  e.time_ns = MonotonicNowNs();
+  e.time_ns = core.NowNs();
   e.key = key;
   e.value = value;
   e.value2 = value2;

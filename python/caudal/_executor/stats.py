@@ -11,7 +11,7 @@ private attributes (tests_py/test_monitor_boundary.py checks it)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from caudal import _core
@@ -34,10 +34,22 @@ class MonitorView:
     - ``spans``: the span flusher, or None;
     - ``recorder``: the LatencyRecorder of start_latency_recorder(), or None;
     - ``apply(config)``: the validated config swap (as
-      apply_optimization_config, synchronously).
+      apply_optimization_config, synchronously);
+    - ``sleep(seconds)``: the executor's sleep (asyncio.sleep, or the manual
+      clock's); the executor's time is ``engine.now_ns()``.
     """
 
-    __slots__ = ("apply", "engine", "l2", "own_pool", "recorder", "spans", "tuner", "worker_pool")
+    __slots__ = (
+        "apply",
+        "engine",
+        "l2",
+        "own_pool",
+        "recorder",
+        "sleep",
+        "spans",
+        "tuner",
+        "worker_pool",
+    )
 
     def __init__(
         self,
@@ -50,6 +62,7 @@ class MonitorView:
         spans: Any,
         recorder: Any,
         apply: Callable[[Any], None],
+        sleep: Callable[[float], Awaitable[None]],
     ) -> None:
         self.engine = engine
         self.tuner = tuner
@@ -59,6 +72,7 @@ class MonitorView:
         self.spans = spans
         self.recorder = recorder
         self.apply = apply
+        self.sleep = sleep
 
     @property
     def config(self) -> Any:
