@@ -374,6 +374,9 @@ class Engine {
   void reset_stats() { core_.stats().ResetAll(); }
   int64_t in_flight() const { return core_.in_flight(); }
   py::dict step_table() const;
+  // stats["execution"] and stats["cache"] (engine_stats.cc).
+  ExecutionSection execution_section() const;
+  CacheSection cache_section() const;
 
  private:
   static uint64_t StepKeyOf(py::handle step, PyObject** a, PyObject** b);
@@ -425,11 +428,6 @@ class Engine {
   static py::object ContextFields(const py::object& fields, py::handle context);
 
   static void WakePermits(const ReleasedPermits& p);
-
-  // What the step was given, as the recommendation rules read it: None
-  // where the step follows the executor's config.
-  static py::dict SettingsDict(const StepSpec::Settings& s);
-  static py::dict SnapshotDict(const StepStats::Snapshot& s);
 
   // Maintain found an automatic-optimization analysis due: tell the Python
   // layer (on this loop's thread, GIL held), which schedules it on the loop.

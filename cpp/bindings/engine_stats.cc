@@ -8,49 +8,7 @@ namespace caudal::bindings {
 
 py::dict Engine::concurrency_stats() const {
   py::dict d;
-  const OptimizationConfig* cfg = core_.current_config();
-  d["max_concurrent_executions"] =
-      cfg->max_concurrent_executions.has_value()
-          ? py::object(py::int_(*cfg->max_concurrent_executions))
-          : py::object(py::none());
-  d["slots_in_use"] = core_.slots_in_flight();
-  d["waiting"] = core_.slots_waiting();
-  const GateCounters c = core_.slot_counters();
-  d["acquired"] = c.acquired;
-  d["waited"] = c.waited;
-  d["cancelled_waits"] = c.cancelled;
-  d["max_waiting"] = c.max_waiting;
-  d["mode"] = cfg->max_concurrent_executions.has_value() ? "fixed"
-              : cfg->enable_concurrency_optimization     ? "adaptive"
-                                                         : "unlimited";
-  py::dict keys;
-  for (KeyLimiter* l : core_.Limiters()) {
-    const KeyLimiter::Snapshot k = l->snapshot();
-    py::dict kd;
-    kd["mode"] = LimiterModeName(k.mode);
-    kd["limit"] = k.mode == KeyLimiter::Mode::kUnlimited
-                      ? py::object(py::none())
-                      : py::object(py::int_(k.limit));
-    kd["in_flight"] = k.in_flight;
-    kd["waiting"] = k.waiting;
-    kd["acquired"] = k.counters.acquired;
-    kd["waited"] = k.counters.waited;
-    kd["cancelled_waits"] = k.counters.cancelled;
-    kd["max_waiting"] = k.counters.max_waiting;
-    kd["limit_changes"] = k.changes;
-    if (k.mode == KeyLimiter::Mode::kAdaptive) {
-      kd["estimated_limit"] = k.estimated_limit;
-      kd["baseline_rtt_ms"] = k.baseline_rtt_ns / 1e6;
-      kd["last_window_rtt_ms"] = k.last_window_rtt_ns / 1e6;
-      kd["windows"] = k.windows;
-      kd["samples"] = k.samples;
-      kd["drops"] = k.drops;
-      kd["slow_start"] = k.slow_start;
-      kd["dormant"] = k.dormant;
-    }
-    keys[py::str(k.key)] = kd;
-  }
-  d["keys"] = keys;
+  ConcurrencyStatsInto(d, ConcurrencySectionNow(core_));
   return d;
 }
 
@@ -116,51 +74,50 @@ void Engine::clear_cache() {
   core_.ClearCache(&dropped);
 }
 
-py::dict Engine::cache_stats() const {
-  const ResultCacheStats c = core_.CacheStats();
-  py::dict d;
-  d["hits"] = c.hits;
-  d["misses"] = c.misses;
-  d["hit_rate"] = c.hit_rate;
-  d["inserts"] = c.inserts;
-  d["evictions"] = c.evictions;
-  d["expirations"] = c.expirations;
-  d["invalidations"] = c.invalidations;
-  d["rejections"] = c.rejections;
-  d["stale"] = c.stale;
-  d["size"] = c.entries;
-  d["bytes"] = c.bytes;
-  d["max_size"] = c.max_entries;
-  d["max_bytes"] = c.max_bytes;
-  d["shards"] = c.num_shards;
-  py::dict reasons;
-  uint64_t uncacheable = 0;
-  for (const auto& [reason, n] : core_.UncacheableReasons()) {
-    reasons[py::str(reason)] = n;
-    uncacheable += n;
+namespace {
+// Every step's row, with the settings it was last analysed with.
+std::vector<StepRow> StepRows(const Executor& core) {
+  std::vector<StepRow> rows;
+  for (auto& s : core.stats().TakeAll()) {
+    const absl::optional<StepSpec::Settings> settings =
+        core.steps().SettingsOf(s.name);
+    rows.push_back(StepRowOf(std::move(s), settings ? &*settings : nullptr));
   }
-  d["uncacheable"] = uncacheable;
-  d["uncacheable_reasons"] = reasons;
-  py::dict steps;  // step name -> why it has no cache identity
-  for (const auto& [name, why] : core_.steps().UncacheableSteps())
-    steps[py::str(name)] = why;
-  d["uncacheable_steps"] = steps;
+  return rows;
+}
+}  // namespace
+
+CacheSection Engine::cache_section() const {
+  std::vector<std::pair<std::string, std::string>> steps =
+      core_.steps().UncacheableSteps();
+  return CacheSectionOf(core_.current_config()->enable_cache_optimization,
+                        core_.CacheStats(), core_.UncacheableReasons(),
+                        std::move(steps));
+}
+
+py::dict Engine::cache_stats() const {
+  py::dict d;
+  CacheStatsInto(d, cache_section());
   return d;
+}
+
+ExecutionSection Engine::execution_section() const {
+  return ExecutionSectionOf(
+      StepRowOf(core_.stats().TakeTotal()), StepRows(core_), core_.Trends(),
+      *core_.current_config(), core_.in_flight(), core_.steps().size(),
+      core_.steps().analyses(), core_.trend_checkpoints());
 }
 
 py::dict Engine::step_stats() const {
   py::dict out;
-  for (const auto& s : core_.stats().TakeAll()) {
-    py::dict d = SnapshotDict(s);
-    if (auto settings = core_.steps().SettingsOf(s.name))
-      d["settings"] = SettingsDict(*settings);
-    out[py::str(s.name)] = std::move(d);
+  for (const StepRow& r : StepRows(core_)) {
+    out[py::str(r.stats.name)] = StepRowDict(r);
   }
   return out;
 }
 
 py::dict Engine::total_stats() const {
-  return SnapshotDict(core_.stats().TakeTotal());
+  return StepRowDict(StepRowOf(core_.stats().TakeTotal()));
 }
 
 py::list Engine::latency_buckets(py::object step_name) const {
@@ -186,54 +143,7 @@ py::list Engine::latency_buckets(py::object step_name) const {
 }
 
 py::dict Engine::step_table() const {
-  py::dict d;
-  d["size"] = core_.steps().size();
-  d["analyses"] = core_.steps().analyses();
-  return d;
-}
-
-py::dict Engine::SettingsDict(const StepSpec::Settings& s) {
-  py::dict d;
-  d["timeout_s"] = s.timeout_s ? py::object(py::float_(*s.timeout_s))
-                               : py::object(py::none());
-  d["cache"] = s.cache == StepSwitch::kDefault
-                   ? py::object(py::none())
-                   : py::object(py::bool_(s.cache == StepSwitch::kOn));
-  d["max_retries"] = s.max_retries;
-  d["breaker"] = s.breaker ? py::object(py::str(*s.breaker))
-                           : py::object(py::bool_(false));
-  return d;
-}
-
-py::dict Engine::SnapshotDict(const StepStats::Snapshot& s) {
-  py::dict d;
-  d["executions"] = s.executions;
-  d["successes"] = s.successes;
-  d["failures"] = s.failures;
-  d["attempts"] = s.attempts;
-  d["retries"] = s.retries;
-  d["errors"] = s.errors;
-  d["recovered"] = s.recovered;
-  d["timeouts"] = s.timeouts;
-  d["fallbacks"] = s.fallbacks;
-  d["cancelled"] = s.cancelled;
-  d["slow_executions"] = s.slow;
-  d["cache_hits"] = s.cache_hits;
-  d["rejected"] = s.rejected;
-  d["cache_misses"] = s.cache_misses;
-  d["uncacheable"] = s.uncacheable;
-  d["shared_flights"] = s.shared_flights;
-  d["cache_bypassed"] = s.cache_bypassed;
-  d["in_flight"] = s.in_flight;
-  const auto& h = s.latency;
-  d["avg_time_ms"] = h.MeanNs() / 1e6;
-  d["p50_ms"] = h.QuantileNs(0.50) / 1e6;
-  d["p95_ms"] = h.QuantileNs(0.95) / 1e6;
-  d["p99_ms"] = h.QuantileNs(0.99) / 1e6;
-  d["max_ms"] = static_cast<double>(h.max_ns) / 1e6;
-  d["min_ms"] = static_cast<double>(h.min_ns) / 1e6;
-  d["total_time_ms"] = static_cast<double>(h.sum_ns) / 1e6;
-  return d;
+  return StepTableDict(core_.steps().size(), core_.steps().analyses());
 }
 
 }  // namespace caudal::bindings

@@ -174,7 +174,45 @@ void RegisterExecutor(py::module_& m) {
              e.core().memory_monitor().SetInterval(
                  static_cast<int64_t>(seconds * 1e9));
            })
+      .def(
+          "now_ns", [](Engine& e) { return e.core().NowNs(); },
+          "The executor's time in ns (its manual clock, or monotonic).")
+      .def_property_readonly(
+          "_clock",
+          [](Engine& e) {
+            return std::const_pointer_cast<ManualClock>(e.core().clock());
+          },
+          "The manual clock the engine was made with, or None.")
       .def("cpu_stats", [](Engine& e) { return CpuStatsDict(e.core()); })
+      .def(
+          "execution_section",
+          [](Engine& e) { return ExecutionSectionDict(e.execution_section()); })
+      .def(
+          "cache_section",
+          [](Engine& e, py::object l2) {
+            return CacheSectionDict(e.cache_section(), std::move(l2));
+          },
+          py::arg("l2"), "stats['cache']; `l2`: the shared tier's stats.")
+      .def(
+          "concurrency_section",
+          [](Engine& e, py::object pool) {
+            return ConcurrencySectionDict(ConcurrencySectionNow(e.core()),
+                                          std::move(pool));
+          },
+          py::arg("worker_pool"),
+          "stats['concurrency']; `worker_pool`: the pool's stats.")
+      .def("memory_section",
+           [](Engine& e) {
+             return MemorySectionDict(MemorySectionNow(e.core()));
+           })
+      .def(
+          "telemetry_section",
+          [](Engine& e, py::dict flusher) {
+            return TelemetrySectionDict(TelemetrySectionNow(e.core()),
+                                        std::move(flusher));
+          },
+          py::arg("flusher"),
+          "stats['telemetry']; `flusher`: the span flusher's figures.")
       .def("breaker_section",
            [](Engine& e) { return BreakerSectionDict(e.core()); })
       .def("error_section", [](Engine& e) { return ErrorSectionDict(e.core()); })

@@ -6,36 +6,13 @@
 #include "absl/status/status.h"
 #include "caudal/base/alloc_counter.h"
 #include "caudal/memory/memory_monitor.h"
+#include "monitor_bindings.h"
 
 namespace caudal::bindings {
 
 py::dict MemoryStatsDict(Executor& core) {
-  const MemorySnapshot m = core.MemoryStats(MonotonicNowNs());
-  py::dict pool;
-  pool["hits"] = m.pool.hits;
-  pool["misses"] = m.pool.misses;
-  pool["releases"] = m.pool.releases;
-  pool["discards"] = m.pool.discards;
-  pool["trimmed"] = m.pool.trimmed;
-  pool["idle"] = m.pool.idle;
-  pool["in_use"] = m.pool.in_use;
-  pool["max_idle"] = m.pool.max_idle;
-  pool["hit_rate"] = m.pool.hit_rate;
-  pool["utilization"] = m.pool.utilization;
   py::dict d;
-  d["usage_mb"] = m.usage_mb;
-  d["memory_pressure_level"] = std::string(PressureLevelName(m.level));
-  d["memory_pressure_threshold_mb"] = m.threshold_mb;
-  d["object_pool_utilization"] = m.pool.utilization;
-  d["object_pool"] = pool;
-  py::list shrunk;
-  for (const std::string& s : m.shrunk) shrunk.append(py::str(s));
-  d["shrunk"] = shrunk;
-  d["pressure_changes"] = m.pressure_changes;
-  d["rss_readings"] = m.readings;
-  d["rss_read_errors"] = m.read_errors;
-  d["rss_interval_s"] =
-      static_cast<double>(core.memory_monitor().interval_ns()) / 1e9;
+  MemoryStatsInto(d, MemorySectionNow(core));
   return d;
 }
 

@@ -10,7 +10,8 @@
 namespace caudal::bindings {
 
 // stats["memory"]'s native part: usage_mb, memory_pressure_level, pool
-// counters, what is shrunk. Reads RSS (and acts on a level change).
+// counters, what is shrunk (MemoryStatsInto, monitor_bindings.h). Reads RSS
+// on the executor's clock (and acts on a level change).
 py::dict MemoryStatsDict(Executor& core);
 
 // Test hook: RSS from `source()` (an int of bytes), or the process's own

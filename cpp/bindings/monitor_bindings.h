@@ -8,14 +8,62 @@
 
 #include "caudal/executor/executor.h"
 #include "caudal/monitor/recommendations.h"
+#include "caudal/monitor/stats_sections.h"
 #include "common.h"
 
 namespace caudal::bindings {
 
+// ---- the stats sections: each one struct (caudal/monitor/stats_sections.h)
+// and one converter to its public dict ----
+
+// A per-step row: the counters, then the latency figures in ms, then
+// "settings" when the row has them; "trend" (a TrendDict or None) when
+// `with_trend` (stats["execution"]["steps"]).
+py::dict StepRowDict(const StepRow& r, bool with_trend = false);
+
+// One step's trend (stats["execution"]["regressions"], Engine.trends()).
+py::dict TrendDict(const StepTrend& t);
+
+// Engine.step_table() and stats["execution"]["step_analysis"].
+py::dict StepTableDict(size_t size, uint64_t analyses);
+
+// stats["execution"].
+py::dict ExecutionSectionDict(const ExecutionSection& s);
+
+// stats["cache"]: "enabled", the cache's figures (CacheStatsInto), then
+// "l2": `l2` (the shared tier's stats dict, or None).
+py::dict CacheSectionDict(const CacheSection& s, py::object l2);
+// The cache's figures (Engine.cache_stats()).
+void CacheStatsInto(py::dict& d, const CacheSection& s);
+
+// stats["concurrency"]: the slots and keys (ConcurrencyStatsInto), then
+// in_flight, concurrency_level and "worker_pool": `pool` (the worker pool's
+// stats dict, or None).
+ConcurrencySection ConcurrencySectionNow(const Executor& core);
+py::dict ConcurrencySectionDict(const ConcurrencySection& s, py::object pool);
+// The slots and keys (Engine.concurrency_stats()).
+void ConcurrencyStatsInto(py::dict& d, const ConcurrencySection& s);
+
+// stats["memory"]: the native read-out (MemoryStatsInto), then the config's
+// object_pool_enabled and memory_optimization_enabled. Reads RSS on the
+// executor's clock (and acts on a level change).
+MemorySection MemorySectionNow(Executor& core);
+py::dict MemorySectionDict(const MemorySection& s);
+// The native read-out (Engine.memory_stats()).
+void MemoryStatsInto(py::dict& d, const MemorySection& s);
+
+// stats["telemetry"]: the config's telemetry settings and the span
+// recorder's figures, then every item of `flusher` (the span flusher's
+// figures, caudal.telemetry.flusher_stats).
+TelemetrySection TelemetrySectionNow(const Executor& core);
+py::dict TelemetrySectionDict(const TelemetrySection& s, py::dict flusher);
+
 // stats["system"]: cpu_percent (of the allowed CPUs), cpu_percent_per_core,
 // allowed_cpus, window and reading counters, and the config's
-// cpu_usage_threshold_percent. Samples CPU time now.
-py::dict CpuStatsDict(Executor& core);
+// cpu_usage_threshold_percent. Samples CPU time now (the executor's clock).
+SystemSection SystemSectionNow(Executor& core);
+py::dict SystemSectionDict(const SystemSection& s);
+py::dict CpuStatsDict(Executor& core);  // SystemSectionDict of now
 
 // stats["circuit_breaker"]: the summary over every breaker (worst state,
 // sums), the config's breaker settings, each breaker by name and the recent

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "caudal/concurrency/worker_pool.h"
+#include "caudal/executor/clock.h"
 #include "common.h"
 
 namespace caudal::bindings {
@@ -228,13 +229,18 @@ PyObject* FetchException() {
 
 class PyWorkerPool {
  public:
+  // `clock`: the executor's manual clock (the task timeout is measured on
+  // it), or null for the monotonic clock.
   PyWorkerPool(int workers, int64_t queue_size, double task_timeout_s,
-               py::object on_drained)
+               py::object on_drained, std::shared_ptr<ManualClock> clock)
       : on_drained_(std::move(on_drained)) {
     WorkerPool::Options o;
     o.workers = workers;
     o.queue_size = queue_size;
     o.task_timeout_ns = static_cast<int64_t>(task_timeout_s * 1e9);
+    if (clock != nullptr) {
+      o.clock = [clock = std::move(clock)] { return clock->now_ns(); };
+    }
     o.on_thread_exit = EndWorkerThread;
     auto pool = WorkerPool::Create(std::move(o));
     if (!pool.ok()) ThrowStatus(pool.status());
@@ -431,9 +437,10 @@ void RegisterPool(py::module_& m) {
   py::class_<PyWorkerPool>(m, "WorkerPool",
                            "Native work-stealing thread pool (internal; use "
                            "caudal.WorkerPool).")
-      .def(py::init<int, int64_t, double, py::object>(), py::arg("workers"),
-           py::arg("queue_size"), py::arg("task_timeout_s"),
-           py::arg("on_drained") = py::none())
+      .def(py::init<int, int64_t, double, py::object,
+                    std::shared_ptr<ManualClock>>(),
+           py::arg("workers"), py::arg("queue_size"), py::arg("task_timeout_s"),
+           py::arg("on_drained") = py::none(), py::arg("clock") = nullptr)
       .def("submit", &PyWorkerPool::submit, py::arg("fn"), py::arg("args"),
            py::arg("kwargs") = py::none())
       .def("submit_withdrawable", &PyWorkerPool::submit_withdrawable,

@@ -33,6 +33,20 @@ _live: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 _ROOM_POLL_S = 0.05
 
 
+def _native_clock(clock: Any) -> Any:
+    """The native clock of ``clock``: a caudal.testing.ManualClock, the
+    native one itself (an executor's, ``Engine._clock``), or None."""
+    if clock is None or isinstance(clock, _core.ManualClock):
+        return clock
+    native = getattr(clock, "_native", None)
+    if isinstance(native, _core.ManualClock):
+        return native
+    raise TypeError(
+        "WorkerPool: clock must be a caudal.testing.ManualClock or None, "
+        f"got {type(clock).__name__}"
+    )
+
+
 def default_workers() -> int:
     """asyncio's default for its thread pool: min(32, CPUs + 4)."""
     return min(32, (os.cpu_count() or 1) + 4)
@@ -48,6 +62,9 @@ class WorkerPool:
     - ``task_timeout``: seconds a task may wait in the queue; one that waited
       longer is not run and its future gets :class:`caudal.PoolTimeoutError`.
       A task that has started is never interrupted.
+    - ``clock``: a :class:`caudal.testing.ManualClock` the queue wait is
+      measured on (tests; an ``ExecutorCore(clock=...)`` gives its own pool
+      the executor's clock). None: the monotonic clock.
 
     Cancelling :meth:`run` while its task is queued withdraws the task: it
     never runs and its queue place is free at once (``stats()["withdrawn"]``).
@@ -71,6 +88,7 @@ class WorkerPool:
         workers: int | None = None,
         queue_size: int = 1000,
         task_timeout: float | None = None,
+        clock: Any = None,
     ) -> None:
         if workers is None:
             workers = default_workers()
@@ -88,7 +106,7 @@ class WorkerPool:
         self._room: deque[asyncio.Future] = deque()
         self._room_waits = 0  # run() calls that found the queue full and waited
         self._native = _core.WorkerPool(
-            workers, queue_size, float(task_timeout or 0.0), self._on_drained
+            workers, queue_size, float(task_timeout or 0.0), self._on_drained, _native_clock(clock)
         )
         _live.add(self)
 

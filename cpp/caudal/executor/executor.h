@@ -361,6 +361,7 @@ class Executor {
     const ManualClock* c = manual_clock_;
     return ABSL_PREDICT_FALSE(c != nullptr) ? c->now_ns() : MonotonicNowNs();
   }
+  const std::shared_ptr<const ManualClock>& clock() const { return clock_; }
 
   int64_t in_flight() const {
     return in_flight_.load(std::memory_order_relaxed);

@@ -1,22 +1,146 @@
-// Stats sections: the circuit_breaker and error_handling sections of
-// ExecutorCore.get_optimization_stats(), each one snapshot struct taken from
-// the executor's read-outs, with its summary figures computed here (the
-// worst breaker state, the sums over breakers, the error and recovery
-// rates). The bindings convert each struct to its public dict in one place
-// (cpp/bindings/monitor_bindings.h); nothing else assembles these sections.
+// Stats sections: the sections of ExecutorCore.get_optimization_stats()
+// (execution, cache, concurrency, memory, circuit_breaker, error_handling,
+// system, telemetry) and the per-step rows (Engine.step_stats(),
+// total_stats()), each one snapshot struct taken from the executor's
+// read-outs, with its derived figures computed here (latency percentiles in
+// ms, a step's settings as shown, the regressions among the trends, the
+// concurrency mode, the worst breaker state, the sums over breakers, the
+// error and recovery rates). The bindings convert each struct to its public
+// dict in one place (cpp/bindings/monitor_bindings.h); Python only puts the
+// sections together (and adds what only Python holds: the shared cache
+// tier's, the worker pool's and the span flusher's figures).
 //
 // Thread-safety: free functions over values; nothing shared.
 #ifndef CAUDAL_MONITOR_STATS_SECTIONS_H_
 #define CAUDAL_MONITOR_STATS_SECTIONS_H_
 
 #include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
+#include "caudal/cache/result_cache.h"
+#include "caudal/concurrency/concurrency_gate.h"
+#include "caudal/concurrency/key_limiter.h"
+#include "caudal/config/optimization_config.h"
+#include "caudal/executor/executor.h"
+#include "caudal/executor/step_spec.h"
+#include "caudal/monitor/cpu_monitor.h"
 #include "caudal/monitor/execution_stats.h"
+#include "caudal/monitor/regression_detector.h"
 #include "caudal/resilience/circuit_breaker.h"
 #include "caudal/resilience/error_patterns.h"
 
 namespace caudal {
+
+// A step's settings as stats["execution"]["steps"][name]["settings"] shows
+// them: the core's StepSpec::Settings (the spec it was last analysed with),
+// in the shape of the read-out.
+struct StepSettings {
+  std::optional<double> timeout_s;  // none: no per-attempt timeout
+  std::optional<bool> cache;        // none: the config decides
+  int max_retries = 0;
+  std::optional<std::string> breaker;  // its breaker's name; none: opted out
+};
+StepSettings StepSettingsOf(const StepSpec::Settings& settings);
+
+// One row of per-step statistics (Engine.step_stats(), total_stats(), and
+// stats["execution"]["steps"]): the counters and the latency figures in ms.
+struct StepRow {
+  StepStats::Snapshot stats;  // its name is the step's ("" for the total)
+  double avg_time_ms = 0.0;
+  double p50_ms = 0.0;
+  double p95_ms = 0.0;
+  double p99_ms = 0.0;
+  double max_ms = 0.0;
+  double min_ms = 0.0;
+  double total_time_ms = 0.0;
+  std::optional<StepSettings> settings;  // none: no spec known (the total)
+  std::optional<StepTrend> trend;        // none: no verdict yet
+};
+StepRow StepRowOf(StepStats::Snapshot stats,
+                  const StepSpec::Settings* settings = nullptr);
+
+// stats["execution"]: the totals, every step with its trend, the steps
+// whose p95 regressed, and the regression detector's settings.
+struct ExecutionSection {
+  StepRow total;
+  int64_t in_flight = 0;
+  double slow_execution_threshold_ms = 0.0;
+  size_t step_table_size = 0;  // step_analysis: the step table
+  uint64_t step_analyses = 0;
+  std::vector<StepRow> steps;          // each with its trend (if any)
+  std::vector<StepTrend> regressions;  // the trends that regressed, in order
+  bool regression_enabled = false;
+  double regression_window_seconds = 0.0;
+  double regression_degradation_threshold = 0.0;
+  uint64_t regression_min_executions = 0;
+  uint64_t regression_checkpoints = 0;
+};
+ExecutionSection ExecutionSectionOf(StepRow total, std::vector<StepRow> steps,
+                                    const std::vector<StepTrend>& trends,
+                                    const OptimizationConfig& cfg,
+                                    int64_t in_flight, size_t step_table_size,
+                                    uint64_t step_analyses,
+                                    uint64_t checkpoints);
+
+// stats["cache"] (but the shared tier's figures, which Python holds).
+struct CacheSection {
+  bool enabled = false;
+  ResultCacheStats cache{};
+  uint64_t uncacheable = 0;  // the sum over the reasons
+  std::vector<std::pair<std::string, uint64_t>> uncacheable_reasons;
+  // step name -> why it has no cache identity
+  std::vector<std::pair<std::string, std::string>> uncacheable_steps;
+};
+CacheSection CacheSectionOf(
+    bool enabled, const ResultCacheStats& cache,
+    std::vector<std::pair<std::string, uint64_t>> reasons,
+    std::vector<std::pair<std::string, std::string>> uncacheable_steps);
+
+// stats["concurrency"] (but the worker pool's figures, which Python holds).
+enum class ConcurrencyMode { kFixed, kAdaptive, kUnlimited };
+const char* ConcurrencyModeName(ConcurrencyMode mode);
+struct ConcurrencySection {
+  std::optional<int64_t> max_concurrent_executions;
+  int64_t slots_in_use = 0;
+  int64_t waiting = 0;
+  GateCounters slots{};
+  ConcurrencyMode mode = ConcurrencyMode::kUnlimited;
+  std::vector<KeyLimiter::Snapshot> keys;
+  int64_t in_flight = 0;  // executions in flight (flujo's concurrency_level)
+};
+ConcurrencySection ConcurrencySectionOf(const OptimizationConfig& cfg,
+                                        int64_t slots_in_use, int64_t waiting,
+                                        const GateCounters& slots,
+                                        std::vector<KeyLimiter::Snapshot> keys,
+                                        int64_t in_flight);
+
+// stats["memory"]: RSS, pressure, the record pool, what is shrunk.
+struct MemorySection {
+  MemorySnapshot memory;
+  double rss_interval_s = 0.0;
+  bool object_pool_enabled = false;
+  bool memory_optimization_enabled = false;
+};
+
+// stats["system"]: process CPU.
+struct SystemSection {
+  CpuSnapshot cpu;
+  double cpu_usage_threshold_percent = 0.0;
+};
+
+// stats["telemetry"] (but the span flusher's figures, which Python holds).
+struct TelemetrySection {
+  bool enabled = false;
+  int64_t batch_size = 0;
+  double flush_interval_seconds = 0.0;
+  int64_t buffer_size = 0;
+  bool recording = false;
+  double sampling_rate = 0.0;
+  SpanRecorder::Stats spans{};
+};
 
 // stats["circuit_breaker"]: every breaker and the summary over them.
 struct BreakerSection {

@@ -370,6 +370,7 @@ class ExecutorCore(Batches, Readouts):
                 workers=cfg.worker_pool_size or default_workers(),
                 queue_size=cfg.worker_pool_queue_size,
                 task_timeout=cfg.worker_pool_task_timeout_seconds or None,
+                clock=self._engine._clock,  # the executor's (None: monotonic)
             )
         return pool
 

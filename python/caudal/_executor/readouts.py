@@ -120,6 +120,7 @@ class Readouts:
             spans=self._spans,
             recorder=getattr(self, "_recorder", None),
             apply=self._apply,
+            sleep=self._sleep,
         )
 
     def get_optimization_stats(self) -> dict[str, dict[str, Any]]:

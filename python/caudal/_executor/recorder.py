@@ -21,7 +21,6 @@ loop, nothing on the hot path.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from typing import Any
 
@@ -54,9 +53,11 @@ class LatencyRecorder:
     def __init__(self, executor: Any, interval_s: float = 1.0, max_samples: int = 3600) -> None:
         if not (isinstance(interval_s, int | float) and interval_s > 0):
             raise ValueError(f"interval_s must be a number > 0, got {interval_s!r}")
-        self._engine = executor._monitor_view().engine  # native read-outs
+        view = executor._monitor_view()
+        self._engine = view.engine  # native read-outs, and the executor's clock
+        self._sleep = view.sleep  # the executor's sleep
         self.interval_s = float(interval_s)
-        self.started_at = time.monotonic()
+        self.started_at = self._now()
         self._last: dict[str | None, Buckets] = {}
         self.max_samples = int(max_samples)
         # Per step (None: all steps) and per concurrency key (None: the
@@ -68,6 +69,10 @@ class LatencyRecorder:
         for name in (None, *self._engine.step_stats()):
             self._last[name] = self._read(name)
 
+    def _now(self) -> float:
+        """The executor's time in seconds (monotonic unless a manual clock)."""
+        return self._engine.now_ns() / 1e9
+
     def _read(self, name: str | None) -> Buckets:
         return {(lo, hi): n for lo, hi, n in self._engine.latency_buckets(name)}
 
@@ -75,7 +80,7 @@ class LatencyRecorder:
     def sample(self) -> None:
         """Record one interval: since the previous sample, per step and for
         all steps together."""
-        now = time.monotonic()
+        now = self._now()
         for name in (None, *self._engine.step_stats()):
             cur = self._read(name)
             prev = self._last.get(name, {})
@@ -128,7 +133,7 @@ class LatencyRecorder:
 
     def samples(self, step: str | None = None) -> list[dict[str, Any]]:
         """Per-interval latency of ``step`` (None: all steps): time_s
-        (monotonic clock), count, p50_ms, p95_ms, p99_ms."""
+        (the executor's clock: monotonic unless a manual clock), count, p50_ms, p95_ms, p99_ms."""
         return list(self._latency.get(step, ()))
 
     def concurrency_samples(self, key: str | None = None) -> list[dict[str, Any]]:
@@ -149,7 +154,7 @@ class LatencyRecorder:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
+            await self._sleep(self.interval_s)
             self.sample()
 
     @property

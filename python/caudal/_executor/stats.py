@@ -11,15 +11,11 @@ private attributes (tests_py/test_monitor_boundary.py checks it)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from caudal import _core
 from caudal.telemetry import flusher_stats
-
-# The regression detector's minimum executions in the recent window and in
-# the baseline (cpp/caudal/monitor/regression_detector.h).
-REGRESSION_MIN_EXECUTIONS = 20
 
 
 class MonitorView:
@@ -38,10 +34,22 @@ class MonitorView:
     - ``spans``: the span flusher, or None;
     - ``recorder``: the LatencyRecorder of start_latency_recorder(), or None;
     - ``apply(config)``: the validated config swap (as
-      apply_optimization_config, synchronously).
+      apply_optimization_config, synchronously);
+    - ``sleep(seconds)``: the executor's sleep (asyncio.sleep, or the manual
+      clock's); the executor's time is ``engine.now_ns()``.
     """
 
-    __slots__ = ("apply", "engine", "l2", "own_pool", "recorder", "spans", "tuner", "worker_pool")
+    __slots__ = (
+        "apply",
+        "engine",
+        "l2",
+        "own_pool",
+        "recorder",
+        "sleep",
+        "spans",
+        "tuner",
+        "worker_pool",
+    )
 
     def __init__(
         self,
@@ -54,6 +62,7 @@ class MonitorView:
         spans: Any,
         recorder: Any,
         apply: Callable[[Any], None],
+        sleep: Callable[[float], Awaitable[None]],
     ) -> None:
         self.engine = engine
         self.tuner = tuner
@@ -63,6 +72,7 @@ class MonitorView:
         self.spans = spans
         self.recorder = recorder
         self.apply = apply
+        self.sleep = sleep
 
     @property
     def config(self) -> Any:
@@ -71,86 +81,26 @@ class MonitorView:
 
 
 def optimization_stats(view: MonitorView) -> dict[str, dict[str, Any]]:
+    """get_optimization_stats(): each section is one native snapshot and one
+    converter (cpp/caudal/monitor/stats_sections.h); this puts them together
+    and hands over what only Python holds (the shared cache tier's, the
+    worker pool's and the span flusher's figures)."""
     engine = view.engine
-    cfg = engine.config
-    total = engine.total_stats()
-    steps = engine.step_stats()
-    trends = engine.trends()
-    for name, st in steps.items():
-        st["trend"] = trends.get(name)
     return {
-        "memory": {
-            # Native: RSS (read now), pressure level, record pool, what is
-            # shrunk (docs/memory.md).
-            **engine.memory_stats(),
-            "object_pool_enabled": cfg.enable_object_pool,
-            "memory_optimization_enabled": cfg.enable_memory_optimization,
-        },
-        "execution": {
-            "total_executions": total["executions"],
-            "successes": total["successes"],
-            "failures": total["failures"],
-            "in_flight": engine.in_flight,
-            "avg_time_ms": total["avg_time_ms"],
-            "p50_ms": total["p50_ms"],
-            "p95_ms": total["p95_ms"],
-            "p99_ms": total["p99_ms"],
-            "max_ms": total["max_ms"],
-            "slow_executions": total["slow_executions"],
-            "slow_execution_threshold_ms": cfg.slow_execution_threshold_ms,
-            "timeouts": total["timeouts"],
-            "fallbacks": total["fallbacks"],
-            "cancelled": total["cancelled"],
-            "step_analysis": engine.step_table(),
-            "steps": steps,
-            # Steps whose recent p95 regressed against their baseline
-            # (docs/monitoring.md, "Regression detection"); each step's own
-            # verdict and throughput are in steps[name]["trend"].
-            "regressions": {n: t for n, t in trends.items() if t["regressed"]},
-            "regression_detection": {
-                "enabled": cfg.enable_performance_monitoring,
-                "window_seconds": cfg.performance_window_seconds,
-                "degradation_threshold": cfg.performance_degradation_threshold,
-                "min_executions": REGRESSION_MIN_EXECUTIONS,
-                "checkpoints": engine.trend_checkpoints(),
-            },
-        },
-        "cache": {
-            "enabled": cfg.enable_cache_optimization,
-            **engine.cache_stats(),
-            "l2": view.l2.stats() if view.l2 is not None else None,
-        },
-        "concurrency": {
-            **engine.concurrency_stats(),
-            "in_flight": engine.in_flight,
-            # flujo's concurrency_level: executions in flight now
-            "concurrency_level": engine.in_flight,
+        "memory": engine.memory_section(),
+        "execution": engine.execution_section(),
+        "cache": engine.cache_section(view.l2.stats() if view.l2 is not None else None),
+        "concurrency": engine.concurrency_section(
             # the pool running sync steps (None until the first one ran)
-            "worker_pool": view.worker_pool.stats() if view.worker_pool is not None else None,
-        },
-        # Each one native snapshot and converter
-        # (cpp/caudal/monitor/stats_sections.h).
+            view.worker_pool.stats() if view.worker_pool is not None else None
+        ),
         "circuit_breaker": engine.breaker_section(),
         "error_handling": engine.error_section(),
         "events": engine.event_stats(),
         # Process CPU (docs/monitoring.md, "CPU usage").
         "system": engine.cpu_stats(),
-        "automatic_optimization": view.tuner.stats(cfg),
-        "telemetry": _telemetry_section(view, cfg),
-    }
-
-
-def _telemetry_section(view: MonitorView, cfg: Any) -> dict[str, Any]:
-
-    return {
-        "enabled": cfg.enable_optimized_telemetry,
-        "batch_size": cfg.telemetry_batch_size,
-        "flush_interval_seconds": cfg.telemetry_flush_interval_seconds,
-        "buffer_size": cfg.telemetry_buffer_size,
-        # recording, sampling_rate, spans_recorded/_sampled_out/_dropped/
-        # _drained/_buffered, thread_buffers (native)
-        **view.engine.span_stats(),
-        **flusher_stats(view.spans),
+        "automatic_optimization": view.tuner.stats(view.config),
+        "telemetry": engine.telemetry_section(flusher_stats(view.spans)),
     }
 
 

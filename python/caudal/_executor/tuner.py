@@ -106,7 +106,7 @@ class Tuner:
                 view.apply(next_cfg)
             except (CaudalError, ValueError, TypeError) as exc:
                 error = str(exc)
-        applied = self._native.commit(error, time.monotonic_ns())
+        applied = self._native.commit(error, view.engine.now_ns())  # the executor's clock
         for c in applied:
             view.engine._publish_event(
                 "optimization_applied",
