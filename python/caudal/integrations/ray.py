@@ -44,13 +44,13 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from caudal._backends import ray_missing_message
+from caudal._core import CallShape
 from caudal._step import Step
 from caudal.errors import BackendUnavailableError, RemoteWorkerDiedError
 from caudal.pipeline.context import DELETED
 
-# Mirrors caudal._steps (which imports this module when a step first runs on
-# Ray).
-_SHAPE_DATA_CONTEXT, _SHAPE_RUN_KWARGS = 2, 3
+# How the step is called (the core's CallShape, as caudal._steps analysed it).
+_SHAPE_DATA_CONTEXT, _SHAPE_RUN_KWARGS = CallShape.DATA_CONTEXT, CallShape.RUN_KWARGS
 
 
 def import_ray(where: str) -> Any:
