@@ -128,7 +128,7 @@ demo-pipeline: $(STAMPS)/install
 	  --registry pipeline_registry:REGISTRY --resolver pipeline_registry:resolver \
 	  --input '{"topic": "rivers"}' --store "$$(mktemp -d)/checkpoints.db"
 
-# The pictures in docs/guide.md (tests_py/test_docs.py checks the script works).
+# The pictures in docs/guide.md (tests_py/package/test_docs.py checks the script works).
 docs-images: $(STAMPS)/install
 	$(VPY) docs/render_images.py
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# Loopback only (see tests_py/test_scale_out_ray.py): read when ray is
+# Loopback only (see tests_py/integrations/test_scale_out_ray.py): read when ray is
 # first imported, so before caudal imports it.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 

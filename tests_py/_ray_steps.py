@@ -1,4 +1,4 @@
-"""Step functions for tests_py/test_scale_out_ray.py.
+"""Step functions for tests_py/integrations/test_scale_out_ray.py.
 
 They run in Ray worker processes, which import them from this module by
 name (the test puts tests_py on the workers' PYTHONPATH), so they leave

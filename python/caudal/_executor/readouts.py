@@ -109,7 +109,7 @@ class Readouts:
         caudal._executor.recorder, caudal.integrations.prometheus,
         caudal.integrations.plots): a
         :class:`caudal._executor.stats.MonitorView` of this executor now. They read
-        nothing else of it (tests_py/test_monitor_boundary.py)."""
+        nothing else of it (tests_py/monitor/test_monitor_boundary.py)."""
 
         return MonitorView(
             engine=self._engine,

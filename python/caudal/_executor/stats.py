@@ -7,7 +7,7 @@ stats dict and hands it over.
 The monitor modules (this one, caudal._executor.tuner, caudal._executor.recorder,
 caudal.integrations.prometheus, caudal.integrations.plots) read an executor only through
 :class:`MonitorView` (``ExecutorCore._monitor_view()``), never through its
-private attributes (tests_py/test_monitor_boundary.py checks it)."""
+private attributes (tests_py/monitor/test_monitor_boundary.py checks it)."""
 
 from __future__ import annotations
 

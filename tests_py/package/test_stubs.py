@@ -22,7 +22,7 @@ import pytest
 import caudal
 from caudal import _core
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests_py
 STUB = Path(caudal.__file__).resolve().parent / "_core.pyi"
 ALLOWLIST = HERE / "stubtest_allowlist.txt"
 

@@ -25,7 +25,7 @@ from _servers import free_port
 from caudal import _core
 from caudal.integrations.redis import RedisCacheTier, redact_url
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests_py
 # The secret of the tiers made by make_tier (and of the child processes):
 # entries are authenticated, so any value (pickle) can be shared.
 SECRET = b"test-secret-0123456789abcdef"

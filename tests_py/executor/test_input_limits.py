@@ -673,7 +673,7 @@ async def test_fuzzed_valid_configs_make_working_executors():
 
 
 VALID_DOCS = [
-    Path(__file__).resolve().parent.parent.joinpath("examples", "pipeline_demo.yaml").read_text(),
+    Path(__file__).resolve().parents[2].joinpath("examples", "pipeline_demo.yaml").read_text(),
     doc(
         """
         name: small

@@ -129,7 +129,7 @@ def test_generated_config_reference_is_current():
     import importlib.util
     from pathlib import Path
 
-    docs = Path(__file__).resolve().parent.parent / "docs"
+    docs = Path(__file__).resolve().parents[2] / "docs"
     spec = importlib.util.spec_from_file_location("gen", docs / "gen_config_reference.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)

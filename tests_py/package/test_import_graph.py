@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent / "python" / "caudal"
+ROOT = Path(__file__).resolve().parents[2] / "python" / "caudal"
 
 # Old module paths kept for one release as deprecation shims (each warns on
 # import). Nothing inside caudal may import them.
