@@ -154,7 +154,8 @@ struct PyHelpers {
           py::module_::import("asyncio").attr("get_running_loop");
       x->deepcopy = py::module_::import("copy").attr("deepcopy");
       x->getsizeof = py::module_::import("sys").attr("getsizeof");
-      x->resolve = py::module_::import("caudal._executor.flight").attr("resolve");
+      x->resolve =
+          py::module_::import("caudal._executor.flight").attr("resolve");
       return x;
     }();
     return *h;

@@ -215,7 +215,8 @@ void RegisterExecutor(py::module_& m) {
           "stats['telemetry']; `flusher`: the span flusher's figures.")
       .def("breaker_section",
            [](Engine& e) { return BreakerSectionDict(e.core()); })
-      .def("error_section", [](Engine& e) { return ErrorSectionDict(e.core()); })
+      .def("error_section",
+           [](Engine& e) { return ErrorSectionDict(e.core()); })
       .def("trends", [](Engine& e) { return TrendsDict(e.core()); })
       .def("trend_checkpoints",
            [](Engine& e) { return e.core().trend_checkpoints(); })
