@@ -14,7 +14,7 @@
 namespace caudal::bindings {
 
 // ---- the stats sections: each one struct (caudal/monitor/stats_sections.h)
-// and one converter to its public dict ----
+// and one converter to its public dict (stats_sections_bindings.cc) ----
 
 // A per-step row: the counters, then the latency figures in ms, then
 // "settings" when the row has them; "trend" (a TrendDict or None) when
