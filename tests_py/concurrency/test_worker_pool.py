@@ -107,8 +107,16 @@ async def test_gil_releasing_tasks_run_in_parallel():
 
 async def test_a_cancelled_caller_does_not_lose_the_pool():
     p = WorkerPool(workers=1, queue_size=10)
-    task = asyncio.create_task(p.run(time.sleep, 0.02))
-    await until(lambda: p.stats()["active"] == 1, what="the worker took it")
+    started = threading.Event()
+
+    def job():
+        started.set()
+        time.sleep(0.02)
+
+    task = asyncio.create_task(p.run(job))
+    # Running, not only taken: a task cancelled before it starts is
+    # withdrawn, not completed.
+    await until(started.is_set, what="the worker started it")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
