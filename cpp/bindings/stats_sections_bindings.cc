@@ -47,12 +47,13 @@ py::dict StepRowDict(const StepRow& r, bool with_trend) {
   d["min_ms"] = r.min_ms;
   d["total_time_ms"] = r.total_time_ms;
   if (r.settings) {
-    const StepSettings& st = *r.settings;
+    const StepSpec::Settings& st = *r.settings;
     py::dict sd;
     sd["timeout_s"] = st.timeout_s ? py::object(py::float_(*st.timeout_s))
                                    : py::object(py::none());
-    sd["cache"] =
-        st.cache ? py::object(py::bool_(*st.cache)) : py::object(py::none());
+    sd["cache"] = st.cache == StepSwitch::kDefault
+                      ? py::object(py::none())
+                      : py::object(py::bool_(st.cache == StepSwitch::kOn));
     sd["max_retries"] = st.max_retries;
     sd["breaker"] = st.breaker ? py::object(py::str(*st.breaker))
                                : py::object(py::bool_(false));

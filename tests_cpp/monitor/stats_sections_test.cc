@@ -106,24 +106,23 @@ TEST(StepRowTest, LatencyInMsAndNoSettingsWithoutSpec) {
 TEST(StepRowTest, SettingsAsShown) {
   StepSpec spec;
   spec.name = "fetch";
-  StepSettings st = StepSettingsOf(spec.settings());
-  EXPECT_FALSE(st.timeout_s.has_value());  // no timeout
-  EXPECT_FALSE(st.cache.has_value());      // the config decides
+  StepSpec::Settings st = spec.settings();
+  EXPECT_FALSE(st.timeout_s.has_value());     // no timeout
+  EXPECT_EQ(st.cache, StepSwitch::kDefault);  // the config decides
   EXPECT_EQ(st.max_retries, 0);
-  EXPECT_EQ(st.breaker, std::optional<std::string>("fetch"));  // its own
+  EXPECT_EQ(st.breaker, absl::optional<std::string>("fetch"));  // its own
   spec.timeout_ns = 1'500'000'000;
   spec.cache = StepSwitch::kOff;
   spec.retry.max_attempts = 4;
   spec.breaker_key = "db";
   const StepSpec::Settings given = spec.settings();
   st = StepRowOf(Row("fetch", 1), &given).settings.value();
-  EXPECT_EQ(st.timeout_s, std::optional<double>(1.5));
-  EXPECT_EQ(st.cache, std::optional<bool>(false));
+  EXPECT_EQ(st.timeout_s, absl::optional<double>(1.5));
+  EXPECT_EQ(st.cache, StepSwitch::kOff);
   EXPECT_EQ(st.max_retries, 3);
-  EXPECT_EQ(st.breaker, std::optional<std::string>("db"));
+  EXPECT_EQ(st.breaker, absl::optional<std::string>("db"));
   spec.use_breaker = false;
-  EXPECT_FALSE(
-      StepSettingsOf(spec.settings()).breaker.has_value());  // opted out
+  EXPECT_FALSE(spec.settings().breaker.has_value());  // opted out
 }
 
 TEST(ExecutionSectionTest, TrendsJoinStepsAndRegressionsAreFiltered) {

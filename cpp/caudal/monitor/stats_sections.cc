@@ -18,16 +18,6 @@ int Severity(CircuitBreaker::State s) {
 }
 }  // namespace
 
-StepSettings StepSettingsOf(const StepSpec::Settings& settings) {
-  StepSettings s;
-  if (settings.timeout_s) s.timeout_s = *settings.timeout_s;
-  if (settings.cache != StepSwitch::kDefault)
-    s.cache = settings.cache == StepSwitch::kOn;
-  s.max_retries = settings.max_retries;
-  if (settings.breaker) s.breaker = *settings.breaker;
-  return s;
-}
-
 StepRow StepRowOf(StepStats::Snapshot stats,
                   const StepSpec::Settings* settings) {
   StepRow r;
@@ -39,7 +29,7 @@ StepRow StepRowOf(StepStats::Snapshot stats,
   r.max_ms = static_cast<double>(h.max_ns) / 1e6;
   r.min_ms = static_cast<double>(h.min_ns) / 1e6;
   r.total_time_ms = static_cast<double>(h.sum_ns) / 1e6;
-  if (settings != nullptr) r.settings = StepSettingsOf(*settings);
+  if (settings != nullptr) r.settings = *settings;
   r.stats = std::move(stats);
   return r;
 }

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/types/optional.h"
 #include "caudal/cache/result_cache.h"
 #include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/concurrency/key_limiter.h"
@@ -34,17 +35,6 @@
 
 namespace caudal {
 
-// A step's settings as stats["execution"]["steps"][name]["settings"] shows
-// them: the core's StepSpec::Settings (the spec it was last analysed with),
-// in the shape of the read-out.
-struct StepSettings {
-  std::optional<double> timeout_s;  // none: no per-attempt timeout
-  std::optional<bool> cache;        // none: the config decides
-  int max_retries = 0;
-  std::optional<std::string> breaker;  // its breaker's name; none: opted out
-};
-StepSettings StepSettingsOf(const StepSpec::Settings& settings);
-
 // One row of per-step statistics (Engine.step_stats(), total_stats(), and
 // stats["execution"]["steps"]): the counters and the latency figures in ms.
 struct StepRow {
@@ -56,8 +46,10 @@ struct StepRow {
   double max_ms = 0.0;
   double min_ms = 0.0;
   double total_time_ms = 0.0;
-  std::optional<StepSettings> settings;  // none: no spec known (the total)
-  std::optional<StepTrend> trend;        // none: no verdict yet
+  // The core's record of what the step was last analysed with
+  // (StepSpec::Settings); none: no spec known (the total).
+  absl::optional<StepSpec::Settings> settings;
+  std::optional<StepTrend> trend;  // none: no verdict yet
 };
 StepRow StepRowOf(StepStats::Snapshot stats,
                   const StepSpec::Settings* settings = nullptr);
