@@ -374,7 +374,6 @@ class Engine {
   py::list latency_buckets(py::object step_name) const;
   void reset_stats() { core_.stats().ResetAll(); }
   int64_t in_flight() const { return core_.in_flight(); }
-  py::dict step_table() const;
   // stats["execution"] and stats["cache"] (engine_stats.cc).
   ExecutionSection execution_section() const;
   CacheSection cache_section() const;

@@ -142,8 +142,4 @@ py::list Engine::latency_buckets(py::object step_name) const {
   return out;
 }
 
-py::dict Engine::step_table() const {
-  return StepTableDict(core_.steps().size(), core_.steps().analyses());
-}
-
 }  // namespace caudal::bindings

@@ -139,7 +139,6 @@ void RegisterExecutor(py::module_& m) {
            "Non-empty latency buckets (lower_ns, upper_ns, count) of a step "
            "(None: all steps).")
       .def("reset_stats", &Engine::reset_stats)
-      .def("step_table", &Engine::step_table)
       .def_property_readonly("in_flight", &Engine::in_flight)
       .def(
           "_subscribe_events",
@@ -164,7 +163,6 @@ void RegisterExecutor(py::module_& m) {
            })
       .def("_notify_spans", [](Engine& e) { e.core().spans().Notify(); })
       .def("_drain_spans", [](Engine& e) { return DrainSpans(e.core()); })
-      .def("span_stats", [](Engine& e) { return SpanStatsDict(e.core()); })
       .def("_set_rss_source",
            [](Engine& e, py::object source) {
              SetRssSource(e.core(), std::move(source));
@@ -217,9 +215,6 @@ void RegisterExecutor(py::module_& m) {
            [](Engine& e) { return BreakerSectionDict(e.core()); })
       .def("error_section",
            [](Engine& e) { return ErrorSectionDict(e.core()); })
-      .def("trends", [](Engine& e) { return TrendsDict(e.core()); })
-      .def("trend_checkpoints",
-           [](Engine& e) { return e.core().trend_checkpoints(); })
       .def(
           "_set_cpu_source",
           [](Engine& e, py::object source, int allowed_cpus) {

@@ -21,10 +21,10 @@ namespace caudal::bindings {
 // `with_trend` (stats["execution"]["steps"]).
 py::dict StepRowDict(const StepRow& r, bool with_trend = false);
 
-// One step's trend (stats["execution"]["regressions"], Engine.trends()).
+// One step's trend (stats["execution"]["regressions"] and each step's "trend").
 py::dict TrendDict(const StepTrend& t);
 
-// Engine.step_table() and stats["execution"]["step_analysis"].
+// stats["execution"]["step_analysis"].
 py::dict StepTableDict(size_t size, uint64_t analyses);
 
 // stats["execution"].
@@ -73,9 +73,6 @@ py::dict BreakerSectionDict(Executor& core);
 // stats["error_handling"]: error and recovery rates, the error-pattern
 // table and its 20 most frequent patterns.
 py::dict ErrorSectionDict(Executor& core);
-
-// {step: trend dict} from the regression detector's last checkpoint.
-py::dict TrendsDict(const Executor& core);
 
 // Test hook: CPU time from `source()` (an int of nanoseconds), or the
 // process clock when None; `allowed` CPUs (<= 0: sched_getaffinity).

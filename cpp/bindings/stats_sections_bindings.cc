@@ -413,12 +413,6 @@ py::dict TrendDict(const StepTrend& t) {
   return d;
 }
 
-py::dict TrendsDict(const Executor& core) {
-  py::dict out;
-  for (const StepTrend& t : core.Trends()) out[py::str(t.step)] = TrendDict(t);
-  return out;
-}
-
 void SetCpuSource(Executor& core, py::object source, int allowed) {
   core.cpu_monitor().SetAllowedCpus(allowed);
   if (source.is_none()) {

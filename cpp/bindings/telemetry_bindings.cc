@@ -114,20 +114,6 @@ py::list DrainSpans(Executor& core) {
   return out;
 }
 
-py::dict SpanStatsDict(const Executor& core) {
-  const SpanRecorder::Stats s = core.spans().GetStats();
-  py::dict d;
-  d["recording"] = core.tracing();
-  d["sampling_rate"] = core.spans().sampling_rate();
-  d["spans_recorded"] = s.recorded;
-  d["spans_sampled_out"] = s.sampled_out;
-  d["spans_dropped"] = s.dropped;
-  d["spans_drained"] = s.drained;
-  d["spans_buffered"] = s.buffered;
-  d["thread_buffers"] = s.threads;
-  return d;
-}
-
 int64_t ClockOffsetNs() {
   timespec rt{}, mono{};
   clock_gettime(CLOCK_REALTIME, &rt);

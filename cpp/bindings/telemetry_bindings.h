@@ -36,7 +36,6 @@ void SetParentSource(Executor& core, TelemetryState& state, py::object cv,
 bool WaitForSpans(Executor& core, double timeout_s);
 // Every buffered span as a tuple (see telemetry.py, Span._from_native).
 py::list DrainSpans(Executor& core);
-py::dict SpanStatsDict(const Executor& core);
 // realtime - monotonic, in ns: converts span times to the Unix epoch.
 int64_t ClockOffsetNs();
 
