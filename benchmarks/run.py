@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _floors import summary_section
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 # The headline first; then the rest in name order.
@@ -83,6 +85,9 @@ def main() -> int:
             report.read_text(),
             "",
         ]
+    floors = summary_section()
+    if floors:
+        lines += [floors, ""]
     for png in sorted(RESULTS.glob("*.png")):
         if png.name != "ablation.png":
             lines += [f"![{png.stem}]({png.name})", ""]
