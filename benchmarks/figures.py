@@ -12,10 +12,13 @@ and rewritten on every run (never edit it by hand):
 
 - ``report`` is benchmarks/results/report.json; the path after ``:`` walks
   its keys (``/`` between keys; in a list, an integer indexes it and
-  ``field=value`` picks the item whose field is that value).
+  ``field=value`` picks the item whose field is that value; ``#2`` is the
+  third value of a mapping, for keys that hold a ``/``).
 - After `` | ``, options: a format spec (Python's ``format``: ``.2f``,
-  ``,.0f``, ``.3g``; default ``.2f``) and a scale (``*0.001``: ns to µs).
-- ``A over B`` (each ``file:path``) renders the ratio of two results.
+  ``,.0f``, ``.3g``; default ``.2f``; ``time`` renders µs with its unit:
+  ``242 ns``, ``4.7 µs``, ``3.67 ms``) and a scale (``*0.001``: ns to µs).
+- ``A over B`` (each ``file:path`` or a number) renders the ratio of two
+  results, ``A minus B`` their difference.
 
 A generated block holds a whole table:
 
@@ -71,6 +74,7 @@ def lookup(results: Mapping[str, object], ref: str) -> object:
         raise FigureError(f"{ref!r}: no results file {name}.json")
     node = results[name]
     for key in path.split("/") if path else []:
+        key = key.replace("%2F", "/")
         if isinstance(node, list) and "=" in key:
             field, want = key.split("=", 1)
             hits = [x for x in node if isinstance(x, dict) and str(x.get(field)) == want]
@@ -84,6 +88,11 @@ def lookup(results: Mapping[str, object], ref: str) -> object:
                 raise FigureError(f"{ref!r}: no index {key!r}") from None
         elif isinstance(node, dict) and key in node:
             node = node[key]
+        elif isinstance(node, dict) and re.fullmatch(r"#\d+", key):
+            items = list(node.values())
+            if int(key[1:]) >= len(items):
+                raise FigureError(f"{ref!r}: no item {key!r}")
+            node = items[int(key[1:])]
         else:
             raise FigureError(f"{ref!r}: no key {key!r}")
     return node
@@ -91,22 +100,46 @@ def lookup(results: Mapping[str, object], ref: str) -> object:
 
 def render_inline(spec: str, results: Mapping[str, object]) -> str:
     expr, _, opts = spec.partition(" | ")
-    refs = [r.strip() for r in expr.split(" over ")]
+    op = " over " if " over " in expr else " minus "
+    refs = [r.strip() for r in expr.split(op)]
     if not refs[0] or len(refs) > 2:
-        raise FigureError(f"{spec!r}: expected file:path [over file:path] [| options]")
-    value = _number(lookup(results, refs[0]), refs[0])
+        raise FigureError(f"{spec!r}: expected file:path [over|minus file:path] [| options]")
+    first = _ref(results, refs[0])
+    if isinstance(first, bool) and len(refs) == 1:  # a floor's verdict
+        return "met" if first else "NOT MET"
+    value = _number(first, refs[0])
     if len(refs) == 2:
-        value /= _number(lookup(results, refs[1]), refs[1])
+        other = _number(_ref(results, refs[1]), refs[1])
+        value = value / other if op == " over " else value - other
     fmt = ".2f"
     for w in opts.split():
         if w.startswith("*"):
             value *= float(w[1:])
         else:
             fmt = w
+    if fmt == "time":
+        return time_text(value)
     try:
         return format(value, fmt)
     except ValueError as e:
         raise FigureError(f"{spec!r}: format {fmt!r}: {e}") from None
+
+
+def _ref(results: Mapping[str, object], ref: str) -> object:
+    """A result, or a plain number (``1000000 over file:path`` is a rate)."""
+    try:
+        return float(ref)
+    except ValueError:
+        return lookup(results, ref)
+
+
+def time_text(us: float) -> str:
+    """A time in µs, in the unit that reads best: 242 ns, 4.7 µs, 3.67 ms."""
+    if us < 1:
+        return f"{us * 1000:.0f} ns"
+    if us < 1000:
+        return f"{us:.1f} µs"
+    return f"{us / 1000:.2f} ms"
 
 
 def _number(v: object, ref: str) -> float:
@@ -176,17 +209,19 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     results = load_results()
     stale = []
-    try:
-        for path in doc_files():
-            old = path.read_text()
-            new = rewrite(old, results, str(path.relative_to(ROOT)))
-            if new != old:
-                stale.append(path.relative_to(ROOT))
-                if not args.check:
-                    path.write_text(new)
+    try:  # every file rendered before any is written: an error writes nothing
+        rendered = [(path, path.read_text()) for path in doc_files()]
+        rendered = [
+            (p, old, rewrite(old, results, str(p.relative_to(ROOT)))) for p, old in rendered
+        ]
     except FigureError as e:
         print(f"figures: {e}", file=sys.stderr)
         return 2
+    for path, old, new in rendered:
+        if new != old:
+            stale.append(path.relative_to(ROOT))
+            if not args.check:
+                path.write_text(new)
     verb = "stale" if args.check else "rewritten"
     print(f"figures: {len(stale)} file(s) {verb}" + "".join(f"\n  {s}" for s in stale))
     return 1 if args.check and stale else 0
