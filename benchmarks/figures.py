@@ -8,15 +8,16 @@ comes from that one run. A measured figure in the docs sits inside a marker
 naming the result it comes from; the text between the markers is generated
 and rewritten on every run (never edit it by hand):
 
-    <!-- fig report:comparison/execution/new/caudal/median | .2f -->0.63<!-- /fig --> µs
+    <!-- fig report:comparison/execution/new/caudal/median ; .2f -->0.63<!-- /fig --> µs
 
 - ``report`` is benchmarks/results/report.json; the path after ``:`` walks
   its keys (``/`` between keys; in a list, an integer indexes it and
   ``field=value`` picks the item whose field is that value; ``#2`` is the
   third value of a mapping, for keys that hold a ``/``).
-- After `` | ``, options: a format spec (Python's ``format``: ``.2f``,
-  ``,.0f``, ``.3g``; default ``.2f``; ``time`` renders µs with its unit:
-  ``242 ns``, ``4.7 µs``, ``3.67 ms``) and a scale (``*0.001``: ns to µs).
+- After `` ; `` (never a ``|``: markers sit in table cells), options: a
+  format spec (Python's ``format``: ``.2f``, ``,.0f``, ``.3g``; default
+  ``.2f``; ``time`` renders µs with its unit: ``242 ns``, ``4.7 µs``,
+  ``3.67 ms``) and a scale (``*0.001``: ns to µs).
 - ``A over B`` (each ``file:path`` or a number) renders the ratio of two
   results, ``A minus B`` their difference.
 
@@ -99,11 +100,11 @@ def lookup(results: Mapping[str, object], ref: str) -> object:
 
 
 def render_inline(spec: str, results: Mapping[str, object]) -> str:
-    expr, _, opts = spec.partition(" | ")
+    expr, _, opts = spec.partition(" ; ")
     op = " over " if " over " in expr else " minus "
     refs = [r.strip() for r in expr.split(op)]
     if not refs[0] or len(refs) > 2:
-        raise FigureError(f"{spec!r}: expected file:path [over|minus file:path] [| options]")
+        raise FigureError(f"{spec!r}: expected file:path [over|minus file:path] [; options]")
     first = _ref(results, refs[0])
     if isinstance(first, bool) and len(refs) == 1:  # a floor's verdict
         return "met" if first else "NOT MET"

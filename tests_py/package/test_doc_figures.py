@@ -161,10 +161,10 @@ def test_markers_render_formats_ratios_and_list_items():
     results = {"r": {"a": 0.634, "b": 2.0, "rows": [{"name": "x", "v": 1500.0}], "t": "| a |\n"}}
     text = (
         "<!-- fig r:a -->?<!-- /fig --> "
-        "<!-- fig r:rows/name=x/v | ,.0f -->?<!-- /fig --> "
-        "<!-- fig r:b over r:a | .1f -->?<!-- /fig --> "
-        "<!-- fig r:rows/name=x/v | .1f *0.001 -->?<!-- /fig --> "
-        "<!-- fig r:b minus r:a | +.2f -->?<!-- /fig -->\n"
+        "<!-- fig r:rows/name=x/v ; ,.0f -->?<!-- /fig --> "
+        "<!-- fig r:b over r:a ; .1f -->?<!-- /fig --> "
+        "<!-- fig r:rows/name=x/v ; .1f *0.001 -->?<!-- /fig --> "
+        "<!-- fig r:b minus r:a ; +.2f -->?<!-- /fig -->\n"
         "<!-- table r:t -->\nold\n<!-- /table -->"
     )
     out = figures.rewrite(text, results)
