@@ -171,3 +171,40 @@ def test_markers_render_formats_ratios_and_list_items():
     assert ">0.63<" in out and ">1,500<" in out and ">3.2<" in out and ">1.5<" in out
     assert ">+1.37<" in out
     assert "<!-- table r:t -->\n| a |\n<!-- /table -->" in out
+
+
+def test_the_floors_table_shows_every_recorded_floor_and_its_curves():
+    floor = {"name": "per call, 100,000 steps / 10", "measured": 1.2, "limit": 1.5,
+             "unit": "x", "at_least": False, "detail": "median", "met": True}  # fmt: skip
+    missed = {**floor, "name": "retry above a bare raise", "measured": 0.7, "limit": 0.5,
+              "unit": "µs", "met": False}  # fmt: skip
+    curve = {"name": "per call against distinct steps", "x_label": "steps",
+             "y_label": "µs per call", "points": [[10, 0.6], [100000, 0.7]]}  # fmt: skip
+    results = {
+        "floors_steps": {"bench": "steps", "floors": [floor], "curves": [curve]},
+        "floors_retry": {"bench": "retry", "floors": [missed], "curves": []},
+        "report": {},
+    }
+    out = figures.rewrite("<!-- table floors -->\n<!-- /table -->", results)
+    assert "| steps: per call, 100,000 steps / 10 | 1.2 x | <= 1.5 x | met |" in out
+    assert "| retry: retry above a bare raise | 0.7 µs | <= 0.5 µs | NOT MET |" in out
+    assert "steps: per call against distinct steps" in out and "| 1e+05 | 0.7 |" not in out
+    assert "| 100,000 | 0.7 |" in out
+    empty = figures.rewrite("<!-- table floors -->\n<!-- /table -->", {"report": {}})
+    assert "No floor recorded yet" in empty
+
+
+def test_summary_puts_each_benchmarks_curves_next_to_its_floors():
+    from _floors import Curve, Floor, summary_section
+
+    recorded = [
+        ("steps", [Floor("a / b", 1.2, 1.5)], [Curve("per call", "steps", "µs", [(10, 0.6)])]),
+        ("names", [Floor("KiB per name", 0.9, 1.0, unit="KiB")], []),
+    ]
+    text = summary_section(recorded)
+    floors_at = text.index("## Floors")
+    curves_at = text.index("## Growth curves")
+    assert floors_at < text.index("| names: KiB per name |") < curves_at
+    section = text[curves_at:]
+    assert section.index("### steps") < section.index("| a / b |") < section.index("per call:")
+    assert "### names" not in section  # no curve, nothing to show next to its floor
