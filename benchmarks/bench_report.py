@@ -1,12 +1,11 @@
-"""The five metrics of flujo's tuning report, done right: the ablation matrix
-(issue: report).
+"""The five metrics of flujo's tuning report, done right: the ablation matrix,
+and caudal against flujo on new and on repeated inputs.
 
 flujo's own tuning report measured it with its optimizations on and found every
 metric 3x to 58x worse. This benchmark measures the same five metrics for:
 caudal with every optimization off (the baseline, twice: the spread between
-the two copies is the noise band), each optimization on alone, all on, and
-flujo's own ExecutorCore (PyPI) where the workload is expressible with it.
-Then each optimization on the workload it exists for, on against off.
+the two copies is the noise band), each optimization on alone and all on;
+then each optimization on the workload it exists for, on against off.
 
 The five workloads (docs/performance.md explains each):
 
@@ -150,27 +149,25 @@ BIG_CONTEXT = {f"k{i}": i for i in range(1000)}
 class Contender:
     """One configuration's callables for the five metrics."""
 
-    def __init__(self, name: str, on: set[str] | None = None, flujo=None):
+    def __init__(self, name: str, on: set[str]):
         self.name = name
-        self.flujo = flujo
-        if on is not None:
-            self.ex = ExecutorCore(config(on))
-            # The cache workload on an executor of its own, sized so that its
-            # 64 inputs stay: the other workloads' stores never evict them.
-            self.ex_cache = ExecutorCore(config(on, cache_max_size=CACHE_ENTRIES))
-            self.trivial = Step(trivial, "trivial")
-            self.costly = Step(costly, "costly")
-            self.pipeline = context_pipeline()
+        self.ex = ExecutorCore(config(on))
+        # The cache workload on an executor of its own, sized so that its 64
+        # inputs stay: the other workloads' stores never evict them.
+        self.ex_cache = ExecutorCore(config(on, cache_max_size=CACHE_ENTRIES))
+        self.trivial = Step(trivial, "trivial")
+        self.costly = Step(costly, "costly")
+        self.pipeline = context_pipeline()
 
     async def execution(self, n: int) -> float:
-        call = self.flujo.trivial if self.flujo else _bind(self.ex, self.trivial)
+        call = _bind(self.ex, self.trivial)
         t0 = time.perf_counter_ns()
         for i in range(n):
             await call(i)
         return (time.perf_counter_ns() - t0) / n / 1000
 
     async def concurrent(self, n: int) -> float:
-        call = self.flujo.trivial if self.flujo else _bind(self.ex, self.trivial)
+        call = _bind(self.ex, self.trivial)
         t0 = time.perf_counter_ns()
         await asyncio.gather(*(call(i) for i in range(n)))
         return (time.perf_counter_ns() - t0) / n / 1000
@@ -182,7 +179,7 @@ class Contender:
         return (time.perf_counter_ns() - t0) / n / 1000
 
     async def cache(self, n: int) -> float:
-        call = self.flujo.costly if self.flujo else _bind(self.ex_cache, self.costly)
+        call = _bind(self.ex_cache, self.costly)
         t0 = time.perf_counter_ns()
         for i in range(n):
             await call(i % 64)
@@ -195,11 +192,7 @@ class Contender:
             await gate.wait()
             return x
 
-        if self.flujo:
-            call = self.flujo.make_waiting(gate)
-        else:
-            st = Step(waits, "waits")
-            call = _bind(self.ex, st)
+        call = _bind(self.ex, Step(waits, "waits"))
         gc.collect()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
@@ -238,15 +231,15 @@ def _bind(ex, step):
 
 async def check(c: Contender) -> None:
     """Every contender really does the work before it is timed."""
-    call = c.flujo.trivial if c.flujo else _bind(c.ex, c.trivial)
+    call = _bind(c.ex, c.trivial)
     r = await call(1)
     assert r.output == 2, (c.name, r)
-    call = c.flujo.costly if c.flujo else _bind(c.ex_cache, c.costly)
+    call = _bind(c.ex_cache, c.costly)
     assert (await call(3)).output[0] == 3
 
 
 SIZES = {
-    # metric: (quick n, full n) per round; flujo gets a tenth of the calls.
+    # metric: (quick n, full n) per round.
     "execution": (500, 2000),
     "memory": (300, 500),
     "concurrent": (500, 1000),
@@ -263,8 +256,6 @@ async def matrix(contenders: list[Contender], rounds: int, quick: bool) -> dict:
     samples = {c.name: {m: [] for m in METRICS} for c in contenders}
     for c in contenders:  # warm-up
         for m in METRICS:
-            if c.flujo and m == "context":
-                continue
             await getattr(c, m)(20 if m != "context" else 2)
     # The trivial-step metrics take milliseconds a round: they get more
     # rounds, so that their medians (and the noise band) are tighter.
@@ -276,12 +267,7 @@ async def matrix(contenders: list[Contender], rounds: int, quick: bool) -> dict:
             order = list(contenders)
             rng.shuffle(order)
             for c in order:
-                if c.flujo and m == "context":
-                    continue
-                n = SIZES[m][0 if quick else 1]
-                if c.flujo:
-                    n = max(20, n // 10) if m != "memory" else n
-                samples[c.name][m].append(await getattr(c, m)(n))
+                samples[c.name][m].append(await getattr(c, m)(SIZES[m][0 if quick else 1]))
     out = {}
     for name, per in samples.items():
         out[name] = {}
@@ -705,7 +691,7 @@ def render(res: dict, targets: dict) -> tuple[str, list[str]]:
             v = per[m]["median"]
             ratio = v / base[m]["median"]
             mark = ""
-            if name not in ("baseline (all off)", "flujo ExecutorCore") and ratio > 1 + noise[m]:
+            if name != "baseline (all off)" and ratio > 1 + noise[m]:
                 mark = " ▲"
                 worse.append(f"{name}: {m} {ratio:.2f}x the baseline (noise band {noise[m]:.0%})")
             cells.append(f"{v:.2f} ({ratio:.2f}x){mark}")
@@ -804,7 +790,7 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     base = res["baseline (all off)"]
-    skip = ("baseline (all off)", "flujo ExecutorCore", "all on, execute_many", "asyncio alone")
+    skip = ("baseline (all off)", "all on, execute_many", "asyncio alone")
     names = [n for n in res if n not in skip]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 5), sharey=True)
     for ax, m in zip(axes, METRICS, strict=True):
