@@ -118,9 +118,50 @@ def load_all() -> list[tuple[str, list[Floor], list[Curve]]]:
     return out
 
 
-def summary_section() -> str:
-    """The "Floors" section of SUMMARY.md: every recorded floor, then the curves."""
-    recorded = load_all()
+def curve_png(bench: str, index: int) -> str:
+    """The file name of a curve's plot in benchmarks/results/."""
+    return f"curve_{bench}_{index}.png"
+
+
+def plot_curves(recorded=None) -> list[Path]:
+    """One plot per growth curve (log-log when x spans decades), written to
+    benchmarks/results/curve_<bench>_<n>.png. Returns the files written; none
+    when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for bench, _, curves in load_all() if recorded is None else recorded:
+        for i, c in enumerate(curves):
+            if not c.points:
+                continue
+            xs, ys = zip(*c.points, strict=True)
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            ax.plot(xs, ys, marker="o")
+            if min(xs) > 0 and max(xs) / min(xs) >= 100:
+                ax.set_xscale("log")
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel(c.x_label)
+            ax.set_ylabel(c.y_label)
+            ax.set_title(f"{bench}: {c.name}", fontsize=10)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = RESULTS / curve_png(bench, i)
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def summary_section(recorded=None, images: bool = False) -> str:
+    """The "Floors" section of SUMMARY.md: every recorded floor in one table,
+    then each benchmark's floors next to its growth curves (a table each and,
+    with `images`, the plot `plot_curves` wrote)."""
+    recorded = load_all() if recorded is None else recorded
     if not recorded:
         return ""
     lines = ["## Floors", ""]
@@ -128,8 +169,15 @@ def summary_section() -> str:
     lines += HEADER
     for bench, floors, _ in recorded:
         lines += [f.row().replace("| ", f"| {bench}: ", 1) for f in floors]
-    lines += ["", "## Growth curves", ""]
-    for bench, _, curves in recorded:
-        for c in curves:
-            lines += [f"{bench}: {c.name}", "", *c.table(), ""]
+    lines += ["", "## Growth curves, next to their floors", ""]
+    for bench, floors, curves in recorded:
+        if not curves:
+            continue
+        lines += [f"### {bench}", ""]
+        if floors:
+            lines += [*HEADER, *(f.row() for f in floors), ""]
+        for i, c in enumerate(curves):
+            lines += [f"{c.name}:", "", *c.table(), ""]
+            if images and (RESULTS / curve_png(bench, i)).exists():
+                lines += [f"![{bench}: {c.name}]({curve_png(bench, i)})", ""]
     return "\n".join(lines)

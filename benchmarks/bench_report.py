@@ -1,12 +1,11 @@
-"""The five metrics of flujo's tuning report, done right: the ablation matrix
-(issue: report).
+"""The five metrics of flujo's tuning report, done right: the ablation matrix,
+and caudal against flujo on new and on repeated inputs.
 
 flujo's own tuning report measured it with its optimizations on and found every
 metric 3x to 58x worse. This benchmark measures the same five metrics for:
 caudal with every optimization off (the baseline, twice: the spread between
-the two copies is the noise band), each optimization on alone, all on, and
-flujo's own ExecutorCore (PyPI) where the workload is expressible with it.
-Then each optimization on the workload it exists for, on against off.
+the two copies is the noise band), each optimization on alone and all on;
+then each optimization on the workload it exists for, on against off.
 
 The five workloads (docs/performance.md explains each):
 
@@ -16,21 +15,31 @@ The five workloads (docs/performance.md explains each):
   executions are in flight at once (each awaiting one shared event), in KB.
 - concurrent: us per execution for 1,000 executions of the trivial step
   started at once with asyncio.gather.
-- cache: us per execution of a step costing about 30 us of CPU (sha256 of
-  8 KB), over 64 distinct inputs repeated.
+- cache: us per execution of a CPU-bound step (sha256 of 32 KB), over 64
+  distinct inputs repeated. Each configuration runs it on an executor of its
+  own whose cache holds 4,096 entries, so the other workloads' stores never
+  evict these 64 and a repeated input is a real hit.
 - context: us per run of a 4-step chain pipeline over a context of 1,000
   keys, each step reading the input and writing one key.
 
 All configurations are measured in one process, interleaved round by round
-(shuffled order), and each figure is the median over rounds. flujo's
-executions allocate heavily and disturb their neighbours' caches, so flujo is
-measured in its own interleaved block with a caudal baseline copy, and its
-figures are scaled by the ratio of the two baseline copies.
+(shuffled order), and each figure is the median over rounds.
+
+Then caudal (all on) against flujo (PyPI, its defaults: a result cache of
+1,024 entries), side by side in their own interleaved block, each workload
+fed **new inputs** (never seen before: every call misses any cache) and
+**repeated inputs** (drawn from a fixed set of 200, which both caches hold
+after the warm-up): execution one at a time, a gather of 1,000, and a 4-step
+pipeline through each library's own runner (caudal `Pipeline.run`, flujo
+`Flujo(pipeline).run_async`); and the cache workload as a real hit (64
+inputs, a cache that never evicts them: checked) and as a miss + store (new
+inputs on the same step).
 
     python benchmarks/bench_report.py [--quick]
 
-Writes benchmarks/results/report.json, report.md (the tables) and
-ablation.png.
+Writes benchmarks/results/report.json (every figure, and the rendered tables
+under "tables": benchmarks/figures.py copies figures and tables from it into
+README.md and docs/), report.md (the tables) and ablation.png.
 """
 
 from __future__ import annotations
@@ -80,18 +89,24 @@ TARGETS = {
 }
 
 
-def config(on: set[str]) -> OptimizationConfig:
+# The cache workload's own executor holds this many entries: its 64 inputs
+# (and the 200 repeated inputs of the comparison) are never evicted.
+CACHE_ENTRIES = 4096
+
+
+def config(on: set[str], **extra) -> OptimizationConfig:
     cfg = {name: name in on for name in FLAGS}
     if "enable_automatic_optimization" in on:
         cfg["enable_performance_monitoring"] = True  # required by validate()
-    return OptimizationConfig(**cfg)
+    return OptimizationConfig(**cfg, **extra)
 
 
-def configurations() -> dict[str, OptimizationConfig]:
-    out = {"baseline (all off)": config(set()), "baseline, 2nd copy": config(set())}
+def configurations() -> dict[str, set[str]]:
+    """Each configuration's switches that are on."""
+    out: dict[str, set[str]] = {"baseline (all off)": set(), "baseline, 2nd copy": set()}
     for f in FLAGS:
-        out[f"+ {f.removeprefix('enable_')}"] = config({f})
-    out["all on"] = config(set(FLAGS))
+        out[f"+ {f.removeprefix('enable_')}"] = {f}
+    out["all on"] = set(FLAGS)
     return out
 
 
@@ -134,24 +149,25 @@ BIG_CONTEXT = {f"k{i}": i for i in range(1000)}
 class Contender:
     """One configuration's callables for the five metrics."""
 
-    def __init__(self, name: str, cfg: OptimizationConfig | None = None, flujo=None):
+    def __init__(self, name: str, on: set[str]):
         self.name = name
-        self.flujo = flujo
-        if cfg is not None:
-            self.ex = ExecutorCore(cfg)
-            self.trivial = Step(trivial, "trivial")
-            self.costly = Step(costly, "costly")
-            self.pipeline = context_pipeline()
+        self.ex = ExecutorCore(config(on))
+        # The cache workload on an executor of its own, sized so that its 64
+        # inputs stay: the other workloads' stores never evict them.
+        self.ex_cache = ExecutorCore(config(on, cache_max_size=CACHE_ENTRIES))
+        self.trivial = Step(trivial, "trivial")
+        self.costly = Step(costly, "costly")
+        self.pipeline = context_pipeline()
 
     async def execution(self, n: int) -> float:
-        call = self.flujo.trivial if self.flujo else _bind(self.ex, self.trivial)
+        call = _bind(self.ex, self.trivial)
         t0 = time.perf_counter_ns()
         for i in range(n):
             await call(i)
         return (time.perf_counter_ns() - t0) / n / 1000
 
     async def concurrent(self, n: int) -> float:
-        call = self.flujo.trivial if self.flujo else _bind(self.ex, self.trivial)
+        call = _bind(self.ex, self.trivial)
         t0 = time.perf_counter_ns()
         await asyncio.gather(*(call(i) for i in range(n)))
         return (time.perf_counter_ns() - t0) / n / 1000
@@ -163,7 +179,7 @@ class Contender:
         return (time.perf_counter_ns() - t0) / n / 1000
 
     async def cache(self, n: int) -> float:
-        call = self.flujo.costly if self.flujo else _bind(self.ex, self.costly)
+        call = _bind(self.ex_cache, self.costly)
         t0 = time.perf_counter_ns()
         for i in range(n):
             await call(i % 64)
@@ -176,11 +192,7 @@ class Contender:
             await gate.wait()
             return x
 
-        if self.flujo:
-            call = self.flujo.make_waiting(gate)
-        else:
-            st = Step(waits, "waits")
-            call = _bind(self.ex, st)
+        call = _bind(self.ex, Step(waits, "waits"))
         gc.collect()
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
@@ -217,51 +229,17 @@ def _bind(ex, step):
     return lambda x: ex.execute(step, x)
 
 
-class FlujoCalls:
-    """flujo's ExecutorCore on the same steps, as flujo Steps (defaults)."""
-
-    def __init__(self) -> None:
-        from flujo.application.core.executor_core import ExecutorCore as FlujoExecutor
-        from flujo.domain.dsl.step import Step as FlujoStep
-
-        logging.getLogger("flujo").setLevel(logging.WARNING)
-        self._step = FlujoStep
-        self.ex = FlujoExecutor()
-
-        class Inc:
-            async def run(self, data, **kw):
-                return data + 1
-
-        class Costly:
-            async def run(self, data, **kw):
-                return await costly(data)
-
-        inc = FlujoStep(name="inc", agent=Inc())
-        cst = FlujoStep(name="costly", agent=Costly())
-        self.trivial = lambda x: self.ex.execute(inc, x)
-        self.costly = lambda x: self.ex.execute(cst, x)
-
-    def make_waiting(self, gate):
-        class Waits:
-            async def run(self, data, **kw):
-                await gate.wait()
-                return data
-
-        st = self._step(name="waits", agent=Waits())
-        return lambda x: self.ex.execute(st, x)
-
-
 async def check(c: Contender) -> None:
     """Every contender really does the work before it is timed."""
-    call = c.flujo.trivial if c.flujo else _bind(c.ex, c.trivial)
+    call = _bind(c.ex, c.trivial)
     r = await call(1)
     assert r.output == 2, (c.name, r)
-    call = c.flujo.costly if c.flujo else _bind(c.ex, c.costly)
+    call = _bind(c.ex_cache, c.costly)
     assert (await call(3)).output[0] == 3
 
 
 SIZES = {
-    # metric: (quick n, full n) per round; flujo gets a tenth of the calls.
+    # metric: (quick n, full n) per round.
     "execution": (500, 2000),
     "memory": (300, 500),
     "concurrent": (500, 1000),
@@ -278,8 +256,6 @@ async def matrix(contenders: list[Contender], rounds: int, quick: bool) -> dict:
     samples = {c.name: {m: [] for m in METRICS} for c in contenders}
     for c in contenders:  # warm-up
         for m in METRICS:
-            if c.flujo and m == "context":
-                continue
             await getattr(c, m)(20 if m != "context" else 2)
     # The trivial-step metrics take milliseconds a round: they get more
     # rounds, so that their medians (and the noise band) are tighter.
@@ -291,12 +267,7 @@ async def matrix(contenders: list[Contender], rounds: int, quick: bool) -> dict:
             order = list(contenders)
             rng.shuffle(order)
             for c in order:
-                if c.flujo and m == "context":
-                    continue
-                n = SIZES[m][0 if quick else 1]
-                if c.flujo:
-                    n = max(20, n // 10) if m != "memory" else n
-                samples[c.name][m].append(await getattr(c, m)(n))
+                samples[c.name][m].append(await getattr(c, m)(SIZES[m][0 if quick else 1]))
     out = {}
     for name, per in samples.items():
         out[name] = {}
@@ -310,6 +281,267 @@ async def matrix(contenders: list[Contender], rounds: int, quick: bool) -> dict:
                 "p90": s[(len(s) * 9) // 10],
             }
     return out
+
+
+# ------------------------------------------- caudal against flujo, new vs repeated
+
+# Repeated inputs are drawn from this many values: both caches hold them all
+# (flujo's 1,024 entries, caudal's CACHE_ENTRIES) once the warm-up has run.
+REPEATED = 200
+# The cache workload's repeated inputs (as in the ablation's cache metric).
+CACHE_INPUTS = 64
+# New inputs start here and never repeat: every call misses every cache.
+NEW_FROM = 10**9
+PIPELINE_STEPS = 4
+COMPARE = {
+    # workload: (unit, what one call is, caudal batch (quick, full), flujo batch)
+    "execution": ("µs per execution", "`execute` of a trivial step, one at a time",
+                  (500, 2000), (50, 200)),
+    "concurrency": ("µs per execution", "1,000 executions started at once (`asyncio.gather`)",
+                    (1000, 1000), (1000, 1000)),
+    "pipeline": ("µs per run", f"a {PIPELINE_STEPS}-step chain pipeline, each library's runner",
+                 (50, 200), (2, 5)),
+    "cache": ("µs per execution", "a CPU-bound step (SHA-256 of 32 KB), its result cache on",
+              (300, 1000), (50, 200)),
+}  # fmt: skip
+INPUTS = {
+    "new": "new inputs (never seen before)",
+    "repeated": f"repeated inputs ({REPEATED} values, all cached)",
+}
+CACHE_ROWS = {
+    "repeated": f"real hit ({CACHE_INPUTS} inputs, never evicted)",
+    "new": "miss + store (new inputs)",
+}
+
+
+class Inputs:
+    """New inputs (a counter that never repeats) or repeated ones."""
+
+    def __init__(self) -> None:
+        self.next = NEW_FROM
+
+    def take(self, kind: str, n: int, period: int = REPEATED) -> range | list[int]:
+        if kind == "repeated":
+            return [i % period for i in range(n)]
+        start, self.next = self.next, self.next + n
+        return range(start, start + n)
+
+
+class CaudalSide:
+    """caudal, every switch on, on the four comparison workloads."""
+
+    name = "caudal"
+
+    def __init__(self) -> None:
+        on = set(FLAGS)
+        self.ex = ExecutorCore(config(on, cache_max_size=CACHE_ENTRIES))
+        # The cache workload's hits and its misses on executors of their own:
+        # the misses' stores never evict the hits' entries.
+        self.ex_hit = ExecutorCore(config(on, cache_max_size=CACHE_ENTRIES))
+        self.ex_miss = ExecutorCore(config(on, cache_max_size=CACHE_ENTRIES))
+        self.trivial = Step(trivial, "trivial")
+        self.costly = Step(costly, "costly", cache=True)
+        steps = [Step(trivial, f"p{i}") for i in range(PIPELINE_STEPS)]
+        p = steps[0] >> steps[1]
+        for st in steps[2:]:
+            p = p >> st
+        self.pipeline = p
+
+    async def execution(self, xs) -> None:
+        ex, st = self.ex, self.trivial
+        for x in xs:
+            await ex.execute(st, x)
+
+    async def concurrency(self, xs) -> None:
+        ex, st = self.ex, self.trivial
+        await asyncio.gather(*(ex.execute(st, x) for x in xs))
+
+    async def pipeline_run(self, xs) -> None:
+        for x in xs:
+            run = await self.pipeline.run(x, executor=self.ex, store=False)
+            assert run.status == "completed", run.error
+
+    async def cache(self, xs, kind: str) -> None:
+        ex, st = (self.ex_hit if kind == "repeated" else self.ex_miss), self.costly
+        for x in xs:
+            await ex.execute(st, x)
+
+    def cache_check(self) -> dict:
+        """The hit executor's cache: no eviction, so every repeated call hit."""
+        c = self.ex_hit.get_optimization_stats()["cache"]
+        return {k: c.get(k) for k in ("size", "hits", "misses", "inserts", "evictions")}
+
+
+class FlujoSide:
+    """flujo (PyPI) with its defaults: ExecutorCore for single steps, its runner
+    `Flujo(pipeline)` for the pipeline."""
+
+    name = "flujo"
+
+    def __init__(self) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from flujo import Flujo
+            from flujo.application.core.executor_core import ExecutorCore as FlujoExecutor
+            from flujo.domain.dsl.step import Step as FlujoStep
+        logging.getLogger("flujo").setLevel(logging.WARNING)
+
+        class Inc:
+            async def run(self, data, **kw):
+                return data + 1
+
+        class Costly:
+            async def run(self, data, **kw):
+                return await costly(data)
+
+        self.ex = FlujoExecutor()  # its defaults: a result cache of 1,024 entries
+        self.ex_hit = FlujoExecutor()
+        self.ex_miss = FlujoExecutor()
+        self.trivial = FlujoStep(name="trivial", agent=Inc())
+        self.costly = FlujoStep(name="costly", agent=Costly())
+        steps = [FlujoStep(name=f"p{i}", agent=Inc()) for i in range(PIPELINE_STEPS)]
+        p = steps[0] >> steps[1]
+        for st in steps[2:]:
+            p = p >> st
+        self.runner = Flujo(
+            p, persist_state=False, enable_tracing=False, pipeline_name="bench",
+            pipeline_id="bench",
+        )  # fmt: skip
+
+    async def execution(self, xs) -> None:
+        ex, st = self.ex, self.trivial
+        for x in xs:
+            await ex.execute(st, x)
+
+    async def concurrency(self, xs) -> None:
+        ex, st = self.ex, self.trivial
+        await asyncio.gather(*(ex.execute(st, x) for x in xs))
+
+    async def pipeline_run(self, xs) -> None:
+        for x in xs:
+            res = await self.runner.run_async(x)
+            assert res.step_history[-1].success, res.step_history[-1]
+
+    async def cache(self, xs, kind: str) -> None:
+        ex, st = (self.ex_hit if kind == "repeated" else self.ex_miss), self.costly
+        for x in xs:
+            await ex.execute(st, x)
+
+
+async def _compare_call(side, workload: str, kind: str, xs) -> None:
+    if workload == "pipeline":
+        await side.pipeline_run(xs)
+    elif workload == "cache":
+        await side.cache(xs, kind)
+    else:
+        await getattr(side, workload)(xs)
+
+
+async def compare_check(side) -> None:
+    """Each side really does the work (and the pipeline really runs 4 steps)."""
+    if side.name == "caudal":
+        assert (await side.ex.execute(side.trivial, 1)).output == 2
+        run = await side.pipeline.run(1, executor=side.ex, store=False)
+        assert run.status == "completed" and run.result == 1 + PIPELINE_STEPS, run
+    else:
+        assert (await side.ex.execute(side.trivial, 1)).output == 2
+        res = await side.runner.run_async(1)
+        assert res.step_history[-1].output == 1 + PIPELINE_STEPS, res
+        assert len(res.step_history) == PIPELINE_STEPS
+
+
+async def comparison(rounds: int, quick: bool) -> dict:
+    """caudal against flujo, each workload on new and on repeated inputs,
+    interleaved round by round in one process (shuffled order)."""
+    sides = [CaudalSide()]
+    try:
+        sides.append(FlujoSide())
+    except Exception as e:
+        print(f"flujo unavailable ({type(e).__name__}: {e}); its rows are left out",
+              file=sys.stderr)  # fmt: skip
+    for side in sides:
+        await compare_check(side)
+    inputs = {side.name: Inputs() for side in sides}
+    cells = [(side, w, kind) for side in sides for w in COMPARE for kind in ("new", "repeated")]
+
+    def batch(side, w):
+        return COMPARE[w][2 if side.name == "caudal" else 3][0 if quick else 1]
+
+    def xs_for(side, w, kind, n):
+        period = CACHE_INPUTS if w == "cache" else REPEATED
+        return inputs[side.name].take(kind, n, period)
+
+    # Warm-up: every repeated input is seen (and cached) before timing.
+    for side, w, kind in cells:
+        n = REPEATED if kind == "repeated" else min(batch(side, w), 50)
+        if w == "pipeline" and side.name == "flujo":
+            n = REPEATED if kind == "repeated" else 3
+        await _compare_call(side, w, kind, xs_for(side, w, kind, n))
+    rng = random.Random(5)
+    samples: dict = {}
+    for _ in range(rounds):
+        order = list(cells)
+        rng.shuffle(order)
+        for side, w, kind in order:
+            n = batch(side, w)
+            xs = xs_for(side, w, kind, n)
+            gc.collect()
+            t0 = time.perf_counter_ns()
+            await _compare_call(side, w, kind, xs)
+            dt = (time.perf_counter_ns() - t0) / n / 1000
+            samples.setdefault(w, {}).setdefault(kind, {}).setdefault(side.name, []).append(dt)
+    out: dict = {}
+    for w, per_kind in samples.items():
+        for kind, per_side in per_kind.items():
+            row = {}
+            for name, s in per_side.items():
+                s.sort()
+                row[name] = {
+                    "median": statistics.median(s),
+                    "p10": s[len(s) // 10],
+                    "p90": s[(len(s) * 9) // 10],
+                    "batch": batch(next(x for x in sides if x.name == name), w),
+                }
+            if "flujo" in row:
+                row["caudal_faster_by"] = row["flujo"]["median"] / row["caudal"]["median"]
+            out.setdefault(w, {})[kind] = row
+    # The step alone (no cache): what a miss + store costs on top of it.
+    alone = []
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for x in inputs["caudal"].take("new", batch(sides[0], "cache")):
+            await costly(x)
+        alone.append((time.perf_counter_ns() - t0) / batch(sides[0], "cache") / 1000)
+    out["cache"]["step_alone_us"] = statistics.median(alone)
+    check = sides[0].cache_check()
+    out["cache"]["caudal_hit_cache"] = check
+    if check.get("evictions"):
+        print(f"WARNING: the hit cache evicted {check['evictions']} entries", file=sys.stderr)
+    out["repeated_inputs"] = REPEATED
+    out["cache_inputs"] = CACHE_INPUTS
+    out["cache_entries"] = CACHE_ENTRIES
+    out["pipeline_steps"] = PIPELINE_STEPS
+    return out
+
+
+def render_comparison(cmp: dict) -> str:
+    has_flujo = "flujo" in cmp["execution"]["new"]
+    lines = [
+        "| workload | inputs | caudal (all on) | flujo (defaults) | caudal faster by |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for w, (unit, what, _, _) in COMPARE.items():
+        for kind in ("new", "repeated"):
+            row = cmp[w][kind]
+            label = (CACHE_ROWS if w == "cache" else INPUTS)[kind]
+            fl = f"{row['flujo']['median']:.2f}" if has_flujo else "n/a"
+            by = f"{row['caudal_faster_by']:.0f}x" if has_flujo else "-"
+            lines.append(
+                f"| {w}: {what} ({unit}) | {label} | {row['caudal']['median']:.2f} | {fl} | {by} |"
+            )
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------ target workloads
@@ -429,7 +661,7 @@ async def target_workloads(quick: bool) -> dict:
 # ---------------------------------------------------------------- output
 
 
-def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, list[str]]:
+def render(res: dict, targets: dict) -> tuple[str, list[str]]:
     base = res["baseline (all off)"]
     twin = res["baseline, 2nd copy"]
     noise = {}
@@ -459,7 +691,7 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
             v = per[m]["median"]
             ratio = v / base[m]["median"]
             mark = ""
-            if name not in ("baseline (all off)", "flujo ExecutorCore") and ratio > 1 + noise[m]:
+            if name != "baseline (all off)" and ratio > 1 + noise[m]:
                 mark = " ▲"
                 worse.append(f"{name}: {m} {ratio:.2f}x the baseline (noise band {noise[m]:.0%})")
             cells.append(f"{v:.2f} ({ratio:.2f}x){mark}")
@@ -473,59 +705,26 @@ def render(res: dict, targets: dict, flujo_scale: float | None) -> tuple[str, li
         + ", ".join(f"{m} {noise[m]:.0%}" for m in METRICS)
         + ". ▲ marks a figure worse than the baseline beyond its noise band."
     )
-    if flujo_scale is not None:
-        lines.append(
-            f"flujo was measured in its own block; its figures are scaled by {flujo_scale:.2f} "
-            "(baseline in the main block / baseline in flujo's block)."
-        )
     lines.append("")
-    flujo = res.get("flujo ExecutorCore")
     allon = res["all on"]
-    if flujo:
+    many = res.get("all on, execute_many")
+    bare = res.get("asyncio alone")
+    if many and bare:
         lines += [
-            "| metric | caudal all on | flujo ExecutorCore | caudal faster by |",
-            "|---|---|---|---|",
+            "The floor any executor sits on (asyncio alone: the same coroutine awaited or "
+            "gathered with no executor, same run):",
+            "",
+            "| workload (us/exec) | caudal all on | asyncio alone | caudal's own cost |",
+            "|---|---:|---:|---:|",
         ]
-        for m in METRICS:
-            if m in flujo:
-                lines.append(
-                    f"| {m} ({UNITS[m]}) | {allon[m]['median']:.2f} | {flujo[m]['median']:.2f} | "
-                    f"{flujo[m]['median'] / allon[m]['median']:.0f}x |"
-                )
-            else:
-                lines.append(
-                    f"| {m} | {allon[m]['median']:.2f} | not comparable (flujo runs pipelines "
-                    "through its own runner, not ExecutorCore) | - |"
-                )
-        many = res.get("all on, execute_many")
-        if many and "concurrent" in flujo:
-            lines.append(
-                f"| concurrent, each library's batch form (caudal execute_many; flujo has none: "
-                f"gather) | {many['concurrent']['median']:.2f} | "
-                f"{flujo['concurrent']['median']:.2f} | "
-                f"{flujo['concurrent']['median'] / many['concurrent']['median']:.0f}x |"
-            )
-        bare = res.get("asyncio alone")
-        if bare:
-            for m in ("execution", "concurrent"):
-                lines.append(
-                    f"| {m}: asyncio alone, no executor (the bound for any executor) | "
-                    f"{bare[m]['median']:.2f} | {flujo[m]['median']:.2f} | "
-                    f"at most {flujo[m]['median'] / bare[m]['median']:.0f}x |"
-                )
+        for m, label, v in (
+            ("execution", "execution, one at a time", allon["execution"]["median"]),
+            ("concurrent", "concurrent, asyncio.gather of 1,000", allon["concurrent"]["median"]),
+            ("concurrent", "concurrent, caudal's execute_many", many["concurrent"]["median"]),
+        ):
+            b = bare[m]["median"]
+            lines.append(f"| {label} | {v:.2f} | {b:.2f} | {v - b:+.2f} |")
         lines.append("")
-        if bare:
-            own = allon["concurrent"]["median"] - bare["concurrent"]["median"]
-            bound = flujo["concurrent"]["median"] / bare["concurrent"]["median"]
-            flujo_own = flujo["concurrent"]["median"] - bare["concurrent"]["median"]
-            lines.append(
-                f"With `asyncio.gather`, asyncio's own task per coroutine costs "
-                f"{bare['concurrent']['median']:.2f} us, so no executor can beat flujo there "
-                f"by more than {bound:.0f}x; "
-                f"above that floor caudal adds {own:.2f} us per execution and flujo "
-                f"{flujo_own:.2f} us ({flujo_own / max(own, 0.01):.0f}x)."
-            )
-            lines.append("")
     lines += [
         "Each optimization on the workload it exists for (on against off, same run):",
         "",
@@ -591,7 +790,7 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     base = res["baseline (all off)"]
-    skip = ("baseline (all off)", "flujo ExecutorCore", "all on, execute_many", "asyncio alone")
+    skip = ("baseline (all off)", "all on, execute_many", "asyncio alone")
     names = [n for n in res if n not in skip]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 5), sharey=True)
     for ax, m in zip(axes, METRICS, strict=True):
@@ -642,43 +841,48 @@ async def main(quick: bool) -> int:
     for m, v in bare.items():
         v.sort()
         res["asyncio alone"][m] = {"median": statistics.median(v), "p10": v[0], "p90": v[-1]}
-    flujo_scale = None
-    try:
-        flujo = Contender("flujo ExecutorCore", flujo=FlujoCalls())
-        await check(flujo)
-    except Exception as e:
-        print(
-            f"flujo unavailable ({type(e).__name__}: {e}); its rows are left out", file=sys.stderr
-        )
-        flujo = None
-    if flujo is not None:
-        twin = Contender("baseline in flujo's block", cfgs["baseline (all off)"])
-        fres = await matrix([flujo, twin], max(3, rounds // 2), quick)
-        scaled = {}
-        for m, v in fres["flujo ExecutorCore"].items():
-            scale = (
-                res["baseline (all off)"][m]["median"]
-                / fres["baseline in flujo's block"][m]["median"]
-            )
-            scaled[m] = {k: x * scale for k, x in v.items()}
-        flujo_scale = statistics.median(
-            res["baseline (all off)"][m]["median"] / fres["baseline in flujo's block"][m]["median"]
-            for m in fres["flujo ExecutorCore"]
-        )
-        res["flujo ExecutorCore"] = scaled
+    cmp = await comparison(rounds, quick)
+    cmp_table = render_comparison(cmp)
     targets = await target_workloads(quick)
-    table, worse = render(res, targets, flujo_scale)
-    print(table)
+    table, worse = render(res, targets)
+    print(cmp_table + "\n\n" + table)
     if worse:
         print("\nworse than the baseline beyond noise:\n  " + "\n  ".join(worse))
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(res, RESULTS / "ablation.png")
     m = machine()
+    cache = cmp["cache"]
+    cmp_note = (
+        f"New inputs are never seen before (every call misses every cache); repeated inputs "
+        f"come from a fixed set of {REPEATED} (the cache workload: {CACHE_INPUTS}), which "
+        f"both caches hold after the warm-up (flujo's 1,024 entries, caudal's "
+        f"{CACHE_ENTRIES:,}: its hit cache evicted {cache['caudal_hit_cache'].get('evictions')} "
+        f"entries). The cache workload's step alone, no cache, costs "
+        f"{cache['step_alone_us']:.2f} us."
+    )
     (RESULTS / "report.md").write_text(
         f"Measured {m['date']} on {m['processor']}, {m['cpus']} CPUs, Python {m['python']}"
-        f"{' (--quick)' if quick else ''}.\n\n" + table + "\n\n![ablation](ablation.png)\n"
+        f"{' (--quick)' if quick else ''}.\n\n"
+        "### caudal against flujo: new and repeated inputs\n\n"
+        + cmp_table
+        + "\n\n"
+        + cmp_note
+        + "\n\n"
+        "### The five metrics of flujo's tuning report: the ablation matrix\n\n"
+        + table
+        + "\n\n![ablation](ablation.png)\n"
     )
-    save("report", {"quick": quick, "matrix": res, "targets": targets, "worse": worse})
+    save(
+        "report",
+        {
+            "quick": quick,
+            "matrix": res,
+            "comparison": cmp,
+            "targets": targets,
+            "worse": worse,
+            "tables": {"comparison": cmp_table + "\n\n" + cmp_note, "ablation": table},
+        },
+    )
     return 0
 
 
