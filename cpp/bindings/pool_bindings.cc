@@ -54,6 +54,10 @@
 namespace caudal::bindings {
 namespace {
 
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0  // macOS: Python ignores SIGPIPE anyway
+#endif
+
 // dup(fd) with close-on-exec.
 int fcntl_dup(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
 
