@@ -13,6 +13,9 @@ default config (cache on: each call is a miss and a store) and its own pool
 for the gathers also without the adaptive concurrency limit, which starts at
 4 executions in flight and so holds a gather back by design.
 
+Curve: µs per call of a gather of 1 ... 1,000 trivial calls (the executor
+without the concurrency limit, and to_thread).
+
 Floors: execute's median latency below to_thread's; its throughput (no
 concurrency limit) at least to_thread's, for both gathers. The default
 config's figures are printed and saved alongside.
@@ -28,7 +31,7 @@ import random
 import statistics
 import time
 
-from _floors import Floor, record
+from _floors import Curve, Floor, record
 from _harness import save
 from caudal import ExecutorCore, OptimizationConfig, WorkerPool
 from caudal.worker_pool import default_workers
@@ -138,10 +141,40 @@ async def throughput(fn, quick: bool) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+async def fan_out_curve(quick: bool) -> dict[int, dict[str, float]]:
+    """µs per call of a gather of n trivial calls, n = 1 ... 1,000: the
+    executor (no concurrency limit) and to_thread."""
+    ex = ExecutorCore(OptimizationConfig(enable_concurrency_optimization=False))
+    base = iter(range(0, 10**12, 10_000))
+    out: dict[int, dict[str, float]] = {}
+    for n in (1, 10, 100, 1000):
+        contenders = {
+            "caudal execute": lambda b, n=n: asyncio.gather(
+                *(ex.execute(trivial, b + i) for i in range(n))
+            ),
+            "asyncio.to_thread": lambda b, n=n: asyncio.gather(
+                *(asyncio.to_thread(trivial, b + i) for i in range(n))
+            ),
+        }
+        reps = max(1, 300 // n) if quick else max(2, 2000 // n)
+        samples: dict[str, list[float]] = {k: [] for k in contenders}
+        for r in range(5 if quick else 9):
+            order = list(contenders) if r % 2 else list(reversed(contenders))
+            for name in order:
+                t0 = time.perf_counter_ns()
+                for _ in range(reps):
+                    await contenders[name](next(base))
+                samples[name].append((time.perf_counter_ns() - t0) / (reps * n) / 1000.0)
+        out[n] = {k: statistics.median(v) for k, v in samples.items()}
+    await ex.aclose()
+    return out
+
+
 async def main(quick: bool) -> None:
     lat = await latency(quick)
     thr_trivial = await throughput(trivial, quick)
     thr_sleep = await throughput(sleepy, quick)
+    curve = await fan_out_curve(quick)
     print("1. latency, one call at a time (median µs per call)")
     for k, v in lat.items():
         print(f"   {k:38} {v:8.2f}")
@@ -185,7 +218,15 @@ async def main(quick: bool) -> None:
                 ),
             ),
         ],
-        curves=[],
+        curves=[
+            Curve(
+                f"sync steps in one gather, {name}",
+                x_label="calls in flight",
+                y_label="µs per call",
+                points=[(n, r[name]) for n, r in curve.items()],
+            )
+            for name in ("caudal execute", "asyncio.to_thread")
+        ],
     )
     save(
         "sync_steps",
@@ -194,6 +235,7 @@ async def main(quick: bool) -> None:
             "latency_us": lat,
             "throughput_trivial": thr_trivial,
             "throughput_sleep_50us": thr_sleep,
+            "fan_out_us_per_call": {str(n): r for n, r in curve.items()},
         },
     )
 
