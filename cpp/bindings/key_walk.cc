@@ -163,7 +163,22 @@ UnkeyableReason Walker::WalkShared(PyObject* v, int depth) {
 }
 
 UnkeyableReason Walker::WalkStr(PyObject* v) {
-  // Reads the stored characters (never __str__).
+  // Reads the stored characters (never __str__). A long non-ASCII str is
+  // keyed from its storage as it is (Latin-1, UCS-2 or UCS-4 code units):
+  // no UTF-8 encoding pass, and no UTF-8 copy left attached to the str
+  // (PyUnicode_AsUTF8AndSize keeps one for the str's lifetime). ASCII is
+  // its own UTF-8 and is read in place below. The rule depends only on the
+  // value (a str's storage kind is the narrowest that holds its code
+  // points), so equal strings always take the same form.
+  if (!PyUnicode_IS_ASCII(v)) {
+    const int kind = PyUnicode_KIND(v);
+    const Py_ssize_t len = PyUnicode_GET_LENGTH(v);
+    if (static_cast<size_t>(len) * static_cast<size_t>(kind) >
+        KeyHasher::kLargePayload) {
+      h_.AddStringUnits(kind, PyUnicode_DATA(v), static_cast<size_t>(len));
+      return nullptr;
+    }
+  }
   Py_ssize_t n = 0;
   const char* s = PyUnicode_AsUTF8AndSize(v, &n);
   if (s) {

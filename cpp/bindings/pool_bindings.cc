@@ -6,10 +6,21 @@
 // resolves. On a worker thread it takes the GIL (PyGILState_Ensure: also
 // right on a free-threaded build), calls the callable, and appends the
 // outcome to its event loop's inbox. The first outcome into an empty inbox
-// schedules one drain on the loop with loop.call_soon_threadsafe; outcomes
-// arriving before the drain runs ride along, so a burst of completions
-// costs one wake-up of the loop. The drain, on the loop's thread, resolves
-// the futures (skipping those cancelled meanwhile).
+// schedules one drain on the loop; outcomes arriving before the drain runs
+// ride along, so a burst of completions costs one wake-up of the loop. The
+// drain, on the loop's thread, resolves the futures (skipping those
+// cancelled meanwhile).
+//
+// Waking the loop without the GIL. loop.call_soon_threadsafe queues the
+// drain and writes a byte to the loop's self-pipe, all with the GIL held: the
+// loop thread, woken by the byte, then blocks on the GIL the worker still
+// holds (one more thread hand-off per completion). For asyncio's selector
+// loops the inbox instead queues the drain with loop.call_soon (what
+// call_soon_threadsafe does before its write; only debug mode checks the
+// thread) and writes the byte itself after the worker has given the GIL
+// back, to a duplicate of the loop's self-pipe socket (so a loop closed
+// meanwhile never has its descriptor number reused under the write). Other
+// loops (uvloop, debug mode) get call_soon_threadsafe.
 //
 // Withdrawal. A task submitted with submit_withdrawable comes with a
 // ticket; withdraw(ticket) after its future was cancelled (the caller
@@ -24,8 +35,12 @@
 // the worker after the call, by the not-run path (queue timeout, shutdown)
 // after taking the GIL, or by Submit's caller when the pool refuses the
 // task.
+#include <fcntl.h>
 #include <pybind11/stl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,6 +53,13 @@
 
 namespace caudal::bindings {
 namespace {
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0  // macOS: Python ignores SIGPIPE anyway
+#endif
+
+// dup(fd) with close-on-exec.
+int fcntl_dup(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
 
 // Each worker thread keeps its Python thread state between tasks: made by
 // the first task (PyGILState_Ensure), parked with PyEval_SaveThread, resumed
@@ -81,29 +103,89 @@ struct Outcome {
   bool ok;
 };
 
+// A duplicate of an asyncio selector loop's self-pipe write socket: a byte
+// written to it wakes the loop (asyncio's _write_to_self). Closed when the
+// last inbox or worker holding it lets go; written without the GIL.
+class LoopWaker {
+ public:
+  explicit LoopWaker(int fd) : fd_(fd) {}
+  ~LoopWaker() { close(fd_); }
+  LoopWaker(const LoopWaker&) = delete;
+  LoopWaker& operator=(const LoopWaker&) = delete;
+
+  void Wake() const {
+    static const char kZero = 0;  // a 0 byte: not a signal number
+    ssize_t r;
+    do {
+      r = send(fd_, &kZero, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (r < 0 && errno == EINTR);
+    // EAGAIN: the pipe is full of wake-ups already; anything else: the
+    // loop is gone. Either way there is nothing to do.
+  }
+
+ private:
+  const int fd_;
+};
+
+// The waker of `loop` if it is an asyncio selector loop not in debug mode
+// (GIL held), else null.
+std::shared_ptr<LoopWaker> MakeWaker(const py::object& loop) {
+  try {
+    py::object base = py::module_::import("asyncio.selector_events")
+                          .attr("BaseSelectorEventLoop");
+    if (!py::isinstance(loop, base)) return nullptr;
+    if (!py::hasattr(loop, "_csock") || !py::hasattr(loop, "_debug"))
+      return nullptr;
+    py::object csock = loop.attr("_csock");
+    if (csock.is_none()) return nullptr;
+    const int fd = csock.attr("fileno")().cast<int>();
+    if (fd < 0) return nullptr;
+    const int dup_fd = fcntl_dup(fd);
+    if (dup_fd < 0) return nullptr;
+    return std::make_shared<LoopWaker>(dup_fd);
+  } catch (py::error_already_set&) {
+    PyErr_Clear();
+    return nullptr;
+  }
+}
+
 // The finished tasks of one event loop, waiting for its drain.
 class Inbox {
  public:
-  explicit Inbox(py::object loop) : loop_(std::move(loop)) {}
+  explicit Inbox(py::object loop)
+      : loop_(std::move(loop)), waker_(MakeWaker(loop_)) {}
 
-  // With the GIL held. Takes ownership of the outcome's references.
-  void Push(Outcome o) {
+  // With the GIL held. Takes ownership of the outcome's references. Returns
+  // the waker to call once the GIL is released, if the loop must be woken
+  // that way (null: nothing to do, or woken already).
+  std::shared_ptr<LoopWaker> Push(Outcome o) {
     bool schedule = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
       items_.push_back(o);
       if (!scheduled_) schedule = scheduled_ = true;
     }
-    if (!schedule) return;
+    if (!schedule) return nullptr;
+    if (waker_ != nullptr && !Debug()) {
+      static PyObject* call_soon = PyUnicode_InternFromString("call_soon");
+      PyObject* r =
+          PyObject_CallMethodOneArg(loop_.ptr(), call_soon, drain_.ptr());
+      if (r != nullptr) {
+        Py_DECREF(r);
+        return waker_;
+      }
+      PyErr_Clear();  // closed (or refused): try the thread-safe call
+    }
     static PyObject* name = PyUnicode_InternFromString("call_soon_threadsafe");
     PyObject* r = PyObject_CallMethodOneArg(loop_.ptr(), name, drain_.ptr());
     if (r != nullptr) {
       Py_DECREF(r);
-      return;
+      return nullptr;
     }
     // The loop is closed: nobody will ever await these futures.
     PyErr_Clear();
     DropAll();
+    return nullptr;
   }
 
   // On the loop's thread (the scheduled callback).
@@ -115,7 +197,8 @@ class Inbox {
       scheduled_ = false;
     }
     for (const Outcome& o : items) {
-      PyObject* done = PyObject_CallMethod(o.future, "done", nullptr);
+      static PyObject* done_name = PyUnicode_InternFromString("done");
+      PyObject* done = PyObject_CallMethodNoArgs(o.future, done_name);
       const bool skip = done == nullptr || PyObject_IsTrue(done) == 1;
       Py_XDECREF(done);
       if (done == nullptr) PyErr_Clear();
@@ -145,6 +228,11 @@ class Inbox {
     on_drained_ = std::move(on_drained);
   }
   const py::object& loop() const { return loop_; }
+  // loop.create_future() (its bound method made once).
+  py::object CreateFuture() {
+    if (!create_future_) create_future_ = loop_.attr("create_future");
+    return create_future_();
+  }
 
  private:
   void DropAll() {
@@ -160,7 +248,21 @@ class Inbox {
     }
   }
 
+  // loop.get_debug(): call_soon then checks the thread (and would raise).
+  bool Debug() const {
+    PyObject* d = PyObject_GetAttrString(loop_.ptr(), "_debug");
+    if (d == nullptr) {
+      PyErr_Clear();
+      return true;
+    }
+    const bool debug = d != Py_False;
+    Py_DECREF(d);
+    return debug;
+  }
+
   py::object loop_;
+  py::object create_future_;
+  std::shared_ptr<LoopWaker> waker_;
   py::object drain_;
   py::object on_drained_;
   std::mutex mu_;
@@ -278,7 +380,7 @@ class PyWorkerPool {
           absl::FailedPreconditionError("the worker pool is shut down"));
     }
     std::shared_ptr<Inbox> inbox = InboxFor();
-    py::object fut = inbox->loop().attr("create_future")();
+    py::object fut = inbox->CreateFuture();
     auto job = std::make_shared<Job>();
     job->fn = py::reinterpret_borrow<py::object>(fn).release().ptr();
     job->args = args.release().ptr();
@@ -299,9 +401,10 @@ class PyWorkerPool {
       if (res == nullptr) o.value = FetchException();
       job->future = nullptr;  // owned by the outcome now
       job->ReleaseCall();
-      job->inbox->Push(o);
+      std::shared_ptr<LoopWaker> wake = job->inbox->Push(o);
       job->inbox.reset();  // its last reference may be this one
       LeavePython();
+      if (wake != nullptr) wake->Wake();  // the loop finds the GIL free
       return absl::OkStatus();  // a Python exception is a result, not a failure
     };
     task.on_done = [job, timed_out = timed_out_.ptr()](absl::Status s) {
@@ -329,9 +432,10 @@ class PyWorkerPool {
       Outcome o{job->future, exc, false};
       job->future = nullptr;
       job->ReleaseCall();
-      job->inbox->Push(o);
+      std::shared_ptr<LoopWaker> wake = job->inbox->Push(o);
       job->inbox.reset();
       LeavePython();
+      if (wake != nullptr) wake->Wake();
     };
     const absl::Status st = pool_->Submit(std::move(task), ticket);
     if (st.ok()) return fut;
@@ -401,7 +505,16 @@ class PyWorkerPool {
   // The inbox of the running loop (created on first use; inboxes of closed
   // loops are dropped then).
   std::shared_ptr<Inbox> InboxFor() {
-    py::object loop = py::module_::import("asyncio").attr("get_running_loop")();
+    static PyObject* get_running_loop =
+        py::object(py::module_::import("asyncio").attr("get_running_loop"))
+            .release()
+            .ptr();
+    py::object loop = py::reinterpret_steal<py::object>(
+        PyObject_CallNoArgs(get_running_loop));
+    if (!loop) throw py::error_already_set();
+    // The common case: the loop of the previous call.
+    if (!inboxes_.empty() && inboxes_.back()->loop().is(loop))
+      return inboxes_.back();
     for (auto it = inboxes_.begin(); it != inboxes_.end();) {
       if ((*it)->loop().is(loop)) return *it;
       if ((*it)->loop().attr("is_closed")().cast<bool>()) {

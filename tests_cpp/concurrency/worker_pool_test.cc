@@ -499,6 +499,44 @@ TEST(WorkerPoolTest, IdleWorkersSleep) {
   EXPECT_TRUE(WaitUntil([&] { return pool->stats().sleeping == 3; }));
 }
 
+// Tasks submitted one at a time, each awaited before the next (a sync step
+// awaited by its caller), from two outside threads at once, with pauses that
+// let the workers fall asleep: Submit races workers going to sleep. Every
+// task runs; a lost wake-up would leave one queued (Wait fails after 30 s
+// instead of hanging).
+TEST(WorkerPoolTest, OneAtATimeSubmittersNeverLoseAWakeUp) {
+  for (int workers : {1, 3}) {
+    auto pool = MakePool(Opts(workers, 16));
+    constexpr int kPerThread = 3000;
+    std::atomic<int> ran{0};
+    std::atomic<bool> lost{false};
+    auto submitter = [&](int seed) {
+      for (int i = 0; i < kPerThread && !lost.load(); ++i) {
+        Event done;
+        ASSERT_TRUE(pool->Submit({[&] {
+                                    ran.fetch_add(1);
+                                    return absl::OkStatus();
+                                  },
+                                  [&](absl::Status) { done.Set(); }})
+                        .ok());
+        if (!done.Wait()) lost.store(true);
+        // Now and then let the workers go to sleep, so that Submit must
+        // wake one.
+        if ((i + seed) % 97 == 0) {
+          std::this_thread::sleep_for(std::chrono::microseconds(300));
+        }
+      }
+    };
+    std::thread a(submitter, 0), b(submitter, 50);
+    a.join();
+    b.join();
+    EXPECT_FALSE(lost.load()) << workers << " workers";
+    EXPECT_EQ(ran.load(), 2 * kPerThread);
+    pool->Shutdown(/*drain=*/true);
+    EXPECT_EQ(pool->stats().completed, 2 * kPerThread);
+  }
+}
+
 // Two outside threads and the tasks themselves submit into a small queue;
 // some tasks fail. Children submitted while Shutdown drains are refused. Every
 // accepted task completes exactly once, every refusal is counted, and the

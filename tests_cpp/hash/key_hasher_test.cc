@@ -537,6 +537,39 @@ TEST(KeyHasherTest, LargePayloadsAreDigestedConsistently) {
             }));
 }
 
+// A long str as its code units (what the walk does for non-ASCII text):
+// equal units give equal keys; the unit size, the count and every unit
+// matter; and the token equals no UTF-8 str, bytes or raw token, even over
+// the very same bytes.
+TEST(KeyHasherTest, StringUnitsAreATypeOfTheirOwn) {
+  const size_t n = KeyHasher::kLargePayload;
+  std::vector<uint16_t> ucs2(n, 0x20ac);  // 8 KiB of euro signs
+  std::vector<uint16_t> ucs2b = ucs2;
+  ucs2b[n / 2] = 0x20ad;
+  auto units = [](int size, const void* p, size_t count) {
+    return KeyOf([&](KeyHasher& h) { h.AddStringUnits(size, p, count); });
+  };
+  const Key128 k = units(2, ucs2.data(), n);
+  EXPECT_EQ(k, units(2, std::vector<uint16_t>(n, 0x20ac).data(), n));
+  EXPECT_NE(k, units(2, ucs2b.data(), n));
+  EXPECT_NE(k, units(2, ucs2.data(), n - 1));
+  // The same bytes read as Latin-1 or UCS-4 units: different strings.
+  EXPECT_NE(k, units(1, ucs2.data(), 2 * n));
+  EXPECT_NE(k, units(4, ucs2.data(), n / 2));
+  const std::string raw(reinterpret_cast<const char*>(ucs2.data()), 2 * n);
+  EXPECT_NE(k, KeyOf([&](KeyHasher& h) { h.AddString(raw); }));
+  EXPECT_NE(k, KeyOf([&](KeyHasher& h) { h.AddBytes(raw); }));
+  for (uint8_t kind = 0; kind < 8; ++kind)
+    EXPECT_NE(k, KeyOf([&](KeyHasher& h) { h.AddRaw(kind, raw); }));
+  // Stable: the digest is part of the key format (little-endian units).
+  EXPECT_EQ(k.ToHex(), units(2, ucs2.data(), n).ToHex());
+  // A bad unit size is misuse, reported, not a crash.
+  KeyHasher h;
+  h.AddStringUnits(3, ucs2.data(), 10);
+  EXPECT_FALSE(h.ok());
+  EXPECT_THAT(h.status().message(), HasSubstr("unit size 3"));
+}
+
 TEST(KeyHasherTest, ObjectsAreKeyedByTypeNameAndFields) {
   auto obj = [](absl::string_view type, int64_t x) {
     return KeyOf([&](KeyHasher& h) {

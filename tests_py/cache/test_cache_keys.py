@@ -582,3 +582,62 @@ def test_a_class_whose_twin_was_freed_takes_over_its_key():
     gc.collect()
     second = make_record_class()
     assert key(second(1)) == k  # as after a module reload
+
+
+# ------------------------------------------------------------ long strings
+
+# Long non-ASCII strings are keyed from their storage (Latin-1, UCS-2 or
+# UCS-4 code units) rather than their UTF-8 encoding: the same rule, equal
+# strings share a key and nothing else does.
+_LONG = {
+    "latin1": "é" * 5000,
+    "ucs2": "€" * 5000,
+    "ucs4": "😀" * 5000,
+    "ascii": "x" * 20000,
+}
+
+
+class _LongStr(str):
+    pass
+
+
+@pytest.mark.parametrize("kind", list(_LONG))
+def test_a_long_str_keys_by_its_code_points(kind):
+    s = _LONG[kind]
+    same = "".join(list(s))  # an equal, separately built str
+    assert same is not s and key(same) == key(s)
+    changed = s[:2500] + ("a" if s[2500] != "a" else "b") + s[2501:]
+    assert key(changed) != key(s)
+    assert key(s[:-1]) != key(s)
+    assert key(s) != key(s.encode("utf-8"))
+    if kind != "ascii":  # (ASCII is its own UTF-8)
+        assert key(s) != key(s.encode("utf-8").decode("latin-1"))
+    assert key(_LongStr(s)) != key(s) and key(_LongStr(s)) == key(_LongStr(same))
+
+
+def test_long_strings_of_every_width_are_distinct():
+    values = [
+        *_LONG.values(),
+        *(v[:-1] + "!" for v in _LONG.values()),
+        "é" * 2500 + "€",  # UCS-2 because of its last character
+        "é" * 2501,
+        "\ud800" * 3000,  # lone surrogates
+        "\udc00" * 3000,
+    ]
+    keys = {key(v) for v in values}
+    assert len(keys) == len(values)
+
+
+def test_a_str_narrowed_by_slicing_keys_like_one_built_narrow():
+    # CPython stores a str in the narrowest width its code points allow, so
+    # a slice of a UCS-2 string without its wide character is Latin-1 again.
+    wide = "€" + "é" * 5000
+    assert key(wide[1:]) == key("é" * 5000)
+    assert key(wide[1:]) != key(wide)
+
+
+def test_keying_a_long_str_does_not_attach_a_utf8_copy():
+    s = "€" * 100_000
+    before = sys.getsizeof(s)
+    key(s)
+    assert sys.getsizeof(s) == before  # no UTF-8 copy kept on the str

@@ -237,3 +237,72 @@ async def test_changing_the_pool_settings_replaces_the_pool():
 def test_worker_pool_must_be_a_pool():
     with pytest.raises(TypeError, match="worker_pool"):
         ExecutorCore(worker_pool=object())
+
+
+async def test_many_concurrent_sync_steps_each_get_their_own_result():
+    # Plain, GIL-releasing and failing calls in flight at once, some inputs
+    # repeated (single flight, cache hits): every execution gets the result
+    # of its own input, whatever batch of completions it arrived in.
+    def work(x):
+        if x % 5 == 0:
+            time.sleep(0.0001)  # releases the GIL
+        if x % 7 == 0:
+            raise ValueError(f"bad {x}")
+        return (x, threading.get_ident())
+
+    ex = ExecutorCore(OptimizationConfig(worker_pool_size=4))
+    inputs = [i % 1500 for i in range(2000)]
+    results = await asyncio.gather(*(ex.execute(Step(work, "work"), x) for x in inputs))
+    for x, r in zip(inputs, results, strict=True):
+        if x % 7 == 0:
+            assert not r.success and isinstance(r.error, ValueError)
+            assert str(r.error) == f"bad {x}"
+        else:
+            assert r.success and r.output[0] == x
+    assert threading.get_ident() not in {r.output[1] for r in results if r.success}
+    await ex.aclose()
+
+
+async def test_one_call_at_a_time_wakes_an_idle_loop():
+    # The loop has nothing else to do: only the pool's wake-up brings each
+    # result in (wait_for turns a lost wake-up into a failure, not a hang).
+    p = WorkerPool(workers=2, queue_size=10)
+    for i in range(300):
+        assert await asyncio.wait_for(p.run(lambda i=i: i * 3), 30) == i * 3
+        if i % 50 == 0:
+            await asyncio.sleep(0.001)  # let the workers fall asleep
+    await p.aclose()
+
+
+async def test_a_loop_in_debug_mode_gets_its_results_too():
+    loop = asyncio.get_running_loop()
+    p = WorkerPool(workers=2, queue_size=100)
+    loop.set_debug(True)
+    try:
+        assert await asyncio.wait_for(
+            asyncio.gather(*(p.run(lambda i=i: -i) for i in range(100))), 30
+        ) == [-i for i in range(100)]
+    finally:
+        loop.set_debug(False)
+    await p.aclose()
+
+
+def test_a_result_for_a_closed_loop_is_dropped():
+    p = WorkerPool(workers=1, queue_size=10)
+    gate = threading.Event()
+
+    async def submit_and_leave():
+        p.submit(gate.wait, 30)  # never awaited: the loop closes first
+        await asyncio.sleep(0)
+
+    asyncio.run(submit_and_leave())
+    gate.set()
+    # The result of the first task found its loop closed and was dropped;
+    # the pool (one worker, so after that task) still serves a new loop.
+    assert asyncio.run(_run_on(p, lambda: 42)) == 42
+    p.close()  # joined: the counters are final
+    assert p.stats()["completed"] == 2
+
+
+async def _run_on(pool, fn):
+    return await pool.run(fn)

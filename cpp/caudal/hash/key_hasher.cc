@@ -98,6 +98,48 @@ void KeyHasher::AddLargePayload(Tag large_tag, absl::string_view payload) {
   ValueDone();
 }
 
+void KeyHasher::AddStringUnits(int unit_size, const void* units, size_t count) {
+  if (unit_size != 1 && unit_size != 2 && unit_size != 4) {
+    SetError(absl::StrCat("AddStringUnits: unit size ", unit_size,
+                          " (must be 1, 2 or 4)"));
+    return;
+  }
+  const size_t n = count * static_cast<size_t>(unit_size);
+  hash_internal::Hash128 h;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  if (unit_size != 1) {
+    // Hash the units as little-endian, a chunk at a time (keys are the
+    // same on every machine).
+    XXH3_state_t state;
+    XXH3_128bits_reset_withSeed(&state, kPayloadSeed);
+    char chunk[4096];
+    const char* p = static_cast<const char*>(units);
+    for (size_t done = 0; done < n;) {
+      const size_t len = std::min(sizeof(chunk), n - done);
+      for (size_t i = 0; i < len; i += unit_size) {
+        for (int b = 0; b < unit_size; ++b)
+          chunk[i + b] = p[done + i + unit_size - 1 - b];
+      }
+      XXH3_128bits_update(&state, chunk, len);
+      done += len;
+    }
+    const XXH128_hash_t x = XXH3_128bits_digest(&state);
+    h = {x.low64, x.high64};
+  } else {
+    h = hash_internal::WideHash128(units, n, kPayloadSeed);
+  }
+#else
+  h = hash_internal::WideHash128(units, n, kPayloadSeed);
+#endif
+  char* p = Claim(1 + 1 + 8 + 16);
+  p[0] = static_cast<char>(kTagStrUnits);
+  p[1] = static_cast<char>(unit_size);
+  Store64(p + 2, count);
+  Store64(p + 10, h.low64);
+  Store64(p + 18, h.high64);
+  ValueDone();
+}
+
 void KeyHasher::AddBigInt(absl::string_view little_endian_magnitude,
                           bool negative) {
   absl::string_view mag = little_endian_magnitude;

@@ -19,7 +19,13 @@
 //     so the bindings may use either for integers that fit in 64 bits.
 //   * float: by value, with -0.0 == 0.0 and every NaN equal to every other
 //     NaN (so a NaN input can be cached at all).
-//   * str: by its UTF-8 bytes (no Unicode normalisation, as in Python).
+//   * str: by its code points (no Unicode normalisation, as in Python),
+//     written as UTF-8 (AddString), or, for a long non-ASCII str, as its
+//     fixed-width code units (AddStringUnits: no encoding pass). Which form
+//     a str takes must be a function of its value (the bindings: code
+//     units when the str is not ASCII and its storage exceeds
+//     kLargePayload); the two forms have different tags, so a str never
+//     shares a key with another str or with bytes.
 //   * dict: a set of (key, value) pairs; insertion order is ignored.
 //     set / frozenset: order is ignored.
 //   * list, tuple, object fields and the top-level token sequence: ordered.
@@ -122,6 +128,12 @@ class KeyHasher {
   void AddBigInt(absl::string_view little_endian_magnitude, bool negative);
   void AddFloat(double value);
   void AddString(absl::string_view utf8);
+  // A str as its code units: `count` units of `unit_size` bytes (1, 2 or 4:
+  // Latin-1, UCS-2, UCS-4) in host byte order at `units`. Always digested
+  // (tag, unit size, count, XXH3-128 of the units as little-endian), so it
+  // is meant for long strings; equal code points in the same unit size
+  // give the same token, and no other token equals it.
+  void AddStringUnits(int unit_size, const void* units, size_t count);
   void AddBytes(absl::string_view bytes);
   // Anything else the walk can serialise itself (datetime, Decimal, UUID,
   // a precomputed digest ...). `kind` is chosen by the caller and keeps
@@ -190,6 +202,7 @@ class KeyHasher {
     kTagBytesLarge = 0x0b,
     kTagRaw = 0x0c,
     kTagRawLarge = 0x0d,
+    kTagStrUnits = 0x0e,  // unit size, count, digest (AddStringUnits)
     kTagList = 0x10,
     kTagTuple = 0x11,
     kTagObject = 0x12,
