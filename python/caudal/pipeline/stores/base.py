@@ -8,9 +8,10 @@ and runs only the rest.
 
 - :class:`SqliteStore` (the default): one file, stdlib ``sqlite3`` in WAL
   mode with ``synchronous=NORMAL`` (a commit survives the process being
-  killed; only an OS crash or power loss can drop the last commits). The
-  connection lives on one dedicated writer thread, so the event loop never
-  waits on disk.
+  killed; only an OS crash or power loss can drop the last commits). A
+  lone checkpoint whose commit is cheap is committed on the calling thread
+  (``save_step_now``); everything else goes to one dedicated writer
+  thread, so the event loop never waits on a slow disk or a lock.
 - :class:`PostgresStore`: for runs resumed or inspected from other
   machines; psycopg 3, async.
 - :class:`MemoryStore`: in-process, for tests and for runs that need
@@ -356,6 +357,15 @@ class CheckpointStore:
     async def save_step(self, run_id: str, cp: StepCheckpoint) -> None:
         """Store (insert or replace) one step's checkpoint; durable on return."""
         raise NotImplementedError
+
+    def save_step_now(self, run_id: str, cp: StepCheckpoint) -> bool:
+        """Optional fast path for a lone checkpoint (nothing else running or
+        ready in the pipeline): store it on the calling thread, without
+        suspending, if the store can do that cheaply. True: stored and
+        durable, exactly as ``save_step`` would have it on return; False:
+        nothing was written, and the pipeline awaits ``save_step``. The
+        default declines."""
+        return False
 
     async def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         raise NotImplementedError
