@@ -139,3 +139,22 @@ async def test_the_wal_is_folded_back_while_checkpoints_commit_on_the_loop(tmp_p
         # every commit since the run started (6000 commits of a 4 KiB page or more).
         size = wal.stat().st_size
     assert size < 6000 * 4096 / 2, size
+
+
+@pytest.mark.parametrize(
+    "out",
+    ["", "plain", 'é\n"\\\u2028', "\ud800", 0, -5, 10**50, True, False, None, 1.5, [1], {"a": 1}],
+)
+@pytest.mark.parametrize("changes", [None, {}, {"k": 1}])
+def test_the_short_way_to_encode_a_plain_output_gives_the_same_bytes(out, changes):
+    from caudal._trust import json_bytes
+    from caudal.pipeline.stores.base import _json_doc, _plain_step_body
+
+    general = json_bytes(_json_doc("step", (out, changes)))
+    short = _plain_step_body((out, changes))
+    assert short is None or short == general
+    if changes is None and type(out) in (str, int, bool, type(None)):
+        assert short == general  # taken whenever it applies
+    store = SqliteStore("unused.db")
+    raw = store.encode_payload("r", "step", (out, changes), "s")
+    assert store.decode_payload("r", "step", raw, "s") == (out, changes)

@@ -211,7 +211,10 @@ class Pipeline:
             raise ValueError("Pipeline.parallel needs at least one branch")
         nodes: list[_Node] = []
         for b in branches:
-            nodes.extend(cls.of(b)._node_list())
+            if isinstance(b, Pipeline):
+                nodes.extend(b._node_list())
+            else:
+                nodes.append(_Node.of(b))
         return cls._from_nodes(nodes, name)
 
     def __rshift__(self, other: Any) -> Pipeline:
