@@ -93,6 +93,10 @@ class _Log:
         for n in nodes:
             self.append(n)
 
+    def __reduce__(self) -> tuple:
+        # Copied or pickled without its lock: rebuilt from the nodes.
+        return (_Log, (list(self.nodes),))
+
     def append(self, node: _Node) -> None:
         pos = len(self.nodes)
         self.nodes.append(node)
