@@ -19,6 +19,15 @@ same Step objects through the same ExecutorCore.
 3. Resume after a crash at step 900: the 100 last checkpoints (in
    topological order) deleted, run marked running; time of ``resume``
    (loading and unpickling 900 checkpoints, then running 100 steps).
+4. The checkpoint floor: a checkpointed step of a chain (each checkpoint
+   alone in its transaction) against the bare-commit floor at the same
+   ``synchronous`` setting: a plain ``sqlite3`` loop running the store's own
+   statements (BEGIN IMMEDIATE, the same UPSERT of a row with the same
+   payload, COMMIT) on a WAL file. Cost of a checkpointed step = (chain run
+   with the store - without) / steps. Rows for NORMAL and FULL, for the
+   default store (a lone cheap commit made on the event loop's thread) and
+   with ``inline_max_s=0`` (every checkpoint through the writer thread, as
+   before). Floor: at most 1.5x the bare commit.
 
     python benchmarks/bench_pipeline.py [--quick]
 """
@@ -33,12 +42,15 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _floors import Floor, record
 from _harness import save
 from caudal import ExecutorCore, Pipeline, PostgresStore, SqliteStore, Step
+from caudal.pipeline.stores.sqlite import _SQLITE_SCHEMA, _SQLITE_UPSERT_STEP
 from caudal.testing.servers import PostgresServer
 
 LEVELS, WIDTH = 20, 50
@@ -220,6 +232,97 @@ async def resume_after_crash(quick: bool, tmp: Path) -> dict:
     }
 
 
+def bare_commit_loop(db: Path, synchronous: str, payload: bytes, n: int):
+    """What a checkpoint must cost at least: the store's statements, one
+    transaction per row, on the caller's thread."""
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.executescript(_SQLITE_SCHEMA)
+    async def loop() -> None:
+        run_id = uuid.uuid4().hex  # as a pipeline run's id
+        now = time.time()
+        for i in range(n):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                _SQLITE_UPSERT_STEP,
+                (run_id, f"c{i}", "completed", i, payload, now, now, 0.0, 1, False, None, 0, 0.0),
+            )
+            conn.execute("COMMIT")
+
+    return loop, conn
+
+
+async def timed_cpu(contenders: dict, rounds: int, seed: int = 7) -> tuple[dict, dict]:
+    """`timed`, plus the median CPU time of the whole process (every
+    thread: the writer thread's work counts) per call. On a shared machine
+    a longer run is descheduled more often, which wall clock counts and CPU
+    time does not; a disk flush is waited for, which only wall clock
+    counts."""
+    rng = random.Random(seed)
+    for fn in contenders.values():
+        await fn()
+    wall: dict[str, list[float]] = {k: [] for k in contenders}
+    cpu: dict[str, list[float]] = {k: [] for k in contenders}
+    names = list(contenders)
+    for _ in range(rounds):
+        rng.shuffle(names)
+        for n in names:
+            c0, t0 = time.process_time(), time.perf_counter()
+            await contenders[n]()
+            wall[n].append(time.perf_counter() - t0)
+            cpu[n].append(time.process_time() - c0)
+    med = statistics.median
+    return {k: med(v) for k, v in wall.items()}, {k: med(v) for k, v in cpu.items()}
+
+
+SYNCS = ("NORMAL", "FULL")
+
+
+async def checkpoint_floor(quick: bool, tmp: Path) -> dict:
+    n = 200
+    chain = build_chain(n)
+    ex = ExecutorCore()
+    probe = SqliteStore(tmp / "probe.db")
+    payload = probe.encode_payload("r", "step", (1, None), "c0")  # what each step stores
+    rounds = 5 if quick else 15
+    out: dict[str, dict] = {}
+    for sync in SYNCS:
+        bare, conn = bare_commit_loop(tmp / f"bare_{sync}.db", sync, payload, n)
+        stores = {
+            "default": SqliteStore(tmp / f"inline_{sync}.db", synchronous=sync),
+            "writer_thread": SqliteStore(
+                tmp / f"thread_{sync}.db", synchronous=sync, inline_max_s=0
+            ),
+        }
+        contenders = {
+            "none": lambda: chain.run(0, executor=ex, store=False),
+            "bare_commit": bare,
+        }
+        for name, st in stores.items():
+            contenders[name] = lambda st=st: chain.run(0, executor=ex, store=st)
+        t, c = await timed_cpu(contenders, rounds=rounds)
+
+        def per_step(t: dict) -> dict:
+            base = t["none"]
+            per = {
+                k: (v - base) / n * 1e6 for k, v in t.items() if k not in ("none", "bare_commit")
+            }
+            per["bare_commit"] = t["bare_commit"] / n * 1e6
+            return per
+
+        inline = {k: st.inline_transactions / max(st.transactions, 1) for k, st in stores.items()}
+        out[sync] = {
+            "us_per_step": per_step(t),
+            "cpu_us_per_step": per_step(c),
+            "share_committed_on_loop": inline,
+        }
+        for st in stores.values():
+            await st.close()
+        conn.close()
+    return out
+
+
 def report(res: dict) -> None:
     print("1,000-step DAG (20 levels x 50, 1-3 deps each), one ExecutorCore")
     print(f"{'scheduling, no checkpoints, µs/step':<44}{'trivial':>10}{'suspending':>12}")
@@ -247,6 +350,35 @@ def report(res: dict) -> None:
         f"resume after a crash at step 900: {r['resume_ms']:.1f} ms "
         f"(loading 900 checkpoints: {r['load_900_checkpoints_ms']:.1f} ms)"
     )
+    print()
+    print("checkpointed step of a 200-step chain vs a bare commit, SQLite WAL, µs per step")
+    print(
+        f"{'synchronous':<14}{'bare':>9}{'default':>10}{'thread':>10}{'ratio':>8}"
+        f"{'CPU: bare':>11}{'default':>9}{'ratio':>7}{'on loop':>9}"
+    )
+    floors = []
+    for sync, d in res["checkpoint_floor"].items():
+        u, c = d["us_per_step"], d["cpu_us_per_step"]
+        share = d["share_committed_on_loop"]["default"]
+        ratio, cratio = u["default"] / u["bare_commit"], c["default"] / c["bare_commit"]
+        print(
+            f"{sync:<14}{u['bare_commit']:>9.1f}{u['default']:>10.1f}"
+            f"{u['writer_thread']:>10.1f}{ratio:>7.2f}x{c['bare_commit']:>11.1f}"
+            f"{c['default']:>9.1f}{cratio:>6.2f}x{share:>8.0%}"
+        )
+        floors.append(
+            Floor(
+                f"checkpointed step / bare commit, synchronous={sync}",
+                measured=ratio,
+                limit=1.5,
+                unit="x",
+                detail=f"wall clock {u['default']:.1f} vs {u['bare_commit']:.1f} µs (all "
+                f"through the writer thread: {u['writer_thread']:.1f} µs); process CPU "
+                f"{c['default']:.1f} vs {c['bare_commit']:.1f} µs ({cratio:.2f}x); 200-step "
+                "chain, (run with store - without) / steps; medians of interleaved rounds",
+            )
+        )
+    record("pipeline_checkpoint", floors=floors)
 
 
 async def main(quick: bool) -> dict:
@@ -256,6 +388,7 @@ async def main(quick: bool) -> dict:
         with PostgresServer("caudal_bench") as pg:
             res["checkpoints"] = await checkpoint_costs(quick, pg.dsn, Path(tmp))
         res["resume"] = await resume_after_crash(quick, Path(tmp))
+        res["checkpoint_floor"] = await checkpoint_floor(quick, Path(tmp))
     return res
 
 

@@ -20,6 +20,9 @@ from caudal.errors import ConfigurationError
 #: Shortest secret accepted (bytes).
 MIN_SECRET = 16
 JSON_MAX_DEPTH = 100
+# What json.dumps(v, ensure_ascii=False, separators=(",", ":")) builds on
+# every call, built once (a checkpoint encodes one payload per step).
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def json_exact(value: Any, depth: int = 0) -> bool:
@@ -53,7 +56,7 @@ def json_bytes(value: Any) -> bytes | None:
         # UTF-8 fails on lone surrogates (an escaped pair would load as one
         # character); dumps fails on ints past Python's digit limit: neither
         # round-trips, so neither is JSON here.
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        return _JSON_ENCODER.encode(value).encode()
     except ValueError:
         return None
 

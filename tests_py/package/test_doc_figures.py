@@ -45,6 +45,7 @@ NOT_MEASURED = {
     ("docs/cache.md", "Steps of 50 µs or more"),
     ("docs/concurrency.md", "Samples faster than 100 µs"),
     ("docs/concurrency.md", "release the GIL for ~50 µs"),
+    ("docs/pipelines.md", "`inline_max_s` (default: 1 ms)"),
     ("docs/concurrency.md", "between 10 ms and 1 s"),
     ("docs/concurrency.md", "(up to 16x, 800 windows)"),
     ("docs/memory.md", "every 250 ms"),

@@ -22,6 +22,7 @@ caudal.pipeline.records.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -59,10 +60,56 @@ class _Node:
 
     def with_deps(self, deps: Iterable[str]) -> _Node:
         merged = list(self.deps)
+        seen = set(merged)
         for d in deps:
-            if d not in merged:
+            if d not in seen:
+                seen.add(d)
                 merged.append(d)
         return _Node(self.name, self.step, tuple(merged), self.optional)
+
+
+class _Log:
+    """The nodes of one or more pipelines, in definition order, shared and
+    append-only: a Pipeline is a view of its log's first ``n`` nodes.
+
+    ``p >> x`` appends ``x``'s nodes to ``p``'s log when ``p`` views all of
+    it (the usual ``a >> b >> c``: each result extends the last), so a chain
+    of n steps is built in O(n), not O(n^2); when the log has grown past
+    ``p`` (``p >> x`` after ``p >> y``), ``p``'s nodes are copied into a new
+    log first. Nodes are never changed or removed, so every earlier view
+    still sees exactly its own nodes. ``lock`` makes the check-and-append
+    atomic when threads grow one pipeline at once."""
+
+    __slots__ = ("first_user", "index", "lock", "nodes")
+
+    def __init__(self, nodes: Iterable[_Node] = ()) -> None:
+        self.nodes: list[_Node] = []
+        #: name -> position (the first, if a name repeats: the constructor
+        #: leaves duplicates to the graph check).
+        self.index: dict[str, int] = {}
+        #: dependency name -> position of the first node naming it.
+        self.first_user: dict[str, int] = {}
+        self.lock = threading.Lock()
+        for n in nodes:
+            self.append(n)
+
+    def __reduce__(self) -> tuple:
+        # Copied or pickled without its lock: rebuilt from the nodes.
+        return (_Log, (list(self.nodes),))
+
+    def append(self, node: _Node) -> None:
+        pos = len(self.nodes)
+        self.nodes.append(node)
+        self.index.setdefault(node.name, pos)
+        first_user = self.first_user
+        for d in node.deps:
+            if d not in first_user:
+                first_user[d] = pos
+
+    def sinks(self) -> tuple[int, ...]:
+        """Positions of the nodes no node depends on (the whole log)."""
+        used = self.first_user
+        return tuple(i for i, n in enumerate(self.nodes) if n.name not in used)
 
 
 class Pipeline:
@@ -78,7 +125,7 @@ class Pipeline:
     cycles: :class:`caudal.PipelineDefinitionError` subclasses).
     """
 
-    __slots__ = ("_compiled", "_executor", "_nodes", "defaults", "name", "source")
+    __slots__ = ("_compiled", "_executor", "_log", "_n", "_sinks", "defaults", "name", "source")
 
     def __init__(
         self,
@@ -107,11 +154,14 @@ class Pipeline:
                 )
             n = nodes[by_name[step_name]]
             nodes[by_name[step_name]] = _Node(n.name, n.step, n.deps, True)
-        self._init(nodes, name)
+        log = _Log(nodes)
+        self._init(log, len(nodes), log.sinks(), name)
         self._compile()
 
-    def _init(self, nodes: list[_Node], name: str) -> None:
-        self._nodes = nodes
+    def _init(self, log: _Log, n: int, sinks: tuple[int, ...], name: str) -> None:
+        self._log = log
+        self._n = n  # this pipeline is log.nodes[:n]
+        self._sinks = sinks  # positions of its nodes that nothing depends on
         self.name = name
         self._compiled: Compiled | None = None
         self._executor: Any = None
@@ -123,15 +173,28 @@ class Pipeline:
         self.defaults: dict[str, Any] = {}
 
     @classmethod
-    def _from_nodes(cls, nodes: list[_Node], name: str) -> Pipeline:
-        names: set[str] = set()
-        for n in nodes:
-            if n.name in names:
-                raise DuplicateStepError(n.name)
-            names.add(n.name)
+    def _view(cls, log: _Log, n: int, sinks: tuple[int, ...], name: str) -> Pipeline:
         p = cls.__new__(cls)
-        p._init(nodes, name)
+        p._init(log, n, sinks, name)
         return p
+
+    @classmethod
+    def _from_nodes(cls, nodes: list[_Node], name: str) -> Pipeline:
+        log = _Log()
+        index = log.index
+        for n in nodes:
+            if n.name in index:
+                raise DuplicateStepError(n.name)
+            log.append(n)
+        return cls._view(log, len(nodes), log.sinks(), name)
+
+    def _node_list(self) -> list[_Node]:
+        """This pipeline's nodes (a new list)."""
+        return self._log.nodes[: self._n]
+
+    @property
+    def _nodes(self) -> list[_Node]:
+        return self._node_list()
 
     # Composition --------------------------------------------------------
     @classmethod
@@ -152,28 +215,95 @@ class Pipeline:
             raise ValueError("Pipeline.parallel needs at least one branch")
         nodes: list[_Node] = []
         for b in branches:
-            nodes.extend(cls.of(b)._nodes)
+            if isinstance(b, Pipeline):
+                nodes.extend(b._node_list())
+            else:
+                nodes.append(_Node.of(b))
         return cls._from_nodes(nodes, name)
 
     def __rshift__(self, other: Any) -> Pipeline:
-        right = Pipeline.of(other)
-        sinks = [self._nodes[i].name for i in self._sink_positions()]
-        right_names = {n.name for n in right._nodes}
-        nodes = list(self._nodes)
-        for n in right._nodes:
-            internal = [d for d in n.deps if d in right_names]
-            nodes.append(n if internal or n.deps else n.with_deps(sinks))
-        return Pipeline._from_nodes(nodes, self.name)
+        """``self >> other``: ``other``'s roots (its steps without
+        dependencies) depend on this pipeline's sinks. Neither operand
+        changes. Costs O(steps of ``other`` + their dependencies + this
+        pipeline's sinks) when this pipeline is the latest grown from its
+        steps (as in ``a >> b >> c``), plus a copy of this pipeline's steps
+        otherwise."""
+        if not isinstance(other, Pipeline):
+            return self._then(_Node.of(other))
+        right = other._node_list()
+        right_sinks = other._sinks
+        log, n = self._log, self._n
+        with log.lock:
+            if len(log.nodes) != n:
+                # Grown past this pipeline already: continue on a copy.
+                log = _Log(log.nodes[:n])
+            index = log.index
+            for r in right:
+                if r.name in index:
+                    raise DuplicateStepError(r.name)
+            nodes = log.nodes
+            left_sinks = tuple([nodes[i].name for i in self._sinks])  # distinct names
+            wired = False
+            for r in right:
+                if not r.deps:
+                    wired = True
+                    break
+            if wired or not left_sinks:
+                # Every sink of the left is now a dependency.
+                sinks: list[int] = []
+            else:
+                named = {d for r in right for d in r.deps}
+                sinks = [i for i in self._sinks if nodes[i].name not in named]
+            # A step of the right named by a step of the left is no sink.
+            first_user = log.first_user
+            sinks.extend(n + j for j in right_sinks if right[j].name not in first_user)
+            # Append (what _Log.append does, inlined: this is the loop of a
+            # long chain). Names are new (checked above) and distinct.
+            pos = n
+            for r in right:
+                deps = r.deps
+                if not deps:
+                    r = _Node(r.name, r.step, left_sinks, r.optional)
+                    deps = left_sinks
+                nodes.append(r)
+                index[r.name] = pos
+                for d in deps:
+                    if d not in first_user:
+                        first_user[d] = pos
+                pos += 1
+        return Pipeline._view(log, n + len(right), tuple(sinks), self.name)
+
+    def _then(self, node: _Node) -> Pipeline:
+        """``self >> step``: __rshift__ for one node (a long chain's loop)."""
+        log, n, name = self._log, self._n, node.name
+        with log.lock:
+            if len(log.nodes) != n:
+                log = _Log(log.nodes[:n])
+            nodes, first_user = log.nodes, log.first_user
+            if name in log.index:
+                raise DuplicateStepError(name)
+            deps = node.deps
+            if deps:
+                named = deps if len(deps) < 8 else set(deps)
+                sinks = [i for i in self._sinks if nodes[i].name not in named]
+            else:
+                deps = tuple([nodes[i].name for i in self._sinks])
+                node = _Node(name, node.step, deps, node.optional)
+                sinks = []
+            if name not in first_user and name not in deps:
+                sinks.append(n)
+            nodes.append(node)
+            log.index[name] = n
+            for d in deps:
+                if d not in first_user:
+                    first_user[d] = n
+        return Pipeline._view(log, n + 1, tuple(sinks), self.name)
 
     def __rrshift__(self, other: Any) -> Pipeline:
         return Pipeline.of(other) >> self
 
-    def _sink_positions(self) -> list[int]:
-        used = {d for n in self._nodes for d in n.deps}
-        return [i for i, n in enumerate(self._nodes) if n.name not in used]
-
     def with_name(self, name: str) -> Pipeline:
-        p = Pipeline._from_nodes(list(self._nodes), name)
+        p = Pipeline._view(self._log, self._n, self._sinks, name)
         p.source, p.defaults = self.source, self.defaults
         return p
 
@@ -181,7 +311,7 @@ class Pipeline:
     def _compile(self) -> Compiled:
         c = self._compiled
         if c is None:
-            c = self._compiled = Compiled(self._nodes)
+            c = self._compiled = Compiled(self._node_list())
         return c
 
     def validate(self) -> Pipeline:
@@ -191,10 +321,10 @@ class Pipeline:
 
     @property
     def step_names(self) -> list[str]:
-        return [n.name for n in self._nodes]
+        return [n.name for n in self._node_list()]
 
     def dependencies(self) -> dict[str, list[str]]:
-        return {n.name: list(n.deps) for n in self._nodes}
+        return {n.name: list(n.deps) for n in self._node_list()}
 
     def levels(self) -> list[list[str]]:
         """Steps grouped by topological level (0: no dependencies)."""
@@ -202,7 +332,7 @@ class Pipeline:
         return [[c.names[i] for i in level] for level in c.dag.levels()]
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return self._n
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, steps={self.step_names!r})"

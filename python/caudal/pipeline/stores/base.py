@@ -8,9 +8,10 @@ and runs only the rest.
 
 - :class:`SqliteStore` (the default): one file, stdlib ``sqlite3`` in WAL
   mode with ``synchronous=NORMAL`` (a commit survives the process being
-  killed; only an OS crash or power loss can drop the last commits). The
-  connection lives on one dedicated writer thread, so the event loop never
-  waits on disk.
+  killed; only an OS crash or power loss can drop the last commits). A
+  lone checkpoint whose commit is cheap is committed on the calling thread
+  (``save_step_now``); everything else goes to one dedicated writer
+  thread, so the event loop never waits on a slow disk or a lock.
 - :class:`PostgresStore`: for runs resumed or inspected from other
   machines; psycopg 3, async.
 - :class:`MemoryStore`: in-process, for tests and for runs that need
@@ -82,6 +83,7 @@ _TAG_CONTEXT = b"caudal-checkpoint-v1\0"
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _KINDS = ("input", "context", "step")
 _UNSET: Any = object()
+_JSON_STR = json.JSONEncoder(ensure_ascii=False).encode  # a str as a JSON string
 
 
 @dataclass(slots=True)
@@ -242,7 +244,9 @@ class CheckpointStore:
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
         secret = self._checkpoint_secret()
-        body = json_bytes(_json_doc(kind, value))
+        body = _plain_step_body(value) if kind == "step" else None
+        if body is None:
+            body = json_bytes(_json_doc(kind, value))
         if body is not None:
             codec = _CODEC_JSON
         else:
@@ -357,6 +361,15 @@ class CheckpointStore:
         """Store (insert or replace) one step's checkpoint; durable on return."""
         raise NotImplementedError
 
+    def save_step_now(self, run_id: str, cp: StepCheckpoint) -> bool:
+        """Optional fast path for a lone checkpoint (nothing else running or
+        ready in the pipeline): store it on the calling thread, without
+        suspending, if the store can do that cheaply. True: stored and
+        durable, exactly as ``save_step`` would have it on return; False:
+        nothing was written, and the pipeline awaits ``save_step``. The
+        default declines."""
+        return False
+
     async def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         raise NotImplementedError
 
@@ -412,6 +425,34 @@ def _json_doc(kind: str, value: Any) -> Any:
         else:
             kept[k] = v
     return {"output": out, "changes": kept, "deleted": deleted}
+
+
+_SCALAR_JSON = {type(None): lambda v: "null", bool: lambda v: "true" if v else "false"}
+_STEP_BODY_HEAD = b'{"output":'
+_STEP_BODY_TAIL = b',"changes":null,"deleted":[]}'
+
+
+def _plain_step_body(value: Any) -> bytes | None:
+    """What ``json_bytes(_json_doc("step", value))`` gives for the common
+    checkpoint, a str, int, bool or None output and no context changes,
+    without the general walk; None for anything else."""
+    if type(value) is not tuple or len(value) != 2 or value[1] is not None:
+        return None
+    out = value[0]
+    t = type(out)
+    try:
+        if t is str:
+            text = _JSON_STR(out)
+            b = text.encode()
+        elif t is int:
+            b = int.__repr__(out).encode()
+        elif t in _SCALAR_JSON:
+            b = _SCALAR_JSON[t](out).encode()
+        else:
+            return None
+    except ValueError:  # lone surrogates, ints past the digit limit: not JSON here
+        return None
+    return _STEP_BODY_HEAD + b + _STEP_BODY_TAIL
 
 
 def _from_json_doc(run_id: str, kind: str, what: str, doc: Any) -> Any:
