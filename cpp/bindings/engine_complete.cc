@@ -77,15 +77,21 @@ FailureDecision Engine::AttemptFailed(ExecutionRecord* r, PyStepEntry* e,
   err.timed_out = timed_out;
   err.retryable = Matches(e->retry_on, exc, /*if_none=*/true);
   err.counts_for_breaker = !Matches(e->breaker_exclude, exc, /*if_none=*/false);
-  const std::string type_name = QualifiedTypeName(exc);
-  const std::string message = SafeStr(exc);
-  err.exc_type = type_name;
-  err.message = message;
+  // The message only keys error patterns: str(exc) runs user code and
+  // allocates, so it is not asked for when they are off.
+  std::string message;
+  if (r->config->enable_optimized_error_handling) {
+    message = SafeStr(exc);
+    err.message = message;
+  }
   err.retry_after_s = RetryAfterHint(exc);
   std::string retry_after, retry_after_ms;
   ClassifyFailure(exc, &err, &retry_after, &retry_after_ms);
   err.retry_after_header = retry_after;
   err.retry_after_ms_header = retry_after_ms;
+  // Last: the probes above may run user code (properties, __str__), and
+  // the name is valid until the next call on this thread.
+  err.exc_type = QualifiedTypeName(exc);
   return core_.AttemptFailed(r, core_.NowNs(), err);
 }
 

@@ -6,6 +6,26 @@
 
 namespace caudal::bindings {
 
+namespace {
+
+// `getattr(o, name, None)` without the AttributeError: most exceptions
+// carry none of the attributes probed here, and raising (and clearing) an
+// AttributeError per probe cost more than the rest of a failed attempt.
+// New reference, or nullptr when absent (an error raised by a property is
+// cleared: a probe never fails).
+PyObject* OptionalAttr(PyObject* o, PyObject* name) {
+  PyObject* v = nullptr;
+  if (PyObject_GetOptionalAttr(o, name, &v) < 0) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  return v;
+}
+
+PyObject* Interned(const char* s) { return PyUnicode_InternFromString(s); }
+
+}  // namespace
+
 py::object FeedbackOf(py::handle exc) {
   py::str type_name = py::type::of(exc).attr("__name__");
   py::str msg = py::str(exc);
@@ -87,11 +107,9 @@ void RetryHeaders(PyObject* exc, PyObject* resp, std::string* ra,
                   std::string* ra_ms) {
   for (PyObject* holder : {resp, exc}) {
     if (holder == nullptr || holder == Py_None) continue;
-    PyObject* headers = PyObject_GetAttrString(holder, "headers");
-    if (headers == nullptr) {
-      PyErr_Clear();
-      continue;
-    }
+    static PyObject* const name = Interned("headers");
+    PyObject* headers = OptionalAttr(holder, name);
+    if (headers == nullptr) continue;
     if (headers != Py_None) {
       *ra = HeaderValue(headers, "retry-after");
       *ra_ms = HeaderValue(headers, "retry-after-ms");
@@ -115,13 +133,12 @@ void ClassifyFailure(py::handle exc, AttemptError* err,
   }
   err->network_error = PyErr_GivenExceptionMatches(exc.ptr(), network) != 0 ||
                        IsClientTransportError(exc.ptr());
+  static PyObject* const names[] = {Interned("status_code"),
+                                    Interned("status")};
   auto status_of = [](PyObject* o) -> long {
-    for (const char* name : {"status_code", "status"}) {
-      PyObject* v = PyObject_GetAttrString(o, name);
-      if (v == nullptr) {
-        PyErr_Clear();
-        continue;
-      }
+    for (PyObject* name : names) {
+      PyObject* v = OptionalAttr(o, name);
+      if (v == nullptr) continue;
       long code = -1;
       if (PyLong_Check(v) && !PyBool_Check(v)) code = PyLong_AsLong(v);
       Py_DECREF(v);
@@ -131,8 +148,8 @@ void ClassifyFailure(py::handle exc, AttemptError* err,
     return -1;
   };
   long code = status_of(exc.ptr());
-  PyObject* resp = PyObject_GetAttrString(exc.ptr(), "response");
-  if (resp == nullptr) PyErr_Clear();
+  static PyObject* const response = Interned("response");
+  PyObject* resp = OptionalAttr(exc.ptr(), response);
   if (code < 0 && resp != nullptr && resp != Py_None) code = status_of(resp);
   if (code >= 100 && code <= 999) {
     err->http_status = static_cast<int>(code);
@@ -151,11 +168,36 @@ bool Matches(const py::object& spec, py::handle exc, bool if_none) {
   return r.cast<bool>();
 }
 
-std::string QualifiedTypeName(py::handle exc) {
-  py::handle t = py::type::of(exc);
+const std::string& QualifiedTypeName(py::handle exc) {
+  // One entry per thread: a retried step raises the same type again and
+  // again. The key: the type's version tag (never reused; assigning
+  // __module__ gives the type a new one) and, for a class written in
+  // Python, its __qualname__ object (assigning it does not change the
+  // tag), held so that its address cannot be reused while cached.
+  struct Last {
+    PyTypeObject* type = nullptr;
+    unsigned int version = 0;
+    PyObject* qualname = nullptr;  // strong; leaked at thread exit
+    std::string name;
+  };
+  static thread_local Last last;
+  PyTypeObject* tp = Py_TYPE(exc.ptr());
+  PyObject* qualname =
+      (tp->tp_flags & Py_TPFLAGS_HEAPTYPE)
+          ? reinterpret_cast<PyHeapTypeObject*>(tp)->ht_qualname
+          : nullptr;
+  if (last.type == tp && last.version != 0 &&
+      last.version == tp->tp_version_tag && last.qualname == qualname)
+    return last.name;
+  py::handle t(reinterpret_cast<PyObject*>(tp));
   std::string mod = py::str(t.attr("__module__"));
   std::string qn = py::str(t.attr("__qualname__"));
-  return mod + "." + qn;
+  last.name = mod + "." + qn;
+  last.type = tp;
+  Py_XINCREF(qualname);
+  Py_XSETREF(last.qualname, qualname);
+  last.version = PyUnstable_Type_AssignVersionTag(tp) ? tp->tp_version_tag : 0;
+  return last.name;
 }
 
 std::string SafeStr(py::handle exc) {
@@ -173,11 +215,9 @@ std::string SafeStr(py::handle exc) {
 }
 
 absl::optional<double> RetryAfterHint(py::handle exc) {
-  PyObject* v = PyObject_GetAttrString(exc.ptr(), "retry_after");
-  if (!v) {
-    PyErr_Clear();
-    return absl::nullopt;
-  }
+  static PyObject* const name = Interned("retry_after");
+  PyObject* v = OptionalAttr(exc.ptr(), name);
+  if (!v) return absl::nullopt;
   absl::optional<double> out;
   if ((PyFloat_Check(v) || PyLong_Check(v)) && !PyBool_Check(v)) {
     const double d = PyFloat_AsDouble(v);

@@ -40,7 +40,9 @@ void ClassifyFailure(py::handle exc, AttemptError* err,
 
 bool Matches(const py::object& spec, py::handle exc, bool if_none);
 
-std::string QualifiedTypeName(py::handle exc);
+// "module.QualName" of the exception's type (cached per thread for the
+// last type seen: valid until the next call on this thread).
+const std::string& QualifiedTypeName(py::handle exc);
 
 std::string SafeStr(py::handle exc);
 

@@ -350,6 +350,63 @@ async def test_errors_that_recover_keep_their_retries():
     assert eh["retry_recovery_rate"] == 1.0 and eh["fail_fast"] == 0
 
 
+async def test_a_renamed_exception_class_is_recorded_under_its_new_name():
+    # The qualified type name is cached per type; renaming the class (its
+    # __qualname__ or __module__) is seen at the next failure.
+    class Flaky(Exception):
+        pass
+
+    async def broken(x):
+        raise Flaky("no")
+
+    ex = ExecutorCore(OptimizationConfig(enable_circuit_breaker=False))
+    step = Step(broken, "renamed", retry=immediate_retries(2))
+
+    def names():
+        return sorted(
+            p["exception"] for p in ex.get_optimization_stats()["error_handling"]["patterns"]
+        )
+
+    first = f"{__name__}.{Flaky.__qualname__}"
+    await ex.execute(step, 1)
+    assert names() == [first]
+    Flaky.__qualname__ = "Renamed"
+    await ex.execute(step, 1)
+    assert names() == sorted([first, f"{__name__}.Renamed"])
+    Flaky.__module__ = "elsewhere"
+    await ex.execute(step, 1)
+    assert "elsewhere.Renamed" in names()
+
+
+async def test_probes_of_a_failed_attempt_never_fail():
+    # Properties the failure facts probe (retry_after, status_code, status,
+    # response) may raise: the probe finds nothing, the attempt is retried.
+    class Odd(Exception):
+        @property
+        def retry_after(self):
+            raise RuntimeError("no")
+
+        @property
+        def status_code(self):
+            raise KeyError("no")
+
+        @property
+        def response(self):
+            raise AttributeError("no")
+
+    calls = {"n": 0}
+
+    async def odd(x):
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise Odd("odd")
+        return x
+
+    ex = ExecutorCore(OptimizationConfig(enable_circuit_breaker=False))
+    r = await ex.execute(Step(odd, "odd", retry=immediate_retries(3)), 7)
+    assert r.success and r.output == 7 and r.attempts == 3
+
+
 def test_circuit_open_error_pickles():
     e = pickle.loads(pickle.dumps(CircuitOpenError("b", 1.5)))
     assert e.breaker == "b" and e.retry_after_s == 1.5
