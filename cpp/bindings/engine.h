@@ -102,12 +102,10 @@ struct PyStepEntry : StepEntry {
 // [0, 2^64).
 inline bool HandleValue(PyObject* h, uint64_t* out) {
   if (!PyLong_CheckExact(h)) return false;
-  const unsigned long long v = PyLong_AsUnsignedLongLong(h);
-  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
-    PyErr_Clear();  // negative or too large
-    return false;
-  }
-  *out = v;
+  // Handles use all 64 bits: PyLong_AsUnsignedLongLong would take its
+  // generic byte-array path; the mask read is a few digit shifts.
+  if (_PyLong_Sign(h) < 0 || _PyLong_NumBits(h) > 64) return false;
+  *out = PyLong_AsUnsignedLongLongMask(h);
   return true;
 }
 

@@ -168,19 +168,22 @@ bool Matches(const py::object& spec, py::handle exc, bool if_none) {
   return r.cast<bool>();
 }
 
-const std::string& QualifiedTypeName(py::handle exc) {
+absl::string_view QualifiedTypeName(py::handle exc) {
   // One entry per thread: a retried step raises the same type again and
   // again. The key: the type's version tag (never reused; assigning
   // __module__ gives the type a new one) and, for a class written in
   // Python, its __qualname__ object (assigning it does not change the
-  // tag), held so that its address cannot be reused while cached.
+  // tag), held so that its address cannot be reused while cached. Plain
+  // data in initial-exec TLS: no __tls_get_addr call, no destructor (the
+  // held name leaks at thread exit).
   struct Last {
-    PyTypeObject* type = nullptr;
-    unsigned int version = 0;
-    PyObject* qualname = nullptr;  // strong; leaked at thread exit
-    std::string name;
+    PyTypeObject* type;
+    unsigned int version;
+    PyObject* qualname;  // strong
+    size_t len;
+    char name[200];
   };
-  static thread_local Last last;
+  static thread_local Last last __attribute__((tls_model("initial-exec"))) = {};
   PyTypeObject* tp = Py_TYPE(exc.ptr());
   PyObject* qualname =
       (tp->tp_flags & Py_TPFLAGS_HEAPTYPE)
@@ -188,16 +191,27 @@ const std::string& QualifiedTypeName(py::handle exc) {
           : nullptr;
   if (last.type == tp && last.version != 0 &&
       last.version == tp->tp_version_tag && last.qualname == qualname)
-    return last.name;
+    return absl::string_view(last.name, last.len);
   py::handle t(reinterpret_cast<PyObject*>(tp));
   std::string mod = py::str(t.attr("__module__"));
   std::string qn = py::str(t.attr("__qualname__"));
-  last.name = mod + "." + qn;
+  if (mod.size() + 1 + qn.size() > sizeof(last.name)) {
+    // Too long for the entry (rare): not cached.
+    static thread_local std::string long_name;
+    long_name = mod + "." + qn;
+    last.version = 0;
+    return long_name;
+  }
+  char* p = last.name;
+  std::memcpy(p, mod.data(), mod.size());
+  p[mod.size()] = '.';
+  std::memcpy(p + mod.size() + 1, qn.data(), qn.size());
+  last.len = mod.size() + 1 + qn.size();
   last.type = tp;
   Py_XINCREF(qualname);
   Py_XSETREF(last.qualname, qualname);
   last.version = PyUnstable_Type_AssignVersionTag(tp) ? tp->tp_version_tag : 0;
-  return last.name;
+  return absl::string_view(last.name, last.len);
 }
 
 std::string SafeStr(py::handle exc) {

@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
 #include "caudal/executor/attempt.h"
 #include "common.h"
@@ -42,7 +43,7 @@ bool Matches(const py::object& spec, py::handle exc, bool if_none);
 
 // "module.QualName" of the exception's type (cached per thread for the
 // last type seen: valid until the next call on this thread).
-const std::string& QualifiedTypeName(py::handle exc);
+absl::string_view QualifiedTypeName(py::handle exc);
 
 std::string SafeStr(py::handle exc);
 
