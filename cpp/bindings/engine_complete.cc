@@ -84,7 +84,6 @@ FailureDecision Engine::AttemptFailed(ExecutionRecord* r, PyStepEntry* e,
     message = SafeStr(exc);
     err.message = message;
   }
-  err.retry_after_s = RetryAfterHint(exc);
   std::string retry_after, retry_after_ms;
   ClassifyFailure(exc, &err, &retry_after, &retry_after_ms);
   err.retry_after_header = retry_after;

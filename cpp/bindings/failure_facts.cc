@@ -34,6 +34,10 @@ py::object FeedbackOf(py::handle exc) {
 }
 
 bool IsClientTransportError(PyObject* exc) {
+  return IsClientTransportType(Py_TYPE(exc));
+}
+
+bool IsClientTransportType(PyTypeObject* tp) {
   struct Family {
     const char* module;  // the class's __module__, or a prefix + '.'
     const char* name;
@@ -46,7 +50,7 @@ bool IsClientTransportError(PyObject* exc) {
       {"openai", "APIConnectionError"},  // APITimeoutError too
       {"anthropic", "APIConnectionError"},
   };
-  PyObject* mro = Py_TYPE(exc)->tp_mro;
+  PyObject* mro = tp->tp_mro;
   if (mro == nullptr || !PyTuple_Check(mro)) return false;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); ++i) {
     auto* t = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(mro, i));
@@ -119,20 +123,61 @@ void RetryHeaders(PyObject* exc, PyObject* resp, std::string* ra,
   }
 }
 
+TypeFacts FactsOfType(PyTypeObject* tp) {
+  // One entry per thread, keyed by the type's version tag: it changes when
+  // the type or any of its bases is modified (attributes, __bases__), and
+  // is never reused by another type.
+  struct Last {
+    PyTypeObject* type;
+    unsigned int version;
+    TypeFacts facts;
+  };
+  static thread_local Last last __attribute__((tls_model("initial-exec"))) = {};
+  if (last.type == tp && last.version != 0 &&
+      last.version == tp->tp_version_tag)
+    return last.facts;
+  static auto* overloaded = reinterpret_cast<PyTypeObject*>(
+      CaudalAttr("caudal.errors", "OverloadedError").release().ptr());
+  static PyObject* const probed[] = {
+      Interned("retry_after"), Interned("status_code"), Interned("status"),
+      Interned("response"), Interned("headers")};
+  auto type = [](PyObject* t) { return reinterpret_cast<PyTypeObject*>(t); };
+  TypeFacts f;
+  // As PyErr_GivenExceptionMatches decides for an instance: by the MRO.
+  f.overload = PyType_IsSubtype(tp, overloaded) != 0;
+  f.network = PyType_IsSubtype(tp, type(PyExc_TimeoutError)) ||
+              PyType_IsSubtype(tp, type(PyExc_ConnectionError)) ||
+              IsClientTransportType(tp);
+  f.plain = tp->tp_getattro == PyObject_GenericGetAttr;
+  for (PyObject* name : probed) {
+    if (f.plain && _PyType_Lookup(tp, name) != nullptr) f.plain = false;
+  }
+  last.type = tp;
+  last.facts = f;
+  last.version = PyUnstable_Type_AssignVersionTag(tp) ? tp->tp_version_tag : 0;
+  return f;
+}
+
+bool HasOwnAttributes(PyObject* exc) {
+  PyObject* d = reinterpret_cast<PyBaseExceptionObject*>(exc)->dict;
+  return d != nullptr && PyDict_GET_SIZE(d) != 0;
+}
+
 void ClassifyFailure(py::handle exc, AttemptError* err,
                      std::string* retry_after, std::string* retry_after_ms) {
-  static PyObject* overloaded =
-      CaudalAttr("caudal.errors", "OverloadedError").release().ptr();
-  static PyObject* network = py::make_tuple(py::handle(PyExc_TimeoutError),
-                                            py::handle(PyExc_ConnectionError))
-                                 .release()
-                                 .ptr();
-  if (PyErr_GivenExceptionMatches(exc.ptr(), overloaded)) {
+  PyObject* e = exc.ptr();
+  const bool instance = PyExceptionInstance_Check(e);
+  const TypeFacts f = instance ? FactsOfType(Py_TYPE(e)) : TypeFacts{};
+  // Nothing to probe: every probed name is absent from the type (plain
+  // attribute lookup) and the instance has no attributes of its own.
+  const bool bare = instance && f.plain && !HasOwnAttributes(e);
+  if (!bare) err->retry_after_s = RetryAfterHint(exc);
+  if (f.overload) {
     err->overload = true;
     return;
   }
-  err->network_error = PyErr_GivenExceptionMatches(exc.ptr(), network) != 0 ||
-                       IsClientTransportError(exc.ptr());
+  err->network_error = instance ? f.network : IsClientTransportError(e);
+  if (bare) return;
   static PyObject* const names[] = {Interned("status_code"),
                                     Interned("status")};
   auto status_of = [](PyObject* o) -> long {

@@ -407,6 +407,50 @@ async def test_probes_of_a_failed_attempt_never_fail():
     assert r.success and r.output == 7 and r.attempts == 3
 
 
+async def test_a_retry_after_added_to_an_exception_class_later_is_honoured():
+    # What an exception's type says is cached per type; changing the class
+    # (or a base) is seen at the next failure.
+    class Base(Exception):
+        pass
+
+    class Plain(Base):
+        pass
+
+    async def broken(x):
+        raise Plain("no")
+
+    ex = ExecutorCore(OptimizationConfig(enable_circuit_breaker=False))
+    step = Step(broken, "plain", retry=immediate_retries(2))
+    r = await ex.execute(step, 1)
+    assert r.attempts == 3 and "retry_stopped" not in r.metadata
+    Base.retry_after = 3600.0  # above retry_after_max_seconds: ends at once
+    r = await ex.execute(step, 1)
+    assert r.attempts == 1 and r.metadata["retry_stopped"] == "retry_after_too_long"
+
+
+@pytest.mark.parametrize("attr", ["retry_after", "status_code"])
+async def test_an_attribute_set_on_a_builtin_exception_is_seen(attr):
+    async def broken(x):
+        e = ValueError("no")
+        setattr(e, attr, 3600.0 if attr == "retry_after" else 503)
+        raise e
+
+    async def plain(x):
+        raise ValueError("no")
+
+    cfg = OptimizationConfig(enable_circuit_breaker=False, error_pattern_min_observations=1)
+    ex = ExecutorCore(cfg)
+    r = await ex.execute(Step(plain, "plain", retry=immediate_retries(3)), 1)
+    # A deterministic error, retried once in vain: it fails fast (and the
+    # type's facts are cached now).
+    assert r.attempts == 2 and r.metadata["retry_stopped"] == "fail_fast"
+    r = await ex.execute(Step(broken, "attr", retry=immediate_retries(3)), 1)
+    if attr == "retry_after":
+        assert r.attempts == 1 and r.metadata["retry_stopped"] == "retry_after_too_long"
+    else:  # a 503: overload, never judged by fail-fast; every attempt made
+        assert r.attempts == 4 and "retry_stopped" not in r.metadata
+
+
 def test_circuit_open_error_pickles():
     e = pickle.loads(pickle.dumps(CircuitOpenError("b", 1.5)))
     assert e.breaker == "b" and e.retry_after_s == 1.5
