@@ -65,10 +65,15 @@ PyObject* FastFail(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     Engine* engine = EngineOf(self);
     const int timed_out = PyObject_IsTrue(args[2]);
     if (timed_out < 0) return nullptr;
-    py::object v = engine->failed(args[0], args[1], timed_out != 0);
+    // One clock read: a retry without a wait starts when the failure was
+    // reported (a few hundred nanoseconds apart).
+    const int64_t now = engine->core().NowNs();
+    bool retry_now = false;
+    py::object v =
+        engine->FailedAt(args[0], args[1], timed_out != 0, now, &retry_now);
     // A retry without a wait starts here: one call between two attempts.
-    if (PyFloat_CheckExact(v.ptr()) && PyFloat_AS_DOUBLE(v.ptr()) <= 0.0)
-      return engine->restart(args[0], args[3], args[4], args[5], args[1])
+    if (retry_now)
+      return engine->RestartAt(args[0], args[3], args[4], args[5], args[1], now)
           .release()
           .ptr();
     return v.release().ptr();
