@@ -8,7 +8,17 @@ Rows, all in one process and one event loop, interleaved:
   (e) flujo's own ExecutorCore (PyPI 0.6.11) on the same step, as a flujo Step,
       with flujo's defaults (its result cache is on: a miss and a store per call)
   (f) flujo's ExecutorCore with enable_cache=False (its cheapest configuration)
+  (g) caudal, every optimization on, the same input every call (cache hits)
 Prints each row's cost above (a) and its speed-up over (e).
+
+Then the retry path: one execution of a step that raises ValueError on its
+first N attempts and returns on attempt N+1 (``RetryStrategy`` with no
+delay, the defaults config; the breaker is consulted on every attempt and
+told to ignore ValueError, so that it stays closed), against the same
+execution with N = 0, and a bare Python loop that calls the same coroutine
+function and catches, N+1 times and once. The cost of one retry attempt is
+the difference of the two divided by N, for caudal and for the loop; the
+floor is caudal's minus the loop's.
 
 Two interleaved blocks in one process: (a)-(d) together, then (a), (e), (f)
 together. flujo's executions allocate heavily (hundreds of objects each) and
@@ -29,8 +39,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _floors import Floor, record
 from _harness import interleaved, save
-from caudal import ExecutorCore, OptimizationConfig
+from caudal import ExecutorCore, OptimizationConfig, RetryStrategy, Step
 
 # The optimizations are the enable_* switches. Other booleans are policies,
 # not optimizations (cache_copy_outputs deep-copies outputs for safety;
@@ -85,13 +96,17 @@ async def main(quick: bool) -> dict:
         "(b) caudal, all off": lambda x: off.execute(step, x),
         "(c) caudal, defaults": lambda x: defaults.execute(step, x),
         "(d) caudal, all on (misses)": lambda x: on.execute(step, x),
+        "(g) caudal, all on (hits)": lambda x: on.execute(step, -1),
     }
     flujo = flujo_contender()
     # Check every contender really works before timing it.
     for name, call in contenders.items():
+        hits = name.startswith("(g)")
         r = await call(1)
         out = getattr(r, "output", r)
-        assert out == 2, (name, r)
+        assert out == (0 if hits else 2), (name, r)
+        if hits:
+            assert (await call(1)).cache_hit, name
     rounds, batch = (15, 200) if quick else (41, 1000)
     res = await interleaved(contenders, rounds=rounds, batch=batch)
     if flujo is not None:
@@ -121,9 +136,113 @@ async def main(quick: bool) -> dict:
     for r in rows:
         ratio = f"{r['speedup_vs_flujo']:.0f}x" if r["speedup_vs_flujo"] else "-"
         print(f"{r['contender']:32} {r['median_us']:10.3f} {r['above_bare_us']:13.3f} {ratio:>9}")
-    path = save("overhead", {"quick": quick, "rows": rows})
+    retry = await retry_cost(quick)
+    path = save("overhead", {"quick": quick, "rows": rows, "retry": retry})
     print(f"saved {path}")
-    return {"rows": rows}
+    by = {r["contender"]: r for r in rows}
+    detail = f"median of {rounds} interleaved rounds of {batch} calls"
+    record(
+        "overhead",
+        floors=[
+            Floor(
+                "fast path, every optimization on, cache miss: above a bare await",
+                measured=by["(d) caudal, all on (misses)"]["above_bare_us"],
+                limit=0.30,
+                unit="µs",
+                detail=detail,
+            ),
+            Floor(
+                "fast path, every optimization on, cache hit: above a bare await",
+                measured=by["(g) caudal, all on (hits)"]["above_bare_us"],
+                limit=0.30,
+                unit="µs",
+                detail=detail,
+            ),
+            Floor(
+                "a retry attempt: above a bare raise-and-catch",
+                measured=retry["above_bare_us"],
+                limit=0.5,
+                unit="µs",
+                detail=f"defaults, {RETRIES} retries per execution, no delay; {retry['how']}",
+            ),
+        ],
+    )
+    return {"rows": rows, "retry": retry}
+
+
+RETRIES = 4  # failed attempts per execution in the retry rows
+
+
+async def retry_cost(quick: bool) -> dict:
+    left = [0]
+
+    async def flaky(x):
+        if left[0]:
+            left[0] -= 1
+            raise ValueError("not yet")
+        return x
+
+    ex = ExecutorCore(OptimizationConfig())
+    fstep = Step(
+        flaky,
+        "flaky",
+        retry=RetryStrategy(max_attempts=RETRIES + 1, base_delay=0.0, max_backoff=0.0),
+        breaker_exclude=(ValueError,),
+    )
+
+    def bare_loop(n: int):
+        async def run(x):
+            left[0] = n
+            for _ in range(n + 1):
+                try:
+                    return await flaky(x)
+                except ValueError:
+                    pass
+            return None
+
+        return run
+
+    def caudal(n: int):
+        async def run(x):
+            left[0] = n
+            return await ex.execute(fstep, x)
+
+        return run
+
+    contenders = {
+        "bare loop, 1 call": bare_loop(0),
+        f"bare loop, {RETRIES + 1} calls": bare_loop(RETRIES),
+        "caudal, 1 attempt": caudal(0),
+        f"caudal, {RETRIES + 1} attempts": caudal(RETRIES),
+    }
+    # The error pattern is seen to recover once first: a pattern retried
+    # error_pattern_min_observations times without recovering fails fast.
+    left[0] = 1
+    assert (await ex.execute(fstep, 0)).attempts == 2
+    r = await contenders[f"caudal, {RETRIES + 1} attempts"](1)
+    assert r.success and r.attempts == RETRIES + 1 and r.output == 1, r
+    rounds, batch = (15, 100) if quick else (41, 500)
+    res = await interleaved(contenders, rounds=rounds, batch=batch)
+
+    def med(name: str) -> float:
+        return res[name]["median_us"]
+
+    bare = (med(f"bare loop, {RETRIES + 1} calls") - med("bare loop, 1 call")) / RETRIES
+    caudal_per = (med(f"caudal, {RETRIES + 1} attempts") - med("caudal, 1 attempt")) / RETRIES
+    print(f"\nretry attempts ({RETRIES} retries per execution, no delay; median µs per execution)")
+    for name, row in res.items():
+        print(f"  {name:28} {row['median_us']:10.3f}")
+    print(
+        f"  per attempt: caudal {caudal_per:.3f} µs, bare loop {bare:.3f} µs, "
+        f"above: {caudal_per - bare:.3f} µs"
+    )
+    return {
+        "rows": res,
+        "caudal_per_attempt_us": caudal_per,
+        "bare_per_attempt_us": bare,
+        "above_bare_us": caudal_per - bare,
+        "how": f"median of {rounds} interleaved rounds of {batch} executions",
+    }
 
 
 if __name__ == "__main__":

@@ -102,12 +102,10 @@ struct PyStepEntry : StepEntry {
 // [0, 2^64).
 inline bool HandleValue(PyObject* h, uint64_t* out) {
   if (!PyLong_CheckExact(h)) return false;
-  const unsigned long long v = PyLong_AsUnsignedLongLong(h);
-  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
-    PyErr_Clear();  // negative or too large
-    return false;
-  }
-  *out = v;
+  // Handles use all 64 bits: PyLong_AsUnsignedLongLong would take its
+  // generic byte-array path; the mask read is a few digit shifts.
+  if (_PyLong_Sign(h) < 0 || _PyLong_NumBits(h) > 64) return false;
+  *out = PyLong_AsUnsignedLongLongMask(h);
   return true;
 }
 
@@ -247,7 +245,13 @@ class Engine {
   // Starts an attempt of an existing record (retries): the awaitable or,
   // for sync steps, nothing. Same (rec, aw, Next) triple as begin().
   py::tuple restart(py::handle h, py::handle data, py::handle context,
-                    py::handle resources, py::handle last_exc);
+                    py::handle resources, py::handle last_exc) {
+    return RestartAt(h, data, context, resources, last_exc, core_.NowNs());
+  }
+  // At `now_ns` (_fail: the failure's time, for a retry without a wait).
+  py::tuple RestartAt(py::handle h, py::handle data, py::handle context,
+                      py::handle resources, py::handle last_exc,
+                      int64_t now_ns);
 
   // A sync step's attempt, for the worker pool: (fn, args, kwargs or None,
   // timeout_s), taken on the loop thread while the handle is live. The
@@ -349,11 +353,17 @@ class Engine {
   // After a failed attempt, or after the open breaker refused one (the
   // record says so; `exc` is then the CircuitOpenError handed out for it):
   // the core decides retry (a delay), fallback or the end.
-  py::object failed(py::handle h, py::handle exc, bool timed_out);
+  py::object failed(py::handle h, py::handle exc, bool timed_out) {
+    return FailedAt(h, exc, timed_out, core_.NowNs());
+  }
+  // `retry_now` (when given): set instead of returning a delay of 0 (the
+  // caller starts the next attempt at once; nullptr is returned).
+  py::object FailedAt(py::handle h, py::handle exc, bool timed_out,
+                      int64_t now_ns, bool* retry_now = nullptr);
 
   // The facts of a failed attempt (AttemptError), handed to the core.
   FailureDecision AttemptFailed(ExecutionRecord* r, PyStepEntry* e,
-                                py::handle exc, bool timed_out);
+                                py::handle exc, bool timed_out, int64_t now_ns);
 
   // metadata["retry_stopped"] of a final verdict; null when the attempts
   // simply ran out.
@@ -411,7 +421,8 @@ class Engine {
                            py::handle resources);
 
   py::tuple StartAttempt(ExecutionRecord* r, py::handle data,
-                         py::handle context, py::handle resources);
+                         py::handle context, py::handle resources,
+                         py::handle handle_obj = py::handle());
 
   py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back,
                    const char* stopped);

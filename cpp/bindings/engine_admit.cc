@@ -159,17 +159,18 @@ void Engine::Wake(Waiter w) {
                            py::bool_(true));
 }
 
-py::tuple Engine::restart(py::handle h, py::handle data, py::handle context,
-                          py::handle resources, py::handle last_exc) {
+py::tuple Engine::RestartAt(py::handle h, py::handle data, py::handle context,
+                            py::handle resources, py::handle last_exc,
+                            int64_t now_ns) {
   ExecutionRecord* r = Live(h);
-  if (!core_.StartAttempt(r, core_.NowNs())) {
+  if (!core_.StartAttempt(r, now_ns)) {
     // The breaker opened meanwhile (often on this very step's failures):
     // the refusal is this attempt's outcome, and `failed` decides whether
     // to wait for the probe; the last error is the refusal's cause.
     return py::make_tuple(py::int_(r->handle), CircuitOpen(r, last_exc),
                           NextOf(Next::kRaised));
   }
-  return StartAttempt(r, data, context, resources);
+  return StartAttempt(r, data, context, resources, h);  // the same handle
 }
 
 py::tuple Engine::sync_call(py::handle h, py::handle data, py::handle context,
@@ -360,9 +361,12 @@ py::object Engine::Invoke(PyStepEntry* e, py::handle data, py::handle context,
 }
 
 py::tuple Engine::StartAttempt(ExecutionRecord* r, py::handle data,
-                               py::handle context, py::handle resources) {
+                               py::handle context, py::handle resources,
+                               py::handle handle_obj) {
   PyStepEntry* e = Entry(r);
-  py::int_ h(r->handle);
+  // A retry hands back the handle object it was given (the same value).
+  py::object h = handle_obj ? py::reinterpret_borrow<py::object>(handle_obj)
+                            : py::int_(r->handle);
   if (e->spec.kind == StepKind::kSync)
     return py::make_tuple(h, py::none(), NextOf(Next::kRunSync));
   try {

@@ -46,14 +46,21 @@ void Engine::Ended(const ExecutionOutcome& o, py::handle result, bool copy) {
     ResolveFollowers(*EntryOf(o), core_.EndFlight(o.flight_key), result, copy);
 }
 
-py::object Engine::failed(py::handle h, py::handle exc, bool timed_out) {
+py::object Engine::FailedAt(py::handle h, py::handle exc, bool timed_out,
+                            int64_t now_ns, bool* retry_now) {
   ExecutionRecord* r = Live(h);
   PyStepEntry* e = Entry(r);
-  const FailureDecision d =
-      r->rejected ? core_.AttemptFailed(r, core_.NowNs(), AttemptError())
-                  : AttemptFailed(r, e, exc, timed_out);
+  const FailureDecision d = r->rejected
+                                ? core_.AttemptFailed(r, now_ns, AttemptError())
+                                : AttemptFailed(r, e, exc, timed_out, now_ns);
   for (const Waiter& w : d.wake) Wake(w);
-  if (d.verdict == FailureVerdict::kRetry) return py::float_(d.delay_s);
+  if (d.verdict == FailureVerdict::kRetry) {
+    if (retry_now != nullptr && d.delay_s <= 0) {
+      *retry_now = true;
+      return py::object();
+    }
+    return py::float_(d.delay_s);
+  }
   // The core routed it to the step's fallback (permits given back: woken
   // above).
   if (d.verdict == FailureVerdict::kFallback) return e->fallback;
@@ -72,21 +79,27 @@ py::object Engine::failed(py::handle h, py::handle exc, bool timed_out) {
 }
 
 FailureDecision Engine::AttemptFailed(ExecutionRecord* r, PyStepEntry* e,
-                                      py::handle exc, bool timed_out) {
+                                      py::handle exc, bool timed_out,
+                                      int64_t now_ns) {
   AttemptError err;
   err.timed_out = timed_out;
   err.retryable = Matches(e->retry_on, exc, /*if_none=*/true);
   err.counts_for_breaker = !Matches(e->breaker_exclude, exc, /*if_none=*/false);
-  const std::string type_name = QualifiedTypeName(exc);
-  const std::string message = SafeStr(exc);
-  err.exc_type = type_name;
-  err.message = message;
-  err.retry_after_s = RetryAfterHint(exc);
+  // The message only keys error patterns: str(exc) runs user code and
+  // allocates, so it is not asked for when they are off.
+  std::string message;
+  if (r->config->enable_optimized_error_handling) {
+    message = SafeStr(exc);
+    err.message = message;
+  }
   std::string retry_after, retry_after_ms;
   ClassifyFailure(exc, &err, &retry_after, &retry_after_ms);
   err.retry_after_header = retry_after;
   err.retry_after_ms_header = retry_after_ms;
-  return core_.AttemptFailed(r, core_.NowNs(), err);
+  // Last: the probes above may run user code (properties, __str__), and
+  // the name is valid until the next call on this thread.
+  err.exc_type = QualifiedTypeName(exc);
+  return core_.AttemptFailed(r, now_ns, err);
 }
 
 const char* Engine::StoppedReason(FailureVerdict v) {

@@ -126,7 +126,7 @@ void RegisterExecutor(py::module_& m) {
              return py::reinterpret_steal<py::object>(r);
            })
       .def("_fast_calls", &FastCalls,
-           "(begin, succeed): the two hot-path calls as METH_FASTCALL "
+           "(begin, succeed, fail): the hot-path calls as METH_FASTCALL "
            "functions bound to "
            "this engine")
       .def("_failed", &Engine::failed)

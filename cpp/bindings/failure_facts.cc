@@ -6,6 +6,26 @@
 
 namespace caudal::bindings {
 
+namespace {
+
+// `getattr(o, name, None)` without the AttributeError: most exceptions
+// carry none of the attributes probed here, and raising (and clearing) an
+// AttributeError per probe cost more than the rest of a failed attempt.
+// New reference, or nullptr when absent (an error raised by a property is
+// cleared: a probe never fails).
+PyObject* OptionalAttr(PyObject* o, PyObject* name) {
+  PyObject* v = nullptr;
+  if (PyObject_GetOptionalAttr(o, name, &v) < 0) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  return v;
+}
+
+PyObject* Interned(const char* s) { return PyUnicode_InternFromString(s); }
+
+}  // namespace
+
 py::object FeedbackOf(py::handle exc) {
   py::str type_name = py::type::of(exc).attr("__name__");
   py::str msg = py::str(exc);
@@ -14,6 +34,10 @@ py::object FeedbackOf(py::handle exc) {
 }
 
 bool IsClientTransportError(PyObject* exc) {
+  return IsClientTransportType(Py_TYPE(exc));
+}
+
+bool IsClientTransportType(PyTypeObject* tp) {
   struct Family {
     const char* module;  // the class's __module__, or a prefix + '.'
     const char* name;
@@ -26,7 +50,7 @@ bool IsClientTransportError(PyObject* exc) {
       {"openai", "APIConnectionError"},  // APITimeoutError too
       {"anthropic", "APIConnectionError"},
   };
-  PyObject* mro = Py_TYPE(exc)->tp_mro;
+  PyObject* mro = tp->tp_mro;
   if (mro == nullptr || !PyTuple_Check(mro)) return false;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); ++i) {
     auto* t = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(mro, i));
@@ -87,11 +111,9 @@ void RetryHeaders(PyObject* exc, PyObject* resp, std::string* ra,
                   std::string* ra_ms) {
   for (PyObject* holder : {resp, exc}) {
     if (holder == nullptr || holder == Py_None) continue;
-    PyObject* headers = PyObject_GetAttrString(holder, "headers");
-    if (headers == nullptr) {
-      PyErr_Clear();
-      continue;
-    }
+    static PyObject* const name = Interned("headers");
+    PyObject* headers = OptionalAttr(holder, name);
+    if (headers == nullptr) continue;
     if (headers != Py_None) {
       *ra = HeaderValue(headers, "retry-after");
       *ra_ms = HeaderValue(headers, "retry-after-ms");
@@ -101,27 +123,67 @@ void RetryHeaders(PyObject* exc, PyObject* resp, std::string* ra,
   }
 }
 
+TypeFacts FactsOfType(PyTypeObject* tp) {
+  // One entry per thread, keyed by the type's version tag: it changes when
+  // the type or any of its bases is modified (attributes, __bases__), and
+  // is never reused by another type.
+  struct Last {
+    PyTypeObject* type;
+    unsigned int version;
+    TypeFacts facts;
+  };
+  static thread_local Last last __attribute__((tls_model("initial-exec"))) = {};
+  if (last.type == tp && last.version != 0 &&
+      last.version == tp->tp_version_tag)
+    return last.facts;
+  static auto* overloaded = reinterpret_cast<PyTypeObject*>(
+      CaudalAttr("caudal.errors", "OverloadedError").release().ptr());
+  static PyObject* const probed[] = {
+      Interned("retry_after"), Interned("status_code"), Interned("status"),
+      Interned("response"), Interned("headers")};
+  auto type = [](PyObject* t) { return reinterpret_cast<PyTypeObject*>(t); };
+  TypeFacts f;
+  // As PyErr_GivenExceptionMatches decides for an instance: by the MRO.
+  f.overload = PyType_IsSubtype(tp, overloaded) != 0;
+  f.network = PyType_IsSubtype(tp, type(PyExc_TimeoutError)) ||
+              PyType_IsSubtype(tp, type(PyExc_ConnectionError)) ||
+              IsClientTransportType(tp);
+  f.plain = tp->tp_getattro == PyObject_GenericGetAttr;
+  for (PyObject* name : probed) {
+    if (f.plain && _PyType_Lookup(tp, name) != nullptr) f.plain = false;
+  }
+  last.type = tp;
+  last.facts = f;
+  last.version = PyUnstable_Type_AssignVersionTag(tp) ? tp->tp_version_tag : 0;
+  return f;
+}
+
+bool HasOwnAttributes(PyObject* exc) {
+  PyObject* d = reinterpret_cast<PyBaseExceptionObject*>(exc)->dict;
+  return d != nullptr && PyDict_GET_SIZE(d) != 0;
+}
+
 void ClassifyFailure(py::handle exc, AttemptError* err,
                      std::string* retry_after, std::string* retry_after_ms) {
-  static PyObject* overloaded =
-      CaudalAttr("caudal.errors", "OverloadedError").release().ptr();
-  static PyObject* network = py::make_tuple(py::handle(PyExc_TimeoutError),
-                                            py::handle(PyExc_ConnectionError))
-                                 .release()
-                                 .ptr();
-  if (PyErr_GivenExceptionMatches(exc.ptr(), overloaded)) {
+  PyObject* e = exc.ptr();
+  const bool instance = PyExceptionInstance_Check(e);
+  const TypeFacts f = instance ? FactsOfType(Py_TYPE(e)) : TypeFacts{};
+  // Nothing to probe: every probed name is absent from the type (plain
+  // attribute lookup) and the instance has no attributes of its own.
+  const bool bare = instance && f.plain && !HasOwnAttributes(e);
+  if (!bare) err->retry_after_s = RetryAfterHint(exc);
+  if (f.overload) {
     err->overload = true;
     return;
   }
-  err->network_error = PyErr_GivenExceptionMatches(exc.ptr(), network) != 0 ||
-                       IsClientTransportError(exc.ptr());
+  err->network_error = instance ? f.network : IsClientTransportError(e);
+  if (bare) return;
+  static PyObject* const names[] = {Interned("status_code"),
+                                    Interned("status")};
   auto status_of = [](PyObject* o) -> long {
-    for (const char* name : {"status_code", "status"}) {
-      PyObject* v = PyObject_GetAttrString(o, name);
-      if (v == nullptr) {
-        PyErr_Clear();
-        continue;
-      }
+    for (PyObject* name : names) {
+      PyObject* v = OptionalAttr(o, name);
+      if (v == nullptr) continue;
       long code = -1;
       if (PyLong_Check(v) && !PyBool_Check(v)) code = PyLong_AsLong(v);
       Py_DECREF(v);
@@ -131,8 +193,8 @@ void ClassifyFailure(py::handle exc, AttemptError* err,
     return -1;
   };
   long code = status_of(exc.ptr());
-  PyObject* resp = PyObject_GetAttrString(exc.ptr(), "response");
-  if (resp == nullptr) PyErr_Clear();
+  static PyObject* const response = Interned("response");
+  PyObject* resp = OptionalAttr(exc.ptr(), response);
   if (code < 0 && resp != nullptr && resp != Py_None) code = status_of(resp);
   if (code >= 100 && code <= 999) {
     err->http_status = static_cast<int>(code);
@@ -151,11 +213,50 @@ bool Matches(const py::object& spec, py::handle exc, bool if_none) {
   return r.cast<bool>();
 }
 
-std::string QualifiedTypeName(py::handle exc) {
-  py::handle t = py::type::of(exc);
+absl::string_view QualifiedTypeName(py::handle exc) {
+  // One entry per thread: a retried step raises the same type again and
+  // again. The key: the type's version tag (never reused; assigning
+  // __module__ gives the type a new one) and, for a class written in
+  // Python, its __qualname__ object (assigning it does not change the
+  // tag), held so that its address cannot be reused while cached. Plain
+  // data in initial-exec TLS: no __tls_get_addr call, no destructor (the
+  // held name leaks at thread exit).
+  struct Last {
+    PyTypeObject* type;
+    unsigned int version;
+    PyObject* qualname;  // strong
+    size_t len;
+    char name[200];
+  };
+  static thread_local Last last __attribute__((tls_model("initial-exec"))) = {};
+  PyTypeObject* tp = Py_TYPE(exc.ptr());
+  PyObject* qualname =
+      (tp->tp_flags & Py_TPFLAGS_HEAPTYPE)
+          ? reinterpret_cast<PyHeapTypeObject*>(tp)->ht_qualname
+          : nullptr;
+  if (last.type == tp && last.version != 0 &&
+      last.version == tp->tp_version_tag && last.qualname == qualname)
+    return absl::string_view(last.name, last.len);
+  py::handle t(reinterpret_cast<PyObject*>(tp));
   std::string mod = py::str(t.attr("__module__"));
   std::string qn = py::str(t.attr("__qualname__"));
-  return mod + "." + qn;
+  if (mod.size() + 1 + qn.size() > sizeof(last.name)) {
+    // Too long for the entry (rare): not cached.
+    static thread_local std::string long_name;
+    long_name = mod + "." + qn;
+    last.version = 0;
+    return long_name;
+  }
+  char* p = last.name;
+  std::memcpy(p, mod.data(), mod.size());
+  p[mod.size()] = '.';
+  std::memcpy(p + mod.size() + 1, qn.data(), qn.size());
+  last.len = mod.size() + 1 + qn.size();
+  last.type = tp;
+  Py_XINCREF(qualname);
+  Py_XSETREF(last.qualname, qualname);
+  last.version = PyUnstable_Type_AssignVersionTag(tp) ? tp->tp_version_tag : 0;
+  return absl::string_view(last.name, last.len);
 }
 
 std::string SafeStr(py::handle exc) {
@@ -173,11 +274,9 @@ std::string SafeStr(py::handle exc) {
 }
 
 absl::optional<double> RetryAfterHint(py::handle exc) {
-  PyObject* v = PyObject_GetAttrString(exc.ptr(), "retry_after");
-  if (!v) {
-    PyErr_Clear();
-    return absl::nullopt;
-  }
+  static PyObject* const name = Interned("retry_after");
+  PyObject* v = OptionalAttr(exc.ptr(), name);
+  if (!v) return absl::nullopt;
   absl::optional<double> out;
   if ((PyFloat_Check(v) || PyLong_Check(v)) && !PyBool_Check(v)) {
     const double d = PyFloat_AsDouble(v);

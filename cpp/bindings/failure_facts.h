@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
 #include "caudal/executor/attempt.h"
 #include "common.h"
@@ -24,6 +25,23 @@ namespace caudal::bindings {
 // in the exception's MRO (module family, class name), without importing
 // the clients. Only on the failure path.
 bool IsClientTransportError(PyObject* exc);
+bool IsClientTransportType(PyTypeObject* tp);
+
+// What an exception's type alone says about a failure (cached per thread
+// for the last type seen, keyed by its version tag).
+struct TypeFacts {
+  bool overload = false;  // a caudal.OverloadedError
+  // A ConnectionError, TimeoutError, or a client's transport error.
+  bool network = false;
+  // Plain attribute lookup, and none of the names ClassifyFailure probes
+  // (retry_after, status_code, status, response, headers) on the type: an
+  // instance without attributes of its own has none of them.
+  bool plain = false;
+};
+TypeFacts FactsOfType(PyTypeObject* tp);
+
+// Whether the exception instance has attributes of its own (its __dict__).
+bool HasOwnAttributes(PyObject* exc);
 
 // The value of header `name` in `headers` (httpx and requests headers,
 // aiohttp's multidict: all have a case-insensitive .get), or "".
@@ -35,12 +53,16 @@ std::string HeaderValue(PyObject* headers, const char* name);
 void RetryHeaders(PyObject* exc, PyObject* resp, std::string* ra,
                   std::string* ra_ms);
 
+// The facts above, and the exception's `retry_after` hint (RetryAfterHint);
+// probes nothing the exception's type says it cannot have.
 void ClassifyFailure(py::handle exc, AttemptError* err,
                      std::string* retry_after, std::string* retry_after_ms);
 
 bool Matches(const py::object& spec, py::handle exc, bool if_none);
 
-std::string QualifiedTypeName(py::handle exc);
+// "module.QualName" of the exception's type (cached per thread for the
+// last type seen: valid until the next call on this thread).
+absl::string_view QualifiedTypeName(py::handle exc);
 
 std::string SafeStr(py::handle exc);
 

@@ -1,4 +1,6 @@
-// Engine's hot path as METH_FASTCALL functions: _begin and _succeed.
+// Engine's hot path as METH_FASTCALL functions: _begin, _succeed, and _fail
+// (a failed attempt: the core's verdict, and a retry without a wait started
+// in the same call).
 #include "engine.h"
 
 namespace caudal::bindings {
@@ -53,6 +55,38 @@ PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   return nullptr;
 }
 
+PyObject* FastFail(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 6) {
+    PyErr_SetString(PyExc_TypeError,
+                    "_fail(rec, exc, timed_out, data, context, resources)");
+    return nullptr;
+  }
+  try {
+    Engine* engine = EngineOf(self);
+    const int timed_out = PyObject_IsTrue(args[2]);
+    if (timed_out < 0) return nullptr;
+    // One clock read: a retry without a wait starts when the failure was
+    // reported (a few hundred nanoseconds apart).
+    const int64_t now = engine->core().NowNs();
+    bool retry_now = false;
+    py::object v =
+        engine->FailedAt(args[0], args[1], timed_out != 0, now, &retry_now);
+    // A retry without a wait starts here: one call between two attempts.
+    if (retry_now)
+      return engine->RestartAt(args[0], args[3], args[4], args[5], args[1], now)
+          .release()
+          .ptr();
+    return v.release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();  // ValueError, TypeError, ... as raised
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
 PyMethodDef kFastBegin = {
     "_begin",
     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastBegin)),
@@ -62,6 +96,13 @@ PyMethodDef kFastSucceed = {
     "_succeed",
     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastSucceed)),
     METH_FASTCALL, "After a successful attempt: StepResult."};
+PyMethodDef kFastFail = {
+    "_fail",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(FastFail)),
+    METH_FASTCALL,
+    "After a failed attempt: the next attempt's (rec, aw, Next) when it "
+    "starts at once, the delay (float, seconds) before it, a fallback step "
+    "to run, or the final StepResult."};
 
 void ReleaseEngineRef(PyObject* capsule) {
   auto* owner = static_cast<PyObject*>(PyCapsule_GetContext(capsule));
@@ -81,8 +122,10 @@ py::tuple FastCalls(py::object engine_obj) {
       py::reinterpret_steal<py::object>(PyCFunction_New(&kFastBegin, cap));
   auto succeed =
       py::reinterpret_steal<py::object>(PyCFunction_New(&kFastSucceed, cap));
-  if (!begin || !succeed) throw py::error_already_set();
-  return py::make_tuple(begin, succeed);
+  auto fail =
+      py::reinterpret_steal<py::object>(PyCFunction_New(&kFastFail, cap));
+  if (!begin || !succeed || !fail) throw py::error_already_set();
+  return py::make_tuple(begin, succeed, fail);
 }
 
 }  // namespace caudal::bindings

@@ -291,6 +291,10 @@ class Engine(metaclass=_pybind11_type):
     ) -> tuple[
         Callable[[Any, Any, Any, Any], tuple[Any, Any, Next] | StepResult],
         Callable[[int, Any], StepResult],
+        Callable[
+            [int, BaseException, bool, Any, Any, Any],
+            tuple[int, Any, Next] | float | StepResult | Any,
+        ],
     ]: ...
     def _begin(
         self, step: Any, data: Any, context: Any, resources: Any

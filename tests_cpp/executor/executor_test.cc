@@ -4,6 +4,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "executor_test_util.h"
@@ -743,6 +744,36 @@ TEST(ExecutorOverloadTest, OverloadDoesNotCountAgainstTheRetryBeforeIt) {
     EXPECT_EQ(p.recovered, 3u);
     EXPECT_EQ(p.failed_after_retry, 0u);
   }
+}
+
+// Within one execution, a retry failing as the attempt before it reuses
+// that attempt's pattern; a different message (or type) is another one, and
+// messages that normalise alike are one pattern still.
+TEST(ExecutorErrorPatternTest, RepeatedErrorsOfOneExecutionKeepTheirPattern) {
+  OptimizationConfig c;
+  c.enable_circuit_breaker = false;
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "e", /*max_retries=*/6);
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  const AttemptError errors[] = {
+      Err(false, "builtins.ValueError", "bad id 12"),
+      Err(false, "builtins.ValueError", "bad id 12"),
+      Err(false, "builtins.ValueError", "bad id 31"),  // normalises alike
+      Err(false, "builtins.KeyError", "bad id 31"),
+      Err(false, "builtins.ValueError", "other"),
+      Err(false, "builtins.ValueError", "other")};
+  for (const AttemptError& e : errors) {
+    ASSERT_EQ(ex.AttemptFailed(r, 0, e).verdict, FailureVerdict::kRetry);
+    ASSERT_TRUE(ex.StartAttempt(r, 0));
+  }
+  ex.Succeed(r, 1);
+  absl::flat_hash_map<std::string, uint64_t> seen;
+  for (const PatternSnapshot& p : ex.ErrorPatterns(10))
+    seen[p.exc_type + "|" + p.sample] = p.occurrences;
+  EXPECT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen["builtins.ValueError|bad id 31"], 3u);
+  EXPECT_EQ(seen["builtins.KeyError|bad id 31"], 1u);
+  EXPECT_EQ(seen["builtins.ValueError|other"], 2u);
 }
 
 // ---- a real API's answers: Retry-After, waits, an open breaker ----

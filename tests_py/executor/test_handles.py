@@ -155,6 +155,7 @@ HANDLE_METHODS = {
     "_succeed": lambda e, h: e._succeed(h, 1),
     "_fast_succeed": lambda e, h: e._fast_calls()[1](h, 1),
     "_failed": lambda e, h: e._failed(h, ValueError("x"), False),
+    "_fast_fail": lambda e, h: e._fast_calls()[2](h, ValueError("x"), False, 1, None, None),
     "_restart": lambda e, h: e._restart(h, 1, None, None, ValueError("x")),
     "_fallback_done": lambda e, h: e._fallback_done(h, ValueError("x"), None),
     "_cancel": lambda e, h: e._cancel(h),

@@ -167,6 +167,26 @@ async def test_a_retry_makes_at_most_two_calls_per_attempt():
     assert len(names) <= 2 * result.attempts, names
 
 
+async def test_a_retry_without_a_wait_makes_one_call_between_attempts():
+    # The failed attempt's report starts the next attempt in the same call:
+    # _begin, _fail (which restarts), _succeed.
+    failures = {"left": 0}
+
+    async def flaky(x):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ValueError("again")
+        return x
+
+    ex = ExecutorCore()
+    step = Step(flaky, "flaky", retry=RetryStrategy(max_attempts=4, base_delay=0))
+    await ex.execute(step, 0)
+    failures["left"] = 3
+    result, names = await native_calls_of(ex, step, 1)
+    assert result.success and result.attempts == 4 and result.output == 1
+    assert names == ["_begin", "_fail", "_fail", "_fail", "_succeed"], names
+
+
 async def test_a_failure_without_retries_makes_at_most_two_calls():
     async def broken(x):
         raise ValueError(x)
@@ -203,8 +223,8 @@ async def test_the_counter_sees_an_added_native_call():
 
 def test_what_belongs_to_the_native_module():
     ex = ExecutorCore()
-    begin, succeed = ex._engine._fast_calls()
-    assert _is_native(begin) and _is_native(succeed)
+    begin, succeed, fail = ex._engine._fast_calls()
+    assert _is_native(begin) and _is_native(succeed) and _is_native(fail)
     assert _is_native(ex._engine.step_stats)  # a method of a native object
     assert _is_native(_core.cache_key) and _is_native(caudal.Context)
     assert _is_native(caudal.Context().set)

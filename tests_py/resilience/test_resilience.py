@@ -350,6 +350,107 @@ async def test_errors_that_recover_keep_their_retries():
     assert eh["retry_recovery_rate"] == 1.0 and eh["fail_fast"] == 0
 
 
+async def test_a_renamed_exception_class_is_recorded_under_its_new_name():
+    # The qualified type name is cached per type; renaming the class (its
+    # __qualname__ or __module__) is seen at the next failure.
+    class Flaky(Exception):
+        pass
+
+    async def broken(x):
+        raise Flaky("no")
+
+    ex = ExecutorCore(OptimizationConfig(enable_circuit_breaker=False))
+    step = Step(broken, "renamed", retry=immediate_retries(2))
+
+    def names():
+        return sorted(
+            p["exception"] for p in ex.get_optimization_stats()["error_handling"]["patterns"]
+        )
+
+    first = f"{__name__}.{Flaky.__qualname__}"
+    await ex.execute(step, 1)
+    assert names() == [first]
+    Flaky.__qualname__ = "Renamed"
+    await ex.execute(step, 1)
+    assert names() == sorted([first, f"{__name__}.Renamed"])
+    Flaky.__module__ = "elsewhere"
+    await ex.execute(step, 1)
+    assert "elsewhere.Renamed" in names()
+
+
+async def test_probes_of_a_failed_attempt_never_fail():
+    # Properties the failure facts probe (retry_after, status_code, status,
+    # response) may raise: the probe finds nothing, the attempt is retried.
+    class Odd(Exception):
+        @property
+        def retry_after(self):
+            raise RuntimeError("no")
+
+        @property
+        def status_code(self):
+            raise KeyError("no")
+
+        @property
+        def response(self):
+            raise AttributeError("no")
+
+    calls = {"n": 0}
+
+    async def odd(x):
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise Odd("odd")
+        return x
+
+    ex = ExecutorCore(OptimizationConfig(enable_circuit_breaker=False))
+    r = await ex.execute(Step(odd, "odd", retry=immediate_retries(3)), 7)
+    assert r.success and r.output == 7 and r.attempts == 3
+
+
+async def test_a_retry_after_added_to_an_exception_class_later_is_honoured():
+    # What an exception's type says is cached per type; changing the class
+    # (or a base) is seen at the next failure.
+    class Base(Exception):
+        pass
+
+    class Plain(Base):
+        pass
+
+    async def broken(x):
+        raise Plain("no")
+
+    ex = ExecutorCore(OptimizationConfig(enable_circuit_breaker=False))
+    step = Step(broken, "plain", retry=immediate_retries(2))
+    r = await ex.execute(step, 1)
+    assert r.attempts == 3 and "retry_stopped" not in r.metadata
+    Base.retry_after = 3600.0  # above retry_after_max_seconds: ends at once
+    r = await ex.execute(step, 1)
+    assert r.attempts == 1 and r.metadata["retry_stopped"] == "retry_after_too_long"
+
+
+@pytest.mark.parametrize("attr", ["retry_after", "status_code"])
+async def test_an_attribute_set_on_a_builtin_exception_is_seen(attr):
+    async def broken(x):
+        e = ValueError("no")
+        setattr(e, attr, 3600.0 if attr == "retry_after" else 503)
+        raise e
+
+    async def plain(x):
+        raise ValueError("no")
+
+    cfg = OptimizationConfig(enable_circuit_breaker=False, error_pattern_min_observations=1)
+    ex = ExecutorCore(cfg)
+    r = await ex.execute(Step(plain, "plain", retry=immediate_retries(3)), 1)
+    # A deterministic error, retried once in vain: it fails fast (and the
+    # type's facts are cached now).
+    assert r.attempts == 2 and r.metadata["retry_stopped"] == "fail_fast"
+    r = await ex.execute(Step(broken, "attr", retry=immediate_retries(3)), 1)
+    if attr == "retry_after":
+        assert r.attempts == 1 and r.metadata["retry_stopped"] == "retry_after_too_long"
+    else:  # a 503: overload, never judged by fail-fast; every attempt made
+        assert r.attempts == 4 and "retry_stopped" not in r.metadata
+
+
 def test_circuit_open_error_pickles():
     e = pickle.loads(pickle.dumps(CircuitOpenError("b", 1.5)))
     assert e.breaker == "b" and e.retry_after_s == 1.5

@@ -135,10 +135,20 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
     // The retry after the previous error did not recover.
     if (r->retried_pattern != 0 && !keep_pending)
       errors_.RecordRetryOutcome(r->retried_pattern, false);
-    const std::string normalized = cfg.error_pattern_match_message
-                                       ? NormalizeMessage(e.message)
-                                       : std::string();
-    pattern = ErrorPatternId(r->step->spec.name, e.exc_type, normalized);
+    const absl::string_view message =
+        cfg.error_pattern_match_message ? e.message : absl::string_view();
+    const uint64_t raw =
+        ErrorPatternId(absl::string_view(), e.exc_type, message);
+    if (r->last_pattern != 0 && r->last_raw_error == raw) {
+      pattern = r->last_pattern;
+    } else {
+      const std::string normalized = cfg.error_pattern_match_message
+                                         ? NormalizeMessage(e.message)
+                                         : std::string();
+      pattern = ErrorPatternId(r->step->spec.name, e.exc_type, normalized);
+      r->last_pattern = pattern;
+      r->last_raw_error = raw;
+    }
     errors_.RecordError(pattern, r->step->spec.name, e.exc_type, e.message,
                         now_ns);
   }

@@ -75,7 +75,7 @@ class ExecutorCore(Batches, Readouts):
         "_begin",
         "_closing",
         "_engine",
-        "_failed",
+        "_fail",
         "_l2",
         "_l2_versioned",  # the tier's get_versioned (RedisCacheTier), or None
         "_l2_writes",
@@ -163,8 +163,7 @@ class ExecutorCore(Batches, Readouts):
         self._tuner = Tuner()
         engine._set_analysis_hook(Tuner.hook(self))
         # Bound once: the hot path then costs one attribute load per call.
-        self._begin, self._succeed = engine._fast_calls()
-        self._failed = engine._failed
+        self._begin, self._succeed, self._fail = engine._fast_calls()
         self._spans = None
         for exporter in span_exporters or ():
             self.add_span_exporter(exporter)
@@ -187,12 +186,29 @@ class ExecutorCore(Batches, Readouts):
             if next_ is _AWAIT:
                 try:
                     out = await aw
-                except Exception as exc:
-                    return await self._run(rec, exc, _RAISED, data, context, resources)
+                except Exception as e:
+                    exc = e  # reported below, outside the handler
                 except BaseException:
                     self._engine._cancel(rec)
                     raise
-                return self._succeed(rec, out)
+                else:
+                    return self._succeed(rec, out)
+                # A failed attempt. The core's verdict: the next attempt,
+                # started at once (a retry without a wait stays in this
+                # frame), the final result, or a wait or a fallback first.
+                try:
+                    t = self._fail(rec, exc, False, data, context, resources)
+                except BaseException:
+                    self._engine._cancel(rec)
+                    raise
+                if t.__class__ is tuple:
+                    exc = None  # no cycle through the traceback's frame
+                    rec, aw, next_ = t
+                    continue
+                if t.__class__ is StepResult:
+                    exc = None
+                    return t
+                return await self._resume(rec, exc, t, data, context, resources, step)
             if next_ is not _WAIT_FOR_PERMIT:
                 return await self._run(rec, aw, next_, data, context, resources, step)
             # Over a concurrency limit: wait here, in this frame (a waiting
@@ -203,6 +219,33 @@ class ExecutorCore(Batches, Readouts):
                 self._engine._cancel_wait(rec, aw)
                 raise
             rec, aw, next_ = self._engine._begin_permitted(rec, data, context, resources)
+
+    async def _resume(
+        self,
+        rec: Any,
+        exc: BaseException,
+        verdict: Any,
+        data: Any,
+        context: Any,
+        resources: Any,
+        step: Any,
+    ) -> StepResult:
+        """After a failed attempt that neither ended the execution nor
+        started the next attempt: wait ``verdict`` seconds (a float) and
+        start it, or run ``verdict``, the step's fallback."""
+        engine = self._engine
+        try:
+            if verdict.__class__ is float:
+                await self._sleep(verdict)
+                rec, aw, next_ = engine._restart(rec, data, context, resources, exc)
+            else:
+                fb = await self.execute(verdict, data, context, resources)
+        except BaseException:
+            engine._cancel(rec)
+            raise
+        if verdict.__class__ is float:
+            return await self._run(rec, aw, next_, data, context, resources, step)
+        return engine._fallback_done(rec, exc, fb)
 
     async def _run(
         self,
@@ -255,16 +298,19 @@ class ExecutorCore(Batches, Readouts):
                 if exc is None:
                     live = False
                     return self._succeed(rec, out)
-                verdict = self._failed(rec, exc, timed_out)
+                # The next attempt (started), a wait before it, the final
+                # result, or the fallback step to run with the same input.
+                verdict = self._fail(rec, exc, timed_out, data, context, resources)
+                if verdict.__class__ is tuple:
+                    rec, aw, next_ = verdict
+                    continue
                 if verdict.__class__ is float:
-                    if verdict > 0:
-                        await self._sleep(verdict)
+                    await self._sleep(verdict)
                     rec, aw, next_ = engine._restart(rec, data, context, resources, exc)
                     continue
                 if verdict.__class__ is StepResult:
                     live = False
                     return verdict
-                # A fallback step to run with the same input.
                 fb = await self.execute(verdict, data, context, resources)
                 live = False
                 return engine._fallback_done(rec, exc, fb)
