@@ -27,13 +27,16 @@ TEST(StepTableTest, FindInsertAndBound) {
   auto dropped = table.Insert(3, std::make_shared<StepEntry>());
   EXPECT_EQ(dropped.size(), 1u);
   EXPECT_EQ(table.size(), 3u);
-  // A new key into a full table empties it first.
+  // A new key into a full table evicts the least recently used entry, and
+  // only it (1: found before 2 and 3 were inserted).
   dropped = table.Insert(4, std::make_shared<StepEntry>());
-  EXPECT_EQ(dropped.size(), 3u);
-  EXPECT_EQ(table.size(), 1u);
+  ASSERT_EQ(dropped.size(), 1u);
+  EXPECT_EQ(dropped[0], a);
+  EXPECT_EQ(table.size(), 3u);
   EXPECT_EQ(table.Find(1), nullptr);
   EXPECT_EQ(table.analyses(), 5u);
-  EXPECT_EQ(table.Clear().size(), 1u);
+  EXPECT_EQ(table.evictions(), 1u);
+  EXPECT_EQ(table.Clear().size(), 3u);
 }
 
 TEST(StepTableTest, EntriesOutliveTheTable) {
