@@ -77,6 +77,8 @@ Engine::Engine(const OptimizationConfig& config,
                           std::string(py::repr(py::str(backend))));
   default_retry_ = std::move(retry);
   default_backend_ = py::str(backend);
+  backend_ = backend;
+  templates_on_ = backend == "local";
 }
 
 Engine::~Engine() {
@@ -84,6 +86,7 @@ Engine::~Engine() {
   // Entries hold Python objects; drop them while the GIL is held.
   auto dropped = core_.steps().Clear();
   dropped.clear();
+  templates_.clear();
 }
 
 void Engine::apply_config(const OptimizationConfig& config) {
@@ -123,45 +126,91 @@ std::shared_ptr<StepEntry> Engine::Lookup(py::handle step) {
 
 std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
                                            PyObject* a, PyObject* b) {
-  if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
-  const py::object found = analyse_(step, default_retry_, default_backend_);
-  if (!py::isinstance<StepAnalysis>(found)) {
-    throw py::type_error(
-        "caudal._steps.analyse must return a caudal._core.StepAnalysis, got " +
-        std::string(py::str(py::type::of(found).attr("__name__"))));
+  const FunctionFacts facts =
+      templates_on_ ? FunctionFactsOf(step.ptr()) : FunctionFacts{};
+  const bool is_step =
+      templates_on_ && facts.code == nullptr && IsCaudalStep(step.ptr());
+  std::shared_ptr<FunctionTemplate> tmpl;
+  std::shared_ptr<StepMemo> memo;
+  std::shared_ptr<PyStepEntry> e;
+  std::shared_ptr<StepEntry> prev;  // an entry of the same analysis
+  if (facts.code != nullptr) {
+    // A plain function: its code object's analysis, if one was made.
+    auto it = templates_.find(facts.code);
+    if (it != templates_.end() && it->second->Matches(facts)) {
+      tmpl = it->second;
+      e = EntryFrom(tmpl->analysis, step, step);
+      prev = tmpl->last.lock();
+    }
+  } else if (is_step) {
+    // A caudal.Step met before (evicted since): its analysis as it was.
+    StepAnalysis t;
+    if (RecallStep(step.ptr(), default_retry_.ptr(), backend_, &memo, &t)) {
+      e = EntryFrom(t, t.fn, t.identity_of);
+      // The memo is process-wide; the caches are this executor's own.
+      if (memo->last_engine == id_) prev = memo->last.lock();
+    }
   }
-  // Checked and converted by its constructor: copied, never decoded.
-  const StepAnalysis& t = found.cast<const StepAnalysis&>();
-  auto e = std::make_shared<PyStepEntry>();
+  if (e) {
+    e->name_str = tmpl ? tmpl->name_str : memo->name_str;
+    if (prev) CopyEntryCaches(*prev, *e);
+  } else {
+    if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
+    const py::object found = analyse_(step, default_retry_, default_backend_);
+    if (!py::isinstance<StepAnalysis>(found)) {
+      throw py::type_error(
+          "caudal._steps.analyse must return a caudal._core.StepAnalysis, "
+          "got " +
+          std::string(py::str(py::type::of(found).attr("__name__"))));
+    }
+    // Checked and converted by its constructor: copied, never decoded.
+    StepAnalysis t = found.cast<const StepAnalysis&>();
+    t.spec.cache_group = GroupOf(t.spec.name).lo;
+    e = EntryFrom(t, t.fn, t.identity_of);
+    e->name_str = py::str(t.spec.name);
+    if (facts.code != nullptr && t.fn.ptr() == step.ptr() &&
+        t.identity_of.ptr() == step.ptr()) {
+      // A plain function analysed as itself (what analyse does for one):
+      // the analysis serves every function of its code.
+      tmpl = std::make_shared<FunctionTemplate>();
+      tmpl->code = py::reinterpret_borrow<py::object>(facts.code);
+      tmpl->name = py::reinterpret_borrow<py::object>(facts.name);
+      tmpl->qualname = py::reinterpret_borrow<py::object>(facts.qualname);
+      tmpl->module = py::reinterpret_borrow<py::object>(facts.module);
+      tmpl->defaults = facts.defaults;
+      tmpl->analysis = t;
+      tmpl->analysis.fn = py::none();
+      tmpl->analysis.identity_of = py::none();
+      tmpl->name_str = e->name_str;
+      auto slot = templates_.find(facts.code);
+      if (slot != templates_.end()) {
+        slot->second = tmpl;
+      } else {
+        if (templates_.size() >= kMaxTemplates)
+          templates_.erase(templates_.begin());  // one goes, any one
+        templates_.emplace(facts.code, tmpl);
+      }
+    } else if (is_step && templates_on_) {
+      memo = RememberStep(step.ptr(), default_retry_, backend_, t);
+      if (memo) memo->name_str = e->name_str;
+    }
+  }
+  e->tmpl = tmpl;
+  e->memo = memo;
+  if (tmpl) tmpl->last = e;
+  if (memo) {
+    memo->last = e;
+    memo->last_engine = id_;
+  }
   StepSpec& s = e->spec;
-  s = t.spec;
-  e->fn = t.fn;
-  e->fallback = t.fallback;
-  e->retry_on = t.retry_on;
-  e->breaker_exclude = t.breaker_exclude;
-  e->cache_context = t.cache_context;
   {
     std::vector<Waiter> woken;
     const absl::Status st = core_.RegisterLimitKey(s, &woken);
     for (Waiter& w : woken) Wake(std::move(w));
     if (!st.ok()) ThrowStatus(st);
   }
-  // The group (invalidate_prefix) is by name; the key's namespace adds
-  // the identity of what runs. None: no identity, the reason instead.
-  s.cache_group = GroupOf(s.name).lo;
-  if (!t.identity_of.is_none()) {
-    // Computed by ResolveIdentity when first needed: never for a step
-    // that only runs uncached.
-    e->identity_of = t.identity_of;
-    e->identity_pending = true;
-    e->no_identity = "its identity is not computed yet";
-  } else if (!t.uncacheable.empty()) {
-    e->no_identity = t.uncacheable;
+  if (!e->no_identity.empty() && !e->identity_pending)
     core_.steps().MarkUncacheable(s.name, e->no_identity);
-  } else {
-    e->cache_ns = t.cache_ns;
-  }
-  e->name_str = py::str(s.name);
   e->key_a = py::reinterpret_borrow<py::object>(a);
   e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
   e->stats = core_.stats().ForStep(s.name);
@@ -169,6 +218,70 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   auto dropped = core_.steps().Insert(key, e);
   dropped.clear();
   return e;
+}
+
+std::shared_ptr<PyStepEntry> Engine::EntryFrom(const StepAnalysis& t,
+                                               py::handle fn,
+                                               py::handle identity_of) {
+  auto e = std::make_shared<PyStepEntry>();
+  e->spec = t.spec;
+  e->fn = py::reinterpret_borrow<py::object>(fn);
+  e->fallback = t.fallback;
+  e->retry_on = t.retry_on;
+  e->breaker_exclude = t.breaker_exclude;
+  e->cache_context = t.cache_context;
+  // The group (invalidate_prefix) is by name; the key's namespace adds
+  // the identity of what runs. None: no identity, the reason instead.
+  if (!identity_of.is_none()) {
+    // Computed by ResolveIdentity when first needed: never for a step
+    // that only runs uncached.
+    e->identity_of = py::reinterpret_borrow<py::object>(identity_of);
+    e->identity_pending = true;
+    e->no_identity = "its identity is not computed yet";
+  } else if (!t.uncacheable.empty()) {
+    e->no_identity = t.uncacheable;
+  } else {
+    e->cache_ns = t.cache_ns;
+  }
+  return e;
+}
+
+bool Engine::NativeIdentity(PyStepEntry* e) {
+  FunctionTemplate& t = *e->tmpl;
+  if (t.static_digest.empty()) {
+    // Once per template: the digest of its module, qualname and code.
+    std::string d = "-";
+    try {
+      if (!identity_module_)
+        identity_module_ = py::module_::import("caudal._identity");
+      const py::object got =
+          identity_module_.attr("function_static")(e->identity_of);
+      if (PyBytes_Check(got.ptr())) d = got.cast<std::string>();
+    } catch (py::error_already_set& err) {
+      if (!err.matches(PyExc_Exception)) throw;
+    }
+    t.static_digest = std::move(d);
+    if (!e->identity_pending) return true;  // another thread was first
+  }
+  Key128 k;
+  if (t.static_digest == "-" ||
+      !FunctionKey(e->identity_of.ptr(), t.static_digest, &k))
+    return false;
+  // caudal._identity.namespace's form: "<name>\x1f<digest hex>".
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string ns = e->spec.name;
+  ns += '\x1f';
+  for (int i = 0; i < 16; ++i) {
+    const uint64_t half = i < 8 ? k.lo : k.hi;
+    const auto byte = static_cast<unsigned>((half >> (8 * (i % 8))) & 0xff);
+    ns += kHex[byte >> 4];
+    ns += kHex[byte & 15];
+  }
+  e->identity_pending = false;
+  e->identity_of = py::object();
+  e->cache_ns = std::move(ns);
+  e->no_identity.clear();
+  return true;
 }
 
 bool Engine::HasIdentityNow(PyStepEntry* e) {
@@ -179,6 +292,7 @@ bool Engine::HasIdentityNow(PyStepEntry* e) {
 void Engine::ResolveIdentity(PyStepEntry* e) {
   // The call runs Python, which may drop the table's entries: keep it.
   const std::shared_ptr<StepEntry> hold = e->shared_from_this();
+  if (e->tmpl && NativeIdentity(e)) return;
   const py::object target = e->identity_of;
   bool have = false;
   std::string ns, why;
@@ -205,6 +319,11 @@ void Engine::ResolveIdentity(PyStepEntry* e) {
   e->identity_pending = false;
   e->identity_of = py::object();
   if (have) {
+    if (e->memo) {
+      // The step's identity holds for its life: remembered with it.
+      e->memo->identity_is_fn = false;
+      e->memo->analysis.cache_ns = ns;
+    }
     e->cache_ns = std::move(ns);
     e->no_identity.clear();
   } else {
