@@ -203,20 +203,35 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
     memo->last_engine = id_;
   }
   StepSpec& s = e->spec;
-  {
+  StepTable& table = core_.steps();
+  if (prev) {
+    // An entry of this executor with the same spec is alive: its limit key
+    // is registered and its stats are the name's (both per name, never
+    // per entry); and the read-outs' settings are this spec's unless
+    // another was described since.
+    e->stats = prev->stats;
+  } else {
     std::vector<Waiter> woken;
     const absl::Status st = core_.RegisterLimitKey(s, &woken);
     for (Waiter& w : woken) Wake(std::move(w));
     if (!st.ok()) ThrowStatus(st);
+    e->stats = core_.stats().ForStep(s.name);
   }
   if (!e->no_identity.empty() && !e->identity_pending)
-    core_.steps().MarkUncacheable(s.name, e->no_identity);
+    table.MarkUncacheable(s.name, e->no_identity);
   e->key_a = py::reinterpret_borrow<py::object>(a);
   e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
-  e->stats = core_.stats().ForStep(s.name);
-  core_.steps().Describe(s);  // for the read-outs (the last one analysed)
-  auto dropped = core_.steps().Insert(key, e);
-  dropped.clear();
+  // For the read-outs: the settings of the last step analysed by its name.
+  uint64_t* described = tmpl   ? &tmpl->described
+                        : memo ? &memo->described
+                               : nullptr;
+  if (described == nullptr) {
+    table.Describe(s);
+  } else if (!prev || *described != table.described()) {
+    *described = table.Describe(s);
+  }
+  std::shared_ptr<StepEntry> dropped = table.Insert(key, e);
+  dropped.reset();  // its Python objects go here, with the GIL held
   return e;
 }
 

@@ -87,7 +87,15 @@ struct PyStepEntry : StepEntry {
   // The analysis of a caudal.Step, kept for the step's life (null: none).
   std::shared_ptr<StepMemo> memo;
   ~PyStepEntry() override {
-    py::gil_scoped_acquire gil;
+    // Mostly dropped by the table with the GIL held (an eviction): then no
+    // acquisition at all.
+    const bool held = PyGILState_Check() != 0;
+    PyGILState_STATE st{};
+    if (!held) st = PyGILState_Ensure();
+    Release();
+    if (!held) PyGILState_Release(st);
+  }
+  void Release() {
     tmpl.reset();
     memo.reset();
     key_a = py::object();

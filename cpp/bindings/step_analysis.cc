@@ -524,6 +524,15 @@ void CopyEntryCaches(const StepEntry& from, StepEntry& to) {
   to.limiter_gen.store(lgen, std::memory_order_release);
   to.cache_named.store(from.cache_named.load(std::memory_order_acquire),
                        std::memory_order_release);
+  to.cache_bypass.store(from.cache_bypass.load(std::memory_order_relaxed),
+                        std::memory_order_relaxed);
+  to.cache_probe.store(from.cache_probe.load(std::memory_order_relaxed),
+                       std::memory_order_relaxed);
+  to.admission_hits.store(from.admission_hits.load(std::memory_order_relaxed),
+                          std::memory_order_relaxed);
+  to.admission_lookups.store(
+      from.admission_lookups.load(std::memory_order_relaxed),
+      std::memory_order_relaxed);
 }
 
 bool FunctionKey(PyObject* fn, const std::string& static_digest, Key128* out) {

@@ -87,6 +87,7 @@ struct FunctionTemplate {
   // The last entry made from it: its per-entry caches (breaker, limiter,
   // cache name), which depend only on the spec, are copied to the next.
   std::weak_ptr<StepEntry> last;
+  uint64_t described = 0;  // the table's describe count after its last one
   bool Matches(const FunctionFacts& f) const;
   ~FunctionTemplate();  // takes the GIL
 };
@@ -127,7 +128,8 @@ struct StepMemo {
   // the caches it holds are that executor's.
   std::weak_ptr<StepEntry> last;
   uint64_t last_engine = 0;
-  ~StepMemo();  // takes the GIL
+  uint64_t described = 0;  // as FunctionTemplate::described
+  ~StepMemo();             // takes the GIL
 };
 
 // Whether `obj` is exactly a caudal.Step (not a subclass).
@@ -145,9 +147,10 @@ std::shared_ptr<StepMemo> RememberStep(PyObject* step, py::object retry,
 // How many steps are remembered (tests).
 size_t StepMemoSize();
 
-// Copies the per-entry caches that depend only on the spec (the breaker,
-// the limiter, generation-checked; whether the cache name is recorded)
-// from an entry of the same analysis.
+// Copies the per-entry caches that depend only on the spec and the name
+// (the breaker and the limiter, generation-checked; whether the cache name
+// is recorded; the cache admission's state) from an entry of the same
+// analysis in the same executor.
 void CopyEntryCaches(const StepEntry& from, StepEntry& to);
 
 // Registers StepKind, CallShape, RetryPolicy and StepAnalysis, and

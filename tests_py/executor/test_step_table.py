@@ -14,9 +14,16 @@ import weakref
 import pytest
 
 from caudal import ExecutorCore, OptimizationConfig, Step, _core, _identity, _steps
+from caudal.testing import ManualClock
 
 CAPACITY = 4096  # the step table's (StepTable::kDefaultCapacity)
 MORE = CAPACITY + 300  # enough distinct steps to evict some
+
+
+# The executor's time: steps "take" 1 ms on it, so that caching them always
+# pays (the cache admission would otherwise stop caching steps this cheap
+# that never hit) and these tests see every hit the keys allow.
+CLOCK = ManualClock()
 
 
 def executor(cache: bool = False) -> ExecutorCore:
@@ -24,13 +31,16 @@ def executor(cache: bool = False) -> ExecutorCore:
         OptimizationConfig(
             enable_cache_optimization=cache,
             cache_max_size=4 * MORE,  # room for every result these tests store
+            cache_ttl_seconds=1e6,
             memory_pressure_threshold_mb=1e6,
-        )
+        ),
+        clock=CLOCK,
     )
 
 
 def make_adder(k):
     async def add(x):
+        CLOCK.advance(0.001)
         return x + k
 
     return add
@@ -70,20 +80,21 @@ async def test_closures_with_the_same_values_share_across_objects():
 async def test_fresh_lambda_per_call_with_cache_on_keys_each_input():
     ex = executor(cache=True)
     for i in range(3000):
-        r = await ex.execute(lambda x: x * 3, i % 50)
+        r = await ex.execute(lambda x: CLOCK.advance(0.001) or x * 3, i % 50)
         assert r.success and r.output == (i % 50) * 3
         assert r.cache_hit == (i >= 50)
     # A fresh lambda over a loop variable: the captured value is part of
     # its identity.
     for i in range(600):
         k = i % 7
-        r = await ex.execute(lambda x, k=k: x + k, 100)
+        r = await ex.execute(lambda x, k=k: CLOCK.advance(0.001) or x + k, 100)
         assert r.output == 100 + k
         assert r.cache_hit == (i >= 7)
     for i in range(600):
         k = i % 7
 
         def plus(x):
+            CLOCK.advance(0.001)
             return x + k + 1000  # noqa: B023 - run before k changes: the point
 
         r = await ex.execute(plus, 100)
@@ -98,6 +109,7 @@ async def test_unplain_captured_values_still_get_the_full_walk():
 
     def make(s):
         async def scaled(x):
+            CLOCK.advance(0.001)
             return x * s.n
 
         return scaled
@@ -291,6 +303,7 @@ async def test_a_step_evicted_while_in_flight_completes():
     async def slow(x):
         calls.append(x)
         await gate.wait()
+        CLOCK.advance(0.001)
         return x * 2
 
     task = asyncio.create_task(ex.execute(slow, 21))
@@ -315,6 +328,7 @@ async def test_a_step_remembered_by_one_executor_keeps_another_executors_state_a
 
     async def fetch(x):
         calls.append(x)
+        CLOCK.advance(0.001)
         return x
 
     step = Step(fetch, "fetch")

@@ -1,5 +1,7 @@
 #include "caudal/executor/step_spec.h"
 
+#include <iterator>
+
 namespace caudal {
 
 StepSpec::Settings StepSpec::settings() const {
@@ -26,32 +28,35 @@ std::shared_ptr<StepEntry> StepTable::Find(uint64_t key) {
   return it->second->entry;
 }
 
-std::vector<std::shared_ptr<StepEntry>> StepTable::Insert(
-    uint64_t key, std::shared_ptr<StepEntry> entry) {
-  std::vector<std::shared_ptr<StepEntry>> dropped;
+std::shared_ptr<StepEntry> StepTable::Insert(uint64_t key,
+                                             std::shared_ptr<StepEntry> entry) {
+  std::shared_ptr<StepEntry> dropped;
   MutexLock lock(&mu_);
   ++analyses_;
   auto it = index_.find(key);
   if (it != index_.end()) {
     // Replaced (another object now lives at the address, or a bound
     // method's key collided): the old entry goes.
-    dropped.push_back(std::move(it->second->entry));
+    dropped = std::move(it->second->entry);
     it->second->entry = std::move(entry);
     recency_.splice(recency_.begin(), recency_, it->second);
   } else {
     if (index_.size() >= capacity_) {
-      // Full: the least recently used entry goes, and only it.
+      // Full: the least recently used entry goes, and only it; its list
+      // node is reused for the new one.
       Slot& last = recency_.back();
-      dropped.push_back(std::move(last.entry));
+      dropped = std::move(last.entry);
       index_.erase(last.key);
-      recency_.pop_back();
+      last.key = key;
+      last.entry = std::move(entry);
+      recency_.splice(recency_.begin(), recency_, std::prev(recency_.end()));
       ++evictions_;
+    } else {
+      recency_.push_front(Slot{key, std::move(entry)});
     }
-    recency_.push_front(Slot{key, std::move(entry)});
     index_.emplace(key, recency_.begin());
   }
-  if (!dropped.empty())
-    generation_.store(NextGeneration(), std::memory_order_release);
+  if (dropped) generation_.store(NextGeneration(), std::memory_order_release);
   return dropped;
 }
 
@@ -81,10 +86,13 @@ uint64_t StepTable::evictions() const {
   return evictions_;
 }
 
-void StepTable::Describe(const StepSpec& spec) {
+uint64_t StepTable::Describe(const StepSpec& spec) {
   StepSpec::Settings s = spec.settings();
   MutexLock lock(&mu_);
   settings_[spec.name] = std::move(s);
+  const uint64_t n = described_.load(std::memory_order_relaxed) + 1;
+  described_.store(n, std::memory_order_release);
+  return n;
 }
 
 absl::optional<StepSpec::Settings> StepTable::SettingsOf(

@@ -157,10 +157,11 @@ class StepTable {
   std::shared_ptr<StepEntry> Find(uint64_t key) ABSL_LOCKS_EXCLUDED(mu_);
   // Inserts (or replaces) an entry, as the most recently used. When the
   // table is full, the least recently used entry is evicted (one entry per
-  // insert). Returns the entries dropped, for the caller to destroy outside
-  // the lock.
-  std::vector<std::shared_ptr<StepEntry>> Insert(
-      uint64_t key, std::shared_ptr<StepEntry> entry) ABSL_LOCKS_EXCLUDED(mu_);
+  // insert). Returns the entry dropped (the one replaced or evicted; null:
+  // none), for the caller to destroy outside the lock.
+  std::shared_ptr<StepEntry> Insert(uint64_t key,
+                                    std::shared_ptr<StepEntry> entry)
+      ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<StepEntry>> Clear() ABSL_LOCKS_EXCLUDED(mu_);
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
   size_t capacity() const { return capacity_; }
@@ -177,7 +178,13 @@ class StepTable {
   // What the read-outs say about each step name, kept across Clear (they
   // describe every step the executor met): the settings it was last
   // analysed with, and why it has no cache identity, if so.
-  void Describe(const StepSpec& spec) ABSL_LOCKS_EXCLUDED(mu_);
+  // Returns the describe count after it (see described()).
+  uint64_t Describe(const StepSpec& spec) ABSL_LOCKS_EXCLUDED(mu_);
+  // Describe calls so far: a caller that remembers the count after its own
+  // may skip describing the same spec again while nothing else was.
+  uint64_t described() const {
+    return described_.load(std::memory_order_acquire);
+  }
   absl::optional<StepSpec::Settings> SettingsOf(const std::string& name) const
       ABSL_LOCKS_EXCLUDED(mu_);
   void MarkUncacheable(const std::string& name, std::string why)
@@ -202,6 +209,7 @@ class StepTable {
   std::map<std::string, StepSpec::Settings> settings_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> uncacheable_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> generation_{NextGeneration()};
+  std::atomic<uint64_t> described_{0};
   static uint64_t NextGeneration();
 };
 
