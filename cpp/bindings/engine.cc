@@ -133,28 +133,34 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   std::shared_ptr<FunctionTemplate> tmpl;
   std::shared_ptr<StepMemo> memo;
   std::shared_ptr<PyStepEntry> e;
-  std::shared_ptr<StepEntry> prev;  // an entry of the same analysis
+  // This executor's per-name lookups for the analysis (stats, breaker,
+  // limiter...), kept with the template or memo (see PrototypeOf).
+  StepEntry* proto = nullptr;
   if (facts.code != nullptr) {
     // A plain function: its code object's analysis, if one was made.
     auto it = templates_.find(facts.code);
     if (it != templates_.end() && it->second->Matches(facts)) {
       tmpl = it->second;
       e = EntryFrom(tmpl->analysis, step, step);
-      prev = tmpl->last.lock();
+      e->name_str = tmpl->name_str;
+      proto = tmpl->proto.get();
     }
   } else if (is_step) {
     // A caudal.Step met before (evicted since): its analysis as it was.
-    StepAnalysis t;
-    if (RecallStep(step.ptr(), default_retry_.ptr(), backend_, &memo, &t)) {
-      e = EntryFrom(t, t.fn, t.identity_of);
-      // The memo is process-wide; the caches are this executor's own.
-      if (memo->last_engine == id_) prev = memo->last.lock();
+    RecalledObjects got;
+    memo = RecallStep(step.ptr(), default_retry_.ptr(), backend_, &got);
+    if (memo) {
+      e = EntryFrom(memo->analysis, got.fn,
+                    memo->identity_is_fn ? got.fn : py::none());
+      e->fallback = std::move(got.fallback);
+      e->breaker_exclude = std::move(got.breaker_exclude);
+      e->retry_on = std::move(got.retry_on);
+      e->name_str = memo->name_str;
+      // The memo is process-wide; the lookups are this executor's own.
+      if (memo->proto_engine == id_) proto = memo->proto.get();
     }
   }
-  if (e) {
-    e->name_str = tmpl ? tmpl->name_str : memo->name_str;
-    if (prev) CopyEntryCaches(*prev, *e);
-  } else {
+  if (!e) {
     if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
     const py::object found = analyse_(step, default_retry_, default_backend_);
     if (!py::isinstance<StepAnalysis>(found)) {
@@ -190,48 +196,63 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
           templates_.erase(templates_.begin());  // one goes, any one
         templates_.emplace(facts.code, tmpl);
       }
-    } else if (is_step && templates_on_) {
+    } else if (is_step) {
       memo = RememberStep(step.ptr(), default_retry_, backend_, t);
       if (memo) memo->name_str = e->name_str;
     }
   }
   e->tmpl = tmpl;
   e->memo = memo;
-  if (tmpl) tmpl->last = e;
-  if (memo) {
-    memo->last = e;
-    memo->last_engine = id_;
-  }
   StepSpec& s = e->spec;
   StepTable& table = core_.steps();
-  if (prev) {
-    // An entry of this executor with the same spec is alive: its limit key
-    // is registered and its stats are the name's (both per name, never
-    // per entry); and the read-outs' settings are this spec's unless
-    // another was described since.
-    e->stats = prev->stats;
+  if (proto != nullptr) {
+    // Registered, looked up and cached for this spec already, by name:
+    // stats, breakers and limiters are per name (or key), never per entry.
+    e->stats = proto->stats;
+    CopyEntryCaches(*proto, *e);
   } else {
     std::vector<Waiter> woken;
     const absl::Status st = core_.RegisterLimitKey(s, &woken);
     for (Waiter& w : woken) Wake(std::move(w));
     if (!st.ok()) ThrowStatus(st);
     e->stats = core_.stats().ForStep(s.name);
+    if (tmpl || memo) {
+      auto p = std::make_shared<StepEntry>();
+      p->stats = e->stats;
+      if (tmpl) {
+        tmpl->proto = p;
+      } else {
+        memo->proto = p;
+        memo->proto_engine = id_;
+      }
+    }
   }
   if (!e->no_identity.empty() && !e->identity_pending)
     table.MarkUncacheable(s.name, e->no_identity);
   e->key_a = py::reinterpret_borrow<py::object>(a);
   e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
-  // For the read-outs: the settings of the last step analysed by its name.
+  // For the read-outs: the settings of the last step analysed by its name
+  // (unchanged while no other was described since this analysis was).
   uint64_t* described = tmpl   ? &tmpl->described
                         : memo ? &memo->described
                                : nullptr;
   if (described == nullptr) {
     table.Describe(s);
-  } else if (!prev || *described != table.described()) {
+  } else if (proto == nullptr || *described != table.described()) {
     *described = table.Describe(s);
   }
   std::shared_ptr<StepEntry> dropped = table.Insert(key, e);
-  dropped.reset();  // its Python objects go here, with the GIL held
+  if (dropped) {
+    // What the evicted entry learnt (breaker, limiter, admission) goes back
+    // to its analysis's lookups, for the next entry made from it.
+    auto* d = static_cast<PyStepEntry*>(dropped.get());
+    if (d->tmpl && d->tmpl->proto) {
+      CopyEntryCaches(*d, *d->tmpl->proto);
+    } else if (d->memo && d->memo->proto && d->memo->proto_engine == id_) {
+      CopyEntryCaches(*d, *d->memo->proto);
+    }
+    dropped.reset();  // its Python objects go here, with the GIL held
+  }
   return e;
 }
 

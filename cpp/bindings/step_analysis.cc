@@ -396,6 +396,12 @@ bool IsCaudalStep(PyObject* obj) {
 namespace {
 
 // An attribute, or null (error cleared).
+py::object GetAttr(PyObject* obj, PyObject* name) {
+  PyObject* v = PyObject_GetAttr(obj, name);
+  if (v == nullptr) PyErr_Clear();
+  return py::reinterpret_steal<py::object>(v);
+}
+
 py::object Attr(PyObject* obj, const char* name) {
   PyObject* v = PyObject_GetAttrString(obj, name);
   if (v == nullptr) PyErr_Clear();
@@ -410,37 +416,36 @@ py::object RetryOnOf(PyObject* retry) {
 
 }  // namespace
 
-bool RecallStep(PyObject* step, PyObject* retry, const std::string& backend,
-                std::shared_ptr<StepMemo>* memo, StepAnalysis* out) {
+std::shared_ptr<StepMemo> RecallStep(PyObject* step, PyObject* retry,
+                                     const std::string& backend,
+                                     RecalledObjects* out) {
   MemoMap& m = Memos();
   auto it = m.find(step);
-  if (it == m.end()) return false;
+  if (it == m.end()) return nullptr;
   const StepMemo& mm = *it->second;
-  if (mm.retry.ptr() != retry || mm.backend != backend) return false;
-  py::object fn = Attr(step, "fn");
-  py::object fallback = Attr(step, "fallback");
-  if (!fn || !fallback) return false;
-  py::object breaker_exclude = py::none();
+  if (mm.retry.ptr() != retry || mm.backend != backend) return nullptr;
+  static PyObject* const kFn = PyUnicode_InternFromString("fn");
+  static PyObject* const kFallback = PyUnicode_InternFromString("fallback");
+  static PyObject* const kExclude =
+      PyUnicode_InternFromString("breaker_exclude");
+  static PyObject* const kRetry = PyUnicode_InternFromString("retry");
+  out->fn = GetAttr(step, kFn);
+  out->fallback = GetAttr(step, kFallback);
+  if (!out->fn || !out->fallback) return nullptr;
+  out->breaker_exclude = py::none();
   if (mm.breaker_exclude) {
-    breaker_exclude = Attr(step, "breaker_exclude");
-    if (!breaker_exclude) return false;
+    out->breaker_exclude = GetAttr(step, kExclude);
+    if (!out->breaker_exclude) return nullptr;
   }
-  py::object retry_on = py::none();
+  out->retry_on = py::none();
   if (mm.retry_on != StepMemo::RetryOn::kNone) {
     const py::object step_retry = mm.retry_on == StepMemo::RetryOn::kStepRetry
-                                      ? Attr(step, "retry")
+                                      ? GetAttr(step, kRetry)
                                       : mm.retry;
-    retry_on = RetryOnOf(step_retry.ptr());
-    if (!retry_on) return false;
+    out->retry_on = RetryOnOf(step_retry.ptr());
+    if (!out->retry_on) return nullptr;
   }
-  *out = mm.analysis;
-  out->fn = fn;
-  out->identity_of = mm.identity_is_fn ? fn : py::none();
-  out->fallback = std::move(fallback);
-  out->breaker_exclude = std::move(breaker_exclude);
-  out->retry_on = std::move(retry_on);
-  *memo = it->second;
-  return true;
+  return it->second;
 }
 
 std::shared_ptr<StepMemo> RememberStep(PyObject* step, py::object retry,
@@ -505,7 +510,8 @@ std::shared_ptr<StepMemo> RememberStep(PyObject* step, py::object retry,
   memo->identity_is_fn = !analysis.identity_of.is_none();
   memo->retry_on = retry_on;
   memo->breaker_exclude = !analysis.breaker_exclude.is_none();
-  memo->last.reset();
+  memo->proto.reset();
+  memo->proto_engine = 0;
   return memo;
 }
 

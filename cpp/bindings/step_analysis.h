@@ -84,9 +84,11 @@ struct FunctionTemplate {
   // The static part of the identity: "" until computed; "-" when the
   // function cannot be identified this way (the full walk decides).
   std::string static_digest;
-  // The last entry made from it: its per-entry caches (breaker, limiter,
-  // cache name), which depend only on the spec, are copied to the next.
-  std::weak_ptr<StepEntry> last;
+  // The executor's per-name lookups for this analysis: an entry outside
+  // the table (no Python objects) holding the stats pointer and the
+  // caches an entry keeps (CopyEntryCaches), copied into each new entry
+  // and refreshed from each evicted one.
+  std::shared_ptr<StepEntry> proto;
   uint64_t described = 0;  // the table's describe count after its last one
   bool Matches(const FunctionFacts& f) const;
   ~FunctionTemplate();  // takes the GIL
@@ -124,20 +126,25 @@ struct StepMemo {
   RetryOn retry_on = RetryOn::kNone;
   bool breaker_exclude = false;  // step.breaker_exclude (else None)
   py::object name_str;           // spec.name as a Python str
-  // As FunctionTemplate::last, for the executor (Engine id) that made it:
-  // the caches it holds are that executor's.
-  std::weak_ptr<StepEntry> last;
-  uint64_t last_engine = 0;
+  // As FunctionTemplate::proto, for the executor (Engine id) that made it:
+  // its pointers are that executor's.
+  std::shared_ptr<StepEntry> proto;
+  uint64_t proto_engine = 0;
   uint64_t described = 0;  // as FunctionTemplate::described
   ~StepMemo();             // takes the GIL
 };
 
 // Whether `obj` is exactly a caudal.Step (not a subclass).
 bool IsCaudalStep(PyObject* obj);
-// The analysis of `step` remembered for these defaults, its objects read
-// from the step; false when there is none.
-bool RecallStep(PyObject* step, PyObject* retry, const std::string& backend,
-                std::shared_ptr<StepMemo>* memo, StepAnalysis* out);
+// The objects of a remembered analysis, read again from the step.
+struct RecalledObjects {
+  py::object fn, fallback, breaker_exclude, retry_on;
+};
+// The memo of `step` made with these defaults, its objects read from the
+// step into `out`; null when there is none.
+std::shared_ptr<StepMemo> RecallStep(PyObject* step, PyObject* retry,
+                                     const std::string& backend,
+                                     RecalledObjects* out);
 // Remembers `analysis` of `step` (replacing one made with other defaults);
 // null when the step's analysis is not made of its own attributes, or the
 // step cannot be referenced weakly.
