@@ -231,16 +231,9 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
     table.MarkUncacheable(s.name, e->no_identity);
   e->key_a = py::reinterpret_borrow<py::object>(a);
   e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
-  // For the read-outs: the settings of the last step analysed by its name
-  // (unchanged while no other was described since this analysis was).
-  uint64_t* described = tmpl   ? &tmpl->described
-                        : memo ? &memo->described
-                               : nullptr;
-  if (described == nullptr) {
-    table.Describe(s);
-  } else if (proto == nullptr || *described != table.described()) {
-    *described = table.Describe(s);
-  }
+  // For the read-outs: the settings of the last analysis made under its
+  // name (an analysis reused for another object is not made again).
+  if (proto == nullptr) table.Describe(s);
   std::shared_ptr<StepEntry> dropped = table.Insert(key, e);
   if (dropped) {
     // What the evicted entry learnt (breaker, limiter, admission) goes back

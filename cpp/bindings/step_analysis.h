@@ -89,7 +89,6 @@ struct FunctionTemplate {
   // caches an entry keeps (CopyEntryCaches), copied into each new entry
   // and refreshed from each evicted one.
   std::shared_ptr<StepEntry> proto;
-  uint64_t described = 0;  // the table's describe count after its last one
   bool Matches(const FunctionFacts& f) const;
   ~FunctionTemplate();  // takes the GIL
 };
@@ -130,8 +129,7 @@ struct StepMemo {
   // its pointers are that executor's.
   std::shared_ptr<StepEntry> proto;
   uint64_t proto_engine = 0;
-  uint64_t described = 0;  // as FunctionTemplate::described
-  ~StepMemo();             // takes the GIL
+  ~StepMemo();  // takes the GIL
 };
 
 // Whether `obj` is exactly a caudal.Step (not a subclass).

@@ -86,13 +86,10 @@ uint64_t StepTable::evictions() const {
   return evictions_;
 }
 
-uint64_t StepTable::Describe(const StepSpec& spec) {
+void StepTable::Describe(const StepSpec& spec) {
   StepSpec::Settings s = spec.settings();
   MutexLock lock(&mu_);
   settings_[spec.name] = std::move(s);
-  const uint64_t n = described_.load(std::memory_order_relaxed) + 1;
-  described_.store(n, std::memory_order_release);
-  return n;
 }
 
 absl::optional<StepSpec::Settings> StepTable::SettingsOf(

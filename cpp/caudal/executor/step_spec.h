@@ -178,13 +178,7 @@ class StepTable {
   // What the read-outs say about each step name, kept across Clear (they
   // describe every step the executor met): the settings it was last
   // analysed with, and why it has no cache identity, if so.
-  // Returns the describe count after it (see described()).
-  uint64_t Describe(const StepSpec& spec) ABSL_LOCKS_EXCLUDED(mu_);
-  // Describe calls so far: a caller that remembers the count after its own
-  // may skip describing the same spec again while nothing else was.
-  uint64_t described() const {
-    return described_.load(std::memory_order_acquire);
-  }
+  void Describe(const StepSpec& spec) ABSL_LOCKS_EXCLUDED(mu_);
   absl::optional<StepSpec::Settings> SettingsOf(const std::string& name) const
       ABSL_LOCKS_EXCLUDED(mu_);
   void MarkUncacheable(const std::string& name, std::string why)
@@ -209,7 +203,6 @@ class StepTable {
   std::map<std::string, StepSpec::Settings> settings_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> uncacheable_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> generation_{NextGeneration()};
-  std::atomic<uint64_t> described_{0};
   static uint64_t NextGeneration();
 };
 
