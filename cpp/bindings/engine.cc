@@ -134,8 +134,10 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   std::shared_ptr<StepMemo> memo;
   std::shared_ptr<PyStepEntry> e;
   // This executor's per-name lookups for the analysis (stats, breaker,
-  // limiter...), kept with the template or memo (see PrototypeOf).
+  // limiter...), kept with the template or memo (its `proto`); `fresher`:
+  // the last entry made from it, while alive (what it learnt since).
   StepEntry* proto = nullptr;
+  std::shared_ptr<StepEntry> fresher;
   if (facts.code != nullptr) {
     // A plain function: its code object's analysis, if one was made.
     auto it = templates_.find(facts.code);
@@ -144,6 +146,7 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
       e = EntryFrom(tmpl->analysis, step, step);
       e->name_str = tmpl->name_str;
       proto = tmpl->proto.get();
+      fresher = tmpl->last.lock();
     }
   } else if (is_step) {
     // A caudal.Step met before (evicted since): its analysis as it was.
@@ -157,7 +160,10 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
       e->retry_on = std::move(got.retry_on);
       e->name_str = memo->name_str;
       // The memo is process-wide; the lookups are this executor's own.
-      if (memo->proto_engine == id_) proto = memo->proto.get();
+      if (memo->proto_engine == id_) {
+        proto = memo->proto.get();
+        fresher = memo->last.lock();
+      }
     }
   }
   if (!e) {
@@ -209,7 +215,7 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
     // Registered, looked up and cached for this spec already, by name:
     // stats, breakers and limiters are per name (or key), never per entry.
     e->stats = proto->stats;
-    CopyEntryCaches(*proto, *e);
+    CopyEntryCaches(fresher ? *fresher : *proto, *e);
   } else {
     std::vector<Waiter> woken;
     const absl::Status st = core_.RegisterLimitKey(s, &woken);
@@ -227,6 +233,8 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
       }
     }
   }
+  if (tmpl) tmpl->last = e;
+  if (memo) memo->last = e;
   if (!e->no_identity.empty() && !e->identity_pending)
     table.MarkUncacheable(s.name, e->no_identity);
   e->key_a = py::reinterpret_borrow<py::object>(a);
@@ -266,7 +274,7 @@ std::shared_ptr<PyStepEntry> Engine::EntryFrom(const StepAnalysis& t,
     // that only runs uncached.
     e->identity_of = py::reinterpret_borrow<py::object>(identity_of);
     e->identity_pending = true;
-    e->no_identity = "its identity is not computed yet";
+    e->no_identity = "(pending)";  // a placeholder, short enough for SSO
   } else if (!t.uncacheable.empty()) {
     e->no_identity = t.uncacheable;
   } else {

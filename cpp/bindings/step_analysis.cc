@@ -511,6 +511,7 @@ std::shared_ptr<StepMemo> RememberStep(PyObject* step, py::object retry,
   memo->retry_on = retry_on;
   memo->breaker_exclude = !analysis.breaker_exclude.is_none();
   memo->proto.reset();
+  memo->last.reset();
   memo->proto_engine = 0;
   return memo;
 }

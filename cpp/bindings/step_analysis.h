@@ -87,8 +87,10 @@ struct FunctionTemplate {
   // The executor's per-name lookups for this analysis: an entry outside
   // the table (no Python objects) holding the stats pointer and the
   // caches an entry keeps (CopyEntryCaches), copied into each new entry
-  // and refreshed from each evicted one.
+  // and refreshed from each evicted one. `last`: the last entry made from
+  // it, copied from instead while alive (it learnt the most recently).
   std::shared_ptr<StepEntry> proto;
+  std::weak_ptr<StepEntry> last;
   bool Matches(const FunctionFacts& f) const;
   ~FunctionTemplate();  // takes the GIL
 };
@@ -128,6 +130,7 @@ struct StepMemo {
   // As FunctionTemplate::proto, for the executor (Engine id) that made it:
   // its pointers are that executor's.
   std::shared_ptr<StepEntry> proto;
+  std::weak_ptr<StepEntry> last;  // of proto_engine
   uint64_t proto_engine = 0;
   ~StepMemo();  // takes the GIL
 };
