@@ -10,8 +10,11 @@ and a caudal.Step's is remembered for the step's life.
 1. µs per ``execute`` against distinct step objects (10, 1k, 4k, 5k, 10k,
    100k), cycled in order, each a distinct closure of one factory
    (``make(i)``: a step that captures ``i``), cache off and cache on (new
-   inputs: every call a cache miss, the key keyed under the closure's
-   identity); plus a fresh ``lambda`` per call, cache off and on. Every
+   inputs: every call a cache miss, keyed under the closure's identity,
+   unless the cache admission stops caching a step that never hits, as it
+   does for all of them alike); plus a fresh ``lambda`` per call (a plain
+   ``def``: it runs in a worker thread, so its baseline is 10 lambdas made
+   once, cycled) and a fresh ``async def`` per call, cache off and on. Every
    contender has its own ExecutorCore; all run interleaved in one loop
    (benchmarks/_harness.py), medians over rounds.
 2. µs per step of a chain pipeline (caudal's Pipeline, ``Step(fn, name)``
@@ -19,8 +22,9 @@ and a caudal.Step's is remembered for the step's life.
    steps (and more in the curve): the first run of each is warm-up (first
    analyses), then runs interleaved.
 
-Floors: 100,000 steps and a fresh lambda at most 1.5x 10 steps (cache off
-and on); a 10,000-step chain at most 1.5x a 1,000-step one per step.
+Floors: 100,000 steps and a fresh function per call at most 1.5x 10 steps
+(cache off and on); a 10,000-step chain at most 1.5x a 1,000-step one per
+step.
 
     python benchmarks/bench_step_table.py [--quick]
 """
@@ -75,10 +79,39 @@ def cycling(ex: ExecutorCore, n: int):
 
 
 def fresh_lambda(ex: ExecutorCore):
+    """A new (sync) lambda per call: same code object, new function."""
     execute = ex.execute
 
     async def call(x: int) -> None:
         await execute(lambda v: v + 1, x)
+
+    return call
+
+
+def sync_lambdas(ex: ExecutorCore, n: int):
+    """The baseline of a fresh lambda: n lambdas made once, cycled (a
+    plain def runs in a worker thread: the same hop for both)."""
+    steps = [lambda v, i=i: v + i for i in range(n)]
+    execute = ex.execute
+    pos = [0]
+
+    async def call(x: int) -> None:
+        i = pos[0]
+        pos[0] = i + 1 if i + 1 < n else 0
+        await execute(steps[i], x)
+
+    return call
+
+
+def fresh_async(ex: ExecutorCore):
+    """A new ``async def`` function object per call."""
+    execute = ex.execute
+
+    async def call(x: int) -> None:
+        async def step(v):
+            return v + 1
+
+        await execute(step, x)
 
     return call
 
@@ -92,9 +125,14 @@ async def per_call(quick: bool) -> dict:
             ex = executor(cache)
             executors.append(ex)
             contenders[f"{n} steps, {tag}"] = cycling(ex, n)
-        ex = executor(cache)
-        executors.append(ex)
-        contenders[f"fresh lambda, {tag}"] = fresh_lambda(ex)
+        for name, make_call in (
+            ("fresh lambda", fresh_lambda),
+            ("fresh async def", fresh_async),
+            ("10 sync lambdas", lambda ex: sync_lambdas(ex, 10)),
+        ):
+            ex = executor(cache)
+            executors.append(ex)
+            contenders[f"{name}, {tag}"] = make_call(ex)
     rounds, batch = (5, 2_000) if quick else (15, 20_000)
     res = await interleaved(contenders, rounds=rounds, batch=batch, warmup=2_000)
     for ex in executors:
@@ -158,12 +196,22 @@ def report(res: dict) -> None:
                 detail=f"{c[f'100000 steps, {tag}']:.2f} vs {base:.2f} µs; median of rounds",
             )
         )
+        sync = c[f"10 sync lambdas, {tag}"]
         floors.append(
             Floor(
-                f"per call, fresh lambda / 10 steps, {tag}",
-                measured=c[f"fresh lambda, {tag}"] / base,
+                f"per call, fresh lambda / 10 lambdas, {tag}",
+                measured=c[f"fresh lambda, {tag}"] / sync,
                 limit=1.5,
-                detail=f"{c[f'fresh lambda, {tag}']:.2f} vs {base:.2f} µs; median of rounds",
+                detail=f"{c[f'fresh lambda, {tag}']:.2f} vs {sync:.2f} µs (sync: a worker "
+                "thread each); median of rounds",
+            )
+        )
+        floors.append(
+            Floor(
+                f"per call, fresh async def / 10 steps, {tag}",
+                measured=c[f"fresh async def, {tag}"] / base,
+                limit=1.5,
+                detail=f"{c[f'fresh async def, {tag}']:.2f} vs {base:.2f} µs; median of rounds",
             )
         )
         curves.append(
