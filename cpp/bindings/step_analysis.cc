@@ -344,12 +344,32 @@ bool FunctionTemplate::Matches(const FunctionFacts& f) const {
          (f.module == module.ptr() || SameStr(f.module, module.ptr()));
 }
 
+namespace {
+
+// Runs `release` with the GIL held, taking it only when this thread does
+// not hold it already (the usual case: dropped by the engine or by a weak
+// reference's callback, even during interpreter shutdown).
+template <typename F>
+void WithGil(F release) {
+  const bool held = PyGILState_Check() != 0;
+  PyGILState_STATE st{};
+  if (!held) st = PyGILState_Ensure();
+  release();
+  if (!held) PyGILState_Release(st);
+}
+
+void ReleaseObjects(StepAnalysis& a) {
+  a.fn = a.fallback = a.retry_on = py::object();
+  a.breaker_exclude = a.cache_context = a.identity_of = py::object();
+}
+
+}  // namespace
+
 FunctionTemplate::~FunctionTemplate() {
-  py::gil_scoped_acquire gil;
-  code = name = qualname = module = name_str = py::object();
-  analysis.fn = analysis.fallback = analysis.retry_on = py::object();
-  analysis.breaker_exclude = analysis.cache_context = py::object();
-  analysis.identity_of = py::object();
+  WithGil([this] {
+    code = name = qualname = module = name_str = py::object();
+    ReleaseObjects(analysis);
+  });
 }
 
 namespace {
@@ -379,11 +399,10 @@ py::handle g_step_type;
 }  // namespace
 
 StepMemo::~StepMemo() {
-  py::gil_scoped_acquire gil;
-  weakref = retry = name_str = py::object();
-  analysis.fn = analysis.fallback = analysis.retry_on = py::object();
-  analysis.breaker_exclude = analysis.cache_context = py::object();
-  analysis.identity_of = py::object();
+  WithGil([this] {
+    weakref = retry = name_str = py::object();
+    ReleaseObjects(analysis);
+  });
 }
 
 bool IsCaudalStep(PyObject* obj) {
