@@ -77,6 +77,8 @@ Engine::Engine(const OptimizationConfig& config,
                           std::string(py::repr(py::str(backend))));
   default_retry_ = std::move(retry);
   default_backend_ = py::str(backend);
+  backend_ = backend;
+  templates_on_ = backend == "local";
 }
 
 Engine::~Engine() {
@@ -84,6 +86,7 @@ Engine::~Engine() {
   // Entries hold Python objects; drop them while the GIL is held.
   auto dropped = core_.steps().Clear();
   dropped.clear();
+  templates_.clear();
 }
 
 void Engine::apply_config(const OptimizationConfig& config) {
@@ -123,52 +126,199 @@ std::shared_ptr<StepEntry> Engine::Lookup(py::handle step) {
 
 std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
                                            PyObject* a, PyObject* b) {
-  if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
-  const py::object found = analyse_(step, default_retry_, default_backend_);
-  if (!py::isinstance<StepAnalysis>(found)) {
-    throw py::type_error(
-        "caudal._steps.analyse must return a caudal._core.StepAnalysis, got " +
-        std::string(py::str(py::type::of(found).attr("__name__"))));
+  const FunctionFacts facts =
+      templates_on_ ? FunctionFactsOf(step.ptr()) : FunctionFacts{};
+  const bool is_step =
+      templates_on_ && facts.code == nullptr && IsCaudalStep(step.ptr());
+  std::shared_ptr<FunctionTemplate> tmpl;
+  std::shared_ptr<StepMemo> memo;
+  std::shared_ptr<PyStepEntry> e;
+  // This executor's per-name lookups for the analysis (stats, breaker,
+  // limiter...), kept with the template or memo (its `proto`); `fresher`:
+  // the last entry made from it, while alive (what it learnt since).
+  StepEntry* proto = nullptr;
+  std::shared_ptr<StepEntry> fresher;
+  if (facts.code != nullptr) {
+    // A plain function: its code object's analysis, if one was made.
+    auto it = templates_.find(facts.code);
+    if (it != templates_.end() && it->second->Matches(facts)) {
+      tmpl = it->second;
+      e = EntryFrom(tmpl->analysis, step, step);
+      e->name_str = tmpl->name_str;
+      proto = tmpl->proto.get();
+      fresher = tmpl->last.lock();
+    }
+  } else if (is_step) {
+    // A caudal.Step met before (evicted since): its analysis as it was.
+    RecalledObjects got;
+    memo = RecallStep(step.ptr(), default_retry_.ptr(), backend_, &got);
+    if (memo) {
+      e = EntryFrom(memo->analysis, got.fn,
+                    memo->identity_is_fn ? got.fn : py::none());
+      e->fallback = std::move(got.fallback);
+      e->breaker_exclude = std::move(got.breaker_exclude);
+      e->retry_on = std::move(got.retry_on);
+      e->name_str = memo->name_str;
+      // The memo is process-wide; the lookups are this executor's own.
+      if (memo->proto_engine == id_) {
+        proto = memo->proto.get();
+        fresher = memo->last.lock();
+      }
+    }
   }
-  // Checked and converted by its constructor: copied, never decoded.
-  const StepAnalysis& t = found.cast<const StepAnalysis&>();
-  auto e = std::make_shared<PyStepEntry>();
+  if (!e) {
+    if (!analyse_) analyse_ = CaudalAttr("caudal._steps", "analyse");
+    const py::object found = analyse_(step, default_retry_, default_backend_);
+    if (!py::isinstance<StepAnalysis>(found)) {
+      throw py::type_error(
+          "caudal._steps.analyse must return a caudal._core.StepAnalysis, "
+          "got " +
+          std::string(py::str(py::type::of(found).attr("__name__"))));
+    }
+    // Checked and converted by its constructor: copied, never decoded.
+    StepAnalysis t = found.cast<const StepAnalysis&>();
+    t.spec.cache_group = GroupOf(t.spec.name).lo;
+    e = EntryFrom(t, t.fn, t.identity_of);
+    e->name_str = py::str(t.spec.name);
+    if (facts.code != nullptr && t.fn.ptr() == step.ptr() &&
+        t.identity_of.ptr() == step.ptr()) {
+      // A plain function analysed as itself (what analyse does for one):
+      // the analysis serves every function of its code.
+      tmpl = std::make_shared<FunctionTemplate>();
+      tmpl->code = py::reinterpret_borrow<py::object>(facts.code);
+      tmpl->name = py::reinterpret_borrow<py::object>(facts.name);
+      tmpl->qualname = py::reinterpret_borrow<py::object>(facts.qualname);
+      tmpl->module = py::reinterpret_borrow<py::object>(facts.module);
+      tmpl->defaults = facts.defaults;
+      tmpl->analysis = t;
+      tmpl->analysis.fn = py::none();
+      tmpl->analysis.identity_of = py::none();
+      tmpl->name_str = e->name_str;
+      auto slot = templates_.find(facts.code);
+      if (slot != templates_.end()) {
+        slot->second = tmpl;
+      } else {
+        if (templates_.size() >= kMaxTemplates)
+          templates_.erase(templates_.begin());  // one goes, any one
+        templates_.emplace(facts.code, tmpl);
+      }
+    } else if (is_step) {
+      memo = RememberStep(step.ptr(), default_retry_, backend_, t);
+      if (memo) memo->name_str = e->name_str;
+    }
+  }
+  e->tmpl = tmpl;
+  e->memo = memo;
   StepSpec& s = e->spec;
-  s = t.spec;
-  e->fn = t.fn;
-  e->fallback = t.fallback;
-  e->retry_on = t.retry_on;
-  e->breaker_exclude = t.breaker_exclude;
-  e->cache_context = t.cache_context;
-  {
+  StepTable& table = core_.steps();
+  if (proto != nullptr) {
+    // Registered, looked up and cached for this spec already, by name:
+    // stats, breakers and limiters are per name (or key), never per entry.
+    e->stats = proto->stats;
+    CopyEntryCaches(fresher ? *fresher : *proto, *e);
+  } else {
     std::vector<Waiter> woken;
     const absl::Status st = core_.RegisterLimitKey(s, &woken);
     for (Waiter& w : woken) Wake(std::move(w));
     if (!st.ok()) ThrowStatus(st);
+    e->stats = core_.stats().ForStep(s.name);
+    if (tmpl || memo) {
+      auto p = std::make_shared<StepEntry>();
+      p->stats = e->stats;
+      if (tmpl) {
+        tmpl->proto = p;
+      } else {
+        memo->proto = p;
+        memo->proto_engine = id_;
+      }
+    }
   }
+  if (tmpl) tmpl->last = e;
+  if (memo) memo->last = e;
+  if (!e->no_identity.empty() && !e->identity_pending)
+    table.MarkUncacheable(s.name, e->no_identity);
+  e->key_a = py::reinterpret_borrow<py::object>(a);
+  e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
+  // For the read-outs: the settings of the last analysis made under its
+  // name (an analysis reused for another object is not made again).
+  if (proto == nullptr) table.Describe(s);
+  std::shared_ptr<StepEntry> dropped = table.Insert(key, e);
+  if (dropped) {
+    // What the evicted entry learnt (breaker, limiter, admission) goes back
+    // to its analysis's lookups, for the next entry made from it.
+    auto* d = static_cast<PyStepEntry*>(dropped.get());
+    if (d->tmpl && d->tmpl->proto) {
+      CopyEntryCaches(*d, *d->tmpl->proto);
+    } else if (d->memo && d->memo->proto && d->memo->proto_engine == id_) {
+      CopyEntryCaches(*d, *d->memo->proto);
+    }
+    dropped.reset();  // its Python objects go here, with the GIL held
+  }
+  return e;
+}
+
+std::shared_ptr<PyStepEntry> Engine::EntryFrom(const StepAnalysis& t,
+                                               py::handle fn,
+                                               py::handle identity_of) {
+  auto e = std::make_shared<PyStepEntry>();
+  e->spec = t.spec;
+  e->fn = py::reinterpret_borrow<py::object>(fn);
+  e->fallback = t.fallback;
+  e->retry_on = t.retry_on;
+  e->breaker_exclude = t.breaker_exclude;
+  e->cache_context = t.cache_context;
   // The group (invalidate_prefix) is by name; the key's namespace adds
   // the identity of what runs. None: no identity, the reason instead.
-  s.cache_group = GroupOf(s.name).lo;
-  if (!t.identity_of.is_none()) {
+  if (!identity_of.is_none()) {
     // Computed by ResolveIdentity when first needed: never for a step
     // that only runs uncached.
-    e->identity_of = t.identity_of;
+    e->identity_of = py::reinterpret_borrow<py::object>(identity_of);
     e->identity_pending = true;
-    e->no_identity = "its identity is not computed yet";
+    e->no_identity = "(pending)";  // a placeholder, short enough for SSO
   } else if (!t.uncacheable.empty()) {
     e->no_identity = t.uncacheable;
-    core_.steps().MarkUncacheable(s.name, e->no_identity);
   } else {
     e->cache_ns = t.cache_ns;
   }
-  e->name_str = py::str(s.name);
-  e->key_a = py::reinterpret_borrow<py::object>(a);
-  e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
-  e->stats = core_.stats().ForStep(s.name);
-  core_.steps().Describe(s);  // for the read-outs (the last one analysed)
-  auto dropped = core_.steps().Insert(key, e);
-  dropped.clear();
   return e;
+}
+
+bool Engine::NativeIdentity(PyStepEntry* e) {
+  FunctionTemplate& t = *e->tmpl;
+  if (t.static_digest.empty()) {
+    // Once per template: the digest of its module, qualname and code.
+    std::string d = "-";
+    try {
+      if (!identity_module_)
+        identity_module_ = py::module_::import("caudal._identity");
+      const py::object got =
+          identity_module_.attr("function_static")(e->identity_of);
+      if (PyBytes_Check(got.ptr())) d = got.cast<std::string>();
+    } catch (py::error_already_set& err) {
+      if (!err.matches(PyExc_Exception)) throw;
+    }
+    t.static_digest = std::move(d);
+    if (!e->identity_pending) return true;  // another thread was first
+  }
+  Key128 k;
+  if (t.static_digest == "-" ||
+      !FunctionKey(e->identity_of.ptr(), t.static_digest, &k))
+    return false;
+  // caudal._identity.namespace's form: "<name>\x1f<digest hex>".
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string ns = e->spec.name;
+  ns += '\x1f';
+  for (int i = 0; i < 16; ++i) {
+    const uint64_t half = i < 8 ? k.lo : k.hi;
+    const auto byte = static_cast<unsigned>((half >> (8 * (i % 8))) & 0xff);
+    ns += kHex[byte >> 4];
+    ns += kHex[byte & 15];
+  }
+  e->identity_pending = false;
+  e->identity_of = py::object();
+  e->cache_ns = std::move(ns);
+  e->no_identity.clear();
+  return true;
 }
 
 bool Engine::HasIdentityNow(PyStepEntry* e) {
@@ -179,6 +329,7 @@ bool Engine::HasIdentityNow(PyStepEntry* e) {
 void Engine::ResolveIdentity(PyStepEntry* e) {
   // The call runs Python, which may drop the table's entries: keep it.
   const std::shared_ptr<StepEntry> hold = e->shared_from_this();
+  if (e->tmpl && NativeIdentity(e)) return;
   const py::object target = e->identity_of;
   bool have = false;
   std::string ns, why;
@@ -205,6 +356,11 @@ void Engine::ResolveIdentity(PyStepEntry* e) {
   e->identity_pending = false;
   e->identity_of = py::object();
   if (have) {
+    if (e->memo) {
+      // The step's identity holds for its life: remembered with it.
+      e->memo->identity_is_fn = false;
+      e->memo->analysis.cache_ns = ns;
+    }
     e->cache_ns = std::move(ns);
     e->no_identity.clear();
   } else {

@@ -81,8 +81,23 @@ struct PyStepEntry : StepEntry {
   std::string no_identity;
   py::object identity_of;
   bool identity_pending = false;
+  // The analysis shared with other functions of its code (null: analysed
+  // on its own): its identity is computed natively when it can be.
+  std::shared_ptr<FunctionTemplate> tmpl;
+  // The analysis of a caudal.Step, kept for the step's life (null: none).
+  std::shared_ptr<StepMemo> memo;
   ~PyStepEntry() override {
-    py::gil_scoped_acquire gil;
+    // Mostly dropped by the table with the GIL held (an eviction): then no
+    // acquisition at all.
+    const bool held = PyGILState_Check() != 0;
+    PyGILState_STATE st{};
+    if (!held) st = PyGILState_Ensure();
+    Release();
+    if (!held) PyGILState_Release(st);
+  }
+  void Release() {
+    tmpl.reset();
+    memo.reset();
     key_a = py::object();
     key_b = py::object();
     fn = py::object();
@@ -399,8 +414,17 @@ class Engine {
 
   std::shared_ptr<StepEntry> Lookup(py::handle step);
 
+  // A table miss: the entry of `step`, made from the analysis of its
+  // function's template when it has one (step_analysis.h), else from
+  // caudal._steps.analyse; inserted into the table.
   std::shared_ptr<StepEntry> Analyse(py::handle step, uint64_t key, PyObject* a,
                                      PyObject* b);
+  // The entry for a StepAnalysis (its fn and identity_of per object).
+  std::shared_ptr<PyStepEntry> EntryFrom(const StepAnalysis& t, py::handle fn,
+                                         py::handle identity_of);
+  // A plain function's identity from its template (FunctionKey); false when
+  // it cannot be had that way (caudal._identity decides).
+  bool NativeIdentity(PyStepEntry* e);
 
   // Whether the step has an identity, computing a pending one first.
   ABSL_ATTRIBUTE_NOINLINE bool HasIdentityNow(PyStepEntry* e);
@@ -453,6 +477,13 @@ class Engine {
   // The executor's defaults for the analysis (set once, at construction).
   py::object default_retry_;    // caudal.RetryStrategy or None
   py::object default_backend_;  // "local" or "ray" (a str)
+  // Analyses of plain functions by code object (step_analysis.h); only
+  // with the local backend (ray wraps each step object). Bounded: when
+  // full, one template goes per new one.
+  static constexpr size_t kMaxTemplates = 4096;
+  bool templates_on_ = false;
+  std::string backend_;  // default_backend_ as a C++ string
+  absl::flat_hash_map<PyObject*, std::shared_ptr<FunctionTemplate>> templates_;
 
  public:
   Executor& core() { return core_; }

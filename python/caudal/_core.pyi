@@ -544,6 +544,11 @@ def cache_key(value: Any, namespace: str = "") -> bytes:
     """The 16-byte cache key of ``value`` in ``namespace`` (TypeError naming
     the reason for a value that has no stable key)."""
 
+def function_key(fn: Any, static_digest: bytes) -> bytes | None:
+    """The 16-byte identity of a plain function from its static digest and
+    its defaults and captured values; None when those are not plain data
+    (internal: caudal._identity)."""
+
 def compress(data: bytes, threshold: int = 1024, level: int = 3) -> bytes:
     """Frames ``data`` for the shared tier: zstd-compressed when longer than
     ``threshold`` bytes (and smaller that way), raw otherwise."""

@@ -8,7 +8,13 @@ step it has analysed, when that step is first executed with caching on
 
 - a function: its module, qualname and code (bytecode, constants with nested
   code, names, flags, argument layout), its defaults, and the values of the
-  variables it captures (closure cells);
+  variables it captures (closure cells). When those values are all plain
+  data (None, bool, int, float, str, bytes, and tuples, lists, dicts and
+  sets of those), the digest is the native key of them under the digest of
+  the module, qualname and code (``caudal._core.function_key``): the
+  executor computes the same natively for every function of one code
+  object (a fresh lambda per call, a factory's closures), and it is not
+  remembered per object (it follows the values);
 - a ``functools.partial``: its function and bound arguments;
 - a bound method: its function and its instance;
 - an object called as a step (``__call__`` or ``run()``): that method and the
@@ -128,6 +134,17 @@ def namespace(name: str, fn: Any, cache_key: str | None) -> tuple[str | None, st
     )
 
 
+def function_static(fn: types.FunctionType) -> bytes | None:
+    """The digest of a plain function's module, qualname and code: what
+    every function object of one code object shares (the executor asks
+    once per code object). None when it cannot be computed."""
+    try:
+        where = _qualname(fn)
+        return _Walker(where).static(fn, where)
+    except Exception:  # NoIdentity, or an odd constant
+        return None
+
+
 def fingerprint(value: Any) -> str | None:
     """The hex digest of ``value`` keyed as :func:`namespace` keys bound
     arguments, or None when it has no stable key."""
@@ -200,7 +217,20 @@ class _Walker:
 
     # ---- structured objects: a 16-byte digest each ----
 
+    def static(self, fn: types.FunctionType, where: str) -> bytes:
+        """A function's module, qualname and code (function_static)."""
+        h = hashlib.blake2b(digest_size=16)
+        _put(h, b"function", _module(fn), fn.__qualname__)
+        h.update(self.digest(fn.__code__, where))
+        return h.digest()
+
     def digest(self, obj: Any, where: str) -> bytes:
+        if type(obj) is types.FunctionType:
+            # Plain data captured: the native key (function_key), the same
+            # the executor computes for every function of this code.
+            k = _core.function_key(obj, self.static(obj, where))
+            if k is not None:
+                return k
         key = id(obj)
         hit = _memo.get(key)
         if hit is not None:
@@ -430,4 +460,4 @@ def _const(c: Any, h: Any, w: _Walker) -> None:
         w.value(c, "a constant", h)
 
 
-__all__ = ["NoIdentity", "fingerprint", "namespace"]
+__all__ = ["NoIdentity", "fingerprint", "function_static", "namespace"]

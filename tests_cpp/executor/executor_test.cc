@@ -20,21 +20,23 @@ TEST(StepTableTest, FindInsertAndBound) {
   StepTable table(/*capacity=*/3);
   EXPECT_EQ(table.Find(1), nullptr);
   auto a = std::make_shared<StepEntry>();
-  EXPECT_TRUE(table.Insert(1, a).empty());
+  EXPECT_EQ(table.Insert(1, a), nullptr);
   EXPECT_EQ(table.Find(1), a);
   table.Insert(2, std::make_shared<StepEntry>());
   table.Insert(3, std::make_shared<StepEntry>());
   // Replacing an existing key returns the old entry and does not flush.
   auto dropped = table.Insert(3, std::make_shared<StepEntry>());
-  EXPECT_EQ(dropped.size(), 1u);
+  EXPECT_NE(dropped, nullptr);
   EXPECT_EQ(table.size(), 3u);
-  // A new key into a full table empties it first.
+  // A new key into a full table evicts the least recently used entry, and
+  // only it (1: found before 2 and 3 were inserted).
   dropped = table.Insert(4, std::make_shared<StepEntry>());
-  EXPECT_EQ(dropped.size(), 3u);
-  EXPECT_EQ(table.size(), 1u);
+  EXPECT_EQ(dropped, a);
+  EXPECT_EQ(table.size(), 3u);
   EXPECT_EQ(table.Find(1), nullptr);
   EXPECT_EQ(table.analyses(), 5u);
-  EXPECT_EQ(table.Clear().size(), 1u);
+  EXPECT_EQ(table.evictions(), 1u);
+  EXPECT_EQ(table.Clear().size(), 3u);
 }
 
 TEST(StepTableTest, EntriesOutliveTheTable) {

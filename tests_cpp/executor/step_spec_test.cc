@@ -1,6 +1,9 @@
 #include "caudal/executor/step_spec.h"
 
+#include <algorithm>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -57,6 +60,93 @@ TEST(StepTableBook, KeepsTheLastSettingsAndReasonsAcrossClear) {
   EXPECT_EQ(why[0].first, "a");
   EXPECT_EQ(why[0].second, "lambda");
   EXPECT_EQ(why[1].first, "b");
+}
+
+std::shared_ptr<StepEntry> Named(const std::string& name) {
+  auto e = std::make_shared<StepEntry>();
+  e->spec.name = name;
+  return e;
+}
+
+std::string NameAt(StepTable& t, uint64_t key) {
+  auto e = t.Find(key);
+  return e ? e->spec.name : "-";
+}
+
+TEST(StepTableLru, EvictsTheLeastRecentlyUsedEntryOnly) {
+  StepTable t(3);
+  EXPECT_EQ(t.Insert(1, Named("a")), nullptr);
+  EXPECT_EQ(t.Insert(2, Named("b")), nullptr);
+  EXPECT_EQ(t.Insert(3, Named("c")), nullptr);
+  ASSERT_NE(t.Find(1), nullptr);  // a is now the most recently used
+  auto dropped = t.Insert(4, Named("d"));
+  ASSERT_NE(dropped, nullptr);
+  EXPECT_EQ(dropped->spec.name, "b");  // the least recently used
+  EXPECT_EQ(t.size(), 3u);
+  EXPECT_EQ(NameAt(t, 2), "-");
+  // Order now (most recent first): d, a, c... Find(2) missed and moved
+  // nothing; Find(3) makes c the most recent.
+  EXPECT_EQ(NameAt(t, 3), "c");
+  dropped = t.Insert(5, Named("e"));
+  ASSERT_NE(dropped, nullptr);
+  EXPECT_EQ(dropped->spec.name, "a");
+  dropped = t.Insert(6, Named("f"));
+  ASSERT_NE(dropped, nullptr);
+  EXPECT_EQ(dropped->spec.name, "d");
+  EXPECT_EQ(NameAt(t, 3), "c");
+  EXPECT_EQ(NameAt(t, 5), "e");
+  EXPECT_EQ(NameAt(t, 6), "f");
+  EXPECT_EQ(t.evictions(), 3u);
+  EXPECT_EQ(t.analyses(), 6u);
+}
+
+TEST(StepTableLru, CyclingThroughMoreStepsThanItHoldsEvictsOneAtATime) {
+  StepTable t(100);
+  for (uint64_t k = 0; k < 1000; ++k) {
+    const bool evicted = t.Insert(k, Named(std::to_string(k))) != nullptr;
+    EXPECT_EQ(evicted, k >= 100);
+    EXPECT_EQ(t.size(), std::min<size_t>(k + 1, 100));
+  }
+  // The last 100 are there; the ones before are not.
+  EXPECT_EQ(NameAt(t, 999), "999");
+  EXPECT_EQ(NameAt(t, 900), "900");
+  EXPECT_EQ(NameAt(t, 899), "-");
+}
+
+TEST(StepTableLru, GenerationChangesWhenAndOnlyWhenAnEntryMayBeDropped) {
+  StepTable t(2);
+  const uint64_t g0 = t.generation();
+  t.Insert(1, Named("a"));
+  t.Insert(2, Named("b"));
+  EXPECT_EQ(t.generation(), g0);  // room: nothing dropped, cached pointers hold
+  t.Find(1);
+  EXPECT_EQ(t.generation(), g0);  // recency moves nothing
+  t.Insert(3, Named("c"));        // evicts b
+  const uint64_t g1 = t.generation();
+  EXPECT_NE(g1, g0);
+  t.Insert(3, Named("c2"));  // replaces c
+  const uint64_t g2 = t.generation();
+  EXPECT_NE(g2, g1);
+  t.Clear();
+  EXPECT_NE(t.generation(), g2);
+  // Unique across tables: another table never shows a generation seen here.
+  StepTable other;
+  EXPECT_NE(other.generation(), g0);
+  EXPECT_NE(other.generation(), g1);
+  EXPECT_NE(other.generation(), g2);
+}
+
+TEST(StepTableLru, AnEvictedEntryInUseStaysAliveWithItsHolder) {
+  StepTable t(1);
+  t.Insert(1, Named("running"));
+  std::shared_ptr<StepEntry> in_flight = t.Find(1);  // an execution holds it
+  auto dropped = t.Insert(2, Named("next"));
+  ASSERT_NE(dropped, nullptr);
+  dropped.reset();  // the table's reference is gone
+  ASSERT_NE(in_flight, nullptr);
+  EXPECT_EQ(in_flight->spec.name, "running");  // still valid (ASan checks)
+  EXPECT_EQ(in_flight.use_count(), 1);
+  EXPECT_EQ(NameAt(t, 1), "-");
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "caudal/executor/step_spec.h"
 
+#include <iterator>
+
 namespace caudal {
 
 StepSpec::Settings StepSpec::settings() const {
@@ -16,46 +18,72 @@ uint64_t StepTable::NextGeneration() {
   return next.fetch_add(1, std::memory_order_relaxed);
 }
 
-std::shared_ptr<StepEntry> StepTable::Find(uint64_t key) const {
+std::shared_ptr<StepEntry> StepTable::Find(uint64_t key) {
   MutexLock lock(&mu_);
-  auto it = entries_.find(key);
-  return it == entries_.end() ? nullptr : it->second;
+  auto it = index_.find(key);
+  if (it == index_.end()) return nullptr;
+  // Most recently used first: a splice, no allocation.
+  if (it->second != recency_.begin())
+    recency_.splice(recency_.begin(), recency_, it->second);
+  return it->second->entry;
 }
 
-std::vector<std::shared_ptr<StepEntry>> StepTable::Insert(
-    uint64_t key, std::shared_ptr<StepEntry> entry) {
-  std::vector<std::shared_ptr<StepEntry>> dropped;
+std::shared_ptr<StepEntry> StepTable::Insert(uint64_t key,
+                                             std::shared_ptr<StepEntry> entry) {
+  std::shared_ptr<StepEntry> dropped;
   MutexLock lock(&mu_);
-  if (entries_.size() >= capacity_ && !entries_.contains(key)) {
-    dropped.reserve(entries_.size());
-    for (auto& kv : entries_) dropped.push_back(std::move(kv.second));
-    entries_.clear();
-  }
-  generation_.store(NextGeneration(), std::memory_order_release);
-  auto& slot = entries_[key];
-  if (slot) dropped.push_back(std::move(slot));
-  slot = std::move(entry);
   ++analyses_;
+  auto it = index_.find(key);
+  if (it != index_.end()) {
+    // Replaced (another object now lives at the address, or a bound
+    // method's key collided): the old entry goes.
+    dropped = std::move(it->second->entry);
+    it->second->entry = std::move(entry);
+    recency_.splice(recency_.begin(), recency_, it->second);
+  } else {
+    if (index_.size() >= capacity_) {
+      // Full: the least recently used entry goes, and only it; its list
+      // node is reused for the new one.
+      Slot& last = recency_.back();
+      dropped = std::move(last.entry);
+      index_.erase(last.key);
+      last.key = key;
+      last.entry = std::move(entry);
+      recency_.splice(recency_.begin(), recency_, std::prev(recency_.end()));
+      ++evictions_;
+    } else {
+      recency_.push_front(Slot{key, std::move(entry)});
+    }
+    index_.emplace(key, recency_.begin());
+  }
+  if (dropped) generation_.store(NextGeneration(), std::memory_order_release);
   return dropped;
 }
 
 std::vector<std::shared_ptr<StepEntry>> StepTable::Clear() {
   std::vector<std::shared_ptr<StepEntry>> dropped;
   MutexLock lock(&mu_);
-  for (auto& kv : entries_) dropped.push_back(std::move(kv.second));
-  entries_.clear();
+  dropped.reserve(recency_.size());
+  for (Slot& s : recency_) dropped.push_back(std::move(s.entry));
+  recency_.clear();
+  index_.clear();
   generation_.store(NextGeneration(), std::memory_order_release);
   return dropped;
 }
 
 size_t StepTable::size() const {
   MutexLock lock(&mu_);
-  return entries_.size();
+  return index_.size();
 }
 
 uint64_t StepTable::analyses() const {
   MutexLock lock(&mu_);
   return analyses_;
+}
+
+uint64_t StepTable::evictions() const {
+  MutexLock lock(&mu_);
+  return evictions_;
 }
 
 void StepTable::Describe(const StepSpec& spec) {

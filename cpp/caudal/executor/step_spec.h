@@ -8,12 +8,22 @@
 //
 // Thread-safety: a StepSpec is immutable once published. StepTable is
 // thread-safe; entries are shared_ptr so an execution in flight keeps its
-// entry alive even if the table is cleared meanwhile.
+// entry alive even if the table evicts it or is cleared meanwhile.
+//
+// StepTable design: a bounded map from a caller-chosen key to an entry,
+// with least-recently-used eviction of single entries. Recency is kept by
+// Find and Insert, under the table's mutex they already take: a caller that
+// caches an entry outside the table (the bindings' per-thread last entry)
+// skips the table, and so the bookkeeping, on its repeats. Such a caller
+// keys its cache by generation(), which changes whenever an entry may have
+// been dropped (an eviction, a replacement, Clear); inserting into a table
+// with room drops nothing and leaves it as it is.
 #ifndef CAUDAL_EXECUTOR_STEP_SPEC_H_
 #define CAUDAL_EXECUTOR_STEP_SPEC_H_
 
 #include <atomic>
 #include <cstdint>
+#include <list>
 #include <map>
 #include <memory>
 #include <string>
@@ -132,28 +142,38 @@ struct StepEntry : std::enable_shared_from_this<StepEntry> {
   }
 };
 
-// Identity-keyed cache of StepEntry. The key is chosen by the caller (the
-// bindings use the step object's address and keep the object alive in the
-// entry, so an address is never reused while its entry exists).
+// Identity-keyed cache of StepEntry, least recently used evicted first.
+// The key is chosen by the caller (the bindings use the step object's
+// address and keep the object alive in the entry, so an address is never
+// reused while its entry exists).
 class StepTable {
  public:
-  explicit StepTable(size_t capacity = 4096) : capacity_(capacity) {}
+  static constexpr size_t kDefaultCapacity = 4096;
+  // `capacity` >= 1 (0 is taken as 1).
+  explicit StepTable(size_t capacity = kDefaultCapacity)
+      : capacity_(capacity == 0 ? 1 : capacity) {}
 
-  std::shared_ptr<StepEntry> Find(uint64_t key) const ABSL_LOCKS_EXCLUDED(mu_);
-  // Inserts (or replaces) an entry. When the table is full it is emptied
-  // first: analysis is cheap to redo, and a bounded table cannot leak.
-  // Returns the entries dropped, for the caller to destroy outside the lock.
-  std::vector<std::shared_ptr<StepEntry>> Insert(
-      uint64_t key, std::shared_ptr<StepEntry> entry) ABSL_LOCKS_EXCLUDED(mu_);
+  // The entry under `key` (null: none), made the most recently used.
+  std::shared_ptr<StepEntry> Find(uint64_t key) ABSL_LOCKS_EXCLUDED(mu_);
+  // Inserts (or replaces) an entry, as the most recently used. When the
+  // table is full, the least recently used entry is evicted (one entry per
+  // insert). Returns the entry dropped (the one replaced or evicted; null:
+  // none), for the caller to destroy outside the lock.
+  std::shared_ptr<StepEntry> Insert(uint64_t key,
+                                    std::shared_ptr<StepEntry> entry)
+      ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<StepEntry>> Clear() ABSL_LOCKS_EXCLUDED(mu_);
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Changes whenever an entry may have been dropped (Insert, Clear), and is
-  // unique across all tables of the process: a caller may cache a raw entry
-  // pointer for as long as (table, generation) stays the same.
+  size_t capacity() const { return capacity_; }
+  // Changes whenever an entry may have been dropped (an eviction, a
+  // replacement, Clear), and is unique across all tables of the process: a
+  // caller may cache a raw entry pointer for as long as (table, generation)
+  // stays the same.
   uint64_t generation() const {
     return generation_.load(std::memory_order_acquire);
   }
-  uint64_t analyses() const ABSL_LOCKS_EXCLUDED(mu_);  // inserts ever made
+  uint64_t analyses() const ABSL_LOCKS_EXCLUDED(mu_);   // inserts ever made
+  uint64_t evictions() const ABSL_LOCKS_EXCLUDED(mu_);  // entries evicted
 
   // What the read-outs say about each step name, kept across Clear (they
   // describe every step the executor met): the settings it was last
@@ -168,11 +188,18 @@ class StepTable {
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  struct Slot {
+    uint64_t key;
+    std::shared_ptr<StepEntry> entry;
+  };
+  using Recency = std::list<Slot>;  // most recently used first
+
   const size_t capacity_;
   mutable Mutex mu_;
-  absl::flat_hash_map<uint64_t, std::shared_ptr<StepEntry>> entries_
-      ABSL_GUARDED_BY(mu_);
+  Recency recency_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Recency::iterator> index_ ABSL_GUARDED_BY(mu_);
   uint64_t analyses_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t evictions_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, StepSpec::Settings> settings_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::string> uncacheable_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> generation_{NextGeneration()};
