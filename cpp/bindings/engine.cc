@@ -164,7 +164,8 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   e->name_str = py::str(s.name);
   e->key_a = py::reinterpret_borrow<py::object>(a);
   e->key_b = b ? py::reinterpret_borrow<py::object>(b) : py::none();
-  e->stats = core_.stats().ForStep(s.name);
+  e->stats_owner = core_.StatsFor(s.name);
+  e->stats = e->stats_owner.get();
   core_.steps().Describe(s);  // for the read-outs (the last one analysed)
   auto dropped = core_.steps().Insert(key, e);
   dropped.clear();

@@ -42,11 +42,14 @@ KeyLimiter::KeyLimiter(std::string key, Mode mode, int fixed_limit,
       gate_(InitialLimit(mode, fixed_limit, adaptive)),
       fixed_limit_(fixed_limit),
       options_(adaptive),
-      min_rtt_threshold_ns_(adaptive.min_rtt_threshold_ns) {
-  if (mode == Mode::kAdaptive) {
+      min_rtt_threshold_ns_(adaptive.min_rtt_threshold_ns) {}
+
+const BaselineGradientLimit& KeyLimiter::AlgorithmLocked() {
+  if (algorithm_ == nullptr) {
     algorithm_ = std::make_unique<BaselineGradientLimit>(
-        *BaselineGradientLimit::Create(adaptive));
+        *BaselineGradientLimit::Create(options_));
   }
+  return *algorithm_;
 }
 
 bool KeyLimiter::SameOptions(const BaselineGradientLimit::Options& a,
@@ -69,8 +72,10 @@ std::vector<LimiterWaiter> KeyLimiter::SetLimitLocked(
   ++changes_;
   LimitChange c{key_,           now_ns, current, next, gate_.in_flight(),
                 gate_.waiting()};
-  history_.push_back(c);
-  while (history_.size() > kHistory) history_.pop_front();
+  if (history_ == nullptr)
+    history_ = std::make_unique<std::deque<LimitChange>>();
+  history_->push_back(c);
+  while (history_->size() > kHistory) history_->pop_front();
   *change = std::move(c);
   return gate_.SetLimit(next);
 }
@@ -88,7 +93,8 @@ std::vector<LimiterWaiter> KeyLimiter::Sample(int64_t start_ns, int64_t rtt_ns,
   std::optional<LimitChange> change;
   {
     MutexLock lock(&mu_);
-    if (algorithm_ == nullptr) return {};
+    if (mode_.load(std::memory_order_relaxed) != Mode::kAdaptive) return {};
+    AlgorithmLocked();  // made by the first sample that can move the limit
     ++samples_;
     if (drop) ++drops_;
     const int next = algorithm_->OnSample(start_ns, rtt_ns, inflight, drop);
@@ -124,12 +130,12 @@ std::vector<LimiterWaiter> KeyLimiter::Configure(
     const Mode old = mode_.load(std::memory_order_relaxed);
     int next = gate_.limit();
     if (mode == Mode::kAdaptive) {
-      if (old != Mode::kAdaptive || algorithm_ == nullptr ||
-          !SameOptions(options_, adaptive)) {
-        algorithm_ = std::make_unique<BaselineGradientLimit>(
-            *BaselineGradientLimit::Create(adaptive));
-      }
-      next = algorithm_->limit();
+      // Restarts lazily: the next sample that can move the limit makes it.
+      if (old != Mode::kAdaptive || !SameOptions(options_, adaptive))
+        algorithm_.reset();
+      next = algorithm_ != nullptr
+                 ? algorithm_->limit()
+                 : BaselineGradientLimit::Create(adaptive)->limit();
     } else {
       algorithm_.reset();
       next = mode == Mode::kFixed ? fixed_limit : kUnlimited;
@@ -158,19 +164,25 @@ KeyLimiter::Snapshot KeyLimiter::snapshot() const {
   s.changes = changes_;
   s.samples = samples_;
   s.drops = drops_;
-  if (algorithm_ != nullptr) {
-    s.estimated_limit = algorithm_->estimated_limit();
-    s.baseline_rtt_ns = algorithm_->baseline_rtt_ns();
-    s.last_window_rtt_ns = algorithm_->last_window_rtt_ns();
-    s.windows = algorithm_->windows();
-    s.slow_start = algorithm_->slow_start();
+  if (s.mode == Mode::kAdaptive) {
+    // Not made yet: what a fresh one reports.
+    absl::optional<BaselineGradientLimit> fresh;
+    if (algorithm_ == nullptr)
+      fresh.emplace(*BaselineGradientLimit::Create(options_));
+    const BaselineGradientLimit& a = algorithm_ ? *algorithm_ : *fresh;
+    s.estimated_limit = a.estimated_limit();
+    s.baseline_rtt_ns = a.baseline_rtt_ns();
+    s.last_window_rtt_ns = a.last_window_rtt_ns();
+    s.windows = a.windows();
+    s.slow_start = a.slow_start();
   }
   return s;
 }
 
 std::vector<LimitChange> KeyLimiter::history() const {
   MutexLock lock(&mu_);
-  return {history_.begin(), history_.end()};
+  if (history_ == nullptr) return {};
+  return {history_->begin(), history_->end()};
 }
 
 KeyLimiter* LimiterRegistry::GetOrCreate(

@@ -12,6 +12,11 @@
 //   ... woken = lim.Sample(start, rtt, inflight, drop, now);  // wake them
 //   if (auto next = lim.Release()) wake(*next);
 //
+// Memory: about 450 bytes per key until its limit first moves. In adaptive
+// mode the algorithm's state (800 bytes) is made by the first sample that can
+// move the limit (a slow or dropped one; fast ones never reach it), and the
+// change history by the first change.
+//
 // Thread-safety: all methods from any thread. The observer is called with no
 // lock held, on the thread whose sample changed the limit.
 // Cost: acquire and release are the gate's lock-free fast path. A sample
@@ -46,6 +51,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
 #include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/concurrency/limit_algorithms.h"
@@ -174,7 +180,11 @@ class KeyLimiter {
   mutable Mutex mu_;
   int fixed_limit_ ABSL_GUARDED_BY(mu_);
   BaselineGradientLimit::Options options_ ABSL_GUARDED_BY(mu_);
+  // Adaptive mode: null until a sample can move the limit (a fresh one's
+  // state: see AlgorithmLocked).
   std::unique_ptr<BaselineGradientLimit> algorithm_ ABSL_GUARDED_BY(mu_);
+  const BaselineGradientLimit& AlgorithmLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cheap pre-check outside the lock: fast successful samples are ignored.
   std::atomic<int64_t> min_rtt_threshold_ns_;
   // Dormancy (see the file comment): plain loads and stores only.
@@ -187,7 +197,8 @@ class KeyLimiter {
   int64_t samples_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t drops_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t changes_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<LimitChange> history_ ABSL_GUARDED_BY(mu_);
+  // Null until the first change.
+  std::unique_ptr<std::deque<LimitChange>> history_ ABSL_GUARDED_BY(mu_);
 };
 
 // The executor's limiters by key. Limiters live as long as the registry
