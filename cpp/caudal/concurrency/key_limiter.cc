@@ -36,18 +36,26 @@ const char* LimiterModeName(KeyLimiter::Mode mode) {
 KeyLimiter::KeyLimiter(std::string key, Mode mode, int fixed_limit,
                        const BaselineGradientLimit::Options& adaptive,
                        Observer observer)
+    : KeyLimiter(
+          std::move(key), mode, fixed_limit,
+          std::make_shared<const BaselineGradientLimit::Options>(adaptive),
+          observer ? std::make_shared<const Observer>(std::move(observer))
+                   : nullptr) {}
+
+KeyLimiter::KeyLimiter(std::string key, Mode mode, int fixed_limit,
+                       SharedOptions adaptive, SharedObserver observer)
     : key_(std::move(key)),
       observer_(std::move(observer)),
       mode_(mode),
-      gate_(InitialLimit(mode, fixed_limit, adaptive)),
+      gate_(InitialLimit(mode, fixed_limit, *adaptive)),
       fixed_limit_(fixed_limit),
-      options_(adaptive),
-      min_rtt_threshold_ns_(adaptive.min_rtt_threshold_ns) {}
+      options_(std::move(adaptive)),
+      min_rtt_threshold_ns_(options_->min_rtt_threshold_ns) {}
 
 const BaselineGradientLimit& KeyLimiter::AlgorithmLocked() {
   if (algorithm_ == nullptr) {
     algorithm_ = std::make_unique<BaselineGradientLimit>(
-        *BaselineGradientLimit::Create(options_));
+        *BaselineGradientLimit::Create(*options_));
   }
   return *algorithm_;
 }
@@ -101,7 +109,7 @@ std::vector<LimiterWaiter> KeyLimiter::Sample(int64_t start_ns, int64_t rtt_ns,
     // Under mu_, so limit changes reach the gate in sample order.
     woken = SetLimitLocked(next, now_ns, &change);
   }
-  if (change && observer_) observer_(*change);
+  if (change && observer_) (*observer_)(*change);
   return woken;
 }
 
@@ -131,7 +139,7 @@ std::vector<LimiterWaiter> KeyLimiter::Configure(
     int next = gate_.limit();
     if (mode == Mode::kAdaptive) {
       // Restarts lazily: the next sample that can move the limit makes it.
-      if (old != Mode::kAdaptive || !SameOptions(options_, adaptive))
+      if (old != Mode::kAdaptive || !SameOptions(*options_, adaptive))
         algorithm_.reset();
       next = algorithm_ != nullptr
                  ? algorithm_->limit()
@@ -140,14 +148,16 @@ std::vector<LimiterWaiter> KeyLimiter::Configure(
       algorithm_.reset();
       next = mode == Mode::kFixed ? fixed_limit : kUnlimited;
     }
-    options_ = adaptive;
+    if (!SameOptions(*options_, adaptive))
+      options_ =
+          std::make_shared<const BaselineGradientLimit::Options>(adaptive);
     fixed_limit_ = fixed_limit;
     min_rtt_threshold_ns_.store(adaptive.min_rtt_threshold_ns,
                                 std::memory_order_relaxed);
     mode_.store(mode, std::memory_order_release);
     woken = SetLimitLocked(next, now_ns, &change);
   }
-  if (change && observer_) observer_(*change);
+  if (change && observer_) (*observer_)(*change);
   return woken;
 }
 
@@ -168,7 +178,7 @@ KeyLimiter::Snapshot KeyLimiter::snapshot() const {
     // Not made yet: what a fresh one reports.
     absl::optional<BaselineGradientLimit> fresh;
     if (algorithm_ == nullptr)
-      fresh.emplace(*BaselineGradientLimit::Create(options_));
+      fresh.emplace(*BaselineGradientLimit::Create(*options_));
     const BaselineGradientLimit& a = algorithm_ ? *algorithm_ : *fresh;
     s.estimated_limit = a.estimated_limit();
     s.baseline_rtt_ns = a.baseline_rtt_ns();
@@ -191,10 +201,12 @@ KeyLimiter* LimiterRegistry::GetOrCreate(
   MutexLock lock(&mu_);
   auto it = limiters_.find(key);
   if (it != limiters_.end()) return it->second.get();
+  if (options_ == nullptr || !KeyLimiter::SameOptions(*options_, adaptive))
+    options_ = std::make_shared<const BaselineGradientLimit::Options>(adaptive);
   auto l =
-      std::make_unique<KeyLimiter>(key, mode, fixed_limit, adaptive, observer_);
+      std::make_unique<KeyLimiter>(key, mode, fixed_limit, options_, observer_);
   KeyLimiter* out = l.get();
-  limiters_.emplace(key, std::move(l));
+  limiters_.emplace(out->key(), std::move(l));
   return out;
 }
 

@@ -51,6 +51,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
 #include "caudal/concurrency/concurrency_gate.h"
@@ -97,12 +98,19 @@ class KeyLimiter {
   static constexpr size_t kHistory = 512;
 
   using Observer = std::function<void(const LimitChange&)>;
+  // Shared by the limiters of a registry (a limiter per step name: these
+  // would be 120 bytes each).
+  using SharedOptions = std::shared_ptr<const BaselineGradientLimit::Options>;
+  using SharedObserver = std::shared_ptr<const Observer>;
 
   // `adaptive` is used in Mode::kAdaptive (it must be valid); `fixed_limit`
   // in Mode::kFixed.
   KeyLimiter(std::string key, Mode mode, int fixed_limit,
              const BaselineGradientLimit::Options& adaptive,
              Observer observer = nullptr);
+  // The same with options and observer shared (non-null options).
+  KeyLimiter(std::string key, Mode mode, int fixed_limit,
+             SharedOptions adaptive, SharedObserver observer);
   KeyLimiter(const KeyLimiter&) = delete;
   KeyLimiter& operator=(const KeyLimiter&) = delete;
 
@@ -159,6 +167,9 @@ class KeyLimiter {
       Mode mode, int fixed_limit,
       const BaselineGradientLimit::Options& adaptive, int64_t now_ns);
 
+  static bool SameOptions(const BaselineGradientLimit::Options& a,
+                          const BaselineGradientLimit::Options& b);
+
   int limit() const { return gate_.limit(); }
   int in_flight() const { return gate_.in_flight(); }
   int waiting() const { return gate_.waiting(); }
@@ -170,16 +181,14 @@ class KeyLimiter {
   std::vector<LimiterWaiter> SetLimitLocked(int next, int64_t now_ns,
                                             std::optional<LimitChange>* change)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  static bool SameOptions(const BaselineGradientLimit::Options& a,
-                          const BaselineGradientLimit::Options& b);
 
   const std::string key_;
-  const Observer observer_;
+  const SharedObserver observer_;  // null: none
   std::atomic<Mode> mode_;
   ConcurrencyGate<LimiterWaiter> gate_;
   mutable Mutex mu_;
   int fixed_limit_ ABSL_GUARDED_BY(mu_);
-  BaselineGradientLimit::Options options_ ABSL_GUARDED_BY(mu_);
+  SharedOptions options_ ABSL_GUARDED_BY(mu_);  // never null
   // Adaptive mode: null until a sample can move the limit (a fresh one's
   // state: see AlgorithmLocked).
   std::unique_ptr<BaselineGradientLimit> algorithm_ ABSL_GUARDED_BY(mu_);
@@ -206,7 +215,9 @@ class KeyLimiter {
 class LimiterRegistry {
  public:
   explicit LimiterRegistry(KeyLimiter::Observer observer = nullptr)
-      : observer_(std::move(observer)) {}
+      : observer_(observer ? std::make_shared<const KeyLimiter::Observer>(
+                                 std::move(observer))
+                           : nullptr) {}
 
   // The key's limiter, created in `mode` if new; an existing one is
   // returned as it is (change it with KeyLimiter::Configure).
@@ -217,10 +228,13 @@ class LimiterRegistry {
   KeyLimiter* Find(const std::string& key) const;
 
  private:
-  const KeyLimiter::Observer observer_;
+  const KeyLimiter::SharedObserver observer_;
   mutable Mutex mu_;
-  absl::flat_hash_map<std::string, std::unique_ptr<KeyLimiter>> limiters_
+  // Keys view their limiter's key.
+  absl::flat_hash_map<absl::string_view, std::unique_ptr<KeyLimiter>> limiters_
       ABSL_GUARDED_BY(mu_);
+  // The options the last limiter was made with, shared by the next ones.
+  KeyLimiter::SharedOptions options_ ABSL_GUARDED_BY(mu_);
 };
 
 const char* LimiterModeName(KeyLimiter::Mode mode);

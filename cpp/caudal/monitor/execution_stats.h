@@ -7,7 +7,7 @@
 // flight holds in turn) another, so callers keep a raw pointer next to their
 // reference and never look a name up per execution.
 //
-// Memory. A name's StepStats is about 350 bytes until its histogram grows
+// Memory. A name's StepStats is about 300 bytes until its histogram grows
 // (latency_histogram.h: more than kInline executions). Names are reclaimed
 // only when asked (Reclaim, under the executor's max_tracked_steps), and
 // only idle ones: a name the registry alone holds, so nothing can record

@@ -8,7 +8,7 @@
 // below kSubBuckets ns get exact buckets. The range covers 1 ns .. 2^44 ns
 // (about 4.9 hours); larger values land in the last bucket.
 //
-// Memory: a histogram starts small (about 110 bytes): its first kInline
+// Memory: a histogram starts small (about 80 bytes): its first kInline
 // samples are kept as exact values, and the kNumBuckets counters (5 KiB) are
 // allocated by the sample after them. A step run a few times (one of many
 // distinct names) never pays for the buckets; a busy one pays once.
@@ -39,7 +39,7 @@ class LatencyHistogram {
   static constexpr int kNumBuckets =
       (kOctaves - kSubBucketBits + 1) * kSubBuckets;
   // Samples kept as exact values before the buckets are allocated.
-  static constexpr int kInline = 8;
+  static constexpr int kInline = 4;
 
   LatencyHistogram() { Reset(); }
   ~LatencyHistogram();
