@@ -70,9 +70,9 @@ void StepStats::Snapshot::Merge(const Snapshot& o) {
 std::shared_ptr<StepStats> StatsRegistry::ForStep(absl::string_view step_name) {
   MutexLock lock(&mu_);
   auto it = by_name_.find(step_name);
-  if (it != by_name_.end()) return it->second;
+  if (it != by_name_.end()) return *it;
   auto s = std::make_shared<StepStats>(std::string(step_name));
-  by_name_.emplace(s->name, s);
+  by_name_.insert(s);
   order_.push_back(s.get());
   return s;
 }
@@ -125,10 +125,10 @@ std::vector<std::string> StatsRegistry::Reclaim(size_t max_tracked) {
   for (size_t i = 0; i < order_.size(); ++i) {
     StepStats* s = order_[i];
     if (excess > 0) {
-      auto it = by_name_.find(s->name);
+      auto it = by_name_.find(absl::string_view(s->name));
       // Held by the registry alone: no entry (and so no execution) can
       // reach it, nor get it back but through ForStep, which needs mu_.
-      if (it->second.use_count() == 1) {
+      if (it->use_count() == 1) {
         // Pairs with the release of the last other owner's reference:
         // everything it recorded is visible to Take.
         std::atomic_thread_fence(std::memory_order_acquire);
@@ -136,7 +136,8 @@ std::vector<std::string> StatsRegistry::Reclaim(size_t max_tracked) {
         reclaimed_.in_flight = 0;
         ++reclaimed_names_;
         names.push_back(s->name);
-        freed.push_back(std::move(it->second));
+        // The set's elements are const: take the reference out by copy.
+        freed.push_back(*it);
         by_name_.erase(it);
         --excess;
         continue;

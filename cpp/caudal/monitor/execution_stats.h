@@ -28,7 +28,8 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
@@ -119,10 +120,26 @@ class StatsRegistry {
 
  private:
   mutable Mutex mu_;
-  // Keys view the names of their values.
-  absl::flat_hash_map<absl::string_view, std::shared_ptr<StepStats>> by_name_
+  // The registry's references, hashed by their name (a set of 16-byte
+  // slots, looked up by name), and the names in first-use order.
+  struct ByName {
+    using is_transparent = void;
+    static absl::string_view Name(absl::string_view n) { return n; }
+    static absl::string_view Name(const std::shared_ptr<StepStats>& s) {
+      return s->name;
+    }
+    template <typename T>
+    size_t operator()(const T& x) const {
+      return absl::Hash<absl::string_view>()(Name(x));
+    }
+    template <typename A, typename B>
+    bool operator()(const A& a, const B& b) const {
+      return Name(a) == Name(b);
+    }
+  };
+  absl::flat_hash_set<std::shared_ptr<StepStats>, ByName, ByName> by_name_
       ABSL_GUARDED_BY(mu_);
-  std::vector<StepStats*> order_ ABSL_GUARDED_BY(mu_);  // first use first
+  std::vector<StepStats*> order_ ABSL_GUARDED_BY(mu_);
   StepStats::Snapshot reclaimed_ ABSL_GUARDED_BY(mu_) = {};
   uint64_t reclaimed_names_ ABSL_GUARDED_BY(mu_) = 0;
   // A pass that left more than the bound: the size the next one waits for.
