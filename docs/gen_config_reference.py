@@ -61,6 +61,7 @@ CAUDAL_CHOICE = {
     "telemetry_sampling_rate",
     "telemetry_buffer_size",
     "performance_window_seconds",
+    "max_tracked_steps",
 }
 
 

@@ -214,17 +214,25 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   if (proto != nullptr) {
     // Registered, looked up and cached for this spec already, by name:
     // stats, breakers and limiters are per name (or key), never per entry.
-    e->stats = proto->stats;
+    // The prototype does not keep its name's stats alive (a name the bound
+    // reclaimed while only prototypes pointed at it starts a fresh row).
+    e->stats_owner = proto->stats_weak.lock();
+    if (!e->stats_owner) {
+      e->stats_owner = core_.StatsFor(s.name);
+      proto->stats_weak = e->stats_owner;
+    }
+    e->stats = e->stats_owner.get();
     CopyEntryCaches(fresher ? *fresher : *proto, *e);
   } else {
     std::vector<Waiter> woken;
     const absl::Status st = core_.RegisterLimitKey(s, &woken);
     for (Waiter& w : woken) Wake(std::move(w));
     if (!st.ok()) ThrowStatus(st);
-    e->stats = core_.stats().ForStep(s.name);
+    e->stats_owner = core_.StatsFor(s.name);
+    e->stats = e->stats_owner.get();
     if (tmpl || memo) {
       auto p = std::make_shared<StepEntry>();
-      p->stats = e->stats;
+      p->stats_weak = e->stats_owner;
       if (tmpl) {
         tmpl->proto = p;
       } else {

@@ -83,6 +83,10 @@ std::vector<StepRow> StepRows(const Executor& core) {
         core.steps().SettingsOf(s.name);
     rows.push_back(StepRowOf(std::move(s), settings ? &*settings : nullptr));
   }
+  // The names reclaimed under max_tracked_steps, summed: rows and total
+  // still add up.
+  if (auto r = core.stats().TakeReclaimed())
+    rows.push_back(StepRowOf(std::move(*r), nullptr));
   return rows;
 }
 }  // namespace
@@ -102,10 +106,13 @@ py::dict Engine::cache_stats() const {
 }
 
 ExecutionSection Engine::execution_section() const {
-  return ExecutionSectionOf(
+  ExecutionSection s = ExecutionSectionOf(
       StepRowOf(core_.stats().TakeTotal()), StepRows(core_), core_.Trends(),
       *core_.current_config(), core_.in_flight(), core_.steps().size(),
       core_.steps().analyses(), core_.trend_checkpoints());
+  s.names_tracked = core_.stats().tracked();
+  s.names_reclaimed = core_.stats().reclaimed_names();
+  return s;
 }
 
 py::dict Engine::step_stats() const {
@@ -131,6 +138,9 @@ py::list Engine::latency_buckets(py::object step_name) const {
         h = std::move(s.latency);
         break;
       }
+    }
+    if (name == StatsRegistry::kReclaimedName) {
+      if (auto r = core_.stats().TakeReclaimed()) h = std::move(r->latency);
     }
   }
   py::list out;

@@ -91,6 +91,13 @@ py::dict ExecutionSectionDict(const ExecutionSection& s) {
   d["fallbacks"] = t.stats.fallbacks;
   d["cancelled"] = t.stats.cancelled;
   d["step_analysis"] = StepTableDict(s.step_table_size, s.step_analyses);
+  py::dict names;
+  names["tracked"] = s.names_tracked;
+  names["reclaimed"] = s.names_reclaimed;
+  names["max_tracked"] = s.max_tracked_steps < 0
+                             ? py::object(py::none())
+                             : py::object(py::int_(s.max_tracked_steps));
+  d["step_names"] = names;
   py::dict steps;
   for (const StepRow& r : s.steps) {
     steps[py::str(r.stats.name)] = StepRowDict(r, /*with_trend=*/true);

@@ -30,6 +30,7 @@ class OptimizationConfig(metaclass=_pybind11_type):
     worker_pool_task_timeout_seconds: float
     enable_optimized_telemetry: bool
     enable_performance_monitoring: bool
+    max_tracked_steps: int | None
     telemetry_batch_size: int
     telemetry_flush_interval_seconds: float
     telemetry_sampling_rate: float

@@ -133,7 +133,7 @@ TEST(OptimizationConfigTest, AdaptiveLimitBoundsMustBeOrdered) {
 
 TEST(OptimizationConfigTest, FieldTableDescribesEveryField) {
   const auto& fields = ConfigFields();
-  ASSERT_EQ(fields.size(), 49u);
+  ASSERT_EQ(fields.size(), 50u);
   EXPECT_STREQ(fields[0].name, "enable_object_pool");
   EXPECT_STREQ(fields[0].default_repr, "True");
   EXPECT_EQ(fields[0].kind, FieldKind::kBool);

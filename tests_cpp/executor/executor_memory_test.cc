@@ -39,7 +39,9 @@ TEST(ExecutorPoolTest, SteadyStateHotPathAllocatesNothingWithThePool) {
   Executor ex(cfg);
   ex.memory_monitor().SetInterval(kHour);  // no maintenance in the loop
   auto e = MakeEntry(ex, "s");
-  AllocationsPer(ex, e, 10);  // warm: the pool holds a record now
+  // Warm: the pool holds a record now, and the step's lazily grown state
+  // (histogram buckets, breaker stripes) exists.
+  AllocationsPer(ex, e, 100);
   const ObjectPoolStats warm = ex.MemoryStats(0).pool;
   const uint64_t allocs = AllocationsPer(ex, e, 1000);
   const ObjectPoolStats after = ex.MemoryStats(0).pool;
@@ -57,7 +59,7 @@ TEST(ExecutorPoolTest, WithoutThePoolEachExecutionAllocatesItsRecord) {
   Executor ex(cfg);
   ex.memory_monitor().SetInterval(kHour);
   auto e = MakeEntry(ex, "s");
-  AllocationsPer(ex, e, 10);
+  AllocationsPer(ex, e, 100);  // past the lazily grown per-step state
   const uint64_t allocs = AllocationsPer(ex, e, 1000);
   const ObjectPoolStats st = ex.MemoryStats(0).pool;
   EXPECT_EQ(st.hits + st.misses, 0u);  // the pool is not used at all

@@ -49,9 +49,9 @@ TEST(StepTableTest, EntriesOutliveTheTable) {
 
 TEST(StatsRegistryTest, StablePointersAndTotals) {
   StatsRegistry reg;
-  StepStats* a = reg.ForStep("a");
+  std::shared_ptr<StepStats> a = reg.ForStep("a");
   EXPECT_EQ(reg.ForStep("a"), a);
-  StepStats* b = reg.ForStep("b");
+  std::shared_ptr<StepStats> b = reg.ForStep("b");
   a->executions = 3;
   b->executions = 4;
   a->latency.Record(10);

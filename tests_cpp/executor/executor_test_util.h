@@ -18,7 +18,8 @@ inline std::shared_ptr<StepEntry> MakeEntry(Executor& ex,
   auto e = std::make_shared<StepEntry>();
   e->spec.name = name;
   e->spec.retry = StepSpec::ImmediateRetries(max_retries);
-  e->stats = ex.stats().ForStep(name);
+  e->stats_owner = ex.StatsFor(name);
+  e->stats = e->stats_owner.get();
   return e;
 }
 

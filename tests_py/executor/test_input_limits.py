@@ -315,6 +315,7 @@ MAXIMA = {
     "worker_pool_size": (1024, 10**6),
     "worker_pool_queue_size": (100_000_000, 2**62),
     "worker_pool_task_timeout_seconds": (1e9, 9.3e9),
+    "max_tracked_steps": (100_000_000, 2**40),
     "telemetry_batch_size": (1_000_000, 2**40),
     "telemetry_flush_interval_seconds": (1e9, 1e10),
     "telemetry_buffer_size": (1_000_000, 2**62),

@@ -21,7 +21,8 @@ SECTIONS = {
     "execution": [
         "total_executions", "successes", "failures", "in_flight", "avg_time_ms", "p50_ms",
         "p95_ms", "p99_ms", "max_ms", "slow_executions", "slow_execution_threshold_ms",
-        "timeouts", "fallbacks", "cancelled", "step_analysis", "steps", "regressions",
+        "timeouts", "fallbacks", "cancelled", "step_analysis", "step_names", "steps",
+        "regressions",
         "regression_detection",
     ],
     "cache": [

@@ -36,17 +36,28 @@ const char* LimiterModeName(KeyLimiter::Mode mode) {
 KeyLimiter::KeyLimiter(std::string key, Mode mode, int fixed_limit,
                        const BaselineGradientLimit::Options& adaptive,
                        Observer observer)
+    : KeyLimiter(
+          std::move(key), mode, fixed_limit,
+          std::make_shared<const BaselineGradientLimit::Options>(adaptive),
+          observer ? std::make_shared<const Observer>(std::move(observer))
+                   : nullptr) {}
+
+KeyLimiter::KeyLimiter(std::string key, Mode mode, int fixed_limit,
+                       SharedOptions adaptive, SharedObserver observer)
     : key_(std::move(key)),
       observer_(std::move(observer)),
       mode_(mode),
-      gate_(InitialLimit(mode, fixed_limit, adaptive)),
+      gate_(InitialLimit(mode, fixed_limit, *adaptive)),
       fixed_limit_(fixed_limit),
-      options_(adaptive),
-      min_rtt_threshold_ns_(adaptive.min_rtt_threshold_ns) {
-  if (mode == Mode::kAdaptive) {
+      options_(std::move(adaptive)),
+      min_rtt_threshold_ns_(options_->min_rtt_threshold_ns) {}
+
+const BaselineGradientLimit& KeyLimiter::AlgorithmLocked() {
+  if (algorithm_ == nullptr) {
     algorithm_ = std::make_unique<BaselineGradientLimit>(
-        *BaselineGradientLimit::Create(adaptive));
+        *BaselineGradientLimit::Create(*options_));
   }
+  return *algorithm_;
 }
 
 bool KeyLimiter::SameOptions(const BaselineGradientLimit::Options& a,
@@ -69,8 +80,10 @@ std::vector<LimiterWaiter> KeyLimiter::SetLimitLocked(
   ++changes_;
   LimitChange c{key_,           now_ns, current, next, gate_.in_flight(),
                 gate_.waiting()};
-  history_.push_back(c);
-  while (history_.size() > kHistory) history_.pop_front();
+  if (history_ == nullptr)
+    history_ = std::make_unique<std::deque<LimitChange>>();
+  history_->push_back(c);
+  while (history_->size() > kHistory) history_->pop_front();
   *change = std::move(c);
   return gate_.SetLimit(next);
 }
@@ -88,14 +101,15 @@ std::vector<LimiterWaiter> KeyLimiter::Sample(int64_t start_ns, int64_t rtt_ns,
   std::optional<LimitChange> change;
   {
     MutexLock lock(&mu_);
-    if (algorithm_ == nullptr) return {};
+    if (mode_.load(std::memory_order_relaxed) != Mode::kAdaptive) return {};
+    AlgorithmLocked();  // made by the first sample that can move the limit
     ++samples_;
     if (drop) ++drops_;
     const int next = algorithm_->OnSample(start_ns, rtt_ns, inflight, drop);
     // Under mu_, so limit changes reach the gate in sample order.
     woken = SetLimitLocked(next, now_ns, &change);
   }
-  if (change && observer_) observer_(*change);
+  if (change && observer_) (*observer_)(*change);
   return woken;
 }
 
@@ -124,24 +138,26 @@ std::vector<LimiterWaiter> KeyLimiter::Configure(
     const Mode old = mode_.load(std::memory_order_relaxed);
     int next = gate_.limit();
     if (mode == Mode::kAdaptive) {
-      if (old != Mode::kAdaptive || algorithm_ == nullptr ||
-          !SameOptions(options_, adaptive)) {
-        algorithm_ = std::make_unique<BaselineGradientLimit>(
-            *BaselineGradientLimit::Create(adaptive));
-      }
-      next = algorithm_->limit();
+      // Restarts lazily: the next sample that can move the limit makes it.
+      if (old != Mode::kAdaptive || !SameOptions(*options_, adaptive))
+        algorithm_.reset();
+      next = algorithm_ != nullptr
+                 ? algorithm_->limit()
+                 : BaselineGradientLimit::Create(adaptive)->limit();
     } else {
       algorithm_.reset();
       next = mode == Mode::kFixed ? fixed_limit : kUnlimited;
     }
-    options_ = adaptive;
+    if (!SameOptions(*options_, adaptive))
+      options_ =
+          std::make_shared<const BaselineGradientLimit::Options>(adaptive);
     fixed_limit_ = fixed_limit;
     min_rtt_threshold_ns_.store(adaptive.min_rtt_threshold_ns,
                                 std::memory_order_relaxed);
     mode_.store(mode, std::memory_order_release);
     woken = SetLimitLocked(next, now_ns, &change);
   }
-  if (change && observer_) observer_(*change);
+  if (change && observer_) (*observer_)(*change);
   return woken;
 }
 
@@ -158,19 +174,25 @@ KeyLimiter::Snapshot KeyLimiter::snapshot() const {
   s.changes = changes_;
   s.samples = samples_;
   s.drops = drops_;
-  if (algorithm_ != nullptr) {
-    s.estimated_limit = algorithm_->estimated_limit();
-    s.baseline_rtt_ns = algorithm_->baseline_rtt_ns();
-    s.last_window_rtt_ns = algorithm_->last_window_rtt_ns();
-    s.windows = algorithm_->windows();
-    s.slow_start = algorithm_->slow_start();
+  if (s.mode == Mode::kAdaptive) {
+    // Not made yet: what a fresh one reports.
+    absl::optional<BaselineGradientLimit> fresh;
+    if (algorithm_ == nullptr)
+      fresh.emplace(*BaselineGradientLimit::Create(*options_));
+    const BaselineGradientLimit& a = algorithm_ ? *algorithm_ : *fresh;
+    s.estimated_limit = a.estimated_limit();
+    s.baseline_rtt_ns = a.baseline_rtt_ns();
+    s.last_window_rtt_ns = a.last_window_rtt_ns();
+    s.windows = a.windows();
+    s.slow_start = a.slow_start();
   }
   return s;
 }
 
 std::vector<LimitChange> KeyLimiter::history() const {
   MutexLock lock(&mu_);
-  return {history_.begin(), history_.end()};
+  if (history_ == nullptr) return {};
+  return {history_->begin(), history_->end()};
 }
 
 KeyLimiter* LimiterRegistry::GetOrCreate(
@@ -179,10 +201,12 @@ KeyLimiter* LimiterRegistry::GetOrCreate(
   MutexLock lock(&mu_);
   auto it = limiters_.find(key);
   if (it != limiters_.end()) return it->second.get();
+  if (options_ == nullptr || !KeyLimiter::SameOptions(*options_, adaptive))
+    options_ = std::make_shared<const BaselineGradientLimit::Options>(adaptive);
   auto l =
-      std::make_unique<KeyLimiter>(key, mode, fixed_limit, adaptive, observer_);
+      std::make_unique<KeyLimiter>(key, mode, fixed_limit, options_, observer_);
   KeyLimiter* out = l.get();
-  limiters_.emplace(key, std::move(l));
+  limiters_.emplace(out->key(), std::move(l));
   return out;
 }
 

@@ -12,6 +12,11 @@
 //   ... woken = lim.Sample(start, rtt, inflight, drop, now);  // wake them
 //   if (auto next = lim.Release()) wake(*next);
 //
+// Memory: about 450 bytes per key until its limit first moves. In adaptive
+// mode the algorithm's state (800 bytes) is made by the first sample that can
+// move the limit (a slow or dropped one; fast ones never reach it), and the
+// change history by the first change.
+//
 // Thread-safety: all methods from any thread. The observer is called with no
 // lock held, on the thread whose sample changed the limit.
 // Cost: acquire and release are the gate's lock-free fast path. A sample
@@ -46,6 +51,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
 #include "caudal/concurrency/concurrency_gate.h"
 #include "caudal/concurrency/limit_algorithms.h"
@@ -91,12 +98,19 @@ class KeyLimiter {
   static constexpr size_t kHistory = 512;
 
   using Observer = std::function<void(const LimitChange&)>;
+  // Shared by the limiters of a registry (a limiter per step name: these
+  // would be 120 bytes each).
+  using SharedOptions = std::shared_ptr<const BaselineGradientLimit::Options>;
+  using SharedObserver = std::shared_ptr<const Observer>;
 
   // `adaptive` is used in Mode::kAdaptive (it must be valid); `fixed_limit`
   // in Mode::kFixed.
   KeyLimiter(std::string key, Mode mode, int fixed_limit,
              const BaselineGradientLimit::Options& adaptive,
              Observer observer = nullptr);
+  // The same with options and observer shared (non-null options).
+  KeyLimiter(std::string key, Mode mode, int fixed_limit,
+             SharedOptions adaptive, SharedObserver observer);
   KeyLimiter(const KeyLimiter&) = delete;
   KeyLimiter& operator=(const KeyLimiter&) = delete;
 
@@ -153,6 +167,9 @@ class KeyLimiter {
       Mode mode, int fixed_limit,
       const BaselineGradientLimit::Options& adaptive, int64_t now_ns);
 
+  static bool SameOptions(const BaselineGradientLimit::Options& a,
+                          const BaselineGradientLimit::Options& b);
+
   int limit() const { return gate_.limit(); }
   int in_flight() const { return gate_.in_flight(); }
   int waiting() const { return gate_.waiting(); }
@@ -164,17 +181,19 @@ class KeyLimiter {
   std::vector<LimiterWaiter> SetLimitLocked(int next, int64_t now_ns,
                                             std::optional<LimitChange>* change)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  static bool SameOptions(const BaselineGradientLimit::Options& a,
-                          const BaselineGradientLimit::Options& b);
 
   const std::string key_;
-  const Observer observer_;
+  const SharedObserver observer_;  // null: none
   std::atomic<Mode> mode_;
   ConcurrencyGate<LimiterWaiter> gate_;
   mutable Mutex mu_;
   int fixed_limit_ ABSL_GUARDED_BY(mu_);
-  BaselineGradientLimit::Options options_ ABSL_GUARDED_BY(mu_);
+  SharedOptions options_ ABSL_GUARDED_BY(mu_);  // never null
+  // Adaptive mode: null until a sample can move the limit (a fresh one's
+  // state: see AlgorithmLocked).
   std::unique_ptr<BaselineGradientLimit> algorithm_ ABSL_GUARDED_BY(mu_);
+  const BaselineGradientLimit& AlgorithmLocked()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Cheap pre-check outside the lock: fast successful samples are ignored.
   std::atomic<int64_t> min_rtt_threshold_ns_;
   // Dormancy (see the file comment): plain loads and stores only.
@@ -187,7 +206,8 @@ class KeyLimiter {
   int64_t samples_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t drops_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t changes_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<LimitChange> history_ ABSL_GUARDED_BY(mu_);
+  // Null until the first change.
+  std::unique_ptr<std::deque<LimitChange>> history_ ABSL_GUARDED_BY(mu_);
 };
 
 // The executor's limiters by key. Limiters live as long as the registry
@@ -195,7 +215,9 @@ class KeyLimiter {
 class LimiterRegistry {
  public:
   explicit LimiterRegistry(KeyLimiter::Observer observer = nullptr)
-      : observer_(std::move(observer)) {}
+      : observer_(observer ? std::make_shared<const KeyLimiter::Observer>(
+                                 std::move(observer))
+                           : nullptr) {}
 
   // The key's limiter, created in `mode` if new; an existing one is
   // returned as it is (change it with KeyLimiter::Configure).
@@ -206,10 +228,13 @@ class LimiterRegistry {
   KeyLimiter* Find(const std::string& key) const;
 
  private:
-  const KeyLimiter::Observer observer_;
+  const KeyLimiter::SharedObserver observer_;
   mutable Mutex mu_;
-  absl::flat_hash_map<std::string, std::unique_ptr<KeyLimiter>> limiters_
+  // Keys view their limiter's key.
+  absl::flat_hash_map<absl::string_view, std::unique_ptr<KeyLimiter>> limiters_
       ABSL_GUARDED_BY(mu_);
+  // The options the last limiter was made with, shared by the next ones.
+  KeyLimiter::SharedOptions options_ ABSL_GUARDED_BY(mu_);
 };
 
 const char* LimiterModeName(KeyLimiter::Mode mode);

@@ -52,6 +52,7 @@ constexpr Bound kBounds[] = {
     {"worker_pool_size", Rule::kNonNegative, 1024},  // threads
     {"worker_pool_queue_size", Rule::kPositive, 100'000'000},
     {"worker_pool_task_timeout_seconds", Rule::kNonNegative, kMaxSeconds},
+    {"max_tracked_steps", Rule::kPositive, 100'000'000},
     {"telemetry_batch_size", Rule::kPositive, kMaxCount},
     {"telemetry_flush_interval_seconds", Rule::kPositive, kMaxSeconds},
     {"telemetry_sampling_rate", Rule::kRate, 1.0},

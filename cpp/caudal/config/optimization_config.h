@@ -63,6 +63,9 @@ namespace caudal {
     "Record spans natively into per-thread buffers (sampled, batched)")        \
   X(BOOL, enable_performance_monitoring, true,                                 \
     "Per-step latency histograms, error rates, slow-execution detection")      \
+  X(OPT_INT, max_tracked_steps, std::nullopt,                                  \
+    "Step names whose stats are kept by name; beyond it idle names are folded" \
+    " into the (reclaimed) row; None = no bound")                             \
   X(INT, telemetry_batch_size, 10, "Spans per exported batch")                 \
   X(FLOAT, telemetry_flush_interval_seconds, 30.0,                             \
     "Longest time a recorded span waits before it is exported")                \

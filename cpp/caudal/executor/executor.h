@@ -124,6 +124,10 @@ class Executor {
   const StepTable& steps() const { return steps_; }
   StatsRegistry& stats() { return stats_; }
   const StatsRegistry& stats() const { return stats_; }
+  // The stats of a step name, for a new step-table entry to hold
+  // (StatsRegistry::ForStep). With max_tracked_steps set, idle names over
+  // the bound are reclaimed first (executor_monitor.cc).
+  std::shared_ptr<StepStats> StatsFor(absl::string_view name);
   // The executor's event bus (telemetry/event_bus.h). The core publishes
   // config_changed, breaker_transition and, when subscribed, the step and
   // cache events; other components publish theirs (limit_changed, ...).

@@ -37,7 +37,10 @@ absl::Status Executor::RegisterLimitKey(const StepSpec& spec,
   int fixed = 0;
   {
     MutexLock lock(&limit_keys_mu_);
-    int& known = fixed_limits_[key];
+    // An entry only for a key with a fixed limit (a key per step name
+    // otherwise: see docs/monitoring.md, "Step names").
+    auto it = fixed_limits_.find(key);
+    const int known = it == fixed_limits_.end() ? 0 : it->second;
     if (spec.max_concurrency > 0) {
       if (known > 0 && known != spec.max_concurrency) {
         return absl::InvalidArgumentError(
@@ -45,9 +48,11 @@ absl::Status Executor::RegisterLimitKey(const StepSpec& spec,
                          "' already has max_concurrency=", known,
                          " (set by another step); got ", spec.max_concurrency));
       }
-      known = spec.max_concurrency;
+      fixed_limits_[key] = spec.max_concurrency;
+      fixed = spec.max_concurrency;
+    } else {
+      fixed = known;
     }
-    fixed = known;
   }
   const OptimizationConfig& cfg = *current_config();
   const KeyLimiter::Mode mode = LimitModeFor(fixed, cfg);

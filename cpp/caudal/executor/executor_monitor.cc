@@ -3,6 +3,8 @@
 // Everything here runs from Maintain (at most one caller per maintenance
 // interval) or from a stats read, never per execution.
 #include <cmath>
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -52,6 +54,18 @@ void Executor::MaintainMonitor(const OptimizationConfig& cfg, int64_t now_ns) {
                                c.recent_p95_ns / 1e6, c.baseline_p95_ns / 1e6);
     events_.Publish(e);
   }
+}
+
+std::shared_ptr<StepStats> Executor::StatsFor(absl::string_view name) {
+  std::shared_ptr<StepStats> stats = stats_.ForStep(name);
+  const std::optional<int64_t>& max = current_config()->max_tracked_steps;
+  // A recorded span refers to its step's name (SpanRecord::step) until it
+  // is exported: names are not reclaimed once spans have been recorded.
+  if (max.has_value() && stats_.tracked() > static_cast<size_t>(*max) &&
+      spans_.GetStats().recorded == 0) {
+    regressions_.Forget(stats_.Reclaim(static_cast<size_t>(*max)));
+  }
+  return stats;
 }
 
 CpuSnapshot Executor::CpuStats(int64_t now_ns) {

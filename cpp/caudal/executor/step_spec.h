@@ -120,7 +120,13 @@ struct StepSpec::Settings {
 struct StepEntry : std::enable_shared_from_this<StepEntry> {
   virtual ~StepEntry() = default;
   StepSpec spec;
-  StepStats* stats = nullptr;  // owned by the executor's StatsRegistry
+  // The name's stats (Executor::StatsFor): `stats` is what the hot path
+  // reads, `stats_owner` keeps it from being reclaimed while the entry lives.
+  StepStats* stats = nullptr;
+  std::shared_ptr<StepStats> stats_owner;
+  // A prototype entry (the bindings' analysis templates) points at the
+  // name's stats without keeping them from being reclaimed.
+  std::weak_ptr<StepStats> stats_weak;
   // The step's breaker, cached; valid while breaker_gen matches the
   // executor's breaker generation (a config change re-creates breakers).
   std::atomic<CircuitBreaker*> breaker{nullptr};

@@ -2,12 +2,22 @@
 // natively so that the hot path records a finished execution with a handful
 // of relaxed atomic adds and no Python objects.
 //
-// StatsRegistry maps a step name to a StepStats whose address is stable for
-// the registry's lifetime, so callers may cache the pointer (the executor
-// keeps it in its step table and never looks a name up per execution).
+// StatsRegistry maps a step name to a StepStats, shared: the registry holds
+// one reference and each user (a step-table entry, which an execution in
+// flight holds in turn) another, so callers keep a raw pointer next to their
+// reference and never look a name up per execution.
+//
+// Memory. A name's StepStats is about 300 bytes until its histogram grows
+// (latency_histogram.h: more than kInline executions). Names are reclaimed
+// only when asked (Reclaim, under the executor's max_tracked_steps), and
+// only idle ones: a name the registry alone holds, so nothing can record
+// into it any more. A reclaimed name's counters and latencies are added to
+// one aggregate row, kReclaimedName, so that the totals stay exact: the sum
+// of TakeAll() and TakeReclaimed() is TakeTotal(). A reclaimed name that is
+// used again starts a fresh row (its earlier figures stay in the aggregate).
 //
 // Thread-safety: StepStats counters are atomics; StatsRegistry lookups take a
-// mutex (first use of a name only, in practice).
+// mutex (first use of a name per step-table entry, in practice).
 #ifndef CAUDAL_MONITOR_EXECUTION_STATS_H_
 #define CAUDAL_MONITOR_EXECUTION_STATS_H_
 
@@ -18,8 +28,10 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
 #include "caudal/monitor/latency_histogram.h"
 
@@ -71,22 +83,67 @@ struct StepStats {
 
 class StatsRegistry {
  public:
+  // The name of the row that sums every reclaimed name.
+  static constexpr absl::string_view kReclaimedName = "(reclaimed)";
+
   StatsRegistry() = default;
   StatsRegistry(const StatsRegistry&) = delete;
   StatsRegistry& operator=(const StatsRegistry&) = delete;
 
-  // Returns the stats of `step_name`, creating them on first use.
-  StepStats* ForStep(absl::string_view step_name) ABSL_LOCKS_EXCLUDED(mu_);
+  // Returns the stats of `step_name`, creating them on first use. The name
+  // is not reclaimed while the returned reference (or a copy) lives.
+  std::shared_ptr<StepStats> ForStep(absl::string_view step_name)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
-  // Per-step snapshots in first-use order, and their sum.
+  // Per-step snapshots of the names tracked, in first-use order.
   std::vector<StepStats::Snapshot> TakeAll() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The sum of the names reclaimed so far, named kReclaimedName; nullopt
+  // when none was.
+  absl::optional<StepStats::Snapshot> TakeReclaimed() const
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Every name's figures, tracked and reclaimed, summed (named "*").
   StepStats::Snapshot TakeTotal() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Zeroes every tracked name and the reclaimed aggregate.
   void ResetAll() ABSL_LOCKS_EXCLUDED(mu_);
+
+  // When more than `max_tracked` names are tracked, folds idle ones (held by
+  // the registry alone), oldest first, into the reclaimed aggregate until
+  // max_tracked - max_tracked / 8 are left or none is idle, and returns
+  // their names. A pass that could not get down to max_tracked is not
+  // repeated before max_tracked / 8 more names came (so a registry full of
+  // busy names costs O(1) amortised per new name). Off the hot path: one
+  // pass is O(names tracked).
+  std::vector<std::string> Reclaim(size_t max_tracked) ABSL_LOCKS_EXCLUDED(mu_);
+  size_t tracked() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Names reclaimed since the registry was made.
+  uint64_t reclaimed_names() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   mutable Mutex mu_;
-  absl::flat_hash_map<std::string, StepStats*> by_name_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::unique_ptr<StepStats>> order_ ABSL_GUARDED_BY(mu_);
+  // The registry's references, hashed by their name (a set of 16-byte
+  // slots, looked up by name), and the names in first-use order.
+  struct ByName {
+    using is_transparent = void;
+    static absl::string_view Name(absl::string_view n) { return n; }
+    static absl::string_view Name(const std::shared_ptr<StepStats>& s) {
+      return s->name;
+    }
+    template <typename T>
+    size_t operator()(const T& x) const {
+      return absl::Hash<absl::string_view>()(Name(x));
+    }
+    template <typename A, typename B>
+    bool operator()(const A& a, const B& b) const {
+      return Name(a) == Name(b);
+    }
+  };
+  absl::flat_hash_set<std::shared_ptr<StepStats>, ByName, ByName> by_name_
+      ABSL_GUARDED_BY(mu_);
+  std::vector<StepStats*> order_ ABSL_GUARDED_BY(mu_);
+  StepStats::Snapshot reclaimed_ ABSL_GUARDED_BY(mu_) = {};
+  uint64_t reclaimed_names_ ABSL_GUARDED_BY(mu_) = 0;
+  // A pass that left more than the bound: the size the next one waits for.
+  size_t next_pass_at_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace caudal

@@ -30,8 +30,31 @@ uint64_t LatencyHistogram::BucketUpper(int bucket) {
   return BucketLower(bucket) + (uint64_t{1} << shift);
 }
 
+LatencyHistogram::~LatencyHistogram() {
+  delete[] buckets_.load(std::memory_order_acquire);
+}
+
+std::atomic<uint64_t>* LatencyHistogram::AllocateBuckets() {
+  auto* fresh = new std::atomic<uint64_t>[kNumBuckets];
+  for (int i = 0; i < kNumBuckets; ++i)
+    fresh[i].store(0, std::memory_order_relaxed);
+  std::atomic<uint64_t>* expected = nullptr;
+  if (buckets_.compare_exchange_strong(expected, fresh,
+                                       std::memory_order_acq_rel,
+                                       std::memory_order_acquire)) {
+    return fresh;
+  }
+  delete[] fresh;  // another thread allocated them first
+  return expected;
+}
+
 void LatencyHistogram::Reset() {
-  for (auto& b : buckets_) b.store(0, std::memory_order_relaxed);
+  // The buckets, once allocated, stay (a racing Record may hold them).
+  if (std::atomic<uint64_t>* b = buckets_.load(std::memory_order_acquire)) {
+    for (int i = 0; i < kNumBuckets; ++i)
+      b[i].store(0, std::memory_order_relaxed);
+  }
+  for (auto& v : inline_) v.store(kUnset, std::memory_order_relaxed);
   count_.store(0, std::memory_order_relaxed);
   sum_.store(0, std::memory_order_relaxed);
   min_.store(std::numeric_limits<uint64_t>::max(), std::memory_order_relaxed);
@@ -40,12 +63,27 @@ void LatencyHistogram::Reset() {
 
 LatencyHistogram::Snapshot LatencyHistogram::Take() const {
   Snapshot s;
-  s.buckets.resize(kNumBuckets);
   uint64_t total = 0;
-  for (int i = 0; i < kNumBuckets; ++i) {
-    s.buckets[i] = buckets_[i].load(std::memory_order_relaxed);
-    total += s.buckets[i];
+  const uint64_t n = count_.load(std::memory_order_relaxed);
+  const std::atomic<uint64_t>* b = buckets_.load(std::memory_order_acquire);
+  if (b != nullptr) {
+    s.buckets.resize(kNumBuckets);
+    for (int i = 0; i < kNumBuckets; ++i) {
+      s.buckets[i] = b[i].load(std::memory_order_relaxed);
+      total += s.buckets[i];
+    }
   }
+  // Inline samples counted but not stored yet (a racing Record) are left
+  // out, like a bucket add not done yet.
+  for (uint64_t i = 0; i < n && i < static_cast<uint64_t>(kInline); ++i) {
+    const uint64_t v = inline_[i].load(std::memory_order_relaxed);
+    if (v == kUnset) continue;
+    const size_t at = static_cast<size_t>(BucketOf(v));
+    if (s.buckets.size() <= at) s.buckets.resize(at + 1, 0);
+    ++s.buckets[at];
+    ++total;
+  }
+  while (!s.buckets.empty() && s.buckets.back() == 0) s.buckets.pop_back();
   // Use the bucket total as the count so quantiles are self-consistent even
   // when a Record() races with this read.
   s.count = total;
@@ -78,10 +116,8 @@ double LatencyHistogram::Snapshot::QuantileNs(double q) const {
 
 void LatencyHistogram::Snapshot::Merge(const Snapshot& o) {
   if (o.count == 0) return;
-  if (buckets.empty()) buckets.assign(kNumBuckets, 0);
-  for (size_t i = 0; i < buckets.size() && i < o.buckets.size(); ++i) {
-    buckets[i] += o.buckets[i];
-  }
+  if (buckets.size() < o.buckets.size()) buckets.resize(o.buckets.size(), 0);
+  for (size_t i = 0; i < o.buckets.size(); ++i) buckets[i] += o.buckets[i];
   min_ns = count == 0 ? o.min_ns : std::min(min_ns, o.min_ns);
   max_ns = std::max(max_ns, o.max_ns);
   count += o.count;

@@ -8,8 +8,15 @@
 // below kSubBuckets ns get exact buckets. The range covers 1 ns .. 2^44 ns
 // (about 4.9 hours); larger values land in the last bucket.
 //
+// Memory: a histogram starts small (about 80 bytes): its first kInline
+// samples are kept as exact values, and the kNumBuckets counters (5 KiB) are
+// allocated by the sample after them. A step run a few times (one of many
+// distinct names) never pays for the buckets; a busy one pays once.
+//
 // Cost: Record() is a count-leading-zeros and three relaxed atomic adds (plus
-// a CAS loop only when a new maximum or minimum appears).
+// a CAS loop only when a new maximum or minimum appears); the first kInline
+// samples store a value instead of adding to a bucket, and the one after them
+// allocates the buckets.
 //
 // Thread-safety: Record() may be called from any number of threads. Reads
 // (Quantile, Snapshot) are racy-but-safe: they see each counter atomically,
@@ -31,15 +38,24 @@ class LatencyHistogram {
   static constexpr int kOctaves = 44;
   static constexpr int kNumBuckets =
       (kOctaves - kSubBucketBits + 1) * kSubBuckets;
+  // Samples kept as exact values before the buckets are allocated.
+  static constexpr int kInline = 4;
 
   LatencyHistogram() { Reset(); }
+  ~LatencyHistogram();
   LatencyHistogram(const LatencyHistogram&) = delete;
   LatencyHistogram& operator=(const LatencyHistogram&) = delete;
 
   void Record(int64_t ns) {
     const uint64_t v = ns > 0 ? static_cast<uint64_t>(ns) : 0;
-    buckets_[BucketOf(v)].fetch_add(1, std::memory_order_relaxed);
-    count_.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t n = count_.fetch_add(1, std::memory_order_relaxed);
+    if (n < static_cast<uint64_t>(kInline)) {
+      inline_[n].store(v, std::memory_order_relaxed);
+    } else {
+      std::atomic<uint64_t>* b = buckets_.load(std::memory_order_acquire);
+      if (b == nullptr) b = AllocateBuckets();
+      b[BucketOf(v)].fetch_add(1, std::memory_order_relaxed);
+    }
     sum_.fetch_add(v, std::memory_order_relaxed);
     uint64_t cur = max_.load(std::memory_order_relaxed);
     while (v > cur &&
@@ -56,7 +72,9 @@ class LatencyHistogram {
     uint64_t sum_ns = 0;
     uint64_t min_ns = 0;
     uint64_t max_ns = 0;
-    std::vector<uint64_t> buckets;  // kNumBuckets counts
+    // Counts by bucket, up to the last non-empty one (at most kNumBuckets;
+    // empty when count is 0).
+    std::vector<uint64_t> buckets;
 
     double MeanNs() const {
       return count ? static_cast<double>(sum_ns) / count : 0.0;
@@ -70,6 +88,10 @@ class LatencyHistogram {
   Snapshot Take() const;
   void Reset();
   uint64_t count() const { return count_.load(std::memory_order_relaxed); }
+  // Whether the bucket counters were allocated (more than kInline samples).
+  bool has_buckets() const {
+    return buckets_.load(std::memory_order_relaxed) != nullptr;
+  }
   uint64_t sum_ns() const { return sum_.load(std::memory_order_relaxed); }
 
   static int BucketOf(uint64_t v);
@@ -78,8 +100,16 @@ class LatencyHistogram {
   static uint64_t BucketUpper(int bucket);
 
  private:
-  std::array<std::atomic<uint64_t>, kNumBuckets> buckets_;
+  // A value no sample has (samples are below 2^63): an inline slot whose
+  // sample is counted but not stored yet.
+  static constexpr uint64_t kUnset = ~uint64_t{0};
+  std::atomic<uint64_t>* AllocateBuckets();
+
+  // Samples recorded; sample n < kInline is inline_[n], the others are in
+  // buckets_ (null until the first of them).
   std::atomic<uint64_t> count_;
+  std::array<std::atomic<uint64_t>, kInline> inline_;
+  std::atomic<std::atomic<uint64_t>*> buckets_{nullptr};
   std::atomic<uint64_t> sum_;
   std::atomic<uint64_t> min_;
   std::atomic<uint64_t> max_;

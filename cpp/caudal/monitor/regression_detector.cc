@@ -54,9 +54,10 @@ std::vector<TrendChange> RegressionDetector::Checkpoint(
     }
     h.points.push_back(std::move(p));
     // Keep one checkpoint at or before the oldest baseline start.
-    while (h.points.size() > 2 && h.points[1].at_ns <= keep_from) {
-      h.points.pop_front();
-    }
+    size_t drop = 0;
+    while (h.points.size() - drop > 2 && h.points[drop + 1].at_ns <= keep_from)
+      ++drop;
+    h.points.erase(h.points.begin(), h.points.begin() + drop);
     if (absl::optional<TrendChange> c = Evaluate(h, now_ns, o)) {
       changes.push_back(std::move(*c));
     }
@@ -140,6 +141,12 @@ void RegressionDetector::Clear() {
   steps_.clear();
   checkpoints_ = 0;
   next_ns_.store(0, std::memory_order_relaxed);
+}
+
+void RegressionDetector::Forget(const std::vector<std::string>& steps) {
+  if (steps.empty()) return;
+  MutexLock lock(&mu_);
+  for (const std::string& name : steps) steps_.erase(name);
 }
 
 }  // namespace caudal

@@ -2,6 +2,9 @@
 
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+
 namespace caudal {
 
 namespace {
@@ -41,13 +44,13 @@ ExecutionSection ExecutionSectionOf(StepRow total, std::vector<StepRow> steps,
                                     uint64_t step_analyses,
                                     uint64_t checkpoints) {
   ExecutionSection s;
+  // By name: linear in steps + trends (there may be 100,000 of each).
+  absl::flat_hash_map<absl::string_view, const StepTrend*> by_name;
+  by_name.reserve(trends.size());
+  for (const StepTrend& t : trends) by_name.emplace(t.step, &t);
   for (StepRow& row : steps) {
-    for (const StepTrend& t : trends) {
-      if (t.step == row.stats.name) {
-        row.trend = t;
-        break;
-      }
-    }
+    auto it = by_name.find(row.stats.name);
+    if (it != by_name.end()) row.trend = *it->second;
   }
   for (const StepTrend& t : trends) {
     if (t.regressed) s.regressions.push_back(t);
@@ -58,6 +61,7 @@ ExecutionSection ExecutionSectionOf(StepRow total, std::vector<StepRow> steps,
   s.slow_execution_threshold_ms = cfg.slow_execution_threshold_ms;
   s.step_table_size = step_table_size;
   s.step_analyses = step_analyses;
+  s.max_tracked_steps = cfg.max_tracked_steps.value_or(-1);
   s.regression_enabled = cfg.enable_performance_monitoring;
   s.regression_window_seconds = cfg.performance_window_seconds;
   s.regression_degradation_threshold = cfg.performance_degradation_threshold;

@@ -62,6 +62,11 @@ struct ExecutionSection {
   double slow_execution_threshold_ms = 0.0;
   size_t step_table_size = 0;  // step_analysis: the step table
   uint64_t step_analyses = 0;
+  // step_names: the names with a row of their own, the names folded into
+  // the "(reclaimed)" row, and the bound (max_tracked_steps; none: -1).
+  size_t names_tracked = 0;
+  uint64_t names_reclaimed = 0;
+  int64_t max_tracked_steps = -1;
   std::vector<StepRow> steps;          // each with its trend (if any)
   std::vector<StepTrend> regressions;  // the trends that regressed, in order
   bool regression_enabled = false;

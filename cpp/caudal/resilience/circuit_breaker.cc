@@ -68,10 +68,13 @@ absl::Status CircuitBreaker::Options::Validate() const {
 }
 
 CircuitBreaker::CircuitBreaker(const Options& options)
-    : options_(options),
-      window_(options.window_size > 0
+    : CircuitBreaker(std::make_shared<const Options>(options)) {}
+
+CircuitBreaker::CircuitBreaker(std::shared_ptr<const Options> options)
+    : options_(std::move(options)),
+      window_(options_->window_size > 0
                   ? std::make_unique<resilience_internal::OutcomeRing>(
-                        static_cast<uint32_t>(options.window_size))
+                        static_cast<uint32_t>(options_->window_size))
                   : nullptr) {}
 
 absl::StatusOr<std::unique_ptr<CircuitBreaker>> CircuitBreaker::Create(
@@ -115,7 +118,7 @@ CircuitBreaker::Admission CircuitBreaker::AcquireSlow(int64_t now_ns) {
     case State::kHalfOpen:
       break;
   }
-  if (probes_in_flight_ < options_.half_open_max_calls) {
+  if (probes_in_flight_ < options_->half_open_max_calls) {
     ++probes_in_flight_;
     admission.decision = Decision::kProbe;
   } else {
@@ -152,7 +155,7 @@ absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnProbeSuccess(
   MutexLock lock(&mu_);
   if (probes_in_flight_ > 0) --probes_in_flight_;
   if (StateLocked() != State::kHalfOpen) return absl::nullopt;
-  if (++probe_successes_ >= options_.success_threshold) {
+  if (++probe_successes_ >= options_->success_threshold) {
     return TransitionLocked(State::kClosed, now_ns);
   }
   return absl::nullopt;
@@ -175,16 +178,16 @@ absl::optional<CircuitBreaker::Transition> CircuitBreaker::OnFailure(
 
   const int64_t consecutive =
       consecutive_failures_.fetch_add(1, std::memory_order_relaxed) + 1;
-  bool trip = consecutive >= options_.failure_threshold;
+  bool trip = consecutive >= options_->failure_threshold;
   if (window_ != nullptr) {
     window_->RecordFailure();
     const uint32_t calls = window_->Calls();
     // Failures can exceed calls for a moment when a stale writer races with
     // Clear(); clamp so the rate stays within [0, 1].
     const uint32_t failures = std::min(window_->Failures(), calls);
-    if (calls >= static_cast<uint32_t>(options_.minimum_calls) &&
+    if (calls >= static_cast<uint32_t>(options_->minimum_calls) &&
         static_cast<double>(failures) / calls >=
-            options_.failure_rate_threshold) {
+            options_->failure_rate_threshold) {
       trip = true;
     }
   }
@@ -224,7 +227,7 @@ CircuitBreaker::Transition CircuitBreaker::TransitionLocked(State to,
     case State::kOpen:
       // Stored before the state, so a TryAcquire that sees kOpen (acquire)
       // sees this deadline.
-      open_until_ns_.store(SaturatingAdd(now_ns, options_.recovery_timeout_ns),
+      open_until_ns_.store(SaturatingAdd(now_ns, options_->recovery_timeout_ns),
                            std::memory_order_relaxed);
       ++open_count_;
       break;
@@ -298,6 +301,18 @@ void CircuitBreaker::Permit::Ignore() {
 
 // --- BreakerRegistry --------------------------------------------------------
 
+namespace {
+bool SameOptions(const CircuitBreaker::Options& a,
+                 const CircuitBreaker::Options& b) {
+  return a.failure_threshold == b.failure_threshold &&
+         a.recovery_timeout_ns == b.recovery_timeout_ns &&
+         a.half_open_max_calls == b.half_open_max_calls &&
+         a.success_threshold == b.success_threshold &&
+         a.window_size == b.window_size && a.minimum_calls == b.minimum_calls &&
+         a.failure_rate_threshold == b.failure_rate_threshold;
+}
+}  // namespace
+
 absl::StatusOr<CircuitBreaker*> BreakerRegistry::GetOrCreate(
     absl::string_view name, const CircuitBreaker::Options& options) {
   {
@@ -313,7 +328,9 @@ absl::StatusOr<CircuitBreaker*> BreakerRegistry::GetOrCreate(
   MutexLock lock(&mu_);
   auto inserted = breakers_.try_emplace(std::string(name));
   if (inserted.second) {
-    inserted.first->second = std::make_unique<CircuitBreaker>(options);
+    if (options_ == nullptr || !SameOptions(*options_, options))
+      options_ = std::make_shared<const CircuitBreaker::Options>(options);
+    inserted.first->second = std::make_unique<CircuitBreaker>(options_);
   }
   return inserted.first->second.get();
 }

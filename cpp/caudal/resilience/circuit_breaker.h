@@ -151,6 +151,9 @@ class CircuitBreaker {
 
   // `options` must be valid (Options::Validate); Create checks it.
   explicit CircuitBreaker(const Options& options);
+  // The same with options shared by other breakers (a registry's: a breaker
+  // per step name); `options` is non-null and valid.
+  explicit CircuitBreaker(std::shared_ptr<const Options> options);
   static absl::StatusOr<std::unique_ptr<CircuitBreaker>> Create(
       const Options& options);
 
@@ -200,7 +203,7 @@ class CircuitBreaker {
   State state() const {
     return static_cast<State>(state_.load(std::memory_order_acquire));
   }
-  const Options& options() const { return options_; }
+  const Options& options() const { return *options_; }
 
  private:
   Admission AcquireNotClosed(int64_t now_ns);
@@ -214,7 +217,7 @@ class CircuitBreaker {
     return static_cast<State>(state_.load(std::memory_order_relaxed));
   }
 
-  const Options options_;
+  const std::shared_ptr<const Options> options_;  // never null
 
   // Read on every call. Written only under mu_, except that OnSuccess
   // zeroes consecutive_failures_ lock-free.
@@ -311,6 +314,8 @@ class BreakerRegistry {
   // node_hash_map: keys never move, so ForEach can hand out views of them.
   absl::node_hash_map<std::string, std::unique_ptr<CircuitBreaker>> breakers_
       ABSL_GUARDED_BY(mu_);
+  // The options the last breaker was made with, shared by the next ones.
+  std::shared_ptr<const CircuitBreaker::Options> options_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace caudal

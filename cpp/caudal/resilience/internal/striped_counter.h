@@ -9,6 +9,11 @@
 // sub-microsecond execution). Later threads fetch_add into a shared slot.
 // Value() sums the slots; the count is exact.
 //
+// Lazy stripes. A counter starts as one shared word (16 bytes in all) and
+// allocates its stripes when that word reaches kEarly: a breaker of a step
+// run a few times (one of many distinct names) never pays for 768 bytes of
+// cache lines. The first kEarly adds are a relaxed fetch_add each.
+//
 // Thread-safety: Add() and Value() may run concurrently from any thread.
 // Value() is not a snapshot: adds that race with it may or may not be in the
 // sum. Reset() racing with Add() may drop those adds, or (an owner that
@@ -17,7 +22,7 @@
 //
 // Cost: one thread_local read plus a plain add (owners) or an uncontended
 // relaxed fetch_add (later threads); no cache-line ping-pong between
-// threads. Memory: (kStripes + kShared) * 64 bytes.
+// threads. Memory: 16 bytes, then (kStripes + kShared) * 64 more.
 #ifndef CAUDAL_RESILIENCE_INTERNAL_STRIPED_COUNTER_H_
 #define CAUDAL_RESILIENCE_INTERNAL_STRIPED_COUNTER_H_
 
@@ -48,36 +53,40 @@ class StripedCounter {
   static constexpr size_t kStripes = 8;  // owned slots
   static constexpr size_t kShared = 4;   // power of two
 
+  static constexpr uint64_t kEarly = 64;  // adds before the stripes exist
+
   StripedCounter() = default;
+  ~StripedCounter();
   StripedCounter(const StripedCounter&) = delete;
   StripedCounter& operator=(const StripedCounter&) = delete;
 
   void Add(uint64_t n = 1) {
+    Slot* slots = slots_.load(std::memory_order_acquire);
+    if (ABSL_PREDICT_FALSE(slots == nullptr)) {
+      AddEarly(n);
+      return;
+    }
     const size_t index = ThreadStripe();
     if (ABSL_PREDICT_TRUE(index < kStripes)) {
-      std::atomic<uint64_t>& v = slots_[index].value;  // this thread's alone
+      std::atomic<uint64_t>& v = slots[index].value;  // this thread's alone
       v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
       return;
     }
-    slots_[kStripes + (index & (kShared - 1))].value.fetch_add(
+    slots[kStripes + (index & (kShared - 1))].value.fetch_add(
         n, std::memory_order_relaxed);
   }
 
-  uint64_t Value() const {
-    uint64_t sum = 0;
-    for (const Slot& s : slots_) sum += s.value.load(std::memory_order_relaxed);
-    return sum;
-  }
-
-  void Reset() {
-    for (Slot& s : slots_) s.value.store(0, std::memory_order_relaxed);
-  }
+  uint64_t Value() const;
+  void Reset();
 
  private:
   struct alignas(64) Slot {
     std::atomic<uint64_t> value{0};
   };
-  Slot slots_[kStripes + kShared];
+  void AddEarly(uint64_t n);
+
+  std::atomic<uint64_t> early_{0};
+  std::atomic<Slot*> slots_{nullptr};  // kStripes + kShared, once allocated
 };
 
 }  // namespace resilience_internal
