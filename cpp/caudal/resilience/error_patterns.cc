@@ -177,7 +177,7 @@ bool ErrorPatternTable::RecordFailure(uint64_t failed_retry, uint64_t id,
   bool seen_before = false;
   PatternSnapshot* p =
       RecordErrorLocked(id, step, exc_type, sample, now_ns, &seen_before);
-  if (failed_retry == id) {
+  if (failed_retry != 0 && failed_retry == id) {
     // The common case, a retry failing as the attempt before it: one
     // lookup for both records. As RecordRetryOutcome then RecordError: a
     // pattern no longer in the table counts in the totals only.
