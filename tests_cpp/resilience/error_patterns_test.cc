@@ -327,7 +327,7 @@ TEST(ErrorPatternTableTest, RecordFailureIsTheThreeCallsInOne) {
   const Step steps[] = {{0, 1, "a", 2}, {1, 1, "b", 2}, {1, 1, "c", 2},
                         {1, 2, "d", 1}, {2, 3, "e", 1}, {0, 4, "f", 1},
                         {3, 5, "g", 1}, {9, 1, "h", 1}, {5, 5, "i", 1},
-                        {0, 5, "j", 3},  {2, 2, "k", 1}};
+                        {0, 5, "j", 3}, {2, 2, "k", 1}};
   int64_t now = 0;
   for (const Step& s : steps) {
     ++now;
