@@ -85,13 +85,11 @@ FailureDecision Engine::AttemptFailed(ExecutionRecord* r, PyStepEntry* e,
   err.timed_out = timed_out;
   err.retryable = Matches(e->retry_on, exc, /*if_none=*/true);
   err.counts_for_breaker = !Matches(e->breaker_exclude, exc, /*if_none=*/false);
-  // The message only keys error patterns: str(exc) runs user code and
-  // allocates, so it is not asked for when they are off.
-  std::string message;
-  if (r->config->enable_optimized_error_handling) {
-    message = SafeStr(exc);
-    err.message = message;
-  }
+  // The message only keys error patterns: str(exc) runs user code, so it is
+  // not asked for when they are off. Viewed in the str object, not copied.
+  py::object message;
+  if (r->config->enable_optimized_error_handling)
+    err.message = StrView(exc, &message);
   std::string retry_after, retry_after_ms;
   ClassifyFailure(exc, &err, &retry_after, &retry_after_ms);
   err.retry_after_header = retry_after;

@@ -28,7 +28,12 @@ PyObject* Interned(const char* s) { return PyUnicode_InternFromString(s); }
 
 py::object FeedbackOf(py::handle exc) {
   py::str type_name = py::type::of(exc).attr("__name__");
-  py::str msg = py::str(exc);
+  // Called once the execution has ended: a __str__ that raises must not
+  // escape from here.
+  PyObject* m = PyObject_Str(exc.ptr());
+  if (m == nullptr) PyErr_Clear();
+  py::str msg = m != nullptr ? py::reinterpret_steal<py::str>(m)
+                             : py::str("<unprintable>");
   if (PyUnicode_GetLength(msg.ptr()) == 0) return std::move(type_name);
   return py::str("{}: {}").format(type_name, msg);
 }
@@ -259,18 +264,37 @@ absl::string_view QualifiedTypeName(py::handle exc) {
   return absl::string_view(last.name, last.len);
 }
 
-std::string SafeStr(py::handle exc) {
-  PyObject* s = PyObject_Str(exc.ptr());
-  if (!s) {
+absl::string_view StrView(py::handle exc, py::object* holder) {
+  PyObject* e = exc.ptr();
+  PyObject* s = nullptr;
+  // BaseException's own str() (a type that does not override __str__) of
+  // an exception made with one str argument is that argument: read it
+  // without the call (the common `raise ValueError("...")`).
+  if (PyExceptionInstance_Check(e) &&
+      Py_TYPE(e)->tp_str ==
+          reinterpret_cast<PyTypeObject*>(PyExc_BaseException)->tp_str) {
+    PyObject* args = reinterpret_cast<PyBaseExceptionObject*>(e)->args;
+    if (args != nullptr && PyTuple_CheckExact(args) &&
+        PyTuple_GET_SIZE(args) == 1 &&
+        PyUnicode_CheckExact(PyTuple_GET_ITEM(args, 0))) {
+      s = Py_NewRef(PyTuple_GET_ITEM(args, 0));
+    }
+  }
+  if (s == nullptr) s = PyObject_Str(e);
+  if (s == nullptr) {
     PyErr_Clear();
     return "<unprintable>";
   }
+  *holder = py::reinterpret_steal<py::object>(s);
   Py_ssize_t n = 0;
+  // A compact ASCII str is its own UTF-8; any other keeps the encoding it
+  // makes (once) with the object.
   const char* c = PyUnicode_AsUTF8AndSize(s, &n);
-  std::string out = c ? std::string(c, n) : std::string("<unprintable>");
-  if (!c) PyErr_Clear();
-  Py_DECREF(s);
-  return out;
+  if (c == nullptr) {
+    PyErr_Clear();
+    return "<unprintable>";
+  }
+  return absl::string_view(c, static_cast<size_t>(n));
 }
 
 absl::optional<double> RetryAfterHint(py::handle exc) {

@@ -64,13 +64,17 @@ bool Matches(const py::object& spec, py::handle exc, bool if_none);
 // last type seen: valid until the next call on this thread).
 absl::string_view QualifiedTypeName(py::handle exc);
 
-std::string SafeStr(py::handle exc);
+// str(exc) as UTF-8, viewed in `*holder` (which keeps the str alive):
+// nothing copied. "<unprintable>" when str() raises or the text cannot be
+// encoded.
+absl::string_view StrView(py::handle exc, py::object* holder);
 
 // A `retry_after` attribute (seconds) on the exception, e.g. set from an
 // HTTP 429's Retry-After header.
 absl::optional<double> RetryAfterHint(py::handle exc);
 
-// "Type: message" of an exception, for a failed result's feedback.
+// "Type: message" of an exception, for a failed result's feedback
+// ("Type: <unprintable>" when its str() raises).
 py::object FeedbackOf(py::handle exc);
 
 }  // namespace caudal::bindings

@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "caudal/base/alloc_counter.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -60,6 +61,58 @@ TEST(NormalizeMessageTest, Utf8PassesThrough) {
 }
 
 // --- ErrorPatternId ---------------------------------------------------------
+
+// --- ErrorPatternOf ---------------------------------------------------------
+
+TEST(ErrorPatternOfTest, IsTheIdOfTheNormalisedMessage) {
+  // More distinct errors than the memo holds, each asked twice: a memo hit
+  // or a slot taken by another error gives the same answer.
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 3 * static_cast<int>(kPatternMemoSize); ++i) {
+      const std::string step = "step" + std::to_string(i % 5);
+      const std::string msg =
+          "timeout " + std::to_string(i) + (i % 2 ? " at 'x'" : "");
+      EXPECT_EQ(ErrorPatternOf(step, "E", msg),
+                ErrorPatternId(step, "E", NormalizeMessage(msg)))
+          << step << " " << msg;
+    }
+  }
+  EXPECT_EQ(ErrorPatternOf("s", "E", ""), ErrorPatternId("s", "E", ""));
+  // Messages that differ in numbers only are one pattern; the step and the
+  // type still tell patterns apart.
+  EXPECT_EQ(ErrorPatternOf("s", "E", "after 3 ms"),
+            ErrorPatternOf("s", "E", "after 40 ms"));
+  EXPECT_NE(ErrorPatternOf("s", "E", "m"), ErrorPatternOf("t", "E", "m"));
+  EXPECT_NE(ErrorPatternOf("s", "E", "m"), ErrorPatternOf("s", "F", "m"));
+}
+
+TEST(ErrorPatternOfTest, AnErrorSeenBeforeAllocatesNothing) {
+  if (!alloc_counter::Enabled()) GTEST_SKIP() << "allocations not counted";
+  const std::string msg(200, 'x');  // normalising it would allocate
+  const uint64_t id = ErrorPatternOf("step", "builtins.ValueError", msg);
+  const uint64_t before = alloc_counter::ThreadAllocations();
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(ErrorPatternOf("step", "builtins.ValueError", msg), id);
+  }
+  EXPECT_EQ(alloc_counter::ThreadAllocations() - before, 0u);
+}
+
+TEST(ErrorPatternOfTest, ThreadsHaveTheirOwnMemo) {
+  std::vector<std::thread> threads;
+  std::vector<int> wrong(4, 0);
+  for (int th = 0; th < 4; ++th) {
+    threads.emplace_back([th, &wrong] {
+      for (int i = 0; i < 2000; ++i) {
+        const std::string msg = "e" + std::to_string((i * 7 + th) % 300);
+        if (ErrorPatternOf("s", "E", msg) !=
+            ErrorPatternId("s", "E", NormalizeMessage(msg)))
+          ++wrong[th];
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_THAT(wrong, ElementsAre(0, 0, 0, 0));
+}
 
 TEST(ErrorPatternIdTest, StableAndFieldSensitive) {
   const uint64_t id = ErrorPatternId("fetch", "TimeoutError", "after <n>ms");
@@ -248,6 +301,80 @@ TEST(ErrorPatternTableTest, SamplesAreCutAtCharacterBoundary) {
   EXPECT_EQ(sample, std::string(255, 'a'));
   t.RecordError(2, "s", "E", std::string(256, 'b') + "c", 0);
   EXPECT_EQ(t.Snapshot(2)[1].sample.size(), ErrorPatternTable::kMaxSampleBytes);
+}
+
+TEST(ErrorPatternTableTest, SampleIsTheLatestMessageWhateverItsLength) {
+  ErrorPatternTable t(10);
+  for (const std::string& m :
+       {std::string(100, 'a'), std::string("short"), std::string(300, 'b'),
+        std::string("short"), std::string()}) {
+    t.RecordError(1, "s", "E", m, 0);
+    EXPECT_EQ(t.Snapshot(1)[0].sample,
+              m.substr(0, ErrorPatternTable::kMaxSampleBytes));
+  }
+  EXPECT_EQ(t.Snapshot(1)[0].occurrences, 5u);
+}
+
+// RecordFailure(failed_retry, id, ...) is RecordRetryOutcome(failed_retry,
+// false) (when failed_retry != 0), RecordError(id, ...) and ShouldRetry(id).
+TEST(ErrorPatternTableTest, RecordFailureIsTheThreeCallsInOne) {
+  ErrorPatternTable one(3), three(3);
+  struct Step {
+    uint64_t failed_retry, id;
+    const char* msg;
+    int min_obs;
+  };
+  const Step steps[] = {{0, 1, "a", 2}, {1, 1, "b", 2}, {1, 1, "c", 2},
+                        {1, 2, "d", 1}, {2, 3, "e", 1}, {0, 4, "f", 1},
+                        {3, 5, "g", 1}, {9, 1, "h", 1}, {5, 5, "i", 1},
+                        {0, 5, "j", 3}, {2, 2, "k", 1}};
+  int64_t now = 0;
+  for (const Step& s : steps) {
+    ++now;
+    const bool got = one.RecordFailure(s.failed_retry, s.id, "step", "E", s.msg,
+                                       now, s.min_obs);
+    if (s.failed_retry != 0) three.RecordRetryOutcome(s.failed_retry, false);
+    three.RecordError(s.id, "step", "E", s.msg, now);
+    EXPECT_EQ(got, three.ShouldRetry(s.id, s.min_obs)) << "at " << now;
+  }
+  const ErrorTableStats a = one.Stats(), b = three.Stats();
+  EXPECT_EQ(a.total_errors, b.total_errors);
+  EXPECT_EQ(a.total_retries, b.total_retries);
+  EXPECT_EQ(a.failures_after_retry, b.failures_after_retry);
+  EXPECT_EQ(a.evictions, b.evictions);
+  const auto pa = one.Snapshot(10), pb = three.Snapshot(10);
+  ASSERT_EQ(pa.size(), pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_EQ(pa[i].id, pb[i].id);
+    EXPECT_EQ(pa[i].sample, pb[i].sample);
+    EXPECT_EQ(pa[i].occurrences, pb[i].occurrences);
+    EXPECT_EQ(pa[i].retried, pb[i].retried);
+    EXPECT_EQ(pa[i].failed_after_retry, pb[i].failed_after_retry);
+    EXPECT_EQ(pa[i].first_seen_ns, pb[i].first_seen_ns);
+    EXPECT_EQ(pa[i].last_seen_ns, pb[i].last_seen_ns);
+  }
+}
+
+TEST(ErrorPatternTableTest, RecordFailureJudgesAfterCounting) {
+  ErrorPatternTable t(10);
+  EXPECT_TRUE(t.RecordFailure(0, 7, "s", "E", "m", 0, 2));
+  EXPECT_TRUE(t.RecordFailure(7, 7, "s", "E", "m", 1, 2));   // retried once
+  EXPECT_FALSE(t.RecordFailure(7, 7, "s", "E", "m", 2, 2));  // twice: hopeless
+  EXPECT_EQ(t.Snapshot(1)[0].failed_after_retry, 2u);
+}
+
+TEST(ErrorPatternTableTest, AFailureOfASeenPatternAllocatesNothing) {
+  if (!alloc_counter::Enabled()) GTEST_SKIP() << "allocations not counted";
+  ErrorPatternTable t(10);
+  const std::string a(200, 'a'), b(180, 'b'), c(300, 'c');
+  t.RecordFailure(0, 1, "step", "builtins.ValueError", c, 0, 3);
+  const uint64_t before = alloc_counter::ThreadAllocations();
+  for (int i = 0; i < 100; ++i) {
+    // The same message, and others no longer than the sample's buffer.
+    t.RecordFailure(1, 1, "step", "builtins.ValueError", i % 3 ? a : b, i, 3);
+  }
+  EXPECT_EQ(alloc_counter::ThreadAllocations() - before, 0u);
+  EXPECT_EQ(t.Snapshot(1)[0].sample, b);  // i = 99: the latest
 }
 
 TEST(ErrorPatternTableTest, ResizeEvictsLeastRecentlyUsed) {

@@ -378,6 +378,48 @@ async def test_a_renamed_exception_class_is_recorded_under_its_new_name():
     assert "elsewhere.Renamed" in names()
 
 
+class _Loud(Exception):
+    def __str__(self):
+        return "loud " + super().__str__()
+
+
+class _Tag(str):
+    pass
+
+
+class _Mute(Exception):
+    def __str__(self):
+        raise RuntimeError("no str")
+
+
+@pytest.mark.parametrize(
+    "exc, sample",
+    [
+        (ValueError("not yet 3"), "not yet 3"),
+        (ValueError("délai dépassé"), "délai dépassé"),
+        (ValueError(), ""),
+        (ValueError("a", 2), "('a', 2)"),
+        (ValueError(7), "7"),
+        (ValueError(_Tag("tagged")), "tagged"),
+        (KeyError("k"), "'k'"),
+        (_Loud("x"), "loud x"),
+        (_Mute("x"), "<unprintable>"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else None,
+)
+async def test_a_patterns_sample_is_the_exceptions_str(exc, sample):
+    async def broken(x):
+        raise exc
+
+    ex = ExecutorCore(OptimizationConfig(enable_circuit_breaker=False))
+    r = await ex.execute(Step(broken, "s", max_retries=0), 1)
+    assert not r.success and r.error is exc
+    if sample:
+        assert r.feedback == f"{type(exc).__name__}: {sample}"
+    (pattern,) = ex.get_optimization_stats()["error_handling"]["patterns"]
+    assert pattern["sample"] == sample
+
+
 async def test_probes_of_a_failed_attempt_never_fail():
     # Properties the failure facts probe (retry_after, status_code, status,
     # response) may raise: the probe finds nothing, the attempt is retried.

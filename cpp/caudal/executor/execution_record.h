@@ -67,11 +67,6 @@ struct ExecutionRecord {
   // and whether that error was transient (never judged by fail-fast).
   uint64_t retried_pattern = 0;
   bool retried_transient = false;
-  // The previous failed attempt's error pattern, and the key of its type
-  // and raw message: the same error again (a retry failing as the attempt
-  // before it) has the same pattern, without normalising its message.
-  uint64_t last_pattern = 0;
-  uint64_t last_raw_error = 0;
   // Result cache: this execution leads the flight for cache_key and stores
   // its output under it on success.
   bool cache_lead = false;

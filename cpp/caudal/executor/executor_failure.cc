@@ -131,26 +131,17 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
   const bool keep_pending =
       !judged && r->retried_pattern != 0 && !r->retried_transient;
   uint64_t pattern = 0;
+  bool pattern_retry = true;  // the table's ShouldRetry for `pattern`
   if (cfg.enable_optimized_error_handling) {
-    // The retry after the previous error did not recover.
-    if (r->retried_pattern != 0 && !keep_pending)
-      errors_.RecordRetryOutcome(r->retried_pattern, false);
-    const absl::string_view message =
-        cfg.error_pattern_match_message ? e.message : absl::string_view();
-    const uint64_t raw =
-        ErrorPatternId(absl::string_view(), e.exc_type, message);
-    if (r->last_pattern != 0 && r->last_raw_error == raw) {
-      pattern = r->last_pattern;
-    } else {
-      const std::string normalized = cfg.error_pattern_match_message
-                                         ? NormalizeMessage(e.message)
-                                         : std::string();
-      pattern = ErrorPatternId(r->step->spec.name, e.exc_type, normalized);
-      r->last_pattern = pattern;
-      r->last_raw_error = raw;
-    }
-    errors_.RecordError(pattern, r->step->spec.name, e.exc_type, e.message,
-                        now_ns);
+    pattern = ErrorPatternOf(
+        r->step->spec.name, e.exc_type,
+        cfg.error_pattern_match_message ? e.message : absl::string_view());
+    // One lock: the retry after the previous error did not recover, this
+    // error, and whether its pattern is still worth retrying.
+    pattern_retry = errors_.RecordFailure(
+        keep_pending ? 0 : r->retried_pattern, pattern, r->step->spec.name,
+        e.exc_type, e.message, now_ns,
+        static_cast<int>(cfg.error_pattern_min_observations));
   }
   if (!keep_pending) r->retried_pattern = 0;
   const RetryPolicy& policy = r->step->spec.retry;
@@ -165,9 +156,7 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
     if (hint.has_value() && *hint > cfg.retry_after_max_seconds)
       return {FailureVerdict::kWaitTooLong};
   }
-  if (judged && pattern != 0 &&
-      !errors_.ShouldRetry(
-          pattern, static_cast<int>(cfg.error_pattern_min_observations))) {
+  if (judged && pattern != 0 && !pattern_retry) {
     fail_fast_.fetch_add(1, std::memory_order_relaxed);
     return {FailureVerdict::kFailFast};
   }

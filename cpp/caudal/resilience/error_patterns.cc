@@ -15,14 +15,18 @@ constexpr size_t kNpos = absl::string_view::npos;
 
 bool IsWordChar(char c) { return absl::ascii_isalnum(c); }
 
-// A string cut to at most `max` bytes without splitting a UTF-8 sequence.
-std::string CutUtf8(absl::string_view s, size_t max) {
-  if (s.size() <= max) return std::string(s);
+// The first at most `max` bytes of `s`, without splitting a UTF-8 sequence.
+absl::string_view CutUtf8View(absl::string_view s, size_t max) {
+  if (s.size() <= max) return s;
   size_t cut = max;
   while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) {
     --cut;
   }
-  return std::string(s.substr(0, cut));
+  return s.substr(0, cut);
+}
+
+std::string CutUtf8(absl::string_view s, size_t max) {
+  return std::string(CutUtf8View(s, max));
 }
 
 // Index of the quote closing the one at `open`: the next same quote on the
@@ -123,14 +127,76 @@ std::string NormalizeMessage(absl::string_view s) {
   return out;
 }
 
+uint64_t ErrorPatternOf(absl::string_view step, absl::string_view exc_type,
+                        absl::string_view message) {
+  static_assert((kPatternMemoSize & (kPatternMemoSize - 1)) == 0);
+  struct Entry {
+    uint64_t raw;
+    uint64_t pattern;  // 0: empty
+  };
+  // Plain data: no constructor or destructor runs for the thread.
+  static thread_local Entry memo[kPatternMemoSize] = {};
+  // The raw fields hashed as a pattern is: a key of its own domain (the
+  // unnormalised message), which no pattern id is compared against.
+  const uint64_t raw = ErrorPatternId(step, exc_type, message);
+  Entry& e = memo[raw & (kPatternMemoSize - 1)];
+  if (e.pattern != 0 && e.raw == raw) return e.pattern;
+  const uint64_t pattern =
+      ErrorPatternId(step, exc_type, NormalizeMessage(message));
+  e = {raw, pattern};
+  return pattern;
+}
+
 ErrorPatternTable::ErrorPatternTable(size_t capacity) : capacity_(capacity) {}
 
 void ErrorPatternTable::RecordError(uint64_t id, absl::string_view step,
                                     absl::string_view exc_type,
                                     absl::string_view sample, int64_t now_ns) {
   MutexLock lock(&mu_);
+  RecordErrorLocked(id, step, exc_type, sample, now_ns, nullptr);
+}
+
+void ErrorPatternTable::RecordRetryOutcome(uint64_t id, bool recovered) {
+  MutexLock lock(&mu_);
+  RecordRetryOutcomeLocked(id, recovered);
+}
+
+bool ErrorPatternTable::ShouldRetry(uint64_t id, int min_observations) const {
+  MutexLock lock(&mu_);
+  return ShouldRetryLocked(id, min_observations);
+}
+
+bool ErrorPatternTable::RecordFailure(uint64_t failed_retry, uint64_t id,
+                                      absl::string_view step,
+                                      absl::string_view exc_type,
+                                      absl::string_view sample, int64_t now_ns,
+                                      int min_observations) {
+  MutexLock lock(&mu_);
+  if (failed_retry != 0 && failed_retry != id)
+    RecordRetryOutcomeLocked(failed_retry, false);
+  bool seen_before = false;
+  PatternSnapshot* p =
+      RecordErrorLocked(id, step, exc_type, sample, now_ns, &seen_before);
+  if (failed_retry != 0 && failed_retry == id) {
+    // The common case, a retry failing as the attempt before it: one
+    // lookup for both records. As RecordRetryOutcome then RecordError: a
+    // pattern no longer in the table counts in the totals only.
+    ++total_retries_;
+    ++failures_after_retry_;
+    if (seen_before) {
+      ++p->retried;
+      ++p->failed_after_retry;
+    }
+  }
+  return p == nullptr || ShouldRetryOf(*p, min_observations);
+}
+
+PatternSnapshot* ErrorPatternTable::RecordErrorLocked(
+    uint64_t id, absl::string_view step, absl::string_view exc_type,
+    absl::string_view sample, int64_t now_ns, bool* seen_before) {
   ++total_errors_;
-  if (capacity_ == 0) return;
+  if (seen_before != nullptr) *seen_before = false;
+  if (capacity_ == 0) return nullptr;
   Lru::iterator node;
   auto it = index_.find(id);
   if (it == index_.end()) {
@@ -147,32 +213,39 @@ void ErrorPatternTable::RecordError(uint64_t id, absl::string_view step,
     EvictToCapacityLocked();  // capacity >= 1: the new front stays
   } else {
     node = it->second;
-    lru_.splice(lru_.begin(), lru_, node);
+    if (node != lru_.begin()) lru_.splice(lru_.begin(), lru_, node);
+    if (seen_before != nullptr) *seen_before = true;
   }
   PatternSnapshot& p = *node;
   ++p.occurrences;
   p.last_seen_ns = now_ns;
-  p.sample = CutUtf8(sample, kMaxSampleBytes);
+  // A pattern's messages are mostly the same message: compared before it
+  // is copied, and copied into the buffer the sample already has.
+  const absl::string_view cut = CutUtf8View(sample, kMaxSampleBytes);
+  if (p.sample != cut) p.sample.assign(cut.data(), cut.size());
+  return &p;
 }
 
-void ErrorPatternTable::RecordRetryOutcome(uint64_t id, bool recovered) {
-  MutexLock lock(&mu_);
+void ErrorPatternTable::RecordRetryOutcomeLocked(uint64_t id, bool recovered) {
   ++total_retries_;
   ++(recovered ? recoveries_ : failures_after_retry_);
   auto it = index_.find(id);
   if (it == index_.end()) return;
-  lru_.splice(lru_.begin(), lru_, it->second);
+  if (it->second != lru_.begin()) lru_.splice(lru_.begin(), lru_, it->second);
   PatternSnapshot& p = *it->second;
   ++p.retried;
   ++(recovered ? p.recovered : p.failed_after_retry);
 }
 
-bool ErrorPatternTable::ShouldRetry(uint64_t id, int min_observations) const {
-  const uint64_t needed = static_cast<uint64_t>(std::max(min_observations, 1));
-  MutexLock lock(&mu_);
+bool ErrorPatternTable::ShouldRetryLocked(uint64_t id,
+                                          int min_observations) const {
   auto it = index_.find(id);
-  if (it == index_.end()) return true;
-  const PatternSnapshot& p = *it->second;
+  return it == index_.end() || ShouldRetryOf(*it->second, min_observations);
+}
+
+bool ErrorPatternTable::ShouldRetryOf(const PatternSnapshot& p,
+                                      int min_observations) {
+  const uint64_t needed = static_cast<uint64_t>(std::max(min_observations, 1));
   return p.recovered > 0 || p.retried < needed;
 }
 

@@ -18,7 +18,9 @@
 // Protocol. After a failed attempt: RecordError(id, ...), then ask
 // ShouldRetry(id, n). When the retry that followed finishes:
 // RecordRetryOutcome(id, recovered) with the id of the error that caused the
-// retry (a cancelled retry reports nothing).
+// retry (a cancelled retry reports nothing). RecordFailure does a failed
+// attempt's part in one call (one lock): the failed outcome of the retry
+// it ends, RecordError, and the ShouldRetry answer.
 //
 // Caveat: fail-fast is sticky. A pattern judged hopeless is no longer
 // retried, so it gathers no new evidence until it is evicted, Clear()ed or
@@ -27,8 +29,11 @@
 // Thread-safety: all methods may be called concurrently (one caudal::Mutex,
 // exclusive even for queries; it is only used on the error path).
 // Cost: O(1) per record or query (hash map + LRU list), O(n log max) for
-// Snapshot. Memory: about 200 bytes plus the strings per pattern; samples
-// are cut to kMaxSampleBytes.
+// Snapshot; a failed attempt (RecordFailure) takes the lock once. A pattern
+// seen before allocates nothing: its sample is rewritten only when the
+// message differs from the stored one, in the string's own buffer.
+// Memory: about 200 bytes plus the strings per pattern; samples are cut to
+// kMaxSampleBytes.
 #ifndef CAUDAL_RESILIENCE_ERROR_PATTERNS_H_
 #define CAUDAL_RESILIENCE_ERROR_PATTERNS_H_
 
@@ -64,6 +69,17 @@ uint64_t ErrorPatternId(absl::string_view step, absl::string_view exc_type,
 // So "timeout after 31ms id=0xdeadbeef" and "timeout after 7ms id=0x1"
 // both become "timeout after <n>ms id=<hex>".
 std::string NormalizeMessage(absl::string_view message);
+
+// The pattern id of an error:
+//   ErrorPatternId(step, exc_type, NormalizeMessage(message)),
+// remembered per thread (kPatternMemoSize entries, direct-mapped, keyed by
+// a hash of the raw fields): an error seen before on this thread, as every
+// retry failing as the attempt before it, is hashed but not normalised
+// again, and allocates nothing. Thread-safety: any thread (the memo is the
+// calling thread's own).
+constexpr size_t kPatternMemoSize = 64;
+uint64_t ErrorPatternOf(absl::string_view step, absl::string_view exc_type,
+                        absl::string_view message);
 
 struct PatternSnapshot {
   uint64_t id;
@@ -110,6 +126,14 @@ class ErrorPatternTable {
   // no longer in the table.
   void RecordRetryOutcome(uint64_t id, bool recovered);
 
+  // A failed attempt, under one lock: RecordRetryOutcome(failed_retry,
+  // false) unless `failed_retry` is 0 (the attempt was the retry of that
+  // pattern, and did not recover), then RecordError(id, ...), then returns
+  // ShouldRetry(id, min_observations).
+  bool RecordFailure(uint64_t failed_retry, uint64_t id, absl::string_view step,
+                     absl::string_view exc_type, absl::string_view sample,
+                     int64_t now_ns, int min_observations);
+
   // False when the pattern has been retried at least `min_observations`
   // times (values below 1 count as 1) and never recovered; true otherwise.
   bool ShouldRetry(uint64_t id, int min_observations) const;
@@ -130,6 +154,18 @@ class ErrorPatternTable {
  private:
   using Lru = std::list<PatternSnapshot>;  // front = most recently used
 
+  // The pattern's entry (nullptr at capacity 0); *seen_before: it was in
+  // the table already.
+  PatternSnapshot* RecordErrorLocked(uint64_t id, absl::string_view step,
+                                     absl::string_view exc_type,
+                                     absl::string_view sample, int64_t now_ns,
+                                     bool* seen_before)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordRetryOutcomeLocked(uint64_t id, bool recovered)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ShouldRetryLocked(uint64_t id, int min_observations) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static bool ShouldRetryOf(const PatternSnapshot& p, int min_observations);
   void EvictToCapacityLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   mutable Mutex mu_;
