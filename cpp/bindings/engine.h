@@ -147,6 +147,18 @@ struct PyAdmission {
 extern PyObject* g_next[kNextKinds];
 inline py::handle NextOf(Next n) { return g_next[static_cast<int>(n)]; }
 
+// (a, b, c) as a new tuple, each borrowed and increfed: what
+// py::make_tuple does for three handles, without its per-item casts (the
+// hot path returns one per attempt).
+inline py::tuple Triple(py::handle a, py::handle b, py::handle c) {
+  PyObject* t = PyTuple_New(3);
+  if (t == nullptr) throw py::error_already_set();
+  PyTuple_SET_ITEM(t, 0, a.inc_ref().ptr());
+  PyTuple_SET_ITEM(t, 1, b.inc_ref().ptr());
+  PyTuple_SET_ITEM(t, 2, c.inc_ref().ptr());
+  return py::reinterpret_steal<py::tuple>(t);
+}
+
 uint64_t NextEngineId();
 
 inline PyStepEntry* Entry(ExecutionRecord* r) {

@@ -368,13 +368,12 @@ py::tuple Engine::StartAttempt(ExecutionRecord* r, py::handle data,
   py::object h = handle_obj ? py::reinterpret_borrow<py::object>(handle_obj)
                             : py::int_(r->handle);
   if (e->spec.kind == StepKind::kSync)
-    return py::make_tuple(h, py::none(), NextOf(Next::kRunSync));
+    return Triple(h, py::none(), NextOf(Next::kRunSync));
   try {
     py::object aw = Invoke(e, data, context, resources);
-    return py::make_tuple(
-        h, std::move(aw),
-        NextOf(e->spec.timeout_ns > 0 ? Next::kAwaitWithTimeout
-                                      : Next::kAwait));
+    return Triple(h, aw,
+                  NextOf(e->spec.timeout_ns > 0 ? Next::kAwaitWithTimeout
+                                                : Next::kAwait));
   } catch (py::error_already_set& err) {
     // Calling the step raised before producing an awaitable: an attempt
     // failure like any other (the caller decides retry or not).
@@ -385,8 +384,8 @@ py::tuple Engine::StartAttempt(ExecutionRecord* r, py::handle data,
     if (tb) PyException_SetTraceback(value, tb);
     Py_XDECREF(type);
     Py_XDECREF(tb);
-    return py::make_tuple(h, py::reinterpret_steal<py::object>(value),
-                          NextOf(Next::kRaised));
+    return Triple(h, py::reinterpret_steal<py::object>(value),
+                  NextOf(Next::kRaised));
   }
 }
 

@@ -133,12 +133,7 @@ py::list Engine::latency_buckets(py::object step_name) const {
     h = core_.stats().TakeTotal().latency;
   } else {
     const std::string name = py::cast<std::string>(step_name);
-    for (auto& s : core_.stats().TakeAll()) {
-      if (s.name == name) {
-        h = std::move(s.latency);
-        break;
-      }
-    }
+    if (auto s = core_.stats().Take(name)) h = std::move(s->latency);
     if (name == StatsRegistry::kReclaimedName) {
       if (auto r = core_.stats().TakeReclaimed()) h = std::move(r->latency);
     }

@@ -108,6 +108,20 @@ TEST(StatsRegistryTest, ReclaimsOnlyIdleNamesOldestFirst) {
   EXPECT_EQ(reg.ForStep("n0"), held);
 }
 
+TEST(StatsRegistryTest, TakeReadsOneNameOrNone) {
+  StatsRegistry reg;
+  reg.ForStep("a")->executions.fetch_add(3);
+  reg.ForStep("b")->executions.fetch_add(5);
+  ASSERT_TRUE(reg.Take("b").has_value());
+  EXPECT_EQ(reg.Take("b")->name, "b");
+  EXPECT_EQ(reg.Take("b")->executions, 5u);
+  EXPECT_EQ(reg.Take("a")->executions, 3u);
+  EXPECT_FALSE(reg.Take("c").has_value());
+  reg.Reclaim(1);  // the oldest idle name, "a", goes to the reclaimed row
+  EXPECT_FALSE(reg.Take("a").has_value());
+  EXPECT_EQ(reg.Take("b")->executions, 5u);
+}
+
 TEST(StatsRegistryTest, TotalsStayExactAcrossReclaim) {
   StatsRegistry reg;
   uint64_t executions = 0;

@@ -85,6 +85,14 @@ std::vector<StepStats::Snapshot> StatsRegistry::TakeAll() const {
   return out;
 }
 
+absl::optional<StepStats::Snapshot> StatsRegistry::Take(
+    absl::string_view step_name) const {
+  MutexLock lock(&mu_);
+  auto it = by_name_.find(step_name);
+  if (it == by_name_.end()) return absl::nullopt;
+  return (*it)->Take();
+}
+
 absl::optional<StepStats::Snapshot> StatsRegistry::TakeReclaimed() const {
   MutexLock lock(&mu_);
   if (reclaimed_names_ == 0) return absl::nullopt;

@@ -97,6 +97,10 @@ class StatsRegistry {
 
   // Per-step snapshots of the names tracked, in first-use order.
   std::vector<StepStats::Snapshot> TakeAll() const ABSL_LOCKS_EXCLUDED(mu_);
+  // The snapshot of one tracked name (nullopt: not tracked). O(1): a read-out
+  // of every name one by one stays linear in names.
+  absl::optional<StepStats::Snapshot> Take(absl::string_view step_name) const
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The sum of the names reclaimed so far, named kReclaimedName; nullopt
   // when none was.
   absl::optional<StepStats::Snapshot> TakeReclaimed() const
