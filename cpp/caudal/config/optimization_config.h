@@ -65,7 +65,7 @@ namespace caudal {
     "Per-step latency histograms, error rates, slow-execution detection")      \
   X(OPT_INT, max_tracked_steps, std::nullopt,                                  \
     "Step names whose stats are kept by name; beyond it idle names are folded" \
-    " into the (reclaimed) row; None = no bound")                             \
+    " into the (reclaimed) row; None = no bound")                              \
   X(INT, telemetry_batch_size, 10, "Spans per exported batch")                 \
   X(FLOAT, telemetry_flush_interval_seconds, 30.0,                             \
     "Longest time a recorded span waits before it is exported")                \
