@@ -65,8 +65,9 @@ def executor(cache: bool) -> ExecutorCore:
     )
 
 
-def cycling(ex: ExecutorCore, n: int):
-    steps = [make(i) for i in range(n)]
+def cycling(ex: ExecutorCore, steps: list):
+    """Executes the steps in turn, one per call."""
+    n = len(steps)
     execute = ex.execute
     pos = [0]
 
@@ -91,16 +92,7 @@ def fresh_lambda(ex: ExecutorCore):
 def sync_lambdas(ex: ExecutorCore, n: int):
     """The baseline of a fresh lambda: n lambdas made once, cycled (a
     plain def runs in a worker thread: the same hop for both)."""
-    steps = [lambda v, i=i: v + i for i in range(n)]
-    execute = ex.execute
-    pos = [0]
-
-    async def call(x: int) -> None:
-        i = pos[0]
-        pos[0] = i + 1 if i + 1 < n else 0
-        await execute(steps[i], x)
-
-    return call
+    return cycling(ex, [lambda v, i=i: v + i for i in range(n)])
 
 
 def fresh_async(ex: ExecutorCore):
@@ -124,7 +116,7 @@ async def per_call(quick: bool) -> dict:
         for n in SIZES:
             ex = executor(cache)
             executors.append(ex)
-            contenders[f"{n} steps, {tag}"] = cycling(ex, n)
+            contenders[f"{n} steps, {tag}"] = cycling(ex, [make(i) for i in range(n)])
         for name, make_call in (
             ("fresh lambda", fresh_lambda),
             ("fresh async def", fresh_async),

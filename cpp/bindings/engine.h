@@ -54,6 +54,7 @@
 #include "monitor_bindings.h"
 #include "step_analysis.h"
 #include "step_result.h"
+#include "step_reuse.h"
 #include "telemetry_bindings.h"
 
 namespace caudal::bindings {

@@ -15,9 +15,9 @@ from typing import Any
 from caudal._backends import check_backend
 from caudal._core import Engine, Next, OptimizationConfig, StepResult
 from caudal._executor.batches import Batches
+from caudal._executor.invalidations import Invalidations
 from caudal._executor.readouts import Readouts
 from caudal._executor.tuner import Tuner
-from caudal._invalidation import InvalidationResult
 from caudal.errors import CaudalError, ConfigurationError
 from caudal.resilience import RetryStrategy
 from caudal.worker_pool import WorkerPool, default_workers
@@ -62,7 +62,7 @@ def _checked(config: OptimizationConfig | None) -> OptimizationConfig:
     return config
 
 
-class ExecutorCore(Batches, Readouts):
+class ExecutorCore(Batches, Invalidations, Readouts):
     """Runs steps with the optimizations an :class:`OptimizationConfig` enables.
 
     Safe to share between many concurrent tasks, and between event loops in
@@ -486,78 +486,6 @@ class ExecutorCore(Batches, Readouts):
             raise TypeError(f"import_config: text must be str or bytes, got {type(text).__name__}")
         cfg = OptimizationConfig.from_json(text)  # str or UTF-8 bytes
         self._apply(cfg)
-
-    # Invalidations. Each first drops the in-process entries and raises the
-    # core's invalidation epoch (executions in flight then store nothing in
-    # either tier), waits for shared-tier writes that were already under way
-    # on this loop, then invalidates the shared tier. The result is an
-    # ``int`` (in-process entries removed, as always) that also says what
-    # the shared tier did (caudal._invalidation.InvalidationResult).
-    async def clear_cache(self) -> InvalidationResult:
-        """Drop every cached result, in both tiers."""
-        n = self._engine.cache_stats()["size"]
-        self._engine.clear_cache()
-        return await self._invalidate_l2(n, "clear", None)
-
-    async def invalidate_by_tag(self, tag: str) -> InvalidationResult:
-        """Drop the cached results of every step carrying ``tag``, in both
-        tiers. Returns how many in-process entries went (an ``int`` with
-        ``.l2`` and ``.queued``: docs/cache.md, "Invalidation")."""
-        n = self._engine.invalidate_tag(tag)
-        return await self._invalidate_l2(n, "invalidate_tag", tag)
-
-    async def invalidate_prefix(self, prefix: str) -> InvalidationResult:
-        """Drop every cached result of every step whose name starts with
-        ``prefix``, in both tiers (same result as :meth:`invalidate_by_tag`).
-        An empty prefix is refused (ValueError): :meth:`clear_cache` drops
-        everything."""
-        if not isinstance(prefix, str):
-            raise TypeError(f"invalidate_prefix: prefix must be a str, got {type(prefix).__name__}")
-        if not prefix:
-            raise ValueError(
-                "invalidate_prefix: the prefix is empty; clear_cache() drops every cached result"
-            )
-        if self._l2 is not None and not callable(getattr(self._l2, "invalidate_prefix", None)):
-            raise TypeError("cache_l2 has no invalidate_prefix() method")
-        n = self._engine.invalidate_prefix(prefix)
-        return await self._invalidate_l2(n, "invalidate_prefix", prefix)
-
-    async def invalidate_step(self, step_name: str) -> InvalidationResult:
-        """Drop every cached result of the step named exactly ``step_name``,
-        in both tiers (same result as :meth:`invalidate_by_tag`)."""
-        n = self._engine.invalidate_step(step_name)
-        return await self._invalidate_l2(n, "invalidate_group", step_name)
-
-    async def _invalidate_l2(self, n: int, method: str, arg: Any) -> InvalidationResult:
-        if self._l2 is None:
-            return InvalidationResult(n)
-        await self._l2_settled()
-        call = getattr(self._l2, method)
-        reached = await (call() if arg is None else call(arg))
-        return InvalidationResult.of(n, reached)
-
-    def _on_l2_invalidation(self, kind: str, name: str | None) -> None:
-        """An invalidation heard through the shared tier (another process's,
-        or another executor's sharing the tier): applied to this L1 (entries
-        and epochs). "resync": messages may have been missed: drop all."""
-        engine = self._engine
-        if kind == "tag":
-            engine.invalidate_tag(name)
-        elif kind == "group":
-            engine.invalidate_step(name)
-        elif kind == "prefix":
-            engine.invalidate_prefix(name)
-        else:
-            engine.clear_cache()
-
-    async def _l2_settled(self) -> None:
-        """Wait for this loop's pending shared-tier writes (each bounded by
-        the tier's timeout): a write checked before an invalidation lands
-        before it, so the invalidation removes it."""
-        loop = asyncio.get_running_loop()
-        mine = [t for t in self._l2_writes if t.get_loop() is loop]
-        if mine:
-            await asyncio.wait(mine)
 
     async def flush(self, timeout: float | None = 10.0) -> int:  # noqa: ASYNC109 - a deadline, not a cancel scope
         """Wait for pending writes to the shared cache tier (each is bounded
