@@ -285,6 +285,9 @@ std::shared_ptr<StepEntry> Engine::RefitFromTemplate(
     py::handle step) {
   // The replaced objects are released after the table's lock, with the GIL.
   py::object old_key, old_fn, old_identity;
+  // What the template's entries learnt last (the cache admission's verdict
+  // above all), as an entry made from the template would get it.
+  const std::shared_ptr<StepEntry> fresher = tmpl->last.lock();
   std::shared_ptr<StepEntry> got = core_.steps().Refit(
       key,
       [&](const std::shared_ptr<StepEntry>& v) {
@@ -305,6 +308,7 @@ std::shared_ptr<StepEntry> Engine::RefitFromTemplate(
         p.identity_pending = true;
         p.no_identity = "(pending)";
         p.cache_ns.clear();
+        if (fresher && fresher.get() != &v) CopyEntryCaches(*fresher, v);
       });
   if (got) tmpl->last = got;
   return got;

@@ -455,3 +455,34 @@ async def test_an_evicted_step_is_not_kept_alive_by_a_live_executor():
     assert ref() is None
     assert (await ex.execute(make_adder(1), 1)).output == 2  # still sound
     await ex.aclose()
+
+
+async def test_a_refitted_entry_follows_what_its_code_learnt_about_caching():
+    """The cache admission judges a step by its name's recent lookups and
+    marks the entry it is judging; an entry refitted for a new closure
+    takes the template's latest verdict, as a new entry would, so that
+    closures cycled through a full table stop looking up results that
+    never hit once the verdict changed."""
+    ex = ExecutorCore(
+        OptimizationConfig(enable_cache_optimization=True, cache_max_size=100), clock=CLOCK
+    )
+
+    def make(k):
+        async def ten_us(x):  # below the "always cache" latency
+            CLOCK.advance(0.00001)
+            return x + k
+
+        return ten_us
+
+    # A full table of entries whose caching pays: 50 values, met again.
+    for i in range(CAPACITY + CAPACITY // 4):
+        assert (await ex.execute(make(i % 50), 0)).output == i % 50
+    before = ex.get_optimization_stats()["execution"]["steps"]["ten_us"]
+    assert before["cache_hits"] > CAPACITY and before["cache_bypassed"] == 0
+    # New values only: no lookup hits, and caching stops paying.
+    calls = 2 * MORE
+    for i in range(calls):
+        assert (await ex.execute(make(1000 + i), 0)).output == 1000 + i
+    row = ex.get_optimization_stats()["execution"]["steps"]["ten_us"]
+    assert row["cache_bypassed"] > calls // 2, row
+    await ex.aclose()
