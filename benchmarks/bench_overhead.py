@@ -8,7 +8,13 @@ Rows, all in one process and one event loop, interleaved:
   (e) flujo's own ExecutorCore (PyPI 0.6.11) on the same step, as a flujo Step,
       with flujo's defaults (its result cache is on: a miss and a store per call)
   (f) flujo's ExecutorCore with enable_cache=False (its cheapest configuration)
-  (g) caudal, every optimization on, the same input every call (cache hits)
+  (g) caudal, every optimization on, the same input every call (cache hits),
+      on an executor and a step of their own
+  (h) caudal, every optimization on, a step with the cache forced on
+      (``Step(fn, cache=True)``): a lookup, a miss and a store every call.
+      (d)'s step is cached by the config's default, so the cache admission
+      stops looking it up once its inputs never repeat.
+Every row, (a) included, is called through the same lambda by the harness.
 Prints each row's cost above (a) and its speed-up over (e).
 
 Then the retry path: one execution of a step that raises ValueError on its
@@ -87,16 +93,32 @@ def flujo_contender():
     return call_default, call_nocache
 
 
+async def hit_step(x):
+    return x + 1
+
+
 async def main(quick: bool) -> dict:
     off = ExecutorCore(config_all(False))
     defaults = ExecutorCore(OptimizationConfig())
     on = ExecutorCore(config_all(True))
+    # The hits have an executor and a step of their own: sharing (d)'s, the
+    # cache admission would judge the step by (d)'s misses too, stop
+    # looking it up, and (g) would time executions that run the step.
+    on_hits = ExecutorCore(config_all(True))
+    # (d)'s distinct inputs never hit, so the cache admission soon stops
+    # looking the step up (what a user with such a workload gets); (h)
+    # forces the cache on for its step: a lookup, a miss and a store on
+    # every call.
+    forced = Step(step, "forced", cache=True)
+    # Every contender, (a) included, is called through a lambda by the
+    # harness: the figures above (a) are caudal's, not the lambda's.
     contenders = {
-        "(a) bare await": step,
+        "(a) bare await": lambda x: step(x),
         "(b) caudal, all off": lambda x: off.execute(step, x),
         "(c) caudal, defaults": lambda x: defaults.execute(step, x),
         "(d) caudal, all on (misses)": lambda x: on.execute(step, x),
-        "(g) caudal, all on (hits)": lambda x: on.execute(step, -1),
+        "(g) caudal, all on (hits)": lambda x: on_hits.execute(hit_step, -1),
+        "(h) caudal, all on, cache forced (misses)": lambda x: on.execute(forced, x),
     }
     flujo = flujo_contender()
     # Check every contender really works before timing it.
@@ -109,9 +131,19 @@ async def main(quick: bool) -> dict:
             assert (await call(1)).cache_hit, name
     rounds, batch = (15, 200) if quick else (41, 1000)
     res = await interleaved(contenders, rounds=rounds, batch=batch)
+    # What the rows measured: (g) only hits, (d) only misses (distinct
+    # inputs; the admission may stop looking a step up that never hits).
+    hits = on_hits.get_optimization_stats()["execution"]["steps"]["hit_step"]
+    assert hits["cache_hits"] == hits["executions"] - 1, hits
+    # (The harness's inputs start again from 0 after its 200 warm-up calls:
+    # at most those 200, and the check's input, are met twice.)
+    rows_of = on.get_optimization_stats()["execution"]["steps"]
+    assert rows_of["step"]["cache_hits"] <= 201, rows_of["step"]
+    forced_row = rows_of["forced"]
+    assert forced_row["cache_hits"] <= 201 < rounds * batch <= forced_row["cache_misses"]
     if flujo is not None:
         block = {
-            "(a) bare await": step,
+            "(a) bare await": lambda x: step(x),
             "(e) flujo ExecutorCore": flujo[0],
             "(f) flujo, enable_cache=False": flujo[1],
         }
@@ -147,6 +179,14 @@ async def main(quick: bool) -> dict:
             Floor(
                 "fast path, every optimization on, cache miss: above a bare await",
                 measured=by["(d) caudal, all on (misses)"]["above_bare_us"],
+                limit=0.30,
+                unit="µs",
+                detail=detail,
+            ),
+            Floor(
+                "fast path, every optimization on, cache forced on, miss and store: "
+                "above a bare await",
+                measured=by["(h) caudal, all on, cache forced (misses)"]["above_bare_us"],
                 limit=0.30,
                 unit="µs",
                 detail=detail,

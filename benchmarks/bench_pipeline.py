@@ -239,6 +239,7 @@ def bare_commit_loop(db: Path, synchronous: str, payload: bytes, n: int):
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.executescript(_SQLITE_SCHEMA)
+
     async def loop() -> None:
         run_id = uuid.uuid4().hex  # as a pipeline run's id
         now = time.time()

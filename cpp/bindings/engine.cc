@@ -143,6 +143,8 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
     auto it = templates_.find(facts.code);
     if (it != templates_.end() && it->second->Matches(facts)) {
       tmpl = it->second;
+      if (std::shared_ptr<StepEntry> r = RefitFromTemplate(tmpl, key, step))
+        return r;
       e = EntryFrom(tmpl->analysis, step, step);
       e->name_str = tmpl->name_str;
       proto = tmpl->proto.get();
@@ -152,6 +154,16 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
     // A caudal.Step met before (evicted since): its analysis as it was.
     RecalledObjects got;
     memo = RecallStep(step.ptr(), default_retry_.ptr(), backend_, &got);
+    if (memo && memo->parked && memo->proto_engine == id_) {
+      e = Unpark(memo, got);
+      e->key_a = py::reinterpret_borrow<py::object>(a);
+      e->key_b = py::none();
+      memo->last = e;
+      core_.steps().Regained();  // evicted, and met again
+      if (std::shared_ptr<StepEntry> dropped = core_.steps().Insert(key, e))
+        Dropped(std::move(dropped));
+      return e;
+    }
     if (memo) {
       e = EntryFrom(memo->analysis, got.fn,
                     memo->identity_is_fn ? got.fn : py::none());
@@ -250,18 +262,93 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   // For the read-outs: the settings of the last analysis made under its
   // name (an analysis reused for another object is not made again).
   if (proto == nullptr) table.Describe(s);
-  std::shared_ptr<StepEntry> dropped = table.Insert(key, e);
-  if (dropped) {
-    // What the evicted entry learnt (breaker, limiter, admission) goes back
-    // to its analysis's lookups, for the next entry made from it.
-    auto* d = static_cast<PyStepEntry*>(dropped.get());
-    if (d->tmpl && d->tmpl->proto) {
-      CopyEntryCaches(*d, *d->tmpl->proto);
-    } else if (d->memo && d->memo->proto && d->memo->proto_engine == id_) {
-      CopyEntryCaches(*d, *d->memo->proto);
-    }
-    dropped.reset();  // its Python objects go here, with the GIL held
+  if (std::shared_ptr<StepEntry> dropped = table.Insert(key, e))
+    Dropped(std::move(dropped));
+  return e;
+}
+
+void Engine::Dropped(std::shared_ptr<StepEntry> dropped) {
+  if (Park(dropped)) return;
+  // What the evicted entry learnt (breaker, limiter, admission) goes back
+  // to its analysis's lookups, for the next entry made from it.
+  auto* d = static_cast<PyStepEntry*>(dropped.get());
+  if (d->tmpl && d->tmpl->proto) {
+    CopyEntryCaches(*d, *d->tmpl->proto);
+  } else if (d->memo && d->memo->proto && d->memo->proto_engine == id_) {
+    CopyEntryCaches(*d, *d->memo->proto);
   }
+  dropped.reset();  // its Python objects go here, with the GIL held
+}
+
+std::shared_ptr<StepEntry> Engine::RefitFromTemplate(
+    const std::shared_ptr<FunctionTemplate>& tmpl, uint64_t key,
+    py::handle step) {
+  // The replaced objects are released after the table's lock, with the GIL.
+  py::object old_key, old_fn, old_identity;
+  // What the template's entries learnt last (the cache admission's verdict
+  // above all), as an entry made from the template would get it.
+  const std::shared_ptr<StepEntry> fresher = tmpl->last.lock();
+  std::shared_ptr<StepEntry> got = core_.steps().Refit(
+      key,
+      [&](const std::shared_ptr<StepEntry>& v) {
+        // The table's is the only reference: no execution, admission or
+        // caller holds the entry (all of them take theirs with the GIL).
+        return v.use_count() == 1 &&
+               static_cast<PyStepEntry*>(v.get())->tmpl == tmpl;
+      },
+      [&](StepEntry& v) {
+        // What EntryFrom(tmpl->analysis, step, step) sets per object.
+        auto& p = static_cast<PyStepEntry&>(v);
+        old_key = std::move(p.key_a);
+        old_fn = std::move(p.fn);
+        old_identity = std::move(p.identity_of);
+        p.key_a = py::reinterpret_borrow<py::object>(step);
+        p.fn = py::reinterpret_borrow<py::object>(step);
+        p.identity_of = py::reinterpret_borrow<py::object>(step);
+        p.identity_pending = true;
+        p.no_identity = "(pending)";
+        p.cache_ns.clear();
+        if (fresher && fresher.get() != &v) CopyEntryCaches(*fresher, v);
+      });
+  if (got) tmpl->last = got;
+  return got;
+}
+
+bool Engine::Park(const std::shared_ptr<StepEntry>& dropped) {
+  auto* d = static_cast<PyStepEntry*>(dropped.get());
+  if (!d->memo || d->memo->proto_engine != id_ || dropped.use_count() != 1)
+    return false;
+  std::shared_ptr<StepMemo> memo = std::move(d->memo);  // no cycle
+  // The step's own objects go (the memo lives as long as the step does);
+  // what stays is native, or str and tuples of str (name, context fields).
+  d->key_a = py::object();
+  d->key_b = py::object();
+  d->fn = py::object();
+  d->fallback = py::object();
+  d->retry_on = py::object();
+  d->breaker_exclude = py::object();
+  d->identity_of = py::object();
+  d->stats_weak = d->stats_owner;
+  d->stats_owner.reset();
+  d->stats = nullptr;
+  memo->parked = dropped;
+  return true;
+}
+
+std::shared_ptr<PyStepEntry> Engine::Unpark(
+    const std::shared_ptr<StepMemo>& memo, RecalledObjects& got) {
+  auto e = std::static_pointer_cast<PyStepEntry>(memo->parked);
+  memo->parked.reset();  // the table's now (it holds the step again)
+  e->memo = memo;
+  e->fn = got.fn;
+  e->fallback = std::move(got.fallback);
+  e->breaker_exclude = std::move(got.breaker_exclude);
+  e->retry_on = std::move(got.retry_on);
+  if (e->identity_pending)
+    e->identity_of = memo->identity_is_fn ? got.fn : py::none();
+  e->stats_owner = e->stats_weak.lock();
+  if (!e->stats_owner) e->stats_owner = core_.StatsFor(e->spec.name);
+  e->stats = e->stats_owner.get();
   return e;
 }
 

@@ -432,6 +432,27 @@ class Engine {
   // caudal._steps.analyse; inserted into the table.
   std::shared_ptr<StepEntry> Analyse(py::handle step, uint64_t key, PyObject* a,
                                      PyObject* b);
+  // A plain function of `tmpl` met on a full table: the least recently
+  // used entry becomes this function's when it was made from the same
+  // template and no execution holds it (StepTable::Refit): its spec, stats
+  // and caches are the template's already, and only what is per object
+  // (the function, its identity) is replaced. Null otherwise.
+  std::shared_ptr<StepEntry> RefitFromTemplate(
+      const std::shared_ptr<FunctionTemplate>& tmpl, uint64_t key,
+      py::handle step);
+  // A caudal.Step's entry evicted from the table by the executor its memo
+  // belongs to, held by nothing else: kept on the memo without the step's
+  // Python objects (which may refer to the step: the memo must not keep it
+  // alive) nor its name's stats (the bound on names may reclaim them), to
+  // be taken back when the step is met again (Unpark). False: not kept.
+  bool Park(const std::shared_ptr<StepEntry>& dropped);
+  // The parked entry of `memo`, refitted with the objects read from the
+  // step again; null when there is none.
+  std::shared_ptr<PyStepEntry> Unpark(const std::shared_ptr<StepMemo>& memo,
+                                      RecalledObjects& got);
+  // An entry the table dropped (evicted or replaced): parked, or its state
+  // handed back to its analysis's lookups, and destroyed.
+  void Dropped(std::shared_ptr<StepEntry> dropped);
   // The entry for a StepAnalysis (its fn and identity_of per object).
   std::shared_ptr<PyStepEntry> EntryFrom(const StepAnalysis& t, py::handle fn,
                                          py::handle identity_of);

@@ -11,9 +11,12 @@ py::object Engine::begin(py::handle step, py::handle data, py::handle context,
   PyStepEntry* e = FastLookup(step);
   const int64_t now = core_.NowNs();
   AdmitState s;
+  // Held before the key is computed: the walk may run Python code that
+  // executes other steps, and the table must neither drop this entry nor
+  // refit it for another function meanwhile (StepTable::Refit).
+  s.step = e->shared_from_this();
   if (Executor::UseCache(*e, *core_.current_config()))
     s.keyed = CacheKey(e, data, context, &s.key);
-  s.step = e->shared_from_this();
   return Admit(s, py::handle(), now, data, context, resources);
 }
 

@@ -110,6 +110,8 @@ ExecutionSection Engine::execution_section() const {
       StepRowOf(core_.stats().TakeTotal()), StepRows(core_), core_.Trends(),
       *core_.current_config(), core_.in_flight(), core_.steps().size(),
       core_.steps().analyses(), core_.trend_checkpoints());
+  s.step_table_capacity = core_.steps().capacity();
+  s.step_table_evictions = core_.steps().evictions();
   s.names_tracked = core_.stats().tracked();
   s.names_reclaimed = core_.stats().reclaimed_names();
   return s;

@@ -66,10 +66,12 @@ py::dict StepRowDict(const StepRow& r, bool with_trend) {
   return d;
 }
 
-py::dict StepTableDict(size_t size, uint64_t analyses) {
+py::dict StepTableDict(const ExecutionSection& s) {
   py::dict d;
-  d["size"] = size;
-  d["analyses"] = analyses;
+  d["size"] = s.step_table_size;
+  d["capacity"] = s.step_table_capacity;
+  d["analyses"] = s.step_analyses;
+  d["evictions"] = s.step_table_evictions;
   return d;
 }
 
@@ -90,7 +92,7 @@ py::dict ExecutionSectionDict(const ExecutionSection& s) {
   d["timeouts"] = t.stats.timeouts;
   d["fallbacks"] = t.stats.fallbacks;
   d["cancelled"] = t.stats.cancelled;
-  d["step_analysis"] = StepTableDict(s.step_table_size, s.step_analyses);
+  d["step_analysis"] = StepTableDict(s);
   py::dict names;
   names["tracked"] = s.names_tracked;
   names["reclaimed"] = s.names_reclaimed;

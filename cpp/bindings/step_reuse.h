@@ -104,6 +104,9 @@ struct StepMemo {
   std::shared_ptr<StepEntry> proto;
   std::weak_ptr<StepEntry> last;  // of proto_engine
   uint64_t proto_engine = 0;
+  // The entry proto_engine evicted last, without the step's objects
+  // (Engine::Park): re-linked as it is when the step is met again.
+  std::shared_ptr<StepEntry> parked;
   ~StepMemo();  // takes the GIL
 };
 

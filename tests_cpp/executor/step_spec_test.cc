@@ -113,6 +113,74 @@ TEST(StepTableLru, CyclingThroughMoreStepsThanItHoldsEvictsOneAtATime) {
   EXPECT_EQ(NameAt(t, 899), "-");
 }
 
+TEST(StepTableRefit,
+     TakesOverTheLeastRecentlyUsedEntryOnlyWhenFullAndAccepted) {
+  StepTable t(2);
+  auto accept = [](const std::shared_ptr<StepEntry>&) { return true; };
+  auto rename = [](const char* n) {
+    return [n](StepEntry& e) { e.spec.name = n; };
+  };
+  // Not full: nothing done (the caller inserts).
+  EXPECT_EQ(t.Refit(1, accept, rename("x")), nullptr);
+  t.Insert(1, Named("a"));
+  t.Insert(2, Named("b"));
+  ASSERT_NE(t.Find(1), nullptr);  // b is now the least recently used
+  // A key already there: nothing done (Insert replaces).
+  EXPECT_EQ(t.Refit(2, accept, rename("x")), nullptr);
+  // Refused by the caller: nothing done, nothing refitted.
+  bool called = false;
+  EXPECT_EQ(t.Refit(
+                3, [](const std::shared_ptr<StepEntry>&) { return false; },
+                [&](StepEntry&) { called = true; }),
+            nullptr);
+  EXPECT_FALSE(called);
+  EXPECT_EQ(NameAt(t, 2), "b");  // b is the most recent now; a the least
+  const uint64_t g = t.generation();
+  const uint64_t analyses = t.analyses();
+  std::shared_ptr<StepEntry> seen;
+  auto got = t.Refit(
+      3,
+      [&](const std::shared_ptr<StepEntry>& v) {
+        seen = v;
+        return true;
+      },
+      rename("c"));
+  ASSERT_NE(got, nullptr);
+  EXPECT_EQ(got, seen);            // the least recently used entry...
+  EXPECT_EQ(got->spec.name, "c");  // ...refitted...
+  EXPECT_EQ(NameAt(t, 1), "-");    // ...is gone from its old key...
+  EXPECT_EQ(NameAt(t, 3), "c");    // ...and is under the new one
+  EXPECT_EQ(NameAt(t, 2), "b");
+  EXPECT_EQ(t.size(), 2u);
+  EXPECT_NE(t.generation(), g);  // a cached pointer to it must be looked up
+  EXPECT_EQ(t.analyses(), analyses + 1);
+  EXPECT_EQ(t.evictions(), 1u);
+}
+
+TEST(StepTableGrowth, DoublesWhenAnEighthOfItCameBackUpToTheMaximum) {
+  StepTable t(16, 40);
+  EXPECT_EQ(t.capacity(), 16u);
+  EXPECT_EQ(t.max_capacity(), 40u);
+  t.Regained();
+  EXPECT_EQ(t.capacity(), 16u);
+  t.Regained();  // 2 = 16 / 8
+  EXPECT_EQ(t.capacity(), 32u);
+  for (int i = 0; i < 3; ++i) t.Regained();
+  EXPECT_EQ(t.capacity(), 32u);
+  t.Regained();                  // 4 = 32 / 8
+  EXPECT_EQ(t.capacity(), 40u);  // capped
+  for (int i = 0; i < 100; ++i) t.Regained();
+  EXPECT_EQ(t.capacity(), 40u);
+  // The new room is used before anything is evicted.
+  for (uint64_t k = 0; k < 40; ++k) EXPECT_EQ(t.Insert(k, Named("s")), nullptr);
+  EXPECT_NE(t.Insert(40, Named("s")), nullptr);
+  // A maximum below the start is the start: no growth.
+  StepTable fixed(8, 4);
+  EXPECT_EQ(fixed.max_capacity(), 8u);
+  for (int i = 0; i < 10; ++i) fixed.Regained();
+  EXPECT_EQ(fixed.capacity(), 8u);
+}
+
 TEST(StepTableLru, GenerationChangesWhenAndOnlyWhenAnEntryMayBeDropped) {
   StepTable t(2);
   const uint64_t g0 = t.generation();

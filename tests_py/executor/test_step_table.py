@@ -13,7 +13,7 @@ import weakref
 
 import pytest
 
-from caudal import ExecutorCore, OptimizationConfig, Step, _core, _identity, _steps
+from caudal import ExecutorCore, OptimizationConfig, RetryStrategy, Step, _core, _identity, _steps
 from caudal.testing import ManualClock
 
 CAPACITY = 4096  # the step table's (StepTable::kDefaultCapacity)
@@ -342,3 +342,147 @@ async def test_a_step_remembered_by_one_executor_keeps_another_executors_state_a
     assert calls == [1, 1, 1]
     await a.aclose()
     await b.aclose()
+
+
+# ---- a full table reuses entries instead of making new ones ----
+
+GATED: dict = {}
+
+
+async def test_a_closure_in_flight_is_never_refitted_for_another():
+    """On a full table a new closure of a factory takes over the least
+    recently used entry of the same code (StepTable::Refit) — but never one
+    an execution still holds: that execution must go on with its own
+    function and identity."""
+    ex = ExecutorCore(
+        OptimizationConfig(
+            enable_cache_optimization=True,
+            cache_max_size=4 * MORE,
+            cache_ttl_seconds=1e6,
+            memory_pressure_threshold_mb=1e6,
+        ),
+        retry_strategy=RetryStrategy(max_attempts=2, base_delay=0.0, max_backoff=0.0),
+        clock=CLOCK,
+    )
+    # Module globals, not captured values: the closures stay plain data,
+    # so that their results are cached under their identity.
+    GATED["gate"] = gate = asyncio.Event()
+    GATED["attempts"] = attempts = []
+
+    def make_gated(k):
+        async def gated(x):
+            if k == 0:
+                GATED["attempts"].append(x)
+                if len(GATED["attempts"]) == 1:
+                    await GATED["gate"].wait()
+                    # The retry calls the entry's function again: its own.
+                    raise ValueError("first attempt fails")
+            CLOCK.advance(0.001)
+            return x + k
+
+        return gated
+
+    first = make_gated(0)
+    task = asyncio.create_task(ex.execute(first, 100))
+    await asyncio.sleep(0)
+    # Enough closures of the same code to make `first`'s entry the least
+    # recently used of a full table, and then to pass it.
+    for k in range(1, MORE):
+        r = await ex.execute(make_gated(k), 100)
+        assert r.output == 100 + k and not r.cache_hit, k
+    gate.set()
+    r = await task
+    assert r.success and r.output == 100 and not r.cache_hit
+    assert r.attempts == 2 and attempts == [100, 100]
+    # Its result was stored under its own identity, not a refitted one's.
+    again = await ex.execute(make_gated(0), 100)
+    assert again.output == 100 and again.cache_hit
+    other = await ex.execute(make_gated(7), 100)
+    assert other.output == 107
+    await ex.aclose()
+
+
+async def test_steps_met_again_after_eviction_grow_the_table():
+    """A working set of caudal.Steps larger than the table (a big pipeline
+    run again) would evict on every pass what the next pass needs: the
+    table grows instead, and each step keeps its own results."""
+    ex = executor(cache=True)
+    n = CAPACITY + CAPACITY // 2
+    steps = [Step(make_adder(i), f"g{i}") for i in range(n)]
+    assert analysis(ex)["capacity"] == CAPACITY
+    for rnd in range(3):
+        for i, s in enumerate(steps):
+            r = await ex.execute(s, 1)
+            assert r.output == 1 + i and r.cache_hit == (rnd > 0), (rnd, i)
+    a = analysis(ex)
+    assert a["capacity"] > n and a["size"] == n
+    evictions = a["evictions"]
+    for s in steps:
+        await ex.execute(s, 2)
+    assert analysis(ex)["evictions"] == evictions  # the pass fits now
+    stats = ex.get_optimization_stats()["execution"]["steps"]
+    assert all(stats[f"g{i}"]["executions"] == 4 for i in range(n))
+    await ex.aclose()
+
+
+async def test_closures_never_grow_the_table():
+    ex = executor()
+    for _ in range(2):
+        for k in range(MORE):
+            await ex.execute(make_adder(k), 0)
+    a = analysis(ex)
+    assert (a["capacity"], a["size"]) == (CAPACITY, CAPACITY)
+    assert a["evictions"] == 2 * MORE - CAPACITY
+    await ex.aclose()
+
+
+async def test_an_evicted_step_is_not_kept_alive_by_a_live_executor():
+    ex = executor(cache=True)
+    box = []
+
+    async def refers_to_its_step(x):
+        return box[0].name  # the step, through the closure: a cycle
+
+    s = Step(refers_to_its_step, "cyclic")
+    box.append(s)
+    assert (await ex.execute(s, 1)).output == "cyclic"
+    for k in range(MORE):  # evicted: its entry is kept for it, without it
+        await ex.execute(make_adder(k), 0)
+    ref = weakref.ref(s)
+    del s, box[:]
+    del refers_to_its_step
+    gc.collect()
+    assert ref() is None
+    assert (await ex.execute(make_adder(1), 1)).output == 2  # still sound
+    await ex.aclose()
+
+
+async def test_a_refitted_entry_follows_what_its_code_learnt_about_caching():
+    """The cache admission judges a step by its name's recent lookups and
+    marks the entry it is judging; an entry refitted for a new closure
+    takes the template's latest verdict, as a new entry would, so that
+    closures cycled through a full table stop looking up results that
+    never hit once the verdict changed."""
+    ex = ExecutorCore(
+        OptimizationConfig(enable_cache_optimization=True, cache_max_size=100), clock=CLOCK
+    )
+
+    def make(k):
+        async def ten_us(x):  # below the "always cache" latency
+            CLOCK.advance(0.00001)
+            return x + k
+
+        return ten_us
+
+    # A full table of entries whose caching pays: 50 values, met again.
+    for i in range(CAPACITY + CAPACITY // 4):
+        assert (await ex.execute(make(i % 50), 0)).output == i % 50
+    before = ex.get_optimization_stats()["execution"]["steps"]["ten_us"]
+    assert before["cache_hits"] > CAPACITY and before["cache_bypassed"] == 0
+    # New values only: no lookup hits, and caching stops paying.
+    calls = 2 * MORE
+    for i in range(calls):
+        assert (await ex.execute(make(1000 + i), 0)).output == 1000 + i
+    row = ex.get_optimization_stats()["execution"]["steps"]["ten_us"]
+    assert row["cache_bypassed"] > calls // 2, row
+    await ex.aclose()

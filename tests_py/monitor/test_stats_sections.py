@@ -84,7 +84,12 @@ async def test_section_keys_in_order():
         "enabled", "window_seconds", "degradation_threshold", "min_executions", "checkpoints",
     ]  # fmt: skip
     assert stats["execution"]["regression_detection"]["min_executions"] == 20
-    assert stats["execution"]["step_analysis"].keys() == {"size", "analyses"}
+    assert stats["execution"]["step_analysis"].keys() == {
+        "size",
+        "capacity",
+        "analyses",
+        "evictions",
+    }
     assert list(stats["concurrency"]["keys"]["double"]) == ADAPTIVE_KEY
     assert stats["concurrency"]["mode"] == "adaptive"
     assert stats["concurrency"]["in_flight"] == stats["concurrency"]["concurrency_level"] == 0

@@ -60,6 +60,27 @@ std::shared_ptr<StepEntry> StepTable::Insert(uint64_t key,
   return dropped;
 }
 
+std::shared_ptr<StepEntry> StepTable::Refit(
+    uint64_t key,
+    absl::FunctionRef<bool(const std::shared_ptr<StepEntry>&)> reusable,
+    absl::FunctionRef<void(StepEntry&)> refit) {
+  MutexLock lock(&mu_);
+  if (index_.size() < capacity_ || recency_.empty() || index_.contains(key))
+    return nullptr;
+  Slot& last = recency_.back();
+  if (!reusable(last.entry)) return nullptr;
+  refit(*last.entry);
+  index_.erase(last.key);
+  last.key = key;
+  recency_.splice(recency_.begin(), recency_, std::prev(recency_.end()));
+  index_.emplace(key, recency_.begin());
+  ++analyses_;
+  ++evictions_;
+  // Whoever cached the entry under its old key must look it up again.
+  generation_.store(NextGeneration(), std::memory_order_release);
+  return recency_.front().entry;
+}
+
 std::vector<std::shared_ptr<StepEntry>> StepTable::Clear() {
   std::vector<std::shared_ptr<StepEntry>> dropped;
   MutexLock lock(&mu_);
@@ -69,6 +90,19 @@ std::vector<std::shared_ptr<StepEntry>> StepTable::Clear() {
   index_.clear();
   generation_.store(NextGeneration(), std::memory_order_release);
   return dropped;
+}
+
+void StepTable::Regained() {
+  MutexLock lock(&mu_);
+  if (capacity_ >= max_capacity_) return;
+  if (++regained_ < std::max<size_t>(capacity_ / 8, 1)) return;
+  capacity_ = std::min(capacity_ * 2, max_capacity_);
+  regained_ = 0;
+}
+
+size_t StepTable::capacity() const {
+  MutexLock lock(&mu_);
+  return capacity_;
 }
 
 size_t StepTable::size() const {

@@ -21,6 +21,7 @@
 #ifndef CAUDAL_EXECUTOR_STEP_SPEC_H_
 #define CAUDAL_EXECUTOR_STEP_SPEC_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <list>
@@ -32,6 +33,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/types/optional.h"
 #include "caudal/base/mutex.h"
 #include "caudal/concurrency/key_limiter.h"
@@ -155,9 +157,13 @@ struct StepEntry : std::enable_shared_from_this<StepEntry> {
 class StepTable {
  public:
   static constexpr size_t kDefaultCapacity = 4096;
-  // `capacity` >= 1 (0 is taken as 1).
-  explicit StepTable(size_t capacity = kDefaultCapacity)
-      : capacity_(capacity == 0 ? 1 : capacity) {}
+  static constexpr size_t kMaxCapacity = 65536;
+  // `capacity` >= 1 (0 is taken as 1); it grows up to `max_capacity` (not
+  // below `capacity`) as Regained() says evicted steps keep coming back.
+  explicit StepTable(size_t capacity = kDefaultCapacity,
+                     size_t max_capacity = kMaxCapacity)
+      : capacity_(capacity == 0 ? 1 : capacity),
+        max_capacity_(std::max(capacity == 0 ? 1 : capacity, max_capacity)) {}
 
   // The entry under `key` (null: none), made the most recently used.
   std::shared_ptr<StepEntry> Find(uint64_t key) ABSL_LOCKS_EXCLUDED(mu_);
@@ -168,9 +174,31 @@ class StepTable {
   std::shared_ptr<StepEntry> Insert(uint64_t key,
                                     std::shared_ptr<StepEntry> entry)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // A miss on a full table that would evict an entry the caller can turn
+  // into the one it needs (same analysis, held by nobody else): when `key`
+  // is absent, the table is full and `reusable` accepts the least recently
+  // used entry, `refit` is called on it (under the table's lock: it must
+  // not call back into the table or run code that might) and the entry
+  // moves to `key` as the most recently used: the insert and the eviction
+  // in one, without destroying one entry and making another. Counts as an
+  // analysis and an eviction, and changes the generation. Returns the
+  // entry (null: nothing done; insert as usual).
+  std::shared_ptr<StepEntry> Refit(
+      uint64_t key,
+      absl::FunctionRef<bool(const std::shared_ptr<StepEntry>&)> reusable,
+      absl::FunctionRef<void(StepEntry&)> refit) ABSL_LOCKS_EXCLUDED(mu_);
   std::vector<std::shared_ptr<StepEntry>> Clear() ABSL_LOCKS_EXCLUDED(mu_);
+  // A step whose entry this table evicted was met again (the caller knows:
+  // the bindings keep a caudal.Step's evicted entry to take it back). When
+  // that happened for an eighth of the capacity since it last changed, the
+  // working set is larger than the table and every pass through it would
+  // evict what the next pass needs (a pipeline larger than the table, run
+  // again): the capacity doubles, up to the maximum. It never shrinks: the
+  // steps it holds are the ones the caller met last.
+  void Regained() ABSL_LOCKS_EXCLUDED(mu_);
   size_t size() const ABSL_LOCKS_EXCLUDED(mu_);
-  size_t capacity() const { return capacity_; }
+  size_t capacity() const ABSL_LOCKS_EXCLUDED(mu_);
+  size_t max_capacity() const { return max_capacity_; }
   // Changes whenever an entry may have been dropped (an eviction, a
   // replacement, Clear), and is unique across all tables of the process: a
   // caller may cache a raw entry pointer for as long as (table, generation)
@@ -200,8 +228,10 @@ class StepTable {
   };
   using Recency = std::list<Slot>;  // most recently used first
 
-  const size_t capacity_;
   mutable Mutex mu_;
+  size_t capacity_ ABSL_GUARDED_BY(mu_);
+  const size_t max_capacity_;
+  size_t regained_ ABSL_GUARDED_BY(mu_) = 0;  // since capacity_ last changed
   Recency recency_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, Recency::iterator> index_ ABSL_GUARDED_BY(mu_);
   uint64_t analyses_ ABSL_GUARDED_BY(mu_) = 0;

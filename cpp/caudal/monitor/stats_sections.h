@@ -62,6 +62,8 @@ struct ExecutionSection {
   double slow_execution_threshold_ms = 0.0;
   size_t step_table_size = 0;  // step_analysis: the step table
   uint64_t step_analyses = 0;
+  size_t step_table_capacity = 0;  // now (it grows; see StepTable)
+  uint64_t step_table_evictions = 0;
   // step_names: the names with a row of their own, the names folded into
   // the "(reclaimed)" row, and the bound (max_tracked_steps; none: -1).
   size_t names_tracked = 0;
