@@ -250,7 +250,7 @@ async def test_step_analysis_is_cached_once_per_step_object():
     for i in range(100):
         await ex.execute(add_one, i)
     table = ex.get_optimization_stats()["execution"]["step_analysis"]
-    assert table == {"size": 1, "analyses": 1}
+    assert table == {"size": 1, "capacity": 4096, "analyses": 1, "evictions": 0}
 
 
 async def test_execute_with_monitoring_metrics():
