@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import statistics
 import sys
 import time
@@ -100,25 +101,36 @@ def yaml_chain(n: int) -> Callable[[], Pipeline]:
     return lambda: load_pipeline(text, registry)
 
 
-def timed(build: Callable[[], Pipeline], rounds: int) -> tuple[float, float]:
-    """Median (CPU ms, wall ms) of `rounds` builds. Building is one thread's
-    CPU work, so the CPU time of this thread is its cost; on a shared
-    machine the wall time also counts whatever else ran meanwhile.
-    Garbage collection is off while timing, as timeit does: a collection
-    triggered by earlier rounds' garbage is not this round's cost."""
-    build()  # warm-up
-    cpu, wall = [], []
-    for _ in range(rounds):
-        gc.collect()
-        gc.disable()
-        try:
-            c0, t0 = time.thread_time(), time.perf_counter()
-            build()
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.thread_time() - c0)
-        finally:
-            gc.enable()
-    return statistics.median(cpu) * 1e3, statistics.median(wall) * 1e3
+def timed(builds: dict[int, Callable[[], Pipeline]], rounds: dict[int, int]) -> dict:
+    """Median (CPU ms, wall ms) of each size's builds, the sizes
+    interleaved: each round builds every size that still has rounds to go,
+    in a shuffled order, so that the ratio of two sizes compares builds made
+    under the same conditions. Building is one thread's CPU work, so the
+    CPU time of this thread is its cost; on a shared machine the wall time
+    also counts whatever else ran meanwhile. Garbage collection is off while
+    timing, as timeit does: a collection triggered by earlier rounds'
+    garbage is not this round's cost."""
+    for build in builds.values():
+        build()  # warm-up
+    cpu: dict[int, list[float]] = {n: [] for n in builds}
+    wall: dict[int, list[float]] = {n: [] for n in builds}
+    order = list(builds)
+    rng = random.Random(11)
+    for r in range(max(rounds.values())):
+        rng.shuffle(order)
+        for n in order:
+            if r >= rounds[n]:
+                continue
+            gc.collect()
+            gc.disable()
+            try:
+                c0, t0 = time.thread_time(), time.perf_counter()
+                builds[n]()
+                wall[n].append(time.perf_counter() - t0)
+                cpu[n].append(time.thread_time() - c0)
+            finally:
+                gc.enable()
+    return {n: (statistics.median(cpu[n]) * 1e3, statistics.median(wall[n]) * 1e3) for n in builds}
 
 
 FORMS = {
@@ -140,14 +152,16 @@ def main(quick: bool) -> dict:
     rounds = {1_000: 7 if quick else 15, 10_000: 3 if quick else 7, 100_000: 3}
     cpu: dict[str, dict[int, float]] = {form: {} for form in FORMS}
     wall: dict[str, dict[int, float]] = {form: {} for form in FORMS}
-    for n in sizes:
-        steps = [Step(work, f"c{i}") for i in range(n)]
-        for form, make in FORMS.items():
-            if form == "YAML chain":
-                continue
-            cpu[form][n], wall[form][n] = timed(make(n, steps), rounds[n])
-    for n in YAML_SIZES:
-        cpu["YAML chain"][n], wall["YAML chain"][n] = timed(yaml_chain(n), 3 if quick else 5)
+    steps = {n: [Step(work, f"c{i}") for i in range(n)] for n in sizes}
+    for form, make in FORMS.items():
+        if form == "YAML chain":
+            got = timed(
+                {n: yaml_chain(n) for n in YAML_SIZES}, dict.fromkeys(YAML_SIZES, 3 if quick else 5)
+            )
+        else:
+            got = timed({n: make(n, steps[n]) for n in sizes}, rounds)
+        for n, (c, w) in got.items():
+            cpu[form][n], wall[form][n] = c, w
     return {"quick": quick, "build_cpu_ms": cpu, "build_wall_ms": wall}
 
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -155,6 +156,47 @@ TEST(StepTableRefit,
   EXPECT_NE(t.generation(), g);  // a cached pointer to it must be looked up
   EXPECT_EQ(t.analyses(), analyses + 1);
   EXPECT_EQ(t.evictions(), 1u);
+}
+
+TEST(StepTableRefit, ConcurrentFindsInsertsRefitsAndGrowthKeepItConsistent) {
+  // Four threads share one small table: each looks up, inserts, refits
+  // (only entries nobody else holds) and reports steps met again. Every
+  // entry a thread holds keeps the name it was given (a refit never
+  // changes an entry someone holds), and the table stays within bounds.
+  StepTable t(64, 256);
+  constexpr int kThreads = 4;
+  constexpr uint64_t kKeys = 1000;
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kThreads; ++w) {
+    threads.emplace_back([&t, w] {
+      for (uint64_t i = 0; i < 20000; ++i) {
+        const uint64_t key = (i * 7919 + static_cast<uint64_t>(w)) % kKeys;
+        std::shared_ptr<StepEntry> held = t.Find(key);
+        if (held) {
+          ASSERT_EQ(held->spec.name, std::to_string(key));
+          continue;
+        }
+        if (i % 3 == 0) {
+          held = t.Refit(
+              key,
+              [](const std::shared_ptr<StepEntry>& v) {
+                return v.use_count() == 1;
+              },
+              [key](StepEntry& e) { e.spec.name = std::to_string(key); });
+        }
+        if (!held) {
+          held = Named(std::to_string(key));
+          t.Insert(key, held);
+        }
+        if (i % 5 == 0) t.Regained();
+        ASSERT_EQ(held->spec.name, std::to_string(key));
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_LE(t.size(), t.capacity());
+  EXPECT_LE(t.capacity(), t.max_capacity());
+  EXPECT_GT(t.capacity(), 64u);  // it grew
 }
 
 TEST(StepTableGrowth, DoublesWhenAnEighthOfItCameBackUpToTheMaximum) {
