@@ -2,6 +2,8 @@
 // the helpers the engine's files share.
 #include "engine.h"
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 
 namespace caudal::bindings {
@@ -267,6 +269,19 @@ std::shared_ptr<StepEntry> Engine::Analyse(py::handle step, uint64_t key,
   return e;
 }
 
+namespace {
+
+// Whether `p` is the only reference to its entry, so that the caller may
+// change it. The count is read relaxed; the fence makes whatever the last
+// other holder did before dropping its reference (a release) visible here.
+bool OnlyHolder(const std::shared_ptr<StepEntry>& p) {
+  if (p.use_count() != 1) return false;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  return true;
+}
+
+}  // namespace
+
 void Engine::Dropped(std::shared_ptr<StepEntry> dropped) {
   if (Park(dropped)) return;
   // What the evicted entry learnt (breaker, limiter, admission) goes back
@@ -293,7 +308,7 @@ std::shared_ptr<StepEntry> Engine::RefitFromTemplate(
       [&](const std::shared_ptr<StepEntry>& v) {
         // The table's is the only reference: no execution, admission or
         // caller holds the entry (all of them take theirs with the GIL).
-        return v.use_count() == 1 &&
+        return OnlyHolder(v) &&
                static_cast<PyStepEntry*>(v.get())->tmpl == tmpl;
       },
       [&](StepEntry& v) {
@@ -316,7 +331,7 @@ std::shared_ptr<StepEntry> Engine::RefitFromTemplate(
 
 bool Engine::Park(const std::shared_ptr<StepEntry>& dropped) {
   auto* d = static_cast<PyStepEntry*>(dropped.get());
-  if (!d->memo || d->memo->proto_engine != id_ || dropped.use_count() != 1)
+  if (!d->memo || d->memo->proto_engine != id_ || !OnlyHolder(dropped))
     return false;
   std::shared_ptr<StepMemo> memo = std::move(d->memo);  // no cycle
   // The step's own objects go (the memo lives as long as the step does);

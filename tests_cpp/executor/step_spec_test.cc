@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -158,32 +159,18 @@ TEST(StepTableRefit,
   EXPECT_EQ(t.evictions(), 1u);
 }
 
-TEST(StepTableRefit, ConcurrentFindsInsertsRefitsAndGrowthKeepItConsistent) {
-  // Four threads share one small table: each looks up, inserts, refits
-  // (only entries nobody else holds) and reports steps met again. Every
-  // entry a thread holds keeps the name it was given (a refit never
-  // changes an entry someone holds), and the table stays within bounds.
+TEST(StepTableConcurrency, FindsInsertsAndGrowthFromManyThreads) {
+  // Four threads share one small table: each looks up, inserts and reports
+  // steps met again, at once. Every entry a thread holds keeps the name it
+  // was given, and the table stays within its bounds while it grows.
   StepTable t(64, 256);
-  constexpr int kThreads = 4;
   constexpr uint64_t kKeys = 1000;
   std::vector<std::thread> threads;
-  for (int w = 0; w < kThreads; ++w) {
+  for (int w = 0; w < 4; ++w) {
     threads.emplace_back([&t, w] {
       for (uint64_t i = 0; i < 20000; ++i) {
         const uint64_t key = (i * 7919 + static_cast<uint64_t>(w)) % kKeys;
         std::shared_ptr<StepEntry> held = t.Find(key);
-        if (held) {
-          ASSERT_EQ(held->spec.name, std::to_string(key));
-          continue;
-        }
-        if (i % 3 == 0) {
-          held = t.Refit(
-              key,
-              [](const std::shared_ptr<StepEntry>& v) {
-                return v.use_count() == 1;
-              },
-              [key](StepEntry& e) { e.spec.name = std::to_string(key); });
-        }
         if (!held) {
           held = Named(std::to_string(key));
           t.Insert(key, held);
@@ -197,6 +184,47 @@ TEST(StepTableRefit, ConcurrentFindsInsertsRefitsAndGrowthKeepItConsistent) {
   EXPECT_LE(t.size(), t.capacity());
   EXPECT_LE(t.capacity(), t.max_capacity());
   EXPECT_GT(t.capacity(), 64u);  // it grew
+}
+
+TEST(StepTableConcurrency, RefitsUnderTheCallersLockFromManyThreads) {
+  // Refit's "nobody else holds it" is the caller's to establish: the
+  // bindings make every table call, and hold and drop every entry, with
+  // the GIL, which orders a holder's last use before the refit. `gil`
+  // plays that part here. Entries a thread holds are never refitted.
+  StepTable t(64);
+  std::mutex gil;
+  constexpr uint64_t kKeys = 1000;
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&t, &gil, w] {
+      std::vector<std::shared_ptr<StepEntry>> kept;  // held across calls
+      for (uint64_t i = 0; i < 20000; ++i) {
+        const uint64_t key = (i * 7919 + static_cast<uint64_t>(w)) % kKeys;
+        std::lock_guard<std::mutex> g(gil);
+        std::shared_ptr<StepEntry> held = t.Find(key);
+        if (!held) {
+          held = t.Refit(
+              key,
+              [](const std::shared_ptr<StepEntry>& v) {
+                return v.use_count() == 1;
+              },
+              [key](StepEntry& e) { e.spec.name = std::to_string(key); });
+        }
+        if (!held) {
+          held = Named(std::to_string(key));
+          t.Insert(key, held);
+        }
+        ASSERT_EQ(held->spec.name, std::to_string(key));
+        if (i % 97 == 0) kept.push_back(held);
+        if (kept.size() > 8) kept.erase(kept.begin());
+        for (const auto& k : kept) ASSERT_FALSE(k->spec.name.empty());
+      }
+      std::lock_guard<std::mutex> g(gil);
+      kept.clear();
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(t.size(), 64u);
 }
 
 TEST(StepTableGrowth, DoublesWhenAnEighthOfItCameBackUpToTheMaximum) {

@@ -182,7 +182,10 @@ class StepTable {
   // moves to `key` as the most recently used: the insert and the eviction
   // in one, without destroying one entry and making another. Counts as an
   // analysis and an eviction, and changes the generation. Returns the
-  // entry (null: nothing done; insert as usual).
+  // entry (null: nothing done; insert as usual). Whether anybody else
+  // holds the entry is the caller's to know: a shared_ptr's use count is
+  // no synchronisation, so every holder must drop its reference under a
+  // lock the caller also holds here (the bindings' GIL).
   std::shared_ptr<StepEntry> Refit(
       uint64_t key,
       absl::FunctionRef<bool(const std::shared_ptr<StepEntry>&)> reusable,
