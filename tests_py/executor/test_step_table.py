@@ -464,7 +464,13 @@ async def test_a_refitted_entry_follows_what_its_code_learnt_about_caching():
     closures cycled through a full table stop looking up results that
     never hit once the verdict changed."""
     ex = ExecutorCore(
-        OptimizationConfig(enable_cache_optimization=True, cache_max_size=100), clock=CLOCK
+        OptimizationConfig(
+            enable_cache_optimization=True,
+            cache_max_size=100,
+            cache_ttl_seconds=1e6,
+            memory_pressure_threshold_mb=1e6,  # an instrumented build's memory is no pressure
+        ),
+        clock=CLOCK,
     )
 
     def make(k):
