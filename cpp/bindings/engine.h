@@ -1,8 +1,9 @@
 // Engine: the executor engine for Python (caudal._core.Engine): the calls
 // per attempt (`_begin` before, `_succeed`/`_failed` after), the waits in
 // between, and the read-outs. Declared here; defined by concern in
-// engine.cc (construction, the step table), engine_admit.cc (admission and
-// attempts), engine_complete.cc (the end of an execution), engine_stats.cc
+// engine.cc (construction, the step table), engine_reuse.cc (table misses
+// that reuse an entry), engine_admit.cc (admission and attempts),
+// engine_complete.cc (the end of an execution), engine_stats.cc
 // (read-outs), failure_facts.cc (what a failure's exception says),
 // fast_calls.cc (the METH_FASTCALL hot path); registered in
 // executor_bindings.cc.
