@@ -176,27 +176,22 @@ async def main(quick: bool) -> dict:
     record(
         "overhead",
         floors=[
-            Floor(
-                "fast path, every optimization on, cache miss: above a bare await",
-                measured=by["(d) caudal, all on (misses)"]["above_bare_us"],
-                limit=0.30,
-                unit="µs",
-                detail=detail,
-            ),
-            Floor(
-                "fast path, every optimization on, cache forced on, miss and store: "
-                "above a bare await",
-                measured=by["(h) caudal, all on, cache forced (misses)"]["above_bare_us"],
-                limit=0.30,
-                unit="µs",
-                detail=detail,
-            ),
-            Floor(
-                "fast path, every optimization on, cache hit: above a bare await",
-                measured=by["(g) caudal, all on (hits)"]["above_bare_us"],
-                limit=0.30,
-                unit="µs",
-                detail=detail,
+            *(
+                Floor(
+                    f"fast path, every optimization on, {what}: above a bare await",
+                    measured=by[row]["above_bare_us"],
+                    limit=0.30,
+                    unit="µs",
+                    detail=detail,
+                )
+                for what, row in (
+                    ("cache miss", "(d) caudal, all on (misses)"),
+                    (
+                        "cache forced on, miss and store",
+                        "(h) caudal, all on, cache forced (misses)",
+                    ),
+                    ("cache hit", "(g) caudal, all on (hits)"),
+                )
             ),
             Floor(
                 "a retry attempt: above a bare raise-and-catch",

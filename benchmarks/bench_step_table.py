@@ -187,34 +187,27 @@ def report(res: dict) -> None:
     c = res["per_call_us"]
     floors = []
     curves = []
+
+    def ratio(name: str, many: str, few: str, note: str = "") -> Floor:
+        return Floor(
+            name,
+            measured=c[many] / c[few],
+            limit=1.5,
+            detail=f"{c[many]:.2f} vs {c[few]:.2f} µs{note}; median of rounds",
+        )
+
     for tag in ("cache off", "cache on"):
-        base = c[f"10 steps, {tag}"]
-        floors.append(
-            Floor(
-                f"per call, 100,000 steps / 10 steps, {tag}",
-                measured=c[f"100000 steps, {tag}"] / base,
-                limit=1.5,
-                detail=f"{c[f'100000 steps, {tag}']:.2f} vs {base:.2f} µs; median of rounds",
-            )
-        )
-        sync = c[f"10 sync lambdas, {tag}"]
-        floors.append(
-            Floor(
+        base = f"10 steps, {tag}"
+        floors += [
+            ratio(f"per call, 100,000 steps / 10 steps, {tag}", f"100000 steps, {tag}", base),
+            ratio(
                 f"per call, fresh lambda / 10 lambdas, {tag}",
-                measured=c[f"fresh lambda, {tag}"] / sync,
-                limit=1.5,
-                detail=f"{c[f'fresh lambda, {tag}']:.2f} vs {sync:.2f} µs (sync: a worker "
-                "thread each); median of rounds",
-            )
-        )
-        floors.append(
-            Floor(
-                f"per call, fresh async def / 10 steps, {tag}",
-                measured=c[f"fresh async def, {tag}"] / base,
-                limit=1.5,
-                detail=f"{c[f'fresh async def, {tag}']:.2f} vs {base:.2f} µs; median of rounds",
-            )
-        )
+                f"fresh lambda, {tag}",
+                f"10 sync lambdas, {tag}",
+                " (sync: a worker thread each)",
+            ),
+            ratio(f"per call, fresh async def / 10 steps, {tag}", f"fresh async def, {tag}", base),
+        ]
         curves.append(
             Curve(
                 f"µs per call against distinct step objects, {tag}",

@@ -17,16 +17,12 @@ Engine* EngineOf(PyObject* capsule) {
   return static_cast<Engine*>(PyCapsule_GetPointer(capsule, kEngineCapsule));
 }
 
-PyObject* FastBegin(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4) {
-    PyErr_SetString(PyExc_TypeError, "_begin(step, data, context, resources)");
-    return nullptr;
-  }
+// Runs `f` (which returns a new reference or nullptr with an error set),
+// turning a C++ exception into the Python error it stands for.
+template <class F>
+PyObject* Guarded(F&& f) {
   try {
-    return EngineOf(self)
-        ->begin(args[0], args[1], args[2], args[3])
-        .release()
-        .ptr();
+    return f();
   } catch (py::error_already_set& e) {
     e.restore();
   } catch (const py::builtin_exception& e) {
@@ -37,22 +33,28 @@ PyObject* FastBegin(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   return nullptr;
 }
 
+PyObject* FastBegin(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "_begin(step, data, context, resources)");
+    return nullptr;
+  }
+  return Guarded([&] {
+    return EngineOf(self)
+        ->begin(args[0], args[1], args[2], args[3])
+        .release()
+        .ptr();
+  });
+}
+
 PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 2) {
     PyErr_SetString(PyExc_TypeError, "_succeed(rec, output)");
     return nullptr;
   }
-  try {
+  return Guarded([&] {
     Engine* engine = EngineOf(self);
     return engine->succeed(engine->Live(args[0]), args[1]);
-  } catch (py::error_already_set& e) {
-    e.restore();
-  } catch (const py::builtin_exception& e) {
-    e.set_error();  // ValueError, TypeError, ... as raised
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-  }
-  return nullptr;
+  });
 }
 
 PyObject* FastFail(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
@@ -61,7 +63,7 @@ PyObject* FastFail(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
                     "_fail(rec, exc, timed_out, data, context, resources)");
     return nullptr;
   }
-  try {
+  return Guarded([&]() -> PyObject* {
     Engine* engine = EngineOf(self);
     const int timed_out = PyObject_IsTrue(args[2]);
     if (timed_out < 0) return nullptr;
@@ -77,14 +79,7 @@ PyObject* FastFail(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
           .release()
           .ptr();
     return v.release().ptr();
-  } catch (py::error_already_set& e) {
-    e.restore();
-  } catch (const py::builtin_exception& e) {
-    e.set_error();  // ValueError, TypeError, ... as raised
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-  }
-  return nullptr;
+  });
 }
 
 PyMethodDef kFastBegin = {

@@ -147,19 +147,26 @@ async def test_a_cache_hit_makes_one_call():
 # ----------------------------------------------------- the general paths
 
 
-async def test_a_retry_makes_at_most_two_calls_per_attempt():
-    # One failed attempt (ValueError, no wait before the next), then a
-    # success: before and after each attempt, nothing else.
+def flaky_step(max_attempts: int) -> tuple[dict, Step]:
+    """A step that raises ValueError while failures["left"] > 0 (counting
+    down), then echoes its input; retried without a wait."""
     failures = {"left": 0}
 
     async def flaky(x):
         if failures["left"]:
             failures["left"] -= 1
-            raise ValueError("once")
+            raise ValueError("not yet")
         return x
 
+    retry = RetryStrategy(max_attempts=max_attempts, base_delay=0)
+    return failures, Step(flaky, "flaky", retry=retry)
+
+
+async def test_a_retry_makes_at_most_two_calls_per_attempt():
+    # One failed attempt (ValueError, no wait before the next), then a
+    # success: before and after each attempt, nothing else.
+    failures, step = flaky_step(max_attempts=3)
     ex = ExecutorCore()
-    step = Step(flaky, "flaky", retry=RetryStrategy(max_attempts=3, base_delay=0))
     await ex.execute(step, 0)
     failures["left"] = 1
     result, names = await native_calls_of(ex, step, 1)
@@ -170,16 +177,8 @@ async def test_a_retry_makes_at_most_two_calls_per_attempt():
 async def test_a_retry_without_a_wait_makes_one_call_between_attempts():
     # The failed attempt's report starts the next attempt in the same call:
     # _begin, _fail (which restarts), _succeed.
-    failures = {"left": 0}
-
-    async def flaky(x):
-        if failures["left"]:
-            failures["left"] -= 1
-            raise ValueError("again")
-        return x
-
+    failures, step = flaky_step(max_attempts=4)
     ex = ExecutorCore()
-    step = Step(flaky, "flaky", retry=RetryStrategy(max_attempts=4, base_delay=0))
     await ex.execute(step, 0)
     failures["left"] = 3
     result, names = await native_calls_of(ex, step, 1)
