@@ -14,6 +14,12 @@ Rows, all in one process and one event loop, interleaved:
       (``Step(fn, cache=True)``): a lookup, a miss and a store every call.
       (d)'s step is cached by the config's default, so the cache admission
       stops looking it up once its inputs never repeat.
+  (i) not caudal: a reference for the shape of ``execute`` itself. A
+      pure-Python ``async def`` method that makes the same two calls into C
+      around the same ``await`` (the builtin ``slice`` stands for each: one
+      object made per call, no work) and returns the second call's object.
+      What any wrapper of this shape costs on this interpreter before doing
+      any work; it is not a floor.
 Every row, (a) included, is called through the same lambda by the harness.
 Prints each row's cost above (a) and its speed-up over (e).
 
@@ -97,6 +103,26 @@ async def hit_step(x):
     return x + 1
 
 
+class ShapeOfExecute:
+    """Row (i): execute's shape with no work. ``_begin`` and ``_succeed``
+    are C calls that make one object each (``slice``), like the engine's
+    pending result and its completion; the step is called and awaited the
+    same way, and a failure would be caught in the same place."""
+
+    def __init__(self) -> None:
+        self._begin = slice
+        self._succeed = slice
+
+    async def execute(self, step, data=None, context=None, resources=None):
+        t = self._begin(step, data, context)
+        aw = t.start(data)
+        try:
+            out = await aw
+        except Exception as e:
+            return e
+        return self._succeed(t, out)
+
+
 async def main(quick: bool) -> dict:
     off = ExecutorCore(config_all(False))
     defaults = ExecutorCore(OptimizationConfig())
@@ -110,6 +136,7 @@ async def main(quick: bool) -> dict:
     # forces the cache on for its step: a lookup, a miss and a store on
     # every call.
     forced = Step(step, "forced", cache=True)
+    shape = ShapeOfExecute()
     # Every contender, (a) included, is called through a lambda by the
     # harness: the figures above (a) are caudal's, not the lambda's.
     contenders = {
@@ -119,13 +146,16 @@ async def main(quick: bool) -> dict:
         "(d) caudal, all on (misses)": lambda x: on.execute(step, x),
         "(g) caudal, all on (hits)": lambda x: on_hits.execute(hit_step, -1),
         "(h) caudal, all on, cache forced (misses)": lambda x: on.execute(forced, x),
+        "(i) reference: execute's shape, no work": (
+            lambda x: shape.execute(step, x)
+        ),
     }
     flujo = flujo_contender()
     # Check every contender really works before timing it.
     for name, call in contenders.items():
         hits = name.startswith("(g)")
         r = await call(1)
-        out = getattr(r, "output", r)
+        out = r.stop if name.startswith("(i)") else getattr(r, "output", r)
         assert out == (0 if hits else 2), (name, r)
         if hits:
             assert (await call(1)).cache_hit, name

@@ -18,6 +18,9 @@ namespace caudal::bindings {
 
 // The message for a handle the engine refused.
 std::string StaleMessage(PyObject* h) {
+  if (IsStepResult(h))  // what _begin hands out stands for its execution
+    return "stale execution handle: a StepResult that stands for no running "
+           "execution (its execution has ended, or it was never one)";
   PyObject* r = PyObject_Repr(h);
   std::string shown = "?";
   if (r != nullptr) {

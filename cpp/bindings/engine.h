@@ -10,7 +10,9 @@
 //
 // Hot-path contract with python/caudal/_executor/core.py:
 //   rec, aw, next = engine._begin(step, data, context, resources)
-//     (or a cache hit's StepResult itself); `next` is a caudal._core.Next
+//     (or a cache hit's StepResult itself, or, for a first attempt awaited
+//     as it is, a pending StepResult: `rec` itself, `aw` its `_aw`, next
+//     AWAIT; step_result.h); `next` is a caudal._core.Next
 //     member, the core's verdict (caudal/executor/next.h says, for each
 //     kind, what `rec` and `aw` are and what the Python layer does next).
 //   engine._succeed(rec, out) -> StepResult
@@ -20,7 +22,8 @@
 //     with engine._fallback_done(rec, result)).
 //   engine._cancel(rec) when the attempt was cancelled.
 // `rec` is an opaque handle (an int: slot and generation in the core's
-// HandleTable, executor/handle_table.h), owned by that one execute() call
+// HandleTable, executor/handle_table.h, or a pending StepResult carrying
+// that value until _succeed fills it in), owned by that one execute() call
 // until one of _succeed/_failed(final)/_fallback_done/_cancel. Every call
 // that takes one validates it first: a stale handle (its execution ended),
 // another executor's, or garbage raises caudal.errors.StaleHandleError;
@@ -118,6 +121,10 @@ struct PyStepEntry : StepEntry {
 // The handle's integer value; false for anything that is not an int in
 // [0, 2^64).
 inline bool HandleValue(PyObject* h, uint64_t* out) {
+  if (IsStepResult(h)) {  // a pending result carries its handle
+    *out = reinterpret_cast<StepResultObject*>(h)->pending_handle;
+    return true;  // 0 (not pending) is no execution's handle
+  }
   if (!PyLong_CheckExact(h)) return false;
   // Handles use all 64 bits: PyLong_AsUnsignedLongLong would take its
   // generic byte-array path; the mask read is a few digit shifts.
@@ -273,12 +280,12 @@ class Engine {
 
   // Starts an attempt of an existing record (retries): the awaitable or,
   // for sync steps, nothing. Same (rec, aw, Next) triple as begin().
-  py::tuple restart(py::handle h, py::handle data, py::handle context,
+  py::object restart(py::handle h, py::handle data, py::handle context,
                     py::handle resources, py::handle last_exc) {
     return RestartAt(h, data, context, resources, last_exc, core_.NowNs());
   }
   // At `now_ns` (_fail: the failure's time, for a retry without a wait).
-  py::tuple RestartAt(py::handle h, py::handle data, py::handle context,
+  py::object RestartAt(py::handle h, py::handle data, py::handle context,
                       py::handle resources, py::handle last_exc,
                       int64_t now_ns);
 
@@ -306,9 +313,17 @@ class Engine {
 
   // ---- hot path: after a successful attempt ----
   // New reference, or nullptr with a Python error set.
-  PyObject* succeed(ExecutionRecord* r, PyObject* out);
+  // `h` is what the Python layer handed back: a pending StepResult is
+  // filled in and returned; for a handle a new StepResult is made.
+  PyObject* succeed(ExecutionRecord* r, PyObject* out,
+                    PyObject* h = nullptr);
 
-  PyObject* SucceedCached(ExecutionRecord* r, PyObject* out);
+  PyObject* SucceedCached(ExecutionRecord* r, PyObject* out, PyObject* h);
+
+  // The StepResult of a success: `h` filled in when it is a pending result,
+  // a new one otherwise. New reference.
+  static PyObject* SuccessResult(PyObject* h, const ExecutionOutcome& o,
+                                 PyObject* out);
 
   // Wakes what an ended execution hands over: the next caller waiting for a
   // concurrency slot, and the followers of the flight it led, who share
@@ -479,9 +494,12 @@ class Engine {
   static py::object Invoke(PyStepEntry* e, py::handle data, py::handle context,
                            py::handle resources);
 
-  py::tuple StartAttempt(ExecutionRecord* r, py::handle data,
-                         py::handle context, py::handle resources,
-                         py::handle handle_obj = py::handle());
+  // The attempt's (rec, aw, Next), or a pending StepResult when `pending`
+  // and the attempt is awaited as it is (a first attempt from _begin).
+  py::object StartAttempt(ExecutionRecord* r, py::handle data,
+                          py::handle context, py::handle resources,
+                          py::handle handle_obj = py::handle(),
+                          bool pending = false);
 
   py::object Final(ExecutionRecord* r, py::handle exc, bool fell_back,
                    const char* stopped);

@@ -56,7 +56,10 @@ py::object Engine::Admit(AdmitState& s, py::handle held, int64_t now,
       &handover);
   switch (a.verdict) {
     case AdmitVerdict::kStarted:
-      return StartAttempt(a.record, data, context, resources);
+      // From _begin (nothing held), an attempt awaited as it is comes back
+      // as a pending StepResult; after a wait, as (rec, aw, Next).
+      return StartAttempt(a.record, data, context, resources, py::handle(),
+                          /*pending=*/!held);
     case AdmitVerdict::kHit:
       return HitResult(e, handover->hit, now);
     case AdmitVerdict::kFollow:
@@ -162,7 +165,7 @@ void Engine::Wake(Waiter w) {
                            py::bool_(true));
 }
 
-py::tuple Engine::RestartAt(py::handle h, py::handle data, py::handle context,
+py::object Engine::RestartAt(py::handle h, py::handle data, py::handle context,
                             py::handle resources, py::handle last_exc,
                             int64_t now_ns) {
   ExecutionRecord* r = Live(h);
@@ -363,20 +366,20 @@ py::object Engine::Invoke(PyStepEntry* e, py::handle data, py::handle context,
   return py::reinterpret_steal<py::object>(res);
 }
 
-py::tuple Engine::StartAttempt(ExecutionRecord* r, py::handle data,
-                               py::handle context, py::handle resources,
-                               py::handle handle_obj) {
+py::object Engine::StartAttempt(ExecutionRecord* r, py::handle data,
+                                py::handle context, py::handle resources,
+                                py::handle handle_obj, bool pending) {
   PyStepEntry* e = Entry(r);
   // A retry hands back the handle object it was given (the same value).
-  py::object h = handle_obj ? py::reinterpret_borrow<py::object>(handle_obj)
-                            : py::int_(r->handle);
+  auto handle = [&]() -> py::object {
+    return handle_obj ? py::reinterpret_borrow<py::object>(handle_obj)
+                      : py::int_(r->handle);
+  };
   if (e->spec.kind == StepKind::kSync)
-    return Triple(h, py::none(), NextOf(Next::kRunSync));
+    return Triple(handle(), py::none(), NextOf(Next::kRunSync));
+  py::object aw;
   try {
-    py::object aw = Invoke(e, data, context, resources);
-    return Triple(h, aw,
-                  NextOf(e->spec.timeout_ns > 0 ? Next::kAwaitWithTimeout
-                                                : Next::kAwait));
+    aw = Invoke(e, data, context, resources);
   } catch (py::error_already_set& err) {
     // Calling the step raised before producing an awaitable: an attempt
     // failure like any other (the caller decides retry or not).
@@ -387,9 +390,17 @@ py::tuple Engine::StartAttempt(ExecutionRecord* r, py::handle data,
     if (tb) PyException_SetTraceback(value, tb);
     Py_XDECREF(type);
     Py_XDECREF(tb);
-    return Triple(h, py::reinterpret_steal<py::object>(value),
+    return Triple(handle(), py::reinterpret_steal<py::object>(value),
                   NextOf(Next::kRaised));
   }
+  if (e->spec.timeout_ns > 0)
+    return Triple(handle(), aw, NextOf(Next::kAwaitWithTimeout));
+  if (!pending) return Triple(handle(), aw, NextOf(Next::kAwait));
+  // The common case: no tuple and no int for the handle; the result that
+  // _succeed fills in carries both (step_result.h).
+  PyObject* res = NewPendingStepResult(e->name_str.ptr(), r->handle, aw.ptr());
+  if (!res) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(res);
 }
 
 py::object Engine::ContextFields(const py::object& fields, py::handle context) {

@@ -4,18 +4,26 @@
 
 namespace caudal::bindings {
 
-PyObject* Engine::succeed(ExecutionRecord* r, PyObject* out) {
-  if (r->cache_lead) return SucceedCached(r, out);
+PyObject* Engine::succeed(ExecutionRecord* r, PyObject* out, PyObject* h) {
+  if (r->cache_lead) return SucceedCached(r, out, h);
   const ExecutionOutcome o = core_.Succeed(r, core_.NowNs());
   Wake(o.wake);  // no flight: the cache is off for this execution
   Wake(o.wake_key);
   for (const Waiter& w : o.wake_more) Wake(w);
-  return NewStepResult(EntryOf(o)->name_str.ptr(), out, true, o.attempts,
-                       static_cast<double>(o.latency_ns) / 1e9, Py_None,
-                       Py_None, false);
+  return SuccessResult(h, o, out);
 }
 
-PyObject* Engine::SucceedCached(ExecutionRecord* r, PyObject* out) {
+PyObject* Engine::SuccessResult(PyObject* h, const ExecutionOutcome& o,
+                                PyObject* out) {
+  const double latency_s = static_cast<double>(o.latency_ns) / 1e9;
+  if (h != nullptr && PendingHandle(h) != 0)
+    return CompleteStepResult(h, out, o.attempts, latency_s);
+  return NewStepResult(EntryOf(o)->name_str.ptr(), out, true, o.attempts,
+                       latency_s, Py_None, Py_None, false);
+}
+
+PyObject* Engine::SucceedCached(ExecutionRecord* r, PyObject* out,
+                                PyObject* h) {
   try {
     const bool copy = r->config->cache_copy_outputs;
     const int64_t now = core_.NowNs();
@@ -26,9 +34,7 @@ PyObject* Engine::SucceedCached(ExecutionRecord* r, PyObject* out) {
     std::vector<CachedValue> dropped;
     core_.CacheStore(*r, HoldValue(stored.ptr()), bytes, now, &dropped);
     const ExecutionOutcome o = core_.Succeed(r, now);
-    auto res = py::reinterpret_steal<py::object>(NewStepResult(
-        EntryOf(o)->name_str.ptr(), out, true, o.attempts,
-        static_cast<double>(o.latency_ns) / 1e9, Py_None, Py_None, false));
+    auto res = py::reinterpret_steal<py::object>(SuccessResult(h, o, out));
     if (!res) throw py::error_already_set();
     Ended(o, res, copy);
     return res.release().ptr();

@@ -121,7 +121,7 @@ void RegisterExecutor(py::module_& m) {
       .def("_timeout_s", &Engine::timeout_s)
       .def("_succeed",
            [](Engine& e, py::handle h, py::handle out) {
-             PyObject* r = e.succeed(e.Live(h), out.ptr());
+             PyObject* r = e.succeed(e.Live(h), out.ptr(), h.ptr());
              if (!r) throw py::error_already_set();
              return py::reinterpret_steal<py::object>(r);
            })

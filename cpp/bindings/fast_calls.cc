@@ -53,7 +53,7 @@ PyObject* FastSucceed(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   }
   return Guarded([&] {
     Engine* engine = EngineOf(self);
-    return engine->succeed(engine->Live(args[0]), args[1]);
+    return engine->succeed(engine->Live(args[0]), args[1], args[0]);
   });
 }
 

@@ -11,6 +11,7 @@ int SR_traverse(StepResultObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->feedback);
   Py_VISIT(self->error);
   Py_VISIT(self->metadata);
+  Py_VISIT(self->pending_aw);
   return 0;
 }
 
@@ -20,6 +21,7 @@ int SR_clear(StepResultObject* self) {
   Py_CLEAR(self->feedback);
   Py_CLEAR(self->error);
   Py_CLEAR(self->metadata);
+  Py_CLEAR(self->pending_aw);
   return 0;
 }
 
@@ -42,6 +44,8 @@ PyObject* SR_new(PyTypeObject* type, PyObject*, PyObject*) {
   self->error = Py_None;
   self->attempts = 1;
   self->success = 1;
+  self->pending_aw = Py_NewRef(Py_None);
+  self->pending_handle = 0;
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -224,6 +228,9 @@ PyMemberDef kMembers[] = {
      "Cost reported by the step."},
     {"token_counts", T_LONGLONG, offsetof(StepResultObject, token_counts), 0,
      "Tokens reported by the step."},
+    // Internal (the executor's hot path): a pending result's awaitable.
+    {"_aw", T_OBJECT, offsetof(StepResultObject, pending_aw), READONLY,
+     nullptr},
     {nullptr}};
 
 PyGetSetDef kGetSet[] = {
@@ -304,8 +311,31 @@ PyObject* NewStepResult(PyObject* name, PyObject* output, bool success,
   r->attempts = attempts;
   r->success = success;
   r->cache_hit = cache_hit;
+  r->pending_aw = Py_NewRef(Py_None);
+  r->pending_handle = 0;
   PyObject_GC_Track(r);
   return reinterpret_cast<PyObject*>(r);
+}
+
+PyObject* NewPendingStepResult(PyObject* name, uint64_t handle, PyObject* aw) {
+  PyObject* o = NewStepResult(name, Py_None, true, 1, 0.0, Py_None, Py_None,
+                              false);
+  if (!o) return nullptr;
+  auto* r = reinterpret_cast<StepResultObject*>(o);
+  Py_SETREF(r->pending_aw, Py_NewRef(aw));
+  r->pending_handle = handle;
+  return o;
+}
+
+PyObject* CompleteStepResult(PyObject* res, PyObject* output, int attempts,
+                             double latency_s) {
+  auto* r = reinterpret_cast<StepResultObject*>(res);
+  Py_SETREF(r->output, Py_NewRef(output));
+  r->attempts = attempts;
+  r->latency_s = latency_s;
+  r->pending_handle = 0;
+  Py_SETREF(r->pending_aw, Py_NewRef(Py_None));
+  return Py_NewRef(res);
 }
 
 }  // namespace caudal::bindings

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from caudal import ExecutorCore, OptimizationConfig, QueueFullError, Step, WorkerPool
+from caudal import ExecutorCore, OptimizationConfig, QueueFullError, Step, StepResult, WorkerPool
 from caudal._core import Engine, Next
 from caudal.errors import StaleHandleError
 from caudal.resilience import immediate_retries
@@ -280,6 +280,96 @@ def test_shared_tier_admission_is_an_owned_object_not_a_key():
     with pytest.raises(StaleHandleError, match="already used"):
         engine._l2_fill(adm, 1, 0.0, engine._cache_epoch())
     engine._cancel(rec)
+
+
+# ------------------------------------------------------ the pending result
+# An attempt awaited as it is comes back from _begin as a pending
+# StepResult: it carries the attempt's awaitable (`_aw`) and stands for the
+# execution until _succeed fills it in. Once filled in it stands for none.
+async def _echo(x):
+    return x
+
+
+def _pending(engine: Engine, data: object) -> StepResult:
+    r = engine._begin(Step(_echo, "echo"), data, None, None)
+    assert r.__class__ is StepResult and r._aw is not None, r
+    return r
+
+
+@pytest.mark.parametrize("method", sorted(HANDLE_METHODS))
+def test_a_pending_result_stands_for_its_execution_only_until_it_ends(method):
+    engine = Engine(OptimizationConfig())
+
+    async def main():
+        r = _pending(engine, "mine")
+        assert engine._timeout_s(r) == 0.0  # live: a valid handle
+        done = engine._fast_calls()[1](r, await r._aw)
+        assert done is r and r.output == "mine" and r.success and r._aw is None
+        with pytest.raises(StaleHandleError, match="stands for no running execution"):
+            HANDLE_METHODS[method](engine, r)
+        # The record and its slot serve the next execution: the old result
+        # stays stale and is never filled in with the next one's output.
+        r2 = _pending(engine, "theirs")
+        with pytest.raises(StaleHandleError):
+            HANDLE_METHODS[method](engine, r)
+        assert r.output == "mine" and r._aw is None
+        assert engine._fast_calls()[1](r2, await r2._aw).output == "theirs"
+        assert r.output == "mine"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("method", sorted(HANDLE_METHODS))
+def test_a_result_made_by_hand_or_by_another_executor_is_refused(method):
+    engine, other = Engine(OptimizationConfig()), Engine(OptimizationConfig())
+
+    async def main():
+        for made in (StepResult(), StepResult(name="echo", output=1)):
+            with pytest.raises(StaleHandleError, match="stands for no running execution"):
+                HANDLE_METHODS[method](engine, made)
+        theirs = _pending(other, 1)
+        h = _live_handle(engine)  # this engine's record 1 is live too
+        with pytest.raises(StaleHandleError, match="execution handle"):
+            HANDLE_METHODS[method](engine, theirs)
+        assert theirs._aw is not None and theirs.output is None  # untouched
+        other._cancel(theirs)
+        engine._cancel(h)
+        theirs._aw.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_pending_execution_leaves_no_handle_behind():
+    engine = Engine(OptimizationConfig())
+    r = _pending(engine, 1)
+    engine._cancel(r)
+    r._aw.close()
+    with pytest.raises(StaleHandleError):
+        engine._cancel(r)
+    assert engine.step_stats()["echo"]["cancelled"] == 1
+
+
+async def _slow_echo(x):
+    await asyncio.sleep((x * 7919 % 13) / 6000)  # finishes out of order
+    return ("out", x)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["cache_off", "cache_forced"])
+def test_every_concurrent_execution_gets_its_own_filled_in_result(cache):
+    ex = ExecutorCore(
+        OptimizationConfig(enable_cache_optimization=True, memory_pressure_threshold_mb=1e6)
+    )
+    step = Step(_slow_echo, "slow_echo", cache=cache)
+
+    async def main():
+        results = await asyncio.gather(*(ex.execute(step, i) for i in range(500)))
+        assert [r.output for r in results] == [("out", i) for i in range(500)]
+        assert len({id(r) for r in results}) == 500
+        assert all(r._aw is None and r.success and r.attempts == 1 for r in results)
+        again = await ex.execute(step, 3)
+        assert again.output == ("out", 3) and again.cache_hit == cache
+
+    asyncio.run(main())
 
 
 # ------------------------------------------------------ cancellation storm

@@ -179,9 +179,16 @@ class ExecutorCore(Batches, Invalidations, Readouts):
         """Run ``step`` on ``data``. A failure is a result, never an exception;
         ``asyncio.CancelledError`` always propagates."""
         t = self._begin(step, data, context, resources)
-        if t.__class__ is StepResult:  # a cache hit
-            return t
-        rec, aw, next_ = t
+        if t.__class__ is StepResult:
+            # A cache hit, or the common case: the attempt's awaitable on a
+            # pending result, which stands for the execution (as `rec`) and
+            # which _succeed fills in and returns.
+            aw = t._aw
+            if aw is None:
+                return t  # a cache hit
+            rec, next_ = t, _AWAIT
+        else:
+            rec, aw, next_ = t
         while True:
             if next_ is _AWAIT:
                 try:
