@@ -281,13 +281,13 @@ class Engine {
   // Starts an attempt of an existing record (retries): the awaitable or,
   // for sync steps, nothing. Same (rec, aw, Next) triple as begin().
   py::object restart(py::handle h, py::handle data, py::handle context,
-                    py::handle resources, py::handle last_exc) {
+                     py::handle resources, py::handle last_exc) {
     return RestartAt(h, data, context, resources, last_exc, core_.NowNs());
   }
   // At `now_ns` (_fail: the failure's time, for a retry without a wait).
   py::object RestartAt(py::handle h, py::handle data, py::handle context,
-                      py::handle resources, py::handle last_exc,
-                      int64_t now_ns);
+                       py::handle resources, py::handle last_exc,
+                       int64_t now_ns);
 
   // A sync step's attempt, for the worker pool: (fn, args, kwargs or None,
   // timeout_s), taken on the loop thread while the handle is live. The
@@ -315,8 +315,7 @@ class Engine {
   // New reference, or nullptr with a Python error set.
   // `h` is what the Python layer handed back: a pending StepResult is
   // filled in and returned; for a handle a new StepResult is made.
-  PyObject* succeed(ExecutionRecord* r, PyObject* out,
-                    PyObject* h = nullptr);
+  PyObject* succeed(ExecutionRecord* r, PyObject* out, PyObject* h = nullptr);
 
   PyObject* SucceedCached(ExecutionRecord* r, PyObject* out, PyObject* h);
 

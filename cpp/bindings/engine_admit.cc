@@ -166,8 +166,8 @@ void Engine::Wake(Waiter w) {
 }
 
 py::object Engine::RestartAt(py::handle h, py::handle data, py::handle context,
-                            py::handle resources, py::handle last_exc,
-                            int64_t now_ns) {
+                             py::handle resources, py::handle last_exc,
+                             int64_t now_ns) {
   ExecutionRecord* r = Live(h);
   if (!core_.StartAttempt(r, now_ns)) {
     // The breaker opened meanwhile (often on this very step's failures):

@@ -318,8 +318,8 @@ PyObject* NewStepResult(PyObject* name, PyObject* output, bool success,
 }
 
 PyObject* NewPendingStepResult(PyObject* name, uint64_t handle, PyObject* aw) {
-  PyObject* o = NewStepResult(name, Py_None, true, 1, 0.0, Py_None, Py_None,
-                              false);
+  PyObject* o =
+      NewStepResult(name, Py_None, true, 1, 0.0, Py_None, Py_None, false);
   if (!o) return nullptr;
   auto* r = reinterpret_cast<StepResultObject*>(o);
   Py_SETREF(r->pending_aw, Py_NewRef(aw));

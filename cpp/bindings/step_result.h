@@ -52,8 +52,9 @@ PyObject* NewPendingStepResult(PyObject* name, uint64_t handle, PyObject* aw);
 
 // The handle a pending result stands for; 0 for any other object.
 inline uint64_t PendingHandle(PyObject* o) {
-  return IsStepResult(o) ? reinterpret_cast<StepResultObject*>(o)->pending_handle
-                         : 0;
+  return IsStepResult(o)
+             ? reinterpret_cast<StepResultObject*>(o)->pending_handle
+             : 0;
 }
 
 // Fills a pending result in as its execution's success and makes it stand
