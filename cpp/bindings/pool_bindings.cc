@@ -456,6 +456,10 @@ class PyWorkerPool {
       std::thread([p = pool.release()] { delete p; }).detach();
       return;
     }
+    // Until the workers are joined, stats() reads the pool being closed:
+    // its live counters, and `accepting` false only once Shutdown made the
+    // mode final (queued tasks then run, or are cancelled, as asked).
+    closing_ = pool.get();
     const bool have_gil = PyGILState_Check() == 1;
     if (have_gil) {
       py::gil_scoped_release release;
@@ -467,16 +471,18 @@ class PyWorkerPool {
     final_ = pool->stats();
     final_workers_ = pool->workers();
     final_queue_size_ = pool->queue_size();
+    closing_ = nullptr;
     pool.reset();
   }
 
   // Counters of a closed pool are its final ones.
   py::dict stats() const {
     py::dict d;
-    d["workers"] = pool_ ? pool_->workers() : final_workers_;
-    d["queue_size"] = pool_ ? pool_->queue_size() : final_queue_size_;
-    d["accepting"] = pool_ != nullptr && pool_->accepting();
-    const WorkerPool::Stats s = pool_ ? pool_->stats() : final_;
+    const WorkerPool* p = pool_ ? pool_.get() : closing_;
+    d["workers"] = p ? p->workers() : final_workers_;
+    d["queue_size"] = p ? p->queue_size() : final_queue_size_;
+    d["accepting"] = p != nullptr && p->accepting();
+    const WorkerPool::Stats s = p ? p->stats() : final_;
     d["active"] = s.active;
     d["queued"] = s.queued;
     d["sleeping"] = s.sleeping;
@@ -534,6 +540,9 @@ class PyWorkerPool {
   }
 
   std::unique_ptr<WorkerPool> pool_;
+  // The pool Close() is shutting down (its workers not joined yet), read
+  // by stats() meanwhile; set and cleared with the GIL held.
+  const WorkerPool* closing_ = nullptr;
   WorkerPool::Stats final_;
   int final_workers_ = 0;
   int64_t final_queue_size_ = 0;
