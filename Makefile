@@ -158,8 +158,8 @@ bench-alloc: $(STAMPS)/venv
 	  --executor-only --out memory_context_alloc $(BENCH_ARGS)
 
 # ---------------------------------------------------------------- wheels
-# The sdist, then one wheel per CPython version (pythonX.Y on PATH, else
-# pyenv's) built from it with pip in an isolated environment (so the sdist
+# The sdist, then one wheel per CPython version (pyenv's pythonX.Y, else
+# the one on PATH) built from it with pip in an isolated environment (so the sdist
 # is known to build), zstd linked in statically
 # (CAUDAL_STATIC_DEPS), then `auditwheel repair`: Abseil's shared
 # libraries are copied into the wheel (caudal.libs/) and the wheel is
@@ -172,8 +172,8 @@ wheels: $(STAMPS)/venv
 	@mkdir -p build/wheels dist
 	$(VPY) -m build --sdist --outdir dist .
 	@for v in $(WHEEL_PYTHONS); do \
-	  py=$$(for p in $$(command -v python$$v) $$HOME/.pyenv/versions/$$v.*/bin/python$$v; do \
-	          [ -x "$$p" ] && echo "$$p" && break; done); \
+	  py=$$(for p in $$HOME/.pyenv/versions/$$v.*/bin/python$$v $$(command -v python$$v); do \
+	          "$$p" -c 'import sys' 2>/dev/null && echo "$$p" && break; done); \
 	  if [ -z "$$py" ]; then echo "make wheels: no python$$v (pyenv install $$v, or WHEEL_PYTHONS=...)"; exit 1; fi; \
 	  echo "== the wheel for CPython $$v ($$py)"; \
 	  CMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE) CMAKE_C_COMPILER_LAUNCHER=$(CCACHE) \
@@ -186,7 +186,7 @@ wheels: $(STAMPS)/venv
 
 # Each wheel in a fresh venv of its interpreter, used from outside the tree
 # (tests_py/wheels/test_wheels.py).
-test-wheels: wheels
+test-wheels: wheels $(STAMPS)/install
 	CAUDAL_WHEELS_DIR=$(abspath dist) $(VPY) -m pytest tests_py/wheels -v -p no:randomly
 
 # ---------------------------------------------------------------- habits

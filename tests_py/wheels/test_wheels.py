@@ -41,11 +41,16 @@ def _version_of(wheel: Path) -> str:
 
 
 def _interpreter(version: str) -> str:
-    found = shutil.which(f"python{version}")
-    if found:
-        return found
-    for p in sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}")):
-        return str(p)
+    """pyenv's pythonX.Y, else the one on PATH (a pyenv shim for a version
+    that is not selected is on PATH but does not run: each is tried)."""
+    candidates = [
+        str(p) for p in sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"))
+    ]
+    candidates.append(shutil.which(f"python{version}") or "")
+    for p in filter(None, candidates):
+        ok = subprocess.run([p, "-c", "import sys"], capture_output=True).returncode == 0
+        if ok:
+            return p
     pytest.fail(f"no python{version} on this machine to install its wheel into")
 
 
