@@ -134,5 +134,5 @@ if(_caudal_missing_what)
     "  macOS:          brew install ${_brew}\n"
     "Or configure with -DCAUDAL_FETCH_DEPS=ON to download pinned releases from "
     "github.com (zstd always comes from the system). A prebuilt wheel needs none "
-    "of this: docs/development.md, \"Installing\".")
+    "of this: docs/executor.md, \"Install\".")
 endif()

@@ -144,15 +144,25 @@ def test_the_wheel_installs_and_runs_outside_the_source_tree(wheel: Path, tmp_pa
         shutil.copy(REPO / "examples" / name, work / name)
     caudal_cli = venv / "bin" / "caudal"
     assert "validate" in _run([caudal_cli, "--help"], cwd=work).stdout
-    _run([caudal_cli, "validate", "pipeline_demo.yaml", "--registry", "pipeline_registry:REGISTRY"],
-         cwd=work)
+    _run(
+        [caudal_cli, "validate", "pipeline_demo.yaml", "--registry", "pipeline_registry:REGISTRY"],
+        cwd=work,
+    )
     run = _run(
         [
-            caudal_cli, "run", "pipeline_demo.yaml",
-            "--registry", "pipeline_registry:REGISTRY",
-            "--resolver", "pipeline_registry:resolver",
-            "--input", '{"topic": "rivers"}',
-            "--store", tmp_path / "checkpoints.db", "--no-progress", "--json",
+            caudal_cli,
+            "run",
+            "pipeline_demo.yaml",
+            "--registry",
+            "pipeline_registry:REGISTRY",
+            "--resolver",
+            "pipeline_registry:resolver",
+            "--input",
+            '{"topic": "rivers"}',
+            "--store",
+            tmp_path / "checkpoints.db",
+            "--no-progress",
+            "--json",
         ],
         cwd=work,
     )
