@@ -18,12 +18,12 @@ STAMPS  := .stamps
 JOBS    ?= 2
 
 APT_PKGS := g++ libabsl-dev nlohmann-json3-dev libgtest-dev libgmock-dev \
-            libxxhash-dev libzstd-dev redis-server postgresql clang-format
+            libxxhash-dev libzstd-dev redis-server postgresql clang-format ccache
 
 CPP_INPUTS := $(shell find cpp cmake -type f 2>/dev/null) CMakeLists.txt
 CPP_TEST_INPUTS := $(CPP_INPUTS) $(shell find tests_cpp -type f 2>/dev/null)
 
-.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan bench bench-quick bench-alloc docs-images format lint clean deps
+.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan test-wheels wheels bench bench-quick bench-alloc docs-images format lint clean deps
 
 help:
 	@echo "make demo       run the example pipeline (sets everything up)"
@@ -31,6 +31,8 @@ help:
 	@echo "make test       ctest (tests_cpp) + pytest (tests_py)"
 	@echo "make test-asan  ASan+UBSan over tests_cpp and over tests_py with an instrumented module"
 	@echo "make test-tsan  tests_cpp under TSan"
+	@echo "make wheels     manylinux wheels for CPython $(WHEEL_PYTHONS) in dist/"
+	@echo "make test-wheels  build the wheels, install each in a fresh venv and use it"
 	@echo "make bench      every benchmark in benchmarks/ (results in benchmarks/results/)"
 	@echo "make bench-alloc  native allocations per execute (an instrumented module)"
 	@echo "make docs-images  render docs/images/*.png (the plots docs/guide.md shows)"
@@ -154,6 +156,38 @@ bench-alloc: $(STAMPS)/venv
 	  > build/alloc/stage/sitecustomize.py
 	PYTHONPATH=$(abspath build/alloc/stage) $(abspath $(VPY)) benchmarks/bench_memory_context.py \
 	  --executor-only --out memory_context_alloc $(BENCH_ARGS)
+
+# ---------------------------------------------------------------- wheels
+# The sdist, then one wheel per CPython version (pyenv's pythonX.Y, else
+# the one on PATH) built from it with pip in an isolated environment (so the sdist
+# is known to build), zstd linked in statically
+# (CAUDAL_STATIC_DEPS), then `auditwheel repair`: Abseil's shared
+# libraries are copied into the wheel (caudal.libs/) and the wheel is
+# tagged manylinux. Results in dist/.
+WHEEL_PYTHONS ?= 3.11 3.12 3.13
+CCACHE := $(shell command -v ccache 2>/dev/null)
+
+wheels: $(STAMPS)/venv
+	@rm -rf build/wheels dist/caudal-*.whl dist/caudal-*.tar.gz
+	@mkdir -p build/wheels dist
+	$(VPY) -m build --sdist --outdir dist .
+	@for v in $(WHEEL_PYTHONS); do \
+	  py=$$(for p in $$HOME/.pyenv/versions/$$v.*/bin/python$$v $$(command -v python$$v); do \
+	          "$$p" -c 'import sys' 2>/dev/null && echo "$$p" && break; done); \
+	  if [ -z "$$py" ]; then echo "make wheels: no python$$v (pyenv install $$v, or WHEEL_PYTHONS=...)"; exit 1; fi; \
+	  echo "== the wheel for CPython $$v ($$py)"; \
+	  CMAKE_CXX_COMPILER_LAUNCHER=$(CCACHE) CMAKE_C_COMPILER_LAUNCHER=$(CCACHE) \
+	  CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) \
+	  "$$py" -m pip wheel dist/caudal-*.tar.gz --no-deps -q -w build/wheels/raw \
+	    -Cbuild-dir=$(abspath build)/wheel-$$v -Ccmake.define.CAUDAL_STATIC_DEPS=ON || exit 1; \
+	done
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VPY) -m auditwheel repair -w dist build/wheels/raw/*.whl
+	@for w in dist/caudal-*.whl; do PATH=$(abspath $(VENV))/bin:$$PATH $(VPY) -m auditwheel show $$w; done
+
+# Each wheel in a fresh venv of its interpreter, used from outside the tree
+# (tests_py/wheels/test_wheels.py).
+test-wheels: wheels $(STAMPS)/install
+	CAUDAL_WHEELS_DIR=$(abspath dist) $(VPY) -m pytest tests_py/wheels -v -p no:randomly
 
 # ---------------------------------------------------------------- habits
 format: $(STAMPS)/venv

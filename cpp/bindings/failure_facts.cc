@@ -3,6 +3,7 @@
 #include <string_view>
 
 #include "engine.h"
+#include "py_compat.h"
 
 namespace caudal::bindings {
 
@@ -15,7 +16,7 @@ namespace {
 // cleared: a probe never fails).
 PyObject* OptionalAttr(PyObject* o, PyObject* name) {
   PyObject* v = nullptr;
-  if (PyObject_GetOptionalAttr(o, name, &v) < 0) {
+  if (compat::GetOptionalAttr(o, name, &v) < 0) {
     PyErr_Clear();
     return nullptr;
   }
@@ -159,7 +160,7 @@ TypeFacts FactsOfType(PyTypeObject* tp) {
   }
   last.type = tp;
   last.facts = f;
-  last.version = PyUnstable_Type_AssignVersionTag(tp) ? tp->tp_version_tag : 0;
+  last.version = compat::AssignVersionTag(tp) ? tp->tp_version_tag : 0;
   return f;
 }
 
@@ -260,7 +261,7 @@ absl::string_view QualifiedTypeName(py::handle exc) {
   last.type = tp;
   Py_XINCREF(qualname);
   Py_XSETREF(last.qualname, qualname);
-  last.version = PyUnstable_Type_AssignVersionTag(tp) ? tp->tp_version_tag : 0;
+  last.version = compat::AssignVersionTag(tp) ? tp->tp_version_tag : 0;
   return absl::string_view(last.name, last.len);
 }
 
