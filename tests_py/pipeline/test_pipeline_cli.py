@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import pty
+import shlex
 import shutil
 import struct
 import subprocess
@@ -237,13 +238,142 @@ def test_validate_exit_codes_and_line_numbers(workdir):
 
 def test_usage_errors(workdir):
     p = caudal(workdir, "inspect", "nope", "--store", "runs.db", check=1)
-    assert "no run 'nope'" in p.stderr
-    p = caudal(workdir, "run", "pipe.yaml", "--registry", "nomodule:X", check=None)
-    assert p.returncode != 0 and "cannot import 'nomodule'" in p.stderr
+    assert p.stderr == "caudal: no run 'nope' in this store (runs.db)\n"
+    p = caudal(workdir, "inspect", "nope", check=1)  # the default store, named
+    assert p.stderr == "caudal: no run 'nope' in this store (.caudal/checkpoints.db)\n"
+    p = caudal(workdir, "run", "pipe.yaml", "--registry", "nomodule:X", check=2)
+    assert p.stderr == (
+        "caudal: cannot import 'nomodule' for --registry: No module named 'nomodule'\n"
+    )
+    p = caudal(workdir, "run", "pipe.yaml", "--registry", "myreg:NOPE", check=2)
+    assert p.stderr == "caudal: 'myreg' has no attribute 'NOPE' (--registry)\n"
+    p = caudal(workdir, "run", "pipe.yaml", "--registry", "myreg", check=2)
+    assert p.stderr == "caudal: --registry must be module:attribute, got 'myreg'\n"
+    for cmd in ("run", "validate"):
+        p = caudal(workdir, cmd, "nofile.yaml", "--registry", "myreg:REGISTRY", check=2)
+        assert p.stderr == "caudal: pipeline file 'nofile.yaml' does not exist\n"
+    # A driver's message over several lines is printed on one.
+    p = caudal(workdir, "inspect", "r", "--store", "postgresql://u:pw@127.0.0.1:1/db", check=1)
+    assert p.stderr.count("\n") == 1 and "cannot connect to PostgreSQL" in p.stderr, p.stderr
     p = caudal(
         workdir, "run", "pipe.yaml", "--registry", "myreg:REGISTRY", "--input", "{x", check=2
     )
     assert "--input is not valid JSON" in p.stderr
+
+
+def test_a_missing_resolver_names_the_flag(workdir):
+    reg = "import asyncio\nasync def tag(x, style):\n    return (x, style)\nREG = {'tag': tag}\n"
+    (workdir / "autoreg.py").write_text(reg)
+    (workdir / "auto.yaml").write_text(
+        "steps:\n  - name: t\n    uses: tag\n    with: {style: '<AUTO>Which style?</AUTO>'}\n"
+    )
+    p = caudal(workdir, "run", "auto.yaml", "--registry", "autoreg:REG", check=1)
+    assert p.stderr == "auto.yaml:4: <AUTO> tags need a resolver: give --resolver module:attr\n"
+
+
+def test_validate_checks_with_keys_against_the_function(workdir):
+    reg = (
+        "async def fetch(request, source, *, retries=1):\n    return source\n"
+        "async def anything(x, **options):\n    return options\n"
+        "REG = {'fetch': fetch, 'anything': anything}\n"
+    )
+    (workdir / "wreg.py").write_text(reg)
+    (workdir / "w.yaml").write_text(
+        "steps:\n"
+        "  - name: a\n    uses: fetch\n    with: {source: news, retries: 2}\n"
+        "  - name: b\n    uses: anything\n    with: {whatever: 1}\n"
+    )
+    caudal(workdir, "validate", "w.yaml", "--registry", "wreg:REG")
+    (workdir / "bad.yaml").write_text(
+        "steps:\n  - name: a\n    uses: fetch\n    with:\n      sourse: news\n      request: {}\n"
+    )
+    p = caudal(workdir, "validate", "bad.yaml", "--registry", "wreg:REG", check=1)
+    assert p.stderr.splitlines() == [
+        "bad.yaml:5: steps[0].with.sourse: fetch() does not take 'sourse' "
+        "(no such parameter; it takes: source, retries)",
+        "bad.yaml:6: steps[0].with.request: fetch() does not take 'request' "
+        "(its first parameter, which receives the step's input; it takes: source, retries)",
+    ]
+    # run refuses it too, before any step runs
+    caudal(workdir, "run", "bad.yaml", "--registry", "wreg:REG", "--store", "w.db", check=1)
+    assert not (workdir / "w.db").exists()
+
+
+SLOW_REGISTRY = textwrap.dedent(
+    """
+    import asyncio, os
+
+    HERE = os.path.dirname(__file__)
+
+    async def first(x):
+        return 1
+
+    async def slow(x):
+        # Blocks (until interrupted) while the file SLOW exists; says it started.
+        if os.path.exists(os.path.join(HERE, "SLOW")):
+            open(os.path.join(HERE, "STARTED"), "w").close()
+            await asyncio.sleep(120)
+        return x + 1
+
+    REG = {"first": first, "slow": slow}
+    """
+)
+
+
+def test_an_interrupted_run_says_how_to_resume_it(workdir):
+    import signal
+    import time
+
+    (workdir / "slowreg.py").write_text(SLOW_REGISTRY)
+    (workdir / "slow.yaml").write_text(
+        "steps:\n  - {name: a, uses: first}\n  - {name: b, uses: slow, depends_on: a}\n"
+    )
+    (workdir / "SLOW").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "CAUDAL_STORE"}
+    proc = subprocess.Popen(
+        [*CAUDAL, "run", "slow.yaml", "--registry", "slowreg:REG", "--store", "my runs.db",
+         "--run-id", "r7", "--no-progress"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (workdir / "STARTED").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the slow step never started"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    resume = "caudal resume r7 --registry slowreg:REG --store 'my runs.db'"
+    assert err == (
+        "caudal: interrupted; the completed steps are checkpointed. Resume with: " + resume + "\n"
+    )
+    (workdir / "SLOW").unlink()
+    r = caudal(workdir, *shlex.split(resume)[1:], "--json")
+    done = json.loads(r.stdout)
+    assert done["status"] == "completed" and done["result"] == 2
+    assert done["steps"]["a"]["restored"] is True and done["steps"]["b"]["restored"] is False
+
+
+def test_a_resumes_progress_starts_at_the_restored_steps(workdir):
+    (workdir / "BROKEN").write_text("")
+    caudal(workdir, "run", "pipe.yaml", "--registry", "myreg:REGISTRY", "--input", '{"n": 2}',
+           "--store", "runs.db", "--run-id", "r1", "--no-progress", check=1)  # fmt: skip
+    (workdir / "BROKEN").unlink()
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k != "CAUDAL_STORE"}
+    proc = subprocess.Popen(
+        [*CAUDAL, "resume", "r1", "--registry", "myreg:REGISTRY", "--store", "runs.db"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=slave, env=env,
+    )  # fmt: skip
+    os.close(slave)
+    written = read_all(master)
+    proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    err = written.decode(errors="replace")
+    # load and square were restored: the bar starts at 2 of 4, never at 0.
+    assert "2/4 [" in err and "0/4" not in err, err
 
 
 @pytest.mark.parametrize("sized", [True, False], ids=["100x24", "no-size"])

@@ -18,7 +18,10 @@ A run stores its YAML, so ``resume`` needs the run id and ``--registry`` (and
 ``--resolver`` if the pipeline has one): code is imported only from what the
 command line names, never from the store, which reports the stored specs.
 Exit status: 0 success; 1 a failed run, an invalid pipeline, an unknown run;
-2 bad arguments.
+2 bad arguments (a module, attribute or file that cannot be found
+included); 130 interrupted (C-c), after printing the command that resumes
+the run. Every error is one line on stderr; ``CAUDAL_TRACEBACK=1`` adds the
+traceback of an unexpected one.
 """
 
 from __future__ import annotations
@@ -28,14 +31,24 @@ import asyncio
 import importlib
 import json
 import os
+import re
+import shlex
 import sys
 import time
-from typing import Any
+import traceback
+import uuid
+from typing import Any, NoReturn
 
 from caudal._executor.core import ExecutorCore
-from caudal.errors import CaudalError, PipelineDefinitionError, UsageLimitExceededError
-from caudal.pipeline.stores import open_store
+from caudal.errors import (
+    CaudalError,
+    PipelineDefinitionError,
+    RunNotFoundError,
+    UsageLimitExceededError,
+)
+from caudal.pipeline.stores import DEFAULT_STORE_PATH, open_store
 from caudal.pipeline.yaml import load_pipeline
+from caudal.pipeline.yaml.build import RESOLVER_MISSING
 
 
 def _cwd_last() -> None:
@@ -50,20 +63,26 @@ def _cwd_last() -> None:
         sys.path.append(cwd)
 
 
+def _bad_argument(message: str) -> NoReturn:
+    """A bad command-line argument: one line on stderr, exit status 2."""
+    print(f"caudal: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _import_spec(spec: str, what: str) -> Any:
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
-        raise SystemExit(f"caudal: {what} must be module:attribute, got {spec!r}")
+        _bad_argument(f"{what} must be module:attribute, got {spec!r}")
     _cwd_last()
     try:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise SystemExit(f"caudal: cannot import {mod_name!r} for {what}: {exc}") from None
+        _bad_argument(f"cannot import {mod_name!r} for {what}: {exc}")
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise SystemExit(f"caudal: {mod_name!r} has no attribute {attr!r} ({what})") from None
+            _bad_argument(f"{mod_name!r} has no attribute {attr!r} ({what})")
     return obj
 
 
@@ -72,8 +91,23 @@ def _registry(spec: str) -> dict:
     if callable(reg) and not isinstance(reg, dict):
         reg = reg()
     if not isinstance(reg, dict):
-        raise SystemExit(f"caudal: --registry {spec} is not a dict of name -> step")
+        _bad_argument(f"--registry {spec} is not a dict of name -> step")
     return reg
+
+
+def _store_label(spec: str | None) -> str:
+    """The store a command used, as the user can name it again (a
+    PostgreSQL URI without its password)."""
+    spec = spec or os.environ.get("CAUDAL_STORE") or DEFAULT_STORE_PATH
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(spec))
+
+
+def _problems(exc: PipelineDefinitionError) -> list[str]:
+    """The problems of a pipeline, as the CLI names its own flags."""
+    return [
+        line.replace(RESOLVER_MISSING, "<AUTO> tags need a resolver: give --resolver module:attr")
+        for line in exc.problems
+    ]
 
 
 def _json(value: Any) -> str:
@@ -84,11 +118,11 @@ class _Progress:
     """tqdm bar on stderr when it is a terminal (a plain counter without
     tqdm); nothing otherwise."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, restored: int = 0) -> None:
         self.bar = None
         self.enabled = enabled and sys.stderr.isatty()
         self.total = total
-        self.count = 0
+        self.count = restored  # steps a resume restored from checkpoints
         if self.enabled:
             try:
                 from tqdm import tqdm
@@ -99,6 +133,7 @@ class _Progress:
                     width = 0
                 self.bar = tqdm(
                     total=total,
+                    initial=restored,
                     unit="step",
                     file=sys.stderr,
                     leave=False,
@@ -120,11 +155,6 @@ class _Progress:
         else:
             sys.stderr.write(f"\r{self.count}/{self.total} steps ({rec.name}: {rec.status})")
             sys.stderr.flush()
-
-    def restored(self, n: int) -> None:
-        if self.bar is not None and n:
-            self.bar.update(n)
-        self.count += n
 
     def close(self) -> None:
         if self.bar is not None:
@@ -207,6 +237,8 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     p = _load(args.pipeline, args.registry, args.resolver)
     executor = _executor(args)
     progress = _Progress(len(p), not args.no_progress)
+    # Chosen here, so that an interrupted run can be named (main()).
+    args.run_id = args.run_id or uuid.uuid4().hex
     try:
         run = await p.run(
             data,
@@ -263,8 +295,8 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
         return 2
     p = _load(definition, registry_spec, resolver_spec)
     p.source = dict(src, registry=registry_spec, resolver=resolver_spec)
-    progress = _Progress(len(p), not args.no_progress)
-    progress.restored(sum(1 for c in stored.steps.values() if c.status != "failed"))
+    restored = sum(1 for c in stored.steps.values() if c.status != "failed")
+    progress = _Progress(len(p), not args.no_progress, restored=restored)
     executor = _executor(args)
     try:
         run = await p.resume(
@@ -377,11 +409,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         p = load_pipeline(args.pipeline, _registry(args.registry), require_resolver=False)
     except PipelineDefinitionError as exc:
-        for line in exc.problems:
+        for line in _problems(exc):
             print(line, file=sys.stderr)
-        return 1
-    except FileNotFoundError as exc:
-        print(f"caudal: {exc}", file=sys.stderr)
         return 1
     levels = p.levels()
     print(f"{args.pipeline}: ok ({len(p)} steps in {len(levels)} levels)")
@@ -456,11 +485,44 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command]
         return asyncio.run(cmd(args))
     except PipelineDefinitionError as exc:
-        for line in exc.problems:
+        for line in _problems(exc):
             print(line, file=sys.stderr)
         return 1
-    except CaudalError as exc:
-        print(f"caudal: {exc}", file=sys.stderr)
+    except RunNotFoundError as exc:
+        print(f"caudal: {_one_line(exc)} ({_store_label(args.store)})", file=sys.stderr)
         return 1
+    except CaudalError as exc:
+        print(f"caudal: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:  # the pipeline file, or a store's folder
+        print(f"caudal: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print(f"caudal: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if os.environ.get("CAUDAL_TRACEBACK"):
+            traceback.print_exc()
+        else:
+            print(
+                f"caudal: {type(exc).__name__}: {_one_line(exc)} (CAUDAL_TRACEBACK=1 shows where)",
+                file=sys.stderr,
+            )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line (a driver's message may span several)."""
+    return " ".join(str(exc).split())
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """After an interrupted run or resume: the command that resumes it."""
+    if args.command not in ("run", "resume") or not getattr(args, "run_id", None):
+        return ""
+    cmd = ["caudal", "resume", args.run_id, "--registry", args.registry]
+    if args.resolver:
+        cmd += ["--resolver", args.resolver]
+    if args.store:
+        cmd += ["--store", args.store]
+    return "; the completed steps are checkpointed. Resume with: " + shlex.join(cmd)

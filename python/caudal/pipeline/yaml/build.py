@@ -101,6 +101,11 @@ def _read_source(source: str | os.PathLike[str]) -> tuple[str, str, str | None]:
     raise TypeError(f"load_pipeline: expected a path or YAML text, got {type(source).__name__}")
 
 
+# The problem reported for <AUTO> tags without a resolver (the CLI says
+# --resolver instead).
+RESOLVER_MISSING = "<AUTO> tags need a resolver: load_pipeline(..., resolver=async_fn)"
+
+
 def load_pipeline(
     source: str | os.PathLike[str],
     registry: Mapping[str, Any],
@@ -197,12 +202,7 @@ def load_pipeline(
                         first_auto_line = auto_line
                     steps_out.append(step)
     if first_auto_line is not None and resolver is None and require_resolver and not problems.items:
-        problems.add(
-            None,
-            "",
-            "<AUTO> tags need a resolver: load_pipeline(..., resolver=async_fn)",
-            line=first_auto_line,
-        )
+        problems.add(None, "", RESOLVER_MISSING, line=first_auto_line)
     if problems.items:
         # Also name dependencies on steps that do not exist (alone, they are
         # reported as DependencyError by the graph check below).
@@ -370,6 +370,8 @@ def _read_step(
             params = r.params(wnode, f"{base}.with")
             if has_auto(params):
                 auto_line = wnode.start_mark.line + 1
+            if target is not None:
+                _check_params(r, wnode, f"{base}.with", target, params)
     if name is BAD or target is None or len(p.items) > before:
         return None
     return _StepSpec(name, target, params, kw), auto_line  # type: ignore[return-value]
@@ -421,6 +423,49 @@ class _StepSpec:
 
     def __init__(self, name: str, target: Any, params: dict, kw: dict) -> None:
         self.name, self.target, self.params, self.kw = name, target, params, kw
+
+
+def _callee(target: Any) -> Any:
+    """What a step's ``with:`` parameters are passed to: a registry Step's
+    function, a callable, or an agent's ``run``."""
+    if isinstance(target, Step):
+        return target.fn
+    return target if callable(target) else getattr(target, "run", None)
+
+
+def _check_params(r: Reader, wnode: Any, field: str, target: Any, params: dict) -> None:
+    """Each ``with:`` key names a parameter the step's function takes by
+    keyword (after the input, its first parameter), unless it takes
+    ``**kwargs``: a misspelt key is reported here, at its line, not when the
+    step first runs."""
+    fn = _callee(target)
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # no signature to check against (some builtins)
+    ps = list(sig.parameters.values())
+    if any(q.kind is q.VAR_KEYWORD for q in ps):
+        return
+    positional = [q for q in ps if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    data = positional[0].name if positional else None
+    takes = [
+        q.name for q in ps if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY) and q.name != data
+    ]
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    for knode, _ in wnode.value:
+        key = knode.value
+        if key not in params or key in takes:
+            continue
+        if key == data:
+            why = "its first parameter, which receives the step's input"
+        else:
+            why = "no such parameter"
+        shown = ", ".join(takes) if takes else "none besides the input"
+        r.p.add(
+            knode,
+            f"{field}.{key}",
+            f"{name}() does not take {key!r} ({why}; it takes: {shown})",
+        )
 
 
 def _accepts(fn: Any, param: str) -> bool:
