@@ -69,8 +69,12 @@ _long.maxtuple = 30
 _long.maxdict = 20
 
 # Inline styles only: notebooks strip <style> blocks in some front ends.
-_TABLE = 'style="border-collapse:collapse;font-size:0.9em;margin:0.2em 0"'
-_CELL = 'style="border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top"'
+# Tables never grow wider than their container: long cells wrap.
+_TABLE = 'style="border-collapse:collapse;font-size:0.9em;margin:0.2em 0;max-width:100%"'
+_CELL = (
+    'style="border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;'
+    'overflow-wrap:anywhere;max-width:32em"'
+)
 _CHANGED = (
     'style="border:1px solid #ccc;padding:2px 6px;text-align:left;'
     'background:#fff3b0;font-weight:bold"'
@@ -108,6 +112,36 @@ def _num(v: float) -> str:
     if v == int(v) and abs(v) < 1e15:
         return f"{int(v):,}" if abs(v) >= 10_000 else f"{v:.1f}"
     return f"{v:.4g}"
+
+
+def duration_ms(v: float) -> str:
+    """A duration given in milliseconds, in the unit that reads best:
+    ``850 ns``, ``12 µs``, ``3.2 ms``, ``1.5 s``."""
+    if v != v:  # NaN
+        return "-"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a < 1e-3:
+        return f"{v * 1e6:.3g} ns"
+    if a < 1:
+        return f"{v * 1e3:.3g} µs"
+    if a < 1000:
+        return f"{v:.3g} ms"
+    return f"{v / 1000:.3g} s"
+
+
+_CELL_WIDTH = 80  # characters of one cell of a terminal table
+
+
+def _cell(text: str) -> str:
+    """A terminal table's cell on one line: line breaks shown as ⏎, long
+    text cut with …, so a multi-line error message cannot break the rows."""
+    if "\n" in text or "\r" in text or "\t" in text:
+        text = " ⏎ ".join(p.strip() for p in text.splitlines() if p.strip()).replace("\t", " ")
+    if len(text) > _CELL_WIDTH:
+        text = text[: _CELL_WIDTH - 1] + "…"
+    return text
 
 
 def fmt(key: str, v: Any) -> str:
@@ -151,6 +185,8 @@ def _looks_numeric(cell: str) -> bool:
 
 
 def _table_text(header: list[str], rows: list[list[str]], indent: str = "") -> str:
+    header = [_cell(h) for h in header]
+    rows = [[_cell(c) for c in r] for r in rows]
     cols = [header, *rows]
     widths = [max(len(r[i]) for r in cols) for i in range(len(header))]
     # Numbers right-aligned, text left-aligned.
@@ -418,14 +454,58 @@ class OptimizationStats(dict):
 
     def _repr_html_(self) -> str:
         parts = []
-        for k, v in self.items():
-            v = _shown(k, v)
+        for k in _display_order(self):
+            v = _shown(k, self[k])
             parts.append(
-                "<div style='display:inline-block;vertical-align:top;margin-right:1em'>"
-                + v._repr_html_()
-                + "</div>"
+                "<div style='display:inline-block;vertical-align:top;margin-right:1em;"
+                "max-width:100%'>" + v._repr_html_() + "</div>"
             )
-        return "<div><b>caudal optimization stats</b></div>" + "".join(parts)
+        return (
+            "<div style='max-width:100%'><div><b>caudal optimization stats</b>: "
+            + esc(stats_summary(self))
+            + "</div>"
+            + "".join(parts)
+            + "</div>"
+        )
+
+
+# What a reader looks for first; the other sections follow in their order.
+_FIRST_SECTIONS = ("execution", "cache", "circuit_breaker", "concurrency", "error_handling")
+
+
+def _display_order(stats: Mapping[str, Any]) -> list[str]:
+    first = [k for k in _FIRST_SECTIONS if k in stats]
+    return first + [k for k in stats if k not in first]
+
+
+def stats_summary(stats: Mapping[str, Any]) -> str:
+    """One line: executions and failures, p95, the cache's hit rate, open
+    breakers, what is in flight (the parts the stats have)."""
+
+    def section(name: str) -> Mapping[str, Any]:
+        v = stats.get(name)
+        return v if isinstance(v, Mapping) else {}
+
+    parts = []
+    ex = section("execution")
+    n = ex.get("total_executions")
+    if isinstance(n, int):
+        parts.append(f"{n:,} executions, {ex.get('failures') or 0:,} failed")
+        if n and isinstance(ex.get("p95_ms"), int | float):
+            parts.append(f"p95 {duration_ms(ex['p95_ms'])}")
+        if ex.get("in_flight"):
+            parts.append(f"{ex['in_flight']:,} in flight")
+    cache = section("cache")
+    lookups = (cache.get("hits") or 0) + (cache.get("misses") or 0)
+    if lookups:
+        parts.append(f"cache hits {cache.get('hits') or 0:,} of {lookups:,} lookups")
+    breakers = section("circuit_breaker").get("breakers")
+    if isinstance(breakers, Mapping):
+        opened = sum(
+            1 for b in breakers.values() if isinstance(b, Mapping) and b.get("state") == "open"
+        )
+        parts.append(f"{opened} open breaker{'s' if opened != 1 else ''}")
+    return "; ".join(parts) if parts else "no executions yet"
 
 
 # --------------------------------------------------------- recommendations

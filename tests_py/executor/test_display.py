@@ -156,3 +156,45 @@ def test_stats_with_a_non_mapping_section_still_show():
     assert repr(stats) == "[execution]\n  p95_ms  1.5 ms\n[version]\n  version  3"
     assert stats.to_dict() == {"execution": {"p95_ms": 1.5}, "version": 3}
     assert "<b>version</b>" in stats._repr_html_()
+
+
+async def test_a_multi_line_error_message_keeps_the_terminal_table_whole():
+    ex = ExecutorCore(OptimizationConfig(enable_optimized_error_handling=True))
+
+    async def boom(x):
+        raise ValueError("first line\nsecond line\n\tthird line " + "x" * 200)
+
+    for i in range(3):
+        assert not (await ex.execute(Step(boom, "boom"), i)).success
+    text = repr(ex.get_optimization_stats()["error_handling"])
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.split() == ["patterns"])
+    header, rule, *rows = lines[start + 1 :]
+    assert set(rule.strip()) <= {"-", " "}, rule
+    assert rows and all(len(r) <= len(rule) + 1 for r in rows), text
+    assert "first line ⏎ second line ⏎ third line" in text
+    assert "…" in text and "x" * 100 not in text
+
+
+async def test_stats_html_opens_with_a_summary_and_stays_within_the_page():
+    ex = ExecutorCore(OptimizationConfig(enable_cache_optimization=True))
+
+    async def echo(x):
+        return x
+
+    step = Step(echo, "echo", cache=True)
+    for i in (1, 2, 1, 1):
+        await ex.execute(step, i)
+    stats = ex.get_optimization_stats()
+    html_text = stats._repr_html_()
+    head = html_text[: html_text.index("<table")]
+    assert "caudal optimization stats</b>: 4 executions, 0 failed; p95 " in head, head
+    assert "cache hits 2 of 4 lookups; 0 open breakers" in head, head
+    # The sections people read first come first; memory counters later.
+    assert html_text.index("<b>execution</b>") < html_text.index("<b>cache</b>")
+    assert html_text.index("<b>cache</b>") < html_text.index("<b>memory</b>")
+    # Every table and cell is bounded: long values wrap instead of widening it.
+    assert html_text.count("<table ") == html_text.count("max-width:100%\"")
+    cells = html_text.count("<td ") + html_text.count("<th ")
+    assert cells == html_text.count("overflow-wrap:anywhere")
+    assert caudal._display.stats_summary({}) == "no executions yet"

@@ -120,7 +120,7 @@ async def test_plot_latency_histogram_and_percentiles_over_time():
     assert png_bytes(fig).startswith(PNG)
     hist, over_time = fig.axes
     assert hist.get_title() == "Latency of step 's' (60 executions)"
-    assert hist.get_xlabel() == "latency (ms)" and hist.get_ylabel() == "executions"
+    assert hist.get_xlabel() == "latency" and hist.get_ylabel() == "executions"
     assert len(hist.patches) == len(ex._engine.latency_buckets("s"))
     assert sum(p.get_height() for p in hist.patches) == 60
     labels = [ln.get_label() for ln in hist.get_lines()]
@@ -128,6 +128,66 @@ async def test_plot_latency_histogram_and_percentiles_over_time():
     assert over_time.get_xlabel() == "time (s)"
     assert [ln.get_label() for ln in over_time.get_lines()] == ["p50", "p95", "p99"]
     assert len(over_time.get_lines()[0].get_xdata()) == len(rec.samples("s"))
+
+
+def _overlapping(labels) -> list[tuple[str, str]]:
+    """Pairs of drawn tick labels whose boxes overlap on the canvas."""
+    boxes = [(t.get_text(), t.get_window_extent()) for t in labels if t.get_text()]
+    boxes.sort(key=lambda b: b[1].x0)
+    return [(a, b) for (a, ba), (b, bb) in zip(boxes, boxes[1:]) if ba.x1 > bb.x0]
+
+
+@pytest.mark.parametrize(
+    "latencies_s",
+    [
+        [10.0**-k for k in range(0, 7)] * 3,  # 1 µs to 1 s: six decades
+        [0.002, 0.003, 0.005, 0.008, 0.012, 0.02],  # one decade, in ms
+        [2e-6, 3e-6, 5e-6, 9e-6, 2e-5],  # microseconds
+    ],
+    ids=["six-decades", "milliseconds", "microseconds"],
+)
+def test_latency_axis_labels_are_readable_at_every_scale(latencies_s):
+    from caudal.testing import ManualClock
+
+    clock = ManualClock()
+
+    async def main():
+        ex = ExecutorCore(clock=clock)
+
+        async def timed(seconds):
+            clock.advance(seconds)  # the engine reads its latencies from this clock
+            return seconds
+
+        for s in latencies_s:
+            assert (await ex.execute(Step(timed, name="t"), s)).success
+        return ex
+
+    ex = asyncio.run(main())
+    fig = ex.plot_latency("t")
+    fig.canvas.draw()
+    (hist,) = fig.axes
+    ticks = [t for t in hist.get_xticklabels(minor=False) if t.get_visible()]
+    minor = [t for t in hist.get_xticklabels(minor=True) if t.get_visible()]
+    drawn = [t for t in ticks + minor if t.get_text()]
+    assert len(drawn) >= 2, [t.get_text() for t in ticks + minor]
+    assert not _overlapping(ticks + minor)
+    for t in drawn:
+        assert "e+" not in t.get_text() and "e-" not in t.get_text(), t.get_text()
+        assert t.get_text().split()[-1] in ("ns", "µs", "ms", "s"), t.get_text()
+    legend = [t.get_text() for t in hist.get_legend().get_texts()]
+    assert [x.split()[0] for x in legend] == ["p50", "p95", "p99"]
+    for text in legend:
+        assert "e+" not in text and "e-" not in text, text
+        assert text.split()[-1] in ("ns", "µs", "ms", "s"), text
+
+
+def test_durations_read_in_their_unit():
+    from caudal.integrations.plots import duration_ms
+
+    assert duration_ms(3150.0) == "3.15 s"
+    assert duration_ms(12.5) == "12.5 ms"
+    assert duration_ms(0.25) == "250 µs"
+    assert duration_ms(0.00085) == "850 ns"
 
 
 def test_plot_latency_without_executions_or_recorder():

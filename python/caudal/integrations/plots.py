@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from caudal._display import duration_ms
 from caudal._executor.recorder import quantile_ms
 
 _STATUS_COLOUR = {
@@ -62,13 +63,22 @@ def _show_in_notebook(figure_cls: type) -> None:
 
 
 # ----------------------------------------------------------------- latency
-def _plain_log_ticks(ax: Any) -> None:
-    """Label a log axis 2, 5, 10, 20 ... instead of 2x10^1."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+def _duration_log_ticks(ax: Any) -> None:
+    """A log time axis (in ms) labelled in readable units (1 µs, 10 µs,
+    100 µs, 1 ms ...). Between the decades 2 and 5 are labelled only when
+    the axis spans at most two decades: more would not fit side by side."""
+    import math
 
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10.0, numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: duration_ms(v)))
+    ax.xaxis.set_minor_locator(LogLocator(base=10.0, subs=(2.0, 5.0), numticks=20))
+    lo, hi = ax.get_xlim()
+    narrow = lo > 0 and hi > 0 and math.log10(hi / lo) <= 2.0
+    ax.xaxis.set_minor_formatter(
+        FuncFormatter(lambda v, _: duration_ms(v)) if narrow else NullFormatter()
+    )
 
 
 def plot_latency(
@@ -99,18 +109,19 @@ def plot_latency(
         widths = [(hi - lo) / 1e6 for lo, hi, _ in buckets]
         ax.bar(lefts, [c for _, _, c in buckets], width=widths, align="edge", color="#54aeff")
         ax.set_xscale("log")
-        _plain_log_ticks(ax)
         counts = {(lo, hi): c for lo, hi, c in buckets}
         for q, style in ((0.50, "-"), (0.95, "--"), (0.99, ":")):
             v = quantile_ms(counts, q)
-            ax.axvline(v, color="#cf222e", linestyle=style, label=f"p{round(q * 100)} {v:.3g} ms")
+            label = f"p{round(q * 100)} {duration_ms(v)}"
+            ax.axvline(v, color="#cf222e", linestyle=style, label=label)
+        _duration_log_ticks(ax)  # after the lines: the limits are final
         ax.legend(loc="best", fontsize="small")
     else:
         ax.text(
             0.5, 0.5, "no executions recorded", ha="center", va="center", transform=ax.transAxes
         )
     ax.set_title(f"Latency of {what} ({n:,} executions)")
-    ax.set_xlabel("latency (ms)")
+    ax.set_xlabel("latency")
     ax.set_ylabel("executions")
     if series:
         ax2 = axes[1]
