@@ -257,10 +257,14 @@ async def test_fail_fast_cancels_running_steps():
 async def test_cancelling_the_run_cancels_steps_and_marks_the_store():
     store = MemoryStore()
     started = asyncio.Event()
+    calls = []
 
     async def slow(x):
-        started.set()
-        await asyncio.sleep(10)  # cancelled by the test
+        calls.append(x)
+        if len(calls) == 1:
+            started.set()
+            await asyncio.sleep(10)  # cancelled by the test
+        return x * 10
 
     p = Step(inc) >> Step(slow)
     task = asyncio.create_task(p.run(1, store=store, run_id="r1"))
@@ -270,7 +274,17 @@ async def test_cancelling_the_run_cancels_steps_and_marks_the_store():
         await task
     stored = await store.load_run("r1")
     assert stored.info.status == "cancelled"
-    assert list(stored.steps) == ["inc"]
+    assert list(stored.steps) == ["inc", "slow"]
+    # The step in flight is recorded as cancelled, with no output.
+    cp = stored.steps["slow"]
+    assert cp.status == "cancelled" and cp.payload is None, cp
+    assert cp.started_at is not None and cp.finished_at >= cp.started_at
+    # A resume restores inc and runs the cancelled step again.
+    run = await p.resume("r1", store=store)
+    assert run.status == "completed" and run.result == 20
+    assert run.steps["inc"].restored and not run.steps["slow"].restored
+    assert calls == [2, 2]
+    assert (await store.load_run("r1")).steps["slow"].status == "completed"
 
 
 # ----------------------------------------------------------------- context

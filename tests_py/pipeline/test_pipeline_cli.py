@@ -347,6 +347,12 @@ def test_an_interrupted_run_says_how_to_resume_it(workdir):
     assert err == (
         "caudal: interrupted; the completed steps are checkpointed. Resume with: " + resume + "\n"
     )
+    ins = json.loads(caudal(workdir, "inspect", "r7", "--store", "my runs.db", "--json").stdout)
+    assert ins["status"] == "cancelled"
+    assert [(s["step"], s["status"]) for s in ins["steps"]] == [
+        ("a", "completed"),
+        ("b", "cancelled"),
+    ]
     (workdir / "SLOW").unlink()
     r = caudal(workdir, *shlex.split(resume)[1:], "--json")
     done = json.loads(r.stdout)

@@ -295,7 +295,7 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
         return 2
     p = _load(definition, registry_spec, resolver_spec)
     p.source = dict(src, registry=registry_spec, resolver=resolver_spec)
-    restored = sum(1 for c in stored.steps.values() if c.status != "failed")
+    restored = sum(1 for c in stored.steps.values() if c.status in ("completed", "failed_optional"))
     progress = _Progress(len(p), not args.no_progress, restored=restored)
     executor = _executor(args)
     try:

@@ -212,6 +212,7 @@ class Runner:
                 t.cancel()
             if self.tasks:
                 await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self._record_cancelled()
             await self._finish("cancelled", "cancelled by the caller")
             raise
         if self.tasks:
@@ -419,6 +420,40 @@ class Runner:
     def _notify(self, rec: StepRecord) -> None:
         if self.on_step is not None:
             self.on_step(rec)
+
+    async def _record_cancelled(self) -> None:
+        """The steps running when the run was cancelled, checkpointed as
+        ``"cancelled"`` (no output: a resume runs them again), so that the
+        store says what was in flight. A store that fails here does not hide
+        the cancellation."""
+        if self.store is None:
+            return
+        now = time.time()
+        for rec in self.records:
+            if rec.status != "cancelled" or rec.restored:
+                continue
+            if rec.finished_at is None:
+                rec.finished_at = now
+                if rec.started_at is not None:
+                    rec.latency_s = now - rec.started_at
+            seq = self.seq
+            self.seq = seq + 1
+            cp = StepCheckpoint(
+                rec.name,
+                "cancelled",
+                seq,
+                None,
+                rec.started_at,
+                rec.finished_at,
+                rec.latency_s,
+                rec.attempts,
+                False,
+                "cancelled while running",
+            )
+            try:
+                await asyncio.shield(self.store.save_step(self.run_id, cp))
+            except Exception:
+                return
 
     async def _finish(self, status: str, error: str | None) -> None:
         self.run.status = status

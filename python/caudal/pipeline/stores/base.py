@@ -91,8 +91,10 @@ class StepCheckpoint:
     """One step's stored outcome. ``payload`` is ``(output,
     context_changes)`` encoded by ``store.encode_payload`` (see the module
     docstring); ``status`` is ``"completed"`` (restored on resume:
-    success, or an optional step's failure) or ``"failed"`` (kept for
-    inspection; run again on resume)."""
+    success), ``"failed_optional"`` (an optional step's failure, restored
+    too), ``"failed"`` (kept for inspection; run again on resume) or
+    ``"cancelled"`` (running when the run was cancelled or interrupted; no
+    payload; run again on resume)."""
 
     step: str
     status: str
