@@ -23,14 +23,15 @@ APT_PKGS := g++ libabsl-dev nlohmann-json3-dev libgtest-dev libgmock-dev \
 CPP_INPUTS := $(shell find cpp cmake -type f 2>/dev/null) CMakeLists.txt
 CPP_TEST_INPUTS := $(CPP_INPUTS) $(shell find tests_cpp -type f 2>/dev/null)
 
-.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan test-wheels wheels bench bench-quick bench-alloc docs-images format lint clean deps
+.PHONY: help demo demo-pipeline test test-cpp test-py test-asan test-tsan test-wheels wheels docs bench bench-quick bench-alloc docs-images format lint clean deps
 
 help:
 	@echo "make demo       run the example pipeline (sets everything up)"
 	@echo "make demo-pipeline  run examples/pipeline_demo.yaml with the caudal CLI"
-	@echo "make test       ctest (tests_cpp) + pytest (tests_py)"
+	@echo "make test       ctest (tests_cpp) + pytest (tests_py) + make docs"
 	@echo "make test-asan  ASan+UBSan over tests_cpp and over tests_py with an instrumented module"
 	@echo "make test-tsan  tests_cpp under TSan"
+	@echo "make docs       the documentation site and API reference (build/docs-site)"
 	@echo "make wheels     manylinux wheels for CPython $(WHEEL_PYTHONS) in dist/"
 	@echo "make test-wheels  build the wheels, install each in a fresh venv and use it"
 	@echo "make bench      every benchmark in benchmarks/ (results in benchmarks/results/)"
@@ -84,7 +85,12 @@ test-cpp: build/cpp/.configured
 test-py: $(STAMPS)/install
 	$(VPY) -m pytest tests_py
 
-test: test-cpp test-py
+# The documentation site with the API reference generated from the
+# docstrings (mkdocs.yml), built strictly: a warning fails the build.
+docs: $(STAMPS)/install
+	NO_MKDOCS_2_WARNING=1 $(VPY) -m mkdocs build --strict --quiet
+
+test: test-cpp test-py docs
 
 # ASan+UBSan: the gtest suite, then pytest against an instrumented module
 # staged with the pure-Python sources in build/asan-py/stage.

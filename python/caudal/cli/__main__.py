@@ -4,4 +4,5 @@ import sys
 
 from caudal.cli.main import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a tool imports every submodule
+    sys.exit(main())
