@@ -18,7 +18,8 @@ STAMPS  := .stamps
 JOBS    ?= 2
 
 APT_PKGS := g++ libabsl-dev nlohmann-json3-dev libgtest-dev libgmock-dev \
-            libxxhash-dev libzstd-dev redis-server postgresql clang-format ccache
+            libxxhash-dev libzstd-dev redis-server postgresql clang-format ccache \
+            chromium chromium-driver
 
 CPP_INPUTS := $(shell find cpp cmake -type f 2>/dev/null) CMakeLists.txt
 CPP_TEST_INPUTS := $(CPP_INPUTS) $(shell find tests_cpp -type f 2>/dev/null)

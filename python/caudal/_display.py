@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import reprlib
 import time
 from collections.abc import Iterable, Mapping
@@ -69,12 +70,32 @@ _long.maxtuple = 30
 _long.maxdict = 20
 
 # Inline styles only: notebooks strip <style> blocks in some front ends.
-# Tables never grow wider than their container: long cells wrap.
-_TABLE = 'style="border-collapse:collapse;font-size:0.9em;margin:0.2em 0;max-width:100%"'
-_CELL = (
-    'style="border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;'
-    'overflow-wrap:anywhere;max-width:32em"'
+# Tables never grow wider than their container: a long text cell wraps
+# (anywhere, for a long word), a short one (a number, a name, a header)
+# stays on its line; a cell holding a nested table is left to it.
+_TABLE = (
+    'style="border-collapse:collapse;font-size:0.9em;margin:0.2em 0;max-width:100%;'
+    'display:block;overflow-x:auto"'
 )
+_BORDER = "border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top"
+_CELL = f'style="{_BORDER};white-space:nowrap"'
+_CELL_LONG = f'style="{_BORDER};overflow-wrap:anywhere;min-width:12em;max-width:32em"'
+_CELL_NESTED = f'style="{_BORDER};max-width:100%"'
+_SHORT = 24  # characters a cell shows on one line
+
+
+def _td(text: str, shown: str | None = None) -> str:
+    """A cell for `text` (escaped here unless `shown`, its HTML, is given)."""
+    html_text = esc(text) if shown is None else shown
+    if "<table" in html_text:
+        style = _CELL_NESTED
+    elif len(text) > _SHORT:
+        style = _CELL_LONG
+    else:
+        style = _CELL
+    return f"<td {style}>{html_text}</td>"
+
+
 _CHANGED = (
     'style="border:1px solid #ccc;padding:2px 6px;text-align:left;'
     'background:#fff3b0;font-weight:bold"'
@@ -172,10 +193,13 @@ def _is_scalar(v: Any) -> bool:
 
 
 def _table_html(header: list[str], rows: list[list[str]], raw: bool = False) -> str:
-    """rows are already escaped when raw is True."""
-    e = (lambda s: s) if raw else esc
+    """rows are already escaped (HTML) when raw is True."""
     head = "".join(f"<th {_CELL}>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td {_CELL}>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    if raw:
+        cells = [[_td(html.unescape(re.sub(r"<[^>]+>", "", c)), c) for c in r] for r in rows]
+    else:
+        cells = [[_td(c) for c in r] for r in rows]
+    body = "".join("<tr>" + "".join(r) + "</tr>" for r in cells)
     return f"<table {_TABLE}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -294,6 +318,16 @@ def _value_html(key: str, v: Any) -> str:
     return esc(short_repr(v))
 
 
+def fmt_text(key: str, v: Any) -> str:
+    """The text of a scalar or flat value as its HTML cell shows it."""
+    kind = _kind(v)
+    if kind == "scalar":
+        return fmt(key, v)
+    if kind == "flat":
+        return _inline(v)
+    return "-" if kind == "empty" else short_repr(v)
+
+
 def _value_text(key: str, v: Any) -> str:
     kind = _kind(v)
     if kind == "scalar":
@@ -335,7 +369,8 @@ def step_result_html(r: Any) -> str:
     colour = _STATUS_COLOUR["completed" if ok else "failed"]
     rows: list[list[str]] = []
     if ok:
-        rows.append(["output", f"<pre style='margin:0'>{esc(_long_repr(r.output))}</pre>"])
+        pre = "margin:0;white-space:pre-wrap;overflow-wrap:anywhere"
+        rows.append(["output", f"<pre style='{pre}'>{esc(_long_repr(r.output))}</pre>"])
     else:
         rows.append(["feedback", esc(str(r.feedback))])
         if r.error is not None:
@@ -370,7 +405,14 @@ def config_html(cfg: Any) -> str:
             esc(f["rule"] or "-"),
             esc(f["doc"]),
         ]
-        rows.append("<tr>" + "".join(f"<td {cell}>{c}</td>" for c in cells) + "</tr>")
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td {cell}>{c}</td>" if cell is _CHANGED or k < 4 else _td(f["doc"], c)
+                for k, c in enumerate(cells)
+            )
+            + "</tr>"
+        )
     head = "".join(
         f"<th {_CELL}>{h}</th>" for h in ("field", "value", "default", "rule", "what it does")
     )
@@ -416,9 +458,21 @@ class StatsSection(dict):
         return f"[{self.section}]\n{self._rows_text()}" if self.section else self._rows_text()
 
     def _repr_html_(self) -> str:
-        rows = [[f"<code>{esc(k)}</code>", _value_html(k, v)] for k, v in self.items()]
+        rows = []
+        for k, v in self.items():
+            key = f"<code>{esc(k)}</code>"
+            if _kind(v) == "records":
+                # A nested table gets the section's whole width, under its key.
+                rows.append(
+                    f"<tr><td {_CELL_NESTED} colspan='2'>{key}{_value_html(k, v)}</td></tr>"
+                )
+            else:
+                rows.append(
+                    f"<tr><td {_CELL}>{key}</td>{_td(fmt_text(k, v), _value_html(k, v))}</tr>"
+                )
         title = f"<div><b>{esc(self.section)}</b></div>" if self.section else ""
-        return title + _table_html(["key", "value"], rows, raw=True)
+        head = f"<tr><th {_CELL}>key</th><th {_CELL}>value</th></tr>"
+        return f"{title}<table {_TABLE}><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _section(name: str, value: Any) -> Any:
@@ -456,9 +510,15 @@ class OptimizationStats(dict):
         parts = []
         for k in _display_order(self):
             v = _shown(k, self[k])
+            body = v._repr_html_()
+            if k not in _FIRST_SECTIONS:
+                # The rest fold away under their names (a click opens one).
+                body = (
+                    f"<details><summary><b>{esc(k)}</b> ({len(v)} keys)</summary>{body}</details>"
+                )
             parts.append(
                 "<div style='display:inline-block;vertical-align:top;margin-right:1em;"
-                "max-width:100%'>" + v._repr_html_() + "</div>"
+                "max-width:100%'>" + body + "</div>"
             )
         return (
             "<div style='max-width:100%'><div><b>caudal optimization stats</b>: "

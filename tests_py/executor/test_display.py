@@ -193,8 +193,7 @@ async def test_stats_html_opens_with_a_summary_and_stays_within_the_page():
     # The sections people read first come first; memory counters later.
     assert html_text.index("<b>execution</b>") < html_text.index("<b>cache</b>")
     assert html_text.index("<b>cache</b>") < html_text.index("<b>memory</b>")
-    # Every table and cell is bounded: long values wrap instead of widening it.
-    assert html_text.count("<table ") == html_text.count("max-width:100%\"")
-    cells = html_text.count("<td ") + html_text.count("<th ")
-    assert cells == html_text.count("overflow-wrap:anywhere")
+    # Every table is bounded by its box and scrolls inside it rather than
+    # widening the page (test_display_browser.py measures it in Chromium).
+    assert html_text.count("<table ") == html_text.count("max-width:100%;display:block")
     assert caudal._display.stats_summary({}) == "no executions yet"
