@@ -3,6 +3,7 @@ matplotlib's objects (titles, labels, bars, lines), not pixels."""
 
 import asyncio
 import io
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -134,7 +135,7 @@ def _overlapping(labels) -> list[tuple[str, str]]:
     """Pairs of drawn tick labels whose boxes overlap on the canvas."""
     boxes = [(t.get_text(), t.get_window_extent()) for t in labels if t.get_text()]
     boxes.sort(key=lambda b: b[1].x0)
-    return [(a, b) for (a, ba), (b, bb) in zip(boxes, boxes[1:]) if ba.x1 > bb.x0]
+    return [(a, b) for (a, ba), (b, bb) in itertools.pairwise(boxes) if ba.x1 > bb.x0]
 
 
 @pytest.mark.parametrize(
