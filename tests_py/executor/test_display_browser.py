@@ -5,6 +5,7 @@ selenium) in a 1,200 x 900 window, and measured there."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
@@ -33,7 +34,14 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 f"--window-size={WIDTH},{HEIGHT}"):  # fmt: skip
         opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    # The browser is not instrumented: under `make test-asan` it must not
+    # inherit the sanitizer runtime preloaded into this process.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "LD_PRELOAD" and not k.startswith(("ASAN_", "UBSAN_", "LSAN_", "TSAN_"))
+    }
+    driver = webdriver.Chrome(service=Service(driver_path, env=env), options=opts)
     yield driver
     driver.quit()
 
