@@ -233,6 +233,13 @@ class BackendUnavailableError(CaudalError, ImportError):
     install."""
 
 
+class PipelineBackendUnavailableError(PipelineDefinitionError, BackendUnavailableError):
+    """A pipeline definition (YAML) whose steps ask for a backend whose
+    package is not installed: a :class:`PipelineDefinitionError` that says
+    where (file, line, field), and a :class:`BackendUnavailableError` (so an
+    ``ImportError``), as ``Step(..., backend="ray")`` raises without Ray."""
+
+
 class RemoteWorkerDiedError(CaudalError):
     """The process or node running a remote attempt died before it answered
     (a Ray worker crash, a dead node, a lost actor or result, a worker killed

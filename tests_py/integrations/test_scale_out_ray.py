@@ -131,6 +131,20 @@ async def test_without_ray_asking_for_it_says_how_to_install(monkeypatch):
         await ExecutorCore().execute(ready, None)
     # Local steps do not need Ray.
     assert (await ExecutorCore().execute(Step(rs.where), None)).output == os.getpid()
+    # A YAML step says where it asks for Ray, and is the same ImportError.
+    from caudal import load_pipeline
+    from caudal.errors import PipelineBackendUnavailableError, PipelineDefinitionError
+
+    yaml_text = "steps:\n  - name: w\n    uses: where\n    backend: ray\n"
+    with pytest.raises(BackendUnavailableError) as info:
+        load_pipeline(yaml_text, {"where": rs.where})
+    err = info.value
+    assert isinstance(err, PipelineBackendUnavailableError)
+    assert isinstance(err, PipelineDefinitionError) and isinstance(err, ImportError)
+    assert err.problems == [
+        "<string>:4: steps[0].backend: this pipeline: backend='ray' needs Ray, which is not "
+        "installed in this environment; install it with: pip install 'caudal[ray]'"
+    ]
 
 
 async def test_actor_class_runs_locally_with_one_set_up(tmp_path, monkeypatch):

@@ -30,7 +30,11 @@ from caudal._backends import ray_installed, ray_missing_message
 from caudal._bounds import MAX_ATTEMPTS, MAX_RETRIES, MAX_SECONDS
 from caudal._identity import fingerprint
 from caudal._step import Step, _refuse_non_steps
-from caudal.errors import CircularDependencyError, DependencyError
+from caudal.errors import (
+    CircularDependencyError,
+    DependencyError,
+    PipelineBackendUnavailableError,
+)
 from caudal.errors import PipelineDefinitionError as _DefError
 from caudal.pipeline.graph import Pipeline
 from caudal.pipeline.records import UsageLimits, current_run
@@ -387,6 +391,7 @@ def _read_placement(r: Reader, m: dict, base: str, kw: dict[str, Any]) -> None:
             p.add(node, f"{base}.backend", f"expected local or ray, got {v!r}")
         elif v == "ray" and not ray_installed():
             p.add(node, f"{base}.backend", ray_missing_message("this pipeline"))
+            p.error_type = PipelineBackendUnavailableError
         elif v is not BAD:
             kw["backend"] = v
     for f in ("num_cpus", "num_gpus"):

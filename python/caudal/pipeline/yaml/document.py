@@ -168,6 +168,8 @@ class Problems:
     def __init__(self, file: str) -> None:
         self.file = file
         self.items: list[tuple[int | None, str, str]] = []
+        # A missing backend package makes the error an ImportError too.
+        self.error_type: type[_DefError] = _DefError
 
     def add(self, node: Any, field: str, message: str, line: int | None = None) -> None:
         if line is None and node is not None:
@@ -179,7 +181,9 @@ class Problems:
         problems = [
             f"{self.file}:{ln}: {fd + ': ' if fd else ''}{msg}" for ln, fd, msg in self.items
         ]
-        return _DefError(message, file=self.file, line=line, field=field or None, problems=problems)
+        return self.error_type(
+            message, file=self.file, line=line, field=field or None, problems=problems
+        )
 
 
 def describe(node: Any) -> str:
