@@ -196,4 +196,4 @@ async def test_stats_html_opens_with_a_summary_and_stays_within_the_page():
     # Every table is bounded by its box and scrolls inside it rather than
     # widening the page (test_display_browser.py measures it in Chromium).
     assert html_text.count("<table ") == html_text.count("max-width:100%;display:block")
-    assert caudal._display.stats_summary({}) == "no executions yet"
+    assert caudal._display_stats.stats_summary({}) == "no executions yet"

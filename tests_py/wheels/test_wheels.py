@@ -1,7 +1,8 @@
 """The wheels `make wheels` leaves in dist/, each installed as a user would.
 
 Run by `make test-wheels` (which builds them and sets CAUDAL_WHEELS_DIR);
-skipped in a plain pytest run, which has no wheels to test. For each wheel:
+a plain pytest run, which has no wheels to test, does not collect this
+folder (tests_py/conftest.py). For each wheel:
 a fresh venv of its own interpreter, `pip install` of the wheel (PyYAML,
 its one dependency, comes from the package index), then, from a directory
 outside the source tree: the import is the installed one, the extension
@@ -24,10 +25,6 @@ import pytest
 WHEELS_DIR = os.environ.get("CAUDAL_WHEELS_DIR")
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("3.11", "3.12", "3.13")
-
-pytestmark = pytest.mark.skipif(
-    not WHEELS_DIR, reason="make test-wheels builds the wheels and runs these"
-)
 
 
 def _wheels() -> list[Path]:
@@ -65,6 +62,7 @@ def _run(args: list, cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 
 def test_one_manylinux_wheel_per_supported_version_and_an_sdist():
+    assert WHEELS_DIR, "set CAUDAL_WHEELS_DIR to the wheels' folder (make test-wheels does)"
     wheels = _wheels()
     assert sorted(_version_of(w) for w in wheels) == list(VERSIONS), [w.name for w in wheels]
     for w in wheels:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from caudal._display import duration_ms
+from caudal._tables import duration_ms
 from caudal._executor.recorder import quantile_ms
 
 _STATUS_COLOUR = {
