@@ -35,6 +35,7 @@ import os
 import statistics
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,6 +47,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import psutil
 import ray
 
+from _floors import Floor, record
 from _harness import save
 from caudal import ExecutorCore, Step
 
@@ -136,6 +138,10 @@ async def fan_out(executor: ExecutorCore, step: Step, inputs: range) -> dict:
 
 def start_ray(num_cpus: int) -> None:
     ray.init(
+        # An instance of the benchmark's own, whatever cluster `ray start`
+        # left recorded on the machine (without "local", ray.init() joins
+        # it and refuses num_cpus).
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
@@ -144,14 +150,79 @@ def start_ray(num_cpus: int) -> None:
     )
 
 
-async def ray_run(num_cpus: int, iters: int, n: int) -> dict:
+class _PlainRay:
+    """``asyncio.gather`` of ``await f.remote(x)``: plain Ray, no caudal,
+    shaped like an executor for fan_out."""
+
+    def __init__(self, iters: int) -> None:
+        self._remote = ray.remote(burn)
+        self._iters = iters
+
+    async def execute(self, _step: object, x: int) -> types.SimpleNamespace:
+        out = await self._remote.remote(x, iters=self._iters)
+        return types.SimpleNamespace(success=True, output=out, feedback="")
+
+
+async def ray_run(num_cpus: int, iters: int, n: int, plain: bool = False) -> dict:
     start_ray(num_cpus)
     try:
-        executor = ExecutorCore()
-        step = Step(functools.partial(burn, iters=iters), "burn", backend="ray", cache=False)
+        fn = functools.partial(burn, iters=iters)
+        executor = _PlainRay(iters) if plain else ExecutorCore()
+        step = Step(fn, "burn", backend="ray", cache=False)
         # Warm-up: start the workers and ship the function, untimed.
         await fan_out(executor, step, range(-4 * num_cpus, 0))
         return await fan_out(executor, step, range(n))
+    finally:
+        ray.shutdown()
+
+
+async def ceiling(quick: bool) -> dict:
+    """The driver's ceiling: no-op remote attempts per second with 2,000 in
+    flight (a gather), interleaved rounds, medians: caudal with its defaults
+    (the adaptive concurrency limit on), caudal without the limit, and plain
+    ``await f.remote()``."""
+    import random
+
+    from caudal import OptimizationConfig
+
+    start_ray(2)
+    try:
+        default = ExecutorCore()
+        open_ = ExecutorCore(OptimizationConfig(enable_concurrency_optimization=False))
+        step = Step(noop, "noop", backend="ray", cache=False)
+        bare = ray.remote(max_retries=0)(noop)
+        many = 500 if quick else 2000
+
+        async def via(name: str, base: int) -> None:
+            xs = range(base, base + many)
+            if name == "plain await f.remote()":
+                await asyncio.gather(*(bare.remote(i) for i in xs))
+                return
+            ex = default if name == "caudal, defaults" else open_
+            rs = await asyncio.gather(*(ex.execute(step, i) for i in xs))
+            assert all(r.success for r in rs)
+
+        names = ["caudal, defaults", "caudal, no concurrency limit", "plain await f.remote()"]
+        for name in names:
+            await via(name, -many)  # warm-up: workers, the function, the limit
+        samples: dict[str, list[float]] = {k: [] for k in names}
+        rng = random.Random(3)
+        base = 0
+        for _ in range(3 if quick else 9):
+            rng.shuffle(names)
+            for name in names:
+                t0 = time.perf_counter()
+                await via(name, base)
+                samples[name].append(many / (time.perf_counter() - t0))
+                base += many
+        limit = default.get_optimization_stats()["concurrency"]["keys"]["noop"]["limit"]
+        await default.aclose()
+        await open_.aclose()
+        return {
+            "attempts_per_s": {k: statistics.median(v) for k, v in samples.items()},
+            "in_flight": many,
+            "adaptive_limit_after": limit,
+        }
     finally:
         ray.shutdown()
 
@@ -228,6 +299,8 @@ async def main(quick: bool) -> dict:
         "local, async def (loop)": lambda: fan_out(executor, async_step, range(n)),
         "ray, 1 CPU": lambda: ray_run(1, iters, n),
         "ray, 2 CPU": lambda: ray_run(2, iters, n),
+        "plain ray, 1 CPU": lambda: ray_run(1, iters, n, plain=True),
+        "plain ray, 2 CPU": lambda: ray_run(2, iters, n, plain=True),
     }
     # Each round runs every contender once; the best round counts (the
     # machine is shared: other work only ever slows a run down).
@@ -238,6 +311,7 @@ async def main(quick: bool) -> dict:
     res["samples"] = samples
     res["runs"] = {k: min(v, key=lambda s: s["wall_s"]) for k, v in samples.items()}
     res["overheads"] = await overheads(quick)
+    res["ceiling"] = await ceiling(quick)
     res["loadavg_before_after"] = [load_before[0], os.getloadavg()[0]]
     return res
 
@@ -260,7 +334,7 @@ def report(res: dict) -> None:
     )
     for name, r in runs.items():
         wall, compute = r["wall_s"], r["compute_s"]
-        workers = int(name.split(", ")[1].split()[0]) if name.startswith("ray") else 1
+        workers = int(name.split(", ")[1].split()[0]) if "ray" in name else 1
         ideal = compute / workers
         per_item = (wall - ideal) * workers / n * 1e3
         print(
@@ -290,10 +364,42 @@ def report(res: dict) -> None:
         f"driver ceiling ~ 1 / {cpu:.0f} µs = {1e6 / cpu:,.0f} attempts/s "
         f"(= {1e6 / cpu * step_s:,.0f} busy {step_s * 1e3:.0f} ms workers)"
     )
+    c = res["ceiling"]
+    print(f"driver ceiling, {c['in_flight']} no-op remote attempts in flight (median attempts/s):")
+    for name, v in c["attempts_per_s"].items():
+        print(f"  {name:30} {v:8,.0f}")
+    print(f"  (the adaptive limit after the runs: {c['adaptive_limit_after']})")
     la = res["loadavg_before_after"]
     print(f"load average (1 min) before/after: {la[0]:.2f} / {la[1]:.2f}")
     two = runs["ray, 2 CPU"]
     speed2 = (n / two["wall_s"]) / base
+    scaling = runs["ray, 1 CPU"]["wall_s"] / two["wall_s"]
+    plain_scaling = runs["plain ray, 1 CPU"]["wall_s"] / runs["plain ray, 2 CPU"]["wall_s"]
+    print(f"2 CPU vs 1: caudal on Ray {scaling:.2f}x, plain Ray {plain_scaling:.2f}x")
+    aps = c["attempts_per_s"]
+    record(
+        "scale_out",
+        floors=[
+            Floor(
+                "driver ceiling: no-op remote attempts/s, caudal defaults / plain Ray",
+                measured=aps["caudal, defaults"] / aps["plain await f.remote()"],
+                limit=0.9,
+                at_least=True,
+                detail=(
+                    f"{aps['caudal, defaults']:,.0f} vs {aps['plain await f.remote()']:,.0f} "
+                    f"attempts/s, {c['in_flight']} in flight; without the concurrency limit "
+                    f"{aps['caudal, no concurrency limit']:,.0f}; median of interleaved rounds"
+                ),
+            ),
+            Floor(
+                "2 CPU vs 1 CPU, caudal on Ray / plain Ray",
+                measured=scaling / plain_scaling,
+                limit=0.9,
+                at_least=True,
+                detail=f"{scaling:.2f}x vs {plain_scaling:.2f}x; best of {res['rounds']} round(s)",
+            ),
+        ],
+    )
     print(
         f"floor: ray 2 CPU >= 1.7x local: {speed2:.2f}x -> {'met' if speed2 >= 1.7 else 'MISSED'}"
     )

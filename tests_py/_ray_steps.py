@@ -129,3 +129,48 @@ def slow_once(folder: str) -> int:
         (d / "started").write_text(str(os.getpid()))
         time.sleep(60)
     return os.getpid()
+
+
+def identity(x):
+    return x
+
+
+def make_lock(_x=None):
+    import threading
+
+    return threading.Lock()
+
+
+class Echo:
+    """An actor-pool step that returns its input."""
+
+    def __call__(self, x):
+        return x
+
+
+def die_always(_x=None):
+    """Kills its worker process every time (a crash Ray cannot recover)."""
+    os._exit(1)
+
+
+async def enrich_or_fail(scored: dict) -> dict:
+    """enrich, failing while the tests' BROKEN marker exists."""
+    if (Path(os.environ["CAUDAL_TEST_SETUP_DIR"]) / "BROKEN").exists():
+        raise RuntimeError("enrich is broken")
+    return await enrich(scored)
+
+
+RESUME_REGISTRY = dict(REGISTRY, enrich=enrich_or_fail)
+
+
+def die_then_fail_once(folder: str) -> int:
+    """First attempt: kills its worker. Second: raises an ordinary error.
+    Then succeeds (its pid)."""
+    d = Path(folder)
+    if not (d / "died").exists():
+        (d / "died").write_text("")
+        os._exit(1)
+    if not (d / "failed").exists():
+        (d / "failed").write_text("")
+        raise ValueError("an ordinary failure")
+    return os.getpid()

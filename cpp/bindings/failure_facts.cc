@@ -144,6 +144,10 @@ TypeFacts FactsOfType(PyTypeObject* tp) {
     return last.facts;
   static auto* overloaded = reinterpret_cast<PyTypeObject*>(
       CaudalAttr("caudal.errors", "OverloadedError").release().ptr());
+  static auto* permanent = reinterpret_cast<PyTypeObject*>(
+      CaudalAttr("caudal.errors", "PermanentError").release().ptr());
+  static auto* worker_died = reinterpret_cast<PyTypeObject*>(
+      CaudalAttr("caudal.errors", "RemoteWorkerDiedError").release().ptr());
   static PyObject* const probed[] = {
       Interned("retry_after"), Interned("status_code"), Interned("status"),
       Interned("response"), Interned("headers")};
@@ -151,6 +155,8 @@ TypeFacts FactsOfType(PyTypeObject* tp) {
   TypeFacts f;
   // As PyErr_GivenExceptionMatches decides for an instance: by the MRO.
   f.overload = PyType_IsSubtype(tp, overloaded) != 0;
+  f.permanent = PyType_IsSubtype(tp, permanent) != 0;
+  f.worker_lost = PyType_IsSubtype(tp, worker_died) != 0;
   f.network = PyType_IsSubtype(tp, type(PyExc_TimeoutError)) ||
               PyType_IsSubtype(tp, type(PyExc_ConnectionError)) ||
               IsClientTransportType(tp);
@@ -177,6 +183,8 @@ void ClassifyFailure(py::handle exc, AttemptError* err,
   // Nothing to probe: every probed name is absent from the type (plain
   // attribute lookup) and the instance has no attributes of its own.
   const bool bare = instance && f.plain && !HasOwnAttributes(e);
+  err->permanent = f.permanent;
+  err->worker_lost = f.worker_lost;
   if (!bare) err->retry_after_s = RetryAfterHint(exc);
   if (f.overload) {
     err->overload = true;

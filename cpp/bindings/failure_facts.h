@@ -30,7 +30,9 @@ bool IsClientTransportType(PyTypeObject* tp);
 // What an exception's type alone says about a failure (cached per thread
 // for the last type seen, keyed by its version tag).
 struct TypeFacts {
-  bool overload = false;  // a caudal.OverloadedError
+  bool overload = false;     // a caudal.OverloadedError
+  bool permanent = false;    // a caudal.errors.PermanentError
+  bool worker_lost = false;  // a caudal.errors.RemoteWorkerDiedError
   // A ConnectionError, TimeoutError, or a client's transport error.
   bool network = false;
   // Plain attribute lookup, and none of the names ClassifyFailure probes

@@ -81,6 +81,63 @@ class OverloadedError(CaudalError):
         return (type(self), (str(self), getattr(self, "retry_after", None)))
 
 
+class PermanentError(CaudalError):
+    """A failure no retry can fix, and not the backend's fault: an
+    execution whose attempt raises it (or a subclass) fails at once,
+    whatever retries its step has (its fallback, if any, still runs), and
+    the circuit breaker does not count it. :class:`DataError` and
+    :class:`PlacementError` are the two kinds caudal raises."""
+
+
+class DataError(PermanentError):
+    """A step's input or output is unusable as such: it cannot be serialised
+    to cross to another process, or it fails a check of its own. A
+    :class:`PermanentError`: not retried, not counted by the breaker. Raise
+    it (or a subclass) from a step for data it must refuse."""
+
+
+class SerializationError(DataError, TypeError):
+    """An input, context or output of a remote step could not be serialised
+    (pickled) to cross to or from the worker: a ``threading.Lock``, an open
+    file, a socket. ``step`` is the step's name, ``direction`` ``"input"``
+    or ``"output"``, ``type_name`` the type that failed, when known; the
+    serialiser's own exception is ``__cause__``."""
+
+    def __init__(self, step: str, direction: str, type_name: str, detail: str = ""):
+        self.step = step
+        self.direction = direction
+        self.type_name = type_name
+        self.detail = detail
+        msg = f"step {step!r}: its {direction} cannot be serialised"
+        if type_name:
+            msg += f" ({type_name})"
+        if detail:
+            msg += f": {detail}"
+        super().__init__(msg)
+
+    def __reduce__(self):
+        return (type(self), (self.step, self.direction, self.type_name, self.detail))
+
+
+class PlacementError(PermanentError, ValueError):
+    """A remote step asks for resources its cluster cannot provide: an
+    actor pool larger than the cluster, a GPU or a custom resource no node
+    has. Raised at the step's first attempt (a :class:`PermanentError`: not
+    retried, not counted by the breaker) instead of waiting forever for a
+    placement. ``step`` is the step's name, ``missing`` what is short
+    (``{"GPU": 0.5}``), ``available`` what the cluster has."""
+
+    def __init__(self, step: str, message: str, missing: dict, available: dict):
+        self.step = step
+        self.message = message
+        self.missing = dict(missing)
+        self.available = dict(available)
+        super().__init__(f"step {step!r}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.step, self.message, self.missing, self.available))
+
+
 class PipelineDefinitionError(CaudalError, ValueError):
     """A pipeline definition that cannot run (bad YAML, bad step settings,
     duplicate names, missing dependencies, cycles).
@@ -243,9 +300,10 @@ class PipelineBackendUnavailableError(PipelineDefinitionError, BackendUnavailabl
 class RemoteWorkerDiedError(CaudalError):
     """The process or node running a remote attempt died before it answered
     (a Ray worker crash, a dead node, a lost actor or result, a worker killed
-    for memory). The attempt is a failure like any other, so the step's
-    ``max_retries`` / ``retry`` retries it; Ray's own retries are off, so
-    the decision is the executor's.
+    for memory). Not the step's failure: it is retried at once up to 3 times
+    by default, beyond the step's own ``max_retries`` / ``retry``, and the
+    circuit breaker does not count it. Ray's own retries are off, so the
+    decision is the executor's, each attempt counted once.
 
     ``step`` is the step's name, ``reason`` the name of the Ray exception;
     the Ray exception itself is ``__cause__``.
@@ -272,14 +330,18 @@ __all__ = [
     "CircularDependencyError",
     "ConfigurationError",
     "ContextConflictError",
+    "DataError",
     "DependencyError",
     "DuplicateStepError",
     "OverloadedError",
+    "PermanentError",
     "PipelineDefinitionError",
+    "PlacementError",
     "PoolTimeoutError",
     "QueueFullError",
     "RemoteWorkerDiedError",
     "RunNotFoundError",
+    "SerializationError",
     "StaleHandleError",
     "UsageLimitExceededError",
 ]

@@ -273,16 +273,29 @@ TEST(ExecutorResilienceTest, ExcludedErrorsAndDisabledBreakerDoNotTrip) {
   }
 }
 
+// An exponential back-off policy: 0.5 s, doubling, capped at max_backoff_s.
+void SetExponentialRetries(StepEntry* e, int max_attempts,
+                           double max_backoff_s) {
+  e->spec.retry.kind = RetryPolicy::kExponential;
+  e->spec.retry.max_attempts = max_attempts;
+  e->spec.retry.base_delay_s = 0.5;
+  e->spec.retry.backoff_factor = 2.0;
+  e->spec.retry.max_backoff_s = max_backoff_s;
+}
+
+// The process running the attempt died (caudal.errors.RemoteWorkerDiedError).
+AttemptError LostWorker() {
+  AttemptError e = Err(false, "caudal.errors.RemoteWorkerDiedError", "x");
+  e.worker_lost = true;
+  return e;
+}
+
 TEST(ExecutorResilienceTest, BackoffDelaysComeFromTheStepsPolicy) {
   OptimizationConfig c;
   c.enable_circuit_breaker = false;
   Executor ex(c);
   auto entry = MakeEntry(ex, "b");
-  entry->spec.retry.kind = RetryPolicy::kExponential;
-  entry->spec.retry.max_attempts = 4;
-  entry->spec.retry.base_delay_s = 0.5;
-  entry->spec.retry.backoff_factor = 2.0;
-  entry->spec.retry.max_backoff_s = 1.5;
+  SetExponentialRetries(entry.get(), 4, 1.5);
   ExecutionRecord* r = ex.Begin(entry, 0);
   EXPECT_DOUBLE_EQ(ex.AttemptFailed(r, 0, Err()).delay_s, 0.5);
   ex.StartAttempt(r, 1);
@@ -297,6 +310,85 @@ TEST(ExecutorResilienceTest, BackoffDelaysComeFromTheStepsPolicy) {
   EXPECT_EQ(ex.AttemptFailed(r, 3, not_retryable).verdict,
             FailureVerdict::kNotRetryable);
   ex.Fail(r, 4, false);
+}
+
+TEST(ExecutorResilienceTest, PermanentErrorsFailAtOnceAndNeverTripTheBreaker) {
+  // An input or output that cannot be used (caudal.errors.DataError, a
+  // PermanentError): the data is at fault, not the backend. No retry though
+  // attempts are left, and the breaker (threshold 1) does not count it.
+  Executor ex(BreakerConfig(1, 60.0));
+  auto entry = MakeEntry(ex, "d", /*max_retries=*/5);
+  AttemptError data = Err(false, "caudal.errors.SerializationError", "lock");
+  data.permanent = true;
+  for (int i = 0; i < 3; ++i) {
+    ExecutionRecord* r = ex.Begin(entry, i);
+    ASSERT_EQ(r->attempt, 1);  // admitted: the breaker stayed closed
+    EXPECT_EQ(ex.AttemptFailed(r, i, data).verdict,
+              FailureVerdict::kNotRetryable);
+    EXPECT_EQ(ex.Fail(r, i, false).attempts, 1);
+  }
+  // The same step's ordinary failure is retried, and trips the breaker.
+  ExecutionRecord* r = ex.Begin(entry, 10);
+  EXPECT_EQ(ex.AttemptFailed(r, 10, Err()).verdict, FailureVerdict::kRetry);
+  EXPECT_FALSE(ex.StartAttempt(r, 11));
+  ex.Fail(r, 12, false);
+}
+
+TEST(ExecutorResilienceTest, LostWorkersAreRetriedByDefaultBeyondThePolicy) {
+  // The process running the attempt died (caudal.RemoteWorkerDiedError):
+  // retried at once up to kWorkerLostRetries times even with no retry
+  // policy, as Ray retries system failures, without spending the policy's
+  // attempts, and never a failure for the breaker (threshold 1 here).
+  Executor ex(BreakerConfig(1, 60.0));
+  const AttemptError lost = LostWorker();
+  auto single = MakeEntry(ex, "one_attempt");
+  ExecutionRecord* r = ex.Begin(single, 0);
+  for (int i = 0; i < kWorkerLostRetries; ++i) {
+    const FailureDecision d = ex.AttemptFailed(r, i, lost);
+    ASSERT_EQ(d.verdict, FailureVerdict::kRetry) << i;
+    EXPECT_EQ(d.delay_s, 0.0);
+    ASSERT_TRUE(ex.StartAttempt(r, i));  // the breaker stayed closed
+  }
+  EXPECT_EQ(ex.AttemptFailed(r, 9, lost).verdict,
+            FailureVerdict::kNoAttemptsLeft);
+  EXPECT_EQ(ex.Fail(r, 10, false).attempts, kWorkerLostRetries + 1);
+  // A step with two retries keeps both for its own failures after a loss.
+  auto two = MakeEntry(ex, "two_retries", /*max_retries=*/2);
+  r = ex.Begin(two, 20);
+  EXPECT_EQ(ex.AttemptFailed(r, 21, lost).verdict, FailureVerdict::kRetry);
+  ASSERT_TRUE(ex.StartAttempt(r, 22));
+  AttemptError data = Err(false, "builtins.KeyError", "k");
+  data.counts_for_breaker = false;  // keep this step's breaker closed
+  EXPECT_EQ(ex.AttemptFailed(r, 23, data).verdict, FailureVerdict::kRetry);
+  ASSERT_TRUE(ex.StartAttempt(r, 24));
+  EXPECT_EQ(ex.AttemptFailed(r, 25, data).verdict, FailureVerdict::kRetry);
+  ASSERT_TRUE(ex.StartAttempt(r, 26));
+  EXPECT_EQ(ex.AttemptFailed(r, 27, data).verdict,
+            FailureVerdict::kNoAttemptsLeft);
+  EXPECT_EQ(ex.Fail(r, 28, false).attempts, 4);
+}
+
+TEST(ExecutorResilienceTest, BackOffAfterLostWorkersStartsAtTheFirstDelay) {
+  // Attempts made for lost workers are not the policy's: its first retry
+  // after them waits its first delay, not the fourth.
+  OptimizationConfig c;
+  c.enable_circuit_breaker = false;
+  Executor ex(c);
+  auto entry = MakeEntry(ex, "backoff");
+  SetExponentialRetries(entry.get(), 3, 60.0);
+  const AttemptError lost = LostWorker();
+  ExecutionRecord* r = ex.Begin(entry, 0);
+  for (int i = 0; i < kWorkerLostRetries; ++i) {
+    ASSERT_EQ(ex.AttemptFailed(r, i, lost).delay_s, 0.0);
+    ex.StartAttempt(r, i);
+  }
+  EXPECT_DOUBLE_EQ(ex.AttemptFailed(r, 10, Err()).delay_s, 0.5);
+  ex.StartAttempt(r, 11);
+  EXPECT_DOUBLE_EQ(ex.AttemptFailed(r, 12, Err()).delay_s, 1.0);
+  ex.StartAttempt(r, 13);
+  EXPECT_EQ(ex.AttemptFailed(r, 14, Err()).verdict,
+            FailureVerdict::kNoAttemptsLeft);
+  ex.Fail(r, 15, false);
 }
 
 TEST(ExecutorResilienceTest, ErrorsThatNeverRecoverFailFast) {

@@ -205,23 +205,127 @@ async def test_remote_exception_arrives_as_its_own_type(ray_cluster):
     assert stats["errors"] == 2 and stats["retries"] == 1
 
 
-async def test_killed_worker_is_a_retryable_failure(ray_cluster, tmp_path):
+async def test_killed_worker_is_retried_by_default(ray_cluster, tmp_path):
+    """A worker killed mid-attempt is retried with the defaults (no
+    max_retries), as plain Ray retries a task whose worker died."""
     ex = ExecutorCore()
-    res = await ex.execute(Step(rs.die_once, backend="ray", max_retries=2), str(tmp_path / "a"))
+    res = await ex.execute(Step(rs.die_once, backend="ray"), str(tmp_path / "a"))
     assert res.success, res.feedback
     assert res.attempts == 2
     assert res.output != int((tmp_path / "a").read_text())  # a new worker process
+    # ... and does not spend the step's own retries: with one, a lost worker
+    # and then an ordinary failure still end in a success
+    (tmp_path / "b").mkdir()
+    step = Step(rs.die_then_fail_once, backend="ray", max_retries=1)
+    res = await ex.execute(step, str(tmp_path / "b"))
+    assert res.success and res.attempts == 3, res.feedback
 
-    res = await ex.execute(Step(rs.die_once, backend="ray"), str(tmp_path / "b"))
-    assert not res.success and res.attempts == 1
+
+async def test_a_worker_that_always_dies_ends_with_remote_worker_died(ray_cluster):
+    from caudal import OptimizationConfig
+
+    config = OptimizationConfig(
+        circuit_breaker_failure_threshold=1, circuit_breaker_minimum_calls=1
+    )
+    ex = ExecutorCore(config)
+    res = await ex.execute(Step(rs.die_always, name="doomed", backend="ray"), 1)
+    assert not res.success and res.attempts == 4  # the first and 3 retries
     assert type(res.error) is RemoteWorkerDiedError
-    assert res.error.step == "die_once" and res.error.reason == "WorkerCrashedError"
+    assert res.error.step == "doomed" and res.error.reason == "WorkerCrashedError"
     assert str(res.error).startswith(
-        "step 'die_once': the Ray worker running the attempt died (WorkerCrashedError)"
+        "step 'doomed': the Ray worker running the attempt died (WorkerCrashedError)"
     )
     import ray
 
     assert isinstance(res.error.__cause__, ray.exceptions.WorkerCrashedError)
+    # the worker's deaths are not the step's failures: the breaker is closed
+    assert ex.get_optimization_stats()["circuit_breaker"]["state"] == "CLOSED"
+
+
+@pytest.mark.parametrize("actors", [None, 1], ids=["task", "actor"])
+async def test_data_that_cannot_be_serialised_fails_at_once(ray_cluster, actors):
+    """An input that cannot be pickled (a lock) is the data's fault: one
+    attempt, though retries are left, a SerializationError naming the step
+    and the type, and the breaker does not count it."""
+    import threading
+
+    from caudal import OptimizationConfig, SerializationError
+
+    config = OptimizationConfig(
+        circuit_breaker_failure_threshold=2, circuit_breaker_minimum_calls=1
+    )
+    ex = ExecutorCore(config)
+    fn = rs.Echo if actors else rs.identity
+    step = Step(fn, name="send", backend="ray", max_retries=3, actors=actors)
+    for _ in range(3):
+        r = await ex.execute(step, threading.Lock())
+        assert not r.success and type(r.error) is SerializationError, r.error
+        assert r.attempts == 1 and r.metadata["retry_stopped"] == "not_retryable"
+        assert (r.error.step, r.error.direction, r.error.type_name) == (
+            "send", "input", "_thread.lock"
+        )
+        assert "caudal_step" not in str(r.error) and "_task_body" not in str(r.error)
+        assert isinstance(r.error.__cause__, TypeError)
+    assert ex.get_optimization_stats()["circuit_breaker"]["state"] == "CLOSED"
+    r = await ex.execute(step, 41)  # the step itself works
+    assert r.success and r.output == 41
+    if actors:
+        assert release_actors(step) == 1  # its CPU back for the tests after this one
+
+
+@pytest.mark.parametrize(
+    "options,missing,says",
+    [
+        ({"actors": 4}, {"CPU": 2.0}, "4 actors x 1 CPU = 4 CPU, the cluster has 2 CPU"),
+        ({"actors": 2, "num_cpus": 1.5}, {"CPU": 1.0}, "2 actors x 1.5 CPU = 3 CPU"),
+        ({"num_gpus": 0.5}, {"GPU": 0.5}, "0.5 GPU"),
+        ({"resources": {"tpu": 1}}, {"tpu": 1.0}, "1 tpu"),
+        ({"num_cpus": 3}, {"CPU": 1.0}, "3 CPU"),
+    ],
+    ids=["actors", "actor-cpus", "gpu", "custom", "task-cpus"],
+)
+async def test_a_request_the_cluster_cannot_place_fails_at_once(
+    ray_cluster, options, missing, says
+):
+    """Resources the cluster does not have fail the first attempt at once
+    (not a hang), naming what is missing; not retried, not a breaker
+    failure."""
+    from caudal import PlacementError
+
+    ex = ExecutorCore()
+    fn = rs.Echo if "actors" in options else rs.identity
+    step = Step(fn, name="big", backend="ray", max_retries=2, **options)
+    r = await ex.execute(step, 1)
+    assert not r.success and type(r.error) is PlacementError, r.error
+    assert r.attempts == 1 and r.error.step == "big"
+    assert r.error.missing == missing
+    assert says in str(r.error), str(r.error)
+    assert r.error.available.get("CPU") == 2.0
+    assert ex.get_optimization_stats()["circuit_breaker"]["state"] == "CLOSED"
+
+
+async def test_a_request_the_cluster_can_place_runs(ray_cluster):
+    ex = ExecutorCore()
+    pair = Step(rs.Echo, name="pair", backend="ray", actors=2)
+    r = await ex.execute(pair, 5)
+    assert r.success and r.output == 5
+    assert release_actors(pair) == 1  # one call made one actor; it holds a CPU while it lives
+    # A task request that fits runs (1 CPU: a CPU another test's actors
+    # still hold is busy, not missing, and would be waited for).
+    r = await ex.execute(Step(rs.identity, name="one", backend="ray", num_cpus=1), 6)
+    assert r.success and r.output == 6
+
+
+async def test_an_output_that_cannot_be_serialised_fails_at_once(ray_cluster):
+    from caudal import SerializationError
+
+    ex = ExecutorCore()
+    r = await ex.execute(Step(rs.make_lock, name="locker", backend="ray", max_retries=3), 1)
+    assert not r.success and type(r.error) is SerializationError, r.error
+    assert r.attempts == 1
+    assert (r.error.step, r.error.direction, r.error.type_name) == (
+        "locker", "output", "_thread.lock"
+    )
 
 
 async def test_cache_hit_skips_the_remote_call(ray_cluster, tmp_path):
@@ -415,3 +519,42 @@ def test_cli_runs_a_pipeline_file_on_the_cluster(ray_cluster, tmp_path):
     assert res["pid"] != res["driver"] and res["enriched_on"] != res["driver"]  # on Ray
     assert res["ctx"] == {"scored_on": res["pid"]}  # the remote context write, merged
     assert res["driver"] != os.getpid()
+
+
+def test_cli_resume_runs_on_the_cluster_the_run_ran_on(ray_cluster, tmp_path):
+    """`caudal resume` without flags runs the rest where the run ran (the
+    backend and the cluster stored with the run), and says so."""
+    import json
+    import subprocess
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    (tmp_path / "pipe.yaml").write_text(CLI_YAML)
+    broken = ray_cluster / "BROKEN"
+    broken.write_text("")
+    base = [sys.executable, "-m", "caudal.cli"]
+    reg = ["--registry", "_ray_steps:RESUME_REGISTRY", "--store", "runs.db"]
+    run = [*base, "run", "pipe.yaml", *reg, "--input", '"3,4"', "--run-id", "c1"]
+    run += ["--backend", "ray", "--ray-address", address]
+    p = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    broken.unlink()
+    p = subprocess.run([*base, "resume", "c1", *reg, "--json"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert f"resuming where the run ran: --backend ray --ray-address {address}" in p.stderr
+    res = json.loads(p.stdout)["result"]
+    assert res["enriched_on"] != res["driver"]  # the resumed step ran on Ray
+    # --backend local given to resume: the stored cluster is not joined
+    broken.write_text("")
+    run[run.index("c1")] = "c2"
+    p = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    broken.unlink()
+    p = subprocess.run([*base, "resume", "c2", *reg, "--backend", "local", "--json"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert f"the run ran on the Ray cluster {address}; resuming with --backend local" in p.stderr
+    res = json.loads(p.stdout)["result"]
+    assert res["enriched_on"] == res["driver"]  # in the resuming process

@@ -41,7 +41,7 @@ def nodes():
 async def test_a_node_dying_mid_attempt_is_retried_on_another(nodes, tmp_path):
     cluster, first = nodes
     ex = ExecutorCore()
-    step = Step(rs.slow_once, backend="ray", max_retries=1)
+    step = Step(rs.slow_once, backend="ray")  # no retries of its own: the default retries
     task = asyncio.create_task(ex.execute(step, str(tmp_path)))
     while not (tmp_path / "started").exists():
         assert not task.done(), task

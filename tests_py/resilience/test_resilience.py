@@ -616,3 +616,73 @@ async def test_client_transport_errors_are_never_judged_by_fail_fast(make_error)
         r = await ex.execute(step, i)
         assert r.success and r.attempts == 6, (r.error, r.metadata)
     assert ex.get_optimization_stats()["error_handling"]["fail_fast"] == 0
+
+
+async def test_a_data_error_fails_at_once_and_never_opens_the_breaker():
+    """caudal.DataError (bad input or output, not a bad backend): no retry
+    though retries are left, the breaker does not count it, the fallback
+    still runs."""
+    from caudal import DataError, SerializationError
+
+    class BadInput(DataError):
+        pass
+
+    ex = ExecutorCore(breaker_config(threshold=2))
+    backend = Backend(exc=BadInput)
+    step = Step(backend, name="parse", max_retries=3)
+    for i in range(5):
+        r = await ex.execute(step, i)
+        assert not r.success and type(r.error) is BadInput
+        assert r.attempts == 1 and r.metadata["retry_stopped"] == "not_retryable"
+    assert backend.calls == 5
+    assert ex.get_optimization_stats()["circuit_breaker"]["state"] == "CLOSED"
+
+    async def raise_serialization(x):
+        raise SerializationError("send", "input", "_thread.lock", "cannot pickle")
+
+    async def answer(x):
+        return "fallback"
+
+    r = await ex.execute(
+        Step(raise_serialization, name="send", max_retries=3, fallback=answer), 1
+    )
+    assert r.success and r.output == "fallback" and r.metadata["fallback_triggered"]
+    e = r.metadata["original_error"]
+    assert "send" in str(e) and "_thread.lock" in str(e)
+    assert isinstance(SerializationError("s", "output", "x"), TypeError)
+    # an ordinary error (not a DataError) on the same settings opens it
+    ex2 = ExecutorCore(breaker_config(threshold=2))
+    down = Backend(exc=ValueError)
+    for i in range(4):
+        await ex2.execute(Step(down, name="parse"), i)
+    assert ex2.get_optimization_stats()["circuit_breaker"]["state"] == "OPEN"
+
+
+async def test_a_lost_worker_is_retried_by_default_and_never_opens_the_breaker():
+    """RemoteWorkerDiedError (the process running the attempt died) is
+    retried at once up to 3 times with no retry policy, beyond a policy's
+    attempts, and the breaker does not count it."""
+    from caudal import RemoteWorkerDiedError
+
+    class DiesThenAnswers:
+        def __init__(self, deaths):
+            self.deaths = deaths
+            self.calls = 0
+
+        async def __call__(self, x):
+            self.calls += 1
+            if self.calls <= self.deaths:
+                raise RemoteWorkerDiedError("w", "WorkerCrashedError")
+            return x
+
+    ex = ExecutorCore(breaker_config(threshold=1))
+    fn = DiesThenAnswers(deaths=3)
+    r = await ex.execute(Step(fn, name="w"), 7)
+    assert r.success and r.output == 7 and r.attempts == 4
+    fn = DiesThenAnswers(deaths=10)
+    r = await ex.execute(Step(fn, name="w"), 7)
+    assert not r.success and type(r.error) is RemoteWorkerDiedError and r.attempts == 4
+    assert ex.get_optimization_stats()["circuit_breaker"]["state"] == "CLOSED"
+    fn = DiesThenAnswers(deaths=5)  # 3 free retries, then the step's own 2
+    r = await ex.execute(Step(fn, name="w2", retry=immediate_retries(2)), 7)
+    assert r.success and r.attempts == 6

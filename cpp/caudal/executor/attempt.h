@@ -24,8 +24,19 @@ struct AttemptError {
   int http_status = 0;    // carried by the exception or its response; 0: none
   bool retryable = true;  // the step's retry_on matched
   bool counts_for_breaker = true;  // not excluded from the breaker
-  absl::string_view exc_type;      // qualified type name
-  absl::string_view message;       // str(exc)
+  // No retry can fix it, and the backend is not at fault
+  // (caudal.errors.PermanentError): the step's input or output is unusable
+  // (it cannot be serialised, it fails validation), or it asks for what the
+  // backend cannot provide (resources no node has). Final at once; never a
+  // breaker failure.
+  bool permanent = false;
+  // The process or node running the attempt died before it answered
+  // (caudal.errors.RemoteWorkerDiedError): the step did not fail, its worker
+  // did. Retried at once by default (kWorkerLostRetries), beyond the retry
+  // policy; never a breaker failure.
+  bool worker_lost = false;
+  absl::string_view exc_type;  // qualified type name
+  absl::string_view message;   // str(exc)
   // A numeric `retry_after` attribute of the exception (seconds).
   absl::optional<double> retry_after_s;
   // The Retry-After and retry-after-ms headers of the exception's response,
@@ -55,15 +66,20 @@ struct AttemptError {
   // errors are judged by error-pattern fail-fast. Timeouts and network
   // errors still count for the breaker: a dead backend must open it.
   bool Transient() const {
-    return Overloaded() || timed_out || network_error ||
+    return Overloaded() || timed_out || network_error || worker_lost ||
            (http_status >= 500 && http_status <= 599);
   }
 };
 
+// Retries granted for lost workers (AttemptError::worker_lost) whatever the
+// step's retry policy, and without spending its attempts: Ray's own default
+// for system failures of a task (max_retries=3).
+inline constexpr int kWorkerLostRetries = 3;
+
 enum class FailureVerdict : uint8_t {
   kRetry,           // retry after `delay_s`
   kNoAttemptsLeft,  // final: the policy's attempts are used up
-  kNotRetryable,    // final: retry_on did not match
+  kNotRetryable,    // final: retry_on did not match, or a permanent error
   kFailFast,        // final: this error pattern never recovers on retry
   // final: the backend asked for a longer wait than the execution may make
   // (Retry-After above retry_after_max_seconds or the policy's max backoff)

@@ -62,6 +62,9 @@ struct ExecutionRecord {
   // Attempts and refusals together spend the retry budget.
   bool rejected = false;
   int refusals = 0;
+  // Retries granted for lost workers (kWorkerLostRetries): attempts that
+  // do not spend the retry policy's.
+  int lost_retries = 0;
   int64_t probe_wait_ns = 0;  // waited for half-open probes' verdicts
   // Error pattern of the previous failed attempt that was retried (0: none),
   // and whether that error was transient (never judged by fail-fast).

@@ -80,7 +80,7 @@ FailureDecision Executor::BreakerWait(ExecutionRecord* r) {
     // Open: wait until it admits a probe. A refusal is a try that did not
     // call the step: it spends one unit of the retry budget.
     ++r->refusals;
-    if (!policy.HasAttemptLeft(r->attempt + r->refusals) ||
+    if (!policy.HasAttemptLeft(r->attempt + r->refusals - r->lost_retries) ||
         wait > policy.max_backoff_s) {
       return {FailureVerdict::kBreakerOpen};
     }
@@ -115,7 +115,11 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
     r->breaker_pending = false;
     // Overload is not failure: the backend is alive and asks us to slow
     // down (the adaptive limit and the retry's back-off do that).
-    if (e.counts_for_breaker && !e.Overloaded()) {
+    // Nor is a permanent error (bad data, an impossible request: the
+    // backend never saw it, or answered correctly),
+    // nor a lost worker (the process running the step died, not the step).
+    if (e.counts_for_breaker && !e.Overloaded() && !e.permanent &&
+        !e.worker_lost) {
       Note(r->step->spec, r->breaker->OnFailure(now_ns, r->probe));
     } else {
       r->breaker->OnIgnored(r->probe);
@@ -144,9 +148,25 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
         static_cast<int>(cfg.error_pattern_min_observations));
   }
   if (!keep_pending) r->retried_pattern = 0;
+  // The retried error's pattern, judged when the retry's outcome is known.
+  auto retrying = [&](bool transient) {
+    if (!keep_pending) {
+      r->retried_pattern = pattern;
+      r->retried_transient = transient;
+    }
+  };
   const RetryPolicy& policy = r->step->spec.retry;
-  if (!e.retryable) return {FailureVerdict::kNotRetryable};
-  if (!policy.HasAttemptLeft(r->attempt + r->refusals))
+  if (e.worker_lost && r->lost_retries < kWorkerLostRetries) {
+    // At once, whatever the policy, and not one of its attempts: as Ray
+    // retries a task whose worker died.
+    ++r->lost_retries;
+    retrying(true);
+    return {FailureVerdict::kRetry, 0.0};
+  }
+  if (!e.retryable || e.permanent) return {FailureVerdict::kNotRetryable};
+  // The policy's own attempts: those made for lost workers are not its.
+  const int policy_attempt = r->attempt - r->lost_retries;
+  if (!policy.HasAttemptLeft(policy_attempt + r->refusals))
     return {FailureVerdict::kNoAttemptsLeft};
   // A stated wait longer than the execution may make ends it now, rather
   // than after sleeping for nothing.
@@ -160,17 +180,14 @@ FailureDecision Executor::Decide(ExecutionRecord* r, int64_t now_ns,
     fail_fast_.fetch_add(1, std::memory_order_relaxed);
     return {FailureVerdict::kFailFast};
   }
-  if (!keep_pending) {
-    r->retried_pattern = pattern;
-    r->retried_transient = !judged;
-  }
+  retrying(!judged);
   double delay =
-      policy.DelayBeforeAttempt(r->attempt + 1, hint, random_.Next());
+      policy.DelayBeforeAttempt(policy_attempt + 1, hint, random_.Next());
   if (e.Overloaded() && !hint.has_value() && policy.max_backoff_s > 0) {
     // Overloaded, without saying for how long: give the backend at least
     // kOverloadBaseS, doubling per retry (an outage of a few seconds must
     // not use up the budget), spread upwards by up to 20 %.
-    const int k = std::min(r->attempt - 1, 30);
+    const int k = std::min(policy_attempt - 1, 30);
     const double floor = RetryPolicy::SpreadUp(
         kOverloadBaseS * static_cast<double>(1 << k), random_.Next());
     delay = std::min(std::max(delay, floor), policy.max_backoff_s);

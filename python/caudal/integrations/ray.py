@@ -22,7 +22,17 @@ Semantics (docs/scale-out.md):
 - A remote exception reaches the caller as itself (``RayTaskError.cause``:
   same type, same message), with the remote traceback added as a note.
 - A dead worker, node, actor or lost result becomes
-  :class:`caudal.RemoteWorkerDiedError`, a failure that retries retry.
+  :class:`caudal.RemoteWorkerDiedError`, which the core retries at once up
+  to 3 times by default (beyond the step's retries; never a breaker
+  failure).
+- A request the cluster cannot place (an actor pool larger than the
+  cluster, a GPU or custom resource no node has) fails the first attempt
+  with :class:`caudal.PlacementError` instead of waiting forever
+  (``CAUDAL_RAY_PLACEMENT_CHECK=0`` turns the check off, for a cluster
+  that autoscales).
+- An input or output that cannot be serialised (pickled) becomes
+  :class:`caudal.SerializationError` naming the step and the type, a
+  :class:`caudal.DataError`: final at once, not counted by the breaker.
 - Cancelling the awaiting coroutine (``task.cancel()``, a step timeout, a
   pipeline stopping) calls ``ray.cancel(ref, force=False)``: a queued task
   never runs, a running task gets ``KeyboardInterrupt`` (so its ``finally``
@@ -37,6 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import pickle
 import re
 import threading
 import weakref
@@ -46,7 +58,12 @@ from typing import Any
 from caudal._backends import ray_missing_message
 from caudal._core import CallShape
 from caudal._step import Step
-from caudal.errors import BackendUnavailableError, RemoteWorkerDiedError
+from caudal.errors import (
+    BackendUnavailableError,
+    PlacementError,
+    RemoteWorkerDiedError,
+    SerializationError,
+)
 from caudal.pipeline.context import DELETED
 
 # How the step is called (the core's CallShape, as caudal._steps analysed it).
@@ -146,6 +163,39 @@ def _first_line(exc: BaseException) -> str:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# pickle's and cloudpickle's words for an object they cannot serialise.
+_CANNOT_PICKLE = re.compile(r"(?:cannot|can't|Can't) pickle (?:local object )?'?([^':\s]+)")
+# Where Ray serialises arguments and return values: a remote traceback
+# through them is a return value that could not be serialised (Ray shows the
+# traceback's last frames, its cloudpickle's).
+_RAY_SERIALIZERS = ("ray/_private/serialization.py", "ray/cloudpickle/")
+
+
+def _unserialisable(name: str, direction: str, exc: BaseException) -> SerializationError:
+    """The SerializationError for ``exc`` (Ray's or pickle's), naming the
+    type it could not serialise when the message says."""
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    type_name, detail = "", ""
+    for e in reversed(chain):  # the innermost says most
+        m = _CANNOT_PICKLE.search(str(e))
+        if m:
+            type_name, detail = m.group(1), _first_line(e)
+            break
+    err = SerializationError(name, direction, type_name, detail)
+    err.__cause__ = chain[-1]
+    return err
+
+
+def _serialisation_failure(exc: BaseException) -> bool:
+    """Whether Ray's submission failed to serialise an argument (Ray raises a
+    TypeError saying so, chained to pickle's error)."""
+    return isinstance(exc, (TypeError, pickle.PicklingError)) and (
+        "Could not serialize" in str(exc) or _CANNOT_PICKLE.search(str(exc)) is not None
+    )
 
 
 def _translator(ray: Any, name: str) -> Callable[[BaseException], BaseException]:
@@ -168,6 +218,13 @@ def _translator(ray: Any, name: str) -> Callable[[BaseException], BaseException]
             if isinstance(cause, Exception):
                 # str() of Ray's wrapper is the remote traceback, coloured.
                 remote = _ANSI.sub("", str(exc)).strip()
+                if isinstance(cause, (TypeError, pickle.PicklingError)) and any(
+                    where in remote for where in _RAY_SERIALIZERS
+                ):
+                    # Serialising (dumps) is the return value on its way
+                    # back; anything else there is the input arriving.
+                    direction = "output" if "dump" in remote else "input"
+                    return _unserialisable(name, direction, cause)
                 cause.add_note(f"raised in a Ray worker for step {name!r}:\n{remote}")
                 return cause
             return exc
@@ -187,7 +244,50 @@ def _reraise(translate: Callable[[BaseException], BaseException], exc: BaseExcep
         raise exc
     if isinstance(err, RemoteWorkerDiedError):
         raise err from exc
+    if isinstance(err, SerializationError):
+        raise err  # chained to pickle's error already
     raise err from None
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _placement(ray: Any, name: str, req: Mapping[str, float], actors: int | None) -> None:
+    """Raise PlacementError if the cluster cannot place one attempt's
+    request ``req`` (per task, or per actor of a pool of ``actors``)."""
+    if os.environ.get("CAUDAL_RAY_PLACEMENT_CHECK", "1") == "0":
+        return
+    if not ray.is_initialized():
+        ray.init()  # what Ray itself does on the first remote call
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    total = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+    req = {k: float(v) for k, v in req.items() if v}
+    fits = any(all(n.get(k, 0.0) >= v for k, v in req.items()) for n in nodes)
+    if not fits:
+        largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in req}
+        missing = {k: v - largest[k] for k, v in req.items() if v > largest[k]}
+        what = ", ".join(f"{_num(v)} {k}" for k, v in req.items())
+        unit = "each actor of its pool" if actors else "each attempt"
+        if missing:
+            has = ", ".join(
+                f"{_num(largest[k])} {k}" if largest[k] else f"no {k}" for k in missing
+            )
+            where = f"the largest node has {has}"
+        else:  # each resource exists, never all on one node
+            missing = dict(req)
+            where = "no single node has all of it"
+        raise PlacementError(name, f"{unit} needs {what}; {where}", missing, total)
+    if actors:
+        need = {k: v * actors for k, v in req.items()}
+        short = {k: v - total.get(k, 0.0) for k, v in need.items() if v > total.get(k, 0.0)}
+        if short:
+            parts = "; ".join(
+                f"{actors} actors x {_num(req[k])} {k} = {_num(need[k])} {k}, "
+                f"the cluster has {_num(total.get(k, 0.0))} {k}"
+                for k in short
+            )
+            raise PlacementError(name, f"its actor pool needs {parts}", short, total)
 
 
 def _session(ray: Any) -> str:
@@ -202,10 +302,14 @@ class _ActorPool:
     actor with the fewest calls in flight. A lost actor is replaced by a new
     one on the next attempt."""
 
-    def __init__(self, ray: Any, actor_cls: Any, size: int, args: tuple) -> None:
+    def __init__(
+        self, ray: Any, actor_cls: Any, size: int, args: tuple, name: str, req: dict
+    ) -> None:
         self._ray = ray
         self._cls = actor_cls
         self._args = args
+        self._name = name
+        self._req = req
         self._lock = threading.Lock()
         self._handles: list[Any] = [None] * size
         self._load = [0] * size
@@ -216,6 +320,8 @@ class _ActorPool:
         if not ray.is_initialized():
             ray.init()  # what Ray itself does on the first remote call
         session = _session(ray)
+        if session != self._session:
+            _placement(ray, self._name, self._req, len(self._handles))
         with self._lock:
             if session != self._session:
                 self._handles = [None] * len(self._handles)
@@ -339,8 +445,9 @@ def ray_attempt(
     if actors:
         opts["num_cpus"] = 1 if num_cpus is None else num_cpus
         actor_cls = ray.remote(max_restarts=0, max_task_retries=0, **opts)(_StepActor)
-        pool = _ActorPool(ray, actor_cls, actors, (target, is_class, ctx_at))
-        attempt = _actor_attempt(ray, pool, ctx_at, translate)
+        req = {"CPU": opts["num_cpus"], "GPU": num_gpus or 0, **(resources or {})}
+        pool = _ActorPool(ray, actor_cls, actors, (target, is_class, ctx_at), name, req)
+        attempt = _actor_attempt(ray, pool, ctx_at, translate, name)
         attempt.pool = pool  # type: ignore[attr-defined]  # for tests and stats
     else:
         if num_cpus is not None:
@@ -348,7 +455,10 @@ def ray_attempt(
         remote = ray.remote(max_retries=0, retry_exceptions=False, name=name, **opts)(
             _task_body(target, ctx_at)
         )
-        attempt = _task_attempt(ray, remote, ctx_at, translate)
+        # A task asks for 1 CPU unless told (Ray's default).
+        req = {"CPU": 1 if num_cpus is None else num_cpus, "GPU": num_gpus or 0}
+        req.update(resources or {})
+        attempt = _task_attempt(ray, remote, ctx_at, translate, name, req)
     attempt.__name__ = attempt.__qualname__ = f"ray:{name}"
     if cacheable:
         with _BUILT_LOCK:
@@ -358,13 +468,27 @@ def ray_attempt(
 
 
 def _task_attempt(
-    ray: Any, remote: Any, ctx_at: int | str | None, translate: Callable[..., BaseException]
+    ray: Any,
+    remote: Any,
+    ctx_at: int | str | None,
+    translate: Callable[..., BaseException],
+    name: str,
+    req: dict,
 ) -> Callable[..., Any]:
     submit = remote.remote
     ray_error = ray.exceptions.RayError
+    placed: list[str] = []  # non-empty once the request was checked (once per step)
 
     async def attempt(*args: Any, **kwargs: Any) -> Any:
-        ref = submit(*args, **kwargs)
+        if not placed:
+            _placement(ray, name, req, None)
+            placed.append("checked")
+        try:
+            ref = submit(*args, **kwargs)
+        except (TypeError, pickle.PicklingError) as exc:
+            if not _serialisation_failure(exc):
+                raise
+            raise _unserialisable(name, "input", exc)  # noqa: B904 (chained to pickle's error)
         try:
             out, changes = await ref
         except asyncio.CancelledError:
@@ -380,7 +504,11 @@ def _task_attempt(
 
 
 def _actor_attempt(
-    ray: Any, pool: _ActorPool, ctx_at: int | str | None, translate: Callable[..., BaseException]
+    ray: Any,
+    pool: _ActorPool,
+    ctx_at: int | str | None,
+    translate: Callable[..., BaseException],
+    name: str,
 ) -> Callable[..., Any]:
     x = ray.exceptions
     ray_error, actor_error = x.RayError, x.RayActorError
@@ -388,7 +516,12 @@ def _actor_attempt(
     async def attempt(*args: Any, **kwargs: Any) -> Any:
         handle, slot = pool.acquire()
         try:
-            ref = handle.call.remote(args, kwargs)
+            try:
+                ref = handle.call.remote(args, kwargs)
+            except (TypeError, pickle.PicklingError) as exc:
+                if not _serialisation_failure(exc):
+                    raise
+                raise _unserialisable(name, "input", exc)  # noqa: B904 (chained to pickle's error)
             try:
                 out, changes = await ref
             except asyncio.CancelledError:
