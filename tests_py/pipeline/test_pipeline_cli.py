@@ -403,3 +403,41 @@ def test_progress_bar_on_a_terminal(workdir, sized):
     err = written.decode(errors="replace")
     assert "/4 [" in err and "step/s" in err, err  # tqdm's bar, on stderr
     assert b"completed" in out
+
+
+def test_resume_runs_where_the_run_ran_unless_told_otherwise(workdir, redis_server):
+    """The shared cache tier (and the backend) a run was started with are
+    stored with it; `resume` uses them, says so, and a flag overrides."""
+    tier = redis_server[: -len("/0")] + "/6"
+    (workdir / "BROKEN").write_text("")
+    args = ["--registry", "myreg:REGISTRY", "--store", "runs.db"]
+    caudal(workdir, "run", "pipe.yaml", *args, "--input", '{"n": 3}', "--run-id", "r1",
+           "--cache-redis", tier, check=1)  # fmt: skip
+    (workdir / "BROKEN").unlink()
+    r = caudal(workdir, "resume", "r1", *args, "--json")
+    assert json.loads(r.stdout)["status"] == "completed"
+    assert f"resuming where the run ran: --cache-redis {tier}" in r.stderr
+    # The stored settings are data: reported, and a flag given here wins.
+    (workdir / "BROKEN").write_text("")
+    caudal(workdir, "run", "pipe.yaml", *args, "--input", '{"n": 3}', "--run-id", "r2",
+           "--cache-redis", tier, check=1)  # fmt: skip
+    (workdir / "BROKEN").unlink()
+    other = redis_server[: -len("/0")] + "/7"
+    r = caudal(workdir, "resume", "r2", *args, "--cache-redis", other, "--json")
+    assert json.loads(r.stdout)["status"] == "completed"
+    note = f"the run was started with --cache-redis {tier}; resuming with --cache-redis {other}"
+    assert note in r.stderr
+
+
+def test_a_password_in_the_tier_url_is_not_stored(workdir):
+    (workdir / "BROKEN").write_text("")
+    args = ["--registry", "myreg:REGISTRY", "--store", "runs.db"]
+    url = "redis://:s3cret@127.0.0.1:1/0?password=s3cret"  # nothing listens there
+    caudal(workdir, "run", "pipe.yaml", *args, "--input", '{"n": 3}', "--run-id", "r3",
+           "--cache-redis", url, check=None)  # fmt: skip
+    for f in workdir.glob("runs.db*"):  # the database, its WAL and its index
+        assert b"s3cret" not in f.read_bytes(), f
+    (workdir / "BROKEN").unlink()
+    r = caudal(workdir, "resume", "r3", *args, check=2)
+    assert "--cache-redis redis://:***@127.0.0.1:1/0?password=***" in r.stderr
+    assert "give --cache-redis" in r.stderr

@@ -31,7 +31,6 @@ import asyncio
 import importlib
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -39,16 +38,16 @@ import traceback
 import uuid
 from typing import Any, NoReturn
 
-from caudal._executor.core import ExecutorCore
+from caudal.cli.output import Progress, json_text, problems_of, report
+from caudal.cli.where import close_executor, executor_for, resume_where, store_label, where_of
 from caudal.errors import (
     CaudalError,
     PipelineDefinitionError,
     RunNotFoundError,
     UsageLimitExceededError,
 )
-from caudal.pipeline.stores import DEFAULT_STORE_PATH, open_store
+from caudal.pipeline.stores import open_store
 from caudal.pipeline.yaml import load_pipeline
-from caudal.pipeline.yaml.build import RESOLVER_MISSING
 
 
 def _cwd_last() -> None:
@@ -95,137 +94,12 @@ def _registry(spec: str) -> dict:
     return reg
 
 
-def _store_label(spec: str | None) -> str:
-    """The store a command used, as the user can name it again (a
-    PostgreSQL URI without its password)."""
-    spec = spec or os.environ.get("CAUDAL_STORE") or DEFAULT_STORE_PATH
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(spec))
-
-
-def _problems(exc: PipelineDefinitionError) -> list[str]:
-    """The problems of a pipeline, as the CLI names its own flags."""
-    return [
-        line.replace(RESOLVER_MISSING, "<AUTO> tags need a resolver: give --resolver module:attr")
-        for line in exc.problems
-    ]
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=repr, sort_keys=False)
-
-
-class _Progress:
-    """tqdm bar on stderr when it is a terminal (a plain counter without
-    tqdm); nothing otherwise."""
-
-    def __init__(self, total: int, enabled: bool, restored: int = 0) -> None:
-        self.bar = None
-        self.enabled = enabled and sys.stderr.isatty()
-        self.total = total
-        self.count = restored  # steps a resume restored from checkpoints
-        if self.enabled:
-            try:
-                from tqdm import tqdm
-
-                try:
-                    width = os.get_terminal_size(sys.stderr.fileno()).columns
-                except OSError:
-                    width = 0
-                self.bar = tqdm(
-                    total=total,
-                    initial=restored,
-                    unit="step",
-                    file=sys.stderr,
-                    leave=False,
-                    # A terminal that reports no size (0 x 0): tqdm draws
-                    # nothing unless given both.
-                    ncols=None if width > 0 else 80,
-                    nrows=None if width > 0 else 24,
-                )
-            except ImportError:
-                self.bar = None
-
-    def __call__(self, rec: Any) -> None:
-        if not self.enabled:
-            return
-        self.count += 1
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{rec.name}: {rec.status}", refresh=False)
-            self.bar.update(1)
-        else:
-            sys.stderr.write(f"\r{self.count}/{self.total} steps ({rec.name}: {rec.status})")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            sys.stderr.write("\n")
-
-
-def _report(run: Any, as_json: bool) -> int:
-    if as_json:
-        print(
-            _json(
-                {
-                    "run_id": run.run_id,
-                    "status": run.status,
-                    "result": run.result if run.status == "completed" else None,
-                    "error": None
-                    if run.error is None
-                    else f"{type(run.error).__name__}: {run.error}",
-                    "tokens": run.total_tokens,
-                    "cost_usd": run.total_cost_usd,
-                    "steps": {n: r.as_dict() for n, r in run.steps.items()},
-                }
-            )
-        )
-    else:
-        counts = ", ".join(f"{v} {k}" for k, v in sorted(run.counts().items()))
-        print(f"run {run.run_id}: {run.status} in {run.duration_s:.3f} s ({counts})")
-        if run.total_tokens or run.total_cost_usd:
-            print(f"usage: {run.total_tokens} tokens, ${run.total_cost_usd:.6f}")
-        if run.status == "completed":
-            print(f"result: {_json(run.result)}")
-        else:
-            for r in run.steps.values():
-                if r.status == "failed" and not r.optional:
-                    print(f"step {r.name} failed: {r.error}")
-            if run.error is not None and not any(r.status == "failed" for r in run.steps.values()):
-                print(f"error: {type(run.error).__name__}: {run.error}")
-    return 0 if run.status == "completed" else 1
-
-
 def _load(yaml_text_or_path: str, registry_spec: str, resolver_spec: str | None) -> Any:
     registry = _registry(registry_spec)
     resolver = _import_spec(resolver_spec, "--resolver") if resolver_spec else None
     p = load_pipeline(yaml_text_or_path, registry, resolver=resolver)
     p.source = dict(p.source or {}, registry=registry_spec, resolver=resolver_spec)
     return p
-
-
-def _executor(args: argparse.Namespace) -> Any:
-    """The executor for run/resume, or None for the pipeline's default."""
-    if not (args.cache_redis or args.backend or args.ray_address):
-        return None
-    backend = args.backend
-    if args.ray_address:
-        from caudal.integrations.ray import import_ray
-
-        ray = import_ray("--ray-address")
-        if not ray.is_initialized():
-            ray.init(address=args.ray_address, log_to_driver=False, configure_logging=False)
-    tier = None
-    if args.cache_redis:
-        from caudal.integrations.redis import RedisCacheTier
-
-        tier = RedisCacheTier(args.cache_redis)
-    return ExecutorCore(cache_l2=tier, backend=backend)
-
-
-async def _closed(executor: Any) -> None:
-    if executor is not None:
-        await executor.aclose()
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
@@ -235,8 +109,9 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         print(f"caudal: --input is not valid JSON: {exc}", file=sys.stderr)
         return 2
     p = _load(args.pipeline, args.registry, args.resolver)
-    executor = _executor(args)
-    progress = _Progress(len(p), not args.no_progress)
+    p.source = dict(p.source, where=where_of(args))
+    executor = executor_for(args)
+    progress = Progress(len(p), not args.no_progress)
     # Chosen here, so that an interrupted run can be named (main()).
     args.run_id = args.run_id or uuid.uuid4().hex
     try:
@@ -251,11 +126,11 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     except UsageLimitExceededError as exc:
         progress.close()
         print(f"caudal: {exc}", file=sys.stderr)
-        return _report(exc.run, args.json) or 1
+        return report(exc.run, args.json) or 1
     finally:
-        await _closed(executor)
+        await close_executor(executor)
     progress.close()
-    return _report(run, args.json)
+    return report(run, args.json)
 
 
 async def _cmd_resume(args: argparse.Namespace) -> int:
@@ -293,11 +168,15 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     else:
         print("caudal: this run has no stored pipeline; give --pipeline FILE", file=sys.stderr)
         return 2
+    problem = resume_where(args, src.get("where") or {})
+    if problem:
+        print(f"caudal: {problem}", file=sys.stderr)
+        return 2
     p = _load(definition, registry_spec, resolver_spec)
-    p.source = dict(src, registry=registry_spec, resolver=resolver_spec)
+    p.source = dict(src, registry=registry_spec, resolver=resolver_spec, where=where_of(args))
     restored = sum(1 for c in stored.steps.values() if c.status in ("completed", "failed_optional"))
-    progress = _Progress(len(p), not args.no_progress, restored=restored)
-    executor = _executor(args)
+    progress = Progress(len(p), not args.no_progress, restored=restored)
+    executor = executor_for(args)
     try:
         run = await p.resume(
             args.run_id,
@@ -309,11 +188,11 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     except UsageLimitExceededError as exc:
         progress.close()
         print(f"caudal: {exc}", file=sys.stderr)
-        return _report(exc.run, args.json) or 1
+        return report(exc.run, args.json) or 1
     finally:
-        await _closed(executor)
+        await close_executor(executor)
     progress.close()
-    return _report(run, args.json)
+    return report(run, args.json)
 
 
 def _step_names(definition: dict | None) -> list[str]:
@@ -362,7 +241,7 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
         )
     if args.json:
         print(
-            _json(
+            json_text(
                 {
                     "run_id": info.run_id,
                     "pipeline": info.pipeline,
@@ -409,7 +288,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     try:
         p = load_pipeline(args.pipeline, _registry(args.registry), require_resolver=False)
     except PipelineDefinitionError as exc:
-        for line in _problems(exc):
+        for line in problems_of(exc):
             print(line, file=sys.stderr)
         return 1
     levels = p.levels()
@@ -485,11 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command]
         return asyncio.run(cmd(args))
     except PipelineDefinitionError as exc:
-        for line in _problems(exc):
+        for line in problems_of(exc):
             print(line, file=sys.stderr)
         return 1
     except RunNotFoundError as exc:
-        print(f"caudal: {_one_line(exc)} ({_store_label(args.store)})", file=sys.stderr)
+        print(f"caudal: {_one_line(exc)} ({store_label(args.store)})", file=sys.stderr)
         return 1
     except CaudalError as exc:
         print(f"caudal: {_one_line(exc)}", file=sys.stderr)
