@@ -2,6 +2,7 @@
 redis-server started by the fixtures)."""
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -369,3 +370,92 @@ async def test_another_process_invalidating_keeps_an_in_flight_result_out_of_red
         assert await tier_a.get(_core.cache_key(n, "fetch_user")) == (False, None), (how, n)
     await a.aclose()
     await b.aclose()
+
+
+class _Child:
+    """tests_py/_l1_child.py: another process with its own executor."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        from pathlib import Path
+
+        here = Path(__file__).resolve().parents[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, str(here / "_l1_child.py"), url, prefix],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=here,
+        )  # fmt: skip
+
+    async def ask(self, command: str) -> dict:
+        import json
+
+        def talk():
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+            return json.loads(self.proc.stdout.readline())
+
+        return await asyncio.to_thread(talk)
+
+    async def until(self, predicate, what: str, seconds: float = 20.0) -> dict:
+        """Polls the child's tier stats (a liveness bound, not a timing test)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            stats = await self.ask("stats")
+            if predicate(stats):
+                return stats
+            if time.monotonic() > deadline:
+                pytest.fail(f"a child process never reached {what}: {stats}")
+            await asyncio.sleep(0.02)
+
+    def close(self) -> None:
+        try:
+            self.proc.communicate("quit\n", timeout=20)  # and closes the pipes
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+async def test_an_invalidation_reaches_the_in_process_caches_of_two_other_processes(
+    redis_restartable,
+):
+    """Three real processes share a Redis tier: this one and two children,
+    each with results in its own in-process cache. An invalidation made
+    here drops them there; so does a subscription lost mid-run (Redis
+    restarted), when it comes back."""
+    prefix = f"p{uuid.uuid4().hex[:8]}:"
+    url = redis_restartable.url
+    a, _ = make_executor(url, prefix)
+
+    async def enrich(x):
+        return {"value": x, "pid": os.getpid()}
+
+    step = Step(enrich, "enrich", tags=("users",), cache_key="enrich-v1")  # as the children's
+    await a.execute(step, 1)
+    await a.flush()
+    children = [_Child(url, prefix), _Child(url, prefix)]
+    try:
+        from_l1 = {"hit": True, "tier": None, "calls": 0, "by": os.getpid()}
+        for c in children:
+            assert (await c.ask("exec 1"))["tier"] == "l2"  # from Redis
+            assert await c.ask("exec 1") == from_l1  # now from its own L1
+        heard = [await c.until(lambda s: s["subscribed"], "a subscription") for c in children]
+        await a.invalidate_by_tag("users")
+        for c, before in zip(children, heard, strict=True):
+            n = before["invalidations_heard"]
+            await c.until(lambda s, n=n: s["invalidations_heard"] > n, "the invalidation")
+            # Its L1 copy went with Redis's: a result computed since (by the
+            # first child, then in Redis for the second), never this one's.
+            r = await c.ask("exec 1")
+            assert r["by"] != os.getpid() and not (r["hit"] and r["tier"] is None), r
+        # A subscription lost mid-run: what is published meanwhile is not
+        # heard, so each child drops its whole L1 when it is back.
+        redis_restartable.kill()
+        for c in children:
+            await c.until(lambda s: not s["subscribed"], "a lost subscription")
+        redis_restartable.start()
+        for c in children:
+            await c.until(lambda s: s["resyncs"] >= 1 and s["subscribed"], "a resync")
+            r = await c.ask("exec 1")
+            assert not (r["hit"] and r["tier"] is None), r  # not from its L1
+    finally:
+        for c in children:
+            c.close()
+        await a.aclose()
