@@ -1,11 +1,15 @@
 """flujo's import path for the executor (``flujo.application.core.executor_core``
-becomes ``caudal.executor_core``): the same objects as :mod:`caudal`.
+becomes ``caudal.executor_core``).
 
-Kept as a stable path, not deprecated; the implementation lives in the
-private package ``caudal._executor``.
+Its :class:`ExecutorCore` is :class:`caudal.ExecutorCore` that, for a flujo
+``Step`` or ``ExecutionFrame``, behaves as flujo 0.6's ``ExecutorCore``
+does (flujo's result types, keywords, constructor parameters, cache and step
+kinds; docs/flujo.md), with its agent calls run by caudal's engine. Kept as a
+stable path, not deprecated.
 """
 
 from caudal._core import OptimizationConfig, StepResult
-from caudal._executor.core import ExecutorCore, StepTimeoutError
+from caudal._executor.core import StepTimeoutError
+from caudal._executor.flujo_compat import ExecutorCore
 
 __all__ = ["ExecutorCore", "OptimizationConfig", "StepResult", "StepTimeoutError"]

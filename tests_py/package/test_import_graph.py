@@ -45,8 +45,10 @@ FUNCTION_LOCAL_BUDGET = sorted(
         ("caudal.pipeline.stores", "caudal.integrations.postgres"),  # .PostgresStore
         ("caudal.pipeline.stores", "caudal.integrations.postgres"),  # open_store(uri)
         ("caudal._steps", "caudal.integrations.ray"),  # a step with backend="ray"
-        ("caudal.cli.main", "caudal.integrations.ray"),  # --ray-address
-        ("caudal.cli.main", "caudal.integrations.redis"),  # --cache-redis
+        # flujo, at the first flujo step or parameter (caudal.executor_core)
+        ("caudal._executor.flujo_compat", "caudal.integrations.flujo"),
+        ("caudal.cli.where", "caudal.integrations.ray"),  # --ray-address
+        ("caudal.cli.where", "caudal.integrations.redis"),  # --cache-redis
         (
             "caudal.pipeline.records",
             "caudal.integrations.plots",
