@@ -32,22 +32,18 @@ class _Repr(reprlib.Repr):
         return "{" + ", ".join(parts) + "}"
 
 
-_short = _Repr()
-_short.maxlevel = 3
-_short.maxstring = 60
-_short.maxother = 60
-_short.maxlist = 8
-_short.maxtuple = 8
-_short.maxdict = 6
-_short.maxset = 6
+def _abridging(level: int, text: int, items: int, mapping: int) -> _Repr:
+    """A repr cut at ``level`` levels, ``text`` characters per string or
+    other value, ``items`` items per list or tuple, ``mapping`` per dict."""
+    r = _Repr()
+    r.maxlevel, r.maxstring, r.maxother = level, text, text
+    r.maxlist = r.maxtuple = items
+    r.maxdict = mapping
+    return r
 
-_long = _Repr()
-_long.maxlevel = 4
-_long.maxstring = 400
-_long.maxother = 400
-_long.maxlist = 30
-_long.maxtuple = 30
-_long.maxdict = 20
+
+_short = _abridging(3, 60, 8, 6)
+_long = _abridging(4, 400, 30, 20)
 
 # Inline styles only: notebooks strip <style> blocks in some front ends.
 # Tables never grow wider than their container: a long text cell wraps

@@ -22,8 +22,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from caudal._tables import duration_ms
 from caudal._executor.recorder import quantile_ms
+from caudal._tables import duration_ms
 
 _STATUS_COLOUR = {
     "completed": "#2da44e",
