@@ -314,6 +314,65 @@ async def test_invalidate_a_tag_larger_than_one_batch(make_tier):
     assert await tier.get(key("other")) == (True, 0)
 
 
+@pytest.mark.parametrize("size", [3, 1300])  # within one batch; over two batches of 512
+async def test_each_invalidation_is_one_message_sent_after_its_values_are_gone(
+    make_tier, raw, prefix, redis_server, size
+):
+    """Other processes learn of an invalidation from one message on the
+    tier's channel, whichever round trip sends it (the script that empties
+    an index, or a PUBLISH of its own), and never while Redis still holds
+    a value it removes: a process that drops its L1 on the message and
+    reads Redis again must not read the old value back."""
+    tier = make_tier()
+    channel = f"{prefix}invalidations"
+    heard: list[tuple[bytes, list[bool]]] = []
+    names = {"tag": [], "group": [], "prefix": []}
+
+    def listen(ready: threading.Event, stop: threading.Event) -> None:
+        client = redis.Redis.from_url(redis_server)
+        sub = client.pubsub()
+        sub.subscribe(channel)
+        ready.set()
+        while not stop.is_set():
+            msg = sub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if msg is not None:  # which of the values are still there, now
+                still = [bool(raw.exists(n)) for kind in names.values() for n in kind]
+                heard.append((msg["data"], still))
+        sub.close()
+        client.close()
+
+    for kind, n in (("tag", size), ("group", size), ("prefix", 2)):
+        for i in range(n):
+            k = key(f"{kind}-{i}")
+            if kind == "tag":
+                await tier.set(k, i, ttl_s=30, tags=["big"])
+            else:
+                await tier.set(k, i, ttl_s=30, group="grp" if kind == "group" else f"pre_{i}")
+            names[kind].append(tier._value_key(k))
+    assert all(raw.exists(n) for kind in names.values() for n in kind)
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=listen, args=(ready, stop))
+    thread.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 10)
+        assert await tier.invalidate_tag("big") == size
+        assert await tier.invalidate_group("grp") == size
+        assert await tier.invalidate_prefix("pre_") == 2
+        assert await tier.clear() == 0
+        await until(lambda: len(heard) >= 4, "four messages")
+        await asyncio.sleep(0.2)  # a duplicate would have arrived by now
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 10)
+    kinds = [json.loads(data.partition(b":")[2])["k"] for data, _ in heard]
+    assert kinds == ["tag", "group", "prefix", "clear"]
+    # Each message came after its own values were gone.
+    tag_n, group_n = len(names["tag"]), len(names["group"])
+    assert not any(heard[0][1][:tag_n])
+    assert not any(heard[1][1][: tag_n + group_n])
+    assert not any(heard[2][1])
+
+
 async def test_clear_touches_only_its_prefix(make_tier, raw, prefix):
     # A prefix with glob characters: SCAN's MATCH must take them literally.
     mine = make_tier(prefix=f"{prefix}[ab]*?:")

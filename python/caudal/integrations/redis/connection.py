@@ -81,8 +81,11 @@ return 1
 
 # KEYS[1] an index, KEYS[2] the epoch counter, KEYS[3] the epoch hash; ARGV:
 # value-key prefix, batch size, "1" for the first batch (which takes the next
-# epoch for the index before removing anything).
-# Returns {values unlinked, members left in the index}.
+# epoch for the index before removing anything), and optionally a channel and
+# a message, published once the index is empty: other processes then hear of
+# the invalidation in the same round trip that removed the values, and never
+# before they are gone.
+# Returns {values unlinked, members left in the index, 1 if it published}.
 _INVALIDATE_BATCH_SCRIPT = """
 if ARGV[3] == '1' then
   redis.call('HSET', KEYS[3], KEYS[1], redis.call('INCR', KEYS[2]))
@@ -96,7 +99,13 @@ if #popped > 0 then
   end
   removed = redis.call('UNLINK', unpack(keys))
 end
-return {removed, redis.call('ZCARD', KEYS[1])}
+local left = redis.call('ZCARD', KEYS[1])
+local published = 0
+if left == 0 and ARGV[4] and ARGV[4] ~= '' then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  published = 1
+end
+return {removed, left, published}
 """
 
 

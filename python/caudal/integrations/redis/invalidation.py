@@ -45,6 +45,10 @@ class _Invalidations:
     _secret: bytes | None
     _op_timeout: float
     _backoff: float
+    # A tag's or step's invalidation is published by the script that empties
+    # its index (one round trip). False: by a PUBLISH of its own after it
+    # (two round trips), what benchmarks/bench_invalidation.py compares with.
+    _publish_with_removal = True
 
     # ------------------------------------------- other processes' caches
     def add_invalidation_listener(self, listener: Any) -> None:
@@ -235,19 +239,26 @@ class _Invalidations:
         """One invalidation, then its message to other processes' in-process
         caches (after Redis no longer holds the values, so none of them reads
         a removed value back); each round trip bounded; raises on failure."""
-        removed = await self._remove(conn, item)
-        async with asyncio.timeout(self._op_timeout):
-            await conn.client.publish(self._channel, self._message(*self._listener_args(item)))
-        return removed
-
-    async def _remove(self, conn: _Conn, item: tuple[str, str | None]) -> int:
+        message = self._message(*self._listener_args(item))
         kind, arg = item
-        if kind == "clear":
-            return await self._clear_now(conn)
-        assert arg is not None
-        if kind == "prefix":
-            return await self._remove_prefix(conn, arg)
-        return await self._remove_index(conn, arg)
+        if kind == "index" and self._publish_with_removal:
+            assert arg is not None
+            # The script publishes once the index is empty: one round trip
+            # for the common case, an invalidation smaller than a batch.
+            removed, published = await self._remove_index(conn, arg, message)
+            if published:
+                return removed
+        elif kind == "index":  # the message in a round trip of its own
+            assert arg is not None
+            removed = (await self._remove_index(conn, arg))[0]
+        elif kind == "prefix":
+            assert arg is not None
+            removed = await self._remove_prefix(conn, arg)
+        else:
+            removed = await self._clear_now(conn)
+        async with asyncio.timeout(self._op_timeout):
+            await conn.client.publish(self._channel, message)
+        return removed
 
     async def _remove_prefix(self, conn: _Conn, prefix: str) -> int:
         """Every group index whose step name starts with ``prefix``. The
@@ -267,20 +278,26 @@ class _Invalidations:
                 break
         removed = 0
         for index_key in sorted(found):
-            removed += await self._remove_index(conn, index_key)
+            removed += (await self._remove_index(conn, index_key))[0]
         return removed
 
-    async def _remove_index(self, conn: _Conn, index_key: str) -> int:
+    async def _remove_index(
+        self, conn: _Conn, index_key: str, message: bytes | None = None
+    ) -> tuple[int, bool]:
+        """Removes the index's values in batches; with ``message``, the
+        batch that leaves the index empty publishes it. Returns (values
+        removed, whether the message was published)."""
         removed = 0
         rounds_left: int | None = None
         while True:
             async with asyncio.timeout(self._op_timeout):
-                n, left = await conn.invalidate(
+                n, left, published = await conn.invalidate(
                     keys=[index_key, conn.epoch_key, conn.epochs_key],
                     args=[
                         self._value_prefix,
                         _INVALIDATE_BATCH,
                         "1" if rounds_left is None else "",
+                        *((self._channel, message) if message is not None else ()),
                     ],
                 )
             removed += int(n)
@@ -291,7 +308,7 @@ class _Invalidations:
                 rounds_left = int(left) // _INVALIDATE_BATCH + 2
             rounds_left -= 1
             if not left or rounds_left <= 0:
-                return removed
+                return removed, bool(published)
 
     async def _clear_now(self, conn: _Conn) -> int:
         pattern = _glob_escape(self._prefix) + "*"
