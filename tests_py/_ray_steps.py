@@ -174,3 +174,19 @@ def die_then_fail_once(folder: str) -> int:
         (d / "failed").write_text("")
         raise ValueError("an ordinary failure")
     return os.getpid()
+
+
+def pair(x: int) -> tuple:
+    """An output shaped like (output, changes): it is the output, whole."""
+    return (x, {"looks": "like changes"})
+
+
+def pair_and_context(x: int, context: dict) -> tuple:
+    context["seen"] = x
+    return (x, None)
+
+
+def task_name(_x=None) -> str:
+    import ray
+
+    return ray.get_runtime_context().get_task_name()

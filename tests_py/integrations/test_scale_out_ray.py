@@ -177,6 +177,24 @@ async def test_pipeline_with_local_and_remote_steps(ray_cluster):
     assert [run.steps[n].attempts for n in run.steps] == [1, 1, 1, 1]
 
 
+async def test_a_remote_output_comes_back_whole_whatever_its_shape(ray_cluster):
+    """Context changes travel beside the output, never inside it: an output
+    that is a pair comes back as that pair, with or without changes."""
+    ex = ExecutorCore()
+    res = await ex.execute(Step(rs.pair, backend="ray"), 7)
+    assert res.success and res.output == (7, {"looks": "like changes"}), res.feedback
+    pipeline = Step(rs.pair_and_context, backend="ray") >> Step(lambda p: p, "same")
+    run = await pipeline.run(3, store=False, context={"kept": 1})
+    assert run.status == "completed", run.error
+    assert run.result == (3, None)
+    assert run.context == {"kept": 1, "seen": 3}
+
+
+async def test_the_ray_task_is_named_after_the_step(ray_cluster):
+    res = await ExecutorCore().execute(Step(rs.task_name, "fetch user", backend="ray"), None)
+    assert res.success and res.output == "fetch user", res.feedback
+
+
 async def test_executor_default_backend_and_local_override(ray_cluster, tmp_path):
     ex = ExecutorCore(backend="ray", retry_strategy=RetryStrategy(max_attempts=2, base_delay=0))
     assert ex.backend == "ray"

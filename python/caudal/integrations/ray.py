@@ -100,8 +100,23 @@ def _fields(ctx: Any) -> MutableMapping | None:
     return d if isinstance(d, dict) else None
 
 
+class _WithChanges:
+    """A remote attempt's output together with the context fields it
+    changed. Only an attempt that changed its context returns one: the
+    common case ships the bare output, with nothing more to pickle."""
+
+    __slots__ = ("changes", "out")
+
+    def __init__(self, out: Any, changes: dict) -> None:
+        self.out, self.changes = out, changes
+
+    def __reduce__(self) -> tuple:
+        return (_WithChanges, (self.out, self.changes))
+
+
 def _run_here(fn: Callable[..., Any], ctx_at: int | str | None, args: tuple, kwargs: dict) -> Any:
-    """Call the step on this worker: ``(output, context changes or None)``."""
+    """Call the step on this worker: its output, or a ``_WithChanges`` if
+    it changed its context."""
     ctx = _context_of(args, kwargs, ctx_at)
     fields = _fields(ctx) if ctx is not None else None
     before = dict(fields) if fields is not None else None
@@ -109,23 +124,37 @@ def _run_here(fn: Callable[..., Any], ctx_at: int | str | None, args: tuple, kwa
     if inspect.isawaitable(out):
         out = asyncio.run(_awaited(out))
     if before is None:
-        return out, None
+        return out
     now = _fields(ctx)
     changes = {k: v for k, v in now.items() if k not in before or before[k] is not v}
     for k in before:
         if k not in now:
             changes[k] = DELETED
-    return out, changes or None
+    return _WithChanges(out, changes) if changes else out
+
+
+def _settle(out: Any, args: tuple, kwargs: dict, ctx_at: int | str | None) -> Any:
+    """The attempt's output, its context changes applied on the driver."""
+    if type(out) is _WithChanges:
+        _apply_changes(_context_of(args, kwargs, ctx_at), out.changes)
+        return out.out
+    return out
 
 
 async def _awaited(aw: Any) -> Any:
     return await aw
 
 
-def _task_body(fn: Callable[..., Any], ctx_at: int | str | None) -> Callable[..., Any]:
+def _task_body(
+    fn: Callable[..., Any], ctx_at: int | str | None, name: str
+) -> Callable[..., Any]:
     def caudal_step(*args: Any, **kwargs: Any) -> Any:
         return _run_here(fn, ctx_at, args, kwargs)
 
+    # Ray names the task after its function: the step's name, in Ray's
+    # dashboard and errors. (A name= option would cost a few per cent of
+    # the driver's throughput: Ray handles it on every submission.)
+    caudal_step.__name__ = caudal_step.__qualname__ = name
     return caudal_step
 
 
@@ -452,8 +481,8 @@ def ray_attempt(
     else:
         if num_cpus is not None:
             opts["num_cpus"] = num_cpus
-        remote = ray.remote(max_retries=0, retry_exceptions=False, name=name, **opts)(
-            _task_body(target, ctx_at)
+        remote = ray.remote(max_retries=0, retry_exceptions=False, **opts)(
+            _task_body(target, ctx_at, name)
         )
         # A task asks for 1 CPU unless told (Ray's default).
         req = {"CPU": 1 if num_cpus is None else num_cpus, "GPU": num_gpus or 0}
@@ -490,15 +519,13 @@ def _task_attempt(
                 raise
             raise _unserialisable(name, "input", exc)  # noqa: B904 (chained to pickle's error)
         try:
-            out, changes = await ref
+            out = await ref
         except asyncio.CancelledError:
             _cancel(ray, ref)
             raise
         except ray_error as exc:
             _reraise(translate, exc)
-        if changes:
-            _apply_changes(_context_of(args, kwargs, ctx_at), changes)
-        return out
+        return _settle(out, args, kwargs, ctx_at)
 
     return attempt
 
@@ -523,7 +550,7 @@ def _actor_attempt(
                     raise
                 raise _unserialisable(name, "input", exc)  # noqa: B904 (chained to pickle's error)
             try:
-                out, changes = await ref
+                out = await ref
             except asyncio.CancelledError:
                 _cancel(ray, ref)
                 raise
@@ -533,9 +560,7 @@ def _actor_attempt(
                 _reraise(translate, exc)
         finally:
             pool.release(slot)
-        if changes:
-            _apply_changes(_context_of(args, kwargs, ctx_at), changes)
-        return out
+        return _settle(out, args, kwargs, ctx_at)
 
     return attempt
 
