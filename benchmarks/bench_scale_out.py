@@ -1,4 +1,4 @@
-"""Scale-out on Ray: a CPU-bound step locally and on Ray (issue 11).
+"""Scale-out on Ray: a CPU-bound step locally, on Ray, and on Dask distributed.
 
 Workload: a pure-Python loop that holds the GIL for about 50 ms
 (calibrated here), over 200 inputs (``--quick``: 40), all submitted at once
@@ -13,6 +13,9 @@ Contenders:
   ray, N CPU        ``Step(..., backend="ray")`` against a local Ray cluster
                     started here with ``num_cpus=N`` (N = 1, 2), workers
                     warmed up before timing; loopback only.
+  plain ray, N CPU  the same with ``await f.remote(x)``, no caudal.
+  dask, N CPU       Dask distributed: a LocalCluster of N worker processes
+                    of one thread each, ``await client.submit(f, x)``.
 
 Also measured, with ``num_cpus=2``:
   - the round trip of a no-op remote step, one at a time (median), through
@@ -163,6 +166,45 @@ class _PlainRay:
         return types.SimpleNamespace(success=True, output=out, feedback="")
 
 
+def dask_cluster(workers: int) -> object:
+    """A Dask distributed cluster of this benchmark's own: ``workers``
+    worker processes of one thread each (one CPU each, as Ray's
+    ``num_cpus``), on loopback, no dashboard."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        asynchronous=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=50,  # logging.CRITICAL
+    )
+
+
+class _Dask:
+    """``asyncio.gather`` of Dask futures (``client.submit``, one per
+    input, awaited): Dask distributed, shaped like an executor for fan_out."""
+
+    def __init__(self, client: object, iters: int) -> None:
+        self._client = client
+        self._iters = iters
+
+    async def execute(self, _step: object, x: int) -> types.SimpleNamespace:
+        out = await self._client.submit(burn, x, iters=self._iters, pure=False)
+        return types.SimpleNamespace(success=True, output=out, feedback="")
+
+
+async def dask_run(workers: int, iters: int, n: int) -> dict:
+    from distributed import Client
+
+    async with dask_cluster(workers) as cluster, Client(cluster, asynchronous=True) as client:
+        executor = _Dask(client, iters)
+        await fan_out(executor, None, range(-4 * workers, 0))  # workers warm
+        return await fan_out(executor, None, range(n))
+
+
 async def ray_run(num_cpus: int, iters: int, n: int, plain: bool = False) -> dict:
     start_ray(num_cpus)
     try:
@@ -179,13 +221,19 @@ async def ray_run(num_cpus: int, iters: int, n: int, plain: bool = False) -> dic
 async def ceiling(quick: bool) -> dict:
     """The driver's ceiling: no-op remote attempts per second with 2,000 in
     flight (a gather), interleaved rounds, medians: caudal with its defaults
-    (the adaptive concurrency limit on), caudal without the limit, and plain
-    ``await f.remote()``."""
+    (the adaptive concurrency limit on), caudal without the limit, plain
+    ``await f.remote()``, and Dask distributed (2 worker processes of one
+    thread, alive beside Ray's 2 CPUs throughout, idle when not measured):
+    ``client.submit`` per input, awaited, and ``client.map`` + ``gather``."""
     import random
+
+    from distributed import Client
 
     from caudal import OptimizationConfig
 
     start_ray(2)
+    cluster = await dask_cluster(2)
+    client = await Client(cluster, asynchronous=True)
     try:
         default = ExecutorCore()
         open_ = ExecutorCore(OptimizationConfig(enable_concurrency_optimization=False))
@@ -198,11 +246,23 @@ async def ceiling(quick: bool) -> dict:
             if name == "plain await f.remote()":
                 await asyncio.gather(*(bare.remote(i) for i in xs))
                 return
+            if name == "dask, await client.submit()":
+                await asyncio.gather(*(client.submit(noop, i, pure=False) for i in xs))
+                return
+            if name == "dask, client.map + gather":
+                await client.gather(client.map(noop, xs, pure=False))
+                return
             ex = default if name == "caudal, defaults" else open_
             rs = await asyncio.gather(*(ex.execute(step, i) for i in xs))
             assert all(r.success for r in rs)
 
-        names = ["caudal, defaults", "caudal, no concurrency limit", "plain await f.remote()"]
+        names = [
+            "caudal, defaults",
+            "caudal, no concurrency limit",
+            "plain await f.remote()",
+            "dask, await client.submit()",
+            "dask, client.map + gather",
+        ]
         for name in names:
             await via(name, -many)  # warm-up: workers, the function, the limit
         samples: dict[str, list[float]] = {k: [] for k in names}
@@ -224,6 +284,8 @@ async def ceiling(quick: bool) -> dict:
             "adaptive_limit_after": limit,
         }
     finally:
+        await client.close()
+        await cluster.close()
         ray.shutdown()
 
 
@@ -301,6 +363,8 @@ async def main(quick: bool) -> dict:
         "ray, 2 CPU": lambda: ray_run(2, iters, n),
         "plain ray, 1 CPU": lambda: ray_run(1, iters, n, plain=True),
         "plain ray, 2 CPU": lambda: ray_run(2, iters, n, plain=True),
+        "dask, 1 CPU": lambda: dask_run(1, iters, n),
+        "dask, 2 CPU": lambda: dask_run(2, iters, n),
     }
     # Each round runs every contender once; the best round counts (the
     # machine is shared: other work only ever slows a run down).
@@ -334,7 +398,7 @@ def report(res: dict) -> None:
     )
     for name, r in runs.items():
         wall, compute = r["wall_s"], r["compute_s"]
-        workers = int(name.split(", ")[1].split()[0]) if "ray" in name else 1
+        workers = int(name.split(", ")[1].split()[0]) if "CPU" in name else 1
         ideal = compute / workers
         per_item = (wall - ideal) * workers / n * 1e3
         print(
@@ -375,7 +439,11 @@ def report(res: dict) -> None:
     speed2 = (n / two["wall_s"]) / base
     scaling = runs["ray, 1 CPU"]["wall_s"] / two["wall_s"]
     plain_scaling = runs["plain ray, 1 CPU"]["wall_s"] / runs["plain ray, 2 CPU"]["wall_s"]
-    print(f"2 CPU vs 1: caudal on Ray {scaling:.2f}x, plain Ray {plain_scaling:.2f}x")
+    dask_scaling = runs["dask, 1 CPU"]["wall_s"] / runs["dask, 2 CPU"]["wall_s"]
+    print(
+        f"2 CPU vs 1: caudal on Ray {scaling:.2f}x, plain Ray {plain_scaling:.2f}x, "
+        f"Dask distributed {dask_scaling:.2f}x"
+    )
     aps = c["attempts_per_s"]
     record(
         "scale_out",
