@@ -190,3 +190,8 @@ def task_name(_x=None) -> str:
     import ray
 
     return ray.get_runtime_context().get_task_name()
+
+
+def sleep_for(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

@@ -9,10 +9,21 @@ breaker, limits, retries, timeouts and statistics stay in the driver.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from caudal.errors import BackendUnavailableError
 
 BACKENDS = ("local", "ray")
+
+# Ray ends a driver process that cannot reach its cluster's GCS for
+# gcs_rpc_server_reconnect_timeout_s (60 s by default). caudal detects a lost
+# cluster itself and ends the remote attempts in flight with
+# ClusterLostError (caudal.integrations.ray), so the driver, its local steps
+# and its checkpoints go on: a day, unless the environment already says.
+# Read by ray.init(), so set when caudal is imported, before a user's
+# ray.init() (docs/scale-out.md, "A lost cluster").
+RAY_GCS_EXIT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+os.environ.setdefault(RAY_GCS_EXIT_ENV, "86400")
 
 _INSTALL_HINT = "pip install 'caudal[ray]'"
 

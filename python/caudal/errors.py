@@ -322,12 +322,31 @@ class RemoteWorkerDiedError(CaudalError):
         return (type(self), (self.step, self.reason, self.detail))
 
 
+class ClusterLostError(RemoteWorkerDiedError):
+    """The driver lost its Ray cluster while an attempt ran, or before it was
+    sent: the cluster's GCS did not answer for ``CAUDAL_RAY_LOST_AFTER_S``
+    seconds (15 by default). The attempt ends with it even without a
+    ``timeout_s``; until the GCS answers again, new remote attempts fail
+    with it at once, without being sent. Like any lost worker it is not the
+    step's failure: the breaker does not count it."""
+
+    def __init__(self, step: str, address: str, lost_for_s: float):
+        self.step, self.reason = step, "cluster lost"
+        self.address, self.lost_for_s = address, lost_for_s
+        self.detail = f"its GCS at {address} has not answered for {lost_for_s:.0f} s"
+        CaudalError.__init__(self, f"step {step!r}: the Ray cluster was lost: {self.detail}")
+
+    def __reduce__(self):
+        return (type(self), (self.step, self.address, self.lost_for_s))
+
+
 __all__ = [
     "BackendUnavailableError",
     "CaudalError",
     "CheckpointError",
     "CircuitOpenError",
     "CircularDependencyError",
+    "ClusterLostError",
     "ConfigurationError",
     "ContextConflictError",
     "DataError",

@@ -16,6 +16,7 @@ PUBLIC = [
     "CheckpointStore",
     "CircuitOpenError",
     "CircularDependencyError",
+    "ClusterLostError",
     "ConfigurationError",
     "Context",
     "ContextConflictError",

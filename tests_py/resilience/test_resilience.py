@@ -686,3 +686,23 @@ async def test_a_lost_worker_is_retried_by_default_and_never_opens_the_breaker()
     fn = DiesThenAnswers(deaths=5)  # 3 free retries, then the step's own 2
     r = await ex.execute(Step(fn, name="w2", retry=immediate_retries(2)), 7)
     assert r.success and r.attempts == 6
+
+
+def test_cluster_lost_error_says_where_and_survives_pickling():
+    """ClusterLostError is a lost worker for the executor (retried, not
+    counted by the breaker) and names the step and the GCS address."""
+    import pickle
+
+    from caudal import ClusterLostError, RemoteWorkerDiedError
+
+    e = ClusterLostError("fetch", "10.0.0.5:6379", 15.2)
+    assert isinstance(e, RemoteWorkerDiedError)
+    assert str(e) == (
+        "step 'fetch': the Ray cluster was lost: its GCS at 10.0.0.5:6379 "
+        "has not answered for 15 s"
+    )
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is ClusterLostError and str(back) == str(e)
+    assert (back.step, back.address, back.lost_for_s, back.reason) == (
+        "fetch", "10.0.0.5:6379", 15.2, "cluster lost"
+    )  # fmt: skip

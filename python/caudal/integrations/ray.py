@@ -51,6 +51,7 @@ import os
 import pickle
 import re
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
@@ -60,6 +61,7 @@ from caudal._core import CallShape
 from caudal._step import Step
 from caudal.errors import (
     BackendUnavailableError,
+    ClusterLostError,
     PlacementError,
     RemoteWorkerDiedError,
     SerializationError,
@@ -419,6 +421,116 @@ def _cancel(ray: Any, ref: Any) -> None:
         pass
 
 
+# ------------------------------------------------------------ a lost cluster
+_LOST_AFTER_ENV = "CAUDAL_RAY_LOST_AFTER_S"
+_LOST_AFTER_S = 15.0
+_PROBE_EVERY_S = 1.0
+
+
+class _ClusterWatch:
+    """One event loop's watch over its Ray cluster.
+
+    While remote attempts are in flight on the loop, a task probes the
+    cluster's GCS every second (a TCP connection to its address, closed at
+    once). When it has not answered for ``lost_after_s``, every attempt in
+    flight is cancelled and ends with ClusterLostError (no ``timeout_s``
+    needed), and later attempts fail at once with it, without being sent,
+    until a probe succeeds again. A GCS that accepts connections but hangs
+    is not detected: give such steps a ``timeout_s``.
+    """
+
+    def __init__(self, ray: Any, lost_after_s: float) -> None:
+        self._ray = ray
+        self.lost_after_s = lost_after_s
+        self._inflight: dict[asyncio.Task, None] = {}
+        self._ended: set[asyncio.Task] = set()  # cancelled by this watch
+        self._probing: asyncio.Task | None = None
+        self._failing_since: float | None = None
+        self.lost: bool = False
+        self.address = ""
+
+    def enter(self, task: asyncio.Task) -> None:
+        self._inflight[task] = None
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.get_running_loop().create_task(self._probe_loop())
+
+    def leave(self, task: asyncio.Task) -> None:
+        self._inflight.pop(task, None)
+        self._ended.discard(task)
+
+    def ended_by_us(self, task: asyncio.Task | None) -> bool:
+        return task is not None and task in self._ended
+
+    def error(self, name: str) -> ClusterLostError:
+        since = self._failing_since
+        lost_for = time.monotonic() - since if since is not None else self.lost_after_s
+        return ClusterLostError(name, self.address, lost_for)
+
+    async def check(self, name: str) -> None:
+        """Before an attempt is sent: ClusterLostError at once if the
+        cluster is lost and its GCS still does not answer."""
+        if await self._probe():
+            self._failing_since, self.lost = None, False
+        else:
+            raise self.error(name)
+
+    async def _probe(self) -> bool:
+        if not self.address:
+            try:
+                self.address = self._ray.get_runtime_context().gcs_address
+            except Exception:  # not connected yet: nothing to watch
+                return True
+        host, _, port = self.address.rpartition(":")
+        try:
+            async with asyncio.timeout(_PROBE_EVERY_S):
+                _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        except (OSError, TimeoutError, ValueError):
+            return False
+        writer.close()
+        return True
+
+    async def _probe_loop(self) -> None:
+        while self._inflight:
+            now = time.monotonic()
+            if await self._probe():
+                self._failing_since, self.lost = None, False
+            else:
+                if self._failing_since is None:
+                    self._failing_since = now
+                if now - self._failing_since >= self.lost_after_s:
+                    self.lost = True
+                    for task in list(self._inflight):
+                        if task not in self._ended:
+                            self._ended.add(task)
+                            task.cancel(msg="caudal: the Ray cluster was lost")
+            await asyncio.sleep(_PROBE_EVERY_S)
+
+
+_WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ClusterWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lost_after_s() -> float:
+    raw = os.environ.get(_LOST_AFTER_ENV, "")
+    try:
+        return float(raw) if raw.strip() else _LOST_AFTER_S
+    except ValueError:
+        return _LOST_AFTER_S
+
+
+def _watch(ray: Any) -> _ClusterWatch | None:
+    """The running loop's watch; None if ``CAUDAL_RAY_LOST_AFTER_S`` is 0."""
+    loop = asyncio.get_running_loop()
+    watch = _WATCHES.get(loop)
+    if watch is None:
+        after = _lost_after_s()
+        if after <= 0:
+            return None
+        watch = _WATCHES.setdefault(loop, _ClusterWatch(ray, after))
+    return watch
+
+
 # One built attempt per Step object (weakly held; the attempt closures hold
 # the step's fn, never the Step itself).
 _BUILT: weakref.WeakKeyDictionary[Any, dict[tuple, Callable[..., Any]]] = (
@@ -509,6 +621,9 @@ def _task_attempt(
     placed: list[str] = []  # non-empty once the request was checked (once per step)
 
     async def attempt(*args: Any, **kwargs: Any) -> Any:
+        watch = _watch(ray)
+        if watch is not None and watch.lost:
+            await watch.check(name)
         if not placed:
             _placement(ray, name, req, None)
             placed.append("checked")
@@ -518,13 +633,21 @@ def _task_attempt(
             if not _serialisation_failure(exc):
                 raise
             raise _unserialisable(name, "input", exc)  # noqa: B904 (chained to pickle's error)
+        task = asyncio.current_task()
+        if watch is not None and task is not None:
+            watch.enter(task)
         try:
             out = await ref
         except asyncio.CancelledError:
+            if watch is not None and watch.ended_by_us(task) and task.uncancel() == 0:
+                raise watch.error(name) from None
             _cancel(ray, ref)
             raise
         except ray_error as exc:
             _reraise(translate, exc)
+        finally:
+            if watch is not None and task is not None:
+                watch.leave(task)
         return _settle(out, args, kwargs, ctx_at)
 
     return attempt
@@ -541,7 +664,11 @@ def _actor_attempt(
     ray_error, actor_error = x.RayError, x.RayActorError
 
     async def attempt(*args: Any, **kwargs: Any) -> Any:
+        watch = _watch(ray)
+        if watch is not None and watch.lost:
+            await watch.check(name)
         handle, slot = pool.acquire()
+        task = asyncio.current_task()
         try:
             try:
                 ref = handle.call.remote(args, kwargs)
@@ -549,9 +676,13 @@ def _actor_attempt(
                 if not _serialisation_failure(exc):
                     raise
                 raise _unserialisable(name, "input", exc)  # noqa: B904 (chained to pickle's error)
+            if watch is not None and task is not None:
+                watch.enter(task)
             try:
                 out = await ref
             except asyncio.CancelledError:
+                if watch is not None and watch.ended_by_us(task) and task.uncancel() == 0:
+                    raise watch.error(name) from None
                 _cancel(ray, ref)
                 raise
             except ray_error as exc:
@@ -559,6 +690,8 @@ def _actor_attempt(
                     pool.lost(slot, handle)
                 _reraise(translate, exc)
         finally:
+            if watch is not None and task is not None:
+                watch.leave(task)
             pool.release(slot)
         return _settle(out, args, kwargs, ctx_at)
 
