@@ -13,10 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("ray")
-
+# No `import ray` here: the child process imports it in its own test
+# environment (importing it in this process at collection would fix Ray's
+# address settings before the other Ray tests set theirs).
 HERE = Path(__file__).resolve().parents[1]  # tests_py
 SURVIVE_S = 70  # past Ray's gcs_rpc_server_reconnect_timeout_s (60 s)
 

@@ -519,15 +519,20 @@ def _lost_after_s() -> float:
         return _LOST_AFTER_S
 
 
+_last_watch: tuple[Any, _ClusterWatch | None] = (None, None)  # (loop, its watch)
+
+
 def _watch(ray: Any) -> _ClusterWatch | None:
     """The running loop's watch; None if ``CAUDAL_RAY_LOST_AFTER_S`` is 0."""
+    global _last_watch
     loop = asyncio.get_running_loop()
+    last_loop, watch = _last_watch
+    if last_loop is loop:  # the common case: one loop
+        return watch
     watch = _WATCHES.get(loop)
-    if watch is None:
-        after = _lost_after_s()
-        if after <= 0:
-            return None
-        watch = _WATCHES.setdefault(loop, _ClusterWatch(ray, after))
+    if watch is None and _lost_after_s() > 0:
+        watch = _WATCHES.setdefault(loop, _ClusterWatch(ray, _lost_after_s()))
+    _last_watch = (loop, watch)
     return watch
 
 
