@@ -72,6 +72,57 @@ def ray_cluster(tmp_path_factory):
 # ---------------------------------------------------------- no Ray needed
 
 
+class _FakeContext:
+    gcs_address = ""
+
+
+class _FakeRay:
+    """What the lost-cluster watch asks of Ray: where the GCS is."""
+
+    def __init__(self, address: str) -> None:
+        self.context = _FakeContext()
+        self.context.gcs_address = address
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def get_runtime_context(self) -> _FakeContext:
+        return self.context
+
+
+async def test_the_cluster_watch_follows_a_new_ray_session():
+    """After ray.shutdown() and ray.init() of another cluster in the same
+    event loop, the watch probes the new GCS, not the old one."""
+    from _servers import free_port
+    from caudal.integrations.ray import _ClusterWatch
+
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    async with server:
+        live = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        ray = _FakeRay(f"127.0.0.1:{free_port()}")  # nothing listens: gone
+        watch = _ClusterWatch(ray, lost_after_s=5.0)
+        assert not await watch._probe()
+        ray.context.gcs_address = live  # a new session
+        assert await watch._probe()
+
+
+async def test_an_old_failure_does_not_make_a_new_burst_lost():
+    """The watch measures an outage from its first failed probe since it
+    started watching; a failure left from an earlier burst of attempts
+    does not end a new one at its first failed probe."""
+    from _servers import free_port
+    from caudal.integrations.ray import _ClusterWatch
+
+    watch = _ClusterWatch(_FakeRay(f"127.0.0.1:{free_port()}"), lost_after_s=5.0)
+    watch._failing_since = time.monotonic() - 100  # from an earlier burst
+    attempt = asyncio.create_task(asyncio.sleep(0.5))
+    watch.enter(attempt)
+    await asyncio.sleep(0.2)  # the first probe has failed by now
+    assert not attempt.cancelled() and not watch.lost
+    watch.leave(attempt)
+    await attempt
+
+
 def test_step_backend_keywords_are_checked():
     f = rs.where
     s = Step(f, "embed", backend="ray", num_cpus=0.5, num_gpus=0, resources={"db": 1}, actors=2)

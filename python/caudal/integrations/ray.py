@@ -452,6 +452,8 @@ class _ClusterWatch:
     def enter(self, task: asyncio.Task) -> None:
         self._inflight[task] = None
         if self._probing is None or self._probing.done():
+            if not self.lost:  # an outage counts from a probe of this watch
+                self._failing_since = None
             self._probing = asyncio.get_running_loop().create_task(self._probe_loop())
 
     def leave(self, task: asyncio.Task) -> None:
@@ -475,11 +477,14 @@ class _ClusterWatch:
             raise self.error(name)
 
     async def _probe(self) -> bool:
-        if not self.address:
-            try:
-                self.address = self._ray.get_runtime_context().gcs_address
-            except Exception:  # not connected yet: nothing to watch
-                return True
+        # Asked each time: ray.shutdown() and ray.init() of another cluster
+        # may have happened since.
+        try:
+            if not self._ray.is_initialized():
+                return True  # not connected: nothing to watch
+            self.address = self._ray.get_runtime_context().gcs_address
+        except Exception:
+            return True
         host, _, port = self.address.rpartition(":")
         try:
             async with asyncio.timeout(_PROBE_EVERY_S):
