@@ -94,7 +94,7 @@ async def test_the_cluster_watch_follows_a_new_ray_session():
     """After ray.shutdown() and ray.init() of another cluster in the same
     event loop, the watch probes the new GCS, not the old one."""
     from _servers import free_port
-    from caudal.integrations.ray import _ClusterWatch
+    from caudal.integrations._ray_watch import _ClusterWatch
 
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     async with server:
@@ -111,7 +111,7 @@ async def test_an_old_failure_does_not_make_a_new_burst_lost():
     started watching; a failure left from an earlier burst of attempts
     does not end a new one at its first failed probe."""
     from _servers import free_port
-    from caudal.integrations.ray import _ClusterWatch
+    from caudal.integrations._ray_watch import _ClusterWatch
 
     watch = _ClusterWatch(_FakeRay(f"127.0.0.1:{free_port()}"), lost_after_s=5.0)
     watch._failing_since = time.monotonic() - 100  # from an earlier burst
