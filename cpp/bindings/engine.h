@@ -9,6 +9,11 @@
 // executor_bindings.cc.
 //
 // Hot-path contract with python/caudal/_executor/core.py:
+//   engine._start(step, data, context, resources): _begin, and when that
+//     gives a pending result whose awaitable is a coroutine, its first send
+//     in the same call: a StepResult when it finished (or a hit), or
+//     (rec, _go_on(coro, yielded), AWAIT) when it suspended, or
+//     (rec, exc, RAISED) when it raised an Exception (fast_calls.cc).
 //   rec, aw, next = engine._begin(step, data, context, resources)
 //     (or a cache hit's StepResult itself, or, for a first attempt awaited
 //     as it is, a pending StepResult: `rec` itself, `aw` its `_aw`, next
@@ -543,9 +548,11 @@ class Engine {
   void set_analysis_hook(py::object hook);
 };
 
-// (begin, succeed): the two hot-path calls of `engine_obj` (an Engine) as
-// METH_FASTCALL functions (fast_calls.cc).
-py::tuple FastCalls(py::object engine_obj);
+// (begin, succeed, fail, start): the hot-path calls of `engine_obj` (an
+// Engine) as METH_FASTCALL functions (fast_calls.cc). `resume(coro,
+// yielded)` makes the awaitable that goes on with a coroutine `start` ran
+// until it suspended.
+py::tuple FastCalls(py::object engine_obj, py::object resume);
 
 }  // namespace caudal::bindings
 

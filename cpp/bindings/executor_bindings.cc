@@ -125,10 +125,11 @@ void RegisterExecutor(py::module_& m) {
              if (!r) throw py::error_already_set();
              return py::reinterpret_steal<py::object>(r);
            })
-      .def("_fast_calls", &FastCalls,
-           "(begin, succeed, fail): the hot-path calls as METH_FASTCALL "
-           "functions bound to "
-           "this engine")
+      .def("_fast_calls", &FastCalls, py::arg("resume"),
+           "(begin, succeed, fail, start): the hot-path calls as "
+           "METH_FASTCALL functions bound to this engine; resume(coro, "
+           "yielded) makes what goes on with a coroutine start() ran until "
+           "it suspended")
       .def("_failed", &Engine::failed)
       .def("_fallback_done", &Engine::fallback_done)
       .def("_cancel", &Engine::cancel)

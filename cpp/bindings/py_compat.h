@@ -33,6 +33,34 @@ inline int AssignVersionTag(PyTypeObject* tp) {
 #endif
 }
 
+// PyErr_GetRaisedException (3.12): the exception being raised, normalized,
+// with its traceback, as a new reference (nullptr when none); the error
+// indicator is cleared.
+inline PyObject* TakeRaisedException() {
+#if PY_VERSION_HEX >= 0x030C0000
+  return PyErr_GetRaisedException();
+#else
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  if (type == nullptr) return nullptr;
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb != nullptr) PyException_SetTraceback(value, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  return value;
+#endif
+}
+
+// PyErr_SetRaisedException (3.12): raises `exc` again (steals it).
+inline void SetRaisedException(PyObject* exc) {
+#if PY_VERSION_HEX >= 0x030C0000
+  PyErr_SetRaisedException(exc);
+#else
+  PyErr_Restore(Py_NewRef(reinterpret_cast<PyObject*>(Py_TYPE(exc))), exc,
+                PyException_GetTraceback(exc));
+#endif
+}
+
 }  // namespace caudal::bindings::compat
 
 #endif  // CAUDAL_BINDINGS_PY_COMPAT_H_

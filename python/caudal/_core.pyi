@@ -289,6 +289,7 @@ class Engine(metaclass=_pybind11_type):
     # the hot path
     def _fast_calls(
         self,
+        resume: Callable[[Any, Any], Any],
     ) -> tuple[
         Callable[[Any, Any, Any, Any], tuple[Any, Any, Next] | StepResult],
         Callable[[int, Any], StepResult],
@@ -296,6 +297,7 @@ class Engine(metaclass=_pybind11_type):
             [int, BaseException, bool, Any, Any, Any],
             tuple[int, Any, Next] | float | StepResult | Any,
         ],
+        Callable[[Any, Any, Any, Any], tuple[Any, Any, Next] | StepResult],
     ]: ...
     def _begin(
         self, step: Any, data: Any, context: Any, resources: Any

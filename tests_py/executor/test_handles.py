@@ -14,6 +14,7 @@ import pytest
 
 from caudal import ExecutorCore, OptimizationConfig, QueueFullError, Step, StepResult, WorkerPool
 from caudal._core import Engine, Next
+from caudal._executor.core import _go_on
 from caudal.errors import StaleHandleError
 from caudal.resilience import immediate_retries
 
@@ -153,9 +154,9 @@ HANDLE_METHODS = {
     "_timeout_s": lambda e, h: e._timeout_s(h),
     "_sync_call": lambda e, h: e._sync_call(h, 1, None, None),
     "_succeed": lambda e, h: e._succeed(h, 1),
-    "_fast_succeed": lambda e, h: e._fast_calls()[1](h, 1),
+    "_fast_succeed": lambda e, h: e._fast_calls(_go_on)[1](h, 1),
     "_failed": lambda e, h: e._failed(h, ValueError("x"), False),
-    "_fast_fail": lambda e, h: e._fast_calls()[2](h, ValueError("x"), False, 1, None, None),
+    "_fast_fail": lambda e, h: e._fast_calls(_go_on)[2](h, ValueError("x"), False, 1, None, None),
     "_restart": lambda e, h: e._restart(h, 1, None, None, ValueError("x")),
     "_fallback_done": lambda e, h: e._fallback_done(h, ValueError("x"), None),
     "_cancel": lambda e, h: e._cancel(h),
@@ -303,7 +304,7 @@ def test_a_pending_result_stands_for_its_execution_only_until_it_ends(method):
     async def main():
         r = _pending(engine, "mine")
         assert engine._timeout_s(r) == 0.0  # live: a valid handle
-        done = engine._fast_calls()[1](r, await r._aw)
+        done = engine._fast_calls(_go_on)[1](r, await r._aw)
         assert done is r and r.output == "mine" and r.success and r._aw is None
         with pytest.raises(StaleHandleError, match="stands for no running execution"):
             HANDLE_METHODS[method](engine, r)
@@ -313,7 +314,7 @@ def test_a_pending_result_stands_for_its_execution_only_until_it_ends(method):
         with pytest.raises(StaleHandleError):
             HANDLE_METHODS[method](engine, r)
         assert r.output == "mine" and r._aw is None
-        assert engine._fast_calls()[1](r2, await r2._aw).output == "theirs"
+        assert engine._fast_calls(_go_on)[1](r2, await r2._aw).output == "theirs"
         assert r.output == "mine"
 
     asyncio.run(main())

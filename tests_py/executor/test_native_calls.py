@@ -1,7 +1,9 @@
 """How many times one execute calls into caudal._core, per path.
 
-docs/DESIGN "The one rule of the hot path": per attempt, one native call
-before the step runs and one after. These tests count the calls the Python
+docs/DESIGN "The one rule of the hot path": an execution whose step
+finishes without suspending (or a cache hit) makes one native call, which
+runs the step's first attempt; an attempt that suspends, one native call
+before it and one after. These tests count the calls the Python
 layer makes into the native module during one ``execute`` and pin them:
 exactly on the paths through ``execute``'s fast path (a plain success, a
 cache miss stored, a cache hit), as an upper bound on the general paths
@@ -10,13 +12,14 @@ cache miss stored, a cache hit), as an upper bound on the general paths
 What is counted: calls made from Python code (``sys.monitoring`` CALL
 events, this thread only) whose callee belongs to caudal._core: its
 functions and types, methods of its objects, and the functions the engine
-hands out bound to itself (``Engine._fast_calls()``, bound to a capsule named
-``caudal._core.Engine``). Reads of native properties and operators on native
+hands out bound to itself (``Engine._fast_calls(resume)``, bound to a
+``caudal._core._HotPath``). Reads of native properties and operators on native
 objects (``len(ctx)``, ``ctx[k]``) are not calls here and are not counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import types
@@ -25,6 +28,7 @@ import pytest
 
 import caudal
 from caudal import ExecutorCore, OptimizationConfig, RetryStrategy, Step, StepResult, _core
+from caudal._executor.core import _go_on
 
 CORE = _core.__name__
 
@@ -47,8 +51,6 @@ def _is_native(fn: object) -> bool:
         owner = fn.__self__
         if isinstance(owner, types.ModuleType):
             return owner.__name__ == CORE
-        if isinstance(owner, types.CapsuleType):  # handed out bound to the engine
-            return f'"{CORE}.' in repr(owner)
         return owner is not None and _native_class(type(owner))
     objclass = getattr(fn, "__objclass__", None)  # a method descriptor called unbound
     if isinstance(objclass, type):
@@ -107,13 +109,13 @@ CACHED = OptimizationConfig(enable_cache_optimization=True)
 # ------------------------------------------------------- the fast path
 
 
-async def test_a_plain_success_makes_one_call_before_and_one_after():
+async def test_a_plain_success_makes_one_call():
     ex = ExecutorCore()
     step = Step(echo, "echo")
     await ex.execute(step, 0)  # first use: the step's analysis is not the hot path
     result, names = await native_calls_of(ex, step, 1)
     assert result.success and result.output == 1
-    assert len(names) == 2, names
+    assert names == ["_start"], names
 
 
 async def test_a_plain_function_step_is_the_same_path():
@@ -121,16 +123,29 @@ async def test_a_plain_function_step_is_the_same_path():
     await ex.execute(echo, 0)
     result, names = await native_calls_of(ex, echo, 1)
     assert result.output == 1
-    assert len(names) == 2, names
+    assert names == ["_start"], names
 
 
-async def test_a_cache_miss_stored_makes_one_call_before_and_one_after():
+async def test_a_step_that_suspends_makes_one_call_before_and_one_after():
+    async def sleepy(x):
+        await asyncio.sleep(0)
+        return x
+
+    ex = ExecutorCore()
+    step = Step(sleepy, "sleepy")
+    await ex.execute(step, 0)
+    result, names = await native_calls_of(ex, step, 1)
+    assert result.success and result.output == 1
+    assert names == ["_start", "_succeed"], names
+
+
+async def test_a_cache_miss_stored_makes_one_call():
     ex = ExecutorCore(CACHED)
     step = Step(echo, "cached")
     await ex.execute(step, 0)
     result, names = await native_calls_of(ex, step, 1)  # a new input: a miss
     assert result.success and not result.cache_hit
-    assert len(names) == 2, names
+    assert names == ["_start"], names
     hit = await ex.execute(step, 1)
     assert hit.cache_hit and hit.output == 1  # ...that was stored
 
@@ -176,14 +191,14 @@ async def test_a_retry_makes_at_most_two_calls_per_attempt():
 
 async def test_a_retry_without_a_wait_makes_one_call_between_attempts():
     # The failed attempt's report starts the next attempt in the same call:
-    # _begin, _fail (which restarts), _succeed.
+    # _start (whose attempt raised), _fail (which restarts), _succeed.
     failures, step = flaky_step(max_attempts=4)
     ex = ExecutorCore()
     await ex.execute(step, 0)
     failures["left"] = 3
     result, names = await native_calls_of(ex, step, 1)
     assert result.success and result.attempts == 4 and result.output == 1
-    assert names == ["_begin", "_fail", "_fail", "_fail", "_succeed"], names
+    assert names == ["_start", "_fail", "_fail", "_fail", "_succeed"], names
 
 
 async def test_a_failure_without_retries_makes_at_most_two_calls():
@@ -207,23 +222,23 @@ async def test_the_counter_sees_an_added_native_call():
     ex = ExecutorCore()
     step = Step(echo, "echo")
     await ex.execute(step, 0)
-    succeed = ex._succeed
+    start = ex._start
 
-    def succeed_and_more(rec, out):
+    def start_and_more(*args):
         _core._clock_offset_ns()
-        return succeed(rec, out)
+        return start(*args)
 
-    ex._succeed = succeed_and_more
+    ex._start = start_and_more
     result, names = await native_calls_of(ex, step, 1)
     assert result.output == 1
-    assert len(names) == 3, names
+    assert len(names) == 2, names
     assert "_clock_offset_ns" in names
 
 
 def test_what_belongs_to_the_native_module():
     ex = ExecutorCore()
-    begin, succeed, fail = ex._engine._fast_calls()
-    assert _is_native(begin) and _is_native(succeed) and _is_native(fail)
+    begin, succeed, fail, start = ex._engine._fast_calls(_go_on)
+    assert _is_native(begin) and _is_native(succeed) and _is_native(fail) and _is_native(start)
     assert _is_native(ex._engine.step_stats)  # a method of a native object
     assert _is_native(_core.cache_key) and _is_native(caudal.Context)
     assert _is_native(caudal.Context().set)

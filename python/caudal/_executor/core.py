@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,6 +40,32 @@ _FALLBACK = Next.FALLBACK
 _FOLLOW = Next.FOLLOW
 _ASK_SHARED_TIER = Next.ASK_SHARED_TIER
 _WAIT_FOR_PERMIT = Next.WAIT_FOR_PERMIT
+
+
+@types.coroutine
+def _go_on(coro: Any, yielded: Any) -> Any:
+    """The rest of an attempt that the engine's ``_start`` ran until it
+    suspended: hands what the coroutine yielded (the future it waits for) to
+    the task, then goes on with the coroutine exactly as ``await`` would
+    have (what the task sends or throws reaches the coroutine)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as e:
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+            continue
+        if sent is None:  # what a task sends: the rest is a plain await
+            return (yield from coro)
+        try:
+            yielded = coro.send(sent)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _pool_settings(cfg: OptimizationConfig) -> tuple:
@@ -72,7 +99,6 @@ class ExecutorCore(Batches, Invalidations, Readouts):
     __slots__ = (
         "__weakref__",  # the automatic-optimization hook holds the executor weakly
         "_backend",
-        "_begin",
         "_closing",
         "_engine",
         "_fail",
@@ -84,6 +110,7 @@ class ExecutorCore(Batches, Invalidations, Readouts):
         "_recorder",  # the LatencyRecorder of start_latency_recorder(), unset until then
         "_sleep",  # asyncio.sleep, or the manual clock's sleep
         "_spans",  # the SpanFlusher, once a span exporter was attached
+        "_start",
         "_succeed",
         "_tuner",
     )
@@ -163,7 +190,7 @@ class ExecutorCore(Batches, Invalidations, Readouts):
         self._tuner = Tuner()
         engine._set_analysis_hook(Tuner.hook(self))
         # Bound once: the hot path then costs one attribute load per call.
-        self._begin, self._succeed, self._fail = engine._fast_calls()
+        _, self._succeed, self._fail, self._start = engine._fast_calls(_go_on)
         self._spans = None
         for exporter in span_exporters or ():
             self.add_span_exporter(exporter)
@@ -178,17 +205,13 @@ class ExecutorCore(Batches, Invalidations, Readouts):
     ) -> StepResult:
         """Run ``step`` on ``data``. A failure is a result, never an exception;
         ``asyncio.CancelledError`` always propagates."""
-        t = self._begin(step, data, context, resources)
+        # One native call runs the first attempt as far as it goes without
+        # suspending: a step that finishes at once (or a cache hit) comes
+        # back as its result, with nothing awaited here.
+        t = self._start(step, data, context, resources)
         if t.__class__ is StepResult:
-            # A cache hit, or the common case: the attempt's awaitable on a
-            # pending result, which stands for the execution (as `rec`) and
-            # which _succeed fills in and returns.
-            aw = t._aw
-            if aw is None:
-                return t  # a cache hit
-            rec, next_ = t, _AWAIT
-        else:
-            rec, aw, next_ = t
+            return t
+        rec, aw, next_ = t
         while True:
             if next_ is _AWAIT:
                 try:
@@ -200,32 +223,38 @@ class ExecutorCore(Batches, Invalidations, Readouts):
                     raise
                 else:
                     return self._succeed(rec, out)
-                # A failed attempt. The core's verdict: the next attempt,
-                # started at once (a retry without a wait stays in this
-                # frame), the final result, or a wait or a fallback first.
-                try:
-                    t = self._fail(rec, exc, False, data, context, resources)
-                except BaseException:
-                    self._engine._cancel(rec)
-                    raise
-                if t.__class__ is tuple:
-                    exc = None  # no cycle through the traceback's frame
-                    rec, aw, next_ = t
-                    continue
-                if t.__class__ is StepResult:
-                    exc = None
-                    return t
-                return await self._resume(rec, exc, t, data, context, resources, step)
-            if next_ is not _WAIT_FOR_PERMIT:
+            elif next_ is _RAISED:  # the attempt raised (or was refused)
+                exc = aw
+            elif next_ is not _WAIT_FOR_PERMIT:
                 return await self._run(rec, aw, next_, data, context, resources, step)
-            # Over a concurrency limit: wait here, in this frame (a waiting
-            # execution holds no more than this coroutine and its future).
+            else:
+                # Over a concurrency limit: wait here, in this frame (a
+                # waiting execution holds no more than this coroutine and
+                # its future).
+                try:
+                    await aw
+                except BaseException:
+                    self._engine._cancel_wait(rec, aw)
+                    raise
+                rec, aw, next_ = self._engine._begin_permitted(rec, data, context, resources)
+                continue
+            # A failed attempt. The core's verdict: the next attempt,
+            # started at once (a retry without a wait stays in this frame),
+            # the final result, or a wait or a fallback first.
+            aw = None
             try:
-                await aw
+                t = self._fail(rec, exc, False, data, context, resources)
             except BaseException:
-                self._engine._cancel_wait(rec, aw)
+                self._engine._cancel(rec)
                 raise
-            rec, aw, next_ = self._engine._begin_permitted(rec, data, context, resources)
+            if t.__class__ is tuple:
+                exc = None  # no cycle through the traceback's frame
+                rec, aw, next_ = t
+                continue
+            if t.__class__ is StepResult:
+                exc = None
+                return t
+            return await self._resume(rec, exc, t, data, context, resources, step)
 
     async def _resume(
         self,
