@@ -14,12 +14,13 @@ Rows, all in one process and one event loop, interleaved:
       (``Step(fn, cache=True)``): a lookup, a miss and a store every call.
       (d)'s step is cached by the config's default, so the cache admission
       stops looking it up once its inputs never repeat.
-  (i) not caudal: a reference for the shape of ``execute`` itself. A
-      pure-Python ``async def`` method that makes the same two calls into C
-      around the same ``await`` (the builtin ``slice`` stands for each: one
-      object made per call, no work) and returns the second call's object.
-      What any wrapper of this shape costs on this interpreter before doing
-      any work; it is not a floor.
+  (i) not caudal: the least an execute can do on this interpreter, in
+      caudal's shape. An ``async def`` method makes one native call
+      (benchmarks/reference_shape.c, built here into build/bench/) that
+      reads the monotonic clock, calls the step, sends its coroutine its
+      first value, reads the clock again and returns a new result object.
+      No admission, statistics, record or cache: what is left of (d) above
+      (i) is caudal's own work. Skipped when no C compiler is found.
 Every row, (a) included, is called through the same lambda by the harness.
 Prints each row's cost above (a) and its speed-up over (e).
 
@@ -45,8 +46,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
+import shlex
+import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,24 +108,43 @@ async def hit_step(x):
     return x + 1
 
 
-class ShapeOfExecute:
-    """Row (i): execute's shape with no work. ``_begin`` and ``_succeed``
-    are C calls that make one object each (``slice``), like the engine's
-    pending result and its completion; the step is called and awaited the
-    same way, and a failure would be caught in the same place."""
+def reference_shape():
+    """benchmarks/reference_shape.c as a module, built into build/bench/
+    with the interpreter's compiler when missing or older than its source;
+    None (row (i) skipped) when it cannot be built."""
+    src = Path(__file__).resolve().parent / "reference_shape.c"
+    out_dir = Path(__file__).resolve().parents[1] / "build" / "bench"
+    out = out_dir / ("reference_shape" + sysconfig.get_config_var("EXT_SUFFIX"))
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
+        cmd = [*cc, "-O2", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}"]
+        try:
+            subprocess.run([*cmd, str(src), "-o", str(out)], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", b"") or b""
+            print(f"row (i) skipped: cannot build {src.name} ({e}) {detail.decode()[-300:]}")
+            return None
+    spec = importlib.util.spec_from_file_location("reference_shape", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def __init__(self) -> None:
-        self._begin = slice
-        self._succeed = slice
+
+class LeastExecute:
+    """Row (i): caudal's execute without caudal. The same wrapper, the same
+    one native call and the same check on what it returns as caudal's fast
+    path (python/caudal/_executor/core.py); the call does only what no
+    execute can skip (reference_shape.c)."""
+
+    def __init__(self, module) -> None:
+        self._start = module.start
 
     async def execute(self, step, data=None, context=None, resources=None):
-        t = self._begin(step, data, context)
-        aw = t.start(data)
-        try:
-            out = await aw
-        except Exception as e:
-            return e
-        return self._succeed(t, out)
+        t = self._start(step, data, context, resources)
+        if t.__class__ is tuple:
+            return t
+        raise RuntimeError("unreachable: the reference returns a tuple or raises")
 
 
 async def main(quick: bool) -> dict:
@@ -136,7 +160,7 @@ async def main(quick: bool) -> dict:
     # forces the cache on for its step: a lookup, a miss and a store on
     # every call.
     forced = Step(step, "forced", cache=True)
-    shape = ShapeOfExecute()
+    reference = reference_shape()
     # Every contender, (a) included, is called through a lambda by the
     # harness: the figures above (a) are caudal's, not the lambda's.
     contenders = {
@@ -146,16 +170,16 @@ async def main(quick: bool) -> dict:
         "(d) caudal, all on (misses)": lambda x: on.execute(step, x),
         "(g) caudal, all on (hits)": lambda x: on_hits.execute(hit_step, -1),
         "(h) caudal, all on, cache forced (misses)": lambda x: on.execute(forced, x),
-        "(i) reference: execute's shape, no work": (
-            lambda x: shape.execute(step, x)
-        ),
     }
+    if reference is not None:
+        least = LeastExecute(reference)
+        contenders["(i) reference: the least an execute does"] = lambda x: least.execute(step, x)
     flujo = flujo_contender()
     # Check every contender really works before timing it.
     for name, call in contenders.items():
         hits = name.startswith("(g)")
         r = await call(1)
-        out = r.stop if name.startswith("(i)") else getattr(r, "output", r)
+        out = r[1] if name.startswith("(i)") else getattr(r, "output", r)
         assert out == (0 if hits else 2), (name, r)
         if hits:
             assert (await call(1)).cache_hit, name
@@ -195,13 +219,36 @@ async def main(quick: bool) -> dict:
         ratio = ref / r["median_us"] if ref else None
         rows.append({"contender": name, **r, "above_bare_us": above, "speedup_vs_flujo": ratio})
     rows.sort(key=lambda r: r["contender"])
+    by_name = {r["contender"]: r for r in rows}
     for r in rows:
         ratio = f"{r['speedup_vs_flujo']:.0f}x" if r["speedup_vs_flujo"] else "-"
         print(f"{r['contender']:32} {r['median_us']:10.3f} {r['above_bare_us']:13.3f} {ratio:>9}")
+    least = by_name.get("(i) reference: the least an execute does")
+    engine_work = None
+    if least is not None:
+        engine_work = {
+            "least_above_bare_us": least["above_bare_us"],
+            **{
+                what: by_name[row]["median_us"] - least["median_us"]
+                for what, row in (
+                    ("miss_above_least_us", "(d) caudal, all on (misses)"),
+                    ("forced_above_least_us", "(h) caudal, all on, cache forced (misses)"),
+                    ("hit_above_least_us", "(g) caudal, all on (hits)"),
+                )
+            },
+        }
+        print(
+            f"\nthe least an execute does here, (i): {least['above_bare_us']:.3f} µs above (a);"
+            f" caudal's own work above (i): all on {engine_work['miss_above_least_us']:.3f},"
+            f" cache forced {engine_work['forced_above_least_us']:.3f},"
+            f" hit {engine_work['hit_above_least_us']:.3f} µs"
+        )
     retry = await retry_cost(quick)
-    path = save("overhead", {"quick": quick, "rows": rows, "retry": retry})
+    path = save(
+        "overhead", {"quick": quick, "rows": rows, "retry": retry, "engine_work": engine_work}
+    )
     print(f"saved {path}")
-    by = {r["contender"]: r for r in rows}
+    by = by_name
     detail = f"median of {rounds} interleaved rounds of {batch} calls"
     record(
         "overhead",
