@@ -1,8 +1,8 @@
 """Retry strategies and the circuit breaker's Python face.
 
 The state machines live in C++ (cpp/caudal/resilience/): the breaker's
-admission rides in the executor's one native call before each attempt, its
-verdict, the error-pattern table and the back-off delay in the one after.
+admission, its verdict, the error-pattern table and the back-off delay ride
+in the executor's native calls around each attempt.
 This module only describes policies.
 """
 

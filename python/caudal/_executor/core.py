@@ -1,8 +1,9 @@
 """ExecutorCore: flujo's executor API on caudal's native engine.
 
-``await executor.execute(step, data)`` makes one native call before each
-attempt and one after it; retries, timeouts, fallbacks, cancellation and
-sync steps take the slower paths below only when they happen.
+``await executor.execute(step, data)`` makes one native call for a step
+that finishes without suspending (and for a cache hit), one before and one
+after an attempt that suspends; retries, timeouts, fallbacks, cancellation
+and sync steps take the slower paths below only when they happen.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ cpp/caudal/monitor/tuner.h, where each rule is documented
 (docs/monitoring.md, "Automatic optimization").
 
 The clock is native and costs nothing per execution: the executor's
-housekeeping notes "analysis due" (one relaxed atomic), the next ``_begin``
+housekeeping notes "analysis due" (one relaxed atomic), the next ``_start``
 on the loop thread sees it and calls the hook installed here, which
 schedules :meth:`Tuner.analyse` with ``loop.call_soon`` — so the config
 swap (which may wake asyncio futures) happens on the event loop thread,
