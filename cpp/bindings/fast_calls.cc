@@ -124,6 +124,18 @@ PyObject* FastFail(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   });
 }
 
+// Ends execution `res` as cancelled, then raises `err` again (stolen): the
+// step's own exception is the one that matters, not one from the ending.
+PyObject* CancelRaising(Engine* engine, PyObject* res, PyObject* err) {
+  try {
+    engine->cancel(res);
+  } catch (py::error_already_set&) {
+    PyErr_Clear();
+  }
+  compat::SetRaisedException(err);
+  return nullptr;
+}
+
 // The first attempt of an execution, run as far as it goes without
 // suspending: `_begin`, then the step's coroutine sent its first value here,
 // in the caller's frame and task, exactly where `await` would have sent it.
@@ -161,13 +173,7 @@ PyObject* StartFirst(Engine* engine, PyObject* resume, PyObject* const* args) {
         PyObject* closed = PyObject_CallMethod(coro.ptr(), "close", nullptr);
         Py_XDECREF(closed);
         PyErr_Clear();
-        try {
-          engine->cancel(res);
-        } catch (py::error_already_set&) {
-          PyErr_Clear();
-        }
-        compat::SetRaisedException(err);
-        return nullptr;
+        return CancelRaising(engine, res, err);
       }
       auto rest_obj = py::reinterpret_steal<py::object>(rest);
       return Triple(res, rest_obj, NextOf(Next::kAwait)).release().ptr();
@@ -181,13 +187,7 @@ PyObject* StartFirst(Engine* engine, PyObject* resume, PyObject* const* args) {
     auto exc = py::reinterpret_steal<py::object>(err);
     return Triple(res, exc, NextOf(Next::kRaised)).release().ptr();
   }
-  try {
-    engine->cancel(res);
-  } catch (py::error_already_set&) {
-    PyErr_Clear();  // the step's own exception is the one that matters
-  }
-  compat::SetRaisedException(err);
-  return nullptr;
+  return CancelRaising(engine, res, err);
 }
 
 PyObject* FastStart(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {

@@ -26,6 +26,27 @@ def stats(ex: ExecutorCore) -> dict:
     return ex.get_optimization_stats()["execution"]
 
 
+def step_recording_its_end():
+    """A step that waits an hour; `closed` gets its input when it ends."""
+    closed: list = []
+
+    async def forever(x):
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            closed.append(x)
+
+    return closed, forever
+
+
+class Ask:
+    """Yields "question" to whoever drives the coroutine; its value is what
+    that driver sends back."""
+
+    def __await__(self):
+        return (yield "question")
+
+
 async def test_a_step_that_never_suspends_is_a_result_at_once():
     async def inc(x):
         return x + 1
@@ -209,14 +230,7 @@ async def test_the_step_runs_in_the_callers_context():
 
 
 async def test_closing_a_suspended_execution_closes_the_step_and_ends_the_execution():
-    closed = []
-
-    async def forever(x):
-        try:
-            await asyncio.sleep(3600)
-        finally:
-            closed.append(x)
-
+    closed, forever = step_recording_its_end()
     ex = ExecutorCore()
     coro = ex.execute(forever, 7)
     fut = coro.send(None)  # runs until the step suspends (on the sleep's future)
@@ -230,14 +244,7 @@ async def test_closing_a_suspended_execution_closes_the_step_and_ends_the_execut
 
 
 async def test_an_execution_dropped_while_suspended_is_ended_when_collected():
-    closed = []
-
-    async def forever(x):
-        try:
-            await asyncio.sleep(3600)
-        finally:
-            closed.append(x)
-
+    closed, forever = step_recording_its_end()
     ex = ExecutorCore()
     coro = ex.execute(forever, 8)
     fut = coro.send(None)
@@ -251,10 +258,6 @@ async def test_an_execution_dropped_while_suspended_is_ended_when_collected():
 async def test_values_sent_by_a_driver_other_than_a_task_reach_the_step():
     # `await` forwards whatever is sent; so does the rest of a suspended
     # first attempt.
-    class Ask:
-        def __await__(self):
-            return (yield "question")
-
     async def asks(x):
         answer = await Ask()
         return (x, answer)
@@ -268,10 +271,6 @@ async def test_values_sent_by_a_driver_other_than_a_task_reach_the_step():
 
 
 async def test_an_exception_thrown_in_that_the_step_handles_lets_it_go_on():
-    class Ask:
-        def __await__(self):
-            return (yield "question")
-
     async def recovers(x):
         try:
             await Ask()
