@@ -2,6 +2,7 @@
 
 import asyncio
 import random
+import threading
 
 import pytest
 
@@ -48,6 +49,57 @@ async def test_cancelled_waiters_leak_no_slot():
     probe2 = Probe()
     await asyncio.gather(*(ex.execute(Step(probe2, "q"), i) for i in range(6)))
     assert probe2.peak == 2
+
+
+async def test_a_permit_handed_on_within_one_loop_does_not_go_through_its_self_pipe():
+    # call_soon_threadsafe writes to the loop's self-pipe and costs the loop
+    # one more pass per wake-up; on the waiter's own loop it is not needed.
+    loop = asyncio.get_running_loop()
+    woken_threadsafe = []
+    real = loop.call_soon_threadsafe
+
+    def recording(cb, *args, **kwargs):
+        woken_threadsafe.append(cb)
+        return real(cb, *args, **kwargs)
+
+    loop.call_soon_threadsafe = recording
+    try:
+        ex = limited(1)
+        results = await asyncio.gather(*(ex.execute(Step(Probe(0.001), "p"), i) for i in range(8)))
+    finally:
+        del loop.call_soon_threadsafe
+    assert [r.output for r in results] == list(range(8))
+    assert ex.get_optimization_stats()["concurrency"]["waited"] == 7
+    assert woken_threadsafe == []
+
+
+def test_a_permit_released_on_another_threads_loop_wakes_the_waiter():
+    ex = limited(1)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold(x):  # a sync step: runs in a worker thread, holds the permit
+        holding.set()
+        release.wait(5)
+        return x
+
+    def holder():
+        asyncio.run(ex.execute(Step(hold, "h"), 0))
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert holding.wait(5)
+    got = []
+
+    async def waiter():
+        task = asyncio.create_task(ex.execute(Step(Probe(0.0), "w"), 1))
+        await until(lambda: waiting(ex) == 1, what="the waiter queued")
+        release.set()  # the permit is released on the holder's loop
+        got.append(await asyncio.wait_for(task, 5))
+
+    asyncio.run(waiter())
+    t.join(5)
+    assert got[0].output == 1
 
 
 async def test_cancelling_a_running_execution_hands_its_slot_on():

@@ -423,6 +423,30 @@ async def test_cancellation_cancels_the_ray_task(ray_cluster, tmp_path):
     assert ex.get_optimization_stats()["execution"]["cancelled"] == 1
 
 
+async def test_cancelled_as_soon_as_submitted_the_ray_task_is_cancelled(ray_cluster, tmp_path):
+    # Between submitting and waiting, a remote attempt lets the event loop
+    # run once (so that a burst submits everything before waiting); a
+    # cancellation landing there must cancel the submitted task too.
+    ex = ExecutorCore()
+    task = asyncio.create_task(ex.execute(Step(rs.slow, backend="ray"), str(tmp_path)))
+    await asyncio.sleep(0)  # the task's first pass: the attempt is submitted
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ex.get_optimization_stats()["execution"]["cancelled"] == 1
+    # Not cancelled, the task would start on the idle cluster within a few
+    # seconds and run for a minute. Cancelled, it is dropped from the queue
+    # or interrupted.
+    started, interrupted = tmp_path / "started", tmp_path / "interrupted"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not started.exists():
+        await asyncio.sleep(0.05)
+    if started.exists():
+        _wait_for(interrupted.exists, "the Ray task's KeyboardInterrupt")
+    assert not (tmp_path / "finished").exists()
+
+
 async def test_timed_out_remote_attempt_is_cancelled_on_the_cluster(ray_cluster, tmp_path):
     ex = ExecutorCore()
     res = await ex.execute(Step(rs.slow, backend="ray", timeout_s=2), str(tmp_path))

@@ -1,16 +1,23 @@
-"""Waking single-flight followers, on their own event loop.
+"""Waking an execution that waits on an asyncio future of its own loop: a
+single-flight follower (its input is already being computed by a concurrent
+leader) or an execution waiting for a concurrency permit.
 
-A follower (an execute() call whose input is already being computed by a
-concurrent leader) waits on an asyncio future of its own loop; the leader may
-finish on another loop in another thread, so it always wakes followers with
-``call_soon_threadsafe``. ``None`` as the result tells the follower that the
-leader was cancelled and it must run the step itself.
+The waker may run on another loop in another thread (a leader finishing
+there, a permit released there); then the future is resolved with
+``call_soon_threadsafe``. On the future's own loop, which is the common case,
+it is resolved at once: ``call_soon_threadsafe`` would write to the loop's
+self-pipe and cost the loop one more pass, per wake-up. ``None`` as the
+result tells a follower that the leader was cancelled and it must run the
+step itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+# None outside a running loop, where get_running_loop() would raise.
+_running_loop = asyncio._get_running_loop
 
 
 def _set(fut: asyncio.Future, result: Any) -> None:
@@ -19,7 +26,13 @@ def _set(fut: asyncio.Future, result: Any) -> None:
 
 
 def resolve(fut: asyncio.Future, result: Any) -> None:
+    loop = fut.get_loop()
+    if _running_loop() is loop:
+        # set_result only schedules the waiter's wake-up (call_soon): no
+        # other code runs here.
+        _set(fut, result)
+        return
     try:
-        fut.get_loop().call_soon_threadsafe(_set, fut, result)
-    except RuntimeError:  # the follower's loop is closed: nobody is waiting
+        loop.call_soon_threadsafe(_set, fut, result)
+    except RuntimeError:  # the waiter's loop is closed: nobody is waiting
         pass

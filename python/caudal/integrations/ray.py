@@ -142,6 +142,18 @@ def _settle(out: Any, args: tuple, kwargs: dict, ctx_at: int | str | None) -> An
     return out
 
 
+async def _others_submit_first() -> None:
+    """One pass of the event loop between submitting an attempt and waiting
+    for its result. In a burst (a gather of many executions) every attempt
+    is then submitted before any registers its wait, as with plain
+    ``asyncio.gather(*(f.remote(x) for x in xs))``: Ray's driver gets
+    through that order faster than submissions and waits taken in turn
+    (benchmarks/bench_scale_out.py, the driver's ceiling). A cancellation
+    that lands here cancels the submitted task, as one during the wait
+    does."""
+    await asyncio.sleep(0)
+
+
 async def _awaited(aw: Any) -> Any:
     return await aw
 
@@ -526,6 +538,7 @@ def _task_attempt(
         if watch is not None and task is not None:
             watch.enter(task)
         try:
+            await _others_submit_first()
             out = await ref
         except asyncio.CancelledError:
             if watch is not None and watch.ended_by_us(task) and task.uncancel() == 0:
@@ -568,6 +581,7 @@ def _actor_attempt(
             if watch is not None and task is not None:
                 watch.enter(task)
             try:
+                await _others_submit_first()
                 out = await ref
             except asyncio.CancelledError:
                 if watch is not None and watch.ended_by_us(task) and task.uncancel() == 0:
