@@ -47,9 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import pickle
-import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping
@@ -58,12 +56,14 @@ from typing import Any
 from caudal._backends import ray_missing_message
 from caudal._core import CallShape
 from caudal._step import Step
-from caudal.errors import (
-    BackendUnavailableError,
-    PlacementError,
-    RemoteWorkerDiedError,
-    SerializationError,
+from caudal.errors import BackendUnavailableError
+from caudal.integrations._ray_errors import (
+    _reraise,
+    _serialisation_failure,
+    _translator,
+    _unserialisable,
 )
+from caudal.integrations._ray_placement import _ActorPool, _placement
 from caudal.integrations._ray_watch import _watch
 from caudal.pipeline.context import DELETED
 
@@ -197,218 +197,6 @@ def _apply_changes(ctx: Any, changes: Mapping[Any, Any]) -> None:
             fields.pop(k, None)
         else:
             fields[k] = v
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# pickle's and cloudpickle's words for an object they cannot serialise.
-_CANNOT_PICKLE = re.compile(r"(?:cannot|can't|Can't) pickle (?:local object )?'?([^':\s]+)")
-# Where Ray serialises arguments and return values: a remote traceback
-# through them is a return value that could not be serialised (Ray shows the
-# traceback's last frames, its cloudpickle's).
-_RAY_SERIALIZERS = ("ray/_private/serialization.py", "ray/cloudpickle/")
-
-
-def _unserialisable(name: str, direction: str, exc: BaseException) -> SerializationError:
-    """The SerializationError for ``exc`` (Ray's or pickle's), naming the
-    type it could not serialise when the message says."""
-    chain: list[BaseException] = []
-    e: BaseException | None = exc
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    type_name, detail = "", ""
-    for e in reversed(chain):  # the innermost says most
-        m = _CANNOT_PICKLE.search(str(e))
-        if m:
-            type_name, detail = m.group(1), _first_line(e)
-            break
-    err = SerializationError(name, direction, type_name, detail)
-    err.__cause__ = chain[-1]
-    return err
-
-
-def _serialisation_failure(exc: BaseException) -> bool:
-    """Whether Ray's submission failed to serialise an argument (Ray raises a
-    TypeError saying so, chained to pickle's error)."""
-    return isinstance(exc, (TypeError, pickle.PicklingError)) and (
-        "Could not serialize" in str(exc) or _CANNOT_PICKLE.search(str(exc)) is not None
-    )
-
-
-def _translator(ray: Any, name: str) -> Callable[[BaseException], BaseException]:
-    x = ray.exceptions
-    died = (
-        x.WorkerCrashedError,
-        x.NodeDiedError,
-        x.RayActorError,  # ActorDiedError, ActorUnavailableError
-        x.ObjectLostError,  # OwnerDiedError, ObjectReconstructionFailedError, ...
-        x.LocalRayletDiedError,
-        x.OutOfMemoryError,  # Ray's memory monitor killed the worker
-    )
-    task_error, ray_error = x.RayTaskError, x.RayError
-
-    def translate(exc: BaseException) -> BaseException:
-        if isinstance(exc, task_error):
-            cause = exc.cause
-            if isinstance(cause, ray_error):
-                return translate(cause)
-            if isinstance(cause, Exception):
-                # str() of Ray's wrapper is the remote traceback, coloured.
-                remote = _ANSI.sub("", str(exc)).strip()
-                if isinstance(cause, (TypeError, pickle.PicklingError)) and any(
-                    where in remote for where in _RAY_SERIALIZERS
-                ):
-                    # Serialising (dumps) is the return value on its way
-                    # back; anything else there is the input arriving.
-                    direction = "output" if "dump" in remote else "input"
-                    return _unserialisable(name, direction, cause)
-                cause.add_note(f"raised in a Ray worker for step {name!r}:\n{remote}")
-                return cause
-            return exc
-        if isinstance(exc, died):
-            return RemoteWorkerDiedError(name, type(exc).__name__, _first_line(exc))
-        return exc
-
-    return translate
-
-
-def _reraise(translate: Callable[[BaseException], BaseException], exc: BaseException) -> None:
-    """Raise what the caller should see for a Ray error: the step's own
-    exception without Ray's wrapping, or RemoteWorkerDiedError chained to
-    the Ray error."""
-    err = translate(exc)
-    if err is exc:
-        raise exc
-    if isinstance(err, RemoteWorkerDiedError):
-        raise err from exc
-    if isinstance(err, SerializationError):
-        raise err  # chained to pickle's error already
-    raise err from None
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
-
-
-def _placement(ray: Any, name: str, req: Mapping[str, float], actors: int | None) -> None:
-    """Raise PlacementError if the cluster cannot place one attempt's
-    request ``req`` (per task, or per actor of a pool of ``actors``)."""
-    if os.environ.get("CAUDAL_RAY_PLACEMENT_CHECK", "1") == "0":
-        return
-    if not ray.is_initialized():
-        ray.init()  # what Ray itself does on the first remote call
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    total = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
-    req = {k: float(v) for k, v in req.items() if v}
-    fits = any(all(n.get(k, 0.0) >= v for k, v in req.items()) for n in nodes)
-    if not fits:
-        largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in req}
-        missing = {k: v - largest[k] for k, v in req.items() if v > largest[k]}
-        what = ", ".join(f"{_num(v)} {k}" for k, v in req.items())
-        unit = "each actor of its pool" if actors else "each attempt"
-        if missing:
-            has = ", ".join(
-                f"{_num(largest[k])} {k}" if largest[k] else f"no {k}" for k in missing
-            )
-            where = f"the largest node has {has}"
-        else:  # each resource exists, never all on one node
-            missing = dict(req)
-            where = "no single node has all of it"
-        raise PlacementError(name, f"{unit} needs {what}; {where}", missing, total)
-    if actors:
-        need = {k: v * actors for k, v in req.items()}
-        short = {k: v - total.get(k, 0.0) for k, v in need.items() if v > total.get(k, 0.0)}
-        if short:
-            parts = "; ".join(
-                f"{actors} actors x {_num(req[k])} {k} = {_num(need[k])} {k}, "
-                f"the cluster has {_num(total.get(k, 0.0))} {k}"
-                for k in short
-            )
-            raise PlacementError(name, f"its actor pool needs {parts}", short, total)
-
-
-def _session(ray: Any) -> str:
-    """Identifies the Ray session this process is connected to (actor
-    handles do not survive ``ray.shutdown()`` / ``ray.init()``)."""
-    ctx = ray.get_runtime_context()
-    return f"{ctx.get_node_id()}/{ctx.get_job_id()}"
-
-
-class _ActorPool:
-    """N actors for one step, created on first use; each attempt goes to the
-    actor with the fewest calls in flight. A lost actor is replaced by a new
-    one on the next attempt."""
-
-    def __init__(
-        self, ray: Any, actor_cls: Any, size: int, args: tuple, name: str, req: dict
-    ) -> None:
-        self._ray = ray
-        self._cls = actor_cls
-        self._args = args
-        self._name = name
-        self._req = req
-        self._lock = threading.Lock()
-        self._handles: list[Any] = [None] * size
-        self._load = [0] * size
-        self._session: str | None = None
-
-    def acquire(self) -> tuple[Any, int]:
-        ray = self._ray
-        if not ray.is_initialized():
-            ray.init()  # what Ray itself does on the first remote call
-        session = _session(ray)
-        if session != self._session:
-            _placement(ray, self._name, self._req, len(self._handles))
-        with self._lock:
-            if session != self._session:
-                self._handles = [None] * len(self._handles)
-                self._load = [0] * len(self._load)
-                self._session = session
-            load = self._load
-            i = min(range(len(load)), key=load.__getitem__)
-            h = self._handles[i]
-            if h is None:
-                h = self._handles[i] = self._cls.remote(*self._args)
-            load[i] += 1
-            return h, i
-
-    def release(self, i: int) -> None:
-        with self._lock:
-            if self._load[i] > 0:
-                self._load[i] -= 1
-
-    def lost(self, i: int, handle: Any) -> None:
-        with self._lock:
-            if self._handles[i] is not handle:
-                return
-            self._handles[i] = None
-        try:
-            self._ray.kill(handle, no_restart=True)
-        except Exception:  # already gone
-            pass
-
-    def size(self) -> int:
-        return len(self._handles)
-
-    def stop(self) -> int:
-        with self._lock:
-            handles = [h for h in self._handles if h is not None]
-            self._handles = [None] * len(self._handles)
-        for h in handles:
-            try:
-                self._ray.kill(h, no_restart=True)
-            except Exception:  # already gone
-                pass
-        return len(handles)
-
-    def live(self) -> int:
-        with self._lock:
-            return sum(h is not None for h in self._handles)
 
 
 def release_actors(step: Any) -> int:
