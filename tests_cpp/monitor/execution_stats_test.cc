@@ -122,6 +122,21 @@ TEST(StatsRegistryTest, TakeReadsOneNameOrNone) {
   EXPECT_EQ(reg.Take("b")->executions, 5u);
 }
 
+TEST(StepStatsTest, AHitIsCountedOnceAsAnExecutionAndASuccess) {
+  StepStats s("a");
+  s.executions.fetch_add(3);  // executions that ran the step
+  s.successes.fetch_add(2);
+  s.failures.fetch_add(1);
+  s.hit_executions.fetch_add(4);  // answered from the cache
+  const StepStats::Snapshot snap = s.Take();
+  EXPECT_EQ(snap.executions, 7u);
+  EXPECT_EQ(snap.successes, 6u);
+  EXPECT_EQ(snap.failures, 1u);
+  s.Reset();
+  EXPECT_EQ(s.Take().executions, 0u);
+  EXPECT_EQ(s.Take().successes, 0u);
+}
+
 TEST(StatsRegistryTest, TotalsStayExactAcrossReclaim) {
   StatsRegistry reg;
   uint64_t executions = 0;

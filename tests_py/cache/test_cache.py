@@ -49,6 +49,27 @@ async def test_hit_returns_the_output_without_calling_the_step():
     assert stats["hits"] == 1 and stats["misses"] == 1 and stats["hit_rate"] == 0.5
     assert ex.get_optimization_stats()["execution"]["steps"]["echo"]["cache_hits"] == 1
 
+async def test_a_hit_counts_as_an_execution_and_a_success():
+    ex = cached_executor()
+    calls = []
+
+    async def flaky(x):
+        calls.append(x)
+        if x < 0:
+            raise ValueError("negative")
+        return x
+
+    step = Step(flaky, "flaky", max_retries=0)
+    for x in (1, 1, 1, 2, -1, 2):  # a miss, two hits, a miss, a failure, a hit
+        await ex.execute(step, x)
+    row = ex.get_optimization_stats()["execution"]["steps"]["flaky"]
+    assert calls == [1, 2, -1]
+    assert row["cache_hits"] == 3
+    assert (row["executions"], row["successes"], row["failures"]) == (6, 5, 1)
+    totals = ex.get_optimization_stats()["execution"]
+    assert totals["total_executions"] == 6 and totals["successes"] == 5
+
+
 
 @pytest.mark.parametrize(
     ("a", "b", "same"),

@@ -83,8 +83,7 @@ absl::optional<CachedValue> Executor::CacheLookup(
 
 void Executor::RecordCacheHit(StepEntry& step, int64_t latency_ns) {
   StepStats* s = step.stats;
-  s->executions.fetch_add(1, std::memory_order_relaxed);
-  s->successes.fetch_add(1, std::memory_order_relaxed);
+  // Counted as an execution and a success by StepStats::Take.
   s->latency.Record(latency_ns);
   s->hit_executions.fetch_add(1, std::memory_order_relaxed);
   s->hit_latency_ns.fetch_add(latency_ns > 0 ? latency_ns : 0,

@@ -12,8 +12,10 @@ uint64_t Load(const std::atomic<uint64_t>& a) {
 StepStats::Snapshot StepStats::Take() const {
   Snapshot s;
   s.name = name;
-  s.executions = Load(executions);
-  s.successes = Load(successes);
+  // A hit is counted once, in hit_executions (see the fields).
+  const uint64_t hits = Load(hit_executions);
+  s.executions = Load(executions) + hits;
+  s.successes = Load(successes) + hits;
   s.failures = Load(failures);
   s.attempts = Load(attempts);
   s.retries = Load(retries);

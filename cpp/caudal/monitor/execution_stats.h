@@ -43,7 +43,10 @@ struct StepStats {
   const std::string name;
   // End-to-end latency of each execution (all attempts and back-off), ns.
   LatencyHistogram latency;
-  std::atomic<uint64_t> executions{0};  // finished executions
+  // Finished executions, and successful ones, that were not answered from
+  // the cache: Take() adds hit_executions to both (a hit is an execution
+  // and a success), so a hit costs two atomic increments fewer.
+  std::atomic<uint64_t> executions{0};
   std::atomic<uint64_t> successes{0};
   std::atomic<uint64_t> failures{0};  // final failures (after retries)
   std::atomic<uint64_t> attempts{0};
@@ -62,7 +65,8 @@ struct StepStats {
   // Executor::UseCache).
   std::atomic<uint64_t> cache_bypassed{0};
   // Executions answered from the cache (L1, L2 or a shared flight) and the
-  // latency they recorded, to tell a hit's latency from a miss's.
+  // latency they recorded, to tell a hit's latency from a miss's. Counted
+  // in neither `executions` nor `successes` above.
   std::atomic<uint64_t> hit_executions{0};
   std::atomic<uint64_t> hit_latency_ns{0};
   std::atomic<uint64_t> rejected{0};  // refused by an open circuit breaker
