@@ -58,6 +58,37 @@ void RegisterExecutor(py::module_& m) {
       .def_property_readonly("key", &PyAdmission::key,
                              "The cache key (bytes), for the shared tier.");
 
+  {
+    // A plain METH_NOARGS function, as time.monotonic_ns is: a read costs
+    // what that one costs but for the clock (benchmarks/bench_clock.py).
+    static PyMethodDef monotonic = {
+        "monotonic_ns",
+        +[](PyObject*, PyObject*) -> PyObject* {
+          return PyLong_FromLongLong(MonotonicNowNs());
+        },
+        METH_NOARGS,
+        "monotonic_ns()\n--\n\nThe executor's clock in ns (an Engine made "
+        "without a ManualClock reads it): CLOCK_MONOTONIC, read from the "
+        "CPU's time-stamp counter where the kernel keeps time with it, "
+        "within microseconds of time.monotonic_ns()."};
+    py::object name = py::str("caudal._core");
+    PyObject* f = PyCFunction_NewEx(&monotonic, nullptr, name.ptr());
+    if (f == nullptr) throw py::error_already_set();
+    m.attr("monotonic_ns") = py::reinterpret_steal<py::object>(f);
+  }
+  m.def(
+      "clock_source",
+      [] {
+        py::dict d;
+        d["source"] = MonotonicClockSource();
+        d["ticks_per_second"] = MonotonicClockTicksPerSecond();
+        return d;
+      },
+      "Which source monotonic_ns() reads: {'source': 'tsc' | 'tsc "
+      "(calibrating)' | 'system', 'ticks_per_second': the calibrated rate, "
+      "0.0 when not calibrated}. CAUDAL_CLOCK=system in the environment "
+      "keeps the system clock.");
+
   py::class_<ManualClock, std::shared_ptr<ManualClock>>(
       m, "ManualClock",
       "A clock that moves only when advanced (an atomic count of ns); an "

@@ -401,6 +401,14 @@ def _native_allocations() -> int | None:
 def _clock_offset_ns() -> int:
     """CLOCK_REALTIME - CLOCK_MONOTONIC in ns (span times to Unix time)."""
 
+def monotonic_ns() -> int:
+    """The executor's clock in ns: CLOCK_MONOTONIC, read from the CPU's
+    time-stamp counter where the kernel keeps time with it."""
+
+def clock_source() -> dict[str, Any]:
+    """Which source monotonic_ns() reads: {'source': 'tsc' | 'tsc
+    (calibrating)' | 'system', 'ticks_per_second': float}."""
+
 def recommend(
     stats: Mapping[str, Any],
     config: OptimizationConfig,
