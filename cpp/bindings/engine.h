@@ -258,7 +258,8 @@ class Engine {
                    py::handle context, py::handle resources);
 
   // A hit's StepResult (the stored value, or a deep copy of it).
-  py::object HitResult(PyStepEntry* e, const CachedValue& hit, int64_t now);
+  // `stored`: a new reference to the cached output.
+  py::object HitResult(PyStepEntry* e, py::object stored, int64_t now);
 
   // The _Admission that holds `s` for the Python layer: `held` itself when
   // the admission was resumed from it, else a new one.

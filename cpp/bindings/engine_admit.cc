@@ -47,13 +47,22 @@ py::object Engine::Admit(AdmitState& s, py::handle held, int64_t now,
   absl::optional<AdmitHandover> handover;  // made only when there is some
   // The entry, for a hit or a full table (the record takes the state's).
   PyStepEntry* e = static_cast<PyStepEntry*>(s.step.get());
+  // A hit: our own reference to the cached object, taken under the cache's
+  // lock (the GIL is held: no Python code runs), instead of a copy of the
+  // shared_ptr that holds it.
+  PyObject* stored = nullptr;
+  auto take = [&](const CachedValue& v) {
+    stored = static_cast<PyObject*>(const_cast<void*>(v.get()));
+    Py_INCREF(stored);
+  };
+  const HitTaker take_hit(take);
   Admitted a = core_.Admit(
       s, now,
       [&] {
         fut = PyHelpers::Get().get_running_loop().attr("create_future")();
         return HoldWaiter(fut.ptr());
       },
-      &handover);
+      &handover, &take_hit);
   switch (a.verdict) {
     case AdmitVerdict::kStarted:
       // From _begin (nothing held), an attempt awaited as it is comes back
@@ -61,7 +70,7 @@ py::object Engine::Admit(AdmitState& s, py::handle held, int64_t now,
       return StartAttempt(a.record, data, context, resources, py::handle(),
                           /*pending=*/!held);
     case AdmitVerdict::kHit:
-      return HitResult(e, handover->hit, now);
+      return HitResult(e, py::reinterpret_steal<py::object>(stored), now);
     case AdmitVerdict::kFollow:
       return py::make_tuple(Pending(s, held, /*armed=*/false), fut,
                             NextOf(Next::kFollow));
@@ -97,12 +106,10 @@ py::object Engine::Admit(AdmitState& s, py::handle held, int64_t now,
   throw std::logic_error("unknown admission verdict");
 }
 
-py::object Engine::HitResult(PyStepEntry* e, const CachedValue& hit,
-                             int64_t now) {
-  auto* stored = static_cast<PyObject*>(const_cast<void*>(hit.get()));
+py::object Engine::HitResult(PyStepEntry* e, py::object stored, int64_t now) {
   py::object out = core_.current_config()->cache_copy_outputs
-                       ? PyHelpers::Get().deepcopy(py::handle(stored))
-                       : py::reinterpret_borrow<py::object>(stored);
+                       ? PyHelpers::Get().deepcopy(stored)
+                       : std::move(stored);
   const int64_t latency = core_.NowNs() - now;
   core_.RecordCacheHit(*e, latency);
   PyObject* res =

@@ -90,6 +90,29 @@ TEST(ResultCacheTest, GetReturnsWhatPutStored) {
   EXPECT_EQ(c.Get(K(2), 0), absl::nullopt);
 }
 
+TEST(ResultCacheTest, VisitHandsTheLiveValueOverOnlyOnAHit) {
+  ResultCache<std::string> c(Options(10));
+  std::vector<const std::string*> seen;
+  auto visit = [&](const std::string& v) { seen.push_back(&v); };
+  EXPECT_FALSE(c.Visit(K(1), 0, nullptr, visit));  // a miss: not called
+  EXPECT_TRUE(seen.empty());
+  c.Put(K(1), "a", 1, /*expires_at_ns=*/100, 0, kNoTags);
+  EXPECT_TRUE(c.Visit(K(1), 99, nullptr, visit));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(*seen[0], "a");  // the stored value itself, not a copy
+  EXPECT_TRUE(c.Visit(K(1), 99, nullptr, visit));
+  EXPECT_EQ(seen[1], seen[0]);
+  // Expired: removed into `dropped`, counted as a miss, not called.
+  std::vector<std::string> dropped;
+  EXPECT_FALSE(c.Visit(K(1), 100, &dropped, visit));
+  EXPECT_EQ(seen.size(), 2u);
+  EXPECT_THAT(dropped, ElementsAre("a"));
+  const ResultCacheStats st = c.GetStats();
+  EXPECT_EQ(st.hits, 2u);
+  EXPECT_EQ(st.misses, 2u);
+  EXPECT_EQ(st.expirations, 1u);
+}
+
 TEST(ResultCacheTest, EvictsLeastRecentlyUsed) {
   ResultCache<std::string> c(Options(3));
   PutSimple(c, 1);

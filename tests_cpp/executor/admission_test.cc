@@ -73,6 +73,23 @@ TEST(AdmissionTest, AHitEndsItBeforeAnythingIsTaken) {
   EXPECT_EQ(*static_cast<const int*>(handover->hit.get()), 7);
   EXPECT_EQ(ex.slots_waiting(), 0);
   EXPECT_EQ(w.made, 1);
+  // With a taker, the hit's value goes to it (the one stored, while the
+  // cache holds it) and handover `hit` stays empty.
+  const void* taken = nullptr;
+  long uses = 0;
+  auto take = [&](const CachedValue& v) {
+    taken = v.get();
+    uses = v.use_count();
+  };
+  const HitTaker taker(take);
+  const void* stored = handover->hit.get();
+  handover.reset();
+  AdmitState h2 = Keyed(e, Key128{1, 1});
+  a = ex.Admit(h2, 3, w.Ref(), &handover, &taker);
+  ASSERT_EQ(a.verdict, AdmitVerdict::kHit);
+  EXPECT_EQ(taken, stored);
+  EXPECT_EQ(uses, 1);  // the cache's own reference: no copy was made
+  EXPECT_EQ(handover->hit, nullptr);
 }
 
 TEST(AdmissionTest, TheSharedTierIsAskedAfterTheFlightAndBeforePermits) {

@@ -171,6 +171,13 @@ class ResultCache {
   // counted as an expiration and a miss.
   absl::optional<V> Get(const Key128& key, int64_t now_ns,
                         std::vector<V>* dropped = nullptr);
+  // As Get, but a live value is handed to `visit(const V&)` under the
+  // shard's lock instead of being copied out (a caller that takes its own
+  // reference to what V points to saves the copy's reference counting).
+  // `visit` must be quick and must not call into this cache. True on a hit.
+  template <typename F>
+  bool Visit(const Key128& key, int64_t now_ns, std::vector<V>* dropped,
+             F&& visit);
 
   // Stores `value` (accounted as `bytes`) under `key` as the most recently
   // used entry, replacing any entry with that key, then evicts least

@@ -6,7 +6,8 @@ namespace caudal {
 
 Admitted Executor::Admit(AdmitState& s, int64_t now_ns,
                          absl::FunctionRef<Waiter()> make_waiter,
-                         absl::optional<AdmitHandover>* handover) {
+                         absl::optional<AdmitHandover>* handover,
+                         const HitTaker* take_hit) {
   const OptimizationConfig* cfg = current_config();
   StepEntry& step = *s.step;
   switch (s.stage) {
@@ -14,12 +15,12 @@ Admitted Executor::Admit(AdmitState& s, int64_t now_ns,
       if (s.keyed) {
         // 1. The result cache.
         AdmitHandover& out = handover->emplace();
-        absl::optional<CachedValue> hit =
-            CacheLookup(step, s.key, now_ns, &out.dropped);
-        if (hit) {
-          out.hit = std::move(*hit);
-          return {AdmitVerdict::kHit};
-        }
+        const bool hit =
+            take_hit != nullptr
+                ? CacheLookup(step, s.key, now_ns, &out.dropped, *take_hit)
+                : CacheLookup(step, s.key, now_ns, &out.dropped,
+                              [&](const CachedValue& v) { out.hit = v; });
+        if (hit) return {AdmitVerdict::kHit};
         // 2. Single flight: lead, or follow the execution that leads.
         if (step.spec.single_flight) {
           if (!JoinFlight(s.key, make_waiter)) return {AdmitVerdict::kFollow};

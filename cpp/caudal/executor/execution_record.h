@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "caudal/concurrency/key_limiter.h"
 #include "caudal/config/optimization_config.h"
 #include "caudal/executor/handle_table.h"
@@ -23,6 +24,8 @@ namespace caudal {
 // A cached output, opaque to the core: the bindings store a Python object
 // with a deleter that takes the GIL. Copying is a refcount increment.
 using CachedValue = std::shared_ptr<const void>;
+// Given a cache hit's value while the cache holds it (Executor::Admit).
+using HitTaker = absl::FunctionRef<void(const CachedValue&)>;
 // A caller waiting to be woken, opaque to the core (the bindings: an asyncio
 // future): a single-flight follower waiting for its leader's result, or a
 // caller queued for a concurrency permit (the step key's, or a global slot).

@@ -177,9 +177,13 @@ class Executor {
   // queued when one must wait (it is called at most once). What a verdict
   // hands back besides the record goes to `*handover`, emplaced only when
   // there is something. Not for a state at kDone (started or withdrawn).
+  // With `take_hit`, a hit's value is handed to it under the cache's lock
+  // instead of being copied into handover `hit` (the bindings take their
+  // own reference to the Python object: no shared_ptr copy to count).
   Admitted Admit(AdmitState& state, int64_t now_ns,
                  absl::FunctionRef<Waiter()> make_waiter,
-                 absl::optional<AdmitHandover>* handover);
+                 absl::optional<AdmitHandover>* handover,
+                 const HitTaker* take_hit = nullptr);
   // Gives up an admission that did not start a record (cancelled while it
   // waited, or answered by the shared tier): leaves the queue `waiter` is in,
   // or passes on a permit already handed to it, and gives back what it held.
@@ -219,11 +223,11 @@ class Executor {
   static constexpr double kAlwaysCacheNs = 50'000;
   static constexpr uint32_t kCacheProbeEvery = 256;
   static bool UseCache(StepEntry& step, const OptimizationConfig& config);
-  // The cached output for `key`, counting the step's hit or miss. Removed
-  // (expired) values go to `dropped`, to be destroyed by the caller.
-  absl::optional<CachedValue> CacheLookup(StepEntry& step, const Key128& key,
-                                          int64_t now_ns,
-                                          std::vector<CachedValue>* dropped);
+  // Looks `key` up, counting the step's hit or miss: on a hit, the cached
+  // output is handed to `take` (under the cache's lock) and true returned.
+  // Removed (expired) values go to `dropped`, to be destroyed by the caller.
+  bool CacheLookup(StepEntry& step, const Key128& key, int64_t now_ns,
+                   std::vector<CachedValue>* dropped, const HitTaker& take);
   // A hit ends an execution without a record: counts it, records latency.
   void RecordCacheHit(StepEntry& step, int64_t latency_ns);
   // The step's input had no stable key: counted with its reason.

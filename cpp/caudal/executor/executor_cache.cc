@@ -65,11 +65,11 @@ static void ReassessCache(StepEntry& step) {
   step.cache_bypass.store(!pays, std::memory_order_relaxed);
 }
 
-absl::optional<CachedValue> Executor::CacheLookup(
-    StepEntry& step, const Key128& key, int64_t now_ns,
-    std::vector<CachedValue>* dropped) {
+bool Executor::CacheLookup(StepEntry& step, const Key128& key, int64_t now_ns,
+                           std::vector<CachedValue>* dropped,
+                           const HitTaker& take) {
   if (MaintenanceDue(now_ns)) Maintain(now_ns);
-  absl::optional<CachedValue> v = cache_.Get(key, now_ns, dropped);
+  const bool v = cache_.Visit(key, now_ns, dropped, take);
   StepStats& s = *step.stats;
   const uint64_t n =
       (v ? s.cache_hits : s.cache_misses)

@@ -47,13 +47,22 @@ void ResultCache<V>::SetBoundsLocked(Shard& s, size_t i, size_t max_entries,
 template <typename V>
 absl::optional<V> ResultCache<V>::Get(const Key128& key, int64_t now_ns,
                                       std::vector<V>* dropped) {
+  absl::optional<V> out;
+  Visit(key, now_ns, dropped, [&](const V& v) { out = v; });
+  return out;
+}
+
+template <typename V>
+template <typename F>
+bool ResultCache<V>::Visit(const Key128& key, int64_t now_ns,
+                           std::vector<V>* dropped, F&& visit) {
   std::vector<V> local;  // destroyed after the lock is released
   Shard& s = ShardFor(key);
   MutexLock lock(&s.mu);
   const auto it = s.index.find(key);
   if (it == s.index.end()) {
     Add<uint64_t>(s.misses, 1);
-    return absl::nullopt;
+    return false;
   }
   const uint32_t i = it->second;
   Slot& slot = s.slots[i];
@@ -61,14 +70,15 @@ absl::optional<V> ResultCache<V>::Get(const Key128& key, int64_t now_ns,
     Add<uint64_t>(s.expirations, 1);
     Add<uint64_t>(s.misses, 1);
     RemoveLocked(s, i, dropped != nullptr ? dropped : &local);
-    return absl::nullopt;
+    return false;
   }
   Add<uint64_t>(s.hits, 1);
   if (s.mru != i) {
     UnlinkLruLocked(s, i);
     LinkFrontLocked(s, i);
   }
-  return slot.value;
+  visit(static_cast<const V&>(slot.value));
+  return true;
 }
 
 template <typename V>
