@@ -22,9 +22,17 @@ namespace {
 struct FakeSources {
   static std::atomic<int64_t> sys_ns;
   static std::atomic<uint64_t> ticks;
-  static int64_t SystemNs() { return sys_ns.load(); }
+  // When set, the thread reading the system clock is descheduled right
+  // after its read for this long: both clocks move on meanwhile.
+  static std::atomic<int64_t> stall_ns;
+  static int64_t SystemNs() {
+    const int64_t v = sys_ns.load();
+    if (const int64_t stall = stall_ns.load()) Advance(stall);
+    return v;
+  }
   static uint64_t Ticks() { return ticks.load(); }
   static void Reset() {
+    stall_ns = 0;
     sys_ns = 1'000'000'000'000;
     ticks = 77'000'000'000;
   }
@@ -36,6 +44,7 @@ struct FakeSources {
 };
 std::atomic<int64_t> FakeSources::sys_ns{0};
 std::atomic<uint64_t> FakeSources::ticks{0};
+std::atomic<int64_t> FakeSources::stall_ns{0};
 
 using Clock = CalibratedClock<FakeSources>;
 constexpr int64_t kMs = 1'000'000;
@@ -104,6 +113,80 @@ TEST_F(CalibratedClockTest, StaysOnASystemClockThatRunsAtAnotherRate) {
   EXPECT_EQ(c.mode(), Clock::Mode::kTicks);
   // 200 ppm over one 50 ms anchor is 10 µs.
   EXPECT_LE(worst, 12'000) << "ns from the system clock";
+}
+
+TEST_F(CalibratedClockTest, AfterAPauseInReadsItIsStillOnTheSystemClock) {
+  // 10 s of reads, then the system clock runs 200 ppm fast for one span,
+  // so the next anchor carries a scale slewed by as much; then nobody reads
+  // the clock for 5 s. The first read after the pause must not have carried
+  // that slew over the whole pause (1 ms off): past its span an anchor
+  // reads at the rate measured over the 10 s.
+  Clock c(true);
+  Calibrate(c);
+  for (int i = 0; i < 20000; ++i) FakeSources::Advance(kMs / 2);
+  for (int i = 0; i < 100; ++i) FakeSources::Advance(kMs / 2, 1.0 / 1.0002);
+  int64_t last = c.Now();
+  for (int pause = 0; pause < 2; ++pause) {
+    FakeSources::Advance(5'000 * kMs);
+    const int64_t now = c.Now();
+    EXPECT_GE(now, last);
+    EXPECT_LE(std::abs(now - FakeSources::sys_ns.load()), 20'000)
+        << "ns from the system clock after a 5 s pause";
+    EXPECT_EQ(c.mode(), Clock::Mode::kTicks);
+    last = now;
+  }
+}
+
+TEST_F(CalibratedClockTest, AClockAheadAfterAPauseSlewsBackWithoutGoingBack) {
+  // The ticks run 500 ppm fast against the system clock during a 10 s
+  // pause (the worst NTP slewing): the clock is 5 ms ahead at the next
+  // read. It is not a jump (the pause explains it): the ticks stay in use,
+  // and the clock comes back to the system clock without going backwards.
+  Clock c(true);
+  Calibrate(c);
+  FakeSources::Advance(10'000 * kMs, 1.0005);
+  int64_t last = c.Now();
+  EXPECT_GT(last - FakeSources::sys_ns.load(), 4 * kMs);
+  EXPECT_EQ(c.mode(), Clock::Mode::kTicks);
+  for (int i = 0; i < 2000; ++i) {  // 1 s in 0.5 ms steps
+    FakeSources::Advance(kMs / 2);
+    const int64_t now = c.Now();
+    ASSERT_GT(now, last) << "step " << i;
+    last = now;
+  }
+  // Within the rate's error over one span: the rate measured across the
+  // pause is 500 ppm off (25 µs per 50 ms), caught up at each re-anchor.
+  EXPECT_LE(std::abs(last - FakeSources::sys_ns.load()), 30'000);
+  EXPECT_EQ(c.mode(), Clock::Mode::kTicks);
+}
+
+TEST_F(CalibratedClockTest, ABehindClockCatchesUpAtOnce) {
+  Clock c(true);
+  Calibrate(c);
+  FakeSources::Advance(10'000 * kMs, 0.9995);  // ticks 500 ppm slow
+  const int64_t sys = FakeSources::sys_ns.load();
+  const int64_t now = c.Now();
+  EXPECT_GE(now, sys);  // caught up (5 ms), a jump forward
+  EXPECT_LE(now - sys, 1'000);
+}
+
+TEST_F(CalibratedClockTest, ADescheduledReadIsNotTakenForAJump) {
+  // The thread that re-anchors is descheduled for 5 ms right after each of
+  // its system reads: its tick read comes 5 ms later. That is not a skew
+  // between the clocks (the ticks stay in use, the anchor is kept), and the
+  // next undisturbed read re-anchors.
+  Clock c(true);
+  Calibrate(c);
+  FakeSources::Advance(60 * kMs);  // the anchor has run out
+  FakeSources::stall_ns = 5 * kMs;
+  const int64_t during = c.Now();
+  FakeSources::stall_ns = 0;
+  EXPECT_EQ(c.mode(), Clock::Mode::kTicks);
+  FakeSources::Advance(kMs);
+  const int64_t after = c.Now();
+  EXPECT_GT(after, during);
+  EXPECT_EQ(c.mode(), Clock::Mode::kTicks);
+  EXPECT_LE(std::abs(after - FakeSources::sys_ns.load()), 1'000);
 }
 
 TEST_F(CalibratedClockTest, TicksThatJumpSendItBackToTheSystemClockForGood) {

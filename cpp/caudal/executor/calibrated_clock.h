@@ -17,17 +17,22 @@
 //   - Re-anchoring. Each anchor is good for `span` ticks (about kAnchorNs).
 //     The first read past it (one thread: the others go on from the old
 //     anchor) reads the system clock and sets an anchor that continues from
-//     the clock's current value, never jumping, with the rate chosen to meet
-//     the system clock again at the next re-anchor. The rate comes from the
-//     whole run since construction, so it is accurate to a fraction of a
-//     part per million within seconds; the distance to the system clock
-//     stays under its error (and the system clock's own NTP slewing) over
-//     one kAnchorNs: well under a microsecond in practice, 25 µs at the
-//     500 ppm limit of NTP slewing.
-//   - Fallback. If the two clocks disagree by more than kMaxSkewNs at a
-//     re-anchor (ticks that stopped or jumped: a migrated VM, a TSC the
-//     kernel has since stopped trusting), the clock goes back to the system
-//     clock for good, never reading below a value it has returned.
+//     the clock's current value, with the rate chosen to meet the system
+//     clock again at the next re-anchor (a slew). The rate is measured over
+//     the last 60 to 120 s (from the start, before that), so it follows the
+//     system clock's own rate as NTP slews it; while the clock is read, the
+//     distance to the system clock stays under a microsecond in practice
+//     (the rate's error over one kAnchorNs; 25 µs at NTP's 500 ppm limit).
+//   - Pauses. Past its span an anchor reads at the calibrated rate. After a
+//     pause in reads the clock may be behind the system clock (it catches
+//     up at once, a jump forward, when by more than kCatchUpNs) or ahead (it
+//     slews back, at most a quarter slower, never backwards): by the rate's
+//     error times the pause, microseconds for seconds.
+//   - Fallback. If the two clocks disagree by more than kMaxSkewNs, plus
+//     1000 ppm of any pause, at a re-anchor (ticks that stopped or jumped: a
+//     migrated VM, a TSC the kernel has since stopped trusting), the clock
+//     goes back to the system clock for good, never reading below a value
+//     it has returned.
 //
 // Ordering: reads within one thread never go backwards; two threads' reads
 // are ordered as far as their ticks are (the kernel uses the TSC as its
@@ -54,9 +59,12 @@ namespace caudal {
 template <class Src>
 class CalibratedClock {
  public:
-  static constexpr int64_t kCalibrateNs = 10'000'000;  // 10 ms
-  static constexpr int64_t kAnchorNs = 50'000'000;     // 50 ms
-  static constexpr int64_t kMaxSkewNs = 1'000'000;     // 1 ms
+  static constexpr int64_t kCalibrateNs = 10'000'000;       // 10 ms
+  static constexpr int64_t kAnchorNs = 50'000'000;          // 50 ms
+  static constexpr int64_t kMaxSkewNs = 1'000'000;          // 1 ms
+  static constexpr int64_t kCatchUpNs = 20'000;             // 20 µs
+  static constexpr int64_t kMaxPairNs = 50'000;             // 50 µs
+  static constexpr int64_t kRateWindowNs = 60'000'000'000;  // 60 s
 
   enum class Mode : int { kSystem, kCalibrating, kTicks };
 
@@ -65,8 +73,9 @@ class CalibratedClock {
   explicit CalibratedClock(bool use_ticks)
       : mode_(use_ticks ? Mode::kCalibrating : Mode::kSystem) {
     if (use_ticks) {
-      origin_ns_ = Src::SystemNs();
-      origin_ticks_ = Src::Ticks();
+      const Pair p = ReadPair();
+      origin_ns_.store(p.sys, std::memory_order_relaxed);
+      origin_ticks_.store(p.mid(), std::memory_order_relaxed);
     }
   }
   CalibratedClock(const CalibratedClock&) = delete;
@@ -138,19 +147,39 @@ class CalibratedClock {
     return Extrapolate();  // another thread re-anchors
   }
 
+  struct Anchor {
+    int64_t base_ns;
+    uint64_t base_ticks, scale, span, rate;
+    // The reading at tick `t` (not before the anchor): `scale` within the
+    // span, the calibrated rate past it (a slewed scale is meant for its
+    // span only; past it, as after a pause in reads, it would drift).
+    int64_t At(uint64_t t) const {
+      const uint64_t d = t - base_ticks;
+      if (d <= span) return base_ns + ToNs(d, scale);
+      return base_ns + ToNs(span, scale) + ToNs(d - span, rate);
+    }
+  };
+
+  // Under the seqlock (a reader checks seq_ around it), or by the writer.
+  Anchor LoadAnchor() const {
+    return {base_ns_.load(std::memory_order_relaxed),
+            base_ticks_.load(std::memory_order_relaxed),
+            scale_.load(std::memory_order_relaxed),
+            span_.load(std::memory_order_relaxed),
+            rate_.load(std::memory_order_relaxed)};
+  }
+
   // The current anchor's reading, however far past its span.
   int64_t Extrapolate() {
     for (int spins = 0;; ++spins) {
       if (mode_.load(std::memory_order_acquire) != Mode::kTicks) return Slow();
       const uint32_t s = seq_.load(std::memory_order_acquire);
-      const int64_t base_ns = base_ns_.load(std::memory_order_relaxed);
-      const uint64_t base_ticks = base_ticks_.load(std::memory_order_relaxed);
-      const uint64_t scale = scale_.load(std::memory_order_relaxed);
+      const Anchor a = LoadAnchor();
       const uint64_t t = Src::Ticks();
       std::atomic_thread_fence(std::memory_order_acquire);
       if ((s & 1) == 0 && seq_.load(std::memory_order_relaxed) == s) {
         // Ticks behind the anchor read as the anchor.
-        return t > base_ticks ? base_ns + ToNs(t - base_ticks, scale) : base_ns;
+        return t > a.base_ticks ? a.At(t) : a.base_ns;
       }
       if (spins >= 64) std::this_thread::yield();  // a writer descheduled
     }
@@ -170,34 +199,57 @@ class CalibratedClock {
   }
 
   void Store(int64_t base_ns, uint64_t base_ticks, uint64_t scale,
-             uint64_t span) {
+             uint64_t span, uint64_t rate) {
     base_ns_.store(base_ns, std::memory_order_relaxed);
     base_ticks_.store(base_ticks, std::memory_order_relaxed);
     scale_.store(scale, std::memory_order_relaxed);
     span_.store(span, std::memory_order_relaxed);
+    rate_.store(rate, std::memory_order_relaxed);
+  }
+
+  // A system read between two tick reads: the tick at the system time is
+  // within [before, after]. The tightest of four tries, so that a thread
+  // descheduled around one read does not pass its pause off as a skew.
+  struct Pair {
+    int64_t sys;
+    uint64_t before, after;
+    uint64_t mid() const { return before + (after - before) / 2; }
+  };
+  static Pair ReadPair() {
+    Pair best{0, 0, ~uint64_t{0}};
+    for (int i = 0; i < 4; ++i) {
+      const uint64_t before = Src::Ticks();
+      const int64_t sys = Src::SystemNs();
+      const uint64_t after = Src::Ticks();
+      if (after - before < best.after - best.before)
+        best = {sys, before, after};
+    }
+    return best;
   }
 
   int64_t Calibrate() {
     const int64_t sys = Src::SystemNs();
-    if (sys - origin_ns_ < kCalibrateNs ||
+    if (sys - origin_ns_.load(std::memory_order_relaxed) < kCalibrateNs ||
         writing_.exchange(true, std::memory_order_acquire)) {
       return sys;
     }
     int64_t now = sys;
     if (mode_.load(std::memory_order_acquire) == Mode::kCalibrating) {
       Write([&] {
-        // The ticks first: they are then no later than the anchor's time,
-        // so the tick clock starts at or ahead of the system clock, and a
-        // thread going from system reads to tick reads never goes back.
-        const uint64_t t = Src::Ticks();
-        now = std::max(sys, Src::SystemNs());
-        if (t <= origin_ticks_) {
+        const Pair p = ReadPair();
+        now = std::max(sys, p.sys);
+        if (p.mid() <= origin_ticks_.load(std::memory_order_relaxed)) {
           GiveUp(now);  // the ticks did not move
           return;
         }
-        const uint64_t rate = RateAt(now, t);
-        rate_.store(rate, std::memory_order_relaxed);
-        Store(now, t, rate, SpanFor(rate));
+        const uint64_t rate = RateAt(p.sys, p.mid());
+        // Descheduled around the system read: calibrate on a later read.
+        if (ToNs(p.after - p.before, rate) > kMaxPairNs) return;
+        // The anchor at the later tick, at the latest time it can stand
+        // for: the tick clock starts at or ahead of the system clock, so a
+        // thread going from system reads to tick reads never goes back.
+        now = p.sys + ToNs(p.after - p.before, rate);
+        Store(now, p.after, rate, SpanFor(rate), rate);
         mode_.store(Mode::kTicks, std::memory_order_release);
       });
     } else if (mode_.load(std::memory_order_acquire) == Mode::kTicks) {
@@ -210,49 +262,84 @@ class CalibratedClock {
   // Called by the one writer: a new anchor that continues the old one, or
   // the system clock for good.
   int64_t Reanchor() {
-    const int64_t sys = Src::SystemNs();
     int64_t now = 0;
     Write([&] {
-      const uint64_t t = Src::Ticks();
-      const int64_t base_ns = base_ns_.load(std::memory_order_relaxed);
-      const uint64_t base_ticks = base_ticks_.load(std::memory_order_relaxed);
-      const uint64_t scale = scale_.load(std::memory_order_relaxed);
-      if (t <= base_ticks) {
+      const Pair p = ReadPair();
+      // The anchor's tick: the later one, read with the seqlock odd.
+      const uint64_t t = p.after;
+      const Anchor a = LoadAnchor();
+      if (p.before <= a.base_ticks) {
         // Ticks behind the anchor: read on a CPU a few cycles behind (read
         // as the anchor; a later read re-anchors), or a counter that went
         // back by more than an anchor's span (the system clock from now).
-        now = base_ns;
-        if (base_ticks - t > span_.load(std::memory_order_relaxed)) {
-          now = std::max(sys, base_ns);
+        now = a.base_ns;
+        if (a.base_ticks - p.before > a.span) {
+          now = std::max(p.sys, a.base_ns);
           GiveUp(now);
         }
         return;
       }
-      const int64_t cur = base_ns + ToNs(t - base_ticks, scale);
-      const int64_t skew = sys - cur;
-      now = cur;
-      if (skew > kMaxSkewNs || skew < -kMaxSkewNs || t <= origin_ticks_) {
-        now = std::max(sys, cur);
+      now = a.At(t);
+      // Descheduled around the system read: keep the anchor, and try again
+      // on a later read.
+      if (ToNs(p.after - p.before, a.rate) > kMaxPairNs) return;
+      const int64_t skew = p.sys - a.At(p.mid());
+      // How far the two may drift apart while nobody read the clock: the
+      // time past the anchor's span, at 1000 ppm (twice NTP's largest
+      // slewing). A disagreement beyond that and kMaxSkewNs is not drift:
+      // the ticks jumped or stopped.
+      const uint64_t past =
+          t - a.base_ticks > a.span ? t - a.base_ticks - a.span : 0;
+      const int64_t allowed = kMaxSkewNs + ToNs(past, a.rate) / 1000;
+      if (skew > allowed || skew < -allowed ||
+          p.mid() <= origin_ticks_.load(std::memory_order_relaxed)) {
+        now = std::max(p.sys, now);
         GiveUp(now);
         return;
       }
-      const uint64_t rate = RateAt(sys, t);
-      rate_.store(rate, std::memory_order_relaxed);
+      const uint64_t rate = RateAt(p.sys, p.mid());
       const uint64_t span = SpanFor(rate);
-      // Meet the system clock (moving at `rate`) at the next re-anchor:
-      // kAnchorNs + skew to cover in `span` ticks. |skew| <= kMaxSkewNs
-      // keeps the new scale within 2% of the rate, and positive.
+      // Behind by more than kCatchUpNs (after a pause in reads): catch up
+      // at once, a jump forward. Otherwise meet the system clock (moving
+      // at `rate`) at the next re-anchor: kAnchorNs + skew to cover in
+      // `span` ticks, at most a quarter faster or slower than the rate (a
+      // clock far ahead takes a few spans to come back).
+      int64_t slew = skew;
+      if (skew > kCatchUpNs) {
+        now = p.sys + ToNs(t - p.mid(), rate);  // the system time at t
+        slew = 0;
+      }
+      slew = std::clamp(slew, -kAnchorNs / 4, kAnchorNs / 4);
       const uint64_t slewed = static_cast<uint64_t>(
-          (static_cast<unsigned __int128>(kAnchorNs + skew) << 32) / span);
-      Store(cur, t, slewed, span);
+          (static_cast<unsigned __int128>(kAnchorNs + slew) << 32) / span);
+      Store(now, t, slewed, span, rate);
+      MoveOrigin(p.sys, p.mid());
     });
     return now;
   }
 
-  // ns per tick, times 2^32, over the whole run so far.
+  // ns per tick, times 2^32, since the origin: over 60 to 120 s once the
+  // clock has run that long, so that the rate follows the system clock's
+  // (NTP slews it) rather than its average since the start.
   uint64_t RateAt(int64_t sys, uint64_t t) const {
-    const unsigned __int128 ns = static_cast<uint64_t>(sys - origin_ns_);
-    return static_cast<uint64_t>((ns << 32) / (t - origin_ticks_));
+    const unsigned __int128 ns =
+        static_cast<uint64_t>(sys - origin_ns_.load(std::memory_order_relaxed));
+    return static_cast<uint64_t>(
+        (ns << 32) / (t - origin_ticks_.load(std::memory_order_relaxed)));
+  }
+
+  void MoveOrigin(int64_t sys, uint64_t t) {
+    const int64_t age = sys - origin_ns_.load(std::memory_order_relaxed);
+    if (age < kRateWindowNs) return;
+    if (next_origin_ns_ == 0) {
+      next_origin_ns_ = sys;
+      next_origin_ticks_ = t;
+    } else if (age >= 2 * kRateWindowNs) {
+      origin_ns_.store(next_origin_ns_, std::memory_order_relaxed);
+      origin_ticks_.store(next_origin_ticks_, std::memory_order_relaxed);
+      next_origin_ns_ = sys;
+      next_origin_ticks_ = t;
+    }
   }
 
   static uint64_t SpanFor(uint64_t rate) {
@@ -275,9 +362,12 @@ class CalibratedClock {
   std::atomic<uint64_t> span_{0};   // ticks the anchor is good for
   std::atomic<uint64_t> rate_{0};   // calibrated ns per tick, times 2^32
   std::atomic<int64_t> floor_ns_{INT64_MIN};
-  // Set at construction, read only after.
-  int64_t origin_ns_ = 0;
-  uint64_t origin_ticks_ = 0;
+  // The rate's origin: set at construction, then by the one writer (atomic
+  // for the calibration's check, which reads it before it is the writer).
+  std::atomic<int64_t> origin_ns_{0};
+  std::atomic<uint64_t> origin_ticks_{0};
+  int64_t next_origin_ns_ = 0;  // the writer's alone; 0: none yet
+  uint64_t next_origin_ticks_ = 0;
 };
 
 }  // namespace caudal
