@@ -6,10 +6,11 @@ itself and converts it (cpp/caudal/executor/calibrated_clock.h) instead of
 calling clock_gettime; ``CAUDAL_CLOCK=system`` keeps clock_gettime. The clock
 is chosen once per process, so the two cannot share one: child processes
 alternate, system then TSC, pair after pair. Each child times, in one event
-loop and interleaved round by round, a bare ``await step(x)`` and three
-execute paths with every optimization on (a cache hit, a miss that the
-admission stops looking up, a miss and a store with the cache forced on),
-and reports each path's median cost above the bare await; then the cost of
+loop and interleaved round by round (benchmarks/_harness.py), a bare
+``await step(x)`` and three execute paths with every optimization on (a
+cache hit, a miss that the admission stops looking up, a miss and a store
+with the cache forced on), and reports each path's median cost above the
+bare await; then the cost of
 one read of each clock from Python (``time.monotonic_ns()`` against
 ``caudal._core.monotonic_ns()``, both plain C functions of no argument).
 Printed: the median over the children of each, for each clock, and the
@@ -36,6 +37,7 @@ PATHS = ("cache hit", "cache miss", "cache forced on, miss and store")
 
 
 def child(rounds: int, batch: int) -> None:
+    from _harness import interleaved, interleaved_sync
     from caudal import ExecutorCore, OptimizationConfig, Step
     from caudal._core import clock_source, monotonic_ns
 
@@ -51,58 +53,39 @@ def child(rounds: int, batch: int) -> None:
     async def hit_step(x):
         return x + 1
 
+    # Past the calibration (the first 10 ms of reads use clock_gettime).
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:
+        monotonic_ns()
+
     async def main() -> dict:
         hits = ExecutorCore(OptimizationConfig(**dict.fromkeys(flags, True)))
         misses = ExecutorCore(OptimizationConfig(**dict.fromkeys(flags, True)))
         forced = Step(step, "forced", cache=True)
         await hits.execute(hit_step, -1)
-        nxt = [0]
-
-        async def bare():
-            for i in range(batch):
-                await step(i)
-
-        async def hit():
-            ex = hits.execute
-            for _ in range(batch):
-                await ex(hit_step, -1)
-
-        async def miss():
-            ex = misses.execute
-            for i in range(batch):
-                await ex(step, i)
-
-        async def store():
-            ex, base = misses.execute, nxt[0]
-            nxt[0] += batch
-            for i in range(base, base + batch):
-                await ex(forced, i)
-
-        contenders = {"bare": bare, PATHS[0]: hit, PATHS[1]: miss, PATHS[2]: store}
-        for f in contenders.values():  # warm-up, and past the calibration
-            await f()
-        above: dict[str, list[float]] = {p: [] for p in PATHS}
-        for _ in range(rounds):
-            us = {}
-            for name, f in contenders.items():
-                t0 = time.perf_counter()
-                await f()
-                us[name] = (time.perf_counter() - t0) / batch * 1e6
-            for p in PATHS:
-                above[p].append(us[p] - us["bare"])
-        return {p: statistics.median(v) for p, v in above.items()}
+        # The harness's inputs are distinct (but for its warm-up's): the
+        # miss rows miss.
+        res = await interleaved(
+            {
+                "bare": lambda x: step(x),
+                PATHS[0]: lambda x: hits.execute(hit_step, -1),
+                PATHS[1]: lambda x: misses.execute(step, x),
+                PATHS[2]: lambda x: misses.execute(forced, x),
+            },
+            rounds=rounds,
+            batch=batch,
+        )
+        return {p: res[p]["median_us"] - res["bare"]["median_us"] for p in PATHS}
 
     out = asyncio.run(main())
     # One read from Python, against time.monotonic_ns() (clock_gettime),
-    # both plain C functions of no argument, interleaved.
-    reads: dict[str, list[float]] = {"time.monotonic_ns": [], "caudal": []}
-    for _ in range(rounds):
-        for name, f in (("time.monotonic_ns", time.monotonic_ns), ("caudal", monotonic_ns)):
-            t0 = time.perf_counter()
-            for _ in range(batch * 10):
-                f()
-            reads[name].append((time.perf_counter() - t0) / (batch * 10) * 1e9)
-    read_ns = {k: statistics.median(v) for k, v in reads.items()}
+    # both plain C functions of no argument, called the same way.
+    reads = interleaved_sync(
+        {"time.monotonic_ns": lambda x: time.monotonic_ns(), "caudal": lambda x: monotonic_ns()},
+        rounds=rounds,
+        batch=batch * 10,
+    )
+    read_ns = {k: v["median_us"] * 1e3 for k, v in reads.items()}
     print(json.dumps({"above_bare_us": out, "read_ns": read_ns, "clock": clock_source()["source"]}))
 
 

@@ -84,19 +84,12 @@ class CalibratedClock {
   int64_t Now() {
     if (ABSL_PREDICT_TRUE(mode_.load(std::memory_order_acquire) ==
                           Mode::kTicks)) {
-      const uint32_t s = seq_.load(std::memory_order_acquire);
-      const int64_t base_ns = base_ns_.load(std::memory_order_relaxed);
-      const uint64_t base_ticks = base_ticks_.load(std::memory_order_relaxed);
-      const uint64_t scale = scale_.load(std::memory_order_relaxed);
-      const uint64_t span = span_.load(std::memory_order_relaxed);
-      const uint64_t t = Src::Ticks();
-      std::atomic_thread_fence(std::memory_order_acquire);
+      Anchor a;
+      uint64_t t;
       // t - base_ticks wraps to a huge value when t is before the anchor
       // (ticks read on a CPU a few cycles behind): the slow path then.
-      if (ABSL_PREDICT_TRUE((s & 1) == 0 &&
-                            seq_.load(std::memory_order_relaxed) == s &&
-                            t - base_ticks < span)) {
-        return base_ns + ToNs(t - base_ticks, scale);
+      if (ABSL_PREDICT_TRUE(Read(&a, &t) && t - a.base_ticks < a.span)) {
+        return a.base_ns + ToNs(t - a.base_ticks, a.scale);
       }
     }
     return Slow();
@@ -160,7 +153,7 @@ class CalibratedClock {
     }
   };
 
-  // Under the seqlock (a reader checks seq_ around it), or by the writer.
+  // Inside Read (the seqlock checked around it), or by the writer.
   Anchor LoadAnchor() const {
     return {base_ns_.load(std::memory_order_relaxed),
             base_ticks_.load(std::memory_order_relaxed),
@@ -169,18 +162,24 @@ class CalibratedClock {
             rate_.load(std::memory_order_relaxed)};
   }
 
+  // One read of the seqlock: the anchor, then a tick read after it. False
+  // when a writer was at work (the values may be torn: read again).
+  bool Read(Anchor* a, uint64_t* t) const {
+    const uint32_t s = seq_.load(std::memory_order_acquire);
+    *a = LoadAnchor();
+    *t = Src::Ticks();
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return (s & 1) == 0 && seq_.load(std::memory_order_relaxed) == s;
+  }
+
   // The current anchor's reading, however far past its span.
   int64_t Extrapolate() {
     for (int spins = 0;; ++spins) {
       if (mode_.load(std::memory_order_acquire) != Mode::kTicks) return Slow();
-      const uint32_t s = seq_.load(std::memory_order_acquire);
-      const Anchor a = LoadAnchor();
-      const uint64_t t = Src::Ticks();
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if ((s & 1) == 0 && seq_.load(std::memory_order_relaxed) == s) {
-        // Ticks behind the anchor read as the anchor.
-        return t > a.base_ticks ? a.At(t) : a.base_ns;
-      }
+      Anchor a;
+      uint64_t t;
+      // Ticks behind the anchor read as the anchor.
+      if (Read(&a, &t)) return t > a.base_ticks ? a.At(t) : a.base_ns;
       if (spins >= 64) std::this_thread::yield();  // a writer descheduled
     }
   }

@@ -231,12 +231,7 @@ class Executor {
   // As above, with the output copied out (nullopt: a miss).
   absl::optional<CachedValue> CacheLookup(StepEntry& step, const Key128& key,
                                           int64_t now_ns,
-                                          std::vector<CachedValue>* dropped) {
-    absl::optional<CachedValue> out;
-    CacheLookup(step, key, now_ns, dropped,
-                [&](const CachedValue& v) { out = v; });
-    return out;
-  }
+                                          std::vector<CachedValue>* dropped);
   // A hit ends an execution without a record: counts it, records latency.
   void RecordCacheHit(StepEntry& step, int64_t latency_ns);
   // The step's input had no stable key: counted with its reason.

@@ -81,6 +81,15 @@ bool Executor::CacheLookup(StepEntry& step, const Key128& key, int64_t now_ns,
   return v;
 }
 
+absl::optional<CachedValue> Executor::CacheLookup(
+    StepEntry& step, const Key128& key, int64_t now_ns,
+    std::vector<CachedValue>* dropped) {
+  absl::optional<CachedValue> out;
+  CacheLookup(step, key, now_ns, dropped,
+              [&](const CachedValue& v) { out = v; });
+  return out;
+}
+
 void Executor::RecordCacheHit(StepEntry& step, int64_t latency_ns) {
   StepStats* s = step.stats;
   // Counted as an execution and a success by StepStats::Take.
