@@ -25,11 +25,46 @@ int SR_clear(StepResultObject* self) {
   return 0;
 }
 
+// Results freed recently, kept for the next ones: an execute makes one
+// result and its caller usually drops it before the next, so most results
+// reuse the memory of the last instead of a trip through the allocator and
+// the collector's bookkeeping. Guarded by the GIL, so not kept in builds
+// without it. A kept result is untracked, holds no reference and no weak
+// reference; its `name` slot links the list. The type cannot be subclassed
+// (no Py_TPFLAGS_BASETYPE), so every instance has the same size.
+#ifndef Py_GIL_DISABLED
+constexpr int kFreeListMax = 128;
+StepResultObject* free_list = nullptr;
+int free_count = 0;
+#endif
+
 void SR_dealloc(StepResultObject* self) {
   PyObject_GC_UnTrack(self);
   if (self->weakrefs) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
   SR_clear(self);
+#ifndef Py_GIL_DISABLED
+  if (free_count < kFreeListMax) {
+    self->name = reinterpret_cast<PyObject*>(free_list);
+    free_list = self;
+    ++free_count;
+    return;
+  }
+#endif
   Py_TYPE(self)->tp_free(reinterpret_cast<PyObject*>(self));
+}
+
+// Memory for a new result, not yet tracked and with every field unset.
+StepResultObject* AllocStepResult() {
+#ifndef Py_GIL_DISABLED
+  if (StepResultObject* r = free_list) {
+    free_list = reinterpret_cast<StepResultObject*>(r->name);
+    --free_count;
+    // A fresh reference count and type (the type is static: no incref).
+    PyObject_Init(reinterpret_cast<PyObject*>(r), &StepResultType);
+    return r;
+  }
+#endif
+  return PyObject_GC_New(StepResultObject, &StepResultType);
 }
 
 PyObject* SR_new(PyTypeObject* type, PyObject*, PyObject*) {
@@ -293,7 +328,7 @@ bool InitStepResultType(PyObject* module) {
 PyObject* NewStepResult(PyObject* name, PyObject* output, bool success,
                         int attempts, double latency_s, PyObject* feedback,
                         PyObject* error, bool cache_hit) {
-  auto* r = PyObject_GC_New(StepResultObject, &StepResultType);
+  StepResultObject* r = AllocStepResult();
   if (!r) return nullptr;
   Py_INCREF(name);
   r->name = name;
