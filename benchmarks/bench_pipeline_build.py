@@ -23,7 +23,10 @@ work; on a shared machine the wall clock also counts whatever else ran),
 wall clock printed beside. Floors: a 10,000-step ``>>`` chain in at most
 50 ms, and linear growth: time(10n) / time(n) at most 12 for every form
 (n = 1,000; 200 for YAML): 10x the work within 20% of noise, where a
-quadratic form shows ~100x.
+quadratic form shows ~100x. The growth figure is the median over rounds of
+that round's time(10n) / time(n): the two builds of a round run one after
+the other, under the same load, where medians taken separately may come
+from different phases of a shared machine.
 
     python benchmarks/bench_pipeline_build.py [--quick]
 """
@@ -102,10 +105,12 @@ def yaml_chain(n: int) -> Callable[[], Pipeline]:
 
 
 def timed(builds: dict[int, Callable[[], Pipeline]], rounds: dict[int, int]) -> dict:
-    """Median (CPU ms, wall ms) of each size's builds, the sizes
-    interleaved: each round builds every size that still has rounds to go,
-    in a shuffled order, so that the ratio of two sizes compares builds made
-    under the same conditions. Building is one thread's CPU work, so the
+    """Median (CPU ms, wall ms) of each size's builds, and the median over
+    rounds of the CPU-time ratio of the two smallest sizes ("ratio"). The
+    sizes are interleaved: each round builds every size that still has
+    rounds to go, in a shuffled order, so that the ratio of two sizes
+    compares builds made under the same conditions (the two smallest get
+    the same number of rounds). Building is one thread's CPU work, so the
     CPU time of this thread is its cost; on a shared machine the wall time
     also counts whatever else ran meanwhile. Garbage collection is off while
     timing, as timeit does: a collection triggered by earlier rounds'
@@ -114,6 +119,9 @@ def timed(builds: dict[int, Callable[[], Pipeline]], rounds: dict[int, int]) -> 
         build()  # warm-up
     cpu: dict[int, list[float]] = {n: [] for n in builds}
     wall: dict[int, list[float]] = {n: [] for n in builds}
+    small, big = sorted(builds)[:2]
+    assert rounds[small] == rounds[big], "the ratio's two sizes need the same rounds"
+    ratios: list[float] = []
     order = list(builds)
     rng = random.Random(11)
     for r in range(max(rounds.values())):
@@ -130,7 +138,12 @@ def timed(builds: dict[int, Callable[[], Pipeline]], rounds: dict[int, int]) -> 
                 cpu[n].append(time.thread_time() - c0)
             finally:
                 gc.enable()
-    return {n: (statistics.median(cpu[n]) * 1e3, statistics.median(wall[n]) * 1e3) for n in builds}
+        if r < rounds[small]:
+            ratios.append(cpu[big][-1] / cpu[small][-1])
+    med = statistics.median
+    out: dict = {n: (med(cpu[n]) * 1e3, med(wall[n]) * 1e3) for n in builds}
+    out["ratio"] = med(ratios)
+    return out
 
 
 FORMS = {
@@ -149,20 +162,22 @@ YAML_SIZES = (200, 2_000)  # PyYAML composing the document dominates: seconds at
 
 def main(quick: bool) -> dict:
     sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000]
-    rounds = {1_000: 7 if quick else 15, 10_000: 3 if quick else 7, 100_000: 3}
+    rounds = {1_000: 5 if quick else 15, 10_000: 5 if quick else 15, 100_000: 3}
     cpu: dict[str, dict[int, float]] = {form: {} for form in FORMS}
     wall: dict[str, dict[int, float]] = {form: {} for form in FORMS}
+    ratio: dict[str, float] = {}
     steps = {n: [Step(work, f"c{i}") for i in range(n)] for n in sizes}
     for form, make in FORMS.items():
         if form == "YAML chain":
             got = timed(
-                {n: yaml_chain(n) for n in YAML_SIZES}, dict.fromkeys(YAML_SIZES, 3 if quick else 5)
+                {n: yaml_chain(n) for n in YAML_SIZES}, dict.fromkeys(YAML_SIZES, 3 if quick else 7)
             )
         else:
             got = timed({n: make(n, steps[n]) for n in sizes}, rounds)
+        ratio[form] = got.pop("ratio")
         for n, (c, w) in got.items():
             cpu[form][n], wall[form][n] = c, w
-    return {"quick": quick, "build_cpu_ms": cpu, "build_wall_ms": wall}
+    return {"quick": quick, "build_cpu_ms": cpu, "build_wall_ms": wall, "growth_ratio": ratio}
 
 
 def report(out: dict) -> None:
@@ -173,9 +188,10 @@ def report(out: dict) -> None:
     growth = {}
     for form, v in cpu.items():
         small, big = sorted(v)[:2]
-        growth[form] = (small, big, v[big] / v[small])
+        growth[form] = (small, big, out["growth_ratio"][form])
         cells = "".join(f"{v[n]:>10.2f}" if n in v else f"{'':>10}" for n in sizes)
         print(f"{form:<38}{cells}{growth[form][2]:>7.1f}x")
+    print("(10x: the median over rounds of each round's ratio, both sizes built in it)")
     chain10k = cpu[">> chain"][10_000]
     print(
         f"10,000-step >> chain, wall clock: {wall['>> chain'][10_000]:.1f} ms (CPU {chain10k:.1f})"
@@ -197,7 +213,8 @@ def report(out: dict) -> None:
                 measured=ratio,
                 limit=12,
                 unit="x",
-                detail="10x the steps: linear within 20% (quadratic: ~100x)",
+                detail="10x the steps: linear within 20% (quadratic: ~100x); median over "
+                "rounds of the round's ratio",
             )
         )
     curves = [
