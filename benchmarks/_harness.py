@@ -23,8 +23,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 Contender = Callable[[int], Awaitable[object]]
 
 
-def summarise(samples: list[float], batch: int) -> dict[str, float]:
-    """Median, p10 and p90 of per-call times (µs) over rounds."""
+def summarise(samples: list[float], batch: int) -> dict:
+    """Median, p10 and p90 of per-call times (µs) over rounds, and the
+    rounds' own figures in round order ("samples_us"), for ratios taken
+    within a round (`round_ratio`)."""
     s = sorted(samples)
     return {
         "median_us": statistics.median(s),
@@ -32,7 +34,17 @@ def summarise(samples: list[float], batch: int) -> dict[str, float]:
         "p90_us": s[(len(s) * 9) // 10],
         "rounds": len(s),
         "batch": batch,
+        "samples_us": list(samples),
     }
+
+
+def round_ratio(results: dict[str, dict], num: str, den: str) -> float:
+    """The median over rounds of num's per-call time / den's in the same
+    round. Contenders of one round run one after the other, under the same
+    load; two medians taken separately may come from different phases of a
+    shared machine, and their ratio mixes those phases."""
+    a, b = results[num]["samples_us"], results[den]["samples_us"]
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 async def interleaved(
