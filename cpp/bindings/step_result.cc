@@ -31,8 +31,23 @@ int SR_clear(StepResultObject* self) {
 // the collector's bookkeeping. Guarded by the GIL, so not kept in builds
 // without it. A kept result is untracked, holds no reference and no weak
 // reference; its `name` slot links the list. The type cannot be subclassed
-// (no Py_TPFLAGS_BASETYPE), so every instance has the same size.
-#ifndef Py_GIL_DISABLED
+// (no Py_TPFLAGS_BASETYPE), so every instance has the same size. Not kept
+// under AddressSanitizer either: a result used after it was freed must
+// reach the sanitizer, not a reused object.
+#if defined(__SANITIZE_ADDRESS__)
+#define CAUDAL_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CAUDAL_UNDER_ASAN 1
+#endif
+#endif
+#if defined(Py_GIL_DISABLED) || defined(CAUDAL_UNDER_ASAN)
+#define CAUDAL_RESULT_FREE_LIST 0
+#else
+#define CAUDAL_RESULT_FREE_LIST 1
+#endif
+
+#if CAUDAL_RESULT_FREE_LIST
 constexpr int kFreeListMax = 128;
 StepResultObject* free_list = nullptr;
 int free_count = 0;
@@ -42,7 +57,7 @@ void SR_dealloc(StepResultObject* self) {
   PyObject_GC_UnTrack(self);
   if (self->weakrefs) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
   SR_clear(self);
-#ifndef Py_GIL_DISABLED
+#if CAUDAL_RESULT_FREE_LIST
   if (free_count < kFreeListMax) {
     self->name = reinterpret_cast<PyObject*>(free_list);
     free_list = self;
@@ -55,7 +70,7 @@ void SR_dealloc(StepResultObject* self) {
 
 // Memory for a new result, not yet tracked and with every field unset.
 StepResultObject* AllocStepResult() {
-#ifndef Py_GIL_DISABLED
+#if CAUDAL_RESULT_FREE_LIST
   if (StepResultObject* r = free_list) {
     free_list = reinterpret_cast<StepResultObject*>(r->name);
     --free_count;
