@@ -38,13 +38,18 @@ def summarise(samples: list[float], batch: int) -> dict:
     }
 
 
+def median_ratio(nums: list[float], dens: list[float]) -> float:
+    """The median over rounds of nums[r] / dens[r], two contenders' figures
+    from the same rounds. Contenders of one round run one after the other,
+    under the same load; two medians taken separately may come from
+    different phases of a shared machine, and their ratio mixes those
+    phases."""
+    return statistics.median(x / y for x, y in zip(nums, dens, strict=True))
+
+
 def round_ratio(results: dict[str, dict], num: str, den: str) -> float:
-    """The median over rounds of num's per-call time / den's in the same
-    round. Contenders of one round run one after the other, under the same
-    load; two medians taken separately may come from different phases of a
-    shared machine, and their ratio mixes those phases."""
-    a, b = results[num]["samples_us"], results[den]["samples_us"]
-    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+    """`median_ratio` of two contenders of an `interleaved` run."""
+    return median_ratio(results[num]["samples_us"], results[den]["samples_us"])
 
 
 async def interleaved(

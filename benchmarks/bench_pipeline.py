@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _floors import Floor, record
-from _harness import save
+from _harness import median_ratio, save
 from caudal import ExecutorCore, Pipeline, PostgresStore, SqliteStore, Step
 from caudal.pipeline.stores.sqlite import _SQLITE_SCHEMA, _SQLITE_UPSERT_STEP
 from caudal.testing.servers import PostgresServer
@@ -327,10 +327,9 @@ async def checkpoint_floor(quick: bool, tmp: Path) -> dict:
             return per
 
         def ratio(rounds_: list[dict]) -> float:
-            # Each round's (checkpointed step / bare commit): the contenders
-            # of a round ran one after the other, under the same load.
+            # Each round's (checkpointed step / bare commit).
             per = [per_step(r) for r in rounds_]
-            return statistics.median(p["default"] / p["bare_commit"] for p in per)
+            return median_ratio([p["default"] for p in per], [p["bare_commit"] for p in per])
 
         inline = {k: st.inline_transactions / max(st.transactions, 1) for k, st in stores.items()}
         out[sync] = {

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _floors import Curve, Floor, record
-from _harness import save
+from _harness import median_ratio, save
 from caudal import Pipeline, Step, load_pipeline
 
 
@@ -121,7 +121,6 @@ def timed(builds: dict[int, Callable[[], Pipeline]], rounds: dict[int, int]) -> 
     wall: dict[int, list[float]] = {n: [] for n in builds}
     small, big = sorted(builds)[:2]
     assert rounds[small] == rounds[big], "the ratio's two sizes need the same rounds"
-    ratios: list[float] = []
     order = list(builds)
     rng = random.Random(11)
     for r in range(max(rounds.values())):
@@ -138,11 +137,9 @@ def timed(builds: dict[int, Callable[[], Pipeline]], rounds: dict[int, int]) -> 
                 cpu[n].append(time.thread_time() - c0)
             finally:
                 gc.enable()
-        if r < rounds[small]:
-            ratios.append(cpu[big][-1] / cpu[small][-1])
     med = statistics.median
     out: dict = {n: (med(cpu[n]) * 1e3, med(wall[n]) * 1e3) for n in builds}
-    out["ratio"] = med(ratios)
+    out["ratio"] = median_ratio(cpu[big], cpu[small])
     return out
 
 

@@ -15,12 +15,11 @@ Admitted Executor::Admit(AdmitState& s, int64_t now_ns,
       if (s.keyed) {
         // 1. The result cache.
         AdmitHandover& out = handover->emplace();
-        const bool hit =
-            take_hit != nullptr
-                ? CacheLookup(step, s.key, now_ns, &out.dropped, *take_hit)
-                : CacheLookup(step, s.key, now_ns, &out.dropped,
-                              [&](const CachedValue& v) { out.hit = v; });
-        if (hit) return {AdmitVerdict::kHit};
+        // Without a taker, the hit's value is copied into the handover.
+        auto copy_out = [&](const CachedValue& v) { out.hit = v; };
+        if (CacheLookup(step, s.key, now_ns, &out.dropped,
+                        take_hit != nullptr ? *take_hit : HitTaker(copy_out)))
+          return {AdmitVerdict::kHit};
         // 2. Single flight: lead, or follow the execution that leads.
         if (step.spec.single_flight) {
           if (!JoinFlight(s.key, make_waiter)) return {AdmitVerdict::kFollow};
