@@ -21,6 +21,11 @@ Rows, all in one process and one event loop, interleaved:
       first value, reads the clock again and returns a new result object.
       No admission, statistics, record or cache: what is left of (d) above
       (i) is caudal's own work. Skipped when no C compiler is found.
+  (j) not caudal: (i) without the ``async def`` frame. ``execute`` is the
+      native call itself and returns a finished awaitable holding the
+      result; awaiting it hands the result back in a StopIteration (the
+      only way an awaitable that is not a coroutine can on CPython 3.11 to
+      3.13). The shape caudal would take if it were cheaper than (i).
 Every row, (a) included, is called through the same lambda by the harness.
 Prints each row's cost above (a) and its speed-up over (e).
 
@@ -147,6 +152,14 @@ class LeastExecute:
         raise RuntimeError("unreachable: the reference returns a tuple or raises")
 
 
+class LeastAwaitable:
+    """Row (j): (i) with no ``async def`` frame: ``execute`` is the native
+    call, and what it returns is awaited directly."""
+
+    def __init__(self, module) -> None:
+        self.execute = module.start_awaitable
+
+
 async def main(quick: bool) -> dict:
     off = ExecutorCore(config_all(False))
     defaults = ExecutorCore(OptimizationConfig())
@@ -174,12 +187,16 @@ async def main(quick: bool) -> dict:
     if reference is not None:
         least = LeastExecute(reference)
         contenders["(i) reference: the least an execute does"] = lambda x: least.execute(step, x)
+        bare_native = LeastAwaitable(reference)
+        contenders["(j) reference, no async def frame"] = lambda x: bare_native.execute(
+            step, x, None, None
+        )
     flujo = flujo_contender()
     # Check every contender really works before timing it.
     for name, call in contenders.items():
         hits = name.startswith("(g)")
         r = await call(1)
-        out = r[1] if name.startswith("(i)") else getattr(r, "output", r)
+        out = r[1] if name.startswith(("(i)", "(j)")) else getattr(r, "output", r)
         assert out == (0 if hits else 2), (name, r)
         if hits:
             assert (await call(1)).cache_hit, name
@@ -239,12 +256,22 @@ async def main(quick: bool) -> dict:
                 )
             },
         }
+        no_frame = by_name.get("(j) reference, no async def frame")
+        if no_frame is not None:
+            engine_work["no_frame_above_bare_us"] = no_frame["above_bare_us"]
+            engine_work["no_frame_above_least_us"] = no_frame["median_us"] - least["median_us"]
         print(
             f"\nthe least an execute does here, (i): {least['above_bare_us']:.3f} µs above (a);"
             f" caudal's own work above (i): all on {engine_work['miss_above_least_us']:.3f},"
             f" cache forced {engine_work['forced_above_least_us']:.3f},"
             f" hit {engine_work['hit_above_least_us']:.3f} µs"
         )
+        if no_frame is not None:
+            print(
+                "the same without the async def frame, (j):"
+                f" {engine_work['no_frame_above_bare_us']:.3f} µs above (a),"
+                f" {engine_work['no_frame_above_least_us']:+.3f} µs against (i)"
+            )
     retry = await retry_cost(quick)
     path = save(
         "overhead", {"quick": quick, "rows": rows, "retry": retry, "engine_work": engine_work}
