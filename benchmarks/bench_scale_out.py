@@ -348,7 +348,7 @@ async def overheads(quick: bool) -> dict:
 
 async def main(quick: bool) -> dict:
     n = 40 if quick else 200
-    rounds = 1 if quick else 2
+    rounds = 1 if quick else 3
     iters, one_s = calibrate()
     load_before = os.getloadavg()
     res: dict = {"quick": quick, "inputs": n, "iters": iters, "step_s": one_s, "rounds": rounds}
