@@ -152,6 +152,10 @@ class LeastExecute:
         raise RuntimeError("unreachable: the reference returns a tuple or raises")
 
 
+LEAST = "(i) reference: the least an execute does"
+NO_FRAME = "(j) reference, no async def frame"
+
+
 class LeastAwaitable:
     """Row (j): (i) with no ``async def`` frame: ``execute`` is the native
     call, and what it returns is awaited directly."""
@@ -186,17 +190,15 @@ async def main(quick: bool) -> dict:
     }
     if reference is not None:
         least = LeastExecute(reference)
-        contenders["(i) reference: the least an execute does"] = lambda x: least.execute(step, x)
+        contenders[LEAST] = lambda x: least.execute(step, x)
         bare_native = LeastAwaitable(reference)
-        contenders["(j) reference, no async def frame"] = lambda x: bare_native.execute(
-            step, x, None, None
-        )
+        contenders[NO_FRAME] = lambda x: bare_native.execute(step, x, None, None)
     flujo = flujo_contender()
     # Check every contender really works before timing it.
     for name, call in contenders.items():
         hits = name.startswith("(g)")
         r = await call(1)
-        out = r[1] if name.startswith(("(i)", "(j)")) else getattr(r, "output", r)
+        out = r[1] if name in (LEAST, NO_FRAME) else getattr(r, "output", r)
         assert out == (0 if hits else 2), (name, r)
         if hits:
             assert (await call(1)).cache_hit, name
@@ -242,7 +244,7 @@ async def main(quick: bool) -> dict:
     for r in rows:
         ratio = f"{r['speedup_vs_flujo']:.0f}x" if r["speedup_vs_flujo"] else "-"
         print(f"{r['contender']:32} {r['median_us']:10.3f} {r['above_bare_us']:13.3f} {ratio:>9}")
-    least = by_name.get("(i) reference: the least an execute does")
+    least = by_name.get(LEAST)
     engine_work = None
     if least is not None:
         engine_work = {
@@ -256,22 +258,20 @@ async def main(quick: bool) -> dict:
                 )
             },
         }
-        no_frame = by_name.get("(j) reference, no async def frame")
-        if no_frame is not None:
-            engine_work["no_frame_above_bare_us"] = no_frame["above_bare_us"]
-            engine_work["no_frame_above_least_us"] = no_frame["median_us"] - least["median_us"]
+        no_frame = by_name[NO_FRAME]  # built with (i), from the same module
+        engine_work["no_frame_above_bare_us"] = no_frame["above_bare_us"]
+        engine_work["no_frame_above_least_us"] = no_frame["median_us"] - least["median_us"]
         print(
             f"\nthe least an execute does here, (i): {least['above_bare_us']:.3f} µs above (a);"
             f" caudal's own work above (i): all on {engine_work['miss_above_least_us']:.3f},"
             f" cache forced {engine_work['forced_above_least_us']:.3f},"
             f" hit {engine_work['hit_above_least_us']:.3f} µs"
         )
-        if no_frame is not None:
-            print(
-                "the same without the async def frame, (j):"
-                f" {engine_work['no_frame_above_bare_us']:.3f} µs above (a),"
-                f" {engine_work['no_frame_above_least_us']:+.3f} µs against (i)"
-            )
+        print(
+            "the same without the async def frame, (j):"
+            f" {engine_work['no_frame_above_bare_us']:.3f} µs above (a),"
+            f" {engine_work['no_frame_above_least_us']:+.3f} µs against (i)"
+        )
     retry = await retry_cost(quick)
     path = save(
         "overhead", {"quick": quick, "rows": rows, "retry": retry, "engine_work": engine_work}

@@ -279,15 +279,15 @@ async def timed_cpu(
             wall[n].append(time.perf_counter() - t0)
             cpu[n].append(time.process_time() - c0)
     med = statistics.median
-    by_round = [
-        ({k: v[r] for k, v in wall.items()}, {k: v[r] for k, v in cpu.items()})
-        for r in range(rounds)
-    ]
+
+    def by_round(times: dict) -> list[dict]:
+        return [{k: v[r] for k, v in times.items()} for r in range(rounds)]
+
     return (
         {k: med(v) for k, v in wall.items()},
         {k: med(v) for k, v in cpu.items()},
-        [w for w, _ in by_round],
-        [c for _, c in by_round],
+        by_round(wall),
+        by_round(cpu),
     )
 
 

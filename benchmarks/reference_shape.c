@@ -109,17 +109,7 @@ static PyObject* finished_next(PyObject* self) {
   return NULL;
 }
 
-static PySendResult finished_send(PyObject* self, PyObject* arg,
-                                  PyObject** out) {
-  (void)arg;
-  Finished* f = (Finished*)self;
-  *out = f->result != NULL ? f->result : Py_NewRef(Py_None);
-  f->result = NULL;
-  return PYGEN_RETURN;
-}
-
-static PyAsyncMethods finished_async = {finished_await, NULL, NULL,
-                                        finished_send};
+static PyAsyncMethods finished_async = {finished_await, NULL, NULL, NULL};
 
 static PyTypeObject FinishedType = {PyVarObject_HEAD_INIT(NULL, 0)};
 
